@@ -1,0 +1,16 @@
+// Schedules as data: synced into BullMQ job schedulers on start (ids are stable;
+// removing an entry here removes its scheduler from Redis). Times are read in `tz`.
+// The config file can switch one off with scheduler.disabled: [id].
+import type { Schedule } from '../src/schedules.ts';
+
+export const schedules: Schedule[] = [
+  {
+    id: 'backup-main-nightly',
+    job: 'backup',
+    cron: '0 2 * * *',
+    tz: 'Asia/Dhaka',
+    payload: { target: 'main' },
+    catchUp: 'latest',
+    overlap: 'skip',
+  },
+];

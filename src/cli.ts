@@ -1,0 +1,161 @@
+// The pgmaint command line. Long-running roles (server, worker, demo) keep the
+// process alive; the others print and exit.
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { QueueEvents } from 'bullmq';
+import { ConfigError } from './config.ts';
+import { PayloadError } from './registry.ts';
+import { runServerProcess, runWorkerProcess } from './roles.ts';
+import { Runtime } from './runtime.ts';
+
+const USAGE = `pgmaint — maintenance job runner for PostgreSQL
+
+Usage:
+  pgmaint server                         HTTP API, Bull Board, schedule sync and watchdog
+  pgmaint worker [--queues a,b]          run jobs (all kinds unless --queues)
+  pgmaint enqueue <job> [--data JSON] [--wait]
+                                         enqueue a run; --wait prints progress, then the result
+  pgmaint schedules                      schedules with their next runs
+  pgmaint history [--job NAME] [--limit N]
+                                         recent runs from the run history
+  pgmaint demo [--dir DIR]               local PostgreSQL + Redis + server + worker on a demo database
+  pgmaint jobs                           the job catalog
+
+Configuration comes from the environment (DATABASE_URL, REDIS_URL, BACKUP_DIR, …)
+and the optional PGMAINT_CONFIG file; see README.md.`;
+
+function print(obj: unknown): void {
+  process.stdout.write(JSON.stringify(obj, null, 2) + '\n');
+}
+
+async function withRuntime<T>(fn: (rt: Runtime) => Promise<T>): Promise<T> {
+  const rt = Runtime.create();
+  try {
+    return await fn(rt);
+  } finally {
+    await rt.close();
+  }
+}
+
+async function enqueue(args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { data: { type: 'string' }, wait: { type: 'boolean' } } });
+  const name = positionals[0];
+  if (!name) throw new ConfigError('enqueue: a job name is required (pgmaint jobs lists them)');
+  let data: unknown = {};
+  if (values.data) {
+    try {
+      data = JSON.parse(values.data);
+    } catch (err) {
+      throw new ConfigError(`--data: not valid JSON: ${(err as Error).message}`);
+    }
+  }
+  return withRuntime(async (rt) => {
+    if (!rt.registry.get(name)) throw new ConfigError(`enqueue: unknown job "${name}" (known: ${rt.registry.names().join(', ')})`);
+    const queue = rt.queues.get(name);
+    // Listen before enqueueing so no progress event is missed.
+    const events = values.wait ? new QueueEvents(name, { connection: rt.connections.redis('pgmaint-cli-events'), prefix: rt.config.redis.prefix }) : undefined;
+    try {
+      if (events) await events.waitUntilReady();
+      const { job, existing } = await rt.queues.enqueue(name, data, { trigger: 'ad-hoc' });
+      process.stderr.write(`${existing ? 'already queued or running' : 'enqueued'}: ${name} job ${job.id}\n`);
+      if (!events) {
+        print({ id: job.id, queue: job.queueName, name: job.name, existing });
+        return 0;
+      }
+      events.on('progress', ({ jobId, data: progress }) => {
+        if (jobId === job.id) process.stderr.write(`progress ${JSON.stringify(progress)}%\n`);
+      });
+      try {
+        const result = await job.waitUntilFinished(events);
+        print({ id: job.id, state: 'completed', result });
+        return 0;
+      } catch (err) {
+        const failed = await queue.getJob(job.id!);
+        print({ id: job.id, state: 'failed', failedReason: failed?.failedReason ?? (err as Error).message, attemptsMade: failed?.attemptsMade });
+        return 1;
+      }
+    } finally {
+      await events?.close();
+    }
+  });
+}
+
+async function demo(args: string[]): Promise<void> {
+  const { values } = parseArgs({ args, options: { dir: { type: 'string' } } });
+  const { startDemoStack } = await import('./demo.ts');
+  const dir = path.resolve(values.dir ?? '.pgmaint-demo');
+  const stack = await startDemoStack(dir);
+  Object.assign(process.env, stack.env);
+  const rt = await runServerProcess({ withWorkers: true });
+  rt.onClose(() => stack.stop());
+  const url = `http://localhost:${rt.config.port}`;
+  process.stderr.write(
+    `\npgmaint demo is up.\n  Bull Board: ${url}/admin/queues  (sign in with the admin token)\n  admin token:  ${stack.env.ADMIN_TOKEN}\n  viewer token: ${stack.env.VIEWER_TOKEN}\n` +
+      `  try: curl -X POST -H "Authorization: Bearer ${stack.env.ADMIN_TOKEN}" -H 'content-type: application/json' -d '{}' ${url}/api/jobs/backup\n` +
+      `  env for other commands: source ${path.join(dir, 'env.sh')}\n  Ctrl-C stops everything.\n\n`,
+  );
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const [command, ...rest] = argv;
+  try {
+    switch (command) {
+      case 'server':
+        await runServerProcess();
+        return;
+      case 'worker': {
+        const { values } = parseArgs({ args: rest, options: { queues: { type: 'string' } } });
+        await runWorkerProcess({ only: values.queues?.split(',').map((s) => s.trim()).filter(Boolean) });
+        return;
+      }
+      case 'enqueue':
+        process.exitCode = await enqueue(rest);
+        return;
+      case 'schedules':
+        await withRuntime(async (rt) => print(await rt.scheduler.describe()));
+        return;
+      case 'history': {
+        const { values } = parseArgs({ args: rest, options: { job: { type: 'string' }, limit: { type: 'string' } } });
+        await withRuntime(async (rt) => print(await rt.history.list({ job: values.job, limit: Number(values.limit ?? 20) })));
+        return;
+      }
+      case 'jobs': {
+        const { jobs } = await import('../jobs/index.ts');
+        print(jobs.map((j) => ({ name: j.name, description: j.description, defaults: j.defaults })));
+        return;
+      }
+      case 'demo':
+        await demo(rest);
+        return;
+      case undefined:
+      case 'help':
+      case '--help':
+      case '-h':
+        process.stdout.write(USAGE + '\n');
+        return;
+      default:
+        throw new ConfigError(`unknown command "${command}"\n\n${USAGE}`);
+    }
+  } catch (err) {
+    if (err instanceof ConfigError || err instanceof PayloadError || (err as { code?: string }).code?.startsWith?.('ERR_PARSE_ARGS')) {
+      process.stderr.write(`pgmaint: ${(err as Error).message}\n`);
+      process.exit(2);
+    }
+    if (err instanceof Error && /^(schedule "|config jobs\.|job ")/.test(err.message)) {
+      process.stderr.write(`pgmaint: ${err.message}\n`);
+      process.exit(2);
+    }
+    throw err;
+  }
+}
+
+/** A random token for demo and tests: 32 url-safe characters. */
+export function newToken(): string {
+  return randomBytes(24).toString('base64url');
+}
+
+export function writeEnvFile(file: string, env: Record<string, string>): void {
+  fs.writeFileSync(file, Object.entries(env).map(([k, v]) => `export ${k}='${v}'`).join('\n') + '\n', { mode: 0o600 });
+}

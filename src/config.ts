@@ -1,0 +1,225 @@
+// Configuration: environment plus an optional config file (JSON or YAML), parsed
+// once by zod into a fully defaulted object the rest of the code trusts.
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { z } from 'zod';
+import YAML from 'yaml';
+import { IANAZone } from 'luxon';
+
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+export const TARGET_NAME = /^[a-z][a-z0-9_-]{0,62}$/;
+
+const postgresUrl = z
+  .string()
+  .min(1, 'is empty')
+  .refine((v) => {
+    try {
+      const u = new URL(v);
+      return u.protocol === 'postgres:' || u.protocol === 'postgresql:';
+    } catch {
+      return false;
+    }
+  }, 'must be a postgres:// or postgresql:// URL');
+
+const redisUrl = z
+  .string()
+  .refine((v) => {
+    try {
+      return ['redis:', 'rediss:'].includes(new URL(v).protocol);
+    } catch {
+      return false;
+    }
+  }, 'must be a redis:// or rediss:// URL');
+
+const token = z.string().min(16, 'must be at least 16 characters');
+
+const envSchema = z.object({
+  DATABASE_URL: postgresUrl,
+  REDIS_URL: redisUrl.default('redis://127.0.0.1:6379'),
+  BACKUP_DIR: z.string().min(1, 'is empty'),
+  WAL_ARCHIVE_DIR: z.string().min(1, 'is empty').optional(),
+  PORT: z.coerce.number().int().min(0).max(65535).default(3000),
+  ADMIN_TOKEN: token.optional(),
+  VIEWER_TOKEN: token.optional(),
+  PGMAINT_CONFIG: z.string().optional(),
+  /** Opt-out of auth for a local demo only; logged loudly at start. */
+  PGMAINT_INSECURE_NO_AUTH: z.enum(['0', '1', 'true', 'false']).optional(),
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+});
+
+const hostPort = z.object({ host: z.string().min(1), port: z.number().int().min(1).max(65535) }).strict();
+
+const targetSchema = z
+  .object({
+    /** Connection URL; prefer urlEnv so the secret stays out of the file. */
+    url: postgresUrl.optional(),
+    /** Name of an environment variable that holds the connection URL. */
+    urlEnv: z.string().regex(/^[A-Z_][A-Z0-9_]*$/, 'must be an environment variable name').optional(),
+    /** Pool size for jobs on this target. */
+    poolSize: z.number().int().min(1).max(50).default(4),
+  })
+  .strict()
+  .refine((t) => Boolean(t.url) !== Boolean(t.urlEnv), 'give exactly one of url or urlEnv');
+
+const jobPolicySchema = z
+  .object({
+    attempts: z.number().int().min(1).max(100).optional(),
+    backoffMs: z.number().int().min(0).optional(),
+    /** Maximum run time; the handler is aborted and its child processes killed after it. */
+    timeoutMs: z.number().int().min(1000).optional(),
+    concurrency: z.number().int().min(1).max(64).optional(),
+    /** Job-specific policy, validated by the job itself. */
+    policy: z.unknown().optional(),
+  })
+  .strict();
+
+const fileSchema = z
+  .object({
+    targets: z.record(z.string().regex(TARGET_NAME, 'target names are lower-case letters, digits, _ and -'), targetSchema).default({}),
+    redis: z
+      .object({
+        /** Key prefix; hash-tagged by default so every queue key lands in one Cluster slot. */
+        prefix: z.string().min(1).default('{pgmaint}'),
+        sentinels: z.array(hostPort).optional(),
+        sentinelName: z.string().optional(),
+        cluster: z.array(hostPort).optional(),
+      })
+      .strict()
+      .default({ prefix: '{pgmaint}' }),
+    history: z
+      .object({
+        target: z.string().default('main'),
+        retentionDays: z.number().int().min(1).default(90),
+      })
+      .strict()
+      .default({ target: 'main', retentionDays: 90 }),
+    worker: z
+      .object({
+        stalledIntervalMs: z.number().int().min(500).default(30_000),
+        lockDurationMs: z.number().int().min(1000).default(30_000),
+        shutdownTimeoutMs: z.number().int().min(0).default(30_000),
+        /** Completed/failed jobs kept in Redis per queue; the run history is the durable record. */
+        keepCompleted: z.number().int().min(0).default(500),
+        keepFailed: z.number().int().min(0).default(2000),
+      })
+      .strict()
+      .default({ stalledIntervalMs: 30_000, lockDurationMs: 30_000, shutdownTimeoutMs: 30_000, keepCompleted: 500, keepFailed: 2000 }),
+    scheduler: z
+      .object({
+        watchdogIntervalMs: z.number().int().min(1000).default(60_000),
+        /** A scheduled run this late counts as missed (catchUp decides whether it still runs). */
+        lateToleranceMs: z.number().int().min(0).default(5 * 60_000),
+        disabled: z.array(z.string()).default([]),
+        timezone: z.string().default('Asia/Dhaka'),
+      })
+      .strict()
+      .default({ watchdogIntervalMs: 60_000, lateToleranceMs: 5 * 60_000, disabled: [], timezone: 'Asia/Dhaka' }),
+    jobs: z.record(z.string(), jobPolicySchema).default({}),
+  })
+  .strict();
+
+export interface TargetConfig {
+  name: string;
+  url: string;
+  poolSize: number;
+}
+
+export interface RedisConfig {
+  url: string;
+  prefix: string;
+  sentinels?: { host: string; port: number }[];
+  sentinelName?: string;
+  cluster?: { host: string; port: number }[];
+}
+
+export type JobPolicy = z.infer<typeof jobPolicySchema>;
+
+export interface Config {
+  targets: Map<string, TargetConfig>;
+  redis: RedisConfig;
+  backupDir: string;
+  walArchiveDir?: string;
+  port: number;
+  adminToken?: string;
+  viewerToken?: string;
+  insecureNoAuth: boolean;
+  logLevel: z.infer<typeof envSchema>['LOG_LEVEL'];
+  history: { target: string; retentionDays: number };
+  worker: z.infer<typeof fileSchema>['worker'];
+  scheduler: z.infer<typeof fileSchema>['scheduler'];
+  jobs: Record<string, JobPolicy>;
+  configFile?: string;
+}
+
+/** "a.b.0.c: message" for the first few issues, naming where the problem is. */
+export function formatIssues(issues: readonly z.core.$ZodIssue[], prefix = ''): string {
+  return issues
+    .slice(0, 5)
+    .map((i) => `${[prefix, ...i.path.map(String)].filter(Boolean).join('.') || '(root)'}: ${i.message}`)
+    .join('; ');
+}
+
+function readConfigFile(file: string): unknown {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError(`PGMAINT_CONFIG: cannot read ${file}: ${(err as Error).message}`);
+  }
+  try {
+    return /\.json$/i.test(file) ? JSON.parse(text) : YAML.parse(text);
+  } catch (err) {
+    throw new ConfigError(`PGMAINT_CONFIG: ${file} is not valid ${/\.json$/i.test(file) ? 'JSON' : 'YAML'}: ${(err as Error).message}`);
+  }
+}
+
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const parsedEnv = envSchema.safeParse(env);
+  if (!parsedEnv.success) throw new ConfigError(`environment: ${formatIssues(parsedEnv.error.issues)}`);
+  const e = parsedEnv.data;
+
+  const fileData = e.PGMAINT_CONFIG ? readConfigFile(e.PGMAINT_CONFIG) : {};
+  const parsedFile = fileSchema.safeParse(fileData ?? {});
+  if (!parsedFile.success) {
+    throw new ConfigError(`config file ${e.PGMAINT_CONFIG}: ${formatIssues(parsedFile.error.issues)}`);
+  }
+  const f = parsedFile.data;
+
+  const targets = new Map<string, TargetConfig>();
+  targets.set('main', { name: 'main', url: e.DATABASE_URL, poolSize: 4 });
+  for (const [name, t] of Object.entries(f.targets)) {
+    let url = t.url;
+    if (t.urlEnv) {
+      url = env[t.urlEnv];
+      const check = postgresUrl.safeParse(url);
+      if (!check.success) throw new ConfigError(`${t.urlEnv} (targets.${name}.urlEnv): ${url ? check.error.issues[0]?.message : 'is not set'}`);
+    }
+    if (name === 'main' && url !== e.DATABASE_URL) {
+      throw new ConfigError('targets.main: target "main" is DATABASE_URL; do not redefine it in the config file');
+    }
+    targets.set(name, { name, url: url!, poolSize: t.poolSize });
+  }
+  if (!targets.has(f.history.target)) throw new ConfigError(`history.target: unknown target "${f.history.target}"`);
+  if (!IANAZone.isValidZone(f.scheduler.timezone)) throw new ConfigError(`scheduler.timezone: "${f.scheduler.timezone}" is not an IANA time zone`);
+  if (f.redis.sentinels && !f.redis.sentinelName) throw new ConfigError('redis.sentinelName: required with redis.sentinels');
+
+  return {
+    targets,
+    redis: { url: e.REDIS_URL, ...f.redis },
+    backupDir: path.resolve(e.BACKUP_DIR),
+    walArchiveDir: e.WAL_ARCHIVE_DIR ? path.resolve(e.WAL_ARCHIVE_DIR) : undefined,
+    port: e.PORT,
+    adminToken: e.ADMIN_TOKEN,
+    viewerToken: e.VIEWER_TOKEN,
+    insecureNoAuth: e.PGMAINT_INSECURE_NO_AUTH === '1' || e.PGMAINT_INSECURE_NO_AUTH === 'true',
+    logLevel: e.LOG_LEVEL,
+    history: f.history,
+    worker: f.worker,
+    scheduler: f.scheduler,
+    jobs: f.jobs,
+    configFile: e.PGMAINT_CONFIG,
+  };
+}

@@ -1,0 +1,83 @@
+// Redis and PostgreSQL connections for one process. Pools are created lazily per
+// target and closed in reverse order of creation on shutdown.
+import { Redis, Cluster } from 'ioredis';
+import pg from 'pg';
+import type { Config, RedisConfig, TargetConfig } from './config.ts';
+import { PermanentJobError } from './errors.ts';
+
+export type RedisClient = Redis | Cluster;
+
+/** A Redis connection for BullMQ: standalone, Sentinel or Cluster, as configured. */
+export function createRedis(cfg: RedisConfig, opts: { name?: string; lazyConnect?: boolean } = {}): RedisClient {
+  const common = { maxRetriesPerRequest: null, connectionName: opts.name, lazyConnect: opts.lazyConnect } as const;
+  const u = new URL(cfg.url);
+  const auth = { username: decodeURIComponent(u.username) || undefined, password: decodeURIComponent(u.password) || undefined };
+  if (cfg.cluster) {
+    return new Cluster(cfg.cluster, { ...common, redisOptions: { ...common, ...auth, tls: u.protocol === 'rediss:' ? {} : undefined } });
+  }
+  if (cfg.sentinels) {
+    return new Redis({ ...common, ...auth, sentinels: cfg.sentinels, name: cfg.sentinelName, db: Number(u.pathname.slice(1) || 0) });
+  }
+  return new Redis(cfg.url, common);
+}
+
+/** libpq environment for child processes (pg_dump, psql): the password travels in
+ * PGPASSWORD, never on the command line where `ps` would show it. */
+export function libpqEnv(target: TargetConfig): Record<string, string> {
+  const u = new URL(target.url);
+  const env: Record<string, string> = {
+    PGHOST: decodeURIComponent(u.hostname.replace(/^\[|\]$/g, '')) || 'localhost',
+    PGPORT: u.port || '5432',
+    PGDATABASE: decodeURIComponent(u.pathname.slice(1)) || 'postgres',
+    PGAPPNAME: 'pgmaint',
+  };
+  if (u.username) env.PGUSER = decodeURIComponent(u.username);
+  if (u.password) env.PGPASSWORD = decodeURIComponent(u.password);
+  // host=/socket/dir and sslmode=… in the query string are honoured like libpq does.
+  const host = u.searchParams.get('host');
+  if (host) env.PGHOST = host;
+  const sslmode = u.searchParams.get('sslmode');
+  if (sslmode) env.PGSSLMODE = sslmode;
+  return env;
+}
+
+export class Connections {
+  private pools = new Map<string, pg.Pool>();
+  private redisClients: RedisClient[] = [];
+
+  constructor(readonly config: Config) {}
+
+  target(name: string): TargetConfig {
+    const t = this.config.targets.get(name);
+    if (!t) throw new PermanentJobError(`target: unknown target "${name}" (known: ${[...this.config.targets.keys()].join(', ')})`, 'UNKNOWN_TARGET');
+    return t;
+  }
+
+  pool(targetName: string): pg.Pool {
+    let pool = this.pools.get(targetName);
+    if (!pool) {
+      const t = this.target(targetName);
+      pool = new pg.Pool({ connectionString: t.url, max: t.poolSize, application_name: 'pgmaint', connectionTimeoutMillis: 10_000 });
+      // An idle client that loses its server must not crash the process.
+      pool.on('error', () => undefined);
+      this.pools.set(targetName, pool);
+    }
+    return pool;
+  }
+
+  redis(name?: string): RedisClient {
+    const client = createRedis(this.config.redis, { name });
+    client.on('error', () => undefined); // reconnects by itself; readiness reports it
+    this.redisClients.push(client);
+    return client;
+  }
+
+  async close(): Promise<void> {
+    for (const pool of [...this.pools.values()].reverse()) await pool.end().catch(() => undefined);
+    this.pools.clear();
+    for (const client of this.redisClients.reverse()) {
+      await client.quit().catch(() => client.disconnect());
+    }
+    this.redisClients = [];
+  }
+}

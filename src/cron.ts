@@ -1,0 +1,109 @@
+// Five-field cron (minute hour day-of-month month day-of-week) evaluated in an
+// IANA time zone with luxon. DST rules, so that a daily job runs exactly once a day:
+// - a wall-clock time skipped by spring-forward runs at the same offset after the gap
+//   (02:30 on a 02:00→03:00 night runs at 03:30 local);
+// - a wall-clock time repeated by fall-back runs at its first occurrence only.
+import { DateTime, IANAZone } from 'luxon';
+
+export interface CronExpression {
+  source: string;
+  minutes: number[];
+  hours: number[];
+  daysOfMonth: Set<number>;
+  months: Set<number>;
+  daysOfWeek: Set<number>; // 0 = Sunday … 6 = Saturday
+  domRestricted: boolean;
+  dowRestricted: boolean;
+}
+
+const FIELDS = [
+  { name: 'minute', min: 0, max: 59 },
+  { name: 'hour', min: 0, max: 23 },
+  { name: 'day of month', min: 1, max: 31 },
+  { name: 'month', min: 1, max: 12 },
+  { name: 'day of week', min: 0, max: 7 },
+] as const;
+
+const NAMES: Record<string, number> = {
+  jan: 1, feb: 2, mar: 3, apr: 4, may: 5, jun: 6, jul: 7, aug: 8, sep: 9, oct: 10, nov: 11, dec: 12,
+  sun: 0, mon: 1, tue: 2, wed: 3, thu: 4, fri: 5, sat: 6,
+};
+
+function parseField(text: string, field: (typeof FIELDS)[number]): number[] {
+  const values = new Set<number>();
+  for (const part of text.split(',')) {
+    const m = /^(\*|[a-z0-9]+(?:-[a-z0-9]+)?)(?:\/(\d+))?$/i.exec(part);
+    if (!m) throw new Error(`cron ${field.name} field "${text}" is not valid`);
+    const num = (s: string) => {
+      const v = /^\d+$/.test(s) ? Number(s) : NAMES[s.toLowerCase()];
+      if (v === undefined || v < field.min || v > field.max) throw new Error(`cron ${field.name} value "${s}" is out of range ${field.min}-${field.max}`);
+      return v;
+    };
+    let lo: number, hi: number;
+    if (m[1] === '*') [lo, hi] = [field.min, field.max];
+    else if (m[1]!.includes('-')) [lo, hi] = m[1]!.split('-').map(num) as [number, number];
+    else [lo, hi] = [num(m[1]!), m[2] ? field.max : num(m[1]!)];
+    const step = m[2] ? Number(m[2]) : 1;
+    if (step < 1 || lo > hi) throw new Error(`cron ${field.name} field "${text}" is not valid`);
+    for (let v = lo; v <= hi; v += step) values.add(field.name === 'day of week' && v === 7 ? 0 : v);
+  }
+  return [...values].sort((a, b) => a - b);
+}
+
+export function parseCron(source: string): CronExpression {
+  const parts = source.trim().split(/\s+/);
+  if (parts.length !== 5) throw new Error(`cron "${source}" must have 5 fields (minute hour day-of-month month day-of-week)`);
+  const [mi, h, dom, mon, dow] = parts.map((p, i) => parseField(p, FIELDS[i]!));
+  return {
+    source,
+    minutes: mi!,
+    hours: h!,
+    daysOfMonth: new Set(dom),
+    months: new Set(mon),
+    daysOfWeek: new Set(dow),
+    domRestricted: parts[2] !== '*',
+    dowRestricted: parts[4] !== '*',
+  };
+}
+
+function dayMatches(c: CronExpression, day: DateTime): boolean {
+  if (!c.months.has(day.month)) return false;
+  const dom = c.daysOfMonth.has(day.day);
+  const dow = c.daysOfWeek.has(day.weekday % 7);
+  // Classic cron: when both day fields are restricted, either may match.
+  if (c.domRestricted && c.dowRestricted) return dom || dow;
+  return dom && dow;
+}
+
+/** The first run strictly after `afterMs`, as epoch milliseconds. */
+export function nextRun(cron: CronExpression | string, tz: string, afterMs: number): number {
+  const c = typeof cron === 'string' ? parseCron(cron) : cron;
+  if (!IANAZone.isValidZone(tz)) throw new Error(`time zone "${tz}" is not an IANA zone`);
+  // Start a day early: a run shifted by spring-forward may land after `afterMs`
+  // even though its wall-clock day began before it.
+  let day = DateTime.fromMillis(afterMs, { zone: tz }).startOf('day').minus({ days: 1 });
+  for (let i = 0; i < 366 * 5; i++, day = day.plus({ days: 1 })) {
+    if (!dayMatches(c, day)) continue;
+    for (const hour of c.hours) {
+      for (const minute of c.minutes) {
+        const t = DateTime.fromObject({ year: day.year, month: day.month, day: day.day, hour, minute }, { zone: tz });
+        // luxon moves a nonexistent time forward by the gap and resolves an ambiguous
+        // one to its earlier offset, which gives the rules above.
+        if (t.toMillis() > afterMs) return t.toMillis();
+      }
+    }
+  }
+  throw new Error(`cron "${c.source}" has no run in the next five years`);
+}
+
+/** The next `count` runs after `afterMs`, as ISO strings in the zone. */
+export function nextRuns(cron: string, tz: string, afterMs: number, count: number): string[] {
+  const c = parseCron(cron);
+  const out: string[] = [];
+  let t = afterMs;
+  for (let i = 0; i < count; i++) {
+    t = nextRun(c, tz, t);
+    out.push(DateTime.fromMillis(t, { zone: tz }).toISO()!);
+  }
+  return out;
+}

@@ -1,0 +1,174 @@
+// Throwaway services on free ports, from the binaries on this machine: a PostgreSQL
+// cluster (initdb, WAL archiving on) and a redis-server. Used by the tests, the
+// benchmarks and `pgmaint demo`. PostgreSQL refuses to run as root, so when we are
+// root the server runs as the `postgres` system user.
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { binPath, runProcess } from './proc.ts';
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as net.AddressInfo;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+function postgresUser(): { uid: number; gid: number } | undefined {
+  if (process.getuid?.() !== 0) return undefined;
+  const uid = Number(execFileSync('id', ['-u', 'postgres']).toString().trim());
+  const gid = Number(execFileSync('id', ['-g', 'postgres']).toString().trim());
+  return { uid, gid };
+}
+
+function chownTree(p: string, owner: { uid: number; gid: number } | undefined): void {
+  if (!owner) return;
+  fs.chownSync(p, owner.uid, owner.gid);
+  if (fs.statSync(p).isDirectory()) for (const e of fs.readdirSync(p)) chownTree(path.join(p, e), owner);
+}
+
+export interface PostgresInstance {
+  port: number;
+  dataDir: string;
+  walArchiveDir: string;
+  socketDir: string;
+  /** Superuser URL (trust auth on loopback; the cluster is throwaway). */
+  url(database?: string): string;
+  stop(mode?: 'fast' | 'immediate'): Promise<void>;
+  start(): Promise<void>;
+  /** Runs as the cluster's OS user (pg_ctl, pg_basebackup into its dirs). */
+  asOwner: { uid: number; gid: number } | undefined;
+}
+
+export interface PostgresOptions {
+  /** Base directory; data/, wal-archive/ and sock/ are created in it. */
+  dir: string;
+  port?: number;
+  /** Extra postgresql.conf lines. */
+  settings?: Record<string, string | number>;
+}
+
+export async function startPostgres(opts: PostgresOptions): Promise<PostgresInstance> {
+  const owner = postgresUser();
+  const port = opts.port ?? (await freePort());
+  const dataDir = path.join(opts.dir, 'data');
+  const walArchiveDir = path.join(opts.dir, 'wal-archive');
+  const socketDir = path.join(opts.dir, 'sock');
+  fs.mkdirSync(opts.dir, { recursive: true });
+  fs.chmodSync(opts.dir, 0o755);
+  for (const d of [walArchiveDir, socketDir]) fs.mkdirSync(d, { recursive: true });
+  chownTree(walArchiveDir, owner);
+  chownTree(socketDir, owner);
+  const spawnOpts = owner ? { uid: owner.uid, gid: owner.gid } : {};
+
+  if (!fs.existsSync(path.join(dataDir, 'PG_VERSION'))) {
+    fs.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+    chownTree(dataDir, owner);
+    await runAs(binPath('initdb'), ['-D', dataDir, '-U', 'postgres', '--auth=trust', '--encoding=UTF8', '--locale=C.UTF-8', '--no-sync'], spawnOpts);
+    const settings: Record<string, string | number> = {
+      listen_addresses: "'127.0.0.1'",
+      port,
+      unix_socket_directories: `'${socketDir}'`,
+      wal_level: 'replica',
+      archive_mode: 'on',
+      // Never overwrite a segment already archived: a second copy would hide a fork.
+      archive_command: `'test ! -f ${walArchiveDir}/%f && cp %p ${walArchiveDir}/%f'`,
+      archive_timeout: 60,
+      max_wal_senders: 4,
+      max_connections: 100,
+      shared_buffers: "'128MB'",
+      fsync: 'off',
+      synchronous_commit: 'off',
+      full_page_writes: 'on',
+      log_min_messages: 'warning',
+      logging_collector: 'off',
+      ...opts.settings,
+    };
+    fs.appendFileSync(path.join(dataDir, 'postgresql.conf'), '\n# pgmaint devstack\n' + Object.entries(settings).map(([k, v]) => `${k} = ${v}`).join('\n') + '\n');
+    chownTree(dataDir, owner);
+  }
+
+  const instance: PostgresInstance = {
+    port,
+    dataDir,
+    walArchiveDir,
+    socketDir,
+    asOwner: owner,
+    url: (database = 'postgres') => `postgres://postgres@127.0.0.1:${port}/${database}`,
+    start: () => runAs(binPath('pg_ctl'), ['-D', dataDir, '-l', path.join(opts.dir, 'postgres.log'), '-w', '-t', '60', '-o', `-p ${port}`, 'start'], spawnOpts).then(() => undefined),
+    stop: (mode = 'fast') => runAs(binPath('pg_ctl'), ['-D', dataDir, '-m', mode, '-w', 'stop'], spawnOpts).then(() => undefined).catch(() => undefined),
+  };
+  fs.writeFileSync(path.join(opts.dir, 'postgres.log'), '');
+  chownTree(path.join(opts.dir, 'postgres.log'), owner);
+  await instance.start();
+  return instance;
+}
+
+async function runAs(cmd: string, args: string[], ids: { uid?: number; gid?: number }): Promise<string> {
+  const child = spawn(cmd, args, { ...ids, stdio: ['ignore', 'pipe', 'pipe'], cwd: '/' });
+  let out = '';
+  child.stdout.on('data', (d) => (out += d));
+  child.stderr.on('data', (d) => (out += d));
+  const code = await new Promise<number | null>((resolve, reject) => {
+    child.on('error', reject);
+    child.on('close', resolve);
+  });
+  if (code !== 0) throw new Error(`${path.basename(cmd)} ${args.join(' ')} failed (${code}): ${out.trim().slice(-2000)}`);
+  return out;
+}
+
+export interface RedisInstance {
+  port: number;
+  url: string;
+  process: ChildProcess;
+  stop(): Promise<void>;
+}
+
+export async function startRedis(opts: { dir: string; port?: number; appendonly?: boolean }): Promise<RedisInstance> {
+  const port = opts.port ?? (await freePort());
+  fs.mkdirSync(opts.dir, { recursive: true });
+  const child = spawn(
+    'redis-server',
+    ['--port', String(port), '--bind', '127.0.0.1', '--dir', opts.dir, '--save', '', '--appendonly', opts.appendonly ? 'yes' : 'no', '--maxmemory-policy', 'noeviction', '--logfile', path.join(opts.dir, 'redis.log')],
+    { stdio: 'ignore' },
+  );
+  const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()));
+  for (let i = 0; i < 100; i++) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const sock = net.connect(port, '127.0.0.1', () => {
+        sock.write('PING\r\n');
+      });
+      sock.on('data', (d) => {
+        sock.destroy();
+        resolve(d.toString().startsWith('+PONG'));
+      });
+      sock.on('error', () => resolve(false));
+    });
+    if (ok) break;
+    if (child.exitCode !== null) throw new Error(`redis-server exited with ${child.exitCode}; see ${opts.dir}/redis.log`);
+    await sleep(50);
+  }
+  return {
+    port,
+    url: `redis://127.0.0.1:${port}`,
+    process: child,
+    stop: async () => {
+      if (child.exitCode === null) child.kill('SIGTERM');
+      await exited;
+    },
+  };
+}
+
+/** Creates a database if it does not exist (psql through the superuser URL). */
+export async function createDatabase(pg: PostgresInstance, name: string): Promise<void> {
+  if (!/^[a-z_][a-z0-9_]*$/.test(name)) throw new Error(`database name "${name}" is not a plain identifier`);
+  const exists = await runProcess(binPath('psql'), ['-XAtq', '-d', pg.url(), '-c', `select 1 from pg_database where datname = '${name}'`]);
+  if (exists.stdout.trim() !== '1') await runProcess(binPath('psql'), ['-Xq', '-d', pg.url(), '-c', `create database "${name}"`]);
+}

@@ -1,0 +1,73 @@
+// Errors that decide whether BullMQ retries: anything thrown by a job handler is
+// coerced to an Error, then classified from its PostgreSQL SQLSTATE or errno.
+import { UnrecoverableError } from 'bullmq';
+import { ZodError } from 'zod';
+import { formatIssues } from './config.ts';
+import { redact } from './redact.ts';
+
+/** A failure that no retry can fix: bad payload, missing relation, denied, bad SQL. */
+export class PermanentJobError extends Error {
+  override name = 'PermanentJobError';
+  constructor(message: string, readonly code = 'PERMANENT', options?: { cause?: unknown }) {
+    super(message, options);
+  }
+}
+
+/** The run exceeded its maximum run time; its child processes were killed. */
+export class JobTimeoutError extends Error {
+  override name = 'JobTimeoutError';
+  readonly code = 'TIMEOUT';
+}
+
+/** The worker is shutting down and aborted the run; another worker will retry it. */
+export class JobAbortedError extends Error {
+  override name = 'JobAbortedError';
+  readonly code = 'ABORTED';
+}
+
+// SQLSTATEs worth a retry (class 08 connection exceptions are handled by prefix).
+const RETRYABLE_SQLSTATE = new Set([
+  '40001', // serialization_failure
+  '40P01', // deadlock_detected
+  '55P03', // lock_not_available (lock_timeout)
+  '57P03', // cannot_connect_now (starting up, recovery)
+  '57P01', // admin_shutdown
+  '57P02', // crash_shutdown
+  '53300', // too_many_connections
+  '53400', // configuration_limit_exceeded
+  '57014', // query_canceled (statement_timeout) — transient by nature
+]);
+
+// SQLSTATE classes that a retry will never fix.
+const PERMANENT_SQLSTATE_CLASS = new Set(['22', '23', '25', '26', '28', '2B', '3D', '3F', '42', '44']);
+
+const RETRYABLE_ERRNO = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENOTFOUND', 'EAI_AGAIN']);
+
+export function coerceError(err: unknown): Error {
+  if (err instanceof Error) return err;
+  return new Error(typeof err === 'string' ? err : JSON.stringify(err), { cause: err });
+}
+
+export type ErrorClass = 'retryable' | 'permanent' | 'timeout';
+
+export function classifyError(err: Error): ErrorClass {
+  if (err instanceof JobTimeoutError) return 'timeout';
+  if (err instanceof PermanentJobError || err instanceof UnrecoverableError || err instanceof ZodError) return 'permanent';
+  if (err instanceof JobAbortedError) return 'retryable';
+  const code = (err as { code?: unknown }).code;
+  if (typeof code === 'string') {
+    if (RETRYABLE_SQLSTATE.has(code) || code.startsWith('08') || RETRYABLE_ERRNO.has(code)) return 'retryable';
+    if (/^[0-9A-Z]{5}$/.test(code) && PERMANENT_SQLSTATE_CLASS.has(code.slice(0, 2))) return 'permanent';
+  }
+  if (/the database system is (starting up|shutting down)|Connection terminated/i.test(err.message)) return 'retryable';
+  // Unknown failures get the job's remaining attempts.
+  return 'retryable';
+}
+
+/** One line for history, logs and failedReason, secrets masked, SQLSTATE kept. */
+export function describeError(err: Error): string {
+  if (err instanceof ZodError) return `invalid payload: ${formatIssues(err.issues)}`;
+  const code = (err as { code?: unknown }).code;
+  const sqlstate = typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) ? ` (SQLSTATE ${code})` : '';
+  return redact(`${err.message}${sqlstate}`);
+}

@@ -1,0 +1,129 @@
+// The HTTP server: Bull Board at /admin/queues, the JSON API under /api, probes.
+// Everything but /healthz and the login page needs a token or a session cookie.
+import express, { type NextFunction, type Request, type Response } from 'express';
+import { createBullBoard } from '@bull-board/api';
+import { BullMQAdapter } from '@bull-board/api/bullMQAdapter';
+import { ExpressAdapter } from '@bull-board/express';
+import type { Runtime } from '../runtime.ts';
+import { redact } from '../redact.ts';
+import { Auth, type Role } from './auth.ts';
+import { enqueueJob, getJob, listHistory, listSchedules, readiness, type Handler } from './handlers.ts';
+import { loginPage } from './login-page.ts';
+
+export const BOARD_PATH = '/admin/queues';
+
+declare module 'express-serve-static-core' {
+  interface Request {
+    role?: Role;
+  }
+}
+
+function boardRouter(rt: Runtime, readOnly: boolean) {
+  const adapter = new ExpressAdapter();
+  adapter.setBasePath(BOARD_PATH);
+  createBullBoard({
+    queues: rt.queues.all().map((q) => new BullMQAdapter(q, { readOnlyMode: readOnly, allowRetries: !readOnly })),
+    serverAdapter: adapter,
+    options: { uiConfig: { boardTitle: readOnly ? 'pgmaint (read-only)' : 'pgmaint' } },
+  });
+  return adapter.getRouter() as express.Router;
+}
+
+export function createApp(rt: Runtime, auth: Auth): express.Express {
+  const app = express();
+  app.disable('x-powered-by');
+  app.set('trust proxy', 'loopback');
+  app.use((_req, res, next) => {
+    res.setHeader('X-Content-Type-Options', 'nosniff');
+    res.setHeader('X-Frame-Options', 'DENY');
+    res.setHeader('Referrer-Policy', 'no-referrer');
+    next();
+  });
+
+  app.get('/healthz', (_req, res) => {
+    res.json({ ok: true });
+  });
+
+  app.get('/login', (_req, res) => {
+    res.type('html').send(loginPage());
+  });
+  app.post('/login', express.urlencoded({ extended: false, limit: '4kb' }), (req, res) => {
+    const role = auth.roleForToken(typeof req.body?.token === 'string' ? req.body.token : undefined);
+    if (!role) {
+      res.status(401).type('html').send(loginPage('That token is not valid.'));
+      return;
+    }
+    res.setHeader('Set-Cookie', auth.cookieHeader(role, req.secure));
+    res.redirect(303, BOARD_PATH);
+  });
+  app.post('/logout', (_req, res) => {
+    res.setHeader('Set-Cookie', 'pgmaint_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0');
+    res.redirect(303, '/login');
+  });
+
+  // Authentication for everything below.
+  app.use((req, res, next) => {
+    const role = auth.authenticate({ authorization: req.headers.authorization, cookie: req.headers.cookie });
+    if (!role) {
+      if (req.method === 'GET' && req.accepts(['json', 'html']) === 'html' && !req.path.startsWith('/api')) {
+        res.redirect(303, '/login');
+        return;
+      }
+      res.status(401).setHeader('WWW-Authenticate', 'Bearer').json({ error: 'authentication required: Authorization: Bearer <token>' });
+      return;
+    }
+    req.role = role;
+    next();
+  });
+
+  // Viewers read; any other method is a write.
+  app.use((req, res, next) => {
+    if (req.role === 'viewer' && !['GET', 'HEAD', 'OPTIONS'].includes(req.method)) {
+      res.status(403).json({ error: 'the viewer token is read-only' });
+      return;
+    }
+    next();
+  });
+
+  const adminBoard = boardRouter(rt, false);
+  const viewerBoard = boardRouter(rt, true);
+  app.use(BOARD_PATH, (req, res, next) => (req.role === 'admin' ? adminBoard : viewerBoard)(req, res, next));
+
+  const route = (handler: Handler) => async (req: Request, res: Response, next: NextFunction) => {
+    try {
+      const out = await handler(rt, {
+        params: req.params as Record<string, string>,
+        query: req.query as Record<string, string | undefined>,
+        body: req.body,
+        role: req.role!,
+      });
+      res.status(out.status).json(out.body);
+    } catch (err) {
+      next(err);
+    }
+  };
+
+  app.use('/api', express.json({ limit: '64kb' }));
+  app.get('/readyz', route(readiness));
+  app.post('/api/jobs/:name', route(enqueueJob));
+  app.get('/api/jobs/:queue/:id', route(getJob));
+  app.get('/api/schedules', route(listSchedules));
+  app.get('/api/history', route(listHistory));
+
+  app.use((_req: Request, res: Response) => {
+    res.status(404).json({ error: 'not found' });
+  });
+  app.use((err: Error & { status?: number; type?: string }, _req: Request, res: Response, _next: NextFunction) => {
+    if (err.type === 'entity.parse.failed') {
+      res.status(400).json({ error: `request body is not valid JSON: ${err.message}` });
+      return;
+    }
+    if (err.status && err.status < 500) {
+      res.status(err.status).json({ error: err.message });
+      return;
+    }
+    rt.logger.error({ err }, 'request failed');
+    res.status(500).json({ error: redact(err.message) });
+  });
+  return app;
+}

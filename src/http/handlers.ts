@@ -1,0 +1,82 @@
+// API handlers that do not know Express: each takes a plain request and returns
+// {status, body}. app.ts is the thin adapter.
+import type { Runtime } from '../runtime.ts';
+import { PayloadError } from '../registry.ts';
+import type { Role } from './auth.ts';
+
+export interface ApiRequest {
+  params: Record<string, string>;
+  query: Record<string, string | undefined>;
+  body: unknown;
+  role: Role;
+}
+
+export interface ApiResponse {
+  status: number;
+  body: unknown;
+}
+
+export type Handler = (rt: Runtime, req: ApiRequest) => Promise<ApiResponse>;
+
+const error = (status: number, message: string, extra: object = {}): ApiResponse => ({ status, body: { error: message, ...extra } });
+
+export const enqueueJob: Handler = async (rt, req) => {
+  const name = req.params.name!;
+  if (!rt.registry.get(name)) return error(404, `unknown job "${name}"`, { jobs: rt.registry.names() });
+  try {
+    const { job, existing } = await rt.queues.enqueue(name, req.body ?? {}, { trigger: 'ad-hoc' });
+    return { status: 202, body: { id: job.id, queue: job.queueName, name: job.name, existing } };
+  } catch (err) {
+    if (err instanceof PayloadError) return error(400, err.message, { issues: err.issues });
+    throw err;
+  }
+};
+
+export const getJob: Handler = async (rt, req) => {
+  const { queue, id } = req.params as { queue: string; id: string };
+  if (!rt.registry.get(queue)) return error(404, `unknown queue "${queue}"`);
+  const job = await rt.queues.get(queue).getJob(id);
+  if (!job) return error(404, `no job ${id} in queue ${queue} (finished jobs are kept in bounded numbers; see the run history)`);
+  return {
+    status: 200,
+    body: {
+      id: job.id,
+      name: job.name,
+      state: await job.getState(),
+      progress: job.progress,
+      result: job.returnvalue ?? null,
+      failedReason: job.failedReason ?? null,
+      attemptsMade: job.attemptsMade,
+      trigger: job.data.trigger,
+      payload: job.data.payload,
+    },
+  };
+};
+
+export const listSchedules: Handler = async (rt) => ({ status: 200, body: { schedules: await rt.scheduler.describe() } });
+
+export const listHistory: Handler = async (rt, req) => {
+  const limit = Math.min(Number(req.query.limit ?? 50) || 50, 1000);
+  return { status: 200, body: { runs: await rt.history.list({ job: req.query.job, limit }) } };
+};
+
+/** Redis and every target answer within a few seconds. */
+export const readiness: Handler = async (rt) => {
+  const checks: Record<string, { ok: boolean; error?: string }> = {};
+  const withTimeout = <T>(p: Promise<T>) => Promise.race([p, new Promise<never>((_, rej) => setTimeout(() => rej(new Error('timed out after 3s')), 3000).unref())]);
+  const run = async (name: string, fn: () => Promise<unknown>) => {
+    try {
+      await withTimeout(fn());
+      checks[name] = { ok: true };
+    } catch (err) {
+      checks[name] = { ok: false, error: (err as Error).message };
+    }
+  };
+  const redis = rt.queues.connection;
+  await Promise.all([
+    run('redis', () => redis.ping()),
+    ...[...rt.config.targets.keys()].map((t) => run(`target:${t}`, () => rt.connections.pool(t).query('select 1'))),
+  ]);
+  const ok = Object.values(checks).every((c) => c.ok);
+  return { status: ok ? 200 : 503, body: { ok, checks } };
+};

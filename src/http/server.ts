@@ -1,0 +1,44 @@
+// The server role: HTTP API and Bull Board, schedule sync, the schedule watchdog
+// and run-history retention.
+import type { Server } from 'node:http';
+import { ConfigError } from '../config.ts';
+import type { Runtime } from '../runtime.ts';
+import { createApp } from './app.ts';
+import { Auth } from './auth.ts';
+
+export async function startServer(rt: Runtime, opts: { port?: number; host?: string } = {}): Promise<{ server: Server; port: number }> {
+  const { config, logger } = rt;
+  if (!config.adminToken && !config.insecureNoAuth) {
+    throw new ConfigError('ADMIN_TOKEN: required for the server (at least 16 characters); a local demo may set PGMAINT_INSECURE_NO_AUTH=1 instead');
+  }
+  if (config.insecureNoAuth) {
+    logger.warn('!!! PGMAINT_INSECURE_NO_AUTH is set: the API and Bull Board are open to anyone who can reach this port, with admin rights. Never use this outside a local demo. !!!');
+  }
+  await rt.history.migrate();
+  await rt.scheduler.sync();
+  rt.scheduler.startWatchdog(config.scheduler.watchdogIntervalMs);
+
+  const prune = setInterval(() => {
+    rt.history.prune(config.history.retentionDays).then(
+      (n) => n && logger.info({ deleted: n }, 'run history pruned'),
+      (err) => logger.error({ err }, 'run history prune failed'),
+    );
+  }, 3600_000);
+  prune.unref();
+  rt.onClose(() => clearInterval(prune));
+
+  const app = createApp(rt, new Auth(config.adminToken, config.viewerToken, config.insecureNoAuth));
+  const server = await new Promise<Server>((resolve, reject) => {
+    const s = app.listen(opts.port ?? config.port, opts.host ?? '0.0.0.0', (err?: Error) => (err ? reject(err) : resolve(s)));
+  });
+  const port = (server.address() as { port: number }).port;
+  rt.onClose(
+    () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
+  );
+  logger.info({ port, board: `/admin/queues` }, 'server listening');
+  return { server, port };
+}

@@ -1,0 +1,54 @@
+// What a job file in jobs/ exports: its name, its payload schema (with defaults)
+// and its handler. Everything else (queues, retries, history) is the runner's.
+import { z } from 'zod';
+import type pg from 'pg';
+import type { Config, TargetConfig } from './config.ts';
+import type { Logger } from './logger.ts';
+import { TARGET_NAME } from './config.ts';
+
+/** Every payload names its target database; never a URL. */
+export const targetField = z.string().regex(TARGET_NAME, 'must be a target name (lower-case letters, digits, _ and -)').default('main');
+
+export interface RunDefaults {
+  /** Attempts in all, the first included. */
+  attempts: number;
+  /** First retry delay; doubles each attempt, with jitter. */
+  backoffMs: number;
+  /** Maximum run time; the handler is aborted and child processes killed after it. */
+  timeoutMs: number;
+  /** Jobs of this kind run at once in one worker process. */
+  concurrency: number;
+}
+
+export interface JobContext {
+  jobId: string;
+  attempt: number;
+  trigger: string;
+  config: Config;
+  target: TargetConfig;
+  /** Pool for the job's target database. */
+  pool: pg.Pool;
+  logger: Logger;
+  /** Aborted on timeout or shutdown; pass it to child processes. */
+  signal: AbortSignal;
+  /** Progress 0–100 with a short step name, shown in Bull Board. */
+  progress(percent: number, step: string): Promise<void>;
+  /** A log line in Bull Board and in the process log. */
+  log(message: string, fields?: Record<string, unknown>): Promise<void>;
+}
+
+export interface JobDefinition<S extends z.ZodObject<{ target: typeof targetField }> = z.ZodObject<{ target: typeof targetField }>, R = unknown> {
+  name: string;
+  description: string;
+  payload: S;
+  defaults: RunDefaults;
+  /** Runs with the same key never queue twice: a second enqueue returns the job already waiting or running. */
+  singletonKey?: (payload: z.output<S>) => string;
+  handler(ctx: JobContext, payload: z.output<S>): Promise<R>;
+}
+
+export type AnyJobDefinition = JobDefinition<z.ZodObject<{ target: typeof targetField }>, unknown>;
+
+export function defineJob<S extends z.ZodObject<{ target: typeof targetField }>, R>(def: JobDefinition<S, R>): JobDefinition<S, R> {
+  return def;
+}

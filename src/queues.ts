@@ -1,0 +1,81 @@
+// One BullMQ queue per job kind, named after the job. Enqueueing validates the
+// payload first, so nothing unparseable ever reaches Redis.
+import { Queue, type Job, type JobsOptions } from 'bullmq';
+import type { Config } from './config.ts';
+import type { RedisClient } from './connections.ts';
+import { repeatStrategy } from './schedules.ts';
+import type { Registry, RegisteredJob } from './registry.ts';
+
+export interface JobData {
+  payload: Record<string, unknown> & { target: string };
+  /** "ad-hoc" or "schedule:<id>". */
+  trigger: string;
+  scheduleId?: string;
+}
+
+export function jobOptions(config: Config, job: RegisteredJob): JobsOptions {
+  return {
+    attempts: job.run.attempts,
+    backoff: { type: 'exponential', delay: job.run.backoffMs, jitter: 0.5 },
+    removeOnComplete: { count: config.worker.keepCompleted },
+    removeOnFail: { count: config.worker.keepFailed },
+  };
+}
+
+export class Queues {
+  private readonly queues = new Map<string, Queue<JobData>>();
+
+  constructor(
+    readonly config: Config,
+    readonly registry: Registry,
+    readonly connection: RedisClient,
+  ) {}
+
+  get(name: string): Queue<JobData> {
+    let q = this.queues.get(name);
+    if (!q) {
+      if (!this.registry.get(name)) throw new Error(`unknown job "${name}"`);
+      q = new Queue<JobData>(name, {
+        connection: this.connection,
+        prefix: this.config.redis.prefix,
+        settings: { repeatStrategy },
+      });
+      q.on('error', () => undefined); // connection errors surface through readiness
+      this.queues.set(name, q);
+    }
+    return q;
+  }
+
+  all(): Queue<JobData>[] {
+    return this.registry.names().map((n) => this.get(n));
+  }
+
+  /**
+   * Validates and enqueues an ad-hoc run. For jobs with a singleton key (one backup
+   * per target at a time) a second request while one waits or runs gets that job back.
+   */
+  async enqueue(name: string, rawPayload: unknown, opts: { trigger?: string } = {}): Promise<{ job: Job<JobData>; existing: boolean }> {
+    const registered = this.registry.get(name);
+    if (!registered) throw new Error(`unknown job "${name}"`);
+    const payload = this.registry.parsePayload(name, rawPayload);
+    const queue = this.get(name);
+    const singleton = registered.def.singletonKey?.(payload as never);
+    const data: JobData = { payload, trigger: opts.trigger ?? 'ad-hoc' };
+    const jobOpts: JobsOptions = { ...jobOptions(this.config, registered) };
+    if (singleton) jobOpts.deduplication = { id: `${name}:${singleton}` };
+    if (singleton) {
+      const heldId = await queue.getDeduplicationJobId(`${name}:${singleton}`);
+      const held = heldId ? await queue.getJob(heldId) : undefined;
+      if (held) return { job: held, existing: true };
+    }
+    // Two requests racing past the check above still meet in Redis: a deduplicated
+    // add returns the id of the job that holds the key.
+    const job = await queue.add(name, data, jobOpts);
+    return { job, existing: false };
+  }
+
+  async close(): Promise<void> {
+    for (const q of [...this.queues.values()].reverse()) await q.close().catch(() => undefined);
+    this.queues.clear();
+  }
+}

@@ -1,0 +1,59 @@
+// Long-running process roles with their signal handling. SIGTERM/SIGINT: stop
+// taking jobs, finish or abort the current ones within worker.shutdownTimeoutMs,
+// then close the HTTP server, queues and pools in reverse order of start-up.
+import { startServer } from './http/server.ts';
+import { Runtime } from './runtime.ts';
+import { WorkerRuntime } from './worker.ts';
+
+export function startWorkers(rt: Runtime, only?: string[]): WorkerRuntime {
+  const workers = new WorkerRuntime({
+    connections: rt.connections,
+    registry: rt.registry,
+    history: rt.history,
+    logger: rt.logger,
+    schedules: rt.schedules,
+    queues: rt.queues,
+    only,
+  });
+  workers.start();
+  rt.onClose(() => workers.close(rt.config.worker.shutdownTimeoutMs));
+  return workers;
+}
+
+function onSignals(rt: Runtime): void {
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) {
+      rt.logger.warn({ signal }, 'second signal: exiting now');
+      process.exit(1);
+    }
+    stopping = true;
+    rt.logger.info({ signal }, 'shutting down');
+    rt.close().then(
+      () => process.exit(0),
+      (err) => {
+        rt.logger.error({ err }, 'shutdown failed');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+}
+
+export async function runWorkerProcess(opts: { only?: string[] } = {}): Promise<Runtime> {
+  const rt = Runtime.create();
+  onSignals(rt);
+  await rt.history.migrate();
+  await rt.scheduler.sync();
+  startWorkers(rt, opts.only);
+  return rt;
+}
+
+export async function runServerProcess(opts: { withWorkers?: boolean } = {}): Promise<Runtime> {
+  const rt = Runtime.create();
+  onSignals(rt);
+  if (opts.withWorkers) startWorkers(rt);
+  await startServer(rt);
+  return rt;
+}

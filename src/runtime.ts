@@ -1,0 +1,65 @@
+// Assembles one process: config, logger, connections, registry, history, queues and
+// schedules, in start-up order; close() takes them down in reverse.
+import { jobs as builtinJobs } from '../jobs/index.ts';
+import { schedules as builtinSchedules } from '../schedules/index.ts';
+import { loadConfig, type Config } from './config.ts';
+import { Connections } from './connections.ts';
+import { RunHistory } from './history.ts';
+import type { AnyJobDefinition } from './job-definition.ts';
+import { createLogger, type Logger } from './logger.ts';
+import { Queues } from './queues.ts';
+import { Registry } from './registry.ts';
+import { resolveSchedules, Scheduler, type ResolvedSchedule, type Schedule } from './schedules.ts';
+
+export interface RuntimeOptions {
+  env?: NodeJS.ProcessEnv;
+  config?: Config;
+  jobs?: readonly AnyJobDefinition[];
+  schedules?: readonly Schedule[];
+  logger?: Logger;
+}
+
+export class Runtime {
+  readonly connections: Connections;
+  readonly registry: Registry;
+  readonly history: RunHistory;
+  readonly queues: Queues;
+  readonly schedules: ResolvedSchedule[];
+  readonly scheduler: Scheduler;
+  private readonly closers: (() => Promise<void> | void)[] = [];
+
+  constructor(
+    readonly config: Config,
+    readonly logger: Logger,
+    jobs: readonly AnyJobDefinition[],
+    schedules: readonly Schedule[],
+  ) {
+    this.registry = new Registry(jobs, config);
+    this.schedules = resolveSchedules(schedules, this.registry, config.scheduler.disabled);
+    this.connections = new Connections(config);
+    this.history = new RunHistory(this.connections.pool(config.history.target));
+    this.queues = new Queues(config, this.registry, this.connections.redis('pgmaint-queues'));
+    this.scheduler = new Scheduler(this.queues, this.registry, this.schedules, logger);
+  }
+
+  static create(opts: RuntimeOptions = {}): Runtime {
+    const config = opts.config ?? loadConfig(opts.env);
+    const logger = opts.logger ?? createLogger(config.logLevel);
+    return new Runtime(config, logger, opts.jobs ?? builtinJobs, opts.schedules ?? builtinSchedules);
+  }
+
+  /** Registers something to stop on close; the last registered stops first. */
+  onClose(fn: () => Promise<void> | void): void {
+    this.closers.push(fn);
+  }
+
+  async close(): Promise<void> {
+    while (this.closers.length) {
+      const fn = this.closers.pop()!;
+      await Promise.resolve(fn()).catch((err) => this.logger.error({ err }, 'error during shutdown'));
+    }
+    this.scheduler.stop();
+    await this.queues.close();
+    await this.connections.close();
+  }
+}

@@ -1,0 +1,208 @@
+// The worker runtime: one BullMQ Worker per job kind served by this process. It
+// wraps every handler with payload validation, the schedule overlap/catch-up rules,
+// a maximum run time, error classification and the run-history row.
+import os from 'node:os';
+import { UnrecoverableError, Worker, type Job } from 'bullmq';
+import type { Connections } from './connections.ts';
+import { classifyError, coerceError, describeError, JobAbortedError, JobTimeoutError } from './errors.ts';
+import type { RunHistory, RunStart } from './history.ts';
+import type { JobContext } from './job-definition.ts';
+import type { Logger } from './logger.ts';
+import type { JobData, Queues } from './queues.ts';
+import { PayloadError, type Registry } from './registry.ts';
+import { repeatStrategy, type ResolvedSchedule } from './schedules.ts';
+
+export interface WorkerRuntimeOptions {
+  connections: Connections;
+  registry: Registry;
+  history: RunHistory;
+  logger: Logger;
+  schedules: readonly ResolvedSchedule[];
+  queues: Queues;
+  /** Job kinds (= queue names) this process serves; all when omitted. */
+  only?: string[];
+}
+
+// Releases a schedule's overlap lock only if this job still holds it.
+const RELEASE_LOCK = `if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end`;
+
+export class WorkerRuntime {
+  readonly workerId = `${os.hostname()}:${process.pid}`;
+  private readonly workers: Worker<JobData>[] = [];
+  private readonly running = new Map<string, AbortController>();
+  private readonly schedules: Map<string, ResolvedSchedule>;
+  private readonly redis;
+
+  constructor(private readonly opts: WorkerRuntimeOptions) {
+    this.schedules = new Map(opts.schedules.map((s) => [s.id, s]));
+    this.redis = opts.connections.redis('pgmaint-worker-locks');
+  }
+
+  get queueNames(): string[] {
+    return this.opts.only ?? this.opts.registry.names();
+  }
+
+  start(): void {
+    const { config } = this.opts.connections;
+    const connection = this.opts.connections.redis('pgmaint-worker');
+    for (const name of this.queueNames) {
+      const registered = this.opts.registry.get(name);
+      if (!registered) throw new Error(`--queues: unknown job "${name}" (known: ${this.opts.registry.names().join(', ')})`);
+      const worker = new Worker<JobData>(name, (job, _token, signal) => this.process(job, signal), {
+        connection,
+        prefix: config.redis.prefix,
+        concurrency: registered.run.concurrency,
+        lockDuration: config.worker.lockDurationMs,
+        stalledInterval: config.worker.stalledIntervalMs,
+        maxStalledCount: 2,
+        settings: { repeatStrategy },
+      });
+      worker.on('error', (err) => this.opts.logger.error({ err, queue: name }, 'worker error'));
+      this.workers.push(worker);
+    }
+    this.opts.logger.info({ queues: this.queueNames, worker: this.workerId }, 'worker started');
+  }
+
+  private lockKey(scheduleId: string): string {
+    return `${this.opts.connections.config.redis.prefix}:schedule-running:${scheduleId}`;
+  }
+
+  /** Returns a reason to skip this scheduled run, or undefined to run it. */
+  private async scheduleGate(job: Job<JobData>, schedule: ResolvedSchedule, scheduledFor: number, ttlMs: number): Promise<string | undefined> {
+    const late = Date.now() - scheduledFor;
+    const tolerance = this.opts.connections.config.scheduler.lateToleranceMs;
+    // A stalled job re-run after a crash is the same run, not a missed one.
+    if (schedule.catchUp === 'none' && late > tolerance && job.attemptsMade === 0 && !job.stalledCounter) {
+      return `missed by ${Math.round(late / 1000)}s while no worker ran it (catchUp: none)`;
+    }
+    if (schedule.overlap === 'allow') return undefined;
+    const key = this.lockKey(schedule.id);
+    if ((await this.redis.set(key, job.id!, 'PX', ttlMs, 'NX')) === 'OK') return undefined;
+    const holder = await this.redis.get(key);
+    if (holder === job.id) return undefined;
+    const holderJob = holder ? await this.opts.queues.get(job.name).getJob(holder) : undefined;
+    if (holderJob && (await holderJob.getState()) === 'active') return `previous run ${holder} of schedule ${schedule.id} is still active`;
+    // The holder is gone (finished without releasing, or lost): take over.
+    await this.redis.set(key, job.id!, 'PX', ttlMs);
+    return undefined;
+  }
+
+  private async process(job: Job<JobData>, bullSignal?: AbortSignal): Promise<unknown> {
+    const { registry, history, connections } = this.opts;
+    const registered = registry.get(job.name)!;
+    const scheduleId = job.data.scheduleId ?? job.repeatJobKey;
+    const schedule = scheduleId ? this.schedules.get(scheduleId) : undefined;
+    const scheduledFor = (job.opts as { prevMillis?: number }).prevMillis ?? job.timestamp + (job.delay ?? 0);
+    const attempt = job.attemptsMade + 1;
+    const logger = this.opts.logger.child({ queue: job.queueName, jobId: job.id, job: job.name, target: job.data.payload?.target });
+    const run: RunStart = {
+      queue: job.queueName,
+      jobId: job.id!,
+      job: job.name,
+      target: String(job.data.payload?.target ?? 'main'),
+      payload: job.data.payload,
+      trigger: job.data.trigger ?? (scheduleId ? `schedule:${scheduleId}` : 'ad-hoc'),
+      scheduledFor: new Date(scheduledFor),
+      attempt,
+      worker: this.workerId,
+    };
+
+    let payload: JobData['payload'];
+    try {
+      payload = registry.parsePayload(job.name, job.data.payload);
+    } catch (err) {
+      const message = err instanceof PayloadError ? err.message : describeError(coerceError(err));
+      const id = await history.start(run);
+      await history.finish(id, 'failed', { error: message });
+      throw new UnrecoverableError(message);
+    }
+
+    if (scheduleId && !schedule) logger.warn({ scheduleId }, 'scheduled job from a schedule this process does not know; running it without overlap rules');
+    if (schedule) {
+      const reason = await this.scheduleGate(job, schedule, scheduledFor, registered.run.timeoutMs + 60_000);
+      if (reason) {
+        await history.skipped(run, reason);
+        await job.log(`skipped: ${reason}`);
+        logger.warn({ reason }, 'scheduled run skipped');
+        return { skipped: reason };
+      }
+    }
+
+    const historyId = await history.start(run);
+    const controller = new AbortController();
+    this.running.set(job.id!, controller);
+    const onBullAbort = () => controller.abort(new JobAbortedError('job cancelled'));
+    bullSignal?.addEventListener('abort', onBullAbort, { once: true });
+    const timer = setTimeout(
+      () => controller.abort(new JobTimeoutError(`timed out after ${Math.round(registered.run.timeoutMs / 1000)}s (maximum run time of ${job.name}); child processes killed`)),
+      registered.run.timeoutMs,
+    );
+    const aborted = new Promise<never>((_, reject) => {
+      controller.signal.addEventListener('abort', () => reject(controller.signal.reason), { once: true });
+    });
+    aborted.catch(() => undefined);
+
+    const ctx: JobContext = {
+      jobId: job.id!,
+      attempt,
+      trigger: run.trigger,
+      config: connections.config,
+      target: connections.target(payload.target),
+      pool: connections.pool(payload.target),
+      logger,
+      signal: controller.signal,
+      progress: async (percent, step) => {
+        await job.updateProgress(Math.max(0, Math.min(100, Math.round(percent))));
+        await job.log(`${new Date().toISOString()} [${Math.round(percent)}%] ${step}`);
+        logger.info({ percent, step }, 'progress');
+      },
+      log: async (message, fields) => {
+        await job.log(`${new Date().toISOString()} ${message}`);
+        logger.info(fields ?? {}, message);
+      },
+    };
+
+    try {
+      await ctx.log(`attempt ${attempt}/${registered.run.attempts} on ${this.workerId} (trigger: ${run.trigger})`);
+      const result = await Promise.race([registered.def.handler(ctx, payload), aborted]);
+      await history.finish(historyId, 'succeeded', { result });
+      logger.info('run succeeded');
+      return result;
+    } catch (thrown) {
+      const err = coerceError(thrown);
+      const kind = classifyError(err);
+      const message = describeError(err);
+      const final = kind !== 'retryable' || attempt >= registered.run.attempts;
+      const outcome = kind === 'timeout' ? 'timed_out' : final ? 'failed' : 'retrying';
+      await history.finish(historyId, outcome, { error: message }).catch((e) => logger.error({ err: e }, 'history update failed'));
+      await job.log(`${new Date().toISOString()} ${outcome}: ${message}`).catch(() => undefined);
+      logger.error({ err, outcome, kind }, 'run failed');
+      if (kind !== 'retryable') throw new UnrecoverableError(message);
+      throw new Error(message, { cause: err });
+    } finally {
+      clearTimeout(timer);
+      bullSignal?.removeEventListener('abort', onBullAbort);
+      this.running.delete(job.id!);
+      if (schedule && schedule.overlap === 'skip') await this.redis.eval(RELEASE_LOCK, 1, this.lockKey(schedule.id), job.id!).catch(() => undefined);
+    }
+  }
+
+  /**
+   * Stops taking jobs and waits for running ones; after `timeoutMs` running jobs
+   * are aborted (child processes killed) and go back for a retry elsewhere.
+   */
+  async close(timeoutMs: number): Promise<void> {
+    const closing = Promise.all(this.workers.map((w) => w.close()));
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = await Promise.race([
+      closing.then(() => false),
+      new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), timeoutMs))),
+    ]);
+    clearTimeout(timer);
+    if (timedOut) {
+      this.opts.logger.warn({ running: [...this.running.keys()] }, 'shutdown timeout: aborting running jobs');
+      for (const c of this.running.values()) c.abort(new JobAbortedError('worker shutting down; the job will be retried'));
+      await closing;
+    }
+  }
+}
