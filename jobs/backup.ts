@@ -5,7 +5,6 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
-import { libpqEnv } from '../src/connections.ts';
 import { PermanentJobError } from '../src/errors.ts';
 import { fileStamp, publish, sha256File, writeJsonAtomic } from '../src/files.ts';
 import { defineJob, targetField, type JobContext } from '../src/job-definition.ts';
@@ -87,7 +86,7 @@ async function dump(ctx: JobContext, target: string, compress: number, dir: stri
     const name = `${target}-${fileStamp(started)}.dump`;
     const final = path.join(dir, name);
     const tmp = path.join(dir, `.${name}.partial`);
-    const env = libpqEnv(ctx.target);
+    const env = ctx.libpqEnv();
 
     try {
       await ctx.log(`pg_dump of database ${info.database} (PostgreSQL ${info.version}, ${tables} tables) into ${tmp}`);

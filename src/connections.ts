@@ -23,13 +23,13 @@ export function createRedis(cfg: RedisConfig, opts: { name?: string; lazyConnect
 
 /** libpq environment for child processes (pg_dump, psql): the password travels in
  * PGPASSWORD, never on the command line where `ps` would show it. */
-export function libpqEnv(target: TargetConfig): Record<string, string> {
+export function libpqEnv(target: TargetConfig, applicationName = 'pgmaint'): Record<string, string> {
   const u = new URL(target.url);
   const env: Record<string, string> = {
     PGHOST: decodeURIComponent(u.hostname.replace(/^\[|\]$/g, '')) || 'localhost',
     PGPORT: u.port || '5432',
     PGDATABASE: decodeURIComponent(u.pathname.slice(1)) || 'postgres',
-    PGAPPNAME: 'pgmaint',
+    PGAPPNAME: applicationName,
   };
   if (u.username) env.PGUSER = decodeURIComponent(u.username);
   if (u.password) env.PGPASSWORD = decodeURIComponent(u.password);

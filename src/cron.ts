@@ -75,6 +75,21 @@ function dayMatches(c: CronExpression, day: DateTime): boolean {
   return dom && dow;
 }
 
+/**
+ * The instant of a local wall-clock time. luxon moves a nonexistent time forward by
+ * the gap; for an ambiguous one it picks the later offset, so we step back to the
+ * first occurrence when it shows the same wall-clock time.
+ */
+function wallClock(day: DateTime, hour: number, minute: number, tz: string): number {
+  const t = DateTime.fromObject({ year: day.year, month: day.month, day: day.day, hour, minute }, { zone: tz });
+  const offsetBefore = t.minus({ hours: 25 }).offset;
+  if (offsetBefore > t.offset) {
+    const earlier = t.minus({ minutes: offsetBefore - t.offset });
+    if (earlier.hour === hour && earlier.minute === minute) return earlier.toMillis();
+  }
+  return t.toMillis();
+}
+
 /** The first run strictly after `afterMs`, as epoch milliseconds. */
 export function nextRun(cron: CronExpression | string, tz: string, afterMs: number): number {
   const c = typeof cron === 'string' ? parseCron(cron) : cron;
@@ -86,10 +101,8 @@ export function nextRun(cron: CronExpression | string, tz: string, afterMs: numb
     if (!dayMatches(c, day)) continue;
     for (const hour of c.hours) {
       for (const minute of c.minutes) {
-        const t = DateTime.fromObject({ year: day.year, month: day.month, day: day.day, hour, minute }, { zone: tz });
-        // luxon moves a nonexistent time forward by the gap and resolves an ambiguous
-        // one to its earlier offset, which gives the rules above.
-        if (t.toMillis() > afterMs) return t.toMillis();
+        const t = wallClock(day, hour, minute, tz);
+        if (t > afterMs) return t;
       }
     }
   }

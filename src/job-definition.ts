@@ -31,6 +31,9 @@ export interface JobContext {
   logger: Logger;
   /** Aborted on timeout or shutdown; pass it to child processes. */
   signal: AbortSignal;
+  /** libpq environment for child processes (pg_dump, psql) on the target. Their
+   * sessions carry this run's application_name, so an abort also ends them server-side. */
+  libpqEnv(): Record<string, string>;
   /** Progress 0–100 with a short step name, shown in Bull Board. */
   progress(percent: number, step: string): Promise<void>;
   /** A log line in Bull Board and in the process log. */

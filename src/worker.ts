@@ -3,7 +3,7 @@
 // a maximum run time, error classification and the run-history row.
 import os from 'node:os';
 import { UnrecoverableError, Worker, type Job } from 'bullmq';
-import type { Connections } from './connections.ts';
+import { libpqEnv, type Connections } from './connections.ts';
 import { classifyError, coerceError, describeError, JobAbortedError, JobTimeoutError } from './errors.ts';
 import type { RunHistory, RunStart } from './history.ts';
 import type { JobContext } from './job-definition.ts';
@@ -130,6 +130,14 @@ export class WorkerRuntime {
 
     const historyId = await history.start(run);
     const controller = new AbortController();
+    const appName = `pgmaint/${job.name}/${job.id}`.slice(0, 63);
+    // A killed client does not stop its backend (pg_sleep, a waiting lock): end them too.
+    controller.signal.addEventListener('abort', () => {
+      connections
+        .pool(payload.target)
+        .query('select pg_terminate_backend(pid) from pg_stat_activity where application_name = $1 and pid <> pg_backend_pid()', [appName])
+        .catch((err) => logger.warn({ err }, 'could not end the aborted run\'s sessions'));
+    });
     this.running.set(job.id!, controller);
     const onBullAbort = () => controller.abort(new JobAbortedError('job cancelled'));
     bullSignal?.addEventListener('abort', onBullAbort, { once: true });
@@ -151,6 +159,7 @@ export class WorkerRuntime {
       pool: connections.pool(payload.target),
       logger,
       signal: controller.signal,
+      libpqEnv: () => libpqEnv(connections.target(payload.target), appName),
       progress: async (percent, step) => {
         await job.updateProgress(Math.max(0, Math.min(100, Math.round(percent))));
         await job.log(`${new Date().toISOString()} [${Math.round(percent)}%] ${step}`);

@@ -1,0 +1,56 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { ConfigError, loadConfig } from '../src/config.ts';
+
+const base = { DATABASE_URL: 'postgres://app:s3cret@db:5432/dairy', BACKUP_DIR: '/var/backups/pgmaint' };
+
+function configErr(env: Record<string, string | undefined>): string {
+  try {
+    loadConfig(env);
+  } catch (err) {
+    expect(err).toBeInstanceOf(ConfigError);
+    return (err as Error).message;
+  }
+  throw new Error('expected a ConfigError');
+}
+
+describe('configuration', () => {
+  it('resolves defaults from a minimal environment', () => {
+    const c = loadConfig(base);
+    expect(c.targets.get('main')?.url).toBe(base.DATABASE_URL);
+    expect(c.redis.prefix).toBe('{pgmaint}');
+    expect(c.port).toBe(3000);
+    expect(c.worker.shutdownTimeoutMs).toBe(30_000);
+  });
+
+  it('names the variable and the problem', () => {
+    expect(configErr({ BACKUP_DIR: '/x' })).toMatch(/DATABASE_URL: .*(expected string|Invalid)/);
+    expect(configErr({ ...base, DATABASE_URL: 'mysql://x' })).toMatch(/DATABASE_URL: must be a postgres/);
+    expect(configErr({ ...base, PORT: 'eighty' })).toMatch(/PORT: /);
+    expect(configErr({ ...base, ADMIN_TOKEN: 'short' })).toMatch(/ADMIN_TOKEN: must be at least 16 characters/);
+    expect(configErr({ ...base, REDIS_URL: 'http://x' })).toMatch(/REDIS_URL: must be a redis/);
+  });
+
+  it('reads further targets from a YAML file and names bad keys', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pgmaint-cfg-'));
+    const file = path.join(dir, 'pgmaint.yaml');
+    fs.writeFileSync(file, 'targets:\n  reporting:\n    urlEnv: REPORTING_URL\n');
+    const c = loadConfig({ ...base, PGMAINT_CONFIG: file, REPORTING_URL: 'postgres://r@h/rep' });
+    expect([...c.targets.keys()]).toEqual(['main', 'reporting']);
+    expect(configErr({ ...base, PGMAINT_CONFIG: file })).toMatch(/REPORTING_URL \(targets.reporting.urlEnv\): is not set/);
+
+    fs.writeFileSync(file, 'worker:\n  shutdownTimeoutMs: soon\n');
+    expect(configErr({ ...base, PGMAINT_CONFIG: file })).toMatch(/worker\.shutdownTimeoutMs: /);
+    fs.writeFileSync(file, 'wokrer: {}\n');
+    expect(configErr({ ...base, PGMAINT_CONFIG: file })).toMatch(/wokrer/);
+    fs.writeFileSync(file, 'targets:\n  Bad Name:\n    url: postgres://x/y\n');
+    expect(configErr({ ...base, PGMAINT_CONFIG: file })).toMatch(/targets/);
+    expect(configErr({ ...base, PGMAINT_CONFIG: path.join(dir, 'missing.yaml') })).toMatch(/PGMAINT_CONFIG: cannot read/);
+  });
+
+  it('keeps the password out of its own error messages', () => {
+    expect(configErr({ ...base, PORT: '-1' })).not.toContain('s3cret');
+  });
+});

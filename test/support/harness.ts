@@ -1,0 +1,145 @@
+// Per-test-file isolation on the shared services: a fresh database, a Redis key
+// prefix of its own, a backup directory, and helpers to build runtimes and to run
+// pgmaint as real child processes.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import pg from 'pg';
+import { inject } from 'vitest';
+import { loadConfig } from '../../src/config.ts';
+import { createLogger } from '../../src/logger.ts';
+import { Runtime, type RuntimeOptions } from '../../src/runtime.ts';
+
+export const ADMIN_TOKEN = 'admin-token-for-tests-0123456789';
+export const VIEWER_TOKEN = 'viewer-token-for-tests-012345678';
+export const BIN = path.resolve(import.meta.dirname, '../../bin/pgmaint.js');
+
+export interface Harness {
+  id: string;
+  dbUrl: string;
+  env: Record<string, string>;
+  backupDir: string;
+  dir: string;
+  admin: pg.Pool;
+  runtime(opts?: Omit<RuntimeOptions, 'env'> & { env?: Record<string, string> }): Runtime;
+  /** Writes a config file and points PGMAINT_CONFIG at it. */
+  configFile(content: object): void;
+  spawnPgmaint(args: string[], extraEnv?: Record<string, string>): Spawned;
+  close(): Promise<void>;
+}
+
+export interface Spawned {
+  child: ChildProcess;
+  output(): string;
+  waitFor(pattern: RegExp, timeoutMs?: number): Promise<void>;
+  exited: Promise<number | null>;
+}
+
+export async function createHarness(name: string): Promise<Harness> {
+  const id = `${name.replace(/[^a-z0-9]/g, '_')}_${randomBytes(3).toString('hex')}`;
+  const base = new URL(inject('pgUrl'));
+  const root = new pg.Client({ connectionString: base.toString() });
+  await root.connect();
+  await root.query(`create database "t_${id}"`);
+  await root.end();
+  base.pathname = `/t_${id}`;
+  const dbUrl = base.toString();
+  const dir = path.join(inject('tmpDir'), id);
+  const backupDir = path.join(dir, 'backups');
+  fs.mkdirSync(backupDir, { recursive: true });
+  const env: Record<string, string> = {
+    DATABASE_URL: dbUrl,
+    REDIS_URL: inject('redisUrl'),
+    BACKUP_DIR: backupDir,
+    WAL_ARCHIVE_DIR: inject('walArchiveDir'),
+    ADMIN_TOKEN,
+    VIEWER_TOKEN,
+    PORT: '0',
+    LOG_LEVEL: 'warn',
+    PG_BINDIR: '/usr/lib/postgresql/15/bin',
+  };
+  const prefixConfig = { redis: { prefix: `{t-${id}}` } };
+  const admin = new pg.Pool({ connectionString: dbUrl, max: 4 });
+  const runtimes: Runtime[] = [];
+  const children: ChildProcess[] = [];
+
+  const h: Harness = {
+    id,
+    dbUrl,
+    env,
+    backupDir,
+    dir,
+    admin,
+    configFile(content) {
+      const file = path.join(dir, 'pgmaint.json');
+      const merged = { ...content, redis: { ...prefixConfig.redis, ...((content as { redis?: object }).redis ?? {}) } };
+      fs.writeFileSync(file, JSON.stringify(merged));
+      env.PGMAINT_CONFIG = file;
+    },
+    runtime(opts = {}) {
+      const config = loadConfig({ ...process.env, ...env, ...opts.env });
+      const rt = Runtime.create({ ...opts, config, logger: opts.logger ?? createLogger('silent') });
+      runtimes.push(rt);
+      return rt;
+    },
+    spawnPgmaint(args, extraEnv = {}) {
+      const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, ...env, ...extraEnv }, stdio: ['ignore', 'pipe', 'pipe'] });
+      children.push(child);
+      let out = '';
+      const listeners = new Set<() => void>();
+      const onData = (d: Buffer) => {
+        out += d.toString();
+        for (const l of listeners) l();
+      };
+      child.stdout!.on('data', onData);
+      child.stderr!.on('data', onData);
+      const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+      return {
+        child,
+        output: () => out,
+        exited,
+        waitFor(pattern, timeoutMs = 30_000) {
+          return new Promise<void>((resolve, reject) => {
+            const check = () => {
+              if (pattern.test(out)) {
+                listeners.delete(check);
+                clearTimeout(timer);
+                resolve();
+              }
+            };
+            const timer = setTimeout(() => {
+              listeners.delete(check);
+              reject(new Error(`timed out waiting for ${pattern} in output:\n${out.slice(-3000)}`));
+            }, timeoutMs);
+            listeners.add(check);
+            check();
+            child.on('exit', (code) => {
+              if (!pattern.test(out)) {
+                clearTimeout(timer);
+                reject(new Error(`process exited (${code}) before ${pattern}; output:\n${out.slice(-3000)}`));
+              }
+            });
+          });
+        },
+      };
+    },
+    async close() {
+      for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+      for (const rt of runtimes.reverse()) await rt.close().catch(() => undefined);
+      await admin.end();
+    },
+  };
+  h.configFile({});
+  return h;
+}
+
+export async function waitUntil<T>(fn: () => Promise<T | undefined | false>, timeoutMs = 30_000, what = 'condition'): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
