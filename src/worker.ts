@@ -2,7 +2,7 @@
 // wraps every handler with payload validation, the schedule overlap/catch-up rules,
 // a maximum run time, error classification and the run-history row.
 import os from 'node:os';
-import { UnrecoverableError, Worker, type Job } from 'bullmq';
+import { DelayedError, UnrecoverableError, Worker, type Job } from 'bullmq';
 import { libpqEnv, type Connections } from './connections.ts';
 import { classifyError, coerceError, describeError, JobAbortedError, JobTimeoutError } from './errors.ts';
 import type { RunHistory, RunStart } from './history.ts';
@@ -32,6 +32,7 @@ export class WorkerRuntime {
   private readonly running = new Map<string, AbortController>();
   private readonly schedules: Map<string, ResolvedSchedule>;
   private readonly redis;
+  private closing = false;
 
   constructor(private readonly opts: WorkerRuntimeOptions) {
     this.schedules = new Map(opts.schedules.map((s) => [s.id, s]));
@@ -48,7 +49,7 @@ export class WorkerRuntime {
     for (const name of this.queueNames) {
       const registered = this.opts.registry.get(name);
       if (!registered) throw new Error(`--queues: unknown job "${name}" (known: ${this.opts.registry.names().join(', ')})`);
-      const worker = new Worker<JobData>(name, (job, _token, signal) => this.process(job, signal), {
+      const worker = new Worker<JobData>(name, (job, token, signal) => this.process(job, token, signal), {
         connection,
         prefix: config.redis.prefix,
         concurrency: registered.run.concurrency,
@@ -87,7 +88,13 @@ export class WorkerRuntime {
     return undefined;
   }
 
-  private async process(job: Job<JobData>, bullSignal?: AbortSignal): Promise<unknown> {
+  private async process(job: Job<JobData>, token: string | undefined, bullSignal?: AbortSignal): Promise<unknown> {
+    if (this.closing) {
+      // BullMQ may hand out one more job while its blocking fetch ends; put it back
+      // untouched (no attempt used) for another worker.
+      await job.moveToDelayed(Date.now(), token);
+      throw new DelayedError();
+    }
     const { registry, history, connections } = this.opts;
     const registered = registry.get(job.name)!;
     const scheduleId = job.data.scheduleId ?? job.repeatJobKey;
@@ -201,6 +208,7 @@ export class WorkerRuntime {
    * are aborted (child processes killed) and go back for a retry elsewhere.
    */
   async close(timeoutMs: number): Promise<void> {
+    this.closing = true;
     const closing = Promise.all(this.workers.map((w) => w.close()));
     let timer: NodeJS.Timeout | undefined;
     const timedOut = await Promise.race([

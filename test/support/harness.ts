@@ -84,7 +84,7 @@ export async function createHarness(name: string): Promise<Harness> {
       return rt;
     },
     spawnPgmaint(args, extraEnv = {}) {
-      const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, ...env, ...extraEnv }, stdio: ['ignore', 'pipe', 'pipe'] });
+      const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, ...env, LOG_LEVEL: 'info', ...extraEnv }, stdio: ['ignore', 'pipe', 'pipe'] });
       children.push(child);
       let out = '';
       const listeners = new Set<() => void>();
