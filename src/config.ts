@@ -177,7 +177,9 @@ function readConfigFile(file: string): unknown {
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
-  const parsedEnv = envSchema.safeParse(env);
+  // An empty variable (ADMIN_TOKEN= in a compose file) counts as unset.
+  const present = Object.fromEntries(Object.entries(env).filter(([, v]) => v !== undefined && v !== ''));
+  const parsedEnv = envSchema.safeParse(present);
   if (!parsedEnv.success) throw new ConfigError(`environment: ${formatIssues(parsedEnv.error.issues)}`);
   const e = parsedEnv.data;
 

@@ -1,0 +1,92 @@
+import request from 'supertest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createApp } from '../src/http/app.ts';
+import { Auth } from '../src/http/auth.ts';
+import type { Runtime } from '../src/runtime.ts';
+import { ADMIN_TOKEN, createHarness, VIEWER_TOKEN, type Harness } from './support/harness.ts';
+
+let h: Harness;
+let rt: Runtime;
+let app: ReturnType<typeof createApp>;
+const admin = { Authorization: `Bearer ${ADMIN_TOKEN}` };
+const viewer = { Authorization: `Bearer ${VIEWER_TOKEN}` };
+
+beforeAll(async () => {
+  h = await createHarness('http');
+  rt = h.runtime();
+  await rt.scheduler.sync();
+  app = createApp(rt, new Auth(ADMIN_TOKEN, VIEWER_TOKEN));
+});
+afterAll(() => h.close());
+
+describe('HTTP API', () => {
+  it('/healthz is open; everything else needs a token (401)', async () => {
+    await request(app).get('/healthz').expect(200, { ok: true });
+    await request(app).get('/readyz').expect(401);
+    await request(app).post('/api/jobs/noop').send({}).expect(401);
+    await request(app).get('/api/schedules').set('Authorization', 'Bearer not-the-token-at-all').expect(401);
+    await request(app).get('/admin/queues/api/queues').expect(401);
+  });
+
+  it('admin enqueues (202); viewer reads but gets 403 on writes', async () => {
+    const res = await request(app).post('/api/jobs/noop').set(admin).send({ sleepMs: 0 }).expect(202);
+    expect(res.body).toEqual({ id: expect.any(String), queue: 'noop', name: 'noop', existing: false });
+    await request(app).post('/api/jobs/noop').set(viewer).send({}).expect(403);
+    const job = await request(app).get(`/api/jobs/noop/${res.body.id}`).set(viewer).expect(200);
+    expect(job.body).toMatchObject({ state: 'waiting', progress: 0, result: null, failedReason: null, attemptsMade: 0 });
+  });
+
+  it('400 with field-level issues for a bad payload; 404 for an unknown job', async () => {
+    const res = await request(app).post('/api/jobs/noop').set(admin).send({ sleepMs: -5, target: 'x;drop' }).expect(400);
+    expect(res.body.issues).toEqual(
+      expect.arrayContaining([
+        { path: 'sleepMs', message: expect.stringMatching(/>=0|greater/) },
+        { path: 'target', message: expect.stringMatching(/target name/) },
+      ]),
+    );
+    const unknownTarget = await request(app).post('/api/jobs/noop').set(admin).send({ target: 'reporting' }).expect(400);
+    expect(unknownTarget.body.issues).toEqual([{ path: 'target', message: 'unknown target "reporting" (known: main)' }]);
+    await request(app).post('/api/jobs/noop').set(admin).set('content-type', 'application/json').send('{"sleepMs": ').expect(400);
+    await request(app).post('/api/jobs/no-such-job').set(admin).send({}).expect(404);
+    await request(app).get('/api/jobs/noop/999999').set(admin).expect(404);
+    await request(app).get('/api/jobs/nope/1').set(admin).expect(404);
+  });
+
+  it('lists schedules with their next run in their own time zone', async () => {
+    const res = await request(app).get('/api/schedules').set(viewer).expect(200);
+    const nightly = res.body.schedules.find((s: { id: string }) => s.id === 'backup-main-nightly');
+    expect(nightly.nextRun).toMatch(/T02:00:00\.000\+06:00$/);
+    expect(nightly.scheduledInRedis).toBe(new Date(Date.parse(nightly.nextRun)).toISOString());
+  });
+
+  it('/readyz checks Redis and every target', async () => {
+    const res = await request(app).get('/readyz').set(viewer).expect(200);
+    expect(res.body).toEqual({ ok: true, checks: { redis: { ok: true }, 'target:main': { ok: true } } });
+  });
+
+  it('signs a browser in with a token: HttpOnly, SameSite=Strict cookie; viewer cookie is read-only on Bull Board', async () => {
+    await request(app).get('/admin/queues').set('Accept', 'text/html').expect(303).expect('Location', '/login');
+    await request(app).post('/login').type('form').send({ token: 'wrong-token-wrong-token' }).expect(401);
+    const login = await request(app).post('/login').type('form').send({ token: VIEWER_TOKEN }).expect(303);
+    const cookie = login.headers['set-cookie']![0]!;
+    expect(cookie).toMatch(/^pgmaint_session=.+; Path=\/; HttpOnly; SameSite=Strict/);
+    const sessionCookie = cookie.split(';')[0]!;
+    const queues = await request(app).get('/admin/queues/api/queues').set('Cookie', sessionCookie).expect(200);
+    expect(queues.body.queues.map((q: { name: string }) => q.name).sort()).toEqual(['backup', 'noop']);
+    expect(queues.body.queues.every((q: { readOnlyMode: boolean }) => q.readOnlyMode)).toBe(true);
+    await request(app).put('/admin/queues/api/queues/noop/clean/completed').set('Cookie', sessionCookie).expect(403);
+    // A tampered cookie is refused.
+    await request(app).get('/admin/queues/api/queues').set('Cookie', sessionCookie.replace('viewer', 'admin')).expect(401);
+
+    const adminLogin = await request(app).post('/login').type('form').send({ token: ADMIN_TOKEN }).expect(303);
+    const adminCookie = adminLogin.headers['set-cookie']![0]!.split(';')[0]!;
+    const adminQueues = await request(app).get('/admin/queues/api/queues').set('Cookie', adminCookie).expect(200);
+    expect(adminQueues.body.queues.every((q: { readOnlyMode: boolean }) => !q.readOnlyMode)).toBe(true);
+  });
+
+  it('is never open by default: the server refuses to start without ADMIN_TOKEN', async () => {
+    const { startServer } = await import('../src/http/server.ts');
+    const noAuth = h.runtime({ env: { ADMIN_TOKEN: '' } });
+    await expect(startServer(noAuth, { port: 0 })).rejects.toThrow(/ADMIN_TOKEN: required/);
+  });
+});
