@@ -1,0 +1,68 @@
+// A person at a browser: signs in to Bull Board with the admin token and finds the
+// finished backup with its log lines. Headless Debian Chromium driven by playwright-core.
+import fs from 'node:fs';
+import path from 'node:path';
+import { chromium, type Browser } from 'playwright-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startServer } from '../src/http/server.ts';
+import { startWorkers } from '../src/roles.ts';
+import type { Runtime } from '../src/runtime.ts';
+import { ADMIN_TOKEN, createHarness, waitUntil, type Harness } from './support/harness.ts';
+
+const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
+
+let h: Harness;
+let rt: Runtime;
+let browser: Browser;
+let base: string;
+
+beforeAll(async () => {
+  h = await createHarness('browser');
+  await h.admin.query(`create table milk_production (id int, litres numeric); insert into milk_production select g, 11.5 from generate_series(1, 100) g`);
+  rt = h.runtime({ schedules: [] });
+  startWorkers(rt, ['backup']);
+  const { port } = await startServer(rt, { port: 0, host: '127.0.0.1' });
+  base = `http://127.0.0.1:${port}`;
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+});
+afterAll(async () => {
+  await browser?.close();
+  await h.close();
+});
+
+describe('Bull Board in a browser', () => {
+  it('signs in with the token and shows the finished backup with its log lines', async () => {
+    const { job } = await rt.queues.enqueue('backup', {});
+    await waitUntil(async () => (await (await rt.queues.get('backup').getJob(job.id!))?.getState()) === 'completed', 60_000, 'backup to complete');
+
+    const page = await browser.newPage();
+    await page.goto(`${base}/admin/queues`);
+    expect(new URL(page.url()).pathname).toBe('/login');
+    await page.fill('#token', ADMIN_TOKEN);
+    await Promise.all([page.waitForURL(/\/admin\/queues/), page.click('button[type=submit]')]);
+
+    await page.goto(`${base}/admin/queues/queue/backup?status=completed`);
+    await page.getByText(`#${job.id}`, { exact: false }).first().waitFor({ timeout: 20_000 });
+    const shot = path.join(h.dir, 'bull-board-backup.png');
+    await page.getByRole('tab', { name: 'Logs' }).first().click();
+    await page.getByText(/backup verified/).first().waitFor({ timeout: 20_000 });
+    expect(await page.getByText(/pg_dump of database/).count()).toBeGreaterThan(0);
+    await page.screenshot({ path: shot, fullPage: true });
+    expect(fs.statSync(shot).size).toBeGreaterThan(10_000);
+  });
+
+  it('refuses a wrong token on the login page', async () => {
+    const page = await browser.newPage();
+    await page.goto(`${base}/login`);
+    await page.fill('#token', 'this-is-not-the-token');
+    await page.click('button[type=submit]');
+    await page.getByRole('alert').waitFor();
+    expect(await page.getByRole('alert').textContent()).toMatch(/not valid/);
+    // Still signed out: Bull Board sends the browser back to the login page.
+    await page.goto(`${base}/admin/queues/queue/backup`);
+    expect(new URL(page.url()).pathname).toBe('/login');
+  });
+});
