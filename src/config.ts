@@ -93,9 +93,11 @@ const fileSchema = z
       .object({
         target: z.string().default('main'),
         retentionDays: z.number().int().min(1).default(90),
+        /** Commit each run's final row before BullMQ marks the job done (one commit per job). */
+        synchronous: z.boolean().default(false),
       })
       .strict()
-      .default({ target: 'main', retentionDays: 90 }),
+      .default({ target: 'main', retentionDays: 90, synchronous: false }),
     worker: z
       .object({
         stalledIntervalMs: z.number().int().min(500).default(30_000),
@@ -147,7 +149,7 @@ export interface Config {
   viewerToken?: string;
   insecureNoAuth: boolean;
   logLevel: z.infer<typeof envSchema>['LOG_LEVEL'];
-  history: { target: string; retentionDays: number };
+  history: { target: string; retentionDays: number; synchronous: boolean };
   worker: z.infer<typeof fileSchema>['worker'];
   scheduler: z.infer<typeof fileSchema>['scheduler'];
   jobs: Record<string, JobPolicy>;

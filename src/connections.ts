@@ -53,14 +53,16 @@ export class Connections {
     return t;
   }
 
-  pool(targetName: string): pg.Pool {
-    let pool = this.pools.get(targetName);
+  /** The pool for a target; `purpose` keeps separate pools for separate uses (run history). */
+  pool(targetName: string, purpose = 'jobs'): pg.Pool {
+    const key = `${targetName}/${purpose}`;
+    let pool = this.pools.get(key);
     if (!pool) {
       const t = this.target(targetName);
-      pool = new pg.Pool({ connectionString: t.url, max: t.poolSize, application_name: 'pgmaint', connectionTimeoutMillis: 10_000 });
+      pool = new pg.Pool({ connectionString: t.url, max: t.poolSize, application_name: purpose === 'jobs' ? 'pgmaint' : `pgmaint/${purpose}`, connectionTimeoutMillis: 10_000 });
       // An idle client that loses its server must not crash the process.
       pool.on('error', () => undefined);
-      this.pools.set(targetName, pool);
+      this.pools.set(key, pool);
     }
     return pool;
   }

@@ -1,5 +1,6 @@
 // The durable record of every run: one row per attempt in pgmaint.run_history on
 // the history target. Redis keeps only a bounded number of finished jobs.
+import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 
 export type Outcome = 'running' | 'succeeded' | 'failed' | 'retrying' | 'timed_out' | 'skipped' | 'abandoned';
@@ -14,10 +15,13 @@ export interface RunStart {
   scheduledFor?: Date;
   attempt: number;
   worker: string;
+  /** The job was recovered after its worker was lost (stalled). */
+  recovered?: boolean;
 }
 
 export interface HistoryRow {
   id: string;
+  run_id: string;
   queue: string;
   job_id: string;
   job: string;
@@ -38,6 +42,7 @@ const MIGRATION = `
 create schema if not exists pgmaint;
 create table if not exists pgmaint.run_history (
   id            bigserial primary key,
+  run_id        uuid not null unique,
   queue         text not null,
   job_id        text not null,
   job           text not null,
@@ -58,10 +63,85 @@ create index if not exists run_history_job_id on pgmaint.run_history (queue, job
 create index if not exists run_history_started on pgmaint.run_history (started_at);
 `;
 
+// One statement per flush: new rows go in (a run that started and finished between
+// two flushes goes in once, finished) and finishes of rows written before are
+// applied. A run recovered from a lost worker also marks that worker's 'running'
+// row 'abandoned'; the clauses a flush does not need are left out.
+const RECORDSET = `jsonb_to_recordset($1::jsonb) as x(run_id uuid, queue text, job_id text, job text, target text, payload jsonb, trigger text,
+  scheduled_for timestamptz, attempt int, started_at timestamptz, finished_at timestamptz, outcome text, error text, result jsonb, worker text, recovered boolean)`;
+const COLUMNS = 'run_id, queue, job_id, job, target, payload, trigger, scheduled_for, attempt, started_at, finished_at, outcome, error, result, worker';
+
+function flushSql(parts: { inserts: boolean; recovered: boolean; updates: boolean }): string {
+  const ctes: string[] = [];
+  if (parts.inserts) ctes.push(`ins as (insert into pgmaint.run_history (${COLUMNS}) select ${COLUMNS} from ${RECORDSET} returning run_id)`);
+  if (parts.recovered) {
+    ctes.push(`abandoned as (
+      update pgmaint.run_history h set outcome = 'abandoned', finished_at = now(), error = 'worker lost (stalled job recovered by another worker)'
+        from ${RECORDSET} where x.recovered and h.queue = x.queue and h.job_id = x.job_id and h.outcome = 'running')`);
+  }
+  if (parts.updates) {
+    ctes.push(`finished as (
+      update pgmaint.run_history h set finished_at = u.finished_at, outcome = u.outcome, error = u.error, result = u.result
+        from jsonb_to_recordset($2::jsonb) as u(run_id uuid, finished_at timestamptz, outcome text, error text, result jsonb)
+       where h.run_id = u.run_id)`);
+  }
+  // Both parameters are always referenced so every shape takes the same two.
+  return `with ${ctes.join(",\n")} select 1 where $1::jsonb is not null and $2::jsonb is not null`;
+}
+
+interface Row {
+  run_id: string;
+  queue: string;
+  job_id: string;
+  job: string;
+  target: string;
+  payload: unknown;
+  trigger: string;
+  scheduled_for: Date | null;
+  attempt: number;
+  started_at: Date;
+  finished_at: Date | null;
+  outcome: Outcome;
+  error: string | null;
+  result: unknown;
+  worker: string;
+  /** Re-run of a job whose worker was lost (BullMQ's stalled-job recovery). */
+  recovered: boolean;
+}
+
+type Finish = Pick<Row, 'run_id' | 'finished_at' | 'outcome' | 'error' | 'result'>;
+
+export interface HistoryOptions {
+  /** How long rows wait to share one write with other runs' rows. */
+  flushDelayMs?: number;
+  /** Wait for the commit of a run's final row before the job counts as done in BullMQ. */
+  synchronous?: boolean;
+  onError?: (err: unknown) => void;
+}
+
+/**
+ * Writes rows in batches (group commit): a start row and its finish, when close
+ * together, become one row, and concurrent runs share one statement. By default a
+ * job does not wait for its row's commit; rows are flushed within flushDelayMs, on
+ * failure retried with backoff, and on shutdown written before the pools close.
+ * A SIGKILLed process can lose the rows of its last flushDelayMs; `synchronous`
+ * closes that window at the cost of a commit per job.
+ */
 export class RunHistory {
   private ready?: Promise<void>;
+  private inserts = new Map<string, Row>();
+  private updates = new Map<string, Finish>();
+  private flushing?: Promise<void>;
+  private next?: Promise<void>;
+  private timer?: NodeJS.Timeout;
+  private failures = 0;
+  private readonly flushDelayMs: number;
+  private readonly synchronous: boolean;
 
-  constructor(private readonly pool: pg.Pool) {}
+  constructor(private readonly pool: pg.Pool, private readonly opts: HistoryOptions = {}) {
+    this.flushDelayMs = opts.flushDelayMs ?? 20;
+    this.synchronous = opts.synchronous ?? false;
+  }
 
   /** Creates the table once per process; concurrent starters serialize on an advisory lock. */
   migrate(): Promise<void> {
@@ -83,39 +163,108 @@ export class RunHistory {
     return this.ready;
   }
 
-  /** Records a started attempt; an earlier attempt of the same job still marked running
-   * was lost with its worker (SIGKILL, crash) and becomes 'abandoned'. */
-  async start(run: RunStart): Promise<string> {
-    await this.migrate();
-    const { rows } = await this.pool.query<{ id: string }>(
-      `with abandoned as (
-         update pgmaint.run_history set outcome = 'abandoned', finished_at = now(), error = 'worker lost (stalled job recovered by another worker)'
-          where queue = $1 and job_id = $2 and outcome = 'running'
-       )
-       insert into pgmaint.run_history (queue, job_id, job, target, payload, trigger, scheduled_for, attempt, worker, outcome)
-       values ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'running') returning id`,
-      [run.queue, run.jobId, run.job, run.target, JSON.stringify(run.payload ?? {}), run.trigger, run.scheduledFor ?? null, run.attempt, run.worker],
-    );
-    return rows[0]!.id;
+  /** Records a started attempt and returns its run id. */
+  start(run: RunStart): string {
+    const runId = randomUUID();
+    this.inserts.set(runId, {
+      run_id: runId,
+      queue: run.queue,
+      job_id: run.jobId,
+      job: run.job,
+      target: run.target,
+      payload: run.payload ?? {},
+      trigger: run.trigger,
+      scheduled_for: run.scheduledFor ?? null,
+      attempt: run.attempt,
+      started_at: new Date(),
+      finished_at: null,
+      outcome: 'running',
+      error: null,
+      result: null,
+      worker: run.worker,
+      recovered: run.recovered ?? false,
+    });
+    this.schedule(this.flushDelayMs);
+    return runId;
   }
 
-  async finish(id: string, outcome: Exclude<Outcome, 'running'>, detail: { error?: string; result?: unknown }): Promise<void> {
-    await this.pool.query(`update pgmaint.run_history set finished_at = now(), outcome = $2, error = $3, result = $4 where id = $1`, [
-      id,
-      outcome,
-      detail.error ?? null,
-      detail.result === undefined ? null : JSON.stringify(detail.result),
-    ]);
+  /** Records the end of an attempt (committed before resolving when synchronous). */
+  finish(runId: string, outcome: Exclude<Outcome, 'running'>, detail: { error?: string; result?: unknown }): Promise<void> {
+    const end: Finish = { run_id: runId, finished_at: new Date(), outcome, error: detail.error ?? null, result: detail.result ?? null };
+    const pendingInsert = this.inserts.get(runId);
+    if (pendingInsert) Object.assign(pendingInsert, end);
+    else this.updates.set(runId, end);
+    if (this.synchronous) return this.flush();
+    this.schedule(this.inserts.size + this.updates.size >= 500 ? 0 : this.flushDelayMs);
+    return Promise.resolve();
   }
 
   /** A run that did not start (overlap, missed while down) is recorded in one row. */
-  async skipped(run: RunStart, reason: string): Promise<void> {
-    await this.migrate();
-    await this.pool.query(
-      `insert into pgmaint.run_history (queue, job_id, job, target, payload, trigger, scheduled_for, attempt, worker, outcome, finished_at, result)
-       values ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'skipped', now(), $10)`,
-      [run.queue, run.jobId, run.job, run.target, JSON.stringify(run.payload ?? {}), run.trigger, run.scheduledFor ?? null, run.attempt, run.worker, JSON.stringify({ skipped: reason })],
-    );
+  skipped(run: RunStart, reason: string): Promise<void> {
+    return this.finish(this.start(run), 'skipped', { result: { skipped: reason } });
+  }
+
+  private schedule(delayMs: number): void {
+    if (this.timer) return;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      this.flush().catch((err) => {
+        this.opts.onError?.(err);
+        // Rows are back in the buffer; try again, backing off up to 30 s.
+        this.failures++;
+        this.schedule(Math.min(30_000, 250 * 2 ** this.failures));
+      });
+    }, delayMs);
+    this.timer.unref();
+  }
+
+  /** Writes everything buffered. Flushes run one at a time, so an update never
+   * overtakes the insert of its row; callers arriving during a flush share the next.
+   * A failed flush puts its rows back. */
+  flush(): Promise<void> {
+    if (this.flushing) {
+      this.next ??= this.flushing.catch(() => undefined).then(() => {
+        this.next = undefined;
+        return this.flush();
+      });
+      return this.next;
+    }
+    if (!this.inserts.size && !this.updates.size) return Promise.resolve();
+    const inserts = [...this.inserts.values()];
+    const updates = [...this.updates.values()];
+    this.inserts = new Map();
+    this.updates = new Map();
+    this.flushing = (async () => {
+      await this.migrate();
+      const parts = { inserts: inserts.length > 0, recovered: inserts.some((r) => r.recovered), updates: updates.length > 0 };
+      // Named per shape, so each connection plans each of the few shapes once.
+      const name = `pgmaint-history-${Number(parts.inserts)}${Number(parts.recovered)}${Number(parts.updates)}`;
+      await this.pool.query({ name, text: flushSql(parts), values: [JSON.stringify(inserts), JSON.stringify(updates)] });
+      this.failures = 0;
+    })()
+      .catch((err) => {
+        // Newer entries for the same run (a finish that came meanwhile) win.
+        for (const r of inserts) {
+          const later = this.updates.get(r.run_id);
+          this.inserts.set(r.run_id, later ? { ...r, ...later } : r);
+          this.updates.delete(r.run_id);
+        }
+        for (const u of updates) if (!this.updates.has(u.run_id)) this.updates.set(u.run_id, u);
+        throw err;
+      })
+      .finally(() => {
+        this.flushing = undefined;
+      });
+    return this.flushing;
+  }
+
+  /** Flushes what is buffered; called on shutdown before the pools close. */
+  async close(): Promise<void> {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    for (let i = 0; i < 3 && (this.inserts.size || this.updates.size || this.flushing); i++) {
+      await this.flush().catch((err) => this.opts.onError?.(err));
+    }
   }
 
   async list(filter: { job?: string; limit?: number } = {}): Promise<HistoryRow[]> {

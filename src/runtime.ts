@@ -37,7 +37,11 @@ export class Runtime {
     this.registry = new Registry(jobs, config);
     this.schedules = resolveSchedules(schedules, this.registry, config.scheduler.disabled);
     this.connections = new Connections(config);
-    this.history = new RunHistory(this.connections.pool(config.history.target));
+    // History writes get a pool of their own so they never wait behind a job's queries.
+    this.history = new RunHistory(this.connections.pool(config.history.target, 'history'), {
+      synchronous: config.history.synchronous,
+      onError: (err) => logger.error({ err }, 'run history write failed; will retry'),
+    });
     this.queues = new Queues(config, this.registry, this.connections.redis('pgmaint-queues'));
     this.scheduler = new Scheduler(this.queues, this.registry, this.schedules, logger);
   }
@@ -59,6 +63,7 @@ export class Runtime {
       await Promise.resolve(fn()).catch((err) => this.logger.error({ err }, 'error during shutdown'));
     }
     this.scheduler.stop();
+    await this.history.close();
     await this.queues.close();
     await this.connections.close();
   }

@@ -112,6 +112,7 @@ export class WorkerRuntime {
       scheduledFor: new Date(scheduledFor),
       attempt,
       worker: this.workerId,
+      recovered: job.stalledCounter > 0,
     };
 
     let payload: JobData['payload'];
@@ -119,8 +120,7 @@ export class WorkerRuntime {
       payload = registry.parsePayload(job.name, job.data.payload);
     } catch (err) {
       const message = err instanceof PayloadError ? err.message : describeError(coerceError(err));
-      const id = await history.start(run);
-      await history.finish(id, 'failed', { error: message });
+      await history.finish(history.start(run), 'failed', { error: message });
       throw new UnrecoverableError(message);
     }
 
@@ -135,7 +135,9 @@ export class WorkerRuntime {
       }
     }
 
-    const historyId = await history.start(run);
+    // The 'running' row is written while the handler starts; a fast run's start and
+    // finish become one row. The finish is committed before BullMQ marks the job done.
+    const historyId = history.start(run);
     const controller = new AbortController();
     const appName = `pgmaint/${job.name}/${job.id}`.slice(0, 63);
     // A killed client does not stop its backend (pg_sleep, a waiting lock): end them too.
@@ -179,7 +181,6 @@ export class WorkerRuntime {
     };
 
     try {
-      await ctx.log(`attempt ${attempt}/${registered.run.attempts} on ${this.workerId} (trigger: ${run.trigger})`);
       const result = await Promise.race([registered.def.handler(ctx, payload), aborted]);
       await history.finish(historyId, 'succeeded', { result });
       logger.info('run succeeded');

@@ -51,6 +51,7 @@ describe('backup', () => {
     expect(logs.join('\n')).toMatch(/pg_dump of database .* tables\)/);
     expect(logs.join('\n')).toMatch(/backup verified/);
     // The run history holds the result, and no secret.
+    await rt.history.flush();
     const { rows } = await h.admin.query(`select outcome, result, payload::text from pgmaint.run_history where queue = 'backup' and job_id = $1`, [job.id]);
     expect(rows).toEqual([{ outcome: 'succeeded', result: expect.objectContaining({ sha256: actual }), payload: '{"target": "main", "compress": 6}' }]);
   });

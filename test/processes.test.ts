@@ -36,6 +36,8 @@ describe('worker processes', () => {
       return (await j?.getState()) === 'completed' ? j : undefined;
     }, 30_000, 'the job to complete on the second worker');
     expect(done!.returnvalue).toEqual({ sleptMs: 3000 });
+    // The second worker writes its row in its next batch.
+    await waitUntil(async () => (await outcomes(job.id!)).length === 2, 5000, 'both history rows');
     expect(await outcomes(job.id!)).toEqual(['abandoned', 'succeeded']);
     second.child.kill('SIGTERM');
     expect(await second.exited).toBe(0);

@@ -27,6 +27,7 @@ async function finished(queue: string, id: string) {
 }
 
 async function historyOf(id: string, queue: string) {
+  await rt.history.flush(); // rows are written in batches; read what this process recorded
   const { rows } = await h.admin.query(`select attempt, outcome, error from pgmaint.run_history where queue = $1 and job_id = $2 order by id`, [queue, id]);
   return rows as { attempt: number; outcome: string; error: string | null }[];
 }
