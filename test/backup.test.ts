@@ -6,7 +6,7 @@ import { dumpDir } from '../jobs/backup.ts';
 import { binPath, runProcess } from '../src/proc.ts';
 import { startWorkers } from '../src/roles.ts';
 import type { Runtime } from '../src/runtime.ts';
-import { createHarness, waitUntil, type Harness } from './support/harness.ts';
+import { createHarness, waitForFinished, waitUntil, type Harness } from './support/harness.ts';
 
 let h: Harness;
 let rt: Runtime;
@@ -21,13 +21,7 @@ beforeAll(async () => {
 });
 afterAll(() => h.close());
 
-async function finished(id: string) {
-  return waitUntil(async () => {
-    const job = await rt.queues.get('backup').getJob(id);
-    const state = await job?.getState();
-    return state === 'completed' || state === 'failed' ? { job: job!, state } : undefined;
-  }, 60_000, `backup ${id}`);
-}
+const finished = (id: string) => waitForFinished(rt.queues.get('backup'), id);
 
 const dir = () => dumpDir(h.backupDir, 'main');
 
@@ -93,13 +87,7 @@ describe('backup', () => {
     // Stop the good worker from taking this run.
     await rt.close();
     const { job } = await bad.queues.enqueue('backup', {});
-    const { state, job: done } = await (async () => {
-      return waitUntil(async () => {
-        const j = await bad.queues.get('backup').getJob(job.id!);
-        const s = await j?.getState();
-        return s === 'failed' || s === 'completed' ? { job: j!, state: s } : undefined;
-      }, 30_000);
-    })();
+    const { state, job: done } = await waitForFinished(bad.queues.get('backup'), job.id!, 30_000);
     expect(state).toBe('failed');
     expect(done.attemptsMade).toBe(1);
     expect(done.failedReason).toMatch(/^BACKUP_DIR: .*not-a-dir.* is not writable/);

@@ -2,7 +2,7 @@
 // syncing schedules at once.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Runtime } from '../src/runtime.ts';
-import { createHarness, waitUntil, type Harness } from './support/harness.ts';
+import { createHarness, waitForFinished, waitUntil, type Harness } from './support/harness.ts';
 
 let h: Harness;
 let rt: Runtime;
@@ -31,11 +31,9 @@ describe('worker processes', () => {
 
     const second = h.spawnPgmaint(['worker', '--queues', 'noop']);
     await second.waitFor(/worker started/);
-    const done = await waitUntil(async () => {
-      const j = await rt.queues.get('noop').getJob(job.id!);
-      return (await j?.getState()) === 'completed' ? j : undefined;
-    }, 30_000, 'the job to complete on the second worker');
-    expect(done!.returnvalue).toEqual({ sleptMs: 3000 });
+    const { state, job: done } = await waitForFinished(rt.queues.get('noop'), job.id!, 30_000);
+    expect(state).toBe('completed');
+    expect(done.returnvalue).toEqual({ sleptMs: 3000 });
     // The second worker writes its row in its next batch.
     await waitUntil(async () => (await outcomes(job.id!)).length === 2, 5000, 'both history rows');
     expect(await outcomes(job.id!)).toEqual(['abandoned', 'succeeded']);

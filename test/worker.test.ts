@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { jobs } from '../jobs/index.ts';
 import { startWorkers } from '../src/roles.ts';
 import type { Runtime } from '../src/runtime.ts';
-import { createHarness, waitUntil, type Harness } from './support/harness.ts';
+import { createHarness, waitForFinished, waitUntil, type Harness } from './support/harness.ts';
 import { slowChild, sqlProbe } from './support/test-jobs.ts';
 
 let h: Harness;
@@ -18,13 +18,7 @@ beforeAll(async () => {
 });
 afterAll(() => h.close());
 
-async function finished(queue: string, id: string) {
-  return waitUntil(async () => {
-    const job = await rt.queues.get(queue).getJob(id);
-    const state = await job?.getState();
-    return state === 'completed' || state === 'failed' ? { job: job!, state } : undefined;
-  }, 30_000, `job ${queue}/${id} to finish`);
-}
+const finished = (queue: string, id: string) => waitForFinished(rt.queues.get(queue), id);
 
 async function historyOf(id: string, queue: string) {
   await rt.history.flush(); // rows are written in batches; read what this process recorded

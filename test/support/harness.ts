@@ -5,6 +5,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import type { Job, Queue } from 'bullmq';
 import pg from 'pg';
 import { inject } from 'vitest';
 import { loadConfig } from '../../src/config.ts';
@@ -142,4 +143,14 @@ export async function waitUntil<T>(fn: () => Promise<T | undefined | false>, tim
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 100));
   }
+}
+
+/** Waits for a job to complete or fail, then reads it afresh (a job loaded before
+ * its state changed would show stale attempts and reasons). */
+export async function waitForFinished(queue: Queue, id: string, timeoutMs = 60_000): Promise<{ job: Job; state: 'completed' | 'failed' }> {
+  const state = await waitUntil(async () => {
+    const s = await queue.getJobState(id);
+    return s === 'completed' || s === 'failed' ? s : undefined;
+  }, timeoutMs, `job ${queue.name}/${id} to finish`);
+  return { job: (await queue.getJob(id))!, state };
 }
