@@ -33,6 +33,7 @@ function print(obj: unknown): void {
 async function withRuntime<T>(fn: (rt: Runtime) => Promise<T>): Promise<T> {
   const rt = Runtime.create();
   try {
+    await rt.checkRedis();
     return await fn(rt);
   } finally {
     await rt.close();
@@ -56,6 +57,7 @@ async function enqueue(args: string[]): Promise<number> {
     const queue = rt.queues.get(name);
     // Listen before enqueueing so no progress event is missed.
     const events = values.wait ? new QueueEvents(name, { connection: rt.connections.redis('pgmaint-cli-events'), prefix: rt.config.redis.prefix }) : undefined;
+    events?.on('error', () => undefined);
     try {
       if (events) await events.waitUntilReady();
       const { job, existing } = await rt.queues.enqueue(name, data, { trigger: 'ad-hoc' });
@@ -89,7 +91,7 @@ async function demo(args: string[]): Promise<void> {
   const stack = await startDemoStack(dir);
   Object.assign(process.env, stack.env);
   const rt = await runServerProcess({ withWorkers: true });
-  rt.onClose(() => stack.stop());
+  rt.afterClose(() => stack.stop());
   const url = `http://localhost:${rt.config.port}`;
   process.stderr.write(
     `\npgmaint demo is up.\n  Bull Board: ${url}/admin/queues  (sign in with the admin token)\n  admin token:  ${stack.env.ADMIN_TOKEN}\n  viewer token: ${stack.env.VIEWER_TOKEN}\n` +

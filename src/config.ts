@@ -12,8 +12,10 @@ export class ConfigError extends Error {
 
 export const TARGET_NAME = /^[a-z][a-z0-9_-]{0,62}$/;
 
+const required = { error: (iss: { input: unknown }) => (iss.input === undefined ? 'is required (not set)' : 'must be a string') };
+
 const postgresUrl = z
-  .string()
+  .string(required)
   .min(1, 'is empty')
   .refine((v) => {
     try {
@@ -39,7 +41,7 @@ const token = z.string().min(16, 'must be at least 16 characters');
 const envSchema = z.object({
   DATABASE_URL: postgresUrl,
   REDIS_URL: redisUrl.default('redis://127.0.0.1:6379'),
-  BACKUP_DIR: z.string().min(1, 'is empty'),
+  BACKUP_DIR: z.string(required).min(1, 'is empty'),
   WAL_ARCHIVE_DIR: z.string().min(1, 'is empty').optional(),
   PORT: z.coerce.number().int().min(0).max(65535).default(3000),
   ADMIN_TOKEN: token.optional(),

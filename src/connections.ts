@@ -78,7 +78,9 @@ export class Connections {
     for (const pool of [...this.pools.values()].reverse()) await pool.end().catch(() => undefined);
     this.pools.clear();
     for (const client of this.redisClients.reverse()) {
-      await client.quit().catch(() => client.disconnect());
+      // QUIT on a client that never connected would wait for a connection forever.
+      if (client.status === 'ready') await client.quit().catch(() => client.disconnect());
+      else client.disconnect();
     }
     this.redisClients = [];
   }

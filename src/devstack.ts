@@ -105,6 +105,8 @@ export async function startPostgres(opts: PostgresOptions): Promise<PostgresInst
     start: () => runAs(binPath('pg_ctl'), ['-D', dataDir, '-l', path.join(opts.dir, 'postgres.log'), '-w', '-t', '60', '-o', `-p ${port}`, 'start'], spawnOpts).then(() => undefined),
     stop: (mode = 'fast') => runAs(binPath('pg_ctl'), ['-D', dataDir, '-m', mode, '-w', 'stop'], spawnOpts).then(() => undefined).catch(() => undefined),
   };
+  // A server left running by an earlier, killed run in this directory is stopped first.
+  if (fs.existsSync(path.join(dataDir, 'postmaster.pid'))) await instance.stop('fast');
   fs.writeFileSync(path.join(opts.dir, 'postgres.log'), '');
   chownTree(path.join(opts.dir, 'postgres.log'), owner);
   await instance.start();
@@ -134,9 +136,19 @@ export interface RedisInstance {
 export async function startRedis(opts: { dir: string; port?: number; appendonly?: boolean }): Promise<RedisInstance> {
   const port = opts.port ?? (await freePort());
   fs.mkdirSync(opts.dir, { recursive: true });
+  // A server left running by an earlier, killed run in this directory is stopped first.
+  const pidFile = path.join(opts.dir, 'redis.pid');
+  if (fs.existsSync(pidFile)) {
+    try {
+      process.kill(Number(fs.readFileSync(pidFile, 'utf8')), 'SIGTERM');
+      await sleep(200);
+    } catch {
+      // not running any more
+    }
+  }
   const child = spawn(
     'redis-server',
-    ['--port', String(port), '--bind', '127.0.0.1', '--dir', opts.dir, '--save', '', '--appendonly', opts.appendonly ? 'yes' : 'no', '--maxmemory-policy', 'noeviction', '--logfile', path.join(opts.dir, 'redis.log')],
+    ['--port', String(port), '--pidfile', pidFile, '--bind', '127.0.0.1', '--dir', opts.dir, '--save', '', '--appendonly', opts.appendonly ? 'yes' : 'no', '--maxmemory-policy', 'noeviction', '--logfile', path.join(opts.dir, 'redis.log')],
     { stdio: 'ignore' },
   );
   const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()));

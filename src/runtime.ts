@@ -2,7 +2,8 @@
 // schedules, in start-up order; close() takes them down in reverse.
 import { jobs as builtinJobs } from '../jobs/index.ts';
 import { schedules as builtinSchedules } from '../schedules/index.ts';
-import { loadConfig, type Config } from './config.ts';
+import { ConfigError, loadConfig, type Config } from './config.ts';
+import { safeUrl } from './redact.ts';
 import { Connections } from './connections.ts';
 import { RunHistory } from './history.ts';
 import type { AnyJobDefinition } from './job-definition.ts';
@@ -27,6 +28,7 @@ export class Runtime {
   readonly schedules: ResolvedSchedule[];
   readonly scheduler: Scheduler;
   private readonly closers: (() => Promise<void> | void)[] = [];
+  private readonly finalizers: (() => Promise<void> | void)[] = [];
 
   constructor(
     readonly config: Config,
@@ -57,6 +59,25 @@ export class Runtime {
     this.closers.push(fn);
   }
 
+  /** Runs after everything is closed (the demo's own PostgreSQL and Redis). */
+  afterClose(fn: () => Promise<void> | void): void {
+    this.finalizers.push(fn);
+  }
+
+  /** Fails fast, naming REDIS_URL, when Redis does not answer (for one-shot commands). */
+  async checkRedis(timeoutMs = 5000): Promise<void> {
+    const ping = this.queues.connection.ping();
+    ping.catch(() => undefined);
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([ping, new Promise((_, reject) => (timer = setTimeout(() => reject(new Error(`no answer in ${timeoutMs / 1000}s`)), timeoutMs)))]);
+    } catch (err) {
+      throw new ConfigError(`REDIS_URL: cannot reach ${safeUrl(this.config.redis.url)}: ${(err as Error).message}`);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
   async close(): Promise<void> {
     while (this.closers.length) {
       const fn = this.closers.pop()!;
@@ -66,5 +87,6 @@ export class Runtime {
     await this.history.close();
     await this.queues.close();
     await this.connections.close();
+    for (const fn of this.finalizers.reverse()) await Promise.resolve(fn()).catch((err) => this.logger.error({ err }, 'error during shutdown'));
   }
 }
