@@ -26,7 +26,7 @@ describe('configuration', () => {
   });
 
   it('names the variable and the problem', () => {
-    expect(configErr({ BACKUP_DIR: '/x' })).toMatch(/DATABASE_URL: .*(expected string|Invalid)/);
+    expect(configErr({ BACKUP_DIR: '/x' })).toMatch(/DATABASE_URL: is required \(not set\)/);
     expect(configErr({ ...base, DATABASE_URL: 'mysql://x' })).toMatch(/DATABASE_URL: must be a postgres/);
     expect(configErr({ ...base, PORT: 'eighty' })).toMatch(/PORT: /);
     expect(configErr({ ...base, ADMIN_TOKEN: 'short' })).toMatch(/ADMIN_TOKEN: must be at least 16 characters/);
