@@ -1,6 +1,7 @@
 // Every job the runner knows. Adding a job: one file in jobs/, one line here.
 import type { AnyJobDefinition } from '../src/job-definition.ts';
 import backup from './backup.ts';
+import createPartitions from './create-partitions.ts';
 import noop from './noop.ts';
 
-export const jobs: AnyJobDefinition[] = [backup, noop] as AnyJobDefinition[];
+export const jobs: AnyJobDefinition[] = [backup, createPartitions, noop] as AnyJobDefinition[];

@@ -5,6 +5,7 @@ import path from 'node:path';
 import { z } from 'zod';
 import YAML from 'yaml';
 import { IANAZone } from 'luxon';
+import { partitionPolicy, type PartitionPolicy } from './partitions.ts';
 
 export class ConfigError extends Error {
   override name = 'ConfigError';
@@ -122,6 +123,8 @@ const fileSchema = z
       .strict()
       .default({ watchdogIntervalMs: 60_000, lateToleranceMs: 5 * 60_000, disabled: [], timezone: 'Asia/Dhaka' }),
     jobs: z.record(z.string(), jobPolicySchema).default({}),
+    /** Partition policies for create-partitions and drop-expired-partitions. */
+    partitions: z.array(partitionPolicy).default([]),
   })
   .strict();
 
@@ -155,6 +158,7 @@ export interface Config {
   worker: z.infer<typeof fileSchema>['worker'];
   scheduler: z.infer<typeof fileSchema>['scheduler'];
   jobs: Record<string, JobPolicy>;
+  partitions: PartitionPolicy[];
   configFile?: string;
 }
 
@@ -208,6 +212,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     }
     targets.set(name, { name, url: url!, poolSize: t.poolSize });
   }
+  f.partitions.forEach((p, i) => {
+    if (!targets.has(p.target)) throw new ConfigError(`partitions.${i}.target: unknown target "${p.target}"`);
+  });
+  const seenPolicies = new Set(f.partitions.map((p) => `${p.target}/${p.table}`));
+  if (seenPolicies.size !== f.partitions.length) throw new ConfigError('partitions: a table has two policies on the same target');
   if (!targets.has(f.history.target)) throw new ConfigError(`history.target: unknown target "${f.history.target}"`);
   if (!IANAZone.isValidZone(f.scheduler.timezone)) throw new ConfigError(`scheduler.timezone: "${f.scheduler.timezone}" is not an IANA time zone`);
   if (f.redis.sentinels && !f.redis.sentinelName) throw new ConfigError('redis.sentinelName: required with redis.sentinels');
@@ -226,6 +235,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     worker: f.worker,
     scheduler: f.scheduler,
     jobs: f.jobs,
+    partitions: f.partitions,
     configFile: e.PGMAINT_CONFIG,
   };
 }

@@ -1,0 +1,223 @@
+// create-partitions: keep a runway of future range partitions for every policy in
+// the config file (`partitions:`), from the current period through `premake` periods
+// ahead, filling gaps. Each partition is created as a plain table and ATTACHed, so
+// the parent is held in SHARE UPDATE EXCLUSIVE and inserts never wait on the job.
+// Rows stranded in the DEFAULT partition inside a new range move into it in the
+// same transaction as the attach.
+import { setTimeout as sleep } from 'node:timers/promises';
+import { DateTime } from 'luxon';
+import type pg from 'pg';
+import { z } from 'zod';
+import { classifyError, coerceError, describeError, PermanentJobError } from '../src/errors.ts';
+import { defineJob, targetField, type JobContext } from '../src/job-definition.ts';
+import {
+  boundLiteral,
+  nextPeriod,
+  partitionName,
+  periodStart,
+  policiesFor,
+  qualifiedName,
+  quoteIdent,
+  quoteQualified,
+  readParent,
+  type ExistingPartition,
+  type ParentInfo,
+  type PartitionPolicy,
+  withParentLock,
+} from '../src/partitions.ts';
+
+export const payload = z.object({
+  target: targetField,
+  /** Only these parents (schema.table); all of the target's policies when omitted. */
+  tables: z.array(qualifiedName).optional(),
+  /** Plan from this instant instead of the clock (backfills, tests). */
+  now: z.iso.datetime({ offset: true }).optional(),
+});
+
+const MAX_NEW_PER_RUN = 1000;
+
+interface Created {
+  name: string;
+  from: string;
+  to: string;
+  movedRows: number;
+}
+
+export interface PolicyResult {
+  table: string;
+  created: Created[];
+  /** Upper bound of the newest partition, and whole periods it lies ahead of now. */
+  runwayUntil: string | null;
+  periodsAhead: number;
+  defaultPartition: string | null;
+  defaultRows: number | null;
+  rowsMoved: number;
+  skipped: { range?: string; reason: string }[];
+  error?: string;
+}
+
+export default defineJob({
+  name: 'create-partitions',
+  description: 'Creates future range partitions (premake ahead of now), fills gaps, moves rows out of the DEFAULT partition.',
+  payload,
+  defaults: { attempts: 3, backoffMs: 30_000, timeoutMs: 30 * 60_000, concurrency: 1 },
+  singletonKey: (p) => p.target,
+  async handler(ctx, p) {
+    const policies = policiesFor(ctx, p.target, p.tables);
+    const now = p.now ? DateTime.fromISO(p.now) : DateTime.now();
+    const results: PolicyResult[] = [];
+    for (const [i, policy] of policies.entries()) {
+      await ctx.progress((100 * i) / policies.length, `${policy.table}: planning`);
+      results.push(await maintainPolicy(ctx, policy, now));
+    }
+    const failed = results.filter((r) => r.error);
+    for (const r of results) {
+      await ctx.log(
+        `${r.table}: ${r.error ? `FAILED: ${r.error}` : `created ${r.created.length}, runway until ${r.runwayUntil} (${r.periodsAhead} periods ahead), default partition rows ${r.defaultRows ?? 'n/a'}, moved ${r.rowsMoved}`}` +
+          (r.skipped.length ? `; skipped: ${r.skipped.map((s) => `${s.range ?? ''} ${s.reason}`.trim()).join('; ')}` : ''),
+      );
+    }
+    await ctx.progress(100, `${policies.length - failed.length}/${policies.length} policies done`);
+    if (failed.length) {
+      const message = `create-partitions failed for ${failed.map((f) => `${f.table} (${f.error})`).join(', ')}`;
+      // Retry only when every failure is worth a retry (a lock timeout, say).
+      const clean = message.replace(/(permanent|retryable): /g, '');
+      if (failed.some((f) => f.error!.startsWith('permanent:'))) throw new PermanentJobError(clean);
+      throw new Error(clean);
+    }
+    return { policies: results };
+  },
+});
+
+async function maintainPolicy(ctx: JobContext, policy: PartitionPolicy, now: DateTime): Promise<PolicyResult> {
+  const result: PolicyResult = { table: policy.table, created: [], runwayUntil: null, periodsAhead: 0, defaultPartition: null, defaultRows: null, rowsMoved: 0, skipped: [] };
+  try {
+    const outcome = await withParentLock(ctx.pool, policy.table, async (client) => {
+      let info = await readParent(client, policy);
+      const plan = planMissing(info, policy, now);
+      result.skipped.push(...plan.skipped);
+      for (const [i, period] of plan.missing.entries()) {
+        ctx.signal.throwIfAborted();
+        result.created.push(await withLockRetry(ctx, () => createPartition(client, info, policy, period.from, period.to)));
+        if (i % 10 === 9) await ctx.log(`${policy.table}: created ${i + 1}/${plan.missing.length}`);
+      }
+      info = await readParent(client, policy);
+      const def = info.partitions.find((x) => x.isDefault);
+      if (def) {
+        result.defaultPartition = `${def.schema}.${def.name}`;
+        result.defaultRows = Number((await client.query(`select count(*) as n from ${quoteQualified(def.schema, def.name)}`)).rows[0].n);
+      }
+      const newest = info.partitions.filter((x) => x.to).at(-1)?.to ?? null;
+      result.runwayUntil = newest?.toISO() ?? null;
+      let ahead = 0;
+      for (let t = nextPeriod(periodStart(now.setZone(policy.timeZone), policy.interval), policy.interval); newest && t < newest; t = nextPeriod(t, policy.interval)) ahead++;
+      result.periodsAhead = ahead;
+    });
+    if (outcome === 'locked') result.skipped.push({ reason: 'another run holds this parent (advisory lock); skipped' });
+  } catch (thrown) {
+    const err = coerceError(thrown);
+    result.error = `${classifyError(err) === 'retryable' ? 'retryable' : 'permanent'}: ${describeError(err)}`;
+  }
+  result.rowsMoved = result.created.reduce((n, c) => n + c.movedRows, 0);
+  return result;
+}
+
+interface Period {
+  from: DateTime;
+  to: DateTime;
+}
+
+/** Periods from the current one through premake ahead, plus gaps back to the oldest
+ * partition, that no existing partition covers. A period partly covered by a
+ * partition with other bounds is skipped with the reason; existing bounds win. */
+export function planMissing(info: ParentInfo, policy: PartitionPolicy, now: DateTime): { missing: Period[]; skipped: { range: string; reason: string }[] } {
+  const ranged = info.partitions.filter((x): x is ExistingPartition & { from: DateTime; to: DateTime } => !x.isDefault && !x.detachPending && !!x.from && !!x.to);
+  const current = periodStart(now.setZone(policy.timeZone), policy.interval);
+  let end = current;
+  for (let i = 0; i <= policy.premake; i++) end = nextPeriod(end, policy.interval);
+  const oldest = ranged[0]?.from;
+  let t = oldest && oldest < current ? periodStart(oldest, policy.interval) : current;
+  const missing: Period[] = [];
+  const skipped: { range: string; reason: string }[] = [];
+  while (t < end && missing.length < MAX_NEW_PER_RUN) {
+    const to = nextPeriod(t, policy.interval);
+    const overlapping = ranged.filter((x) => x.from < to && x.to > t);
+    const covered = overlapping.some((x) => x.from <= t && x.to >= to) || coveredByUnion(overlapping, t, to);
+    if (!overlapping.length) missing.push({ from: t, to });
+    else if (!covered) skipped.push({ range: `[${t.toISO()}, ${to.toISO()})`, reason: `partly covered by ${overlapping.map((x) => `${x.schema}.${x.name}`).join(', ')}; existing bounds are kept` });
+    t = to;
+  }
+  return { missing, skipped };
+}
+
+function coveredByUnion(parts: { from: DateTime; to: DateTime }[], from: DateTime, to: DateTime): boolean {
+  let reach = from;
+  for (const x of [...parts].sort((a, b) => a.from.toMillis() - b.from.toMillis())) {
+    if (x.from > reach) return false;
+    if (x.to > reach) reach = x.to;
+  }
+  return reach >= to;
+}
+
+/** Lock timeouts are retried with backoff (1, 2, 4 s), then fail loudly. */
+async function withLockRetry<T>(ctx: JobContext, fn: () => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await fn();
+    } catch (err) {
+      if ((err as { code?: string }).code !== '55P03' || attempt >= 4) throw err;
+      await ctx.log(`lock timeout (attempt ${attempt}); retrying in ${2 ** (attempt - 1)} s`);
+      await sleep(1000 * 2 ** (attempt - 1), undefined, { signal: ctx.signal });
+    }
+  }
+}
+
+async function createPartition(client: pg.ClientBase, info: ParentInfo, policy: PartitionPolicy, from: DateTime, to: DateTime): Promise<Created> {
+  const parent = quoteQualified(info.schema, info.table);
+  const name = partitionName(info.table, from, policy.interval);
+  const part = quoteQualified(info.schema, name);
+  const col = quoteIdent(policy.column);
+  const lo = boundLiteral(from, info.keyType);
+  const hi = boundLiteral(to, info.keyType);
+  const def = info.partitions.find((x) => x.isDefault);
+  await client.query('begin');
+  try {
+    await client.query(`set local lock_timeout = '${policy.lockTimeout}'`);
+    const taken = await client.query(`select 1 from pg_class c join pg_namespace n on n.oid = c.relnamespace where n.nspname = $1 and c.relname = $2`, [info.schema, name]);
+    if (taken.rowCount) throw new PermanentJobError(`${info.schema}.${name} already exists and is not a partition of ${policy.table}; rename it or attach it`);
+    await client.query(`create table ${part} (like ${parent} including all)`);
+    // The parent's identity generates values for rows inserted through it; a copied
+    // identity on the partition would be a second, diverging sequence.
+    const identity = await client.query<{ attname: string }>(`select attname from pg_attribute where attrelid = $1::regclass and attidentity <> ''`, [part]);
+    for (const { attname } of identity.rows) await client.query(`alter table ${part} alter column ${quoteIdent(attname)} drop identity`);
+    if (info.owner !== (await client.query('select current_user as u')).rows[0].u) await client.query(`alter table ${part} owner to ${quoteIdent(info.owner)}`);
+    const grants = await client.query<{ grantee: string | null; privilege: string }>(
+      `select case when a.grantee = 0 then null else pg_get_userbyid(a.grantee) end as grantee, a.privilege_type as privilege
+         from pg_class c, aclexplode(c.relacl) a where c.oid = $1 and a.grantee <> c.relowner`,
+      [info.oid],
+    );
+    for (const g of grants.rows) await client.query(`grant ${g.privilege} on ${part} to ${g.grantee ? quoteIdent(g.grantee) : 'public'}`);
+
+    let movedRows = 0;
+    if (def) {
+      const where = `${col} >= ${lo} and ${col} < ${hi}`;
+      const dflt = quoteQualified(def.schema, def.name);
+      const stranded = Number((await client.query(`select count(*) as n from ${dflt} where ${where}`)).rows[0].n);
+      if (stranded > 0) {
+        if (policy.defaultRows === 'fail') {
+          throw new PermanentJobError(`${stranded} rows of ${def.schema}.${def.name} fall in [${from.toISO()}, ${to.toISO()}); policy defaultRows is "fail", so nothing was moved`);
+        }
+        const cols = (await client.query<{ c: string }>(`select quote_ident(attname) as c from pg_attribute where attrelid = $1 and attnum > 0 and not attisdropped and attgenerated = '' order by attnum`, [info.oid])).rows.map((r) => r.c).join(', ');
+        const moved = await client.query(`with gone as (delete from ${dflt} where ${where} returning ${cols}) insert into ${part} (${cols}) select ${cols} from gone`);
+        movedRows = moved.rowCount ?? 0;
+        if (movedRows !== stranded) throw new Error(`moved ${movedRows} rows but counted ${stranded}; rolled back`);
+      }
+    }
+    await client.query(`alter table ${parent} attach partition ${part} for values from (${lo}) to (${hi})`);
+    await client.query('commit');
+    return { name: `${info.schema}.${name}`, from: from.toISO()!, to: to.toISO()!, movedRows };
+  } catch (err) {
+    await client.query('rollback').catch(() => undefined);
+    throw err;
+  }
+}

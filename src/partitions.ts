@@ -1,0 +1,201 @@
+// Partition policies and the catalog facts both partition jobs work from. Bounds are
+// read from pg_class.relpartbound, never recomputed from partition names.
+import { DateTime, IANAZone } from 'luxon';
+import type pg from 'pg';
+import { z } from 'zod';
+import { PermanentJobError } from './errors.ts';
+
+const IDENT = /^[A-Za-z_][A-Za-z0-9_$]{0,62}$/;
+
+/** "schema.table" with plain identifiers; anything else (quotes, semicolons) is refused. */
+export const qualifiedName = z
+  .string()
+  .refine((v) => {
+    const parts = v.split('.');
+    return parts.length === 2 && parts.every((p) => IDENT.test(p));
+  }, 'must be schema.table with plain identifiers (letters, digits, _ and $)');
+
+export const columnName = z.string().regex(IDENT, 'must be a plain identifier (letters, digits, _ and $)');
+
+export const INTERVALS = ['hour', 'day', 'week', 'month', 'quarter', 'year'] as const;
+export type PartitionInterval = (typeof INTERVALS)[number];
+
+const RETENTION = /^(\d+)\s*(hours?|days?|weeks?|months?|years?)$/;
+
+/** "24 months", "90 days": a number with a unit; a bare number is refused. */
+export const retention = z.string().regex(RETENTION, 'must be a number with a unit, e.g. "90 days" or "24 months" (a bare number is ambiguous)');
+
+export function parseRetention(text: string): Record<string, number> {
+  const m = RETENTION.exec(text.trim())!;
+  const unit = m[2]!.replace(/s$/, '') + 's';
+  return { [unit]: Number(m[1]) };
+}
+
+export const partitionPolicy = z
+  .object({
+    table: qualifiedName,
+    column: columnName,
+    interval: z.enum(INTERVALS),
+    /** Periods ahead of now kept ready. */
+    premake: z.number().int().min(1).max(1000).default(4),
+    retention: retention.optional(),
+    /** Dump a partition (verified) before dropping it. */
+    archive: z.boolean().default(true),
+    /** Boundaries at local period starts of this zone (for timestamptz columns). */
+    timeZone: z.string().refine((z) => IANAZone.isValidZone(z), 'must be an IANA time zone').default('UTC'),
+    target: z.string().default('main'),
+    /** Rows in the DEFAULT partition inside a range about to be created: move them, or fail. */
+    defaultRows: z.enum(['move', 'fail']).default('move'),
+    /** Most partitions dropped by one run. */
+    maxDropsPerRun: z.number().int().min(1).default(10),
+    lockTimeout: z.string().regex(/^\d+(ms|s)$/, 'must look like "5s" or "500ms"').default('5s'),
+  })
+  .strict();
+
+export type PartitionPolicy = z.output<typeof partitionPolicy>;
+
+export function quoteIdent(name: string): string {
+  return `"${name.replace(/"/g, '""')}"`;
+}
+
+export function quoteQualified(schema: string, table: string): string {
+  return `${quoteIdent(schema)}.${quoteIdent(table)}`;
+}
+
+export function quoteLiteral(v: string): string {
+  return `'${v.replace(/'/g, "''")}'`;
+}
+
+export type KeyType = 'timestamptz' | 'timestamp' | 'date';
+
+export interface ExistingPartition {
+  schema: string;
+  name: string;
+  isDefault: boolean;
+  /** null for MINVALUE/MAXVALUE or DEFAULT. */
+  from: DateTime | null;
+  to: DateTime | null;
+  detachPending: boolean;
+}
+
+export interface ParentInfo {
+  schema: string;
+  table: string;
+  oid: number;
+  owner: string;
+  keyType: KeyType;
+  partitions: ExistingPartition[];
+}
+
+/** Parses a bound literal as the catalog prints it (session TimeZone = UTC). */
+function parseBound(text: string, keyType: KeyType, zone: string): DateTime | null {
+  if (/^(MINVALUE|MAXVALUE)$/i.test(text)) return null;
+  const literal = /^'(.*)'$/.exec(text)?.[1] ?? text;
+  if (keyType === 'timestamptz') return DateTime.fromSQL(literal, { zone: 'UTC', setZone: true }).setZone(zone);
+  // timestamp/date carry wall-clock values: read them as wall-clock times in the zone.
+  return DateTime.fromSQL(literal, { zone });
+}
+
+/** Validates the policy against the catalog and reads the partitions with their bounds. */
+export async function readParent(client: pg.ClientBase, policy: PartitionPolicy): Promise<ParentInfo> {
+  const [schema, table] = policy.table.split('.') as [string, string];
+  const { rows } = await client.query<{ oid: number; relkind: string; owner: string; strategy: string | null; keycols: string[] | null; keytype: string | null }>(
+    `select c.oid, c.relkind, pg_get_userbyid(c.relowner) as owner, pt.partstrat as strategy,
+            (select array_agg(a.attname::text order by k.ord) from unnest(pt.partattrs) with ordinality k(attnum, ord)
+               join pg_attribute a on a.attrelid = c.oid and a.attnum = k.attnum) as keycols,
+            (select format_type(a.atttypid, null) from pg_attribute a where a.attrelid = c.oid and a.attname = $3) as keytype
+       from pg_class c join pg_namespace n on n.oid = c.relnamespace
+       left join pg_partitioned_table pt on pt.partrelid = c.oid
+      where n.nspname = $1 and c.relname = $2`,
+    [schema, table, policy.column],
+  );
+  const r = rows[0];
+  if (!r) throw new PermanentJobError(`${policy.table}: table does not exist`, 'POLICY');
+  if (r.relkind !== 'p' || r.strategy !== 'r') throw new PermanentJobError(`${policy.table}: not RANGE-partitioned`, 'POLICY');
+  if (r.keycols?.length !== 1 || r.keycols[0] !== policy.column) {
+    throw new PermanentJobError(`${policy.table}: partitioned on (${r.keycols?.join(', ')}), not on ${policy.column}`, 'POLICY');
+  }
+  const keyType = ({ 'timestamp with time zone': 'timestamptz', 'timestamp without time zone': 'timestamp', date: 'date' } as Record<string, KeyType>)[r.keytype ?? ''];
+  if (!keyType) throw new PermanentJobError(`${policy.table}.${policy.column}: type ${r.keytype} does not fit a time interval`, 'POLICY');
+  if (keyType === 'date' && policy.interval === 'hour') throw new PermanentJobError(`${policy.table}.${policy.column}: a date column cannot have hourly partitions`, 'POLICY');
+
+  const parts = await client.query<{ schema: string; name: string; bound: string; pending: boolean }>(
+    `select n.nspname as schema, c.relname as name, pg_get_expr(c.relpartbound, c.oid) as bound, i.inhdetachpending as pending
+       from pg_inherits i join pg_class c on c.oid = i.inhrelid join pg_namespace n on n.oid = c.relnamespace
+      where i.inhparent = $1`,
+    [r.oid],
+  );
+  const partitions = parts.rows.map((p): ExistingPartition => {
+    if (p.bound === 'DEFAULT') return { schema: p.schema, name: p.name, isDefault: true, from: null, to: null, detachPending: p.pending };
+    const m = /^FOR VALUES FROM \((.+)\) TO \((.+)\)$/.exec(p.bound);
+    if (!m) throw new PermanentJobError(`${p.schema}.${p.name}: unexpected partition bound ${p.bound}`, 'POLICY');
+    return { schema: p.schema, name: p.name, isDefault: false, from: parseBound(m[1]!, keyType, policy.timeZone), to: parseBound(m[2]!, keyType, policy.timeZone), detachPending: p.pending };
+  });
+  partitions.sort((a, b) => (a.from?.toMillis() ?? -Infinity) - (b.from?.toMillis() ?? -Infinity));
+  return { schema, table, oid: r.oid, owner: r.owner, keyType, partitions };
+}
+
+/** Start of the period containing `t`, in the policy's zone. */
+export function periodStart(t: DateTime, interval: PartitionInterval): DateTime {
+  return t.startOf(interval, { useLocaleWeeks: false });
+}
+
+export function nextPeriod(t: DateTime, interval: PartitionInterval): DateTime {
+  const unit = { hour: 'hours', day: 'days', week: 'weeks', month: 'months', quarter: 'quarters', year: 'years' }[interval];
+  // Periods are stepped from the period start: hours in absolute time, the rest in
+  // local calendar time, so each lower bound is exactly the previous upper bound.
+  return periodStart(t.plus({ [unit]: 1 }), interval);
+}
+
+export function partitionName(table: string, from: DateTime, interval: PartitionInterval): string {
+  const suffix = {
+    // Hours are named in UTC: a local name would repeat on the fall-back night.
+    hour: from.toUTC().toFormat("yyyyMMdd'_'HH'z'"),
+    day: from.toFormat('yyyyMMdd'),
+    week: from.toFormat("kkkk'w'WW"),
+    month: from.toFormat('yyyyMM'),
+    quarter: from.toFormat("yyyy'q'q"),
+    year: from.toFormat('yyyy'),
+  }[interval];
+  return `${table.slice(0, 63 - suffix.length - 2)}_p${suffix}`;
+}
+
+/** A bound as a SQL literal of the key's type. */
+export function boundLiteral(t: DateTime, keyType: KeyType): string {
+  if (keyType === 'timestamptz') return quoteLiteral(t.toISO({ suppressMilliseconds: true })!);
+  if (keyType === 'date') return quoteLiteral(t.toISODate()!);
+  return quoteLiteral(t.toFormat('yyyy-MM-dd HH:mm:ss'));
+}
+
+/** The policies of one target, optionally narrowed to some parents. */
+export function policiesFor(ctx: { config: { partitions: PartitionPolicy[] } }, target: string, tables?: string[]): PartitionPolicy[] {
+  const all = ctx.config.partitions.filter((p) => p.target === target);
+  if (!tables) return all;
+  const unknown = tables.filter((t) => !all.some((p) => p.table === t));
+  if (unknown.length) throw new PermanentJobError(`tables: no partition policy for ${unknown.join(', ')} on target ${target}`, 'POLICY');
+  return all.filter((p) => tables.includes(p.table));
+}
+
+/**
+ * Runs fn on one connection holding a session advisory lock for the parent, so two
+ * runs (any job, any worker) never interleave on it; 'locked' when another holds it.
+ * Session TimeZone is UTC so the catalog prints bounds in UTC.
+ */
+export async function withParentLock(pool: pg.Pool, table: string, fn: (client: pg.PoolClient) => Promise<void>): Promise<'done' | 'locked'> {
+  const client = await pool.connect();
+  const key = `pgmaint:partitions:${table}`;
+  try {
+    await client.query(`set TimeZone = 'UTC'`);
+    const { rows } = await client.query<{ ok: boolean }>('select pg_try_advisory_lock(hashtext($1)) as ok', [key]);
+    if (!rows[0]!.ok) return 'locked';
+    try {
+      await fn(client);
+      return 'done';
+    } finally {
+      await client.query('select pg_advisory_unlock(hashtext($1))', [key]).catch(() => undefined);
+    }
+  } finally {
+    await client.query('reset TimeZone').catch(() => undefined);
+    client.release();
+  }
+}
