@@ -15,9 +15,11 @@ import {
   nextPeriod,
   partitionName,
   periodStart,
+  parseKeyValue,
   policiesFor,
   qualifiedName,
   quoteIdent,
+  quoteLiteral,
   quoteQualified,
   readParent,
   type ExistingPartition,
@@ -94,7 +96,19 @@ async function maintainPolicy(ctx: JobContext, policy: PartitionPolicy, now: Dat
   try {
     const outcome = await withParentLock(ctx.pool, policy.table, async (client) => {
       let info = await readParent(client, policy);
-      const plan = planMissing(info, policy, now);
+      // The periods of rows stranded in the DEFAULT partition are planned too.
+      const def0 = info.partitions.find((x) => x.isDefault);
+      const stranded: DateTime[] = [];
+      if (def0) {
+        const col = quoteIdent(policy.column);
+        const local = info.keyType === 'timestamptz' ? `${col} at time zone ${quoteLiteral(policy.timeZone)}` : `${col}::timestamp`;
+        const { rows } = await client.query<{ p: string }>(
+          `select distinct date_trunc('${policy.interval}', ${local})::text as p from ${quoteQualified(def0.schema, def0.name)} order by 1 limit ${MAX_NEW_PER_RUN}`,
+        );
+        // date_trunc gave local wall-clock period starts.
+        for (const r of rows) stranded.push(parseKeyValue(r.p, 'timestamp', policy.timeZone));
+      }
+      const plan = planMissing(info, policy, now, stranded);
       result.skipped.push(...plan.skipped);
       for (const [i, period] of plan.missing.entries()) {
         ctx.signal.throwIfAborted();
@@ -129,23 +143,28 @@ interface Period {
 
 /** Periods from the current one through premake ahead, plus gaps back to the oldest
  * partition, that no existing partition covers. A period partly covered by a
- * partition with other bounds is skipped with the reason; existing bounds win. */
-export function planMissing(info: ParentInfo, policy: PartitionPolicy, now: DateTime): { missing: Period[]; skipped: { range: string; reason: string }[] } {
+ * partition with other bounds is skipped with the reason; existing bounds win.
+ * Periods holding rows stranded in the DEFAULT partition are planned too. */
+export function planMissing(info: ParentInfo, policy: PartitionPolicy, now: DateTime, stranded: DateTime[] = []): { missing: Period[]; skipped: { range: string; reason: string }[] } {
   const ranged = info.partitions.filter((x): x is ExistingPartition & { from: DateTime; to: DateTime } => !x.isDefault && !x.detachPending && !!x.from && !!x.to);
   const current = periodStart(now.setZone(policy.timeZone), policy.interval);
   let end = current;
   for (let i = 0; i <= policy.premake; i++) end = nextPeriod(end, policy.interval);
   const oldest = ranged[0]?.from;
   let t = oldest && oldest < current ? periodStart(oldest, policy.interval) : current;
+  const starts: DateTime[] = [];
+  for (; t < end; t = nextPeriod(t, policy.interval)) starts.push(t);
+  for (const s of stranded) if (s < starts[0]! || s >= end) starts.push(periodStart(s, policy.interval));
+  starts.sort((a, b) => a.toMillis() - b.toMillis());
   const missing: Period[] = [];
   const skipped: { range: string; reason: string }[] = [];
-  while (t < end && missing.length < MAX_NEW_PER_RUN) {
+  for (const t of starts) {
+    if (missing.length >= MAX_NEW_PER_RUN) break;
     const to = nextPeriod(t, policy.interval);
     const overlapping = ranged.filter((x) => x.from < to && x.to > t);
     const covered = overlapping.some((x) => x.from <= t && x.to >= to) || coveredByUnion(overlapping, t, to);
     if (!overlapping.length) missing.push({ from: t, to });
     else if (!covered) skipped.push({ range: `[${t.toISO()}, ${to.toISO()})`, reason: `partly covered by ${overlapping.map((x) => `${x.schema}.${x.name}`).join(', ')}; existing bounds are kept` });
-    t = to;
   }
   return { missing, skipped };
 }

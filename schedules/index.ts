@@ -13,4 +13,14 @@ export const schedules: Schedule[] = [
     catchUp: 'latest',
     overlap: 'skip',
   },
+  {
+    // Hourly, so a runway that ran short (or an outage) is repaired within the hour.
+    id: 'partitions-main-hourly',
+    job: 'create-partitions',
+    cron: '7 * * * *',
+    tz: 'Asia/Dhaka',
+    payload: { target: 'main' },
+    catchUp: 'latest',
+    overlap: 'skip',
+  },
 ];

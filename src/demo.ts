@@ -49,7 +49,7 @@ export async function startDemoStack(dir: string): Promise<{ env: Record<string,
   const redis = await startRedis({ dir: path.join(dir, 'redis'), appendonly: true });
   await createDatabase(postgres, 'dairy');
   await seedDemo(postgres.url('dairy'));
-  const env = {
+  const env: Record<string, string> = {
     DATABASE_URL: postgres.url('dairy'),
     REDIS_URL: redis.url,
     BACKUP_DIR: path.join(dir, 'backups'),
@@ -58,6 +58,13 @@ export async function startDemoStack(dir: string): Promise<{ env: Record<string,
     VIEWER_TOKEN: tokens.viewer as string,
     PORT: process.env.PORT ?? '3000',
   };
+  // Partition policies of the dairy ERP (DOMAIN.md): orders monthly, 3 months ahead, kept 24 months.
+  const configFile = path.join(dir, 'pgmaint.json');
+  fs.writeFileSync(
+    configFile,
+    JSON.stringify({ partitions: [{ table: 'sales.sale_order', column: 'date_order', interval: 'month', premake: 3, retention: '24 months', timeZone: 'Asia/Dhaka' }] }, null, 2),
+  );
+  Object.assign(env, { PGMAINT_CONFIG: configFile });
   writeEnvFile(path.join(dir, 'env.sh'), env);
   return {
     env,

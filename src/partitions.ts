@@ -87,6 +87,11 @@ export interface ParentInfo {
   partitions: ExistingPartition[];
 }
 
+/** A key value as PostgreSQL prints it (session TimeZone = UTC). */
+export function parseKeyValue(text: string, keyType: KeyType, zone: string): DateTime {
+  return parseBound(`'${text}'`, keyType, zone)!;
+}
+
 /** Parses a bound literal as the catalog prints it (session TimeZone = UTC). */
 function parseBound(text: string, keyType: KeyType, zone: string): DateTime | null {
   if (/^(MINVALUE|MAXVALUE)$/i.test(text)) return null;

@@ -21,13 +21,16 @@ export function startWorkers(rt: Runtime, only?: string[]): WorkerRuntime {
 }
 
 function onSignals(rt: Runtime): void {
-  let stopping = false;
+  let stoppingSince = 0;
   const stop = (signal: string) => {
-    if (stopping) {
+    if (stoppingSince) {
+      // Ctrl-C under npm delivers SIGINT twice (npm forwards it, the terminal sends it
+      // to the group): only a signal sent well after the first forces the exit.
+      if (Date.now() - stoppingSince < 2000) return;
       rt.logger.warn({ signal }, 'second signal: exiting now');
       process.exit(1);
     }
-    stopping = true;
+    stoppingSince = Date.now();
     rt.logger.info({ signal }, 'shutting down');
     rt.close().then(
       () => process.exit(0),

@@ -129,13 +129,15 @@ describe('create-partitions', () => {
 
   it('moves rows stranded in the DEFAULT partition into the new partition, none lost or doubled', async () => {
     await h.admin.query(`insert into ops.stranded select '2026-05-02 10:00+00'::timestamptz + make_interval(mins => g), g from generate_series(1, 500) g`);
-    await h.admin.query(`insert into ops.stranded select '2020-01-01 00:00+00', g from generate_series(1, 7) g`); // outside any new range
+    await h.admin.query(`insert into ops.stranded select '2020-01-01 00:00+00', g from generate_series(1, 7) g`); // years before the runway
     const before = (await h.admin.query(`select count(*)::int n, sum(v)::int s from ops.stranded`)).rows[0];
     const { job, state } = await run({ tables: ['ops.stranded'], now: '2026-05-02T00:00:00Z' });
     expect(state).toBe('completed');
     const r = resultFor(job, 'ops.stranded');
-    expect(r.rowsMoved).toBe(500);
-    expect(r.defaultRows).toBe(7);
+    // The 2020 rows get a partition of their own period: nothing is left behind.
+    expect(r.rowsMoved).toBe(507);
+    expect(r.defaultRows).toBe(0);
+    expect(r.created.find((c) => c.name === 'ops.stranded_p20200101')?.movedRows).toBe(7);
     expect(r.created.find((c) => c.name === 'ops.stranded_p20260502')?.movedRows).toBe(500);
     expect((await h.admin.query(`select count(*)::int n, sum(v)::int s from ops.stranded`)).rows[0]).toEqual(before);
     expect((await h.admin.query(`select count(*)::int n from ops.stranded_p20260502`)).rows[0].n).toBe(500);
