@@ -2,6 +2,7 @@
 import type { AnyJobDefinition } from '../src/job-definition.ts';
 import backup from './backup.ts';
 import createPartitions from './create-partitions.ts';
+import dropExpiredPartitions from './drop-expired-partitions.ts';
 import noop from './noop.ts';
 
-export const jobs: AnyJobDefinition[] = [backup, createPartitions, noop] as AnyJobDefinition[];
+export const jobs: AnyJobDefinition[] = [backup, createPartitions, dropExpiredPartitions, noop] as AnyJobDefinition[];

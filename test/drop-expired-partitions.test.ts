@@ -1,0 +1,135 @@
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { binPath, runProcess } from '../src/proc.ts';
+import { startWorkers } from '../src/roles.ts';
+import type { Runtime } from '../src/runtime.ts';
+import { createHarness, waitForFinished, waitUntil, type Harness } from './support/harness.ts';
+
+let h: Harness;
+let rt: Runtime;
+
+const policies = [
+  { table: 'ret.daily', column: 'ts', interval: 'day', retention: '5 days' },
+  { table: 'ret.fragile', column: 'ts', interval: 'day', retention: '1 day' },
+  { table: 'ret.pending', column: 'ts', interval: 'day', retention: '1 day' },
+];
+
+async function dailyTable(name: string, days: number, withDefault = false) {
+  await h.admin.query(`create table ret.${name} (ts timestamptz not null, v int) partition by range (ts)`);
+  for (let d = 1; d <= days; d++) {
+    const day = `2026-01-${String(d).padStart(2, '0')}`;
+    const next = new Date(Date.parse(`${day}T00:00:00Z`) + 86400_000).toISOString().slice(0, 10);
+    await h.admin.query(`create table ret.${name}_p${day.replace(/-/g, '')} partition of ret.${name} for values from ('${day} 00:00+00') to ('${next} 00:00+00')`);
+    await h.admin.query(`insert into ret.${name} select '${day} 06:00+00'::timestamptz + make_interval(mins => g), g from generate_series(1, 10) g`);
+  }
+  if (withDefault) await h.admin.query(`create table ret.${name}_default partition of ret.${name} default`);
+}
+
+async function partitions(table: string): Promise<string[]> {
+  const { rows } = await h.admin.query(`select c.relname from pg_inherits i join pg_class c on c.oid = i.inhrelid where i.inhparent = $1::regclass order by 1`, [table]);
+  return rows.map((r) => r.relname);
+}
+
+beforeAll(async () => {
+  h = await createHarness('retention');
+  h.configFile({ partitions: policies });
+  await h.admin.query('create schema ret');
+  await dailyTable('daily', 10);
+  await dailyTable('fragile', 3, true);
+  await dailyTable('pending', 3);
+  rt = h.runtime({ schedules: [] });
+  startWorkers(rt, ['drop-expired-partitions']);
+});
+afterAll(() => h.close());
+
+async function run(payload: object, runtime = rt) {
+  const { job } = await runtime.queues.enqueue('drop-expired-partitions', payload);
+  return waitForFinished(runtime.queues.get('drop-expired-partitions'), job.id!);
+}
+
+type Result = { policies: { table: string; plan: { action: string; sql?: string; partition: string }[]; dropped: string[]; archives: { file: string; rows: number; sha256: string; partition: string }[]; bytesFreed: number }[] };
+
+describe('drop-expired-partitions', () => {
+  it('dry run returns the exact plan and changes nothing; the real run executes that plan', async () => {
+    const before = await partitions('ret.daily');
+    const dry = await run({ tables: ['ret.daily'], dryRun: true, now: '2026-01-10T12:00:00Z' });
+    expect(dry.state).toBe('completed');
+    const dryPolicy = (dry.job.returnvalue as Result).policies[0]!;
+    // Cut-off 2026-01-05 12:00: days 1–4 end at or before it; day 5 ends after it.
+    expect(dryPolicy.plan.filter((s) => s.action === 'drop').map((s) => s.partition)).toEqual(['ret.daily_p20260101', 'ret.daily_p20260102', 'ret.daily_p20260103', 'ret.daily_p20260104']);
+    expect(dryPolicy.plan.find((s) => s.action === 'detach')!.sql).toMatch(/detach partition "ret"."daily_p20260101" concurrently$/);
+    expect(await partitions('ret.daily')).toEqual(before);
+    expect(fs.existsSync(path.join(h.backupDir, 'partitions'))).toBe(false);
+
+    const real = await run({ tables: ['ret.daily'], now: '2026-01-10T12:00:00Z' });
+    expect(real.state).toBe('completed');
+    const done = (real.job.returnvalue as Result).policies[0]!;
+    expect(done.plan).toEqual(dryPolicy.plan);
+    expect(done.dropped).toHaveLength(4);
+    expect(done.bytesFreed).toBeGreaterThan(0);
+    expect(await partitions('ret.daily')).toEqual(before.slice(4));
+    expect((await h.admin.query(`select count(*)::int n from ret.daily`)).rows[0].n).toBe(60); // nothing newer than the cut-off went
+    expect(done.archives.map((a) => a.rows)).toEqual([10, 10, 10, 10]);
+
+    // The archive restores: into a scratch database, where the rows are counted.
+    const archive = done.archives[0]!;
+    const manifest = JSON.parse(fs.readFileSync(`${archive.file}.manifest.json`, 'utf8'));
+    expect(manifest.sha256).toBe(createHash('sha256').update(fs.readFileSync(archive.file)).digest('hex'));
+    const scratch = `scratch_${h.id}`;
+    await h.admin.query(`create database ${scratch}`);
+    const scratchUrl = h.dbUrl.replace(/\/[^/]+$/, `/${scratch}`);
+    await runProcess(binPath('psql'), ['-XAtq', '-d', scratchUrl, '-c', 'create schema ret']);
+    await runProcess(binPath('pg_restore'), ['--no-owner', `--dbname=${scratchUrl}`, archive.file]);
+    const { stdout } = await runProcess(binPath('psql'), ['-XAtq', '-d', scratchUrl, '-c', 'select count(*) from ret.daily_p20260101']);
+    expect(Number(stdout.trim())).toBe(10);
+
+    // A second run has nothing left to do.
+    const again = await run({ tables: ['ret.daily'], now: '2026-01-10T12:00:00Z' });
+    expect((again.job.returnvalue as Result).policies[0]!.plan).toEqual([]);
+  });
+
+  it('never drops the newest partition, even when everything is past the cut-off', async () => {
+    const { job } = await run({ tables: ['ret.daily'], dryRun: true, now: '2027-01-01T00:00:00Z' });
+    const drops = (job.returnvalue as Result).policies[0]!.plan.filter((s) => s.action === 'drop').map((s) => s.partition);
+    expect(drops).not.toContain('ret.daily_p20260110');
+    expect(drops).toHaveLength(5);
+  });
+
+  it('an archive that cannot be written leaves the partition attached with its rows', async () => {
+    const file = path.join(h.dir, 'backup-dir-is-a-file');
+    fs.writeFileSync(file, '');
+    const bad = h.runtime({ schedules: [], env: { BACKUP_DIR: file } });
+    await rt.close(); // only the bad runtime's worker takes this run
+    startWorkers(bad, ['drop-expired-partitions']);
+    const { state, job } = await run({ tables: ['ret.fragile'], now: '2026-01-10T00:00:00Z' }, bad);
+    expect(state).toBe('failed');
+    expect(job.failedReason).toMatch(/BACKUP_DIR: cannot create/);
+    expect(await partitions('ret.fragile')).toContain('ret_fragile_p20260101'.replace('ret_', ''));
+    expect((await h.admin.query(`select count(*)::int n from ret.fragile`)).rows[0].n).toBe(30);
+    rt = bad;
+  });
+
+  it('finalizes a detach left pending by an interrupted run', async () => {
+    // A reader keeps a snapshot open, so DETACH CONCURRENTLY waits in its second phase; cancelling it leaves it pending.
+    const reader = await h.admin.connect();
+    const detacher = await h.admin.connect();
+    try {
+      await reader.query('begin isolation level repeatable read');
+      await reader.query('select count(*) from ret.pending');
+      const pid = (await detacher.query('select pg_backend_pid() as p')).rows[0].p;
+      const detach = detacher.query('alter table ret.pending detach partition ret.pending_p20260101 concurrently').catch((e) => e);
+      await waitUntil(async () => (await h.admin.query(`select inhdetachpending as p from pg_inherits where inhrelid = 'ret.pending_p20260101'::regclass`)).rows[0]?.p === true, 10_000, 'detach to become pending');
+      await h.admin.query('select pg_cancel_backend($1)', [pid]);
+      expect(String(await detach)).toMatch(/cancel/);
+    } finally {
+      await reader.query('rollback');
+      reader.release();
+      detacher.release();
+    }
+    const { state, job } = await waitForFinished(rt.queues.get('drop-expired-partitions'), (await rt.queues.enqueue('drop-expired-partitions', { tables: ['ret.pending'], now: '2026-01-03T12:00:00Z' })).job.id!);
+    expect(state, job.failedReason).toBe('failed'); // BACKUP_DIR of this runtime is unusable: archive fails
+    expect((await h.admin.query(`select count(*)::int n from pg_inherits where inhdetachpending`)).rows[0].n).toBe(0);
+  });
+});
