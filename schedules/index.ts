@@ -23,4 +23,14 @@ export const schedules: Schedule[] = [
     catchUp: 'latest',
     overlap: 'skip',
   },
+  {
+    // Retention after the nightly backup; a failed archive keeps the partition.
+    id: 'retention-main-daily',
+    job: 'drop-expired-partitions',
+    cron: '30 3 * * *',
+    tz: 'Asia/Dhaka',
+    payload: { target: 'main' },
+    catchUp: 'latest',
+    overlap: 'skip',
+  },
 ];
