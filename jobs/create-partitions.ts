@@ -8,7 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { DateTime } from 'luxon';
 import type pg from 'pg';
 import { z } from 'zod';
-import { classifyError, coerceError, describeError, PermanentJobError } from '../src/errors.ts';
+import { PermanentJobError } from '../src/errors.ts';
 import { defineJob, targetField, type JobContext } from '../src/job-definition.ts';
 import {
   boundLiteral,
@@ -22,9 +22,12 @@ import {
   quoteLiteral,
   quoteQualified,
   readParent,
+  recordPolicyError,
+  throwIfPoliciesFailed,
   type ExistingPartition,
   type ParentInfo,
   type PartitionPolicy,
+  type PolicyOutcome,
   withParentLock,
 } from '../src/partitions.ts';
 
@@ -45,8 +48,7 @@ interface Created {
   movedRows: number;
 }
 
-export interface PolicyResult {
-  table: string;
+export interface PolicyResult extends PolicyOutcome {
   created: Created[];
   /** Upper bound of the newest partition, and whole periods it lies ahead of now. */
   runwayUntil: string | null;
@@ -55,7 +57,6 @@ export interface PolicyResult {
   defaultRows: number | null;
   rowsMoved: number;
   skipped: { range?: string; reason: string }[];
-  error?: string;
 }
 
 export default defineJob({
@@ -72,21 +73,14 @@ export default defineJob({
       await ctx.progress((100 * i) / policies.length, `${policy.table}: planning`);
       results.push(await maintainPolicy(ctx, policy, now));
     }
-    const failed = results.filter((r) => r.error);
     for (const r of results) {
       await ctx.log(
         `${r.table}: ${r.error ? `FAILED: ${r.error}` : `created ${r.created.length}, runway until ${r.runwayUntil} (${r.periodsAhead} periods ahead), default partition rows ${r.defaultRows ?? 'n/a'}, moved ${r.rowsMoved}`}` +
           (r.skipped.length ? `; skipped: ${r.skipped.map((s) => `${s.range ?? ''} ${s.reason}`.trim()).join('; ')}` : ''),
       );
     }
-    await ctx.progress(100, `${policies.length - failed.length}/${policies.length} policies done`);
-    if (failed.length) {
-      const message = `create-partitions failed for ${failed.map((f) => `${f.table} (${f.error})`).join(', ')}`;
-      // Retry only when every failure is worth a retry (a lock timeout, say).
-      const clean = message.replace(/(permanent|retryable): /g, '');
-      if (failed.some((f) => f.error!.startsWith('permanent:'))) throw new PermanentJobError(clean);
-      throw new Error(clean);
-    }
+    await ctx.progress(100, `${results.filter((r) => !r.error).length}/${policies.length} policies done`);
+    throwIfPoliciesFailed('create-partitions', results);
     return { policies: results };
   },
 });
@@ -129,8 +123,7 @@ async function maintainPolicy(ctx: JobContext, policy: PartitionPolicy, now: Dat
     });
     if (outcome === 'locked') result.skipped.push({ reason: 'another run holds this parent (advisory lock); skipped' });
   } catch (thrown) {
-    const err = coerceError(thrown);
-    result.error = `${classifyError(err) === 'retryable' ? 'retryable' : 'permanent'}: ${describeError(err)}`;
+    recordPolicyError(result, thrown);
   }
   result.rowsMoved = result.created.reduce((n, c) => n + c.movedRows, 0);
   return result;

@@ -9,10 +9,22 @@ import path from 'node:path';
 import { DateTime } from 'luxon';
 import type pg from 'pg';
 import { z } from 'zod';
-import { classifyError, coerceError, describeError, PermanentJobError } from '../src/errors.ts';
+import { PermanentJobError } from '../src/errors.ts';
 import { fileStamp, publish, sha256File, writeJsonAtomic } from '../src/files.ts';
 import { defineJob, targetField, type JobContext } from '../src/job-definition.ts';
-import { boundLiteral, parseRetention, policiesFor, qualifiedName, quoteQualified, readParent, withParentLock, type PartitionPolicy } from '../src/partitions.ts';
+import {
+  boundLiteral,
+  parseRetention,
+  policiesFor,
+  qualifiedName,
+  quoteQualified,
+  readParent,
+  recordPolicyError,
+  throwIfPoliciesFailed,
+  withParentLock,
+  type PartitionPolicy,
+  type PolicyOutcome,
+} from '../src/partitions.ts';
 import { binPath, runProcess } from '../src/proc.ts';
 
 export const payload = z.object({
@@ -40,15 +52,13 @@ interface Archive {
   sha256: string;
 }
 
-interface DropResult {
-  table: string;
+interface DropResult extends PolicyOutcome {
   cutoff: string | null;
   plan: Step[];
   dropped: string[];
   archives: Archive[];
   bytesFreed: number;
   skipped: { partition?: string; reason: string }[];
-  error?: string;
 }
 
 export default defineJob({
@@ -69,12 +79,7 @@ export default defineJob({
       await ctx.log(`${r.table}: ${r.error ? `FAILED: ${r.error}` : `${p.dryRun ? 'would drop' : 'dropped'} ${p.dryRun ? r.plan.filter((s) => s.action === 'drop').length : r.dropped.length}, archived ${r.archives.length}, freed ${r.bytesFreed} bytes`}`);
     }
     await ctx.progress(100, 'done');
-    const failed = results.filter((r) => r.error);
-    if (failed.length) {
-      const message = `drop-expired-partitions failed for ${failed.map((f) => `${f.table} (${f.error})`).join(', ')}`;
-      const clean = message.replace(/(permanent|retryable): /g, '');
-      throw failed.some((f) => f.error!.startsWith('permanent:')) ? new PermanentJobError(clean) : new Error(clean);
-    }
+    throwIfPoliciesFailed('drop-expired-partitions', results);
     return { dryRun: p.dryRun, policies: results };
   },
 });
@@ -113,8 +118,7 @@ async function applyRetention(ctx: JobContext, policy: PartitionPolicy, now: Dat
     });
     if (outcome === 'locked') result.skipped.push({ reason: 'another run holds this parent (advisory lock); skipped' });
   } catch (thrown) {
-    const err = coerceError(thrown);
-    result.error = `${classifyError(err) === 'retryable' ? 'retryable' : 'permanent'}: ${describeError(err)}`;
+    recordPolicyError(result, thrown);
   }
   return result;
 }

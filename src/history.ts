@@ -89,25 +89,12 @@ function flushSql(parts: { inserts: boolean; recovered: boolean; updates: boolea
   return `with ${ctes.join(",\n")} select 1 where $1::jsonb is not null and $2::jsonb is not null`;
 }
 
-interface Row {
-  run_id: string;
-  queue: string;
-  job_id: string;
-  job: string;
-  target: string;
-  payload: unknown;
-  trigger: string;
-  scheduled_for: Date | null;
-  attempt: number;
-  started_at: Date;
-  finished_at: Date | null;
-  outcome: Outcome;
-  error: string | null;
-  result: unknown;
+/** A row as buffered before it is written. */
+type Row = Omit<HistoryRow, 'id' | 'worker'> & {
   worker: string;
   /** Re-run of a job whose worker was lost (BullMQ's stalled-job recovery). */
   recovered: boolean;
-}
+};
 
 type Finish = Pick<Row, 'run_id' | 'finished_at' | 'outcome' | 'error' | 'result'>;
 

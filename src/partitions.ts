@@ -3,7 +3,7 @@
 import { DateTime, IANAZone } from 'luxon';
 import type pg from 'pg';
 import { z } from 'zod';
-import { PermanentJobError } from './errors.ts';
+import { classifyError, coerceError, describeError, PermanentJobError } from './errors.ts';
 
 const IDENT = /^[A-Za-z_][A-Za-z0-9_$]{0,62}$/;
 
@@ -203,4 +203,27 @@ export async function withParentLock(pool: pg.Pool, table: string, fn: (client: 
     await client.query('reset TimeZone').catch(() => undefined);
     client.release();
   }
+}
+
+/** A policy's failure, kept in its result so one policy does not stop the others. */
+export interface PolicyOutcome {
+  table: string;
+  error?: string;
+  retryable?: boolean;
+}
+
+export function recordPolicyError(result: PolicyOutcome, thrown: unknown): void {
+  const err = coerceError(thrown);
+  result.error = describeError(err);
+  result.retryable = classifyError(err) === 'retryable';
+}
+
+/** Fails the job at the end if any policy failed: retried only when every failure
+ * is worth a retry (a lock timeout, say). */
+export function throwIfPoliciesFailed(job: string, results: PolicyOutcome[]): void {
+  const failed = results.filter((r) => r.error);
+  if (!failed.length) return;
+  const message = `${job} failed for ${failed.map((f) => `${f.table} (${f.error})`).join(', ')}`;
+  if (failed.some((f) => !f.retryable)) throw new PermanentJobError(message);
+  throw new Error(message);
 }
