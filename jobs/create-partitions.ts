@@ -68,11 +68,19 @@ export default defineJob({
   async handler(ctx, p) {
     const policies = policiesFor(ctx, p.target, p.tables);
     const now = p.now ? DateTime.fromISO(p.now) : DateTime.now();
-    const results: PolicyResult[] = [];
-    for (const [i, policy] of policies.entries()) {
-      await ctx.progress((100 * i) / policies.length, `${policy.table}: planning`);
-      results.push(await maintainPolicy(ctx, policy, now));
-    }
+    // Parents are independent: work on as many at once as the target's pool allows.
+    const results: PolicyResult[] = new Array(policies.length);
+    let next = 0;
+    let done = 0;
+    await Promise.all(
+      Array.from({ length: Math.min(ctx.target.poolSize, policies.length) }, async () => {
+        while (next < policies.length) {
+          const i = next++;
+          results[i] = await maintainPolicy(ctx, policies[i]!, now);
+          if (++done % 10 === 0 || done === policies.length) await ctx.progress((100 * done) / policies.length, `${done}/${policies.length} parents checked`);
+        }
+      }),
+    );
     for (const r of results) {
       await ctx.log(
         `${r.table}: ${r.error ? `FAILED: ${r.error}` : `created ${r.created.length}, runway until ${r.runwayUntil} (${r.periodsAhead} periods ahead), default partition rows ${r.defaultRows ?? 'n/a'}, moved ${r.rowsMoved}`}` +
@@ -104,12 +112,13 @@ async function maintainPolicy(ctx: JobContext, policy: PartitionPolicy, now: Dat
       }
       const plan = planMissing(info, policy, now, stranded);
       result.skipped.push(...plan.skipped);
+      const template = plan.missing.length ? await readTemplate(client, info) : undefined;
       for (const [i, period] of plan.missing.entries()) {
         ctx.signal.throwIfAborted();
-        result.created.push(await withLockRetry(ctx, () => createPartition(client, info, policy, period.from, period.to)));
+        result.created.push(await withLockRetry(ctx, () => createPartition(client, info, template!, policy, period.from, period.to)));
         if (i % 10 === 9) await ctx.log(`${policy.table}: created ${i + 1}/${plan.missing.length}`);
       }
-      info = await readParent(client, policy);
+      if (plan.missing.length) info = await readParent(client, policy);
       const def = info.partitions.find((x) => x.isDefault);
       if (def) {
         result.defaultPartition = `${def.schema}.${def.name}`;
@@ -184,7 +193,30 @@ async function withLockRetry<T>(ctx: JobContext, fn: () => Promise<T>): Promise<
   }
 }
 
-async function createPartition(client: pg.ClientBase, info: ParentInfo, policy: PartitionPolicy, from: DateTime, to: DateTime): Promise<Created> {
+/** What every new partition of a parent copies: read once per run and policy. */
+interface ParentTemplate {
+  identityColumns: string[];
+  /** Set when the parent's owner is not the role we run as. */
+  owner: string | null;
+  grants: { grantee: string | null; privilege: string }[];
+  /** Quoted column list for moving rows out of the DEFAULT partition. */
+  columns: string;
+}
+
+async function readTemplate(client: pg.ClientBase, info: ParentInfo): Promise<ParentTemplate> {
+  const { rows } = await client.query(
+    `select (select coalesce(array_agg(attname::text order by attnum), '{}') from pg_attribute where attrelid = $1 and attidentity <> '' and not attisdropped) as identity,
+            (select string_agg(quote_ident(attname), ', ' order by attnum) from pg_attribute where attrelid = $1 and attnum > 0 and not attisdropped and attgenerated = '') as columns,
+            (select case when pg_get_userbyid(relowner) = current_user then null else pg_get_userbyid(relowner) end from pg_class where oid = $1) as owner,
+            (select coalesce(json_agg(json_build_object('grantee', case when a.grantee = 0 then null else pg_get_userbyid(a.grantee) end, 'privilege', a.privilege_type)), '[]')
+               from pg_class c, aclexplode(c.relacl) a where c.oid = $1 and a.grantee <> c.relowner) as grants`,
+    [info.oid],
+  );
+  const r = rows[0];
+  return { identityColumns: r.identity, owner: r.owner, grants: r.grants, columns: r.columns };
+}
+
+async function createPartition(client: pg.ClientBase, info: ParentInfo, template: ParentTemplate, policy: PartitionPolicy, from: DateTime, to: DateTime): Promise<Created> {
   const parent = quoteQualified(info.schema, info.table);
   const name = partitionName(info.table, from, policy.interval);
   const part = quoteQualified(info.schema, name);
@@ -192,24 +224,23 @@ async function createPartition(client: pg.ClientBase, info: ParentInfo, policy: 
   const lo = boundLiteral(from, info.keyType);
   const hi = boundLiteral(to, info.keyType);
   const def = info.partitions.find((x) => x.isDefault);
-  await client.query('begin');
-  try {
-    await client.query(`set local lock_timeout = '${policy.lockTimeout}'`);
-    const taken = await client.query(`select 1 from pg_class c join pg_namespace n on n.oid = c.relnamespace where n.nspname = $1 and c.relname = $2`, [info.schema, name]);
-    if (taken.rowCount) throw new PermanentJobError(`${info.schema}.${name} already exists and is not a partition of ${policy.table}; rename it or attach it`);
-    await client.query(`create table ${part} (like ${parent} including all)`);
+  const setup = [
+    `set local lock_timeout = '${policy.lockTimeout}'`,
+    `create table ${part} (like ${parent} including all)`,
     // The parent's identity generates values for rows inserted through it; a copied
     // identity on the partition would be a second, diverging sequence.
-    const identity = await client.query<{ attname: string }>(`select attname from pg_attribute where attrelid = $1::regclass and attidentity <> ''`, [part]);
-    for (const { attname } of identity.rows) await client.query(`alter table ${part} alter column ${quoteIdent(attname)} drop identity`);
-    if (info.owner !== (await client.query('select current_user as u')).rows[0].u) await client.query(`alter table ${part} owner to ${quoteIdent(info.owner)}`);
-    const grants = await client.query<{ grantee: string | null; privilege: string }>(
-      `select case when a.grantee = 0 then null else pg_get_userbyid(a.grantee) end as grantee, a.privilege_type as privilege
-         from pg_class c, aclexplode(c.relacl) a where c.oid = $1 and a.grantee <> c.relowner`,
-      [info.oid],
-    );
-    for (const g of grants.rows) await client.query(`grant ${g.privilege} on ${part} to ${g.grantee ? quoteIdent(g.grantee) : 'public'}`);
-
+    ...template.identityColumns.map((c) => `alter table ${part} alter column ${quoteIdent(c)} drop identity`),
+    ...(template.owner ? [`alter table ${part} owner to ${quoteIdent(template.owner)}`] : []),
+    ...template.grants.map((g) => `grant ${g.privilege} on ${part} to ${g.grantee ? quoteIdent(g.grantee) : 'public'}`),
+  ];
+  const attach = `alter table ${parent} attach partition ${part} for values from (${lo}) to (${hi})`;
+  await client.query('begin');
+  try {
+    // One round trip for the statements that need no answer.
+    await client.query(setup.join(';\n')).catch((err) => {
+      if ((err as { code?: string }).code === '42P07') throw new PermanentJobError(`${info.schema}.${name} already exists and is not a partition of ${policy.table}; rename it or attach it`);
+      throw err;
+    });
     let movedRows = 0;
     if (def) {
       const where = `${col} >= ${lo} and ${col} < ${hi}`;
@@ -219,14 +250,13 @@ async function createPartition(client: pg.ClientBase, info: ParentInfo, policy: 
         if (policy.defaultRows === 'fail') {
           throw new PermanentJobError(`${stranded} rows of ${def.schema}.${def.name} fall in [${from.toISO()}, ${to.toISO()}); policy defaultRows is "fail", so nothing was moved`);
         }
-        const cols = (await client.query<{ c: string }>(`select quote_ident(attname) as c from pg_attribute where attrelid = $1 and attnum > 0 and not attisdropped and attgenerated = '' order by attnum`, [info.oid])).rows.map((r) => r.c).join(', ');
+        const cols = template.columns;
         const moved = await client.query(`with gone as (delete from ${dflt} where ${where} returning ${cols}) insert into ${part} (${cols}) select ${cols} from gone`);
         movedRows = moved.rowCount ?? 0;
         if (movedRows !== stranded) throw new Error(`moved ${movedRows} rows but counted ${stranded}; rolled back`);
       }
     }
-    await client.query(`alter table ${parent} attach partition ${part} for values from (${lo}) to (${hi})`);
-    await client.query('commit');
+    await client.query(`${attach};\ncommit`);
     return { name: `${info.schema}.${name}`, from: from.toISO()!, to: to.toISO()!, movedRows };
   } catch (err) {
     await client.query('rollback').catch(() => undefined);

@@ -189,18 +189,23 @@ export function policiesFor(ctx: { config: { partitions: PartitionPolicy[] } }, 
 export async function withParentLock(pool: pg.Pool, table: string, fn: (client: pg.PoolClient) => Promise<void>): Promise<'done' | 'locked'> {
   const client = await pool.connect();
   const key = `pgmaint:partitions:${table}`;
+  let zone: string | undefined;
   try {
-    await client.query(`set TimeZone = 'UTC'`);
-    const { rows } = await client.query<{ ok: boolean }>('select pg_try_advisory_lock(hashtext($1)) as ok', [key]);
+    const { rows } = await client.query<{ ok: boolean; zone: string }>(
+      `select current_setting('TimeZone') as zone, set_config('TimeZone', 'UTC', false) is not null and pg_try_advisory_lock(hashtext($1)) as ok`,
+      [key],
+    );
+    zone = rows[0]!.zone;
     if (!rows[0]!.ok) return 'locked';
     try {
       await fn(client);
       return 'done';
     } finally {
-      await client.query('select pg_advisory_unlock(hashtext($1))', [key]).catch(() => undefined);
+      await client.query('select pg_advisory_unlock(hashtext($1)), set_config($2, $3, false)', [key, 'TimeZone', zone]).catch(() => undefined);
+      zone = undefined;
     }
   } finally {
-    await client.query('reset TimeZone').catch(() => undefined);
+    if (zone) await client.query(`select set_config('TimeZone', $1, false)`, [zone]).catch(() => undefined);
     client.release();
   }
 }
