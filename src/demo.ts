@@ -18,6 +18,11 @@ create table if not exists sales.sale_order (
   date_order timestamptz not null, amount_total numeric(12,2) not null,
   primary key (id, date_order)) partition by range (date_order);
 create table if not exists sales.sale_order_default partition of sales.sale_order default;
+create schema if not exists iot;
+create table if not exists iot.sensor_reading (
+  sensor_id int not null, read_at timestamptz not null, value double precision not null,
+  unit text not null, quality smallint not null default 100) partition by range (read_at);
+create table if not exists iot.sensor_reading_default partition of iot.sensor_reading default;
 `;
 
 export async function seedDemo(url: string): Promise<void> {
@@ -58,11 +63,21 @@ export async function startDemoStack(dir: string): Promise<{ env: Record<string,
     VIEWER_TOKEN: tokens.viewer as string,
     PORT: process.env.PORT ?? '3000',
   };
-  // Partition policies of the dairy ERP (DOMAIN.md): orders monthly, 3 months ahead, kept 24 months.
+  // Partition policies of the dairy ERP (DOMAIN.md): orders monthly, 3 months ahead,
+  // kept 24 months; IoT readings daily, 7 days ahead, kept 90 days.
   const configFile = path.join(dir, 'pgmaint.json');
   fs.writeFileSync(
     configFile,
-    JSON.stringify({ partitions: [{ table: 'sales.sale_order', column: 'date_order', interval: 'month', premake: 3, retention: '24 months', timeZone: 'Asia/Dhaka' }] }, null, 2),
+    JSON.stringify(
+      {
+        partitions: [
+          { table: 'sales.sale_order', column: 'date_order', interval: 'month', premake: 3, retention: '24 months', timeZone: 'Asia/Dhaka' },
+          { table: 'iot.sensor_reading', column: 'read_at', interval: 'day', premake: 7, retention: '90 days', timeZone: 'Asia/Dhaka' },
+        ],
+      },
+      null,
+      2,
+    ),
   );
   Object.assign(env, { PGMAINT_CONFIG: configFile });
   writeEnvFile(path.join(dir, 'env.sh'), env);
