@@ -1,9 +1,7 @@
 // The job registry: job definitions from jobs/, with run settings from the config
 // file (jobs.<name>.attempts, …) laid over each job's defaults.
-import { z } from 'zod';
 import type { Config } from './config.ts';
 import type { AnyJobDefinition, RunDefaults } from './job-definition.ts';
-import { formatIssues } from './config.ts';
 
 export interface RegisteredJob {
   def: AnyJobDefinition;
@@ -60,4 +58,3 @@ export class Registry {
   }
 }
 
-export { formatIssues, z };
