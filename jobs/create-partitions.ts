@@ -15,6 +15,7 @@ import {
   nextPeriod,
   partitionName,
   periodStart,
+  PARENT_LOCKED,
   parseKeyValue,
   policiesFor,
   qualifiedName,
@@ -99,13 +100,13 @@ async function maintainPolicy(ctx: JobContext, policy: PartitionPolicy, now: Dat
     const outcome = await withParentLock(ctx.pool, policy.table, async (client) => {
       let info = await readParent(client, policy);
       // The periods of rows stranded in the DEFAULT partition are planned too.
-      const def0 = info.partitions.find((x) => x.isDefault);
+      const def = info.partitions.find((x) => x.isDefault);
       const stranded: DateTime[] = [];
-      if (def0) {
+      if (def) {
         const col = quoteIdent(policy.column);
         const local = info.keyType === 'timestamptz' ? `${col} at time zone ${quoteLiteral(policy.timeZone)}` : `${col}::timestamp`;
         const { rows } = await client.query<{ p: string }>(
-          `select distinct date_trunc('${policy.interval}', ${local})::text as p from ${quoteQualified(def0.schema, def0.name)} order by 1 limit ${MAX_NEW_PER_RUN}`,
+          `select distinct date_trunc('${policy.interval}', ${local})::text as p from ${quoteQualified(def.schema, def.name)} order by 1 limit ${MAX_NEW_PER_RUN}`,
         );
         // date_trunc gave local wall-clock period starts.
         for (const r of rows) stranded.push(parseKeyValue(r.p, 'timestamp', policy.timeZone));
@@ -119,7 +120,6 @@ async function maintainPolicy(ctx: JobContext, policy: PartitionPolicy, now: Dat
         if (i % 10 === 9) await ctx.log(`${policy.table}: created ${i + 1}/${plan.missing.length}`);
       }
       if (plan.missing.length) info = await readParent(client, policy);
-      const def = info.partitions.find((x) => x.isDefault);
       if (def) {
         result.defaultPartition = `${def.schema}.${def.name}`;
         result.defaultRows = Number((await client.query(`select count(*) as n from ${quoteQualified(def.schema, def.name)}`)).rows[0].n);
@@ -130,7 +130,7 @@ async function maintainPolicy(ctx: JobContext, policy: PartitionPolicy, now: Dat
       for (let t = nextPeriod(periodStart(now.setZone(policy.timeZone), policy.interval), policy.interval); newest && t < newest; t = nextPeriod(t, policy.interval)) ahead++;
       result.periodsAhead = ahead;
     });
-    if (outcome === 'locked') result.skipped.push({ reason: 'another run holds this parent (advisory lock); skipped' });
+    if (outcome === 'locked') result.skipped.push({ reason: PARENT_LOCKED });
   } catch (thrown) {
     recordPolicyError(result, thrown);
   }
@@ -164,9 +164,8 @@ export function planMissing(info: ParentInfo, policy: PartitionPolicy, now: Date
     if (missing.length >= MAX_NEW_PER_RUN) break;
     const to = nextPeriod(t, policy.interval);
     const overlapping = ranged.filter((x) => x.from < to && x.to > t);
-    const covered = overlapping.some((x) => x.from <= t && x.to >= to) || coveredByUnion(overlapping, t, to);
     if (!overlapping.length) missing.push({ from: t, to });
-    else if (!covered) skipped.push({ range: `[${t.toISO()}, ${to.toISO()})`, reason: `partly covered by ${overlapping.map((x) => `${x.schema}.${x.name}`).join(', ')}; existing bounds are kept` });
+    else if (!coveredByUnion(overlapping, t, to)) skipped.push({ range: `[${t.toISO()}, ${to.toISO()})`, reason: `partly covered by ${overlapping.map((x) => `${x.schema}.${x.name}`).join(', ')}; existing bounds are kept` });
   }
   return { missing, skipped };
 }

@@ -14,6 +14,7 @@ import { fileStamp, publish, sha256File, writeJsonAtomic } from '../src/files.ts
 import { defineJob, targetField, type JobContext } from '../src/job-definition.ts';
 import {
   boundLiteral,
+  PARENT_LOCKED,
   parseRetention,
   policiesFor,
   qualifiedName,
@@ -95,12 +96,13 @@ async function applyRetention(ctx: JobContext, policy: PartitionPolicy, now: Dat
       const hasDefault = info.partitions.some((x) => x.isDefault);
       const ranged = info.partitions.filter((x) => !x.isDefault && x.to);
       const newest = ranged.at(-1);
-      for (const x of info.partitions.filter((x) => x.detachPending)) {
+      const pending = info.partitions.filter((x) => x.detachPending);
+      for (const x of pending) {
         result.plan.push({ partition: `${x.schema}.${x.name}`, action: 'finalize-detach', sql: `alter table ${parent} detach partition ${quoteQualified(x.schema, x.name)} finalize` });
       }
       const expired = ranged.filter((x) => !x.detachPending && x !== newest && x.to! <= cutoff);
       if (expired.length > policy.maxDropsPerRun) result.skipped.push({ reason: `${expired.length - policy.maxDropsPerRun} more expired partitions left for the next run (maxDropsPerRun ${policy.maxDropsPerRun})` });
-      for (const x of [...info.partitions.filter((y) => y.detachPending), ...expired.slice(0, policy.maxDropsPerRun)]) {
+      for (const x of [...pending, ...expired.slice(0, policy.maxDropsPerRun)]) {
         const q = quoteQualified(x.schema, x.name);
         if (!x.detachPending) {
           result.plan.push({
@@ -116,7 +118,7 @@ async function applyRetention(ctx: JobContext, policy: PartitionPolicy, now: Dat
       if (dryRun) return;
       await execute(ctx, client, policy, result);
     });
-    if (outcome === 'locked') result.skipped.push({ reason: 'another run holds this parent (advisory lock); skipped' });
+    if (outcome === 'locked') result.skipped.push({ reason: PARENT_LOCKED });
   } catch (thrown) {
     recordPolicyError(result, thrown);
   }

@@ -181,6 +181,9 @@ export function policiesFor(ctx: { config: { partitions: PartitionPolicy[] } }, 
   return all.filter((p) => tables.includes(p.table));
 }
 
+/** The skip reason when withParentLock finds the parent taken. */
+export const PARENT_LOCKED = 'another run holds this parent (advisory lock); skipped';
+
 /**
  * Runs fn on one connection holding a session advisory lock for the parent, so two
  * runs (any job, any worker) never interleave on it; 'locked' when another holds it.

@@ -136,7 +136,8 @@ export class WorkerRuntime {
     }
 
     // The 'running' row is written while the handler starts; a fast run's start and
-    // finish become one row. The finish is committed before BullMQ marks the job done.
+    // finish become one row (committed before the job counts as done only with
+    // history.synchronous).
     const historyId = history.start(run);
     const controller = new AbortController();
     const appName = `pgmaint/${job.name}/${job.id}`.slice(0, 63);
