@@ -27,6 +27,8 @@ export interface Harness {
   /** Writes a config file and points PGMAINT_CONFIG at it. */
   configFile(content: object): void;
   spawnPgmaint(args: string[], extraEnv?: Record<string, string>): Spawned;
+  /** SIGKILLs every pgmaint process this harness started that is still running. */
+  killChildren(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -125,8 +127,12 @@ export async function createHarness(name: string): Promise<Harness> {
         },
       };
     },
+    async killChildren() {
+      const live = children.filter((c) => c.exitCode === null && c.signalCode === null);
+      await Promise.all(live.map((c) => new Promise((resolve) => c.once('exit', resolve).kill('SIGKILL'))));
+    },
     async close() {
-      for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+      await h.killChildren();
       for (const rt of runtimes.reverse()) await rt.close().catch(() => undefined);
       await admin.end();
     },
