@@ -1,8 +1,9 @@
 // Every job the runner knows. Adding a job: one file in jobs/, one line here.
 import type { AnyJobDefinition } from '../src/job-definition.ts';
 import backup from './backup.ts';
+import baseBackup from './base-backup.ts';
 import createPartitions from './create-partitions.ts';
 import dropExpiredPartitions from './drop-expired-partitions.ts';
 import noop from './noop.ts';
 
-export const jobs: AnyJobDefinition[] = [backup, createPartitions, dropExpiredPartitions, noop] as AnyJobDefinition[];
+export const jobs: AnyJobDefinition[] = [backup, baseBackup, createPartitions, dropExpiredPartitions, noop] as AnyJobDefinition[];

@@ -5,7 +5,7 @@ import path from 'node:path';
 import { z } from 'zod';
 import YAML from 'yaml';
 import { IANAZone } from 'luxon';
-import { partitionPolicy, type PartitionPolicy } from './partitions.ts';
+import { partitionPolicy, qualifiedName, type PartitionPolicy } from './partitions.ts';
 
 export class ConfigError extends Error {
   override name = 'ConfigError';
@@ -63,6 +63,8 @@ const targetSchema = z
     urlEnv: z.string().regex(/^[A-Z_][A-Z0-9_]*$/, 'must be an environment variable name').optional(),
     /** Pool size for jobs on this target. */
     poolSize: z.number().int().min(1).max(50).default(4),
+    /** Where this target's cluster archives its WAL (archive_command's destination, readable here). */
+    walArchiveDir: z.string().min(1).optional(),
   })
   .strict()
   .refine((t) => Boolean(t.url) !== Boolean(t.urlEnv), 'give exactly one of url or urlEnv');
@@ -76,6 +78,28 @@ const jobPolicySchema = z
     concurrency: z.number().int().min(1).max(64).optional(),
     /** Job-specific policy, validated by the job itself. */
     policy: z.unknown().optional(),
+  })
+  .strict();
+
+const keepSchema = z
+  .object({
+    /** The newest N are always kept, whatever their age. */
+    keepLast: z.number().int().min(1).max(1000),
+    /** Older than this (and beyond keepLast) they go. */
+    maxAgeDays: z.number().min(0.001).max(36_500),
+  })
+  .strict();
+
+const backupPolicySchema = z
+  .object({
+    /** Logical dumps: DOMAIN.md keeps 30 days. */
+    dumps: keepSchema.default({ keepLast: 3, maxAgeDays: 30 }),
+    /** Base backups; maxAgeDays is also the recovery window kept (point-in-time restore that far back). */
+    base: keepSchema.default({ keepLast: 2, maxAgeDays: 7 }),
+    /** Where the PITR drill and restore checks make their scratch instances (default: the OS temp dir). */
+    scratchDir: z.string().min(1).optional(),
+    /** Tables whose row counts the PITR drill compares at the target time (schema.table). */
+    drillTables: z.array(qualifiedName).default([]),
   })
   .strict();
 
@@ -125,6 +149,7 @@ const fileSchema = z
     jobs: z.record(z.string(), jobPolicySchema).default({}),
     /** Partition policies for create-partitions and drop-expired-partitions. */
     partitions: z.array(partitionPolicy).default([]),
+    backups: backupPolicySchema.default(backupPolicySchema.parse({})),
   })
   .strict();
 
@@ -132,6 +157,7 @@ export interface TargetConfig {
   name: string;
   url: string;
   poolSize: number;
+  walArchiveDir?: string;
 }
 
 export interface RedisConfig {
@@ -159,6 +185,7 @@ export interface Config {
   scheduler: z.infer<typeof fileSchema>['scheduler'];
   jobs: Record<string, JobPolicy>;
   partitions: PartitionPolicy[];
+  backups: z.infer<typeof backupPolicySchema>;
   configFile?: string;
 }
 
@@ -199,7 +226,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const f = parsedFile.data;
 
   const targets = new Map<string, TargetConfig>();
-  targets.set('main', { name: 'main', url: e.DATABASE_URL, poolSize: 4 });
+  const walArchive = (dir: string | undefined) => (dir ? path.resolve(dir) : undefined);
+  targets.set('main', { name: 'main', url: e.DATABASE_URL, poolSize: 4, walArchiveDir: walArchive(e.WAL_ARCHIVE_DIR) });
   for (const [name, t] of Object.entries(f.targets)) {
     let url = t.url;
     if (t.urlEnv) {
@@ -210,7 +238,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     if (name === 'main' && url !== e.DATABASE_URL) {
       throw new ConfigError('targets.main: target "main" is DATABASE_URL; do not redefine it in the config file');
     }
-    targets.set(name, { name, url: url!, poolSize: t.poolSize });
+    targets.set(name, { name, url: url!, poolSize: t.poolSize, walArchiveDir: walArchive(t.walArchiveDir) });
   }
   f.partitions.forEach((p, i) => {
     if (!targets.has(p.target)) throw new ConfigError(`partitions.${i}.target: unknown target "${p.target}"`);
@@ -236,6 +264,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     scheduler: f.scheduler,
     jobs: f.jobs,
     partitions: f.partitions,
+    backups: f.backups,
     configFile: e.PGMAINT_CONFIG,
   };
 }

@@ -2,37 +2,15 @@
 // cluster (initdb, WAL archiving on) and a redis-server. Used by the tests, the
 // benchmarks and `pgmaint demo`. PostgreSQL refuses to run as root, so when we are
 // root the server runs as the `postgres` system user.
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { chownTree, freePort, postgresUser, runAs } from './local-postgres.ts';
 import { binPath, runProcess } from './proc.ts';
 
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as net.AddressInfo;
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-function postgresUser(): { uid: number; gid: number } | undefined {
-  if (process.getuid?.() !== 0) return undefined;
-  const uid = Number(execFileSync('id', ['-u', 'postgres']).toString().trim());
-  const gid = Number(execFileSync('id', ['-g', 'postgres']).toString().trim());
-  return { uid, gid };
-}
-
-function chownTree(p: string, owner: { uid: number; gid: number } | undefined): void {
-  if (!owner) return;
-  fs.chownSync(p, owner.uid, owner.gid);
-  if (fs.statSync(p).isDirectory()) for (const e of fs.readdirSync(p)) chownTree(path.join(p, e), owner);
-}
+export { freePort } from './local-postgres.ts';
 
 export interface PostgresInstance {
   port: number;
@@ -111,19 +89,6 @@ export async function startPostgres(opts: PostgresOptions): Promise<PostgresInst
   chownTree(path.join(opts.dir, 'postgres.log'), owner);
   await instance.start();
   return instance;
-}
-
-async function runAs(cmd: string, args: string[], ids: { uid?: number; gid?: number }): Promise<string> {
-  const child = spawn(cmd, args, { ...ids, stdio: ['ignore', 'pipe', 'pipe'], cwd: '/' });
-  let out = '';
-  child.stdout.on('data', (d) => (out += d));
-  child.stderr.on('data', (d) => (out += d));
-  const code = await new Promise<number | null>((resolve, reject) => {
-    child.on('error', reject);
-    child.on('close', resolve);
-  });
-  if (code !== 0) throw new Error(`${path.basename(cmd)} ${args.join(' ')} failed (${code}): ${out.trim().slice(-2000)}`);
-  return out;
 }
 
 export interface RedisInstance {

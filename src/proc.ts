@@ -11,6 +11,10 @@ export interface RunOptions {
   onStdoutLine?: (line: string) => void;
   /** Keep stdout in the result (off for large outputs streamed by line). */
   captureStdout?: boolean;
+  /** Run as another OS user (server binaries when we are root). */
+  uid?: number;
+  gid?: number;
+  cwd?: string;
 }
 
 export class ProcessError extends Error {
@@ -30,6 +34,9 @@ export async function runProcess(cmd: string, args: string[], opts: RunOptions =
   const child = spawn(cmd, args, {
     env: { ...process.env, ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe'],
+    uid: opts.uid,
+    gid: opts.gid,
+    cwd: opts.cwd,
   });
   const onAbort = () => child.kill('SIGKILL');
   opts.signal?.addEventListener('abort', onAbort, { once: true });

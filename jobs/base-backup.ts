@@ -1,0 +1,209 @@
+// base-backup: a physical base backup (pg_basebackup, WAL streamed in, backup
+// manifest on) of a target's cluster into BACKUP_DIR/base/<target>/<label>/. It is
+// written under a dot-name, verified with pg_verifybackup (tar format unpacked into
+// a scratch directory first), and only then published by rename with pgmaint.json
+// (LSNs, times, bytes, MB/s). With the WAL archive it is what point-in-time
+// recovery starts from; a backup without pgmaint.json never counts.
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { z } from 'zod';
+import { baseDir, type BaseBackupManifest } from '../src/backup-catalog.ts';
+import { materializeDataDir, verifyDataDir } from '../src/base-backup-files.ts';
+import { PermanentJobError } from '../src/errors.ts';
+import { fileStamp, fsyncPath, writeJsonAtomic } from '../src/files.ts';
+import { defineJob, targetField, type JobContext } from '../src/job-definition.ts';
+import { binPath, runProcess } from '../src/proc.ts';
+import { parseLsn, segmentName, segmentNumber } from '../src/wal.ts';
+
+export const payload = z
+  .object({
+    target: targetField,
+    /** tar: one archive per tablespace plus pg_wal.tar, compressible; plain: a data directory. */
+    format: z.enum(['tar', 'plain']).default('tar'),
+    /** Client-side compression of the tar format. */
+    compression: z.enum(['none', 'gzip', 'lz4', 'zstd']).default('lz4'),
+    compressionLevel: z.number().int().min(1).max(22).optional(),
+    /** fast: an immediate checkpoint; spread: the server's paced one (gentler, slower to start). */
+    checkpoint: z.enum(['fast', 'spread']).default('fast'),
+    /** Transfer rate limit, e.g. "50M" or "800k" (pg_basebackup --max-rate). */
+    maxRate: z.string().regex(/^\d+[kM]?$/, 'must look like "800k" or "50M"').optional(),
+  })
+  .superRefine((p, ctx) => {
+    if (p.format === 'plain' && p.compression !== 'none') {
+      ctx.addIssue({ code: 'custom', path: ['compression'], message: 'plain format cannot be compressed; use format "tar" or compression "none"' });
+    }
+    if (p.compressionLevel !== undefined && p.compression === 'none') {
+      ctx.addIssue({ code: 'custom', path: ['compressionLevel'], message: 'needs a compression method' });
+    }
+  });
+
+const LOCK = 'pgmaint:base-backup';
+
+export default defineJob({
+  name: 'base-backup',
+  description: 'pg_basebackup (WAL included, manifest), verified with pg_verifybackup, then published with LSNs and times.',
+  payload,
+  defaults: { attempts: 2, backoffMs: 60_000, timeoutMs: 12 * 3_600_000, concurrency: 1 },
+  singletonKey: (p) => p.target,
+  async handler(ctx, raw) {
+    const p = raw;
+    const dir = baseDir(ctx.config.backupDir, p.target);
+    try {
+      await fs.mkdir(dir, { recursive: true });
+      await fs.access(dir, fs.constants.W_OK);
+    } catch (err) {
+      throw new PermanentJobError(`BACKUP_DIR: ${dir} is not writable: ${(err as Error).message}`, 'BACKUP_DIR');
+    }
+    const lockClient = await ctx.pool.connect();
+    try {
+      const { rows } = await lockClient.query<{ ok: boolean }>(`select pg_try_advisory_lock(hashtext($1)) as ok`, [LOCK]);
+      if (!rows[0]!.ok) {
+        await ctx.log('another base backup of this target is running; this run is skipped');
+        return { skipped: 'another base backup of this target is running' };
+      }
+      // Under the lock no other run writes here: every dot-name is an interrupted run's.
+      for (const e of await fs.readdir(dir)) {
+        if (!e.startsWith('.')) continue;
+        await fs.rm(path.join(dir, e), { recursive: true, force: true });
+        await ctx.log(`removed leftover ${e} from an interrupted run`);
+      }
+      return await takeBaseBackup(ctx, p, dir);
+    } finally {
+      await lockClient.query(`select pg_advisory_unlock(hashtext($1))`, [LOCK]).catch(() => undefined);
+      lockClient.release();
+    }
+  },
+});
+
+async function takeBaseBackup(ctx: JobContext, p: z.output<typeof payload>, dir: string) {
+  const started = new Date();
+  const label = `${p.target}-${fileStamp(started)}`;
+  const tmp = path.join(dir, `.${label}.partial`);
+  const data = path.join(tmp, 'data');
+  const verifyDir = path.join(dir, `.${label}.verify`);
+  const { rows } = await ctx.pool.query<{ version: string; sysid: string; segsize: string; tli: number }>(
+    `select current_setting('server_version') as version, (select system_identifier::text from pg_control_system()) as sysid,
+            current_setting('wal_segment_size') as segsize, (select timeline_id from pg_control_checkpoint()) as tli`,
+  );
+  const info = rows[0]!;
+  const segmentSize = parseSize(info.segsize);
+
+  try {
+    await fs.mkdir(tmp, { recursive: true });
+    const args = ['-D', data, `--format=${p.format}`, '--wal-method=stream', `--checkpoint=${p.checkpoint}`, `--label=pgmaint ${label}`, '--manifest-checksums=CRC32C', '--progress', '--verbose', '--no-password'];
+    if (p.format === 'tar') args.push(`--compress=${p.compression === 'none' ? 'none' : `client-${p.compression}${p.compressionLevel ? `:${p.compressionLevel}` : ''}`}`);
+    if (p.maxRate) args.push(`--max-rate=${p.maxRate}`);
+    await ctx.log(`pg_basebackup of PostgreSQL ${info.version} (system ${info.sysid}), ${p.format} format, ${p.compression} compression, into ${tmp}`);
+    let startLsn: string | undefined;
+    let stopLsn: string | undefined;
+    let timeline = info.tli;
+    let stoppedAt: Date | undefined;
+    let lastReport = 0;
+    await runProcess(binPath('pg_basebackup'), args, {
+      env: ctx.libpqEnv(),
+      signal: ctx.signal,
+      onStderrLine: (line) => {
+        const start = /write-ahead log start point: ([0-9A-F]+\/[0-9A-F]+) on timeline (\d+)/.exec(line);
+        if (start) {
+          startLsn = start[1];
+          timeline = Number(start[2]);
+          void ctx.log(`checkpoint done; WAL start point ${startLsn} on timeline ${timeline}`).catch(() => undefined);
+        }
+        const end = /write-ahead log end point: ([0-9A-F]+\/[0-9A-F]+)/.exec(line);
+        if (end) {
+          stopLsn = end[1];
+          stoppedAt = new Date();
+        }
+        const prog = /(\d+)\/(\d+) kB \((\d+)%\)/.exec(line);
+        if (prog && Date.now() - lastReport > 2000) {
+          lastReport = Date.now();
+          void ctx.progress(5 + Number(prog[3]) * 0.7, `copied ${Math.round(Number(prog[1]) / 1024)} of ${Math.round(Number(prog[2]) / 1024)} MB`).catch(() => undefined);
+        }
+      },
+    });
+    if (!startLsn || !stopLsn || !stoppedAt) throw new Error('pg_basebackup finished without reporting its WAL start and end points');
+
+    await ctx.progress(78, 'verifying with pg_verifybackup');
+    const verifyStarted = Date.now();
+    const manifestPath = path.join(data, 'backup_manifest');
+    if (p.format === 'plain') {
+      await verifyDataDir(data, manifestPath, ctx.signal);
+    } else {
+      try {
+        await materializeDataDir(data, 'tar', verifyDir, { signal: ctx.signal });
+        await verifyDataDir(verifyDir, manifestPath, ctx.signal);
+      } finally {
+        await fs.rm(verifyDir, { recursive: true, force: true });
+      }
+    }
+    const verifySeconds = (Date.now() - verifyStarted) / 1000;
+    await ctx.log(`pg_verifybackup: every file and the WAL match the manifest (${verifySeconds.toFixed(1)} s)`);
+
+    await ctx.progress(95, 'publishing');
+    const bytes = await treeSize(tmp);
+    const sourceBytes = await manifestBytes(manifestPath);
+    const finished = new Date();
+    const durationMs = finished.getTime() - started.getTime();
+    const manifest: BaseBackupManifest = {
+      kind: 'pgmaint-base-backup',
+      version: 1,
+      label,
+      target: p.target,
+      format: p.format,
+      compression: p.format === 'plain' ? 'none' : p.compression,
+      systemIdentifier: info.sysid,
+      serverVersion: info.version,
+      timeline,
+      walSegmentSize: segmentSize,
+      startLsn,
+      stopLsn,
+      startWal: segmentName(timeline, segmentNumber(parseLsn(startLsn), segmentSize), segmentSize),
+      // The end LSN points just past the last record; the segment holding it is the last needed.
+      stopWal: segmentName(timeline, segmentNumber(parseLsn(stopLsn) - 1n, segmentSize), segmentSize),
+      startedAt: started.toISOString(),
+      stoppedAt: stoppedAt.toISOString(),
+      finishedAt: finished.toISOString(),
+      durationMs,
+      bytes,
+      sourceBytes,
+      mbPerSecond: Math.round((sourceBytes / 1048576 / Math.max((stoppedAt.getTime() - started.getTime()) / 1000, 0.001)) * 10) / 10,
+      verified: { method: 'pg_verifybackup', seconds: verifySeconds },
+      jobId: ctx.jobId,
+    };
+    await writeJsonAtomic(path.join(tmp, 'pgmaint.json'), manifest);
+    const final = path.join(dir, label);
+    await fs.rename(tmp, final);
+    await fsyncPath(dir);
+    await ctx.progress(100, `base backup ${label} verified: ${Math.round(bytes / 1048576)} MB on disk, ${manifest.mbPerSecond} MB/s`);
+    return { label, path: final, ...pick(manifest) };
+  } catch (err) {
+    await fs.rm(tmp, { recursive: true, force: true });
+    await fs.rm(verifyDir, { recursive: true, force: true });
+    throw err;
+  }
+}
+
+function pick(m: BaseBackupManifest) {
+  const { startLsn, stopLsn, timeline, startWal, stopWal, startedAt, stoppedAt, finishedAt, durationMs, bytes, sourceBytes, mbPerSecond, format, compression } = m;
+  return { format, compression, startLsn, stopLsn, timeline, startWal, stopWal, startedAt, stoppedAt, finishedAt, durationMs, bytes, sourceBytes, mbPerSecond, verifySeconds: m.verified.seconds };
+}
+
+/** "16MB" (current_setting('wal_segment_size')) → bytes. */
+export function parseSize(text: string): number {
+  const m = /^(\d+)\s*(kB|MB|GB)?$/.exec(text.trim());
+  if (!m) throw new Error(`cannot read size "${text}"`);
+  return Number(m[1]) * ({ kB: 1024, MB: 1048576, GB: 1073741824 }[m[2] ?? ''] ?? 1);
+}
+
+async function treeSize(p: string): Promise<number> {
+  const st = await fs.stat(p);
+  if (!st.isDirectory()) return st.size;
+  let total = 0;
+  for (const e of await fs.readdir(p)) total += await treeSize(path.join(p, e));
+  return total;
+}
+
+async function manifestBytes(manifestPath: string): Promise<number> {
+  const m = JSON.parse(await fs.readFile(manifestPath, 'utf8')) as { Files?: { Size: number }[] };
+  return (m.Files ?? []).reduce((a, f) => a + f.Size, 0);
+}

@@ -1,0 +1,176 @@
+// What counts as a backup, read from BACKUP_DIR: a dump counts when its manifest
+// sits beside it; a base backup counts when its directory carries pgmaint.json
+// (written after pg_verifybackup passed, then published by rename). Temporary
+// names start with a dot and are never listed. Also: the recovery window that the
+// base backups and the WAL archive give together.
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { firstGap, listArchive, newestSegment, parseSegmentName, segmentName, type ArchiveListing } from './wal.ts';
+
+export interface DumpManifest {
+  kind: 'pgmaint-dump';
+  version: 1;
+  /** File (custom format) or directory (directory format) name in the dump directory. */
+  file: string;
+  format: 'custom' | 'directory';
+  jobs?: number;
+  target: string;
+  database: string;
+  serverVersion: string;
+  pgDumpVersion: string;
+  startedAt: string;
+  finishedAt: string;
+  durationMs: number;
+  bytes: number;
+  /** Of the file; for a directory, of the sorted "sha256  name" lines of its files. */
+  sha256: string;
+  tables: number;
+  /** Rows per table (schema.table), counted in the snapshot the dump was taken from. */
+  rowCounts?: Record<string, number>;
+  snapshot?: string;
+  verified: { method: 'pg_restore --list'; tocEntries: number };
+  jobId: string;
+}
+
+export interface RestoreCheckRecord {
+  checkedAt: string;
+  ok: boolean;
+  tablesCompared: number;
+  mismatches: { table: string; dumped: number; restored: number }[];
+  restoreSeconds: number;
+  jobId: string;
+}
+
+export interface BaseBackupManifest {
+  kind: 'pgmaint-base-backup';
+  version: 1;
+  label: string;
+  target: string;
+  format: 'tar' | 'plain';
+  compression: 'none' | 'gzip' | 'lz4' | 'zstd';
+  systemIdentifier: string;
+  serverVersion: string;
+  timeline: number;
+  walSegmentSize: number;
+  startLsn: string;
+  stopLsn: string;
+  /** First and last WAL segment the backup needs to become consistent. */
+  startWal: string;
+  stopWal: string;
+  startedAt: string;
+  /** When pg_basebackup reported the end point: the backup is consistent from here. */
+  stoppedAt: string;
+  finishedAt: string;
+  durationMs: number;
+  /** Bytes on disk (compressed) and of the cluster files it holds. */
+  bytes: number;
+  sourceBytes: number;
+  mbPerSecond: number;
+  verified: { method: 'pg_verifybackup'; seconds: number };
+  jobId: string;
+}
+
+export const dumpDir = (backupDir: string, target: string) => path.join(backupDir, 'dumps', target);
+export const baseDir = (backupDir: string, target: string) => path.join(backupDir, 'base', target);
+
+export interface ListedDump {
+  path: string;
+  manifest: DumpManifest;
+  restoreCheck?: RestoreCheckRecord;
+}
+
+export interface ListedBaseBackup {
+  path: string;
+  manifest: BaseBackupManifest;
+}
+
+async function readJson<T>(file: string): Promise<T | undefined> {
+  try {
+    return JSON.parse(await fs.readFile(file, 'utf8')) as T;
+  } catch {
+    return undefined;
+  }
+}
+
+async function entries(dir: string): Promise<string[]> {
+  return fs.readdir(dir).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ENOENT') return [];
+    throw err;
+  });
+}
+
+/** Verified dumps of a target, newest first. */
+export async function listDumps(backupDir: string, target: string): Promise<ListedDump[]> {
+  const dir = dumpDir(backupDir, target);
+  const out: ListedDump[] = [];
+  for (const e of await entries(dir)) {
+    if (e.startsWith('.') || !e.endsWith('.manifest.json')) continue;
+    const manifest = await readJson<DumpManifest>(path.join(dir, e));
+    if (manifest?.kind !== 'pgmaint-dump') continue;
+    const file = path.join(dir, manifest.file);
+    if (!(await fs.stat(file).catch(() => undefined))) continue;
+    out.push({ path: file, manifest, restoreCheck: await readJson<RestoreCheckRecord>(`${file}.restore-check.json`) });
+  }
+  return out.sort((a, b) => b.manifest.finishedAt.localeCompare(a.manifest.finishedAt));
+}
+
+/** Verified base backups of a target, newest first. */
+export async function listBaseBackups(backupDir: string, target: string): Promise<ListedBaseBackup[]> {
+  const dir = baseDir(backupDir, target);
+  const out: ListedBaseBackup[] = [];
+  for (const e of await entries(dir)) {
+    if (e.startsWith('.')) continue;
+    const manifest = await readJson<BaseBackupManifest>(path.join(dir, e, 'pgmaint.json'));
+    if (manifest?.kind === 'pgmaint-base-backup') out.push({ path: path.join(dir, e), manifest });
+  }
+  return out.sort((a, b) => b.manifest.stoppedAt.localeCompare(a.manifest.stoppedAt));
+}
+
+/** Session advisory lock key shared by the drill (shared) and prune (exclusive). */
+export const baseBackupLockKey = (target: string, label: string) => `pgmaint:base-backup:${target}:${label}`;
+
+export interface RecoveryWindow {
+  /** Earliest point in time that can be restored (the consistent point of the oldest usable base backup). */
+  earliest: string | null;
+  /** Latest: when the newest archived segment arrived. */
+  latest: string | null;
+  seconds: number;
+  /** The base backup that gives `earliest`. */
+  fromBaseBackup: string | null;
+  /** Base backups whose WAL chain to the newest archived segment is broken, with the first missing segment. */
+  brokenChains: { label: string; missing: string }[];
+}
+
+export function recoveryWindow(bases: ListedBaseBackup[], archive: ArchiveListing | undefined): RecoveryWindow {
+  const brokenChains: RecoveryWindow['brokenChains'] = [];
+  const newest = archive && newestSegment(archive);
+  let usable: ListedBaseBackup | undefined;
+  // Oldest first: the first with a contiguous chain gives the earliest point.
+  for (const b of [...bases].reverse()) {
+    if (!archive) break;
+    const m = b.manifest;
+    const start = parseSegmentName(m.startWal, m.walSegmentSize)!;
+    const gap = firstGap(archive, start.segno, m.timeline);
+    if (gap === undefined) {
+      usable ??= b;
+    } else {
+      brokenChains.push({ label: m.label, missing: segmentName(m.timeline, gap, m.walSegmentSize) });
+    }
+  }
+  if (!usable || !newest) return { earliest: null, latest: null, seconds: 0, fromBaseBackup: null, brokenChains };
+  const earliest = usable.manifest.stoppedAt;
+  const latest = newest.mtime.toISOString();
+  return {
+    earliest,
+    latest,
+    seconds: Math.max(0, Math.round((newest.mtime.getTime() - Date.parse(earliest)) / 1000)),
+    fromBaseBackup: usable.manifest.label,
+    brokenChains,
+  };
+}
+
+/** The archive of a target, or undefined when none is configured or it cannot be read. */
+export async function readArchive(dir: string | undefined, segmentSize: number): Promise<ArchiveListing | undefined> {
+  if (!dir) return undefined;
+  return listArchive(dir, segmentSize).catch(() => undefined);
+}
