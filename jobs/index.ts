@@ -5,5 +5,6 @@ import baseBackup from './base-backup.ts';
 import createPartitions from './create-partitions.ts';
 import dropExpiredPartitions from './drop-expired-partitions.ts';
 import noop from './noop.ts';
+import pitrDrill from './pitr-drill.ts';
 
-export const jobs: AnyJobDefinition[] = [backup, baseBackup, createPartitions, dropExpiredPartitions, noop] as AnyJobDefinition[];
+export const jobs: AnyJobDefinition[] = [backup, baseBackup, createPartitions, dropExpiredPartitions, noop, pitrDrill] as AnyJobDefinition[];

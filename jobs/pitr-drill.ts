@@ -1,0 +1,273 @@
+// pitr-drill: proof that point-in-time recovery works, measured. On the live
+// target it writes marker M1, notes the target time T (with row counts of the
+// configured tables in a snapshot taken at T), writes M2 after T and forces a WAL
+// switch. It then restores the newest verified base backup that stopped before T
+// into a scratch instance (verified again with pg_verifybackup), replays the WAL
+// archive up to T and promotes. The drill passes when M1 is there, M2 is not, the
+// server log says recovery stopped at the target, and the row counts match. The
+// scratch instance is stopped and deleted whatever happens; the live data
+// directory and the WAL archive are only ever read.
+import os from 'node:os';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type pg from 'pg';
+import { z } from 'zod';
+import { baseBackupLockKey, listBaseBackups, type ListedBaseBackup } from '../src/backup-catalog.ts';
+import { materializeDataDir, verifyDataDir } from '../src/base-backup-files.ts';
+import { PermanentJobError } from '../src/errors.ts';
+import { defineJob, targetField, type JobContext } from '../src/job-definition.ts';
+import { qualifiedName, quoteIdent } from '../src/partitions.ts';
+import { createScratchInstance, removeAbandonedScratch, type ScratchInstance } from '../src/scratch-instance.ts';
+import { waitForArchived } from '../src/wal.ts';
+
+export const payload = z.object({
+  target: targetField,
+  /** Label of the base backup to restore; default: the newest verified one that stopped before T. */
+  baseBackup: z.string().regex(/^[a-z0-9_-]+-\d{8}T\d{9}Z$/, 'must be a base backup label such as main-20261125T010000000Z').optional(),
+  /** Tables (schema.table) whose rows are counted at T and after the restore; default backups.drillTables. */
+  tables: z.array(qualifiedName).max(100).optional(),
+  /** How long the WAL written after T may take to reach the archive. */
+  archiveWaitSeconds: z.number().int().min(1).max(3600).default(120),
+  /** How long restore and replay may take before the drill fails (DOMAIN.md: RTO under 30 minutes). */
+  recoveryTimeoutSeconds: z.number().int().min(10).max(86_400).default(1800),
+});
+
+type Payload = z.output<typeof payload>;
+
+export interface DrillCheck {
+  name: string;
+  ok: boolean;
+  detail: string;
+}
+
+export default defineJob({
+  name: 'pitr-drill',
+  description: 'Restores a base backup plus archived WAL to a target time in a scratch instance, proves markers and row counts, reports RTO/RPO, tears down.',
+  payload,
+  defaults: { attempts: 1, backoffMs: 300_000, timeoutMs: 3 * 3_600_000, concurrency: 1 },
+  singletonKey: (p) => p.target,
+  async handler(ctx, p) {
+    const archiveDir = ctx.target.walArchiveDir;
+    if (!archiveDir) throw new PermanentJobError(`WAL_ARCHIVE_DIR: not set for target "${p.target}"; the drill restores WAL from it`, 'WAL_ARCHIVE_DIR');
+    if (/['"\\]/.test(archiveDir)) throw new PermanentJobError(`WAL_ARCHIVE_DIR: ${archiveDir} contains a quote or backslash; restore_command cannot carry it safely`, 'WAL_ARCHIVE_DIR');
+    const tables = p.tables ?? ctx.config.backups.drillTables;
+    const scratchRoot = ctx.config.backups.scratchDir ?? os.tmpdir();
+    await removeAbandonedScratch(scratchRoot, (d) => ctx.log(`removed ${d} left by a drill whose worker died`));
+
+    await ctx.progress(2, 'writing markers on the live target');
+    const point = await markTargetTime(ctx, tables);
+    await ctx.log(`target time T = ${point.targetTime} (M1 written before, M2 after); rows at T: ${JSON.stringify(point.rowCounts)}`);
+    const segment = await switchWal(ctx.pool);
+    await ctx.progress(8, `waiting for WAL segment ${segment} in the archive`);
+    await waitForArchived(archiveDir, segment, p.archiveWaitSeconds * 1000, ctx.signal).catch((err) => {
+      throw new Error(`the WAL written after T (segment ${segment}) did not reach ${archiveDir} within ${p.archiveWaitSeconds} s: ${(err as Error).message}`);
+    });
+
+    // The backup stays locked (shared) against prune-backups for the whole drill.
+    const lock = await ctx.pool.connect();
+    let scratch: ScratchInstance | undefined;
+    try {
+      const backup = await chooseBaseBackup(ctx, p, point.targetTime, point.systemIdentifier, lock);
+      await ctx.log(`restoring base backup ${backup.manifest.label} (stopped ${backup.manifest.stoppedAt}, ${Math.round((Date.parse(point.targetTime) - Date.parse(backup.manifest.stoppedAt)) / 1000)} s before T)`);
+      scratch = await createScratchInstance(scratchRoot);
+      return await restoreAndProve(ctx, p, scratch, backup, point, archiveDir);
+    } finally {
+      if (scratch) {
+        await scratch.destroy();
+        await ctx.log(`scratch instance stopped and ${scratch.dir} deleted`).catch(() => undefined);
+      }
+      await lock.query('select pg_advisory_unlock_all()').catch(() => undefined);
+      lock.release();
+    }
+  },
+});
+
+interface TargetPoint {
+  drillId: string;
+  targetTime: string;
+  rowCounts: Record<string, number>;
+  rpoSeconds: number | null;
+  systemIdentifier: string;
+  database: string;
+  user: string;
+}
+
+async function markTargetTime(ctx: JobContext, tables: string[]): Promise<TargetPoint> {
+  const drillId = `${ctx.jobId}:${ctx.attempt}`;
+  await ctx.pool.query(`create schema if not exists pgmaint;
+    create table if not exists pgmaint.drill_marker (drill_id text not null, marker text not null,
+      written_at timestamptz not null default clock_timestamp(), primary key (drill_id, marker));
+    delete from pgmaint.drill_marker where written_at < now() - interval '90 days'`);
+  await ctx.pool.query(`insert into pgmaint.drill_marker (drill_id, marker) values ($1, 'M1')`, [drillId]);
+  const client = await ctx.pool.connect();
+  let point: TargetPoint;
+  try {
+    // T is read after the snapshot is taken: everything the counts see committed before T.
+    await client.query('begin isolation level repeatable read read only');
+    const { rows } = await client.query<{ t: string; last_archived: Date | null; sysid: string; db: string; usr: string }>(
+      `select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as t,
+              (select last_archived_time from pg_stat_archiver) as last_archived,
+              (select system_identifier::text from pg_control_system()) as sysid, current_database() as db, current_user as usr`,
+    );
+    const r = rows[0]!;
+    const rowCounts: Record<string, number> = {};
+    for (const t of tables) rowCounts[t] = await countRows(client, t);
+    await client.query('commit');
+    point = {
+      drillId,
+      targetTime: r.t,
+      rowCounts,
+      // Worst-case loss had the primary vanished at T: what was written since the last archived segment.
+      rpoSeconds: r.last_archived ? Math.max(0, Math.round((Date.parse(r.t) - r.last_archived.getTime()) / 100) / 10) : null,
+      systemIdentifier: r.sysid,
+      database: r.db,
+      user: r.usr,
+    };
+  } catch (err) {
+    await client.query('rollback').catch(() => undefined);
+    throw err;
+  } finally {
+    client.release();
+  }
+  await sleep(20);
+  await ctx.pool.query(`insert into pgmaint.drill_marker (drill_id, marker) values ($1, 'M2')`, [drillId]);
+  return point;
+}
+
+async function countRows(client: pg.ClientBase, table: string): Promise<number> {
+  const [schema, name] = table.split('.') as [string, string];
+  const { rows } = await client.query<{ n: string }>(`select count(*) as n from ${quoteIdent(schema)}.${quoteIdent(name)}`);
+  return Number(rows[0]!.n);
+}
+
+/** Closes the current segment (it holds M2) and returns its name. */
+async function switchWal(pool: pg.Pool): Promise<string> {
+  const { rows } = await pool.query<{ seg: string }>(`select pg_walfile_name(pg_switch_wal()) as seg`);
+  return rows[0]!.seg;
+}
+
+async function chooseBaseBackup(ctx: JobContext, p: Payload, targetTime: string, sysid: string, lock: pg.PoolClient): Promise<ListedBaseBackup> {
+  const all = await listBaseBackups(ctx.config.backupDir, p.target);
+  const usable = all.filter((b) => b.manifest.systemIdentifier === sysid && Date.parse(b.manifest.stoppedAt) < Date.parse(targetTime));
+  let chosen: ListedBaseBackup | undefined;
+  if (p.baseBackup) {
+    chosen = usable.find((b) => b.manifest.label === p.baseBackup);
+    if (!chosen) throw new PermanentJobError(`baseBackup: ${p.baseBackup} is not a verified base backup of this cluster that stopped before T (${targetTime})`, 'NO_BASE_BACKUP');
+  } else {
+    chosen = usable[0];
+    if (!chosen) throw new PermanentJobError(`no verified base backup of target "${p.target}" stopped before T (${targetTime}); run base-backup first (${all.length} base backups found)`, 'NO_BASE_BACKUP');
+  }
+  await lock.query('select pg_advisory_lock_shared(hashtext($1))', [baseBackupLockKey(p.target, chosen.manifest.label)]);
+  // prune-backups may have removed it between the listing and the lock.
+  const still = (await listBaseBackups(ctx.config.backupDir, p.target)).find((b) => b.manifest.label === chosen.manifest.label);
+  if (!still) throw new Error(`base backup ${chosen.manifest.label} was removed before the drill could lock it`);
+  return still;
+}
+
+async function restoreAndProve(ctx: JobContext, p: Payload, scratch: ScratchInstance, backup: ListedBaseBackup, point: TargetPoint, archiveDir: string) {
+  const restoreStarted = Date.now();
+  const data = path.join(backup.path, 'data');
+  await ctx.progress(12, `restoring ${backup.manifest.label} into ${scratch.dataDir}`);
+  await materializeDataDir(data, backup.manifest.format, scratch.dataDir, { signal: ctx.signal, owner: scratch.owner });
+  const verifyStarted = Date.now();
+  await verifyDataDir(scratch.dataDir, path.join(data, 'backup_manifest'), ctx.signal);
+  const verifySeconds = (Date.now() - verifyStarted) / 1000;
+  await ctx.log(`restored files match the backup manifest (pg_verifybackup, ${verifySeconds.toFixed(1)} s)`);
+
+  await scratch.configure({
+    port: scratch.port,
+    listen_addresses: '',
+    unix_socket_directories: scratch.socketDir,
+    archive_mode: 'off',
+    archive_command: '',
+    archive_cleanup_command: '',
+    recovery_end_command: '',
+    restore_command: `cp "${archiveDir}/%f" "%p"`,
+    recovery_target_time: point.targetTime.replace('T', ' ').replace('Z', '+00'),
+    recovery_target_action: 'promote',
+    recovery_target_timeline: 'latest',
+    hot_standby: 'off',
+    shared_buffers: '128MB',
+    logging_collector: 'off',
+    log_destination: 'stderr',
+    cluster_name: 'pgmaint-drill',
+  });
+  const replayStarted = Date.now();
+  const restoreSeconds = (replayStarted - restoreStarted) / 1000;
+  await ctx.progress(30, `replaying WAL from the archive to ${point.targetTime}`);
+  await scratch.start(ctx.signal);
+  await waitForPromotion(ctx, scratch, point, p.recoveryTimeoutSeconds);
+  const promoted = Date.now();
+  const rtoSeconds = (promoted - restoreStarted) / 1000;
+  await ctx.progress(85, `promoted after ${rtoSeconds.toFixed(1)} s; checking the restored data`);
+
+  const log = await scratch.log();
+  const checks: DrillCheck[] = [];
+  const client = scratch.client(point.user, point.database);
+  await client.connect();
+  try {
+    const { rows } = await client.query<{ marker: string }>(`select marker from pgmaint.drill_marker where drill_id = $1 order by marker`, [point.drillId]);
+    const markers = rows.map((r) => r.marker);
+    checks.push({ name: 'M1 (written before T) present', ok: markers.includes('M1'), detail: `markers found: ${markers.join(', ') || 'none'}` });
+    checks.push({ name: 'M2 (written after T) absent', ok: !markers.includes('M2'), detail: `markers found: ${markers.join(', ') || 'none'}` });
+    for (const [table, expected] of Object.entries(point.rowCounts)) {
+      const restored = await countRows(client, table);
+      checks.push({ name: `rows of ${table} at T`, ok: restored === expected, detail: `live at T ${expected}, restored ${restored}` });
+    }
+  } finally {
+    await client.end().catch(() => undefined);
+  }
+  const stop = /recovery stopping (before|after) (commit|abort) of transaction \d+, time ([^\n]+)/.exec(log);
+  const stopTime = stop ? Date.parse(stop[3]!.trim().replace(' ', 'T').replace(/([+-]\d\d)$/, '$1:00')) : NaN;
+  checks.push({
+    name: 'recovery stopped at the target time',
+    ok: Boolean(stop) && (stop![1] === 'before' ? stopTime > Date.parse(point.targetTime) : stopTime <= Date.parse(point.targetTime)),
+    detail: stop ? stop[0] : 'no "recovery stopping" line in the server log',
+  });
+  const walSegmentsReplayed = (log.match(/restored log file "[0-9A-F]{24}" from archive/g) ?? []).length;
+  const result = {
+    baseBackup: backup.manifest.label,
+    baseBackupStoppedAt: backup.manifest.stoppedAt,
+    targetTime: point.targetTime,
+    rtoSeconds,
+    restoreSeconds,
+    verifySeconds,
+    replaySeconds: (promoted - replayStarted) / 1000,
+    rpoSeconds: point.rpoSeconds,
+    walSegmentsReplayed,
+    checks,
+  };
+  const failed = checks.filter((c) => !c.ok);
+  if (failed.length) {
+    await ctx.log(`drill FAILED: ${JSON.stringify(result)}`);
+    throw new PermanentJobError(`PITR drill failed: ${failed.map((c) => `${c.name}: ${c.detail}`).join('; ')}`, 'DRILL_FAILED');
+  }
+  await ctx.progress(95, `drill passed: RTO ${rtoSeconds.toFixed(1)} s, RPO ${point.rpoSeconds ?? '?'} s, ${walSegmentsReplayed} WAL segments replayed`);
+  return result;
+}
+
+/** Waits until the scratch instance accepts queries out of recovery; fails on the log's verdict or a dead server. */
+async function waitForPromotion(ctx: JobContext, scratch: ScratchInstance, point: TargetPoint, timeoutSeconds: number): Promise<void> {
+  const deadline = Date.now() + timeoutSeconds * 1000;
+  const logTail = async () => (await scratch.log()).trim().split('\n').slice(-6).join(' | ');
+  for (;;) {
+    ctx.signal.throwIfAborted();
+    const log = await scratch.log();
+    if (/recovery ended before configured recovery target was reached/.test(log)) {
+      throw new PermanentJobError(`PITR drill failed: recovery ended before reaching T (${point.targetTime}): the archive lacks WAL between the base backup and T. Server log: ${await logTail()}`, 'DRILL_FAILED');
+    }
+    const client = scratch.client(point.user, point.database);
+    try {
+      await client.connect();
+      const { rows } = await client.query<{ r: boolean }>('select pg_is_in_recovery() as r');
+      if (!rows[0]!.r) return;
+    } catch {
+      // starting up or still replaying (hot_standby is off)
+    } finally {
+      await client.end().catch(() => undefined);
+    }
+    if (!(await scratch.running())) throw new Error(`the scratch instance stopped during recovery. Server log: ${await logTail()}`);
+    if (Date.now() > deadline) throw new Error(`restore and replay did not finish within ${timeoutSeconds} s. Server log: ${await logTail()}`);
+    await sleep(250);
+  }
+}
