@@ -1,52 +1,49 @@
-// backup: a logical dump (pg_dump, custom format) of a target into
-// BACKUP_DIR/dumps/<target>/. The dump is written under a temporary name, read back
-// with `pg_restore --list`, checksummed, and only then renamed into place with a
-// manifest beside it. A dump without its manifest never counts as a backup.
+// backup: a logical dump (pg_dump, custom format, or directory format with
+// parallel jobs) of a target into BACKUP_DIR/dumps/<target>/. The dump is taken
+// from an exported snapshot in which every table's rows are counted too (what
+// restore-check compares against). It is written under a temporary name, read
+// back with `pg_restore --list`, checksummed, and only then renamed into place
+// with a manifest beside it. A dump without its manifest never counts as a backup.
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
 import { PermanentJobError } from '../src/errors.ts';
-import { fileStamp, publish, sha256File, writeJsonAtomic } from '../src/files.ts';
+import type pg from 'pg';
+import { dumpDir, type DumpManifest } from '../src/backup-catalog.ts';
+import { fileStamp, publish, sha256File, sha256Tree, writeJsonAtomic } from '../src/files.ts';
 import { defineJob, targetField, type JobContext } from '../src/job-definition.ts';
+import { quoteIdent } from '../src/partitions.ts';
 import { binPath, runProcess } from '../src/proc.ts';
 
-export const payload = z.object({
-  target: targetField,
-  /** pg_dump compression level for the custom format (0 = none). */
-  compress: z.number().int().min(0).max(9).default(6),
-});
+export const payload = z
+  .object({
+    target: targetField,
+    /** custom: one file; directory: one file per table, written by `jobs` processes at once. */
+    format: z.enum(['custom', 'directory']).default('custom'),
+    /** Parallel pg_dump processes (directory format only). */
+    jobs: z.number().int().min(1).max(16).optional(),
+    /** pg_dump compression level (0 = none). */
+    compress: z.number().int().min(0).max(9).default(6),
+  })
+  .superRefine((p, ctx) => {
+    if (p.format === 'custom' && p.jobs !== undefined && p.jobs > 1) {
+      ctx.addIssue({ code: 'custom', path: ['jobs'], message: 'parallel dumps need format "directory"' });
+    }
+  });
 
-export interface DumpManifest {
-  kind: 'pgmaint-dump';
-  version: 1;
-  file: string;
-  format: 'custom';
-  target: string;
-  database: string;
-  serverVersion: string;
-  pgDumpVersion: string;
-  startedAt: string;
-  finishedAt: string;
-  durationMs: number;
-  bytes: number;
-  sha256: string;
-  tables: number;
-  verified: { method: 'pg_restore --list'; tocEntries: number };
-  jobId: string;
-}
+type Payload = z.output<typeof payload>;
 
-export function dumpDir(backupDir: string, target: string): string {
-  return path.join(backupDir, 'dumps', target);
-}
+export { dumpDir };
 
 export default defineJob({
   name: 'backup',
-  description: 'pg_dump of a target (custom format), verified with pg_restore --list, sha256 manifest.',
+  description: 'pg_dump of a target (custom, or directory with -j), row counts from the same snapshot, verified with pg_restore --list, sha256 manifest.',
   payload,
   defaults: { attempts: 3, backoffMs: 30_000, timeoutMs: 6 * 3_600_000, concurrency: 1 },
   // "Backup now" twice for one target while the first waits or runs returns the first.
   singletonKey: (p) => p.target,
-  async handler(ctx, { target, compress }) {
+  async handler(ctx, p) {
+    const { target } = p;
     const started = new Date();
     const dir = dumpDir(ctx.config.backupDir, target);
     try {
@@ -65,7 +62,7 @@ export default defineJob({
         return { skipped: 'another backup of this target is running' };
       }
       await removeLeftovers(dir, ctx);
-      return await dump(ctx, target, compress, dir, started);
+      return await dump(ctx, p, dir, started);
     } finally {
       await lockClient.query(`select pg_advisory_unlock(hashtext('pgmaint:backup'))`).catch(() => undefined);
       lockClient.release();
@@ -73,80 +70,114 @@ export default defineJob({
   },
 });
 
-async function dump(ctx: JobContext, target: string, compress: number, dir: string, started: Date) {
-
-    await ctx.progress(2, 'reading catalog');
-    const { rows } = await ctx.pool.query<{ version: string; database: string; tables: string }>(
-      `select current_setting('server_version') as version, current_database() as database,
-              (select count(*) from pg_class c join pg_namespace n on n.oid = c.relnamespace
-                where c.relkind in ('r', 'm') and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\\_toast%') as tables`,
-    );
-    const info = rows[0]!;
-    const tables = Number(info.tables);
-    const name = `${target}-${fileStamp(started)}.dump`;
-    const final = path.join(dir, name);
-    const tmp = path.join(dir, `.${name}.partial`);
-    const env = ctx.libpqEnv();
-
+async function dump(ctx: JobContext, p: Payload, dir: string, started: Date) {
+  await ctx.progress(2, 'reading catalog');
+  const { rows } = await ctx.pool.query<{ version: string; database: string }>(`select current_setting('server_version') as version, current_database() as database`);
+  const info = rows[0]!;
+  const jobs = p.format === 'directory' ? (p.jobs ?? 2) : 1;
+  const name = `${p.target}-${fileStamp(started)}.${p.format === 'directory' ? 'dumpdir' : 'dump'}`;
+  const final = path.join(dir, name);
+  const tmp = path.join(dir, `.${name}.partial`);
+  // The snapshot pg_dump (and its parallel workers) read from stays exported while
+  // this transaction is open: the row counts below see exactly the dumped rows.
+  const snap = await ctx.pool.connect();
+  const local = new AbortController();
+  const signal = AbortSignal.any([ctx.signal, local.signal]);
+  try {
+    await snap.query('begin isolation level repeatable read read only');
+    const { rows: s } = await snap.query<{ id: string }>('select pg_export_snapshot() as id');
+    const snapshot = s[0]!.id;
+    const tables = await listTables(snap);
+    await ctx.log(`pg_dump of database ${info.database} (PostgreSQL ${info.version}, ${tables.length} tables), ${p.format} format${jobs > 1 ? ` with ${jobs} jobs` : ''}, snapshot ${snapshot}, into ${tmp}`);
+    let dumped = 0;
+    let lastReport = 0;
+    const args = [`--format=${p.format}`, `--compress=${p.compress}`, `--snapshot=${snapshot}`, '--verbose', '--no-password', `--file=${tmp}`];
+    if (jobs > 1) args.push(`--jobs=${jobs}`);
+    const pgDump = runProcess(binPath('pg_dump'), args, {
+      env: ctx.libpqEnv(),
+      signal,
+      onStderrLine: (line) => {
+        if (!/dumping contents of table|finished item \d+ TABLE DATA/.test(line)) return;
+        dumped++;
+        const now = Date.now();
+        if (now - lastReport > 1000 || dumped === tables.length) {
+          lastReport = now;
+          void ctx.progress(5 + (75 * dumped) / Math.max(tables.length, 1), `dumped ${dumped}/${tables.length} tables`).catch(() => undefined);
+        }
+      },
+    });
+    pgDump.catch(() => undefined);
+    const rowCounts: Record<string, number> = {};
     try {
-      await ctx.log(`pg_dump of database ${info.database} (PostgreSQL ${info.version}, ${tables} tables) into ${tmp}`);
-      let dumped = 0;
-      let lastReport = 0;
-      await runProcess(binPath('pg_dump'), ['--format=custom', `--compress=${compress}`, '--verbose', '--no-password', `--file=${tmp}`], {
-        env,
-        signal: ctx.signal,
-        onStderrLine: (line) => {
-          if (!/dumping contents of table/.test(line)) return;
-          dumped++;
-          const now = Date.now();
-          if (now - lastReport > 1000 || dumped === tables) {
-            lastReport = now;
-            void ctx.progress(5 + (80 * dumped) / Math.max(tables, 1), `dumped ${dumped}/${tables} tables`).catch(() => undefined);
-          }
-        },
-      });
-
-      await ctx.progress(86, 'verifying with pg_restore --list');
-      const list = await runProcess(binPath('pg_restore'), ['--list', tmp], { signal: ctx.signal });
-      const tocEntries = list.stdout.split('\n').filter((l) => l.trim() && !l.startsWith(';')).length;
-      if (!/; Archive created at/.test(list.stdout) || tocEntries === 0) throw new Error(`pg_restore --list read no entries from ${tmp}; the dump is not usable`);
-
-      await ctx.progress(92, 'computing sha256');
-      const bytes = (await fs.stat(tmp)).size;
-      const sha256 = await sha256File(tmp, ctx.signal);
-      const pgDumpVersion = (await runProcess(binPath('pg_dump'), ['--version'])).stdout.trim();
-
-      await ctx.progress(97, 'publishing dump and manifest');
-      await publish(tmp, final);
-      const finished = new Date();
-      const manifest: DumpManifest = {
-        kind: 'pgmaint-dump',
-        version: 1,
-        file: name,
-        format: 'custom',
-        target,
-        database: info.database,
-        serverVersion: info.version,
-        pgDumpVersion,
-        startedAt: started.toISOString(),
-        finishedAt: finished.toISOString(),
-        durationMs: finished.getTime() - started.getTime(),
-        bytes,
-        sha256,
-        tables,
-        verified: { method: 'pg_restore --list', tocEntries },
-        jobId: ctx.jobId,
-      };
-      await writeJsonAtomic(`${final}.manifest.json`, manifest);
-      await ctx.progress(100, `backup verified: ${name}, ${bytes} bytes, sha256 ${sha256.slice(0, 12)}…`);
-      return { file: final, manifest: `${final}.manifest.json`, bytes, sha256, durationMs: manifest.durationMs, tables, tocEntries };
+      for (const t of tables) {
+        const { rows: c } = await snap.query<{ n: string }>(`select count(*) as n from ${quoteIdent(t.schema)}.${quoteIdent(t.name)}`);
+        rowCounts[`${t.schema}.${t.name}`] = Number(c[0]!.n);
+      }
     } catch (err) {
-      // Nothing half-done survives: the partial file and an unpublished dump go.
-      await fs.rm(tmp, { force: true });
-      const manifestExists = await fs.stat(`${final}.manifest.json`).then(() => true, () => false);
-      if (!manifestExists) await fs.rm(final, { force: true });
+      local.abort(err);
       throw err;
     }
+    await pgDump;
+    await snap.query('commit');
+
+    await ctx.progress(86, 'verifying with pg_restore --list');
+    const list = await runProcess(binPath('pg_restore'), ['--list', tmp], { signal });
+    const tocEntries = list.stdout.split('\n').filter((l) => l.trim() && !l.startsWith(';')).length;
+    if (!/; Archive created at/.test(list.stdout) || tocEntries === 0) throw new Error(`pg_restore --list read no entries from ${tmp}; the dump is not usable`);
+
+    await ctx.progress(92, 'computing sha256');
+    const { bytes, sha256 } = p.format === 'directory' ? await sha256Tree(tmp, signal) : { bytes: (await fs.stat(tmp)).size, sha256: await sha256File(tmp, signal) };
+    const pgDumpVersion = (await runProcess(binPath('pg_dump'), ['--version'])).stdout.trim();
+
+    await ctx.progress(97, 'publishing dump and manifest');
+    await publish(tmp, final);
+    const finished = new Date();
+    const manifest: DumpManifest = {
+      kind: 'pgmaint-dump',
+      version: 1,
+      file: name,
+      format: p.format,
+      jobs,
+      target: p.target,
+      database: info.database,
+      serverVersion: info.version,
+      pgDumpVersion,
+      startedAt: started.toISOString(),
+      finishedAt: finished.toISOString(),
+      durationMs: finished.getTime() - started.getTime(),
+      bytes,
+      sha256,
+      tables: tables.length,
+      rowCounts,
+      snapshot,
+      verified: { method: 'pg_restore --list', tocEntries },
+      jobId: ctx.jobId,
+    };
+    await writeJsonAtomic(`${final}.manifest.json`, manifest);
+    const totalRows = Object.values(rowCounts).reduce((a, b) => a + b, 0);
+    await ctx.progress(100, `backup verified: ${name}, ${bytes} bytes, ${totalRows} rows in ${tables.length} tables, sha256 ${sha256.slice(0, 12)}…`);
+    return { file: final, manifest: `${final}.manifest.json`, format: p.format, jobs, bytes, sha256, durationMs: manifest.durationMs, tables: tables.length, rows: totalRows, tocEntries };
+  } catch (err) {
+    await snap.query('rollback').catch(() => undefined);
+    // Nothing half-done survives: the partial file and an unpublished dump go.
+    await fs.rm(tmp, { recursive: true, force: true });
+    const manifestExists = await fs.stat(`${final}.manifest.json`).then(() => true, () => false);
+    if (!manifestExists) await fs.rm(final, { recursive: true, force: true });
+    throw err;
+  } finally {
+    snap.release();
+  }
+}
+
+/** Tables whose data pg_dump writes: ordinary tables and partitions, temporary ones aside. */
+async function listTables(client: pg.ClientBase): Promise<{ schema: string; name: string }[]> {
+  const { rows } = await client.query<{ schema: string; name: string }>(
+    `select n.nspname as schema, c.relname as name from pg_class c join pg_namespace n on n.oid = c.relnamespace
+      where c.relkind = 'r' and c.relpersistence <> 't'
+        and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\\_toast%' and n.nspname not like 'pg\\_temp%'
+      order by 1, 2`,
+  );
+  return rows;
 }
 
 /** Partial files and manifest-less dumps left by a killed worker are removed. Only
@@ -156,7 +187,7 @@ async function removeLeftovers(dir: string, ctx: { log(m: string): Promise<void>
   const cutoff = Date.now() - 60_000;
   for (const e of entries) {
     const full = path.join(dir, e);
-    const orphanDump = e.endsWith('.dump') && !entries.includes(`${e}.manifest.json`);
+    const orphanDump = (e.endsWith('.dump') || e.endsWith('.dumpdir')) && !entries.includes(`${e}.manifest.json`);
     if (!e.endsWith('.partial') && !orphanDump) continue;
     const st = await fs.stat(full).catch(() => undefined);
     if (st && st.mtimeMs < cutoff) {

@@ -10,10 +10,10 @@ import { z } from 'zod';
 import { baseDir, type BaseBackupManifest } from '../src/backup-catalog.ts';
 import { materializeDataDir, verifyDataDir } from '../src/base-backup-files.ts';
 import { PermanentJobError } from '../src/errors.ts';
-import { fileStamp, fsyncPath, writeJsonAtomic } from '../src/files.ts';
+import { fileStamp, fsyncPath, treeSize, writeJsonAtomic } from '../src/files.ts';
 import { defineJob, targetField, type JobContext } from '../src/job-definition.ts';
 import { binPath, runProcess } from '../src/proc.ts';
-import { parseLsn, segmentName, segmentNumber } from '../src/wal.ts';
+import { parseLsn, parseSize, segmentName, segmentNumber } from '../src/wal.ts';
 
 export const payload = z
   .object({
@@ -186,21 +186,6 @@ async function takeBaseBackup(ctx: JobContext, p: z.output<typeof payload>, dir:
 function pick(m: BaseBackupManifest) {
   const { startLsn, stopLsn, timeline, startWal, stopWal, startedAt, stoppedAt, finishedAt, durationMs, bytes, sourceBytes, mbPerSecond, format, compression } = m;
   return { format, compression, startLsn, stopLsn, timeline, startWal, stopWal, startedAt, stoppedAt, finishedAt, durationMs, bytes, sourceBytes, mbPerSecond, verifySeconds: m.verified.seconds };
-}
-
-/** "16MB" (current_setting('wal_segment_size')) → bytes. */
-export function parseSize(text: string): number {
-  const m = /^(\d+)\s*(kB|MB|GB)?$/.exec(text.trim());
-  if (!m) throw new Error(`cannot read size "${text}"`);
-  return Number(m[1]) * ({ kB: 1024, MB: 1048576, GB: 1073741824 }[m[2] ?? ''] ?? 1);
-}
-
-async function treeSize(p: string): Promise<number> {
-  const st = await fs.stat(p);
-  if (!st.isDirectory()) return st.size;
-  let total = 0;
-  for (const e of await fs.readdir(p)) total += await treeSize(path.join(p, e));
-  return total;
 }
 
 async function manifestBytes(manifestPath: string): Promise<number> {

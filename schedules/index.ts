@@ -3,34 +3,29 @@
 // The config file can switch one off with scheduler.disabled: [id].
 import type { Schedule } from '../src/schedules.ts';
 
+const daily = (id: string, job: string, cron: string): Schedule => ({
+  id,
+  job,
+  cron,
+  tz: 'Asia/Dhaka',
+  payload: { target: 'main' },
+  catchUp: 'latest',
+  overlap: 'skip',
+});
+
 export const schedules: Schedule[] = [
-  {
-    id: 'backup-main-nightly',
-    job: 'backup',
-    cron: '0 2 * * *',
-    tz: 'Asia/Dhaka',
-    payload: { target: 'main' },
-    catchUp: 'latest',
-    overlap: 'skip',
-  },
-  {
-    // Hourly, so a runway that ran short (or an outage) is repaired within the hour.
-    id: 'partitions-main-hourly',
-    job: 'create-partitions',
-    cron: '7 * * * *',
-    tz: 'Asia/Dhaka',
-    payload: { target: 'main' },
-    catchUp: 'latest',
-    overlap: 'skip',
-  },
-  {
-    // Retention after the nightly backup; a failed archive keeps the partition.
-    id: 'retention-main-daily',
-    job: 'drop-expired-partitions',
-    cron: '30 3 * * *',
-    tz: 'Asia/Dhaka',
-    payload: { target: 'main' },
-    catchUp: 'latest',
-    overlap: 'skip',
-  },
+  // The physical base backup first, so the logical dump and the drill find a fresh one.
+  daily('base-backup-main-nightly', 'base-backup', '0 1 * * *'),
+  daily('backup-main-nightly', 'backup', '0 2 * * *'),
+  // Hourly, so a runway that ran short (or an outage) is repaired within the hour.
+  daily('partitions-main-hourly', 'create-partitions', '7 * * * *'),
+  // Archiving that stops is found within the hour, well inside the 15-minute-RPO budget's alarm.
+  daily('archive-check-main-hourly', 'archive-check', '15 * * * *'),
+  // Retention after the nightly backup; a failed archive keeps the partition.
+  daily('retention-main-daily', 'drop-expired-partitions', '30 3 * * *'),
+  // Weekly proofs: PITR on Sunday, logical restore on Saturday, before business hours.
+  daily('pitr-drill-main-weekly', 'pitr-drill', '0 4 * * sun'),
+  daily('restore-check-main-weekly', 'restore-check', '0 4 * * sat'),
+  // After the night's backups and proofs: old dumps, base backups and WAL go.
+  daily('prune-backups-main-daily', 'prune-backups', '0 5 * * *'),
 ];

@@ -12,6 +12,19 @@ export async function sha256File(file: string, signal?: AbortSignal): Promise<st
   return hash.digest('hex');
 }
 
+/** A directory's checksum: sha256 of its files' "sha256  name" lines, names sorted. */
+export async function sha256Tree(dir: string, signal?: AbortSignal): Promise<{ sha256: string; bytes: number; files: number }> {
+  const names = (await fs.readdir(dir)).sort();
+  const lines: string[] = [];
+  let bytes = 0;
+  for (const n of names) {
+    const full = path.join(dir, n);
+    bytes += (await fs.stat(full)).size;
+    lines.push(`${await sha256File(full, signal)}  ${n}\n`);
+  }
+  return { sha256: createHash('sha256').update(lines.join('')).digest('hex'), bytes, files: names.length };
+}
+
 export async function fsyncPath(p: string): Promise<void> {
   const fh = await fs.open(p, 'r');
   try {
@@ -37,4 +50,14 @@ export async function writeJsonAtomic(file: string, data: unknown): Promise<void
 /** UTC stamp for file names: 20261123T101500123Z. */
 export function fileStamp(d = new Date()): string {
   return d.toISOString().replace(/[-:]/g, '').replace('.', '');
+}
+
+/** Bytes of a file, or of every file under a directory; 0 when it is gone. */
+export async function treeSize(p: string): Promise<number> {
+  const st = await fs.stat(p).catch(() => undefined);
+  if (!st) return 0;
+  if (!st.isDirectory()) return st.size;
+  let total = 0;
+  for (const e of await fs.readdir(p)) total += await treeSize(path.join(p, e));
+  return total;
 }

@@ -9,6 +9,13 @@ const SEGMENT = /^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$/;
 const SEGMENT_FILE = /^([0-9A-F]{24})(\.partial|\.[0-9A-F]{8}\.backup)?(\.gz|\.lz4|\.zst)?$/;
 const HISTORY_FILE = /^[0-9A-F]{8}\.history$/;
 
+/** "16MB" (current_setting('wal_segment_size')) → bytes. */
+export function parseSize(text: string): number {
+  const m = /^(\d+)\s*(kB|MB|GB)?$/.exec(text.trim());
+  if (!m) throw new Error(`cannot read size "${text}"`);
+  return Number(m[1]) * ({ kB: 1024, MB: 1048576, GB: 1073741824 }[m[2] ?? ''] ?? 1);
+}
+
 /** "16/B374D848" → bigint byte position. */
 export function parseLsn(lsn: string): bigint {
   const m = /^([0-9A-Fa-f]{1,8})\/([0-9A-Fa-f]{1,8})$/.exec(lsn.trim());

@@ -1,5 +1,7 @@
-// A worker process for the I/O-heavy backup queue only: put it on the machine
-// that holds BACKUP_DIR; its concurrency comes from jobs.backup.concurrency (default 1).
+// A worker process for the I/O-heavy backup jobs: put it on the machine that holds
+// BACKUP_DIR and reads the WAL archive (it also needs the PostgreSQL binaries for
+// the drill's scratch instance). Concurrency per job comes from jobs.<name>.concurrency.
+import { BACKUP_JOBS } from '../jobs/index.ts';
 import { runWorkerProcess } from '../src/roles.ts';
 
-await runWorkerProcess({ only: ['backup'] });
+await runWorkerProcess({ only: BACKUP_JOBS });

@@ -7,7 +7,7 @@ import { ExpressAdapter } from '@bull-board/express';
 import type { Runtime } from '../runtime.ts';
 import { redact } from '../redact.ts';
 import { Auth, type Role } from './auth.ts';
-import { enqueueJob, getJob, listHistory, listSchedules, readiness, type Handler } from './handlers.ts';
+import { enqueueJob, getJob, listBackups, listHistory, listSchedules, readiness, type Handler } from './handlers.ts';
 import { loginPage } from './login-page.ts';
 
 export const BOARD_PATH = '/admin/queues';
@@ -109,6 +109,7 @@ export function createApp(rt: Runtime, auth: Auth): express.Express {
   app.get('/api/jobs/:queue/:id', route(getJob));
   app.get('/api/schedules', route(listSchedules));
   app.get('/api/history', route(listHistory));
+  app.get('/api/backups', route(listBackups));
 
   app.use((_req: Request, res: Response) => {
     res.status(404).json({ error: 'not found' });

@@ -1,6 +1,8 @@
 // API handlers that do not know Express: each takes a plain request and returns
 // {status, body}. app.ts is the thin adapter.
+import { listBaseBackups, listDumps, readArchive, recoveryWindow } from '../backup-catalog.ts';
 import type { Runtime } from '../runtime.ts';
+import { newestSegment } from '../wal.ts';
 import { PayloadError } from '../registry.ts';
 import type { Role } from './auth.ts';
 
@@ -79,4 +81,52 @@ export const readiness: Handler = async (rt) => {
   ]);
   const ok = Object.values(checks).every((c) => c.ok);
   return { status: ok ? 200 : 503, body: { ok, checks } };
+};
+
+/** Dumps and base backups of a target with their verification state, and the recovery window. */
+export const listBackups: Handler = async (rt, req) => {
+  const target = req.query.target ?? 'main';
+  const t = rt.config.targets.get(target);
+  if (!t) return error(404, `unknown target "${target}"`, { targets: [...rt.config.targets.keys()] });
+  const [dumps, bases] = await Promise.all([listDumps(rt.config.backupDir, target), listBaseBackups(rt.config.backupDir, target)]);
+  const archive = await readArchive(t.walArchiveDir, bases[0]?.manifest.walSegmentSize ?? 16 * 1048576);
+  const newest = archive && newestSegment(archive);
+  // The last verdict of each proof job, from the durable run history.
+  const lastRun = async (job: string) => {
+    const rows = await rt.history.list({ job, limit: 50 });
+    const row = rows.find((r) => r.target === target && ['succeeded', 'failed', 'timed_out'].includes(r.outcome));
+    return row ? { outcome: row.outcome, finishedAt: row.finished_at, result: row.result, error: row.error } : null;
+  };
+  return {
+    status: 200,
+    body: {
+      target,
+      dumps: dumps.map(({ manifest: m, restoreCheck }) => ({
+        file: m.file,
+        format: m.format,
+        finishedAt: m.finishedAt,
+        bytes: m.bytes,
+        sha256: m.sha256,
+        verified: m.verified,
+        rowCountsRecorded: Boolean(m.rowCounts),
+        restoreCheck: restoreCheck ?? null,
+      })),
+      baseBackups: bases.map(({ manifest: m }) => ({
+        label: m.label,
+        format: m.format,
+        compression: m.compression,
+        startLsn: m.startLsn,
+        stopLsn: m.stopLsn,
+        startWal: m.startWal,
+        stoppedAt: m.stoppedAt,
+        bytes: m.bytes,
+        mbPerSecond: m.mbPerSecond,
+        verified: m.verified,
+      })),
+      archive: t.walArchiveDir ? { segments: archive?.segments.length ?? null, newest: newest?.name ?? null, newestAt: newest?.mtime ?? null, readable: Boolean(archive) } : null,
+      recoveryWindow: recoveryWindow(bases, archive),
+      lastDrill: await lastRun('pitr-drill'),
+      lastRestoreCheck: await lastRun('restore-check'),
+    },
+  };
 };

@@ -1,0 +1,124 @@
+// archive-check: is WAL archiving healthy, and what recovery window do the base
+// backups and the archive give? It forces a WAL switch and times the segment's
+// arrival in the archive directory (an archive_command that "succeeds" without
+// copying is caught here, not by pg_stat_archiver), reads pg_stat_archiver,
+// compares the server's current segment with the newest archived one, and checks
+// the archive has no gap from the oldest base backup to now. Any problem fails
+// the run, naming it; the figures are in the log and, on success, the result.
+import fs from 'node:fs/promises';
+import { z } from 'zod';
+import { listBaseBackups, recoveryWindow } from '../src/backup-catalog.ts';
+import { PermanentJobError } from '../src/errors.ts';
+import { defineJob, targetField } from '../src/job-definition.ts';
+import { listArchive, newestSegment, parseLsn, parseSize, segmentNumber, waitForArchived } from '../src/wal.ts';
+
+export const payload = z.object({
+  target: targetField,
+  /** How long the forced segment may take to reach the archive. */
+  waitSeconds: z.number().int().min(1).max(3600).default(60),
+  /** Segments waiting to be archived (besides the one being written) before it counts as a problem. */
+  maxLagSegments: z.number().int().min(0).default(2),
+});
+
+export default defineJob({
+  name: 'archive-check',
+  description: 'Forces a WAL switch and times its archiving; pg_stat_archiver, archive lag, gaps, recovery window.',
+  payload,
+  defaults: { attempts: 1, backoffMs: 10_000, timeoutMs: 15 * 60_000, concurrency: 1 },
+  singletonKey: (p) => p.target,
+  async handler(ctx, p) {
+    const archiveDir = ctx.target.walArchiveDir;
+    if (!archiveDir) throw new PermanentJobError(`WAL_ARCHIVE_DIR: not set for target "${p.target}"`, 'WAL_ARCHIVE_DIR');
+    await fs.access(archiveDir, fs.constants.R_OK).catch((err) => {
+      throw new PermanentJobError(`WAL_ARCHIVE_DIR: ${archiveDir} cannot be read: ${(err as Error).message}`, 'WAL_ARCHIVE_DIR');
+    });
+    const problems: string[] = [];
+    const warnings: string[] = [];
+
+    const { rows: settings } = await ctx.pool.query<{ archive_mode: string; archive_command: string; segsize: string }>(
+      `select current_setting('archive_mode') as archive_mode, current_setting('archive_command') as archive_command, current_setting('wal_segment_size') as segsize`,
+    );
+    const segmentSize = parseSize(settings[0]!.segsize);
+    if (settings[0]!.archive_mode === 'off') problems.push('archive_mode is off: no WAL is archived');
+
+    // A transaction id makes sure there is WAL to switch away from.
+    await ctx.progress(5, 'forcing a WAL switch');
+    await ctx.pool.query('select pg_current_xact_id()');
+    const { rows: sw } = await ctx.pool.query<{ seg: string }>('select pg_walfile_name(pg_switch_wal()) as seg');
+    const forced = sw[0]!.seg;
+    let archiveSeconds: number | null = null;
+    try {
+      archiveSeconds = (await waitForArchived(archiveDir, forced, p.waitSeconds * 1000, ctx.signal)) / 1000;
+      await ctx.log(`segment ${forced} reached the archive in ${archiveSeconds.toFixed(1)} s`);
+    } catch {
+      await ctx.log(`segment ${forced} did not reach the archive within ${p.waitSeconds} s`);
+    }
+
+    await ctx.progress(60, 'reading pg_stat_archiver and the archive');
+    const { rows: st } = await ctx.pool.query<{
+      archived_count: string; last_archived_wal: string | null; last_archived_time: Date | null;
+      failed_count: string; last_failed_wal: string | null; last_failed_time: Date | null; current_lsn: string; current_wal: string;
+    }>(`select a.archived_count, a.last_archived_wal, a.last_archived_time, a.failed_count, a.last_failed_wal, a.last_failed_time,
+               pg_current_wal_lsn()::text as current_lsn, pg_walfile_name(pg_current_wal_lsn()) as current_wal
+          from pg_stat_archiver a`);
+    const s = st[0]!;
+    const pendingReady = await ctx.pool
+      .query<{ n: string }>(`select count(*) as n from pg_ls_archive_statusdir() where name like '%.ready'`)
+      .then((r) => Number(r.rows[0]!.n), () => null); // needs pg_monitor or superuser
+    const failing = s.last_failed_time && (!s.last_archived_time || s.last_failed_time > s.last_archived_time);
+    if (archiveSeconds === null) {
+      problems.push(
+        failing
+          ? `archive_command is failing: segment ${forced} not archived within ${p.waitSeconds} s; pg_stat_archiver: ${s.failed_count} failures, last ${s.last_failed_wal} at ${s.last_failed_time!.toISOString()}`
+          : s.last_archived_wal && s.last_archived_wal >= forced
+            ? `archive_command reports ${s.last_archived_wal} archived but segment ${forced} is not in ${archiveDir}: the command succeeds without copying there`
+            : `segment ${forced} not archived within ${p.waitSeconds} s (pg_stat_archiver: last archived ${s.last_archived_wal ?? 'never'}, ${s.failed_count} failures)`,
+      );
+    } else if (failing) {
+      warnings.push(`pg_stat_archiver shows ${s.failed_count} failures, the last (${s.last_failed_wal}) at ${s.last_failed_time!.toISOString()}, after the last success`);
+    }
+
+    const archive = await listArchive(archiveDir, segmentSize);
+    const newest = newestSegment(archive);
+    // Everything before the segment being written should be archived.
+    const currentSegno = segmentNumber(parseLsn(s.current_lsn), segmentSize);
+    const lagSegments = newest ? Math.max(0, Number(currentSegno - 1n - newest.segno)) : null;
+    const lagSeconds = lagSegments === 0 ? 0 : newest ? Math.round((Date.now() - newest.mtime.getTime()) / 1000) : null;
+    if (lagSegments !== null && lagSegments > p.maxLagSegments) problems.push(`archive lags ${lagSegments} segments (${lagSeconds} s) behind the server's current WAL ${s.current_wal}`);
+
+    const bases = await listBaseBackups(ctx.config.backupDir, p.target);
+    const window = recoveryWindow(bases, archive);
+    if (bases.length === 0) warnings.push('no verified base backup: point-in-time recovery is not possible yet (run base-backup)');
+    for (const b of window.brokenChains) {
+      (b.label === bases.at(0)?.manifest.label ? problems : warnings).push(`WAL archive gap: segment ${b.missing} is missing after base backup ${b.label}`);
+    }
+
+    const result = {
+      ok: problems.length === 0,
+      forcedSegment: forced,
+      archiveSeconds,
+      lagSegments,
+      lagSeconds,
+      pendingReady,
+      currentWal: s.current_wal,
+      newestArchived: newest?.name ?? null,
+      archivedSegments: archive.segments.length,
+      pgStatArchiver: {
+        archivedCount: Number(s.archived_count),
+        lastArchivedWal: s.last_archived_wal,
+        lastArchivedTime: s.last_archived_time?.toISOString() ?? null,
+        failedCount: Number(s.failed_count),
+        lastFailedWal: s.last_failed_wal,
+        lastFailedTime: s.last_failed_time?.toISOString() ?? null,
+      },
+      recoveryWindow: window,
+      warnings,
+      problems,
+    };
+    await ctx.log(`archive check: ${JSON.stringify(result)}`);
+    for (const w of warnings) await ctx.log(`warning: ${w}`);
+    if (problems.length) throw new PermanentJobError(`WAL archive unhealthy: ${problems.join('; ')}`, 'ARCHIVE_UNHEALTHY');
+    await ctx.progress(100, `archive healthy: lag ${lagSegments} segments, window ${window.earliest ?? '—'} … ${window.latest ?? '—'}`);
+    return result;
+  },
+});

@@ -1,0 +1,145 @@
+// prune-backups: retention for dumps, base backups and the WAL archive, under the
+// policy in the config file (backups.dumps, backups.base). Rules, in this order:
+// the newest keepLast always stay; anything younger than maxAgeDays stays; of base
+// backups, the newest one older than maxAgeDays also stays, since restoring to the
+// start of the window needs a backup taken before it (so the recovery window never
+// shrinks below maxAgeDays); a base backup a running drill holds (its shared
+// advisory lock) stays. WAL older than the oldest *retained* base backup's start
+// segment goes; with no base backup no WAL goes. dryRun plans and changes nothing.
+// A backup stops counting before its files go (manifest first, or a rename).
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { z } from 'zod';
+import { baseBackupLockKey, listBaseBackups, listDumps, readArchive, recoveryWindow, type ListedBaseBackup, type ListedDump } from '../src/backup-catalog.ts';
+import { fsyncPath, treeSize } from '../src/files.ts';
+import { defineJob, targetField } from '../src/job-definition.ts';
+import { parseSegmentName } from '../src/wal.ts';
+
+export const payload = z.object({
+  target: targetField,
+  /** List what would go; delete nothing. */
+  dryRun: z.boolean().default(false),
+});
+
+const DAY_MS = 86_400_000;
+
+interface Decision<T> {
+  item: T;
+  keep: boolean;
+  reason: string;
+}
+
+/** The keep/remove decision for a list sorted newest first. */
+export function planRetention<T>(items: T[], time: (t: T) => number, policy: { keepLast: number; maxAgeDays: number }, now: number, anchorWindow: boolean): Decision<T>[] {
+  const cutoff = now - policy.maxAgeDays * DAY_MS;
+  // The window is anchored once a kept item is older than its start.
+  let anchored = false;
+  return items.map((item, i) => {
+    if (i < policy.keepLast) {
+      if (time(item) < cutoff) anchored = true;
+      return { item, keep: true, reason: `among the newest ${policy.keepLast}` };
+    }
+    if (time(item) >= cutoff) return { item, keep: true, reason: `younger than ${policy.maxAgeDays} days` };
+    if (anchorWindow && !anchored) {
+      anchored = true;
+      return { item, keep: true, reason: `newest before the ${policy.maxAgeDays}-day window: needed to restore to its start` };
+    }
+    return { item, keep: false, reason: `older than ${policy.maxAgeDays} days and beyond the newest ${policy.keepLast}` };
+  });
+}
+
+export default defineJob({
+  name: 'prune-backups',
+  description: 'Retention for dumps, base backups and WAL: keeps the newest N, the max-age window, and the WAL retained base backups need.',
+  payload,
+  defaults: { attempts: 3, backoffMs: 60_000, timeoutMs: 3_600_000, concurrency: 1 },
+  singletonKey: (p) => p.target,
+  async handler(ctx, { target, dryRun }) {
+    const policy = ctx.config.backups;
+    const now = Date.now();
+    const dumps = await listDumps(ctx.config.backupDir, target);
+    const bases = await listBaseBackups(ctx.config.backupDir, target);
+    const dumpPlan = planRetention(dumps, (d) => Date.parse(d.manifest.finishedAt), policy.dumps, now, false);
+    const basePlan = planRetention(bases, (b) => Date.parse(b.manifest.stoppedAt), policy.base, now, true);
+
+    // Locks are held on this session until the end of the run, so no drill starts on
+    // a backup that is being removed.
+    const lock = await ctx.pool.connect();
+    const skipped: { label: string; reason: string }[] = [];
+    try {
+      for (const d of basePlan.filter((d) => !d.keep)) {
+        const { rows } = await lock.query<{ ok: boolean }>('select pg_try_advisory_lock(hashtext($1)) as ok', [baseBackupLockKey(target, d.item.manifest.label)]);
+        if (!rows[0]!.ok) {
+          d.keep = true;
+          d.reason = 'in use by a running PITR drill';
+          skipped.push({ label: d.item.manifest.label, reason: d.reason });
+        }
+      }
+      const retainedBases = basePlan.filter((d) => d.keep).map((d) => d.item);
+      const walPlan = await planWal(ctx.target.walArchiveDir, retainedBases);
+
+      const plan = {
+        dumps: dumpPlan.map((d) => ({ file: d.item.manifest.file, finishedAt: d.item.manifest.finishedAt, action: d.keep ? 'keep' : 'remove', reason: d.reason })),
+        baseBackups: basePlan.map((d) => ({ label: d.item.manifest.label, stoppedAt: d.item.manifest.stoppedAt, action: d.keep ? 'keep' : 'remove', reason: d.reason })),
+        wal: { keepFrom: walPlan.keepFrom, remove: walPlan.remove.length, removeBytes: walPlan.bytes, note: walPlan.note },
+      };
+      for (const d of [...plan.dumps, ...plan.baseBackups]) await ctx.log(`${d.action} ${'file' in d ? d.file : d.label}: ${d.reason}`);
+      await ctx.log(`WAL: ${walPlan.note}`);
+      if (dryRun) return { dryRun: true, plan, walFiles: walPlan.remove.slice(0, 1000) };
+
+      let freed = 0;
+      for (const d of dumpPlan.filter((d) => !d.keep)) freed += await removeDump(d.item);
+      for (const d of basePlan.filter((d) => !d.keep)) freed += await removeBaseBackup(d.item);
+      for (const f of walPlan.remove) {
+        const st = await fs.stat(f).catch(() => undefined);
+        await fs.rm(f, { force: true });
+        freed += st?.size ?? 0;
+      }
+      await ctx.progress(100, `removed ${plan.dumps.filter((d) => d.action === 'remove').length} dumps, ${plan.baseBackups.filter((d) => d.action === 'remove').length} base backups, ${walPlan.remove.length} WAL files; ${Math.round(freed / 1048576)} MB freed`);
+      const archive = await readArchive(ctx.target.walArchiveDir, bases[0]?.manifest.walSegmentSize ?? 16 * 1048576);
+      return { dryRun: false, plan, bytesFreed: freed, skipped, recoveryWindow: recoveryWindow(retainedBases, archive) };
+    } finally {
+      await lock.query('select pg_advisory_unlock_all()').catch(() => undefined);
+      lock.release();
+    }
+  },
+});
+
+/** WAL files older than the oldest retained base backup's first segment. */
+async function planWal(archiveDir: string | undefined, retained: ListedBaseBackup[]): Promise<{ keepFrom: string | null; remove: string[]; bytes: number; note: string }> {
+  if (!archiveDir) return { keepFrom: null, remove: [], bytes: 0, note: 'no WAL archive configured for this target' };
+  const oldest = retained.at(-1);
+  if (!oldest) return { keepFrom: null, remove: [], bytes: 0, note: 'no base backup retained: every WAL file is kept' };
+  const m = oldest.manifest;
+  const keepFrom = parseSegmentName(m.startWal, m.walSegmentSize)!.segno;
+  const archive = await readArchive(archiveDir, m.walSegmentSize);
+  const remove: string[] = [];
+  let bytes = 0;
+  for (const f of archive?.files ?? []) {
+    const seg = f.segment && parseSegmentName(f.segment, m.walSegmentSize);
+    if (!seg || seg.segno >= keepFrom) continue; // history files and unknown names are never touched
+    const full = path.join(archiveDir, f.name);
+    remove.push(full);
+    bytes += (await fs.stat(full).catch(() => undefined))?.size ?? 0;
+  }
+  return { keepFrom: m.startWal, remove, bytes, note: `keeping WAL from ${m.startWal} (start of base backup ${m.label}); ${remove.length} older files to remove` };
+}
+
+async function removeDump(d: ListedDump): Promise<number> {
+  const size = await treeSize(d.path);
+  // Without its manifest the dump no longer counts; then its files go.
+  await fs.rm(`${d.path}.manifest.json`, { force: true });
+  await fsyncPath(path.dirname(d.path));
+  await fs.rm(d.path, { recursive: true, force: true });
+  await fs.rm(`${d.path}.restore-check.json`, { force: true });
+  return size;
+}
+
+async function removeBaseBackup(b: ListedBaseBackup): Promise<number> {
+  const size = await treeSize(b.path);
+  const doomed = path.join(path.dirname(b.path), `.${path.basename(b.path)}.removing`);
+  await fs.rename(b.path, doomed);
+  await fsyncPath(path.dirname(b.path));
+  await fs.rm(doomed, { recursive: true, force: true });
+  return size;
+}
