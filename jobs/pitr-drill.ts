@@ -195,7 +195,13 @@ async function restoreAndProve(ctx: JobContext, p: Payload, scratch: ScratchInst
   const replayStarted = Date.now();
   const restoreSeconds = (replayStarted - restoreStarted) / 1000;
   await ctx.progress(30, `replaying WAL from the archive to ${point.targetTime}`);
-  await scratch.start(ctx.signal);
+  try {
+    await scratch.start(ctx.signal);
+  } catch (err) {
+    // Recovery can fail before pg_ctl sees the server up; the log has the verdict.
+    await throwIfRecoveryFailed(scratch, point);
+    throw err;
+  }
   await waitForPromotion(ctx, scratch, point, p.recoveryTimeoutSeconds);
   const promoted = Date.now();
   const rtoSeconds = (promoted - restoreStarted) / 1000;
@@ -246,16 +252,21 @@ async function restoreAndProve(ctx: JobContext, p: Payload, scratch: ScratchInst
   return result;
 }
 
+const logTail = async (scratch: ScratchInstance) => (await scratch.log()).trim().split('\n').slice(-6).join(' | ');
+
+/** "Recovery ended before target" is a failed drill (the archive lacks WAL), never a success. */
+async function throwIfRecoveryFailed(scratch: ScratchInstance, point: TargetPoint): Promise<void> {
+  if (/recovery ended before configured recovery target was reached/.test(await scratch.log())) {
+    throw new PermanentJobError(`PITR drill failed: recovery ended before reaching T (${point.targetTime}): the archive lacks WAL between the base backup and T. Server log: ${await logTail(scratch)}`, 'DRILL_FAILED');
+  }
+}
+
 /** Waits until the scratch instance accepts queries out of recovery; fails on the log's verdict or a dead server. */
 async function waitForPromotion(ctx: JobContext, scratch: ScratchInstance, point: TargetPoint, timeoutSeconds: number): Promise<void> {
   const deadline = Date.now() + timeoutSeconds * 1000;
-  const logTail = async () => (await scratch.log()).trim().split('\n').slice(-6).join(' | ');
   for (;;) {
     ctx.signal.throwIfAborted();
-    const log = await scratch.log();
-    if (/recovery ended before configured recovery target was reached/.test(log)) {
-      throw new PermanentJobError(`PITR drill failed: recovery ended before reaching T (${point.targetTime}): the archive lacks WAL between the base backup and T. Server log: ${await logTail()}`, 'DRILL_FAILED');
-    }
+    await throwIfRecoveryFailed(scratch, point);
     const client = scratch.client(point.user, point.database);
     try {
       await client.connect();
@@ -266,8 +277,8 @@ async function waitForPromotion(ctx: JobContext, scratch: ScratchInstance, point
     } finally {
       await client.end().catch(() => undefined);
     }
-    if (!(await scratch.running())) throw new Error(`the scratch instance stopped during recovery. Server log: ${await logTail()}`);
-    if (Date.now() > deadline) throw new Error(`restore and replay did not finish within ${timeoutSeconds} s. Server log: ${await logTail()}`);
+    if (!(await scratch.running())) throw new Error(`the scratch instance stopped during recovery. Server log: ${await logTail(scratch)}`);
+    if (Date.now() > deadline) throw new Error(`restore and replay did not finish within ${timeoutSeconds} s. Server log: ${await logTail(scratch)}`);
     await sleep(250);
   }
 }

@@ -9,6 +9,7 @@ import type { Job, Queue } from 'bullmq';
 import pg from 'pg';
 import { inject } from 'vitest';
 import { loadConfig } from '../../src/config.ts';
+import { createDatabase, startPostgres, type PostgresInstance } from '../../src/devstack.ts';
 import { createLogger } from '../../src/logger.ts';
 import { Runtime, type RuntimeOptions } from '../../src/runtime.ts';
 
@@ -29,6 +30,12 @@ export interface Harness {
   spawnPgmaint(args: string[], extraEnv?: Record<string, string>): Spawned;
   /** SIGKILLs every pgmaint process this harness started that is still running. */
   killChildren(): Promise<void>;
+  /**
+   * A PostgreSQL cluster of this file's own (WAL archiving on), for tests that break
+   * archiving or take base backups; target "main" (DATABASE_URL, WAL_ARCHIVE_DIR) points
+   * at its `dairy` database from then on. Stopped by close().
+   */
+  ownCluster(): Promise<{ pg: PostgresInstance; pool: pg.Pool }>;
   close(): Promise<void>;
 }
 
@@ -66,6 +73,7 @@ export async function createHarness(name: string): Promise<Harness> {
   const admin = new pg.Pool({ connectionString: dbUrl, max: 4 });
   const runtimes: Runtime[] = [];
   const children: ChildProcess[] = [];
+  const cleanups: (() => Promise<void>)[] = [];
 
   const h: Harness = {
     id,
@@ -131,10 +139,23 @@ export async function createHarness(name: string): Promise<Harness> {
       const live = children.filter((c) => c.exitCode === null && c.signalCode === null);
       await Promise.all(live.map((c) => new Promise((resolve) => c.once('exit', resolve).kill('SIGKILL'))));
     },
+    async ownCluster() {
+      const cluster = await startPostgres({ dir: path.join(dir, 'pg') });
+      await createDatabase(cluster, 'dairy');
+      const pool = new pg.Pool({ connectionString: cluster.url('dairy'), max: 4 });
+      env.DATABASE_URL = cluster.url('dairy');
+      env.WAL_ARCHIVE_DIR = cluster.walArchiveDir;
+      cleanups.push(async () => {
+        await pool.end();
+        await cluster.stop('immediate');
+      });
+      return { pg: cluster, pool };
+    },
     async close() {
       await h.killChildren();
       for (const rt of runtimes.reverse()) await rt.close().catch(() => undefined);
       await admin.end();
+      for (const fn of cleanups.reverse()) await fn().catch(() => undefined);
     },
   };
   h.configFile({});
