@@ -81,11 +81,18 @@ async function dump(ctx: JobContext, p: Payload, dir: string, started: Date) {
   // The snapshot pg_dump (and its parallel workers) read from stays exported while
   // this transaction is open: the row counts below see exactly the dumped rows.
   const snap = await ctx.pool.connect();
+  // Terminated by an abort, the session errors while checked out: keep that from
+  // becoming an unhandled error, and destroy the client instead of pooling it.
+  let broken: Error | undefined;
+  const onError = (err: Error) => (broken = err);
+  snap.on('error', onError);
   const local = new AbortController();
   const signal = AbortSignal.any([ctx.signal, local.signal]);
   try {
+    // The run's application_name: an abort (timeout, shutdown) terminates this session too.
+    await snap.query('select set_config($1, $2, false)', ['application_name', ctx.libpqEnv().PGAPPNAME ?? 'pgmaint']);
     await snap.query('begin isolation level repeatable read read only');
-    const { rows: s } = await snap.query<{ id: string }>('select pg_export_snapshot() as id');
+    const { rows: s } = await snap.query<{ id: string; pid: number }>('select pg_export_snapshot() as id, pg_backend_pid() as pid');
     const snapshot = s[0]!.id;
     const tables = await listTables(snap);
     await ctx.log(`pg_dump of database ${info.database} (PostgreSQL ${info.version}, ${tables.length} tables), ${p.format} format${jobs > 1 ? ` with ${jobs} jobs` : ''}, snapshot ${snapshot}, into ${tmp}`);
@@ -106,7 +113,8 @@ async function dump(ctx: JobContext, p: Payload, dir: string, started: Date) {
         }
       },
     });
-    pgDump.catch(() => undefined);
+    // A failed pg_dump cancels the counting rather than letting it run on.
+    pgDump.catch(() => ctx.pool.query('select pg_cancel_backend($1)', [s[0]!.pid]).catch(() => undefined));
     const rowCounts: Record<string, number> = {};
     try {
       for (const t of tables) {
@@ -115,6 +123,8 @@ async function dump(ctx: JobContext, p: Payload, dir: string, started: Date) {
       }
     } catch (err) {
       local.abort(err);
+      // pg_dump's own failure, when there is one, says more than the cancelled count.
+      await pgDump;
       throw err;
     }
     await pgDump;
@@ -165,7 +175,9 @@ async function dump(ctx: JobContext, p: Payload, dir: string, started: Date) {
     if (!manifestExists) await fs.rm(final, { recursive: true, force: true });
     throw err;
   } finally {
-    snap.release();
+    if (!broken) await snap.query(`select set_config('application_name', 'pgmaint', false)`).catch((err: Error) => (broken = err));
+    snap.off('error', onError);
+    snap.release(broken);
   }
 }
 

@@ -44,6 +44,8 @@ export default defineJob({
     if (!scratchTarget) throw new PermanentJobError(`scratchTarget: unknown target "${p.scratchTarget}"`, 'UNKNOWN_TARGET');
     const admin = new pg.Client({ connectionString: scratchTarget.url, application_name: `pgmaint/restore-check/${ctx.jobId}` });
     const scratchDb = `pgmaint_restore_check_${ctx.jobId.replace(/[^a-zA-Z0-9]/g, '_')}`.slice(0, 63).toLowerCase();
+    // An abort terminates this session (it carries the run's application_name).
+    admin.on('error', () => undefined);
     await admin.connect();
     const started = Date.now();
     try {
@@ -60,6 +62,7 @@ export default defineJob({
       const url = new URL(scratchTarget.url);
       url.pathname = `/${scratchDb}`;
       const restored = new pg.Client({ connectionString: url.toString() });
+      restored.on('error', () => undefined);
       await restored.connect();
       const mismatches: RestoreCheckRecord['mismatches'] = [];
       try {

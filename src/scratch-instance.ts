@@ -120,7 +120,11 @@ export async function createScratchInstance(root = os.tmpdir()): Promise<Scratch
         return false;
       }
     },
-    client: (user, database) => new pg.Client({ host: socketDir, port, user, database, connectionTimeoutMillis: 3000 }),
+    client(user, database) {
+      const c = new pg.Client({ host: socketDir, port, user, database, connectionTimeoutMillis: 3000 });
+      c.on('error', () => undefined); // the instance is stopped under it on teardown
+      return c;
+    },
     async destroy() {
       if (inst.started) {
         await runProcess(binPath('pg_ctl'), ['-D', dataDir, '-m', 'immediate', '-w', '-t', '60', 'stop'], { ...asOwner, cwd: '/' }).catch(() => undefined);

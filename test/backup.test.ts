@@ -47,7 +47,7 @@ describe('backup', () => {
     // The run history holds the result, and no secret.
     await rt.history.flush();
     const { rows } = await h.admin.query(`select outcome, result, payload::text from pgmaint.run_history where queue = 'backup' and job_id = $1`, [job.id]);
-    expect(rows).toEqual([{ outcome: 'succeeded', result: expect.objectContaining({ sha256: actual }), payload: '{"target": "main", "compress": 6}' }]);
+    expect(rows).toEqual([{ outcome: 'succeeded', result: expect.objectContaining({ sha256: actual }), payload: '{"format": "custom", "target": "main", "compress": 6}' }]);
   });
 
   it('a second "backup now" while one is queued returns the same job', async () => {
