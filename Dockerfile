@@ -1,8 +1,12 @@
-# pgmaint image for docker-compose.yml: Node 20 plus the PostgreSQL 15 client tools
-# (pg_dump, pg_restore, psql, pg_basebackup) that the jobs run as child processes.
+# pgmaint image for docker-compose.yml: Node 20 plus PostgreSQL 15's tools that the
+# jobs run as child processes (pg_dump, pg_restore, pg_basebackup, pg_verifybackup)
+# and its server binaries (postgres, pg_ctl) for the PITR drill's scratch instance;
+# lz4 and zstd unpack compressed base backups. No cluster is created in the image.
 FROM node:20-bookworm-slim
-RUN apt-get update \
- && apt-get install -y --no-install-recommends postgresql-client-15 ca-certificates \
+RUN mkdir -p /etc/postgresql-common/createcluster.d \
+ && echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.d/pgmaint.conf \
+ && apt-get update \
+ && apt-get install -y --no-install-recommends postgresql-15 lz4 zstd ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY package.json package-lock.json ./

@@ -20,8 +20,8 @@ export const payload = z
     target: targetField,
     /** tar: one archive per tablespace plus pg_wal.tar, compressible; plain: a data directory. */
     format: z.enum(['tar', 'plain']).default('tar'),
-    /** Client-side compression of the tar format. */
-    compression: z.enum(['none', 'gzip', 'lz4', 'zstd']).default('lz4'),
+    /** Client-side compression of the tar format (default lz4; plain format: none). */
+    compression: z.enum(['none', 'gzip', 'lz4', 'zstd']).optional(),
     compressionLevel: z.number().int().min(1).max(22).optional(),
     /** fast: an immediate checkpoint; spread: the server's paced one (gentler, slower to start). */
     checkpoint: z.enum(['fast', 'spread']).default('fast'),
@@ -29,15 +29,17 @@ export const payload = z
     maxRate: z.string().regex(/^\d+[kM]?$/, 'must look like "800k" or "50M"').optional(),
   })
   .superRefine((p, ctx) => {
-    if (p.format === 'plain' && p.compression !== 'none') {
+    if (p.format === 'plain' && p.compression !== undefined && p.compression !== 'none') {
       ctx.addIssue({ code: 'custom', path: ['compression'], message: 'plain format cannot be compressed; use format "tar" or compression "none"' });
     }
-    if (p.compressionLevel !== undefined && p.compression === 'none') {
+    if (p.compressionLevel !== undefined && (p.compression ?? (p.format === 'tar' ? 'lz4' : 'none')) === 'none') {
       ctx.addIssue({ code: 'custom', path: ['compressionLevel'], message: 'needs a compression method' });
     }
   });
 
 const LOCK = 'pgmaint:base-backup';
+
+type Compression = BaseBackupManifest['compression'];
 
 export default defineJob({
   name: 'base-backup',
@@ -46,7 +48,7 @@ export default defineJob({
   defaults: { attempts: 2, backoffMs: 60_000, timeoutMs: 12 * 3_600_000, concurrency: 1 },
   singletonKey: (p) => p.target,
   async handler(ctx, raw) {
-    const p = raw;
+    const p = { ...raw, compression: raw.compression ?? (raw.format === 'tar' ? 'lz4' : 'none') } as const;
     const dir = baseDir(ctx.config.backupDir, p.target);
     try {
       await fs.mkdir(dir, { recursive: true });
@@ -75,7 +77,7 @@ export default defineJob({
   },
 });
 
-async function takeBaseBackup(ctx: JobContext, p: z.output<typeof payload>, dir: string) {
+async function takeBaseBackup(ctx: JobContext, p: z.output<typeof payload> & { compression: Compression }, dir: string) {
   const started = new Date();
   const label = `${p.target}-${fileStamp(started)}`;
   const tmp = path.join(dir, `.${label}.partial`);
@@ -150,7 +152,7 @@ async function takeBaseBackup(ctx: JobContext, p: z.output<typeof payload>, dir:
       label,
       target: p.target,
       format: p.format,
-      compression: p.format === 'plain' ? 'none' : p.compression,
+      compression: p.compression,
       systemIdentifier: info.sysid,
       serverVersion: info.version,
       timeline,

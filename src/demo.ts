@@ -74,6 +74,8 @@ export async function startDemoStack(dir: string): Promise<{ env: Record<string,
           { table: 'sales.sale_order', column: 'date_order', interval: 'month', premake: 3, retention: '24 months', timeZone: 'Asia/Dhaka' },
           { table: 'iot.sensor_reading', column: 'read_at', interval: 'day', premake: 7, retention: '90 days', timeZone: 'Asia/Dhaka' },
         ],
+        // DOMAIN.md: dumps kept 30 days; the drill counts orders and the herd at T.
+        backups: { dumps: { keepLast: 3, maxAgeDays: 30 }, base: { keepLast: 2, maxAgeDays: 7 }, drillTables: ['sales.sale_order', 'farm.animal'] },
       },
       null,
       2,
