@@ -7,7 +7,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
-import { PermanentJobError } from '../src/errors.ts';
+import { ensureWritableDir, runAlone } from '../src/backup-run.ts';
 import type pg from 'pg';
 import { dumpDir, type DumpManifest } from '../src/backup-catalog.ts';
 import { fileStamp, publish, sha256File, sha256Tree, writeJsonAtomic } from '../src/files.ts';
@@ -46,27 +46,11 @@ export default defineJob({
     const { target } = p;
     const started = new Date();
     const dir = dumpDir(ctx.config.backupDir, target);
-    try {
-      await fs.mkdir(dir, { recursive: true });
-      await fs.access(dir, fs.constants.W_OK);
-    } catch (err) {
-      throw new PermanentJobError(`BACKUP_DIR: ${dir} is not writable: ${(err as Error).message}`, 'BACKUP_DIR');
-    }
-    // One dump per target at a time, also across workers and between a schedule and
-    // an ad-hoc run; the lock goes with the session if the worker dies.
-    const lockClient = await ctx.pool.connect();
-    try {
-      const { rows: lock } = await lockClient.query<{ ok: boolean }>(`select pg_try_advisory_lock(hashtext('pgmaint:backup')) as ok`);
-      if (!lock[0]!.ok) {
-        await ctx.log('another backup of this target is running; this run is skipped');
-        return { skipped: 'another backup of this target is running' };
-      }
+    await ensureWritableDir(dir);
+    return runAlone(ctx, 'pgmaint:backup', 'backup', async () => {
       await removeLeftovers(dir, ctx);
-      return await dump(ctx, p, dir, started);
-    } finally {
-      await lockClient.query(`select pg_advisory_unlock(hashtext('pgmaint:backup'))`).catch(() => undefined);
-      lockClient.release();
-    }
+      return dump(ctx, p, dir, started);
+    });
   },
 });
 

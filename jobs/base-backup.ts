@@ -9,7 +9,7 @@ import path from 'node:path';
 import { z } from 'zod';
 import { baseDir, type BaseBackupManifest } from '../src/backup-catalog.ts';
 import { materializeDataDir, verifyDataDir } from '../src/base-backup-files.ts';
-import { PermanentJobError } from '../src/errors.ts';
+import { ensureWritableDir, runAlone } from '../src/backup-run.ts';
 import { fileStamp, fsyncPath, treeSize, writeJsonAtomic } from '../src/files.ts';
 import { defineJob, targetField, type JobContext } from '../src/job-definition.ts';
 import { binPath, runProcess } from '../src/proc.ts';
@@ -50,30 +50,16 @@ export default defineJob({
   async handler(ctx, raw) {
     const p = { ...raw, compression: raw.compression ?? (raw.format === 'tar' ? 'lz4' : 'none') } as const;
     const dir = baseDir(ctx.config.backupDir, p.target);
-    try {
-      await fs.mkdir(dir, { recursive: true });
-      await fs.access(dir, fs.constants.W_OK);
-    } catch (err) {
-      throw new PermanentJobError(`BACKUP_DIR: ${dir} is not writable: ${(err as Error).message}`, 'BACKUP_DIR');
-    }
-    const lockClient = await ctx.pool.connect();
-    try {
-      const { rows } = await lockClient.query<{ ok: boolean }>(`select pg_try_advisory_lock(hashtext($1)) as ok`, [LOCK]);
-      if (!rows[0]!.ok) {
-        await ctx.log('another base backup of this target is running; this run is skipped');
-        return { skipped: 'another base backup of this target is running' };
-      }
+    await ensureWritableDir(dir);
+    return runAlone(ctx, LOCK, 'base backup', async () => {
       // Under the lock no other run writes here: every dot-name is an interrupted run's.
       for (const e of await fs.readdir(dir)) {
         if (!e.startsWith('.')) continue;
         await fs.rm(path.join(dir, e), { recursive: true, force: true });
         await ctx.log(`removed leftover ${e} from an interrupted run`);
       }
-      return await takeBaseBackup(ctx, p, dir);
-    } finally {
-      await lockClient.query(`select pg_advisory_unlock(hashtext($1))`, [LOCK]).catch(() => undefined);
-      lockClient.release();
-    }
+      return takeBaseBackup(ctx, p, dir);
+    });
   },
 });
 
