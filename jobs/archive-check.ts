@@ -112,6 +112,7 @@ export default defineJob({
         lastFailedTime: s.last_failed_time?.toISOString() ?? null,
       },
       recoveryWindow: window,
+      newestBaseBackupAgeSeconds: bases[0] ? Math.round((Date.now() - Date.parse(bases[0].manifest.stoppedAt)) / 1000) : null,
       warnings,
       problems,
     };

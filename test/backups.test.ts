@@ -142,6 +142,7 @@ describe('archive-check and pitr-drill', () => {
     expect(r.result).toMatchObject({ ok: true, lagSegments: 0, problems: [] });
     expect(r.result.archiveSeconds).toBeLessThan(20);
     expect(r.result.recoveryWindow.earliest).not.toBeNull();
+    expect(r.result.newestBaseBackupAgeSeconds).toBeGreaterThanOrEqual(0);
     expect(Date.parse(r.result.recoveryWindow.latest)).toBeGreaterThan(Date.parse(r.result.recoveryWindow.earliest));
   });
 
@@ -281,6 +282,8 @@ describe('GET /api/backups', () => {
     expect(body.baseBackups[0]).toMatchObject({ verified: { method: 'pg_verifybackup' } });
     expect(body.dumps[0]).toMatchObject({ rowCountsRecorded: true, verified: { method: 'pg_restore --list' } });
     expect(body.lastDrill).toMatchObject({ outcome: 'failed' });
+    expect(body.newestBaseBackupAgeSeconds).toBeGreaterThanOrEqual(0);
+    expect(body.newestBaseBackupAgeSeconds).toBeLessThan(600);
     expect(body.recoveryWindow.brokenChains.length).toBeGreaterThan(0);
   });
 });

@@ -97,10 +97,14 @@ export const listBackups: Handler = async (rt, req) => {
     const row = rows.find((r) => r.target === target && ['succeeded', 'failed', 'timed_out'].includes(r.outcome));
     return row ? { outcome: row.outcome, finishedAt: row.finished_at, result: row.result, error: row.error } : null;
   };
+  const ageSeconds = (iso: string | undefined) => (iso ? Math.round((Date.now() - Date.parse(iso)) / 1000) : null);
   return {
     status: 200,
     body: {
       target,
+      // The figures to alert on: how old the newest verified backups are.
+      newestDumpAgeSeconds: ageSeconds(dumps[0]?.manifest.finishedAt),
+      newestBaseBackupAgeSeconds: ageSeconds(bases[0]?.manifest.stoppedAt),
       dumps: dumps.map(({ manifest: m, restoreCheck }) => ({
         file: m.file,
         format: m.format,
