@@ -20,7 +20,8 @@ Usage:
   pgmaint schedules                      schedules with their next runs
   pgmaint history [--job NAME] [--limit N]
                                          recent runs from the run history
-  pgmaint demo [--dir DIR]               local PostgreSQL + Redis + server + worker on a demo database
+  pgmaint demo [--dir DIR] [--scale S]   local PostgreSQL + Redis + server + worker on the dairy database
+  pgmaint seed [--scale small|default|large]   dairy schema and data into DATABASE_URL (if empty)
   pgmaint jobs                           the job catalog
 
 Configuration comes from the environment (DATABASE_URL, REDIS_URL, BACKUP_DIR, …)
@@ -84,11 +85,29 @@ async function enqueue(args: string[]): Promise<number> {
   });
 }
 
+async function scaleArg(v: string) {
+  const { SCALES } = await import('./dairy.ts');
+  if (!(v in SCALES)) throw new ConfigError(`--scale: must be one of ${Object.keys(SCALES).join(', ')} (got "${v}")`);
+  return v as keyof typeof SCALES;
+}
+
+/** Creates the dairy schema in DATABASE_URL and fills it (when its catalog is empty). */
+async function seed(args: string[]): Promise<void> {
+  const { values } = parseArgs({ args, options: { scale: { type: 'string', default: 'default' } } });
+  const scale = await scaleArg(values.scale!);
+  const url = process.env.DATABASE_URL;
+  if (!url) throw new ConfigError('DATABASE_URL: is required (not set)');
+  const { seedDairy } = await import('./dairy.ts');
+  const t0 = Date.now();
+  const counts = await seedDairy(url, scale, { log: (m) => process.stderr.write(`${m}\n`) });
+  process.stdout.write(JSON.stringify({ scale, seconds: (Date.now() - t0) / 1000, rows: counts }, null, 2) + '\n');
+}
+
 async function demo(args: string[]): Promise<void> {
-  const { values } = parseArgs({ args, options: { dir: { type: 'string' } } });
+  const { values } = parseArgs({ args, options: { dir: { type: 'string' }, scale: { type: 'string', default: 'default' } } });
   const { startDemoStack } = await import('./demo.ts');
   const dir = path.resolve(values.dir ?? '.pgmaint-demo');
-  const stack = await startDemoStack(dir);
+  const stack = await startDemoStack(dir, await scaleArg(values.scale!));
   Object.assign(process.env, stack.env);
   const rt = await runServerProcess({ withWorkers: true });
   rt.afterClose(() => stack.stop());
@@ -130,6 +149,9 @@ export async function main(argv: string[]): Promise<void> {
       }
       case 'demo':
         await demo(rest);
+        break;
+      case 'seed':
+        await seed(rest);
         return;
       case undefined:
       case 'help':
