@@ -4,13 +4,14 @@ import archiveCheck from './archive-check.ts';
 import backup from './backup.ts';
 import baseBackup from './base-backup.ts';
 import createPartitions from './create-partitions.ts';
+import dailySalesRollup from './daily-sales-rollup.ts';
 import dropExpiredPartitions from './drop-expired-partitions.ts';
 import noop from './noop.ts';
 import pitrDrill from './pitr-drill.ts';
 import pruneBackups from './prune-backups.ts';
 import restoreCheck from './restore-check.ts';
 
-export const jobs: AnyJobDefinition[] = [archiveCheck, backup, baseBackup, createPartitions, dropExpiredPartitions, noop, pitrDrill, pruneBackups, restoreCheck] as AnyJobDefinition[];
+export const jobs: AnyJobDefinition[] = [archiveCheck, backup, baseBackup, createPartitions, dailySalesRollup, dropExpiredPartitions, noop, pitrDrill, pruneBackups, restoreCheck] as AnyJobDefinition[];
 
 /** Jobs that read or write BACKUP_DIR or the WAL archive (workers/backup.ts serves these). */
 export const BACKUP_JOBS = ['backup', 'base-backup', 'archive-check', 'pitr-drill', 'restore-check', 'prune-backups'];

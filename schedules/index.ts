@@ -17,6 +17,8 @@ export const schedules: Schedule[] = [
   // The physical base backup first, so the logical dump and the drill find a fresh one.
   daily('base-backup-main-nightly', 'base-backup', '0 1 * * *'),
   daily('backup-main-nightly', 'backup', '0 2 * * *'),
+  // Yesterday in Asia/Dhaka, plus the three days before it for late or corrected orders.
+  daily('sales-rollup-main-nightly', 'daily-sales-rollup', '0 2 * * *'),
   // Hourly, so a runway that ran short (or an outage) is repaired within the hour.
   daily('partitions-main-hourly', 'create-partitions', '7 * * * *'),
   // Archiving that stops is found within the hour, well inside the 15-minute-RPO budget's alarm.

@@ -1,0 +1,109 @@
+// daily-sales-rollup: analytics.daily_sales_agg, one row per local day × company ×
+// product template × channel, from the lines of confirmed orders (state sale or
+// done; channel "online") and POS lines (channel "pos"). Days are days of the
+// business time zone (luxon computes "yesterday" there, never in the server's
+// zone). Each chunk of days is one statement: aggregate, upsert the rows that
+// changed, delete the rows whose sources vanished (a cancelled order). Running it
+// twice changes nothing; afterwards the table equals a GROUP BY over the sources
+// for every covered day.
+import { DateTime, IANAZone } from 'luxon';
+import { z } from 'zod';
+import { defineJob, targetField } from '../src/job-definition.ts';
+
+const isoDate = z.string().regex(/^\d{4}-\d{2}-\d{2}$/, 'must be a date, YYYY-MM-DD').refine((d) => DateTime.fromISO(d).isValid, 'is not a valid date');
+
+export const payload = z
+  .object({
+    target: targetField,
+    /** Backfill: first and last local day (inclusive). Default: yesterday and the lookbackDays before it. */
+    from: isoDate.optional(),
+    to: isoDate.optional(),
+    /** Days before yesterday re-aggregated every night (late or corrected orders). */
+    lookbackDays: z.number().int().min(0).max(366).default(3),
+    /** The business time zone; default scheduler.timezone (Asia/Dhaka). */
+    timeZone: z.string().refine((v) => IANAZone.isValidZone(v), 'must be an IANA time zone').optional(),
+    /** Days per statement (and per transaction) in a backfill. */
+    chunkDays: z.number().int().min(1).max(366).default(31),
+    /** The instant "yesterday" is computed from (tests, re-runs); default the clock. */
+    now: z.iso.datetime({ offset: true }).optional(),
+  })
+  .superRefine((p, ctx) => {
+    if ((p.from === undefined) !== (p.to === undefined)) ctx.addIssue({ code: 'custom', path: [p.from ? 'to' : 'from'], message: 'from and to go together' });
+    if (p.from && p.to && p.from > p.to) ctx.addIssue({ code: 'custom', path: ['to'], message: 'must not be before from' });
+  });
+
+// $1, $2: the chunk's first and last local day; $3: the zone; $4, $5: the instants
+// its first day starts and the day after its last starts (luxon, in the zone).
+// Constant bounds let the planner prune partitions and use the date_order indexes.
+export const ROLLUP_SQL = `
+with src as (
+  select (l.date_order at time zone $3)::date as day, o.company_id, l.product_tmpl_id, 'online'::text as channel, l.order_id, l.qty, l.price_subtotal
+    from sales.sale_order_line l
+    join sales.sale_order o on o.id = l.order_id and o.date_order = l.date_order
+   where l.date_order >= $4::timestamptz and l.date_order < $5::timestamptz and o.date_order >= $4::timestamptz and o.date_order < $5::timestamptz
+     and o.state in ('sale', 'done')
+  union all
+  select (p.date_order at time zone $3)::date, p.company_id, p.product_tmpl_id, 'pos', p.pos_order_id, p.qty, p.price_subtotal
+    from sales.pos_order_line p
+   where p.date_order >= $4::timestamptz and p.date_order < $5::timestamptz
+), agg as (
+  select day, company_id, product_tmpl_id, channel,
+         coalesce(sum(qty) filter (where qty > 0), 0) as qty_sold,
+         coalesce(sum(price_subtotal) filter (where qty > 0), 0) as revenue,
+         count(distinct order_id)::int as order_count,
+         coalesce(-sum(qty) filter (where qty < 0), 0) as refund_qty,
+         coalesce(-sum(price_subtotal) filter (where qty < 0), 0) as refund_amount
+    from src group by 1, 2, 3, 4
+), upserted as (
+  insert into analytics.daily_sales_agg as a (date, company_id, product_tmpl_id, channel, qty_sold, revenue, order_count, refund_qty, refund_amount, updated_at)
+  select day, company_id, product_tmpl_id, channel, qty_sold, revenue, order_count, refund_qty, refund_amount, now() from agg
+  on conflict (date, company_id, product_tmpl_id, channel) do update
+     set qty_sold = excluded.qty_sold, revenue = excluded.revenue, order_count = excluded.order_count,
+         refund_qty = excluded.refund_qty, refund_amount = excluded.refund_amount, updated_at = now()
+   where (a.qty_sold, a.revenue, a.order_count, a.refund_qty, a.refund_amount)
+         is distinct from (excluded.qty_sold, excluded.revenue, excluded.order_count, excluded.refund_qty, excluded.refund_amount)
+  returning 1
+), deleted as (
+  delete from analytics.daily_sales_agg a
+   where a.date between $1::date and $2::date
+     and not exists (select 1 from agg g where g.day = a.date and g.company_id = a.company_id and g.product_tmpl_id = a.product_tmpl_id and g.channel = a.channel)
+  returning 1
+)
+select (select count(*) from upserted)::int as upserted, (select count(*) from deleted)::int as deleted, (select count(*) from agg)::int as groups`;
+
+export default defineJob({
+  name: 'daily-sales-rollup',
+  description: 'Idempotent pre-aggregation of daily sales (online and POS) into analytics.daily_sales_agg; yesterday plus a lookback, or a backfill range.',
+  payload,
+  defaults: { attempts: 3, backoffMs: 30_000, timeoutMs: 2 * 3_600_000, concurrency: 1 },
+  singletonKey: (p) => p.target,
+  async handler(ctx, p) {
+    const zone = p.timeZone ?? ctx.config.scheduler.timezone;
+    const now = p.now ? DateTime.fromISO(p.now) : DateTime.now();
+    const yesterday = now.setZone(zone).startOf('day').minus({ days: 1 });
+    const first = p.from ? DateTime.fromISO(p.from, { zone }) : yesterday.minus({ days: p.lookbackDays });
+    const last = p.to ? DateTime.fromISO(p.to, { zone }) : yesterday;
+    const days = Math.round(last.diff(first, 'days').days) + 1;
+    await ctx.log(`aggregating ${first.toISODate()} … ${last.toISODate()} (${days} days, ${zone})`);
+    const started = Date.now();
+    let upserted = 0;
+    let deleted = 0;
+    let groups = 0;
+    for (let chunk = first; chunk <= last; chunk = chunk.plus({ days: p.chunkDays })) {
+      const end = DateTime.min(chunk.plus({ days: p.chunkDays - 1 }), last);
+      const { rows } = await ctx.pool.query<{ upserted: number; deleted: number; groups: number }>(ROLLUP_SQL, [
+        chunk.toISODate(),
+        end.toISODate(),
+        zone,
+        chunk.toISO(),
+        end.plus({ days: 1 }).toISO(),
+      ]);
+      upserted += rows[0]!.upserted;
+      deleted += rows[0]!.deleted;
+      groups += rows[0]!.groups;
+      const done = Math.round(end.diff(first, 'days').days) + 1;
+      await ctx.progress((100 * done) / days, `${chunk.toISODate()} … ${end.toISODate()}: ${rows[0]!.upserted} rows upserted, ${rows[0]!.deleted} deleted`);
+    }
+    return { from: first.toISODate(), to: last.toISODate(), timeZone: zone, days, groups, upserted, deleted, durationMs: Date.now() - started };
+  },
+});
