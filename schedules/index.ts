@@ -23,6 +23,8 @@ export const schedules: Schedule[] = [
   daily('partitions-main-hourly', 'create-partitions', '7 * * * *'),
   // Archiving that stops is found within the hour, well inside the 15-minute-RPO budget's alarm.
   daily('archive-check-main-hourly', 'archive-check', '15 * * * *'),
+  // DOMAIN.md's 03:00 maintenance window, chosen from statistics, 30-minute budget by default.
+  daily('vacuum-main-nightly', 'vacuum-analyze', '0 3 * * *'),
   // Retention after the nightly backup; a failed archive keeps the partition.
   daily('retention-main-daily', 'drop-expired-partitions', '30 3 * * *'),
   // Weekly proofs: PITR on Sunday, logical restore on Saturday, before business hours.
