@@ -27,6 +27,8 @@ export const schedules: Schedule[] = [
   daily('vacuum-main-nightly', 'vacuum-analyze', '0 3 * * *'),
   // Retention after the nightly backup; a failed archive keeps the partition.
   daily('retention-main-daily', 'drop-expired-partitions', '30 3 * * *'),
+  // Dashboards warm from before people arrive and through business hours (TTLs set per query).
+  daily('warm-cache-main-business-hours', 'warm-cache', '*/10 7-22 * * *'),
   // Weekly proofs: PITR on Sunday, logical restore on Saturday, before business hours.
   daily('pitr-drill-main-weekly', 'pitr-drill', '0 4 * * sun'),
   daily('restore-check-main-weekly', 'restore-check', '0 4 * * sat'),

@@ -103,6 +103,29 @@ const backupPolicySchema = z
   })
   .strict();
 
+const warmQuerySchema = z
+  .object({
+    /** Redis key (after cache.keyPrefix); with perRow, a template such as "product:{product_tmpl_id}". */
+    key: z.string().regex(/^[A-Za-z0-9:_{}.-]{1,200}$/, 'must be letters, digits and : _ . - { } only'),
+    /** A read-only query; $1… take `params`. */
+    sql: z.string().min(1),
+    params: z.array(z.union([z.string(), z.number(), z.boolean(), z.null()])).default([]),
+    ttlSeconds: z.number().int().min(1).max(30 * 86_400),
+    target: z.string().default('main'),
+    /** One key a row (the key template names the row's columns) instead of one key for all rows. */
+    perRow: z.boolean().default(false),
+  })
+  .strict();
+
+const cacheSchema = z
+  .object({
+    /** Environment variable with the cache Redis URL (another instance or database number); default REDIS_URL. */
+    redisUrlEnv: z.string().regex(/^[A-Z_][A-Z0-9_]*$/, 'must be an environment variable name').optional(),
+    keyPrefix: z.string().max(100).default('pgmaint:cache:'),
+    queries: z.array(warmQuerySchema).default([]),
+  })
+  .strict();
+
 const fileSchema = z
   .object({
     targets: z.record(z.string().regex(TARGET_NAME, 'target names are lower-case letters, digits, _ and -'), targetSchema).default({}),
@@ -150,6 +173,8 @@ const fileSchema = z
     /** Partition policies for create-partitions and drop-expired-partitions. */
     partitions: z.array(partitionPolicy).default([]),
     backups: backupPolicySchema.default(backupPolicySchema.parse({})),
+    /** warm-cache: dashboard queries precomputed into Redis. */
+    cache: cacheSchema.default(cacheSchema.parse({})),
   })
   .strict();
 
@@ -186,6 +211,7 @@ export interface Config {
   jobs: Record<string, JobPolicy>;
   partitions: PartitionPolicy[];
   backups: z.infer<typeof backupPolicySchema>;
+  cache: z.infer<typeof cacheSchema> & { redisUrl: string };
   configFile?: string;
 }
 
@@ -248,6 +274,18 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (!targets.has(f.history.target)) throw new ConfigError(`history.target: unknown target "${f.history.target}"`);
   if (!IANAZone.isValidZone(f.scheduler.timezone)) throw new ConfigError(`scheduler.timezone: "${f.scheduler.timezone}" is not an IANA time zone`);
   if (f.redis.sentinels && !f.redis.sentinelName) throw new ConfigError('redis.sentinelName: required with redis.sentinels');
+  let cacheRedisUrl = e.REDIS_URL;
+  if (f.cache.redisUrlEnv) {
+    const check = redisUrl.safeParse(env[f.cache.redisUrlEnv]);
+    if (!check.success) throw new ConfigError(`${f.cache.redisUrlEnv} (cache.redisUrlEnv): ${env[f.cache.redisUrlEnv] ? check.error.issues[0]?.message : 'is not set'}`);
+    cacheRedisUrl = check.data;
+  }
+  const keys = new Set<string>();
+  f.cache.queries.forEach((q, i) => {
+    if (!targets.has(q.target)) throw new ConfigError(`cache.queries.${i}.target: unknown target "${q.target}"`);
+    if (keys.has(q.key)) throw new ConfigError(`cache.queries.${i}.key: "${q.key}" is declared twice`);
+    keys.add(q.key);
+  });
 
   return {
     targets,
@@ -265,6 +303,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     jobs: f.jobs,
     partitions: f.partitions,
     backups: f.backups,
+    cache: { ...f.cache, redisUrl: cacheRedisUrl },
     configFile: e.PGMAINT_CONFIG,
   };
 }

@@ -1,0 +1,126 @@
+// warm-cache: the dashboard queries declared in the config file (cache.queries) run
+// read-only on their targets, and their results go to the cache Redis (which may be
+// another instance or database number than BullMQ's) with a TTL, in one pipeline a
+// query. A query that fails fails its key, not the run; the result names it.
+import { Redis } from 'ioredis';
+import type pg from 'pg';
+import { z } from 'zod';
+import type { Config } from '../src/config.ts';
+import { coerceError, describeError, PermanentJobError } from '../src/errors.ts';
+import { defineJob, targetField, type JobContext } from '../src/job-definition.ts';
+
+export const payload = z.object({
+  target: targetField,
+  /** Only these keys (as declared); default every query of this target. */
+  keys: z.array(z.string()).max(1000).optional(),
+  /** statement_timeout of each query. */
+  statementTimeoutMs: z.number().int().min(100).max(3_600_000).default(30_000),
+});
+
+type WarmQuery = Config['cache']['queries'][number];
+
+interface Written {
+  key: string;
+  keys: number;
+  bytes: number;
+  rows: number;
+  ms: number;
+}
+
+/** "product:{product_tmpl_id}" filled from a row; a missing column is an error naming it. */
+function fillKey(template: string, row: Record<string, unknown>): string {
+  return template.replace(/\{([A-Za-z0-9_]+)\}/g, (_, col: string) => {
+    if (!(col in row)) throw new PermanentJobError(`key template ${template}: the query returns no column "${col}"`, 'BAD_KEY');
+    return String(row[col]);
+  });
+}
+
+async function runReadOnly(pool: pg.Pool, q: WarmQuery, timeoutMs: number): Promise<Record<string, unknown>[]> {
+  const client = await pool.connect();
+  try {
+    await client.query('begin transaction read only');
+    await client.query(`select set_config('statement_timeout', $1, true)`, [String(timeoutMs)]);
+    const { rows } = await client.query(q.sql, q.params);
+    await client.query('commit');
+    return rows;
+  } catch (err) {
+    await client.query('rollback').catch(() => undefined);
+    throw err;
+  } finally {
+    client.release();
+  }
+}
+
+async function warmOne(ctx: JobContext, redis: Redis, q: WarmQuery, timeoutMs: number): Promise<Written> {
+  const t0 = Date.now();
+  const rows = await runReadOnly(ctx.pool, q, timeoutMs);
+  const prefix = ctx.config.cache.keyPrefix;
+  const generatedAt = new Date().toISOString();
+  const entries: [string, string][] = q.perRow
+    ? rows.map((row) => [prefix + fillKey(q.key, row), JSON.stringify(row)])
+    : [[prefix + q.key, JSON.stringify({ generatedAt, rows })]];
+  const pipeline = redis.pipeline();
+  let bytes = 0;
+  for (const [key, value] of entries) {
+    pipeline.set(key, value, 'EX', q.ttlSeconds);
+    bytes += Buffer.byteLength(value);
+  }
+  const replies = (await pipeline.exec()) ?? [];
+  const failed = replies.find(([err]) => err);
+  if (failed) throw failed[0]!;
+  return { key: q.key, keys: entries.length, bytes, rows: rows.length, ms: Date.now() - t0 };
+}
+
+/** keyspace_hits / (hits + misses) from INFO stats, or null before any read. */
+async function hitRatio(redis: Redis): Promise<number | null> {
+  const info = await redis.info('stats');
+  const hits = Number(/keyspace_hits:(\d+)/.exec(info)?.[1] ?? 0);
+  const misses = Number(/keyspace_misses:(\d+)/.exec(info)?.[1] ?? 0);
+  return hits + misses ? Math.round((hits / (hits + misses)) * 10_000) / 10_000 : null;
+}
+
+export default defineJob({
+  name: 'warm-cache',
+  description: 'Runs the dashboard queries of cache.queries read-only and writes their results to the cache Redis with TTLs.',
+  payload,
+  defaults: { attempts: 2, backoffMs: 10_000, timeoutMs: 30 * 60_000, concurrency: 1 },
+  singletonKey: (p) => p.target,
+  async handler(ctx, p) {
+    const all = ctx.config.cache.queries.filter((q) => q.target === p.target);
+    const unknown = (p.keys ?? []).filter((k) => !all.some((q) => q.key === k));
+    if (unknown.length) throw new PermanentJobError(`keys: ${unknown.join(', ')} not declared in cache.queries for target "${p.target}"`, 'UNKNOWN_KEY');
+    const queries = p.keys ? all.filter((q) => p.keys!.includes(q.key)) : all;
+    if (!queries.length) return { keysWritten: 0, bytes: 0, written: [], failed: [], note: 'no cache.queries for this target' };
+
+    const redis = new Redis(ctx.config.cache.redisUrl, { maxRetriesPerRequest: 2, connectionName: 'pgmaint-cache', lazyConnect: true });
+    redis.on('error', () => undefined); // reported through the commands that fail
+    const started = Date.now();
+    try {
+      await redis.connect();
+      const written: Written[] = [];
+      const failed: { key: string; error: string }[] = [];
+      for (const [i, q] of queries.entries()) {
+        try {
+          const w = await warmOne(ctx, redis, q, p.statementTimeoutMs);
+          written.push(w);
+          await ctx.progress((100 * (i + 1)) / queries.length, `${q.key}: ${w.keys} keys, ${w.bytes} bytes in ${w.ms} ms`);
+        } catch (err) {
+          const error = describeError(coerceError(err));
+          failed.push({ key: q.key, error });
+          await ctx.log(`${q.key}: failed: ${error}`);
+        }
+      }
+      if (!written.length) throw new Error(`every cache query failed: ${failed.map((f) => `${f.key}: ${f.error}`).join('; ')}`);
+      return {
+        keysWritten: written.reduce((a, w) => a + w.keys, 0),
+        bytes: written.reduce((a, w) => a + w.bytes, 0),
+        durationMs: Date.now() - started,
+        cacheHitRatio: await hitRatio(redis),
+        written,
+        failed,
+      };
+    } finally {
+      redis.disconnect();
+    }
+  },
+});
