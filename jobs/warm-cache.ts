@@ -25,6 +25,8 @@ interface Written {
   bytes: number;
   rows: number;
   ms: number;
+  /** Of which writing to Redis (building and sending the pipeline). */
+  writeMs: number;
 }
 
 /** "product:{product_tmpl_id}" filled from a row; a missing column is an error naming it. */
@@ -56,6 +58,7 @@ async function warmOne(ctx: JobContext, redis: Redis, q: WarmQuery, timeoutMs: n
   const rows = await runReadOnly(ctx.pool, q, timeoutMs);
   const prefix = ctx.config.cache.keyPrefix;
   const generatedAt = new Date().toISOString();
+  const w0 = Date.now();
   const entries: [string, string][] = q.perRow
     ? rows.map((row) => [prefix + fillKey(q.key, row), JSON.stringify(row)])
     : [[prefix + q.key, JSON.stringify({ generatedAt, rows })]];
@@ -68,7 +71,7 @@ async function warmOne(ctx: JobContext, redis: Redis, q: WarmQuery, timeoutMs: n
   const replies = (await pipeline.exec()) ?? [];
   const failed = replies.find(([err]) => err);
   if (failed) throw failed[0]!;
-  return { key: q.key, keys: entries.length, bytes, rows: rows.length, ms: Date.now() - t0 };
+  return { key: q.key, keys: entries.length, bytes, rows: rows.length, ms: Date.now() - t0, writeMs: Date.now() - w0 };
 }
 
 /** keyspace_hits / (hits + misses) from INFO stats, or null before any read. */

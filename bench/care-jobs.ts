@@ -1,0 +1,152 @@
+// The care jobs on the seeded dairy database, each beside its baseline in one run:
+//   daily-sales-rollup, 24-month backfill  vs  the bare SELECT … GROUP BY of the same rows (the floor)
+//                                          vs  the naive way: per day, lines fetched into the app and
+//                                              one upsert per aggregate row (timed on 14 days, projected)
+//   one night's rollup (yesterday + 3 days of lookback)
+//   warm-cache, 100,000 per-row keys       vs  redis-benchmark -t set -P 16 on the same Redis
+//   npm run bench:care [-- --scale large|default]
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { QueueEvents } from 'bullmq';
+import { DateTime } from 'luxon';
+import pg from 'pg';
+import { ROLLUP_SQL } from '../jobs/daily-sales-rollup.ts';
+import { loadConfig } from '../src/config.ts';
+import { BUSINESS_ZONE, seedDairy, SCALES, type Scale } from '../src/dairy.ts';
+import { createDatabase, startPostgres, startRedis } from '../src/devstack.ts';
+import { createLogger } from '../src/logger.ts';
+import { startWorkers } from '../src/roles.ts';
+import { Runtime } from '../src/runtime.ts';
+
+const { values } = parseArgs({ options: { scale: { type: 'string', default: 'large' } } });
+const scale = values.scale as Scale;
+if (!(scale in SCALES)) throw new Error(`--scale: one of ${Object.keys(SCALES).join(', ')}`);
+const NAIVE_DAYS = 14;
+const WARM_KEYS = 100_000;
+
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pgmaint-bench-care-'));
+fs.chmodSync(dir, 0o755);
+const [server, redis] = await Promise.all([startPostgres({ dir: path.join(dir, 'pg'), settings: { shared_buffers: "'1GB'", work_mem: "'64MB'" } }), startRedis({ dir: path.join(dir, 'redis') })]);
+await createDatabase(server, 'dairy');
+console.error(`seeding at scale ${scale}…`);
+const seeded = await seedDairy(server.url('dairy'), scale, { log: (m) => console.error(`  ${m}`) });
+const db = new pg.Client({ connectionString: server.url('dairy') });
+await db.connect();
+
+const now = DateTime.now().setZone(BUSINESS_ZONE);
+const yesterday = now.startOf('day').minus({ days: 1 });
+const first = now.startOf('month').minus({ months: SCALES[scale].months - 1 });
+const range = { from: first.toISODate()!, to: yesterday.toISODate()! };
+
+const configFile = path.join(dir, 'pgmaint.json');
+fs.writeFileSync(
+  configFile,
+  JSON.stringify({
+    cache: {
+      redisUrlEnv: 'CACHE_REDIS_URL',
+      keyPrefix: 'bench:',
+      queries: [{ key: 'agg:{date}:{company_id}:{product_tmpl_id}:{channel}', sql: `select * from analytics.daily_sales_agg order by date desc limit ${WARM_KEYS}`, ttlSeconds: 3600, perRow: true }],
+    },
+  }),
+);
+const config = loadConfig({ DATABASE_URL: server.url('dairy'), REDIS_URL: redis.url, CACHE_REDIS_URL: `${redis.url}/2`, BACKUP_DIR: path.join(dir, 'backups'), PGMAINT_CONFIG: configFile });
+const rt = Runtime.create({ config, logger: createLogger('warn'), schedules: [] });
+await rt.history.migrate();
+startWorkers(rt, ['daily-sales-rollup', 'warm-cache']);
+const events = new Map<string, QueueEvents>();
+async function job(name: string, payload: object): Promise<{ ms: number; result: Record<string, any> }> {
+  if (!events.has(name)) {
+    const e = new QueueEvents(name, { connection: rt.connections.redis(`bench-${name}`), prefix: config.redis.prefix });
+    await e.waitUntilReady();
+    events.set(name, e);
+  }
+  const t0 = performance.now();
+  const { job: j } = await rt.queues.enqueue(name, payload);
+  const result = (await j.waitUntilFinished(events.get(name)!)) as Record<string, any>;
+  return { ms: performance.now() - t0, result };
+}
+
+// The floor: the rollup's own aggregation over the same rows, read and thrown away.
+const aggOnly = ROLLUP_SQL.slice(0, ROLLUP_SQL.indexOf('), upserted as')) + ') select count(*) from agg';
+const bounds = (a: DateTime, b: DateTime) => [a.toISODate(), b.toISODate(), BUSINESS_ZONE, a.toISO(), b.plus({ days: 1 }).toISO()];
+console.error('bare scan…');
+const t0 = performance.now();
+await db.query(aggOnly, bounds(first, yesterday));
+const scanMs = performance.now() - t0;
+
+console.error('backfill…');
+const backfill = await job('daily-sales-rollup', { ...range, chunkDays: 31 });
+
+console.error(`naive way over ${NAIVE_DAYS} days…`);
+const naiveStart = performance.now();
+for (let d = yesterday.minus({ days: NAIVE_DAYS - 1 }); d <= yesterday; d = d.plus({ days: 1 })) {
+  const lo = d.toISO();
+  const hi = d.plus({ days: 1 }).toISO();
+  const { rows } = await db.query(
+    `select o.company_id, l.product_tmpl_id, 'online' as channel, l.order_id, l.qty::float8 as qty, l.price_subtotal::float8 as amount
+       from sales.sale_order_line l join sales.sale_order o on o.id = l.order_id and o.date_order = l.date_order
+      where l.date_order >= $1 and l.date_order < $2 and o.state in ('sale','done')
+     union all
+     select company_id, product_tmpl_id, 'pos', pos_order_id, qty::float8, price_subtotal::float8 from sales.pos_order_line where date_order >= $1 and date_order < $2`,
+    [lo, hi],
+  );
+  const groups = new Map<string, { c: number; p: number; ch: string; qty: number; rev: number; orders: Set<number>; rq: number; ra: number }>();
+  for (const r of rows) {
+    const k = `${r.company_id}/${r.product_tmpl_id}/${r.channel}`;
+    let g = groups.get(k);
+    if (!g) groups.set(k, (g = { c: r.company_id, p: r.product_tmpl_id, ch: r.channel, qty: 0, rev: 0, orders: new Set(), rq: 0, ra: 0 }));
+    g.orders.add(Number(r.order_id));
+    if (r.qty > 0) (g.qty += r.qty), (g.rev += r.amount);
+    else (g.rq -= r.qty), (g.ra -= r.amount);
+  }
+  for (const g of groups.values()) {
+    await db.query(
+      `insert into analytics.daily_sales_agg (date, company_id, product_tmpl_id, channel, qty_sold, revenue, order_count, refund_qty, refund_amount)
+       values ($1, $2, $3, $4, $5, $6, $7, $8, $9) on conflict (date, company_id, product_tmpl_id, channel) do update
+       set qty_sold = excluded.qty_sold, revenue = excluded.revenue, order_count = excluded.order_count, refund_qty = excluded.refund_qty, refund_amount = excluded.refund_amount`,
+      [d.toISODate(), g.c, g.p, g.ch, g.qty, g.rev, g.orders.size, g.rq, g.ra],
+    );
+  }
+}
+const naivePerDay = (performance.now() - naiveStart) / NAIVE_DAYS;
+const naiveProjected = naivePerDay * backfill.result.days;
+
+console.error('nightly run…');
+const nights: number[] = [];
+for (let i = 0; i < 5; i++) nights.push((await job('daily-sales-rollup', {})).result.durationMs);
+const nightMs = [...nights].sort((a, b) => a - b)[2]!;
+
+console.error('warm-cache and redis-benchmark…');
+const warm = await job('warm-cache', {});
+const w = warm.result.written[0] as { keys: number; ms: number; writeMs: number };
+const benchOut = execFileSync('redis-benchmark', ['-h', '127.0.0.1', '-p', String(redis.port), '-t', 'set', '-P', '16', '-n', '200000', '-q', '--csv']).toString();
+const setPerSec = Number(/"SET","([\d.]+)"/.exec(benchOut)?.[1]);
+const keysPerSecWrite = w.keys / (w.writeMs / 1000);
+const keysPerSecJob = w.keys / (w.ms / 1000);
+
+const lines = Object.values(seeded).reduce((a, b) => a + b, 0);
+console.log(`scale ${scale}: ${seeded['sales.sale_order_line']} order lines, ${seeded['sales.pos_order_line']} POS lines (${lines} rows seeded); backfill ${backfill.result.days} days, ${backfill.result.upserted} aggregate rows`);
+const rows = [
+  ['', 'baseline', 'pgmaint', 'ratio'],
+  ['backfill: bare GROUP BY scan vs daily-sales-rollup (ms)', scanMs.toFixed(0), backfill.ms.toFixed(0), (backfill.ms / scanMs).toFixed(2) + '×'],
+  [`backfill: naive per-row upserts (projected from ${NAIVE_DAYS} days) vs rollup (ms)`, naiveProjected.toFixed(0), backfill.ms.toFixed(0), (backfill.ms / naiveProjected).toFixed(3) + '×'],
+  ['one night (4 days), median of 5 (ms)', '', String(nightMs), ''],
+  [`warm-cache keys/s: redis-benchmark SET -P 16 vs writing ${w.keys} keys`, setPerSec.toFixed(0), keysPerSecWrite.toFixed(0), (keysPerSecWrite / setPerSec).toFixed(2) + '×'],
+  ['  the whole warm-cache job, query included (keys/s)', '', keysPerSecJob.toFixed(0), (keysPerSecJob / setPerSec).toFixed(2) + '×'],
+];
+const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
+for (const r of rows) console.log(r.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!))).join('  '));
+console.log(
+  `targets: backfill within 1.5× of the bare scan — ${backfill.ms <= 1.5 * scanMs ? 'met' : 'NOT met'}; one night under 200 ms — ${nightMs < 200 ? 'met' : 'NOT met'} (at scale ${scale}); ` +
+    `warm-cache at least half of redis-benchmark — ${keysPerSecWrite >= setPerSec / 2 ? 'met' : 'NOT met'} (writing), ${keysPerSecJob >= setPerSec / 2 ? 'met' : 'not met'} (whole job)`,
+);
+
+await db.end();
+for (const e of events.values()) await e.close();
+await rt.close();
+await redis.stop();
+await server.stop('immediate');
+fs.rmSync(dir, { recursive: true, force: true });
