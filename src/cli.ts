@@ -7,7 +7,7 @@ import { parseArgs } from 'node:util';
 import { QueueEvents } from 'bullmq';
 import { ConfigError } from './config.ts';
 import { PayloadError } from './registry.ts';
-import { runServerProcess, runWorkerProcess } from './roles.ts';
+import { runMonitorProcess, runServerProcess, runWorkerProcess } from './roles.ts';
 import { Runtime } from './runtime.ts';
 
 const USAGE = `pgmaint — maintenance job runner for PostgreSQL
@@ -15,6 +15,7 @@ const USAGE = `pgmaint — maintenance job runner for PostgreSQL
 Usage:
   pgmaint server                         HTTP API, Bull Board, schedule sync and watchdog
   pgmaint worker [--queues a,b]          run jobs (all kinds unless --queues)
+  pgmaint monitor                        alerts only (the server runs them too)
   pgmaint enqueue <job> [--data JSON] [--wait]
                                          enqueue a run; --wait prints progress, then the result
   pgmaint schedules                      schedules with their next runs
@@ -125,6 +126,9 @@ export async function main(argv: string[]): Promise<void> {
     switch (command) {
       case 'server':
         await runServerProcess();
+        return;
+      case 'monitor':
+        await runMonitorProcess();
         return;
       case 'worker': {
         const { values } = parseArgs({ args: rest, options: { queues: { type: 'string' } } });

@@ -50,6 +50,21 @@ const envSchema = z.object({
   PGMAINT_CONFIG: z.string().optional(),
   /** Opt-out of auth for a local demo only; logged loudly at start. */
   PGMAINT_INSECURE_NO_AUTH: z.enum(['0', '1', 'true', 'false']).optional(),
+  /** Bearer token that may read /metrics only (for Prometheus); admin and viewer tokens may too. */
+  METRICS_TOKEN: token.optional(),
+  /** Where alerts are POSTed (Slack incoming webhook or any JSON receiver). */
+  ALERT_WEBHOOK_URL: z
+    .string()
+    .refine((v) => {
+      try {
+        return ['http:', 'https:'].includes(new URL(v).protocol);
+      } catch {
+        return false;
+      }
+    }, 'must be an http:// or https:// URL')
+    .optional(),
+  /** Ad-hoc enqueues through the API per client per minute. */
+  ENQUEUE_RATE_LIMIT: z.coerce.number().int().min(1).default(300),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });
 
@@ -126,6 +141,28 @@ const cacheSchema = z
   })
   .strict();
 
+export const ALERT_RULES = ['job-failed', 'deadman', 'no-worker', 'overrun', 'backup-age', 'archive-lag', 'partition-runway', 'default-rows', 'health-read'] as const;
+
+const alertsSchema = z
+  .object({
+    /** How often the monitor judges the health snapshot. */
+    intervalMs: z.number().int().min(1000).default(60_000),
+    /** Dead-man switch: a schedule's success may be this late past its run plus maximum run time. */
+    deadmanGraceMs: z.number().int().min(0).default(30 * 60_000),
+    /** A queue that needs a worker may go this long without one. */
+    noWorkerForMs: z.number().int().min(0).default(2 * 60_000),
+    /** An active job may run this long past its maximum run time before it counts as stuck. */
+    overrunGraceMs: z.number().int().min(0).default(5 * 60_000),
+    maxDumpAgeHours: z.number().positive().default(26),
+    maxBaseBackupAgeHours: z.number().positive().default(26),
+    /** DOMAIN.md: RPO under 15 minutes. */
+    maxArchiveLagSeconds: z.number().int().positive().default(900),
+    minPartitionRunwayDays: z.number().positive().default(3),
+    /** Rules switched off by name (job-failed, deadman, no-worker, overrun, backup-age, archive-lag, partition-runway, default-rows, health-read). */
+    disabled: z.array(z.enum(ALERT_RULES)).default([]),
+  })
+  .strict();
+
 const fileSchema = z
   .object({
     targets: z.record(z.string().regex(TARGET_NAME, 'target names are lower-case letters, digits, _ and -'), targetSchema).default({}),
@@ -175,6 +212,7 @@ const fileSchema = z
     backups: backupPolicySchema.default(backupPolicySchema.parse({})),
     /** warm-cache: dashboard queries precomputed into Redis. */
     cache: cacheSchema.default(cacheSchema.parse({})),
+    alerts: alertsSchema.default(alertsSchema.parse({})),
   })
   .strict();
 
@@ -212,6 +250,9 @@ export interface Config {
   partitions: PartitionPolicy[];
   backups: z.infer<typeof backupPolicySchema>;
   cache: z.infer<typeof cacheSchema> & { redisUrl: string };
+  alerts: z.infer<typeof alertsSchema> & { webhookUrl?: string };
+  metricsToken?: string;
+  enqueueRateLimit: number;
   configFile?: string;
 }
 
@@ -304,6 +345,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     partitions: f.partitions,
     backups: f.backups,
     cache: { ...f.cache, redisUrl: cacheRedisUrl },
+    alerts: { ...f.alerts, webhookUrl: e.ALERT_WEBHOOK_URL },
+    metricsToken: e.METRICS_TOKEN,
+    enqueueRateLimit: e.ENQUEUE_RATE_LIMIT,
     configFile: e.PGMAINT_CONFIG,
   };
 }

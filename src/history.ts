@@ -38,6 +38,22 @@ export interface HistoryRow {
   worker: string | null;
 }
 
+export interface JobStatus {
+  job: string;
+  target: string;
+  lastSuccess: Date | null;
+  lastOutcome: 'succeeded' | 'failed' | 'timed_out';
+  lastFinished: Date | null;
+  lastError: string | null;
+  consecutiveFailures: number;
+}
+
+export interface ScheduleStatus {
+  schedule: string;
+  lastSuccess: Date | null;
+  startLagSeconds: number | null;
+}
+
 const MIGRATION = `
 create schema if not exists pgmaint;
 create table if not exists pgmaint.run_history (
@@ -261,6 +277,51 @@ export class RunHistory {
       [filter.job ?? null, filter.limit ?? 20],
     );
     return rows;
+  }
+
+  /**
+   * Per job and target: the last success, the last final outcome and how many runs
+   * in a row have failed after their last attempt (what /metrics and alerts read).
+   */
+  async jobStatus(): Promise<JobStatus[]> {
+    await this.migrate();
+    const { rows } = await this.pool.query<JobStatus>(
+      `with final as (
+         select job, target, outcome, started_at, finished_at, error,
+                max(started_at) filter (where outcome = 'succeeded') over (partition by job, target) as last_success_start,
+                row_number() over (partition by job, target order by started_at desc, id desc) as rn
+           from pgmaint.run_history where outcome in ('succeeded', 'failed', 'timed_out'))
+       select job, target,
+              max(finished_at) filter (where outcome = 'succeeded') as "lastSuccess",
+              max(outcome) filter (where rn = 1) as "lastOutcome",
+              max(finished_at) filter (where rn = 1) as "lastFinished",
+              max(error) filter (where rn = 1) as "lastError",
+              count(*) filter (where outcome <> 'succeeded' and started_at > coalesce(last_success_start, '-infinity'))::int as "consecutiveFailures"
+         from final group by job, target order by job, target`,
+    );
+    return rows;
+  }
+
+  /** Per schedule (trigger "schedule:<id>"): the last success and the start lag of its latest run. */
+  async scheduleStatus(): Promise<ScheduleStatus[]> {
+    await this.migrate();
+    const { rows } = await this.pool.query<ScheduleStatus>(
+      `select substr(trigger, 10) as schedule,
+              max(finished_at) filter (where outcome = 'succeeded') as "lastSuccess",
+              (array_agg(extract(epoch from started_at - scheduled_for)::float8 order by started_at desc) filter (where attempt = 1 and scheduled_for is not null))[1] as "startLagSeconds"
+         from pgmaint.run_history where trigger like 'schedule:%' group by trigger`,
+    );
+    return rows;
+  }
+
+  /** The newest finished (succeeded or failed) run of a job on a target. */
+  async lastFinished(job: string, target: string): Promise<HistoryRow | undefined> {
+    await this.migrate();
+    const { rows } = await this.pool.query<HistoryRow>(
+      `select * from pgmaint.run_history where job = $1 and target = $2 and outcome in ('succeeded', 'failed', 'timed_out') order by started_at desc, id desc limit 1`,
+      [job, target],
+    );
+    return rows[0];
   }
 
   /** Deletes finished rows older than the retention; returns how many went. */

@@ -1,7 +1,7 @@
 // Long-running process roles with their signal handling. SIGTERM/SIGINT: stop
 // taking jobs, finish or abort the current ones within worker.shutdownTimeoutMs,
 // then close the HTTP server, queues and pools in reverse order of start-up.
-import { startServer } from './http/server.ts';
+import { startMonitor, startServer } from './http/server.ts';
 import { Runtime } from './runtime.ts';
 import { WorkerRuntime } from './worker.ts';
 
@@ -58,5 +58,15 @@ export async function runServerProcess(opts: { withWorkers?: boolean } = {}): Pr
   onSignals(rt);
   if (opts.withWorkers) startWorkers(rt);
   await startServer(rt);
+  return rt;
+}
+
+/** The alert monitor alone, for deployments whose server shares a machine with workers. */
+export async function runMonitorProcess(): Promise<Runtime> {
+  const rt = Runtime.create();
+  onSignals(rt);
+  await rt.history.migrate();
+  startMonitor(rt);
+  rt.logger.info({ intervalMs: rt.config.alerts.intervalMs }, 'alert monitor started');
   return rt;
 }

@@ -10,6 +10,7 @@ import type { JobContext } from './job-definition.ts';
 import type { Logger } from './logger.ts';
 import type { JobData, Queues } from './queues.ts';
 import { PayloadError, type Registry } from './registry.ts';
+import { recordRun } from './run-stats.ts';
 import { repeatStrategy, type ResolvedSchedule } from './schedules.ts';
 
 export interface WorkerRuntimeOptions {
@@ -62,6 +63,14 @@ export class WorkerRuntime {
       this.workers.push(worker);
     }
     this.opts.logger.info({ queues: this.queueNames, worker: this.workerId }, 'worker started');
+  }
+
+  /** Fleet-wide counters for /metrics; a Redis hiccup must not fail the run. */
+  private stat(run: RunStart, outcome: string, startedAt?: number): void {
+    const seconds = startedAt === undefined ? undefined : (Date.now() - startedAt) / 1000;
+    recordRun(this.redis, this.opts.connections.config.redis.prefix, { job: run.job, target: run.target, outcome, seconds, recovered: run.recovered }).catch((err) =>
+      this.opts.logger.warn({ err }, 'run statistics not recorded'),
+    );
   }
 
   private lockKey(scheduleId: string): string {
@@ -121,6 +130,7 @@ export class WorkerRuntime {
     } catch (err) {
       const message = err instanceof PayloadError ? err.message : describeError(coerceError(err));
       await history.finish(history.start(run), 'failed', { error: message });
+      this.stat(run, 'failed');
       throw new UnrecoverableError(message);
     }
 
@@ -129,6 +139,7 @@ export class WorkerRuntime {
       const reason = await this.scheduleGate(job, schedule, scheduledFor, registered.run.timeoutMs + 60_000);
       if (reason) {
         await history.skipped(run, reason);
+        this.stat(run, 'skipped');
         await job.log(`skipped: ${reason}`);
         logger.warn({ reason }, 'scheduled run skipped');
         return { skipped: reason };
@@ -139,6 +150,7 @@ export class WorkerRuntime {
     // finish become one row (committed before the job counts as done only with
     // history.synchronous).
     const historyId = history.start(run);
+    const startedAt = Date.now();
     const controller = new AbortController();
     const appName = `pgmaint/${job.name}/${job.id}`.slice(0, 63);
     // A killed client does not stop its backend (pg_sleep, a waiting lock): end them too.
@@ -184,6 +196,7 @@ export class WorkerRuntime {
     try {
       const result = await Promise.race([registered.def.handler(ctx, payload), aborted]);
       await history.finish(historyId, 'succeeded', { result });
+      this.stat(run, 'succeeded', startedAt);
       logger.info('run succeeded');
       return result;
     } catch (thrown) {
@@ -193,6 +206,7 @@ export class WorkerRuntime {
       const final = kind !== 'retryable' || attempt >= registered.run.attempts;
       const outcome = kind === 'timeout' ? 'timed_out' : final ? 'failed' : 'retrying';
       await history.finish(historyId, outcome, { error: message }).catch((e) => logger.error({ err: e }, 'history update failed'));
+      this.stat(run, outcome, startedAt);
       await job.log(`${new Date().toISOString()} ${outcome}: ${message}`).catch(() => undefined);
       logger.error({ err, outcome, kind }, 'run failed');
       if (kind !== 'retryable') throw new UnrecoverableError(message);

@@ -1,12 +1,16 @@
 // The HTTP server: Bull Board at /admin/queues, the JSON API under /api, probes.
 // Everything but /healthz and the login page needs a token or a session cookie.
 import express, { type NextFunction, type Request, type Response } from 'express';
+import { rateLimit } from 'express-rate-limit';
+import helmet from 'helmet';
 import { createBullBoard } from '@bull-board/api';
 import { BullMQAdapter } from '@bull-board/api/bullMQAdapter';
 import { ExpressAdapter } from '@bull-board/express';
+import type { AlertMonitor } from '../alerts.ts';
+import type { Metrics } from '../metrics.ts';
 import type { Runtime } from '../runtime.ts';
 import { redact } from '../redact.ts';
-import { Auth, type Role } from './auth.ts';
+import { Auth, safeEqual, type Role } from './auth.ts';
 import { enqueueJob, getJob, listBackups, listHistory, listSchedules, readiness, type Handler } from './handlers.ts';
 import { loginPage } from './login-page.ts';
 
@@ -29,16 +33,26 @@ function boardRouter(rt: Runtime, readOnly: boolean) {
   return adapter.getRouter() as express.Router;
 }
 
-export function createApp(rt: Runtime, auth: Auth): express.Express {
+export interface AppParts {
+  metrics?: Metrics;
+  monitor?: AlertMonitor;
+  /** Ad-hoc enqueues per client per minute. */
+  enqueueRateLimit?: number;
+}
+
+export function createApp(rt: Runtime, auth: Auth, parts: AppParts = {}): express.Express {
   const app = express();
   app.disable('x-powered-by');
   app.set('trust proxy', 'loopback');
-  app.use((_req, res, next) => {
-    res.setHeader('X-Content-Type-Options', 'nosniff');
-    res.setHeader('X-Frame-Options', 'DENY');
-    res.setHeader('Referrer-Policy', 'no-referrer');
-    next();
-  });
+  // Bull Board's page runs inline scripts and styles of its own; everything else is locked down.
+  app.use(
+    helmet({
+      contentSecurityPolicy: { directives: { 'script-src': ["'self'", "'unsafe-inline'"], 'style-src': ["'self'", "'unsafe-inline'", 'https:'], 'img-src': ["'self'", 'data:'] } },
+      frameguard: { action: 'deny' },
+      referrerPolicy: { policy: 'no-referrer' },
+      hsts: false, // TLS ends at the operator's proxy, which sets it
+    }),
+  );
 
   app.get('/healthz', (_req, res) => {
     res.json({ ok: true });
@@ -60,6 +74,20 @@ export function createApp(rt: Runtime, auth: Auth): express.Express {
     res.setHeader('Set-Cookie', 'pgmaint_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0');
     res.redirect(303, '/login');
   });
+
+  // Prometheus may scrape with a token that opens nothing else.
+  if (parts.metrics) {
+    const metrics = parts.metrics;
+    app.get('/metrics', (req, res, next) => {
+      const bearer = /^Bearer\s+(.+)$/i.exec(req.headers.authorization ?? '')?.[1]?.trim();
+      const scrape = Boolean(bearer && rt.config.metricsToken && safeEqual(bearer, rt.config.metricsToken));
+      if (!scrape && !auth.authenticate({ authorization: req.headers.authorization, cookie: req.headers.cookie })) {
+        res.status(401).setHeader('WWW-Authenticate', 'Bearer').json({ error: 'authentication required: Authorization: Bearer <METRICS_TOKEN, viewer or admin token>' });
+        return;
+      }
+      metrics.render().then(({ contentType, body }) => res.type(contentType).send(body), next);
+    });
+  }
 
   // Authentication for everything below.
   app.use((req, res, next) => {
@@ -105,11 +133,23 @@ export function createApp(rt: Runtime, auth: Auth): express.Express {
 
   app.use('/api', express.json({ limit: '64kb' }));
   app.get('/readyz', route(readiness));
-  app.post('/api/jobs/:name', route(enqueueJob));
+  // A runaway script must not flood the queues: ad-hoc enqueues are rate-limited per client.
+  const enqueueLimit = rateLimit({
+    windowMs: 60_000,
+    limit: parts.enqueueRateLimit ?? 120,
+    standardHeaders: 'draft-8',
+    legacyHeaders: false,
+    message: { error: 'too many enqueue requests: try again in a minute' },
+  });
+  app.post('/api/jobs/:name', enqueueLimit, route(enqueueJob));
   app.get('/api/jobs/:queue/:id', route(getJob));
   app.get('/api/schedules', route(listSchedules));
   app.get('/api/history', route(listHistory));
   app.get('/api/backups', route(listBackups));
+  if (parts.monitor) {
+    const monitor = parts.monitor;
+    app.get('/api/alerts', route(async () => ({ status: 200, body: { open: await monitor.open() } })));
+  }
 
   app.use((_req: Request, res: Response) => {
     res.status(404).json({ error: 'not found' });

@@ -1,12 +1,15 @@
 // The server role: HTTP API and Bull Board, schedule sync, the schedule watchdog
 // and run-history retention.
 import type { Server } from 'node:http';
+import { AlertMonitor, webhookNotifier } from '../alerts.ts';
 import { ConfigError } from '../config.ts';
+import { HealthReader } from '../health.ts';
+import { Metrics } from '../metrics.ts';
 import type { Runtime } from '../runtime.ts';
 import { createApp } from './app.ts';
 import { Auth } from './auth.ts';
 
-export async function startServer(rt: Runtime, opts: { port?: number; host?: string } = {}): Promise<{ server: Server; port: number }> {
+export async function startServer(rt: Runtime, opts: { port?: number; host?: string; enqueueRateLimit?: number; healthCacheMs?: number } = {}): Promise<{ server: Server; port: number; monitor: AlertMonitor }> {
   const { config, logger } = rt;
   if (!config.adminToken && !config.insecureNoAuth) {
     throw new ConfigError('ADMIN_TOKEN: required for the server (at least 16 characters); a local demo may set PGMAINT_INSECURE_NO_AUTH=1 instead');
@@ -27,7 +30,9 @@ export async function startServer(rt: Runtime, opts: { port?: number; host?: str
   prune.unref();
   rt.onClose(() => clearInterval(prune));
 
-  const app = createApp(rt, new Auth(config.adminToken, config.viewerToken, config.insecureNoAuth));
+  const health = new HealthReader(rt, opts.healthCacheMs);
+  const monitor = startMonitor(rt, health);
+  const app = createApp(rt, new Auth(config.adminToken, config.viewerToken, config.insecureNoAuth), { metrics: new Metrics(health), monitor, enqueueRateLimit: opts.enqueueRateLimit ?? config.enqueueRateLimit });
   const server = await new Promise<Server>((resolve, reject) => {
     const s = app.listen(opts.port ?? config.port, opts.host ?? '0.0.0.0', (err?: Error) => (err ? reject(err) : resolve(s)));
   });
@@ -40,5 +45,15 @@ export async function startServer(rt: Runtime, opts: { port?: number; host?: str
       }),
   );
   logger.info({ port, board: `/admin/queues` }, 'server listening');
-  return { server, port };
+  return { server, port, monitor };
+}
+
+/** The alert monitor with its webhook; stopped on close. */
+export function startMonitor(rt: Runtime, health = new HealthReader(rt)): AlertMonitor {
+  const { config, logger } = rt;
+  if (!config.alerts.webhookUrl) logger.warn('ALERT_WEBHOOK_URL is not set: alerts go to the log and GET /api/alerts only');
+  const monitor = new AlertMonitor(rt, health, config.alerts.webhookUrl ? webhookNotifier(config.alerts.webhookUrl) : undefined);
+  monitor.start();
+  rt.onClose(() => monitor.stop());
+  return monitor;
 }

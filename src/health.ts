@@ -1,0 +1,219 @@
+// One reading of everything an operator alerts on, from shared state only (run
+// history in PostgreSQL, counters and queues in Redis, the backup catalog, the
+// target's own catalog), so any process can take it: /metrics renders it, the
+// alert monitor judges it. Readings are cached briefly; a scrape storm costs one.
+import { DateTime } from 'luxon';
+import { listBaseBackups, listDumps, readArchive, recoveryWindow } from './backup-catalog.ts';
+import { nextRun } from './cron.ts';
+import type { JobStatus } from './history.ts';
+import { quoteQualified, readParent, type PartitionPolicy } from './partitions.ts';
+import type { Runtime } from './runtime.ts';
+import { readRunStats, type DurationStats, type RunCount } from './run-stats.ts';
+
+export const QUEUE_STATES = ['waiting', 'active', 'delayed', 'prioritized', 'waiting-children', 'failed', 'completed'] as const;
+
+export interface ScheduleHealth {
+  id: string;
+  job: string;
+  target: string;
+  /** Next run as BullMQ holds it (ms), or null when the scheduler is missing from Redis. */
+  nextRun: number | null;
+  lastSuccess: number | null;
+  startLagSeconds: number | null;
+  /** When a success is due at the latest: the run after the last success, plus its maximum run time. */
+  dueBy: number | null;
+}
+
+export interface QueueHealth {
+  queue: string;
+  counts: Record<(typeof QUEUE_STATES)[number], number>;
+  workers: number;
+  /** Has a schedule or waiting work: a queue nobody serves then matters. */
+  needsWorker: boolean;
+  /** Active jobs with when they started, for the overrun check. */
+  active: { id: string; startedAt: number; maxRunMs: number }[];
+}
+
+export interface BackupHealth {
+  target: string;
+  /** Whether backups of this kind are expected here (a schedule, or one exists). */
+  dumpsExpected: boolean;
+  baseExpected: boolean;
+  newestDumpAgeSeconds: number | null;
+  newestBaseBackupAgeSeconds: number | null;
+  recoveryWindowSeconds: number | null;
+  archive: { lagSeconds: number | null; lagSegments: number | null; checkedAt: number; ok: boolean } | null;
+  drill: { rtoSeconds: number | null; rpoSeconds: number | null; finishedAt: number; ok: boolean } | null;
+}
+
+export interface PartitionHealth {
+  target: string;
+  table: string;
+  /** Seconds from now to the end of the contiguous partitions that cover now (0: now is not covered). */
+  runwaySeconds: number | null;
+  /** Rows in the DEFAULT partition, counted up to DEFAULT_ROWS_CAP. */
+  defaultRows: number | null;
+  error?: string;
+}
+
+export interface HealthSnapshot {
+  at: number;
+  runs: RunCount[];
+  durations: DurationStats[];
+  jobs: JobStatus[];
+  schedules: ScheduleHealth[];
+  queues: QueueHealth[];
+  backups: BackupHealth[];
+  partitions: PartitionHealth[];
+  /** Parts that could not be read, by name: a reading is partial rather than absent. */
+  errors: Record<string, string>;
+}
+
+export const DEFAULT_ROWS_CAP = 100_000;
+
+const ms = (d: Date | string | null | undefined) => (d ? new Date(d).getTime() : null);
+
+async function partitionHealth(rt: Runtime, policy: PartitionPolicy, now: number): Promise<PartitionHealth> {
+  const out: PartitionHealth = { target: policy.target, table: policy.table, runwaySeconds: null, defaultRows: null };
+  const client = await rt.connections.pool(policy.target, 'monitor').connect();
+  try {
+    await client.query(`set statement_timeout = '10s'; set timezone = 'UTC'`);
+    const parent = await readParent(client, policy);
+    const ranges = parent.partitions.filter((p) => !p.isDefault && !p.detachPending && p.from && p.to);
+    const at = DateTime.fromMillis(now);
+    let cover = ranges.find((p) => p.from! <= at && at < p.to!);
+    let end = cover?.to ?? null;
+    while (cover) {
+      cover = ranges.find((p) => end && p.from!.equals(end));
+      if (cover) end = cover.to;
+    }
+    out.runwaySeconds = end ? Math.max(0, Math.round((end.toMillis() - now) / 1000)) : 0;
+    const def = parent.partitions.find((p) => p.isDefault);
+    if (def) {
+      const { rows } = await client.query<{ n: number }>(`select count(*)::int as n from (select 1 from ${quoteQualified(def.schema, def.name)} limit ${DEFAULT_ROWS_CAP}) s`);
+      out.defaultRows = rows[0]!.n;
+    } else out.defaultRows = 0;
+  } catch (err) {
+    out.error = (err as Error).message;
+  } finally {
+    client.release();
+  }
+  return out;
+}
+
+export class HealthReader {
+  private cached?: { at: number; snapshot: Promise<HealthSnapshot> };
+
+  constructor(
+    private readonly rt: Runtime,
+    private readonly maxAgeMs = 10_000,
+  ) {}
+
+  /** A snapshot no older than maxAgeMs (concurrent callers share one reading). */
+  read(now = Date.now()): Promise<HealthSnapshot> {
+    if (this.cached && now - this.cached.at < this.maxAgeMs) return this.cached.snapshot;
+    const snapshot = this.take(now);
+    this.cached = { at: now, snapshot };
+    snapshot.catch(() => (this.cached = undefined));
+    return snapshot;
+  }
+
+  async take(now = Date.now()): Promise<HealthSnapshot> {
+    const { rt } = this;
+    const errors: Record<string, string> = {};
+    const part = <T>(name: string, p: Promise<T>, fallback: T): Promise<T> =>
+      p.catch((err) => {
+        errors[name] = (err as Error).message;
+        return fallback;
+      });
+    const prefix = rt.config.redis.prefix;
+    const [stats, jobs, scheduleRows, queues, partitions] = await Promise.all([
+      part('redis', readRunStats(rt.queues.connection, prefix), { runs: [], durations: [] }),
+      part('history', rt.history.jobStatus(), []),
+      part('history', rt.history.scheduleStatus(), []),
+      part('queues', this.queues(), []),
+      Promise.all(rt.config.partitions.map((p) => partitionHealth(rt, p, now))),
+    ]);
+    const schedules = await part('schedules', this.schedules(scheduleRows, now), []);
+    const backups = await part('backups', Promise.all([...rt.config.targets.keys()].map((t) => this.backups(t, now))), []);
+    return { at: now, ...stats, jobs, schedules, queues, backups, partitions, errors };
+  }
+
+  private async queues(): Promise<QueueHealth[]> {
+    const scheduled = new Set(this.rt.schedules.map((s) => s.job));
+    return Promise.all(
+      this.rt.queues.all().map(async (q) => {
+        const registered = this.rt.registry.get(q.name)!;
+        const [counts, workers, active] = await Promise.all([q.getJobCounts(...QUEUE_STATES), q.getWorkersCount(), q.getActive(0, 99)]);
+        return {
+          queue: q.name,
+          counts: counts as QueueHealth['counts'],
+          workers,
+          needsWorker: scheduled.has(q.name) || (counts.waiting ?? 0) + (counts.prioritized ?? 0) > 0,
+          active: active.map((j) => ({ id: j.id!, startedAt: j.processedOn ?? j.timestamp, maxRunMs: registered.run.timeoutMs })),
+        };
+      }),
+    );
+  }
+
+  private async schedules(rows: { schedule: string; lastSuccess: Date | null; startLagSeconds: number | null }[], now: number): Promise<ScheduleHealth[]> {
+    const byId = new Map(rows.map((r) => [r.schedule, r]));
+    const redis = this.rt.queues.connection;
+    const seenKey = `${this.rt.config.redis.prefix}:monitor:schedule-first-seen`;
+    return Promise.all(
+      this.rt.schedules.map(async (s) => {
+        const scheduler = await this.rt.queues.get(s.job).getJobScheduler(s.id);
+        const row = byId.get(s.id);
+        const lastSuccess = ms(row?.lastSuccess);
+        // Never succeeded: count from when a monitor first saw the schedule, not from 1970.
+        await redis.hsetnx(seenKey, s.id, String(now));
+        const since = lastSuccess ?? Number(await redis.hget(seenKey, s.id));
+        const dueBy = nextRun(s.cron, s.tz, since) + this.rt.registry.get(s.job)!.run.timeoutMs;
+        return {
+          id: s.id,
+          job: s.job,
+          target: s.payload.target,
+          nextRun: scheduler?.next ?? null,
+          lastSuccess,
+          startLagSeconds: row?.startLagSeconds ?? null,
+          dueBy,
+        };
+      }),
+    );
+  }
+
+  private async backups(target: string, now: number): Promise<BackupHealth> {
+    const { rt } = this;
+    const t = rt.config.targets.get(target)!;
+    const [dumps, bases, archiveRun, drillRun] = await Promise.all([
+      listDumps(rt.config.backupDir, target),
+      listBaseBackups(rt.config.backupDir, target),
+      rt.history.lastFinished('archive-check', target),
+      rt.history.lastFinished('pitr-drill', target),
+    ]);
+    const scheduledHere = (job: string) => rt.schedules.some((s) => s.job === job && s.payload.target === target);
+    const age = (iso: string | undefined) => (iso ? Math.round((now - Date.parse(iso)) / 1000) : null);
+    let windowSeconds: number | null = null;
+    if (t.walArchiveDir && bases.length) {
+      const archive = await readArchive(t.walArchiveDir, bases[0]!.manifest.walSegmentSize);
+      if (archive) windowSeconds = recoveryWindow(bases, archive).seconds;
+    }
+    const archiveResult = archiveRun?.result as { lagSeconds?: number | null; lagSegments?: number | null; recoveryWindow?: { seconds: number } } | null;
+    if (windowSeconds === null && archiveResult?.recoveryWindow) windowSeconds = archiveResult.recoveryWindow.seconds;
+    const drillResult = drillRun?.result as { rtoSeconds?: number; rpoSeconds?: number } | null;
+    return {
+      target,
+      dumpsExpected: dumps.length > 0 || scheduledHere('backup'),
+      baseExpected: bases.length > 0 || scheduledHere('base-backup'),
+      newestDumpAgeSeconds: age(dumps[0]?.manifest.finishedAt),
+      newestBaseBackupAgeSeconds: age(bases[0]?.manifest.stoppedAt),
+      recoveryWindowSeconds: windowSeconds,
+      archive: archiveRun
+        ? { lagSeconds: archiveResult?.lagSeconds ?? null, lagSegments: archiveResult?.lagSegments ?? null, checkedAt: ms(archiveRun.finished_at)!, ok: archiveRun.outcome === 'succeeded' }
+        : null,
+      drill: drillRun
+        ? { rtoSeconds: drillResult?.rtoSeconds ?? null, rpoSeconds: drillResult?.rpoSeconds ?? null, finishedAt: ms(drillRun.finished_at)!, ok: drillRun.outcome === 'succeeded' }
+        : null,
+    };
+  }
+}

@@ -1,0 +1,122 @@
+// GET /metrics: the health snapshot in Prometheus text format (prom-client). All
+// series describe the fleet, not this process, so any one server can be scraped.
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import type { HealthReader, HealthSnapshot } from './health.ts';
+
+const seconds = (msValue: number | null | undefined) => (msValue == null ? undefined : msValue / 1000);
+
+export class Metrics {
+  readonly registry = new Registry();
+  private readonly g: Record<string, Gauge<string>>;
+  private readonly runs: Counter<string>;
+  private snapshot?: HealthSnapshot;
+
+  constructor(private readonly health: HealthReader) {
+    const r = this.registry;
+    collectDefaultMetrics({ register: r, prefix: 'pgmaint_process_' });
+    const gauge = (name: string, help: string, labelNames: string[]) => new Gauge({ name, help, labelNames, registers: [r] });
+    this.runs = new Counter({ name: 'pgmaint_job_runs_total', help: 'Finished attempts by outcome (succeeded, failed, retrying, timed_out, skipped), and runs recovered from a lost worker (outcome="recovered")', labelNames: ['job', 'target', 'outcome'], registers: [r] });
+    // The duration histogram's buckets come from Redis already counted; prom-client's
+    // Histogram only counts observations of its own, so it is rendered as a custom metric.
+    r.registerMetric({
+      name: 'pgmaint_job_duration_seconds',
+      help: 'Run time of finished attempts',
+      type: 'histogram',
+      get: async () => ({
+        name: 'pgmaint_job_duration_seconds',
+        help: 'Run time of finished attempts',
+        type: 'histogram',
+        aggregator: 'sum',
+        values: (this.snapshot?.durations ?? []).flatMap((d) => [
+          ...d.buckets.map((b) => ({ metricName: 'pgmaint_job_duration_seconds_bucket', labels: { job: d.job, target: d.target, le: b.le }, value: b.count })),
+          { metricName: 'pgmaint_job_duration_seconds_bucket', labels: { job: d.job, target: d.target, le: '+Inf' }, value: d.count },
+          { metricName: 'pgmaint_job_duration_seconds_sum', labels: { job: d.job, target: d.target }, value: d.sum },
+          { metricName: 'pgmaint_job_duration_seconds_count', labels: { job: d.job, target: d.target }, value: d.count },
+        ]),
+      }),
+    } as never);
+    this.g = {
+      lastSuccess: gauge('pgmaint_job_last_success_timestamp_seconds', 'When the job last succeeded on the target', ['job', 'target']),
+      consecutiveFailures: gauge('pgmaint_job_consecutive_failures', 'Runs in a row that failed after their last attempt', ['job', 'target']),
+      scheduleNext: gauge('pgmaint_schedule_next_run_timestamp_seconds', 'Next run of the schedule as Redis holds it', ['schedule', 'job', 'target']),
+      scheduleMissing: gauge('pgmaint_schedule_missing', '1 when the schedule has no scheduler in Redis', ['schedule', 'job', 'target']),
+      scheduleLag: gauge('pgmaint_schedule_start_lag_seconds', 'Start of the latest run minus its scheduled time', ['schedule', 'job', 'target']),
+      scheduleLastSuccess: gauge('pgmaint_schedule_last_success_timestamp_seconds', 'Last success of a run started by the schedule', ['schedule', 'job', 'target']),
+      scheduleDue: gauge('pgmaint_schedule_success_due_timestamp_seconds', 'A success is overdue after this (dead-man switch, before grace)', ['schedule', 'job', 'target']),
+      queueJobs: gauge('pgmaint_queue_jobs', 'Jobs in the queue by state', ['queue', 'state']),
+      queueWorkers: gauge('pgmaint_queue_workers', 'Worker connections serving the queue', ['queue']),
+      queueOldestActive: gauge('pgmaint_queue_oldest_active_seconds', 'How long the longest-running active job has run', ['queue']),
+      dumpAge: gauge('pgmaint_backup_newest_age_seconds', 'Age of the newest verified backup', ['target', 'kind']),
+      window: gauge('pgmaint_recovery_window_seconds', 'Point-in-time recovery window (earliest restorable to newest archived WAL)', ['target']),
+      archiveLag: gauge('pgmaint_wal_archive_lag_seconds', 'WAL archive lag at the last archive-check', ['target']),
+      archiveLagSegments: gauge('pgmaint_wal_archive_lag_segments', 'WAL segments not yet archived at the last archive-check', ['target']),
+      archiveChecked: gauge('pgmaint_wal_archive_check_timestamp_seconds', 'When archive-check last finished', ['target']),
+      archiveOk: gauge('pgmaint_wal_archive_healthy', '1 when the last archive-check succeeded', ['target']),
+      drillRto: gauge('pgmaint_pitr_drill_rto_seconds', 'Restore + replay time of the last PITR drill', ['target']),
+      drillRpo: gauge('pgmaint_pitr_drill_rpo_seconds', 'Data-loss window measured by the last PITR drill', ['target']),
+      drillAt: gauge('pgmaint_pitr_drill_timestamp_seconds', 'When the last PITR drill finished', ['target']),
+      drillOk: gauge('pgmaint_pitr_drill_success', '1 when the last PITR drill succeeded', ['target']),
+      runway: gauge('pgmaint_partition_runway_seconds', 'Time until rows have no partition but DEFAULT', ['target', 'table']),
+      defaultRows: gauge('pgmaint_partition_default_rows', 'Rows in the DEFAULT partition (counted up to 100000)', ['target', 'table']),
+      scrapeErrors: gauge('pgmaint_health_read_errors', '1 for a part of the health reading that failed', ['part']),
+    };
+  }
+
+  private fill(s: HealthSnapshot): void {
+    this.snapshot = s;
+    for (const m of [...Object.values(this.g), this.runs]) m.reset();
+    for (const r of s.runs) this.runs.inc({ job: r.job, target: r.target, outcome: r.outcome }, r.count);
+    const set = (g: Gauge<string>, labels: Record<string, string>, v: number | null | undefined) => {
+      if (v !== null && v !== undefined) g.set(labels, v);
+    };
+    for (const j of s.jobs) {
+      const l = { job: j.job, target: j.target };
+      set(this.g.lastSuccess!, l, seconds(j.lastSuccess?.getTime()));
+      set(this.g.consecutiveFailures!, l, j.consecutiveFailures);
+    }
+    for (const sc of s.schedules) {
+      const l = { schedule: sc.id, job: sc.job, target: sc.target };
+      set(this.g.scheduleNext!, l, seconds(sc.nextRun));
+      set(this.g.scheduleMissing!, l, sc.nextRun === null ? 1 : 0);
+      set(this.g.scheduleLag!, l, sc.startLagSeconds);
+      set(this.g.scheduleLastSuccess!, l, seconds(sc.lastSuccess));
+      set(this.g.scheduleDue!, l, seconds(sc.dueBy));
+    }
+    for (const q of s.queues) {
+      for (const [state, n] of Object.entries(q.counts)) set(this.g.queueJobs!, { queue: q.queue, state }, n);
+      set(this.g.queueWorkers!, { queue: q.queue }, q.workers);
+      const oldest = Math.min(...q.active.map((a) => a.startedAt));
+      set(this.g.queueOldestActive!, { queue: q.queue }, q.active.length ? (s.at - oldest) / 1000 : 0);
+    }
+    for (const b of s.backups) {
+      const t = { target: b.target };
+      set(this.g.dumpAge!, { ...t, kind: 'dump' }, b.newestDumpAgeSeconds);
+      set(this.g.dumpAge!, { ...t, kind: 'base' }, b.newestBaseBackupAgeSeconds);
+      set(this.g.window!, t, b.recoveryWindowSeconds);
+      if (b.archive) {
+        set(this.g.archiveLag!, t, b.archive.lagSeconds);
+        set(this.g.archiveLagSegments!, t, b.archive.lagSegments);
+        set(this.g.archiveChecked!, t, seconds(b.archive.checkedAt));
+        set(this.g.archiveOk!, t, b.archive.ok ? 1 : 0);
+      }
+      if (b.drill) {
+        set(this.g.drillRto!, t, b.drill.rtoSeconds);
+        set(this.g.drillRpo!, t, b.drill.rpoSeconds);
+        set(this.g.drillAt!, t, seconds(b.drill.finishedAt));
+        set(this.g.drillOk!, t, b.drill.ok ? 1 : 0);
+      }
+    }
+    for (const p of s.partitions) {
+      const l = { target: p.target, table: p.table };
+      set(this.g.runway!, l, p.runwaySeconds);
+      set(this.g.defaultRows!, l, p.defaultRows);
+      if (p.error) set(this.g.scrapeErrors!, { part: `partitions:${p.target}:${p.table}` }, 1);
+    }
+    for (const part of Object.keys(s.errors)) set(this.g.scrapeErrors!, { part }, 1);
+  }
+
+  async render(): Promise<{ contentType: string; body: string }> {
+    this.fill(await this.health.read());
+    return { contentType: this.registry.contentType, body: await this.registry.metrics() };
+  }
+}

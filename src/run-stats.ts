@@ -1,0 +1,65 @@
+// Run counters and duration histograms shared by every worker process: each
+// finished attempt increments a few fields of two Redis hashes, so the server's
+// /metrics shows the whole fleet's runs (not one process's) and the counts survive
+// restarts of any process. Keys sit under the queue prefix (one Cluster slot).
+import type { RedisClient } from './connections.ts';
+
+/** Upper bounds in seconds: a 50 ms cache warm-up to a 12 h base backup. */
+export const DURATION_BUCKETS = [0.1, 0.5, 1, 5, 15, 60, 300, 900, 1800, 3600, 7200, 21600, 43200];
+
+const SEP = '\u001f'; // a field is job␟target␟outcome; none of them can hold this
+
+export const runsKey = (prefix: string) => `${prefix}:stats:runs`;
+export const durationsKey = (prefix: string) => `${prefix}:stats:durations`;
+
+export async function recordRun(redis: RedisClient, prefix: string, run: { job: string; target: string; outcome: string; seconds?: number; recovered?: boolean }): Promise<void> {
+  const multi = redis.multi();
+  multi.hincrby(runsKey(prefix), [run.job, run.target, run.outcome].join(SEP), 1);
+  if (run.recovered) multi.hincrby(runsKey(prefix), [run.job, run.target, 'recovered'].join(SEP), 1);
+  if (run.seconds !== undefined) {
+    const base = [run.job, run.target].join(SEP);
+    // Buckets are stored non-cumulative (one increment per run); rendering sums them.
+    const le = DURATION_BUCKETS.find((b) => run.seconds! <= b);
+    multi.hincrby(durationsKey(prefix), `${base}${SEP}${le ?? '+Inf'}`, 1);
+    multi.hincrbyfloat(durationsKey(prefix), `${base}${SEP}sum`, run.seconds);
+    multi.hincrby(durationsKey(prefix), `${base}${SEP}count`, 1);
+  }
+  await multi.exec();
+}
+
+export interface RunCount {
+  job: string;
+  target: string;
+  outcome: string;
+  count: number;
+}
+
+export interface DurationStats {
+  job: string;
+  target: string;
+  /** Cumulative counts per upper bound, as Prometheus wants them. */
+  buckets: { le: number; count: number }[];
+  sum: number;
+  count: number;
+}
+
+export async function readRunStats(redis: RedisClient, prefix: string): Promise<{ runs: RunCount[]; durations: DurationStats[] }> {
+  const [runsHash, durHash] = await Promise.all([redis.hgetall(runsKey(prefix)), redis.hgetall(durationsKey(prefix))]);
+  const runs = Object.entries(runsHash).map(([field, n]) => {
+    const [job, target, outcome] = field.split(SEP) as [string, string, string];
+    return { job, target, outcome, count: Number(n) };
+  });
+  const byRun = new Map<string, { job: string; target: string; raw: Map<string, number> }>();
+  for (const [field, n] of Object.entries(durHash)) {
+    const [job, target, part] = field.split(SEP) as [string, string, string];
+    const k = `${job}${SEP}${target}`;
+    if (!byRun.has(k)) byRun.set(k, { job, target, raw: new Map() });
+    byRun.get(k)!.raw.set(part, Number(n));
+  }
+  const durations = [...byRun.values()].map(({ job, target, raw }) => {
+    let acc = 0;
+    const buckets = DURATION_BUCKETS.map((le) => ({ le, count: (acc += raw.get(String(le)) ?? 0) }));
+    return { job, target, buckets, sum: raw.get('sum') ?? 0, count: raw.get('count') ?? 0 };
+  });
+  return { runs, durations };
+}
