@@ -24,6 +24,9 @@ export const payload = z
     timeZone: z.string().refine((v) => IANAZone.isValidZone(v), 'must be an IANA time zone').optional(),
     /** Days per statement (and per transaction) in a backfill. */
     chunkDays: z.number().int().min(1).max(366).default(31),
+    /** Chunks aggregated at once on separate connections (days never overlap, so they never conflict).
+     * INSERT … SELECT runs without parallel workers; this is how a backfill uses more than one core. */
+    parallel: z.number().int().min(1).max(8).default(2),
     /** The instant "yesterday" is computed from (tests, re-runs); default the clock. */
     now: z.iso.datetime({ offset: true }).optional(),
   })
@@ -89,21 +92,38 @@ export default defineJob({
     let upserted = 0;
     let deleted = 0;
     let groups = 0;
-    for (let chunk = first; chunk <= last; chunk = chunk.plus({ days: p.chunkDays })) {
-      const end = DateTime.min(chunk.plus({ days: p.chunkDays - 1 }), last);
-      const { rows } = await ctx.pool.query<{ upserted: number; deleted: number; groups: number }>(ROLLUP_SQL, [
-        chunk.toISODate(),
-        end.toISODate(),
-        zone,
-        chunk.toISO(),
-        end.plus({ days: 1 }).toISO(),
-      ]);
-      upserted += rows[0]!.upserted;
-      deleted += rows[0]!.deleted;
-      groups += rows[0]!.groups;
-      const done = Math.round(end.diff(first, 'days').days) + 1;
-      await ctx.progress((100 * done) / days, `${chunk.toISODate()} … ${end.toISODate()}: ${rows[0]!.upserted} rows upserted, ${rows[0]!.deleted} deleted`);
-    }
+    const chunks: [DateTime, DateTime][] = [];
+    for (let chunk = first; chunk <= last; chunk = chunk.plus({ days: p.chunkDays })) chunks.push([chunk, DateTime.min(chunk.plus({ days: p.chunkDays - 1 }), last)]);
+    let doneDays = 0;
+    const lane = async () => {
+      for (let next = chunks.shift(); next; next = chunks.shift()) {
+        const [chunk, end] = next;
+        const { rows } = await ctx.pool.query<{ upserted: number; deleted: number; groups: number }>(ROLLUP_SQL, [
+          chunk.toISODate(),
+          end.toISODate(),
+          zone,
+          chunk.toISO(),
+          end.plus({ days: 1 }).toISO(),
+        ]);
+        upserted += rows[0]!.upserted;
+        deleted += rows[0]!.deleted;
+        groups += rows[0]!.groups;
+        doneDays += Math.round(end.diff(chunk, 'days').days) + 1;
+        await ctx.progress((100 * doneDays) / days, `${chunk.toISODate()} … ${end.toISODate()}: ${rows[0]!.upserted} rows upserted, ${rows[0]!.deleted} deleted`);
+      }
+    };
+    // Every chunk commits on its own: a failed run leaves whole days done, and the retry redoes them as no-ops.
+    // On a failure the other lanes finish their current chunk and take no more; then the run fails.
+    const settled = await Promise.allSettled(
+      Array.from({ length: Math.min(p.parallel, chunks.length) }, () =>
+        lane().catch((err) => {
+          chunks.length = 0;
+          throw err;
+        }),
+      ),
+    );
+    const failure = settled.find((r) => r.status === 'rejected');
+    if (failure) throw failure.reason;
     return { from: first.toISODate(), to: last.toISODate(), timeZone: zone, days, groups, upserted, deleted, durationMs: Date.now() - started };
   },
 });
