@@ -157,6 +157,10 @@ async function dump(ctx: JobContext, p: Payload, dir: string, started: Date) {
     await fs.rm(tmp, { recursive: true, force: true });
     const manifestExists = await fs.stat(`${final}.manifest.json`).then(() => true, () => false);
     if (!manifestExists) await fs.rm(final, { recursive: true, force: true });
+    if (/No space left on device|ENOSPC/.test(String((err as Error)?.message))) {
+      // Retried with backoff: a prune-backups run or an operator may free space meanwhile.
+      throw new Error(`BACKUP_DIR: ${dir} is full (no space left on device); the partial dump was removed. Free space or run prune-backups`, { cause: err });
+    }
     throw err;
   } finally {
     if (!broken) await snap.query(`select set_config('application_name', 'pgmaint', false)`).catch((err: Error) => (broken = err));

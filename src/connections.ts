@@ -62,6 +62,10 @@ export class Connections {
       pool = new pg.Pool({ connectionString: t.url, max: t.poolSize, application_name: purpose === 'jobs' ? 'pgmaint' : `pgmaint/${purpose}`, connectionTimeoutMillis: 10_000 });
       // An idle client that loses its server must not crash the process.
       pool.on('error', () => undefined);
+      // Nor may a checked-out client that sits idle (an advisory lock held while pg_dump
+      // runs) when its server goes away: its next query reports the error, and the pool
+      // discards it on release.
+      pool.on('connect', (client) => client.on('error', () => undefined));
       this.pools.set(key, pool);
     }
     return pool;
