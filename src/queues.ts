@@ -39,6 +39,9 @@ export class Queues {
         connection: this.connection,
         prefix: this.config.redis.prefix,
         settings: { repeatStrategy },
+        // The events stream only feeds live listeners (`enqueue --wait`); BullMQ's default
+        // of 10,000 entries per queue would be most of an idle runner's Redis memory.
+        streams: { events: { maxLen: 1000 } },
       });
       q.on('error', () => undefined); // connection errors surface through readiness
       this.queues.set(name, q);
