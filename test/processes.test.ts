@@ -87,4 +87,19 @@ describe('worker processes', () => {
     for (const p of procs) p.child.kill('SIGTERM');
     expect(await Promise.all(procs.map((p) => p.exited))).toEqual([0, 0, 0]);
   });
+
+  it('a configuration error stops a process at start, naming the variable, before any job runs', async () => {
+    const { job } = await rt.queues.enqueue('noop', {});
+    for (const [variable, value, message] of [
+      ['ALERT_WEBHOOK_URL', 'ftp://hooks.example', /ALERT_WEBHOOK_URL: must be an http:\/\/ or https:\/\/ URL/],
+      ['METRICS_TOKEN', 'short', /METRICS_TOKEN: must be at least 16 characters/],
+      ['DATABASE_URL', 'mysql://db/x', /DATABASE_URL: must be a postgres:\/\/ or postgresql:\/\/ URL/],
+    ] as const) {
+      const p = h.spawnPgmaint(['worker', '--queues', 'noop'], { [variable]: value });
+      expect(await p.exited).toBe(2);
+      expect(p.output()).toMatch(message);
+    }
+    expect(await rt.queues.get('noop').getJobState(job.id!)).toBe('waiting');
+    await rt.queues.get('noop').remove(job.id!);
+  });
 });
