@@ -1,6 +1,9 @@
 // /metrics and the alert monitor against real PostgreSQL and Redis, with alerts
 // posted to a local HTTP receiver.
+import fs from 'node:fs';
 import http from 'node:http';
+import path from 'node:path';
+import YAML from 'yaml';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { jobs } from '../jobs/index.ts';
 import { AlertMonitor, judge, webhookNotifier, type WebhookBody } from '../src/alerts.ts';
@@ -112,6 +115,24 @@ describe('GET /metrics', () => {
     expect(runway).toBeGreaterThan(86_000);
     expect(runway).toBeLessThanOrEqual(86_400);
     expect(sample(text, 'pgmaint_partition_default_rows', { target: 'main', table: 'iot.reading' })).toBe(2);
+  });
+});
+
+describe('the Grafana dashboard and the compose monitoring profile', () => {
+  it('every metric a dashboard panel queries is one /metrics serves; Prometheus reads the token compose hands it', async () => {
+    const root = path.resolve(import.meta.dirname, '..');
+    const dashboard = JSON.parse(fs.readFileSync(path.join(root, 'docker/grafana/dashboards/pgmaint.json'), 'utf8'));
+    const exprs: string[] = dashboard.panels.flatMap((p: { targets?: { expr: string }[] }) => (p.targets ?? []).map((t) => t.expr));
+    const queried = new Set(exprs.flatMap((e) => e.match(/pgmaint_[a-z_]+/g) ?? []).map((n) => n.replace(/_(bucket|sum|count)$/, '')));
+    const text = await (await fetch(`${base}/metrics`, { headers: { authorization: `Bearer ${METRICS_TOKEN}` } })).text();
+    const served = new Set([...text.matchAll(/^# TYPE (\S+)/gm)].map((m) => m[1]));
+    expect(queried.size).toBeGreaterThan(15);
+    expect([...queried].filter((n) => !served.has(n))).toEqual([]);
+    const compose = YAML.parse(fs.readFileSync(path.join(root, 'docker-compose.yml'), 'utf8'));
+    const prometheus = YAML.parse(fs.readFileSync(path.join(root, 'docker/prometheus.yml'), 'utf8'));
+    expect(compose.services.prometheus.secrets).toEqual(['metrics_token']);
+    expect(prometheus.scrape_configs[0].authorization.credentials_file).toBe('/run/secrets/metrics_token');
+    expect(compose.services.server.environment.METRICS_TOKEN).toBeDefined();
   });
 });
 
