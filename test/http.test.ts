@@ -89,4 +89,20 @@ describe('HTTP API', () => {
     const noAuth = h.runtime({ env: { ADMIN_TOKEN: '' } });
     await expect(startServer(noAuth, { port: 0 })).rejects.toThrow(/ADMIN_TOKEN: required/);
   });
+
+  it('sends security headers, refuses an oversized body (413) and rate-limits enqueues per client (429)', async () => {
+    const limited = createApp(rt, new Auth(ADMIN_TOKEN, VIEWER_TOKEN), { enqueueRateLimit: 3 });
+    const first = await request(limited).post('/api/jobs/noop').set(admin).send({ sleepMs: 0 }).expect(202);
+    expect(first.headers['x-frame-options']).toBe('DENY');
+    expect(first.headers['x-content-type-options']).toBe('nosniff');
+    expect(first.headers['content-security-policy']).toMatch(/default-src 'self'/);
+    expect(first.headers['x-powered-by']).toBeUndefined();
+    await request(limited).post('/api/jobs/noop').set(admin).send({ sleepMs: 0 }).expect(202);
+    await request(limited).post('/api/jobs/noop').set(admin).send({ sleepMs: 0 }).expect(202);
+    const refused = await request(limited).post('/api/jobs/noop').set(admin).send({ sleepMs: 0 }).expect(429);
+    expect(refused.body.error).toMatch(/too many enqueue requests/);
+    // Reads are not limited.
+    await request(limited).get('/api/schedules').set(admin).expect(200);
+    await request(app).post('/api/jobs/noop').set(admin).set('content-type', 'application/json').send(JSON.stringify({ pad: 'x'.repeat(70_000) })).expect(413);
+  });
 });
