@@ -12,7 +12,6 @@ import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
-import { QueueEvents } from 'bullmq';
 import pg from 'pg';
 import { loadConfig } from '../src/config.ts';
 import { createDatabase, startPostgres, startRedis } from '../src/devstack.ts';
@@ -21,6 +20,7 @@ import { createLogger } from '../src/logger.ts';
 import { binPath, runProcess } from '../src/proc.ts';
 import { startWorkers } from '../src/roles.ts';
 import { Runtime } from '../src/runtime.ts';
+import { jobRunner } from './run-job.ts';
 
 const { values } = parseArgs({ options: { rows: { type: 'string', default: '9000000' } } });
 const ROWS = Number(values.rows);
@@ -85,19 +85,7 @@ const config = loadConfig({ DATABASE_URL: server.url('dairy'), REDIS_URL: redis.
 const rt = Runtime.create({ config, logger: createLogger('warn'), schedules: [] });
 await rt.history.migrate();
 startWorkers(rt, ['backup', 'base-backup', 'pitr-drill']);
-const events = new Map<string, QueueEvents>();
-
-async function job(name: string, payload: object): Promise<{ ms: number; result: Record<string, any> }> {
-  if (!events.has(name)) {
-    const e = new QueueEvents(name, { connection: rt.connections.redis(`bench-${name}`), prefix: config.redis.prefix });
-    await e.waitUntilReady();
-    events.set(name, e);
-  }
-  const t0 = performance.now();
-  const { job: j } = await rt.queues.enqueue(name, payload);
-  const result = (await j.waitUntilFinished(events.get(name)!)) as Record<string, any>;
-  return { ms: performance.now() - t0, result };
-}
+const job = jobRunner(rt);
 async function timed(fn: () => Promise<unknown>): Promise<number> {
   const t0 = performance.now();
   await fn();
@@ -170,7 +158,7 @@ const worst = Math.max(...(['lz4', 'gzip'] as const).map((c) => ours[c]!.ms / th
 console.log(`targets: base backup within 1.2× of pgBackRest (whole job, verification included) — ${worst <= 1.2 ? 'met' : 'NOT met'} (worst ${worst.toFixed(2)}×); drill RTO under 60 s — ${drill.result.rtoSeconds < 60 ? 'met' : 'NOT met'} (${drill.result.rtoSeconds.toFixed(1)} s)`);
 
 await db.end();
-for (const e of events.values()) await e.close();
+await job.close();
 await rt.close();
 await redis.stop();
 await server.stop('immediate');

@@ -10,7 +10,6 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { QueueEvents } from 'bullmq';
 import { DateTime } from 'luxon';
 import pg from 'pg';
 import { ROLLUP_SQL } from '../jobs/daily-sales-rollup.ts';
@@ -20,6 +19,7 @@ import { createDatabase, startPostgres, startRedis } from '../src/devstack.ts';
 import { createLogger } from '../src/logger.ts';
 import { startWorkers } from '../src/roles.ts';
 import { Runtime } from '../src/runtime.ts';
+import { jobRunner } from './run-job.ts';
 
 const { values } = parseArgs({ options: { scale: { type: 'string', default: 'large' } } });
 const scale = values.scale as Scale;
@@ -56,18 +56,7 @@ const config = loadConfig({ DATABASE_URL: server.url('dairy'), REDIS_URL: redis.
 const rt = Runtime.create({ config, logger: createLogger('warn'), schedules: [] });
 await rt.history.migrate();
 startWorkers(rt, ['daily-sales-rollup', 'warm-cache']);
-const events = new Map<string, QueueEvents>();
-async function job(name: string, payload: object): Promise<{ ms: number; result: Record<string, any> }> {
-  if (!events.has(name)) {
-    const e = new QueueEvents(name, { connection: rt.connections.redis(`bench-${name}`), prefix: config.redis.prefix });
-    await e.waitUntilReady();
-    events.set(name, e);
-  }
-  const t0 = performance.now();
-  const { job: j } = await rt.queues.enqueue(name, payload);
-  const result = (await j.waitUntilFinished(events.get(name)!)) as Record<string, any>;
-  return { ms: performance.now() - t0, result };
-}
+const job = jobRunner(rt);
 
 // The floor: the rollup's own aggregation over the same rows, read and thrown away.
 const aggOnly = ROLLUP_SQL.slice(0, ROLLUP_SQL.indexOf('), upserted as')) + ') select count(*) from agg where $1::date <= $2::date';
@@ -151,7 +140,7 @@ console.log(
 );
 
 await db.end();
-for (const e of events.values()) await e.close();
+await job.close();
 await rt.close();
 await redis.stop();
 await server.stop('immediate');

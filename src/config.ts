@@ -15,27 +15,21 @@ export const TARGET_NAME = /^[a-z][a-z0-9_-]{0,62}$/;
 
 const required = { error: (iss: { input: unknown }) => (iss.input === undefined ? 'is required (not set)' : 'must be a string') };
 
+/** True when `v` parses as a URL with one of these schemes. */
+function hasProtocol(v: string, schemes: string[]): boolean {
+  try {
+    return schemes.includes(new URL(v).protocol.slice(0, -1));
+  } catch {
+    return false;
+  }
+}
+
 const postgresUrl = z
   .string(required)
   .min(1, 'is empty')
-  .refine((v) => {
-    try {
-      const u = new URL(v);
-      return u.protocol === 'postgres:' || u.protocol === 'postgresql:';
-    } catch {
-      return false;
-    }
-  }, 'must be a postgres:// or postgresql:// URL');
+  .refine((v) => hasProtocol(v, ['postgres', 'postgresql']), 'must be a postgres:// or postgresql:// URL');
 
-const redisUrl = z
-  .string()
-  .refine((v) => {
-    try {
-      return ['redis:', 'rediss:'].includes(new URL(v).protocol);
-    } catch {
-      return false;
-    }
-  }, 'must be a redis:// or rediss:// URL');
+const redisUrl = z.string().refine((v) => hasProtocol(v, ['redis', 'rediss']), 'must be a redis:// or rediss:// URL');
 
 const token = z.string().min(16, 'must be at least 16 characters');
 
@@ -55,13 +49,7 @@ const envSchema = z.object({
   /** Where alerts are POSTed (Slack incoming webhook or any JSON receiver). */
   ALERT_WEBHOOK_URL: z
     .string()
-    .refine((v) => {
-      try {
-        return ['http:', 'https:'].includes(new URL(v).protocol);
-      } catch {
-        return false;
-      }
-    }, 'must be an http:// or https:// URL')
+    .refine((v) => hasProtocol(v, ['http', 'https']), 'must be an http:// or https:// URL')
     .optional(),
   /** Ad-hoc enqueues through the API per client per minute. */
   ENQUEUE_RATE_LIMIT: z.coerce.number().int().min(1).default(300),
