@@ -24,6 +24,9 @@ export interface WorkerRuntimeOptions {
   only?: string[];
 }
 
+/** How long an aborted handler may take to clean up before the run is reported. */
+const ABORT_CLEANUP_MS = 15_000;
+
 // Releases a schedule's overlap lock only if this job still holds it.
 const RELEASE_LOCK = `if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end`;
 
@@ -193,13 +196,19 @@ export class WorkerRuntime {
       },
     };
 
+    const handling = registered.def.handler(ctx, payload);
+    handling.catch(() => undefined);
     try {
-      const result = await Promise.race([registered.def.handler(ctx, payload), aborted]);
+      const result = await Promise.race([handling, aborted]);
       await history.finish(historyId, 'succeeded', { result });
       this.stat(run, 'succeeded', startedAt);
       logger.info('run succeeded');
       return result;
     } catch (thrown) {
+      // Aborted (timeout, shutdown, cancel): give the handler a moment to kill its
+      // children and remove its temporary files, so the run is not reported failed
+      // while a partial file still lies there.
+      if (controller.signal.aborted) await Promise.race([handling.catch(() => undefined), new Promise((r) => setTimeout(r, ABORT_CLEANUP_MS).unref())]);
       const err = coerceError(thrown);
       const kind = classifyError(err);
       const message = describeError(err);
