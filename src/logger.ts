@@ -1,10 +1,11 @@
-import { pino, type Logger } from 'pino';
+import { pino, type DestinationStream, type Logger } from 'pino';
 import { redact } from './redact.ts';
 
 export type { Logger };
 
-export function createLogger(level: string, base: Record<string, unknown> = {}): Logger {
-  return pino({
+/** `destination` defaults to stdout (tests capture into a buffer). */
+export function createLogger(level: string, base: Record<string, unknown> = {}, destination?: DestinationStream): Logger {
+  const options: pino.LoggerOptions = {
     level,
     base: { pid: process.pid, ...base },
     // Structured fields that may hold secrets are removed outright; free text is scrubbed below.
@@ -24,5 +25,6 @@ export function createLogger(level: string, base: Record<string, unknown> = {}):
         return obj;
       },
     },
-  });
+  };
+  return destination ? pino(options, destination) : pino(options);
 }
