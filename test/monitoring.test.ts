@@ -12,7 +12,7 @@ import { startServer } from '../src/http/server.ts';
 import { startWorkers } from '../src/roles.ts';
 import type { Runtime } from '../src/runtime.ts';
 import type { WorkerRuntime } from '../src/worker.ts';
-import { ADMIN_TOKEN, createHarness, waitForFinished, type Harness } from './support/harness.ts';
+import { ADMIN_TOKEN, createHarness, waitForFinished, waitUntil, type Harness } from './support/harness.ts';
 import { sqlProbe } from './support/test-jobs.ts';
 
 const METRICS_TOKEN = 'metrics-token-for-tests-0123456';
@@ -183,6 +183,25 @@ describe('alerts', () => {
     expect((await monitor.evaluate())!.fired).toEqual([]);
     expect(byKey('job-failed:sql-probe:main', 'firing')).toHaveLength(1);
     await workers.close(5000);
+  });
+
+  it('a job active far past its maximum run time is an overrun incident until it finishes', async () => {
+    const saved = rt.config.alerts.disabled;
+    rt.config.alerts.disabled = ['job-failed', 'deadman', 'no-worker', 'backup-age', 'archive-lag', 'partition-runway', 'default-rows', 'health-read'];
+    onTestFinished(() => void (rt.config.alerts.disabled = saved));
+    received = [];
+    const monitor = new AlertMonitor(rt, new HealthReader(rt), webhookNotifier(webhookUrl));
+    const workers = startWorkers(rt, ['noop']);
+    onTestFinished(() => workers.close(5000));
+    const { job } = await rt.queues.enqueue('noop', { sleepMs: 2000 });
+    await waitUntil(async () => (await rt.queues.get('noop').getJobState(job.id!)) === 'active', 10_000, 'the job to start');
+    const maxRunMs = rt.registry.get('noop')!.run.timeoutMs;
+    expect((await monitor.evaluate(Date.now() + maxRunMs))!.fired).toEqual([]); // within its grace
+    const late = (await monitor.evaluate(Date.now() + maxRunMs + rt.config.alerts.overrunGraceMs + 60_000))!;
+    expect(late.fired).toEqual([`overrun:noop:${job.id}`]);
+    expect(byKey(`overrun:noop:${job.id}`, 'firing')[0]!.text).toMatch(/has been active for .* past its maximum run time of 60 min/);
+    await waitForFinished(rt.queues.get('noop'), job.id!);
+    expect((await monitor.evaluate())!.resolved).toEqual([`overrun:noop:${job.id}`]);
   });
 
   it('judges overruns, stale backups and archive lag against the thresholds', () => {
