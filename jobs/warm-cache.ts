@@ -112,6 +112,9 @@ export default defineJob({
     const started = Date.now();
     try {
       await redis.connect();
+      // Loaded up front: otherwise every batch sent before the first reply goes out as
+      // EVALSHA, fails NOSCRIPT, and is sent again whole as EVAL.
+      await redis.script('LOAD', SET_MANY_EX);
       const written: Written[] = [];
       const failed: { key: string; error: string }[] = [];
       for (const [i, q] of queries.entries()) {
