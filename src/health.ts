@@ -166,8 +166,11 @@ export class HealthReader {
         const row = byId.get(s.id);
         const lastSuccess = ms(row?.lastSuccess);
         // Never succeeded: count from when a monitor first saw the schedule, not from 1970.
-        await redis.hsetnx(seenKey, s.id, String(now));
-        const since = lastSuccess ?? Number(await redis.hget(seenKey, s.id));
+        let since = lastSuccess;
+        if (since === null) {
+          await redis.hsetnx(seenKey, s.id, String(now));
+          since = Number(await redis.hget(seenKey, s.id));
+        }
         const dueBy = nextRun(s.cron, s.tz, since) + this.rt.registry.get(s.job)!.run.timeoutMs;
         return {
           id: s.id,

@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { baseDir, dumpDir, listBaseBackups, listDumps } from '../src/backup-catalog.ts';
 import type { Runtime } from '../src/runtime.ts';
-import { createHarness, waitForFinished, waitUntil, type Harness } from './support/harness.ts';
+import { createHarness, waitForFinished, waitUntil, waitUntilBlocked, type Harness } from './support/harness.ts';
 
 let h: Harness;
 let rt: Runtime;
@@ -56,11 +56,7 @@ describe('backup under SIGKILL', () => {
     const first = h.spawnPgmaint(['worker', '--queues', 'backup']);
     await first.waitFor(/worker started/);
     const { job } = await rt.queues.enqueue('backup', {});
-    await waitUntil(
-      async () => (await pool.query(`select 1 from pg_stat_activity where application_name like 'pgmaint/backup/%' and wait_event_type = 'Lock'`)).rowCount,
-      20_000,
-      'pg_dump to wait on its lock',
-    );
+    await waitUntilBlocked(pool, `application_name like 'pgmaint/backup/%'`, 'pg_dump to wait on its lock', 20_000);
     first.child.kill('SIGKILL');
     await first.exited;
     expect(await listDumps(h.backupDir, 'main')).toEqual([]);

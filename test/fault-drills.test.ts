@@ -10,7 +10,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { dumpDir, listDumps } from '../src/backup-catalog.ts';
 import { startRedis, type PostgresInstance } from '../src/devstack.ts';
 import { startWorkers } from '../src/roles.ts';
-import { ADMIN_TOKEN, createHarness, waitForFinished, waitUntil, type Harness } from './support/harness.ts';
+import { ADMIN_TOKEN, createHarness, waitForFinished, waitUntil, waitUntilBlocked, type Harness } from './support/harness.ts';
 
 let h: Harness;
 let cluster: PostgresInstance;
@@ -43,11 +43,7 @@ describe('PostgreSQL stopped during a backup', () => {
     holder.on('error', () => undefined);
     await holder.query('begin; lock table ledger in access exclusive mode');
     const { job } = await rt.queues.enqueue('backup', {});
-    await waitUntil(
-      async () => (await pool.query(`select 1 from pg_stat_activity where application_name like 'pgmaint/backup/%' and wait_event_type = 'Lock'`)).rowCount,
-      30_000,
-      'pg_dump to wait on its lock',
-    );
+    await waitUntilBlocked(pool, `application_name like 'pgmaint/backup/%'`, 'pg_dump to wait on its lock');
     await cluster.stop('fast');
     await new Promise((r) => setTimeout(r, 2500));
     await cluster.start();
@@ -111,11 +107,7 @@ describe('a worker SIGKILLed inside create-partitions', () => {
     const first = h.spawnPgmaint(['worker', '--queues', 'create-partitions']);
     await first.waitFor(/worker started/);
     const { job } = await rt.queues.enqueue('create-partitions', {});
-    await waitUntil(
-      async () => (await pool.query(`select 1 from pg_stat_activity where wait_event_type = 'Lock' and query like '%attach partition%' and pid <> pg_backend_pid()`)).rowCount,
-      30_000,
-      'create-partitions to wait inside its transaction',
-    );
+    await waitUntilBlocked(pool, `query like '%attach partition%'`, 'create-partitions to wait inside its transaction');
     first.child.kill('SIGKILL');
     await first.exited;
     await holder.query('rollback');

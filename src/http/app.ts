@@ -10,7 +10,7 @@ import type { AlertMonitor } from '../alerts.ts';
 import type { Metrics } from '../metrics.ts';
 import type { Runtime } from '../runtime.ts';
 import { redact } from '../redact.ts';
-import { Auth, safeEqual, type Role } from './auth.ts';
+import { Auth, bearerToken, safeEqual, type Role } from './auth.ts';
 import { enqueueJob, getJob, listBackups, listHistory, listSchedules, readiness, type Handler } from './handlers.ts';
 import { loginPage } from './login-page.ts';
 
@@ -36,7 +36,7 @@ function boardRouter(rt: Runtime, readOnly: boolean) {
 export interface AppParts {
   metrics?: Metrics;
   monitor?: AlertMonitor;
-  /** Ad-hoc enqueues per client per minute. */
+  /** Ad-hoc enqueues per client per minute (default: ENQUEUE_RATE_LIMIT). */
   enqueueRateLimit?: number;
 }
 
@@ -79,7 +79,7 @@ export function createApp(rt: Runtime, auth: Auth, parts: AppParts = {}): expres
   if (parts.metrics) {
     const metrics = parts.metrics;
     app.get('/metrics', (req, res, next) => {
-      const bearer = /^Bearer\s+(.+)$/i.exec(req.headers.authorization ?? '')?.[1]?.trim();
+      const bearer = bearerToken(req.headers.authorization);
       const scrape = Boolean(bearer && rt.config.metricsToken && safeEqual(bearer, rt.config.metricsToken));
       if (!scrape && !auth.authenticate({ authorization: req.headers.authorization, cookie: req.headers.cookie })) {
         res.status(401).setHeader('WWW-Authenticate', 'Bearer').json({ error: 'authentication required: Authorization: Bearer <METRICS_TOKEN, viewer or admin token>' });
@@ -136,7 +136,7 @@ export function createApp(rt: Runtime, auth: Auth, parts: AppParts = {}): expres
   // A runaway script must not flood the queues: ad-hoc enqueues are rate-limited per client.
   const enqueueLimit = rateLimit({
     windowMs: 60_000,
-    limit: parts.enqueueRateLimit ?? 120,
+    limit: parts.enqueueRateLimit ?? rt.config.enqueueRateLimit,
     standardHeaders: 'draft-8',
     legacyHeaders: false,
     message: { error: 'too many enqueue requests: try again in a minute' },

@@ -16,6 +16,11 @@ export function safeEqual(a: string, b: string): boolean {
   return timingSafeEqual(digest(a), digest(b));
 }
 
+/** The token of an `Authorization: Bearer …` header, if there is one. */
+export function bearerToken(authorization: string | undefined): string | undefined {
+  return /^Bearer\s+(.+)$/i.exec(authorization ?? '')?.[1]?.trim() || undefined;
+}
+
 export class Auth {
   private readonly key: Buffer;
 
@@ -53,7 +58,7 @@ export class Auth {
   /** Role from `Authorization: Bearer …` or the session cookie; undefined when neither is valid. */
   authenticate(headers: { authorization?: string; cookie?: string }): Role | undefined {
     if (this.insecureNoAuth) return 'admin';
-    const bearer = /^Bearer\s+(.+)$/i.exec(headers.authorization ?? '')?.[1]?.trim();
+    const bearer = bearerToken(headers.authorization);
     if (bearer) return this.roleForToken(bearer);
     const cookie = (headers.cookie ?? '')
       .split(';')

@@ -93,8 +93,7 @@ export const listBackups: Handler = async (rt, req) => {
   const newest = archive && newestSegment(archive);
   // The last verdict of each proof job, from the durable run history.
   const lastRun = async (job: string) => {
-    const rows = await rt.history.list({ job, limit: 50 });
-    const row = rows.find((r) => r.target === target && ['succeeded', 'failed', 'timed_out'].includes(r.outcome));
+    const row = await rt.history.lastFinished(job, target);
     return row ? { outcome: row.outcome, finishedAt: row.finished_at, result: row.result, error: row.error } : null;
   };
   const ageSeconds = (iso: string | undefined) => (iso ? Math.round((Date.now() - Date.parse(iso)) / 1000) : null);

@@ -32,7 +32,7 @@ export async function startServer(rt: Runtime, opts: { port?: number; host?: str
 
   const health = new HealthReader(rt, opts.healthCacheMs);
   const monitor = startMonitor(rt, health);
-  const app = createApp(rt, new Auth(config.adminToken, config.viewerToken, config.insecureNoAuth), { metrics: new Metrics(health), monitor, enqueueRateLimit: opts.enqueueRateLimit ?? config.enqueueRateLimit });
+  const app = createApp(rt, new Auth(config.adminToken, config.viewerToken, config.insecureNoAuth), { metrics: new Metrics(health), monitor, enqueueRateLimit: opts.enqueueRateLimit });
   const server = await new Promise<Server>((resolve, reject) => {
     const s = app.listen(opts.port ?? config.port, opts.host ?? '0.0.0.0', (err?: Error) => (err ? reject(err) : resolve(s)));
   });

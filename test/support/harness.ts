@@ -172,6 +172,15 @@ export async function waitUntil<T>(fn: () => Promise<T | undefined | false>, tim
   }
 }
 
+/** Waits until a session matching `where` (SQL on pg_stat_activity) is blocked on a lock. */
+export function waitUntilBlocked(pool: pg.Pool, where: string, what: string, timeoutMs = 30_000): Promise<unknown> {
+  return waitUntil(
+    async () => (await pool.query(`select 1 from pg_stat_activity where wait_event_type = 'Lock' and pid <> pg_backend_pid() and (${where})`)).rowCount,
+    timeoutMs,
+    what,
+  );
+}
+
 /** Waits for a job to complete or fail, then reads it afresh (a job loaded before
  * its state changed would show stale attempts and reasons). */
 export async function waitForFinished(queue: Queue, id: string, timeoutMs = 60_000): Promise<{ job: Job; state: 'completed' | 'failed' }> {
