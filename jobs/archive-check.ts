@@ -25,7 +25,7 @@ export default defineJob({
   description: 'Forces a WAL switch and times its archiving; pg_stat_archiver, archive lag, gaps, recovery window.',
   payload,
   defaults: { attempts: 1, backoffMs: 10_000, timeoutMs: 15 * 60_000, concurrency: 1 },
-  singletonKey: (p) => p.target,
+  deduplicate: true,
   async handler(ctx, p) {
     const archiveDir = ctx.target.walArchiveDir;
     if (!archiveDir) throw new PermanentJobError(`WAL_ARCHIVE_DIR: not set for target "${p.target}"`, 'WAL_ARCHIVE_DIR');

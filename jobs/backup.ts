@@ -41,7 +41,7 @@ export default defineJob({
   payload,
   defaults: { attempts: 3, backoffMs: 30_000, timeoutMs: 6 * 3_600_000, concurrency: 1 },
   // "Backup now" twice for one target while the first waits or runs returns the first.
-  singletonKey: (p) => p.target,
+  deduplicate: true,
   async handler(ctx, p) {
     const { target } = p;
     const started = new Date();

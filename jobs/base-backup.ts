@@ -46,7 +46,7 @@ export default defineJob({
   description: 'pg_basebackup (WAL included, manifest), verified with pg_verifybackup, then published with LSNs and times.',
   payload,
   defaults: { attempts: 2, backoffMs: 60_000, timeoutMs: 12 * 3_600_000, concurrency: 1 },
-  singletonKey: (p) => p.target,
+  deduplicate: true,
   async handler(ctx, raw) {
     const p = { ...raw, compression: raw.compression ?? (raw.format === 'tar' ? 'lz4' : 'none') } as const;
     const dir = baseDir(ctx.config.backupDir, p.target);

@@ -23,6 +23,7 @@ import {
   quoteLiteral,
   quoteQualified,
   readParent,
+  tablesIssues,
   recordPolicyError,
   throwIfPoliciesFailed,
   type ExistingPartition,
@@ -65,7 +66,8 @@ export default defineJob({
   description: 'Creates future range partitions (premake ahead of now), fills gaps, moves rows out of the DEFAULT partition.',
   payload,
   defaults: { attempts: 3, backoffMs: 30_000, timeoutMs: 30 * 60_000, concurrency: 1 },
-  singletonKey: (p) => p.target,
+  deduplicate: true,
+  checkConfig: (p, config) => tablesIssues(config.partitions, p.target, p.tables),
   async handler(ctx, p) {
     const policies = policiesFor(ctx, p.target, p.tables);
     const now = p.now ? DateTime.fromISO(p.now) : DateTime.now();

@@ -79,7 +79,7 @@ export default defineJob({
   description: 'Idempotent pre-aggregation of daily sales (online and POS) into analytics.daily_sales_agg; yesterday plus a lookback, or a backfill range.',
   payload,
   defaults: { attempts: 3, backoffMs: 30_000, timeoutMs: 2 * 3_600_000, concurrency: 1 },
-  singletonKey: (p) => p.target,
+  deduplicate: true,
   async handler(ctx, p) {
     const zone = p.timeZone ?? ctx.config.scheduler.timezone;
     const now = p.now ? DateTime.fromISO(p.now) : DateTime.now();

@@ -20,6 +20,7 @@ import {
   qualifiedName,
   quoteQualified,
   readParent,
+  tablesIssues,
   recordPolicyError,
   throwIfPoliciesFailed,
   withParentLock,
@@ -67,7 +68,8 @@ export default defineJob({
   description: 'Retention: detach, archive to a verified dump, then drop partitions past their policy retention.',
   payload,
   defaults: { attempts: 3, backoffMs: 60_000, timeoutMs: 3 * 3600_000, concurrency: 1 },
-  singletonKey: (p) => p.target,
+  deduplicate: true,
+  checkConfig: (p, config) => tablesIssues(config.partitions, p.target, p.tables, true),
   async handler(ctx, p) {
     const policies = policiesFor(ctx, p.target, p.tables).filter((x) => x.retention);
     const now = p.now ? DateTime.fromISO(p.now) : DateTime.now();
@@ -173,7 +175,9 @@ async function archivePartition(ctx: JobContext, client: pg.ClientBase, partitio
   try {
     await runProcess(binPath('pg_dump'), ['--format=custom', '--no-password', `--table=${quoteQualified(schema, name)}`, `--file=${tmp}`], { env: ctx.libpqEnv(), signal: ctx.signal });
     const list = await runProcess(binPath('pg_restore'), ['--list', tmp], { signal: ctx.signal });
-    if (!new RegExp(`TABLE DATA ${schema} ${name} `).test(list.stdout)) throw new Error(`archive of ${partition} has no TABLE DATA entry; not dropped`);
+    // Compared as text, never as a pattern: names may hold $ and other regex characters.
+    const entry = ` TABLE DATA ${schema} ${name} `;
+    if (!list.stdout.split('\n').some((line) => line.includes(entry))) throw new Error(`archive of ${partition} has no TABLE DATA entry; not dropped`);
     const bytes = (await fs.stat(tmp)).size;
     const sha256 = await sha256File(tmp, ctx.signal);
     await publish(tmp, file);

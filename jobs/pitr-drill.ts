@@ -7,6 +7,7 @@
 // server log says recovery stopped at the target, and the row counts match. The
 // scratch instance is stopped and deleted whatever happens; the live data
 // directory and the WAL archive are only ever read.
+import { randomUUID } from 'node:crypto';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -45,7 +46,7 @@ export default defineJob({
   description: 'Restores a base backup plus archived WAL to a target time in a scratch instance, proves markers and row counts, reports RTO/RPO, tears down.',
   payload,
   defaults: { attempts: 1, backoffMs: 300_000, timeoutMs: 3 * 3_600_000, concurrency: 1 },
-  singletonKey: (p) => p.target,
+  deduplicate: true,
   async handler(ctx, p) {
     const archiveDir = ctx.target.walArchiveDir;
     if (!archiveDir) throw new PermanentJobError(`WAL_ARCHIVE_DIR: not set for target "${p.target}"; the drill restores WAL from it`, 'WAL_ARCHIVE_DIR');
@@ -93,7 +94,8 @@ interface TargetPoint {
 }
 
 async function markTargetTime(ctx: JobContext, tables: string[]): Promise<TargetPoint> {
-  const drillId = `${ctx.jobId}:${ctx.attempt}`;
+  // Unique per run: a run taken over after its worker died repeats jobId and attempt.
+  const drillId = `${ctx.jobId}:${ctx.attempt}:${randomUUID().slice(0, 8)}`;
   await ctx.pool.query(`create schema if not exists pgmaint;
     create table if not exists pgmaint.drill_marker (drill_id text not null, marker text not null,
       written_at timestamptz not null default clock_timestamp(), primary key (drill_id, marker));

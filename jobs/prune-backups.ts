@@ -53,7 +53,7 @@ export default defineJob({
   description: 'Retention for dumps, base backups and WAL: keeps the newest N, the max-age window, and the WAL retained base backups need.',
   payload,
   defaults: { attempts: 3, backoffMs: 60_000, timeoutMs: 3_600_000, concurrency: 1 },
-  singletonKey: (p) => p.target,
+  deduplicate: true,
   async handler(ctx, { target, dryRun }) {
     const policy = ctx.config.backups;
     const now = Date.now();

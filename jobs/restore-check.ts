@@ -28,7 +28,11 @@ export default defineJob({
   description: 'Restores the newest dump into a scratch database with pg_restore -j and compares row counts with those recorded at dump time.',
   payload,
   defaults: { attempts: 2, backoffMs: 60_000, timeoutMs: 6 * 3_600_000, concurrency: 1 },
-  singletonKey: (p) => p.target,
+  deduplicate: true,
+  checkConfig: (p, config) =>
+    p.scratchTarget && !config.targets.has(p.scratchTarget)
+      ? [{ path: 'scratchTarget', message: `unknown target "${p.scratchTarget}" (known: ${[...config.targets.keys()].join(', ')})` }]
+      : [],
   async handler(ctx, p) {
     const dumps = await listDumps(ctx.config.backupDir, p.target);
     const chosen = p.dump ? dumps.find((d) => d.manifest.file === p.dump) : dumps[0];

@@ -172,7 +172,7 @@ export default defineJob({
   description: 'VACUUM/ANALYZE of the tables that need it by their statistics (and partitioned parents), one at a time, under lock_timeout, within a time budget.',
   payload,
   defaults: { attempts: 2, backoffMs: 60_000, timeoutMs: 6 * 3_600_000, concurrency: 1 },
-  singletonKey: (p) => p.target,
+  deduplicate: true,
   async handler(ctx, p) {
     const client = await ctx.pool.connect();
     try {

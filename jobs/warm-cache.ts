@@ -98,11 +98,15 @@ export default defineJob({
   description: 'Runs the dashboard queries of cache.queries read-only and writes their results to the cache Redis with TTLs.',
   payload,
   defaults: { attempts: 2, backoffMs: 10_000, timeoutMs: 30 * 60_000, concurrency: 1 },
-  singletonKey: (p) => p.target,
+  deduplicate: true,
+  checkConfig: (p, config) => {
+    const declared = config.cache.queries.filter((q) => q.target === p.target).map((q) => q.key);
+    return (p.keys ?? []).flatMap((k, i) =>
+      declared.includes(k) ? [] : [{ path: `keys.${i}`, message: `"${k}" is not declared in cache.queries for target ${p.target} (known: ${declared.join(', ') || 'none'})` }],
+    );
+  },
   async handler(ctx, p) {
     const all = ctx.config.cache.queries.filter((q) => q.target === p.target);
-    const unknown = (p.keys ?? []).filter((k) => !all.some((q) => q.key === k));
-    if (unknown.length) throw new PermanentJobError(`keys: ${unknown.join(', ')} not declared in cache.queries for target "${p.target}"`, 'UNKNOWN_KEY');
     const queries = p.keys ? all.filter((q) => p.keys!.includes(q.key)) : all;
     if (!queries.length) return { keysWritten: 0, bytes: 0, written: [], failed: [], note: 'no cache.queries for this target' };
 

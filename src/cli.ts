@@ -6,6 +6,8 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { QueueEvents } from 'bullmq';
 import { ConfigError } from './config.ts';
+import { ServiceUnavailableError, UsageError } from './errors.ts';
+import { redact } from './redact.ts';
 import { PayloadError } from './registry.ts';
 import { runMonitorProcess, runServerProcess, runWorkerProcess } from './roles.ts';
 import { Runtime } from './runtime.ts';
@@ -43,29 +45,30 @@ async function withRuntime<T>(fn: (rt: Runtime) => Promise<T>): Promise<T> {
 }
 
 async function enqueue(args: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { data: { type: 'string' }, wait: { type: 'boolean' } } });
+  const { values, positionals } = parseFlags('enqueue', args, { data: { type: 'string' }, wait: { type: 'boolean' } }, true);
   const name = positionals[0];
-  if (!name) throw new ConfigError('enqueue: a job name is required (pgmaint jobs lists them)');
+  if (!name) throw new UsageError('enqueue: a job name is required (pgmaint jobs lists them)');
+  if (positionals.length > 1) throw new UsageError(`enqueue: one job at a time; unexpected ${positionals.slice(1).map((p) => `"${p}"`).join(' ')} (payload fields go in --data '{…}')`);
   let data: unknown = {};
   if (values.data) {
     try {
       data = JSON.parse(values.data);
     } catch (err) {
-      throw new ConfigError(`--data: not valid JSON: ${(err as Error).message}`);
+      throw new UsageError(`--data: not valid JSON: ${(err as Error).message}`);
     }
   }
   return withRuntime(async (rt) => {
-    if (!rt.registry.get(name)) throw new ConfigError(`enqueue: unknown job "${name}" (known: ${rt.registry.names().join(', ')})`);
+    if (!rt.registry.get(name)) throw new UsageError(`enqueue: unknown job "${name}" (known: ${rt.registry.names().join(', ')})`);
     const queue = rt.queues.get(name);
     // Listen before enqueueing so no progress event is missed.
     const events = values.wait ? new QueueEvents(name, { connection: rt.connections.redis('pgmaint-cli-events'), prefix: rt.config.redis.prefix }) : undefined;
     events?.on('error', () => undefined);
     try {
       if (events) await events.waitUntilReady();
-      const { job, existing } = await rt.queues.enqueue(name, data, { trigger: 'ad-hoc' });
-      process.stderr.write(`${existing ? 'already queued or running' : 'enqueued'}: ${name} job ${job.id}\n`);
+      const { job, existing, reason } = await rt.queues.enqueue(name, data, { trigger: 'ad-hoc' });
+      process.stderr.write(existing ? `merged: ${reason}\n` : `enqueued: ${name} job ${job.id}\n`);
       if (!events) {
-        print({ id: job.id, queue: job.queueName, name: job.name, existing });
+        print({ id: job.id, queue: job.queueName, name: job.name, existing, ...(reason ? { reason } : {}) });
         return 0;
       }
       events.on('progress', ({ jobId, data: progress }) => {
@@ -88,13 +91,13 @@ async function enqueue(args: string[]): Promise<number> {
 
 async function scaleArg(v: string) {
   const { SCALES } = await import('./dairy.ts');
-  if (!(v in SCALES)) throw new ConfigError(`--scale: must be one of ${Object.keys(SCALES).join(', ')} (got "${v}")`);
+  if (!(v in SCALES)) throw new UsageError(`--scale: must be one of ${Object.keys(SCALES).join(', ')} (got "${v}")`);
   return v as keyof typeof SCALES;
 }
 
 /** Creates the dairy schema in DATABASE_URL and fills it (when its catalog is empty). */
 async function seed(args: string[]): Promise<void> {
-  const { values } = parseArgs({ args, options: { scale: { type: 'string', default: 'default' } } });
+  const { values } = parseFlags('seed', args, { scale: { type: 'string', default: 'default' } });
   const scale = await scaleArg(values.scale!);
   const url = process.env.DATABASE_URL;
   if (!url) throw new ConfigError('DATABASE_URL: is required (not set)');
@@ -105,7 +108,7 @@ async function seed(args: string[]): Promise<void> {
 }
 
 async function demo(args: string[]): Promise<void> {
-  const { values } = parseArgs({ args, options: { dir: { type: 'string' }, scale: { type: 'string', default: 'default' } } });
+  const { values } = parseFlags('demo', args, { dir: { type: 'string' }, scale: { type: 'string', default: 'default' } });
   const { startDemoStack } = await import('./demo.ts');
   const dir = path.resolve(values.dir ?? '.pgmaint-demo');
   const stack = await startDemoStack(dir, await scaleArg(values.scale!));
@@ -125,13 +128,15 @@ export async function main(argv: string[]): Promise<void> {
   try {
     switch (command) {
       case 'server':
+        parseFlags('server', rest, {});
         await runServerProcess();
         return;
       case 'monitor':
+        parseFlags('monitor', rest, {});
         await runMonitorProcess();
         return;
       case 'worker': {
-        const { values } = parseArgs({ args: rest, options: { queues: { type: 'string' } } });
+        const { values } = parseFlags('worker', rest, { queues: { type: 'string' } });
         await runWorkerProcess({ only: values.queues?.split(',').map((s) => s.trim()).filter(Boolean) });
         return;
       }
@@ -139,14 +144,21 @@ export async function main(argv: string[]): Promise<void> {
         process.exitCode = await enqueue(rest);
         return;
       case 'schedules':
+        parseFlags('schedules', rest, {});
         await withRuntime(async (rt) => print(await rt.scheduler.describe()));
         return;
       case 'history': {
-        const { values } = parseArgs({ args: rest, options: { job: { type: 'string' }, limit: { type: 'string' } } });
-        await withRuntime(async (rt) => print(await rt.history.list({ job: values.job, limit: Number(values.limit ?? 20) })));
+        const { values } = parseFlags('history', rest, { job: { type: 'string' }, limit: { type: 'string' } });
+        const limit = values.limit ?? '20';
+        if (!/^\d{1,4}$/.test(limit) || Number(limit) < 1 || Number(limit) > 1000) throw new UsageError(`--limit: must be a whole number from 1 to 1000 (got "${limit}")`);
+        await withRuntime(async (rt) => {
+          if (values.job !== undefined && !rt.registry.get(values.job)) throw new UsageError(`--job: unknown job "${values.job}" (known: ${rt.registry.names().join(', ')})`);
+          print(await rt.history.list({ job: values.job, limit: Number(limit) }));
+        });
         return;
       }
       case 'jobs': {
+        parseFlags('jobs', rest, {});
         const { jobs } = await import('../jobs/index.ts');
         print(jobs.map((j) => ({ name: j.name, description: j.description, defaults: j.defaults })));
         return;
@@ -164,18 +176,43 @@ export async function main(argv: string[]): Promise<void> {
         process.stdout.write(USAGE + '\n');
         return;
       default:
-        throw new ConfigError(`unknown command "${command}"\n\n${USAGE}`);
+        throw new UsageError(`unknown command "${command}" (commands: server, worker, monitor, enqueue, schedules, history, demo, seed, jobs; pgmaint help shows usage)`);
     }
   } catch (err) {
-    if (err instanceof ConfigError || err instanceof PayloadError || (err as { code?: string }).code?.startsWith?.('ERR_PARSE_ARGS')) {
-      process.stderr.write(`pgmaint: ${(err as Error).message}\n`);
-      process.exit(2);
+    process.stderr.write(`pgmaint: ${oneLine(err)}\n`);
+    if (process.env.LOG_LEVEL === 'debug' || process.env.LOG_LEVEL === 'trace') process.stderr.write(`${(err as Error).stack ?? ''}\n`);
+    process.exit(exitCode(err));
+  }
+}
+
+/** 2: the request was refused (usage, configuration, payload); 3: Redis or PostgreSQL did not answer; 1: anything else. */
+export function exitCode(err: unknown): number {
+  if (err instanceof UsageError || err instanceof ConfigError || err instanceof PayloadError) return 2;
+  if (err instanceof ServiceUnavailableError) return 3;
+  return 1;
+}
+
+function oneLine(err: unknown): string {
+  const message = err instanceof Error ? err.message : String(err);
+  return redact(message).replace(/\s*\n\s*/g, ' ');
+}
+
+type FlagSpec = Record<string, { type: 'string' | 'boolean'; default?: string }>;
+
+/** node:util parseArgs, strict, with errors that say what to do instead. */
+function parseFlags<T extends FlagSpec>(command: string, args: string[], options: T, allowPositionals = false) {
+  try {
+    return parseArgs({ args, options, allowPositionals, strict: true });
+  } catch (err) {
+    const message = (err as Error).message;
+    const flag = /'(-{1,2}[^']+)'/.exec(message)?.[1];
+    const known = Object.keys(options).map((o) => `--${o}`);
+    if ((err as { code?: string }).code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' && flag) {
+      const hint = command === 'enqueue' ? `; payload fields go in --data, e.g. --data '{"${flag.replace(/^-+/, '').split('=')[0]}": …}'` : '';
+      throw new UsageError(`${command}: unknown option ${flag} (known: ${known.join(', ') || 'none'})${hint}`);
     }
-    if (err instanceof Error && /^(schedule "|config jobs\.|job ")/.test(err.message)) {
-      process.stderr.write(`pgmaint: ${err.message}\n`);
-      process.exit(2);
-    }
-    throw err;
+    if ((err as { code?: string }).code === 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL') throw new UsageError(`${command}: takes no arguments (${message.replace(/\. To specify.*$/, '')})`);
+    throw new UsageError(`${command}: ${message}`);
   }
 }
 

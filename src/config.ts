@@ -39,6 +39,11 @@ const envSchema = z.object({
   BACKUP_DIR: z.string(required).min(1, 'is empty'),
   WAL_ARCHIVE_DIR: z.string().min(1, 'is empty').optional(),
   PORT: z.coerce.number().int().min(0).max(65535).default(3000),
+  /** Address the HTTP server binds: 0.0.0.0 (every IPv4 interface, what a container needs), 127.0.0.1, ::, … */
+  HOST: z
+    .string()
+    .regex(/^[A-Za-z0-9.:-]{1,253}$/, 'must be an IP address or host name, e.g. 0.0.0.0 or 127.0.0.1')
+    .default('0.0.0.0'),
   ADMIN_TOKEN: token.optional(),
   VIEWER_TOKEN: token.optional(),
   PGMAINT_CONFIG: z.string().optional(),
@@ -207,6 +212,8 @@ const fileSchema = z
 export interface TargetConfig {
   name: string;
   url: string;
+  /** Where the URL came from, for messages: DATABASE_URL, the urlEnv variable, or the file key. */
+  urlSource: string;
   poolSize: number;
   walArchiveDir?: string;
 }
@@ -227,6 +234,7 @@ export interface Config {
   backupDir: string;
   walArchiveDir?: string;
   port: number;
+  host: string;
   adminToken?: string;
   viewerToken?: string;
   insecureNoAuth: boolean;
@@ -282,7 +290,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
 
   const targets = new Map<string, TargetConfig>();
   const walArchive = (dir: string | undefined) => (dir ? path.resolve(dir) : undefined);
-  targets.set('main', { name: 'main', url: e.DATABASE_URL, poolSize: 4, walArchiveDir: walArchive(e.WAL_ARCHIVE_DIR) });
+  targets.set('main', { name: 'main', url: e.DATABASE_URL, urlSource: 'DATABASE_URL', poolSize: 4, walArchiveDir: walArchive(e.WAL_ARCHIVE_DIR) });
   for (const [name, t] of Object.entries(f.targets)) {
     let url = t.url;
     if (t.urlEnv) {
@@ -293,7 +301,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     if (name === 'main' && url !== e.DATABASE_URL) {
       throw new ConfigError('targets.main: target "main" is DATABASE_URL; do not redefine it in the config file');
     }
-    targets.set(name, { name, url: url!, poolSize: t.poolSize, walArchiveDir: walArchive(t.walArchiveDir) });
+    targets.set(name, { name, url: url!, urlSource: t.urlEnv ?? `targets.${name}.url`, poolSize: t.poolSize, walArchiveDir: walArchive(t.walArchiveDir) });
   }
   f.partitions.forEach((p, i) => {
     if (!targets.has(p.target)) throw new ConfigError(`partitions.${i}.target: unknown target "${p.target}"`);
@@ -322,6 +330,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     backupDir: path.resolve(e.BACKUP_DIR),
     walArchiveDir: e.WAL_ARCHIVE_DIR ? path.resolve(e.WAL_ARCHIVE_DIR) : undefined,
     port: e.PORT,
+    host: e.HOST,
     adminToken: e.ADMIN_TOKEN,
     viewerToken: e.VIEWER_TOKEN,
     insecureNoAuth: e.PGMAINT_INSECURE_NO_AUTH === '1' || e.PGMAINT_INSECURE_NO_AUTH === 'true',

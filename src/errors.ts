@@ -13,6 +13,18 @@ export class PermanentJobError extends Error {
   }
 }
 
+/** A command line that cannot mean anything: an unknown flag, a bad number. Exit 2. */
+export class UsageError extends Error {
+  override name = 'UsageError';
+  readonly code = 'USAGE';
+}
+
+/** Redis or PostgreSQL did not answer; the message names the variable that points at it. Exit 3. */
+export class ServiceUnavailableError extends Error {
+  override name = 'ServiceUnavailableError';
+  readonly code = 'UNAVAILABLE';
+}
+
 /** The run exceeded its maximum run time; its child processes were killed. */
 export class JobTimeoutError extends Error {
   override name = 'JobTimeoutError';

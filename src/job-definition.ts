@@ -9,6 +9,12 @@ import { TARGET_NAME } from './config.ts';
 /** Every payload names its target database; never a URL. */
 export const targetField = z.string().regex(TARGET_NAME, 'must be a target name (lower-case letters, digits, _ and -)').default('main');
 
+/** One refused field: its path in the payload and why. */
+export interface PayloadIssue {
+  path: string;
+  message: string;
+}
+
 export interface RunDefaults {
   /** Attempts in all, the first included. */
   attempts: number;
@@ -45,8 +51,17 @@ export interface JobDefinition<S extends z.ZodObject<{ target: typeof targetFiel
   description: string;
   payload: S;
   defaults: RunDefaults;
-  /** Runs with the same key never queue twice: a second enqueue returns the job already waiting or running. */
-  singletonKey?: (payload: z.output<S>) => string;
+  /**
+   * An identical request (same job, same payload after defaults) while one waits or
+   * runs gets that job back instead of a second one ("backup now" pressed twice).
+   * Requests that differ in any field are never merged.
+   */
+  deduplicate?: boolean;
+  /**
+   * Checks of fields that name configured things (tables with a partition policy,
+   * declared cache keys, targets), run when the job is asked for, not only when it runs.
+   */
+  checkConfig?: (payload: z.output<S>, config: Config) => PayloadIssue[];
   handler(ctx: JobContext, payload: z.output<S>): Promise<R>;
 }
 

@@ -181,6 +181,18 @@ export function policiesFor(ctx: { config: { partitions: PartitionPolicy[] } }, 
   return all.filter((p) => tables.includes(p.table));
 }
 
+/** Refusals for a payload's `tables`: each must have a policy on the target (with a
+ * retention, for the retention job), checked when the job is asked for. */
+export function tablesIssues(policies: PartitionPolicy[], target: string, tables: string[] | undefined, needRetention = false): { path: string; message: string }[] {
+  const mine = policies.filter((p) => p.target === target && (!needRetention || p.retention));
+  const known = mine.map((p) => p.table);
+  return (tables ?? []).flatMap((t, i) =>
+    known.includes(t)
+      ? []
+      : [{ path: `tables.${i}`, message: `no partition policy${needRetention ? ' with a retention' : ''} for ${t} on target ${target} (known: ${known.join(', ') || 'none'})` }],
+  );
+}
+
 /** The skip reason when withParentLock finds the parent taken. */
 export const PARENT_LOCKED = 'another run holds this parent (advisory lock); skipped';
 

@@ -1,16 +1,25 @@
 // One BullMQ queue per job kind, named after the job. Enqueueing validates the
 // payload first, so nothing unparseable ever reaches Redis.
+import { createHash } from 'node:crypto';
 import { Queue, type Job, type JobsOptions } from 'bullmq';
 import type { Config } from './config.ts';
 import type { RedisClient } from './connections.ts';
 import { repeatStrategy } from './schedules.ts';
-import type { Registry, RegisteredJob } from './registry.ts';
+import { canonicalPayload, type Registry, type RegisteredJob } from './registry.ts';
 
 export interface JobData {
   payload: Record<string, unknown> & { target: string };
   /** "ad-hoc" or "schedule:<id>". */
   trigger: string;
   scheduleId?: string;
+}
+
+export interface EnqueueOutcome {
+  job: Job<JobData>;
+  /** True when an identical request already waiting or running was returned. */
+  existing: boolean;
+  /** Why the request was merged into that job. */
+  reason?: string;
 }
 
 export function jobOptions(config: Config, job: RegisteredJob): JobsOptions {
@@ -54,26 +63,34 @@ export class Queues {
   }
 
   /**
-   * Validates and enqueues an ad-hoc run. For jobs with a singleton key (one backup
-   * per target at a time) a second request while one waits or runs gets that job back.
+   * Validates and enqueues an ad-hoc run. For jobs that deduplicate, an identical
+   * request (same payload after defaults) while one waits or runs gets that job back,
+   * with the reason; a request that differs in any field is a job of its own.
    */
-  async enqueue(name: string, rawPayload: unknown, opts: { trigger?: string } = {}): Promise<{ job: Job<JobData>; existing: boolean }> {
+  async enqueue(name: string, rawPayload: unknown, opts: { trigger?: string } = {}): Promise<EnqueueOutcome> {
     const registered = this.registry.get(name);
     if (!registered) throw new Error(`unknown job "${name}"`);
     const payload = this.registry.parsePayload(name, rawPayload);
     const queue = this.get(name);
-    const singleton = registered.def.singletonKey?.(payload as never);
     const data: JobData = { payload, trigger: opts.trigger ?? 'ad-hoc' };
     const jobOpts: JobsOptions = { ...jobOptions(this.config, registered) };
-    if (singleton) jobOpts.deduplication = { id: `${name}:${singleton}` };
-    if (singleton) {
-      const heldId = await queue.getDeduplicationJobId(`${name}:${singleton}`);
-      const held = heldId ? await queue.getJob(heldId) : undefined;
-      if (held) return { job: held, existing: true };
-    }
-    // Two requests racing past the check above still meet in Redis: a deduplicated
-    // add returns the id of the job that holds the key.
+    if (!registered.def.deduplicate) return { job: await queue.add(name, data, jobOpts), existing: false };
+
+    const dedupId = `${name}:${createHash('sha256').update(canonicalPayload(payload)).digest('hex').slice(0, 32)}`;
+    jobOpts.deduplication = { id: dedupId };
+    const merged = async (id: string | null | undefined): Promise<EnqueueOutcome | undefined> => {
+      const held = id ? await queue.getJob(id) : undefined;
+      if (!held) return undefined;
+      const state = await held.getState();
+      return { job: held, existing: true, reason: `an identical ${name} request (same payload) is already ${state} as job ${held.id}` };
+    };
+    const early = await merged(await queue.getDeduplicationJobId(dedupId));
+    if (early) return early;
+    // Two identical requests racing past the check above still meet in Redis: a
+    // deduplicated add returns the job that holds the key.
     const job = await queue.add(name, data, jobOpts);
+    const holder = await queue.getDeduplicationJobId(dedupId);
+    if (holder && holder !== job.id) return (await merged(holder)) ?? { job, existing: false };
     return { job, existing: false };
   }
 

@@ -43,18 +43,47 @@ export class Registry {
     return this.jobs.get(name);
   }
 
-  /** Parses a payload with the job's schema and checks its target exists. */
+  /**
+   * Parses a payload with the job's schema, strictly: an unknown key is refused (a
+   * misspelt `dryrun` must never mean a real run), then checks the fields that name
+   * configured things (target, tables, cache keys) against the configuration.
+   */
   parsePayload(name: string, raw: unknown): Record<string, unknown> & { target: string } {
     const job = this.jobs.get(name);
     if (!job) throw new Error(`unknown job "${name}"`);
-    const parsed = job.def.payload.safeParse(raw ?? {});
+    if (raw !== undefined && raw !== null && (typeof raw !== 'object' || Array.isArray(raw))) {
+      throw new PayloadError([{ path: '(payload)', message: `must be a JSON object, not ${Array.isArray(raw) ? 'an array' : typeof raw}` }]);
+    }
+    const known = Object.keys(job.def.payload.shape);
+    const parsed = job.def.payload.strict().safeParse(raw ?? {});
     if (!parsed.success) {
-      throw new PayloadError(parsed.error.issues.map((i) => ({ path: i.path.map(String).join('.') || '(payload)', message: i.message })));
+      throw new PayloadError(
+        parsed.error.issues.flatMap((i) =>
+          i.code === 'unrecognized_keys'
+            ? i.keys.map((key) => ({ path: [...i.path.map(String), key].join('.'), message: unknownKeyMessage(key, known) }))
+            : [{ path: i.path.map(String).join('.') || '(payload)', message: i.message }],
+        ),
+      );
     }
-    if (!this.config.targets.has(parsed.data.target)) {
-      throw new PayloadError([{ path: 'target', message: `unknown target "${parsed.data.target}" (known: ${[...this.config.targets.keys()].join(', ')})` }]);
+    const payload = parsed.data as Record<string, unknown> & { target: string };
+    if (!this.config.targets.has(payload.target)) {
+      throw new PayloadError([{ path: 'target', message: `unknown target "${payload.target}" (known: ${[...this.config.targets.keys()].join(', ')})` }]);
     }
-    return parsed.data as Record<string, unknown> & { target: string };
+    const issues = job.def.checkConfig?.(payload as never, this.config) ?? [];
+    if (issues.length) throw new PayloadError(issues);
+    return payload;
   }
 }
 
+/** "unknown field (known: a, b)", with a hint when only the letter case is off. */
+function unknownKeyMessage(key: string, known: string[]): string {
+  const near = known.find((k) => k.toLowerCase() === key.toLowerCase());
+  return `unknown field${near ? `; did you mean "${near}"?` : ''} (known: ${known.join(', ')})`;
+}
+
+/** A stable text of a parsed payload (keys sorted), so equal requests compare equal. */
+export function canonicalPayload(payload: Record<string, unknown>): string {
+  const sort = (v: unknown): unknown =>
+    Array.isArray(v) ? v.map(sort) : v && typeof v === 'object' ? Object.fromEntries(Object.keys(v).sort().map((k) => [k, sort((v as Record<string, unknown>)[k])])) : v;
+  return JSON.stringify(sort(payload));
+}

@@ -1,6 +1,7 @@
 // Long-running process roles with their signal handling. SIGTERM/SIGINT: stop
 // taking jobs, finish or abort the current ones within worker.shutdownTimeoutMs,
 // then close the HTTP server, queues and pools in reverse order of start-up.
+import { UsageError } from './errors.ts';
 import { startMonitor, startServer } from './http/server.ts';
 import { Runtime } from './runtime.ts';
 import { WorkerRuntime } from './worker.ts';
@@ -46,7 +47,12 @@ function onSignals(rt: Runtime): void {
 
 export async function runWorkerProcess(opts: { only?: string[] } = {}): Promise<Runtime> {
   const rt = Runtime.create();
+  const unknown = (opts.only ?? []).filter((q) => !rt.registry.get(q));
+  if (unknown.length || opts.only?.length === 0) {
+    throw new UsageError(`--queues: ${unknown.length ? `unknown job ${unknown.map((q) => `"${q}"`).join(', ')}` : 'is empty'} (known: ${rt.registry.names().join(', ')})`);
+  }
   onSignals(rt);
+  await rt.waitForServices();
   await rt.history.migrate();
   await rt.scheduler.sync();
   startWorkers(rt, opts.only);
@@ -56,6 +62,7 @@ export async function runWorkerProcess(opts: { only?: string[] } = {}): Promise<
 export async function runServerProcess(opts: { withWorkers?: boolean } = {}): Promise<Runtime> {
   const rt = Runtime.create();
   onSignals(rt);
+  await rt.waitForServices();
   if (opts.withWorkers) startWorkers(rt);
   await startServer(rt);
   return rt;
@@ -65,6 +72,7 @@ export async function runServerProcess(opts: { withWorkers?: boolean } = {}): Pr
 export async function runMonitorProcess(): Promise<Runtime> {
   const rt = Runtime.create();
   onSignals(rt);
+  await rt.waitForServices();
   await rt.history.migrate();
   startMonitor(rt);
   rt.logger.info({ intervalMs: rt.config.alerts.intervalMs }, 'alert monitor started');

@@ -2,7 +2,9 @@
 // schedules, in start-up order; close() takes them down in reverse.
 import { jobs as builtinJobs } from '../jobs/index.ts';
 import { schedules as builtinSchedules } from '../schedules/index.ts';
-import { ConfigError, loadConfig, type Config } from './config.ts';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { loadConfig, type Config } from './config.ts';
+import { ServiceUnavailableError } from './errors.ts';
 import { safeUrl } from './redact.ts';
 import { Connections } from './connections.ts';
 import { RunHistory } from './history.ts';
@@ -66,15 +68,41 @@ export class Runtime {
 
   /** Fails fast, naming REDIS_URL, when Redis does not answer (for one-shot commands). */
   async checkRedis(timeoutMs = 5000): Promise<void> {
-    const ping = this.queues.connection.ping();
-    ping.catch(() => undefined);
-    let timer: NodeJS.Timeout | undefined;
     try {
-      await Promise.race([ping, new Promise((_, reject) => (timer = setTimeout(() => reject(new Error(`no answer in ${timeoutMs / 1000}s`)), timeoutMs)))]);
+      await withTimeout(this.queues.connection.ping(), timeoutMs);
     } catch (err) {
-      throw new ConfigError(`REDIS_URL: cannot reach ${safeUrl(this.config.redis.url)}: ${(err as Error).message}`);
-    } finally {
-      clearTimeout(timer);
+      throw new ServiceUnavailableError(`REDIS_URL: cannot reach ${safeUrl(this.config.redis.url)}: ${(err as Error).message}`);
+    }
+  }
+
+  /** Fails fast, naming the variable, when the history target's PostgreSQL does not answer. */
+  async checkPostgres(timeoutMs = 5000): Promise<void> {
+    const target = this.connections.target(this.config.history.target);
+    try {
+      await withTimeout(this.connections.pool(target.name, 'history').query('select 1'), timeoutMs);
+    } catch (err) {
+      throw new ServiceUnavailableError(`${target.urlSource}: cannot reach PostgreSQL at ${safeUrl(target.url)} (target ${target.name}): ${(err as Error).message}`);
+    }
+  }
+
+  /**
+   * For long-running roles: waits for Redis and the history database, logging an
+   * error that names the variable within 5 s and again at every retry, instead of
+   * hanging silently until they come back.
+   */
+  async waitForServices(signal?: AbortSignal): Promise<void> {
+    for (let attempt = 1, delay = 1000; ; attempt++, delay = Math.min(delay * 2, 30_000)) {
+      const failures: string[] = [];
+      await Promise.all([
+        this.checkRedis(4000).catch((err) => failures.push((err as Error).message)),
+        this.checkPostgres(4000).catch((err) => failures.push((err as Error).message)),
+      ]);
+      if (!failures.length) {
+        if (attempt > 1) this.logger.info({ attempt }, 'Redis and PostgreSQL reachable; starting');
+        return;
+      }
+      for (const f of failures) this.logger.error({ attempt, retryInMs: delay }, `${f}; retrying in ${delay / 1000}s`);
+      await sleep(delay, undefined, { signal });
     }
   }
 
@@ -89,4 +117,11 @@ export class Runtime {
     await this.connections.close();
     for (const fn of this.finalizers.reverse()) await Promise.resolve(fn()).catch((err) => this.logger.error({ err }, 'error during shutdown'));
   }
+}
+
+/** Rejects after `ms` with "no answer in Ns"; the late promise's own failure is swallowed. */
+function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
+  p.catch(() => undefined);
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([p, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`no answer in ${ms / 1000}s`)), ms)))]).finally(() => clearTimeout(timer));
 }

@@ -3,6 +3,7 @@
 // scheduler per id; schedulers whose id left the code are removed.
 import { DateTime, IANAZone } from 'luxon';
 import type { RepeatOptions } from 'bullmq';
+import { ConfigError } from './config.ts';
 import { nextRun, parseCron } from './cron.ts';
 import type { Logger } from './logger.ts';
 import type { Queues, JobData } from './queues.ts';
@@ -35,6 +36,11 @@ export function repeatStrategy(millis: number, opts: RepeatOptions): number | un
 
 /** Validates schedules against the registry; the error names the schedule and field. */
 export function resolveSchedules(schedules: readonly Schedule[], registry: Registry, disabled: readonly string[] = []): ResolvedSchedule[] {
+  const ids = schedules.map((s) => s.id);
+  disabled.forEach((id, i) => {
+    // An unknown id would leave the real schedule on while the file says it is off.
+    if (!ids.includes(id)) throw new ConfigError(`scheduler.disabled.${i}: no schedule "${id}" (known: ${ids.join(', ') || 'none'})`);
+  });
   const seen = new Set<string>();
   const out: ResolvedSchedule[] = [];
   for (const s of schedules) {

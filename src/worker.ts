@@ -4,7 +4,7 @@
 import os from 'node:os';
 import { DelayedError, UnrecoverableError, Worker, type Job } from 'bullmq';
 import { libpqEnv, type Connections } from './connections.ts';
-import { classifyError, coerceError, describeError, JobAbortedError, JobTimeoutError } from './errors.ts';
+import { classifyError, coerceError, describeError, JobAbortedError, JobTimeoutError, UsageError } from './errors.ts';
 import type { RunHistory, RunStart } from './history.ts';
 import type { JobContext } from './job-definition.ts';
 import type { Logger } from './logger.ts';
@@ -30,6 +30,24 @@ const ABORT_CLEANUP_MS = 15_000;
 // Releases a schedule's overlap lock only if this job still holds it.
 const RELEASE_LOCK = `if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end`;
 
+function knownTarget(config: { targets: Map<string, unknown> }, target: unknown): string {
+  if (target === undefined) return 'main';
+  return typeof target === 'string' && config.targets.has(target) ? target : '(invalid)';
+}
+
+const JOB_DATA_KEYS = ['payload', 'trigger', 'scheduleId'];
+
+/** Refuses job data that is not {payload: {…}, trigger?, scheduleId?}, naming the key. */
+function checkJobData(data: unknown): asserts data is JobData {
+  if (!data || typeof data !== 'object' || Array.isArray(data)) throw new PayloadError([{ path: '(job data)', message: 'must be an object {"payload": {…}}' }]);
+  const unknown = Object.keys(data).filter((k) => !JOB_DATA_KEYS.includes(k));
+  const issues = unknown.map((k) => ({ path: k, message: `unknown key in job data (known: ${JOB_DATA_KEYS.join(', ')}; payload fields go under "payload")` }));
+  const d = data as Record<string, unknown>;
+  if (!d.payload || typeof d.payload !== 'object' || Array.isArray(d.payload)) issues.push({ path: 'payload', message: 'is required: an object of the job\'s payload fields, e.g. {"payload": {}}' });
+  if (d.trigger !== undefined && typeof d.trigger !== 'string') issues.push({ path: 'trigger', message: 'must be a string' });
+  if (issues.length) throw new PayloadError(issues);
+}
+
 export class WorkerRuntime {
   readonly workerId = `${os.hostname()}:${process.pid}`;
   private readonly workers: Worker<JobData>[] = [];
@@ -52,7 +70,7 @@ export class WorkerRuntime {
     const connection = this.opts.connections.redis('pgmaint-worker');
     for (const name of this.queueNames) {
       const registered = this.opts.registry.get(name);
-      if (!registered) throw new Error(`--queues: unknown job "${name}" (known: ${this.opts.registry.names().join(', ')})`);
+      if (!registered) throw new UsageError(`--queues: unknown job "${name}" (known: ${this.opts.registry.names().join(', ')})`);
       const worker = new Worker<JobData>(name, (job, token, signal) => this.process(job, token, signal), {
         connection,
         prefix: config.redis.prefix,
@@ -109,18 +127,19 @@ export class WorkerRuntime {
     }
     const { registry, history, connections } = this.opts;
     const registered = registry.get(job.name)!;
-    const scheduleId = job.data.scheduleId ?? job.repeatJobKey;
+    const scheduleId = job.data?.scheduleId ?? job.repeatJobKey;
     const schedule = scheduleId ? this.schedules.get(scheduleId) : undefined;
     const scheduledFor = (job.opts as { prevMillis?: number }).prevMillis ?? job.timestamp + (job.delay ?? 0);
     const attempt = job.attemptsMade + 1;
-    const logger = this.opts.logger.child({ queue: job.queueName, jobId: job.id, job: job.name, target: job.data.payload?.target });
+    const logger = this.opts.logger.child({ queue: job.queueName, jobId: job.id, job: job.name, target: job.data?.payload?.target });
     const run: RunStart = {
       queue: job.queueName,
       jobId: job.id!,
       job: job.name,
-      target: String(job.data.payload?.target ?? 'main'),
-      payload: job.data.payload,
-      trigger: job.data.trigger ?? (scheduleId ? `schedule:${scheduleId}` : 'ad-hoc'),
+      // Only a configured target name reaches history and metric labels, never raw input.
+      target: knownTarget(connections.config, job.data?.payload?.target),
+      payload: job.data?.payload,
+      trigger: job.data?.trigger ?? (scheduleId ? `schedule:${scheduleId}` : 'ad-hoc'),
       scheduledFor: new Date(scheduledFor),
       attempt,
       worker: this.workerId,
@@ -129,6 +148,9 @@ export class WorkerRuntime {
 
     let payload: JobData['payload'];
     try {
+      // A job written behind the API (Bull Board's "add", a script on Redis) meets the
+      // same strict checks as an enqueue: its data is {payload, trigger?, scheduleId?}.
+      checkJobData(job.data);
       payload = registry.parsePayload(job.name, job.data.payload);
     } catch (err) {
       const message = err instanceof PayloadError ? err.message : describeError(coerceError(err));

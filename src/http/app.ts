@@ -33,6 +33,45 @@ function boardRouter(rt: Runtime, readOnly: boolean) {
   return adapter.getRouter() as express.Router;
 }
 
+const BODY_LIMIT = '64kb';
+
+const isWrite = (method: string) => !['GET', 'HEAD', 'OPTIONS'].includes(method);
+
+/**
+ * Refuses a request that a browser says came from another origin. 'strict' also
+ * refuses one that says nothing (a cookie write must prove where it came from);
+ * 'lenient' lets it through (a script signing in with curl).
+ */
+function foreignOriginGuard(mode: 'strict' | 'lenient') {
+  return (req: Request, res: Response, next: NextFunction) => {
+    const site = req.headers['sec-fetch-site'];
+    const origin = req.headers.origin;
+    let sameOrigin: boolean | undefined;
+    if (typeof site === 'string') sameOrigin = site === 'same-origin' || site === 'none';
+    if (sameOrigin !== false && typeof origin === 'string') {
+      // Behind a trusted proxy, req.host is the host the browser asked for.
+      const hosts = [req.headers.host, req.host].filter(Boolean);
+      let originHost = '';
+      try {
+        originHost = new URL(origin).host;
+      } catch {
+        /* "null" or garbage: not our origin */
+      }
+      sameOrigin = hosts.includes(originHost);
+    }
+    if (sameOrigin === true || (sameOrigin === undefined && mode === 'lenient')) {
+      next();
+      return;
+    }
+    res.status(403).json({
+      error:
+        sameOrigin === false
+          ? `cross-origin request refused: ${typeof origin === 'string' ? `Origin ${origin}` : `Sec-Fetch-Site ${site}`} is not this server; a cookie-authenticated write must come from pgmaint's own pages (API clients send Authorization: Bearer)`
+          : "a cookie-authenticated write needs an Origin or Sec-Fetch-Site header from pgmaint's own pages; API clients send Authorization: Bearer",
+    });
+  };
+}
+
 export interface AppParts {
   metrics?: Metrics;
   monitor?: AlertMonitor;
@@ -47,7 +86,16 @@ export function createApp(rt: Runtime, auth: Auth, parts: AppParts = {}): expres
   // Bull Board's page runs inline scripts and styles of its own; everything else is locked down.
   app.use(
     helmet({
-      contentSecurityPolicy: { directives: { 'script-src': ["'self'", "'unsafe-inline'"], 'style-src': ["'self'", "'unsafe-inline'", 'https:'], 'img-src': ["'self'", 'data:'] } },
+      contentSecurityPolicy: {
+        directives: {
+          'script-src': ["'self'", "'unsafe-inline'"],
+          'style-src': ["'self'", "'unsafe-inline'", 'https:'],
+          'img-src': ["'self'", 'data:'],
+          // Plain HTTP is how compose publishes port 3000: a browser told to upgrade would
+          // post the login form to an https:// that nothing serves. TLS proxies set HSTS.
+          'upgrade-insecure-requests': null,
+        },
+      },
       frameguard: { action: 'deny' },
       referrerPolicy: { policy: 'no-referrer' },
       hsts: false, // TLS ends at the operator's proxy, which sets it
@@ -61,7 +109,7 @@ export function createApp(rt: Runtime, auth: Auth, parts: AppParts = {}): expres
   app.get('/login', (_req, res) => {
     res.type('html').send(loginPage());
   });
-  app.post('/login', express.urlencoded({ extended: false, limit: '4kb' }), (req, res) => {
+  app.post('/login', foreignOriginGuard('lenient'), express.urlencoded({ extended: false, limit: '4kb' }), (req, res) => {
     const role = auth.roleForToken(typeof req.body?.token === 'string' ? req.body.token : undefined);
     if (!role) {
       res.status(401).type('html').send(loginPage('That token is not valid.'));
@@ -70,7 +118,7 @@ export function createApp(rt: Runtime, auth: Auth, parts: AppParts = {}): expres
     res.setHeader('Set-Cookie', auth.cookieHeader(role, req.secure));
     res.redirect(303, BOARD_PATH);
   });
-  app.post('/logout', (_req, res) => {
+  app.post('/logout', foreignOriginGuard('lenient'), (_req, res) => {
     res.setHeader('Set-Cookie', 'pgmaint_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0');
     res.redirect(303, '/login');
   });
@@ -104,6 +152,11 @@ export function createApp(rt: Runtime, auth: Auth, parts: AppParts = {}): expres
     next();
   });
 
+  // A write carried only by the session cookie must come from our own pages: a form
+  // auto-submitted by another site (or another port of this host, which SameSite
+  // counts as the same site) is refused. Bearer-token clients are not browsers.
+  app.use((req, res, next) => (isWrite(req.method) && !bearerToken(req.headers.authorization) ? foreignOriginGuard('strict')(req, res, next) : next()));
+
   // Viewers read; any other method is a write.
   app.use((req, res, next) => {
     if (req.role === 'viewer' && !['GET', 'HEAD', 'OPTIONS'].includes(req.method)) {
@@ -113,6 +166,8 @@ export function createApp(rt: Runtime, auth: Auth, parts: AppParts = {}): expres
     next();
   });
 
+  // Bull Board's own API takes the same body limit as ours.
+  app.use(BOARD_PATH, express.json({ limit: BODY_LIMIT }));
   const adminBoard = boardRouter(rt, false);
   const viewerBoard = boardRouter(rt, true);
   app.use(BOARD_PATH, (req, res, next) => (req.role === 'admin' ? adminBoard : viewerBoard)(req, res, next));
@@ -131,7 +186,17 @@ export function createApp(rt: Runtime, auth: Auth, parts: AppParts = {}): expres
     }
   };
 
-  app.use('/api', express.json({ limit: '64kb' }));
+  // A body that is not declared JSON is refused, never read as an empty payload:
+  // curl -d sends form-encoded data by default. No body at all still means {}.
+  app.use('/api', (req, res, next) => {
+    const hasBody = Number(req.headers['content-length'] ?? 0) > 0 || req.headers['transfer-encoding'] !== undefined;
+    if (isWrite(req.method) && hasBody && !req.is('application/json')) {
+      res.status(415).json({ error: `request body must be JSON: send Content-Type: application/json (got ${req.headers['content-type'] ? `"${req.headers['content-type']}"` : 'none'})` });
+      return;
+    }
+    next();
+  });
+  app.use('/api', express.json({ limit: BODY_LIMIT }));
   app.get('/readyz', route(readiness));
   // A runaway script must not flood the queues: ad-hoc enqueues are rate-limited per client.
   const enqueueLimit = rateLimit({
@@ -157,6 +222,10 @@ export function createApp(rt: Runtime, auth: Auth, parts: AppParts = {}): expres
   app.use((err: Error & { status?: number; type?: string }, _req: Request, res: Response, _next: NextFunction) => {
     if (err.type === 'entity.parse.failed') {
       res.status(400).json({ error: `request body is not valid JSON: ${err.message}` });
+      return;
+    }
+    if (err.type === 'entity.too.large') {
+      res.status(413).json({ error: `request body is larger than ${BODY_LIMIT}` });
       return;
     }
     if (err.status && err.status < 500) {

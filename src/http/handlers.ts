@@ -1,6 +1,7 @@
 // API handlers that do not know Express: each takes a plain request and returns
 // {status, body}. app.ts is the thin adapter.
 import { listBaseBackups, listDumps, readArchive, recoveryWindow } from '../backup-catalog.ts';
+import { safeUrl } from '../redact.ts';
 import type { Runtime } from '../runtime.ts';
 import { newestSegment } from '../wal.ts';
 import { PayloadError } from '../registry.ts';
@@ -22,12 +23,28 @@ export type Handler = (rt: Runtime, req: ApiRequest) => Promise<ApiResponse>;
 
 const error = (status: number, message: string, extra: object = {}): ApiResponse => ({ status, body: { error: message, ...extra } });
 
+/** 503 before a command is sent: a command queued while Redis is away would run when it returns, after we answered. */
+function redisUnavailable(rt: Runtime): ApiResponse | undefined {
+  const status = rt.queues.connection.status;
+  if (status === 'ready') return undefined;
+  return error(503, `Redis (REDIS_URL ${safeUrl(rt.config.redis.url)}) is not reachable (connection ${status}); nothing was enqueued, try again`);
+}
+
+/** Query parameters a handler reads; any other is refused, naming it. */
+function unknownQuery(req: ApiRequest, known: string[]): ApiResponse | undefined {
+  const extra = Object.keys(req.query).filter((k) => !known.includes(k));
+  if (!extra.length) return undefined;
+  return error(400, `unknown query parameter ${extra.map((k) => `"${k}"`).join(', ')} (known: ${known.join(', ') || 'none'})`, { issues: extra.map((k) => ({ path: k, message: 'unknown query parameter' })) });
+}
+
 export const enqueueJob: Handler = async (rt, req) => {
   const name = req.params.name!;
   if (!rt.registry.get(name)) return error(404, `unknown job "${name}"`, { jobs: rt.registry.names() });
+  const refusal = unknownQuery(req, []) ?? redisUnavailable(rt);
+  if (refusal) return refusal;
   try {
-    const { job, existing } = await rt.queues.enqueue(name, req.body ?? {}, { trigger: 'ad-hoc' });
-    return { status: 202, body: { id: job.id, queue: job.queueName, name: job.name, existing } };
+    const { job, existing, reason } = await rt.queues.enqueue(name, req.body ?? {}, { trigger: 'ad-hoc' });
+    return { status: 202, body: { id: job.id, queue: job.queueName, name: job.name, existing, ...(reason ? { reason } : {}) } };
   } catch (err) {
     if (err instanceof PayloadError) return error(400, err.message, { issues: err.issues });
     throw err;
@@ -37,8 +54,14 @@ export const enqueueJob: Handler = async (rt, req) => {
 export const getJob: Handler = async (rt, req) => {
   const { queue, id } = req.params as { queue: string; id: string };
   if (!rt.registry.get(queue)) return error(404, `unknown queue "${queue}"`);
+  const notFound = error(404, `no job ${id} in queue ${queue} (finished jobs are kept in bounded numbers; see the run history)`);
+  // Job ids are numbers or scheduler ids ("repeat:…"); the queue's own keys (events,
+  // meta, id, completed, …) live beside the jobs and must never be read as one.
+  if (!/^(\d{1,20}|repeat:[A-Za-z0-9_.:-]{1,200})$/.test(id)) return notFound;
+  const unavailable = redisUnavailable(rt);
+  if (unavailable) return unavailable;
   const job = await rt.queues.get(queue).getJob(id);
-  if (!job) return error(404, `no job ${id} in queue ${queue} (finished jobs are kept in bounded numbers; see the run history)`);
+  if (!job || job.id !== id || job.name !== queue || !Number.isFinite(job.timestamp)) return notFound;
   return {
     status: 200,
     body: {
@@ -58,8 +81,16 @@ export const getJob: Handler = async (rt, req) => {
 export const listSchedules: Handler = async (rt) => ({ status: 200, body: { schedules: await rt.scheduler.describe() } });
 
 export const listHistory: Handler = async (rt, req) => {
-  const limit = Math.min(Number(req.query.limit ?? 50) || 50, 1000);
-  return { status: 200, body: { runs: await rt.history.list({ job: req.query.job, limit }) } };
+  const refusal = unknownQuery(req, ['job', 'limit']);
+  if (refusal) return refusal;
+  const { job, limit = '50' } = req.query;
+  if (typeof limit !== 'string' || !/^\d{1,4}$/.test(limit) || Number(limit) < 1 || Number(limit) > 1000) {
+    return error(400, `limit: must be a whole number from 1 to 1000 (got ${JSON.stringify(limit)})`, { issues: [{ path: 'limit', message: 'must be a whole number from 1 to 1000' }] });
+  }
+  if (job !== undefined && (typeof job !== 'string' || !rt.registry.get(job))) {
+    return error(400, `job: unknown job ${JSON.stringify(job)} (known: ${rt.registry.names().join(', ')})`, { issues: [{ path: 'job', message: 'unknown job' }] });
+  }
+  return { status: 200, body: { runs: await rt.history.list({ job, limit: Number(limit) }) } };
 };
 
 /** Redis and every target answer within a few seconds. */

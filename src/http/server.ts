@@ -34,7 +34,7 @@ export async function startServer(rt: Runtime, opts: { port?: number; host?: str
   const monitor = startMonitor(rt, health);
   const app = createApp(rt, new Auth(config.adminToken, config.viewerToken, config.insecureNoAuth), { metrics: new Metrics(health), monitor, enqueueRateLimit: opts.enqueueRateLimit });
   const server = await new Promise<Server>((resolve, reject) => {
-    const s = app.listen(opts.port ?? config.port, opts.host ?? '0.0.0.0', (err?: Error) => (err ? reject(err) : resolve(s)));
+    const s = app.listen(opts.port ?? config.port, opts.host ?? config.host, (err?: Error) => (err ? reject(err) : resolve(s)));
   });
   const port = (server.address() as { port: number }).port;
   rt.onClose(
@@ -44,7 +44,7 @@ export async function startServer(rt: Runtime, opts: { port?: number; host?: str
         server.closeAllConnections();
       }),
   );
-  logger.info({ port, board: `/admin/queues` }, 'server listening');
+  logger.info({ host: opts.host ?? config.host, port, board: `/admin/queues` }, 'server listening');
   return { server, port, monitor };
 }
 
