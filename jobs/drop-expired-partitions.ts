@@ -3,7 +3,9 @@
 // partition and anything not attached to a policy's parent are never touched. Each
 // expired partition is detached (CONCURRENTLY where the parent has no DEFAULT
 // partition), archived with pg_dump and verified (pg_restore --list, row count,
-// sha256), and only then dropped. A detach left pending by a killed run is finalized.
+// sha256), and only then dropped. Every step is journaled (src/retention-journal.ts)
+// before it happens, so a run killed at any step is finished by the next: a pending
+// detach is finalized, a detached table is archived and dropped (or re-attached).
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { DateTime } from 'luxon';
@@ -28,6 +30,7 @@ import {
   type PolicyOutcome,
 } from '../src/partitions.ts';
 import { binPath, runProcess } from '../src/proc.ts';
+import { catalogPlace, ensureJournal, openEntries, recordDetaching, setState, type JournalEntry } from '../src/retention-journal.ts';
 
 export const payload = z.object({
   target: targetField,
@@ -40,10 +43,12 @@ export const payload = z.object({
 
 interface Step {
   partition: string;
-  action: 'finalize-detach' | 'detach' | 'archive' | 'drop';
+  action: 'close-journal' | 'finalize-detach' | 'detach' | 'archive' | 'reattach' | 'drop';
   sql?: string;
-  /** For a detach: the statement that puts the partition back if its archive fails. */
+  /** For an archive: the statement that puts the partition back if the archive fails. */
   undo?: string;
+  /** Why a step resumes an earlier run's work, or closes its journal entry. */
+  note?: string;
 }
 
 interface Archive {
@@ -87,38 +92,62 @@ export default defineJob({
   },
 });
 
+/** What the plan knows of a partition beyond its steps: its journal entry and bounds. */
+interface Held {
+  journal?: JournalEntry;
+  bounds?: { from: string; to: string; upper: Date };
+  closeAs?: 'dropped' | 'reattached';
+}
+
 async function applyRetention(ctx: JobContext, policy: PartitionPolicy, now: DateTime, dryRun: boolean): Promise<DropResult> {
   const result: DropResult = { table: policy.table, cutoff: null, plan: [], dropped: [], archives: [], bytesFreed: 0, skipped: [] };
   try {
     const outcome = await withParentLock(ctx.pool, policy.table, async (client) => {
+      if (!dryRun) await ensureJournal(client);
       const info = await readParent(client, policy);
       const parent = quoteQualified(info.schema, info.table);
       const cutoff = now.setZone(policy.timeZone).minus(parseRetention(policy.retention!));
       result.cutoff = cutoff.toISO();
+      const held = new Map<string, Held>();
+      const attachSql = (q: string, from: string, to: string) => `alter table ${parent} attach partition ${q} for values from (${from}) to (${to})`;
+
+      // First the work an earlier run left unfinished, found through the journal.
+      for (const e of await openEntries(client, policy.table)) {
+        const key = `${e.partitionSchema}.${e.partitionName}`;
+        const q = quoteQualified(e.partitionSchema, e.partitionName);
+        const place = await catalogPlace(client, e);
+        held.set(key, { journal: e });
+        if (place === 'missing' || place === 'attached') {
+          held.get(key)!.closeAs = place === 'missing' ? 'dropped' : 'reattached';
+          result.plan.push({ partition: key, action: 'close-journal', note: place === 'missing' ? 'the partition no longer exists' : 'the detach never happened; still attached' });
+        } else if (place === 'detached' && e.upperBound.getTime() > cutoff.toMillis()) {
+          result.plan.push({ partition: key, action: 'reattach', sql: attachSql(q, e.boundFrom, e.boundTo), note: 'left detached by an interrupted run; no longer expired under this policy' });
+        } else if (place === 'detached') {
+          const note = `left detached by interrupted run ${e.jobId} (${e.state}); finishing it`;
+          if (policy.archive) result.plan.push({ partition: key, action: 'archive', undo: attachSql(q, e.boundFrom, e.boundTo), note });
+          result.plan.push({ partition: key, action: 'drop', sql: `drop table ${q}`, note });
+        }
+      }
+
       const hasDefault = info.partitions.some((x) => x.isDefault);
       const ranged = info.partitions.filter((x) => !x.isDefault && x.to);
       const newest = ranged.at(-1);
-      const pending = info.partitions.filter((x) => x.detachPending);
-      for (const x of pending) {
-        result.plan.push({ partition: `${x.schema}.${x.name}`, action: 'finalize-detach', sql: `alter table ${parent} detach partition ${quoteQualified(x.schema, x.name)} finalize` });
-      }
+      const pending = ranged.filter((x) => x.detachPending);
       const expired = ranged.filter((x) => !x.detachPending && x !== newest && x.to! <= cutoff);
       if (expired.length > policy.maxDropsPerRun) result.skipped.push({ reason: `${expired.length - policy.maxDropsPerRun} more expired partitions left for the next run (maxDropsPerRun ${policy.maxDropsPerRun})` });
       for (const x of [...pending, ...expired.slice(0, policy.maxDropsPerRun)]) {
+        const key = `${x.schema}.${x.name}`;
         const q = quoteQualified(x.schema, x.name);
-        if (!x.detachPending) {
-          result.plan.push({
-            partition: `${x.schema}.${x.name}`,
-            action: 'detach',
-            sql: `alter table ${parent} detach partition ${q}${hasDefault ? '' : ' concurrently'}`,
-            undo: `alter table ${parent} attach partition ${q} for values from (${boundLiteral(x.from!, info.keyType)}) to (${boundLiteral(x.to!, info.keyType)})`,
-          });
-        }
-        if (policy.archive) result.plan.push({ partition: `${x.schema}.${x.name}`, action: 'archive' });
-        result.plan.push({ partition: `${x.schema}.${x.name}`, action: 'drop', sql: `drop table ${q}` });
+        const from = boundLiteral(x.from!, info.keyType);
+        const to = boundLiteral(x.to!, info.keyType);
+        held.set(key, { ...held.get(key), bounds: { from, to, upper: x.to!.toJSDate() } });
+        if (x.detachPending) result.plan.push({ partition: key, action: 'finalize-detach', sql: `alter table ${parent} detach partition ${q} finalize` });
+        else result.plan.push({ partition: key, action: 'detach', sql: `alter table ${parent} detach partition ${q}${hasDefault ? '' : ' concurrently'}` });
+        if (policy.archive) result.plan.push({ partition: key, action: 'archive', undo: attachSql(q, from, to) });
+        result.plan.push({ partition: key, action: 'drop', sql: `drop table ${q}` });
       }
       if (dryRun) return;
-      await execute(ctx, client, policy, result);
+      await execute(ctx, client, policy, result, held);
     });
     if (outcome === 'locked') result.skipped.push({ reason: PARENT_LOCKED });
   } catch (thrown) {
@@ -127,47 +156,122 @@ async function applyRetention(ctx: JobContext, policy: PartitionPolicy, now: Dat
   return result;
 }
 
-/** Runs the plan step by step; a partition whose archive fails is left detached, not dropped. */
-async function execute(ctx: JobContext, client: pg.ClientBase, policy: PartitionPolicy, result: DropResult): Promise<void> {
+/**
+ * Runs the plan step by step, each journaled before it happens: a partition whose
+ * archive fails goes back into its parent; a drop and its journal entry commit together.
+ */
+async function execute(ctx: JobContext, client: pg.ClientBase, policy: PartitionPolicy, result: DropResult, held: Map<string, Held>): Promise<void> {
   await client.query(`set lock_timeout = '${policy.lockTimeout}'`);
+  const journalId = (key: string) => held.get(key)?.journal?.id;
   try {
     const archived = new Set<string>();
     for (const step of result.plan) {
       ctx.signal.throwIfAborted();
-      if (step.action === 'archive') {
-        const archive = await archivePartition(ctx, client, step.partition).catch(async (err) => {
-          // Nothing half-done: the partition goes back where it was, with its data.
-          const undo = result.plan.find((s) => s.partition === step.partition && s.undo)?.undo;
-          if (undo) await client.query(undo).then(() => ctx.log(`archive failed; re-attached ${step.partition}`));
-          throw err;
-        });
-        result.archives.push(archive);
-        archived.add(step.partition);
-        await ctx.log(`archived ${step.partition}: ${archive.rows} rows, ${archive.bytes} bytes, ${archive.file}`);
-        continue;
+      const h = held.get(step.partition) ?? {};
+      const [schema, name] = splitQualified(step.partition);
+      switch (step.action) {
+        case 'close-journal':
+          await setState(client, journalId(step.partition)!, h.closeAs!, ctx.jobId);
+          held.set(step.partition, { ...h, journal: undefined });
+          break;
+        case 'detach':
+        case 'finalize-detach': {
+          let id = journalId(step.partition);
+          if (!id) {
+            // Durable before the DETACH: a kill right after it leaves a plain table the journal still names.
+            id = await recordDetaching(client, { parent: policy.table, partitionSchema: schema, partitionName: name, boundFrom: h.bounds!.from, boundTo: h.bounds!.to, upperBound: h.bounds!.upper, jobId: ctx.jobId });
+            held.set(step.partition, { ...h, journal: { id, state: 'detaching' } as JournalEntry });
+          }
+          // DETACH … CONCURRENTLY cannot run inside a transaction block: it autocommits.
+          await client.query(step.sql!);
+          await setState(client, id, 'detached', ctx.jobId);
+          break;
+        }
+        case 'archive': {
+          const reused = await reusableArchive(h.journal);
+          const archive = reused ?? (await archivePartition(ctx, client, step.partition).catch(async (err) => {
+            // Nothing half-done: the partition goes back where it was, with its data.
+            if (step.undo) {
+              await client.query(step.undo);
+              await setState(client, journalId(step.partition)!, 'reattached', ctx.jobId);
+              await ctx.log(`archive failed; re-attached ${step.partition}`);
+            }
+            throw err;
+          }));
+          await setState(client, journalId(step.partition)!, 'archived', ctx.jobId, { file: archive.file, sha256: archive.sha256 });
+          result.archives.push(archive);
+          archived.add(step.partition);
+          await ctx.log(`${reused ? 'verified earlier archive of' : 'archived'} ${step.partition}: ${archive.rows} rows, ${archive.bytes} bytes, ${archive.file}`);
+          continue;
+        }
+        case 'reattach':
+          await client.query(step.sql!);
+          await setState(client, journalId(step.partition)!, 'reattached', ctx.jobId);
+          break;
+        case 'drop': {
+          if (policy.archive && !archived.has(step.partition)) throw new Error(`${step.partition}: no verified archive; not dropped`);
+          await withTransaction(client, async () => {
+            result.bytesFreed += Number((await client.query('select pg_total_relation_size($1::regclass) as b', [quoteQualified(schema, name)])).rows[0].b);
+            await client.query(step.sql!);
+            await setState(client, journalId(step.partition)!, 'dropped', ctx.jobId);
+          });
+          result.dropped.push(step.partition);
+          break;
+        }
       }
-      if (step.action === 'drop') {
-        if (policy.archive && !archived.has(step.partition)) throw new Error(`${step.partition}: no verified archive; not dropped`);
-        const [schema, name] = step.partition.split('.') as [string, string];
-        result.bytesFreed += Number((await client.query('select pg_total_relation_size($1::regclass) as b', [quoteQualified(schema, name)])).rows[0].b);
-      }
-      // DETACH … CONCURRENTLY cannot run inside a transaction block: each statement autocommits.
-      await client.query(step.sql!);
-      if (step.action === 'drop') result.dropped.push(step.partition);
-      await ctx.log(`${step.action}: ${step.sql}`);
+      await ctx.log(`${step.action}: ${step.sql ?? step.partition}${step.note ? ` (${step.note})` : ''}`);
     }
   } finally {
     await client.query('reset lock_timeout').catch(() => undefined);
   }
 }
 
+function splitQualified(partition: string): [string, string] {
+  const dot = partition.indexOf('.');
+  return [partition.slice(0, dot), partition.slice(dot + 1)];
+}
+
+async function withTransaction(client: pg.ClientBase, fn: () => Promise<void>): Promise<void> {
+  await client.query('begin');
+  try {
+    await fn();
+    await client.query('commit');
+  } catch (err) {
+    await client.query('rollback').catch(() => undefined);
+    throw err;
+  }
+}
+
+/** An archive an interrupted run finished (journal state archived) still counts if its file and manifest agree. */
+async function reusableArchive(entry: JournalEntry | undefined): Promise<Archive | undefined> {
+  if (entry?.state !== 'archived' || !entry.archiveFile || !entry.archiveSha256) return undefined;
+  try {
+    const manifest = JSON.parse(await fs.readFile(`${entry.archiveFile}.manifest.json`, 'utf8'));
+    const sha256 = await sha256File(entry.archiveFile);
+    if (sha256 !== entry.archiveSha256 || manifest.sha256 !== sha256) return undefined;
+    return { partition: manifest.partition, file: entry.archiveFile, rows: manifest.rows, bytes: manifest.bytes, sha256 };
+  } catch {
+    return undefined;
+  }
+}
+
 /** pg_dump of one detached partition, verified before it counts. */
 async function archivePartition(ctx: JobContext, client: pg.ClientBase, partition: string): Promise<Archive> {
-  const [schema, name] = partition.split('.') as [string, string];
+  const [schema, name] = splitQualified(partition);
   const dir = path.join(ctx.config.backupDir, 'partitions', ctx.target.name);
   await fs.mkdir(dir, { recursive: true }).catch((err) => {
     throw new PermanentJobError(`BACKUP_DIR: cannot create ${dir}: ${(err as Error).message}`);
   });
+  // A killed run's leftovers of this partition: partial dumps, and dumps that never got
+  // their manifest (they never counted). Names are compared as text, not as patterns.
+  for (const entry of await fs.readdir(dir)) {
+    if (!entry.startsWith(`${schema}.${name}-`)) continue;
+    const orphan = entry.endsWith('.partial') || (entry.endsWith('.dump') && !(await fs.stat(path.join(dir, `${entry}.manifest.json`)).catch(() => null)));
+    if (orphan) {
+      await fs.rm(path.join(dir, entry), { force: true });
+      await ctx.log(`removed ${entry}, left by an interrupted run`);
+    }
+  }
   // Detached, the table takes no more writes through the parent; this count is the dump's.
   const rows = Number((await client.query(`select count(*) as n from ${quoteQualified(schema, name)}`)).rows[0].n);
   const file = path.join(dir, `${schema}.${name}-${fileStamp()}.dump`);

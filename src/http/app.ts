@@ -47,8 +47,10 @@ function foreignOriginGuard(mode: 'strict' | 'lenient') {
     const site = req.headers['sec-fetch-site'];
     const origin = req.headers.origin;
     let sameOrigin: boolean | undefined;
+    // Sec-Fetch-Site is set by the browser itself and cannot be forged by a page; the
+    // Origin is the fallback (our Referrer-Policy makes it "null" on same-origin posts).
     if (typeof site === 'string') sameOrigin = site === 'same-origin' || site === 'none';
-    if (sameOrigin !== false && typeof origin === 'string') {
+    else if (typeof origin === 'string') {
       // Behind a trusted proxy, req.host is the host the browser asked for.
       const hosts = [req.headers.host, req.host].filter(Boolean);
       let originHost = '';
