@@ -125,6 +125,15 @@ export function judge(s: HealthSnapshot, cfg: Config['alerts']): Alert[] {
         labels: { target: p.target, table: p.table },
       });
     }
+    if (p.unfinishedDetaches) {
+      out.push({
+        key: `retention-orphan:${p.target}:${p.table}`,
+        rule: 'retention-orphan',
+        severity: 'critical',
+        summary: `${p.unfinishedDetaches} partition(s) of ${p.table} on ${p.target} were taken out by a retention run that did not finish (${(p.unfinishedPartitions ?? []).join(', ')}); the next drop-expired-partitions run finishes them`,
+        labels: { target: p.target, table: p.table },
+      });
+    }
     if (p.error) {
       out.push({ key: `health-read:partitions:${p.target}:${p.table}`, rule: 'health-read', severity: 'warning', summary: `cannot read the partitions of ${p.table} on ${p.target}: ${p.error}`, labels: { target: p.target, table: p.table } });
     }
@@ -142,7 +151,7 @@ function uncertain(key: string, s: HealthSnapshot): boolean {
   if (key.startsWith('deadman:')) return failed('history') || failed('schedules');
   if (key.startsWith('no-worker:') || key.startsWith('overrun:')) return failed('queues');
   if (key.startsWith('backup-age:') || key.startsWith('archive-lag:')) return failed('backups');
-  const table = /^(?:partition-runway|default-rows):([^:]+):(.+)$/.exec(key);
+  const table = /^(?:partition-runway|default-rows|retention-orphan):([^:]+):(.+)$/.exec(key);
   if (table) return s.partitions.some((p) => p.target === table[1] && p.table === table[2] && p.error !== undefined);
   return false;
 }

@@ -134,7 +134,7 @@ const cacheSchema = z
   })
   .strict();
 
-export const ALERT_RULES = ['job-failed', 'deadman', 'no-worker', 'overrun', 'backup-age', 'archive-lag', 'partition-runway', 'default-rows', 'health-read'] as const;
+export const ALERT_RULES = ['job-failed', 'deadman', 'no-worker', 'overrun', 'backup-age', 'archive-lag', 'partition-runway', 'default-rows', 'retention-orphan', 'health-read'] as const;
 
 const alertsSchema = z
   .object({
@@ -151,7 +151,7 @@ const alertsSchema = z
     /** DOMAIN.md: RPO under 15 minutes. */
     maxArchiveLagSeconds: z.number().int().positive().default(900),
     minPartitionRunwayDays: z.number().positive().default(3),
-    /** Rules switched off by name (job-failed, deadman, no-worker, overrun, backup-age, archive-lag, partition-runway, default-rows, health-read). */
+    /** Rules switched off by name (job-failed, deadman, no-worker, overrun, backup-age, archive-lag, partition-runway, default-rows, retention-orphan, health-read). */
     disabled: z.array(z.enum(ALERT_RULES)).default([]),
   })
   .strict();

@@ -1,8 +1,6 @@
 // Errors that decide whether BullMQ retries: anything thrown by a job handler is
 // coerced to an Error, then classified from its PostgreSQL SQLSTATE or errno.
 import { UnrecoverableError } from 'bullmq';
-import { ZodError } from 'zod';
-import { formatIssues } from './config.ts';
 import { redact } from './redact.ts';
 
 /** A failure that no retry can fix: bad payload, missing relation, denied, bad SQL. */
@@ -64,7 +62,7 @@ export type ErrorClass = 'retryable' | 'permanent' | 'timeout';
 
 export function classifyError(err: Error): ErrorClass {
   if (err instanceof JobTimeoutError) return 'timeout';
-  if (err instanceof PermanentJobError || err instanceof UnrecoverableError || err instanceof ZodError) return 'permanent';
+  if (err instanceof PermanentJobError || err instanceof UnrecoverableError) return 'permanent';
   if (err instanceof JobAbortedError) return 'retryable';
   const code = (err as { code?: unknown }).code;
   if (typeof code === 'string') {
@@ -78,7 +76,6 @@ export function classifyError(err: Error): ErrorClass {
 
 /** One line for history, logs and failedReason, secrets masked, SQLSTATE kept. */
 export function describeError(err: Error): string {
-  if (err instanceof ZodError) return `invalid payload: ${formatIssues(err.issues)}`;
   const code = (err as { code?: unknown }).code;
   const sqlstate = typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) ? ` (SQLSTATE ${code})` : '';
   return redact(`${err.message}${sqlstate}`);

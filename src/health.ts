@@ -7,6 +7,7 @@ import { listBaseBackups, listDumps, readArchive, recoveryWindow } from './backu
 import { nextRun } from './cron.ts';
 import type { JobStatus } from './history.ts';
 import { quoteQualified, readParent, type PartitionPolicy } from './partitions.ts';
+import { openEntries } from './retention-journal.ts';
 import type { Runtime } from './runtime.ts';
 import { readRunStats, type DurationStats, type RunCount } from './run-stats.ts';
 
@@ -53,6 +54,9 @@ export interface PartitionHealth {
   runwaySeconds: number | null;
   /** Rows in the DEFAULT partition, counted up to DEFAULT_ROWS_CAP. */
   defaultRows: number | null;
+  /** Partitions taken out of the parent by a retention run that is no longer running, unfinished (the journal's open entries). */
+  unfinishedDetaches: number | null;
+  unfinishedPartitions?: string[];
   error?: string;
 }
 
@@ -73,8 +77,8 @@ export const DEFAULT_ROWS_CAP = 100_000;
 
 const ms = (d: Date | string | null | undefined) => (d ? new Date(d).getTime() : null);
 
-async function partitionHealth(rt: Runtime, policy: PartitionPolicy, now: number): Promise<PartitionHealth> {
-  const out: PartitionHealth = { target: policy.target, table: policy.table, runwaySeconds: null, defaultRows: null };
+async function partitionHealth(rt: Runtime, policy: PartitionPolicy, now: number, runningRetention: Set<string>): Promise<PartitionHealth> {
+  const out: PartitionHealth = { target: policy.target, table: policy.table, runwaySeconds: null, defaultRows: null, unfinishedDetaches: null };
   const client = await rt.connections.pool(policy.target, 'monitor').connect();
   try {
     await client.query(`set statement_timeout = '10s'; set timezone = 'UTC'`);
@@ -93,6 +97,10 @@ async function partitionHealth(rt: Runtime, policy: PartitionPolicy, now: number
       const { rows } = await client.query<{ n: number }>(`select count(*)::int as n from (select 1 from ${quoteQualified(def.schema, def.name)} limit ${DEFAULT_ROWS_CAP}) s`);
       out.defaultRows = rows[0]!.n;
     } else out.defaultRows = 0;
+    // A journal entry of a run still going is work in progress; any other is an orphan.
+    const unfinished = (await openEntries(client, policy.table)).filter((e) => !runningRetention.has(e.jobId));
+    out.unfinishedDetaches = unfinished.length;
+    out.unfinishedPartitions = unfinished.map((e) => `${e.partitionSchema}.${e.partitionName}`);
   } catch (err) {
     out.error = (err as Error).message;
   } finally {
@@ -118,6 +126,13 @@ export class HealthReader {
     return snapshot;
   }
 
+  /** Ids of retention runs a worker holds now (active, or waiting for a retry after a lost worker). */
+  private async runningRetention(): Promise<Set<string>> {
+    if (!this.rt.registry.get('drop-expired-partitions')) return new Set();
+    const jobs = await this.rt.queues.get('drop-expired-partitions').getJobs(['active'], 0, 100).catch(() => []);
+    return new Set(jobs.map((j) => j.id!));
+  }
+
   async take(now = Date.now()): Promise<HealthSnapshot> {
     const { rt } = this;
     const errors: Record<string, string> = {};
@@ -132,7 +147,7 @@ export class HealthReader {
       part('history', rt.history.jobStatus(), []),
       part('history', rt.history.scheduleStatus(), []),
       part('queues', this.queues(), []),
-      Promise.all(rt.config.partitions.map((p) => partitionHealth(rt, p, now))),
+      this.runningRetention().then((running) => Promise.all(rt.config.partitions.map((p) => partitionHealth(rt, p, now, running)))),
     ]);
     const schedules = await part('schedules', this.schedules(scheduleRows, now), []);
     const backups = await part('backups', Promise.all([...rt.config.targets.keys()].map((t) => this.backups(t, now))), []);

@@ -58,6 +58,7 @@ export class Metrics {
       drillOk: gauge('pgmaint_pitr_drill_success', '1 when the last PITR drill succeeded', ['target']),
       runway: gauge('pgmaint_partition_runway_seconds', 'Time until rows have no partition but DEFAULT', ['target', 'table']),
       defaultRows: gauge('pgmaint_partition_default_rows', 'Rows in the DEFAULT partition (counted up to 100000)', ['target', 'table']),
+      unfinishedDetaches: gauge('pgmaint_partition_unfinished_detaches', 'Partitions a retention run took out of the parent and did not finish (archive, drop or re-attach)', ['target', 'table']),
       scrapeErrors: gauge('pgmaint_health_read_errors', '1 for a part of the health reading that failed', ['part']),
     };
   }
@@ -110,6 +111,7 @@ export class Metrics {
       const l = { target: p.target, table: p.table };
       set(this.g.runway!, l, p.runwaySeconds);
       set(this.g.defaultRows!, l, p.defaultRows);
+      set(this.g.unfinishedDetaches!, l, p.unfinishedDetaches);
       if (p.error) set(this.g.scrapeErrors!, { part: `partitions:${p.target}:${p.table}` }, 1);
     }
     for (const part of Object.keys(s.errors)) set(this.g.scrapeErrors!, { part }, 1);

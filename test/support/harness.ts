@@ -41,6 +41,8 @@ export interface Harness {
 
 export interface Spawned {
   child: ChildProcess;
+  /** SIGKILLs the process and everything it started (pg_dump, …): the whole process group. */
+  killGroup(): Promise<void>;
   output(): string;
   waitFor(pattern: RegExp, timeoutMs?: number): Promise<void>;
   exited: Promise<number | null>;
@@ -95,7 +97,8 @@ export async function createHarness(name: string): Promise<Harness> {
       return rt;
     },
     spawnPgmaint(args, extraEnv = {}) {
-      const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, ...env, LOG_LEVEL: 'info', ...extraEnv }, stdio: ['ignore', 'pipe', 'pipe'] });
+      // A process group of its own, so a test can kill the process with its children.
+      const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, ...env, LOG_LEVEL: 'info', ...extraEnv }, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
       children.push(child);
       let out = '';
       const listeners = new Set<() => void>();
@@ -108,6 +111,12 @@ export async function createHarness(name: string): Promise<Harness> {
       const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
       return {
         child,
+        async killGroup() {
+          if (child.exitCode !== null || child.signalCode !== null) return;
+          const gone = new Promise((resolve) => child.once('exit', resolve));
+          process.kill(-child.pid!, 'SIGKILL');
+          await gone;
+        },
         output: () => out,
         exited,
         waitFor(pattern, timeoutMs = 30_000) {
@@ -137,7 +146,19 @@ export async function createHarness(name: string): Promise<Harness> {
     },
     async killChildren() {
       const live = children.filter((c) => c.exitCode === null && c.signalCode === null);
-      await Promise.all(live.map((c) => new Promise((resolve) => c.once('exit', resolve).kill('SIGKILL'))));
+      await Promise.all(
+        live.map(
+          (c) =>
+            new Promise((resolve) => {
+              c.once('exit', resolve);
+              try {
+                process.kill(-c.pid!, 'SIGKILL');
+              } catch {
+                c.kill('SIGKILL');
+              }
+            }),
+        ),
+      );
     },
     async ownCluster() {
       const cluster = await startPostgres({ dir: path.join(dir, 'pg') });
