@@ -68,10 +68,16 @@ export class Runtime {
 
   /** Fails fast, naming REDIS_URL, when Redis does not answer (for one-shot commands). */
   async checkRedis(timeoutMs = 5000): Promise<void> {
+    const connection = this.queues.connection;
+    let onError: ((err: Error) => void) | undefined;
+    // A refused connection is reported at once, not after the timeout.
+    const refused = new Promise<never>((_, reject) => connection.once('error', (onError = reject)));
     try {
-      await withTimeout(this.queues.connection.ping(), timeoutMs);
+      await withTimeout(Promise.race([connection.ping(), refused]), timeoutMs);
     } catch (err) {
       throw new ServiceUnavailableError(`REDIS_URL: cannot reach ${safeUrl(this.config.redis.url)}: ${(err as Error).message}`);
+    } finally {
+      if (onError) connection.off('error', onError);
     }
   }
 

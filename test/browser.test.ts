@@ -1,6 +1,7 @@
 // A person at a browser: signs in to Bull Board with the admin token and finds the
 // finished backup with its log lines. Headless Debian Chromium driven by playwright-core.
 import fs from 'node:fs';
+import http from 'node:http';
 import path from 'node:path';
 import { chromium, type Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -15,17 +16,20 @@ let h: Harness;
 let rt: Runtime;
 let browser: Browser;
 let base: string;
+let port: number;
 
 beforeAll(async () => {
   h = await createHarness('browser');
   await h.admin.query(`create table milk_production (id int, litres numeric); insert into milk_production select g, 11.5 from generate_series(1, 100) g`);
   rt = h.runtime({ schedules: [] });
   startWorkers(rt, ['backup']);
-  const { port } = await startServer(rt, { port: 0, host: '127.0.0.1' });
+  ({ port } = await startServer(rt, { port: 0, host: '127.0.0.1' }));
   base = `http://127.0.0.1:${port}`;
   browser = await chromium.launch({
     executablePath: CHROMIUM,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    // pgmaint.test is an ordinary (non-loopback) host name to the browser: plain HTTP there
+    // is what an operator gets from compose's published port on another machine.
+    args: ['--host-resolver-rules=MAP pgmaint.test 127.0.0.1', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
   });
 });
 afterAll(async () => {
@@ -64,5 +68,31 @@ describe('Bull Board in a browser', () => {
     // Still signed out: Bull Board sends the browser back to the login page.
     await page.goto(`${base}/admin/queues/queue/backup`);
     expect(new URL(page.url()).pathname).toBe('/login');
+  });
+
+  it('signs in over plain HTTP on a host that is not loopback, and a cross-origin form cannot enqueue', async () => {
+    const page = await browser.newPage();
+    const plain = `http://pgmaint.test:${port}`;
+    await page.goto(`${plain}/login`);
+    await page.fill('#token', ADMIN_TOKEN);
+    await Promise.all([page.waitForURL(`${plain}/admin/queues`), page.click('button[type=submit]')]);
+    expect(new URL(page.url()).protocol).toBe('http:');
+    const waiting = await rt.queues.get('noop').getWaitingCount();
+    // A page on another port of the same host is the same site to SameSite=Strict, so the
+    // session cookie goes along with its auto-submitted form: the origin check must refuse it.
+    const attacker = http.createServer((_req, res) => {
+      res.setHeader('content-type', 'text/html');
+      res.end(`<form method="post" action="${plain}/api/jobs/noop" enctype="text/plain"><input name='{"sleepMs":1,"x":"' value='"}'></form><script>document.forms[0].submit()</script>`);
+    });
+    await new Promise<void>((resolve) => attacker.listen(0, '127.0.0.1', resolve));
+    try {
+      const attackPort = (attacker.address() as { port: number }).port;
+      const response = page.waitForResponse((r) => r.url().startsWith(`${plain}/api/jobs/noop`));
+      await page.goto(`http://pgmaint.test:${attackPort}/`);
+      expect((await response).status()).toBe(403);
+    } finally {
+      attacker.close();
+    }
+    expect(await rt.queues.get('noop').getWaitingCount()).toBe(waiting);
   });
 });

@@ -47,8 +47,8 @@ function foreignOriginGuard(mode: 'strict' | 'lenient') {
     const site = req.headers['sec-fetch-site'];
     const origin = req.headers.origin;
     let sameOrigin: boolean | undefined;
-    // Sec-Fetch-Site is set by the browser itself and cannot be forged by a page; the
-    // Origin is the fallback (our Referrer-Policy makes it "null" on same-origin posts).
+    // Sec-Fetch-Site is set by the browser itself and cannot be forged by a page; browsers
+    // send it only to https and localhost origins, so over plain HTTP the Origin decides.
     if (typeof site === 'string') sameOrigin = site === 'same-origin' || site === 'none';
     else if (typeof origin === 'string') {
       // Behind a trusted proxy, req.host is the host the browser asked for.
@@ -99,7 +99,9 @@ export function createApp(rt: Runtime, auth: Auth, parts: AppParts = {}): expres
         },
       },
       frameguard: { action: 'deny' },
-      referrerPolicy: { policy: 'no-referrer' },
+      // same-origin, not no-referrer: with no-referrer a browser sends "Origin: null" on our own
+      // form posts, and over plain HTTP (no Sec-Fetch-Site) the origin check needs the real one.
+      referrerPolicy: { policy: 'same-origin' },
       hsts: false, // TLS ends at the operator's proxy, which sets it
     }),
   );

@@ -1,0 +1,70 @@
+// The CLI as a person or a script meets it: every refusal is one line on stderr and
+// exit 2 (3 when Redis or PostgreSQL does not answer), never a stack trace; long-running
+// roles say within seconds which service they cannot reach, and keep saying it.
+import net from 'node:net';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { createHarness, type Harness } from './support/harness.ts';
+
+let h: Harness;
+let deadPort: number;
+
+beforeAll(async () => {
+  h = await createHarness('cli_errors');
+  h.configFile({ partitions: [{ table: 'app.events', column: 'ts', interval: 'day', retention: '30 days' }] });
+  deadPort = await new Promise<number>((resolve) => {
+    const s = net.createServer().listen(0, '127.0.0.1', () => {
+      const p = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(p));
+    });
+  });
+});
+afterAll(() => h.close());
+afterEach(() => h.killChildren());
+
+async function refused(args: string[], env: Record<string, string> = {}) {
+  const p = h.spawnPgmaint(args, env);
+  const code = await p.exited;
+  const out = p.output().trim();
+  return { code, out };
+}
+
+describe('CLI refusals', () => {
+  it.each([
+    [['history', '--limit', 'abc'], /^pgmaint: --limit: must be a whole number from 1 to 1000 \(got "abc"\)$/],
+    [['history', '--job', 'nosuch'], /^pgmaint: --job: unknown job "nosuch" \(known: .*noop/],
+    [['worker', '--queues', 'nosuch'], /^pgmaint: --queues: unknown job "nosuch" \(known: /],
+    [['enqueue', 'drop-expired-partitions', '--dryRun'], /^pgmaint: enqueue: unknown option --dryRun \(known: --data, --wait\); payload fields go in --data, e.g. --data '\{"dryRun": …\}'$/],
+    [['enqueue', 'drop-expired-partitions', '--data', '{"dryrun":true}'], /^pgmaint: invalid payload: dryrun: unknown field; did you mean "dryRun"\?/],
+    [['enqueue', 'drop-expired-partitions', '--data', '{"tables":["app.nosuch"]}'], /^pgmaint: invalid payload: tables\.0: no partition policy with a retention for app\.nosuch/],
+    [['enqueue', 'noop', '--data', '{"sleepMs":'], /^pgmaint: --data: not valid JSON/],
+    [['enqueue', 'nosuch'], /^pgmaint: enqueue: unknown job "nosuch"/],
+    [['frobnicate'], /^pgmaint: unknown command "frobnicate"/],
+    [['schedules', 'extra'], /^pgmaint: schedules: takes no arguments/],
+  ])('%j exits 2 with one line naming the problem', async (args, message) => {
+    const { code, out } = await refused(args);
+    expect(code).toBe(2);
+    expect(out).toMatch(message);
+    expect(out.split('\n')).toHaveLength(1);
+  });
+
+  it('enqueue with Redis unreachable exits 3, naming REDIS_URL, within seconds', async () => {
+    const started = Date.now();
+    const { code, out } = await refused(['enqueue', 'noop'], { REDIS_URL: `redis://127.0.0.1:${deadPort}` });
+    expect(code).toBe(3);
+    expect(out).toMatch(new RegExp(`^pgmaint: REDIS_URL: cannot reach redis://127\\.0\\.0\\.1:${deadPort}: `));
+    expect(Date.now() - started).toBeLessThan(15_000);
+  });
+});
+
+describe('long-running roles never wait in silence', () => {
+  it('a worker whose Redis is unreachable says so within 5 s, naming REDIS_URL, and logs each retry', async () => {
+    const p = h.spawnPgmaint(['worker'], { REDIS_URL: `redis://127.0.0.1:${deadPort}` });
+    await p.waitFor(/REDIS_URL: cannot reach .*retrying in 1s/, 8000);
+    await p.waitFor(/REDIS_URL: cannot reach .*retrying in 2s/, 10_000);
+  });
+
+  it('a server whose PostgreSQL is unreachable says so within 5 s, naming DATABASE_URL', async () => {
+    const p = h.spawnPgmaint(['server'], { DATABASE_URL: `postgres://pgmaint@127.0.0.1:${deadPort}/dairy` });
+    await p.waitFor(/DATABASE_URL: cannot reach PostgreSQL at postgres:\/\/pgmaint@127\.0\.0\.1:\d+\/dairy \(target main\).*retrying in 1s/, 8000);
+  });
+});
