@@ -1,6 +1,7 @@
 // A base backup whose worker is SIGKILLed mid-copy: nothing it left counts as a
 // backup, and the job is completed by another worker process.
 import fs from 'node:fs';
+import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { baseDir, dumpDir, listBaseBackups, listDumps } from '../src/backup-catalog.ts';
 import type { Runtime } from '../src/runtime.ts';
@@ -9,11 +10,14 @@ import { createHarness, waitForFinished, waitUntil, waitUntilBlocked, type Harne
 let h: Harness;
 let rt: Runtime;
 let pool: import('pg').Pool;
+let scratchRoot: string;
 
 beforeAll(async () => {
   h = await createHarness('backup_procs');
   ({ pool } = await h.ownCluster());
-  h.configFile({ worker: { stalledIntervalMs: 1000, lockDurationMs: 2000, shutdownTimeoutMs: 5000 } });
+  scratchRoot = path.join(h.dir, 'scratch');
+  fs.mkdirSync(scratchRoot, { recursive: true });
+  h.configFile({ worker: { stalledIntervalMs: 1000, lockDurationMs: 2000, shutdownTimeoutMs: 5000 }, backups: { scratchDir: scratchRoot } });
   rt = h.runtime({ schedules: [] });
   await rt.history.migrate();
 });
@@ -75,4 +79,39 @@ describe('backup under SIGKILL', () => {
     second.child.kill('SIGTERM');
     expect(await second.exited).toBe(0);
   });
+});
+
+describe('pitr-drill taken over after its worker died', () => {
+  it('runs cleanly on a second worker (markers of its own), and the killed attempt\'s scratch instance is removed', async () => {
+    // A verified base backup to restore: the first test's, or a fresh one.
+    if (!(await listBaseBackups(h.backupDir, 'main')).length) {
+      const w = h.spawnPgmaint(['worker', '--queues', 'base-backup']);
+      await w.waitFor(/worker started/);
+      const { job } = await rt.queues.enqueue('base-backup', {});
+      expect((await waitForFinished(rt.queues.get('base-backup'), job.id!, 90_000)).state).toBe('completed');
+      await w.killGroup();
+    }
+    const first = h.spawnPgmaint(['worker', '--queues', 'pitr-drill']);
+    await first.waitFor(/worker started/);
+    const { job } = await rt.queues.enqueue('pitr-drill', {});
+    // Killed once the markers are written and the scratch instance is being made.
+    await waitUntil(async () => fs.readdirSync(scratchRoot).length > 0, 60_000, 'the drill to create its scratch instance');
+    await first.killGroup();
+    const left = fs.readdirSync(scratchRoot);
+    expect(left.length).toBeGreaterThan(0);
+
+    const second = h.spawnPgmaint(['worker', '--queues', 'pitr-drill']);
+    await second.waitFor(/worker started/);
+    const { state, job: done } = await waitForFinished(rt.queues.get('pitr-drill'), job.id!, 120_000);
+    expect(state, done.failedReason).toBe('completed');
+    const result = done.returnvalue as { checks: { name: string; ok: boolean }[] };
+    expect(result.checks.every((c) => c.ok)).toBe(true);
+    // Both attempts wrote markers; each under its own drill id.
+    const { rows } = await pool.query(`select count(distinct drill_id)::int as n from pgmaint.drill_marker where drill_id like $1`, [`${job.id}:%`]);
+    expect(rows[0].n).toBe(2);
+    expect(fs.readdirSync(scratchRoot).filter((e) => left.includes(e))).toEqual([]);
+    const { logs } = await rt.queues.get('pitr-drill').getJobLogs(job.id!);
+    expect(logs.join('\n')).toMatch(/left by a drill whose worker died/);
+    await second.killGroup();
+  }, 240_000);
 });

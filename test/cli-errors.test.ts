@@ -67,4 +67,13 @@ describe('long-running roles never wait in silence', () => {
     const p = h.spawnPgmaint(['server'], { DATABASE_URL: `postgres://pgmaint@127.0.0.1:${deadPort}/dairy` });
     await p.waitFor(/DATABASE_URL: cannot reach PostgreSQL at postgres:\/\/pgmaint@127\.0\.0\.1:\d+\/dairy \(target main\).*retrying in 1s/, 8000);
   });
+
+  it('the server binds the address in HOST', async () => {
+    const p = h.spawnPgmaint(['server'], { HOST: '127.0.0.1', PORT: '0' });
+    await p.waitFor(/server listening/, 20_000);
+    const line = p.output().split('\n').find((l) => l.includes('server listening'))!;
+    const { host, port } = JSON.parse(line);
+    expect(host).toBe('127.0.0.1');
+    expect((await fetch(`http://127.0.0.1:${port}/healthz`)).status).toBe(200);
+  });
 });

@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import YAML from 'yaml';
 import { ConfigError, loadConfig } from '../src/config.ts';
 
 const base = { DATABASE_URL: 'postgres://app:s3cret@db:5432/dairy', BACKUP_DIR: '/var/backups/pgmaint' };
@@ -22,7 +23,15 @@ describe('configuration', () => {
     expect(c.targets.get('main')?.url).toBe(base.DATABASE_URL);
     expect(c.redis.prefix).toBe('{pgmaint}');
     expect(c.port).toBe(3000);
+    expect(c.host).toBe('0.0.0.0');
     expect(c.worker.shutdownTimeoutMs).toBe(30_000);
+  });
+
+  it('HOST sets the bind address; docker-compose sets it explicitly', () => {
+    expect(loadConfig({ ...base, HOST: '127.0.0.1' }).host).toBe('127.0.0.1');
+    expect(configErr({ ...base, HOST: '0.0.0.0; rm -rf /' })).toMatch(/HOST: must be an IP address or host name/);
+    const compose = YAML.parse(fs.readFileSync(path.resolve(import.meta.dirname, '../docker-compose.yml'), 'utf8'));
+    expect(compose.services.server.environment.HOST).toBe('0.0.0.0');
   });
 
   it('names the variable and the problem', () => {
