@@ -13,13 +13,14 @@ import { parseArgs } from 'node:util';
 import { DateTime } from 'luxon';
 import pg from 'pg';
 import { ROLLUP_SQL } from '../jobs/daily-sales-rollup.ts';
-import { loadConfig } from '../src/config.ts';
-import { BUSINESS_ZONE, seedDairy, SCALES, type Scale } from '../src/dairy.ts';
-import { createDatabase, startPostgres, startRedis } from '../src/devstack.ts';
-import { createLogger } from '../src/logger.ts';
-import { startWorkers } from '../src/roles.ts';
-import { Runtime } from '../src/runtime.ts';
+import { loadConfig } from '../src/core/config.ts';
+import { BUSINESS_ZONE, seedDairy, SCALES, type Scale } from '../src/dev/dairy.ts';
+import { createDatabase, startPostgres, startRedis } from '../src/dev/devstack.ts';
+import { createLogger } from '../src/core/logger.ts';
+import { startWorkers } from '../src/cli/roles.ts';
+import { Runtime } from '../src/runner/runtime.ts';
 import { jobRunner } from './run-job.ts';
+import { createRuntime } from '../src/pgmaint.ts';
 
 const { values } = parseArgs({ options: { scale: { type: 'string', default: 'large' } } });
 const scale = values.scale as Scale;
@@ -53,7 +54,7 @@ fs.writeFileSync(
   }),
 );
 const config = loadConfig({ DATABASE_URL: server.url('dairy'), REDIS_URL: redis.url, CACHE_REDIS_URL: `${redis.url}/2`, BACKUP_DIR: path.join(dir, 'backups'), PGMAINT_CONFIG: configFile });
-const rt = Runtime.create({ config, logger: createLogger('warn'), schedules: [] });
+const rt = createRuntime({ config, logger: createLogger('warn'), schedules: [] });
 await rt.history.migrate();
 startWorkers(rt, ['daily-sales-rollup', 'warm-cache']);
 const job = jobRunner(rt);

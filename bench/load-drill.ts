@@ -11,7 +11,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { Redis } from 'ioredis';
 import pg from 'pg';
-import { createDatabase, startPostgres, startRedis } from '../src/devstack.ts';
+import { createDatabase, startPostgres, startRedis } from '../src/dev/devstack.ts';
 
 const { values } = parseArgs({ options: { jobs: { type: 'string', default: '10000' } } });
 const JOBS = Number(values.jobs);

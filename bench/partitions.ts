@@ -10,11 +10,12 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { DateTime } from 'luxon';
 import pg from 'pg';
-import { loadConfig } from '../src/config.ts';
-import { createDatabase, startPostgres, startRedis } from '../src/devstack.ts';
-import { createLogger } from '../src/logger.ts';
-import { startWorkers } from '../src/roles.ts';
-import { Runtime } from '../src/runtime.ts';
+import { loadConfig } from '../src/core/config.ts';
+import { createDatabase, startPostgres, startRedis } from '../src/dev/devstack.ts';
+import { createLogger } from '../src/core/logger.ts';
+import { startWorkers } from '../src/cli/roles.ts';
+import { Runtime } from '../src/runner/runtime.ts';
+import { createRuntime } from '../src/pgmaint.ts';
 
 const { values } = parseArgs({ options: { parents: { type: 'string', default: '200' }, rounds: { type: 'string', default: '3' } } });
 const PARENTS = Number(values.parents);
@@ -53,7 +54,7 @@ await withClient('partman', async (c) => {
 const configFile = path.join(dir, 'pgmaint.json');
 fs.writeFileSync(configFile, JSON.stringify({ partitions: tables.map((table) => ({ table, column: 'ts', interval: 'month', premake: 4 })) }));
 const config = loadConfig({ DATABASE_URL: server.url('ours'), REDIS_URL: redis.url, BACKUP_DIR: path.join(dir, 'backups'), PGMAINT_CONFIG: configFile });
-const rt = Runtime.create({ config, logger: createLogger('warn'), schedules: [] });
+const rt = createRuntime({ config, logger: createLogger('warn'), schedules: [] });
 await rt.history.migrate();
 startWorkers(rt, ['create-partitions']);
 

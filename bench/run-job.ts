@@ -1,6 +1,6 @@
 // Benchmarks enqueue a job through the runner and wait for its result, timing it.
 import { QueueEvents } from 'bullmq';
-import type { Runtime } from '../src/runtime.ts';
+import type { Runtime } from '../src/runner/runtime.ts';
 
 export interface JobRunner {
   (name: string, payload: object): Promise<{ ms: number; result: Record<string, any> }>;

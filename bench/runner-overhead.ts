@@ -8,11 +8,12 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { Queue, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
-import { loadConfig } from '../src/config.ts';
-import { createDatabase, startPostgres, startRedis } from '../src/devstack.ts';
-import { createLogger } from '../src/logger.ts';
-import { startWorkers } from '../src/roles.ts';
-import { Runtime } from '../src/runtime.ts';
+import { loadConfig } from '../src/core/config.ts';
+import { createDatabase, startPostgres, startRedis } from '../src/dev/devstack.ts';
+import { createLogger } from '../src/core/logger.ts';
+import { startWorkers } from '../src/cli/roles.ts';
+import { Runtime } from '../src/runner/runtime.ts';
+import { createRuntime } from '../src/pgmaint.ts';
 
 const { values } = parseArgs({ options: { jobs: { type: 'string', default: '3000' }, samples: { type: 'string', default: '300' } } });
 const JOBS = Number(values.jobs);
@@ -96,7 +97,7 @@ function bareSide(): Side {
 function runnerSide(synchronous: boolean): Side {
   const config = loadConfig({ DATABASE_URL: pg.url('bench'), REDIS_URL: redis.url, BACKUP_DIR: path.join(dir, 'backups') });
   config.history.synchronous = synchronous;
-  const rt = Runtime.create({ config, logger: createLogger('warn'), schedules: [] });
+  const rt = createRuntime({ config, logger: createLogger('warn'), schedules: [] });
   // Observe starts without changing the job: wrap its handler.
   const noop = rt.registry.get('noop')!;
   // Rows left by an earlier side in this run are not this side's.
@@ -124,7 +125,7 @@ function runnerSide(synchronous: boolean): Side {
 }
 
 try {
-  const setup = Runtime.create({ config: loadConfig({ DATABASE_URL: pg.url('bench'), REDIS_URL: redis.url, BACKUP_DIR: dir }), logger: createLogger('warn'), schedules: [] });
+  const setup = createRuntime({ config: loadConfig({ DATABASE_URL: pg.url('bench'), REDIS_URL: redis.url, BACKUP_DIR: dir }), logger: createLogger('warn'), schedules: [] });
   await setup.history.migrate();
   await setup.close();
   const bare = await measure(bareSide());

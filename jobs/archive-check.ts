@@ -7,10 +7,10 @@
 // the run, naming it; the figures are in the log and, on success, the result.
 import fs from 'node:fs/promises';
 import { z } from 'zod';
-import { listBaseBackups, recoveryWindow } from '../src/backup-catalog.ts';
-import { PermanentJobError } from '../src/errors.ts';
-import { defineJob, targetField } from '../src/job-definition.ts';
-import { listArchive, newestSegment, parseLsn, parseSize, segmentNumber, waitForArchived } from '../src/wal.ts';
+import { listBaseBackups, recoveryWindow } from '../src/backup/catalog.ts';
+import { PermanentJobError } from '../src/core/errors.ts';
+import { defineJob, targetField } from '../src/runner/job-definition.ts';
+import { listArchive, newestSegment, parseLsn, parseSize, segmentNumber, waitForArchived } from '../src/backup/wal.ts';
 
 export const payload = z.object({
   target: targetField,

@@ -7,13 +7,13 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
-import { ensureWritableDir, runAlone } from '../src/backup-run.ts';
+import { ensureWritableDir, runAlone } from '../src/backup/run-guard.ts';
 import type pg from 'pg';
-import { dumpDir, type DumpManifest } from '../src/backup-catalog.ts';
-import { fileStamp, publish, sha256File, sha256Tree, writeJsonAtomic } from '../src/files.ts';
-import { defineJob, targetField, type JobContext } from '../src/job-definition.ts';
-import { quoteIdent } from '../src/partitions.ts';
-import { binPath, runProcess } from '../src/proc.ts';
+import { dumpDir, type DumpManifest } from '../src/backup/catalog.ts';
+import { fileStamp, publish, sha256File, sha256Tree, writeJsonAtomic } from '../src/core/files.ts';
+import { defineJob, targetField, type JobContext } from '../src/runner/job-definition.ts';
+import { quoteIdent } from '../src/core/sql.ts';
+import { binPath, runProcess } from '../src/core/proc.ts';
 
 export const payload = z
   .object({

@@ -7,13 +7,13 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
-import { baseDir, type BaseBackupManifest } from '../src/backup-catalog.ts';
-import { materializeDataDir, verifyDataDir } from '../src/base-backup-files.ts';
-import { ensureWritableDir, runAlone } from '../src/backup-run.ts';
-import { fileStamp, fsyncPath, treeSize, writeJsonAtomic } from '../src/files.ts';
-import { defineJob, targetField, type JobContext } from '../src/job-definition.ts';
-import { binPath, runProcess } from '../src/proc.ts';
-import { parseLsn, parseSize, segmentName, segmentNumber } from '../src/wal.ts';
+import { baseDir, type BaseBackupManifest } from '../src/backup/catalog.ts';
+import { materializeDataDir, verifyDataDir } from '../src/backup/base-backup-files.ts';
+import { ensureWritableDir, runAlone } from '../src/backup/run-guard.ts';
+import { fileStamp, fsyncPath, treeSize, writeJsonAtomic } from '../src/core/files.ts';
+import { defineJob, targetField, type JobContext } from '../src/runner/job-definition.ts';
+import { binPath, runProcess } from '../src/core/proc.ts';
+import { parseLsn, parseSize, segmentName, segmentNumber } from '../src/backup/wal.ts';
 
 export const payload = z
   .object({

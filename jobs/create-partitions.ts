@@ -8,30 +8,11 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { DateTime } from 'luxon';
 import type pg from 'pg';
 import { z } from 'zod';
-import { PermanentJobError } from '../src/errors.ts';
-import { defineJob, targetField, type JobContext } from '../src/job-definition.ts';
-import {
-  boundLiteral,
-  nextPeriod,
-  partitionName,
-  periodStart,
-  PARENT_LOCKED,
-  parseKeyValue,
-  policiesFor,
-  qualifiedName,
-  quoteIdent,
-  quoteLiteral,
-  quoteQualified,
-  readParent,
-  tablesIssues,
-  recordPolicyError,
-  throwIfPoliciesFailed,
-  type ExistingPartition,
-  type ParentInfo,
-  type PartitionPolicy,
-  type PolicyOutcome,
-  withParentLock,
-} from '../src/partitions.ts';
+import { PermanentJobError } from '../src/core/errors.ts';
+import { defineJob, targetField, type JobContext } from '../src/runner/job-definition.ts';
+import { type PartitionPolicy } from '../src/core/partition-policy.ts';
+import { qualifiedName, quoteIdent, quoteLiteral, quoteQualified } from '../src/core/sql.ts';
+import { boundLiteral, nextPeriod, partitionName, periodStart, PARENT_LOCKED, parseKeyValue, policiesFor, readParent, tablesIssues, recordPolicyError, throwIfPoliciesFailed, type ExistingPartition, type ParentInfo, type PolicyOutcome, withParentLock } from '../src/partitions/partitions.ts';
 
 export const payload = z.object({
   target: targetField,

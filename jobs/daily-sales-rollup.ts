@@ -8,7 +8,7 @@
 // for every covered day.
 import { DateTime, IANAZone } from 'luxon';
 import { z } from 'zod';
-import { defineJob, targetField } from '../src/job-definition.ts';
+import { defineJob, targetField } from '../src/runner/job-definition.ts';
 
 const isoDate = z.string().regex(/^\d{4}-\d{2}-\d{2}$/, 'must be a date, YYYY-MM-DD').refine((d) => DateTime.fromISO(d).isValid, 'is not a valid date');
 

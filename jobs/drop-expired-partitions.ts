@@ -11,26 +11,14 @@ import path from 'node:path';
 import { DateTime } from 'luxon';
 import type pg from 'pg';
 import { z } from 'zod';
-import { PermanentJobError } from '../src/errors.ts';
-import { fileStamp, publish, sha256File, writeJsonAtomic } from '../src/files.ts';
-import { defineJob, targetField, type JobContext } from '../src/job-definition.ts';
-import {
-  boundLiteral,
-  PARENT_LOCKED,
-  parseRetention,
-  policiesFor,
-  qualifiedName,
-  quoteQualified,
-  readParent,
-  tablesIssues,
-  recordPolicyError,
-  throwIfPoliciesFailed,
-  withParentLock,
-  type PartitionPolicy,
-  type PolicyOutcome,
-} from '../src/partitions.ts';
-import { binPath, runProcess } from '../src/proc.ts';
-import { catalogPlace, ensureJournal, openEntries, recordDetaching, setState, type JournalEntry } from '../src/retention-journal.ts';
+import { PermanentJobError } from '../src/core/errors.ts';
+import { fileStamp, publish, sha256File, writeJsonAtomic } from '../src/core/files.ts';
+import { defineJob, targetField, type JobContext } from '../src/runner/job-definition.ts';
+import { parseRetention, type PartitionPolicy } from '../src/core/partition-policy.ts';
+import { qualifiedName, quoteQualified } from '../src/core/sql.ts';
+import { boundLiteral, PARENT_LOCKED, policiesFor, readParent, tablesIssues, recordPolicyError, throwIfPoliciesFailed, withParentLock, type PolicyOutcome } from '../src/partitions/partitions.ts';
+import { binPath, runProcess } from '../src/core/proc.ts';
+import { catalogPlace, ensureJournal, openEntries, recordDetaching, setState, type JournalEntry } from '../src/partitions/retention-journal.ts';
 
 export const payload = z.object({
   target: targetField,

@@ -1,5 +1,5 @@
 // Every job the runner knows. Adding a job: one file in jobs/, one line here.
-import type { AnyJobDefinition } from '../src/job-definition.ts';
+import type { AnyJobDefinition } from '../src/runner/job-definition.ts';
 import archiveCheck from './archive-check.ts';
 import backup from './backup.ts';
 import baseBackup from './base-backup.ts';

@@ -2,7 +2,7 @@
 // the runner benchmark, fault drills) without touching a database.
 import { setTimeout as sleep } from 'node:timers/promises';
 import { z } from 'zod';
-import { defineJob, targetField } from '../src/job-definition.ts';
+import { defineJob, targetField } from '../src/runner/job-definition.ts';
 
 export const payload = z.object({
   target: targetField,

@@ -13,13 +13,13 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type pg from 'pg';
 import { z } from 'zod';
-import { baseBackupLockKey, listBaseBackups, type ListedBaseBackup } from '../src/backup-catalog.ts';
-import { materializeDataDir, verifyDataDir } from '../src/base-backup-files.ts';
-import { PermanentJobError } from '../src/errors.ts';
-import { defineJob, targetField, type JobContext } from '../src/job-definition.ts';
-import { qualifiedName, quoteIdent } from '../src/partitions.ts';
-import { createScratchInstance, removeAbandonedScratch, type ScratchInstance } from '../src/scratch-instance.ts';
-import { waitForArchived } from '../src/wal.ts';
+import { baseBackupLockKey, listBaseBackups, type ListedBaseBackup } from '../src/backup/catalog.ts';
+import { materializeDataDir, verifyDataDir } from '../src/backup/base-backup-files.ts';
+import { PermanentJobError } from '../src/core/errors.ts';
+import { defineJob, targetField, type JobContext } from '../src/runner/job-definition.ts';
+import { qualifiedName, quoteIdent } from '../src/core/sql.ts';
+import { createScratchInstance, removeAbandonedScratch, type ScratchInstance } from '../src/backup/scratch-instance.ts';
+import { waitForArchived } from '../src/backup/wal.ts';
 
 export const payload = z.object({
   target: targetField,

@@ -10,10 +10,10 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
-import { baseBackupLockKey, listBaseBackups, listDumps, readArchive, recoveryWindow, type ListedBaseBackup, type ListedDump } from '../src/backup-catalog.ts';
-import { fsyncPath, treeSize } from '../src/files.ts';
-import { defineJob, targetField } from '../src/job-definition.ts';
-import { parseSegmentName } from '../src/wal.ts';
+import { baseBackupLockKey, listBaseBackups, listDumps, readArchive, recoveryWindow, type ListedBaseBackup, type ListedDump } from '../src/backup/catalog.ts';
+import { fsyncPath, treeSize } from '../src/core/files.ts';
+import { defineJob, targetField } from '../src/runner/job-definition.ts';
+import { parseSegmentName } from '../src/backup/wal.ts';
 
 export const payload = z.object({
   target: targetField,

@@ -5,13 +5,13 @@
 // happens; the verdict is written beside the dump (<dump>.restore-check.json).
 import { z } from 'zod';
 import pg from 'pg';
-import { listDumps, type RestoreCheckRecord } from '../src/backup-catalog.ts';
-import { libpqEnv } from '../src/connections.ts';
-import { PermanentJobError } from '../src/errors.ts';
-import { sha256File, sha256Tree, writeJsonAtomic } from '../src/files.ts';
-import { defineJob, targetField } from '../src/job-definition.ts';
-import { quoteIdent } from '../src/partitions.ts';
-import { binPath, runProcess } from '../src/proc.ts';
+import { listDumps, type RestoreCheckRecord } from '../src/backup/catalog.ts';
+import { libpqEnv } from '../src/core/libpq.ts';
+import { PermanentJobError } from '../src/core/errors.ts';
+import { sha256File, sha256Tree, writeJsonAtomic } from '../src/core/files.ts';
+import { defineJob, targetField } from '../src/runner/job-definition.ts';
+import { quoteIdent } from '../src/core/sql.ts';
+import { binPath, runProcess } from '../src/core/proc.ts';
 
 export const payload = z.object({
   target: targetField,

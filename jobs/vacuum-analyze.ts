@@ -8,9 +8,9 @@
 // the payload names in vacuumFull.
 import type pg from 'pg';
 import { z } from 'zod';
-import { PermanentJobError } from '../src/errors.ts';
-import { defineJob, targetField, type JobContext } from '../src/job-definition.ts';
-import { qualifiedName, quoteIdent } from '../src/partitions.ts';
+import { PermanentJobError } from '../src/core/errors.ts';
+import { defineJob, targetField, type JobContext } from '../src/runner/job-definition.ts';
+import { qualifiedName, quoteIdent } from '../src/core/sql.ts';
 
 const thresholds = z
   .object({

@@ -5,9 +5,9 @@
 import { Redis } from 'ioredis';
 import type pg from 'pg';
 import { z } from 'zod';
-import type { Config } from '../src/config.ts';
-import { coerceError, describeError, PermanentJobError } from '../src/errors.ts';
-import { defineJob, targetField, type JobContext } from '../src/job-definition.ts';
+import type { Config } from '../src/core/config.ts';
+import { coerceError, describeError, PermanentJobError } from '../src/core/errors.ts';
+import { defineJob, targetField, type JobContext } from '../src/runner/job-definition.ts';
 
 export const payload = z.object({
   target: targetField,

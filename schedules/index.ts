@@ -1,7 +1,7 @@
 // Schedules as data: synced into BullMQ job schedulers on start (ids are stable;
 // removing an entry here removes its scheduler from Redis). Times are read in `tz`.
 // The config file can switch one off with scheduler.disabled: [id].
-import type { Schedule } from '../src/schedules.ts';
+import type { Schedule } from '../src/runner/scheduler.ts';
 
 const daily = (id: string, job: string, cron: string): Schedule => ({
   id,

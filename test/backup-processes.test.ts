@@ -3,8 +3,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { baseDir, dumpDir, listBaseBackups, listDumps } from '../src/backup-catalog.ts';
-import type { Runtime } from '../src/runtime.ts';
+import { baseDir, dumpDir, listBaseBackups, listDumps } from '../src/backup/catalog.ts';
+import type { Runtime } from '../src/runner/runtime.ts';
 import { createHarness, waitForFinished, waitUntil, waitUntilBlocked, type Harness } from './support/harness.ts';
 
 let h: Harness;

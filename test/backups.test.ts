@@ -6,11 +6,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { baseBackupLockKey, baseDir, listBaseBackups, listDumps } from '../src/backup-catalog.ts';
-import { verifyDataDir } from '../src/base-backup-files.ts';
-import type { PostgresInstance } from '../src/devstack.ts';
-import { startWorkers } from '../src/roles.ts';
-import type { Runtime } from '../src/runtime.ts';
+import { baseBackupLockKey, baseDir, listBaseBackups, listDumps } from '../src/backup/catalog.ts';
+import { verifyDataDir } from '../src/backup/base-backup-files.ts';
+import type { PostgresInstance } from '../src/dev/devstack.ts';
+import { startWorkers } from '../src/cli/roles.ts';
+import type { Runtime } from '../src/runner/runtime.ts';
 import { createHarness, waitForFinished, type Harness } from './support/harness.ts';
 
 let h: Harness;

@@ -1,8 +1,8 @@
 import { DateTime } from 'luxon';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { PolicyResult } from '../jobs/create-partitions.ts';
-import { startWorkers } from '../src/roles.ts';
-import type { Runtime } from '../src/runtime.ts';
+import { startWorkers } from '../src/cli/roles.ts';
+import type { Runtime } from '../src/runner/runtime.ts';
 import { createHarness, waitForFinished, type Harness } from './support/harness.ts';
 
 let h: Harness;

@@ -1,6 +1,6 @@
 import { DateTime } from 'luxon';
 import { describe, expect, it } from 'vitest';
-import { nextRun, nextRuns, parseCron } from '../src/cron.ts';
+import { nextRun, nextRuns, parseCron } from '../src/core/cron.ts';
 
 /** Runs between two local dates, as local ISO strings. */
 function runsBetween(cron: string, tz: string, fromIso: string, toIso: string): string[] {

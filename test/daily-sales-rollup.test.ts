@@ -2,9 +2,9 @@
 // equals a GROUP BY over the sources, a second run changes nothing, the local day
 // of Asia/Dhaka decides where an order belongs, and cancelled orders drop out.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { seedDairy } from '../src/dairy.ts';
-import { startWorkers } from '../src/roles.ts';
-import type { Runtime } from '../src/runtime.ts';
+import { seedDairy } from '../src/dev/dairy.ts';
+import { startWorkers } from '../src/cli/roles.ts';
+import type { Runtime } from '../src/runner/runtime.ts';
 import { createHarness, waitForFinished, type Harness } from './support/harness.ts';
 
 let h: Harness;

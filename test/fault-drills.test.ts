@@ -7,9 +7,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { dumpDir, listDumps } from '../src/backup-catalog.ts';
-import { startRedis, type PostgresInstance } from '../src/devstack.ts';
-import { startWorkers } from '../src/roles.ts';
+import { dumpDir, listDumps } from '../src/backup/catalog.ts';
+import { startRedis, type PostgresInstance } from '../src/dev/devstack.ts';
+import { startWorkers } from '../src/cli/roles.ts';
 import { ADMIN_TOKEN, createHarness, waitForFinished, waitUntil, waitUntilBlocked, type Harness } from './support/harness.ts';
 
 let h: Harness;

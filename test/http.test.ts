@@ -2,7 +2,7 @@ import request from 'supertest';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createApp } from '../src/http/app.ts';
 import { Auth } from '../src/http/auth.ts';
-import type { Runtime } from '../src/runtime.ts';
+import type { Runtime } from '../src/runner/runtime.ts';
 import { ADMIN_TOKEN, createHarness, VIEWER_TOKEN, type Harness } from './support/harness.ts';
 
 let h: Harness;

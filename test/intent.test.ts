@@ -9,8 +9,8 @@ import request from 'supertest';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createApp } from '../src/http/app.ts';
 import { Auth } from '../src/http/auth.ts';
-import { startWorkers } from '../src/roles.ts';
-import type { Runtime } from '../src/runtime.ts';
+import { startWorkers } from '../src/cli/roles.ts';
+import type { Runtime } from '../src/runner/runtime.ts';
 import { ADMIN_TOKEN, createHarness, VIEWER_TOKEN, waitForFinished, type Harness } from './support/harness.ts';
 
 let h: Harness;

@@ -2,10 +2,10 @@
 // (the "Database grants" SQL there), not a superuser: the jobs it is granted for
 // work, and one it is not granted for fails at once with PostgreSQL's own reason.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { listDumps } from '../src/backup-catalog.ts';
-import { seedDairy } from '../src/dairy.ts';
-import { startWorkers } from '../src/roles.ts';
-import type { Runtime } from '../src/runtime.ts';
+import { listDumps } from '../src/backup/catalog.ts';
+import { seedDairy } from '../src/dev/dairy.ts';
+import { startWorkers } from '../src/cli/roles.ts';
+import type { Runtime } from '../src/runner/runtime.ts';
 import { createHarness, waitForFinished, type Harness } from './support/harness.ts';
 
 let h: Harness;

@@ -6,12 +6,12 @@ import path from 'node:path';
 import YAML from 'yaml';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { jobs } from '../jobs/index.ts';
-import { AlertMonitor, judge, webhookNotifier, type WebhookBody } from '../src/alerts.ts';
-import { HealthReader, type HealthSnapshot } from '../src/health.ts';
+import { AlertMonitor, judge, webhookNotifier, type WebhookBody } from '../src/monitoring/alerts.ts';
+import { HealthReader, type HealthSnapshot } from '../src/monitoring/health.ts';
 import { startServer } from '../src/http/server.ts';
-import { startWorkers } from '../src/roles.ts';
-import type { Runtime } from '../src/runtime.ts';
-import type { WorkerRuntime } from '../src/worker.ts';
+import { startWorkers } from '../src/cli/roles.ts';
+import type { Runtime } from '../src/runner/runtime.ts';
+import type { WorkerRuntime } from '../src/runner/worker.ts';
 import { ADMIN_TOKEN, createHarness, waitForFinished, waitUntil, type Harness } from './support/harness.ts';
 import { sqlProbe } from './support/test-jobs.ts';
 

@@ -1,7 +1,7 @@
 // pgmaint as real processes: SIGKILL mid-job, SIGTERM drain, and three processes
 // syncing schedules at once.
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import type { Runtime } from '../src/runtime.ts';
+import type { Runtime } from '../src/runner/runtime.ts';
 import { createHarness, waitForFinished, waitUntil, type Harness } from './support/harness.ts';
 
 let h: Harness;

@@ -2,7 +2,7 @@
 // bearer tokens are masked in messages and error texts.
 import { Writable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
-import { createLogger } from '../src/logger.ts';
+import { createLogger } from '../src/core/logger.ts';
 
 function capture(): { logger: ReturnType<typeof createLogger>; text: () => string } {
   let out = '';

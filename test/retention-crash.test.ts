@@ -6,9 +6,9 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { HealthReader } from '../src/health.ts';
-import { judge } from '../src/alerts.ts';
-import type { Runtime } from '../src/runtime.ts';
+import { HealthReader } from '../src/monitoring/health.ts';
+import { judge } from '../src/monitoring/alerts.ts';
+import type { Runtime } from '../src/runner/runtime.ts';
 import { createHarness, waitForFinished, waitUntil, type Harness } from './support/harness.ts';
 
 let h: Harness;

@@ -1,8 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { nextRun } from '../src/cron.ts';
-import { startWorkers } from '../src/roles.ts';
-import type { Runtime } from '../src/runtime.ts';
-import { Scheduler, resolveSchedules, type Schedule } from '../src/schedules.ts';
+import { nextRun } from '../src/core/cron.ts';
+import { startWorkers } from '../src/cli/roles.ts';
+import type { Runtime } from '../src/runner/runtime.ts';
+import { Scheduler, resolveSchedules, type Schedule } from '../src/runner/scheduler.ts';
 import { createHarness, waitUntil, type Harness } from './support/harness.ts';
 
 const schedules: Schedule[] = [

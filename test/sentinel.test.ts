@@ -6,9 +6,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { freePort, startRedis, type RedisInstance } from '../src/devstack.ts';
-import { startWorkers } from '../src/roles.ts';
-import type { Runtime } from '../src/runtime.ts';
+import { freePort, startRedis, type RedisInstance } from '../src/dev/devstack.ts';
+import { startWorkers } from '../src/cli/roles.ts';
+import type { Runtime } from '../src/runner/runtime.ts';
 import { createHarness, waitForFinished, waitUntil, type Harness } from './support/harness.ts';
 
 let h: Harness;

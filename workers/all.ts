@@ -1,4 +1,4 @@
 // A worker process serving every job kind, each at its configured concurrency.
-import { runWorkerProcess } from '../src/roles.ts';
+import { runWorkerProcess } from '../src/cli/roles.ts';
 
 await runWorkerProcess();

@@ -2,6 +2,6 @@
 // BACKUP_DIR and reads the WAL archive (it also needs the PostgreSQL binaries for
 // the drill's scratch instance). Concurrency per job comes from jobs.<name>.concurrency.
 import { BACKUP_JOBS } from '../jobs/index.ts';
-import { runWorkerProcess } from '../src/roles.ts';
+import { runWorkerProcess } from '../src/cli/roles.ts';
 
 await runWorkerProcess({ only: BACKUP_JOBS });

@@ -1,10 +1,10 @@
 // API handlers that do not know Express: each takes a plain request and returns
 // {status, body}. app.ts is the thin adapter.
-import { listBaseBackups, listDumps, readArchive, recoveryWindow } from '../backup-catalog.ts';
-import { safeUrl } from '../redact.ts';
-import type { Runtime } from '../runtime.ts';
-import { newestSegment } from '../wal.ts';
-import { PayloadError } from '../registry.ts';
+import { listBaseBackups, listDumps, readArchive, recoveryWindow } from '../backup/catalog.ts';
+import { safeUrl } from '../core/redact.ts';
+import type { Runtime } from '../runner/runtime.ts';
+import { newestSegment } from '../backup/wal.ts';
+import { PayloadError } from '../runner/registry.ts';
 import type { Role } from './auth.ts';
 
 export interface ApiRequest {

@@ -1,11 +1,11 @@
 // The server role: HTTP API and Bull Board, schedule sync, the schedule watchdog
 // and run-history retention.
 import type { Server } from 'node:http';
-import { AlertMonitor, webhookNotifier } from '../alerts.ts';
-import { ConfigError } from '../config.ts';
-import { HealthReader } from '../health.ts';
-import { Metrics } from '../metrics.ts';
-import type { Runtime } from '../runtime.ts';
+import { AlertMonitor, webhookNotifier } from '../monitoring/alerts.ts';
+import { ConfigError } from '../core/config.ts';
+import { HealthReader } from '../monitoring/health.ts';
+import { Metrics } from '../monitoring/metrics.ts';
+import type { Runtime } from '../runner/runtime.ts';
 import { createApp } from './app.ts';
 import { Auth } from './auth.ts';
 

@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { TestProject } from 'vitest/node';
-import { startPostgres, startRedis, type PostgresInstance, type RedisInstance } from '../../src/devstack.ts';
+import { startPostgres, startRedis, type PostgresInstance, type RedisInstance } from '../../src/dev/devstack.ts';
 
 let pg: PostgresInstance | undefined;
 let redis: RedisInstance | undefined;

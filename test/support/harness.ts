@@ -8,10 +8,11 @@ import path from 'node:path';
 import type { Job, Queue } from 'bullmq';
 import pg from 'pg';
 import { inject } from 'vitest';
-import { loadConfig } from '../../src/config.ts';
-import { createDatabase, startPostgres, type PostgresInstance } from '../../src/devstack.ts';
-import { createLogger } from '../../src/logger.ts';
-import { Runtime, type RuntimeOptions } from '../../src/runtime.ts';
+import { loadConfig } from '../../src/core/config.ts';
+import { createDatabase, startPostgres, type PostgresInstance } from '../../src/dev/devstack.ts';
+import { createLogger } from '../../src/core/logger.ts';
+import { Runtime, type RuntimeOptions } from '../../src/runner/runtime.ts';
+import { createRuntime } from '../../src/pgmaint.ts';
 
 export const ADMIN_TOKEN = 'admin-token-for-tests-0123456789';
 export const VIEWER_TOKEN = 'viewer-token-for-tests-012345678';
@@ -24,7 +25,7 @@ export interface Harness {
   backupDir: string;
   dir: string;
   admin: pg.Pool;
-  runtime(opts?: Omit<RuntimeOptions, 'env'> & { env?: Record<string, string> }): Runtime;
+  runtime(opts?: Omit<Partial<RuntimeOptions>, 'env'> & { env?: Record<string, string> }): Runtime;
   /** Writes a config file and points PGMAINT_CONFIG at it. */
   configFile(content: object): void;
   spawnPgmaint(args: string[], extraEnv?: Record<string, string>): Spawned;
@@ -92,7 +93,7 @@ export async function createHarness(name: string): Promise<Harness> {
     },
     runtime(opts = {}) {
       const config = loadConfig({ ...process.env, ...env, ...opts.env });
-      const rt = Runtime.create({ ...opts, config, logger: opts.logger ?? createLogger('silent') });
+      const rt = createRuntime({ ...opts, config, logger: opts.logger ?? createLogger('silent') });
       runtimes.push(rt);
       return rt;
     },

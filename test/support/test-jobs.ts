@@ -1,8 +1,8 @@
 // Jobs that exist only in tests: they provoke real PostgreSQL errors and real child
 // processes so the runner's retry, timeout and abort paths meet the real thing.
 import { z } from 'zod';
-import { defineJob, targetField } from '../../src/job-definition.ts';
-import { binPath, runProcess } from '../../src/proc.ts';
+import { defineJob, targetField } from '../../src/runner/job-definition.ts';
+import { binPath, runProcess } from '../../src/core/proc.ts';
 
 export const sqlProbe = defineJob({
   name: 'sql-probe',

@@ -2,7 +2,7 @@
 // as in docker-compose.yml) under one directory, the dairy database (src/dairy.ts), tokens.
 import fs from 'node:fs';
 import path from 'node:path';
-import { newToken, writeEnvFile } from './cli.ts';
+import { newToken, writeEnvFile } from './env-file.ts';
 import { seedDairy, type Scale } from './dairy.ts';
 import { createDatabase, startPostgres, startRedis } from './devstack.ts';
 

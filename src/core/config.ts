@@ -5,7 +5,8 @@ import path from 'node:path';
 import { z } from 'zod';
 import YAML from 'yaml';
 import { IANAZone } from 'luxon';
-import { partitionPolicy, qualifiedName, type PartitionPolicy } from './partitions.ts';
+import { partitionPolicy, type PartitionPolicy } from './partition-policy.ts';
+import { qualifiedName } from './sql.ts';
 
 export class ConfigError extends Error {
   override name = 'ConfigError';

@@ -1,16 +1,15 @@
 // The pgmaint command line. Long-running roles (server, worker, demo) keep the
 // process alive; the others print and exit.
-import { randomBytes } from 'node:crypto';
-import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { QueueEvents } from 'bullmq';
-import { ConfigError } from './config.ts';
-import { ServiceUnavailableError, UsageError } from './errors.ts';
-import { redact } from './redact.ts';
-import { PayloadError } from './registry.ts';
+import { ConfigError } from '../core/config.ts';
+import { ServiceUnavailableError, UsageError } from '../core/errors.ts';
+import { redact } from '../core/redact.ts';
+import { PayloadError } from '../runner/registry.ts';
 import { runMonitorProcess, runServerProcess, runWorkerProcess } from './roles.ts';
-import { Runtime } from './runtime.ts';
+import { Runtime } from '../runner/runtime.ts';
+import { createRuntime } from '../pgmaint.ts';
 
 const USAGE = `pgmaint — maintenance job runner for PostgreSQL
 
@@ -35,7 +34,7 @@ function print(obj: unknown): void {
 }
 
 async function withRuntime<T>(fn: (rt: Runtime) => Promise<T>): Promise<T> {
-  const rt = Runtime.create();
+  const rt = createRuntime();
   try {
     await rt.checkRedis();
     return await fn(rt);
@@ -90,7 +89,7 @@ async function enqueue(args: string[]): Promise<number> {
 }
 
 async function scaleArg(v: string) {
-  const { SCALES } = await import('./dairy.ts');
+  const { SCALES } = await import('../dev/dairy.ts');
   if (!(v in SCALES)) throw new UsageError(`--scale: must be one of ${Object.keys(SCALES).join(', ')} (got "${v}")`);
   return v as keyof typeof SCALES;
 }
@@ -101,7 +100,7 @@ async function seed(args: string[]): Promise<void> {
   const scale = await scaleArg(values.scale!);
   const url = process.env.DATABASE_URL;
   if (!url) throw new ConfigError('DATABASE_URL: is required (not set)');
-  const { seedDairy } = await import('./dairy.ts');
+  const { seedDairy } = await import('../dev/dairy.ts');
   const t0 = Date.now();
   const counts = await seedDairy(url, scale, { log: (m) => process.stderr.write(`${m}\n`) });
   process.stdout.write(JSON.stringify({ scale, seconds: (Date.now() - t0) / 1000, rows: counts }, null, 2) + '\n');
@@ -109,7 +108,7 @@ async function seed(args: string[]): Promise<void> {
 
 async function demo(args: string[]): Promise<void> {
   const { values } = parseFlags('demo', args, { dir: { type: 'string' }, scale: { type: 'string', default: 'default' } });
-  const { startDemoStack } = await import('./demo.ts');
+  const { startDemoStack } = await import('../dev/demo.ts');
   const dir = path.resolve(values.dir ?? '.pgmaint-demo');
   const stack = await startDemoStack(dir, await scaleArg(values.scale!));
   Object.assign(process.env, stack.env);
@@ -159,7 +158,7 @@ export async function main(argv: string[]): Promise<void> {
       }
       case 'jobs': {
         parseFlags('jobs', rest, {});
-        const { jobs } = await import('../jobs/index.ts');
+        const { jobs } = await import('../../jobs/index.ts');
         print(jobs.map((j) => ({ name: j.name, description: j.description, defaults: j.defaults })));
         return;
       }
@@ -214,13 +213,4 @@ function parseFlags<T extends FlagSpec>(command: string, args: string[], options
     if ((err as { code?: string }).code === 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL') throw new UsageError(`${command}: takes no arguments (${message.replace(/\. To specify.*$/, '')})`);
     throw new UsageError(`${command}: ${message}`);
   }
-}
-
-/** A random token for demo and tests: 32 url-safe characters. */
-export function newToken(): string {
-  return randomBytes(24).toString('base64url');
-}
-
-export function writeEnvFile(file: string, env: Record<string, string>): void {
-  fs.writeFileSync(file, Object.entries(env).map(([k, v]) => `export ${k}='${v}'`).join('\n') + '\n', { mode: 0o600 });
 }

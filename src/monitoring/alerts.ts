@@ -4,11 +4,11 @@
 // monitor runs in the server (or `pgmaint monitor`), never in the workers whose
 // silence the dead-man switch is there to notice.
 import { randomUUID } from 'node:crypto';
-import type { Config } from './config.ts';
-import { ALERT_RULES } from './config.ts';
+import type { Config } from '../core/config.ts';
+import { ALERT_RULES } from '../core/config.ts';
 import type { HealthReader, HealthSnapshot } from './health.ts';
-import type { Logger } from './logger.ts';
-import type { Runtime } from './runtime.ts';
+import type { Logger } from '../core/logger.ts';
+import type { Runtime } from '../runner/runtime.ts';
 
 export type AlertRule = (typeof ALERT_RULES)[number];
 

@@ -3,6 +3,7 @@
 // - a wall-clock time skipped by spring-forward runs at the same offset after the gap
 //   (02:30 on a 02:00→03:00 night runs at 03:30 local);
 // - a wall-clock time repeated by fall-back runs at its first occurrence only.
+import type { RepeatOptions } from 'bullmq';
 import { DateTime, IANAZone } from 'luxon';
 
 export interface CronExpression {
@@ -119,4 +120,10 @@ export function nextRuns(cron: string, tz: string, afterMs: number, count: numbe
     out.push(DateTime.fromMillis(t, { zone: tz }).toISO()!);
   }
   return out;
+}
+
+/** BullMQ calls this for every cron scheduler: our luxon evaluator, not cron-parser. */
+export function repeatStrategy(millis: number, opts: RepeatOptions): number | undefined {
+  if (!opts.pattern) return undefined;
+  return nextRun(opts.pattern, opts.tz ?? 'UTC', millis);
 }

@@ -4,14 +4,15 @@
 import os from 'node:os';
 import { DelayedError, UnrecoverableError, Worker, type Job } from 'bullmq';
 import { libpqEnv, type Connections } from './connections.ts';
-import { classifyError, coerceError, describeError, JobAbortedError, JobTimeoutError, UsageError } from './errors.ts';
+import { classifyError, coerceError, describeError, JobAbortedError, JobTimeoutError, UsageError } from '../core/errors.ts';
 import type { RunHistory, RunStart } from './history.ts';
 import type { JobContext } from './job-definition.ts';
-import type { Logger } from './logger.ts';
+import type { Logger } from '../core/logger.ts';
 import type { JobData, Queues } from './queues.ts';
 import { PayloadError, type Registry } from './registry.ts';
 import { recordRun } from './run-stats.ts';
-import { repeatStrategy, type ResolvedSchedule } from './schedules.ts';
+import { repeatStrategy } from '../core/cron.ts';
+import type { ResolvedSchedule } from './scheduler.ts';
 
 export interface WorkerRuntimeOptions {
   connections: Connections;

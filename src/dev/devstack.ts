@@ -7,10 +7,10 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { chownTree, freePort, postgresUser, runAs } from './local-postgres.ts';
-import { binPath, runProcess } from './proc.ts';
+import { chownTree, freePort, postgresUser, runAs } from '../core/local-postgres.ts';
+import { binPath, runProcess } from '../core/proc.ts';
 
-export { freePort } from './local-postgres.ts';
+export { freePort } from '../core/local-postgres.ts';
 
 export interface PostgresInstance {
   port: number;

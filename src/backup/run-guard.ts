@@ -3,8 +3,8 @@
 // across workers and between a schedule and an ad-hoc run — under a session
 // advisory lock on the target, which goes with the session if the worker dies.
 import fs from 'node:fs/promises';
-import { PermanentJobError } from './errors.ts';
-import type { JobContext } from './job-definition.ts';
+import { PermanentJobError } from '../core/errors.ts';
+import type { JobContext } from '../runner/job-definition.ts';
 
 export async function ensureWritableDir(dir: string): Promise<void> {
   try {

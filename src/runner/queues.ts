@@ -2,9 +2,9 @@
 // payload first, so nothing unparseable ever reaches Redis.
 import { createHash } from 'node:crypto';
 import { Queue, type Job, type JobsOptions } from 'bullmq';
-import type { Config } from './config.ts';
+import type { Config } from '../core/config.ts';
 import type { RedisClient } from './connections.ts';
-import { repeatStrategy } from './schedules.ts';
+import { repeatStrategy } from '../core/cron.ts';
 import { canonicalPayload, type Registry, type RegisteredJob } from './registry.ts';
 
 export interface JobData {

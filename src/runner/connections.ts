@@ -2,8 +2,8 @@
 // target and closed in reverse order of creation on shutdown.
 import { Redis, Cluster } from 'ioredis';
 import pg from 'pg';
-import type { Config, RedisConfig, TargetConfig } from './config.ts';
-import { PermanentJobError } from './errors.ts';
+import type { Config, RedisConfig, TargetConfig } from '../core/config.ts';
+import { PermanentJobError } from '../core/errors.ts';
 
 export type RedisClient = Redis | Cluster;
 
@@ -19,26 +19,6 @@ export function createRedis(cfg: RedisConfig, opts: { name?: string; lazyConnect
     return new Redis({ ...common, ...auth, sentinels: cfg.sentinels, name: cfg.sentinelName, db: Number(u.pathname.slice(1) || 0) });
   }
   return new Redis(cfg.url, common);
-}
-
-/** libpq environment for child processes (pg_dump, psql): the password travels in
- * PGPASSWORD, never on the command line where `ps` would show it. */
-export function libpqEnv(target: TargetConfig, applicationName = 'pgmaint'): Record<string, string> {
-  const u = new URL(target.url);
-  const env: Record<string, string> = {
-    PGHOST: decodeURIComponent(u.hostname.replace(/^\[|\]$/g, '')) || 'localhost',
-    PGPORT: u.port || '5432',
-    PGDATABASE: decodeURIComponent(u.pathname.slice(1)) || 'postgres',
-    PGAPPNAME: applicationName,
-  };
-  if (u.username) env.PGUSER = decodeURIComponent(u.username);
-  if (u.password) env.PGPASSWORD = decodeURIComponent(u.password);
-  // host=/socket/dir and sslmode=… in the query string are honoured like libpq does.
-  const host = u.searchParams.get('host');
-  if (host) env.PGHOST = host;
-  const sslmode = u.searchParams.get('sslmode');
-  if (sslmode) env.PGSSLMODE = sslmode;
-  return env;
 }
 
 export class Connections {

@@ -2,9 +2,9 @@
 // and its handler. Everything else (queues, retries, history) is the runner's.
 import { z } from 'zod';
 import type pg from 'pg';
-import type { Config, TargetConfig } from './config.ts';
-import type { Logger } from './logger.ts';
-import { TARGET_NAME } from './config.ts';
+import type { Config, TargetConfig } from '../core/config.ts';
+import type { Logger } from '../core/logger.ts';
+import { TARGET_NAME } from '../core/config.ts';
 
 /** Every payload names its target database; never a URL. */
 export const targetField = z.string().regex(TARGET_NAME, 'must be a target name (lower-case letters, digits, _ and -)').default('main');

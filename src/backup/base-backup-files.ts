@@ -4,9 +4,9 @@
 // (to restore, verifying again what it restores).
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { PermanentJobError } from './errors.ts';
-import type { OsOwner } from './local-postgres.ts';
-import { binPath, runProcess } from './proc.ts';
+import { PermanentJobError } from '../core/errors.ts';
+import type { OsOwner } from '../core/local-postgres.ts';
+import { binPath, runProcess } from '../core/proc.ts';
 
 const TAR_NAME = /^(base|pg_wal|\d+)\.tar(\.gz|\.lz4|\.zst)?$/;
 

@@ -1,24 +1,22 @@
 // Assembles one process: config, logger, connections, registry, history, queues and
 // schedules, in start-up order; close() takes them down in reverse.
-import { jobs as builtinJobs } from '../jobs/index.ts';
-import { schedules as builtinSchedules } from '../schedules/index.ts';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { loadConfig, type Config } from './config.ts';
-import { ServiceUnavailableError } from './errors.ts';
-import { safeUrl } from './redact.ts';
+import { loadConfig, type Config } from '../core/config.ts';
+import { ServiceUnavailableError } from '../core/errors.ts';
+import { safeUrl } from '../core/redact.ts';
 import { Connections } from './connections.ts';
 import { RunHistory } from './history.ts';
 import type { AnyJobDefinition } from './job-definition.ts';
-import { createLogger, type Logger } from './logger.ts';
+import { createLogger, type Logger } from '../core/logger.ts';
 import { Queues } from './queues.ts';
 import { Registry } from './registry.ts';
-import { resolveSchedules, Scheduler, type ResolvedSchedule, type Schedule } from './schedules.ts';
+import { resolveSchedules, Scheduler, type ResolvedSchedule, type Schedule } from './scheduler.ts';
 
 export interface RuntimeOptions {
   env?: NodeJS.ProcessEnv;
   config?: Config;
-  jobs?: readonly AnyJobDefinition[];
-  schedules?: readonly Schedule[];
+  jobs: readonly AnyJobDefinition[];
+  schedules: readonly Schedule[];
   logger?: Logger;
 }
 
@@ -50,10 +48,10 @@ export class Runtime {
     this.scheduler = new Scheduler(this.queues, this.registry, this.schedules, logger);
   }
 
-  static create(opts: RuntimeOptions = {}): Runtime {
+  static create(opts: RuntimeOptions): Runtime {
     const config = opts.config ?? loadConfig(opts.env);
     const logger = opts.logger ?? createLogger(config.logLevel);
-    return new Runtime(config, logger, opts.jobs ?? builtinJobs, opts.schedules ?? builtinSchedules);
+    return new Runtime(config, logger, opts.jobs, opts.schedules);
   }
 
   /** Registers something to stop on close; the last registered stops first. */

@@ -1,70 +1,10 @@
 // Partition policies and the catalog facts both partition jobs work from. Bounds are
 // read from pg_class.relpartbound, never recomputed from partition names.
-import { DateTime, IANAZone } from 'luxon';
+import { DateTime } from 'luxon';
 import type pg from 'pg';
-import { z } from 'zod';
-import { classifyError, coerceError, describeError, PermanentJobError } from './errors.ts';
-
-const IDENT = /^[A-Za-z_][A-Za-z0-9_$]{0,62}$/;
-
-/** "schema.table" with plain identifiers; anything else (quotes, semicolons) is refused. */
-export const qualifiedName = z
-  .string()
-  .refine((v) => {
-    const parts = v.split('.');
-    return parts.length === 2 && parts.every((p) => IDENT.test(p));
-  }, 'must be schema.table with plain identifiers (letters, digits, _ and $)');
-
-export const columnName = z.string().regex(IDENT, 'must be a plain identifier (letters, digits, _ and $)');
-
-export const INTERVALS = ['hour', 'day', 'week', 'month', 'quarter', 'year'] as const;
-export type PartitionInterval = (typeof INTERVALS)[number];
-
-const RETENTION = /^(\d+)\s*(hours?|days?|weeks?|months?|years?)$/;
-
-/** "24 months", "90 days": a number with a unit; a bare number is refused. */
-export const retention = z.string().regex(RETENTION, 'must be a number with a unit, e.g. "90 days" or "24 months" (a bare number is ambiguous)');
-
-export function parseRetention(text: string): Record<string, number> {
-  const m = RETENTION.exec(text.trim())!;
-  const unit = m[2]!.replace(/s$/, '') + 's';
-  return { [unit]: Number(m[1]) };
-}
-
-export const partitionPolicy = z
-  .object({
-    table: qualifiedName,
-    column: columnName,
-    interval: z.enum(INTERVALS),
-    /** Periods ahead of now kept ready. */
-    premake: z.number().int().min(1).max(1000).default(4),
-    retention: retention.optional(),
-    /** Dump a partition (verified) before dropping it. */
-    archive: z.boolean().default(true),
-    /** Boundaries at local period starts of this zone (for timestamptz columns). */
-    timeZone: z.string().refine((z) => IANAZone.isValidZone(z), 'must be an IANA time zone').default('UTC'),
-    target: z.string().default('main'),
-    /** Rows in the DEFAULT partition inside a range about to be created: move them, or fail. */
-    defaultRows: z.enum(['move', 'fail']).default('move'),
-    /** Most partitions dropped by one run. */
-    maxDropsPerRun: z.number().int().min(1).default(10),
-    lockTimeout: z.string().regex(/^\d+(ms|s)$/, 'must look like "5s" or "500ms"').default('5s'),
-  })
-  .strict();
-
-export type PartitionPolicy = z.output<typeof partitionPolicy>;
-
-export function quoteIdent(name: string): string {
-  return `"${name.replace(/"/g, '""')}"`;
-}
-
-export function quoteQualified(schema: string, table: string): string {
-  return `${quoteIdent(schema)}.${quoteIdent(table)}`;
-}
-
-export function quoteLiteral(v: string): string {
-  return `'${v.replace(/'/g, "''")}'`;
-}
+import { classifyError, coerceError, describeError, PermanentJobError } from '../core/errors.ts';
+import type { PartitionInterval, PartitionPolicy } from '../core/partition-policy.ts';
+import { quoteLiteral } from '../core/sql.ts';
 
 export type KeyType = 'timestamptz' | 'timestamp' | 'date';
 

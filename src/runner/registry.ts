@@ -1,6 +1,6 @@
 // The job registry: job definitions from jobs/, with run settings from the config
 // file (jobs.<name>.attempts, …) laid over each job's defaults.
-import type { Config } from './config.ts';
+import type { Config } from '../core/config.ts';
 import type { AnyJobDefinition, RunDefaults } from './job-definition.ts';
 
 export interface RegisteredJob {

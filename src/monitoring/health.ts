@@ -3,13 +3,15 @@
 // target's own catalog), so any process can take it: /metrics renders it, the
 // alert monitor judges it. Readings are cached briefly; a scrape storm costs one.
 import { DateTime } from 'luxon';
-import { listBaseBackups, listDumps, readArchive, recoveryWindow } from './backup-catalog.ts';
-import { nextRun } from './cron.ts';
-import type { JobStatus } from './history.ts';
-import { quoteQualified, readParent, type PartitionPolicy } from './partitions.ts';
-import { openEntries } from './retention-journal.ts';
-import type { Runtime } from './runtime.ts';
-import { readRunStats, type DurationStats, type RunCount } from './run-stats.ts';
+import { listBaseBackups, listDumps, readArchive, recoveryWindow } from '../backup/catalog.ts';
+import { nextRun } from '../core/cron.ts';
+import type { JobStatus } from '../runner/history.ts';
+import { type PartitionPolicy } from '../core/partition-policy.ts';
+import { quoteQualified } from '../core/sql.ts';
+import { readParent } from '../partitions/partitions.ts';
+import { openEntries } from '../partitions/retention-journal.ts';
+import type { Runtime } from '../runner/runtime.ts';
+import { readRunStats, type DurationStats, type RunCount } from '../runner/run-stats.ts';
 
 export const QUEUE_STATES = ['waiting', 'active', 'delayed', 'prioritized', 'waiting-children', 'failed', 'completed'] as const;
 

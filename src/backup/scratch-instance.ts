@@ -7,8 +7,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
-import { freePort, postgresUser, type OsOwner } from './local-postgres.ts';
-import { binPath, runProcess } from './proc.ts';
+import { freePort, postgresUser, type OsOwner } from '../core/local-postgres.ts';
+import { binPath, runProcess } from '../core/proc.ts';
 
 const PREFIX = 'pgmaint-drill-';
 

@@ -2,10 +2,9 @@
 // BullMQ job schedulers, keyed by the schedule id, so N processes converge on one
 // scheduler per id; schedulers whose id left the code are removed.
 import { DateTime, IANAZone } from 'luxon';
-import type { RepeatOptions } from 'bullmq';
-import { ConfigError } from './config.ts';
-import { nextRun, parseCron } from './cron.ts';
-import type { Logger } from './logger.ts';
+import { ConfigError } from '../core/config.ts';
+import { nextRun, parseCron } from '../core/cron.ts';
+import type { Logger } from '../core/logger.ts';
 import type { Queues, JobData } from './queues.ts';
 import { jobOptions } from './queues.ts';
 import { PayloadError, type Registry } from './registry.ts';
@@ -27,12 +26,6 @@ export interface Schedule {
 export type ResolvedSchedule = Required<Schedule> & { payload: JobData['payload'] };
 
 const SCHEDULE_ID = /^[a-z0-9][a-z0-9_.-]{0,99}$/;
-
-/** BullMQ calls this for every cron scheduler: our luxon evaluator, not cron-parser. */
-export function repeatStrategy(millis: number, opts: RepeatOptions): number | undefined {
-  if (!opts.pattern) return undefined;
-  return nextRun(opts.pattern, opts.tz ?? 'UTC', millis);
-}
 
 /** Validates schedules against the registry; the error names the schedule and field. */
 export function resolveSchedules(schedules: readonly Schedule[], registry: Registry, disabled: readonly string[] = []): ResolvedSchedule[] {

@@ -1,10 +1,11 @@
 // Long-running process roles with their signal handling. SIGTERM/SIGINT: stop
 // taking jobs, finish or abort the current ones within worker.shutdownTimeoutMs,
 // then close the HTTP server, queues and pools in reverse order of start-up.
-import { UsageError } from './errors.ts';
-import { startMonitor, startServer } from './http/server.ts';
-import { Runtime } from './runtime.ts';
-import { WorkerRuntime } from './worker.ts';
+import { UsageError } from '../core/errors.ts';
+import { startMonitor, startServer } from '../http/server.ts';
+import { Runtime } from '../runner/runtime.ts';
+import { WorkerRuntime } from '../runner/worker.ts';
+import { createRuntime } from '../pgmaint.ts';
 
 export function startWorkers(rt: Runtime, only?: string[]): WorkerRuntime {
   const workers = new WorkerRuntime({
@@ -46,7 +47,7 @@ function onSignals(rt: Runtime): void {
 }
 
 export async function runWorkerProcess(opts: { only?: string[] } = {}): Promise<Runtime> {
-  const rt = Runtime.create();
+  const rt = createRuntime();
   const unknown = (opts.only ?? []).filter((q) => !rt.registry.get(q));
   if (unknown.length || opts.only?.length === 0) {
     throw new UsageError(`--queues: ${unknown.length ? `unknown job ${unknown.map((q) => `"${q}"`).join(', ')}` : 'is empty'} (known: ${rt.registry.names().join(', ')})`);
@@ -60,7 +61,7 @@ export async function runWorkerProcess(opts: { only?: string[] } = {}): Promise<
 }
 
 export async function runServerProcess(opts: { withWorkers?: boolean } = {}): Promise<Runtime> {
-  const rt = Runtime.create();
+  const rt = createRuntime();
   onSignals(rt);
   await rt.waitForServices();
   if (opts.withWorkers) startWorkers(rt);
@@ -70,7 +71,7 @@ export async function runServerProcess(opts: { withWorkers?: boolean } = {}): Pr
 
 /** The alert monitor alone, for deployments whose server shares a machine with workers. */
 export async function runMonitorProcess(): Promise<Runtime> {
-  const rt = Runtime.create();
+  const rt = createRuntime();
   onSignals(rt);
   await rt.waitForServices();
   await rt.history.migrate();
