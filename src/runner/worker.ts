@@ -3,7 +3,8 @@
 // a maximum run time, error classification and the run-history row.
 import os from 'node:os';
 import { DelayedError, UnrecoverableError, Worker, type Job } from 'bullmq';
-import { libpqEnv, type Connections } from './connections.ts';
+import { libpqEnv } from '../core/libpq.ts';
+import type { Connections } from './connections.ts';
 import { classifyError, coerceError, describeError, JobAbortedError, JobTimeoutError, UsageError } from '../core/errors.ts';
 import type { RunHistory, RunStart } from './history.ts';
 import type { JobContext } from './job-definition.ts';
