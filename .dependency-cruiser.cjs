@@ -11,14 +11,24 @@ const layer = (from, allowed, comment) => ({
 
 module.exports = {
   forbidden: [
-    { name: 'no-circular', severity: 'error', comment: 'import cycles make the layers meaningless', from: {}, to: { circular: true } },
+    {
+      name: 'no-circular',
+      severity: 'error',
+      comment: 'import cycles make the layers meaningless',
+      from: {},
+      to: { circular: true },
+    },
     layer('src/core/', [], 'core: configuration, errors, SQL quoting, processes; imports no other layer'),
     layer('src/runner/', ['src/core/'], 'the runner knows no job, backup or monitoring code'),
     layer('src/backup/', ['src/core/', 'src/runner/job-definition'], 'backup toolkit'),
     layer('src/partitions/', ['src/core/', 'src/runner/job-definition'], 'partition library'),
     layer('jobs/', ['src/core/', 'src/runner/job-definition', 'src/backup/', 'src/partitions/'], 'one job per file'),
     layer('schedules/', ['src/runner/scheduler'], 'schedules are data'),
-    layer('src/monitoring/', ['src/core/', 'src/runner/', 'src/backup/', 'src/partitions/'], 'monitoring reads shared state'),
+    layer(
+      'src/monitoring/',
+      ['src/core/', 'src/runner/', 'src/backup/', 'src/partitions/'],
+      'monitoring reads shared state',
+    ),
     layer('src/http/', ['src/core/', 'src/runner/', 'src/backup/', 'src/monitoring/'], 'HTTP API and Bull Board'),
     layer('src/dev/', ['src/core/'], 'demo and dev stack helpers'),
   ],

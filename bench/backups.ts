@@ -19,7 +19,6 @@ import { freePort, postgresUser } from '../src/core/local-postgres.ts';
 import { createLogger } from '../src/core/logger.ts';
 import { binPath, runProcess } from '../src/core/proc.ts';
 import { startWorkers } from '../src/cli/roles.ts';
-import { Runtime } from '../src/runner/runtime.ts';
 import { jobRunner } from './run-job.ts';
 import { createRuntime } from '../src/pgmaint.ts';
 
@@ -62,7 +61,8 @@ function writePgbrConf(compressType: 'lz4' | 'gz') {
   fs.chmodSync(pgbrConf, 0o644);
 }
 writePgbrConf('lz4');
-const pgbackrest = (args: string[]) => runProcess('pgbackrest', [`--config=${pgbrConf}`, '--stanza=bench', ...args], { ...asOwner, cwd: '/' });
+const pgbackrest = (args: string[]) =>
+  runProcess('pgbackrest', [`--config=${pgbrConf}`, '--stanza=bench', ...args], { ...asOwner, cwd: '/' });
 await pgbackrest(['stanza-create']);
 
 console.error(`seeding ${ROWS} order rows…`);
@@ -73,16 +73,28 @@ await db.query(`create schema sales;
     date_order timestamptz not null, amount_total numeric(12,2) not null, note text)`);
 for (let from = 1; from <= ROWS; from += 1_000_000) {
   const to = Math.min(ROWS, from + 999_999);
-  await db.query(`insert into sales.sale_order select g, 1 + g % 3, 1 + g % 5000, (array['draft','sale','sale','done','cancel'])[1 + g % 5],
-    timestamptz '2024-11-01' + make_interval(secs => g * 7), round((50 + (g * 7919 % 500000) / 100.0)::numeric, 2), 'order ' || g from generate_series($1::bigint, $2::bigint) g`, [from, to]);
+  await db.query(
+    `insert into sales.sale_order select g, 1 + g % 3, 1 + g % 5000, (array['draft','sale','sale','done','cancel'])[1 + g % 5],
+    timestamptz '2024-11-01' + make_interval(secs => g * 7), round((50 + (g * 7919 % 500000) / 100.0)::numeric, 2), 'order ' || g from generate_series($1::bigint, $2::bigint) g`,
+    [from, to],
+  );
 }
 await db.query('checkpoint');
 const { rows: sz } = await db.query<{ mb: number }>(`select round(pg_database_size('dairy') / 1048576.0) as mb`);
 console.error(`database: ${sz[0]!.mb} MB`);
 
 const configFile = path.join(dir, 'pgmaint.json');
-fs.writeFileSync(configFile, JSON.stringify({ backups: { drillTables: ['sales.sale_order'], scratchDir: path.join(dir, 'scratch') } }));
-const config = loadConfig({ DATABASE_URL: server.url('dairy'), REDIS_URL: redis.url, BACKUP_DIR: path.join(dir, 'backups'), WAL_ARCHIVE_DIR: archiveDir, PGMAINT_CONFIG: configFile });
+fs.writeFileSync(
+  configFile,
+  JSON.stringify({ backups: { drillTables: ['sales.sale_order'], scratchDir: path.join(dir, 'scratch') } }),
+);
+const config = loadConfig({
+  DATABASE_URL: server.url('dairy'),
+  REDIS_URL: redis.url,
+  BACKUP_DIR: path.join(dir, 'backups'),
+  WAL_ARCHIVE_DIR: archiveDir,
+  PGMAINT_CONFIG: configFile,
+});
 const rt = createRuntime({ config, logger: createLogger('warn'), schedules: [] });
 await rt.history.migrate();
 startWorkers(rt, ['backup', 'base-backup', 'pitr-drill']);
@@ -101,7 +113,10 @@ const directory = await job('backup', { format: 'directory', jobs: 2 });
 console.error('base backups…');
 const ours: Record<string, { ms: number; result: Record<string, any> }> = {};
 const theirs: Record<string, { ms: number; bytes: number }> = {};
-for (const [ourCompression, theirCompression] of [['lz4', 'lz4'], ['gzip', 'gz']] as const) {
+for (const [ourCompression, theirCompression] of [
+  ['lz4', 'lz4'],
+  ['gzip', 'gz'],
+] as const) {
   ours[ourCompression] = await job('base-backup', { compression: ourCompression });
   writePgbrConf(theirCompression);
   const before = du(path.join(repo, 'repo', 'backup'));
@@ -111,7 +126,10 @@ for (const [ourCompression, theirCompression] of [['lz4', 'lz4'], ['gzip', 'gz']
 
 console.error('restores…');
 // Ours: the drill restores the newest base backup (gzip) and replays to T.
-await db.query(`insert into sales.sale_order select g, 1, 1, 'sale', now(), 1, null from generate_series($1::bigint, $1::bigint + 999) g`, [ROWS + 1]);
+await db.query(
+  `insert into sales.sale_order select g, 1, 1, 'sale', now(), 1, null from generate_series($1::bigint, $1::bigint + 999) g`,
+  [ROWS + 1],
+);
 const drill = await job('pitr-drill', {});
 // Theirs: restore the newest backup (gzip) into a fresh directory, start it, wait for promotion.
 const restoreDir = path.join(dir, 'pgbr-restore');
@@ -124,39 +142,93 @@ const port = await freePort();
 const restoreStart = performance.now();
 // To the drill's own target time, so both replay the same WAL.
 const target = String(drill.result.targetTime).replace('T', ' ').replace('Z', '+00');
-await pgbackrest(['restore', `--pg1-path=${restoreDir}`, '--type=time', `--target=${target}`, '--target-action=promote', '--archive-mode=off']);
-fs.appendFileSync(path.join(restoreDir, 'postgresql.auto.conf'), `\nport = ${port}\nunix_socket_directories = '${runDir}'\nlisten_addresses = ''\nhot_standby = off\n`);
-await runProcess(binPath('pg_ctl'), ['-D', restoreDir, '-l', path.join(runDir, 'postgres.log'), '-w', '-t', '600', 'start'], { ...asOwner, cwd: '/' });
+await pgbackrest([
+  'restore',
+  `--pg1-path=${restoreDir}`,
+  '--type=time',
+  `--target=${target}`,
+  '--target-action=promote',
+  '--archive-mode=off',
+]);
+fs.appendFileSync(
+  path.join(restoreDir, 'postgresql.auto.conf'),
+  `\nport = ${port}\nunix_socket_directories = '${runDir}'\nlisten_addresses = ''\nhot_standby = off\n`,
+);
+await runProcess(
+  binPath('pg_ctl'),
+  ['-D', restoreDir, '-l', path.join(runDir, 'postgres.log'), '-w', '-t', '600', 'start'],
+  { ...asOwner, cwd: '/' },
+);
 for (;;) {
   const c = new pg.Client({ host: runDir, port, user: 'postgres', database: 'dairy' });
   c.on('error', () => undefined);
-  const promoted = await c.connect().then(() => c.query('select not pg_is_in_recovery() as p').then((r) => r.rows[0].p as boolean), () => false);
+  const promoted = await c.connect().then(
+    () => c.query('select not pg_is_in_recovery() as p').then((r) => r.rows[0].p as boolean),
+    () => false,
+  );
   await c.end().catch(() => undefined);
   if (promoted) break;
   await sleep(100);
 }
 const theirRestoreMs = performance.now() - restoreStart;
-await runProcess(binPath('pg_ctl'), ['-D', restoreDir, '-m', 'immediate', 'stop'], { ...asOwner, cwd: '/' }).catch(() => undefined);
+await runProcess(binPath('pg_ctl'), ['-D', restoreDir, '-m', 'immediate', 'stop'], { ...asOwner, cwd: '/' }).catch(
+  () => undefined,
+);
 
 const s = (ms: number) => (ms / 1000).toFixed(1);
 const mb = (b: number) => String(Math.round(b / 1048576));
 const copyMs = (r: Record<string, any>) => Date.parse(r.stoppedAt) - Date.parse(r.startedAt);
 const rows = [
   ['', 'baseline', 'pgmaint', 'ratio'],
-  [`backup: custom (baseline) vs directory -j 2 (s)`, s(custom.ms), s(directory.ms), (directory.ms / custom.ms).toFixed(2) + '×'],
+  [
+    `backup: custom (baseline) vs directory -j 2 (s)`,
+    s(custom.ms),
+    s(directory.ms),
+    `${(directory.ms / custom.ms).toFixed(2)}×`,
+  ],
   ...(['lz4', 'gzip'] as const).flatMap((c) => [
-    [`base backup ${c}: pgbackrest full vs base-backup, whole job (s)`, s(theirs[c]!.ms), s(ours[c]!.ms), (ours[c]!.ms / theirs[c]!.ms).toFixed(2) + '×'],
-    [`  of which copying; verification after (s)`, '', `${s(copyMs(ours[c]!.result))}; ${ours[c]!.result.verifySeconds.toFixed(1)}`, (copyMs(ours[c]!.result) / theirs[c]!.ms).toFixed(2) + '×'],
-    [`  size on disk (MB)`, mb(theirs[c]!.bytes), mb(ours[c]!.result.bytes), (ours[c]!.result.bytes / theirs[c]!.bytes).toFixed(2) + '×'],
+    [
+      `base backup ${c}: pgbackrest full vs base-backup, whole job (s)`,
+      s(theirs[c]!.ms),
+      s(ours[c]!.ms),
+      `${(ours[c]!.ms / theirs[c]!.ms).toFixed(2)}×`,
+    ],
+    [
+      `  of which copying; verification after (s)`,
+      '',
+      `${s(copyMs(ours[c]!.result))}; ${ours[c]!.result.verifySeconds.toFixed(1)}`,
+      `${(copyMs(ours[c]!.result) / theirs[c]!.ms).toFixed(2)}×`,
+    ],
+    [
+      `  size on disk (MB)`,
+      mb(theirs[c]!.bytes),
+      mb(ours[c]!.result.bytes),
+      `${(ours[c]!.result.bytes / theirs[c]!.bytes).toFixed(2)}×`,
+    ],
   ]),
-  [`restore to promotion: pgbackrest restore vs drill RTO (s)`, s(theirRestoreMs), drill.result.rtoSeconds.toFixed(1), (drill.result.rtoSeconds * 1000 / theirRestoreMs).toFixed(2) + '×'],
-  [`  drill: restore; verify; replay (s)`, '', `${drill.result.restoreSeconds.toFixed(1)}; ${drill.result.verifySeconds.toFixed(1)}; ${drill.result.replaySeconds.toFixed(1)}`, ''],
+  [
+    `restore to promotion: pgbackrest restore vs drill RTO (s)`,
+    s(theirRestoreMs),
+    drill.result.rtoSeconds.toFixed(1),
+    `${((drill.result.rtoSeconds * 1000) / theirRestoreMs).toFixed(2)}×`,
+  ],
+  [
+    `  drill: restore; verify; replay (s)`,
+    '',
+    `${drill.result.restoreSeconds.toFixed(1)}; ${drill.result.verifySeconds.toFixed(1)}; ${drill.result.replaySeconds.toFixed(1)}`,
+    '',
+  ],
 ];
-console.log(`database ${sz[0]!.mb} MB, ${ROWS} order rows; dumps: custom ${mb(custom.result.bytes)} MB, directory ${mb(directory.result.bytes)} MB`);
+console.log(
+  `database ${sz[0]!.mb} MB, ${ROWS} order rows; dumps: custom ${mb(custom.result.bytes)} MB, directory ${mb(directory.result.bytes)} MB`,
+);
 const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
-for (const r of rows) console.log(r.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!))).join('  '));
+for (const r of rows)
+  console.log(r.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!))).join('  '));
 const worst = Math.max(...(['lz4', 'gzip'] as const).map((c) => ours[c]!.ms / theirs[c]!.ms));
-console.log(`targets: base backup within 1.2× of pgBackRest (whole job, verification included) — ${worst <= 1.2 ? 'met' : 'NOT met'} (worst ${worst.toFixed(2)}×); drill RTO under 60 s — ${drill.result.rtoSeconds < 60 ? 'met' : 'NOT met'} (${drill.result.rtoSeconds.toFixed(1)} s)`);
+console.log(
+  `targets: base backup within 1.2× of pgBackRest (whole job, verification included) — ${worst <= 1.2 ? 'met' : 'NOT met'} (worst ${worst.toFixed(2)}×); drill RTO under 60 s — ${drill.result.rtoSeconds < 60 ? 'met' : 'NOT met'} (${drill.result.rtoSeconds.toFixed(1)} s)`,
+);
 
 await db.end();
 await job.close();

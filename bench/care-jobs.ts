@@ -18,7 +18,6 @@ import { BUSINESS_ZONE, seedDairy, SCALES, type Scale } from '../src/dev/dairy.t
 import { createDatabase, startPostgres, startRedis } from '../src/dev/devstack.ts';
 import { createLogger } from '../src/core/logger.ts';
 import { startWorkers } from '../src/cli/roles.ts';
-import { Runtime } from '../src/runner/runtime.ts';
 import { jobRunner } from './run-job.ts';
 import { createRuntime } from '../src/pgmaint.ts';
 
@@ -30,7 +29,10 @@ const WARM_KEYS = 100_000;
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pgmaint-bench-care-'));
 fs.chmodSync(dir, 0o755);
-const [server, redis] = await Promise.all([startPostgres({ dir: path.join(dir, 'pg'), settings: { shared_buffers: "'1GB'", work_mem: "'64MB'" } }), startRedis({ dir: path.join(dir, 'redis') })]);
+const [server, redis] = await Promise.all([
+  startPostgres({ dir: path.join(dir, 'pg'), settings: { shared_buffers: "'1GB'", work_mem: "'64MB'" } }),
+  startRedis({ dir: path.join(dir, 'redis') }),
+]);
 await createDatabase(server, 'dairy');
 console.error(`seeding at scale ${scale}…`);
 const seeded = await seedDairy(server.url('dairy'), scale, { log: (m) => console.error(`  ${m}`) });
@@ -49,19 +51,38 @@ fs.writeFileSync(
     cache: {
       redisUrlEnv: 'CACHE_REDIS_URL',
       keyPrefix: 'bench:',
-      queries: [{ key: 'agg:{date}:{company_id}:{product_tmpl_id}:{channel}', sql: `select * from analytics.daily_sales_agg order by date desc limit ${WARM_KEYS}`, ttlSeconds: 3600, perRow: true }],
+      queries: [
+        {
+          key: 'agg:{date}:{company_id}:{product_tmpl_id}:{channel}',
+          sql: `select * from analytics.daily_sales_agg order by date desc limit ${WARM_KEYS}`,
+          ttlSeconds: 3600,
+          perRow: true,
+        },
+      ],
     },
   }),
 );
-const config = loadConfig({ DATABASE_URL: server.url('dairy'), REDIS_URL: redis.url, CACHE_REDIS_URL: `${redis.url}/2`, BACKUP_DIR: path.join(dir, 'backups'), PGMAINT_CONFIG: configFile });
+const config = loadConfig({
+  DATABASE_URL: server.url('dairy'),
+  REDIS_URL: redis.url,
+  CACHE_REDIS_URL: `${redis.url}/2`,
+  BACKUP_DIR: path.join(dir, 'backups'),
+  PGMAINT_CONFIG: configFile,
+});
 const rt = createRuntime({ config, logger: createLogger('warn'), schedules: [] });
 await rt.history.migrate();
 startWorkers(rt, ['daily-sales-rollup', 'warm-cache']);
 const job = jobRunner(rt);
 
 // The floor: the rollup's own aggregation over the same rows, read and thrown away.
-const aggOnly = ROLLUP_SQL.slice(0, ROLLUP_SQL.indexOf('), upserted as')) + ') select count(*) from agg where $1::date <= $2::date';
-const bounds = (a: DateTime, b: DateTime) => [a.toISODate(), b.toISODate(), BUSINESS_ZONE, a.toISO(), b.plus({ days: 1 }).toISO()];
+const aggOnly = `${ROLLUP_SQL.slice(0, ROLLUP_SQL.indexOf('), upserted as'))}) select count(*) from agg where $1::date <= $2::date`;
+const bounds = (a: DateTime, b: DateTime) => [
+  a.toISODate(),
+  b.toISODate(),
+  BUSINESS_ZONE,
+  a.toISO(),
+  b.plus({ days: 1 }).toISO(),
+];
 console.error('bare scan…');
 const t0 = performance.now();
 await db.query(aggOnly, bounds(first, yesterday));
@@ -83,14 +104,25 @@ for (let d = yesterday.minus({ days: NAIVE_DAYS - 1 }); d <= yesterday; d = d.pl
      select company_id, product_tmpl_id, 'pos', pos_order_id, qty::float8, price_subtotal::float8 from sales.pos_order_line where date_order >= $1 and date_order < $2`,
     [lo, hi],
   );
-  const groups = new Map<string, { c: number; p: number; ch: string; qty: number; rev: number; orders: Set<number>; rq: number; ra: number }>();
+  const groups = new Map<
+    string,
+    { c: number; p: number; ch: string; qty: number; rev: number; orders: Set<number>; rq: number; ra: number }
+  >();
   for (const r of rows) {
     const k = `${r.company_id}/${r.product_tmpl_id}/${r.channel}`;
     let g = groups.get(k);
-    if (!g) groups.set(k, (g = { c: r.company_id, p: r.product_tmpl_id, ch: r.channel, qty: 0, rev: 0, orders: new Set(), rq: 0, ra: 0 }));
+    if (!g) {
+      g = { c: r.company_id, p: r.product_tmpl_id, ch: r.channel, qty: 0, rev: 0, orders: new Set(), rq: 0, ra: 0 };
+      groups.set(k, g);
+    }
     g.orders.add(Number(r.order_id));
-    if (r.qty > 0) (g.qty += r.qty), (g.rev += r.amount);
-    else (g.rq -= r.qty), (g.ra -= r.amount);
+    if (r.qty > 0) {
+      g.qty += r.qty;
+      g.rev += r.amount;
+    } else {
+      g.rq -= r.qty;
+      g.ra -= r.amount;
+    }
   }
   for (const g of groups.values()) {
     await db.query(
@@ -113,7 +145,21 @@ console.error('warm-cache and redis-benchmark…');
 const warm = await job('warm-cache', {});
 const w = warm.result.written[0] as { keys: number; bytes: number; ms: number; writeMs: number };
 const redisBenchmark = (extra: string[]) => {
-  const out = execFileSync('redis-benchmark', ['-h', '127.0.0.1', '-p', String(redis.port), '-t', 'set', '-P', '16', '-n', '400000', '-q', '--csv', ...extra]).toString();
+  const out = execFileSync('redis-benchmark', [
+    '-h',
+    '127.0.0.1',
+    '-p',
+    String(redis.port),
+    '-t',
+    'set',
+    '-P',
+    '16',
+    '-n',
+    '400000',
+    '-q',
+    '--csv',
+    ...extra,
+  ]).toString();
   return Number(/"SET","([\d.]+)"/.exec(out)?.[1]);
 };
 const setPerSec = redisBenchmark([]);
@@ -125,19 +171,52 @@ const keysPerSecWrite = w.keys / (w.writeMs / 1000);
 const keysPerSecJob = w.keys / (w.ms / 1000);
 
 const lines = Object.values(seeded).reduce((a, b) => a + b, 0);
-console.log(`scale ${scale}: ${seeded['sales.sale_order_line']} order lines, ${seeded['sales.pos_order_line']} POS lines (${lines} rows seeded); backfill ${backfill.result.days} days, ${backfill.result.upserted} aggregate rows`);
+console.log(
+  `scale ${scale}: ${seeded['sales.sale_order_line']} order lines, ${seeded['sales.pos_order_line']} POS lines (${lines} rows seeded); backfill ${backfill.result.days} days, ${backfill.result.upserted} aggregate rows`,
+);
 const rows = [
   ['', 'baseline', 'pgmaint', 'ratio'],
-  ['backfill: bare GROUP BY scan vs daily-sales-rollup (ms)', scanMs.toFixed(0), backfill.ms.toFixed(0), (backfill.ms / scanMs).toFixed(2) + '×'],
-  [`backfill: naive per-row upserts (projected from ${NAIVE_DAYS} days) vs rollup (ms)`, naiveProjected.toFixed(0), backfill.ms.toFixed(0), (backfill.ms / naiveProjected).toFixed(3) + '×'],
+  [
+    'backfill: bare GROUP BY scan vs daily-sales-rollup (ms)',
+    scanMs.toFixed(0),
+    backfill.ms.toFixed(0),
+    `${(backfill.ms / scanMs).toFixed(2)}×`,
+  ],
+  [
+    `backfill: naive per-row upserts (projected from ${NAIVE_DAYS} days) vs rollup (ms)`,
+    naiveProjected.toFixed(0),
+    backfill.ms.toFixed(0),
+    `${(backfill.ms / naiveProjected).toFixed(3)}×`,
+  ],
   ['one night (4 days), median of 5 (ms)', '', String(nightMs), ''],
-  [`warm-cache keys/s: redis-benchmark SET -P 16 vs writing ${w.keys} keys`, setPerSec.toFixed(0), keysPerSecWrite.toFixed(0), (keysPerSecWrite / setPerSec).toFixed(2) + '×'],
-  ['  the whole warm-cache job, query included (keys/s)', '', keysPerSecJob.toFixed(0), (keysPerSecJob / setPerSec).toFixed(2) + '×'],
-  [`  redis-benchmark with our value size (-d ${avgBytes}) vs writing`, setPerSecSized.toFixed(0), keysPerSecWrite.toFixed(0), (keysPerSecWrite / setPerSecSized).toFixed(2) + '×'],
-  [`  the same on one connection (-c 1) vs writing`, setPerSecOneConn.toFixed(0), keysPerSecWrite.toFixed(0), (keysPerSecWrite / setPerSecOneConn).toFixed(2) + '×'],
+  [
+    `warm-cache keys/s: redis-benchmark SET -P 16 vs writing ${w.keys} keys`,
+    setPerSec.toFixed(0),
+    keysPerSecWrite.toFixed(0),
+    `${(keysPerSecWrite / setPerSec).toFixed(2)}×`,
+  ],
+  [
+    '  the whole warm-cache job, query included (keys/s)',
+    '',
+    keysPerSecJob.toFixed(0),
+    `${(keysPerSecJob / setPerSec).toFixed(2)}×`,
+  ],
+  [
+    `  redis-benchmark with our value size (-d ${avgBytes}) vs writing`,
+    setPerSecSized.toFixed(0),
+    keysPerSecWrite.toFixed(0),
+    `${(keysPerSecWrite / setPerSecSized).toFixed(2)}×`,
+  ],
+  [
+    `  the same on one connection (-c 1) vs writing`,
+    setPerSecOneConn.toFixed(0),
+    keysPerSecWrite.toFixed(0),
+    `${(keysPerSecWrite / setPerSecOneConn).toFixed(2)}×`,
+  ],
 ];
 const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
-for (const r of rows) console.log(r.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!))).join('  '));
+for (const r of rows)
+  console.log(r.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!))).join('  '));
 console.log(
   `targets: backfill within 1.5× of the bare scan — ${backfill.ms <= 1.5 * scanMs ? 'met' : 'NOT met'}; one night under 200 ms — ${nightMs < 200 ? 'met' : 'NOT met'} (at scale ${scale}); ` +
     `warm-cache at least half of redis-benchmark — ${keysPerSecWrite >= setPerSec / 2 ? 'met' : 'NOT met'} (writing), ${keysPerSecJob >= setPerSec / 2 ? 'met' : 'not met'} (whole job)`,

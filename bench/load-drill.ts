@@ -21,7 +21,10 @@ const BIN = path.resolve(import.meta.dirname, '../bin/pgmaint.js');
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pgmaint-load-'));
 fs.chmodSync(dir, 0o755);
-const [server, redisServer] = await Promise.all([startPostgres({ dir: path.join(dir, 'pg') }), startRedis({ dir: path.join(dir, 'redis'), appendonly: true })]);
+const [server, redisServer] = await Promise.all([
+  startPostgres({ dir: path.join(dir, 'pg') }),
+  startRedis({ dir: path.join(dir, 'redis'), appendonly: true }),
+]);
 await createDatabase(server, 'pgmaint');
 fs.writeFileSync(path.join(dir, 'pgmaint.json'), JSON.stringify({ worker: { keepCompleted: 500, keepFailed: 2000 } }));
 const env = {
@@ -53,14 +56,21 @@ function start(args: string[], ready: RegExp): Promise<string> {
 
 const serverOut = await start(['server'], /server listening/);
 const port = Number(/"port":(\d+)/.exec(serverOut)![1]);
-await Promise.all([start(['worker', '--queues', 'noop'], /worker started/), start(['worker', '--queues', 'noop'], /worker started/)]);
+await Promise.all([
+  start(['worker', '--queues', 'noop'], /worker started/),
+  start(['worker', '--queues', 'noop'], /worker started/),
+]);
 const redis = new Redis(redisServer.url);
 const db = new pg.Client({ connectionString: server.url('pgmaint') });
 await db.connect();
 
 const usedMemory = async () => Number(/used_memory:(\d+)/.exec(await redis.info('memory'))![1]);
 const completed = async () => Number(await redis.zcard('{pgmaint}:noop:completed'));
-const historyRows = async () => Number((await db.query(`select count(*) as n from pgmaint.run_history where job = 'noop' and outcome = 'succeeded'`)).rows[0].n);
+const historyRows = async () =>
+  Number(
+    (await db.query(`select count(*) as n from pgmaint.run_history where job = 'noop' and outcome = 'succeeded'`))
+      .rows[0].n,
+  );
 
 async function enqueueThroughApi(n: number): Promise<number> {
   const t0 = performance.now();
@@ -68,7 +78,11 @@ async function enqueueThroughApi(n: number): Promise<number> {
   const lane = async () => {
     while (next < n) {
       next++;
-      const res = await fetch(`http://127.0.0.1:${port}/api/jobs/noop`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' }, body: '{}' });
+      const res = await fetch(`http://127.0.0.1:${port}/api/jobs/noop`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
+        body: '{}',
+      });
       if (res.status !== 202) throw new Error(`enqueue answered ${res.status}: ${await res.text()}`);
     }
   };
@@ -104,9 +118,15 @@ const failed = Number(await redis.zcard('{pgmaint}:noop:failed'));
 const keptCompleted = await completed();
 
 const mb = (b: number) => (b / 1048576).toFixed(2);
-console.log(`jobs enqueued through POST /api/jobs/noop: ${JOBS} in ${(enqueueMs / 1000).toFixed(1)} s (${Math.round(JOBS / (enqueueMs / 1000))}/s, 32 clients)`);
-console.log(`all done ${(drainMs / 1000).toFixed(1)} s after the last enqueue; failed: ${failed}; run history rows (succeeded): ${rows}`);
-console.log(`Redis used_memory MB: empty ${mb(empty)}, retention full after ${WARMUP} jobs ${mb(afterWarmup)}, at the end of enqueueing ${mb(peak)}, after ${JOBS} more ${mb(after)} (${(after / afterWarmup).toFixed(2)}× of the retention-full baseline); completed jobs kept: ${keptCompleted}`);
+console.log(
+  `jobs enqueued through POST /api/jobs/noop: ${JOBS} in ${(enqueueMs / 1000).toFixed(1)} s (${Math.round(JOBS / (enqueueMs / 1000))}/s, 32 clients)`,
+);
+console.log(
+  `all done ${(drainMs / 1000).toFixed(1)} s after the last enqueue; failed: ${failed}; run history rows (succeeded): ${rows}`,
+);
+console.log(
+  `Redis used_memory MB: empty ${mb(empty)}, retention full after ${WARMUP} jobs ${mb(afterWarmup)}, at the end of enqueueing ${mb(peak)}, after ${JOBS} more ${mb(after)} (${(after / afterWarmup).toFixed(2)}× of the retention-full baseline); completed jobs kept: ${keptCompleted}`,
+);
 const ok = rows === JOBS && failed === 0 && after <= afterWarmup * 1.1;
 console.log(ok ? 'drill passed' : 'drill FAILED');
 

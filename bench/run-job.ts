@@ -11,7 +11,10 @@ export function jobRunner(rt: Runtime): JobRunner {
   const events = new Map<string, QueueEvents>();
   const run = async (name: string, payload: object) => {
     if (!events.has(name)) {
-      const e = new QueueEvents(name, { connection: rt.connections.redis(`bench-${name}`), prefix: rt.config.redis.prefix });
+      const e = new QueueEvents(name, {
+        connection: rt.connections.redis(`bench-${name}`),
+        prefix: rt.config.redis.prefix,
+      });
       await e.waitUntilReady();
       events.set(name, e);
     }
@@ -20,7 +23,9 @@ export function jobRunner(rt: Runtime): JobRunner {
     const result = (await job.waitUntilFinished(events.get(name)!)) as Record<string, any>;
     return { ms: performance.now() - t0, result };
   };
-  return Object.assign(run, { close: async () => {
-    for (const e of events.values()) await e.close();
-  } });
+  return Object.assign(run, {
+    close: async () => {
+      for (const e of events.values()) await e.close();
+    },
+  });
 }

@@ -12,17 +12,21 @@ import { loadConfig } from '../src/core/config.ts';
 import { createDatabase, startPostgres, startRedis } from '../src/dev/devstack.ts';
 import { createLogger } from '../src/core/logger.ts';
 import { startWorkers } from '../src/cli/roles.ts';
-import { Runtime } from '../src/runner/runtime.ts';
 import { createRuntime } from '../src/pgmaint.ts';
 
-const { values } = parseArgs({ options: { jobs: { type: 'string', default: '3000' }, samples: { type: 'string', default: '300' } } });
+const { values } = parseArgs({
+  options: { jobs: { type: 'string', default: '3000' }, samples: { type: 'string', default: '300' } },
+});
 const JOBS = Number(values.jobs);
 const SAMPLES = Number(values.samples);
 const CONCURRENCY = 4;
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pgmaint-bench-'));
 fs.chmodSync(dir, 0o755);
-const [pg, redis] = await Promise.all([startPostgres({ dir: path.join(dir, 'pg') }), startRedis({ dir: path.join(dir, 'redis') })]);
+const [pg, redis] = await Promise.all([
+  startPostgres({ dir: path.join(dir, 'pg') }),
+  startRedis({ dir: path.join(dir, 'redis') }),
+]);
 await createDatabase(pg, 'bench');
 
 function pct(sorted: number[], p: number): number {
@@ -75,15 +79,26 @@ function bareSide(): Side {
   return {
     name: 'bare BullMQ Worker',
     enqueue: async () => (await queue.add('noop', {}, { removeOnComplete: { count: 500 } })).id!,
-    enqueueBulk: async (n) => void (await queue.addBulk(Array.from({ length: n }, (_, i) => ({ name: 'noop', data: { i }, opts: { removeOnComplete: { count: 500 } } })))),
+    enqueueBulk: async (n) =>
+      void (await queue.addBulk(
+        Array.from({ length: n }, (_, i) => ({
+          name: 'noop',
+          data: { i },
+          opts: { removeOnComplete: { count: 500 } },
+        })),
+      )),
     onStart: (f) => (cb = f),
     completed: async () => Number((await conn.get('{bare}:bench:completed')) ?? 0),
     start: async () => {
-      worker = new Worker('bare', async (job) => {
-        cb(job.id!);
-        await conn.incr('{bare}:bench:completed');
-        return { ok: true };
-      }, { connection: conn, prefix: '{bare}', concurrency: CONCURRENCY });
+      worker = new Worker(
+        'bare',
+        async (job) => {
+          cb(job.id!);
+          await conn.incr('{bare}:bench:completed');
+          return { ok: true };
+        },
+        { connection: conn, prefix: '{bare}', concurrency: CONCURRENCY },
+      );
       await worker.waitUntilReady();
     },
     close: async () => {
@@ -95,7 +110,11 @@ function bareSide(): Side {
 }
 
 function runnerSide(synchronous: boolean): Side {
-  const config = loadConfig({ DATABASE_URL: pg.url('bench'), REDIS_URL: redis.url, BACKUP_DIR: path.join(dir, 'backups') });
+  const config = loadConfig({
+    DATABASE_URL: pg.url('bench'),
+    REDIS_URL: redis.url,
+    BACKUP_DIR: path.join(dir, 'backups'),
+  });
   config.history.synchronous = synchronous;
   const rt = createRuntime({ config, logger: createLogger('warn'), schedules: [] });
   // Observe starts without changing the job: wrap its handler.
@@ -112,12 +131,22 @@ function runnerSide(synchronous: boolean): Side {
     name: 'pgmaint runner',
     enqueue: async () => (await rt.queues.enqueue('noop', {})).job.id!,
     enqueueBulk: async (n) => {
-      for (let i = 0; i < n; i += 200) await Promise.all(Array.from({ length: Math.min(200, n - i) }, () => rt.queues.enqueue('noop', {})));
+      for (let i = 0; i < n; i += 200)
+        await Promise.all(Array.from({ length: Math.min(200, n - i) }, () => rt.queues.enqueue('noop', {})));
     },
     onStart: (f) => (cb = f),
-    completed: async () => (await rt.connections.pool('main').query(`select count(*)::int - $1 as n from pgmaint.run_history where outcome = 'succeeded'`, [baseline])).rows[0].n,
+    completed: async () =>
+      (
+        await rt.connections
+          .pool('main')
+          .query(`select count(*)::int - $1 as n from pgmaint.run_history where outcome = 'succeeded'`, [baseline])
+      ).rows[0].n,
     start: async () => {
-      baseline = (await rt.connections.pool('main').query(`select count(*)::int n from pgmaint.run_history where outcome = 'succeeded'`)).rows[0].n;
+      baseline = (
+        await rt.connections
+          .pool('main')
+          .query(`select count(*)::int n from pgmaint.run_history where outcome = 'succeeded'`)
+      ).rows[0].n;
       startWorkers(rt, ['noop']);
     },
     close: () => rt.close(),
@@ -125,7 +154,11 @@ function runnerSide(synchronous: boolean): Side {
 }
 
 try {
-  const setup = createRuntime({ config: loadConfig({ DATABASE_URL: pg.url('bench'), REDIS_URL: redis.url, BACKUP_DIR: dir }), logger: createLogger('warn'), schedules: [] });
+  const setup = createRuntime({
+    config: loadConfig({ DATABASE_URL: pg.url('bench'), REDIS_URL: redis.url, BACKUP_DIR: dir }),
+    logger: createLogger('warn'),
+    schedules: [],
+  });
   await setup.history.migrate();
   await setup.close();
   const bare = await measure(bareSide());
@@ -133,7 +166,7 @@ try {
   const sync = await measure(runnerSide(true));
   const cols = [bare, runner, sync];
   const fmt = (f: (m: typeof bare) => number, digits: number) => cols.map((m) => f(m).toFixed(digits));
-  const ratio = (f: (m: typeof bare) => number) => [runner, sync].map((m) => (f(m) / f(bare)).toFixed(2) + '×');
+  const ratio = (f: (m: typeof bare) => number) => [runner, sync].map((m) => `${(f(m) / f(bare)).toFixed(2)}×`);
   const rows = [
     ['', 'bare BullMQ', 'pgmaint', 'pgmaint (history.synchronous)', 'ratio', 'ratio (sync)'],
     ['enqueue→start p50 (ms)', ...fmt((m) => m.p50, 2), ...ratio((m) => m.p50)],
@@ -141,7 +174,8 @@ try {
     [`no-op jobs/s (${JOBS}, concurrency ${CONCURRENCY})`, ...fmt((m) => m.perSecond, 0), ...ratio((m) => m.perSecond)],
   ];
   const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
-  for (const r of rows) console.log(r.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!))).join('  '));
+  for (const r of rows)
+    console.log(r.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!))).join('  '));
   const ok = runner.perSecond / bare.perSecond >= 0.66;
   console.log(`target: runner throughput ≥ 0.66× bare BullMQ (default settings) — ${ok ? 'met' : 'NOT met'}`);
 } finally {

@@ -28,9 +28,13 @@ export default defineJob({
   deduplicate: true,
   async handler(ctx, p) {
     const archiveDir = ctx.target.walArchiveDir;
-    if (!archiveDir) throw new PermanentJobError(`WAL_ARCHIVE_DIR: not set for target "${p.target}"`, 'WAL_ARCHIVE_DIR');
+    if (!archiveDir)
+      throw new PermanentJobError(`WAL_ARCHIVE_DIR: not set for target "${p.target}"`, 'WAL_ARCHIVE_DIR');
     await fs.access(archiveDir, fs.constants.R_OK).catch((err) => {
-      throw new PermanentJobError(`WAL_ARCHIVE_DIR: ${archiveDir} cannot be read: ${(err as Error).message}`, 'WAL_ARCHIVE_DIR');
+      throw new PermanentJobError(
+        `WAL_ARCHIVE_DIR: ${archiveDir} cannot be read: ${(err as Error).message}`,
+        'WAL_ARCHIVE_DIR',
+      );
     });
     const problems: string[] = [];
     const warnings: string[] = [];
@@ -56,15 +60,24 @@ export default defineJob({
 
     await ctx.progress(60, 'reading pg_stat_archiver and the archive');
     const { rows: st } = await ctx.pool.query<{
-      archived_count: string; last_archived_wal: string | null; last_archived_time: Date | null;
-      failed_count: string; last_failed_wal: string | null; last_failed_time: Date | null; current_lsn: string; current_wal: string;
+      archived_count: string;
+      last_archived_wal: string | null;
+      last_archived_time: Date | null;
+      failed_count: string;
+      last_failed_wal: string | null;
+      last_failed_time: Date | null;
+      current_lsn: string;
+      current_wal: string;
     }>(`select a.archived_count, a.last_archived_wal, a.last_archived_time, a.failed_count, a.last_failed_wal, a.last_failed_time,
                pg_current_wal_lsn()::text as current_lsn, pg_walfile_name(pg_current_wal_lsn()) as current_wal
           from pg_stat_archiver a`);
     const s = st[0]!;
     const pendingReady = await ctx.pool
       .query<{ n: string }>(`select count(*) as n from pg_ls_archive_statusdir() where name like '%.ready'`)
-      .then((r) => Number(r.rows[0]!.n), () => null); // needs pg_monitor or superuser
+      .then(
+        (r) => Number(r.rows[0]!.n),
+        () => null,
+      ); // needs pg_monitor or superuser
     const failing = s.last_failed_time && (!s.last_archived_time || s.last_failed_time > s.last_archived_time);
     if (archiveSeconds === null) {
       problems.push(
@@ -75,7 +88,9 @@ export default defineJob({
             : `segment ${forced} not archived within ${p.waitSeconds} s (pg_stat_archiver: last archived ${s.last_archived_wal ?? 'never'}, ${s.failed_count} failures)`,
       );
     } else if (failing) {
-      warnings.push(`pg_stat_archiver shows ${s.failed_count} failures, the last (${s.last_failed_wal}) at ${s.last_failed_time!.toISOString()}, after the last success`);
+      warnings.push(
+        `pg_stat_archiver shows ${s.failed_count} failures, the last (${s.last_failed_wal}) at ${s.last_failed_time!.toISOString()}, after the last success`,
+      );
     }
 
     const archive = await listArchive(archiveDir, segmentSize);
@@ -84,13 +99,19 @@ export default defineJob({
     const currentSegno = segmentNumber(parseLsn(s.current_lsn), segmentSize);
     const lagSegments = newest ? Math.max(0, Number(currentSegno - 1n - newest.segno)) : null;
     const lagSeconds = lagSegments === 0 ? 0 : newest ? Math.round((Date.now() - newest.mtime.getTime()) / 1000) : null;
-    if (lagSegments !== null && lagSegments > p.maxLagSegments) problems.push(`archive lags ${lagSegments} segments (${lagSeconds} s) behind the server's current WAL ${s.current_wal}`);
+    if (lagSegments !== null && lagSegments > p.maxLagSegments)
+      problems.push(
+        `archive lags ${lagSegments} segments (${lagSeconds} s) behind the server's current WAL ${s.current_wal}`,
+      );
 
     const bases = await listBaseBackups(ctx.config.backupDir, p.target);
     const window = recoveryWindow(bases, archive);
-    if (bases.length === 0) warnings.push('no verified base backup: point-in-time recovery is not possible yet (run base-backup)');
+    if (bases.length === 0)
+      warnings.push('no verified base backup: point-in-time recovery is not possible yet (run base-backup)');
     for (const b of window.brokenChains) {
-      (b.label === bases.at(0)?.manifest.label ? problems : warnings).push(`WAL archive gap: segment ${b.missing} is missing after base backup ${b.label}`);
+      (b.label === bases.at(0)?.manifest.label ? problems : warnings).push(
+        `WAL archive gap: segment ${b.missing} is missing after base backup ${b.label}`,
+      );
     }
 
     const result = {
@@ -112,14 +133,20 @@ export default defineJob({
         lastFailedTime: s.last_failed_time?.toISOString() ?? null,
       },
       recoveryWindow: window,
-      newestBaseBackupAgeSeconds: bases[0] ? Math.round((Date.now() - Date.parse(bases[0].manifest.stoppedAt)) / 1000) : null,
+      newestBaseBackupAgeSeconds: bases[0]
+        ? Math.round((Date.now() - Date.parse(bases[0].manifest.stoppedAt)) / 1000)
+        : null,
       warnings,
       problems,
     };
     await ctx.log(`archive check: ${JSON.stringify(result)}`);
     for (const w of warnings) await ctx.log(`warning: ${w}`);
-    if (problems.length) throw new PermanentJobError(`WAL archive unhealthy: ${problems.join('; ')}`, 'ARCHIVE_UNHEALTHY');
-    await ctx.progress(100, `archive healthy: lag ${lagSegments} segments, window ${window.earliest ?? '—'} … ${window.latest ?? '—'}`);
+    if (problems.length)
+      throw new PermanentJobError(`WAL archive unhealthy: ${problems.join('; ')}`, 'ARCHIVE_UNHEALTHY');
+    await ctx.progress(
+      100,
+      `archive healthy: lag ${lagSegments} segments, window ${window.earliest ?? '—'} … ${window.latest ?? '—'}`,
+    );
     return result;
   },
 });

@@ -37,7 +37,8 @@ export { dumpDir };
 
 export default defineJob({
   name: 'backup',
-  description: 'pg_dump of a target (custom, or directory with -j), row counts from the same snapshot, verified with pg_restore --list, sha256 manifest.',
+  description:
+    'pg_dump of a target (custom, or directory with -j), row counts from the same snapshot, verified with pg_restore --list, sha256 manifest.',
   payload,
   defaults: { attempts: 3, backoffMs: 30_000, timeoutMs: 6 * 3_600_000, concurrency: 1 },
   // "Backup now" twice for one target while the first waits or runs returns the first.
@@ -56,7 +57,9 @@ export default defineJob({
 
 async function dump(ctx: JobContext, p: Payload, dir: string, started: Date) {
   await ctx.progress(2, 'reading catalog');
-  const { rows } = await ctx.pool.query<{ version: string; database: string }>(`select current_setting('server_version') as version, current_database() as database`);
+  const { rows } = await ctx.pool.query<{ version: string; database: string }>(
+    `select current_setting('server_version') as version, current_database() as database`,
+  );
   const info = rows[0]!;
   const jobs = p.format === 'directory' ? (p.jobs ?? 2) : 1;
   const name = `${p.target}-${fileStamp(started)}.${p.format === 'directory' ? 'dumpdir' : 'dump'}`;
@@ -76,13 +79,24 @@ async function dump(ctx: JobContext, p: Payload, dir: string, started: Date) {
     // The run's application_name: an abort (timeout, shutdown) terminates this session too.
     await snap.query('select set_config($1, $2, false)', ['application_name', ctx.libpqEnv().PGAPPNAME ?? 'pgmaint']);
     await snap.query('begin isolation level repeatable read read only');
-    const { rows: s } = await snap.query<{ id: string; pid: number }>('select pg_export_snapshot() as id, pg_backend_pid() as pid');
+    const { rows: s } = await snap.query<{ id: string; pid: number }>(
+      'select pg_export_snapshot() as id, pg_backend_pid() as pid',
+    );
     const snapshot = s[0]!.id;
     const tables = await listTables(snap);
-    await ctx.log(`pg_dump of database ${info.database} (PostgreSQL ${info.version}, ${tables.length} tables), ${p.format} format${jobs > 1 ? ` with ${jobs} jobs` : ''}, snapshot ${snapshot}, into ${tmp}`);
+    await ctx.log(
+      `pg_dump of database ${info.database} (PostgreSQL ${info.version}, ${tables.length} tables), ${p.format} format${jobs > 1 ? ` with ${jobs} jobs` : ''}, snapshot ${snapshot}, into ${tmp}`,
+    );
     let dumped = 0;
     let lastReport = 0;
-    const args = [`--format=${p.format}`, `--compress=${p.compress}`, `--snapshot=${snapshot}`, '--verbose', '--no-password', `--file=${tmp}`];
+    const args = [
+      `--format=${p.format}`,
+      `--compress=${p.compress}`,
+      `--snapshot=${snapshot}`,
+      '--verbose',
+      '--no-password',
+      `--file=${tmp}`,
+    ];
     if (jobs > 1) args.push(`--jobs=${jobs}`);
     const pgDump = runProcess(binPath('pg_dump'), args, {
       env: ctx.libpqEnv(),
@@ -93,7 +107,9 @@ async function dump(ctx: JobContext, p: Payload, dir: string, started: Date) {
         const now = Date.now();
         if (now - lastReport > 1000 || dumped === tables.length) {
           lastReport = now;
-          void ctx.progress(5 + (75 * dumped) / Math.max(tables.length, 1), `dumped ${dumped}/${tables.length} tables`).catch(() => undefined);
+          void ctx
+            .progress(5 + (75 * dumped) / Math.max(tables.length, 1), `dumped ${dumped}/${tables.length} tables`)
+            .catch(() => undefined);
         }
       },
     });
@@ -102,7 +118,9 @@ async function dump(ctx: JobContext, p: Payload, dir: string, started: Date) {
     const rowCounts: Record<string, number> = {};
     try {
       for (const t of tables) {
-        const { rows: c } = await snap.query<{ n: string }>(`select count(*) as n from ${quoteIdent(t.schema)}.${quoteIdent(t.name)}`);
+        const { rows: c } = await snap.query<{ n: string }>(
+          `select count(*) as n from ${quoteIdent(t.schema)}.${quoteIdent(t.name)}`,
+        );
         rowCounts[`${t.schema}.${t.name}`] = Number(c[0]!.n);
       }
     } catch (err) {
@@ -117,10 +135,14 @@ async function dump(ctx: JobContext, p: Payload, dir: string, started: Date) {
     await ctx.progress(86, 'verifying with pg_restore --list');
     const list = await runProcess(binPath('pg_restore'), ['--list', tmp], { signal });
     const tocEntries = list.stdout.split('\n').filter((l) => l.trim() && !l.startsWith(';')).length;
-    if (!/; Archive created at/.test(list.stdout) || tocEntries === 0) throw new Error(`pg_restore --list read no entries from ${tmp}; the dump is not usable`);
+    if (!/; Archive created at/.test(list.stdout) || tocEntries === 0)
+      throw new Error(`pg_restore --list read no entries from ${tmp}; the dump is not usable`);
 
     await ctx.progress(92, 'computing sha256');
-    const { bytes, sha256 } = p.format === 'directory' ? await sha256Tree(tmp, signal) : { bytes: (await fs.stat(tmp)).size, sha256: await sha256File(tmp, signal) };
+    const { bytes, sha256 } =
+      p.format === 'directory'
+        ? await sha256Tree(tmp, signal)
+        : { bytes: (await fs.stat(tmp)).size, sha256: await sha256File(tmp, signal) };
     const pgDumpVersion = (await runProcess(binPath('pg_dump'), ['--version'])).stdout.trim();
 
     await ctx.progress(97, 'publishing dump and manifest');
@@ -149,21 +171,42 @@ async function dump(ctx: JobContext, p: Payload, dir: string, started: Date) {
     };
     await writeJsonAtomic(`${final}.manifest.json`, manifest);
     const totalRows = Object.values(rowCounts).reduce((a, b) => a + b, 0);
-    await ctx.progress(100, `backup verified: ${name}, ${bytes} bytes, ${totalRows} rows in ${tables.length} tables, sha256 ${sha256.slice(0, 12)}…`);
-    return { file: final, manifest: `${final}.manifest.json`, format: p.format, jobs, bytes, sha256, durationMs: manifest.durationMs, tables: tables.length, rows: totalRows, tocEntries };
+    await ctx.progress(
+      100,
+      `backup verified: ${name}, ${bytes} bytes, ${totalRows} rows in ${tables.length} tables, sha256 ${sha256.slice(0, 12)}…`,
+    );
+    return {
+      file: final,
+      manifest: `${final}.manifest.json`,
+      format: p.format,
+      jobs,
+      bytes,
+      sha256,
+      durationMs: manifest.durationMs,
+      tables: tables.length,
+      rows: totalRows,
+      tocEntries,
+    };
   } catch (err) {
     await snap.query('rollback').catch(() => undefined);
     // Nothing half-done survives: the partial file and an unpublished dump go.
     await fs.rm(tmp, { recursive: true, force: true });
-    const manifestExists = await fs.stat(`${final}.manifest.json`).then(() => true, () => false);
+    const manifestExists = await fs.stat(`${final}.manifest.json`).then(
+      () => true,
+      () => false,
+    );
     if (!manifestExists) await fs.rm(final, { recursive: true, force: true });
     if (/No space left on device|ENOSPC/.test(String((err as Error)?.message))) {
       // Retried with backoff: a prune-backups run or an operator may free space meanwhile.
-      throw new Error(`BACKUP_DIR: ${dir} is full (no space left on device); the partial dump was removed. Free space or run prune-backups`, { cause: err });
+      throw new Error(
+        `BACKUP_DIR: ${dir} is full (no space left on device); the partial dump was removed. Free space or run prune-backups`,
+        { cause: err },
+      );
     }
     throw err;
   } finally {
-    if (!broken) await snap.query(`select set_config('application_name', 'pgmaint', false)`).catch((err: Error) => (broken = err));
+    if (!broken)
+      await snap.query(`select set_config('application_name', 'pgmaint', false)`).catch((err: Error) => (broken = err));
     snap.off('error', onError);
     snap.release(broken);
   }

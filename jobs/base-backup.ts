@@ -26,11 +26,18 @@ export const payload = z
     /** fast: an immediate checkpoint; spread: the server's paced one (gentler, slower to start). */
     checkpoint: z.enum(['fast', 'spread']).default('fast'),
     /** Transfer rate limit, e.g. "50M" or "800k" (pg_basebackup --max-rate). */
-    maxRate: z.string().regex(/^\d+[kM]?$/, 'must look like "800k" or "50M"').optional(),
+    maxRate: z
+      .string()
+      .regex(/^\d+[kM]?$/, 'must look like "800k" or "50M"')
+      .optional(),
   })
   .superRefine((p, ctx) => {
     if (p.format === 'plain' && p.compression !== undefined && p.compression !== 'none') {
-      ctx.addIssue({ code: 'custom', path: ['compression'], message: 'plain format cannot be compressed; use format "tar" or compression "none"' });
+      ctx.addIssue({
+        code: 'custom',
+        path: ['compression'],
+        message: 'plain format cannot be compressed; use format "tar" or compression "none"',
+      });
     }
     if (p.compressionLevel !== undefined && (p.compression ?? (p.format === 'tar' ? 'lz4' : 'none')) === 'none') {
       ctx.addIssue({ code: 'custom', path: ['compressionLevel'], message: 'needs a compression method' });
@@ -43,7 +50,8 @@ type Compression = BaseBackupManifest['compression'];
 
 export default defineJob({
   name: 'base-backup',
-  description: 'pg_basebackup (WAL included, manifest), verified with pg_verifybackup, then published with LSNs and times.',
+  description:
+    'pg_basebackup (WAL included, manifest), verified with pg_verifybackup, then published with LSNs and times.',
   payload,
   defaults: { attempts: 2, backoffMs: 60_000, timeoutMs: 12 * 3_600_000, concurrency: 1 },
   deduplicate: true,
@@ -63,7 +71,11 @@ export default defineJob({
   },
 });
 
-async function takeBaseBackup(ctx: JobContext, p: z.output<typeof payload> & { compression: Compression }, dir: string) {
+async function takeBaseBackup(
+  ctx: JobContext,
+  p: z.output<typeof payload> & { compression: Compression },
+  dir: string,
+) {
   const started = new Date();
   const label = `${p.target}-${fileStamp(started)}`;
   const tmp = path.join(dir, `.${label}.partial`);
@@ -78,10 +90,26 @@ async function takeBaseBackup(ctx: JobContext, p: z.output<typeof payload> & { c
 
   try {
     await fs.mkdir(tmp, { recursive: true });
-    const args = ['-D', data, `--format=${p.format}`, '--wal-method=stream', `--checkpoint=${p.checkpoint}`, `--label=pgmaint ${label}`, '--manifest-checksums=CRC32C', '--progress', '--verbose', '--no-password'];
-    if (p.format === 'tar') args.push(`--compress=${p.compression === 'none' ? 'none' : `client-${p.compression}${p.compressionLevel ? `:${p.compressionLevel}` : ''}`}`);
+    const args = [
+      '-D',
+      data,
+      `--format=${p.format}`,
+      '--wal-method=stream',
+      `--checkpoint=${p.checkpoint}`,
+      `--label=pgmaint ${label}`,
+      '--manifest-checksums=CRC32C',
+      '--progress',
+      '--verbose',
+      '--no-password',
+    ];
+    if (p.format === 'tar')
+      args.push(
+        `--compress=${p.compression === 'none' ? 'none' : `client-${p.compression}${p.compressionLevel ? `:${p.compressionLevel}` : ''}`}`,
+      );
     if (p.maxRate) args.push(`--max-rate=${p.maxRate}`);
-    await ctx.log(`pg_basebackup of PostgreSQL ${info.version} (system ${info.sysid}), ${p.format} format, ${p.compression} compression, into ${tmp}`);
+    await ctx.log(
+      `pg_basebackup of PostgreSQL ${info.version} (system ${info.sysid}), ${p.format} format, ${p.compression} compression, into ${tmp}`,
+    );
     let startLsn: string | undefined;
     let stopLsn: string | undefined;
     let timeline = info.tli;
@@ -105,11 +133,17 @@ async function takeBaseBackup(ctx: JobContext, p: z.output<typeof payload> & { c
         const prog = /(\d+)\/(\d+) kB \((\d+)%\)/.exec(line);
         if (prog && Date.now() - lastReport > 2000) {
           lastReport = Date.now();
-          void ctx.progress(5 + Number(prog[3]) * 0.7, `copied ${Math.round(Number(prog[1]) / 1024)} of ${Math.round(Number(prog[2]) / 1024)} MB`).catch(() => undefined);
+          void ctx
+            .progress(
+              5 + Number(prog[3]) * 0.7,
+              `copied ${Math.round(Number(prog[1]) / 1024)} of ${Math.round(Number(prog[2]) / 1024)} MB`,
+            )
+            .catch(() => undefined);
         }
       },
     });
-    if (!startLsn || !stopLsn || !stoppedAt) throw new Error('pg_basebackup finished without reporting its WAL start and end points');
+    if (!startLsn || !stopLsn || !stoppedAt)
+      throw new Error('pg_basebackup finished without reporting its WAL start and end points');
 
     await ctx.progress(78, 'verifying with pg_verifybackup');
     const verifyStarted = Date.now();
@@ -154,7 +188,9 @@ async function takeBaseBackup(ctx: JobContext, p: z.output<typeof payload> & { c
       durationMs,
       bytes,
       sourceBytes,
-      mbPerSecond: Math.round((sourceBytes / 1048576 / Math.max((stoppedAt.getTime() - started.getTime()) / 1000, 0.001)) * 10) / 10,
+      mbPerSecond:
+        Math.round((sourceBytes / 1048576 / Math.max((stoppedAt.getTime() - started.getTime()) / 1000, 0.001)) * 10) /
+        10,
       verified: { method: 'pg_verifybackup', seconds: verifySeconds },
       jobId: ctx.jobId,
     };
@@ -162,7 +198,10 @@ async function takeBaseBackup(ctx: JobContext, p: z.output<typeof payload> & { c
     const final = path.join(dir, label);
     await fs.rename(tmp, final);
     await fsyncPath(dir);
-    await ctx.progress(100, `base backup ${label} verified: ${Math.round(bytes / 1048576)} MB on disk, ${manifest.mbPerSecond} MB/s`);
+    await ctx.progress(
+      100,
+      `base backup ${label} verified: ${Math.round(bytes / 1048576)} MB on disk, ${manifest.mbPerSecond} MB/s`,
+    );
     return { label, path: final, ...pick(manifest) };
   } catch (err) {
     await fs.rm(tmp, { recursive: true, force: true });
@@ -172,8 +211,39 @@ async function takeBaseBackup(ctx: JobContext, p: z.output<typeof payload> & { c
 }
 
 function pick(m: BaseBackupManifest) {
-  const { startLsn, stopLsn, timeline, startWal, stopWal, startedAt, stoppedAt, finishedAt, durationMs, bytes, sourceBytes, mbPerSecond, format, compression } = m;
-  return { format, compression, startLsn, stopLsn, timeline, startWal, stopWal, startedAt, stoppedAt, finishedAt, durationMs, bytes, sourceBytes, mbPerSecond, verifySeconds: m.verified.seconds };
+  const {
+    startLsn,
+    stopLsn,
+    timeline,
+    startWal,
+    stopWal,
+    startedAt,
+    stoppedAt,
+    finishedAt,
+    durationMs,
+    bytes,
+    sourceBytes,
+    mbPerSecond,
+    format,
+    compression,
+  } = m;
+  return {
+    format,
+    compression,
+    startLsn,
+    stopLsn,
+    timeline,
+    startWal,
+    stopWal,
+    startedAt,
+    stoppedAt,
+    finishedAt,
+    durationMs,
+    bytes,
+    sourceBytes,
+    mbPerSecond,
+    verifySeconds: m.verified.seconds,
+  };
 }
 
 async function manifestBytes(manifestPath: string): Promise<number> {

@@ -10,9 +10,25 @@ import type pg from 'pg';
 import { z } from 'zod';
 import { PermanentJobError } from '../src/core/errors.ts';
 import { defineJob, targetField, type JobContext } from '../src/runner/job-definition.ts';
-import { type PartitionPolicy } from '../src/core/partition-policy.ts';
+import type { PartitionPolicy } from '../src/core/partition-policy.ts';
 import { qualifiedName, quoteIdent, quoteLiteral, quoteQualified } from '../src/core/sql.ts';
-import { boundLiteral, nextPeriod, partitionName, periodStart, PARENT_LOCKED, parseKeyValue, policiesFor, readParent, tablesIssues, recordPolicyError, throwIfPoliciesFailed, type ExistingPartition, type ParentInfo, type PolicyOutcome, withParentLock } from '../src/partitions/partitions.ts';
+import {
+  boundLiteral,
+  nextPeriod,
+  partitionName,
+  periodStart,
+  PARENT_LOCKED,
+  parseKeyValue,
+  policiesFor,
+  readParent,
+  tablesIssues,
+  recordPolicyError,
+  throwIfPoliciesFailed,
+  type ExistingPartition,
+  type ParentInfo,
+  type PolicyOutcome,
+  withParentLock,
+} from '../src/partitions/partitions.ts';
 
 export const payload = z.object({
   target: targetField,
@@ -44,7 +60,8 @@ export interface PolicyResult extends PolicyOutcome {
 
 export default defineJob({
   name: 'create-partitions',
-  description: 'Creates future range partitions (premake ahead of now), fills gaps, moves rows out of the DEFAULT partition.',
+  description:
+    'Creates future range partitions (premake ahead of now), fills gaps, moves rows out of the DEFAULT partition.',
   payload,
   defaults: { attempts: 3, backoffMs: 30_000, timeoutMs: 30 * 60_000, concurrency: 1 },
   deduplicate: true,
@@ -61,14 +78,17 @@ export default defineJob({
         while (next < policies.length) {
           const i = next++;
           results[i] = await maintainPolicy(ctx, policies[i]!, now);
-          if (++done % 10 === 0 || done === policies.length) await ctx.progress((100 * done) / policies.length, `${done}/${policies.length} parents checked`);
+          if (++done % 10 === 0 || done === policies.length)
+            await ctx.progress((100 * done) / policies.length, `${done}/${policies.length} parents checked`);
         }
       }),
     );
     for (const r of results) {
       await ctx.log(
         `${r.table}: ${r.error ? `FAILED: ${r.error}` : `created ${r.created.length}, runway until ${r.runwayUntil} (${r.periodsAhead} periods ahead), default partition rows ${r.defaultRows ?? 'n/a'}, moved ${r.rowsMoved}`}` +
-          (r.skipped.length ? `; skipped: ${r.skipped.map((s) => `${s.range ?? ''} ${s.reason}`.trim()).join('; ')}` : ''),
+          (r.skipped.length
+            ? `; skipped: ${r.skipped.map((s) => `${s.range ?? ''} ${s.reason}`.trim()).join('; ')}`
+            : ''),
       );
     }
     await ctx.progress(100, `${results.filter((r) => !r.error).length}/${policies.length} policies done`);
@@ -78,7 +98,16 @@ export default defineJob({
 });
 
 async function maintainPolicy(ctx: JobContext, policy: PartitionPolicy, now: DateTime): Promise<PolicyResult> {
-  const result: PolicyResult = { table: policy.table, created: [], runwayUntil: null, periodsAhead: 0, defaultPartition: null, defaultRows: null, rowsMoved: 0, skipped: [] };
+  const result: PolicyResult = {
+    table: policy.table,
+    created: [],
+    runwayUntil: null,
+    periodsAhead: 0,
+    defaultPartition: null,
+    defaultRows: null,
+    rowsMoved: 0,
+    skipped: [],
+  };
   try {
     const outcome = await withParentLock(ctx.pool, policy.table, async (client) => {
       let info = await readParent(client, policy);
@@ -87,7 +116,8 @@ async function maintainPolicy(ctx: JobContext, policy: PartitionPolicy, now: Dat
       const stranded: DateTime[] = [];
       if (def) {
         const col = quoteIdent(policy.column);
-        const local = info.keyType === 'timestamptz' ? `${col} at time zone ${quoteLiteral(policy.timeZone)}` : `${col}::timestamp`;
+        const local =
+          info.keyType === 'timestamptz' ? `${col} at time zone ${quoteLiteral(policy.timeZone)}` : `${col}::timestamp`;
         const { rows } = await client.query<{ p: string }>(
           `select distinct date_trunc('${policy.interval}', ${local})::text as p from ${quoteQualified(def.schema, def.name)} order by 1 limit ${MAX_NEW_PER_RUN}`,
         );
@@ -99,18 +129,27 @@ async function maintainPolicy(ctx: JobContext, policy: PartitionPolicy, now: Dat
       const template = plan.missing.length ? await readTemplate(client, info) : undefined;
       for (const [i, period] of plan.missing.entries()) {
         ctx.signal.throwIfAborted();
-        result.created.push(await withLockRetry(ctx, () => createPartition(client, info, template!, policy, period.from, period.to)));
+        result.created.push(
+          await withLockRetry(ctx, () => createPartition(client, info, template!, policy, period.from, period.to)),
+        );
         if (i % 10 === 9) await ctx.log(`${policy.table}: created ${i + 1}/${plan.missing.length}`);
       }
       if (plan.missing.length) info = await readParent(client, policy);
       if (def) {
         result.defaultPartition = `${def.schema}.${def.name}`;
-        result.defaultRows = Number((await client.query(`select count(*) as n from ${quoteQualified(def.schema, def.name)}`)).rows[0].n);
+        result.defaultRows = Number(
+          (await client.query(`select count(*) as n from ${quoteQualified(def.schema, def.name)}`)).rows[0].n,
+        );
       }
       const newest = info.partitions.filter((x) => x.to).at(-1)?.to ?? null;
       result.runwayUntil = newest?.toISO() ?? null;
       let ahead = 0;
-      for (let t = nextPeriod(periodStart(now.setZone(policy.timeZone), policy.interval), policy.interval); newest && t < newest; t = nextPeriod(t, policy.interval)) ahead++;
+      for (
+        let t = nextPeriod(periodStart(now.setZone(policy.timeZone), policy.interval), policy.interval);
+        newest && t < newest;
+        t = nextPeriod(t, policy.interval)
+      )
+        ahead++;
       result.periodsAhead = ahead;
     });
     if (outcome === 'locked') result.skipped.push({ reason: PARENT_LOCKED });
@@ -130,8 +169,16 @@ interface Period {
  * partition, that no existing partition covers. A period partly covered by a
  * partition with other bounds is skipped with the reason; existing bounds win.
  * Periods holding rows stranded in the DEFAULT partition are planned too. */
-export function planMissing(info: ParentInfo, policy: PartitionPolicy, now: DateTime, stranded: DateTime[] = []): { missing: Period[]; skipped: { range: string; reason: string }[] } {
-  const ranged = info.partitions.filter((x): x is ExistingPartition & { from: DateTime; to: DateTime } => !x.isDefault && !x.detachPending && !!x.from && !!x.to);
+export function planMissing(
+  info: ParentInfo,
+  policy: PartitionPolicy,
+  now: DateTime,
+  stranded: DateTime[] = [],
+): { missing: Period[]; skipped: { range: string; reason: string }[] } {
+  const ranged = info.partitions.filter(
+    (x): x is ExistingPartition & { from: DateTime; to: DateTime } =>
+      !x.isDefault && !x.detachPending && !!x.from && !!x.to,
+  );
   const current = periodStart(now.setZone(policy.timeZone), policy.interval);
   let end = current;
   for (let i = 0; i <= policy.premake; i++) end = nextPeriod(end, policy.interval);
@@ -148,7 +195,11 @@ export function planMissing(info: ParentInfo, policy: PartitionPolicy, now: Date
     const to = nextPeriod(t, policy.interval);
     const overlapping = ranged.filter((x) => x.from < to && x.to > t);
     if (!overlapping.length) missing.push({ from: t, to });
-    else if (!coveredByUnion(overlapping, t, to)) skipped.push({ range: `[${t.toISO()}, ${to.toISO()})`, reason: `partly covered by ${overlapping.map((x) => `${x.schema}.${x.name}`).join(', ')}; existing bounds are kept` });
+    else if (!coveredByUnion(overlapping, t, to))
+      skipped.push({
+        range: `[${t.toISO()}, ${to.toISO()})`,
+        reason: `partly covered by ${overlapping.map((x) => `${x.schema}.${x.name}`).join(', ')}; existing bounds are kept`,
+      });
   }
   return { missing, skipped };
 }
@@ -198,7 +249,14 @@ async function readTemplate(client: pg.ClientBase, info: ParentInfo): Promise<Pa
   return { identityColumns: r.identity, owner: r.owner, grants: r.grants, columns: r.columns };
 }
 
-async function createPartition(client: pg.ClientBase, info: ParentInfo, template: ParentTemplate, policy: PartitionPolicy, from: DateTime, to: DateTime): Promise<Created> {
+async function createPartition(
+  client: pg.ClientBase,
+  info: ParentInfo,
+  template: ParentTemplate,
+  policy: PartitionPolicy,
+  from: DateTime,
+  to: DateTime,
+): Promise<Created> {
   const parent = quoteQualified(info.schema, info.table);
   const name = partitionName(info.table, from, policy.interval);
   const part = quoteQualified(info.schema, name);
@@ -220,7 +278,10 @@ async function createPartition(client: pg.ClientBase, info: ParentInfo, template
   try {
     // One round trip for the statements that need no answer.
     await client.query(setup.join(';\n')).catch((err) => {
-      if ((err as { code?: string }).code === '42P07') throw new PermanentJobError(`${info.schema}.${name} already exists and is not a partition of ${policy.table}; rename it or attach it`);
+      if ((err as { code?: string }).code === '42P07')
+        throw new PermanentJobError(
+          `${info.schema}.${name} already exists and is not a partition of ${policy.table}; rename it or attach it`,
+        );
       throw err;
     });
     let movedRows = 0;
@@ -230,10 +291,14 @@ async function createPartition(client: pg.ClientBase, info: ParentInfo, template
       const stranded = Number((await client.query(`select count(*) as n from ${dflt} where ${where}`)).rows[0].n);
       if (stranded > 0) {
         if (policy.defaultRows === 'fail') {
-          throw new PermanentJobError(`${stranded} rows of ${def.schema}.${def.name} fall in [${from.toISO()}, ${to.toISO()}); policy defaultRows is "fail", so nothing was moved`);
+          throw new PermanentJobError(
+            `${stranded} rows of ${def.schema}.${def.name} fall in [${from.toISO()}, ${to.toISO()}); policy defaultRows is "fail", so nothing was moved`,
+          );
         }
         const cols = template.columns;
-        const moved = await client.query(`with gone as (delete from ${dflt} where ${where} returning ${cols}) insert into ${part} (${cols}) select ${cols} from gone`);
+        const moved = await client.query(
+          `with gone as (delete from ${dflt} where ${where} returning ${cols}) insert into ${part} (${cols}) select ${cols} from gone`,
+        );
         movedRows = moved.rowCount ?? 0;
         if (movedRows !== stranded) throw new Error(`moved ${movedRows} rows but counted ${stranded}; rolled back`);
       }

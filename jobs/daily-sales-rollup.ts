@@ -10,7 +10,10 @@ import { DateTime, IANAZone } from 'luxon';
 import { z } from 'zod';
 import { defineJob, targetField } from '../src/runner/job-definition.ts';
 
-const isoDate = z.string().regex(/^\d{4}-\d{2}-\d{2}$/, 'must be a date, YYYY-MM-DD').refine((d) => DateTime.fromISO(d).isValid, 'is not a valid date');
+const isoDate = z
+  .string()
+  .regex(/^\d{4}-\d{2}-\d{2}$/, 'must be a date, YYYY-MM-DD')
+  .refine((d) => DateTime.fromISO(d).isValid, 'is not a valid date');
 
 export const payload = z
   .object({
@@ -21,7 +24,10 @@ export const payload = z
     /** Days before yesterday re-aggregated every night (late or corrected orders). */
     lookbackDays: z.number().int().min(0).max(366).default(3),
     /** The business time zone; default scheduler.timezone (Asia/Dhaka). */
-    timeZone: z.string().refine((v) => IANAZone.isValidZone(v), 'must be an IANA time zone').optional(),
+    timeZone: z
+      .string()
+      .refine((v) => IANAZone.isValidZone(v), 'must be an IANA time zone')
+      .optional(),
     /** Days per statement (and per transaction) in a backfill. */
     chunkDays: z.number().int().min(1).max(366).default(31),
     /** Chunks aggregated at once on separate connections (days never overlap, so they never conflict).
@@ -31,8 +37,10 @@ export const payload = z
     now: z.iso.datetime({ offset: true }).optional(),
   })
   .superRefine((p, ctx) => {
-    if ((p.from === undefined) !== (p.to === undefined)) ctx.addIssue({ code: 'custom', path: [p.from ? 'to' : 'from'], message: 'from and to go together' });
-    if (p.from && p.to && p.from > p.to) ctx.addIssue({ code: 'custom', path: ['to'], message: 'must not be before from' });
+    if ((p.from === undefined) !== (p.to === undefined))
+      ctx.addIssue({ code: 'custom', path: [p.from ? 'to' : 'from'], message: 'from and to go together' });
+    if (p.from && p.to && p.from > p.to)
+      ctx.addIssue({ code: 'custom', path: ['to'], message: 'must not be before from' });
   });
 
 // $1, $2: the chunk's first and last local day; $3: the zone; $4, $5: the instants
@@ -76,7 +84,8 @@ select (select count(*) from upserted)::int as upserted, (select count(*) from d
 
 export default defineJob({
   name: 'daily-sales-rollup',
-  description: 'Idempotent pre-aggregation of daily sales (online and POS) into analytics.daily_sales_agg; yesterday plus a lookback, or a backfill range.',
+  description:
+    'Idempotent pre-aggregation of daily sales (online and POS) into analytics.daily_sales_agg; yesterday plus a lookback, or a backfill range.',
   payload,
   defaults: { attempts: 3, backoffMs: 30_000, timeoutMs: 2 * 3_600_000, concurrency: 1 },
   deduplicate: true,
@@ -93,7 +102,8 @@ export default defineJob({
     let deleted = 0;
     let groups = 0;
     const chunks: [DateTime, DateTime][] = [];
-    for (let chunk = first; chunk <= last; chunk = chunk.plus({ days: p.chunkDays })) chunks.push([chunk, DateTime.min(chunk.plus({ days: p.chunkDays - 1 }), last)]);
+    for (let chunk = first; chunk <= last; chunk = chunk.plus({ days: p.chunkDays }))
+      chunks.push([chunk, DateTime.min(chunk.plus({ days: p.chunkDays - 1 }), last)]);
     let doneDays = 0;
     const lane = async () => {
       for (let next = chunks.shift(); next; next = chunks.shift()) {
@@ -109,7 +119,10 @@ export default defineJob({
         deleted += rows[0]!.deleted;
         groups += rows[0]!.groups;
         doneDays += Math.round(end.diff(chunk, 'days').days) + 1;
-        await ctx.progress((100 * doneDays) / days, `${chunk.toISODate()} … ${end.toISODate()}: ${rows[0]!.upserted} rows upserted, ${rows[0]!.deleted} deleted`);
+        await ctx.progress(
+          (100 * doneDays) / days,
+          `${chunk.toISODate()} … ${end.toISODate()}: ${rows[0]!.upserted} rows upserted, ${rows[0]!.deleted} deleted`,
+        );
       }
     };
     // Every chunk commits on its own: a failed run leaves whole days done, and the retry redoes them as no-ops.
@@ -124,6 +137,15 @@ export default defineJob({
     );
     const failure = settled.find((r) => r.status === 'rejected');
     if (failure) throw failure.reason;
-    return { from: first.toISODate(), to: last.toISODate(), timeZone: zone, days, groups, upserted, deleted, durationMs: Date.now() - started };
+    return {
+      from: first.toISODate(),
+      to: last.toISODate(),
+      timeZone: zone,
+      days,
+      groups,
+      upserted,
+      deleted,
+      durationMs: Date.now() - started,
+    };
   },
 });

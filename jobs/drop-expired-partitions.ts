@@ -16,9 +16,26 @@ import { fileStamp, publish, sha256File, writeJsonAtomic } from '../src/core/fil
 import { defineJob, targetField, type JobContext } from '../src/runner/job-definition.ts';
 import { parseRetention, type PartitionPolicy } from '../src/core/partition-policy.ts';
 import { qualifiedName, quoteQualified } from '../src/core/sql.ts';
-import { boundLiteral, PARENT_LOCKED, policiesFor, readParent, tablesIssues, recordPolicyError, throwIfPoliciesFailed, withParentLock, type PolicyOutcome } from '../src/partitions/partitions.ts';
+import {
+  boundLiteral,
+  PARENT_LOCKED,
+  policiesFor,
+  readParent,
+  tablesIssues,
+  recordPolicyError,
+  throwIfPoliciesFailed,
+  withParentLock,
+  type PolicyOutcome,
+} from '../src/partitions/partitions.ts';
 import { binPath, runProcess } from '../src/core/proc.ts';
-import { catalogPlace, ensureJournal, openEntries, recordDetaching, setState, type JournalEntry } from '../src/partitions/retention-journal.ts';
+import {
+  catalogPlace,
+  ensureJournal,
+  openEntries,
+  recordDetaching,
+  setState,
+  type JournalEntry,
+} from '../src/partitions/retention-journal.ts';
 
 export const payload = z.object({
   target: targetField,
@@ -68,11 +85,16 @@ export default defineJob({
     const now = p.now ? DateTime.fromISO(p.now) : DateTime.now();
     const results: DropResult[] = [];
     for (const [i, policy] of policies.entries()) {
-      await ctx.progress((100 * i) / Math.max(policies.length, 1), `${policy.table}: ${p.dryRun ? 'planning' : 'applying retention'}`);
+      await ctx.progress(
+        (100 * i) / Math.max(policies.length, 1),
+        `${policy.table}: ${p.dryRun ? 'planning' : 'applying retention'}`,
+      );
       results.push(await applyRetention(ctx, policy, now, p.dryRun));
     }
     for (const r of results) {
-      await ctx.log(`${r.table}: ${r.error ? `FAILED: ${r.error}` : `${p.dryRun ? 'would drop' : 'dropped'} ${p.dryRun ? r.plan.filter((s) => s.action === 'drop').length : r.dropped.length}, archived ${r.archives.length}, freed ${r.bytesFreed} bytes`}`);
+      await ctx.log(
+        `${r.table}: ${r.error ? `FAILED: ${r.error}` : `${p.dryRun ? 'would drop' : 'dropped'} ${p.dryRun ? r.plan.filter((s) => s.action === 'drop').length : r.dropped.length}, archived ${r.archives.length}, freed ${r.bytesFreed} bytes`}`,
+      );
     }
     await ctx.progress(100, 'done');
     throwIfPoliciesFailed('drop-expired-partitions', results);
@@ -87,8 +109,21 @@ interface Held {
   closeAs?: 'dropped' | 'reattached';
 }
 
-async function applyRetention(ctx: JobContext, policy: PartitionPolicy, now: DateTime, dryRun: boolean): Promise<DropResult> {
-  const result: DropResult = { table: policy.table, cutoff: null, plan: [], dropped: [], archives: [], bytesFreed: 0, skipped: [] };
+async function applyRetention(
+  ctx: JobContext,
+  policy: PartitionPolicy,
+  now: DateTime,
+  dryRun: boolean,
+): Promise<DropResult> {
+  const result: DropResult = {
+    table: policy.table,
+    cutoff: null,
+    plan: [],
+    dropped: [],
+    archives: [],
+    bytesFreed: 0,
+    skipped: [],
+  };
   try {
     const outcome = await withParentLock(ctx.pool, policy.table, async (client) => {
       if (!dryRun) await ensureJournal(client);
@@ -97,7 +132,8 @@ async function applyRetention(ctx: JobContext, policy: PartitionPolicy, now: Dat
       const cutoff = now.setZone(policy.timeZone).minus(parseRetention(policy.retention!));
       result.cutoff = cutoff.toISO();
       const held = new Map<string, Held>();
-      const attachSql = (q: string, from: string, to: string) => `alter table ${parent} attach partition ${q} for values from (${from}) to (${to})`;
+      const attachSql = (q: string, from: string, to: string) =>
+        `alter table ${parent} attach partition ${q} for values from (${from}) to (${to})`;
 
       // First the work an earlier run left unfinished, found through the journal.
       for (const e of await openEntries(client, policy.table)) {
@@ -107,12 +143,22 @@ async function applyRetention(ctx: JobContext, policy: PartitionPolicy, now: Dat
         held.set(key, { journal: e });
         if (place === 'missing' || place === 'attached') {
           held.get(key)!.closeAs = place === 'missing' ? 'dropped' : 'reattached';
-          result.plan.push({ partition: key, action: 'close-journal', note: place === 'missing' ? 'the partition no longer exists' : 'the detach never happened; still attached' });
+          result.plan.push({
+            partition: key,
+            action: 'close-journal',
+            note: place === 'missing' ? 'the partition no longer exists' : 'the detach never happened; still attached',
+          });
         } else if (place === 'detached' && e.upperBound.getTime() > cutoff.toMillis()) {
-          result.plan.push({ partition: key, action: 'reattach', sql: attachSql(q, e.boundFrom, e.boundTo), note: 'left detached by an interrupted run; no longer expired under this policy' });
+          result.plan.push({
+            partition: key,
+            action: 'reattach',
+            sql: attachSql(q, e.boundFrom, e.boundTo),
+            note: 'left detached by an interrupted run; no longer expired under this policy',
+          });
         } else if (place === 'detached') {
           const note = `left detached by interrupted run ${e.jobId} (${e.state}); finishing it`;
-          if (policy.archive) result.plan.push({ partition: key, action: 'archive', undo: attachSql(q, e.boundFrom, e.boundTo), note });
+          if (policy.archive)
+            result.plan.push({ partition: key, action: 'archive', undo: attachSql(q, e.boundFrom, e.boundTo), note });
           result.plan.push({ partition: key, action: 'drop', sql: `drop table ${q}`, note });
         }
       }
@@ -122,15 +168,28 @@ async function applyRetention(ctx: JobContext, policy: PartitionPolicy, now: Dat
       const newest = ranged.at(-1);
       const pending = ranged.filter((x) => x.detachPending);
       const expired = ranged.filter((x) => !x.detachPending && x !== newest && x.to! <= cutoff);
-      if (expired.length > policy.maxDropsPerRun) result.skipped.push({ reason: `${expired.length - policy.maxDropsPerRun} more expired partitions left for the next run (maxDropsPerRun ${policy.maxDropsPerRun})` });
+      if (expired.length > policy.maxDropsPerRun)
+        result.skipped.push({
+          reason: `${expired.length - policy.maxDropsPerRun} more expired partitions left for the next run (maxDropsPerRun ${policy.maxDropsPerRun})`,
+        });
       for (const x of [...pending, ...expired.slice(0, policy.maxDropsPerRun)]) {
         const key = `${x.schema}.${x.name}`;
         const q = quoteQualified(x.schema, x.name);
         const from = boundLiteral(x.from!, info.keyType);
         const to = boundLiteral(x.to!, info.keyType);
         held.set(key, { ...held.get(key), bounds: { from, to, upper: x.to!.toJSDate() } });
-        if (x.detachPending) result.plan.push({ partition: key, action: 'finalize-detach', sql: `alter table ${parent} detach partition ${q} finalize` });
-        else result.plan.push({ partition: key, action: 'detach', sql: `alter table ${parent} detach partition ${q}${hasDefault ? '' : ' concurrently'}` });
+        if (x.detachPending)
+          result.plan.push({
+            partition: key,
+            action: 'finalize-detach',
+            sql: `alter table ${parent} detach partition ${q} finalize`,
+          });
+        else
+          result.plan.push({
+            partition: key,
+            action: 'detach',
+            sql: `alter table ${parent} detach partition ${q}${hasDefault ? '' : ' concurrently'}`,
+          });
         if (policy.archive) result.plan.push({ partition: key, action: 'archive', undo: attachSql(q, from, to) });
         result.plan.push({ partition: key, action: 'drop', sql: `drop table ${q}` });
       }
@@ -148,7 +207,13 @@ async function applyRetention(ctx: JobContext, policy: PartitionPolicy, now: Dat
  * Runs the plan step by step, each journaled before it happens: a partition whose
  * archive fails goes back into its parent; a drop and its journal entry commit together.
  */
-async function execute(ctx: JobContext, client: pg.ClientBase, policy: PartitionPolicy, result: DropResult, held: Map<string, Held>): Promise<void> {
+async function execute(
+  ctx: JobContext,
+  client: pg.ClientBase,
+  policy: PartitionPolicy,
+  result: DropResult,
+  held: Map<string, Held>,
+): Promise<void> {
   await client.query(`set lock_timeout = '${policy.lockTimeout}'`);
   const journalId = (key: string) => held.get(key)?.journal?.id;
   try {
@@ -167,7 +232,15 @@ async function execute(ctx: JobContext, client: pg.ClientBase, policy: Partition
           let id = journalId(step.partition);
           if (!id) {
             // Durable before the DETACH: a kill right after it leaves a plain table the journal still names.
-            id = await recordDetaching(client, { parent: policy.table, partitionSchema: schema, partitionName: name, boundFrom: h.bounds!.from, boundTo: h.bounds!.to, upperBound: h.bounds!.upper, jobId: ctx.jobId });
+            id = await recordDetaching(client, {
+              parent: policy.table,
+              partitionSchema: schema,
+              partitionName: name,
+              boundFrom: h.bounds!.from,
+              boundTo: h.bounds!.to,
+              upperBound: h.bounds!.upper,
+              jobId: ctx.jobId,
+            });
             held.set(step.partition, { ...h, journal: { id, state: 'detaching' } as JournalEntry });
           }
           // DETACH … CONCURRENTLY cannot run inside a transaction block: it autocommits.
@@ -177,19 +250,26 @@ async function execute(ctx: JobContext, client: pg.ClientBase, policy: Partition
         }
         case 'archive': {
           const reused = await reusableArchive(h.journal);
-          const archive = reused ?? (await archivePartition(ctx, client, step.partition).catch(async (err) => {
-            // Nothing half-done: the partition goes back where it was, with its data.
-            if (step.undo) {
-              await client.query(step.undo);
-              await setState(client, journalId(step.partition)!, 'reattached', ctx.jobId);
-              await ctx.log(`archive failed; re-attached ${step.partition}`);
-            }
-            throw err;
-          }));
-          await setState(client, journalId(step.partition)!, 'archived', ctx.jobId, { file: archive.file, sha256: archive.sha256 });
+          const archive =
+            reused ??
+            (await archivePartition(ctx, client, step.partition).catch(async (err) => {
+              // Nothing half-done: the partition goes back where it was, with its data.
+              if (step.undo) {
+                await client.query(step.undo);
+                await setState(client, journalId(step.partition)!, 'reattached', ctx.jobId);
+                await ctx.log(`archive failed; re-attached ${step.partition}`);
+              }
+              throw err;
+            }));
+          await setState(client, journalId(step.partition)!, 'archived', ctx.jobId, {
+            file: archive.file,
+            sha256: archive.sha256,
+          });
           result.archives.push(archive);
           archived.add(step.partition);
-          await ctx.log(`${reused ? 'verified earlier archive of' : 'archived'} ${step.partition}: ${archive.rows} rows, ${archive.bytes} bytes, ${archive.file}`);
+          await ctx.log(
+            `${reused ? 'verified earlier archive of' : 'archived'} ${step.partition}: ${archive.rows} rows, ${archive.bytes} bytes, ${archive.file}`,
+          );
           continue;
         }
         case 'reattach':
@@ -197,9 +277,13 @@ async function execute(ctx: JobContext, client: pg.ClientBase, policy: Partition
           await setState(client, journalId(step.partition)!, 'reattached', ctx.jobId);
           break;
         case 'drop': {
-          if (policy.archive && !archived.has(step.partition)) throw new Error(`${step.partition}: no verified archive; not dropped`);
+          if (policy.archive && !archived.has(step.partition))
+            throw new Error(`${step.partition}: no verified archive; not dropped`);
           await withTransaction(client, async () => {
-            result.bytesFreed += Number((await client.query('select pg_total_relation_size($1::regclass) as b', [quoteQualified(schema, name)])).rows[0].b);
+            result.bytesFreed += Number(
+              (await client.query('select pg_total_relation_size($1::regclass) as b', [quoteQualified(schema, name)]))
+                .rows[0].b,
+            );
             await client.query(step.sql!);
             await setState(client, journalId(step.partition)!, 'dropped', ctx.jobId);
           });
@@ -237,7 +321,13 @@ async function reusableArchive(entry: JournalEntry | undefined): Promise<Archive
     const manifest = JSON.parse(await fs.readFile(`${entry.archiveFile}.manifest.json`, 'utf8'));
     const sha256 = await sha256File(entry.archiveFile);
     if (sha256 !== entry.archiveSha256 || manifest.sha256 !== sha256) return undefined;
-    return { partition: manifest.partition, file: entry.archiveFile, rows: manifest.rows, bytes: manifest.bytes, sha256 };
+    return {
+      partition: manifest.partition,
+      file: entry.archiveFile,
+      rows: manifest.rows,
+      bytes: manifest.bytes,
+      sha256,
+    };
   } catch {
     return undefined;
   }
@@ -254,7 +344,9 @@ async function archivePartition(ctx: JobContext, client: pg.ClientBase, partitio
   // their manifest (they never counted). Names are compared as text, not as patterns.
   for (const entry of await fs.readdir(dir)) {
     if (!entry.startsWith(`${schema}.${name}-`)) continue;
-    const orphan = entry.endsWith('.partial') || (entry.endsWith('.dump') && !(await fs.stat(path.join(dir, `${entry}.manifest.json`)).catch(() => null)));
+    const orphan =
+      entry.endsWith('.partial') ||
+      (entry.endsWith('.dump') && !(await fs.stat(path.join(dir, `${entry}.manifest.json`)).catch(() => null)));
     if (orphan) {
       await fs.rm(path.join(dir, entry), { force: true });
       await ctx.log(`removed ${entry}, left by an interrupted run`);
@@ -265,15 +357,30 @@ async function archivePartition(ctx: JobContext, client: pg.ClientBase, partitio
   const file = path.join(dir, `${schema}.${name}-${fileStamp()}.dump`);
   const tmp = `${file}.partial`;
   try {
-    await runProcess(binPath('pg_dump'), ['--format=custom', '--no-password', `--table=${quoteQualified(schema, name)}`, `--file=${tmp}`], { env: ctx.libpqEnv(), signal: ctx.signal });
+    await runProcess(
+      binPath('pg_dump'),
+      ['--format=custom', '--no-password', `--table=${quoteQualified(schema, name)}`, `--file=${tmp}`],
+      { env: ctx.libpqEnv(), signal: ctx.signal },
+    );
     const list = await runProcess(binPath('pg_restore'), ['--list', tmp], { signal: ctx.signal });
     // Compared as text, never as a pattern: names may hold $ and other regex characters.
     const entry = ` TABLE DATA ${schema} ${name} `;
-    if (!list.stdout.split('\n').some((line) => line.includes(entry))) throw new Error(`archive of ${partition} has no TABLE DATA entry; not dropped`);
+    if (!list.stdout.split('\n').some((line) => line.includes(entry)))
+      throw new Error(`archive of ${partition} has no TABLE DATA entry; not dropped`);
     const bytes = (await fs.stat(tmp)).size;
     const sha256 = await sha256File(tmp, ctx.signal);
     await publish(tmp, file);
-    await writeJsonAtomic(`${file}.manifest.json`, { kind: 'pgmaint-partition-archive', version: 1, target: ctx.target.name, partition, rows, bytes, sha256, createdAt: new Date().toISOString(), jobId: ctx.jobId });
+    await writeJsonAtomic(`${file}.manifest.json`, {
+      kind: 'pgmaint-partition-archive',
+      version: 1,
+      target: ctx.target.name,
+      partition,
+      rows,
+      bytes,
+      sha256,
+      createdAt: new Date().toISOString(),
+      jobId: ctx.jobId,
+    });
     return { partition, file, rows, bytes, sha256 };
   } catch (err) {
     await fs.rm(tmp, { force: true });

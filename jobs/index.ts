@@ -13,7 +13,20 @@ import restoreCheck from './restore-check.ts';
 import vacuumAnalyze from './vacuum-analyze.ts';
 import warmCache from './warm-cache.ts';
 
-export const jobs: AnyJobDefinition[] = [archiveCheck, backup, baseBackup, createPartitions, dailySalesRollup, dropExpiredPartitions, noop, pitrDrill, pruneBackups, restoreCheck, vacuumAnalyze, warmCache] as AnyJobDefinition[];
+export const jobs: AnyJobDefinition[] = [
+  archiveCheck,
+  backup,
+  baseBackup,
+  createPartitions,
+  dailySalesRollup,
+  dropExpiredPartitions,
+  noop,
+  pitrDrill,
+  pruneBackups,
+  restoreCheck,
+  vacuumAnalyze,
+  warmCache,
+] as AnyJobDefinition[];
 
 /** Jobs that read or write BACKUP_DIR or the WAL archive (workers/backup.ts serves these). */
 export const BACKUP_JOBS = ['backup', 'base-backup', 'archive-check', 'pitr-drill', 'restore-check', 'prune-backups'];

@@ -24,7 +24,10 @@ import { waitForArchived } from '../src/backup/wal.ts';
 export const payload = z.object({
   target: targetField,
   /** Label of the base backup to restore; default: the newest verified one that stopped before T. */
-  baseBackup: z.string().regex(/^[a-z0-9_-]+-\d{8}T\d{9}Z$/, 'must be a base backup label such as main-20261125T010000000Z').optional(),
+  baseBackup: z
+    .string()
+    .regex(/^[a-z0-9_-]+-\d{8}T\d{9}Z$/, 'must be a base backup label such as main-20261125T010000000Z')
+    .optional(),
   /** Tables (schema.table) whose rows are counted at T and after the restore; default backups.drillTables. */
   tables: z.array(qualifiedName).max(100).optional(),
   /** How long the WAL written after T may take to reach the archive. */
@@ -43,25 +46,38 @@ export interface DrillCheck {
 
 export default defineJob({
   name: 'pitr-drill',
-  description: 'Restores a base backup plus archived WAL to a target time in a scratch instance, proves markers and row counts, reports RTO/RPO, tears down.',
+  description:
+    'Restores a base backup plus archived WAL to a target time in a scratch instance, proves markers and row counts, reports RTO/RPO, tears down.',
   payload,
   defaults: { attempts: 1, backoffMs: 300_000, timeoutMs: 3 * 3_600_000, concurrency: 1 },
   deduplicate: true,
   async handler(ctx, p) {
     const archiveDir = ctx.target.walArchiveDir;
-    if (!archiveDir) throw new PermanentJobError(`WAL_ARCHIVE_DIR: not set for target "${p.target}"; the drill restores WAL from it`, 'WAL_ARCHIVE_DIR');
-    if (/['"\\]/.test(archiveDir)) throw new PermanentJobError(`WAL_ARCHIVE_DIR: ${archiveDir} contains a quote or backslash; restore_command cannot carry it safely`, 'WAL_ARCHIVE_DIR');
+    if (!archiveDir)
+      throw new PermanentJobError(
+        `WAL_ARCHIVE_DIR: not set for target "${p.target}"; the drill restores WAL from it`,
+        'WAL_ARCHIVE_DIR',
+      );
+    if (/['"\\]/.test(archiveDir))
+      throw new PermanentJobError(
+        `WAL_ARCHIVE_DIR: ${archiveDir} contains a quote or backslash; restore_command cannot carry it safely`,
+        'WAL_ARCHIVE_DIR',
+      );
     const tables = p.tables ?? ctx.config.backups.drillTables;
     const scratchRoot = ctx.config.backups.scratchDir ?? os.tmpdir();
     await removeAbandonedScratch(scratchRoot, (d) => ctx.log(`removed ${d} left by a drill whose worker died`));
 
     await ctx.progress(2, 'writing markers on the live target');
     const point = await markTargetTime(ctx, tables);
-    await ctx.log(`target time T = ${point.targetTime} (M1 written before, M2 after); rows at T: ${JSON.stringify(point.rowCounts)}`);
+    await ctx.log(
+      `target time T = ${point.targetTime} (M1 written before, M2 after); rows at T: ${JSON.stringify(point.rowCounts)}`,
+    );
     const segment = await switchWal(ctx.pool);
     await ctx.progress(8, `waiting for WAL segment ${segment} in the archive`);
     await waitForArchived(archiveDir, segment, p.archiveWaitSeconds * 1000, ctx.signal).catch((err) => {
-      throw new Error(`the WAL written after T (segment ${segment}) did not reach ${archiveDir} within ${p.archiveWaitSeconds} s: ${(err as Error).message}`);
+      throw new Error(
+        `the WAL written after T (segment ${segment}) did not reach ${archiveDir} within ${p.archiveWaitSeconds} s: ${(err as Error).message}`,
+      );
     });
 
     // The backup stays locked (shared) against prune-backups for the whole drill.
@@ -69,7 +85,9 @@ export default defineJob({
     let scratch: ScratchInstance | undefined;
     try {
       const backup = await chooseBaseBackup(ctx, p, point.targetTime, point.systemIdentifier, lock);
-      await ctx.log(`restoring base backup ${backup.manifest.label} (stopped ${backup.manifest.stoppedAt}, ${Math.round((Date.parse(point.targetTime) - Date.parse(backup.manifest.stoppedAt)) / 1000)} s before T)`);
+      await ctx.log(
+        `restoring base backup ${backup.manifest.label} (stopped ${backup.manifest.stoppedAt}, ${Math.round((Date.parse(point.targetTime) - Date.parse(backup.manifest.stoppedAt)) / 1000)} s before T)`,
+      );
       scratch = await createScratchInstance(scratchRoot);
       return await restoreAndProve(ctx, p, scratch, backup, point, archiveDir);
     } finally {
@@ -106,7 +124,13 @@ async function markTargetTime(ctx: JobContext, tables: string[]): Promise<Target
   try {
     // T is read after the snapshot is taken: everything the counts see committed before T.
     await client.query('begin isolation level repeatable read read only');
-    const { rows } = await client.query<{ t: string; last_archived: Date | null; sysid: string; db: string; usr: string }>(
+    const { rows } = await client.query<{
+      t: string;
+      last_archived: Date | null;
+      sysid: string;
+      db: string;
+      usr: string;
+    }>(
       `select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as t,
               (select last_archived_time from pg_stat_archiver) as last_archived,
               (select system_identifier::text from pg_control_system()) as sysid, current_database() as db, current_user as usr`,
@@ -120,7 +144,9 @@ async function markTargetTime(ctx: JobContext, tables: string[]): Promise<Target
       targetTime: r.t,
       rowCounts,
       // Worst-case loss had the primary vanished at T: what was written since the last archived segment.
-      rpoSeconds: r.last_archived ? Math.max(0, Math.round((Date.parse(r.t) - r.last_archived.getTime()) / 100) / 10) : null,
+      rpoSeconds: r.last_archived
+        ? Math.max(0, Math.round((Date.parse(r.t) - r.last_archived.getTime()) / 100) / 10)
+        : null,
       systemIdentifier: r.sysid,
       database: r.db,
       user: r.usr,
@@ -138,7 +164,9 @@ async function markTargetTime(ctx: JobContext, tables: string[]): Promise<Target
 
 async function countRows(client: pg.ClientBase, table: string): Promise<number> {
   const [schema, name] = table.split('.') as [string, string];
-  const { rows } = await client.query<{ n: string }>(`select count(*) as n from ${quoteIdent(schema)}.${quoteIdent(name)}`);
+  const { rows } = await client.query<{ n: string }>(
+    `select count(*) as n from ${quoteIdent(schema)}.${quoteIdent(name)}`,
+  );
   return Number(rows[0]!.n);
 }
 
@@ -148,25 +176,52 @@ async function switchWal(pool: pg.Pool): Promise<string> {
   return rows[0]!.seg;
 }
 
-async function chooseBaseBackup(ctx: JobContext, p: Payload, targetTime: string, sysid: string, lock: pg.PoolClient): Promise<ListedBaseBackup> {
+async function chooseBaseBackup(
+  ctx: JobContext,
+  p: Payload,
+  targetTime: string,
+  sysid: string,
+  lock: pg.PoolClient,
+): Promise<ListedBaseBackup> {
   const all = await listBaseBackups(ctx.config.backupDir, p.target);
-  const usable = all.filter((b) => b.manifest.systemIdentifier === sysid && Date.parse(b.manifest.stoppedAt) < Date.parse(targetTime));
+  const usable = all.filter(
+    (b) => b.manifest.systemIdentifier === sysid && Date.parse(b.manifest.stoppedAt) < Date.parse(targetTime),
+  );
   let chosen: ListedBaseBackup | undefined;
   if (p.baseBackup) {
     chosen = usable.find((b) => b.manifest.label === p.baseBackup);
-    if (!chosen) throw new PermanentJobError(`baseBackup: ${p.baseBackup} is not a verified base backup of this cluster that stopped before T (${targetTime})`, 'NO_BASE_BACKUP');
+    if (!chosen)
+      throw new PermanentJobError(
+        `baseBackup: ${p.baseBackup} is not a verified base backup of this cluster that stopped before T (${targetTime})`,
+        'NO_BASE_BACKUP',
+      );
   } else {
     chosen = usable[0];
-    if (!chosen) throw new PermanentJobError(`no verified base backup of target "${p.target}" stopped before T (${targetTime}); run base-backup first (${all.length} base backups found)`, 'NO_BASE_BACKUP');
+    if (!chosen)
+      throw new PermanentJobError(
+        `no verified base backup of target "${p.target}" stopped before T (${targetTime}); run base-backup first (${all.length} base backups found)`,
+        'NO_BASE_BACKUP',
+      );
   }
-  await lock.query('select pg_advisory_lock_shared(hashtext($1))', [baseBackupLockKey(p.target, chosen.manifest.label)]);
+  await lock.query('select pg_advisory_lock_shared(hashtext($1))', [
+    baseBackupLockKey(p.target, chosen.manifest.label),
+  ]);
   // prune-backups may have removed it between the listing and the lock.
-  const still = (await listBaseBackups(ctx.config.backupDir, p.target)).find((b) => b.manifest.label === chosen.manifest.label);
+  const still = (await listBaseBackups(ctx.config.backupDir, p.target)).find(
+    (b) => b.manifest.label === chosen.manifest.label,
+  );
   if (!still) throw new Error(`base backup ${chosen.manifest.label} was removed before the drill could lock it`);
   return still;
 }
 
-async function restoreAndProve(ctx: JobContext, p: Payload, scratch: ScratchInstance, backup: ListedBaseBackup, point: TargetPoint, archiveDir: string) {
+async function restoreAndProve(
+  ctx: JobContext,
+  p: Payload,
+  scratch: ScratchInstance,
+  backup: ListedBaseBackup,
+  point: TargetPoint,
+  archiveDir: string,
+) {
   const restoreStarted = Date.now();
   const data = path.join(backup.path, 'data');
   await ctx.progress(12, `restoring ${backup.manifest.label} into ${scratch.dataDir}`);
@@ -214,22 +269,46 @@ async function restoreAndProve(ctx: JobContext, p: Payload, scratch: ScratchInst
   const client = scratch.client(point.user, point.database);
   await client.connect();
   try {
-    const { rows } = await client.query<{ marker: string }>(`select marker from pgmaint.drill_marker where drill_id = $1 order by marker`, [point.drillId]);
+    const { rows } = await client.query<{ marker: string }>(
+      `select marker from pgmaint.drill_marker where drill_id = $1 order by marker`,
+      [point.drillId],
+    );
     const markers = rows.map((r) => r.marker);
-    checks.push({ name: 'M1 (written before T) present', ok: markers.includes('M1'), detail: `markers found: ${markers.join(', ') || 'none'}` });
-    checks.push({ name: 'M2 (written after T) absent', ok: !markers.includes('M2'), detail: `markers found: ${markers.join(', ') || 'none'}` });
+    checks.push({
+      name: 'M1 (written before T) present',
+      ok: markers.includes('M1'),
+      detail: `markers found: ${markers.join(', ') || 'none'}`,
+    });
+    checks.push({
+      name: 'M2 (written after T) absent',
+      ok: !markers.includes('M2'),
+      detail: `markers found: ${markers.join(', ') || 'none'}`,
+    });
     for (const [table, expected] of Object.entries(point.rowCounts)) {
       const restored = await countRows(client, table);
-      checks.push({ name: `rows of ${table} at T`, ok: restored === expected, detail: `live at T ${expected}, restored ${restored}` });
+      checks.push({
+        name: `rows of ${table} at T`,
+        ok: restored === expected,
+        detail: `live at T ${expected}, restored ${restored}`,
+      });
     }
   } finally {
     await client.end().catch(() => undefined);
   }
   const stop = /recovery stopping (before|after) (commit|abort) of transaction \d+, time ([^\n]+)/.exec(log);
-  const stopTime = stop ? Date.parse(stop[3]!.trim().replace(' ', 'T').replace(/([+-]\d\d)$/, '$1:00')) : NaN;
+  const stopTime = stop
+    ? Date.parse(
+        stop[3]!
+          .trim()
+          .replace(' ', 'T')
+          .replace(/([+-]\d\d)$/, '$1:00'),
+      )
+    : NaN;
   checks.push({
     name: 'recovery stopped at the target time',
-    ok: Boolean(stop) && (stop![1] === 'before' ? stopTime > Date.parse(point.targetTime) : stopTime <= Date.parse(point.targetTime)),
+    ok:
+      Boolean(stop) &&
+      (stop![1] === 'before' ? stopTime > Date.parse(point.targetTime) : stopTime <= Date.parse(point.targetTime)),
     detail: stop ? stop[0] : 'no "recovery stopping" line in the server log',
   });
   const walSegmentsReplayed = (log.match(/restored log file "[0-9A-F]{24}" from archive/g) ?? []).length;
@@ -248,9 +327,15 @@ async function restoreAndProve(ctx: JobContext, p: Payload, scratch: ScratchInst
   const failed = checks.filter((c) => !c.ok);
   if (failed.length) {
     await ctx.log(`drill FAILED: ${JSON.stringify(result)}`);
-    throw new PermanentJobError(`PITR drill failed: ${failed.map((c) => `${c.name}: ${c.detail}`).join('; ')}`, 'DRILL_FAILED');
+    throw new PermanentJobError(
+      `PITR drill failed: ${failed.map((c) => `${c.name}: ${c.detail}`).join('; ')}`,
+      'DRILL_FAILED',
+    );
   }
-  await ctx.progress(95, `drill passed: RTO ${rtoSeconds.toFixed(1)} s, RPO ${point.rpoSeconds ?? '?'} s, ${walSegmentsReplayed} WAL segments replayed`);
+  await ctx.progress(
+    95,
+    `drill passed: RTO ${rtoSeconds.toFixed(1)} s, RPO ${point.rpoSeconds ?? '?'} s, ${walSegmentsReplayed} WAL segments replayed`,
+  );
   return result;
 }
 
@@ -259,12 +344,20 @@ const logTail = async (scratch: ScratchInstance) => (await scratch.log()).trim()
 /** "Recovery ended before target" is a failed drill (the archive lacks WAL), never a success. */
 async function throwIfRecoveryFailed(scratch: ScratchInstance, point: TargetPoint): Promise<void> {
   if (/recovery ended before configured recovery target was reached/.test(await scratch.log())) {
-    throw new PermanentJobError(`PITR drill failed: recovery ended before reaching T (${point.targetTime}): the archive lacks WAL between the base backup and T. Server log: ${await logTail(scratch)}`, 'DRILL_FAILED');
+    throw new PermanentJobError(
+      `PITR drill failed: recovery ended before reaching T (${point.targetTime}): the archive lacks WAL between the base backup and T. Server log: ${await logTail(scratch)}`,
+      'DRILL_FAILED',
+    );
   }
 }
 
 /** Waits until the scratch instance accepts queries out of recovery; fails on the log's verdict or a dead server. */
-async function waitForPromotion(ctx: JobContext, scratch: ScratchInstance, point: TargetPoint, timeoutSeconds: number): Promise<void> {
+async function waitForPromotion(
+  ctx: JobContext,
+  scratch: ScratchInstance,
+  point: TargetPoint,
+  timeoutSeconds: number,
+): Promise<void> {
   const deadline = Date.now() + timeoutSeconds * 1000;
   for (;;) {
     ctx.signal.throwIfAborted();
@@ -279,8 +372,12 @@ async function waitForPromotion(ctx: JobContext, scratch: ScratchInstance, point
     } finally {
       await client.end().catch(() => undefined);
     }
-    if (!(await scratch.running())) throw new Error(`the scratch instance stopped during recovery. Server log: ${await logTail(scratch)}`);
-    if (Date.now() > deadline) throw new Error(`restore and replay did not finish within ${timeoutSeconds} s. Server log: ${await logTail(scratch)}`);
+    if (!(await scratch.running()))
+      throw new Error(`the scratch instance stopped during recovery. Server log: ${await logTail(scratch)}`);
+    if (Date.now() > deadline)
+      throw new Error(
+        `restore and replay did not finish within ${timeoutSeconds} s. Server log: ${await logTail(scratch)}`,
+      );
     await sleep(250);
   }
 }

@@ -10,7 +10,15 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
-import { baseBackupLockKey, listBaseBackups, listDumps, readArchive, recoveryWindow, type ListedBaseBackup, type ListedDump } from '../src/backup/catalog.ts';
+import {
+  baseBackupLockKey,
+  listBaseBackups,
+  listDumps,
+  readArchive,
+  recoveryWindow,
+  type ListedBaseBackup,
+  type ListedDump,
+} from '../src/backup/catalog.ts';
 import { fsyncPath, treeSize } from '../src/core/files.ts';
 import { defineJob, targetField } from '../src/runner/job-definition.ts';
 import { parseSegmentName } from '../src/backup/wal.ts';
@@ -30,7 +38,13 @@ interface Decision<T> {
 }
 
 /** The keep/remove decision for a list sorted newest first. */
-export function planRetention<T>(items: T[], time: (t: T) => number, policy: { keepLast: number; maxAgeDays: number }, now: number, anchorWindow: boolean): Decision<T>[] {
+export function planRetention<T>(
+  items: T[],
+  time: (t: T) => number,
+  policy: { keepLast: number; maxAgeDays: number },
+  now: number,
+  anchorWindow: boolean,
+): Decision<T>[] {
   const cutoff = now - policy.maxAgeDays * DAY_MS;
   // The window is anchored once a kept item is older than its start.
   let anchored = false;
@@ -42,15 +56,24 @@ export function planRetention<T>(items: T[], time: (t: T) => number, policy: { k
     if (time(item) >= cutoff) return { item, keep: true, reason: `younger than ${policy.maxAgeDays} days` };
     if (anchorWindow && !anchored) {
       anchored = true;
-      return { item, keep: true, reason: `newest before the ${policy.maxAgeDays}-day window: needed to restore to its start` };
+      return {
+        item,
+        keep: true,
+        reason: `newest before the ${policy.maxAgeDays}-day window: needed to restore to its start`,
+      };
     }
-    return { item, keep: false, reason: `older than ${policy.maxAgeDays} days and beyond the newest ${policy.keepLast}` };
+    return {
+      item,
+      keep: false,
+      reason: `older than ${policy.maxAgeDays} days and beyond the newest ${policy.keepLast}`,
+    };
   });
 }
 
 export default defineJob({
   name: 'prune-backups',
-  description: 'Retention for dumps, base backups and WAL: keeps the newest N, the max-age window, and the WAL retained base backups need.',
+  description:
+    'Retention for dumps, base backups and WAL: keeps the newest N, the max-age window, and the WAL retained base backups need.',
   payload,
   defaults: { attempts: 3, backoffMs: 60_000, timeoutMs: 3_600_000, concurrency: 1 },
   deduplicate: true,
@@ -68,7 +91,9 @@ export default defineJob({
     const skipped: { label: string; reason: string }[] = [];
     try {
       for (const d of basePlan.filter((d) => !d.keep)) {
-        const { rows } = await lock.query<{ ok: boolean }>('select pg_try_advisory_lock(hashtext($1)) as ok', [baseBackupLockKey(target, d.item.manifest.label)]);
+        const { rows } = await lock.query<{ ok: boolean }>('select pg_try_advisory_lock(hashtext($1)) as ok', [
+          baseBackupLockKey(target, d.item.manifest.label),
+        ]);
         if (!rows[0]!.ok) {
           d.keep = true;
           d.reason = 'in use by a running PITR drill';
@@ -79,11 +104,27 @@ export default defineJob({
       const walPlan = await planWal(ctx.target.walArchiveDir, retainedBases);
 
       const plan = {
-        dumps: dumpPlan.map((d) => ({ file: d.item.manifest.file, finishedAt: d.item.manifest.finishedAt, action: d.keep ? 'keep' : 'remove', reason: d.reason })),
-        baseBackups: basePlan.map((d) => ({ label: d.item.manifest.label, stoppedAt: d.item.manifest.stoppedAt, action: d.keep ? 'keep' : 'remove', reason: d.reason })),
-        wal: { keepFrom: walPlan.keepFrom, remove: walPlan.remove.length, removeBytes: walPlan.bytes, note: walPlan.note },
+        dumps: dumpPlan.map((d) => ({
+          file: d.item.manifest.file,
+          finishedAt: d.item.manifest.finishedAt,
+          action: d.keep ? 'keep' : 'remove',
+          reason: d.reason,
+        })),
+        baseBackups: basePlan.map((d) => ({
+          label: d.item.manifest.label,
+          stoppedAt: d.item.manifest.stoppedAt,
+          action: d.keep ? 'keep' : 'remove',
+          reason: d.reason,
+        })),
+        wal: {
+          keepFrom: walPlan.keepFrom,
+          remove: walPlan.remove.length,
+          removeBytes: walPlan.bytes,
+          note: walPlan.note,
+        },
       };
-      for (const d of [...plan.dumps, ...plan.baseBackups]) await ctx.log(`${d.action} ${'file' in d ? d.file : d.label}: ${d.reason}`);
+      for (const d of [...plan.dumps, ...plan.baseBackups])
+        await ctx.log(`${d.action} ${'file' in d ? d.file : d.label}: ${d.reason}`);
       await ctx.log(`WAL: ${walPlan.note}`);
       if (dryRun) return { dryRun: true, plan, walFiles: walPlan.remove.slice(0, 1000) };
 
@@ -95,9 +136,18 @@ export default defineJob({
         await fs.rm(f, { force: true });
         freed += st?.size ?? 0;
       }
-      await ctx.progress(100, `removed ${plan.dumps.filter((d) => d.action === 'remove').length} dumps, ${plan.baseBackups.filter((d) => d.action === 'remove').length} base backups, ${walPlan.remove.length} WAL files; ${Math.round(freed / 1048576)} MB freed`);
+      await ctx.progress(
+        100,
+        `removed ${plan.dumps.filter((d) => d.action === 'remove').length} dumps, ${plan.baseBackups.filter((d) => d.action === 'remove').length} base backups, ${walPlan.remove.length} WAL files; ${Math.round(freed / 1048576)} MB freed`,
+      );
       const archive = await readArchive(ctx.target.walArchiveDir, bases[0]?.manifest.walSegmentSize ?? 16 * 1048576);
-      return { dryRun: false, plan, bytesFreed: freed, skipped, recoveryWindow: recoveryWindow(retainedBases, archive) };
+      return {
+        dryRun: false,
+        plan,
+        bytesFreed: freed,
+        skipped,
+        recoveryWindow: recoveryWindow(retainedBases, archive),
+      };
     } finally {
       await lock.query('select pg_advisory_unlock_all()').catch(() => undefined);
       lock.release();
@@ -106,7 +156,10 @@ export default defineJob({
 });
 
 /** WAL files older than the oldest retained base backup's first segment. */
-async function planWal(archiveDir: string | undefined, retained: ListedBaseBackup[]): Promise<{ keepFrom: string | null; remove: string[]; bytes: number; note: string }> {
+async function planWal(
+  archiveDir: string | undefined,
+  retained: ListedBaseBackup[],
+): Promise<{ keepFrom: string | null; remove: string[]; bytes: number; note: string }> {
   if (!archiveDir) return { keepFrom: null, remove: [], bytes: 0, note: 'no WAL archive configured for this target' };
   const oldest = retained.at(-1);
   if (!oldest) return { keepFrom: null, remove: [], bytes: 0, note: 'no base backup retained: every WAL file is kept' };
@@ -122,7 +175,12 @@ async function planWal(archiveDir: string | undefined, retained: ListedBaseBacku
     remove.push(full);
     bytes += (await fs.stat(full).catch(() => undefined))?.size ?? 0;
   }
-  return { keepFrom: m.startWal, remove, bytes, note: `keeping WAL from ${m.startWal} (start of base backup ${m.label}); ${remove.length} older files to remove` };
+  return {
+    keepFrom: m.startWal,
+    remove,
+    bytes,
+    note: `keeping WAL from ${m.startWal} (start of base backup ${m.label}); ${remove.length} older files to remove`,
+  };
 }
 
 async function removeDump(d: ListedDump): Promise<number> {

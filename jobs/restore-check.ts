@@ -16,37 +16,73 @@ import { binPath, runProcess } from '../src/core/proc.ts';
 export const payload = z.object({
   target: targetField,
   /** Dump file name (as listed by GET /api/backups); default the newest. */
-  dump: z.string().regex(/^[a-z0-9_-]+-\d{8}T\d{9}Z\.(dump|dumpdir)$/, 'must be a dump file name such as main-20261125T020000000Z.dump').optional(),
+  dump: z
+    .string()
+    .regex(
+      /^[a-z0-9_-]+-\d{8}T\d{9}Z\.(dump|dumpdir)$/,
+      'must be a dump file name such as main-20261125T020000000Z.dump',
+    )
+    .optional(),
   /** Parallel pg_restore jobs. */
   jobs: z.number().int().min(1).max(16).default(2),
   /** Target whose server gets the scratch database (default: the dump's own target). Needs CREATEDB. */
-  scratchTarget: z.string().regex(/^[a-z][a-z0-9_-]{0,62}$/, 'must be a target name').optional(),
+  scratchTarget: z
+    .string()
+    .regex(/^[a-z][a-z0-9_-]{0,62}$/, 'must be a target name')
+    .optional(),
 });
 
 export default defineJob({
   name: 'restore-check',
-  description: 'Restores the newest dump into a scratch database with pg_restore -j and compares row counts with those recorded at dump time.',
+  description:
+    'Restores the newest dump into a scratch database with pg_restore -j and compares row counts with those recorded at dump time.',
   payload,
   defaults: { attempts: 2, backoffMs: 60_000, timeoutMs: 6 * 3_600_000, concurrency: 1 },
   deduplicate: true,
   checkConfig: (p, config) =>
     p.scratchTarget && !config.targets.has(p.scratchTarget)
-      ? [{ path: 'scratchTarget', message: `unknown target "${p.scratchTarget}" (known: ${[...config.targets.keys()].join(', ')})` }]
+      ? [
+          {
+            path: 'scratchTarget',
+            message: `unknown target "${p.scratchTarget}" (known: ${[...config.targets.keys()].join(', ')})`,
+          },
+        ]
       : [],
   async handler(ctx, p) {
     const dumps = await listDumps(ctx.config.backupDir, p.target);
     const chosen = p.dump ? dumps.find((d) => d.manifest.file === p.dump) : dumps[0];
-    if (!chosen) throw new PermanentJobError(p.dump ? `dump: no verified dump ${p.dump} of target "${p.target}"` : `no verified dump of target "${p.target}"; run backup first`, 'NO_DUMP');
+    if (!chosen)
+      throw new PermanentJobError(
+        p.dump
+          ? `dump: no verified dump ${p.dump} of target "${p.target}"`
+          : `no verified dump of target "${p.target}"; run backup first`,
+        'NO_DUMP',
+      );
     const m = chosen.manifest;
-    if (!m.rowCounts) throw new PermanentJobError(`dump ${m.file} was made before row counts were recorded; it can be restored but not compared`, 'NO_ROW_COUNTS');
+    if (!m.rowCounts)
+      throw new PermanentJobError(
+        `dump ${m.file} was made before row counts were recorded; it can be restored but not compared`,
+        'NO_ROW_COUNTS',
+      );
 
     await ctx.progress(2, `checking the sha256 of ${m.file}`);
-    const actual = m.format === 'directory' ? (await sha256Tree(chosen.path, ctx.signal)).sha256 : await sha256File(chosen.path, ctx.signal);
-    if (actual !== m.sha256) throw new PermanentJobError(`dump ${m.file} is damaged: sha256 ${actual.slice(0, 16)}… differs from its manifest's ${m.sha256.slice(0, 16)}…`, 'DUMP_DAMAGED');
+    const actual =
+      m.format === 'directory'
+        ? (await sha256Tree(chosen.path, ctx.signal)).sha256
+        : await sha256File(chosen.path, ctx.signal);
+    if (actual !== m.sha256)
+      throw new PermanentJobError(
+        `dump ${m.file} is damaged: sha256 ${actual.slice(0, 16)}… differs from its manifest's ${m.sha256.slice(0, 16)}…`,
+        'DUMP_DAMAGED',
+      );
 
     const scratchTarget = ctx.config.targets.get(p.scratchTarget ?? p.target);
-    if (!scratchTarget) throw new PermanentJobError(`scratchTarget: unknown target "${p.scratchTarget}"`, 'UNKNOWN_TARGET');
-    const admin = new pg.Client({ connectionString: scratchTarget.url, application_name: `pgmaint/restore-check/${ctx.jobId}` });
+    if (!scratchTarget)
+      throw new PermanentJobError(`scratchTarget: unknown target "${p.scratchTarget}"`, 'UNKNOWN_TARGET');
+    const admin = new pg.Client({
+      connectionString: scratchTarget.url,
+      application_name: `pgmaint/restore-check/${ctx.jobId}`,
+    });
     const scratchDb = `pgmaint_restore_check_${ctx.jobId.replace(/[^a-zA-Z0-9]/g, '_')}`.slice(0, 63).toLowerCase();
     // An abort terminates this session (it carries the run's application_name).
     admin.on('error', () => undefined);
@@ -56,9 +92,26 @@ export default defineJob({
       await admin.query(`drop database if exists ${quoteIdent(scratchDb)} with (force)`);
       await admin.query(`create database ${quoteIdent(scratchDb)} template template0`);
       await ctx.progress(10, `pg_restore -j ${p.jobs} of ${m.file} into scratch database ${scratchDb}`);
-      const env = { ...libpqEnv(scratchTarget, `pgmaint/restore-check/${ctx.jobId}`.slice(0, 63)), PGDATABASE: scratchDb };
-      await runProcess(binPath('pg_restore'), ['--no-owner', '--no-privileges', `--jobs=${p.jobs}`, '--exit-on-error', '--no-password', `--dbname=${scratchDb}`, chosen.path], { env, signal: ctx.signal }).catch((err) => {
-        throw new PermanentJobError(`dump ${m.file} does not restore: ${(err as Error).message}`, 'RESTORE_FAILED', { cause: err });
+      const env = {
+        ...libpqEnv(scratchTarget, `pgmaint/restore-check/${ctx.jobId}`.slice(0, 63)),
+        PGDATABASE: scratchDb,
+      };
+      await runProcess(
+        binPath('pg_restore'),
+        [
+          '--no-owner',
+          '--no-privileges',
+          `--jobs=${p.jobs}`,
+          '--exit-on-error',
+          '--no-password',
+          `--dbname=${scratchDb}`,
+          chosen.path,
+        ],
+        { env, signal: ctx.signal },
+      ).catch((err) => {
+        throw new PermanentJobError(`dump ${m.file} does not restore: ${(err as Error).message}`, 'RESTORE_FAILED', {
+          cause: err,
+        });
       });
       const restoreSeconds = (Date.now() - started) / 1000;
 
@@ -74,7 +127,10 @@ export default defineJob({
           const [schema, name] = splitQualified(table);
           const n = await restored
             .query<{ n: string }>(`select count(*) as n from ${quoteIdent(schema)}.${quoteIdent(name)}`)
-            .then((r) => Number(r.rows[0]!.n), () => -1);
+            .then(
+              (r) => Number(r.rows[0]!.n),
+              () => -1,
+            );
           if (n !== dumped) mismatches.push({ table, dumped, restored: n });
         }
       } finally {
@@ -90,14 +146,31 @@ export default defineJob({
       };
       await writeJsonAtomic(`${chosen.path}.restore-check.json`, record);
       if (!record.ok) {
-        const list = mismatches.slice(0, 5).map((x) => `${x.table} dumped ${x.dumped}, restored ${x.restored < 0 ? 'missing' : x.restored}`);
-        throw new PermanentJobError(`restore-check of ${m.file}: ${mismatches.length} tables differ: ${list.join('; ')}`, 'ROW_COUNTS_DIFFER');
+        const list = mismatches
+          .slice(0, 5)
+          .map((x) => `${x.table} dumped ${x.dumped}, restored ${x.restored < 0 ? 'missing' : x.restored}`);
+        throw new PermanentJobError(
+          `restore-check of ${m.file}: ${mismatches.length} tables differ: ${list.join('; ')}`,
+          'ROW_COUNTS_DIFFER',
+        );
       }
       const rows = Object.values(m.rowCounts).reduce((a, b) => a + b, 0);
-      await ctx.progress(100, `${m.file} restores: ${record.tablesCompared} tables, ${rows} rows match the dump's snapshot (restore ${restoreSeconds.toFixed(1)} s)`);
-      return { dump: m.file, dumpFinishedAt: m.finishedAt, tablesCompared: record.tablesCompared, rows, restoreSeconds, scratchDatabase: scratchDb };
+      await ctx.progress(
+        100,
+        `${m.file} restores: ${record.tablesCompared} tables, ${rows} rows match the dump's snapshot (restore ${restoreSeconds.toFixed(1)} s)`,
+      );
+      return {
+        dump: m.file,
+        dumpFinishedAt: m.finishedAt,
+        tablesCompared: record.tablesCompared,
+        rows,
+        restoreSeconds,
+        scratchDatabase: scratchDb,
+      };
     } finally {
-      await admin.query(`drop database if exists ${quoteIdent(scratchDb)} with (force)`).catch((err) => ctx.log(`could not drop scratch database ${scratchDb}: ${(err as Error).message}`));
+      await admin
+        .query(`drop database if exists ${quoteIdent(scratchDb)} with (force)`)
+        .catch((err) => ctx.log(`could not drop scratch database ${scratchDb}: ${(err as Error).message}`));
       await admin.end().catch(() => undefined);
     }
   },

@@ -39,7 +39,10 @@ export const payload = z.object({
   /** Stop starting tables after this long; a running one is cancelled at it. */
   budgetSeconds: z.number().int().min(1).max(86_400).default(1800),
   /** lock_timeout for each table's VACUUM/ANALYZE, e.g. "2s". */
-  lockTimeout: z.string().regex(/^\d+(ms|s)$/, 'must look like "2s" or "500ms"').default('2s'),
+  lockTimeout: z
+    .string()
+    .regex(/^\d+(ms|s)$/, 'must look like "2s" or "500ms"')
+    .default('2s'),
   /** Throttle: vacuum_cost_delay (ms) and vacuum_cost_limit for this session, to spare traffic. */
   costDelayMs: z.number().min(0).max(100).optional(),
   costLimit: z.number().int().min(1).max(10_000).optional(),
@@ -93,7 +96,12 @@ async function readStats(client: pg.ClientBase, schemas: string[] | undefined): 
 }
 
 /** Why each table needs work, or nothing; most urgent first. */
-export function choose(stats: TableStats[], t: z.output<typeof thresholds>, vacuumFull: string[], now = Date.now()): Candidate[] {
+export function choose(
+  stats: TableStats[],
+  t: z.output<typeof thresholds>,
+  vacuumFull: string[],
+  now = Date.now(),
+): Candidate[] {
   const out: Candidate[] = [];
   for (const s of stats) {
     const table = `${s.schema}.${s.name}`;
@@ -107,8 +115,21 @@ export function choose(stats: TableStats[], t: z.output<typeof thresholds>, vacu
     if (s.relkind === 'p') {
       const hours = s.last_analyze ? (now - s.last_analyze.getTime()) / 3_600_000 : Infinity;
       if (hours >= t.parentAnalyzeHours) {
-        reasons.push(s.last_analyze ? `partitioned parent last analyzed ${hours.toFixed(1)} h ago (autovacuum never analyzes parents)` : 'partitioned parent never analyzed (autovacuum never analyzes parents)');
-        out.push({ table, schema: s.schema, name: s.name, kind: 'partitioned', action: 'ANALYZE', reasons, deadTuples: 0, priority: 1 });
+        reasons.push(
+          s.last_analyze
+            ? `partitioned parent last analyzed ${hours.toFixed(1)} h ago (autovacuum never analyzes parents)`
+            : 'partitioned parent never analyzed (autovacuum never analyzes parents)',
+        );
+        out.push({
+          table,
+          schema: s.schema,
+          name: s.name,
+          kind: 'partitioned',
+          action: 'ANALYZE',
+          reasons,
+          deadTuples: 0,
+          priority: 1,
+        });
       }
       continue;
     }
@@ -132,13 +153,32 @@ export function choose(stats: TableStats[], t: z.output<typeof thresholds>, vacu
     if (dead > 0 && days >= t.maxDaysSinceVacuum) {
       vacuum = true;
       priority = Math.max(priority, 1);
-      reasons.push(s.last_vacuum ? `${dead} dead tuples and no vacuum for ${days.toFixed(1)} days` : `${dead} dead tuples and never vacuumed`);
+      reasons.push(
+        s.last_vacuum
+          ? `${dead} dead tuples and no vacuum for ${days.toFixed(1)} days`
+          : `${dead} dead tuples and never vacuumed`,
+      );
     }
     const full = vacuumFull.includes(table);
     if (full) reasons.push('VACUUM FULL requested in the payload');
     if (!vacuum && !analyze && !full) continue;
-    const action: Action = full ? 'VACUUM FULL ANALYZE' : vacuum && analyze ? 'VACUUM ANALYZE' : vacuum ? 'VACUUM' : 'ANALYZE';
-    out.push({ table, schema: s.schema, name: s.name, kind: s.relkind === 'm' ? 'matview' : 'table', action, reasons, deadTuples: dead, priority: full ? 1e13 : priority });
+    const action: Action = full
+      ? 'VACUUM FULL ANALYZE'
+      : vacuum && analyze
+        ? 'VACUUM ANALYZE'
+        : vacuum
+          ? 'VACUUM'
+          : 'ANALYZE';
+    out.push({
+      table,
+      schema: s.schema,
+      name: s.name,
+      kind: s.relkind === 'm' ? 'matview' : 'table',
+      action,
+      reasons,
+      deadTuples: dead,
+      priority: full ? 1e13 : priority,
+    });
   }
   return out.sort((a, b) => b.priority - a.priority);
 }
@@ -169,7 +209,8 @@ interface TableResult {
 
 export default defineJob({
   name: 'vacuum-analyze',
-  description: 'VACUUM/ANALYZE of the tables that need it by their statistics (and partitioned parents), one at a time, under lock_timeout, within a time budget.',
+  description:
+    'VACUUM/ANALYZE of the tables that need it by their statistics (and partitioned parents), one at a time, under lock_timeout, within a time budget.',
   payload,
   defaults: { attempts: 2, backoffMs: 60_000, timeoutMs: 6 * 3_600_000, concurrency: 1 },
   deduplicate: true,
@@ -177,10 +218,17 @@ export default defineJob({
     const client = await ctx.pool.connect();
     try {
       const stats = await readStats(client, p.schemas);
-      const unknown = p.vacuumFull.filter((t) => !stats.some((s) => `${s.schema}.${s.name}` === t && s.relkind !== 'p'));
-      if (unknown.length) throw new PermanentJobError(`vacuumFull: ${unknown.join(', ')} is not a table of this database${p.schemas ? ' in the schemas given' : ''}`);
+      const unknown = p.vacuumFull.filter(
+        (t) => !stats.some((s) => `${s.schema}.${s.name}` === t && s.relkind !== 'p'),
+      );
+      if (unknown.length)
+        throw new PermanentJobError(
+          `vacuumFull: ${unknown.join(', ')} is not a table of this database${p.schemas ? ' in the schemas given' : ''}`,
+        );
       const chosen = choose(stats, p.thresholds, p.vacuumFull);
-      await ctx.log(`${chosen.length} of ${stats.length} tables need work: ${chosen.map((c) => `${c.table} (${c.action}: ${c.reasons.join('; ')})`).join(', ') || 'none'}`);
+      await ctx.log(
+        `${chosen.length} of ${stats.length} tables need work: ${chosen.map((c) => `${c.table} (${c.action}: ${c.reasons.join('; ')})`).join(', ') || 'none'}`,
+      );
       if (p.dryRun) return { dryRun: true, considered: stats.length, chosen: chosen.map(({ priority: _, ...c }) => c) };
       return await work(ctx, client, p, chosen, stats.length);
     } finally {
@@ -194,8 +242,10 @@ async function work(ctx: JobContext, client: pg.PoolClient, p: Payload, chosen: 
   const started = Date.now();
   const deadline = started + p.budgetSeconds * 1000;
   await client.query(`select set_config('lock_timeout', $1, false)`, [p.lockTimeout]);
-  if (p.costDelayMs !== undefined) await client.query(`select set_config('vacuum_cost_delay', $1, false)`, [String(p.costDelayMs)]);
-  if (p.costLimit !== undefined) await client.query(`select set_config('vacuum_cost_limit', $1, false)`, [String(p.costLimit)]);
+  if (p.costDelayMs !== undefined)
+    await client.query(`select set_config('vacuum_cost_delay', $1, false)`, [String(p.costDelayMs)]);
+  if (p.costLimit !== undefined)
+    await client.query(`select set_config('vacuum_cost_limit', $1, false)`, [String(p.costLimit)]);
   const results: TableResult[] = [];
   const left: string[] = [];
   let stoppedAtBudget = false;
@@ -226,7 +276,10 @@ async function work(ctx: JobContext, client: pg.PoolClient, p: Payload, chosen: 
       await client.query(statement(c));
       r.durationMs = Date.now() - t0;
       await client.query('select pg_stat_clear_snapshot()');
-      const { rows } = await client.query<{ dead: string }>(`select coalesce(n_dead_tup, 0) as dead from pg_stat_all_tables where relid = $1::regclass`, [`${quoteIdent(c.schema)}.${quoteIdent(c.name)}`]);
+      const { rows } = await client.query<{ dead: string }>(
+        `select coalesce(n_dead_tup, 0) as dead from pg_stat_all_tables where relid = $1::regclass`,
+        [`${quoteIdent(c.schema)}.${quoteIdent(c.name)}`],
+      );
       r.deadAfter = Number(rows[0]?.dead ?? 0);
       await ctx.log(`${c.table}: ${c.action} in ${r.durationMs} ms, dead tuples ${r.deadBefore} → ${r.deadAfter}`);
     } catch (err) {
@@ -240,7 +293,20 @@ async function work(ctx: JobContext, client: pg.PoolClient, p: Payload, chosen: 
       await ctx.log(`${c.table}: skipped, ${r.skipped}`);
     }
   }
-  if (stoppedAtBudget) await ctx.log(`time budget of ${p.budgetSeconds} s used up; left for the next run: ${left.join(', ') || 'nothing'}`);
-  await ctx.progress(100, `${results.filter((r) => !r.skipped).length} tables done, ${results.filter((r) => r.skipped).length} skipped, ${left.length} left`);
-  return { considered, chosen: chosen.length, tables: results, left, stoppedAtBudget, durationMs: Date.now() - started };
+  if (stoppedAtBudget)
+    await ctx.log(
+      `time budget of ${p.budgetSeconds} s used up; left for the next run: ${left.join(', ') || 'nothing'}`,
+    );
+  await ctx.progress(
+    100,
+    `${results.filter((r) => !r.skipped).length} tables done, ${results.filter((r) => r.skipped).length} skipped, ${left.length} left`,
+  );
+  return {
+    considered,
+    chosen: chosen.length,
+    tables: results,
+    left,
+    stoppedAtBudget,
+    durationMs: Date.now() - started,
+  };
 }

@@ -40,7 +40,8 @@ interface Written {
 /** "product:{product_tmpl_id}" filled from a row; a missing column is an error naming it. */
 function fillKey(template: string, row: Record<string, unknown>): string {
   return template.replace(/\{([A-Za-z0-9_]+)\}/g, (_, col: string) => {
-    if (!(col in row)) throw new PermanentJobError(`key template ${template}: the query returns no column "${col}"`, 'BAD_KEY');
+    if (!(col in row))
+      throw new PermanentJobError(`key template ${template}: the query returns no column "${col}"`, 'BAD_KEY');
     return String(row[col]);
   });
 }
@@ -79,10 +80,25 @@ async function warmOne(ctx: JobContext, redis: Redis, q: WarmQuery, timeoutMs: n
   const batches: Promise<number>[] = [];
   for (let i = 0; i < entries.length; i += SET_BATCH) {
     const batch = entries.slice(i, i + SET_BATCH);
-    batches.push((redis as CacheRedis).pgmaintSetManyEx(batch.length, ...batch.map(([k]) => k), ...batch.map(([, v]) => v), String(q.ttlSeconds)));
+    batches.push(
+      (redis as CacheRedis).pgmaintSetManyEx(
+        batch.length,
+        ...batch.map(([k]) => k),
+        ...batch.map(([, v]) => v),
+        String(q.ttlSeconds),
+      ),
+    );
   }
   await Promise.all(batches);
-  return { key: q.key, keys: entries.length, bytes, rows: rows.length, ms: Date.now() - t0, encodeMs, writeMs: Date.now() - w0 };
+  return {
+    key: q.key,
+    keys: entries.length,
+    bytes,
+    rows: rows.length,
+    ms: Date.now() - t0,
+    encodeMs,
+    writeMs: Date.now() - w0,
+  };
 }
 
 /** keyspace_hits / (hits + misses) from INFO stats, or null before any read. */
@@ -95,22 +111,35 @@ async function hitRatio(redis: Redis): Promise<number | null> {
 
 export default defineJob({
   name: 'warm-cache',
-  description: 'Runs the dashboard queries of cache.queries read-only and writes their results to the cache Redis with TTLs.',
+  description:
+    'Runs the dashboard queries of cache.queries read-only and writes their results to the cache Redis with TTLs.',
   payload,
   defaults: { attempts: 2, backoffMs: 10_000, timeoutMs: 30 * 60_000, concurrency: 1 },
   deduplicate: true,
   checkConfig: (p, config) => {
     const declared = config.cache.queries.filter((q) => q.target === p.target).map((q) => q.key);
     return (p.keys ?? []).flatMap((k, i) =>
-      declared.includes(k) ? [] : [{ path: `keys.${i}`, message: `"${k}" is not declared in cache.queries for target ${p.target} (known: ${declared.join(', ') || 'none'})` }],
+      declared.includes(k)
+        ? []
+        : [
+            {
+              path: `keys.${i}`,
+              message: `"${k}" is not declared in cache.queries for target ${p.target} (known: ${declared.join(', ') || 'none'})`,
+            },
+          ],
     );
   },
   async handler(ctx, p) {
     const all = ctx.config.cache.queries.filter((q) => q.target === p.target);
     const queries = p.keys ? all.filter((q) => p.keys!.includes(q.key)) : all;
-    if (!queries.length) return { keysWritten: 0, bytes: 0, written: [], failed: [], note: 'no cache.queries for this target' };
+    if (!queries.length)
+      return { keysWritten: 0, bytes: 0, written: [], failed: [], note: 'no cache.queries for this target' };
 
-    const redis = new Redis(ctx.config.cache.redisUrl, { maxRetriesPerRequest: 2, connectionName: 'pgmaint-cache', lazyConnect: true });
+    const redis = new Redis(ctx.config.cache.redisUrl, {
+      maxRetriesPerRequest: 2,
+      connectionName: 'pgmaint-cache',
+      lazyConnect: true,
+    });
     redis.on('error', () => undefined); // reported through the commands that fail
     redis.defineCommand('pgmaintSetManyEx', { lua: SET_MANY_EX }); // EVALSHA, loaded on first use
     const started = Date.now();
@@ -125,14 +154,18 @@ export default defineJob({
         try {
           const w = await warmOne(ctx, redis, q, p.statementTimeoutMs);
           written.push(w);
-          await ctx.progress((100 * (i + 1)) / queries.length, `${q.key}: ${w.keys} keys, ${w.bytes} bytes in ${w.ms} ms`);
+          await ctx.progress(
+            (100 * (i + 1)) / queries.length,
+            `${q.key}: ${w.keys} keys, ${w.bytes} bytes in ${w.ms} ms`,
+          );
         } catch (err) {
           const error = describeError(coerceError(err));
           failed.push({ key: q.key, error });
           await ctx.log(`${q.key}: failed: ${error}`);
         }
       }
-      if (!written.length) throw new Error(`every cache query failed: ${failed.map((f) => `${f.key}: ${f.error}`).join('; ')}`);
+      if (!written.length)
+        throw new Error(`every cache query failed: ${failed.map((f) => `${f.key}: ${f.error}`).join('; ')}`);
       return {
         keysWritten: written.reduce((a, w) => a + w.keys, 0),
         bytes: written.reduce((a, w) => a + w.bytes, 0),

@@ -17,7 +17,10 @@ beforeAll(async () => {
   ({ pool } = await h.ownCluster());
   scratchRoot = path.join(h.dir, 'scratch');
   fs.mkdirSync(scratchRoot, { recursive: true });
-  h.configFile({ worker: { stalledIntervalMs: 1000, lockDurationMs: 2000, shutdownTimeoutMs: 5000 }, backups: { scratchDir: scratchRoot } });
+  h.configFile({
+    worker: { stalledIntervalMs: 1000, lockDurationMs: 2000, shutdownTimeoutMs: 5000 },
+    backups: { scratchDir: scratchRoot },
+  });
   rt = h.runtime({ schedules: [] });
   await rt.history.migrate();
 });
@@ -31,7 +34,11 @@ describe('base-backup under SIGKILL', () => {
     await first.waitFor(/worker started/);
     // 4 MB/s over a ~30 MB cluster: several seconds of copying to kill it in.
     const { job } = await rt.queues.enqueue('base-backup', { maxRate: '4M' });
-    await waitUntil(async () => fs.existsSync(dir) && fs.readdirSync(dir).some((e) => e.endsWith('.partial')), 20_000, 'the partial base backup');
+    await waitUntil(
+      async () => fs.existsSync(dir) && fs.readdirSync(dir).some((e) => e.endsWith('.partial')),
+      20_000,
+      'the partial base backup',
+    );
     first.child.kill('SIGKILL');
     await first.exited;
     expect(await listBaseBackups(h.backupDir, 'main')).toEqual([]);
@@ -75,14 +82,15 @@ describe('backup under SIGKILL', () => {
     expect(dumps.map((d) => d.manifest.jobId)).toEqual([job.id]);
     expect(dumps[0]!.manifest.rowCounts!['public.ledger']).toBe(1000);
     // Whatever the killed run left is a hidden .partial file, never listed as a dump.
-    for (const e of fs.readdirSync(dumpDir(h.backupDir, 'main'))) expect(e.startsWith('.') ? /\.partial$/.test(e) : dumps.some((d) => e.startsWith(d.manifest.file))).toBe(true);
+    for (const e of fs.readdirSync(dumpDir(h.backupDir, 'main')))
+      expect(e.startsWith('.') ? /\.partial$/.test(e) : dumps.some((d) => e.startsWith(d.manifest.file))).toBe(true);
     second.child.kill('SIGTERM');
     expect(await second.exited).toBe(0);
   });
 });
 
 describe('pitr-drill taken over after its worker died', () => {
-  it('runs cleanly on a second worker (markers of its own), and the killed attempt\'s scratch instance is removed', async () => {
+  it("runs cleanly on a second worker (markers of its own), and the killed attempt's scratch instance is removed", async () => {
     // A verified base backup to restore: the first test's, or a fresh one.
     if (!(await listBaseBackups(h.backupDir, 'main')).length) {
       const w = h.spawnPgmaint(['worker', '--queues', 'base-backup']);
@@ -95,7 +103,11 @@ describe('pitr-drill taken over after its worker died', () => {
     await first.waitFor(/worker started/);
     const { job } = await rt.queues.enqueue('pitr-drill', {});
     // Killed once the markers are written and the scratch instance is being made.
-    await waitUntil(async () => fs.readdirSync(scratchRoot).length > 0, 60_000, 'the drill to create its scratch instance');
+    await waitUntil(
+      async () => fs.readdirSync(scratchRoot).length > 0,
+      60_000,
+      'the drill to create its scratch instance',
+    );
     await first.killGroup();
     const left = fs.readdirSync(scratchRoot);
     expect(left.length).toBeGreaterThan(0);
@@ -107,7 +119,10 @@ describe('pitr-drill taken over after its worker died', () => {
     const result = done.returnvalue as { checks: { name: string; ok: boolean }[] };
     expect(result.checks.every((c) => c.ok)).toBe(true);
     // Both attempts wrote markers; each under its own drill id.
-    const { rows } = await pool.query(`select count(distinct drill_id)::int as n from pgmaint.drill_marker where drill_id like $1`, [`${job.id}:%`]);
+    const { rows } = await pool.query(
+      `select count(distinct drill_id)::int as n from pgmaint.drill_marker where drill_id like $1`,
+      [`${job.id}:%`],
+    );
     expect(rows[0].n).toBe(2);
     expect(fs.readdirSync(scratchRoot).filter((e) => left.includes(e))).toEqual([]);
     const { logs } = await rt.queues.get('pitr-drill').getJobLogs(job.id!);

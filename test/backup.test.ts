@@ -6,7 +6,7 @@ import { dumpDir } from '../jobs/backup.ts';
 import { binPath, runProcess } from '../src/core/proc.ts';
 import { startWorkers } from '../src/cli/roles.ts';
 import type { Runtime } from '../src/runner/runtime.ts';
-import { createHarness, waitForFinished, waitUntil, type Harness } from './support/harness.ts';
+import { createHarness, waitForFinished, type Harness } from './support/harness.ts';
 
 let h: Harness;
 let rt: Runtime;
@@ -35,7 +35,12 @@ describe('backup', () => {
     const actual = createHash('sha256').update(fs.readFileSync(result.file)).digest('hex');
     expect(manifest.sha256).toBe(actual);
     expect(manifest.bytes).toBe(fs.statSync(result.file).size);
-    expect(manifest).toMatchObject({ kind: 'pgmaint-dump', target: 'main', format: 'custom', serverVersion: expect.stringMatching(/^15/) });
+    expect(manifest).toMatchObject({
+      kind: 'pgmaint-dump',
+      target: 'main',
+      format: 'custom',
+      serverVersion: expect.stringMatching(/^15/),
+    });
     const list = await runProcess(binPath('pg_restore'), ['--list', result.file]);
     expect(list.stdout).toMatch(/TABLE DATA sales sale_order/);
     expect(fs.readdirSync(dir()).filter((f) => f.includes('partial'))).toEqual([]);
@@ -46,8 +51,17 @@ describe('backup', () => {
     expect(logs.join('\n')).toMatch(/backup verified/);
     // The run history holds the result, and no secret.
     await rt.history.flush();
-    const { rows } = await h.admin.query(`select outcome, result, payload::text from pgmaint.run_history where queue = 'backup' and job_id = $1`, [job.id]);
-    expect(rows).toEqual([{ outcome: 'succeeded', result: expect.objectContaining({ sha256: actual }), payload: '{"format": "custom", "target": "main", "compress": 6}' }]);
+    const { rows } = await h.admin.query(
+      `select outcome, result, payload::text from pgmaint.run_history where queue = 'backup' and job_id = $1`,
+      [job.id],
+    );
+    expect(rows).toEqual([
+      {
+        outcome: 'succeeded',
+        result: expect.objectContaining({ sha256: actual }),
+        payload: '{"format": "custom", "target": "main", "compress": 6}',
+      },
+    ]);
   });
 
   it('a second "backup now" while one is queued returns the same job', async () => {

@@ -23,7 +23,12 @@ beforeAll(async () => {
   h = await createHarness('backups');
   ({ pg: cluster, pool: db } = await h.ownCluster());
   h.configFile({
-    backups: { scratchDir: scratchDir(), drillTables: ['sales.sale_order', 'farm.milk_production'], dumps: { keepLast: 1, maxAgeDays: 1 }, base: { keepLast: 1, maxAgeDays: 1 } },
+    backups: {
+      scratchDir: scratchDir(),
+      drillTables: ['sales.sale_order', 'farm.milk_production'],
+      dumps: { keepLast: 1, maxAgeDays: 1 },
+      base: { keepLast: 1, maxAgeDays: 1 },
+    },
     jobs: { 'archive-check': { timeoutMs: 60_000 } },
   });
   await db.query(`create schema sales; create schema farm;
@@ -41,7 +46,13 @@ async function run(job: string, payload: object = {}, timeoutMs = 120_000) {
   const { job: j } = await rt.queues.enqueue(job, payload);
   const { state, job: done } = await waitForFinished(rt.queues.get(job), j.id!, timeoutMs);
   const { logs } = await rt.queues.get(job).getJobLogs(j.id!);
-  return { state, result: done.returnvalue as Record<string, any>, failedReason: done.failedReason, attempts: done.attemptsMade, logs: logs.join('\n') };
+  return {
+    state,
+    result: done.returnvalue as Record<string, any>,
+    failedReason: done.failedReason,
+    attempts: done.attemptsMade,
+    logs: logs.join('\n'),
+  };
 }
 
 const dotEntries = (dir: string) => (fs.existsSync(dir) ? fs.readdirSync(dir).filter((e) => e.startsWith('.')) : []);
@@ -50,12 +61,21 @@ describe('base-backup', () => {
   it('takes a tar/lz4 base backup, verifies it with pg_verifybackup and records LSNs and times', async () => {
     const r = await run('base-backup', {});
     expect(r.state).toBe('completed');
-    expect(r.result).toMatchObject({ format: 'tar', compression: 'lz4', startLsn: expect.stringMatching(/^[0-9A-F]+\/[0-9A-F]+$/), startWal: expect.stringMatching(/^[0-9A-F]{24}$/) });
+    expect(r.result).toMatchObject({
+      format: 'tar',
+      compression: 'lz4',
+      startLsn: expect.stringMatching(/^[0-9A-F]+\/[0-9A-F]+$/),
+      startWal: expect.stringMatching(/^[0-9A-F]{24}$/),
+    });
     expect(r.result.mbPerSecond).toBeGreaterThan(0);
     expect(r.logs).toMatch(/pg_verifybackup: every file and the WAL match the manifest/);
     const listed = await listBaseBackups(h.backupDir, 'main');
     expect(listed.map((b) => b.manifest.label)).toEqual([r.result.label]);
-    expect(fs.readdirSync(path.join(listed[0]!.path, 'data')).sort()).toEqual(['backup_manifest', 'base.tar.lz4', 'pg_wal.tar']);
+    expect(fs.readdirSync(path.join(listed[0]!.path, 'data')).sort()).toEqual([
+      'backup_manifest',
+      'base.tar.lz4',
+      'pg_wal.tar',
+    ]);
     expect(dotEntries(baseDir(h.backupDir, 'main'))).toEqual([]);
   });
 
@@ -66,7 +86,9 @@ describe('base-backup', () => {
     await verifyDataDir(data, path.join(data, 'backup_manifest'));
     // Flip bytes in the middle of the biggest relation file of the dairy database.
     const dbDir = path.join(data, 'base');
-    const files = fs.readdirSync(dbDir).flatMap((d) => fs.readdirSync(path.join(dbDir, d)).map((f) => path.join(dbDir, d, f)));
+    const files = fs
+      .readdirSync(dbDir)
+      .flatMap((d) => fs.readdirSync(path.join(dbDir, d)).map((f) => path.join(dbDir, d, f)));
     const victim = files.filter((f) => /\/\d+$/.test(f)).sort((a, b) => fs.statSync(b).size - fs.statSync(a).size)[0]!;
     const fd = fs.openSync(victim, 'r+');
     fs.writeSync(fd, Buffer.from('corrupted!'), 0, 10, Math.floor(fs.statSync(victim).size / 2));
@@ -74,7 +96,9 @@ describe('base-backup', () => {
     const relative = path.relative(data, victim);
     const mismatch = `checksum mismatch for file "${relative}"`;
     try {
-      await expect(verifyDataDir(data, path.join(data, 'backup_manifest'))).rejects.toThrow(`does not match its manifest: pg_verifybackup: error: ${mismatch}`);
+      await expect(verifyDataDir(data, path.join(data, 'backup_manifest'))).rejects.toThrow(
+        `does not match its manifest: pg_verifybackup: error: ${mismatch}`,
+      );
       // The drill verifies what it restores: it never replays a damaged backup.
       const drill = await run('pitr-drill', {});
       expect(drill.state).toBe('failed');
@@ -86,7 +110,9 @@ describe('base-backup', () => {
   });
 
   it('refuses plain format with compression, naming the field', async () => {
-    await expect(rt.queues.enqueue('base-backup', { format: 'plain', compression: 'gzip' })).rejects.toThrow(/compression: plain format cannot be compressed/);
+    await expect(rt.queues.enqueue('base-backup', { format: 'plain', compression: 'gzip' })).rejects.toThrow(
+      /compression: plain format cannot be compressed/,
+    );
   });
 });
 
@@ -116,7 +142,10 @@ describe('backup and restore-check', () => {
     const manifest = JSON.parse(fs.readFileSync(manifestFile, 'utf8'));
 
     // Counts that the dump does not hold (as if rows went missing between count and dump).
-    fs.writeFileSync(manifestFile, JSON.stringify({ ...manifest, rowCounts: { ...manifest.rowCounts, 'sales.sale_order': 20_001 } }));
+    fs.writeFileSync(
+      manifestFile,
+      JSON.stringify({ ...manifest, rowCounts: { ...manifest.rowCounts, 'sales.sale_order': 20_001 } }),
+    );
     const lost = await run('restore-check', {});
     expect(lost.state).toBe('failed');
     expect(lost.failedReason).toMatch(/1 tables differ: sales\.sale_order dumped 20001, restored 20000/);
@@ -157,11 +186,19 @@ describe('archive-check and pitr-drill', () => {
     expect(r.result.walSegmentsReplayed).toBeGreaterThan(0);
     expect(r.result.rtoSeconds).toBeGreaterThan(0);
     expect(r.result.rpoSeconds).toBeGreaterThanOrEqual(0);
-    const checks = Object.fromEntries((r.result.checks as { name: string; ok: boolean; detail: string }[]).map((c) => [c.name, c]));
+    const checks = Object.fromEntries(
+      (r.result.checks as { name: string; ok: boolean; detail: string }[]).map((c) => [c.name, c]),
+    );
     expect(checks['M1 (written before T) present']!.ok).toBe(true);
     expect(checks['M2 (written after T) absent']!.ok).toBe(true);
-    expect(checks['rows of sales.sale_order at T']).toMatchObject({ ok: true, detail: 'live at T 20500, restored 20500' });
-    expect(checks['recovery stopped at the target time']).toMatchObject({ ok: true, detail: expect.stringMatching(/recovery stopping before commit/) });
+    expect(checks['rows of sales.sale_order at T']).toMatchObject({
+      ok: true,
+      detail: 'live at T 20500, restored 20500',
+    });
+    expect(checks['recovery stopped at the target time']).toMatchObject({
+      ok: true,
+      detail: expect.stringMatching(/recovery stopping before commit/),
+    });
     expect(fs.readdirSync(scratchDir())).toEqual([]);
     // The live archive still holds only what the live cluster wrote: no timeline 2 from the drill.
     expect(fs.readdirSync(cluster.walArchiveDir).filter((f) => f.startsWith('00000002'))).toEqual([]);
@@ -174,29 +211,47 @@ describe('prune-backups', () => {
     for (let i = 0; i < 2; i++) expect((await run('base-backup', { compression: 'gzip' })).state).toBe('completed');
     const bases = await listBaseBackups(h.backupDir, 'main');
     expect(bases).toHaveLength(3);
-    const [newest, middle, oldest] = bases as [typeof bases[0], typeof bases[0], typeof bases[0]];
+    const [newest, middle, oldest] = bases as [(typeof bases)[0], (typeof bases)[0], (typeof bases)[0]];
     const age = (b: typeof newest, days: number) => {
       const file = path.join(b.path, 'pgmaint.json');
       const m = JSON.parse(fs.readFileSync(file, 'utf8'));
-      fs.writeFileSync(file, JSON.stringify({ ...m, stoppedAt: new Date(Date.now() - days * 86_400_000).toISOString() }));
+      fs.writeFileSync(
+        file,
+        JSON.stringify({ ...m, stoppedAt: new Date(Date.now() - days * 86_400_000).toISOString() }),
+      );
     };
     age(middle, 5);
     age(oldest, 10);
-    const walBefore = fs.readdirSync(cluster.walArchiveDir).filter((f) => /^[0-9A-F]{24}$/.test(f)).sort();
+    const walBefore = fs
+      .readdirSync(cluster.walArchiveDir)
+      .filter((f) => /^[0-9A-F]{24}$/.test(f))
+      .sort();
 
     const dry = await run('prune-backups', { dryRun: true });
     expect(dry.state).toBe('completed');
-    const actions = Object.fromEntries((dry.result.plan.baseBackups as { label: string; action: string; reason: string }[]).map((b) => [b.label, b]));
+    const actions = Object.fromEntries(
+      (dry.result.plan.baseBackups as { label: string; action: string; reason: string }[]).map((b) => [b.label, b]),
+    );
     expect(actions[newest.manifest.label]!.action).toBe('keep');
-    expect(actions[middle.manifest.label]).toMatchObject({ action: 'keep', reason: expect.stringMatching(/needed to restore to its start/) });
+    expect(actions[middle.manifest.label]).toMatchObject({
+      action: 'keep',
+      reason: expect.stringMatching(/needed to restore to its start/),
+    });
     expect(actions[oldest.manifest.label]!.action).toBe('remove');
     expect(dry.result.plan.wal.keepFrom).toBe(middle.manifest.startWal);
     expect(await listBaseBackups(h.backupDir, 'main')).toHaveLength(3);
-    expect(fs.readdirSync(cluster.walArchiveDir).filter((f) => /^[0-9A-F]{24}$/.test(f)).sort()).toEqual(walBefore);
+    expect(
+      fs
+        .readdirSync(cluster.walArchiveDir)
+        .filter((f) => /^[0-9A-F]{24}$/.test(f))
+        .sort(),
+    ).toEqual(walBefore);
 
     // A drill holds the oldest: it stays, and so does its WAL.
     const holder = await db.connect();
-    await holder.query('select pg_advisory_lock_shared(hashtext($1))', [baseBackupLockKey('main', oldest.manifest.label)]);
+    await holder.query('select pg_advisory_lock_shared(hashtext($1))', [
+      baseBackupLockKey('main', oldest.manifest.label),
+    ]);
     const held = await run('prune-backups', {});
     await holder.query('select pg_advisory_unlock_all()');
     holder.release();
@@ -206,8 +261,14 @@ describe('prune-backups', () => {
 
     const real = await run('prune-backups', {});
     expect(real.state).toBe('completed');
-    expect((await listBaseBackups(h.backupDir, 'main')).map((b) => b.manifest.label)).toEqual([newest.manifest.label, middle.manifest.label]);
-    const walAfter = fs.readdirSync(cluster.walArchiveDir).filter((f) => /^[0-9A-F]{24}$/.test(f)).sort();
+    expect((await listBaseBackups(h.backupDir, 'main')).map((b) => b.manifest.label)).toEqual([
+      newest.manifest.label,
+      middle.manifest.label,
+    ]);
+    const walAfter = fs
+      .readdirSync(cluster.walArchiveDir)
+      .filter((f) => /^[0-9A-F]{24}$/.test(f))
+      .sort();
     expect(walAfter.length).toBeLessThan(walBefore.length);
     expect(walAfter[0]).toBe(middle.manifest.startWal);
     expect(walAfter).toEqual(walBefore.filter((f) => f >= middle.manifest.startWal));
@@ -235,12 +296,16 @@ describe('failures', () => {
       await setArchiveCommand('false');
       const failing = await run('archive-check', { waitSeconds: 3 });
       expect(failing.state).toBe('failed');
-      expect(failing.failedReason).toMatch(/WAL archive unhealthy: archive_command is failing: segment [0-9A-F]{24} not archived within 3 s; pg_stat_archiver: [1-9]\d* failures/);
+      expect(failing.failedReason).toMatch(
+        /WAL archive unhealthy: archive_command is failing: segment [0-9A-F]{24} not archived within 3 s; pg_stat_archiver: [1-9]\d* failures/,
+      );
 
       await setArchiveCommand('true');
       const silent = await run('archive-check', { waitSeconds: 3 });
       expect(silent.state).toBe('failed');
-      expect(silent.failedReason).toMatch(/archive_command reports [0-9A-F]{24} archived but segment [0-9A-F]{24} is not in .*wal-archive: the command succeeds without copying there/);
+      expect(silent.failedReason).toMatch(
+        /archive_command reports [0-9A-F]{24} archived but segment [0-9A-F]{24} is not in .*wal-archive: the command succeeds without copying there/,
+      );
     } finally {
       await db.query('alter system reset archive_command');
       await db.query('select pg_reload_conf()');
@@ -255,7 +320,8 @@ describe('failures', () => {
     const { rows } = await db.query<{ seg: string }>('select pg_walfile_name(pg_switch_wal()) as seg');
     const lost = rows[0]!.seg;
     const deadline = Date.now() + 20_000;
-    while (!fs.existsSync(path.join(cluster.walArchiveDir, lost)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    while (!fs.existsSync(path.join(cluster.walArchiveDir, lost)) && Date.now() < deadline)
+      await new Promise((r) => setTimeout(r, 100));
     await db.query(`insert into sales.sale_order (amount) select 3 from generate_series(1, 100)`);
     fs.rmSync(path.join(cluster.walArchiveDir, lost));
 

@@ -20,7 +20,9 @@ let port: number;
 
 beforeAll(async () => {
   h = await createHarness('browser');
-  await h.admin.query(`create table milk_production (id int, litres numeric); insert into milk_production select g, 11.5 from generate_series(1, 100) g`);
+  await h.admin.query(
+    `create table milk_production (id int, litres numeric); insert into milk_production select g, 11.5 from generate_series(1, 100) g`,
+  );
   rt = h.runtime({ schedules: [] });
   startWorkers(rt, ['backup']);
   ({ port } = await startServer(rt, { port: 0, host: '127.0.0.1' }));
@@ -29,7 +31,16 @@ beforeAll(async () => {
     executablePath: CHROMIUM,
     // pgmaint.test is an ordinary (non-loopback) host name to the browser: plain HTTP there
     // is what an operator gets from compose's published port on another machine.
-    args: ['--host-resolver-rules=MAP pgmaint.test 127.0.0.1', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    args: [
+      '--host-resolver-rules=MAP pgmaint.test 127.0.0.1',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
   });
 });
 afterAll(async () => {
@@ -40,7 +51,11 @@ afterAll(async () => {
 describe('Bull Board in a browser', () => {
   it('signs in with the token and shows the finished backup with its log lines', async () => {
     const { job } = await rt.queues.enqueue('backup', {});
-    await waitUntil(async () => (await (await rt.queues.get('backup').getJob(job.id!))?.getState()) === 'completed', 60_000, 'backup to complete');
+    await waitUntil(
+      async () => (await (await rt.queues.get('backup').getJob(job.id!))?.getState()) === 'completed',
+      60_000,
+      'backup to complete',
+    );
 
     const page = await browser.newPage();
     await page.goto(`${base}/admin/queues`);
@@ -52,7 +67,10 @@ describe('Bull Board in a browser', () => {
     await page.getByText(`#${job.id}`, { exact: false }).first().waitFor({ timeout: 20_000 });
     const shot = path.join(h.dir, 'bull-board-backup.png');
     await page.getByRole('tab', { name: 'Logs' }).first().click();
-    await page.getByText(/backup verified/).first().waitFor({ timeout: 20_000 });
+    await page
+      .getByText(/backup verified/)
+      .first()
+      .waitFor({ timeout: 20_000 });
     expect(await page.getByText(/pg_dump of database/).count()).toBeGreaterThan(0);
     await page.screenshot({ path: shot, fullPage: true });
     expect(fs.statSync(shot).size).toBeGreaterThan(10_000);
@@ -82,7 +100,9 @@ describe('Bull Board in a browser', () => {
     // session cookie goes along with its auto-submitted form: the origin check must refuse it.
     const attacker = http.createServer((_req, res) => {
       res.setHeader('content-type', 'text/html');
-      res.end(`<form method="post" action="${plain}/api/jobs/noop" enctype="text/plain"><input name='{"sleepMs":1,"x":"' value='"}'></form><script>document.forms[0].submit()</script>`);
+      res.end(
+        `<form method="post" action="${plain}/api/jobs/noop" enctype="text/plain"><input name='{"sleepMs":1,"x":"' value='"}'></form><script>document.forms[0].submit()</script>`,
+      );
     });
     await new Promise<void>((resolve) => attacker.listen(0, '127.0.0.1', resolve));
     try {

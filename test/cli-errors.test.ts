@@ -33,9 +33,18 @@ describe('CLI refusals', () => {
     [['history', '--limit', 'abc'], /^pgmaint: --limit: must be a whole number from 1 to 1000 \(got "abc"\)$/],
     [['history', '--job', 'nosuch'], /^pgmaint: --job: unknown job "nosuch" \(known: .*noop/],
     [['worker', '--queues', 'nosuch'], /^pgmaint: --queues: unknown job "nosuch" \(known: /],
-    [['enqueue', 'drop-expired-partitions', '--dryRun'], /^pgmaint: enqueue: unknown option --dryRun \(known: --data, --wait\); payload fields go in --data, e.g. --data '\{"dryRun": …\}'$/],
-    [['enqueue', 'drop-expired-partitions', '--data', '{"dryrun":true}'], /^pgmaint: invalid payload: dryrun: unknown field; did you mean "dryRun"\?/],
-    [['enqueue', 'drop-expired-partitions', '--data', '{"tables":["app.nosuch"]}'], /^pgmaint: invalid payload: tables\.0: no partition policy with a retention for app\.nosuch/],
+    [
+      ['enqueue', 'drop-expired-partitions', '--dryRun'],
+      /^pgmaint: enqueue: unknown option --dryRun \(known: --data, --wait\); payload fields go in --data, e.g. --data '\{"dryRun": …\}'$/,
+    ],
+    [
+      ['enqueue', 'drop-expired-partitions', '--data', '{"dryrun":true}'],
+      /^pgmaint: invalid payload: dryrun: unknown field; did you mean "dryRun"\?/,
+    ],
+    [
+      ['enqueue', 'drop-expired-partitions', '--data', '{"tables":["app.nosuch"]}'],
+      /^pgmaint: invalid payload: tables\.0: no partition policy with a retention for app\.nosuch/,
+    ],
     [['enqueue', 'noop', '--data', '{"sleepMs":'], /^pgmaint: --data: not valid JSON/],
     [['enqueue', 'nosuch'], /^pgmaint: enqueue: unknown job "nosuch"/],
     [['frobnicate'], /^pgmaint: unknown command "frobnicate"/],
@@ -65,13 +74,19 @@ describe('long-running roles never wait in silence', () => {
 
   it('a server whose PostgreSQL is unreachable says so within 5 s, naming DATABASE_URL', async () => {
     const p = h.spawnPgmaint(['server'], { DATABASE_URL: `postgres://pgmaint@127.0.0.1:${deadPort}/dairy` });
-    await p.waitFor(/DATABASE_URL: cannot reach PostgreSQL at postgres:\/\/pgmaint@127\.0\.0\.1:\d+\/dairy \(target main\).*retrying in 1s/, 8000);
+    await p.waitFor(
+      /DATABASE_URL: cannot reach PostgreSQL at postgres:\/\/pgmaint@127\.0\.0\.1:\d+\/dairy \(target main\).*retrying in 1s/,
+      8000,
+    );
   });
 
   it('the server binds the address in HOST', async () => {
     const p = h.spawnPgmaint(['server'], { HOST: '127.0.0.1', PORT: '0' });
     await p.waitFor(/server listening/, 20_000);
-    const line = p.output().split('\n').find((l) => l.includes('server listening'))!;
+    const line = p
+      .output()
+      .split('\n')
+      .find((l) => l.includes('server listening'))!;
     const { host, port } = JSON.parse(line);
     expect(host).toBe('127.0.0.1');
     expect((await fetch(`http://127.0.0.1:${port}/healthz`)).status).toBe(200);

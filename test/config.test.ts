@@ -48,7 +48,9 @@ describe('configuration', () => {
     fs.writeFileSync(file, 'targets:\n  reporting:\n    urlEnv: REPORTING_URL\n');
     const c = loadConfig({ ...base, PGMAINT_CONFIG: file, REPORTING_URL: 'postgres://r@h/rep' });
     expect([...c.targets.keys()]).toEqual(['main', 'reporting']);
-    expect(configErr({ ...base, PGMAINT_CONFIG: file })).toMatch(/REPORTING_URL \(targets.reporting.urlEnv\): is not set/);
+    expect(configErr({ ...base, PGMAINT_CONFIG: file })).toMatch(
+      /REPORTING_URL \(targets.reporting.urlEnv\): is not set/,
+    );
 
     fs.writeFileSync(file, 'worker:\n  shutdownTimeoutMs: soon\n');
     expect(configErr({ ...base, PGMAINT_CONFIG: file })).toMatch(/worker\.shutdownTimeoutMs: /);
@@ -56,7 +58,9 @@ describe('configuration', () => {
     expect(configErr({ ...base, PGMAINT_CONFIG: file })).toMatch(/wokrer/);
     fs.writeFileSync(file, 'targets:\n  Bad Name:\n    url: postgres://x/y\n');
     expect(configErr({ ...base, PGMAINT_CONFIG: file })).toMatch(/targets/);
-    expect(configErr({ ...base, PGMAINT_CONFIG: path.join(dir, 'missing.yaml') })).toMatch(/PGMAINT_CONFIG: cannot read/);
+    expect(configErr({ ...base, PGMAINT_CONFIG: path.join(dir, 'missing.yaml') })).toMatch(
+      /PGMAINT_CONFIG: cannot read/,
+    );
   });
 
   it('keeps the password out of its own error messages', () => {

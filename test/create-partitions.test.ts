@@ -88,9 +88,14 @@ describe('create-partitions', () => {
     expect(readings).toHaveLength(8);
     expectContiguous(readings);
     // Grants and indexes of the parent are on the partitions.
-    const grant = await h.admin.query(`select has_table_privilege('partition_reader', $1, 'select') as ok`, [`sales.${orders[1]!.name}`]);
+    const grant = await h.admin.query(`select has_table_privilege('partition_reader', $1, 'select') as ok`, [
+      `sales.${orders[1]!.name}`,
+    ]);
     expect(grant.rows[0].ok).toBe(true);
-    const idx = await h.admin.query(`select count(*)::int as n from pg_indexes where schemaname = 'iot' and tablename = $1`, [readings[0]!.name]);
+    const idx = await h.admin.query(
+      `select count(*)::int as n from pg_indexes where schemaname = 'iot' and tablename = $1`,
+      [readings[0]!.name],
+    );
     expect(idx.rows[0].n).toBe(1);
     // Inserting through the parent still uses the parent's identity.
     await h.admin.query(`insert into sales.sale_order (date_order, amount) values (now(), 10), (now(), 20)`);
@@ -108,17 +113,29 @@ describe('create-partitions', () => {
     const hours = await bounds('ops.hourly_london');
     expectContiguous(hours);
     // 00:00 BST, 01:00 BST, 01:00 GMT, 02:00 GMT, 03:00 GMT: five one-hour partitions.
-    expect(hours.map((x) => x.from)).toEqual(['2026-10-24T23:00:00.000Z', '2026-10-25T00:00:00.000Z', '2026-10-25T01:00:00.000Z', '2026-10-25T02:00:00.000Z', '2026-10-25T03:00:00.000Z']);
+    expect(hours.map((x) => x.from)).toEqual([
+      '2026-10-24T23:00:00.000Z',
+      '2026-10-25T00:00:00.000Z',
+      '2026-10-25T01:00:00.000Z',
+      '2026-10-25T02:00:00.000Z',
+      '2026-10-25T03:00:00.000Z',
+    ]);
 
     await run({ tables: ['ops.daily_ny'], now: '2026-03-07T12:00:00-05:00' });
     const days = await bounds('ops.daily_ny');
     expectContiguous(days);
     // Local midnights: the spring-forward day is 23 hours long.
-    expect(days.map((d) => d.from).slice(0, 3)).toEqual(['2026-03-07T05:00:00.000Z', '2026-03-08T05:00:00.000Z', '2026-03-09T04:00:00.000Z']);
+    expect(days.map((d) => d.from).slice(0, 3)).toEqual([
+      '2026-03-07T05:00:00.000Z',
+      '2026-03-08T05:00:00.000Z',
+      '2026-03-09T04:00:00.000Z',
+    ]);
   });
 
   it('catches up after an outage of several periods in one run', async () => {
-    await h.admin.query(`create table ops.outage_p202601 partition of ops.outage for values from ('2026-01-01 00:00+00') to ('2026-02-01 00:00+00')`);
+    await h.admin.query(
+      `create table ops.outage_p202601 partition of ops.outage for values from ('2026-01-01 00:00+00') to ('2026-02-01 00:00+00')`,
+    );
     const { job } = await run({ tables: ['ops.outage'], now: '2026-06-15T00:00:00Z' });
     const b = await bounds('ops.outage');
     expectContiguous(b);
@@ -128,7 +145,9 @@ describe('create-partitions', () => {
   });
 
   it('moves rows stranded in the DEFAULT partition into the new partition, none lost or doubled', async () => {
-    await h.admin.query(`insert into ops.stranded select '2026-05-02 10:00+00'::timestamptz + make_interval(mins => g), g from generate_series(1, 500) g`);
+    await h.admin.query(
+      `insert into ops.stranded select '2026-05-02 10:00+00'::timestamptz + make_interval(mins => g), g from generate_series(1, 500) g`,
+    );
     await h.admin.query(`insert into ops.stranded select '2020-01-01 00:00+00', g from generate_series(1, 7) g`); // years before the runway
     const before = (await h.admin.query(`select count(*)::int n, sum(v)::int s from ops.stranded`)).rows[0];
     const { job, state } = await run({ tables: ['ops.stranded'], now: '2026-05-02T00:00:00Z' });
@@ -145,7 +164,10 @@ describe('create-partitions', () => {
 
   it('with defaultRows "fail", fails the policy naming the count and moves nothing, while other policies go on', async () => {
     await h.admin.query(`insert into ops.strict values ('2026-05-02 10:00+00', 1), ('2026-05-02 11:00+00', 2)`);
-    const { state, job } = await run({ tables: ['ops.strict', 'ops.missing', 'ops.notpartitioned', 'iot.sensor_reading'], now: '2026-05-02T00:00:00Z' });
+    const { state, job } = await run({
+      tables: ['ops.strict', 'ops.missing', 'ops.notpartitioned', 'iot.sensor_reading'],
+      now: '2026-05-02T00:00:00Z',
+    });
     expect(state).toBe('failed');
     expect(job.attemptsMade).toBe(1);
     expect(job.failedReason).toMatch(/ops\.strict \(2 rows of ops\.strict_default fall in/);
@@ -157,7 +179,9 @@ describe('create-partitions', () => {
   });
 
   it('never blocks a concurrent INSERT: it attaches while an insert transaction on the parent is open', async () => {
-    await h.admin.query(`create table ops.busy_p20200101 partition of ops.busy for values from ('2020-01-01 00:00+00') to ('2020-01-02 00:00+00')`);
+    await h.admin.query(
+      `create table ops.busy_p20200101 partition of ops.busy for values from ('2020-01-01 00:00+00') to ('2020-01-02 00:00+00')`,
+    );
     const writer = await h.admin.connect();
     try {
       await writer.query('begin');
@@ -179,7 +203,9 @@ describe('create-partitions', () => {
     try {
       await other.query(`select pg_advisory_lock(hashtext('pgmaint:partitions:ops.outage'))`);
       const { job } = await run({ tables: ['ops.outage'] });
-      expect(resultFor(job, 'ops.outage').skipped).toEqual([{ reason: expect.stringMatching(/another run holds this parent/) }]);
+      expect(resultFor(job, 'ops.outage').skipped).toEqual([
+        { reason: expect.stringMatching(/another run holds this parent/) },
+      ]);
     } finally {
       await other.query(`select pg_advisory_unlock_all()`);
       other.release();
@@ -187,7 +213,9 @@ describe('create-partitions', () => {
   });
 
   it('refuses odd table names in payloads before anything runs', async () => {
-    await expect(rt.queues.enqueue('create-partitions', { tables: ['ops.x; drop table ops.busy'] })).rejects.toThrow(/tables\.0: must be schema\.table/);
+    await expect(rt.queues.enqueue('create-partitions', { tables: ['ops.x; drop table ops.busy'] })).rejects.toThrow(
+      /tables\.0: must be schema\.table/,
+    );
     await expect(rt.queues.enqueue('create-partitions', { tables: ['ops."busy"'] })).rejects.toThrow(/tables\.0/);
     await expect(rt.queues.enqueue('create-partitions', { now: 'yesterday' })).rejects.toThrow(/now/);
   });

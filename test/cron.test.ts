@@ -18,7 +18,10 @@ describe('cron in IANA time zones', () => {
   it('Asia/Dhaka has no DST: 02:00 local is 20:00 UTC the day before', () => {
     const after = Date.parse('2026-11-23T12:00:00Z');
     expect(new Date(nextRun('0 2 * * *', 'Asia/Dhaka', after)).toISOString()).toBe('2026-11-23T20:00:00.000Z');
-    expect(nextRuns('0 2 * * *', 'Asia/Dhaka', after, 2)).toEqual(['2026-11-24T02:00:00.000+06:00', '2026-11-25T02:00:00.000+06:00']);
+    expect(nextRuns('0 2 * * *', 'Asia/Dhaka', after, 2)).toEqual([
+      '2026-11-24T02:00:00.000+06:00',
+      '2026-11-25T02:00:00.000+06:00',
+    ]);
   });
 
   it('America/New_York: daily 02:30 runs exactly once on spring-forward and fall-back days', () => {
@@ -35,7 +38,9 @@ describe('cron in IANA time zones', () => {
       '2026-11-02T02:30:00-05:00',
     ]);
     // 01:30 occurs twice on the fall-back night: it runs at the first occurrence only.
-    expect(runsBetween('30 1 * * *', 'America/New_York', '2026-10-31T12:00', '2026-11-02T00:00')).toEqual(['2026-11-01T01:30:00-04:00']);
+    expect(runsBetween('30 1 * * *', 'America/New_York', '2026-10-31T12:00', '2026-11-02T00:00')).toEqual([
+      '2026-11-01T01:30:00-04:00',
+    ]);
   });
 
   it('Europe/London: 01:30 on spring-forward shifts to 02:30 BST, on fall-back runs once', () => {
@@ -52,7 +57,12 @@ describe('cron in IANA time zones', () => {
 
   it('hourly runs keep their wall-clock hours across DST and never repeat an instant', () => {
     const runs = runsBetween('0 * * * *', 'Europe/London', '2026-10-25T00:30', '2026-10-25T04:00');
-    expect(runs).toEqual(['2026-10-25T01:00:00+01:00', '2026-10-25T02:00:00+00:00', '2026-10-25T03:00:00+00:00', '2026-10-25T04:00:00+00:00']);
+    expect(runs).toEqual([
+      '2026-10-25T01:00:00+01:00',
+      '2026-10-25T02:00:00+00:00',
+      '2026-10-25T03:00:00+00:00',
+      '2026-10-25T04:00:00+00:00',
+    ]);
     const instants = runs.map((r) => Date.parse(r));
     expect(new Set(instants).size).toBe(instants.length);
   });
@@ -62,8 +72,12 @@ describe('cron in IANA time zones', () => {
     expect(c.minutes).toEqual([0, 15, 30, 45]);
     expect(c.hours).toEqual([8, 9, 10]);
     // Monday 2026-01-05 08:00 UTC is the first weekday match after New Year.
-    expect(new Date(nextRun(c, 'UTC', Date.parse('2026-01-03T00:00:00Z'))).toISOString()).toBe('2026-01-05T08:00:00.000Z');
-    expect(new Date(nextRun('0 3 * * 7', 'UTC', Date.parse('2026-11-23T00:00:00Z'))).toISOString()).toBe('2026-11-29T03:00:00.000Z');
+    expect(new Date(nextRun(c, 'UTC', Date.parse('2026-01-03T00:00:00Z'))).toISOString()).toBe(
+      '2026-01-05T08:00:00.000Z',
+    );
+    expect(new Date(nextRun('0 3 * * 7', 'UTC', Date.parse('2026-11-23T00:00:00Z'))).toISOString()).toBe(
+      '2026-11-29T03:00:00.000Z',
+    );
   });
 
   it('rejects malformed expressions with the field named', () => {

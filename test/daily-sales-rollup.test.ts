@@ -24,13 +24,23 @@ async function rollup(payload: object) {
   const { state, job: done } = await waitForFinished(rt.queues.get('daily-sales-rollup'), job.id!);
   expect(done.failedReason).toBeUndefined();
   expect(state).toBe('completed');
-  return done.returnvalue as { from: string; to: string; days: number; upserted: number; deleted: number; groups: number };
+  return done.returnvalue as {
+    from: string;
+    to: string;
+    days: number;
+    upserted: number;
+    deleted: number;
+    groups: number;
+  };
 }
 
 /** The aggregate read back, and the same figures computed straight from the sources (written independently of the job). */
 async function compare(from: string, to: string) {
   const cols = `date::text, company_id, product_tmpl_id, channel, qty_sold::numeric(14,3)::text, revenue::numeric(16,2)::text, order_count, refund_qty::numeric(14,3)::text, refund_amount::numeric(16,2)::text`;
-  const agg = await h.admin.query(`select ${cols} from analytics.daily_sales_agg where date between $1 and $2 order by 1, 2, 3, 4`, [from, to]);
+  const agg = await h.admin.query(
+    `select ${cols} from analytics.daily_sales_agg where date between $1 and $2 order by 1, 2, 3, 4`,
+    [from, to],
+  );
   const direct = await h.admin.query(
     `with lines as (
        select (l.date_order at time zone 'Asia/Dhaka')::date as date, o.company_id, l.product_tmpl_id, 'online' as channel, o.id as order_no, l.qty, l.price_subtotal
@@ -55,7 +65,9 @@ describe('daily-sales-rollup', () => {
     const { agg, direct } = await compare('2026-09-01', '2026-11-24');
     expect(agg.length).toBe(first.upserted);
     expect(agg).toEqual(direct);
-    const before = await h.admin.query(`select max(updated_at) as t, count(*)::int as n from analytics.daily_sales_agg`);
+    const before = await h.admin.query(
+      `select max(updated_at) as t, count(*)::int as n from analytics.daily_sales_agg`,
+    );
 
     const second = await rollup({ from: '2026-09-01', to: '2026-11-24' });
     expect(second).toMatchObject({ upserted: 0, deleted: 0, groups: first.groups });
@@ -72,12 +84,23 @@ describe('daily-sales-rollup', () => {
   it('an order at 23:30 Dhaka time counts for that local day, one at 00:30 for the next', async () => {
     // 23:30 on 20 November in Dhaka = 17:30 UTC; 00:30 on 21 November = 18:30 UTC the same UTC day.
     await h.admin.query(`insert into catalog.product_template values (999, 'Boundary ghee', 5, 1, 100, true)`);
-    for (const [at, qty] of [['2026-11-20T17:30:00Z', 3], ['2026-11-20T18:30:00Z', 5]] as const) {
-      const { rows } = await h.admin.query(`insert into sales.sale_order (company_id, partner_id, state, date_order, amount_total) values (1, 1, 'sale', $1, $2) returning id`, [at, qty * 100]);
-      await h.admin.query(`insert into sales.sale_order_line (order_id, date_order, product_tmpl_id, qty, price_unit, price_subtotal) values ($1, $2, 999, $3, 100, $4)`, [rows[0].id, at, qty, qty * 100]);
+    for (const [at, qty] of [
+      ['2026-11-20T17:30:00Z', 3],
+      ['2026-11-20T18:30:00Z', 5],
+    ] as const) {
+      const { rows } = await h.admin.query(
+        `insert into sales.sale_order (company_id, partner_id, state, date_order, amount_total) values (1, 1, 'sale', $1, $2) returning id`,
+        [at, qty * 100],
+      );
+      await h.admin.query(
+        `insert into sales.sale_order_line (order_id, date_order, product_tmpl_id, qty, price_unit, price_subtotal) values ($1, $2, 999, $3, 100, $4)`,
+        [rows[0].id, at, qty, qty * 100],
+      );
     }
     await rollup({ from: '2026-11-20', to: '2026-11-21' });
-    const { rows } = await h.admin.query(`select date::text, qty_sold::int, order_count from analytics.daily_sales_agg where product_tmpl_id = 999 order by date`);
+    const { rows } = await h.admin.query(
+      `select date::text, qty_sold::int, order_count from analytics.daily_sales_agg where product_tmpl_id = 999 order by date`,
+    );
     expect(rows).toEqual([
       { date: '2026-11-20', qty_sold: 3, order_count: 1 },
       { date: '2026-11-21', qty_sold: 5, order_count: 1 },
@@ -87,18 +110,28 @@ describe('daily-sales-rollup', () => {
   });
 
   it('a cancelled order disappears from the aggregate on the next run', async () => {
-    await h.admin.query(`update sales.sale_order set state = 'cancel' where id = (select order_id from sales.sale_order_line where product_tmpl_id = 999 and qty = 5)`);
+    await h.admin.query(
+      `update sales.sale_order set state = 'cancel' where id = (select order_id from sales.sale_order_line where product_tmpl_id = 999 and qty = 5)`,
+    );
     const r = await rollup({ now: '2026-11-21T19:00:00Z', lookbackDays: 0 });
     expect(r).toMatchObject({ from: '2026-11-21', to: '2026-11-21', deleted: 1 });
-    const { rows } = await h.admin.query(`select date::text from analytics.daily_sales_agg where product_tmpl_id = 999`);
+    const { rows } = await h.admin.query(
+      `select date::text from analytics.daily_sales_agg where product_tmpl_id = 999`,
+    );
     expect(rows).toEqual([{ date: '2026-11-20' }]);
     const { agg, direct } = await compare('2026-09-01', '2026-11-24');
     expect(agg).toEqual(direct);
   });
 
   it('refuses a backfill with only one end, or backwards, naming the field', async () => {
-    await expect(rt.queues.enqueue('daily-sales-rollup', { from: '2026-11-01' })).rejects.toThrow(/to: from and to go together/);
-    await expect(rt.queues.enqueue('daily-sales-rollup', { from: '2026-11-05', to: '2026-11-01' })).rejects.toThrow(/to: must not be before from/);
-    await expect(rt.queues.enqueue('daily-sales-rollup', { from: '2026-02-30', to: '2026-03-01' })).rejects.toThrow(/from: is not a valid date/);
+    await expect(rt.queues.enqueue('daily-sales-rollup', { from: '2026-11-01' })).rejects.toThrow(
+      /to: from and to go together/,
+    );
+    await expect(rt.queues.enqueue('daily-sales-rollup', { from: '2026-11-05', to: '2026-11-01' })).rejects.toThrow(
+      /to: must not be before from/,
+    );
+    await expect(rt.queues.enqueue('daily-sales-rollup', { from: '2026-02-30', to: '2026-03-01' })).rejects.toThrow(
+      /from: is not a valid date/,
+    );
   });
 });

@@ -21,14 +21,21 @@ async function dailyTable(name: string, days: number, withDefault = false) {
   for (let d = 1; d <= days; d++) {
     const day = `2026-01-${String(d).padStart(2, '0')}`;
     const next = new Date(Date.parse(`${day}T00:00:00Z`) + 86400_000).toISOString().slice(0, 10);
-    await h.admin.query(`create table ret.${name}_p${day.replace(/-/g, '')} partition of ret.${name} for values from ('${day} 00:00+00') to ('${next} 00:00+00')`);
-    await h.admin.query(`insert into ret.${name} select '${day} 06:00+00'::timestamptz + make_interval(mins => g), g from generate_series(1, 10) g`);
+    await h.admin.query(
+      `create table ret.${name}_p${day.replace(/-/g, '')} partition of ret.${name} for values from ('${day} 00:00+00') to ('${next} 00:00+00')`,
+    );
+    await h.admin.query(
+      `insert into ret.${name} select '${day} 06:00+00'::timestamptz + make_interval(mins => g), g from generate_series(1, 10) g`,
+    );
   }
   if (withDefault) await h.admin.query(`create table ret.${name}_default partition of ret.${name} default`);
 }
 
 async function partitions(table: string): Promise<string[]> {
-  const { rows } = await h.admin.query(`select c.relname from pg_inherits i join pg_class c on c.oid = i.inhrelid where i.inhparent = $1::regclass order by 1`, [table]);
+  const { rows } = await h.admin.query(
+    `select c.relname from pg_inherits i join pg_class c on c.oid = i.inhrelid where i.inhparent = $1::regclass order by 1`,
+    [table],
+  );
   return rows.map((r) => r.relname);
 }
 
@@ -49,7 +56,15 @@ async function run(payload: object, runtime = rt) {
   return waitForFinished(runtime.queues.get('drop-expired-partitions'), job.id!);
 }
 
-type Result = { policies: { table: string; plan: { action: string; sql?: string; partition: string }[]; dropped: string[]; archives: { file: string; rows: number; sha256: string; partition: string }[]; bytesFreed: number }[] };
+type Result = {
+  policies: {
+    table: string;
+    plan: { action: string; sql?: string; partition: string }[];
+    dropped: string[];
+    archives: { file: string; rows: number; sha256: string; partition: string }[];
+    bytesFreed: number;
+  }[];
+};
 
 describe('drop-expired-partitions', () => {
   it('dry run returns the exact plan and changes nothing; the real run executes that plan', async () => {
@@ -58,8 +73,15 @@ describe('drop-expired-partitions', () => {
     expect(dry.state).toBe('completed');
     const dryPolicy = (dry.job.returnvalue as Result).policies[0]!;
     // Cut-off 2026-01-05 12:00: days 1–4 end at or before it; day 5 ends after it.
-    expect(dryPolicy.plan.filter((s) => s.action === 'drop').map((s) => s.partition)).toEqual(['ret.daily_p20260101', 'ret.daily_p20260102', 'ret.daily_p20260103', 'ret.daily_p20260104']);
-    expect(dryPolicy.plan.find((s) => s.action === 'detach')!.sql).toMatch(/detach partition "ret"."daily_p20260101" concurrently$/);
+    expect(dryPolicy.plan.filter((s) => s.action === 'drop').map((s) => s.partition)).toEqual([
+      'ret.daily_p20260101',
+      'ret.daily_p20260102',
+      'ret.daily_p20260103',
+      'ret.daily_p20260104',
+    ]);
+    expect(dryPolicy.plan.find((s) => s.action === 'detach')!.sql).toMatch(
+      /detach partition "ret"."daily_p20260101" concurrently$/,
+    );
     expect(await partitions('ret.daily')).toEqual(before);
     expect(fs.existsSync(path.join(h.backupDir, 'partitions'))).toBe(false);
 
@@ -82,7 +104,13 @@ describe('drop-expired-partitions', () => {
     const scratchUrl = h.dbUrl.replace(/\/[^/]+$/, `/${scratch}`);
     await runProcess(binPath('psql'), ['-XAtq', '-d', scratchUrl, '-c', 'create schema ret']);
     await runProcess(binPath('pg_restore'), ['--no-owner', `--dbname=${scratchUrl}`, archive.file]);
-    const { stdout } = await runProcess(binPath('psql'), ['-XAtq', '-d', scratchUrl, '-c', 'select count(*) from ret.daily_p20260101']);
+    const { stdout } = await runProcess(binPath('psql'), [
+      '-XAtq',
+      '-d',
+      scratchUrl,
+      '-c',
+      'select count(*) from ret.daily_p20260101',
+    ]);
     expect(Number(stdout.trim())).toBe(10);
 
     // A second run has nothing left to do.
@@ -92,7 +120,9 @@ describe('drop-expired-partitions', () => {
 
   it('never drops the newest partition, even when everything is past the cut-off', async () => {
     const { job } = await run({ tables: ['ret.daily'], dryRun: true, now: '2027-01-01T00:00:00Z' });
-    const drops = (job.returnvalue as Result).policies[0]!.plan.filter((s) => s.action === 'drop').map((s) => s.partition);
+    const drops = (job.returnvalue as Result).policies[0]!.plan.filter((s) => s.action === 'drop').map(
+      (s) => s.partition,
+    );
     expect(drops).not.toContain('ret.daily_p20260110');
     expect(drops).toHaveLength(5);
   });
@@ -119,8 +149,19 @@ describe('drop-expired-partitions', () => {
       await reader.query('begin isolation level repeatable read');
       await reader.query('select count(*) from ret.pending');
       const pid = (await detacher.query('select pg_backend_pid() as p')).rows[0].p;
-      const detach = detacher.query('alter table ret.pending detach partition ret.pending_p20260101 concurrently').catch((e) => e);
-      await waitUntil(async () => (await h.admin.query(`select inhdetachpending as p from pg_inherits where inhrelid = 'ret.pending_p20260101'::regclass`)).rows[0]?.p === true, 10_000, 'detach to become pending');
+      const detach = detacher
+        .query('alter table ret.pending detach partition ret.pending_p20260101 concurrently')
+        .catch((e) => e);
+      await waitUntil(
+        async () =>
+          (
+            await h.admin.query(
+              `select inhdetachpending as p from pg_inherits where inhrelid = 'ret.pending_p20260101'::regclass`,
+            )
+          ).rows[0]?.p === true,
+        10_000,
+        'detach to become pending',
+      );
       await h.admin.query('select pg_cancel_backend($1)', [pid]);
       expect(String(await detach)).toMatch(/cancel/);
     } finally {
@@ -128,7 +169,11 @@ describe('drop-expired-partitions', () => {
       reader.release();
       detacher.release();
     }
-    const { state, job } = await waitForFinished(rt.queues.get('drop-expired-partitions'), (await rt.queues.enqueue('drop-expired-partitions', { tables: ['ret.pending'], now: '2026-01-03T12:00:00Z' })).job.id!);
+    const { state, job } = await waitForFinished(
+      rt.queues.get('drop-expired-partitions'),
+      (await rt.queues.enqueue('drop-expired-partitions', { tables: ['ret.pending'], now: '2026-01-03T12:00:00Z' })).job
+        .id!,
+    );
     expect(state, job.failedReason).toBe('failed'); // BACKUP_DIR of this runtime is unusable: archive fails
     expect((await h.admin.query(`select count(*)::int n from pg_inherits where inhdetachpending`)).rows[0].n).toBe(0);
   });

@@ -10,7 +10,14 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { dumpDir, listDumps } from '../src/backup/catalog.ts';
 import { startRedis, type PostgresInstance } from '../src/dev/devstack.ts';
 import { startWorkers } from '../src/cli/roles.ts';
-import { ADMIN_TOKEN, createHarness, waitForFinished, waitUntil, waitUntilBlocked, type Harness } from './support/harness.ts';
+import {
+  ADMIN_TOKEN,
+  createHarness,
+  waitForFinished,
+  waitUntil,
+  waitUntilBlocked,
+  type Harness,
+} from './support/harness.ts';
 
 let h: Harness;
 let cluster: PostgresInstance;
@@ -22,14 +29,22 @@ beforeAll(async () => {
   h = await createHarness('fault_drills');
   ({ pg: cluster, pool } = await h.ownCluster());
   pool.on('error', () => undefined); // idle clients lose their server in the first drill
-  await pool.query(`create table ledger as select g as id, md5(g::text) || md5((g * 7)::text) as v from generate_series(1, 150000) g`);
-  h.configFile({ worker: fastRecovery, jobs: { backup: { attempts: 6, backoffMs: 1000 }, 'create-partitions': { attempts: 3, backoffMs: 500 } } });
+  await pool.query(
+    `create table ledger as select g as id, md5(g::text) || md5((g * 7)::text) as v from generate_series(1, 150000) g`,
+  );
+  h.configFile({
+    worker: fastRecovery,
+    jobs: { backup: { attempts: 6, backoffMs: 1000 }, 'create-partitions': { attempts: 3, backoffMs: 500 } },
+  });
 });
 afterAll(() => h.close());
 afterEach(() => h.killChildren());
 
 async function outcomes(queue: string, jobId: string): Promise<string[]> {
-  const { rows } = await pool.query(`select outcome from pgmaint.run_history where queue = $1 and job_id = $2 order by id`, [queue, jobId]);
+  const { rows } = await pool.query(
+    `select outcome from pgmaint.run_history where queue = $1 and job_id = $2 order by id`,
+    [queue, jobId],
+  );
   return rows.map((r) => r.outcome);
 }
 
@@ -78,7 +93,9 @@ describe('a full backup disk', () => {
       const { state, job: done } = await waitForFinished(rt.queues.get('backup'), job.id!, 60_000);
       expect(state).toBe('failed');
       expect(done.attemptsMade).toBe(2);
-      expect(done.failedReason).toMatch(/^BACKUP_DIR: .*small-disk.* is full \(no space left on device\); the partial dump was removed/);
+      expect(done.failedReason).toMatch(
+        /^BACKUP_DIR: .*small-disk.* is full \(no space left on device\); the partial dump was removed/,
+      );
       expect(fs.readdirSync(dumpDir(mount, 'main'))).toEqual([]);
       expect(await listDumps(mount, 'main')).toEqual([]);
       await workers.close(5000);
@@ -96,7 +113,10 @@ describe('a worker SIGKILLed inside create-partitions', () => {
       create table iot.reading (read_at timestamptz not null, v int) partition by range (read_at);
       create table iot.reading_default partition of iot.reading default;
       insert into iot.reading values (now() + interval '1 day', 1), (now() + interval '1 day 1 hour', 2), (now() + interval '2 days', 3);`);
-    h.configFile({ worker: fastRecovery, partitions: [{ table: 'iot.reading', column: 'read_at', interval: 'day', premake: 3, lockTimeout: '60s' }] });
+    h.configFile({
+      worker: fastRecovery,
+      partitions: [{ table: 'iot.reading', column: 'read_at', interval: 'day', premake: 3, lockTimeout: '60s' }],
+    });
     const rt = h.runtime({ schedules: [] });
     await rt.history.migrate();
     // SHARE lets the catalog reads and counts through but not the ATTACH (which must
@@ -124,7 +144,9 @@ describe('a worker SIGKILLed inside create-partitions', () => {
     // Every table in the schema is an attached partition: nothing half-made is left lying around.
     expect(tables.rows.filter((t) => !t.attached)).toEqual([]);
     expect(tables.rows.length).toBeGreaterThanOrEqual(5); // today + 3 ahead + DEFAULT
-    const counts = await pool.query(`select (select count(*) from iot.reading)::int as total, (select count(*) from iot.reading_default)::int as in_default`);
+    const counts = await pool.query(
+      `select (select count(*) from iot.reading)::int as total, (select count(*) from iot.reading_default)::int as in_default`,
+    );
     expect(counts.rows[0]).toEqual({ total: 3, in_default: 0 });
     second.child.kill('SIGTERM');
     expect(await second.exited).toBe(0);
@@ -144,7 +166,10 @@ describe('Redis restarted under running workers and the server', () => {
     const port = Number(/"port":(\d+)/.exec(server.output())![1]);
     const worker = h.spawnPgmaint(['worker', '--queues', 'noop'], env);
     await worker.waitFor(/worker started/);
-    const schedulersBefore = (await Promise.all(rt.queues.all().map((q) => q.getJobSchedulers(0, -1)))).flat().map((s) => s.key).sort();
+    const schedulersBefore = (await Promise.all(rt.queues.all().map((q) => q.getJobSchedulers(0, -1))))
+      .flat()
+      .map((s) => s.key)
+      .sort();
     expect(schedulersBefore.length).toBeGreaterThan(5);
 
     const ids: string[] = [];
@@ -156,11 +181,22 @@ describe('Redis restarted under running workers and the server', () => {
     redis = await startRedis({ dir: redisDir, port: redis.port, appendonly: true });
 
     for (const id of ids) expect((await waitForFinished(noop, id, 60_000)).state).toBe('completed');
-    const schedulersAfter = (await Promise.all(rt.queues.all().map((q) => q.getJobSchedulers(0, -1)))).flat().map((s) => s.key).sort();
+    const schedulersAfter = (await Promise.all(rt.queues.all().map((q) => q.getJobSchedulers(0, -1))))
+      .flat()
+      .map((s) => s.key)
+      .sort();
     expect(schedulersAfter).toEqual(schedulersBefore);
     const headers = { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' };
-    await waitUntil(async () => (await fetch(`http://127.0.0.1:${port}/readyz`, { headers })).status === 200, 30_000, 'the server to be ready again');
-    const res = await fetch(`http://127.0.0.1:${port}/api/jobs/noop`, { method: 'POST', headers, body: JSON.stringify({ sleepMs: 10 }) });
+    await waitUntil(
+      async () => (await fetch(`http://127.0.0.1:${port}/readyz`, { headers })).status === 200,
+      30_000,
+      'the server to be ready again',
+    );
+    const res = await fetch(`http://127.0.0.1:${port}/api/jobs/noop`, {
+      method: 'POST',
+      headers,
+      body: JSON.stringify({ sleepMs: 10 }),
+    });
     expect(res.status).toBe(202);
     const { id } = (await res.json()) as { id: string };
     expect((await waitForFinished(noop, id, 30_000)).state).toBe('completed');

@@ -33,20 +33,41 @@ describe('HTTP API', () => {
     expect(res.body).toEqual({ id: expect.any(String), queue: 'noop', name: 'noop', existing: false });
     await request(app).post('/api/jobs/noop').set(viewer).send({}).expect(403);
     const job = await request(app).get(`/api/jobs/noop/${res.body.id}`).set(viewer).expect(200);
-    expect(job.body).toMatchObject({ state: 'waiting', progress: 0, result: null, failedReason: null, attemptsMade: 0 });
+    expect(job.body).toMatchObject({
+      state: 'waiting',
+      progress: 0,
+      result: null,
+      failedReason: null,
+      attemptsMade: 0,
+    });
   });
 
   it('400 with field-level issues for a bad payload; 404 for an unknown job', async () => {
-    const res = await request(app).post('/api/jobs/noop').set(admin).send({ sleepMs: -5, target: 'x;drop' }).expect(400);
+    const res = await request(app)
+      .post('/api/jobs/noop')
+      .set(admin)
+      .send({ sleepMs: -5, target: 'x;drop' })
+      .expect(400);
     expect(res.body.issues).toEqual(
       expect.arrayContaining([
         { path: 'sleepMs', message: expect.stringMatching(/>=0|greater/) },
         { path: 'target', message: expect.stringMatching(/target name/) },
       ]),
     );
-    const unknownTarget = await request(app).post('/api/jobs/noop').set(admin).send({ target: 'reporting' }).expect(400);
-    expect(unknownTarget.body.issues).toEqual([{ path: 'target', message: 'unknown target "reporting" (known: main)' }]);
-    await request(app).post('/api/jobs/noop').set(admin).set('content-type', 'application/json').send('{"sleepMs": ').expect(400);
+    const unknownTarget = await request(app)
+      .post('/api/jobs/noop')
+      .set(admin)
+      .send({ target: 'reporting' })
+      .expect(400);
+    expect(unknownTarget.body.issues).toEqual([
+      { path: 'target', message: 'unknown target "reporting" (known: main)' },
+    ]);
+    await request(app)
+      .post('/api/jobs/noop')
+      .set(admin)
+      .set('content-type', 'application/json')
+      .send('{"sleepMs": ')
+      .expect(400);
     await request(app).post('/api/jobs/no-such-job').set(admin).send({}).expect(404);
     await request(app).get('/api/jobs/noop/999999').set(admin).expect(404);
     await request(app).get('/api/jobs/nope/1').set(admin).expect(404);
@@ -76,7 +97,10 @@ describe('HTTP API', () => {
     expect(queues.body.queues.every((q: { readOnlyMode: boolean }) => q.readOnlyMode)).toBe(true);
     await request(app).put('/admin/queues/api/queues/noop/clean/completed').set('Cookie', sessionCookie).expect(403);
     // A tampered cookie is refused.
-    await request(app).get('/admin/queues/api/queues').set('Cookie', sessionCookie.replace('viewer', 'admin')).expect(401);
+    await request(app)
+      .get('/admin/queues/api/queues')
+      .set('Cookie', sessionCookie.replace('viewer', 'admin'))
+      .expect(401);
 
     const adminLogin = await request(app).post('/login').type('form').send({ token: ADMIN_TOKEN }).expect(303);
     const adminCookie = adminLogin.headers['set-cookie']![0]!.split(';')[0]!;
@@ -103,6 +127,11 @@ describe('HTTP API', () => {
     expect(refused.body.error).toMatch(/too many enqueue requests/);
     // Reads are not limited.
     await request(limited).get('/api/schedules').set(admin).expect(200);
-    await request(app).post('/api/jobs/noop').set(admin).set('content-type', 'application/json').send(JSON.stringify({ pad: 'x'.repeat(70_000) })).expect(413);
+    await request(app)
+      .post('/api/jobs/noop')
+      .set(admin)
+      .set('content-type', 'application/json')
+      .send(JSON.stringify({ pad: 'x'.repeat(70_000) }))
+      .expect(413);
   });
 });

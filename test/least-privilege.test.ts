@@ -51,7 +51,9 @@ const run = async (job: string, payload: object) => {
 
 describe('the runner under a least-privilege role', () => {
   it('connects as that role, not as a superuser', async () => {
-    const { rows } = await rt.connections.pool('main').query(`select current_user as u, (select rolsuper from pg_roles where rolname = current_user) as s`);
+    const { rows } = await rt.connections
+      .pool('main')
+      .query(`select current_user as u, (select rolsuper from pg_roles where rolname = current_user) as s`);
     expect(rows[0]).toEqual({ u: role, s: false });
   });
 
@@ -63,7 +65,9 @@ describe('the runner under a least-privilege role', () => {
     const denied = await run('create-partitions', { tables: ['sales.sale_order'] });
     expect(denied.state).toBe('failed');
     expect(denied.job.attemptsMade).toBe(1);
-    expect(denied.job.failedReason).toMatch(/sales\.sale_order \((must be owner|must be member of role).*SQLSTATE 42501/);
+    expect(denied.job.failedReason).toMatch(
+      /sales\.sale_order \((must be owner|must be member of role).*SQLSTATE 42501/,
+    );
   });
 
   it('runs the rollup and a verified backup with the listed grants', async () => {

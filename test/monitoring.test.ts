@@ -52,7 +52,9 @@ beforeAll(async () => {
   rt = h.runtime({
     env: { METRICS_TOKEN, ALERT_WEBHOOK_URL: webhookUrl },
     jobs: [...jobs, sqlProbe],
-    schedules: [{ id: 'probe-every-minute', job: 'sql-probe', cron: '* * * * *', tz: 'UTC', payload: { scenario: 'ok' } }],
+    schedules: [
+      { id: 'probe-every-minute', job: 'sql-probe', cron: '* * * * *', tz: 'UTC', payload: { scenario: 'ok' } },
+    ],
   });
   const { port, monitor } = await startServer(rt, { port: 0, host: '127.0.0.1', healthCacheMs: 0 });
   monitor.stop(); // the tests drive evaluations themselves, at chosen times
@@ -86,7 +88,9 @@ describe('GET /metrics', () => {
     const res = await fetch(`${base}/metrics`, { headers: { authorization: `Bearer ${METRICS_TOKEN}` } });
     expect(res.status).toBe(200);
     expect(res.headers.get('content-type')).toMatch(/text\/plain/);
-    expect((await fetch(`${base}/api/history`, { headers: { authorization: `Bearer ${METRICS_TOKEN}` } })).status).toBe(401);
+    expect((await fetch(`${base}/api/history`, { headers: { authorization: `Bearer ${METRICS_TOKEN}` } })).status).toBe(
+      401,
+    );
   });
 
   it('counts runs by outcome across processes, with durations, last success, failures in a row, queues, schedules and partition runway', async () => {
@@ -108,7 +112,11 @@ describe('GET /metrics', () => {
     expect(Math.abs(lastSuccess - Date.now() / 1000)).toBeLessThan(60);
     expect(sample(text, 'pgmaint_queue_workers', { queue: 'sql-probe' })).toBeGreaterThanOrEqual(1);
     expect(sample(text, 'pgmaint_queue_jobs', { queue: 'sql-probe', state: 'failed' })).toBe(1);
-    const next = sample(text, 'pgmaint_schedule_next_run_timestamp_seconds', { schedule: 'probe-every-minute', job: 'sql-probe', target: 'main' })!;
+    const next = sample(text, 'pgmaint_schedule_next_run_timestamp_seconds', {
+      schedule: 'probe-every-minute',
+      job: 'sql-probe',
+      target: 'main',
+    })!;
     expect(next - Date.now() / 1000).toBeGreaterThan(-5);
     expect(next - Date.now() / 1000).toBeLessThanOrEqual(61);
     const runway = sample(text, 'pgmaint_partition_runway_seconds', { target: 'main', table: 'iot.reading' })!;
@@ -122,9 +130,15 @@ describe('the Grafana dashboard and the compose monitoring profile', () => {
   it('every metric a dashboard panel queries is one /metrics serves; Prometheus reads the token compose hands it', async () => {
     const root = path.resolve(import.meta.dirname, '..');
     const dashboard = JSON.parse(fs.readFileSync(path.join(root, 'docker/grafana/dashboards/pgmaint.json'), 'utf8'));
-    const exprs: string[] = dashboard.panels.flatMap((p: { targets?: { expr: string }[] }) => (p.targets ?? []).map((t) => t.expr));
-    const queried = new Set(exprs.flatMap((e) => e.match(/pgmaint_[a-z_]+/g) ?? []).map((n) => n.replace(/_(bucket|sum|count)$/, '')));
-    const text = await (await fetch(`${base}/metrics`, { headers: { authorization: `Bearer ${METRICS_TOKEN}` } })).text();
+    const exprs: string[] = dashboard.panels.flatMap((p: { targets?: { expr: string }[] }) =>
+      (p.targets ?? []).map((t) => t.expr),
+    );
+    const queried = new Set(
+      exprs.flatMap((e) => e.match(/pgmaint_[a-z_]+/g) ?? []).map((n) => n.replace(/_(bucket|sum|count)$/, '')),
+    );
+    const text = await (
+      await fetch(`${base}/metrics`, { headers: { authorization: `Bearer ${METRICS_TOKEN}` } })
+    ).text();
     const served = new Set([...text.matchAll(/^# TYPE (\S+)/gm)].map((m) => m[1]));
     expect(queried.size).toBeGreaterThan(15);
     expect([...queried].filter((n) => !served.has(n))).toEqual([]);
@@ -143,8 +157,14 @@ describe('alerts', () => {
     const t0 = Date.now();
     // The last probe run failed (above); no worker serves the scheduled queue now.
     const first = (await monitor.evaluate(t0))!;
-    expect(first.fired.sort()).toEqual(['default-rows:main:iot.reading', 'job-failed:sql-probe:main', 'partition-runway:main:iot.reading']);
-    expect(byKey('job-failed:sql-probe:main', 'firing')[0]!.text).toMatch(/sql-probe on main failed after its last attempt: .*no_such_table/);
+    expect(first.fired.sort()).toEqual([
+      'default-rows:main:iot.reading',
+      'job-failed:sql-probe:main',
+      'partition-runway:main:iot.reading',
+    ]);
+    expect(byKey('job-failed:sql-probe:main', 'firing')[0]!.text).toMatch(
+      /sql-probe on main failed after its last attempt: .*no_such_table/,
+    );
     expect((await monitor.evaluate(t0 + 60_000))!.fired).toEqual([]); // same incidents: nothing sent again
     const later = (await monitor.evaluate(t0 + 3 * 60_000))!; // no worker for over 2 min
     expect(later.fired).toEqual(['no-worker:sql-probe']);
@@ -157,14 +177,21 @@ describe('alerts', () => {
     expect((await run('ok', 'schedule:probe-every-minute')).state).toBe('completed');
     await rt.history.flush();
     const after = (await monitor.evaluate(Date.now()))!;
-    expect(after.resolved.sort()).toEqual(['deadman:probe-every-minute', 'job-failed:sql-probe:main', 'no-worker:sql-probe']);
+    expect(after.resolved.sort()).toEqual([
+      'deadman:probe-every-minute',
+      'job-failed:sql-probe:main',
+      'no-worker:sql-probe',
+    ]);
     expect((await monitor.evaluate(Date.now()))!.resolved).toEqual([]);
     for (const key of ['deadman:probe-every-minute', 'job-failed:sql-probe:main', 'no-worker:sql-probe']) {
       expect(byKey(key, 'firing')).toHaveLength(1);
       expect(byKey(key, 'resolved')).toHaveLength(1);
     }
     expect(byKey('partition-runway:main:iot.reading', 'resolved')).toHaveLength(0);
-    expect((await monitor.open()).map((i) => i.key).sort()).toEqual(['default-rows:main:iot.reading', 'partition-runway:main:iot.reading']);
+    expect((await monitor.open()).map((i) => i.key).sort()).toEqual([
+      'default-rows:main:iot.reading',
+      'partition-runway:main:iot.reading',
+    ]);
     const res = await fetch(`${base}/api/alerts`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
     expect(((await res.json()) as { open: unknown[] }).open).toHaveLength(2);
     await workers.close(5000);
@@ -187,19 +214,36 @@ describe('alerts', () => {
 
   it('a job active far past its maximum run time is an overrun incident until it finishes', async () => {
     const saved = rt.config.alerts.disabled;
-    rt.config.alerts.disabled = ['job-failed', 'deadman', 'no-worker', 'backup-age', 'archive-lag', 'partition-runway', 'default-rows', 'health-read'];
-    onTestFinished(() => void (rt.config.alerts.disabled = saved));
+    rt.config.alerts.disabled = [
+      'job-failed',
+      'deadman',
+      'no-worker',
+      'backup-age',
+      'archive-lag',
+      'partition-runway',
+      'default-rows',
+      'health-read',
+    ];
+    onTestFinished(() => {
+      rt.config.alerts.disabled = saved;
+    });
     received = [];
     const monitor = new AlertMonitor(rt, new HealthReader(rt), webhookNotifier(webhookUrl));
     const workers = startWorkers(rt, ['noop']);
     onTestFinished(() => workers.close(5000));
     const { job } = await rt.queues.enqueue('noop', { sleepMs: 2000 });
-    await waitUntil(async () => (await rt.queues.get('noop').getJobState(job.id!)) === 'active', 10_000, 'the job to start');
+    await waitUntil(
+      async () => (await rt.queues.get('noop').getJobState(job.id!)) === 'active',
+      10_000,
+      'the job to start',
+    );
     const maxRunMs = rt.registry.get('noop')!.run.timeoutMs;
     expect((await monitor.evaluate(Date.now() + maxRunMs))!.fired).toEqual([]); // within its grace
     const late = (await monitor.evaluate(Date.now() + maxRunMs + rt.config.alerts.overrunGraceMs + 60_000))!;
     expect(late.fired).toEqual([`overrun:noop:${job.id}`]);
-    expect(byKey(`overrun:noop:${job.id}`, 'firing')[0]!.text).toMatch(/has been active for .* past its maximum run time of 60 min/);
+    expect(byKey(`overrun:noop:${job.id}`, 'firing')[0]!.text).toMatch(
+      /has been active for .* past its maximum run time of 60 min/,
+    );
     await waitForFinished(rt.queues.get('noop'), job.id!);
     expect((await monitor.evaluate())!.resolved).toEqual([`overrun:noop:${job.id}`]);
   });
@@ -227,12 +271,34 @@ describe('alerts', () => {
         },
       ],
       backups: [
-        { target: 'main', dumpsExpected: true, baseExpected: true, newestDumpAgeSeconds: 30 * 3600, newestBaseBackupAgeSeconds: 3600, recoveryWindowSeconds: 86_400, archive: { lagSeconds: 1200, lagSegments: 3, checkedAt: now, ok: true }, drill: null },
-        { target: 'quiet', dumpsExpected: false, baseExpected: false, newestDumpAgeSeconds: null, newestBaseBackupAgeSeconds: null, recoveryWindowSeconds: null, archive: null, drill: null },
+        {
+          target: 'main',
+          dumpsExpected: true,
+          baseExpected: true,
+          newestDumpAgeSeconds: 30 * 3600,
+          newestBaseBackupAgeSeconds: 3600,
+          recoveryWindowSeconds: 86_400,
+          archive: { lagSeconds: 1200, lagSegments: 3, checkedAt: now, ok: true },
+          drill: null,
+        },
+        {
+          target: 'quiet',
+          dumpsExpected: false,
+          baseExpected: false,
+          newestDumpAgeSeconds: null,
+          newestBaseBackupAgeSeconds: null,
+          recoveryWindowSeconds: null,
+          archive: null,
+          drill: null,
+        },
       ],
     };
     const cfg = h.runtime({ jobs: [...jobs, sqlProbe], schedules: [] }).config.alerts;
-    expect(judge(s, cfg).map((a) => a.key).sort()).toEqual(['archive-lag:main', 'backup-age:main:dump', 'overrun:backup:stuck']);
+    expect(
+      judge(s, cfg)
+        .map((a) => a.key)
+        .sort(),
+    ).toEqual(['archive-lag:main', 'backup-age:main:dump', 'overrun:backup:stuck']);
     expect(judge(s, { ...cfg, disabled: ['archive-lag'] }).map((a) => a.key)).not.toContain('archive-lag:main');
   });
 });

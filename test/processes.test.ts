@@ -18,7 +18,10 @@ afterAll(() => h.close());
 afterEach(() => h.killChildren());
 
 async function outcomes(jobId: string): Promise<string[]> {
-  const { rows } = await h.admin.query(`select outcome from pgmaint.run_history where queue = 'noop' and job_id = $1 order by id`, [jobId]);
+  const { rows } = await h.admin.query(
+    `select outcome from pgmaint.run_history where queue = 'noop' and job_id = $1 order by id`,
+    [jobId],
+  );
   return rows.map((r) => r.outcome);
 }
 

@@ -22,14 +22,22 @@ const REAL_BIN = '/usr/lib/postgresql/15/bin';
 beforeAll(async () => {
   h = await createHarness('retention_crash');
   h.configFile({
-    partitions: [{ table: PARENT, column: 'ts', interval: 'day', retention: '1 day', maxDropsPerRun: 1, lockTimeout: '120s' }],
+    partitions: [
+      { table: PARENT, column: 'ts', interval: 'day', retention: '1 day', maxDropsPerRun: 1, lockTimeout: '120s' },
+    ],
     worker: { stalledIntervalMs: 1000, lockDurationMs: 2000, shutdownTimeoutMs: 5000 },
   });
-  await h.admin.query(`create schema crash; create table crash."sale$line" (ts timestamptz not null, v int) partition by range (ts)`);
+  await h.admin.query(
+    `create schema crash; create table crash."sale$line" (ts timestamptz not null, v int) partition by range (ts)`,
+  );
   for (let d = 1; d <= 10; d++) {
     const day = `2026-01-${String(d).padStart(2, '0')}`;
-    await h.admin.query(`create table crash."${partition(d)}" partition of crash."sale$line" for values from ('${day} 00:00+00') to ('${day} 00:00+00'::timestamptz + interval '1 day')`);
-    await h.admin.query(`insert into crash."sale$line" select '${day} 06:00+00'::timestamptz + make_interval(mins => g), g from generate_series(1, 10) g`);
+    await h.admin.query(
+      `create table crash."${partition(d)}" partition of crash."sale$line" for values from ('${day} 00:00+00') to ('${day} 00:00+00'::timestamptz + interval '1 day')`,
+    );
+    await h.admin.query(
+      `insert into crash."sale$line" select '${day} 06:00+00'::timestamptz + make_interval(mins => g), g from generate_series(1, 10) g`,
+    );
   }
   // PG_BINDIR for the worker that is killed: the real tools, but a pg_dump that can be
   // held before it starts ("after DETACH") or after it has written its file ("during").
@@ -37,7 +45,8 @@ beforeAll(async () => {
   faultBin = path.join(h.dir, 'fault-bin');
   fs.mkdirSync(faultDir, { recursive: true });
   fs.mkdirSync(faultBin, { recursive: true });
-  for (const tool of fs.readdirSync(REAL_BIN)) if (tool !== 'pg_dump') fs.symlinkSync(path.join(REAL_BIN, tool), path.join(faultBin, tool));
+  for (const tool of fs.readdirSync(REAL_BIN))
+    if (tool !== 'pg_dump') fs.symlinkSync(path.join(REAL_BIN, tool), path.join(faultBin, tool));
   fs.writeFileSync(
     path.join(faultBin, 'pg_dump'),
     `#!/bin/sh
@@ -76,7 +85,10 @@ async function place(name: string): Promise<'attached' | 'detached' | 'missing'>
 }
 
 async function journal(name: string): Promise<string[]> {
-  const { rows } = await h.admin.query(`select state from pgmaint.retention_journal where partition_name = $1 order by id`, [name]);
+  const { rows } = await h.admin.query(
+    `select state from pgmaint.retention_journal where partition_name = $1 order by id`,
+    [name],
+  );
   return rows.map((r) => r.state);
 }
 
@@ -91,7 +103,9 @@ async function killAt(victim: string, hold: () => Promise<void>, expectedState: 
   expect(await place(victim)).toBe('detached');
   expect(await journal(victim)).toEqual([expectedState]);
   // pg_sleep in the held DROP outlives the client: end that session as a crash would.
-  await h.admin.query(`select pg_terminate_backend(pid) from pg_stat_activity where application_name like 'pgmaint/drop-expired%' or (application_name like 'pgmaint%' and wait_event = 'PgSleep')`);
+  await h.admin.query(
+    `select pg_terminate_backend(pid) from pg_stat_activity where application_name like 'pgmaint/drop-expired%' or (application_name like 'pgmaint%' and wait_event = 'PgSleep')`,
+  );
   await h.admin.query('truncate crash.hold_drop');
 
   const rescuer = h.spawnPgmaint(['worker', '--queues', 'drop-expired-partitions']);
@@ -100,10 +114,14 @@ async function killAt(victim: string, hold: () => Promise<void>, expectedState: 
   expect(state, done.failedReason).toBe('completed');
   expect(await place(victim)).toBe('missing');
   expect(await journal(victim)).toEqual(['dropped']);
-  const archives = fs.readdirSync(path.join(h.backupDir, 'partitions', 'main')).filter((f) => f.startsWith(`crash.${victim}-`));
+  const archives = fs
+    .readdirSync(path.join(h.backupDir, 'partitions', 'main'))
+    .filter((f) => f.startsWith(`crash.${victim}-`));
   // One archive with its manifest; no partial or manifest-less file survives.
   expect(archives.sort()).toEqual([expect.stringMatching(/\.dump$/), expect.stringMatching(/\.dump\.manifest\.json$/)]);
-  const manifest = JSON.parse(fs.readFileSync(path.join(h.backupDir, 'partitions', 'main', archives.find((f) => f.endsWith('.json'))!), 'utf8'));
+  const manifest = JSON.parse(
+    fs.readFileSync(path.join(h.backupDir, 'partitions', 'main', archives.find((f) => f.endsWith('.json'))!), 'utf8'),
+  );
   expect(manifest).toMatchObject({ partition: `crash.${victim}`, rows: 10 });
   const { logs } = await rt.queues.get('drop-expired-partitions').getJobLogs(job.id!);
   expect(logs.join('\n')).toContain(`left detached by interrupted run ${job.id}`);
@@ -114,7 +132,10 @@ describe('drop-expired-partitions killed at every step', () => {
     fs.writeFileSync(path.join(faultDir, 'hold-before'), '');
     await killAt(
       partition(1),
-      () => waitUntil(async () => fs.existsSync(path.join(faultDir, 'reached')), 30_000, 'pg_dump to be held').then(() => undefined),
+      () =>
+        waitUntil(async () => fs.existsSync(path.join(faultDir, 'reached')), 30_000, 'pg_dump to be held').then(
+          () => undefined,
+        ),
       'detached',
     );
   }, 120_000);
@@ -124,9 +145,15 @@ describe('drop-expired-partitions killed at every step', () => {
     await killAt(
       partition(3),
       async () => {
-        await waitUntil(async () => fs.existsSync(path.join(faultDir, 'reached')), 30_000, 'pg_dump to have written its file');
+        await waitUntil(
+          async () => fs.existsSync(path.join(faultDir, 'reached')),
+          30_000,
+          'pg_dump to have written its file',
+        );
         const dir = path.join(h.backupDir, 'partitions', 'main');
-        expect(fs.readdirSync(dir).some((f) => f.startsWith(`crash.${partition(3)}-`) && f.endsWith('.partial'))).toBe(true);
+        expect(fs.readdirSync(dir).some((f) => f.startsWith(`crash.${partition(3)}-`) && f.endsWith('.partial'))).toBe(
+          true,
+        );
       },
       'detached',
     );
@@ -136,7 +163,17 @@ describe('drop-expired-partitions killed at every step', () => {
     await h.admin.query('insert into crash.hold_drop values (true)');
     await killAt(
       partition(5),
-      () => waitUntil(async () => (await h.admin.query(`select 1 from pg_stat_activity where application_name like 'pgmaint%' and wait_event = 'PgSleep'`)).rowCount, 30_000, 'the DROP to be held').then(() => undefined),
+      () =>
+        waitUntil(
+          async () =>
+            (
+              await h.admin.query(
+                `select 1 from pg_stat_activity where application_name like 'pgmaint%' and wait_event = 'PgSleep'`,
+              )
+            ).rowCount,
+          30_000,
+          'the DROP to be held',
+        ).then(() => undefined),
       'archived',
     );
   }, 120_000);
@@ -161,7 +198,9 @@ describe('drop-expired-partitions killed at every step', () => {
     expect(await place(partition(7))).toBe('missing');
     expect((await health.read()).partitions.find((p) => p.table === PARENT)!.unfinishedDetaches).toBe(0);
     // Every partition that left the parent was archived and dropped; none is stranded.
-    const { rows } = await h.admin.query(`select count(*)::int n from pgmaint.retention_journal where state not in ('dropped', 'reattached')`);
+    const { rows } = await h.admin.query(
+      `select count(*)::int n from pgmaint.retention_journal where state not in ('dropped', 'reattached')`,
+    );
     expect(rows[0].n).toBe(0);
   }, 120_000);
 });

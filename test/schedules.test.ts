@@ -26,13 +26,22 @@ beforeAll(async () => {
 afterAll(() => h.close());
 
 async function runsOf(scheduleId: string) {
-  const { rows } = await h.admin.query(`select job_id, outcome, result from pgmaint.run_history where trigger = $1 order by id`, [`schedule:${scheduleId}`]);
+  const { rows } = await h.admin.query(
+    `select job_id, outcome, result from pgmaint.run_history where trigger = $1 order by id`,
+    [`schedule:${scheduleId}`],
+  );
   return rows as { job_id: string; outcome: string; result: { skipped?: string } | null }[];
 }
 
 /** A run as its scheduler would produce it, at a chosen scheduled time. */
 async function addScheduledRun(s: Schedule, scheduledFor: number, payload: object) {
-  return rt.queues.get(s.job).add(s.job, { payload: { target: 'main', sleepMs: 0, ...payload }, trigger: `schedule:${s.id}`, scheduleId: s.id }, { timestamp: scheduledFor });
+  return rt.queues
+    .get(s.job)
+    .add(
+      s.job,
+      { payload: { target: 'main', sleepMs: 0, ...payload }, trigger: `schedule:${s.id}`, scheduleId: s.id },
+      { timestamp: scheduledFor },
+    );
 }
 
 describe('schedules', () => {
@@ -51,24 +60,54 @@ describe('schedules', () => {
   it('skips a scheduled run while the previous run of the same schedule is active, and records it', async () => {
     const s = schedules[0]!;
     const first = await addScheduledRun(s, Date.now(), { sleepMs: 1500 });
-    await waitUntil(async () => (await runsOf(s.id)).some((r) => r.outcome === 'running'), 10_000, 'first run to start');
+    await waitUntil(
+      async () => (await runsOf(s.id)).some((r) => r.outcome === 'running'),
+      10_000,
+      'first run to start',
+    );
     const second = await addScheduledRun(s, Date.now(), { sleepMs: 0 });
-    await waitUntil(async () => (await runsOf(s.id)).some((r) => r.job_id === second.id && r.outcome === 'skipped'), 10_000, 'second run skipped');
-    await waitUntil(async () => (await runsOf(s.id)).some((r) => r.job_id === first.id && r.outcome === 'succeeded'), 10_000, 'first run done');
+    await waitUntil(
+      async () => (await runsOf(s.id)).some((r) => r.job_id === second.id && r.outcome === 'skipped'),
+      10_000,
+      'second run skipped',
+    );
+    await waitUntil(
+      async () => (await runsOf(s.id)).some((r) => r.job_id === first.id && r.outcome === 'succeeded'),
+      10_000,
+      'first run done',
+    );
     const skipped = (await runsOf(s.id)).find((r) => r.job_id === second.id)!;
-    expect(skipped.result!.skipped).toMatch(new RegExp(`previous run ${first.id} of schedule noop-overlap is still active`));
+    expect(skipped.result!.skipped).toMatch(
+      new RegExp(`previous run ${first.id} of schedule noop-overlap is still active`),
+    );
     // Once the first has finished, the next run goes ahead.
     const third = await addScheduledRun(s, Date.now(), { sleepMs: 0 });
-    await waitUntil(async () => (await runsOf(s.id)).some((r) => r.job_id === third.id && r.outcome === 'succeeded'), 10_000, 'third run');
+    await waitUntil(
+      async () => (await runsOf(s.id)).some((r) => r.job_id === third.id && r.outcome === 'succeeded'),
+      10_000,
+      'third run',
+    );
   });
 
   it('catchUp none skips a run missed while down; catchUp latest runs it once', async () => {
     const tenMinutesAgo = Date.now() - 10 * 60_000;
     const missed = await addScheduledRun(schedules[1]!, tenMinutesAgo, {});
     const caughtUp = await addScheduledRun(schedules[2]!, tenMinutesAgo, {});
-    await waitUntil(async () => (await runsOf('noop-none')).length > 0 && (await runsOf('noop-latest')).length > 0, 10_000, 'both runs');
-    expect(await runsOf('noop-none')).toEqual([{ job_id: missed.id, outcome: 'skipped', result: { skipped: expect.stringMatching(/^missed by 6\d\ds .*catchUp: none/) } }]);
-    expect(await runsOf('noop-latest')).toEqual([{ job_id: caughtUp.id, outcome: 'succeeded', result: { sleptMs: 0 } }]);
+    await waitUntil(
+      async () => (await runsOf('noop-none')).length > 0 && (await runsOf('noop-latest')).length > 0,
+      10_000,
+      'both runs',
+    );
+    expect(await runsOf('noop-none')).toEqual([
+      {
+        job_id: missed.id,
+        outcome: 'skipped',
+        result: { skipped: expect.stringMatching(/^missed by 6\d\ds .*catchUp: none/) },
+      },
+    ]);
+    expect(await runsOf('noop-latest')).toEqual([
+      { job_id: caughtUp.id, outcome: 'succeeded', result: { sleptMs: 0 } },
+    ]);
   });
 
   it('the watchdog repairs a schedule whose next run is past with no job waiting', async () => {
@@ -100,7 +139,8 @@ describe('schedules', () => {
   });
 
   it('rejects a schedule with a bad payload, cron or zone, naming it', () => {
-    const bad = (s: Partial<Schedule>) => () => resolveSchedules([{ id: 'x', job: 'noop', cron: '0 2 * * *', tz: 'UTC', ...s }], rt.registry);
+    const bad = (s: Partial<Schedule>) => () =>
+      resolveSchedules([{ id: 'x', job: 'noop', cron: '0 2 * * *', tz: 'UTC', ...s }], rt.registry);
     expect(bad({ payload: { sleepMs: 'long' } })).toThrow(/schedule "x": invalid payload: sleepMs/);
     expect(bad({ cron: '0 25 * * *' })).toThrow(/schedule "x": cron hour value "25"/);
     expect(bad({ tz: 'Asia/Dacca_' })).toThrow(/schedule "x": tz "Asia\/Dacca_"/);

@@ -18,7 +18,13 @@ let sentinel: ChildProcess;
 let sentinelPort: number;
 
 async function role(port: number): Promise<string> {
-  const c = new Redis({ port, host: '127.0.0.1', lazyConnect: true, maxRetriesPerRequest: 1, retryStrategy: () => null });
+  const c = new Redis({
+    port,
+    host: '127.0.0.1',
+    lazyConnect: true,
+    maxRetriesPerRequest: 1,
+    retryStrategy: () => null,
+  });
   c.on('error', () => undefined);
   try {
     await c.connect();
@@ -41,11 +47,25 @@ beforeAll(async () => {
   const conf = path.join(h.dir, 'sentinel.conf');
   fs.writeFileSync(
     conf,
-    [`port ${sentinelPort}`, 'bind 127.0.0.1', `dir ${h.dir}`, `sentinel monitor pgmaint 127.0.0.1 ${master.port} 1`, 'sentinel down-after-milliseconds pgmaint 1000', 'sentinel failover-timeout pgmaint 5000'].join('\n') + '\n',
+    `${[
+      `port ${sentinelPort}`,
+      'bind 127.0.0.1',
+      `dir ${h.dir}`,
+      `sentinel monitor pgmaint 127.0.0.1 ${master.port} 1`,
+      'sentinel down-after-milliseconds pgmaint 1000',
+      'sentinel failover-timeout pgmaint 5000',
+    ].join('\n')}\n`,
   );
   sentinel = spawn('redis-server', [conf, '--sentinel'], { stdio: 'ignore' });
-  await waitUntil(async () => (await role(replica.port)) === 'slave' && (await role(sentinelPort)) === 'sentinel', 20_000, 'replica and sentinel');
-  h.configFile({ redis: { sentinels: [{ host: '127.0.0.1', port: sentinelPort }], sentinelName: 'pgmaint' }, worker: { stalledIntervalMs: 1000, lockDurationMs: 2000 } });
+  await waitUntil(
+    async () => (await role(replica.port)) === 'slave' && (await role(sentinelPort)) === 'sentinel',
+    20_000,
+    'replica and sentinel',
+  );
+  h.configFile({
+    redis: { sentinels: [{ host: '127.0.0.1', port: sentinelPort }], sentinelName: 'pgmaint' },
+    worker: { stalledIntervalMs: 1000, lockDurationMs: 2000 },
+  });
 });
 afterAll(async () => {
   await h.close();
@@ -69,7 +89,11 @@ describe('Redis through Sentinel', () => {
   it('carries on on the promoted replica after the master dies', async () => {
     master.process.kill('SIGKILL');
     await waitUntil(async () => (await role(replica.port)) === 'master', 30_000, 'the sentinel to promote the replica');
-    const { job } = await waitUntil(() => rt.queues.enqueue('noop', { sleepMs: 10 }).catch(() => undefined), 30_000, 'the producer to reach the new master');
+    const { job } = await waitUntil(
+      () => rt.queues.enqueue('noop', { sleepMs: 10 }).catch(() => undefined),
+      30_000,
+      'the producer to reach the new master',
+    );
     expect((await waitForFinished(rt.queues.get('noop'), job.id!, 60_000)).state).toBe('completed');
     const promoted = new Redis(replica.url);
     expect(await promoted.exists(`{t-${h.id}}:noop:${job.id}`)).toBe(1);

@@ -32,7 +32,13 @@ beforeAll(async () => {
   } finally {
     c.release();
   }
-  await waitUntil(async () => (await h.admin.query(`select n_dead_tup from pg_stat_user_tables where relname = 'churn'`)).rows[0].n_dead_tup >= 30000, 15_000, 'dead tuples in the statistics');
+  await waitUntil(
+    async () =>
+      (await h.admin.query(`select n_dead_tup from pg_stat_user_tables where relname = 'churn'`)).rows[0].n_dead_tup >=
+      30000,
+    15_000,
+    'dead tuples in the statistics',
+  );
   rt = h.runtime({ schedules: [] });
   startWorkers(rt, ['vacuum-analyze']);
 });
@@ -43,7 +49,19 @@ async function run(payload: object) {
   const { state, job: done } = await waitForFinished(rt.queues.get('vacuum-analyze'), job.id!);
   expect(done.failedReason).toBeUndefined();
   expect(state).toBe('completed');
-  return done.returnvalue as { tables: { table: string; action: string; reasons: string[]; deadBefore: number; deadAfter?: number; skipped?: string }[]; left: string[]; stoppedAtBudget: boolean; chosen: any };
+  return done.returnvalue as {
+    tables: {
+      table: string;
+      action: string;
+      reasons: string[];
+      deadBefore: number;
+      deadAfter?: number;
+      skipped?: string;
+    }[];
+    left: string[];
+    stoppedAtBudget: boolean;
+    chosen: any;
+  };
 }
 
 describe('vacuum-analyze', () => {
@@ -51,8 +69,14 @@ describe('vacuum-analyze', () => {
     const r = await run({ dryRun: true });
     const chosen = r.chosen as { table: string; action: string; reasons: string[] }[];
     expect(chosen.map((c) => c.table).sort()).toEqual(['farm.churn', 'farm.reading']);
-    expect(chosen.find((c) => c.table === 'farm.churn')).toMatchObject({ action: 'VACUUM ANALYZE', reasons: [expect.stringMatching(/^30000 dead tuples \(50\.0 % of the table\)/), expect.any(String)] });
-    expect(chosen.find((c) => c.table === 'farm.reading')).toMatchObject({ action: 'ANALYZE', reasons: ['partitioned parent never analyzed (autovacuum never analyzes parents)'] });
+    expect(chosen.find((c) => c.table === 'farm.churn')).toMatchObject({
+      action: 'VACUUM ANALYZE',
+      reasons: [expect.stringMatching(/^30000 dead tuples \(50\.0 % of the table\)/), expect.any(String)],
+    });
+    expect(chosen.find((c) => c.table === 'farm.reading')).toMatchObject({
+      action: 'ANALYZE',
+      reasons: ['partitioned parent never analyzed (autovacuum never analyzes parents)'],
+    });
     const { rows } = await h.admin.query(`select n_dead_tup from pg_stat_user_tables where relname = 'churn'`);
     expect(Number(rows[0].n_dead_tup)).toBe(30000);
   });
@@ -62,7 +86,9 @@ describe('vacuum-analyze', () => {
     await holder.query('begin; lock table farm.churn in share update exclusive mode');
     try {
       const r = await run({ lockTimeout: '300ms' });
-      expect(r.tables.find((t) => t.table === 'farm.churn')).toMatchObject({ skipped: 'lock not available within 300ms (lock_timeout)' });
+      expect(r.tables.find((t) => t.table === 'farm.churn')).toMatchObject({
+        skipped: 'lock not available within 300ms (lock_timeout)',
+      });
       // The other table went ahead.
       expect(r.tables.find((t) => t.table === 'farm.reading')?.skipped).toBeUndefined();
     } finally {
@@ -75,7 +101,9 @@ describe('vacuum-analyze', () => {
     const r = await run({});
     expect(r.tables.map((t) => t.table)).toEqual(['farm.churn']); // the parent was analyzed by the previous run
     expect(r.tables[0]).toMatchObject({ action: 'VACUUM ANALYZE', deadBefore: 30000, deadAfter: 0 });
-    const { rows } = await h.admin.query(`select count(*)::int as n from pg_stats where schemaname = 'farm' and tablename = 'reading' and inherited`);
+    const { rows } = await h.admin.query(
+      `select count(*)::int as n from pg_stats where schemaname = 'farm' and tablename = 'reading' and inherited`,
+    );
     expect(rows[0].n).toBeGreaterThan(0);
     const again = await run({});
     expect(again.tables).toEqual([]);
@@ -92,7 +120,16 @@ describe('vacuum-analyze', () => {
     } finally {
       c.release();
     }
-    await waitUntil(async () => (await h.admin.query(`select count(*)::int as n from pg_stat_user_tables where relname like 'slow_%' and n_dead_tup > 10000`)).rows[0].n === 3, 15_000, 'dead tuples of the slow tables');
+    await waitUntil(
+      async () =>
+        (
+          await h.admin.query(
+            `select count(*)::int as n from pg_stat_user_tables where relname like 'slow_%' and n_dead_tup > 10000`,
+          )
+        ).rows[0].n === 3,
+      15_000,
+      'dead tuples of the slow tables',
+    );
     // Throttled to a crawl, the first table cannot finish in 2 s.
     const t0 = Date.now();
     const r = await run({ budgetSeconds: 2, costDelayMs: 100, costLimit: 1 });

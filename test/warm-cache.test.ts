@@ -23,10 +23,24 @@ beforeAll(async () => {
       redisUrlEnv: 'CACHE_REDIS_URL',
       keyPrefix: prefix,
       queries: [
-        { key: 'herd:summary', sql: 'select status, count(*)::int as n from farm.animal group by status order by status', ttlSeconds: 3600 },
+        {
+          key: 'herd:summary',
+          sql: 'select status, count(*)::int as n from farm.animal group by status order by status',
+          ttlSeconds: 3600,
+        },
         { key: 'herd:broken', sql: 'select * from farm.no_such_table', ttlSeconds: 60 },
-        { key: 'animal:{id}', sql: 'select id, tag, status from farm.animal where id <= $1', params: [5], ttlSeconds: 120, perRow: true },
-        { key: 'herd:write-attempt', sql: "insert into farm.animal values (999, 'x', 'active') returning id", ttlSeconds: 60 },
+        {
+          key: 'animal:{id}',
+          sql: 'select id, tag, status from farm.animal where id <= $1',
+          params: [5],
+          ttlSeconds: 120,
+          perRow: true,
+        },
+        {
+          key: 'herd:write-attempt',
+          sql: "insert into farm.animal values (999, 'x', 'active') returning id",
+          ttlSeconds: 60,
+        },
       ],
     },
   });
@@ -46,15 +60,28 @@ describe('warm-cache', () => {
     const { job } = await rt.queues.enqueue('warm-cache', {});
     const { state, job: done } = await waitForFinished(rt.queues.get('warm-cache'), job.id!);
     expect(state).toBe('completed');
-    const r = done.returnvalue as { keysWritten: number; bytes: number; failed: { key: string; error: string }[]; written: { key: string }[]; cacheHitRatio: number | null };
+    const r = done.returnvalue as {
+      keysWritten: number;
+      bytes: number;
+      failed: { key: string; error: string }[];
+      written: { key: string }[];
+      cacheHitRatio: number | null;
+    };
     expect(r.keysWritten).toBe(6); // the summary and five animals
     expect(r.bytes).toBeGreaterThan(0);
     expect(r.failed).toEqual([
-      { key: 'herd:broken', error: expect.stringMatching(/relation "farm.no_such_table" does not exist \(SQLSTATE 42P01\)/) },
+      {
+        key: 'herd:broken',
+        error: expect.stringMatching(/relation "farm.no_such_table" does not exist \(SQLSTATE 42P01\)/),
+      },
       { key: 'herd:write-attempt', error: expect.stringMatching(/read-only transaction \(SQLSTATE 25006\)/) },
     ]);
     const summary = JSON.parse((await cache.get(`${prefix}herd:summary`))!);
-    expect(summary.rows).toEqual([{ status: 'active', n: 10 }, { status: 'dry', n: 10 }, { status: 'sold', n: 10 }]);
+    expect(summary.rows).toEqual([
+      { status: 'active', n: 10 },
+      { status: 'dry', n: 10 },
+      { status: 'sold', n: 10 },
+    ]);
     const ttl = await cache.ttl(`${prefix}herd:summary`);
     expect(ttl).toBeGreaterThan(3500);
     expect(ttl).toBeLessThanOrEqual(3600);
@@ -70,7 +97,14 @@ describe('warm-cache', () => {
   it('refuses keys that are not declared when the job is asked for, naming them', async () => {
     const waiting = await rt.queues.get('warm-cache').getWaitingCount();
     await expect(rt.queues.enqueue('warm-cache', { keys: ['herd:summary', 'nope'] })).rejects.toMatchObject({
-      issues: [{ path: 'keys.1', message: expect.stringMatching(/^"nope" is not declared in cache.queries for target main \(known: .*herd:summary/) }],
+      issues: [
+        {
+          path: 'keys.1',
+          message: expect.stringMatching(
+            /^"nope" is not declared in cache.queries for target main \(known: .*herd:summary/,
+          ),
+        },
+      ],
     });
     expect(await rt.queues.get('warm-cache').getWaitingCount()).toBe(waiting);
   });

@@ -22,7 +22,10 @@ const finished = (queue: string, id: string) => waitForFinished(rt.queues.get(qu
 
 async function historyOf(id: string, queue: string) {
   await rt.history.flush(); // rows are written in batches; read what this process recorded
-  const { rows } = await h.admin.query(`select attempt, outcome, error from pgmaint.run_history where queue = $1 and job_id = $2 order by id`, [queue, id]);
+  const { rows } = await h.admin.query(
+    `select attempt, outcome, error from pgmaint.run_history where queue = $1 and job_id = $2 order by id`,
+    [queue, id],
+  );
   return rows as { attempt: number; outcome: string; error: string | null }[];
 }
 
@@ -33,7 +36,9 @@ describe('worker runtime against real PostgreSQL', () => {
     expect(state).toBe('failed');
     expect(done.attemptsMade).toBe(1);
     expect(done.failedReason).toMatch(/relation "no_such_table" does not exist \(SQLSTATE 42P01\)/);
-    expect(await historyOf(job.id!, 'sql-probe')).toEqual([{ attempt: 1, outcome: 'failed', error: expect.stringContaining('42P01') }]);
+    expect(await historyOf(job.id!, 'sql-probe')).toEqual([
+      { attempt: 1, outcome: 'failed', error: expect.stringContaining('42P01') },
+    ]);
   });
 
   it('fails a syntax error at once', async () => {
@@ -49,7 +54,11 @@ describe('worker runtime against real PostgreSQL', () => {
     await holder.query('begin');
     await holder.query('lock table probe_lock in access exclusive mode');
     const { job } = await rt.queues.enqueue('sql-probe', { scenario: 'lock-table' });
-    await waitUntil(async () => (await historyOf(job.id!, 'sql-probe')).some((r) => r.outcome === 'retrying'), 20_000, 'a retrying attempt');
+    await waitUntil(
+      async () => (await historyOf(job.id!, 'sql-probe')).some((r) => r.outcome === 'retrying'),
+      20_000,
+      'a retrying attempt',
+    );
     await holder.query('rollback');
     holder.release();
     const { state, job: done } = await finished('sql-probe', job.id!);
@@ -66,17 +75,29 @@ describe('worker runtime against real PostgreSQL', () => {
     expect(state).toBe('failed');
     expect(done.attemptsMade).toBe(1); // a timeout is not retried
     expect(done.failedReason).toMatch(/timed out after 2s/);
-    expect(await historyOf(job.id!, 'slow-child')).toEqual([{ attempt: 1, outcome: 'timed_out', error: expect.stringMatching(/timed out/) }]);
+    expect(await historyOf(job.id!, 'slow-child')).toEqual([
+      { attempt: 1, outcome: 'timed_out', error: expect.stringMatching(/timed out/) },
+    ]);
     // psql was killed, so its backend goes away too.
-    await waitUntil(async () => {
-      const { rows } = await h.admin.query(`select count(*)::int as n from pg_stat_activity where query like '%pgmaint-slow-child ${job.id}%' and pid <> pg_backend_pid()`);
-      return rows[0].n === 0;
-    }, 10_000, 'the sleeping backend to end');
+    await waitUntil(
+      async () => {
+        const { rows } = await h.admin.query(
+          `select count(*)::int as n from pg_stat_activity where query like '%pgmaint-slow-child ${job.id}%' and pid <> pg_backend_pid()`,
+        );
+        return rows[0].n === 0;
+      },
+      10_000,
+      'the sleeping backend to end',
+    );
   });
 
   it('rejects a payload that was written to Redis behind the API, without retry', async () => {
     const raw = new Queue('sql-probe', { connection: rt.queues.connection, prefix: rt.config.redis.prefix });
-    const job = await raw.add('sql-probe', { payload: { target: 'main', scenario: 'drop everything' }, trigger: 'ad-hoc' } as never, { attempts: 3 });
+    const job = await raw.add(
+      'sql-probe',
+      { payload: { target: 'main', scenario: 'drop everything' }, trigger: 'ad-hoc' } as never,
+      { attempts: 3 },
+    );
     const { state, job: done } = await finished('sql-probe', job.id!);
     expect(state).toBe('failed');
     expect(done.attemptsMade).toBe(1);

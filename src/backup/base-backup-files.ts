@@ -22,7 +22,12 @@ function decompressFlag(ext: string | undefined): string[] {
  * unpacked (base.tar into dest, pg_wal.tar into dest/pg_wal), plain format copied.
  * Files end up owned by `owner` (the server's OS user) when one is given.
  */
-export async function materializeDataDir(backupData: string, format: 'tar' | 'plain', dest: string, opts: { signal?: AbortSignal; owner?: OsOwner } = {}): Promise<void> {
+export async function materializeDataDir(
+  backupData: string,
+  format: 'tar' | 'plain',
+  dest: string,
+  opts: { signal?: AbortSignal; owner?: OsOwner } = {},
+): Promise<void> {
   await fs.mkdir(dest, { recursive: true, mode: 0o700 });
   if (format === 'plain') {
     await runProcess('cp', ['-a', `${backupData}/.`, dest], { signal: opts.signal });
@@ -31,19 +36,29 @@ export async function materializeDataDir(backupData: string, format: 'tar' | 'pl
     const tars = names.map((n) => [n, TAR_NAME.exec(n)] as const).filter(([, m]) => m);
     const tablespaces = tars.filter(([, m]) => /^\d+$/.test(m![1]!));
     if (tablespaces.length) {
-      throw new PermanentJobError(`base backup ${backupData} holds tablespaces (${tablespaces.map(([n]) => n).join(', ')}); restoring extra tablespaces from tar format is not supported — use format "plain"`, 'UNSUPPORTED');
+      throw new PermanentJobError(
+        `base backup ${backupData} holds tablespaces (${tablespaces.map(([n]) => n).join(', ')}); restoring extra tablespaces from tar format is not supported — use format "plain"`,
+        'UNSUPPORTED',
+      );
     }
     const base = tars.find(([, m]) => m![1] === 'base');
     if (!base) throw new Error(`base backup ${backupData} has no base.tar`);
-    await runProcess('tar', ['-x', ...decompressFlag(base[1]![2]), '-f', path.join(backupData, base[0]), '-C', dest], { signal: opts.signal });
+    await runProcess('tar', ['-x', ...decompressFlag(base[1]![2]), '-f', path.join(backupData, base[0]), '-C', dest], {
+      signal: opts.signal,
+    });
     const wal = tars.find(([, m]) => m![1] === 'pg_wal');
     if (wal) {
       await fs.mkdir(path.join(dest, 'pg_wal'), { recursive: true });
-      await runProcess('tar', ['-x', ...decompressFlag(wal[1]![2]), '-f', path.join(backupData, wal[0]), '-C', path.join(dest, 'pg_wal')], { signal: opts.signal });
+      await runProcess(
+        'tar',
+        ['-x', ...decompressFlag(wal[1]![2]), '-f', path.join(backupData, wal[0]), '-C', path.join(dest, 'pg_wal')],
+        { signal: opts.signal },
+      );
     }
   }
   await fs.chmod(dest, 0o700);
-  if (opts.owner) await runProcess('chown', ['-R', `${opts.owner.uid}:${opts.owner.gid}`, dest], { signal: opts.signal });
+  if (opts.owner)
+    await runProcess('chown', ['-R', `${opts.owner.uid}:${opts.owner.gid}`, dest], { signal: opts.signal });
 }
 
 /**
@@ -56,7 +71,13 @@ export async function verifyDataDir(dataDir: string, manifestPath: string, signa
     await runProcess(binPath('pg_verifybackup'), ['--quiet', '--manifest-path', manifestPath, dataDir], { signal });
   } catch (err) {
     const stderr = (err as { stderr?: string }).stderr ?? (err as Error).message;
-    const problems = stderr.split('\n').filter((l) => /error/i.test(l)).slice(0, 5);
-    throw new Error(`pg_verifybackup: the base backup does not match its manifest: ${problems.join(' | ') || (err as Error).message}`, { cause: err });
+    const problems = stderr
+      .split('\n')
+      .filter((l) => /error/i.test(l))
+      .slice(0, 5);
+    throw new Error(
+      `pg_verifybackup: the base backup does not match its manifest: ${problems.join(' | ') || (err as Error).message}`,
+      { cause: err },
+    );
   }
 }

@@ -16,7 +16,12 @@ export async function ensureWritableDir(dir: string): Promise<void> {
 }
 
 /** Runs `fn` holding the lock `key`; when another run holds it, logs and returns a skip. */
-export async function runAlone<T>(ctx: JobContext, key: string, what: string, fn: () => Promise<T>): Promise<T | { skipped: string }> {
+export async function runAlone<T>(
+  ctx: JobContext,
+  key: string,
+  what: string,
+  fn: () => Promise<T>,
+): Promise<T | { skipped: string }> {
   const client = await ctx.pool.connect();
   try {
     const { rows } = await client.query<{ ok: boolean }>('select pg_try_advisory_lock(hashtext($1)) as ok', [key]);

@@ -13,7 +13,8 @@ import { binPath, runProcess } from '../core/proc.ts';
 const PREFIX = 'pgmaint-drill-';
 
 /** Settings of the live cluster's config files that would point the scratch instance at live paths. */
-const LIVE_PATH_SETTINGS = /^\s*(data_directory|hba_file|ident_file|external_pid_file|include_dir|include_if_exists|include)\b/;
+const LIVE_PATH_SETTINGS =
+  /^\s*(data_directory|hba_file|ident_file|external_pid_file|include_dir|include_if_exists|include)\b/;
 
 export const confString = (s: string) => `'${s.replace(/'/g, "''")}'`;
 
@@ -43,7 +44,9 @@ export async function removeAbandonedScratch(root: string, onRemoved: (dir: stri
     const pid = Number(await fs.readFile(path.join(dir, 'worker.pid'), 'utf8').catch(() => '0'));
     if (pid && pid !== process.pid && alive(pid)) continue;
     const owner = postgresUser();
-    await runProcess(binPath('pg_ctl'), ['-D', path.join(dir, 'data'), '-m', 'immediate', '-w', 'stop'], { ...owner }).catch(() => undefined);
+    await runProcess(binPath('pg_ctl'), ['-D', path.join(dir, 'data'), '-m', 'immediate', '-w', 'stop'], {
+      ...owner,
+    }).catch(() => undefined);
     await fs.rm(dir, { recursive: true, force: true });
     await onRemoved(dir);
   }
@@ -105,10 +108,16 @@ export async function createScratchInstance(root = os.tmpdir()): Promise<Scratch
       // off); the caller watches replay and promotion itself.
       inst.started = true;
       try {
-        await runProcess(binPath('pg_ctl'), ['-D', dataDir, '-l', logFile, '-w', '-t', '300', 'start'], { ...asOwner, signal, cwd: '/' });
+        await runProcess(binPath('pg_ctl'), ['-D', dataDir, '-l', logFile, '-w', '-t', '300', 'start'], {
+          ...asOwner,
+          signal,
+          cwd: '/',
+        });
       } catch (err) {
         const tail = (await inst.log()).trim().split('\n').slice(-5).join(' | ');
-        throw new Error(`the scratch instance did not start: ${(err as Error).message}. Server log: ${tail}`, { cause: err });
+        throw new Error(`the scratch instance did not start: ${(err as Error).message}. Server log: ${tail}`, {
+          cause: err,
+        });
       }
     },
     log: () => fs.readFile(logFile, 'utf8').catch(() => ''),
@@ -127,7 +136,10 @@ export async function createScratchInstance(root = os.tmpdir()): Promise<Scratch
     },
     async destroy() {
       if (inst.started) {
-        await runProcess(binPath('pg_ctl'), ['-D', dataDir, '-m', 'immediate', '-w', '-t', '60', 'stop'], { ...asOwner, cwd: '/' }).catch(() => undefined);
+        await runProcess(binPath('pg_ctl'), ['-D', dataDir, '-m', 'immediate', '-w', '-t', '60', 'stop'], {
+          ...asOwner,
+          cwd: '/',
+        }).catch(() => undefined);
         // pg_ctl stop can fail while the postmaster is still starting; make sure.
         for (let i = 0; i < 20 && (await inst.running()); i++) await sleep(250);
       }

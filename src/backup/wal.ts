@@ -95,12 +95,24 @@ export function firstGap(listing: ArchiveListing, from: bigint, timeline: number
 }
 
 /** Waits until `segment` is in the archive directory; throws after `timeoutMs`. */
-export async function waitForArchived(dir: string, segment: string, timeoutMs: number, signal?: AbortSignal): Promise<number> {
+export async function waitForArchived(
+  dir: string,
+  segment: string,
+  timeoutMs: number,
+  signal?: AbortSignal,
+): Promise<number> {
   const started = Date.now();
   for (;;) {
     signal?.throwIfAborted();
-    if (await fs.stat(path.join(dir, segment)).then(() => true, () => false)) return Date.now() - started;
-    if (Date.now() - started > timeoutMs) throw new Error(`segment ${segment} not in the archive after ${Math.round(timeoutMs / 1000)} s`);
+    if (
+      await fs.stat(path.join(dir, segment)).then(
+        () => true,
+        () => false,
+      )
+    )
+      return Date.now() - started;
+    if (Date.now() - started > timeoutMs)
+      throw new Error(`segment ${segment} not in the archive after ${Math.round(timeoutMs / 1000)} s`);
     await new Promise((r) => setTimeout(r, 100));
   }
 }

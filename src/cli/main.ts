@@ -8,7 +8,7 @@ import { ServiceUnavailableError, UsageError } from '../core/errors.ts';
 import { redact } from '../core/redact.ts';
 import { PayloadError } from '../runner/registry.ts';
 import { runMonitorProcess, runServerProcess, runWorkerProcess } from './roles.ts';
-import { Runtime } from '../runner/runtime.ts';
+import type { Runtime } from '../runner/runtime.ts';
 import { createRuntime } from '../pgmaint.ts';
 
 const USAGE = `pgmaint — maintenance job runner for PostgreSQL
@@ -30,7 +30,7 @@ Configuration comes from the environment (DATABASE_URL, REDIS_URL, BACKUP_DIR, �
 and the optional PGMAINT_CONFIG file; see README.md.`;
 
 function print(obj: unknown): void {
-  process.stdout.write(JSON.stringify(obj, null, 2) + '\n');
+  process.stdout.write(`${JSON.stringify(obj, null, 2)}\n`);
 }
 
 async function withRuntime<T>(fn: (rt: Runtime) => Promise<T>): Promise<T> {
@@ -44,10 +44,21 @@ async function withRuntime<T>(fn: (rt: Runtime) => Promise<T>): Promise<T> {
 }
 
 async function enqueue(args: string[]): Promise<number> {
-  const { values, positionals } = parseFlags('enqueue', args, { data: { type: 'string' }, wait: { type: 'boolean' } }, true);
+  const { values, positionals } = parseFlags(
+    'enqueue',
+    args,
+    { data: { type: 'string' }, wait: { type: 'boolean' } },
+    true,
+  );
   const name = positionals[0];
   if (!name) throw new UsageError('enqueue: a job name is required (pgmaint jobs lists them)');
-  if (positionals.length > 1) throw new UsageError(`enqueue: one job at a time; unexpected ${positionals.slice(1).map((p) => `"${p}"`).join(' ')} (payload fields go in --data '{…}')`);
+  if (positionals.length > 1)
+    throw new UsageError(
+      `enqueue: one job at a time; unexpected ${positionals
+        .slice(1)
+        .map((p) => `"${p}"`)
+        .join(' ')} (payload fields go in --data '{…}')`,
+    );
   let data: unknown = {};
   if (values.data) {
     try {
@@ -57,10 +68,16 @@ async function enqueue(args: string[]): Promise<number> {
     }
   }
   return withRuntime(async (rt) => {
-    if (!rt.registry.get(name)) throw new UsageError(`enqueue: unknown job "${name}" (known: ${rt.registry.names().join(', ')})`);
+    if (!rt.registry.get(name))
+      throw new UsageError(`enqueue: unknown job "${name}" (known: ${rt.registry.names().join(', ')})`);
     const queue = rt.queues.get(name);
     // Listen before enqueueing so no progress event is missed.
-    const events = values.wait ? new QueueEvents(name, { connection: rt.connections.redis('pgmaint-cli-events'), prefix: rt.config.redis.prefix }) : undefined;
+    const events = values.wait
+      ? new QueueEvents(name, {
+          connection: rt.connections.redis('pgmaint-cli-events'),
+          prefix: rt.config.redis.prefix,
+        })
+      : undefined;
     events?.on('error', () => undefined);
     try {
       if (events) await events.waitUntilReady();
@@ -79,7 +96,12 @@ async function enqueue(args: string[]): Promise<number> {
         return 0;
       } catch (err) {
         const failed = await queue.getJob(job.id!);
-        print({ id: job.id, state: 'failed', failedReason: failed?.failedReason ?? (err as Error).message, attemptsMade: failed?.attemptsMade });
+        print({
+          id: job.id,
+          state: 'failed',
+          failedReason: failed?.failedReason ?? (err as Error).message,
+          attemptsMade: failed?.attemptsMade,
+        });
         return 1;
       }
     } finally {
@@ -103,11 +125,14 @@ async function seed(args: string[]): Promise<void> {
   const { seedDairy } = await import('../dev/dairy.ts');
   const t0 = Date.now();
   const counts = await seedDairy(url, scale, { log: (m) => process.stderr.write(`${m}\n`) });
-  process.stdout.write(JSON.stringify({ scale, seconds: (Date.now() - t0) / 1000, rows: counts }, null, 2) + '\n');
+  process.stdout.write(`${JSON.stringify({ scale, seconds: (Date.now() - t0) / 1000, rows: counts }, null, 2)}\n`);
 }
 
 async function demo(args: string[]): Promise<void> {
-  const { values } = parseFlags('demo', args, { dir: { type: 'string' }, scale: { type: 'string', default: 'default' } });
+  const { values } = parseFlags('demo', args, {
+    dir: { type: 'string' },
+    scale: { type: 'string', default: 'default' },
+  });
   const { startDemoStack } = await import('../dev/demo.ts');
   const dir = path.resolve(values.dir ?? '.pgmaint-demo');
   const stack = await startDemoStack(dir, await scaleArg(values.scale!));
@@ -136,7 +161,12 @@ export async function main(argv: string[]): Promise<void> {
         return;
       case 'worker': {
         const { values } = parseFlags('worker', rest, { queues: { type: 'string' } });
-        await runWorkerProcess({ only: values.queues?.split(',').map((s) => s.trim()).filter(Boolean) });
+        await runWorkerProcess({
+          only: values.queues
+            ?.split(',')
+            .map((s) => s.trim())
+            .filter(Boolean),
+        });
         return;
       }
       case 'enqueue':
@@ -149,9 +179,11 @@ export async function main(argv: string[]): Promise<void> {
       case 'history': {
         const { values } = parseFlags('history', rest, { job: { type: 'string' }, limit: { type: 'string' } });
         const limit = values.limit ?? '20';
-        if (!/^\d{1,4}$/.test(limit) || Number(limit) < 1 || Number(limit) > 1000) throw new UsageError(`--limit: must be a whole number from 1 to 1000 (got "${limit}")`);
+        if (!/^\d{1,4}$/.test(limit) || Number(limit) < 1 || Number(limit) > 1000)
+          throw new UsageError(`--limit: must be a whole number from 1 to 1000 (got "${limit}")`);
         await withRuntime(async (rt) => {
-          if (values.job !== undefined && !rt.registry.get(values.job)) throw new UsageError(`--job: unknown job "${values.job}" (known: ${rt.registry.names().join(', ')})`);
+          if (values.job !== undefined && !rt.registry.get(values.job))
+            throw new UsageError(`--job: unknown job "${values.job}" (known: ${rt.registry.names().join(', ')})`);
           print(await rt.history.list({ job: values.job, limit: Number(limit) }));
         });
         return;
@@ -172,14 +204,17 @@ export async function main(argv: string[]): Promise<void> {
       case 'help':
       case '--help':
       case '-h':
-        process.stdout.write(USAGE + '\n');
+        process.stdout.write(`${USAGE}\n`);
         return;
       default:
-        throw new UsageError(`unknown command "${command}" (commands: server, worker, monitor, enqueue, schedules, history, demo, seed, jobs; pgmaint help shows usage)`);
+        throw new UsageError(
+          `unknown command "${command}" (commands: server, worker, monitor, enqueue, schedules, history, demo, seed, jobs; pgmaint help shows usage)`,
+        );
     }
   } catch (err) {
     process.stderr.write(`pgmaint: ${oneLine(err)}\n`);
-    if (process.env.LOG_LEVEL === 'debug' || process.env.LOG_LEVEL === 'trace') process.stderr.write(`${(err as Error).stack ?? ''}\n`);
+    if (process.env.LOG_LEVEL === 'debug' || process.env.LOG_LEVEL === 'trace')
+      process.stderr.write(`${(err as Error).stack ?? ''}\n`);
     process.exit(exitCode(err));
   }
 }
@@ -207,10 +242,14 @@ function parseFlags<T extends FlagSpec>(command: string, args: string[], options
     const flag = /'(-{1,2}[^']+)'/.exec(message)?.[1];
     const known = Object.keys(options).map((o) => `--${o}`);
     if ((err as { code?: string }).code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' && flag) {
-      const hint = command === 'enqueue' ? `; payload fields go in --data, e.g. --data '{"${flag.replace(/^-+/, '').split('=')[0]}": …}'` : '';
+      const hint =
+        command === 'enqueue'
+          ? `; payload fields go in --data, e.g. --data '{"${flag.replace(/^-+/, '').split('=')[0]}": …}'`
+          : '';
       throw new UsageError(`${command}: unknown option ${flag} (known: ${known.join(', ') || 'none'})${hint}`);
     }
-    if ((err as { code?: string }).code === 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL') throw new UsageError(`${command}: takes no arguments (${message.replace(/\. To specify.*$/, '')})`);
+    if ((err as { code?: string }).code === 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL')
+      throw new UsageError(`${command}: takes no arguments (${message.replace(/\. To specify.*$/, '')})`);
     throw new UsageError(`${command}: ${message}`);
   }
 }

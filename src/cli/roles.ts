@@ -3,7 +3,7 @@
 // then close the HTTP server, queues and pools in reverse order of start-up.
 import { UsageError } from '../core/errors.ts';
 import { startMonitor, startServer } from '../http/server.ts';
-import { Runtime } from '../runner/runtime.ts';
+import type { Runtime } from '../runner/runtime.ts';
 import { WorkerRuntime } from '../runner/worker.ts';
 import { createRuntime } from '../pgmaint.ts';
 
@@ -50,7 +50,9 @@ export async function runWorkerProcess(opts: { only?: string[] } = {}): Promise<
   const rt = createRuntime();
   const unknown = (opts.only ?? []).filter((q) => !rt.registry.get(q));
   if (unknown.length || opts.only?.length === 0) {
-    throw new UsageError(`--queues: ${unknown.length ? `unknown job ${unknown.map((q) => `"${q}"`).join(', ')}` : 'is empty'} (known: ${rt.registry.names().join(', ')})`);
+    throw new UsageError(
+      `--queues: ${unknown.length ? `unknown job ${unknown.map((q) => `"${q}"`).join(', ')}` : 'is empty'} (known: ${rt.registry.names().join(', ')})`,
+    );
   }
   onSignals(rt);
   await rt.waitForServices();

@@ -14,7 +14,9 @@ export class ConfigError extends Error {
 
 export const TARGET_NAME = /^[a-z][a-z0-9_-]{0,62}$/;
 
-const required = { error: (iss: { input: unknown }) => (iss.input === undefined ? 'is required (not set)' : 'must be a string') };
+const required = {
+  error: (iss: { input: unknown }) => (iss.input === undefined ? 'is required (not set)' : 'must be a string'),
+};
 
 /** True when `v` parses as a URL with one of these schemes. */
 function hasProtocol(v: string, schemes: string[]): boolean {
@@ -69,7 +71,10 @@ const targetSchema = z
     /** Connection URL; prefer urlEnv so the secret stays out of the file. */
     url: postgresUrl.optional(),
     /** Name of an environment variable that holds the connection URL. */
-    urlEnv: z.string().regex(/^[A-Z_][A-Z0-9_]*$/, 'must be an environment variable name').optional(),
+    urlEnv: z
+      .string()
+      .regex(/^[A-Z_][A-Z0-9_]*$/, 'must be an environment variable name')
+      .optional(),
     /** Pool size for jobs on this target. */
     poolSize: z.number().int().min(1).max(50).default(4),
     /** Where this target's cluster archives its WAL (archive_command's destination, readable here). */
@@ -119,7 +124,11 @@ const warmQuerySchema = z
     /** A read-only query; $1… take `params`. */
     sql: z.string().min(1),
     params: z.array(z.union([z.string(), z.number(), z.boolean(), z.null()])).default([]),
-    ttlSeconds: z.number().int().min(1).max(30 * 86_400),
+    ttlSeconds: z
+      .number()
+      .int()
+      .min(1)
+      .max(30 * 86_400),
     target: z.string().default('main'),
     /** One key a row (the key template names the row's columns) instead of one key for all rows. */
     perRow: z.boolean().default(false),
@@ -129,24 +138,50 @@ const warmQuerySchema = z
 const cacheSchema = z
   .object({
     /** Environment variable with the cache Redis URL (another instance or database number); default REDIS_URL. */
-    redisUrlEnv: z.string().regex(/^[A-Z_][A-Z0-9_]*$/, 'must be an environment variable name').optional(),
+    redisUrlEnv: z
+      .string()
+      .regex(/^[A-Z_][A-Z0-9_]*$/, 'must be an environment variable name')
+      .optional(),
     keyPrefix: z.string().max(100).default('pgmaint:cache:'),
     queries: z.array(warmQuerySchema).default([]),
   })
   .strict();
 
-export const ALERT_RULES = ['job-failed', 'deadman', 'no-worker', 'overrun', 'backup-age', 'archive-lag', 'partition-runway', 'default-rows', 'retention-orphan', 'health-read'] as const;
+export const ALERT_RULES = [
+  'job-failed',
+  'deadman',
+  'no-worker',
+  'overrun',
+  'backup-age',
+  'archive-lag',
+  'partition-runway',
+  'default-rows',
+  'retention-orphan',
+  'health-read',
+] as const;
 
 const alertsSchema = z
   .object({
     /** How often the monitor judges the health snapshot. */
     intervalMs: z.number().int().min(1000).default(60_000),
     /** Dead-man switch: a schedule's success may be this late past its run plus maximum run time. */
-    deadmanGraceMs: z.number().int().min(0).default(30 * 60_000),
+    deadmanGraceMs: z
+      .number()
+      .int()
+      .min(0)
+      .default(30 * 60_000),
     /** A queue that needs a worker may go this long without one. */
-    noWorkerForMs: z.number().int().min(0).default(2 * 60_000),
+    noWorkerForMs: z
+      .number()
+      .int()
+      .min(0)
+      .default(2 * 60_000),
     /** An active job may run this long past its maximum run time before it counts as stuck. */
-    overrunGraceMs: z.number().int().min(0).default(5 * 60_000),
+    overrunGraceMs: z
+      .number()
+      .int()
+      .min(0)
+      .default(5 * 60_000),
     maxDumpAgeHours: z.number().positive().default(26),
     maxBaseBackupAgeHours: z.number().positive().default(26),
     /** DOMAIN.md: RPO under 15 minutes. */
@@ -159,7 +194,9 @@ const alertsSchema = z
 
 const fileSchema = z
   .object({
-    targets: z.record(z.string().regex(TARGET_NAME, 'target names are lower-case letters, digits, _ and -'), targetSchema).default({}),
+    targets: z
+      .record(z.string().regex(TARGET_NAME, 'target names are lower-case letters, digits, _ and -'), targetSchema)
+      .default({}),
     redis: z
       .object({
         /** Key prefix; hash-tagged by default so every queue key lands in one Cluster slot. */
@@ -189,12 +226,22 @@ const fileSchema = z
         keepFailed: z.number().int().min(0).default(2000),
       })
       .strict()
-      .default({ stalledIntervalMs: 30_000, lockDurationMs: 30_000, shutdownTimeoutMs: 30_000, keepCompleted: 500, keepFailed: 2000 }),
+      .default({
+        stalledIntervalMs: 30_000,
+        lockDurationMs: 30_000,
+        shutdownTimeoutMs: 30_000,
+        keepCompleted: 500,
+        keepFailed: 2000,
+      }),
     scheduler: z
       .object({
         watchdogIntervalMs: z.number().int().min(1000).default(60_000),
         /** A scheduled run this late counts as missed (catchUp decides whether it still runs). */
-        lateToleranceMs: z.number().int().min(0).default(5 * 60_000),
+        lateToleranceMs: z
+          .number()
+          .int()
+          .min(0)
+          .default(5 * 60_000),
         disabled: z.array(z.string()).default([]),
         timezone: z.string().default('Asia/Dhaka'),
       })
@@ -271,7 +318,9 @@ function readConfigFile(file: string): unknown {
   try {
     return /\.json$/i.test(file) ? JSON.parse(text) : YAML.parse(text);
   } catch (err) {
-    throw new ConfigError(`PGMAINT_CONFIG: ${file} is not valid ${/\.json$/i.test(file) ? 'JSON' : 'YAML'}: ${(err as Error).message}`);
+    throw new ConfigError(
+      `PGMAINT_CONFIG: ${file} is not valid ${/\.json$/i.test(file) ? 'JSON' : 'YAML'}: ${(err as Error).message}`,
+    );
   }
 }
 
@@ -291,31 +340,52 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
 
   const targets = new Map<string, TargetConfig>();
   const walArchive = (dir: string | undefined) => (dir ? path.resolve(dir) : undefined);
-  targets.set('main', { name: 'main', url: e.DATABASE_URL, urlSource: 'DATABASE_URL', poolSize: 4, walArchiveDir: walArchive(e.WAL_ARCHIVE_DIR) });
+  targets.set('main', {
+    name: 'main',
+    url: e.DATABASE_URL,
+    urlSource: 'DATABASE_URL',
+    poolSize: 4,
+    walArchiveDir: walArchive(e.WAL_ARCHIVE_DIR),
+  });
   for (const [name, t] of Object.entries(f.targets)) {
     let url = t.url;
     if (t.urlEnv) {
       url = env[t.urlEnv];
       const check = postgresUrl.safeParse(url);
-      if (!check.success) throw new ConfigError(`${t.urlEnv} (targets.${name}.urlEnv): ${url ? check.error.issues[0]?.message : 'is not set'}`);
+      if (!check.success)
+        throw new ConfigError(
+          `${t.urlEnv} (targets.${name}.urlEnv): ${url ? check.error.issues[0]?.message : 'is not set'}`,
+        );
     }
     if (name === 'main' && url !== e.DATABASE_URL) {
       throw new ConfigError('targets.main: target "main" is DATABASE_URL; do not redefine it in the config file');
     }
-    targets.set(name, { name, url: url!, urlSource: t.urlEnv ?? `targets.${name}.url`, poolSize: t.poolSize, walArchiveDir: walArchive(t.walArchiveDir) });
+    targets.set(name, {
+      name,
+      url: url!,
+      urlSource: t.urlEnv ?? `targets.${name}.url`,
+      poolSize: t.poolSize,
+      walArchiveDir: walArchive(t.walArchiveDir),
+    });
   }
   f.partitions.forEach((p, i) => {
     if (!targets.has(p.target)) throw new ConfigError(`partitions.${i}.target: unknown target "${p.target}"`);
   });
   const seenPolicies = new Set(f.partitions.map((p) => `${p.target}/${p.table}`));
-  if (seenPolicies.size !== f.partitions.length) throw new ConfigError('partitions: a table has two policies on the same target');
+  if (seenPolicies.size !== f.partitions.length)
+    throw new ConfigError('partitions: a table has two policies on the same target');
   if (!targets.has(f.history.target)) throw new ConfigError(`history.target: unknown target "${f.history.target}"`);
-  if (!IANAZone.isValidZone(f.scheduler.timezone)) throw new ConfigError(`scheduler.timezone: "${f.scheduler.timezone}" is not an IANA time zone`);
-  if (f.redis.sentinels && !f.redis.sentinelName) throw new ConfigError('redis.sentinelName: required with redis.sentinels');
+  if (!IANAZone.isValidZone(f.scheduler.timezone))
+    throw new ConfigError(`scheduler.timezone: "${f.scheduler.timezone}" is not an IANA time zone`);
+  if (f.redis.sentinels && !f.redis.sentinelName)
+    throw new ConfigError('redis.sentinelName: required with redis.sentinels');
   let cacheRedisUrl = e.REDIS_URL;
   if (f.cache.redisUrlEnv) {
     const check = redisUrl.safeParse(env[f.cache.redisUrlEnv]);
-    if (!check.success) throw new ConfigError(`${f.cache.redisUrlEnv} (cache.redisUrlEnv): ${env[f.cache.redisUrlEnv] ? check.error.issues[0]?.message : 'is not set'}`);
+    if (!check.success)
+      throw new ConfigError(
+        `${f.cache.redisUrlEnv} (cache.redisUrlEnv): ${env[f.cache.redisUrlEnv] ? check.error.issues[0]?.message : 'is not set'}`,
+      );
     cacheRedisUrl = check.data;
   }
   const keys = new Set<string>();

@@ -26,8 +26,25 @@ const FIELDS = [
 ] as const;
 
 const NAMES: Record<string, number> = {
-  jan: 1, feb: 2, mar: 3, apr: 4, may: 5, jun: 6, jul: 7, aug: 8, sep: 9, oct: 10, nov: 11, dec: 12,
-  sun: 0, mon: 1, tue: 2, wed: 3, thu: 4, fri: 5, sat: 6,
+  jan: 1,
+  feb: 2,
+  mar: 3,
+  apr: 4,
+  may: 5,
+  jun: 6,
+  jul: 7,
+  aug: 8,
+  sep: 9,
+  oct: 10,
+  nov: 11,
+  dec: 12,
+  sun: 0,
+  mon: 1,
+  tue: 2,
+  wed: 3,
+  thu: 4,
+  fri: 5,
+  sat: 6,
 };
 
 function parseField(text: string, field: (typeof FIELDS)[number]): number[] {
@@ -37,7 +54,8 @@ function parseField(text: string, field: (typeof FIELDS)[number]): number[] {
     if (!m) throw new Error(`cron ${field.name} field "${text}" is not valid`);
     const num = (s: string) => {
       const v = /^\d+$/.test(s) ? Number(s) : NAMES[s.toLowerCase()];
-      if (v === undefined || v < field.min || v > field.max) throw new Error(`cron ${field.name} value "${s}" is out of range ${field.min}-${field.max}`);
+      if (v === undefined || v < field.min || v > field.max)
+        throw new Error(`cron ${field.name} value "${s}" is out of range ${field.min}-${field.max}`);
       return v;
     };
     let lo: number, hi: number;
@@ -53,7 +71,8 @@ function parseField(text: string, field: (typeof FIELDS)[number]): number[] {
 
 export function parseCron(source: string): CronExpression {
   const parts = source.trim().split(/\s+/);
-  if (parts.length !== 5) throw new Error(`cron "${source}" must have 5 fields (minute hour day-of-month month day-of-week)`);
+  if (parts.length !== 5)
+    throw new Error(`cron "${source}" must have 5 fields (minute hour day-of-month month day-of-week)`);
   const [mi, h, dom, mon, dow] = parts.map((p, i) => parseField(p, FIELDS[i]!));
   return {
     source,

@@ -6,7 +6,11 @@ import { redact } from './redact.ts';
 /** A failure that no retry can fix: bad payload, missing relation, denied, bad SQL. */
 export class PermanentJobError extends Error {
   override name = 'PermanentJobError';
-  constructor(message: string, readonly code = 'PERMANENT', options?: { cause?: unknown }) {
+  constructor(
+    message: string,
+    readonly code = 'PERMANENT',
+    options?: { cause?: unknown },
+  ) {
     super(message, options);
   }
 }
@@ -51,7 +55,15 @@ const RETRYABLE_SQLSTATE = new Set([
 // SQLSTATE classes that a retry will never fix.
 const PERMANENT_SQLSTATE_CLASS = new Set(['22', '23', '25', '26', '28', '2B', '3D', '3F', '42', '44']);
 
-const RETRYABLE_ERRNO = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENOTFOUND', 'EAI_AGAIN']);
+const RETRYABLE_ERRNO = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ETIMEDOUT',
+  'EPIPE',
+  'EHOSTUNREACH',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+]);
 
 export function coerceError(err: unknown): Error {
   if (err instanceof Error) return err;

@@ -13,7 +13,10 @@ export async function sha256File(file: string, signal?: AbortSignal): Promise<st
 }
 
 /** A directory's checksum: sha256 of its files' "sha256  name" lines, names sorted. */
-export async function sha256Tree(dir: string, signal?: AbortSignal): Promise<{ sha256: string; bytes: number; files: number }> {
+export async function sha256Tree(
+  dir: string,
+  signal?: AbortSignal,
+): Promise<{ sha256: string; bytes: number; files: number }> {
   const names = (await fs.readdir(dir)).sort();
   const lines: string[] = [];
   let bytes = 0;
@@ -43,7 +46,7 @@ export async function publish(tmp: string, final: string): Promise<void> {
 
 export async function writeJsonAtomic(file: string, data: unknown): Promise<void> {
   const tmp = `${file}.partial`;
-  await fs.writeFile(tmp, JSON.stringify(data, null, 2) + '\n');
+  await fs.writeFile(tmp, `${JSON.stringify(data, null, 2)}\n`);
   await publish(tmp, file);
 }
 

@@ -44,6 +44,7 @@ export async function runAs(cmd: string, args: string[], ids: { uid?: number; gi
     child.on('error', reject);
     child.on('close', resolve);
   });
-  if (code !== 0) throw new Error(`${path.basename(cmd)} ${args.join(' ')} failed (${code}): ${out.trim().slice(-2000)}`);
+  if (code !== 0)
+    throw new Error(`${path.basename(cmd)} ${args.join(' ')} failed (${code}): ${out.trim().slice(-2000)}`);
   return out;
 }

@@ -10,11 +10,13 @@ export type PartitionInterval = (typeof INTERVALS)[number];
 const RETENTION = /^(\d+)\s*(hours?|days?|weeks?|months?|years?)$/;
 
 /** "24 months", "90 days": a number with a unit; a bare number is refused. */
-export const retention = z.string().regex(RETENTION, 'must be a number with a unit, e.g. "90 days" or "24 months" (a bare number is ambiguous)');
+export const retention = z
+  .string()
+  .regex(RETENTION, 'must be a number with a unit, e.g. "90 days" or "24 months" (a bare number is ambiguous)');
 
 export function parseRetention(text: string): Record<string, number> {
   const m = RETENTION.exec(text.trim())!;
-  const unit = m[2]!.replace(/s$/, '') + 's';
+  const unit = `${m[2]!.replace(/s$/, '')}s`;
   return { [unit]: Number(m[1]) };
 }
 
@@ -29,15 +31,20 @@ export const partitionPolicy = z
     /** Dump a partition (verified) before dropping it. */
     archive: z.boolean().default(true),
     /** Boundaries at local period starts of this zone (for timestamptz columns). */
-    timeZone: z.string().refine((z) => IANAZone.isValidZone(z), 'must be an IANA time zone').default('UTC'),
+    timeZone: z
+      .string()
+      .refine((z) => IANAZone.isValidZone(z), 'must be an IANA time zone')
+      .default('UTC'),
     target: z.string().default('main'),
     /** Rows in the DEFAULT partition inside a range about to be created: move them, or fail. */
     defaultRows: z.enum(['move', 'fail']).default('move'),
     /** Most partitions dropped by one run. */
     maxDropsPerRun: z.number().int().min(1).default(10),
-    lockTimeout: z.string().regex(/^\d+(ms|s)$/, 'must look like "5s" or "500ms"').default('5s'),
+    lockTimeout: z
+      .string()
+      .regex(/^\d+(ms|s)$/, 'must look like "5s" or "500ms"')
+      .default('5s'),
   })
   .strict();
 
 export type PartitionPolicy = z.output<typeof partitionPolicy>;
-

@@ -19,7 +19,11 @@ export interface RunOptions {
 
 export class ProcessError extends Error {
   override name = 'ProcessError';
-  constructor(message: string, readonly exitCode: number | null, readonly stderr: string) {
+  constructor(
+    message: string,
+    readonly exitCode: number | null,
+    readonly stderr: string,
+  ) {
     super(message);
   }
 }
@@ -29,7 +33,11 @@ export function binPath(tool: string): string {
   return `${dir}/${tool}`;
 }
 
-export async function runProcess(cmd: string, args: string[], opts: RunOptions = {}): Promise<{ stdout: string; stderr: string }> {
+export async function runProcess(
+  cmd: string,
+  args: string[],
+  opts: RunOptions = {},
+): Promise<{ stdout: string; stderr: string }> {
   opts.signal?.throwIfAborted();
   const child = spawn(cmd, args, {
     env: { ...process.env, ...opts.env },
@@ -61,7 +69,11 @@ export async function runProcess(cmd: string, args: string[], opts: RunOptions =
     if (code !== 0) {
       const tool = cmd.split('/').pop();
       const last = stderrTail.filter(Boolean).slice(-3).join(' | ');
-      throw new ProcessError(redact(`${tool} ${sig ? `killed by ${sig}` : `exited with ${code}`}${last ? `: ${last}` : ''}`), code, redact(stderr));
+      throw new ProcessError(
+        redact(`${tool} ${sig ? `killed by ${sig}` : `exited with ${code}`}${last ? `: ${last}` : ''}`),
+        code,
+        redact(stderr),
+      );
     }
     return { stdout, stderr };
   } finally {

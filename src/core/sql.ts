@@ -6,12 +6,10 @@ import { z } from 'zod';
 const IDENT = /^[A-Za-z_][A-Za-z0-9_$]{0,62}$/;
 
 /** "schema.table" with plain identifiers; anything else (quotes, semicolons) is refused. */
-export const qualifiedName = z
-  .string()
-  .refine((v) => {
-    const parts = v.split('.');
-    return parts.length === 2 && parts.every((p) => IDENT.test(p));
-  }, 'must be schema.table with plain identifiers (letters, digits, _ and $)');
+export const qualifiedName = z.string().refine((v) => {
+  const parts = v.split('.');
+  return parts.length === 2 && parts.every((p) => IDENT.test(p));
+}, 'must be schema.table with plain identifiers (letters, digits, _ and $)');
 
 export const columnName = z.string().regex(IDENT, 'must be a plain identifier (letters, digits, _ and $)');
 

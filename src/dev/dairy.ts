@@ -68,23 +68,37 @@ export type Scale = keyof typeof SCALES;
 /** Monthly partitions of the order tables and daily ones of IoT readings, at local midnights in the business zone. */
 function partitionDdl(months: number, iotDays: number, now: DateTime): string {
   const out: string[] = [];
-  const first = now.setZone(BUSINESS_ZONE).startOf('month').minus({ months: months - 1 });
+  const first = now
+    .setZone(BUSINESS_ZONE)
+    .startOf('month')
+    .minus({ months: months - 1 });
   for (let m = first; m < now.plus({ months: 4 }); m = m.plus({ months: 1 })) {
     const from = m.toISO();
     const to = m.plus({ months: 1 }).toISO();
     for (const t of ['sale_order', 'sale_order_line']) {
-      out.push(`create table if not exists sales.${t}_p${m.toFormat('yyyyMM')} partition of sales.${t} for values from ('${from}') to ('${to}');`);
+      out.push(
+        `create table if not exists sales.${t}_p${m.toFormat('yyyyMM')} partition of sales.${t} for values from ('${from}') to ('${to}');`,
+      );
     }
   }
-  const day0 = now.setZone(BUSINESS_ZONE).startOf('day').minus({ days: iotDays - 1 });
+  const day0 = now
+    .setZone(BUSINESS_ZONE)
+    .startOf('day')
+    .minus({ days: iotDays - 1 });
   for (let d = day0; d < now.plus({ days: 8 }); d = d.plus({ days: 1 })) {
-    out.push(`create table if not exists iot.sensor_reading_p${d.toFormat('yyyyMMdd')} partition of iot.sensor_reading for values from ('${d.toISO()}') to ('${d.plus({ days: 1 }).toISO()}');`);
+    out.push(
+      `create table if not exists iot.sensor_reading_p${d.toFormat('yyyyMMdd')} partition of iot.sensor_reading for values from ('${d.toISO()}') to ('${d.plus({ days: 1 }).toISO()}');`,
+    );
   }
   return out.join('\n');
 }
 
 /** Creates the schema and, when the catalog is empty, fills it at `scale`. Returns what it inserted. */
-export async function seedDairy(url: string, scale: Scale = 'default', opts: { now?: Date; log?: (m: string) => void } = {}): Promise<Record<string, number>> {
+export async function seedDairy(
+  url: string,
+  scale: Scale = 'default',
+  opts: { now?: Date; log?: (m: string) => void } = {},
+): Promise<Record<string, number>> {
   const s = SCALES[scale];
   const now = DateTime.fromJSDate(opts.now ?? new Date());
   const log = opts.log ?? (() => undefined);
@@ -102,57 +116,95 @@ export async function seedDairy(url: string, scale: Scale = 'default', opts: { n
       counts[name] = (counts[name] ?? 0) + (r.rowCount ?? 0);
       log(`${name}: ${r.rowCount} rows in ${Date.now() - t0} ms`);
     };
-    const start = now.setZone(BUSINESS_ZONE).startOf('month').minus({ months: s.months - 1 }).toJSDate();
+    const start = now
+      .setZone(BUSINESS_ZONE)
+      .startOf('month')
+      .minus({ months: s.months - 1 })
+      .toJSDate();
     await client.query('begin');
-    await run('catalog.product_category', `insert into catalog.product_category
-      select g, (array['Liquid milk','Yogurt','Cheese','Butter','Ghee','Ice cream','Sweets','Cream','Milk powder','Lassi','Paneer','Feed'])[g] from generate_series(1, 12) g`);
-    await run('catalog.product_brand', `insert into catalog.product_brand select g, 'Brand ' || chr(64 + g) from generate_series(1, 6) g`);
-    await run('catalog.product_template', `insert into catalog.product_template
-      select g, 'Product ' || g, 1 + g % 12, 1 + g % 6, round((20 + (g * 37) % 480)::numeric, 2), g % 17 <> 0 from generate_series(1, 200) g`);
-    await run('farm.animal', `insert into farm.animal (tag_number, breed, status)
+    await run(
+      'catalog.product_category',
+      `insert into catalog.product_category
+      select g, (array['Liquid milk','Yogurt','Cheese','Butter','Ghee','Ice cream','Sweets','Cream','Milk powder','Lassi','Paneer','Feed'])[g] from generate_series(1, 12) g`,
+    );
+    await run(
+      'catalog.product_brand',
+      `insert into catalog.product_brand select g, 'Brand ' || chr(64 + g) from generate_series(1, 6) g`,
+    );
+    await run(
+      'catalog.product_template',
+      `insert into catalog.product_template
+      select g, 'Product ' || g, 1 + g % 12, 1 + g % 6, round((20 + (g * 37) % 480)::numeric, 2), g % 17 <> 0 from generate_series(1, 200) g`,
+    );
+    await run(
+      'farm.animal',
+      `insert into farm.animal (tag_number, breed, status)
       select 'BD-' || lpad(g::text, 4, '0'), (array['Holstein Friesian','Sahiwal','Red Chittagong'])[1 + g % 3],
-             (array['active','active','active','dry','sold'])[1 + g % 5] from generate_series(1, 255) g`);
+             (array['active','active','active','dry','sold'])[1 + g % 5] from generate_series(1, 255) g`,
+    );
     // 75 lactating cows, two milkings a day, over the period (capped at two years).
-    await run('farm.milk_production', `insert into farm.milk_production (animal_id, day, shift, liters)
+    await run(
+      'farm.milk_production',
+      `insert into farm.milk_production (animal_id, day, shift, liters)
       select a.id, d::date, sh, round((4 + (a.id * 7 + extract(doy from d)::int) % 5 + case sh when 'morning' then 1.5 else 0 end)::numeric, 2)
         from (select id from farm.animal where status = 'active' order by id limit 75) a
         cross join generate_series($1::timestamptz, $2::timestamptz - interval '1 day', interval '1 day') d
-        cross join unnest(array['morning','evening']) sh`, [start, now.toJSDate()]);
+        cross join unnest(array['morning','evening']) sh`,
+      [start, now.toJSDate()],
+    );
     await client.query('commit');
 
     // Orders spread evenly over the period; ~70 % confirmed (sale/done), the rest draft, sent or cancelled.
     const span = `($2::timestamptz - $1::timestamptz)`;
     for (let from = 1; from <= s.orders; from += 500_000) {
       const to = Math.min(s.orders, from + 499_999);
-      await run('sales.sale_order', `insert into sales.sale_order (company_id, partner_id, user_id, state, date_order, amount_total)
+      await run(
+        'sales.sale_order',
+        `insert into sales.sale_order (company_id, partner_id, user_id, state, date_order, amount_total)
         select 1 + g % 2, 1 + (g * 7919) % 5000, 1 + g % 20,
                (array['sale','done','done','sale','draft','sent','cancel','sale','done','done'])[1 + (g * 31) % 10],
                $1::timestamptz + ${span} * (g::float8 / ($4 + 1)) + make_interval(secs => (g * 104729) % 3600), 0
-          from generate_series($3::bigint, $5::bigint) g`, [start, now.toJSDate(), from, s.orders, to]);
+          from generate_series($3::bigint, $5::bigint) g`,
+        [start, now.toJSDate(), from, s.orders, to],
+      );
     }
     // One to seven lines an order (four on average); one line in 40 is a refund.
-    const { rows: ids } = await client.query<{ lo: string; hi: string }>('select min(id) as lo, max(id) as hi from sales.sale_order');
+    const { rows: ids } = await client.query<{ lo: string; hi: string }>(
+      'select min(id) as lo, max(id) as hi from sales.sale_order',
+    );
     for (let lo = Number(ids[0]!.lo); lo <= Number(ids[0]!.hi); lo += 250_000) {
-      await run('sales.sale_order_line', `insert into sales.sale_order_line (order_id, date_order, product_tmpl_id, qty, price_unit, price_subtotal)
+      await run(
+        'sales.sale_order_line',
+        `insert into sales.sale_order_line (order_id, date_order, product_tmpl_id, qty, price_unit, price_subtotal)
         select o.id, o.date_order, p.id, q.qty, p.list_price, q.qty * p.list_price
           from sales.sale_order o
           cross join lateral generate_series(1, 1 + (o.id % 7)::int) n
           join catalog.product_template p on p.id = 1 + ((o.id * 13 + n * 71) % 200)
           cross join lateral (select case when (o.id + n) % 40 = 0 then -1 else 1 + (o.id + n) % 6 end::numeric as qty) q
-         where o.id between $1 and $2`, [lo, lo + 249_999]);
+         where o.id between $1 and $2`,
+        [lo, lo + 249_999],
+      );
     }
     await client.query(`update sales.sale_order o set amount_total = l.total
       from (select order_id, sum(price_subtotal) as total from sales.sale_order_line group by order_id) l where l.order_id = o.id`);
-    await run('sales.pos_order_line', `insert into sales.pos_order_line (pos_order_id, company_id, date_order, product_tmpl_id, qty, price_unit, price_subtotal)
+    await run(
+      'sales.pos_order_line',
+      `insert into sales.pos_order_line (pos_order_id, company_id, date_order, product_tmpl_id, qty, price_unit, price_subtotal)
       select g / 3, 1 + (g / 3) % 2, $1::timestamptz + ${span} * (g::float8 / ($3 + 1)), p.id, q.qty, p.list_price, q.qty * p.list_price
         from generate_series(1, $3::bigint) g
         join catalog.product_template p on p.id = 1 + (g * 17) % 200
-        cross join lateral (select case when g % 50 = 0 then -1 else 1 + g % 4 end::numeric as qty) q`, [start, now.toJSDate(), s.posLines]);
+        cross join lateral (select case when g % 50 = 0 then -1 else 1 + g % 4 end::numeric as qty) q`,
+      [start, now.toJSDate(), s.posLines],
+    );
     // A reading every 15 minutes per sensor over the last iotDays.
-    await run('iot.sensor_reading', `insert into iot.sensor_reading (sensor_id, read_at, value, unit, quality)
+    await run(
+      'iot.sensor_reading',
+      `insert into iot.sensor_reading (sensor_id, read_at, value, unit, quality)
       select s, t, 2 + ((s * 13 + extract(epoch from t)::bigint / 900) % 60) / 10.0, 'degC', case when (s + extract(epoch from t)::bigint / 900) % 97 = 0 then 40 else 100 end
         from generate_series(1, $3::int) s
-        cross join generate_series(date_trunc('day', $2::timestamptz) - make_interval(days => $1::int - 1), $2::timestamptz, interval '15 minutes') t`, [s.iotDays, now.toJSDate(), s.sensors]);
+        cross join generate_series(date_trunc('day', $2::timestamptz) - make_interval(days => $1::int - 1), $2::timestamptz, interval '15 minutes') t`,
+      [s.iotDays, now.toJSDate(), s.sensors],
+    );
     await client.query('analyze');
     return counts;
   } catch (err) {

@@ -6,10 +6,15 @@ import { newToken, writeEnvFile } from './env-file.ts';
 import { seedDairy, type Scale } from './dairy.ts';
 import { createDatabase, startPostgres, startRedis } from './devstack.ts';
 
-export async function startDemoStack(dir: string, scale: Scale = 'default'): Promise<{ env: Record<string, string>; stop(): Promise<void> }> {
+export async function startDemoStack(
+  dir: string,
+  scale: Scale = 'default',
+): Promise<{ env: Record<string, string>; stop(): Promise<void> }> {
   fs.mkdirSync(dir, { recursive: true });
   const tokensFile = path.join(dir, 'tokens.json');
-  const tokens = fs.existsSync(tokensFile) ? JSON.parse(fs.readFileSync(tokensFile, 'utf8')) : { admin: newToken(), viewer: newToken() };
+  const tokens = fs.existsSync(tokensFile)
+    ? JSON.parse(fs.readFileSync(tokensFile, 'utf8'))
+    : { admin: newToken(), viewer: newToken() };
   fs.writeFileSync(tokensFile, JSON.stringify(tokens), { mode: 0o600 });
 
   const postgres = await startPostgres({ dir: path.join(dir, 'pg') });
@@ -33,21 +38,58 @@ export async function startDemoStack(dir: string, scale: Scale = 'default'): Pro
     JSON.stringify(
       {
         partitions: [
-          { table: 'sales.sale_order', column: 'date_order', interval: 'month', premake: 3, retention: '24 months', timeZone: 'Asia/Dhaka' },
-          { table: 'sales.sale_order_line', column: 'date_order', interval: 'month', premake: 3, retention: '24 months', timeZone: 'Asia/Dhaka' },
-          { table: 'iot.sensor_reading', column: 'read_at', interval: 'day', premake: 7, retention: '90 days', timeZone: 'Asia/Dhaka' },
+          {
+            table: 'sales.sale_order',
+            column: 'date_order',
+            interval: 'month',
+            premake: 3,
+            retention: '24 months',
+            timeZone: 'Asia/Dhaka',
+          },
+          {
+            table: 'sales.sale_order_line',
+            column: 'date_order',
+            interval: 'month',
+            premake: 3,
+            retention: '24 months',
+            timeZone: 'Asia/Dhaka',
+          },
+          {
+            table: 'iot.sensor_reading',
+            column: 'read_at',
+            interval: 'day',
+            premake: 7,
+            retention: '90 days',
+            timeZone: 'Asia/Dhaka',
+          },
         ],
         // DOMAIN.md: dumps kept 30 days; the drill counts orders and the herd at T.
         // Dashboards (DOMAIN.md): sales by day, top products, herd; TTLs from 2 minutes to an hour.
         cache: {
           keyPrefix: 'dash:',
           queries: [
-            { key: 'sales:daily:30d', ttlSeconds: 3600, sql: `select date, channel, sum(revenue) as revenue, sum(order_count) as orders from analytics.daily_sales_agg where date > current_date - 30 group by 1, 2 order by 1, 2` },
-            { key: 'products:top:30d', ttlSeconds: 600, sql: `select a.product_tmpl_id, p.name, sum(a.qty_sold) as qty, sum(a.revenue) as revenue from analytics.daily_sales_agg a join catalog.product_template p on p.id = a.product_tmpl_id where a.date > current_date - 30 group by 1, 2 order by revenue desc limit 20` },
-            { key: 'herd:summary', ttlSeconds: 120, sql: `select status, count(*) as animals from farm.animal group by status order by status` },
+            {
+              key: 'sales:daily:30d',
+              ttlSeconds: 3600,
+              sql: `select date, channel, sum(revenue) as revenue, sum(order_count) as orders from analytics.daily_sales_agg where date > current_date - 30 group by 1, 2 order by 1, 2`,
+            },
+            {
+              key: 'products:top:30d',
+              ttlSeconds: 600,
+              sql: `select a.product_tmpl_id, p.name, sum(a.qty_sold) as qty, sum(a.revenue) as revenue from analytics.daily_sales_agg a join catalog.product_template p on p.id = a.product_tmpl_id where a.date > current_date - 30 group by 1, 2 order by revenue desc limit 20`,
+            },
+            {
+              key: 'herd:summary',
+              ttlSeconds: 120,
+              sql: `select status, count(*) as animals from farm.animal group by status order by status`,
+            },
           ],
         },
-        backups: { dumps: { keepLast: 3, maxAgeDays: 30 }, base: { keepLast: 2, maxAgeDays: 7 }, drillTables: ['sales.sale_order', 'farm.animal'] },
+        backups: {
+          dumps: { keepLast: 3, maxAgeDays: 30 },
+          base: { keepLast: 2, maxAgeDays: 7 },
+          drillTables: ['sales.sale_order', 'farm.animal'],
+        },
       },
       null,
       2,

@@ -49,7 +49,11 @@ export async function startPostgres(opts: PostgresOptions): Promise<PostgresInst
   if (!fs.existsSync(path.join(dataDir, 'PG_VERSION'))) {
     fs.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
     chownTree(dataDir, owner);
-    await runAs(binPath('initdb'), ['-D', dataDir, '-U', 'postgres', '--auth=trust', '--encoding=UTF8', '--locale=C.UTF-8', '--no-sync'], spawnOpts);
+    await runAs(
+      binPath('initdb'),
+      ['-D', dataDir, '-U', 'postgres', '--auth=trust', '--encoding=UTF8', '--locale=C.UTF-8', '--no-sync'],
+      spawnOpts,
+    );
     const settings: Record<string, string | number> = {
       listen_addresses: "'127.0.0.1'",
       port,
@@ -69,7 +73,14 @@ export async function startPostgres(opts: PostgresOptions): Promise<PostgresInst
       logging_collector: 'off',
       ...opts.settings,
     };
-    fs.appendFileSync(path.join(dataDir, 'postgresql.conf'), '\n# pgmaint devstack\n' + Object.entries(settings).map(([k, v]) => `${k} = ${v}`).join('\n') + '\n');
+    fs.appendFileSync(
+      path.join(dataDir, 'postgresql.conf'),
+      '\n# pgmaint devstack\n' +
+        Object.entries(settings)
+          .map(([k, v]) => `${k} = ${v}`)
+          .join('\n') +
+        '\n',
+    );
     chownTree(dataDir, owner);
   }
 
@@ -80,8 +91,16 @@ export async function startPostgres(opts: PostgresOptions): Promise<PostgresInst
     socketDir,
     asOwner: owner,
     url: (database = 'postgres') => `postgres://postgres@127.0.0.1:${port}/${database}`,
-    start: () => runAs(binPath('pg_ctl'), ['-D', dataDir, '-l', path.join(opts.dir, 'postgres.log'), '-w', '-t', '60', '-o', `-p ${port}`, 'start'], spawnOpts).then(() => undefined),
-    stop: (mode = 'fast') => runAs(binPath('pg_ctl'), ['-D', dataDir, '-m', mode, '-w', 'stop'], spawnOpts).then(() => undefined).catch(() => undefined),
+    start: () =>
+      runAs(
+        binPath('pg_ctl'),
+        ['-D', dataDir, '-l', path.join(opts.dir, 'postgres.log'), '-w', '-t', '60', '-o', `-p ${port}`, 'start'],
+        spawnOpts,
+      ).then(() => undefined),
+    stop: (mode = 'fast') =>
+      runAs(binPath('pg_ctl'), ['-D', dataDir, '-m', mode, '-w', 'stop'], spawnOpts)
+        .then(() => undefined)
+        .catch(() => undefined),
   };
   // A server left running by an earlier, killed run in this directory is stopped first.
   if (fs.existsSync(path.join(dataDir, 'postmaster.pid'))) await instance.stop('fast');
@@ -113,7 +132,24 @@ export async function startRedis(opts: { dir: string; port?: number; appendonly?
   }
   const child = spawn(
     'redis-server',
-    ['--port', String(port), '--pidfile', pidFile, '--bind', '127.0.0.1', '--dir', opts.dir, '--save', '', '--appendonly', opts.appendonly ? 'yes' : 'no', '--maxmemory-policy', 'noeviction', '--logfile', path.join(opts.dir, 'redis.log')],
+    [
+      '--port',
+      String(port),
+      '--pidfile',
+      pidFile,
+      '--bind',
+      '127.0.0.1',
+      '--dir',
+      opts.dir,
+      '--save',
+      '',
+      '--appendonly',
+      opts.appendonly ? 'yes' : 'no',
+      '--maxmemory-policy',
+      'noeviction',
+      '--logfile',
+      path.join(opts.dir, 'redis.log'),
+    ],
     { stdio: 'ignore' },
   );
   const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()));
@@ -129,7 +165,8 @@ export async function startRedis(opts: { dir: string; port?: number; appendonly?
       sock.on('error', () => resolve(false));
     });
     if (ok) break;
-    if (child.exitCode !== null) throw new Error(`redis-server exited with ${child.exitCode}; see ${opts.dir}/redis.log`);
+    if (child.exitCode !== null)
+      throw new Error(`redis-server exited with ${child.exitCode}; see ${opts.dir}/redis.log`);
     await sleep(50);
   }
   return {
@@ -146,6 +183,13 @@ export async function startRedis(opts: { dir: string; port?: number; appendonly?
 /** Creates a database if it does not exist (psql through the superuser URL). */
 export async function createDatabase(pg: PostgresInstance, name: string): Promise<void> {
   if (!/^[a-z_][a-z0-9_]*$/.test(name)) throw new Error(`database name "${name}" is not a plain identifier`);
-  const exists = await runProcess(binPath('psql'), ['-XAtq', '-d', pg.url(), '-c', `select 1 from pg_database where datname = '${name}'`]);
-  if (exists.stdout.trim() !== '1') await runProcess(binPath('psql'), ['-Xq', '-d', pg.url(), '-c', `create database "${name}"`]);
+  const exists = await runProcess(binPath('psql'), [
+    '-XAtq',
+    '-d',
+    pg.url(),
+    '-c',
+    `select 1 from pg_database where datname = '${name}'`,
+  ]);
+  if (exists.stdout.trim() !== '1')
+    await runProcess(binPath('psql'), ['-Xq', '-d', pg.url(), '-c', `create database "${name}"`]);
 }

@@ -8,5 +8,11 @@ export function newToken(): string {
 }
 
 export function writeEnvFile(file: string, env: Record<string, string>): void {
-  fs.writeFileSync(file, Object.entries(env).map(([k, v]) => `export ${k}='${v}'`).join('\n') + '\n', { mode: 0o600 });
+  fs.writeFileSync(
+    file,
+    `${Object.entries(env)
+      .map(([k, v]) => `export ${k}='${v}'`)
+      .join('\n')}\n`,
+    { mode: 0o600 },
+  );
 }

@@ -10,7 +10,7 @@ import type { AlertMonitor } from '../monitoring/alerts.ts';
 import type { Metrics } from '../monitoring/metrics.ts';
 import type { Runtime } from '../runner/runtime.ts';
 import { redact } from '../core/redact.ts';
-import { Auth, bearerToken, safeEqual, type Role } from './auth.ts';
+import { type Auth, bearerToken, safeEqual, type Role } from './auth.ts';
 import { enqueueJob, getJob, listBackups, listHistory, listSchedules, readiness, type Handler } from './handlers.ts';
 import { loginPage } from './login-page.ts';
 
@@ -113,15 +113,20 @@ export function createApp(rt: Runtime, auth: Auth, parts: AppParts = {}): expres
   app.get('/login', (_req, res) => {
     res.type('html').send(loginPage());
   });
-  app.post('/login', foreignOriginGuard('lenient'), express.urlencoded({ extended: false, limit: '4kb' }), (req, res) => {
-    const role = auth.roleForToken(typeof req.body?.token === 'string' ? req.body.token : undefined);
-    if (!role) {
-      res.status(401).type('html').send(loginPage('That token is not valid.'));
-      return;
-    }
-    res.setHeader('Set-Cookie', auth.cookieHeader(role, req.secure));
-    res.redirect(303, BOARD_PATH);
-  });
+  app.post(
+    '/login',
+    foreignOriginGuard('lenient'),
+    express.urlencoded({ extended: false, limit: '4kb' }),
+    (req, res) => {
+      const role = auth.roleForToken(typeof req.body?.token === 'string' ? req.body.token : undefined);
+      if (!role) {
+        res.status(401).type('html').send(loginPage('That token is not valid.'));
+        return;
+      }
+      res.setHeader('Set-Cookie', auth.cookieHeader(role, req.secure));
+      res.redirect(303, BOARD_PATH);
+    },
+  );
   app.post('/logout', foreignOriginGuard('lenient'), (_req, res) => {
     res.setHeader('Set-Cookie', 'pgmaint_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0');
     res.redirect(303, '/login');
@@ -134,7 +139,10 @@ export function createApp(rt: Runtime, auth: Auth, parts: AppParts = {}): expres
       const bearer = bearerToken(req.headers.authorization);
       const scrape = Boolean(bearer && rt.config.metricsToken && safeEqual(bearer, rt.config.metricsToken));
       if (!scrape && !auth.authenticate({ authorization: req.headers.authorization, cookie: req.headers.cookie })) {
-        res.status(401).setHeader('WWW-Authenticate', 'Bearer').json({ error: 'authentication required: Authorization: Bearer <METRICS_TOKEN, viewer or admin token>' });
+        res
+          .status(401)
+          .setHeader('WWW-Authenticate', 'Bearer')
+          .json({ error: 'authentication required: Authorization: Bearer <METRICS_TOKEN, viewer or admin token>' });
         return;
       }
       metrics.render().then(({ contentType, body }) => res.type(contentType).send(body), next);
@@ -149,7 +157,10 @@ export function createApp(rt: Runtime, auth: Auth, parts: AppParts = {}): expres
         res.redirect(303, '/login');
         return;
       }
-      res.status(401).setHeader('WWW-Authenticate', 'Bearer').json({ error: 'authentication required: Authorization: Bearer <token>' });
+      res
+        .status(401)
+        .setHeader('WWW-Authenticate', 'Bearer')
+        .json({ error: 'authentication required: Authorization: Bearer <token>' });
       return;
     }
     req.role = role;
@@ -159,7 +170,11 @@ export function createApp(rt: Runtime, auth: Auth, parts: AppParts = {}): expres
   // A write carried only by the session cookie must come from our own pages: a form
   // auto-submitted by another site (or another port of this host, which SameSite
   // counts as the same site) is refused. Bearer-token clients are not browsers.
-  app.use((req, res, next) => (isWrite(req.method) && !bearerToken(req.headers.authorization) ? foreignOriginGuard('strict')(req, res, next) : next()));
+  app.use((req, res, next) =>
+    isWrite(req.method) && !bearerToken(req.headers.authorization)
+      ? foreignOriginGuard('strict')(req, res, next)
+      : next(),
+  );
 
   // Viewers read; any other method is a write.
   app.use((req, res, next) => {
@@ -195,7 +210,9 @@ export function createApp(rt: Runtime, auth: Auth, parts: AppParts = {}): expres
   app.use('/api', (req, res, next) => {
     const hasBody = Number(req.headers['content-length'] ?? 0) > 0 || req.headers['transfer-encoding'] !== undefined;
     if (isWrite(req.method) && hasBody && !req.is('application/json')) {
-      res.status(415).json({ error: `request body must be JSON: send Content-Type: application/json (got ${req.headers['content-type'] ? `"${req.headers['content-type']}"` : 'none'})` });
+      res.status(415).json({
+        error: `request body must be JSON: send Content-Type: application/json (got ${req.headers['content-type'] ? `"${req.headers['content-type']}"` : 'none'})`,
+      });
       return;
     }
     next();
@@ -217,7 +234,10 @@ export function createApp(rt: Runtime, auth: Auth, parts: AppParts = {}): expres
   app.get('/api/backups', route(listBackups));
   if (parts.monitor) {
     const monitor = parts.monitor;
-    app.get('/api/alerts', route(async () => ({ status: 200, body: { open: await monitor.open() } })));
+    app.get(
+      '/api/alerts',
+      route(async () => ({ status: 200, body: { open: await monitor.open() } })),
+    );
   }
 
   app.use((_req: Request, res: Response) => {

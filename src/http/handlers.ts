@@ -21,20 +21,30 @@ export interface ApiResponse {
 
 export type Handler = (rt: Runtime, req: ApiRequest) => Promise<ApiResponse>;
 
-const error = (status: number, message: string, extra: object = {}): ApiResponse => ({ status, body: { error: message, ...extra } });
+const error = (status: number, message: string, extra: object = {}): ApiResponse => ({
+  status,
+  body: { error: message, ...extra },
+});
 
 /** 503 before a command is sent: a command queued while Redis is away would run when it returns, after we answered. */
 function redisUnavailable(rt: Runtime): ApiResponse | undefined {
   const status = rt.queues.connection.status;
   if (status === 'ready') return undefined;
-  return error(503, `Redis (REDIS_URL ${safeUrl(rt.config.redis.url)}) is not reachable (connection ${status}); nothing was enqueued, try again`);
+  return error(
+    503,
+    `Redis (REDIS_URL ${safeUrl(rt.config.redis.url)}) is not reachable (connection ${status}); nothing was enqueued, try again`,
+  );
 }
 
 /** Query parameters a handler reads; any other is refused, naming it. */
 function unknownQuery(req: ApiRequest, known: string[]): ApiResponse | undefined {
   const extra = Object.keys(req.query).filter((k) => !known.includes(k));
   if (!extra.length) return undefined;
-  return error(400, `unknown query parameter ${extra.map((k) => `"${k}"`).join(', ')} (known: ${known.join(', ') || 'none'})`, { issues: extra.map((k) => ({ path: k, message: 'unknown query parameter' })) });
+  return error(
+    400,
+    `unknown query parameter ${extra.map((k) => `"${k}"`).join(', ')} (known: ${known.join(', ') || 'none'})`,
+    { issues: extra.map((k) => ({ path: k, message: 'unknown query parameter' })) },
+  );
 }
 
 export const enqueueJob: Handler = async (rt, req) => {
@@ -44,7 +54,10 @@ export const enqueueJob: Handler = async (rt, req) => {
   if (refusal) return refusal;
   try {
     const { job, existing, reason } = await rt.queues.enqueue(name, req.body ?? {}, { trigger: 'ad-hoc' });
-    return { status: 202, body: { id: job.id, queue: job.queueName, name: job.name, existing, ...(reason ? { reason } : {}) } };
+    return {
+      status: 202,
+      body: { id: job.id, queue: job.queueName, name: job.name, existing, ...(reason ? { reason } : {}) },
+    };
   } catch (err) {
     if (err instanceof PayloadError) return error(400, err.message, { issues: err.issues });
     throw err;
@@ -54,7 +67,10 @@ export const enqueueJob: Handler = async (rt, req) => {
 export const getJob: Handler = async (rt, req) => {
   const { queue, id } = req.params as { queue: string; id: string };
   if (!rt.registry.get(queue)) return error(404, `unknown queue "${queue}"`);
-  const notFound = error(404, `no job ${id} in queue ${queue} (finished jobs are kept in bounded numbers; see the run history)`);
+  const notFound = error(
+    404,
+    `no job ${id} in queue ${queue} (finished jobs are kept in bounded numbers; see the run history)`,
+  );
   // Job ids are numbers or scheduler ids ("repeat:…"); the queue's own keys (events,
   // meta, id, completed, …) live beside the jobs and must never be read as one.
   if (!/^(\d{1,20}|repeat:[A-Za-z0-9_.:-]{1,200})$/.test(id)) return notFound;
@@ -78,17 +94,24 @@ export const getJob: Handler = async (rt, req) => {
   };
 };
 
-export const listSchedules: Handler = async (rt) => ({ status: 200, body: { schedules: await rt.scheduler.describe() } });
+export const listSchedules: Handler = async (rt) => ({
+  status: 200,
+  body: { schedules: await rt.scheduler.describe() },
+});
 
 export const listHistory: Handler = async (rt, req) => {
   const refusal = unknownQuery(req, ['job', 'limit']);
   if (refusal) return refusal;
   const { job, limit = '50' } = req.query;
   if (typeof limit !== 'string' || !/^\d{1,4}$/.test(limit) || Number(limit) < 1 || Number(limit) > 1000) {
-    return error(400, `limit: must be a whole number from 1 to 1000 (got ${JSON.stringify(limit)})`, { issues: [{ path: 'limit', message: 'must be a whole number from 1 to 1000' }] });
+    return error(400, `limit: must be a whole number from 1 to 1000 (got ${JSON.stringify(limit)})`, {
+      issues: [{ path: 'limit', message: 'must be a whole number from 1 to 1000' }],
+    });
   }
   if (job !== undefined && (typeof job !== 'string' || !rt.registry.get(job))) {
-    return error(400, `job: unknown job ${JSON.stringify(job)} (known: ${rt.registry.names().join(', ')})`, { issues: [{ path: 'job', message: 'unknown job' }] });
+    return error(400, `job: unknown job ${JSON.stringify(job)} (known: ${rt.registry.names().join(', ')})`, {
+      issues: [{ path: 'job', message: 'unknown job' }],
+    });
   }
   return { status: 200, body: { runs: await rt.history.list({ job, limit: Number(limit) }) } };
 };
@@ -96,7 +119,11 @@ export const listHistory: Handler = async (rt, req) => {
 /** Redis and every target answer within a few seconds. */
 export const readiness: Handler = async (rt) => {
   const checks: Record<string, { ok: boolean; error?: string }> = {};
-  const withTimeout = <T>(p: Promise<T>) => Promise.race([p, new Promise<never>((_, rej) => setTimeout(() => rej(new Error('timed out after 3s')), 3000).unref())]);
+  const withTimeout = <T>(p: Promise<T>) =>
+    Promise.race([
+      p,
+      new Promise<never>((_, rej) => setTimeout(() => rej(new Error('timed out after 3s')), 3000).unref()),
+    ]);
   const run = async (name: string, fn: () => Promise<unknown>) => {
     try {
       await withTimeout(fn());
@@ -119,7 +146,10 @@ export const listBackups: Handler = async (rt, req) => {
   const target = req.query.target ?? 'main';
   const t = rt.config.targets.get(target);
   if (!t) return error(404, `unknown target "${target}"`, { targets: [...rt.config.targets.keys()] });
-  const [dumps, bases] = await Promise.all([listDumps(rt.config.backupDir, target), listBaseBackups(rt.config.backupDir, target)]);
+  const [dumps, bases] = await Promise.all([
+    listDumps(rt.config.backupDir, target),
+    listBaseBackups(rt.config.backupDir, target),
+  ]);
   const archive = await readArchive(t.walArchiveDir, bases[0]?.manifest.walSegmentSize ?? 16 * 1048576);
   const newest = archive && newestSegment(archive);
   // The last verdict of each proof job, from the durable run history.
@@ -157,7 +187,14 @@ export const listBackups: Handler = async (rt, req) => {
         mbPerSecond: m.mbPerSecond,
         verified: m.verified,
       })),
-      archive: t.walArchiveDir ? { segments: archive?.segments.length ?? null, newest: newest?.name ?? null, newestAt: newest?.mtime ?? null, readable: Boolean(archive) } : null,
+      archive: t.walArchiveDir
+        ? {
+            segments: archive?.segments.length ?? null,
+            newest: newest?.name ?? null,
+            newestAt: newest?.mtime ?? null,
+            readable: Boolean(archive),
+          }
+        : null,
       recoveryWindow: recoveryWindow(bases, archive),
       lastDrill: await lastRun('pitr-drill'),
       lastRestoreCheck: await lastRun('restore-check'),

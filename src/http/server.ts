@@ -9,13 +9,20 @@ import type { Runtime } from '../runner/runtime.ts';
 import { createApp } from './app.ts';
 import { Auth } from './auth.ts';
 
-export async function startServer(rt: Runtime, opts: { port?: number; host?: string; enqueueRateLimit?: number; healthCacheMs?: number } = {}): Promise<{ server: Server; port: number; monitor: AlertMonitor }> {
+export async function startServer(
+  rt: Runtime,
+  opts: { port?: number; host?: string; enqueueRateLimit?: number; healthCacheMs?: number } = {},
+): Promise<{ server: Server; port: number; monitor: AlertMonitor }> {
   const { config, logger } = rt;
   if (!config.adminToken && !config.insecureNoAuth) {
-    throw new ConfigError('ADMIN_TOKEN: required for the server (at least 16 characters); a local demo may set PGMAINT_INSECURE_NO_AUTH=1 instead');
+    throw new ConfigError(
+      'ADMIN_TOKEN: required for the server (at least 16 characters); a local demo may set PGMAINT_INSECURE_NO_AUTH=1 instead',
+    );
   }
   if (config.insecureNoAuth) {
-    logger.warn('!!! PGMAINT_INSECURE_NO_AUTH is set: the API and Bull Board are open to anyone who can reach this port, with admin rights. Never use this outside a local demo. !!!');
+    logger.warn(
+      '!!! PGMAINT_INSECURE_NO_AUTH is set: the API and Bull Board are open to anyone who can reach this port, with admin rights. Never use this outside a local demo. !!!',
+    );
   }
   await rt.history.migrate();
   await rt.scheduler.sync();
@@ -32,9 +39,15 @@ export async function startServer(rt: Runtime, opts: { port?: number; host?: str
 
   const health = new HealthReader(rt, opts.healthCacheMs);
   const monitor = startMonitor(rt, health);
-  const app = createApp(rt, new Auth(config.adminToken, config.viewerToken, config.insecureNoAuth), { metrics: new Metrics(health), monitor, enqueueRateLimit: opts.enqueueRateLimit });
+  const app = createApp(rt, new Auth(config.adminToken, config.viewerToken, config.insecureNoAuth), {
+    metrics: new Metrics(health),
+    monitor,
+    enqueueRateLimit: opts.enqueueRateLimit,
+  });
   const server = await new Promise<Server>((resolve, reject) => {
-    const s = app.listen(opts.port ?? config.port, opts.host ?? config.host, (err?: Error) => (err ? reject(err) : resolve(s)));
+    const s = app.listen(opts.port ?? config.port, opts.host ?? config.host, (err?: Error) =>
+      err ? reject(err) : resolve(s),
+    );
   });
   const port = (server.address() as { port: number }).port;
   rt.onClose(
@@ -51,8 +64,13 @@ export async function startServer(rt: Runtime, opts: { port?: number; host?: str
 /** The alert monitor with its webhook; stopped on close. */
 export function startMonitor(rt: Runtime, health = new HealthReader(rt)): AlertMonitor {
   const { config, logger } = rt;
-  if (!config.alerts.webhookUrl) logger.warn('ALERT_WEBHOOK_URL is not set: alerts go to the log and GET /api/alerts only');
-  const monitor = new AlertMonitor(rt, health, config.alerts.webhookUrl ? webhookNotifier(config.alerts.webhookUrl) : undefined);
+  if (!config.alerts.webhookUrl)
+    logger.warn('ALERT_WEBHOOK_URL is not set: alerts go to the log and GET /api/alerts only');
+  const monitor = new AlertMonitor(
+    rt,
+    health,
+    config.alerts.webhookUrl ? webhookNotifier(config.alerts.webhookUrl) : undefined,
+  );
   monitor.start();
   rt.onClose(() => monitor.stop());
   return monitor;

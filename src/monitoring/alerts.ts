@@ -5,7 +5,7 @@
 // silence the dead-man switch is there to notice.
 import { randomUUID } from 'node:crypto';
 import type { Config } from '../core/config.ts';
-import { ALERT_RULES } from '../core/config.ts';
+import type { ALERT_RULES } from '../core/config.ts';
 import type { HealthReader, HealthSnapshot } from './health.ts';
 import type { Logger } from '../core/logger.ts';
 import type { Runtime } from '../runner/runtime.ts';
@@ -135,11 +135,24 @@ export function judge(s: HealthSnapshot, cfg: Config['alerts']): Alert[] {
       });
     }
     if (p.error) {
-      out.push({ key: `health-read:partitions:${p.target}:${p.table}`, rule: 'health-read', severity: 'warning', summary: `cannot read the partitions of ${p.table} on ${p.target}: ${p.error}`, labels: { target: p.target, table: p.table } });
+      out.push({
+        key: `health-read:partitions:${p.target}:${p.table}`,
+        rule: 'health-read',
+        severity: 'warning',
+        summary: `cannot read the partitions of ${p.table} on ${p.target}: ${p.error}`,
+        labels: { target: p.target, table: p.table },
+      });
     }
   }
   for (const [part, message] of Object.entries(s.errors)) {
-    out.push({ key: `health-read:${part}`, rule: 'health-read', severity: 'critical', summary: `the monitor cannot read ${part}: ${message}`, labels: { part }, forMs: cfg.noWorkerForMs });
+    out.push({
+      key: `health-read:${part}`,
+      rule: 'health-read',
+      severity: 'critical',
+      summary: `the monitor cannot read ${part}: ${message}`,
+      labels: { part },
+      forMs: cfg.noWorkerForMs,
+    });
   }
   return out.filter((a) => !(cfg.disabled as readonly string[]).includes(a.rule));
 }
@@ -168,7 +181,12 @@ export interface WebhookBody {
 
 export function webhookNotifier(url: string, timeoutMs = 10_000): Notify {
   return async (body) => {
-    const res = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body), signal: AbortSignal.timeout(timeoutMs) });
+    const res = await fetch(url, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+      signal: AbortSignal.timeout(timeoutMs),
+    });
     if (!res.ok) throw new Error(`alert webhook answered ${res.status}`);
   };
 }
@@ -200,10 +218,24 @@ export class AlertMonitor {
   }
 
   private async send(status: WebhookBody['status'], incident: Incident, now: number): Promise<boolean> {
-    const icon = status === 'firing' ? (incident.severity === 'critical' ? ':rotating_light:' : ':warning:') : ':white_check_mark:';
+    const icon =
+      status === 'firing'
+        ? incident.severity === 'critical'
+          ? ':rotating_light:'
+          : ':warning:'
+        : ':white_check_mark:';
     const text = `${icon} [${status === 'firing' ? 'FIRING' : 'RESOLVED'}] pgmaint: ${incident.summary}${status === 'resolved' ? ` (since ${incident.since})` : ''}`;
-    const body: WebhookBody = { text, status, alert: status === 'resolved' ? { ...incident, resolvedAt: iso(now) } : incident, source: 'pgmaint' };
-    (status === 'firing' ? this.logger.warn : this.logger.info).call(this.logger, { alert: incident.key, status }, text);
+    const body: WebhookBody = {
+      text,
+      status,
+      alert: status === 'resolved' ? { ...incident, resolvedAt: iso(now) } : incident,
+      source: 'pgmaint',
+    };
+    (status === 'firing' ? this.logger.warn : this.logger.info).call(
+      this.logger,
+      { alert: incident.key, status },
+      text,
+    );
     if (!this.notify) return true;
     try {
       await this.notify(body);
@@ -225,7 +257,9 @@ export class AlertMonitor {
     try {
       const snapshot = await this.health.take(now);
       const current = new Map(judge(snapshot, this.rt.config.alerts).map((a) => [a.key, a]));
-      const open = new Map(Object.entries(await this.redis.hgetall(this.openKey)).map(([k, v]) => [k, JSON.parse(v) as Incident]));
+      const open = new Map(
+        Object.entries(await this.redis.hgetall(this.openKey)).map(([k, v]) => [k, JSON.parse(v) as Incident]),
+      );
       const pending = await this.redis.hgetall(this.pendingKey);
       const fired: string[] = [];
       const resolved: string[] = [];
@@ -243,7 +277,8 @@ export class AlertMonitor {
           fired.push(key);
         }
       }
-      for (const key of Object.keys(pending)) if (!current.has(key) && !uncertain(key, snapshot)) await this.redis.hdel(this.pendingKey, key);
+      for (const key of Object.keys(pending))
+        if (!current.has(key) && !uncertain(key, snapshot)) await this.redis.hdel(this.pendingKey, key);
       for (const [key, incident] of open) {
         if (current.has(key) || uncertain(key, snapshot)) continue;
         if (await this.send('resolved', incident, now)) {

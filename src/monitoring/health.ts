@@ -6,14 +6,22 @@ import { DateTime } from 'luxon';
 import { listBaseBackups, listDumps, readArchive, recoveryWindow } from '../backup/catalog.ts';
 import { nextRun } from '../core/cron.ts';
 import type { JobStatus } from '../runner/history.ts';
-import { type PartitionPolicy } from '../core/partition-policy.ts';
+import type { PartitionPolicy } from '../core/partition-policy.ts';
 import { quoteQualified } from '../core/sql.ts';
 import { readParent } from '../partitions/partitions.ts';
 import { openEntries } from '../partitions/retention-journal.ts';
 import type { Runtime } from '../runner/runtime.ts';
 import { readRunStats, type DurationStats, type RunCount } from '../runner/run-stats.ts';
 
-export const QUEUE_STATES = ['waiting', 'active', 'delayed', 'prioritized', 'waiting-children', 'failed', 'completed'] as const;
+export const QUEUE_STATES = [
+  'waiting',
+  'active',
+  'delayed',
+  'prioritized',
+  'waiting-children',
+  'failed',
+  'completed',
+] as const;
 
 export interface ScheduleHealth {
   id: string;
@@ -79,8 +87,19 @@ export const DEFAULT_ROWS_CAP = 100_000;
 
 const ms = (d: Date | string | null | undefined) => (d ? new Date(d).getTime() : null);
 
-async function partitionHealth(rt: Runtime, policy: PartitionPolicy, now: number, runningRetention: Set<string>): Promise<PartitionHealth> {
-  const out: PartitionHealth = { target: policy.target, table: policy.table, runwaySeconds: null, defaultRows: null, unfinishedDetaches: null };
+async function partitionHealth(
+  rt: Runtime,
+  policy: PartitionPolicy,
+  now: number,
+  runningRetention: Set<string>,
+): Promise<PartitionHealth> {
+  const out: PartitionHealth = {
+    target: policy.target,
+    table: policy.table,
+    runwaySeconds: null,
+    defaultRows: null,
+    unfinishedDetaches: null,
+  };
   const client = await rt.connections.pool(policy.target, 'monitor').connect();
   try {
     await client.query(`set statement_timeout = '10s'; set timezone = 'UTC'`);
@@ -96,7 +115,9 @@ async function partitionHealth(rt: Runtime, policy: PartitionPolicy, now: number
     out.runwaySeconds = end ? Math.max(0, Math.round((end.toMillis() - now) / 1000)) : 0;
     const def = parent.partitions.find((p) => p.isDefault);
     if (def) {
-      const { rows } = await client.query<{ n: number }>(`select count(*)::int as n from (select 1 from ${quoteQualified(def.schema, def.name)} limit ${DEFAULT_ROWS_CAP}) s`);
+      const { rows } = await client.query<{ n: number }>(
+        `select count(*)::int as n from (select 1 from ${quoteQualified(def.schema, def.name)} limit ${DEFAULT_ROWS_CAP}) s`,
+      );
       out.defaultRows = rows[0]!.n;
     } else out.defaultRows = 0;
     // A journal entry of a run still going is work in progress; any other is an orphan.
@@ -131,7 +152,10 @@ export class HealthReader {
   /** Ids of retention runs a worker holds now (active, or waiting for a retry after a lost worker). */
   private async runningRetention(): Promise<Set<string>> {
     if (!this.rt.registry.get('drop-expired-partitions')) return new Set();
-    const jobs = await this.rt.queues.get('drop-expired-partitions').getJobs(['active'], 0, 100).catch(() => []);
+    const jobs = await this.rt.queues
+      .get('drop-expired-partitions')
+      .getJobs(['active'], 0, 100)
+      .catch(() => []);
     return new Set(jobs.map((j) => j.id!));
   }
 
@@ -149,10 +173,16 @@ export class HealthReader {
       part('history', rt.history.jobStatus(), []),
       part('history', rt.history.scheduleStatus(), []),
       part('queues', this.queues(), []),
-      this.runningRetention().then((running) => Promise.all(rt.config.partitions.map((p) => partitionHealth(rt, p, now, running)))),
+      this.runningRetention().then((running) =>
+        Promise.all(rt.config.partitions.map((p) => partitionHealth(rt, p, now, running))),
+      ),
     ]);
     const schedules = await part('schedules', this.schedules(scheduleRows, now), []);
-    const backups = await part('backups', Promise.all([...rt.config.targets.keys()].map((t) => this.backups(t, now))), []);
+    const backups = await part(
+      'backups',
+      Promise.all([...rt.config.targets.keys()].map((t) => this.backups(t, now))),
+      [],
+    );
     return { at: now, ...stats, jobs, schedules, queues, backups, partitions, errors };
   }
 
@@ -161,19 +191,30 @@ export class HealthReader {
     return Promise.all(
       this.rt.queues.all().map(async (q) => {
         const registered = this.rt.registry.get(q.name)!;
-        const [counts, workers, active] = await Promise.all([q.getJobCounts(...QUEUE_STATES), q.getWorkersCount(), q.getActive(0, 99)]);
+        const [counts, workers, active] = await Promise.all([
+          q.getJobCounts(...QUEUE_STATES),
+          q.getWorkersCount(),
+          q.getActive(0, 99),
+        ]);
         return {
           queue: q.name,
           counts: counts as QueueHealth['counts'],
           workers,
           needsWorker: scheduled.has(q.name) || (counts.waiting ?? 0) + (counts.prioritized ?? 0) > 0,
-          active: active.map((j) => ({ id: j.id!, startedAt: j.processedOn ?? j.timestamp, maxRunMs: registered.run.timeoutMs })),
+          active: active.map((j) => ({
+            id: j.id!,
+            startedAt: j.processedOn ?? j.timestamp,
+            maxRunMs: registered.run.timeoutMs,
+          })),
         };
       }),
     );
   }
 
-  private async schedules(rows: { schedule: string; lastSuccess: Date | null; startLagSeconds: number | null }[], now: number): Promise<ScheduleHealth[]> {
+  private async schedules(
+    rows: { schedule: string; lastSuccess: Date | null; startLagSeconds: number | null }[],
+    now: number,
+  ): Promise<ScheduleHealth[]> {
     const byId = new Map(rows.map((r) => [r.schedule, r]));
     const redis = this.rt.queues.connection;
     const seenKey = `${this.rt.config.redis.prefix}:monitor:schedule-first-seen`;
@@ -218,7 +259,11 @@ export class HealthReader {
       const archive = await readArchive(t.walArchiveDir, bases[0]!.manifest.walSegmentSize);
       if (archive) windowSeconds = recoveryWindow(bases, archive).seconds;
     }
-    const archiveResult = archiveRun?.result as { lagSeconds?: number | null; lagSegments?: number | null; recoveryWindow?: { seconds: number } } | null;
+    const archiveResult = archiveRun?.result as {
+      lagSeconds?: number | null;
+      lagSegments?: number | null;
+      recoveryWindow?: { seconds: number };
+    } | null;
     if (windowSeconds === null && archiveResult?.recoveryWindow) windowSeconds = archiveResult.recoveryWindow.seconds;
     const drillResult = drillRun?.result as { rtoSeconds?: number; rpoSeconds?: number } | null;
     return {
@@ -229,10 +274,20 @@ export class HealthReader {
       newestBaseBackupAgeSeconds: age(bases[0]?.manifest.stoppedAt),
       recoveryWindowSeconds: windowSeconds,
       archive: archiveRun
-        ? { lagSeconds: archiveResult?.lagSeconds ?? null, lagSegments: archiveResult?.lagSegments ?? null, checkedAt: ms(archiveRun.finished_at)!, ok: archiveRun.outcome === 'succeeded' }
+        ? {
+            lagSeconds: archiveResult?.lagSeconds ?? null,
+            lagSegments: archiveResult?.lagSegments ?? null,
+            checkedAt: ms(archiveRun.finished_at)!,
+            ok: archiveRun.outcome === 'succeeded',
+          }
         : null,
       drill: drillRun
-        ? { rtoSeconds: drillResult?.rtoSeconds ?? null, rpoSeconds: drillResult?.rpoSeconds ?? null, finishedAt: ms(drillRun.finished_at)!, ok: drillRun.outcome === 'succeeded' }
+        ? {
+            rtoSeconds: drillResult?.rtoSeconds ?? null,
+            rpoSeconds: drillResult?.rpoSeconds ?? null,
+            finishedAt: ms(drillRun.finished_at)!,
+            ok: drillRun.outcome === 'succeeded',
+          }
         : null,
     };
   }

@@ -14,8 +14,14 @@ export class Metrics {
   constructor(private readonly health: HealthReader) {
     const r = this.registry;
     collectDefaultMetrics({ register: r, prefix: 'pgmaint_' }); // pgmaint_process_*, pgmaint_nodejs_*: the server process itself
-    const gauge = (name: string, help: string, labelNames: string[]) => new Gauge({ name, help, labelNames, registers: [r] });
-    this.runs = new Counter({ name: 'pgmaint_job_runs_total', help: 'Finished attempts by outcome (succeeded, failed, retrying, timed_out, skipped), and runs recovered from a lost worker (outcome="recovered")', labelNames: ['job', 'target', 'outcome'], registers: [r] });
+    const gauge = (name: string, help: string, labelNames: string[]) =>
+      new Gauge({ name, help, labelNames, registers: [r] });
+    this.runs = new Counter({
+      name: 'pgmaint_job_runs_total',
+      help: 'Finished attempts by outcome (succeeded, failed, retrying, timed_out, skipped), and runs recovered from a lost worker (outcome="recovered")',
+      labelNames: ['job', 'target', 'outcome'],
+      registers: [r],
+    });
     // The duration histogram's buckets come from Redis already counted; prom-client's
     // Histogram only counts observations of its own, so it is rendered as a custom metric.
     r.registerMetric({
@@ -28,37 +34,100 @@ export class Metrics {
         type: 'histogram',
         aggregator: 'sum',
         values: (this.snapshot?.durations ?? []).flatMap((d) => [
-          ...d.buckets.map((b) => ({ metricName: 'pgmaint_job_duration_seconds_bucket', labels: { job: d.job, target: d.target, le: b.le }, value: b.count })),
-          { metricName: 'pgmaint_job_duration_seconds_bucket', labels: { job: d.job, target: d.target, le: '+Inf' }, value: d.count },
+          ...d.buckets.map((b) => ({
+            metricName: 'pgmaint_job_duration_seconds_bucket',
+            labels: { job: d.job, target: d.target, le: b.le },
+            value: b.count,
+          })),
+          {
+            metricName: 'pgmaint_job_duration_seconds_bucket',
+            labels: { job: d.job, target: d.target, le: '+Inf' },
+            value: d.count,
+          },
           { metricName: 'pgmaint_job_duration_seconds_sum', labels: { job: d.job, target: d.target }, value: d.sum },
-          { metricName: 'pgmaint_job_duration_seconds_count', labels: { job: d.job, target: d.target }, value: d.count },
+          {
+            metricName: 'pgmaint_job_duration_seconds_count',
+            labels: { job: d.job, target: d.target },
+            value: d.count,
+          },
         ]),
       }),
     } as never);
     this.g = {
-      lastSuccess: gauge('pgmaint_job_last_success_timestamp_seconds', 'When the job last succeeded on the target', ['job', 'target']),
-      consecutiveFailures: gauge('pgmaint_job_consecutive_failures', 'Runs in a row that failed after their last attempt', ['job', 'target']),
-      scheduleNext: gauge('pgmaint_schedule_next_run_timestamp_seconds', 'Next run of the schedule as Redis holds it', ['schedule', 'job', 'target']),
-      scheduleMissing: gauge('pgmaint_schedule_missing', '1 when the schedule has no scheduler in Redis', ['schedule', 'job', 'target']),
-      scheduleLag: gauge('pgmaint_schedule_start_lag_seconds', 'Start of the latest run minus its scheduled time', ['schedule', 'job', 'target']),
-      scheduleLastSuccess: gauge('pgmaint_schedule_last_success_timestamp_seconds', 'Last success of a run started by the schedule', ['schedule', 'job', 'target']),
-      scheduleDue: gauge('pgmaint_schedule_success_due_timestamp_seconds', 'A success is overdue after this (dead-man switch, before grace)', ['schedule', 'job', 'target']),
+      lastSuccess: gauge('pgmaint_job_last_success_timestamp_seconds', 'When the job last succeeded on the target', [
+        'job',
+        'target',
+      ]),
+      consecutiveFailures: gauge(
+        'pgmaint_job_consecutive_failures',
+        'Runs in a row that failed after their last attempt',
+        ['job', 'target'],
+      ),
+      scheduleNext: gauge('pgmaint_schedule_next_run_timestamp_seconds', 'Next run of the schedule as Redis holds it', [
+        'schedule',
+        'job',
+        'target',
+      ]),
+      scheduleMissing: gauge('pgmaint_schedule_missing', '1 when the schedule has no scheduler in Redis', [
+        'schedule',
+        'job',
+        'target',
+      ]),
+      scheduleLag: gauge('pgmaint_schedule_start_lag_seconds', 'Start of the latest run minus its scheduled time', [
+        'schedule',
+        'job',
+        'target',
+      ]),
+      scheduleLastSuccess: gauge(
+        'pgmaint_schedule_last_success_timestamp_seconds',
+        'Last success of a run started by the schedule',
+        ['schedule', 'job', 'target'],
+      ),
+      scheduleDue: gauge(
+        'pgmaint_schedule_success_due_timestamp_seconds',
+        'A success is overdue after this (dead-man switch, before grace)',
+        ['schedule', 'job', 'target'],
+      ),
       queueJobs: gauge('pgmaint_queue_jobs', 'Jobs in the queue by state', ['queue', 'state']),
       queueWorkers: gauge('pgmaint_queue_workers', 'Worker connections serving the queue', ['queue']),
-      queueOldestActive: gauge('pgmaint_queue_oldest_active_seconds', 'How long the longest-running active job has run', ['queue']),
+      queueOldestActive: gauge(
+        'pgmaint_queue_oldest_active_seconds',
+        'How long the longest-running active job has run',
+        ['queue'],
+      ),
       dumpAge: gauge('pgmaint_backup_newest_age_seconds', 'Age of the newest verified backup', ['target', 'kind']),
-      window: gauge('pgmaint_recovery_window_seconds', 'Point-in-time recovery window (earliest restorable to newest archived WAL)', ['target']),
+      window: gauge(
+        'pgmaint_recovery_window_seconds',
+        'Point-in-time recovery window (earliest restorable to newest archived WAL)',
+        ['target'],
+      ),
       archiveLag: gauge('pgmaint_wal_archive_lag_seconds', 'WAL archive lag at the last archive-check', ['target']),
-      archiveLagSegments: gauge('pgmaint_wal_archive_lag_segments', 'WAL segments not yet archived at the last archive-check', ['target']),
-      archiveChecked: gauge('pgmaint_wal_archive_check_timestamp_seconds', 'When archive-check last finished', ['target']),
+      archiveLagSegments: gauge(
+        'pgmaint_wal_archive_lag_segments',
+        'WAL segments not yet archived at the last archive-check',
+        ['target'],
+      ),
+      archiveChecked: gauge('pgmaint_wal_archive_check_timestamp_seconds', 'When archive-check last finished', [
+        'target',
+      ]),
       archiveOk: gauge('pgmaint_wal_archive_healthy', '1 when the last archive-check succeeded', ['target']),
       drillRto: gauge('pgmaint_pitr_drill_rto_seconds', 'Restore + replay time of the last PITR drill', ['target']),
       drillRpo: gauge('pgmaint_pitr_drill_rpo_seconds', 'Data-loss window measured by the last PITR drill', ['target']),
       drillAt: gauge('pgmaint_pitr_drill_timestamp_seconds', 'When the last PITR drill finished', ['target']),
       drillOk: gauge('pgmaint_pitr_drill_success', '1 when the last PITR drill succeeded', ['target']),
-      runway: gauge('pgmaint_partition_runway_seconds', 'Time until rows have no partition but DEFAULT', ['target', 'table']),
-      defaultRows: gauge('pgmaint_partition_default_rows', 'Rows in the DEFAULT partition (counted up to 100000)', ['target', 'table']),
-      unfinishedDetaches: gauge('pgmaint_partition_unfinished_detaches', 'Partitions a retention run took out of the parent and did not finish (archive, drop or re-attach)', ['target', 'table']),
+      runway: gauge('pgmaint_partition_runway_seconds', 'Time until rows have no partition but DEFAULT', [
+        'target',
+        'table',
+      ]),
+      defaultRows: gauge('pgmaint_partition_default_rows', 'Rows in the DEFAULT partition (counted up to 100000)', [
+        'target',
+        'table',
+      ]),
+      unfinishedDetaches: gauge(
+        'pgmaint_partition_unfinished_detaches',
+        'Partitions a retention run took out of the parent and did not finish (archive, drop or re-attach)',
+        ['target', 'table'],
+      ),
       scrapeErrors: gauge('pgmaint_health_read_errors', '1 for a part of the health reading that failed', ['part']),
     };
   }

@@ -44,7 +44,14 @@ function parseBound(text: string, keyType: KeyType, zone: string): DateTime | nu
 /** Validates the policy against the catalog and reads the partitions with their bounds. */
 export async function readParent(client: pg.ClientBase, policy: PartitionPolicy): Promise<ParentInfo> {
   const [schema, table] = policy.table.split('.') as [string, string];
-  const { rows } = await client.query<{ oid: number; relkind: string; owner: string; strategy: string | null; keycols: string[] | null; keytype: string | null }>(
+  const { rows } = await client.query<{
+    oid: number;
+    relkind: string;
+    owner: string;
+    strategy: string | null;
+    keycols: string[] | null;
+    keytype: string | null;
+  }>(
     `select c.oid, c.relkind, pg_get_userbyid(c.relowner) as owner, pt.partstrat as strategy,
             (select array_agg(a.attname::text order by k.ord) from unnest(pt.partattrs) with ordinality k(attnum, ord)
                join pg_attribute a on a.attrelid = c.oid and a.attnum = k.attnum) as keycols,
@@ -56,13 +63,30 @@ export async function readParent(client: pg.ClientBase, policy: PartitionPolicy)
   );
   const r = rows[0];
   if (!r) throw new PermanentJobError(`${policy.table}: table does not exist`, 'POLICY');
-  if (r.relkind !== 'p' || r.strategy !== 'r') throw new PermanentJobError(`${policy.table}: not RANGE-partitioned`, 'POLICY');
+  if (r.relkind !== 'p' || r.strategy !== 'r')
+    throw new PermanentJobError(`${policy.table}: not RANGE-partitioned`, 'POLICY');
   if (r.keycols?.length !== 1 || r.keycols[0] !== policy.column) {
-    throw new PermanentJobError(`${policy.table}: partitioned on (${r.keycols?.join(', ')}), not on ${policy.column}`, 'POLICY');
+    throw new PermanentJobError(
+      `${policy.table}: partitioned on (${r.keycols?.join(', ')}), not on ${policy.column}`,
+      'POLICY',
+    );
   }
-  const keyType = ({ 'timestamp with time zone': 'timestamptz', 'timestamp without time zone': 'timestamp', date: 'date' } as Record<string, KeyType>)[r.keytype ?? ''];
-  if (!keyType) throw new PermanentJobError(`${policy.table}.${policy.column}: type ${r.keytype} does not fit a time interval`, 'POLICY');
-  if (keyType === 'date' && policy.interval === 'hour') throw new PermanentJobError(`${policy.table}.${policy.column}: a date column cannot have hourly partitions`, 'POLICY');
+  const keyType = (
+    { 'timestamp with time zone': 'timestamptz', 'timestamp without time zone': 'timestamp', date: 'date' } as Record<
+      string,
+      KeyType
+    >
+  )[r.keytype ?? ''];
+  if (!keyType)
+    throw new PermanentJobError(
+      `${policy.table}.${policy.column}: type ${r.keytype} does not fit a time interval`,
+      'POLICY',
+    );
+  if (keyType === 'date' && policy.interval === 'hour')
+    throw new PermanentJobError(
+      `${policy.table}.${policy.column}: a date column cannot have hourly partitions`,
+      'POLICY',
+    );
 
   const parts = await client.query<{ schema: string; name: string; bound: string; pending: boolean }>(
     `select n.nspname as schema, c.relname as name, pg_get_expr(c.relpartbound, c.oid) as bound, i.inhdetachpending as pending
@@ -71,10 +95,18 @@ export async function readParent(client: pg.ClientBase, policy: PartitionPolicy)
     [r.oid],
   );
   const partitions = parts.rows.map((p): ExistingPartition => {
-    if (p.bound === 'DEFAULT') return { schema: p.schema, name: p.name, isDefault: true, from: null, to: null, detachPending: p.pending };
+    if (p.bound === 'DEFAULT')
+      return { schema: p.schema, name: p.name, isDefault: true, from: null, to: null, detachPending: p.pending };
     const m = /^FOR VALUES FROM \((.+)\) TO \((.+)\)$/.exec(p.bound);
     if (!m) throw new PermanentJobError(`${p.schema}.${p.name}: unexpected partition bound ${p.bound}`, 'POLICY');
-    return { schema: p.schema, name: p.name, isDefault: false, from: parseBound(m[1]!, keyType, policy.timeZone), to: parseBound(m[2]!, keyType, policy.timeZone), detachPending: p.pending };
+    return {
+      schema: p.schema,
+      name: p.name,
+      isDefault: false,
+      from: parseBound(m[1]!, keyType, policy.timeZone),
+      to: parseBound(m[2]!, keyType, policy.timeZone),
+      detachPending: p.pending,
+    };
   });
   partitions.sort((a, b) => (a.from?.toMillis() ?? -Infinity) - (b.from?.toMillis() ?? -Infinity));
   return { schema, table, oid: r.oid, owner: r.owner, keyType, partitions };
@@ -86,7 +118,9 @@ export function periodStart(t: DateTime, interval: PartitionInterval): DateTime 
 }
 
 export function nextPeriod(t: DateTime, interval: PartitionInterval): DateTime {
-  const unit = { hour: 'hours', day: 'days', week: 'weeks', month: 'months', quarter: 'quarters', year: 'years' }[interval];
+  const unit = { hour: 'hours', day: 'days', week: 'weeks', month: 'months', quarter: 'quarters', year: 'years' }[
+    interval
+  ];
   // Periods are stepped from the period start: hours in absolute time, the rest in
   // local calendar time, so each lower bound is exactly the previous upper bound.
   return periodStart(t.plus({ [unit]: 1 }), interval);
@@ -113,23 +147,38 @@ export function boundLiteral(t: DateTime, keyType: KeyType): string {
 }
 
 /** The policies of one target, optionally narrowed to some parents. */
-export function policiesFor(ctx: { config: { partitions: PartitionPolicy[] } }, target: string, tables?: string[]): PartitionPolicy[] {
+export function policiesFor(
+  ctx: { config: { partitions: PartitionPolicy[] } },
+  target: string,
+  tables?: string[],
+): PartitionPolicy[] {
   const all = ctx.config.partitions.filter((p) => p.target === target);
   if (!tables) return all;
   const unknown = tables.filter((t) => !all.some((p) => p.table === t));
-  if (unknown.length) throw new PermanentJobError(`tables: no partition policy for ${unknown.join(', ')} on target ${target}`, 'POLICY');
+  if (unknown.length)
+    throw new PermanentJobError(`tables: no partition policy for ${unknown.join(', ')} on target ${target}`, 'POLICY');
   return all.filter((p) => tables.includes(p.table));
 }
 
 /** Refusals for a payload's `tables`: each must have a policy on the target (with a
  * retention, for the retention job), checked when the job is asked for. */
-export function tablesIssues(policies: PartitionPolicy[], target: string, tables: string[] | undefined, needRetention = false): { path: string; message: string }[] {
+export function tablesIssues(
+  policies: PartitionPolicy[],
+  target: string,
+  tables: string[] | undefined,
+  needRetention = false,
+): { path: string; message: string }[] {
   const mine = policies.filter((p) => p.target === target && (!needRetention || p.retention));
   const known = mine.map((p) => p.table);
   return (tables ?? []).flatMap((t, i) =>
     known.includes(t)
       ? []
-      : [{ path: `tables.${i}`, message: `no partition policy${needRetention ? ' with a retention' : ''} for ${t} on target ${target} (known: ${known.join(', ') || 'none'})` }],
+      : [
+          {
+            path: `tables.${i}`,
+            message: `no partition policy${needRetention ? ' with a retention' : ''} for ${t} on target ${target} (known: ${known.join(', ') || 'none'})`,
+          },
+        ],
   );
 }
 
@@ -141,7 +190,11 @@ export const PARENT_LOCKED = 'another run holds this parent (advisory lock); ski
  * runs (any job, any worker) never interleave on it; 'locked' when another holds it.
  * Session TimeZone is UTC so the catalog prints bounds in UTC.
  */
-export async function withParentLock(pool: pg.Pool, table: string, fn: (client: pg.PoolClient) => Promise<void>): Promise<'done' | 'locked'> {
+export async function withParentLock(
+  pool: pg.Pool,
+  table: string,
+  fn: (client: pg.PoolClient) => Promise<void>,
+): Promise<'done' | 'locked'> {
   const client = await pool.connect();
   const key = `pgmaint:partitions:${table}`;
   let zone: string | undefined;
@@ -156,7 +209,9 @@ export async function withParentLock(pool: pg.Pool, table: string, fn: (client: 
       await fn(client);
       return 'done';
     } finally {
-      await client.query('select pg_advisory_unlock(hashtext($1)), set_config($2, $3, false)', [key, 'TimeZone', zone]).catch(() => undefined);
+      await client
+        .query('select pg_advisory_unlock(hashtext($1)), set_config($2, $3, false)', [key, 'TimeZone', zone])
+        .catch(() => undefined);
       zone = undefined;
     }
   } finally {

@@ -69,7 +69,15 @@ export async function openEntries(db: pg.ClientBase | pg.Pool, parent?: string):
 /** Written and committed before the DETACH is issued. */
 export async function recordDetaching(
   db: pg.ClientBase,
-  e: { parent: string; partitionSchema: string; partitionName: string; boundFrom: string; boundTo: string; upperBound: Date; jobId: string },
+  e: {
+    parent: string;
+    partitionSchema: string;
+    partitionName: string;
+    boundFrom: string;
+    boundTo: string;
+    upperBound: Date;
+    jobId: string;
+  },
 ): Promise<string> {
   const { rows } = await db.query<{ id: string }>(
     `insert into pgmaint.retention_journal (parent, partition_schema, partition_name, bound_from, bound_to, upper_bound, state, job_id)
@@ -79,7 +87,13 @@ export async function recordDetaching(
   return rows[0]!.id;
 }
 
-export async function setState(db: pg.ClientBase, id: string, state: JournalState, jobId: string, archive?: { file: string; sha256: string }): Promise<void> {
+export async function setState(
+  db: pg.ClientBase,
+  id: string,
+  state: JournalState,
+  jobId: string,
+  archive?: { file: string; sha256: string },
+): Promise<void> {
   await db.query(
     `update pgmaint.retention_journal set state = $2, job_id = $3, updated_at = now(),
             archive_file = coalesce($4, archive_file), archive_sha256 = coalesce($5, archive_sha256) where id = $1`,
@@ -90,7 +104,10 @@ export async function setState(db: pg.ClientBase, id: string, state: JournalStat
 /** Where an open entry's partition stands in the catalog now. */
 export type CatalogPlace = 'missing' | 'attached' | 'detach-pending' | 'detached';
 
-export async function catalogPlace(db: pg.ClientBase, e: Pick<JournalEntry, 'partitionSchema' | 'partitionName'>): Promise<CatalogPlace> {
+export async function catalogPlace(
+  db: pg.ClientBase,
+  e: Pick<JournalEntry, 'partitionSchema' | 'partitionName'>,
+): Promise<CatalogPlace> {
   const { rows } = await db.query<{ oid: number | null; pending: boolean | null }>(
     `select c.oid, i.inhdetachpending as pending
        from pg_class c join pg_namespace n on n.oid = c.relnamespace

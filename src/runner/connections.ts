@@ -11,12 +11,24 @@ export type RedisClient = Redis | Cluster;
 export function createRedis(cfg: RedisConfig, opts: { name?: string; lazyConnect?: boolean } = {}): RedisClient {
   const common = { maxRetriesPerRequest: null, connectionName: opts.name, lazyConnect: opts.lazyConnect } as const;
   const u = new URL(cfg.url);
-  const auth = { username: decodeURIComponent(u.username) || undefined, password: decodeURIComponent(u.password) || undefined };
+  const auth = {
+    username: decodeURIComponent(u.username) || undefined,
+    password: decodeURIComponent(u.password) || undefined,
+  };
   if (cfg.cluster) {
-    return new Cluster(cfg.cluster, { ...common, redisOptions: { ...common, ...auth, tls: u.protocol === 'rediss:' ? {} : undefined } });
+    return new Cluster(cfg.cluster, {
+      ...common,
+      redisOptions: { ...common, ...auth, tls: u.protocol === 'rediss:' ? {} : undefined },
+    });
   }
   if (cfg.sentinels) {
-    return new Redis({ ...common, ...auth, sentinels: cfg.sentinels, name: cfg.sentinelName, db: Number(u.pathname.slice(1) || 0) });
+    return new Redis({
+      ...common,
+      ...auth,
+      sentinels: cfg.sentinels,
+      name: cfg.sentinelName,
+      db: Number(u.pathname.slice(1) || 0),
+    });
   }
   return new Redis(cfg.url, common);
 }
@@ -29,7 +41,11 @@ export class Connections {
 
   target(name: string): TargetConfig {
     const t = this.config.targets.get(name);
-    if (!t) throw new PermanentJobError(`target: unknown target "${name}" (known: ${[...this.config.targets.keys()].join(', ')})`, 'UNKNOWN_TARGET');
+    if (!t)
+      throw new PermanentJobError(
+        `target: unknown target "${name}" (known: ${[...this.config.targets.keys()].join(', ')})`,
+        'UNKNOWN_TARGET',
+      );
     return t;
   }
 
@@ -39,7 +55,12 @@ export class Connections {
     let pool = this.pools.get(key);
     if (!pool) {
       const t = this.target(targetName);
-      pool = new pg.Pool({ connectionString: t.url, max: t.poolSize, application_name: purpose === 'jobs' ? 'pgmaint' : `pgmaint/${purpose}`, connectionTimeoutMillis: 10_000 });
+      pool = new pg.Pool({
+        connectionString: t.url,
+        max: t.poolSize,
+        application_name: purpose === 'jobs' ? 'pgmaint' : `pgmaint/${purpose}`,
+        connectionTimeoutMillis: 10_000,
+      });
       // An idle client that loses its server must not crash the process.
       pool.on('error', () => undefined);
       // Nor may a checked-out client that sits idle (an advisory lock held while pg_dump

@@ -85,11 +85,15 @@ create index if not exists run_history_started on pgmaint.run_history (started_a
 // row 'abandoned'; the clauses a flush does not need are left out.
 const RECORDSET = `jsonb_to_recordset($1::jsonb) as x(run_id uuid, queue text, job_id text, job text, target text, payload jsonb, trigger text,
   scheduled_for timestamptz, attempt int, started_at timestamptz, finished_at timestamptz, outcome text, error text, result jsonb, worker text, recovered boolean)`;
-const COLUMNS = 'run_id, queue, job_id, job, target, payload, trigger, scheduled_for, attempt, started_at, finished_at, outcome, error, result, worker';
+const COLUMNS =
+  'run_id, queue, job_id, job, target, payload, trigger, scheduled_for, attempt, started_at, finished_at, outcome, error, result, worker';
 
 function flushSql(parts: { inserts: boolean; recovered: boolean; updates: boolean }): string {
   const ctes: string[] = [];
-  if (parts.inserts) ctes.push(`ins as (insert into pgmaint.run_history (${COLUMNS}) select ${COLUMNS} from ${RECORDSET} returning run_id)`);
+  if (parts.inserts)
+    ctes.push(
+      `ins as (insert into pgmaint.run_history (${COLUMNS}) select ${COLUMNS} from ${RECORDSET} returning run_id)`,
+    );
   if (parts.recovered) {
     ctes.push(`abandoned as (
       update pgmaint.run_history h set outcome = 'abandoned', finished_at = now(), error = 'worker lost (stalled job recovered by another worker)'
@@ -102,7 +106,7 @@ function flushSql(parts: { inserts: boolean; recovered: boolean; updates: boolea
        where h.run_id = u.run_id)`);
   }
   // Both parameters are always referenced so every shape takes the same two.
-  return `with ${ctes.join(",\n")} select 1 where $1::jsonb is not null and $2::jsonb is not null`;
+  return `with ${ctes.join(',\n')} select 1 where $1::jsonb is not null and $2::jsonb is not null`;
 }
 
 /** A row as buffered before it is written. */
@@ -141,7 +145,10 @@ export class RunHistory {
   private readonly flushDelayMs: number;
   private readonly synchronous: boolean;
 
-  constructor(private readonly pool: pg.Pool, private readonly opts: HistoryOptions = {}) {
+  constructor(
+    private readonly pool: pg.Pool,
+    private readonly opts: HistoryOptions = {},
+  ) {
     this.flushDelayMs = opts.flushDelayMs ?? 20;
     this.synchronous = opts.synchronous ?? false;
   }
@@ -192,8 +199,18 @@ export class RunHistory {
   }
 
   /** Records the end of an attempt (committed before resolving when synchronous). */
-  finish(runId: string, outcome: Exclude<Outcome, 'running'>, detail: { error?: string; result?: unknown }): Promise<void> {
-    const end: Finish = { run_id: runId, finished_at: new Date(), outcome, error: detail.error ?? null, result: detail.result ?? null };
+  finish(
+    runId: string,
+    outcome: Exclude<Outcome, 'running'>,
+    detail: { error?: string; result?: unknown },
+  ): Promise<void> {
+    const end: Finish = {
+      run_id: runId,
+      finished_at: new Date(),
+      outcome,
+      error: detail.error ?? null,
+      result: detail.result ?? null,
+    };
     const pendingInsert = this.inserts.get(runId);
     if (pendingInsert) Object.assign(pendingInsert, end);
     else this.updates.set(runId, end);
@@ -226,10 +243,12 @@ export class RunHistory {
    * A failed flush puts its rows back. */
   flush(): Promise<void> {
     if (this.flushing) {
-      this.next ??= this.flushing.catch(() => undefined).then(() => {
-        this.next = undefined;
-        return this.flush();
-      });
+      this.next ??= this.flushing
+        .catch(() => undefined)
+        .then(() => {
+          this.next = undefined;
+          return this.flush();
+        });
       return this.next;
     }
     if (!this.inserts.size && !this.updates.size) return Promise.resolve();
@@ -239,10 +258,18 @@ export class RunHistory {
     this.updates = new Map();
     this.flushing = (async () => {
       await this.migrate();
-      const parts = { inserts: inserts.length > 0, recovered: inserts.some((r) => r.recovered), updates: updates.length > 0 };
+      const parts = {
+        inserts: inserts.length > 0,
+        recovered: inserts.some((r) => r.recovered),
+        updates: updates.length > 0,
+      };
       // Named per shape, so each connection plans each of the few shapes once.
       const name = `pgmaint-history-${Number(parts.inserts)}${Number(parts.recovered)}${Number(parts.updates)}`;
-      await this.pool.query({ name, text: flushSql(parts), values: [JSON.stringify(inserts), JSON.stringify(updates)] });
+      await this.pool.query({
+        name,
+        text: flushSql(parts),
+        values: [JSON.stringify(inserts), JSON.stringify(updates)],
+      });
       this.failures = 0;
     })()
       .catch((err) => {
@@ -327,7 +354,10 @@ export class RunHistory {
   /** Deletes finished rows older than the retention; returns how many went. */
   async prune(retentionDays: number): Promise<number> {
     await this.migrate();
-    const res = await this.pool.query(`delete from pgmaint.run_history where started_at < now() - make_interval(days => $1) and outcome <> 'running'`, [retentionDays]);
+    const res = await this.pool.query(
+      `delete from pgmaint.run_history where started_at < now() - make_interval(days => $1) and outcome <> 'running'`,
+      [retentionDays],
+    );
     return res.rowCount ?? 0;
   }
 }

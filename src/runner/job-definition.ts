@@ -7,7 +7,10 @@ import type { Logger } from '../core/logger.ts';
 import { TARGET_NAME } from '../core/config.ts';
 
 /** Every payload names its target database; never a URL. */
-export const targetField = z.string().regex(TARGET_NAME, 'must be a target name (lower-case letters, digits, _ and -)').default('main');
+export const targetField = z
+  .string()
+  .regex(TARGET_NAME, 'must be a target name (lower-case letters, digits, _ and -)')
+  .default('main');
 
 /** One refused field: its path in the payload and why. */
 export interface PayloadIssue {
@@ -46,7 +49,10 @@ export interface JobContext {
   log(message: string, fields?: Record<string, unknown>): Promise<void>;
 }
 
-export interface JobDefinition<S extends z.ZodObject<{ target: typeof targetField }> = z.ZodObject<{ target: typeof targetField }>, R = unknown> {
+export interface JobDefinition<
+  S extends z.ZodObject<{ target: typeof targetField }> = z.ZodObject<{ target: typeof targetField }>,
+  R = unknown,
+> {
   name: string;
   description: string;
   payload: S;
@@ -67,6 +73,8 @@ export interface JobDefinition<S extends z.ZodObject<{ target: typeof targetFiel
 
 export type AnyJobDefinition = JobDefinition<z.ZodObject<{ target: typeof targetField }>, unknown>;
 
-export function defineJob<S extends z.ZodObject<{ target: typeof targetField }>, R>(def: JobDefinition<S, R>): JobDefinition<S, R> {
+export function defineJob<S extends z.ZodObject<{ target: typeof targetField }>, R>(
+  def: JobDefinition<S, R>,
+): JobDefinition<S, R> {
   return def;
 }

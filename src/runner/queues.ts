@@ -82,7 +82,11 @@ export class Queues {
       const held = id ? await queue.getJob(id) : undefined;
       if (!held) return undefined;
       const state = await held.getState();
-      return { job: held, existing: true, reason: `an identical ${name} request (same payload) is already ${state} as job ${held.id}` };
+      return {
+        job: held,
+        existing: true,
+        reason: `an identical ${name} request (same payload) is already ${state} as job ${held.id}`,
+      };
     };
     const early = await merged(await queue.getDeduplicationJobId(dedupId));
     if (early) return early;

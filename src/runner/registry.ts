@@ -18,7 +18,10 @@ export class PayloadError extends Error {
 export class Registry {
   private readonly jobs = new Map<string, RegisteredJob>();
 
-  constructor(defs: readonly AnyJobDefinition[], private readonly config: Config) {
+  constructor(
+    defs: readonly AnyJobDefinition[],
+    private readonly config: Config,
+  ) {
     for (const def of defs) {
       if (this.jobs.has(def.name)) throw new Error(`job "${def.name}" is defined twice`);
       const override = config.jobs[def.name] ?? {};
@@ -52,7 +55,9 @@ export class Registry {
     const job = this.jobs.get(name);
     if (!job) throw new Error(`unknown job "${name}"`);
     if (raw !== undefined && raw !== null && (typeof raw !== 'object' || Array.isArray(raw))) {
-      throw new PayloadError([{ path: '(payload)', message: `must be a JSON object, not ${Array.isArray(raw) ? 'an array' : typeof raw}` }]);
+      throw new PayloadError([
+        { path: '(payload)', message: `must be a JSON object, not ${Array.isArray(raw) ? 'an array' : typeof raw}` },
+      ]);
     }
     const known = Object.keys(job.def.payload.shape);
     const parsed = job.def.payload.strict().safeParse(raw ?? {});
@@ -60,14 +65,22 @@ export class Registry {
       throw new PayloadError(
         parsed.error.issues.flatMap((i) =>
           i.code === 'unrecognized_keys'
-            ? i.keys.map((key) => ({ path: [...i.path.map(String), key].join('.'), message: unknownKeyMessage(key, known) }))
+            ? i.keys.map((key) => ({
+                path: [...i.path.map(String), key].join('.'),
+                message: unknownKeyMessage(key, known),
+              }))
             : [{ path: i.path.map(String).join('.') || '(payload)', message: i.message }],
         ),
       );
     }
     const payload = parsed.data as Record<string, unknown> & { target: string };
     if (!this.config.targets.has(payload.target)) {
-      throw new PayloadError([{ path: 'target', message: `unknown target "${payload.target}" (known: ${[...this.config.targets.keys()].join(', ')})` }]);
+      throw new PayloadError([
+        {
+          path: 'target',
+          message: `unknown target "${payload.target}" (known: ${[...this.config.targets.keys()].join(', ')})`,
+        },
+      ]);
     }
     const issues = job.def.checkConfig?.(payload as never, this.config) ?? [];
     if (issues.length) throw new PayloadError(issues);
@@ -84,6 +97,14 @@ function unknownKeyMessage(key: string, known: string[]): string {
 /** A stable text of a parsed payload (keys sorted), so equal requests compare equal. */
 export function canonicalPayload(payload: Record<string, unknown>): string {
   const sort = (v: unknown): unknown =>
-    Array.isArray(v) ? v.map(sort) : v && typeof v === 'object' ? Object.fromEntries(Object.keys(v).sort().map((k) => [k, sort((v as Record<string, unknown>)[k])])) : v;
+    Array.isArray(v)
+      ? v.map(sort)
+      : v && typeof v === 'object'
+        ? Object.fromEntries(
+            Object.keys(v)
+              .sort()
+              .map((k) => [k, sort((v as Record<string, unknown>)[k])]),
+          )
+        : v;
   return JSON.stringify(sort(payload));
 }

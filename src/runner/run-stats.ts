@@ -12,7 +12,11 @@ const SEP = '\u001f'; // a field is job␟target␟outcome; none of them can hol
 export const runsKey = (prefix: string) => `${prefix}:stats:runs`;
 export const durationsKey = (prefix: string) => `${prefix}:stats:durations`;
 
-export async function recordRun(redis: RedisClient, prefix: string, run: { job: string; target: string; outcome: string; seconds?: number; recovered?: boolean }): Promise<void> {
+export async function recordRun(
+  redis: RedisClient,
+  prefix: string,
+  run: { job: string; target: string; outcome: string; seconds?: number; recovered?: boolean },
+): Promise<void> {
   const multi = redis.multi();
   multi.hincrby(runsKey(prefix), [run.job, run.target, run.outcome].join(SEP), 1);
   if (run.recovered) multi.hincrby(runsKey(prefix), [run.job, run.target, 'recovered'].join(SEP), 1);
@@ -43,7 +47,10 @@ export interface DurationStats {
   count: number;
 }
 
-export async function readRunStats(redis: RedisClient, prefix: string): Promise<{ runs: RunCount[]; durations: DurationStats[] }> {
+export async function readRunStats(
+  redis: RedisClient,
+  prefix: string,
+): Promise<{ runs: RunCount[]; durations: DurationStats[] }> {
   const [runsHash, durHash] = await Promise.all([redis.hgetall(runsKey(prefix)), redis.hgetall(durationsKey(prefix))]);
   const runs = Object.entries(runsHash).map(([field, n]) => {
     const [job, target, outcome] = field.split(SEP) as [string, string, string];
@@ -57,8 +64,10 @@ export async function readRunStats(redis: RedisClient, prefix: string): Promise<
     byRun.get(k)!.raw.set(part, Number(n));
   }
   const durations = [...byRun.values()].map(({ job, target, raw }) => {
-    let acc = 0;
-    const buckets = DURATION_BUCKETS.map((le) => ({ le, count: (acc += raw.get(String(le)) ?? 0) }));
+    // Cumulative counts, as Prometheus buckets are.
+    const buckets: { le: number; count: number }[] = [];
+    for (const le of DURATION_BUCKETS)
+      buckets.push({ le, count: (buckets.at(-1)?.count ?? 0) + (raw.get(String(le)) ?? 0) });
     return { job, target, buckets, sum: raw.get('sum') ?? 0, count: raw.get('count') ?? 0 };
   });
   return { runs, durations };

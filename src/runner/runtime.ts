@@ -69,11 +69,16 @@ export class Runtime {
     const connection = this.queues.connection;
     let onError: ((err: Error) => void) | undefined;
     // A refused connection is reported at once, not after the timeout.
-    const refused = new Promise<never>((_, reject) => connection.once('error', (onError = reject)));
+    const refused = new Promise<never>((_, reject) => {
+      onError = reject;
+      connection.once('error', reject);
+    });
     try {
       await withTimeout(Promise.race([connection.ping(), refused]), timeoutMs);
     } catch (err) {
-      throw new ServiceUnavailableError(`REDIS_URL: cannot reach ${safeUrl(this.config.redis.url)}: ${(err as Error).message}`);
+      throw new ServiceUnavailableError(
+        `REDIS_URL: cannot reach ${safeUrl(this.config.redis.url)}: ${(err as Error).message}`,
+      );
     } finally {
       if (onError) connection.off('error', onError);
     }
@@ -85,7 +90,9 @@ export class Runtime {
     try {
       await withTimeout(this.connections.pool(target.name, 'history').query('select 1'), timeoutMs);
     } catch (err) {
-      throw new ServiceUnavailableError(`${target.urlSource}: cannot reach PostgreSQL at ${safeUrl(target.url)} (target ${target.name}): ${(err as Error).message}`);
+      throw new ServiceUnavailableError(
+        `${target.urlSource}: cannot reach PostgreSQL at ${safeUrl(target.url)} (target ${target.name}): ${(err as Error).message}`,
+      );
     }
   }
 
@@ -119,7 +126,8 @@ export class Runtime {
     await this.history.close();
     await this.queues.close();
     await this.connections.close();
-    for (const fn of this.finalizers.reverse()) await Promise.resolve(fn()).catch((err) => this.logger.error({ err }, 'error during shutdown'));
+    for (const fn of this.finalizers.reverse())
+      await Promise.resolve(fn()).catch((err) => this.logger.error({ err }, 'error during shutdown'));
   }
 }
 
@@ -127,5 +135,8 @@ export class Runtime {
 function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
   p.catch(() => undefined);
   let timer: NodeJS.Timeout | undefined;
-  return Promise.race([p, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`no answer in ${ms / 1000}s`)), ms)))]).finally(() => clearTimeout(timer));
+  return Promise.race([
+    p,
+    new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`no answer in ${ms / 1000}s`)), ms))),
+  ]).finally(() => clearTimeout(timer));
 }

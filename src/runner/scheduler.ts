@@ -28,11 +28,16 @@ export type ResolvedSchedule = Required<Schedule> & { payload: JobData['payload'
 const SCHEDULE_ID = /^[a-z0-9][a-z0-9_.-]{0,99}$/;
 
 /** Validates schedules against the registry; the error names the schedule and field. */
-export function resolveSchedules(schedules: readonly Schedule[], registry: Registry, disabled: readonly string[] = []): ResolvedSchedule[] {
+export function resolveSchedules(
+  schedules: readonly Schedule[],
+  registry: Registry,
+  disabled: readonly string[] = [],
+): ResolvedSchedule[] {
   const ids = schedules.map((s) => s.id);
   disabled.forEach((id, i) => {
     // An unknown id would leave the real schedule on while the file says it is off.
-    if (!ids.includes(id)) throw new ConfigError(`scheduler.disabled.${i}: no schedule "${id}" (known: ${ids.join(', ') || 'none'})`);
+    if (!ids.includes(id))
+      throw new ConfigError(`scheduler.disabled.${i}: no schedule "${id}" (known: ${ids.join(', ') || 'none'})`);
   });
   const seen = new Set<string>();
   const out: ResolvedSchedule[] = [];
@@ -73,7 +78,13 @@ export class Scheduler {
   private async upsert(s: ResolvedSchedule): Promise<void> {
     const registered = this.registry.get(s.job)!;
     const data: JobData = { payload: s.payload, trigger: `schedule:${s.id}`, scheduleId: s.id };
-    await this.queues.get(s.job).upsertJobScheduler(s.id, { pattern: s.cron, tz: s.tz }, { name: s.job, data, opts: jobOptions(this.queues.config, registered) });
+    await this.queues
+      .get(s.job)
+      .upsertJobScheduler(
+        s.id,
+        { pattern: s.cron, tz: s.tz },
+        { name: s.job, data, opts: jobOptions(this.queues.config, registered) },
+      );
   }
 
   /** Upserts every schedule and removes schedulers that are no longer in the code. */

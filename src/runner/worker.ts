@@ -5,7 +5,14 @@ import os from 'node:os';
 import { DelayedError, UnrecoverableError, Worker, type Job } from 'bullmq';
 import { libpqEnv } from '../core/libpq.ts';
 import type { Connections } from './connections.ts';
-import { classifyError, coerceError, describeError, JobAbortedError, JobTimeoutError, UsageError } from '../core/errors.ts';
+import {
+  classifyError,
+  coerceError,
+  describeError,
+  JobAbortedError,
+  JobTimeoutError,
+  UsageError,
+} from '../core/errors.ts';
 import type { RunHistory, RunStart } from './history.ts';
 import type { JobContext } from './job-definition.ts';
 import type { Logger } from '../core/logger.ts';
@@ -41,12 +48,21 @@ const JOB_DATA_KEYS = ['payload', 'trigger', 'scheduleId'];
 
 /** Refuses job data that is not {payload: {…}, trigger?, scheduleId?}, naming the key. */
 function checkJobData(data: unknown): asserts data is JobData {
-  if (!data || typeof data !== 'object' || Array.isArray(data)) throw new PayloadError([{ path: '(job data)', message: 'must be an object {"payload": {…}}' }]);
+  if (!data || typeof data !== 'object' || Array.isArray(data))
+    throw new PayloadError([{ path: '(job data)', message: 'must be an object {"payload": {…}}' }]);
   const unknown = Object.keys(data).filter((k) => !JOB_DATA_KEYS.includes(k));
-  const issues = unknown.map((k) => ({ path: k, message: `unknown key in job data (known: ${JOB_DATA_KEYS.join(', ')}; payload fields go under "payload")` }));
+  const issues = unknown.map((k) => ({
+    path: k,
+    message: `unknown key in job data (known: ${JOB_DATA_KEYS.join(', ')}; payload fields go under "payload")`,
+  }));
   const d = data as Record<string, unknown>;
-  if (!d.payload || typeof d.payload !== 'object' || Array.isArray(d.payload)) issues.push({ path: 'payload', message: 'is required: an object of the job\'s payload fields, e.g. {"payload": {}}' });
-  if (d.trigger !== undefined && typeof d.trigger !== 'string') issues.push({ path: 'trigger', message: 'must be a string' });
+  if (!d.payload || typeof d.payload !== 'object' || Array.isArray(d.payload))
+    issues.push({
+      path: 'payload',
+      message: 'is required: an object of the job\'s payload fields, e.g. {"payload": {}}',
+    });
+  if (d.trigger !== undefined && typeof d.trigger !== 'string')
+    issues.push({ path: 'trigger', message: 'must be a string' });
   if (issues.length) throw new PayloadError(issues);
 }
 
@@ -72,7 +88,8 @@ export class WorkerRuntime {
     const connection = this.opts.connections.redis('pgmaint-worker');
     for (const name of this.queueNames) {
       const registered = this.opts.registry.get(name);
-      if (!registered) throw new UsageError(`--queues: unknown job "${name}" (known: ${this.opts.registry.names().join(', ')})`);
+      if (!registered)
+        throw new UsageError(`--queues: unknown job "${name}" (known: ${this.opts.registry.names().join(', ')})`);
       const worker = new Worker<JobData>(name, (job, token, signal) => this.process(job, token, signal), {
         connection,
         prefix: config.redis.prefix,
@@ -91,9 +108,13 @@ export class WorkerRuntime {
   /** Fleet-wide counters for /metrics; a Redis hiccup must not fail the run. */
   private stat(run: RunStart, outcome: string, startedAt?: number): void {
     const seconds = startedAt === undefined ? undefined : (Date.now() - startedAt) / 1000;
-    recordRun(this.redis, this.opts.connections.config.redis.prefix, { job: run.job, target: run.target, outcome, seconds, recovered: run.recovered }).catch((err) =>
-      this.opts.logger.warn({ err }, 'run statistics not recorded'),
-    );
+    recordRun(this.redis, this.opts.connections.config.redis.prefix, {
+      job: run.job,
+      target: run.target,
+      outcome,
+      seconds,
+      recovered: run.recovered,
+    }).catch((err) => this.opts.logger.warn({ err }, 'run statistics not recorded'));
   }
 
   private lockKey(scheduleId: string): string {
@@ -101,7 +122,12 @@ export class WorkerRuntime {
   }
 
   /** Returns a reason to skip this scheduled run, or undefined to run it. */
-  private async scheduleGate(job: Job<JobData>, schedule: ResolvedSchedule, scheduledFor: number, ttlMs: number): Promise<string | undefined> {
+  private async scheduleGate(
+    job: Job<JobData>,
+    schedule: ResolvedSchedule,
+    scheduledFor: number,
+    ttlMs: number,
+  ): Promise<string | undefined> {
     const late = Date.now() - scheduledFor;
     const tolerance = this.opts.connections.config.scheduler.lateToleranceMs;
     // A stalled job re-run after a crash is the same run, not a missed one.
@@ -114,7 +140,8 @@ export class WorkerRuntime {
     const holder = await this.redis.get(key);
     if (holder === job.id) return undefined;
     const holderJob = holder ? await this.opts.queues.get(job.name).getJob(holder) : undefined;
-    if (holderJob && (await holderJob.getState()) === 'active') return `previous run ${holder} of schedule ${schedule.id} is still active`;
+    if (holderJob && (await holderJob.getState()) === 'active')
+      return `previous run ${holder} of schedule ${schedule.id} is still active`;
     // The holder is gone (finished without releasing, or lost): take over.
     await this.redis.set(key, job.id!, 'PX', ttlMs);
     return undefined;
@@ -133,7 +160,12 @@ export class WorkerRuntime {
     const schedule = scheduleId ? this.schedules.get(scheduleId) : undefined;
     const scheduledFor = (job.opts as { prevMillis?: number }).prevMillis ?? job.timestamp + (job.delay ?? 0);
     const attempt = job.attemptsMade + 1;
-    const logger = this.opts.logger.child({ queue: job.queueName, jobId: job.id, job: job.name, target: job.data?.payload?.target });
+    const logger = this.opts.logger.child({
+      queue: job.queueName,
+      jobId: job.id,
+      job: job.name,
+      target: job.data?.payload?.target,
+    });
     const run: RunStart = {
       queue: job.queueName,
       jobId: job.id!,
@@ -161,7 +193,11 @@ export class WorkerRuntime {
       throw new UnrecoverableError(message);
     }
 
-    if (scheduleId && !schedule) logger.warn({ scheduleId }, 'scheduled job from a schedule this process does not know; running it without overlap rules');
+    if (scheduleId && !schedule)
+      logger.warn(
+        { scheduleId },
+        'scheduled job from a schedule this process does not know; running it without overlap rules',
+      );
     if (schedule) {
       const reason = await this.scheduleGate(job, schedule, scheduledFor, registered.run.timeoutMs + 60_000);
       if (reason) {
@@ -184,14 +220,22 @@ export class WorkerRuntime {
     controller.signal.addEventListener('abort', () => {
       connections
         .pool(payload.target)
-        .query('select pg_terminate_backend(pid) from pg_stat_activity where application_name = $1 and pid <> pg_backend_pid()', [appName])
-        .catch((err) => logger.warn({ err }, 'could not end the aborted run\'s sessions'));
+        .query(
+          'select pg_terminate_backend(pid) from pg_stat_activity where application_name = $1 and pid <> pg_backend_pid()',
+          [appName],
+        )
+        .catch((err) => logger.warn({ err }, "could not end the aborted run's sessions"));
     });
     this.running.set(job.id!, controller);
     const onBullAbort = () => controller.abort(new JobAbortedError('job cancelled'));
     bullSignal?.addEventListener('abort', onBullAbort, { once: true });
     const timer = setTimeout(
-      () => controller.abort(new JobTimeoutError(`timed out after ${Math.round(registered.run.timeoutMs / 1000)}s (maximum run time of ${job.name}); child processes killed`)),
+      () =>
+        controller.abort(
+          new JobTimeoutError(
+            `timed out after ${Math.round(registered.run.timeoutMs / 1000)}s (maximum run time of ${job.name}); child processes killed`,
+          ),
+        ),
       registered.run.timeoutMs,
     );
     const aborted = new Promise<never>((_, reject) => {
@@ -232,13 +276,19 @@ export class WorkerRuntime {
       // Aborted (timeout, shutdown, cancel): give the handler a moment to kill its
       // children and remove its temporary files, so the run is not reported failed
       // while a partial file still lies there.
-      if (controller.signal.aborted) await Promise.race([handling.catch(() => undefined), new Promise((r) => setTimeout(r, ABORT_CLEANUP_MS).unref())]);
+      if (controller.signal.aborted)
+        await Promise.race([
+          handling.catch(() => undefined),
+          new Promise((r) => setTimeout(r, ABORT_CLEANUP_MS).unref()),
+        ]);
       const err = coerceError(thrown);
       const kind = classifyError(err);
       const message = describeError(err);
       const final = kind !== 'retryable' || attempt >= registered.run.attempts;
       const outcome = kind === 'timeout' ? 'timed_out' : final ? 'failed' : 'retrying';
-      await history.finish(historyId, outcome, { error: message }).catch((e) => logger.error({ err: e }, 'history update failed'));
+      await history
+        .finish(historyId, outcome, { error: message })
+        .catch((e) => logger.error({ err: e }, 'history update failed'));
       this.stat(run, outcome, startedAt);
       await job.log(`${new Date().toISOString()} ${outcome}: ${message}`).catch(() => undefined);
       logger.error({ err, outcome, kind }, 'run failed');
@@ -248,7 +298,8 @@ export class WorkerRuntime {
       clearTimeout(timer);
       bullSignal?.removeEventListener('abort', onBullAbort);
       this.running.delete(job.id!);
-      if (schedule && schedule.overlap === 'skip') await this.redis.eval(RELEASE_LOCK, 1, this.lockKey(schedule.id), job.id!).catch(() => undefined);
+      if (schedule && schedule.overlap === 'skip')
+        await this.redis.eval(RELEASE_LOCK, 1, this.lockKey(schedule.id), job.id!).catch(() => undefined);
     }
   }
 
@@ -267,7 +318,8 @@ export class WorkerRuntime {
     clearTimeout(timer);
     if (timedOut) {
       this.opts.logger.warn({ running: [...this.running.keys()] }, 'shutdown timeout: aborting running jobs');
-      for (const c of this.running.values()) c.abort(new JobAbortedError('worker shutting down; the job will be retried'));
+      for (const c of this.running.values())
+        c.abort(new JobAbortedError('worker shutting down; the job will be retried'));
       await closing;
     }
   }

@@ -13,7 +13,10 @@ let dir: string | undefined;
 export async function setup(project: TestProject) {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pgmaint-test-'));
   fs.chmodSync(dir, 0o755); // the postgres user must reach the cluster below it
-  [pg, redis] = await Promise.all([startPostgres({ dir: path.join(dir, 'pg') }), startRedis({ dir: path.join(dir, 'redis') })]);
+  [pg, redis] = await Promise.all([
+    startPostgres({ dir: path.join(dir, 'pg') }),
+    startRedis({ dir: path.join(dir, 'redis') }),
+  ]);
   project.provide('pgUrl', pg.url());
   project.provide('pgPort', pg.port);
   project.provide('pgDataDir', pg.dataDir);

@@ -11,7 +11,7 @@ import { inject } from 'vitest';
 import { loadConfig } from '../../src/core/config.ts';
 import { createDatabase, startPostgres, type PostgresInstance } from '../../src/dev/devstack.ts';
 import { createLogger } from '../../src/core/logger.ts';
-import { Runtime, type RuntimeOptions } from '../../src/runner/runtime.ts';
+import type { Runtime, RuntimeOptions } from '../../src/runner/runtime.ts';
 import { createRuntime } from '../../src/pgmaint.ts';
 
 export const ADMIN_TOKEN = 'admin-token-for-tests-0123456789';
@@ -99,7 +99,11 @@ export async function createHarness(name: string): Promise<Harness> {
     },
     spawnPgmaint(args, extraEnv = {}) {
       // A process group of its own, so a test can kill the process with its children.
-      const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, ...env, LOG_LEVEL: 'info', ...extraEnv }, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+      const child = spawn(process.execPath, [BIN, ...args], {
+        env: { ...process.env, ...env, LOG_LEVEL: 'info', ...extraEnv },
+        stdio: ['ignore', 'pipe', 'pipe'],
+        detached: true,
+      });
       children.push(child);
       let out = '';
       const listeners = new Set<() => void>();
@@ -184,7 +188,11 @@ export async function createHarness(name: string): Promise<Harness> {
   return h;
 }
 
-export async function waitUntil<T>(fn: () => Promise<T | undefined | false>, timeoutMs = 30_000, what = 'condition'): Promise<T> {
+export async function waitUntil<T>(
+  fn: () => Promise<T | undefined | false>,
+  timeoutMs = 30_000,
+  what = 'condition',
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const v = await fn();
@@ -197,7 +205,12 @@ export async function waitUntil<T>(fn: () => Promise<T | undefined | false>, tim
 /** Waits until a session matching `where` (SQL on pg_stat_activity) is blocked on a lock. */
 export function waitUntilBlocked(pool: pg.Pool, where: string, what: string, timeoutMs = 30_000): Promise<unknown> {
   return waitUntil(
-    async () => (await pool.query(`select 1 from pg_stat_activity where wait_event_type = 'Lock' and pid <> pg_backend_pid() and (${where})`)).rowCount,
+    async () =>
+      (
+        await pool.query(
+          `select 1 from pg_stat_activity where wait_event_type = 'Lock' and pid <> pg_backend_pid() and (${where})`,
+        )
+      ).rowCount,
     timeoutMs,
     what,
   );
@@ -205,10 +218,18 @@ export function waitUntilBlocked(pool: pg.Pool, where: string, what: string, tim
 
 /** Waits for a job to complete or fail, then reads it afresh (a job loaded before
  * its state changed would show stale attempts and reasons). */
-export async function waitForFinished(queue: Queue, id: string, timeoutMs = 60_000): Promise<{ job: Job; state: 'completed' | 'failed' }> {
-  const state = await waitUntil(async () => {
-    const s = await queue.getJobState(id);
-    return s === 'completed' || s === 'failed' ? s : undefined;
-  }, timeoutMs, `job ${queue.name}/${id} to finish`);
+export async function waitForFinished(
+  queue: Queue,
+  id: string,
+  timeoutMs = 60_000,
+): Promise<{ job: Job; state: 'completed' | 'failed' }> {
+  const state = await waitUntil(
+    async () => {
+      const s = await queue.getJobState(id);
+      return s === 'completed' || s === 'failed' ? s : undefined;
+    },
+    timeoutMs,
+    `job ${queue.name}/${id} to finish`,
+  );
   return { job: (await queue.getJob(id))!, state };
 }

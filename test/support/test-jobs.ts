@@ -10,7 +10,10 @@ export const sqlProbe = defineJob({
   payload: z.object({
     target: targetField,
     scenario: z.enum(['missing-relation', 'lock-table', 'syntax', 'ok']),
-    table: z.string().regex(/^[a-z_]+$/).default('probe_lock'),
+    table: z
+      .string()
+      .regex(/^[a-z_]+$/)
+      .default('probe_lock'),
   }),
   defaults: { attempts: 3, backoffMs: 200, timeoutMs: 60_000, concurrency: 2 },
   async handler(ctx, p) {
@@ -47,7 +50,10 @@ export const slowChild = defineJob({
   defaults: { attempts: 2, backoffMs: 100, timeoutMs: 1500, concurrency: 1 },
   async handler(ctx) {
     // psql sleeping in the server: killing the client must end it.
-    await runProcess(binPath('psql'), ['-XAtq', '-c', `select pg_sleep(60) /* pgmaint-slow-child ${ctx.jobId} */`], { env: ctx.libpqEnv(), signal: ctx.signal });
+    await runProcess(binPath('psql'), ['-XAtq', '-c', `select pg_sleep(60) /* pgmaint-slow-child ${ctx.jobId} */`], {
+      env: ctx.libpqEnv(),
+      signal: ctx.signal,
+    });
     return 'unreachable';
   },
 });
