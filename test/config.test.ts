@@ -3,7 +3,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import YAML from 'yaml';
-import { ConfigError, loadConfig } from '../src/core/config.ts';
+import { loadConfig } from '../src/core/config.ts';
+import { ConfigError } from '../src/core/errors.ts';
 
 const base = { DATABASE_URL: 'postgres://app:s3cret@db:5432/dairy', BACKUP_DIR: '/var/backups/pgmaint' };
 

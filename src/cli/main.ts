@@ -3,10 +3,8 @@
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { QueueEvents } from 'bullmq';
-import { ConfigError } from '../core/config.ts';
-import { ServiceUnavailableError, UsageError } from '../core/errors.ts';
+import { ConfigError, exitCodeFor, UsageError } from '../core/errors.ts';
 import { redact } from '../core/redact.ts';
-import { PayloadError } from '../runner/registry.ts';
 import { runMonitorProcess, runServerProcess, runWorkerProcess } from './roles.ts';
 import type { Runtime } from '../runner/runtime.ts';
 import { createRuntime } from '../pgmaint.ts';
@@ -215,15 +213,8 @@ export async function main(argv: string[]): Promise<void> {
     process.stderr.write(`pgmaint: ${oneLine(err)}\n`);
     if (process.env.LOG_LEVEL === 'debug' || process.env.LOG_LEVEL === 'trace')
       process.stderr.write(`${(err as Error).stack ?? ''}\n`);
-    process.exit(exitCode(err));
+    process.exit(exitCodeFor(err));
   }
-}
-
-/** 2: the request was refused (usage, configuration, payload); 3: Redis or PostgreSQL did not answer; 1: anything else. */
-export function exitCode(err: unknown): number {
-  if (err instanceof UsageError || err instanceof ConfigError || err instanceof PayloadError) return 2;
-  if (err instanceof ServiceUnavailableError) return 3;
-  return 1;
 }
 
 function oneLine(err: unknown): string {

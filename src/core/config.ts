@@ -6,11 +6,8 @@ import { z } from 'zod';
 import YAML from 'yaml';
 import { IANAZone } from 'luxon';
 import { partitionPolicy, type PartitionPolicy } from './partition-policy.ts';
+import { ConfigError } from './errors.ts';
 import { qualifiedName } from './sql.ts';
-
-export class ConfigError extends Error {
-  override name = 'ConfigError';
-}
 
 export const TARGET_NAME = /^[a-z][a-z0-9_-]{0,62}$/;
 

@@ -1,9 +1,36 @@
-// Errors that decide whether BullMQ retries: anything thrown by a job handler is
-// coerced to an Error, then classified from its PostgreSQL SQLSTATE or errno.
+// The one error model. Every error pgmaint raises on purpose has a stable `code`;
+// callers switch on the code (the CLI's exit status, the HTTP status, the retry
+// decision), never on the message. Anything a job handler throws is coerced to an
+// Error and classified from its class, its PostgreSQL SQLSTATE or its errno.
 import { UnrecoverableError } from 'bullmq';
 import { redact } from './redact.ts';
 
-/** A failure that no retry can fix: bad payload, missing relation, denied, bad SQL. */
+/** The environment or the config file is invalid; the message names the variable or key. Exit 2. */
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+  readonly code = 'CONFIG';
+}
+
+/** One refused field of a payload: where, and why. */
+export interface FieldIssue {
+  path: string;
+  message: string;
+}
+
+/** A job payload (or job data) that is refused, field by field. HTTP 400, exit 2; a worker fails the job without retry. */
+export class PayloadError extends Error {
+  override name = 'PayloadError';
+  readonly code = 'PAYLOAD';
+  constructor(readonly issues: FieldIssue[]) {
+    super(`invalid payload: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`);
+  }
+}
+
+/**
+ * A failure that no retry can fix: a missing relation, a denied permission, a bad
+ * policy. `code` is PERMANENT or a more precise stable reason (POLICY, BACKUP_DIR,
+ * WAL_ARCHIVE_DIR, UNKNOWN_TARGET, BAD_KEY, ARCHIVE_UNHEALTHY, …).
+ */
 export class PermanentJobError extends Error {
   override name = 'PermanentJobError';
   constructor(
@@ -25,6 +52,19 @@ export class UsageError extends Error {
 export class ServiceUnavailableError extends Error {
   override name = 'ServiceUnavailableError';
   readonly code = 'UNAVAILABLE';
+}
+
+/** A child process (pg_dump, pg_restore, …) failed; the message names the tool and its last stderr lines. */
+export class ProcessError extends Error {
+  override name = 'ProcessError';
+  readonly code = 'PROCESS_FAILED';
+  constructor(
+    message: string,
+    readonly exitCode: number | null,
+    readonly stderr: string,
+  ) {
+    super(message);
+  }
 }
 
 /** The run exceeded its maximum run time; its child processes were killed. */
@@ -91,4 +131,12 @@ export function describeError(err: Error): string {
   const code = (err as { code?: unknown }).code;
   const sqlstate = typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) ? ` (SQLSTATE ${code})` : '';
   return redact(`${err.message}${sqlstate}`);
+}
+
+/** Exit status of the CLI for an error, by its stable code: 2 refused, 3 unreachable, 1 anything else. */
+const EXIT_BY_CODE: Record<string, number> = { USAGE: 2, CONFIG: 2, PAYLOAD: 2, UNAVAILABLE: 3 };
+
+export function exitCodeFor(err: unknown): number {
+  const code = (err as { code?: unknown })?.code;
+  return typeof code === 'string' ? (EXIT_BY_CODE[code] ?? 1) : 1;
 }

@@ -2,6 +2,7 @@
 // kills them, stderr lines are handed to the caller, and the error names the tool.
 import { spawn } from 'node:child_process';
 import readline from 'node:readline';
+import { ProcessError } from './errors.ts';
 import { redact } from './redact.ts';
 
 export interface RunOptions {
@@ -17,16 +18,6 @@ export interface RunOptions {
   cwd?: string;
 }
 
-export class ProcessError extends Error {
-  override name = 'ProcessError';
-  constructor(
-    message: string,
-    readonly exitCode: number | null,
-    readonly stderr: string,
-  ) {
-    super(message);
-  }
-}
 
 export function binPath(tool: string): string {
   const dir = process.env.PG_BINDIR ?? '/usr/lib/postgresql/15/bin';

@@ -4,7 +4,7 @@ import { listBaseBackups, listDumps, readArchive, recoveryWindow } from '../back
 import { safeUrl } from '../core/redact.ts';
 import type { Runtime } from '../runner/runtime.ts';
 import { newestSegment } from '../backup/wal.ts';
-import { PayloadError } from '../runner/registry.ts';
+import { PayloadError } from '../core/errors.ts';
 import type { Role } from './auth.ts';
 
 export interface ApiRequest {

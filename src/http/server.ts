@@ -2,7 +2,7 @@
 // and run-history retention.
 import type { Server } from 'node:http';
 import { AlertMonitor, webhookNotifier } from '../monitoring/alerts.ts';
-import { ConfigError } from '../core/config.ts';
+import { ConfigError } from '../core/errors.ts';
 import { HealthReader } from '../monitoring/health.ts';
 import { Metrics } from '../monitoring/metrics.ts';
 import type { Runtime } from '../runner/runtime.ts';

@@ -4,6 +4,7 @@ import { z } from 'zod';
 import type pg from 'pg';
 import type { Config, TargetConfig } from '../core/config.ts';
 import type { Logger } from '../core/logger.ts';
+import type { FieldIssue } from '../core/errors.ts';
 import { TARGET_NAME } from '../core/config.ts';
 
 /** Every payload names its target database; never a URL. */
@@ -11,12 +12,6 @@ export const targetField = z
   .string()
   .regex(TARGET_NAME, 'must be a target name (lower-case letters, digits, _ and -)')
   .default('main');
-
-/** One refused field: its path in the payload and why. */
-export interface PayloadIssue {
-  path: string;
-  message: string;
-}
 
 export interface RunDefaults {
   /** Attempts in all, the first included. */
@@ -67,7 +62,7 @@ export interface JobDefinition<
    * Checks of fields that name configured things (tables with a partition policy,
    * declared cache keys, targets), run when the job is asked for, not only when it runs.
    */
-  checkConfig?: (payload: z.output<S>, config: Config) => PayloadIssue[];
+  checkConfig?: (payload: z.output<S>, config: Config) => FieldIssue[];
   handler(ctx: JobContext, payload: z.output<S>): Promise<R>;
 }
 

@@ -2,17 +2,11 @@
 // file (jobs.<name>.attempts, …) laid over each job's defaults.
 import type { Config } from '../core/config.ts';
 import type { AnyJobDefinition, RunDefaults } from './job-definition.ts';
+import { ConfigError, PayloadError } from '../core/errors.ts';
 
 export interface RegisteredJob {
   def: AnyJobDefinition;
   run: RunDefaults;
-}
-
-export class PayloadError extends Error {
-  override name = 'PayloadError';
-  constructor(readonly issues: { path: string; message: string }[]) {
-    super(`invalid payload: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`);
-  }
 }
 
 export class Registry {
@@ -34,7 +28,8 @@ export class Registry {
       this.jobs.set(def.name, { def, run });
     }
     for (const name of Object.keys(config.jobs)) {
-      if (!this.jobs.has(name)) throw new Error(`config jobs.${name}: no such job (known: ${this.names().join(', ')})`);
+      if (!this.jobs.has(name))
+        throw new ConfigError(`config jobs.${name}: no such job (known: ${this.names().join(', ')})`);
     }
   }
 

@@ -2,12 +2,12 @@
 // BullMQ job schedulers, keyed by the schedule id, so N processes converge on one
 // scheduler per id; schedulers whose id left the code are removed.
 import { DateTime, IANAZone } from 'luxon';
-import { ConfigError } from '../core/config.ts';
+import { ConfigError } from '../core/errors.ts';
 import { nextRun, parseCron } from '../core/cron.ts';
 import type { Logger } from '../core/logger.ts';
 import type { Queues, JobData } from './queues.ts';
 import { jobOptions } from './queues.ts';
-import { PayloadError, type Registry } from './registry.ts';
+import type { Registry } from './registry.ts';
 
 export interface Schedule {
   /** Stable id: the BullMQ job scheduler id. Changing it creates a new schedule. */
@@ -43,21 +43,21 @@ export function resolveSchedules(
   const out: ResolvedSchedule[] = [];
   for (const s of schedules) {
     const where = `schedule "${s.id}"`;
-    if (!SCHEDULE_ID.test(s.id)) throw new Error(`${where}: id must be lower-case letters, digits, _ . -`);
-    if (seen.has(s.id)) throw new Error(`${where}: id is used twice`);
+    if (!SCHEDULE_ID.test(s.id)) throw new ConfigError(`${where}: id must be lower-case letters, digits, _ . -`);
+    if (seen.has(s.id)) throw new ConfigError(`${where}: id is used twice`);
     seen.add(s.id);
-    if (!registry.get(s.job)) throw new Error(`${where}: job "${s.job}" does not exist`);
-    if (!IANAZone.isValidZone(s.tz)) throw new Error(`${where}: tz "${s.tz}" is not an IANA time zone`);
+    if (!registry.get(s.job)) throw new ConfigError(`${where}: job "${s.job}" does not exist`);
+    if (!IANAZone.isValidZone(s.tz)) throw new ConfigError(`${where}: tz "${s.tz}" is not an IANA time zone`);
     try {
       parseCron(s.cron);
     } catch (err) {
-      throw new Error(`${where}: ${(err as Error).message}`);
+      throw new ConfigError(`${where}: ${(err as Error).message}`);
     }
     let payload: JobData['payload'];
     try {
       payload = registry.parsePayload(s.job, s.payload ?? {});
     } catch (err) {
-      throw new Error(`${where}: ${err instanceof PayloadError ? err.message : (err as Error).message}`);
+      throw new ConfigError(`${where}: ${(err as Error).message}`);
     }
     if (disabled.includes(s.id)) continue;
     out.push({ ...s, payload, catchUp: s.catchUp ?? 'latest', overlap: s.overlap ?? 'skip' });

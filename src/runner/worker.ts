@@ -12,12 +12,13 @@ import {
   JobAbortedError,
   JobTimeoutError,
   UsageError,
+  PayloadError,
 } from '../core/errors.ts';
 import type { RunHistory, RunStart } from './history.ts';
 import type { JobContext } from './job-definition.ts';
 import type { Logger } from '../core/logger.ts';
 import type { JobData, Queues } from './queues.ts';
-import { PayloadError, type Registry } from './registry.ts';
+import type { Registry } from './registry.ts';
 import { recordRun } from './run-stats.ts';
 import { repeatStrategy } from '../core/cron.ts';
 import type { ResolvedSchedule } from './scheduler.ts';
