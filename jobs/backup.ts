@@ -78,6 +78,8 @@ async function dump(ctx: JobContext, p: Payload, dir: string, started: Date) {
   try {
     // The run's application_name: an abort (timeout, shutdown) terminates this session too.
     await snap.query('select set_config($1, $2, false)', ['application_name', ctx.libpqEnv().PGAPPNAME ?? 'pgmaint']);
+    // Not withTransaction: this snapshot stays open while pg_dump reads it through
+    // --snapshot from its own sessions, and ends only once the dump is verified.
     await snap.query('begin isolation level repeatable read read only');
     const { rows: s } = await snap.query<{ id: string; pid: number }>(
       'select pg_export_snapshot() as id, pg_backend_pid() as pid',

@@ -11,7 +11,7 @@ import { z } from 'zod';
 import { PermanentJobError } from '../src/core/errors.ts';
 import { defineJob, targetField, type JobContext } from '../src/runner/job-definition.ts';
 import type { PartitionPolicy } from '../src/core/partition-policy.ts';
-import { qualifiedName, quoteIdent, quoteLiteral, quoteQualified } from '../src/core/sql.ts';
+import { qualifiedName, quoteIdent, quoteLiteral, quoteQualified, withTransaction } from '../src/core/sql.ts';
 import {
   boundLiteral,
   nextPeriod,
@@ -274,8 +274,7 @@ async function createPartition(
     ...template.grants.map((g) => `grant ${g.privilege} on ${part} to ${g.grantee ? quoteIdent(g.grantee) : 'public'}`),
   ];
   const attach = `alter table ${parent} attach partition ${part} for values from (${lo}) to (${hi})`;
-  await client.query('begin');
-  try {
+  return withTransaction(client, async () => {
     // One round trip for the statements that need no answer.
     await client.query(setup.join(';\n')).catch((err) => {
       if ((err as { code?: string }).code === '42P07')
@@ -303,10 +302,7 @@ async function createPartition(
         if (movedRows !== stranded) throw new Error(`moved ${movedRows} rows but counted ${stranded}; rolled back`);
       }
     }
-    await client.query(`${attach};\ncommit`);
+    await client.query(attach);
     return { name: `${info.schema}.${name}`, from: from.toISO()!, to: to.toISO()!, movedRows };
-  } catch (err) {
-    await client.query('rollback').catch(() => undefined);
-    throw err;
-  }
+  });
 }

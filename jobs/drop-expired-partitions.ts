@@ -15,7 +15,7 @@ import { PermanentJobError } from '../src/core/errors.ts';
 import { fileStamp, publish, sha256File, writeJsonAtomic } from '../src/core/files.ts';
 import { defineJob, targetField, type JobContext } from '../src/runner/job-definition.ts';
 import { parseRetention, type PartitionPolicy } from '../src/core/partition-policy.ts';
-import { qualifiedName, quoteQualified } from '../src/core/sql.ts';
+import { qualifiedName, quoteQualified, withTransaction } from '../src/core/sql.ts';
 import {
   boundLiteral,
   PARENT_LOCKED,
@@ -301,17 +301,6 @@ async function execute(
 function splitQualified(partition: string): [string, string] {
   const dot = partition.indexOf('.');
   return [partition.slice(0, dot), partition.slice(dot + 1)];
-}
-
-async function withTransaction(client: pg.ClientBase, fn: () => Promise<void>): Promise<void> {
-  await client.query('begin');
-  try {
-    await fn();
-    await client.query('commit');
-  } catch (err) {
-    await client.query('rollback').catch(() => undefined);
-    throw err;
-  }
 }
 
 /** An archive an interrupted run finished (journal state archived) still counts if its file and manifest agree. */

@@ -17,7 +17,7 @@ import { baseBackupLockKey, listBaseBackups, type ListedBaseBackup } from '../sr
 import { materializeDataDir, verifyDataDir } from '../src/backup/base-backup-files.ts';
 import { PermanentJobError } from '../src/core/errors.ts';
 import { defineJob, targetField, type JobContext } from '../src/runner/job-definition.ts';
-import { qualifiedName, quoteIdent } from '../src/core/sql.ts';
+import { qualifiedName, quoteIdent, withTransaction } from '../src/core/sql.ts';
 import { createScratchInstance, removeAbandonedScratch, type ScratchInstance } from '../src/backup/scratch-instance.ts';
 import { waitForArchived } from '../src/backup/wal.ts';
 
@@ -119,44 +119,40 @@ async function markTargetTime(ctx: JobContext, tables: string[]): Promise<Target
       written_at timestamptz not null default clock_timestamp(), primary key (drill_id, marker));
     delete from pgmaint.drill_marker where written_at < now() - interval '90 days'`);
   await ctx.pool.query(`insert into pgmaint.drill_marker (drill_id, marker) values ($1, 'M1')`, [drillId]);
-  const client = await ctx.pool.connect();
-  let point: TargetPoint;
-  try {
-    // T is read after the snapshot is taken: everything the counts see committed before T.
-    await client.query('begin isolation level repeatable read read only');
-    const { rows } = await client.query<{
-      t: string;
-      last_archived: Date | null;
-      sysid: string;
-      db: string;
-      usr: string;
-    }>(
-      `select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as t,
-              (select last_archived_time from pg_stat_archiver) as last_archived,
-              (select system_identifier::text from pg_control_system()) as sysid, current_database() as db, current_user as usr`,
-    );
-    const r = rows[0]!;
-    const rowCounts: Record<string, number> = {};
-    for (const t of tables) rowCounts[t] = await countRows(client, t);
-    await client.query('commit');
-    point = {
-      drillId,
-      targetTime: r.t,
-      rowCounts,
-      // Worst-case loss had the primary vanished at T: what was written since the last archived segment.
-      rpoSeconds: r.last_archived
-        ? Math.max(0, Math.round((Date.parse(r.t) - r.last_archived.getTime()) / 100) / 10)
-        : null,
-      systemIdentifier: r.sysid,
-      database: r.db,
-      user: r.usr,
-    };
-  } catch (err) {
-    await client.query('rollback').catch(() => undefined);
-    throw err;
-  } finally {
-    client.release();
-  }
+  // T is read after the snapshot is taken: everything the counts see committed before T.
+  const point = await withTransaction(
+    ctx.pool,
+    async (client): Promise<TargetPoint> => {
+      const { rows } = await client.query<{
+        t: string;
+        last_archived: Date | null;
+        sysid: string;
+        db: string;
+        usr: string;
+      }>(
+        `select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as t,
+                (select last_archived_time from pg_stat_archiver) as last_archived,
+                (select system_identifier::text from pg_control_system()) as sysid,
+                current_database() as db, current_user as usr`,
+      );
+      const r = rows[0]!;
+      const rowCounts: Record<string, number> = {};
+      for (const t of tables) rowCounts[t] = await countRows(client, t);
+      return {
+        drillId,
+        targetTime: r.t,
+        rowCounts,
+        // Worst-case loss had the primary vanished at T: what was written since the last archived segment.
+        rpoSeconds: r.last_archived
+          ? Math.max(0, Math.round((Date.parse(r.t) - r.last_archived.getTime()) / 100) / 10)
+          : null,
+        systemIdentifier: r.sysid,
+        database: r.db,
+        user: r.usr,
+      };
+    },
+    'begin isolation level repeatable read read only',
+  );
   await sleep(20);
   await ctx.pool.query(`insert into pgmaint.drill_marker (drill_id, marker) values ($1, 'M2')`, [drillId]);
   return point;

@@ -8,6 +8,7 @@ import { z } from 'zod';
 import type { Config } from '../src/core/config.ts';
 import { coerceError, describeError, PermanentJobError } from '../src/core/errors.ts';
 import { defineJob, targetField, type JobContext } from '../src/runner/job-definition.ts';
+import { withTransaction } from '../src/core/sql.ts';
 
 export const payload = z.object({
   target: targetField,
@@ -47,19 +48,14 @@ function fillKey(template: string, row: Record<string, unknown>): string {
 }
 
 async function runReadOnly(pool: pg.Pool, q: WarmQuery, timeoutMs: number): Promise<Record<string, unknown>[]> {
-  const client = await pool.connect();
-  try {
-    await client.query('begin transaction read only');
-    await client.query(`select set_config('statement_timeout', $1, true)`, [String(timeoutMs)]);
-    const { rows } = await client.query(q.sql, q.params);
-    await client.query('commit');
-    return rows;
-  } catch (err) {
-    await client.query('rollback').catch(() => undefined);
-    throw err;
-  } finally {
-    client.release();
-  }
+  return withTransaction(
+    pool,
+    async (client) => {
+      await client.query(`select set_config('statement_timeout', $1, true)`, [String(timeoutMs)]);
+      return (await client.query(q.sql, q.params)).rows;
+    },
+    'begin transaction read only',
+  );
 }
 
 async function warmOne(ctx: JobContext, redis: Redis, q: WarmQuery, timeoutMs: number): Promise<Written> {

@@ -18,7 +18,6 @@ export interface RunOptions {
   cwd?: string;
 }
 
-
 export function binPath(tool: string): string {
   const dir = process.env.PG_BINDIR ?? '/usr/lib/postgresql/15/bin';
   return `${dir}/${tool}`;

@@ -25,25 +25,29 @@ export function quoteLiteral(v: string): string {
   return `'${v.replace(/'/g, "''")}'`;
 }
 
-/** Runs fn in a transaction on a checked-out client: commit, or rollback and rethrow. */
-export async function withTransaction<T>(client: pg.ClientBase, fn: () => Promise<T>): Promise<T> {
-  await client.query('begin');
+/**
+ * Runs fn in one transaction: commit, or rollback and rethrow. Given a pool, a client
+ * is checked out for it and released after; given a client, that client is used.
+ * `begin` may carry the mode ("begin isolation level repeatable read read only").
+ */
+export async function withTransaction<T>(
+  db: pg.Pool | pg.ClientBase,
+  fn: (client: pg.ClientBase) => Promise<T>,
+  begin = 'begin',
+): Promise<T> {
+  const pooled = 'totalCount' in db;
+  const client = pooled ? await db.connect() : db;
   try {
-    const out = await fn();
-    await client.query('commit');
-    return out;
-  } catch (err) {
-    await client.query('rollback').catch(() => undefined);
-    throw err;
-  }
-}
-
-/** withTransaction on a client of the pool, released afterwards. */
-export async function withPoolTransaction<T>(pool: pg.Pool, fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
-  const client = await pool.connect();
-  try {
-    return await withTransaction(client, () => fn(client));
+    await client.query(begin);
+    try {
+      const out = await fn(client);
+      await client.query('commit');
+      return out;
+    } catch (err) {
+      await client.query('rollback').catch(() => undefined);
+      throw err;
+    }
   } finally {
-    client.release();
+    if (pooled) (client as pg.PoolClient).release();
   }
 }

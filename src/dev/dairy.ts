@@ -4,6 +4,7 @@
 // The seeder is set-based (INSERT … SELECT over generate_series) and deterministic.
 import { DateTime } from 'luxon';
 import pg from 'pg';
+import { withTransaction } from '../core/sql.ts';
 
 export const BUSINESS_ZONE = 'Asia/Dhaka';
 
@@ -121,38 +122,39 @@ export async function seedDairy(
       .startOf('month')
       .minus({ months: s.months - 1 })
       .toJSDate();
-    await client.query('begin');
-    await run(
-      'catalog.product_category',
-      `insert into catalog.product_category
-      select g, (array['Liquid milk','Yogurt','Cheese','Butter','Ghee','Ice cream','Sweets','Cream','Milk powder','Lassi','Paneer','Feed'])[g] from generate_series(1, 12) g`,
-    );
-    await run(
-      'catalog.product_brand',
-      `insert into catalog.product_brand select g, 'Brand ' || chr(64 + g) from generate_series(1, 6) g`,
-    );
-    await run(
-      'catalog.product_template',
-      `insert into catalog.product_template
-      select g, 'Product ' || g, 1 + g % 12, 1 + g % 6, round((20 + (g * 37) % 480)::numeric, 2), g % 17 <> 0 from generate_series(1, 200) g`,
-    );
-    await run(
-      'farm.animal',
-      `insert into farm.animal (tag_number, breed, status)
-      select 'BD-' || lpad(g::text, 4, '0'), (array['Holstein Friesian','Sahiwal','Red Chittagong'])[1 + g % 3],
-             (array['active','active','active','dry','sold'])[1 + g % 5] from generate_series(1, 255) g`,
-    );
-    // 75 lactating cows, two milkings a day, over the period (capped at two years).
-    await run(
-      'farm.milk_production',
-      `insert into farm.milk_production (animal_id, day, shift, liters)
-      select a.id, d::date, sh, round((4 + (a.id * 7 + extract(doy from d)::int) % 5 + case sh when 'morning' then 1.5 else 0 end)::numeric, 2)
-        from (select id from farm.animal where status = 'active' order by id limit 75) a
-        cross join generate_series($1::timestamptz, $2::timestamptz - interval '1 day', interval '1 day') d
-        cross join unnest(array['morning','evening']) sh`,
-      [start, now.toJSDate()],
-    );
-    await client.query('commit');
+    // The small catalog tables and the herd in one transaction.
+    await withTransaction(client, async () => {
+      await run(
+        'catalog.product_category',
+        `insert into catalog.product_category
+        select g, (array['Liquid milk','Yogurt','Cheese','Butter','Ghee','Ice cream','Sweets','Cream','Milk powder','Lassi','Paneer','Feed'])[g] from generate_series(1, 12) g`,
+      );
+      await run(
+        'catalog.product_brand',
+        `insert into catalog.product_brand select g, 'Brand ' || chr(64 + g) from generate_series(1, 6) g`,
+      );
+      await run(
+        'catalog.product_template',
+        `insert into catalog.product_template
+        select g, 'Product ' || g, 1 + g % 12, 1 + g % 6, round((20 + (g * 37) % 480)::numeric, 2), g % 17 <> 0 from generate_series(1, 200) g`,
+      );
+      await run(
+        'farm.animal',
+        `insert into farm.animal (tag_number, breed, status)
+        select 'BD-' || lpad(g::text, 4, '0'), (array['Holstein Friesian','Sahiwal','Red Chittagong'])[1 + g % 3],
+               (array['active','active','active','dry','sold'])[1 + g % 5] from generate_series(1, 255) g`,
+      );
+      // 75 lactating cows, two milkings a day, over the period (capped at two years).
+      await run(
+        'farm.milk_production',
+        `insert into farm.milk_production (animal_id, day, shift, liters)
+        select a.id, d::date, sh, round((4 + (a.id * 7 + extract(doy from d)::int) % 5 + case sh when 'morning' then 1.5 else 0 end)::numeric, 2)
+          from (select id from farm.animal where status = 'active' order by id limit 75) a
+          cross join generate_series($1::timestamptz, $2::timestamptz - interval '1 day', interval '1 day') d
+          cross join unnest(array['morning','evening']) sh`,
+        [start, now.toJSDate()],
+      );
+    });
 
     // Orders spread evenly over the period; ~70 % confirmed (sale/done), the rest draft, sent or cancelled.
     const span = `($2::timestamptz - $1::timestamptz)`;
@@ -207,9 +209,6 @@ export async function seedDairy(
     );
     await client.query('analyze');
     return counts;
-  } catch (err) {
-    await client.query('rollback').catch(() => undefined);
-    throw err;
   } finally {
     await client.end();
   }

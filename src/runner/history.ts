@@ -2,6 +2,7 @@
 // the history target. Redis keeps only a bounded number of finished jobs.
 import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
+import { withTransaction } from '../core/sql.ts';
 
 export type Outcome = 'running' | 'succeeded' | 'failed' | 'retrying' | 'timed_out' | 'skipped' | 'abandoned';
 
@@ -155,21 +156,13 @@ export class RunHistory {
 
   /** Creates the table once per process; concurrent starters serialize on an advisory lock. */
   migrate(): Promise<void> {
-    this.ready ??= (async () => {
-      const client = await this.pool.connect();
-      try {
-        await client.query('begin');
-        await client.query(`select pg_advisory_xact_lock(hashtext('pgmaint.run_history'))`);
-        await client.query(MIGRATION);
-        await client.query('commit');
-      } catch (err) {
-        await client.query('rollback').catch(() => undefined);
-        this.ready = undefined;
-        throw err;
-      } finally {
-        client.release();
-      }
-    })();
+    this.ready ??= withTransaction(this.pool, async (client) => {
+      await client.query(`select pg_advisory_xact_lock(hashtext('pgmaint.run_history'))`);
+      await client.query(MIGRATION);
+    }).catch((err) => {
+      this.ready = undefined;
+      throw err;
+    });
     return this.ready;
   }
 
