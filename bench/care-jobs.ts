@@ -14,7 +14,8 @@ import { DateTime } from 'luxon';
 import pg from 'pg';
 import { ROLLUP_SQL } from '../jobs/daily-sales-rollup.ts';
 import { loadConfig } from '../src/core/config.ts';
-import { BUSINESS_ZONE, seedDairy, SCALES, type Scale } from '../src/dev/dairy.ts';
+import { BUSINESS_TIME_ZONE } from '../src/core/constants.ts';
+import { seedDairy, SCALES, type Scale } from '../src/dev/dairy.ts';
 import { createDatabase, startPostgres, startRedis } from '../src/dev/devstack.ts';
 import { createLogger } from '../src/core/logger.ts';
 import { startWorkers } from '../src/cli/roles.ts';
@@ -39,7 +40,7 @@ const seeded = await seedDairy(server.url('dairy'), scale, { log: (m) => console
 const db = new pg.Client({ connectionString: server.url('dairy') });
 await db.connect();
 
-const now = DateTime.now().setZone(BUSINESS_ZONE);
+const now = DateTime.now().setZone(BUSINESS_TIME_ZONE);
 const yesterday = now.startOf('day').minus({ days: 1 });
 const first = now.startOf('month').minus({ months: SCALES[scale].months - 1 });
 const range = { from: first.toISODate()!, to: yesterday.toISODate()! };
@@ -79,7 +80,7 @@ const aggOnly = `${ROLLUP_SQL.slice(0, ROLLUP_SQL.indexOf('), upserted as'))}) s
 const bounds = (a: DateTime, b: DateTime) => [
   a.toISODate(),
   b.toISODate(),
-  BUSINESS_ZONE,
+  BUSINESS_TIME_ZONE,
   a.toISO(),
   b.plus({ days: 1 }).toISO(),
 ];

@@ -22,6 +22,7 @@ import {
 import { fsyncPath, treeSize } from '../src/core/files.ts';
 import { defineJob, targetField } from '../src/runner/job-definition.ts';
 import { parseSegmentName } from '../src/backup/wal.ts';
+import { DEFAULT_WAL_SEGMENT_BYTES } from '../src/core/constants.ts';
 
 export const payload = z.object({
   target: targetField,
@@ -140,7 +141,10 @@ export default defineJob({
         100,
         `removed ${plan.dumps.filter((d) => d.action === 'remove').length} dumps, ${plan.baseBackups.filter((d) => d.action === 'remove').length} base backups, ${walPlan.remove.length} WAL files; ${Math.round(freed / 1048576)} MB freed`,
       );
-      const archive = await readArchive(ctx.target.walArchiveDir, bases[0]?.manifest.walSegmentSize ?? 16 * 1048576);
+      const archive = await readArchive(
+        ctx.target.walArchiveDir,
+        bases[0]?.manifest.walSegmentSize ?? DEFAULT_WAL_SEGMENT_BYTES,
+      );
       return {
         dryRun: false,
         plan,

@@ -2,13 +2,14 @@
 // removing an entry here removes its scheduler from Redis). Times are read in `tz`.
 // The config file can switch one off with scheduler.disabled: [id].
 import type { Schedule } from '../src/runner/scheduler.ts';
+import { BUSINESS_TIME_ZONE, MAIN_TARGET } from '../src/core/constants.ts';
 
 const daily = (id: string, job: string, cron: string): Schedule => ({
   id,
   job,
   cron,
-  tz: 'Asia/Dhaka',
-  payload: { target: 'main' },
+  tz: BUSINESS_TIME_ZONE,
+  payload: { target: MAIN_TARGET },
   catchUp: 'latest',
   overlap: 'skip',
 });

@@ -8,6 +8,7 @@ import { IANAZone } from 'luxon';
 import { partitionPolicy, type PartitionPolicy } from './partition-policy.ts';
 import { ConfigError } from './errors.ts';
 import { qualifiedName } from './sql.ts';
+import { BUSINESS_TIME_ZONE, MAIN_TARGET } from './constants.ts';
 
 export const TARGET_NAME = /^[a-z][a-z0-9_-]{0,62}$/;
 
@@ -126,7 +127,7 @@ const warmQuerySchema = z
       .int()
       .min(1)
       .max(30 * 86_400),
-    target: z.string().default('main'),
+    target: z.string().default(MAIN_TARGET),
     /** One key a row (the key template names the row's columns) instead of one key for all rows. */
     perRow: z.boolean().default(false),
   })
@@ -206,13 +207,13 @@ const fileSchema = z
       .default({ prefix: '{pgmaint}' }),
     history: z
       .object({
-        target: z.string().default('main'),
+        target: z.string().default(MAIN_TARGET),
         retentionDays: z.number().int().min(1).default(90),
         /** Commit each run's final row before BullMQ marks the job done (one commit per job). */
         synchronous: z.boolean().default(false),
       })
       .strict()
-      .default({ target: 'main', retentionDays: 90, synchronous: false }),
+      .default({ target: MAIN_TARGET, retentionDays: 90, synchronous: false }),
     worker: z
       .object({
         stalledIntervalMs: z.number().int().min(500).default(30_000),
@@ -240,10 +241,10 @@ const fileSchema = z
           .min(0)
           .default(5 * 60_000),
         disabled: z.array(z.string()).default([]),
-        timezone: z.string().default('Asia/Dhaka'),
+        timezone: z.string().default(BUSINESS_TIME_ZONE),
       })
       .strict()
-      .default({ watchdogIntervalMs: 60_000, lateToleranceMs: 5 * 60_000, disabled: [], timezone: 'Asia/Dhaka' }),
+      .default({ watchdogIntervalMs: 60_000, lateToleranceMs: 5 * 60_000, disabled: [], timezone: BUSINESS_TIME_ZONE }),
     jobs: z.record(z.string(), jobPolicySchema).default({}),
     /** Partition policies for create-partitions and drop-expired-partitions. */
     partitions: z.array(partitionPolicy).default([]),
@@ -337,8 +338,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
 
   const targets = new Map<string, TargetConfig>();
   const walArchive = (dir: string | undefined) => (dir ? path.resolve(dir) : undefined);
-  targets.set('main', {
-    name: 'main',
+  targets.set(MAIN_TARGET, {
+    name: MAIN_TARGET,
     url: e.DATABASE_URL,
     urlSource: 'DATABASE_URL',
     poolSize: 4,
@@ -354,7 +355,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
           `${t.urlEnv} (targets.${name}.urlEnv): ${url ? check.error.issues[0]?.message : 'is not set'}`,
         );
     }
-    if (name === 'main' && url !== e.DATABASE_URL) {
+    if (name === MAIN_TARGET && url !== e.DATABASE_URL) {
       throw new ConfigError('targets.main: target "main" is DATABASE_URL; do not redefine it in the config file');
     }
     targets.set(name, {

@@ -3,6 +3,7 @@
 import { IANAZone } from 'luxon';
 import { z } from 'zod';
 import { columnName, qualifiedName } from './sql.ts';
+import { MAIN_TARGET } from './constants.ts';
 
 export const INTERVALS = ['hour', 'day', 'week', 'month', 'quarter', 'year'] as const;
 export type PartitionInterval = (typeof INTERVALS)[number];
@@ -35,7 +36,7 @@ export const partitionPolicy = z
       .string()
       .refine((z) => IANAZone.isValidZone(z), 'must be an IANA time zone')
       .default('UTC'),
-    target: z.string().default('main'),
+    target: z.string().default(MAIN_TARGET),
     /** Rows in the DEFAULT partition inside a range about to be created: move them, or fail. */
     defaultRows: z.enum(['move', 'fail']).default('move'),
     /** Most partitions dropped by one run. */

@@ -5,8 +5,7 @@
 import { DateTime } from 'luxon';
 import pg from 'pg';
 import { withTransaction } from '../core/sql.ts';
-
-export const BUSINESS_ZONE = 'Asia/Dhaka';
+import { BUSINESS_TIME_ZONE } from '../core/constants.ts';
 
 export const DAIRY_SCHEMA = `
 create schema if not exists catalog;
@@ -70,7 +69,7 @@ export type Scale = keyof typeof SCALES;
 function partitionDdl(months: number, iotDays: number, now: DateTime): string {
   const out: string[] = [];
   const first = now
-    .setZone(BUSINESS_ZONE)
+    .setZone(BUSINESS_TIME_ZONE)
     .startOf('month')
     .minus({ months: months - 1 });
   for (let m = first; m < now.plus({ months: 4 }); m = m.plus({ months: 1 })) {
@@ -83,7 +82,7 @@ function partitionDdl(months: number, iotDays: number, now: DateTime): string {
     }
   }
   const day0 = now
-    .setZone(BUSINESS_ZONE)
+    .setZone(BUSINESS_TIME_ZONE)
     .startOf('day')
     .minus({ days: iotDays - 1 });
   for (let d = day0; d < now.plus({ days: 8 }); d = d.plus({ days: 1 })) {
@@ -118,7 +117,7 @@ export async function seedDairy(
       log(`${name}: ${r.rowCount} rows in ${Date.now() - t0} ms`);
     };
     const start = now
-      .setZone(BUSINESS_ZONE)
+      .setZone(BUSINESS_TIME_ZONE)
       .startOf('month')
       .minus({ months: s.months - 1 })
       .toJSDate();

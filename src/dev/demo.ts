@@ -5,6 +5,7 @@ import path from 'node:path';
 import { newToken, writeEnvFile } from './env-file.ts';
 import { seedDairy, type Scale } from './dairy.ts';
 import { createDatabase, startPostgres, startRedis } from './devstack.ts';
+import { BUSINESS_TIME_ZONE } from '../core/constants.ts';
 
 export async function startDemoStack(
   dir: string,
@@ -44,7 +45,7 @@ export async function startDemoStack(
             interval: 'month',
             premake: 3,
             retention: '24 months',
-            timeZone: 'Asia/Dhaka',
+            timeZone: BUSINESS_TIME_ZONE,
           },
           {
             table: 'sales.sale_order_line',
@@ -52,7 +53,7 @@ export async function startDemoStack(
             interval: 'month',
             premake: 3,
             retention: '24 months',
-            timeZone: 'Asia/Dhaka',
+            timeZone: BUSINESS_TIME_ZONE,
           },
           {
             table: 'iot.sensor_reading',
@@ -60,7 +61,7 @@ export async function startDemoStack(
             interval: 'day',
             premake: 7,
             retention: '90 days',
-            timeZone: 'Asia/Dhaka',
+            timeZone: BUSINESS_TIME_ZONE,
           },
         ],
         // DOMAIN.md: dumps kept 30 days; the drill counts orders and the herd at T.

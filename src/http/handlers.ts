@@ -6,6 +6,7 @@ import type { Runtime } from '../runner/runtime.ts';
 import { newestSegment } from '../backup/wal.ts';
 import { PayloadError } from '../core/errors.ts';
 import type { Role } from './auth.ts';
+import { DEFAULT_WAL_SEGMENT_BYTES, MAIN_TARGET } from '../core/constants.ts';
 
 export interface ApiRequest {
   params: Record<string, string>;
@@ -143,14 +144,14 @@ export const readiness: Handler = async (rt) => {
 
 /** Dumps and base backups of a target with their verification state, and the recovery window. */
 export const listBackups: Handler = async (rt, req) => {
-  const target = req.query.target ?? 'main';
+  const target = req.query.target ?? MAIN_TARGET;
   const t = rt.config.targets.get(target);
   if (!t) return error(404, `unknown target "${target}"`, { targets: [...rt.config.targets.keys()] });
   const [dumps, bases] = await Promise.all([
     listDumps(rt.config.backupDir, target),
     listBaseBackups(rt.config.backupDir, target),
   ]);
-  const archive = await readArchive(t.walArchiveDir, bases[0]?.manifest.walSegmentSize ?? 16 * 1048576);
+  const archive = await readArchive(t.walArchiveDir, bases[0]?.manifest.walSegmentSize ?? DEFAULT_WAL_SEGMENT_BYTES);
   const newest = archive && newestSegment(archive);
   // The last verdict of each proof job, from the durable run history.
   const lastRun = async (job: string) => {

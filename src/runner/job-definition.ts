@@ -6,12 +6,13 @@ import type { Config, TargetConfig } from '../core/config.ts';
 import type { Logger } from '../core/logger.ts';
 import type { FieldIssue } from '../core/errors.ts';
 import { TARGET_NAME } from '../core/config.ts';
+import { MAIN_TARGET } from '../core/constants.ts';
 
 /** Every payload names its target database; never a URL. */
 export const targetField = z
   .string()
   .regex(TARGET_NAME, 'must be a target name (lower-case letters, digits, _ and -)')
-  .default('main');
+  .default(MAIN_TARGET);
 
 export interface RunDefaults {
   /** Attempts in all, the first included. */

@@ -22,6 +22,7 @@ import type { Registry } from './registry.ts';
 import { recordRun } from './run-stats.ts';
 import { repeatStrategy } from '../core/cron.ts';
 import type { ResolvedSchedule } from './scheduler.ts';
+import { MAIN_TARGET } from '../core/constants.ts';
 
 export interface WorkerRuntimeOptions {
   connections: Connections;
@@ -41,7 +42,7 @@ const ABORT_CLEANUP_MS = 15_000;
 const RELEASE_LOCK = `if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end`;
 
 function knownTarget(config: { targets: Map<string, unknown> }, target: unknown): string {
-  if (target === undefined) return 'main';
+  if (target === undefined) return MAIN_TARGET;
   return typeof target === 'string' && config.targets.has(target) ? target : '(invalid)';
 }
 
