@@ -5,7 +5,16 @@
 // base backups and the WAL archive give together.
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { firstGap, listArchive, newestSegment, parseSegmentName, segmentName, type ArchiveListing } from './wal.ts';
+import { DEFAULT_WAL_SEGMENT_BYTES } from '../core/constants.ts';
+import {
+  type ArchivedSegment,
+  type ArchiveListing,
+  firstGap,
+  listArchive,
+  newestSegment,
+  parseSegmentName,
+  segmentName,
+} from './wal.ts';
 
 export interface DumpManifest {
   kind: 'pgmaint-dump';
@@ -173,4 +182,35 @@ export function recoveryWindow(bases: ListedBaseBackup[], archive: ArchiveListin
 export async function readArchive(dir: string | undefined, segmentSize: number): Promise<ArchiveListing | undefined> {
   if (!dir) return undefined;
   return listArchive(dir, segmentSize).catch(() => undefined);
+}
+
+/** What one target's backups are: the one reading that the API and the monitor share. */
+export interface BackupCatalog {
+  dumps: ListedDump[];
+  bases: ListedBaseBackup[];
+  /** The WAL archive, or undefined when none is configured or it cannot be read. */
+  archive: ArchiveListing | undefined;
+  newestSegment: ArchivedSegment | undefined;
+  recoveryWindow: RecoveryWindow;
+}
+
+export async function readBackupCatalog(
+  backupDir: string,
+  target: { name: string; walArchiveDir?: string },
+): Promise<BackupCatalog> {
+  const [dumps, bases] = await Promise.all([
+    listDumps(backupDir, target.name),
+    listBaseBackups(backupDir, target.name),
+  ]);
+  const archive = await readArchive(
+    target.walArchiveDir,
+    bases[0]?.manifest.walSegmentSize ?? DEFAULT_WAL_SEGMENT_BYTES,
+  );
+  return {
+    dumps,
+    bases,
+    archive,
+    newestSegment: archive && newestSegment(archive),
+    recoveryWindow: recoveryWindow(bases, archive),
+  };
 }

@@ -1,12 +1,11 @@
 // API handlers that do not know Express: each takes a plain request and returns
 // {status, body}. app.ts is the thin adapter.
-import { listBaseBackups, listDumps, readArchive, recoveryWindow } from '../backup/catalog.ts';
+import { readBackupCatalog } from '../backup/catalog.ts';
 import { safeUrl } from '../core/redact.ts';
 import type { Runtime } from '../runner/runtime.ts';
-import { newestSegment } from '../backup/wal.ts';
 import { PayloadError } from '../core/errors.ts';
 import type { Role } from './auth.ts';
-import { DEFAULT_WAL_SEGMENT_BYTES, MAIN_TARGET } from '../core/constants.ts';
+import { MAIN_TARGET } from '../core/constants.ts';
 
 export interface ApiRequest {
   params: Record<string, string>;
@@ -147,12 +146,13 @@ export const listBackups: Handler = async (rt, req) => {
   const target = req.query.target ?? MAIN_TARGET;
   const t = rt.config.targets.get(target);
   if (!t) return error(404, `unknown target "${target}"`, { targets: [...rt.config.targets.keys()] });
-  const [dumps, bases] = await Promise.all([
-    listDumps(rt.config.backupDir, target),
-    listBaseBackups(rt.config.backupDir, target),
-  ]);
-  const archive = await readArchive(t.walArchiveDir, bases[0]?.manifest.walSegmentSize ?? DEFAULT_WAL_SEGMENT_BYTES);
-  const newest = archive && newestSegment(archive);
+  const {
+    dumps,
+    bases,
+    archive,
+    newestSegment: newest,
+    recoveryWindow,
+  } = await readBackupCatalog(rt.config.backupDir, t);
   // The last verdict of each proof job, from the durable run history.
   const lastRun = async (job: string) => {
     const row = await rt.history.lastFinished(job, target);
@@ -196,7 +196,7 @@ export const listBackups: Handler = async (rt, req) => {
             readable: Boolean(archive),
           }
         : null,
-      recoveryWindow: recoveryWindow(bases, archive),
+      recoveryWindow,
       lastDrill: await lastRun('pitr-drill'),
       lastRestoreCheck: await lastRun('restore-check'),
     },

@@ -3,7 +3,7 @@
 // target's own catalog), so any process can take it: /metrics renders it, the
 // alert monitor judges it. Readings are cached briefly; a scrape storm costs one.
 import { DateTime } from 'luxon';
-import { listBaseBackups, listDumps, readArchive, recoveryWindow } from '../backup/catalog.ts';
+import { readBackupCatalog } from '../backup/catalog.ts';
 import { nextRun } from '../core/cron.ts';
 import type { JobStatus } from '../runner/history.ts';
 import type { PartitionPolicy } from '../core/partition-policy.ts';
@@ -246,19 +246,15 @@ export class HealthReader {
   private async backups(target: string, now: number): Promise<BackupHealth> {
     const { rt } = this;
     const t = rt.config.targets.get(target)!;
-    const [dumps, bases, archiveRun, drillRun] = await Promise.all([
-      listDumps(rt.config.backupDir, target),
-      listBaseBackups(rt.config.backupDir, target),
+    const [catalog, archiveRun, drillRun] = await Promise.all([
+      readBackupCatalog(rt.config.backupDir, t),
       rt.history.lastFinished('archive-check', target),
       rt.history.lastFinished('pitr-drill', target),
     ]);
+    const { dumps, bases } = catalog;
     const scheduledHere = (job: string) => rt.schedules.some((s) => s.job === job && s.payload.target === target);
     const age = (iso: string | undefined) => (iso ? Math.round((now - Date.parse(iso)) / 1000) : null);
-    let windowSeconds: number | null = null;
-    if (t.walArchiveDir && bases.length) {
-      const archive = await readArchive(t.walArchiveDir, bases[0]!.manifest.walSegmentSize);
-      if (archive) windowSeconds = recoveryWindow(bases, archive).seconds;
-    }
+    let windowSeconds = catalog.archive && bases.length ? catalog.recoveryWindow.seconds : null;
     const archiveResult = archiveRun?.result as {
       lagSeconds?: number | null;
       lagSegments?: number | null;
