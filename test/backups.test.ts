@@ -340,8 +340,16 @@ describe('failures', () => {
 describe('GET /api/backups', () => {
   it('lists dumps and base backups with verification state, the recovery window and the last drill', async () => {
     const { listBackups } = await import('../src/http/handlers.ts');
+    const { Auth } = await import('../src/http/auth.ts');
     await rt.history.flush();
-    const res = await listBackups(rt, { params: {}, query: { target: 'main' }, body: undefined, role: 'viewer' });
+    const deps = { rt, auth: new Auth(undefined, undefined) };
+    const res = await listBackups(deps, {
+      params: {},
+      query: { target: 'main' },
+      body: undefined,
+      role: 'viewer',
+      secure: false,
+    });
     expect(res.status).toBe(200);
     const body = res.body as Record<string, any>;
     expect(body.baseBackups.length).toBe(3);

@@ -1,5 +1,6 @@
-// The HTTP server: Bull Board at /admin/queues, the JSON API under /api, probes.
-// Everything but /healthz and the login page needs a token or a session cookie.
+// The Express adapter: security headers, authentication, the origin check for cookie
+// writes, body parsing, Bull Board, and the route table of routes.ts, whose handlers
+// know nothing of Express. Everything but the public routes needs a token or a session.
 import express, { type NextFunction, type Request, type Response } from 'express';
 import { rateLimit } from 'express-rate-limit';
 import helmet from 'helmet';
@@ -10,11 +11,11 @@ import type { AlertMonitor } from '../monitoring/alerts.ts';
 import type { Metrics } from '../monitoring/metrics.ts';
 import type { Runtime } from '../runner/runtime.ts';
 import { redact } from '../core/redact.ts';
-import { type Auth, bearerToken, safeEqual, type Role } from './auth.ts';
-import { enqueueJob, getJob, listBackups, listHistory, listSchedules, readiness, type Handler } from './handlers.ts';
-import { loginPage } from './login-page.ts';
+import { type Auth, bearerToken, type Role } from './auth.ts';
+import type { Handler, HttpDeps } from './handlers.ts';
+import { BOARD_PATH, ROUTES, type Route } from './routes.ts';
 
-export const BOARD_PATH = '/admin/queues';
+export { BOARD_PATH };
 
 declare module 'express-serve-static-core' {
   interface Request {
@@ -81,8 +82,21 @@ export interface AppParts {
   enqueueRateLimit?: number;
 }
 
+/** A body that is not declared JSON is refused, never read as an empty payload: curl -d
+ * sends form-encoded data by default. No body at all still means {}. */
+function requireJsonBody(req: Request, res: Response, next: NextFunction) {
+  const hasBody = Number(req.headers['content-length'] ?? 0) > 0 || req.headers['transfer-encoding'] !== undefined;
+  if (hasBody && !req.is('application/json')) {
+    const got = req.headers['content-type'] ? `"${req.headers['content-type']}"` : 'none';
+    res.status(415).json({ error: `request body must be JSON: send Content-Type: application/json (got ${got})` });
+    return;
+  }
+  next();
+}
+
 export function createApp(rt: Runtime, auth: Auth, parts: AppParts = {}): express.Express {
   const app = express();
+  const deps: HttpDeps = { rt, auth, metrics: parts.metrics, monitor: parts.monitor };
   app.disable('x-powered-by');
   app.set('trust proxy', 'loopback');
   // Bull Board's page runs inline scripts and styles of its own; everything else is locked down.
@@ -106,50 +120,29 @@ export function createApp(rt: Runtime, auth: Auth, parts: AppParts = {}): expres
     }),
   );
 
-  app.get('/healthz', (_req, res) => {
-    res.json({ ok: true });
+  // A runaway script must not flood the queues: ad-hoc enqueues are rate-limited per client.
+  const enqueueLimit = rateLimit({
+    windowMs: 60_000,
+    limit: parts.enqueueRateLimit ?? rt.config.enqueueRateLimit,
+    standardHeaders: 'draft-8',
+    legacyHeaders: false,
+    message: { error: 'too many enqueue requests: try again in a minute' },
   });
+  const served = ROUTES.filter((r) => !r.needs || parts[r.needs]);
+  const mount = (r: Route) => {
+    const chain: express.RequestHandler[] = [];
+    if (r.method === 'post' && r.access === 'public') chain.push(foreignOriginGuard('lenient'));
+    if (r.access === 'scrape') chain.push(optionalRole(auth));
+    if (r.body === 'json') chain.push(requireJsonBody, express.json({ limit: BODY_LIMIT }));
+    if (r.body === 'form') chain.push(express.urlencoded({ extended: false, limit: '4kb' }));
+    if (r.rateLimited) chain.push(enqueueLimit);
+    app[r.method](r.path, ...chain, adapt(deps, r.handler));
+  };
 
-  app.get('/login', (_req, res) => {
-    res.type('html').send(loginPage());
-  });
-  app.post(
-    '/login',
-    foreignOriginGuard('lenient'),
-    express.urlencoded({ extended: false, limit: '4kb' }),
-    (req, res) => {
-      const role = auth.roleForToken(typeof req.body?.token === 'string' ? req.body.token : undefined);
-      if (!role) {
-        res.status(401).type('html').send(loginPage('That token is not valid.'));
-        return;
-      }
-      res.setHeader('Set-Cookie', auth.cookieHeader(role, req.secure));
-      res.redirect(303, BOARD_PATH);
-    },
-  );
-  app.post('/logout', foreignOriginGuard('lenient'), (_req, res) => {
-    res.setHeader('Set-Cookie', 'pgmaint_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0');
-    res.redirect(303, '/login');
-  });
+  // Public routes, and /metrics (its own scrape token), before authentication.
+  for (const r of served) if (r.access === 'public' || r.access === 'scrape') mount(r);
 
-  // Prometheus may scrape with a token that opens nothing else.
-  if (parts.metrics) {
-    const metrics = parts.metrics;
-    app.get('/metrics', (req, res, next) => {
-      const bearer = bearerToken(req.headers.authorization);
-      const scrape = Boolean(bearer && rt.config.metricsToken && safeEqual(bearer, rt.config.metricsToken));
-      if (!scrape && !auth.authenticate({ authorization: req.headers.authorization, cookie: req.headers.cookie })) {
-        res
-          .status(401)
-          .setHeader('WWW-Authenticate', 'Bearer')
-          .json({ error: 'authentication required: Authorization: Bearer <METRICS_TOKEN, viewer or admin token>' });
-        return;
-      }
-      metrics.render().then(({ contentType, body }) => res.type(contentType).send(body), next);
-    });
-  }
-
-  // Authentication for everything below.
+  // Authentication for everything below, Bull Board and unknown paths included.
   app.use((req, res, next) => {
     const role = auth.authenticate({ authorization: req.headers.authorization, cookie: req.headers.cookie });
     if (!role) {
@@ -178,7 +171,7 @@ export function createApp(rt: Runtime, auth: Auth, parts: AppParts = {}): expres
 
   // Viewers read; any other method is a write.
   app.use((req, res, next) => {
-    if (req.role === 'viewer' && !['GET', 'HEAD', 'OPTIONS'].includes(req.method)) {
+    if (req.role === 'viewer' && isWrite(req.method)) {
       res.status(403).json({ error: 'the viewer token is read-only' });
       return;
     }
@@ -191,54 +184,7 @@ export function createApp(rt: Runtime, auth: Auth, parts: AppParts = {}): expres
   const viewerBoard = boardRouter(rt, true);
   app.use(BOARD_PATH, (req, res, next) => (req.role === 'admin' ? adminBoard : viewerBoard)(req, res, next));
 
-  const route = (handler: Handler) => async (req: Request, res: Response, next: NextFunction) => {
-    try {
-      const out = await handler(rt, {
-        params: req.params as Record<string, string>,
-        query: req.query as Record<string, string | undefined>,
-        body: req.body,
-        role: req.role!,
-      });
-      res.status(out.status).json(out.body);
-    } catch (err) {
-      next(err);
-    }
-  };
-
-  // A body that is not declared JSON is refused, never read as an empty payload:
-  // curl -d sends form-encoded data by default. No body at all still means {}.
-  app.use('/api', (req, res, next) => {
-    const hasBody = Number(req.headers['content-length'] ?? 0) > 0 || req.headers['transfer-encoding'] !== undefined;
-    if (isWrite(req.method) && hasBody && !req.is('application/json')) {
-      res.status(415).json({
-        error: `request body must be JSON: send Content-Type: application/json (got ${req.headers['content-type'] ? `"${req.headers['content-type']}"` : 'none'})`,
-      });
-      return;
-    }
-    next();
-  });
-  app.use('/api', express.json({ limit: BODY_LIMIT }));
-  app.get('/readyz', route(readiness));
-  // A runaway script must not flood the queues: ad-hoc enqueues are rate-limited per client.
-  const enqueueLimit = rateLimit({
-    windowMs: 60_000,
-    limit: parts.enqueueRateLimit ?? rt.config.enqueueRateLimit,
-    standardHeaders: 'draft-8',
-    legacyHeaders: false,
-    message: { error: 'too many enqueue requests: try again in a minute' },
-  });
-  app.post('/api/jobs/:name', enqueueLimit, route(enqueueJob));
-  app.get('/api/jobs/:queue/:id', route(getJob));
-  app.get('/api/schedules', route(listSchedules));
-  app.get('/api/history', route(listHistory));
-  app.get('/api/backups', route(listBackups));
-  if (parts.monitor) {
-    const monitor = parts.monitor;
-    app.get(
-      '/api/alerts',
-      route(async () => ({ status: 200, body: { open: await monitor.open() } })),
-    );
-  }
+  for (const r of served) if (r.access === 'read' || r.access === 'write') mount(r);
 
   app.use((_req: Request, res: Response) => {
     res.status(404).json({ error: 'not found' });
@@ -260,4 +206,34 @@ export function createApp(rt: Runtime, auth: Auth, parts: AppParts = {}): expres
     res.status(500).json({ error: redact(err.message) });
   });
   return app;
+}
+
+/** Sets req.role when the request carries valid credentials; refuses nothing. */
+function optionalRole(auth: Auth): express.RequestHandler {
+  return (req, _res, next) => {
+    req.role = auth.authenticate({ authorization: req.headers.authorization, cookie: req.headers.cookie });
+    next();
+  };
+}
+
+/** Runs an Express-free handler and writes its {status, body, headers}. */
+function adapt(deps: HttpDeps, handler: Handler): express.RequestHandler {
+  return async (req, res, next) => {
+    try {
+      const out = await handler(deps, {
+        params: req.params as Record<string, string>,
+        query: req.query as Record<string, string | undefined>,
+        body: req.body,
+        role: req.role,
+        authorization: req.headers.authorization,
+        secure: req.secure,
+      });
+      for (const [k, v] of Object.entries(out.headers ?? {})) res.setHeader(k, v);
+      res.status(out.status);
+      if (out.contentType) res.type(out.contentType).send(out.body);
+      else res.json(out.body);
+    } catch (err) {
+      next(err);
+    }
+  };
 }

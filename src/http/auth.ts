@@ -67,7 +67,14 @@ export class Auth {
     return this.roleForSession(cookie ? decodeURIComponent(cookie) : undefined);
   }
 
+  /** Set-Cookie for a new session; Secure when the request came over TLS. */
   cookieHeader(role: Role, secure: boolean): string {
-    return `${SESSION_COOKIE}=${encodeURIComponent(this.issueSession(role))}; Path=/; HttpOnly; SameSite=Strict; Max-Age=${SESSION_TTL_MS / 1000}${secure ? '; Secure' : ''}`;
+    const value = encodeURIComponent(this.issueSession(role));
+    return `${SESSION_COOKIE}=${value}; Path=/; HttpOnly; SameSite=Strict; Max-Age=${SESSION_TTL_MS / 1000}${secure ? '; Secure' : ''}`;
+  }
+
+  /** Set-Cookie that ends the session. */
+  clearCookieHeader(): string {
+    return `${SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0`;
   }
 }

@@ -1,25 +1,46 @@
-// API handlers that do not know Express: each takes a plain request and returns
-// {status, body}. app.ts is the thin adapter.
+// Handlers that do not know Express: each takes a plain request and returns
+// {status, body} (and headers where a page needs them). routes.ts maps them to
+// paths; app.ts is the thin Express adapter.
 import { readBackupCatalog } from '../backup/catalog.ts';
 import { safeUrl } from '../core/redact.ts';
 import type { Runtime } from '../runner/runtime.ts';
 import { PayloadError } from '../core/errors.ts';
-import type { Role } from './auth.ts';
+import type { AlertMonitor } from '../monitoring/alerts.ts';
+import type { Metrics } from '../monitoring/metrics.ts';
+import { type Auth, bearerToken, type Role, safeEqual } from './auth.ts';
+import { loginPage } from './login-page.ts';
 import { MAIN_TARGET } from '../core/constants.ts';
 
 export interface ApiRequest {
   params: Record<string, string>;
   query: Record<string, string | undefined>;
   body: unknown;
-  role: Role;
+  /** Who asked; undefined on public routes. */
+  role?: Role;
+  authorization?: string;
+  /** The request came over TLS (directly, or as a trusted proxy says). */
+  secure: boolean;
 }
 
 export interface ApiResponse {
   status: number;
+  /** JSON unless contentType says otherwise (then a string). */
   body: unknown;
+  contentType?: string;
+  headers?: Record<string, string>;
 }
 
-export type Handler = (rt: Runtime, req: ApiRequest) => Promise<ApiResponse>;
+/** What handlers may use: the runtime, and the server's parts. */
+export interface HttpDeps {
+  rt: Runtime;
+  auth: Auth;
+  metrics?: Metrics;
+  monitor?: AlertMonitor;
+}
+
+export type Handler = (deps: HttpDeps, req: ApiRequest) => Promise<ApiResponse>;
+
+export const BOARD_PATH = '/admin/queues';
 
 const error = (status: number, message: string, extra: object = {}): ApiResponse => ({
   status,
@@ -47,7 +68,7 @@ function unknownQuery(req: ApiRequest, known: string[]): ApiResponse | undefined
   );
 }
 
-export const enqueueJob: Handler = async (rt, req) => {
+export const enqueueJob: Handler = async ({ rt }, req) => {
   const name = req.params.name!;
   if (!rt.registry.get(name)) return error(404, `unknown job "${name}"`, { jobs: rt.registry.names() });
   const refusal = unknownQuery(req, []) ?? redisUnavailable(rt);
@@ -64,7 +85,7 @@ export const enqueueJob: Handler = async (rt, req) => {
   }
 };
 
-export const getJob: Handler = async (rt, req) => {
+export const getJob: Handler = async ({ rt }, req) => {
   const { queue, id } = req.params as { queue: string; id: string };
   if (!rt.registry.get(queue)) return error(404, `unknown queue "${queue}"`);
   const notFound = error(
@@ -94,12 +115,12 @@ export const getJob: Handler = async (rt, req) => {
   };
 };
 
-export const listSchedules: Handler = async (rt) => ({
+export const listSchedules: Handler = async ({ rt }) => ({
   status: 200,
   body: { schedules: await rt.scheduler.describe() },
 });
 
-export const listHistory: Handler = async (rt, req) => {
+export const listHistory: Handler = async ({ rt }, req) => {
   const refusal = unknownQuery(req, ['job', 'limit']);
   if (refusal) return refusal;
   const { job, limit = '50' } = req.query;
@@ -117,7 +138,7 @@ export const listHistory: Handler = async (rt, req) => {
 };
 
 /** Redis and every target answer within a few seconds. */
-export const readiness: Handler = async (rt) => {
+export const readiness: Handler = async ({ rt }) => {
   const checks: Record<string, { ok: boolean; error?: string }> = {};
   const withTimeout = <T>(p: Promise<T>) =>
     Promise.race([
@@ -142,7 +163,7 @@ export const readiness: Handler = async (rt) => {
 };
 
 /** Dumps and base backups of a target with their verification state, and the recovery window. */
-export const listBackups: Handler = async (rt, req) => {
+export const listBackups: Handler = async ({ rt }, req) => {
   const target = req.query.target ?? MAIN_TARGET;
   const t = rt.config.targets.get(target);
   if (!t) return error(404, `unknown target "${target}"`, { targets: [...rt.config.targets.keys()] });
@@ -202,3 +223,44 @@ export const listBackups: Handler = async (rt, req) => {
     },
   };
 };
+
+export const healthz: Handler = async () => ({ status: 200, body: { ok: true } });
+
+export const showLogin: Handler = async () => ({ status: 200, body: loginPage(), contentType: 'html' });
+
+/** The login form: a valid token becomes the session cookie. */
+export const login: Handler = async ({ auth }, req) => {
+  const token = (req.body as { token?: unknown } | undefined)?.token;
+  const role = auth.roleForToken(typeof token === 'string' ? token : undefined);
+  if (!role) return { status: 401, body: loginPage('That token is not valid.'), contentType: 'html' };
+  return {
+    status: 303,
+    body: '',
+    contentType: 'text',
+    headers: { Location: BOARD_PATH, 'Set-Cookie': auth.cookieHeader(role, req.secure) },
+  };
+};
+
+export const logout: Handler = async ({ auth }) => ({
+  status: 303,
+  body: '',
+  contentType: 'text',
+  headers: { Location: '/login', 'Set-Cookie': auth.clearCookieHeader() },
+});
+
+/** Prometheus text; METRICS_TOKEN opens this and nothing else. */
+export const metrics: Handler = async ({ rt, metrics }, req) => {
+  const bearer = bearerToken(req.authorization);
+  const scrape = Boolean(bearer && rt.config.metricsToken && safeEqual(bearer, rt.config.metricsToken));
+  if (!scrape && !req.role) {
+    return {
+      status: 401,
+      body: { error: 'authentication required: Authorization: Bearer <METRICS_TOKEN, viewer or admin token>' },
+      headers: { 'WWW-Authenticate': 'Bearer' },
+    };
+  }
+  const { contentType, body } = await metrics!.render();
+  return { status: 200, body, contentType };
+};
+
+export const listAlerts: Handler = async ({ monitor }) => ({ status: 200, body: { open: await monitor!.open() } });

@@ -1,0 +1,55 @@
+// Every route of the HTTP server in one table: method, path, who may call it, what
+// body it takes, and its handler. Bull Board is mounted beside it at BOARD_PATH.
+import {
+  BOARD_PATH,
+  enqueueJob,
+  getJob,
+  type Handler,
+  healthz,
+  listAlerts,
+  listBackups,
+  listHistory,
+  listSchedules,
+  login,
+  logout,
+  metrics,
+  readiness,
+  showLogin,
+} from './handlers.ts';
+
+export { BOARD_PATH };
+
+/**
+ * public: anyone (probes, the sign-in page); scrape: METRICS_TOKEN or any role;
+ * read: a viewer or admin token or session; write: admin only, and from our own
+ * origin when carried by the session cookie.
+ */
+export type Access = 'public' | 'scrape' | 'read' | 'write';
+
+export interface Route {
+  method: 'get' | 'post';
+  path: string;
+  access: Access;
+  /** json: an API body (415 unless declared JSON, 64 kB); form: the sign-in form. */
+  body?: 'json' | 'form';
+  /** Ad-hoc enqueues are rate-limited per client. */
+  rateLimited?: boolean;
+  /** Served only when the server has this part. */
+  needs?: 'metrics' | 'monitor';
+  handler: Handler;
+}
+
+export const ROUTES: readonly Route[] = [
+  { method: 'get', path: '/healthz', access: 'public', handler: healthz },
+  { method: 'get', path: '/login', access: 'public', handler: showLogin },
+  { method: 'post', path: '/login', access: 'public', body: 'form', handler: login },
+  { method: 'post', path: '/logout', access: 'public', handler: logout },
+  { method: 'get', path: '/metrics', access: 'scrape', needs: 'metrics', handler: metrics },
+  { method: 'get', path: '/readyz', access: 'read', handler: readiness },
+  { method: 'post', path: '/api/jobs/:name', access: 'write', body: 'json', rateLimited: true, handler: enqueueJob },
+  { method: 'get', path: '/api/jobs/:queue/:id', access: 'read', handler: getJob },
+  { method: 'get', path: '/api/schedules', access: 'read', handler: listSchedules },
+  { method: 'get', path: '/api/history', access: 'read', handler: listHistory },
+  { method: 'get', path: '/api/backups', access: 'read', handler: listBackups },
+  { method: 'get', path: '/api/alerts', access: 'read', needs: 'monitor', handler: listAlerts },
+];
