@@ -23,7 +23,7 @@ export const payload = z
     to: isoDate.optional(),
     /** Days before yesterday re-aggregated every night (late or corrected orders). */
     lookbackDays: z.number().int().min(0).max(366).default(3),
-    /** The business time zone; default scheduler.timezone (Asia/Dhaka). */
+    /** The business time zone; default businessTimeZone of the config (Asia/Dhaka). */
     timeZone: z
       .string()
       .refine((v) => IANAZone.isValidZone(v), 'must be an IANA time zone')
@@ -90,7 +90,7 @@ export default defineJob({
   defaults: { attempts: 3, backoffMs: 30_000, timeoutMs: 2 * 3_600_000, concurrency: 1 },
   deduplicate: true,
   async handler(ctx, p) {
-    const zone = p.timeZone ?? ctx.config.scheduler.timezone;
+    const zone = p.timeZone ?? ctx.config.businessTimeZone;
     const now = p.now ? DateTime.fromISO(p.now) : DateTime.now();
     const yesterday = now.setZone(zone).startOf('day').minus({ days: 1 });
     const first = p.from ? DateTime.fromISO(p.from, { zone }) : yesterday.minus({ days: p.lookbackDays });

@@ -28,6 +28,38 @@ describe('configuration', () => {
     expect(c.worker.shutdownTimeoutMs).toBe(30_000);
   });
 
+  it('the schema is the one source of defaults: an empty file and no file give the same config', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pgmaint-config-'));
+    const file = path.join(dir, 'empty.yaml');
+    fs.writeFileSync(file, '{}\n');
+    const { targets: _a, ...withFile } = loadConfig({ ...base, PGMAINT_CONFIG: file });
+    const { targets: _b, ...without } = loadConfig(base);
+    expect(withFile).toEqual(without);
+    expect(without.worker).toEqual({
+      stalledIntervalMs: 30_000,
+      lockDurationMs: 30_000,
+      shutdownTimeoutMs: 30_000,
+      keepCompleted: 500,
+      keepFailed: 2000,
+    });
+    expect(without.history).toEqual({ target: 'main', retentionDays: 90, synchronous: false });
+    expect(without.businessTimeZone).toBe('Asia/Dhaka');
+    // A partly given section keeps the defaults of the keys it leaves out.
+    fs.writeFileSync(file, 'worker: { keepFailed: 10 }\nbusinessTimeZone: Europe/Berlin\n');
+    const partial = loadConfig({ ...base, PGMAINT_CONFIG: file });
+    expect(partial.worker).toMatchObject({ keepFailed: 10, keepCompleted: 500, lockDurationMs: 30_000 });
+    expect(partial.businessTimeZone).toBe('Europe/Berlin');
+    // The old name still works; both at once must agree; keys nothing reads are gone.
+    fs.writeFileSync(file, 'scheduler: { timezone: Asia/Kolkata }\n');
+    expect(loadConfig({ ...base, PGMAINT_CONFIG: file }).businessTimeZone).toBe('Asia/Kolkata');
+    fs.writeFileSync(file, 'scheduler: { timezone: Asia/Kolkata }\nbusinessTimeZone: Asia/Dhaka\n');
+    expect(configErr({ ...base, PGMAINT_CONFIG: file })).toMatch(
+      /scheduler\.timezone: the old name of businessTimeZone/,
+    );
+    fs.writeFileSync(file, 'jobs: { backup: { policy: {} } }\n');
+    expect(configErr({ ...base, PGMAINT_CONFIG: file })).toMatch(/jobs\.backup: Unrecognized key: "policy"/);
+  });
+
   it('HOST sets the bind address; docker-compose sets it explicitly', () => {
     expect(loadConfig({ ...base, HOST: '127.0.0.1' }).host).toBe('127.0.0.1');
     expect(configErr({ ...base, HOST: '0.0.0.0; rm -rf /' })).toMatch(/HOST: must be an IP address or host name/);

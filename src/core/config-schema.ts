@@ -1,0 +1,251 @@
+// The configuration's schemas: the environment's variables and the config file's
+// keys, with every default. The Config type is derived from them (config.ts).
+import { z } from 'zod';
+import { MAIN_TARGET } from './constants.ts';
+import { partitionPolicy } from './partition-policy.ts';
+import { qualifiedName } from './sql.ts';
+
+/** Pool size of a target that does not set one (the main target always). */
+export const DEFAULT_POOL_SIZE = 4;
+
+export const TARGET_NAME = /^[a-z][a-z0-9_-]{0,62}$/;
+
+const required = {
+  error: (iss: { input: unknown }) => (iss.input === undefined ? 'is required (not set)' : 'must be a string'),
+};
+
+/** True when `v` parses as a URL with one of these schemes. */
+function hasProtocol(v: string, schemes: string[]): boolean {
+  try {
+    return schemes.includes(new URL(v).protocol.slice(0, -1));
+  } catch {
+    return false;
+  }
+}
+
+export const postgresUrl = z
+  .string(required)
+  .min(1, 'is empty')
+  .refine((v) => hasProtocol(v, ['postgres', 'postgresql']), 'must be a postgres:// or postgresql:// URL');
+
+export const redisUrl = z
+  .string()
+  .refine((v) => hasProtocol(v, ['redis', 'rediss']), 'must be a redis:// or rediss:// URL');
+
+const token = z.string().min(16, 'must be at least 16 characters');
+
+export const envSchema = z.object({
+  DATABASE_URL: postgresUrl,
+  REDIS_URL: redisUrl.default('redis://127.0.0.1:6379'),
+  BACKUP_DIR: z.string(required).min(1, 'is empty'),
+  WAL_ARCHIVE_DIR: z.string().min(1, 'is empty').optional(),
+  PORT: z.coerce.number().int().min(0).max(65535).default(3000),
+  /** Address the HTTP server binds: 0.0.0.0 (every IPv4 interface, what a container needs), 127.0.0.1, ::, … */
+  HOST: z
+    .string()
+    .regex(/^[A-Za-z0-9.:-]{1,253}$/, 'must be an IP address or host name, e.g. 0.0.0.0 or 127.0.0.1')
+    .default('0.0.0.0'),
+  ADMIN_TOKEN: token.optional(),
+  VIEWER_TOKEN: token.optional(),
+  PGMAINT_CONFIG: z.string().optional(),
+  /** Opt-out of auth for a local demo only; logged loudly at start. */
+  PGMAINT_INSECURE_NO_AUTH: z.enum(['0', '1', 'true', 'false']).optional(),
+  /** Bearer token that may read /metrics only (for Prometheus); admin and viewer tokens may too. */
+  METRICS_TOKEN: token.optional(),
+  /** Where alerts are POSTed (Slack incoming webhook or any JSON receiver). */
+  ALERT_WEBHOOK_URL: z
+    .string()
+    .refine((v) => hasProtocol(v, ['http', 'https']), 'must be an http:// or https:// URL')
+    .optional(),
+  /** Ad-hoc enqueues through the API per client per minute. */
+  ENQUEUE_RATE_LIMIT: z.coerce.number().int().min(1).default(300),
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+});
+
+const hostPort = z.object({ host: z.string().min(1), port: z.number().int().min(1).max(65535) }).strict();
+
+export const targetSchema = z
+  .object({
+    /** Connection URL; prefer urlEnv so the secret stays out of the file. */
+    url: postgresUrl.optional(),
+    /** Name of an environment variable that holds the connection URL. */
+    urlEnv: z
+      .string()
+      .regex(/^[A-Z_][A-Z0-9_]*$/, 'must be an environment variable name')
+      .optional(),
+    /** Pool size for jobs on this target. */
+    poolSize: z.number().int().min(1).max(50).default(DEFAULT_POOL_SIZE),
+    /** Where this target's cluster archives its WAL (archive_command's destination, readable here). */
+    walArchiveDir: z.string().min(1).optional(),
+  })
+  .strict()
+  .refine((t) => Boolean(t.url) !== Boolean(t.urlEnv), 'give exactly one of url or urlEnv');
+
+export const jobPolicySchema = z
+  .object({
+    attempts: z.number().int().min(1).max(100).optional(),
+    backoffMs: z.number().int().min(0).optional(),
+    /** Maximum run time; the handler is aborted and its child processes killed after it. */
+    timeoutMs: z.number().int().min(1000).optional(),
+    concurrency: z.number().int().min(1).max(64).optional(),
+  })
+  .strict();
+
+const keepSchema = z
+  .object({
+    /** The newest N are always kept, whatever their age. */
+    keepLast: z.number().int().min(1).max(1000),
+    /** Older than this (and beyond keepLast) they go. */
+    maxAgeDays: z.number().min(0.001).max(36_500),
+  })
+  .strict();
+
+const backupPolicySchema = z
+  .object({
+    /** Logical dumps: DOMAIN.md keeps 30 days. */
+    dumps: keepSchema.default({ keepLast: 3, maxAgeDays: 30 }),
+    /** Base backups; maxAgeDays is also the recovery window kept (point-in-time restore that far back). */
+    base: keepSchema.default({ keepLast: 2, maxAgeDays: 7 }),
+    /** Where the PITR drill and restore checks make their scratch instances (default: the OS temp dir). */
+    scratchDir: z.string().min(1).optional(),
+    /** Tables whose row counts the PITR drill compares at the target time (schema.table). */
+    drillTables: z.array(qualifiedName).default([]),
+  })
+  .strict();
+
+const warmQuerySchema = z
+  .object({
+    /** Redis key (after cache.keyPrefix); with perRow, a template such as "product:{product_tmpl_id}". */
+    key: z.string().regex(/^[A-Za-z0-9:_{}.-]{1,200}$/, 'must be letters, digits and : _ . - { } only'),
+    /** A read-only query; $1… take `params`. */
+    sql: z.string().min(1),
+    params: z.array(z.union([z.string(), z.number(), z.boolean(), z.null()])).default([]),
+    ttlSeconds: z
+      .number()
+      .int()
+      .min(1)
+      .max(30 * 86_400),
+    target: z.string().default(MAIN_TARGET),
+    /** One key a row (the key template names the row's columns) instead of one key for all rows. */
+    perRow: z.boolean().default(false),
+  })
+  .strict();
+
+const cacheSchema = z
+  .object({
+    /** Environment variable with the cache Redis URL (another instance or database number); default REDIS_URL. */
+    redisUrlEnv: z
+      .string()
+      .regex(/^[A-Z_][A-Z0-9_]*$/, 'must be an environment variable name')
+      .optional(),
+    keyPrefix: z.string().max(100).default('pgmaint:cache:'),
+    queries: z.array(warmQuerySchema).default([]),
+  })
+  .strict();
+
+export const ALERT_RULES = [
+  'job-failed',
+  'deadman',
+  'no-worker',
+  'overrun',
+  'backup-age',
+  'archive-lag',
+  'partition-runway',
+  'default-rows',
+  'retention-orphan',
+  'health-read',
+] as const;
+
+const alertsSchema = z
+  .object({
+    /** How often the monitor judges the health snapshot. */
+    intervalMs: z.number().int().min(1000).default(60_000),
+    /** Dead-man switch: a schedule's success may be this late past its run plus maximum run time. */
+    deadmanGraceMs: z
+      .number()
+      .int()
+      .min(0)
+      .default(30 * 60_000),
+    /** A queue that needs a worker may go this long without one. */
+    noWorkerForMs: z
+      .number()
+      .int()
+      .min(0)
+      .default(2 * 60_000),
+    /** An active job may run this long past its maximum run time before it counts as stuck. */
+    overrunGraceMs: z
+      .number()
+      .int()
+      .min(0)
+      .default(5 * 60_000),
+    maxDumpAgeHours: z.number().positive().default(26),
+    maxBaseBackupAgeHours: z.number().positive().default(26),
+    /** DOMAIN.md: RPO under 15 minutes. */
+    maxArchiveLagSeconds: z.number().int().positive().default(900),
+    minPartitionRunwayDays: z.number().positive().default(3),
+    /** Rules switched off by name (job-failed, deadman, no-worker, overrun, backup-age, archive-lag, partition-runway, default-rows, retention-orphan, health-read). */
+    disabled: z.array(z.enum(ALERT_RULES)).default([]),
+  })
+  .strict();
+
+export const fileSchema = z
+  .object({
+    targets: z
+      .record(z.string().regex(TARGET_NAME, 'target names are lower-case letters, digits, _ and -'), targetSchema)
+      .default({}),
+    redis: z
+      .object({
+        /** Key prefix; hash-tagged by default so every queue key lands in one Cluster slot. */
+        prefix: z.string().min(1).default('{pgmaint}'),
+        sentinels: z.array(hostPort).optional(),
+        sentinelName: z.string().optional(),
+        cluster: z.array(hostPort).optional(),
+      })
+      .strict()
+      .prefault({}),
+    history: z
+      .object({
+        target: z.string().default(MAIN_TARGET),
+        retentionDays: z.number().int().min(1).default(90),
+        /** Commit each run's final row before BullMQ marks the job done (one commit per job). */
+        synchronous: z.boolean().default(false),
+      })
+      .strict()
+      .prefault({}),
+    worker: z
+      .object({
+        stalledIntervalMs: z.number().int().min(500).default(30_000),
+        lockDurationMs: z.number().int().min(1000).default(30_000),
+        shutdownTimeoutMs: z.number().int().min(0).default(30_000),
+        /** Completed/failed jobs kept in Redis per queue; the run history is the durable record. */
+        keepCompleted: z.number().int().min(0).default(500),
+        keepFailed: z.number().int().min(0).default(2000),
+      })
+      .strict()
+      .prefault({}),
+    scheduler: z
+      .object({
+        watchdogIntervalMs: z.number().int().min(1000).default(60_000),
+        /** A scheduled run this late counts as missed (catchUp decides whether it still runs). */
+        lateToleranceMs: z
+          .number()
+          .int()
+          .min(0)
+          .default(5 * 60_000),
+        disabled: z.array(z.string()).default([]),
+        /** Deprecated: the old name of businessTimeZone. */
+        timezone: z.string().optional(),
+      })
+      .strict()
+      .prefault({}),
+    /** The zone of the business day: the rollup's days (and the demo's partition bounds). */
+    businessTimeZone: z.string().optional(),
+    jobs: z.record(z.string(), jobPolicySchema).default({}),
+    /** Partition policies for create-partitions and drop-expired-partitions. */
+    partitions: z.array(partitionPolicy).default([]),
+    backups: backupPolicySchema.prefault({}),
+    /** warm-cache: dashboard queries precomputed into Redis. */
+    cache: cacheSchema.prefault({}),
+    alerts: alertsSchema.prefault({}),
+  })
+  .strict();
