@@ -9,7 +9,7 @@ import fs from 'node:fs/promises';
 import { z } from 'zod';
 import { listBaseBackups, recoveryWindow } from '../src/backup/catalog.ts';
 import { PermanentJobError } from '../src/core/errors.ts';
-import { defineJob, targetField } from '../src/runner/job-definition.ts';
+import { defineJob, type JobResult, targetField } from '../src/runner/job-definition.ts';
 import { listArchive, newestSegment, parseLsn, parseSize, segmentNumber, waitForArchived } from '../src/backup/wal.ts';
 
 export const payload = z.object({
@@ -20,7 +20,7 @@ export const payload = z.object({
   maxLagSegments: z.number().int().min(0).default(2),
 });
 
-export default defineJob({
+const job = defineJob({
   name: 'archive-check',
   description: 'Forces a WAL switch and times its archiving; pg_stat_archiver, archive lag, gaps, recovery window.',
   payload,
@@ -150,3 +150,8 @@ export default defineJob({
     return result;
   },
 });
+
+export default job;
+
+/** What a archive-check run returns (its result in the run history and the API). */
+export type ArchiveCheckResult = JobResult<typeof job>;

@@ -11,7 +11,7 @@ import { ensureWritableDir, runAlone } from '../src/backup/run-guard.ts';
 import type pg from 'pg';
 import { dumpDir, type DumpManifest } from '../src/backup/catalog.ts';
 import { fileStamp, publish, sha256File, sha256Tree, writeJsonAtomic } from '../src/core/files.ts';
-import { defineJob, targetField, type JobContext } from '../src/runner/job-definition.ts';
+import { defineJob, type JobResult, targetField, type JobContext } from '../src/runner/job-definition.ts';
 import { quoteIdent } from '../src/core/sql.ts';
 import { binPath, runProcess } from '../src/core/proc.ts';
 
@@ -35,7 +35,7 @@ type Payload = z.output<typeof payload>;
 
 export { dumpDir };
 
-export default defineJob({
+const job = defineJob({
   name: 'backup',
   description:
     'pg_dump of a target (custom, or directory with -j), row counts from the same snapshot, verified with pg_restore --list, sha256 manifest.',
@@ -241,3 +241,8 @@ async function removeLeftovers(dir: string, ctx: { log(m: string): Promise<void>
     }
   }
 }
+
+export default job;
+
+/** What a backup run returns (its result in the run history and the API). */
+export type BackupResult = JobResult<typeof job>;

@@ -11,7 +11,7 @@ import { baseDir, type BaseBackupManifest } from '../src/backup/catalog.ts';
 import { materializeDataDir, verifyDataDir } from '../src/backup/base-backup-files.ts';
 import { ensureWritableDir, runAlone } from '../src/backup/run-guard.ts';
 import { fileStamp, fsyncPath, treeSize, writeJsonAtomic } from '../src/core/files.ts';
-import { defineJob, targetField, type JobContext } from '../src/runner/job-definition.ts';
+import { defineJob, type JobResult, targetField, type JobContext } from '../src/runner/job-definition.ts';
 import { binPath, runProcess } from '../src/core/proc.ts';
 import { parseLsn, parseSize, segmentName, segmentNumber } from '../src/backup/wal.ts';
 
@@ -48,7 +48,7 @@ const LOCK = 'pgmaint:base-backup';
 
 type Compression = BaseBackupManifest['compression'];
 
-export default defineJob({
+const job = defineJob({
   name: 'base-backup',
   description:
     'pg_basebackup (WAL included, manifest), verified with pg_verifybackup, then published with LSNs and times.',
@@ -250,3 +250,8 @@ async function manifestBytes(manifestPath: string): Promise<number> {
   const m = JSON.parse(await fs.readFile(manifestPath, 'utf8')) as { Files?: { Size: number }[] };
   return (m.Files ?? []).reduce((a, f) => a + f.Size, 0);
 }
+
+export default job;
+
+/** What a base-backup run returns (its result in the run history and the API). */
+export type BaseBackupResult = JobResult<typeof job>;

@@ -9,7 +9,7 @@ import { DateTime } from 'luxon';
 import type pg from 'pg';
 import { z } from 'zod';
 import { PermanentJobError } from '../src/core/errors.ts';
-import { defineJob, targetField, type JobContext } from '../src/runner/job-definition.ts';
+import { defineJob, type JobResult, targetField, type JobContext } from '../src/runner/job-definition.ts';
 import type { PartitionPolicy } from '../src/core/partition-policy.ts';
 import { qualifiedName, quoteIdent, quoteLiteral, quoteQualified, withTransaction } from '../src/core/sql.ts';
 import {
@@ -58,7 +58,7 @@ export interface PolicyResult extends PolicyOutcome {
   skipped: { range?: string; reason: string }[];
 }
 
-export default defineJob({
+const job = defineJob({
   name: 'create-partitions',
   description:
     'Creates future range partitions (premake ahead of now), fills gaps, moves rows out of the DEFAULT partition.',
@@ -306,3 +306,8 @@ async function createPartition(
     return { name: `${info.schema}.${name}`, from: from.toISO()!, to: to.toISO()!, movedRows };
   });
 }
+
+export default job;
+
+/** What a create-partitions run returns (its result in the run history and the API). */
+export type CreatePartitionsResult = JobResult<typeof job>;

@@ -8,7 +8,7 @@
 // for every covered day.
 import { DateTime, IANAZone } from 'luxon';
 import { z } from 'zod';
-import { defineJob, targetField } from '../src/runner/job-definition.ts';
+import { defineJob, type JobResult, targetField } from '../src/runner/job-definition.ts';
 
 const isoDate = z
   .string()
@@ -82,7 +82,7 @@ with src as (
 )
 select (select count(*) from upserted)::int as upserted, (select count(*) from deleted)::int as deleted, (select count(*) from agg)::int as groups`;
 
-export default defineJob({
+const job = defineJob({
   name: 'daily-sales-rollup',
   description:
     'Idempotent pre-aggregation of daily sales (online and POS) into analytics.daily_sales_agg; yesterday plus a lookback, or a backfill range.',
@@ -149,3 +149,8 @@ export default defineJob({
     };
   },
 });
+
+export default job;
+
+/** What a daily-sales-rollup run returns (its result in the run history and the API). */
+export type DailySalesRollupResult = JobResult<typeof job>;

@@ -13,7 +13,7 @@ import type pg from 'pg';
 import { z } from 'zod';
 import { PermanentJobError } from '../src/core/errors.ts';
 import { fileStamp, publish, sha256File, writeJsonAtomic } from '../src/core/files.ts';
-import { defineJob, targetField, type JobContext } from '../src/runner/job-definition.ts';
+import { defineJob, type JobResult, targetField, type JobContext } from '../src/runner/job-definition.ts';
 import { parseRetention, type PartitionPolicy } from '../src/core/partition-policy.ts';
 import { qualifiedName, quoteQualified, withTransaction } from '../src/core/sql.ts';
 import {
@@ -73,7 +73,7 @@ interface DropResult extends PolicyOutcome {
   skipped: { partition?: string; reason: string }[];
 }
 
-export default defineJob({
+const job = defineJob({
   name: 'drop-expired-partitions',
   description: 'Retention: detach, archive to a verified dump, then drop partitions past their policy retention.',
   payload,
@@ -376,3 +376,8 @@ async function archivePartition(ctx: JobContext, client: pg.ClientBase, partitio
     throw err;
   }
 }
+
+export default job;
+
+/** What a drop-expired-partitions run returns (its result in the run history and the API). */
+export type DropExpiredPartitionsResult = JobResult<typeof job>;

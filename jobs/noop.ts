@@ -2,7 +2,7 @@
 // the runner benchmark, fault drills) without touching a database.
 import { setTimeout as sleep } from 'node:timers/promises';
 import { z } from 'zod';
-import { defineJob, targetField } from '../src/runner/job-definition.ts';
+import { defineJob, type JobResult, targetField } from '../src/runner/job-definition.ts';
 
 export const payload = z.object({
   target: targetField,
@@ -10,7 +10,7 @@ export const payload = z.object({
   sleepMs: z.number().int().min(0).max(3_600_000).default(0),
 });
 
-export default defineJob({
+const job = defineJob({
   name: 'noop',
   description: 'Does nothing for sleepMs; a probe of queues, workers and history.',
   payload,
@@ -24,3 +24,8 @@ export default defineJob({
     return { sleptMs: sleepMs };
   },
 });
+
+export default job;
+
+/** What a noop run returns (its result in the run history and the API). */
+export type NoopResult = JobResult<typeof job>;

@@ -16,7 +16,7 @@ import { z } from 'zod';
 import { baseBackupLockKey, listBaseBackups, type ListedBaseBackup } from '../src/backup/catalog.ts';
 import { materializeDataDir, verifyDataDir } from '../src/backup/base-backup-files.ts';
 import { PermanentJobError } from '../src/core/errors.ts';
-import { defineJob, targetField, type JobContext } from '../src/runner/job-definition.ts';
+import { defineJob, type JobResult, targetField, type JobContext } from '../src/runner/job-definition.ts';
 import { qualifiedName, quoteIdent, withTransaction } from '../src/core/sql.ts';
 import { createScratchInstance, removeAbandonedScratch, type ScratchInstance } from '../src/backup/scratch-instance.ts';
 import { waitForArchived } from '../src/backup/wal.ts';
@@ -44,7 +44,7 @@ export interface DrillCheck {
   detail: string;
 }
 
-export default defineJob({
+const job = defineJob({
   name: 'pitr-drill',
   description:
     'Restores a base backup plus archived WAL to a target time in a scratch instance, proves markers and row counts, reports RTO/RPO, tears down.',
@@ -377,3 +377,8 @@ async function waitForPromotion(
     await sleep(250);
   }
 }
+
+export default job;
+
+/** What a pitr-drill run returns (its result in the run history and the API). */
+export type PitrDrillResult = JobResult<typeof job>;

@@ -20,7 +20,7 @@ import {
   type ListedDump,
 } from '../src/backup/catalog.ts';
 import { fsyncPath, treeSize } from '../src/core/files.ts';
-import { defineJob, targetField } from '../src/runner/job-definition.ts';
+import { defineJob, type JobResult, targetField } from '../src/runner/job-definition.ts';
 import { parseSegmentName } from '../src/backup/wal.ts';
 import { DEFAULT_WAL_SEGMENT_BYTES } from '../src/core/constants.ts';
 
@@ -71,7 +71,7 @@ export function planRetention<T>(
   });
 }
 
-export default defineJob({
+const job = defineJob({
   name: 'prune-backups',
   description:
     'Retention for dumps, base backups and WAL: keeps the newest N, the max-age window, and the WAL retained base backups need.',
@@ -205,3 +205,8 @@ async function removeBaseBackup(b: ListedBaseBackup): Promise<number> {
   await fs.rm(doomed, { recursive: true, force: true });
   return size;
 }
+
+export default job;
+
+/** What a prune-backups run returns (its result in the run history and the API). */
+export type PruneBackupsResult = JobResult<typeof job>;

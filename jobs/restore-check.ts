@@ -9,7 +9,7 @@ import { listDumps, type RestoreCheckRecord } from '../src/backup/catalog.ts';
 import { libpqEnv } from '../src/core/libpq.ts';
 import { PermanentJobError } from '../src/core/errors.ts';
 import { sha256File, sha256Tree, writeJsonAtomic } from '../src/core/files.ts';
-import { defineJob, targetField } from '../src/runner/job-definition.ts';
+import { defineJob, type JobResult, targetField } from '../src/runner/job-definition.ts';
 import { quoteIdent } from '../src/core/sql.ts';
 import { binPath, runProcess } from '../src/core/proc.ts';
 
@@ -32,7 +32,7 @@ export const payload = z.object({
     .optional(),
 });
 
-export default defineJob({
+const job = defineJob({
   name: 'restore-check',
   description:
     'Restores the newest dump into a scratch database with pg_restore -j and compares row counts with those recorded at dump time.',
@@ -181,3 +181,8 @@ function splitQualified(t: string): [string, string] {
   const i = t.indexOf('.');
   return [t.slice(0, i), t.slice(i + 1)];
 }
+
+export default job;
+
+/** What a restore-check run returns (its result in the run history and the API). */
+export type RestoreCheckResult = JobResult<typeof job>;

@@ -9,7 +9,7 @@
 import type pg from 'pg';
 import { z } from 'zod';
 import { PermanentJobError } from '../src/core/errors.ts';
-import { defineJob, targetField, type JobContext } from '../src/runner/job-definition.ts';
+import { defineJob, type JobResult, targetField, type JobContext } from '../src/runner/job-definition.ts';
 import { qualifiedName, quoteIdent } from '../src/core/sql.ts';
 
 const thresholds = z
@@ -207,7 +207,7 @@ interface TableResult {
   skipped?: string;
 }
 
-export default defineJob({
+const job = defineJob({
   name: 'vacuum-analyze',
   description:
     'VACUUM/ANALYZE of the tables that need it by their statistics (and partitioned parents), one at a time, under lock_timeout, within a time budget.',
@@ -310,3 +310,8 @@ async function work(ctx: JobContext, client: pg.PoolClient, p: Payload, chosen: 
     durationMs: Date.now() - started,
   };
 }
+
+export default job;
+
+/** What a vacuum-analyze run returns (its result in the run history and the API). */
+export type VacuumAnalyzeResult = JobResult<typeof job>;

@@ -7,7 +7,7 @@ import type pg from 'pg';
 import { z } from 'zod';
 import type { Config } from '../src/core/config.ts';
 import { coerceError, describeError, PermanentJobError } from '../src/core/errors.ts';
-import { defineJob, targetField, type JobContext } from '../src/runner/job-definition.ts';
+import { defineJob, type JobResult, targetField, type JobContext } from '../src/runner/job-definition.ts';
 import { withTransaction } from '../src/core/sql.ts';
 
 export const payload = z.object({
@@ -105,7 +105,7 @@ async function hitRatio(redis: Redis): Promise<number | null> {
   return hits + misses ? Math.round((hits / (hits + misses)) * 10_000) / 10_000 : null;
 }
 
-export default defineJob({
+const job = defineJob({
   name: 'warm-cache',
   description:
     'Runs the dashboard queries of cache.queries read-only and writes their results to the cache Redis with TTLs.',
@@ -175,3 +175,8 @@ export default defineJob({
     }
   },
 });
+
+export default job;
+
+/** What a warm-cache run returns (its result in the run history and the API). */
+export type WarmCacheResult = JobResult<typeof job>;

@@ -3,6 +3,8 @@
 // target's own catalog), so any process can take it: /metrics renders it, the
 // alert monitor judges it. Readings are cached briefly; a scrape storm costs one.
 import { DateTime } from 'luxon';
+import type { ArchiveCheckResult } from '../../jobs/archive-check.ts';
+import type { PitrDrillResult } from '../../jobs/pitr-drill.ts';
 import { readBackupCatalog } from '../backup/catalog.ts';
 import { nextRun } from '../core/cron.ts';
 import type { JobStatus } from '../runner/history.ts';
@@ -248,20 +250,16 @@ export class HealthReader {
     const t = rt.config.targets.get(target)!;
     const [catalog, archiveRun, drillRun] = await Promise.all([
       readBackupCatalog(rt.config.backupDir, t),
-      rt.history.lastFinished('archive-check', target),
-      rt.history.lastFinished('pitr-drill', target),
+      rt.history.lastFinished<ArchiveCheckResult>('archive-check', target),
+      rt.history.lastFinished<PitrDrillResult>('pitr-drill', target),
     ]);
     const { dumps, bases } = catalog;
     const scheduledHere = (job: string) => rt.schedules.some((s) => s.job === job && s.payload.target === target);
     const age = (iso: string | undefined) => (iso ? Math.round((now - Date.parse(iso)) / 1000) : null);
     let windowSeconds = catalog.archive && bases.length ? catalog.recoveryWindow.seconds : null;
-    const archiveResult = archiveRun?.result as {
-      lagSeconds?: number | null;
-      lagSegments?: number | null;
-      recoveryWindow?: { seconds: number };
-    } | null;
+    const archiveResult = archiveRun?.result;
     if (windowSeconds === null && archiveResult?.recoveryWindow) windowSeconds = archiveResult.recoveryWindow.seconds;
-    const drillResult = drillRun?.result as { rtoSeconds?: number; rpoSeconds?: number } | null;
+    const drillResult = drillRun?.result;
     return {
       target,
       dumpsExpected: dumps.length > 0 || scheduledHere('backup'),

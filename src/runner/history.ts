@@ -20,7 +20,8 @@ export interface RunStart {
   recovered?: boolean;
 }
 
-export interface HistoryRow {
+/** A run-history row; R is the job's result type (jobs export it) when the caller knows the job. */
+export interface HistoryRow<R = unknown> {
   id: string;
   run_id: string;
   queue: string;
@@ -35,7 +36,8 @@ export interface HistoryRow {
   finished_at: Date | null;
   outcome: Outcome;
   error: string | null;
-  result: unknown;
+  /** The handler's return value, for a succeeded run; null otherwise. */
+  result: R | null;
   worker: string | null;
 }
 
@@ -335,9 +337,9 @@ export class RunHistory {
   }
 
   /** The newest finished (succeeded or failed) run of a job on a target. */
-  async lastFinished(job: string, target: string): Promise<HistoryRow | undefined> {
+  async lastFinished<R = unknown>(job: string, target: string): Promise<HistoryRow<R> | undefined> {
     await this.migrate();
-    const { rows } = await this.pool.query<HistoryRow>(
+    const { rows } = await this.pool.query<HistoryRow<R>>(
       `select * from pgmaint.run_history where job = $1 and target = $2 and outcome in ('succeeded', 'failed', 'timed_out') order by started_at desc, id desc limit 1`,
       [job, target],
     );

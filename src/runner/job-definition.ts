@@ -67,6 +67,9 @@ export interface JobDefinition<
   handler(ctx: JobContext, payload: z.output<S>): Promise<R>;
 }
 
+/** The result type of a job definition: what its handler returns (what history and the API show). */
+export type JobResult<J> = J extends JobDefinition<infer _S, infer R> ? R : never;
+
 export type AnyJobDefinition = JobDefinition<z.ZodObject<{ target: typeof targetField }>, unknown>;
 
 export function defineJob<S extends z.ZodObject<{ target: typeof targetField }>, R>(
