@@ -108,7 +108,7 @@ const du = (p: string) => Number(spawnSync('du', ['-sb', p]).stdout.toString().s
 
 console.error('logical dumps…');
 const custom = await job('backup', { format: 'custom' });
-const directory = await job('backup', { format: 'directory', jobs: 2 });
+const directory = await job('backup', { format: 'directory', parallel: 2 });
 
 console.error('base backups…');
 const ours: Record<string, { ms: number; result: Record<string, any> }> = {};

@@ -18,16 +18,26 @@ import { binPath, runProcess } from '../src/core/proc.ts';
 export const payload = z
   .object({
     target: targetField,
-    /** custom: one file; directory: one file per table, written by `jobs` processes at once. */
+    /** custom: one file; directory: one file per table, written by `parallel` processes at once. */
     format: z.enum(['custom', 'directory']).default('custom'),
-    /** Parallel pg_dump processes (directory format only). */
+    /** pg_dump processes at once (pg_dump --jobs; directory format only). Default 2 for directory. */
+    parallel: z.number().int().min(1).max(16).optional(),
+    /** Deprecated: the old name of `parallel`. */
     jobs: z.number().int().min(1).max(16).optional(),
     /** pg_dump compression level (0 = none). */
     compress: z.number().int().min(0).max(9).default(6),
   })
   .superRefine((p, ctx) => {
-    if (p.format === 'custom' && p.jobs !== undefined && p.jobs > 1) {
-      ctx.addIssue({ code: 'custom', path: ['jobs'], message: 'parallel dumps need format "directory"' });
+    if (p.jobs !== undefined && p.parallel !== undefined && p.jobs !== p.parallel) {
+      ctx.addIssue({ code: 'custom', path: ['jobs'], message: 'is the old name of parallel; give only parallel' });
+    }
+    const parallel = p.parallel ?? p.jobs;
+    if (p.format === 'custom' && parallel !== undefined && parallel > 1) {
+      ctx.addIssue({
+        code: 'custom',
+        path: [p.parallel !== undefined ? 'parallel' : 'jobs'],
+        message: 'parallel dumps need format "directory"',
+      });
     }
   });
 
@@ -61,7 +71,7 @@ async function dump(ctx: JobContext, p: Payload, dir: string, started: Date) {
     `select current_setting('server_version') as version, current_database() as database`,
   );
   const info = rows[0]!;
-  const jobs = p.format === 'directory' ? (p.jobs ?? 2) : 1;
+  const parallel = p.format === 'directory' ? (p.parallel ?? p.jobs ?? 2) : 1;
   const name = `${p.target}-${fileStamp(started)}.${p.format === 'directory' ? 'dumpdir' : 'dump'}`;
   const final = path.join(dir, name);
   const tmp = path.join(dir, `.${name}.partial`);
@@ -87,7 +97,7 @@ async function dump(ctx: JobContext, p: Payload, dir: string, started: Date) {
     const snapshot = s[0]!.id;
     const tables = await listTables(snap);
     await ctx.log(
-      `pg_dump of database ${info.database} (PostgreSQL ${info.version}, ${tables.length} tables), ${p.format} format${jobs > 1 ? ` with ${jobs} jobs` : ''}, snapshot ${snapshot}, into ${tmp}`,
+      `pg_dump of database ${info.database} (PostgreSQL ${info.version}, ${tables.length} tables), ${p.format} format${parallel > 1 ? ` with ${parallel} processes` : ''}, snapshot ${snapshot}, into ${tmp}`,
     );
     let dumped = 0;
     let lastReport = 0;
@@ -99,7 +109,7 @@ async function dump(ctx: JobContext, p: Payload, dir: string, started: Date) {
       '--no-password',
       `--file=${tmp}`,
     ];
-    if (jobs > 1) args.push(`--jobs=${jobs}`);
+    if (parallel > 1) args.push(`--jobs=${parallel}`);
     const pgDump = runProcess(binPath('pg_dump'), args, {
       env: ctx.libpqEnv(),
       signal,
@@ -155,7 +165,7 @@ async function dump(ctx: JobContext, p: Payload, dir: string, started: Date) {
       version: 1,
       file: name,
       format: p.format,
-      jobs,
+      parallel,
       target: p.target,
       database: info.database,
       serverVersion: info.version,
@@ -181,7 +191,7 @@ async function dump(ctx: JobContext, p: Payload, dir: string, started: Date) {
       file: final,
       manifest: `${final}.manifest.json`,
       format: p.format,
-      jobs,
+      parallel,
       bytes,
       sha256,
       durationMs: manifest.durationMs,

@@ -23,8 +23,8 @@ export const payload = z.object({
       'must be a dump file name such as main-20261125T020000000Z.dump',
     )
     .optional(),
-  /** Parallel pg_restore jobs. */
-  jobs: z.number().int().min(1).max(16).default(2),
+  /** pg_restore processes at once (pg_restore --jobs). */
+  parallel: z.number().int().min(1).max(16).default(2),
   /** Target whose server gets the scratch database (default: the dump's own target). Needs CREATEDB. */
   scratchTarget: z
     .string()
@@ -91,7 +91,7 @@ const job = defineJob({
     try {
       await admin.query(`drop database if exists ${quoteIdent(scratchDb)} with (force)`);
       await admin.query(`create database ${quoteIdent(scratchDb)} template template0`);
-      await ctx.progress(10, `pg_restore -j ${p.jobs} of ${m.file} into scratch database ${scratchDb}`);
+      await ctx.progress(10, `pg_restore -j ${p.parallel} of ${m.file} into scratch database ${scratchDb}`);
       const env = {
         ...libpqEnv(scratchTarget, `pgmaint/restore-check/${ctx.jobId}`.slice(0, 63)),
         PGDATABASE: scratchDb,
@@ -101,7 +101,7 @@ const job = defineJob({
         [
           '--no-owner',
           '--no-privileges',
-          `--jobs=${p.jobs}`,
+          `--jobs=${p.parallel}`,
           '--exit-on-error',
           '--no-password',
           `--dbname=${scratchDb}`,

@@ -118,9 +118,9 @@ describe('base-backup', () => {
 
 describe('backup and restore-check', () => {
   it('a directory-format dump with 2 jobs records row counts from its snapshot, and restore-check proves them', async () => {
-    const b = await run('backup', { format: 'directory', jobs: 2 });
+    const b = await run('backup', { format: 'directory', parallel: 2 });
     expect(b.state).toBe('completed');
-    expect(b.result).toMatchObject({ format: 'directory', jobs: 2 });
+    expect(b.result).toMatchObject({ format: 'directory', parallel: 2 });
     const [dump] = await listDumps(h.backupDir, 'main');
     expect(dump!.manifest.rowCounts).toMatchObject({ 'sales.sale_order': 20_000, 'farm.milk_production': 3000 });
     const r = await run('restore-check', {});

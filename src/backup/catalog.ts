@@ -22,6 +22,8 @@ export interface DumpManifest {
   /** File (custom format) or directory (directory format) name in the dump directory. */
   file: string;
   format: 'custom' | 'directory';
+  /** pg_dump processes that wrote it (older manifests call it jobs). */
+  parallel?: number;
   jobs?: number;
   target: string;
   database: string;
