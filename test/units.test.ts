@@ -1,0 +1,259 @@
+// Unit tests of the pieces that decide things on their own: error classification and
+// exit codes, sessions, libpq settings, the recovery window, the partition planner.
+// (The history's flush-failure path runs against the test PostgreSQL: see the end.)
+import { UnrecoverableError } from 'bullmq';
+import { DateTime } from 'luxon';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { planMissing } from '../jobs/create-partitions.ts';
+import { type ListedBaseBackup, recoveryWindow } from '../src/backup/catalog.ts';
+import { type ArchiveListing, parseSegmentName, segmentName } from '../src/backup/wal.ts';
+import {
+  classifyError,
+  ConfigError,
+  exitCodeFor,
+  JobAbortedError,
+  JobTimeoutError,
+  PayloadError,
+  PermanentJobError,
+  ProcessError,
+  ServiceUnavailableError,
+  UsageError,
+} from '../src/core/errors.ts';
+import { libpqEnv } from '../src/core/libpq.ts';
+import { partitionPolicy } from '../src/core/partition-policy.ts';
+import { Auth } from '../src/http/auth.ts';
+import { nextPeriod, type ParentInfo, partitionName } from '../src/partitions/partitions.ts';
+import { RunHistory, type RunStart } from '../src/runner/history.ts';
+import { createHarness, type Harness } from './support/harness.ts';
+
+const sqlError = (code: string) => Object.assign(new Error(`sqlstate ${code}`), { code });
+
+describe('classifyError', () => {
+  it.each([
+    [new PermanentJobError('denied'), 'permanent'],
+    [new UnrecoverableError('no'), 'permanent'],
+    [new JobTimeoutError('slow'), 'timeout'],
+    [new JobAbortedError('shutdown'), 'retryable'],
+    [sqlError('40001'), 'retryable'], // serialization failure
+    [sqlError('40P01'), 'retryable'], // deadlock
+    [sqlError('55P03'), 'retryable'], // lock_timeout
+    [sqlError('57P01'), 'retryable'], // admin shutdown
+    [sqlError('08006'), 'retryable'], // connection failure (class 08)
+    [sqlError('53300'), 'retryable'], // too many connections
+    [sqlError('42P01'), 'permanent'], // undefined table
+    [sqlError('42501'), 'permanent'], // insufficient privilege
+    [sqlError('23505'), 'permanent'], // unique violation
+    [sqlError('28P01'), 'permanent'], // bad password
+    [sqlError('XX000'), 'retryable'], // internal error: give it its attempts
+    [Object.assign(new Error('connect'), { code: 'ECONNREFUSED' }), 'retryable'],
+    [new Error('Connection terminated unexpectedly'), 'retryable'],
+    [new ProcessError('pg_dump exited with 1', 1, ''), 'retryable'],
+    [new Error('something new'), 'retryable'],
+  ])('%s → %s', (err, expected) => {
+    expect(classifyError(err)).toBe(expected);
+  });
+
+  it('the CLI exit status comes from the stable code', () => {
+    expect(exitCodeFor(new UsageError('x'))).toBe(2);
+    expect(exitCodeFor(new ConfigError('x'))).toBe(2);
+    expect(exitCodeFor(new PayloadError([{ path: 'a', message: 'b' }]))).toBe(2);
+    expect(exitCodeFor(new ServiceUnavailableError('x'))).toBe(3);
+    expect(exitCodeFor(sqlError('42P01'))).toBe(1);
+    expect(exitCodeFor(new Error('x'))).toBe(1);
+    expect(exitCodeFor('not an error')).toBe(1);
+  });
+});
+
+describe('sessions', () => {
+  const admin = 'admin-token-0123456789abcdef';
+  const viewer = 'viewer-token-0123456789abcdef';
+
+  it('a session lasts 12 hours, cannot be forged or promoted, and ends when a token rotates', () => {
+    const auth = new Auth(admin, viewer);
+    const t0 = Date.UTC(2026, 0, 1);
+    const cookie = auth.issueSession('viewer', t0);
+    expect(auth.roleForSession(cookie, t0 + 1000)).toBe('viewer');
+    expect(auth.roleForSession(cookie, t0 + 12 * 3600_000 - 1)).toBe('viewer');
+    expect(auth.roleForSession(cookie, t0 + 12 * 3600_000 + 1)).toBeUndefined();
+    expect(auth.roleForSession(cookie.replace(/^viewer/, 'admin'), t0 + 1000)).toBeUndefined();
+    const [role, , mac] = cookie.split('.');
+    expect(auth.roleForSession(`${role}.${t0 + 10 * 365 * 86400_000}.${mac}`, t0)).toBeUndefined();
+    expect(new Auth(admin, 'rotated-viewer-token-0123456789').roleForSession(cookie, t0 + 1000)).toBeUndefined();
+    expect(auth.roleForSession('garbage', t0)).toBeUndefined();
+  });
+
+  it('the cookie is HttpOnly and SameSite=Strict, Secure only over TLS, and cleared by the same name', () => {
+    const auth = new Auth(admin, viewer);
+    expect(auth.cookieHeader('admin', false)).toMatch(
+      /^pgmaint_session=[^;]+; Path=\/; HttpOnly; SameSite=Strict; Max-Age=43200$/,
+    );
+    expect(auth.cookieHeader('admin', true)).toMatch(/; Secure$/);
+    expect(auth.clearCookieHeader()).toBe('pgmaint_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0');
+  });
+});
+
+describe('libpqEnv', () => {
+  const target = (url: string) => ({ name: 't', url, urlSource: 'X', poolSize: 1 });
+
+  it('puts the password in PGPASSWORD, decoded, never on a command line', () => {
+    expect(libpqEnv(target('postgres://app%40x:p%2Fss%3Aw0rd@db.example:6543/dairy'), 'pgmaint/backup/1')).toEqual({
+      PGHOST: 'db.example',
+      PGPORT: '6543',
+      PGDATABASE: 'dairy',
+      PGUSER: 'app@x',
+      PGPASSWORD: 'p/ss:w0rd',
+      PGAPPNAME: 'pgmaint/backup/1',
+    });
+  });
+
+  it('defaults port and database, unwraps IPv6, honours host= and sslmode= like libpq', () => {
+    expect(libpqEnv(target('postgresql://[::1]/'))).toEqual({
+      PGHOST: '::1',
+      PGPORT: '5432',
+      PGDATABASE: 'postgres',
+      PGAPPNAME: 'pgmaint',
+    });
+    const socket = libpqEnv(target('postgres://u@localhost/db?host=/var/run/postgresql&sslmode=require'));
+    expect(socket).toMatchObject({ PGHOST: '/var/run/postgresql', PGSSLMODE: 'require', PGUSER: 'u' });
+    expect(socket.PGPASSWORD).toBeUndefined();
+  });
+});
+
+describe('recovery window', () => {
+  const SEG = 16 * 1024 * 1024;
+  const at = (iso: string) => new Date(iso);
+  const archive = (segnos: number[], newestAt: string): ArchiveListing => ({
+    dir: '/archive',
+    segments: segnos.map((n, i) => ({
+      name: segmentName(1, BigInt(n), SEG),
+      timeline: 1,
+      segno: BigInt(n),
+      mtime: i === segnos.length - 1 ? at(newestAt) : at('2026-01-01T00:00:00Z'),
+    })),
+    files: [],
+    historyFiles: [],
+  });
+  const base = (label: string, startSeg: number, stoppedAt: string): ListedBaseBackup =>
+    ({
+      path: `/base/${label}`,
+      manifest: { label, startWal: segmentName(1, BigInt(startSeg), SEG), walSegmentSize: SEG, timeline: 1, stoppedAt },
+    }) as unknown as ListedBaseBackup;
+
+  it('runs from the oldest base backup with an unbroken chain to the newest archived segment', () => {
+    const bases = [base('new', 8, '2026-01-03T00:00:00Z'), base('old', 2, '2026-01-01T06:00:00Z')];
+    const w = recoveryWindow(bases, archive([2, 3, 4, 5, 6, 7, 8, 9], '2026-01-04T06:00:00Z'));
+    expect(w).toEqual({
+      earliest: '2026-01-01T06:00:00Z',
+      latest: '2026-01-04T06:00:00.000Z',
+      seconds: 3 * 86400,
+      fromBaseBackup: 'old',
+      brokenChains: [],
+    });
+    expect(parseSegmentName(segmentName(1, 0x1ffn, SEG), SEG)).toEqual({ timeline: 1, segno: 0x1ffn });
+  });
+
+  it('a gap breaks the older chain and names the missing segment; no archive, no window', () => {
+    const bases = [base('new', 8, '2026-01-03T00:00:00Z'), base('old', 2, '2026-01-01T06:00:00Z')];
+    const w = recoveryWindow(bases, archive([2, 3, 5, 6, 7, 8, 9], '2026-01-04T00:00:00Z'));
+    expect(w.fromBaseBackup).toBe('new');
+    expect(w.seconds).toBe(86400);
+    expect(w.brokenChains).toEqual([{ label: 'old', missing: segmentName(1, 4n, SEG) }]);
+    expect(recoveryWindow(bases, undefined)).toMatchObject({ earliest: null, seconds: 0, fromBaseBackup: null });
+  });
+});
+
+describe('partition planner', () => {
+  const policy = (over: object) =>
+    partitionPolicy.parse({ table: 'sales.sale_order', column: 'date_order', interval: 'month', premake: 2, ...over });
+  const parent = (parts: [string, string][], zone = 'UTC'): ParentInfo => ({
+    schema: 'sales',
+    table: 'sale_order',
+    oid: 1,
+    owner: 'o',
+    keyType: 'timestamptz',
+    partitions: parts.map(([from, to], i) => ({
+      schema: 'sales',
+      name: `p${i}`,
+      isDefault: false,
+      from: DateTime.fromISO(from, { zone }),
+      to: DateTime.fromISO(to, { zone }),
+      detachPending: false,
+    })),
+  });
+  const iso = (p: { from: DateTime; to: DateTime }) => `${p.from.toISODate()}..${p.to.toISODate()}`;
+
+  it('an empty parent gets the current period and premake ahead', () => {
+    const { missing } = planMissing(parent([]), policy({}), DateTime.fromISO('2026-11-26T10:00:00Z'));
+    expect(missing.map(iso)).toEqual(['2026-11-01..2026-12-01', '2026-12-01..2027-01-01', '2027-01-01..2027-02-01']);
+  });
+
+  it('fills gaps back to the oldest partition, keeps existing bounds, and plans periods of stranded DEFAULT rows', () => {
+    const info = parent([
+      ['2026-08-01', '2026-09-01'],
+      ['2026-10-01', '2026-10-20'], // other bounds: October is only partly covered
+    ]);
+    const { missing, skipped } = planMissing(info, policy({}), DateTime.fromISO('2026-11-26T10:00:00Z'), [
+      DateTime.fromISO('2026-03-15T00:00:00Z'),
+    ]);
+    expect(missing.map(iso)).toEqual([
+      '2026-03-01..2026-04-01',
+      '2026-09-01..2026-10-01',
+      '2026-11-01..2026-12-01',
+      '2026-12-01..2027-01-01',
+      '2027-01-01..2027-02-01',
+    ]);
+    expect(skipped).toEqual([
+      { range: expect.stringMatching(/^\[2026-10-01/), reason: expect.stringMatching(/partly covered by sales\.p1/) },
+    ]);
+  });
+
+  it('periods follow local calendar days across a DST change; hourly partitions are named in UTC', () => {
+    const berlin = policy({ interval: 'day', timeZone: 'Europe/Berlin' });
+    const { missing } = planMissing(parent([], 'Europe/Berlin'), berlin, DateTime.fromISO('2026-10-24T12:00:00Z'));
+    const dstDay = missing.find((p) => p.from.toISODate() === '2026-10-25')!;
+    expect(dstDay.to.diff(dstDay.from, 'hours').hours).toBe(25);
+    expect(partitionName('sale_order', dstDay.from, 'day')).toBe('sale_order_p20261025');
+    const hour = DateTime.fromISO('2026-10-25T02:00:00', { zone: 'Europe/Berlin' });
+    expect(partitionName('reading', hour, 'hour')).toBe(`reading_p${hour.toUTC().toFormat("yyyyMMdd'_'HH")}z`);
+    expect(nextPeriod(DateTime.fromISO('2026-12-28T00:00:00Z', { zone: 'UTC' }), 'week').toISODate()).toBe(
+      '2027-01-04',
+    );
+    expect(partitionName('t', DateTime.fromISO('2026-10-01T00:00:00Z', { zone: 'UTC' }), 'quarter')).toBe('t_p2026q4');
+  });
+});
+
+describe('run history when PostgreSQL fails a flush', () => {
+  let h: Harness;
+  beforeAll(async () => {
+    h = await createHarness('units_history');
+  });
+  afterAll(() => h.close());
+
+  it('keeps the rows buffered, merges a finish that came meanwhile, and writes them once it can', async () => {
+    const errors: unknown[] = [];
+    const history = new RunHistory(h.admin, { flushDelayMs: 60_000, onError: (e) => errors.push(e) });
+    await history.migrate();
+    const run: RunStart = {
+      queue: 'noop',
+      jobId: '1',
+      job: 'noop',
+      target: 'main',
+      payload: {},
+      trigger: 'ad-hoc',
+      scheduledFor: new Date(),
+      attempt: 1,
+      worker: 'w',
+      recovered: false,
+    };
+    const id = history.start(run);
+    await h.admin.query('alter table pgmaint.run_history rename to run_history_away');
+    await expect(history.flush()).rejects.toThrow(/run_history/);
+    // The run finishes while its insert is still unwritten.
+    void history.finish(id, 'succeeded', { result: { ok: true } }).catch(() => undefined);
+    await h.admin.query('alter table pgmaint.run_history_away rename to run_history');
+    await history.flush();
+    const { rows } = await h.admin.query('select job_id, outcome, result from pgmaint.run_history');
+    expect(rows).toEqual([{ job_id: '1', outcome: 'succeeded', result: { ok: true } }]);
+    await history.close();
+  });
+});
