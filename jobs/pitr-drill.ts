@@ -32,7 +32,7 @@ export const payload = z.object({
   tables: z.array(qualifiedName).max(100).optional(),
   /** How long the WAL written after T may take to reach the archive. */
   archiveWaitSeconds: z.number().int().min(1).max(3600).default(120),
-  /** How long restore and replay may take before the drill fails (DOMAIN.md: RTO under 30 minutes). */
+  /** How long restore and replay may take before the drill fails (docs/dairy-erp.md: RTO under 30 minutes). */
   recoveryTimeoutSeconds: z.number().int().min(10).max(86_400).default(1800),
 });
 

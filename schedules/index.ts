@@ -25,7 +25,7 @@ export const schedules: Schedule[] = [
   mainSchedule('partitions-main-hourly', 'create-partitions', '7 * * * *'),
   // Archiving that stops is found within the hour, well inside the 15-minute-RPO budget's alarm.
   mainSchedule('archive-check-main-hourly', 'archive-check', '15 * * * *'),
-  // DOMAIN.md's 03:00 maintenance window, chosen from statistics, 30-minute budget by default.
+  // docs/dairy-erp.md's 03:00 maintenance window, chosen from statistics, 30-minute budget by default.
   mainSchedule('vacuum-main-nightly', 'vacuum-analyze', '0 3 * * *'),
   // Retention after the nightly backup; a failed archive keeps the partition.
   mainSchedule('retention-main-daily', 'drop-expired-partitions', '30 3 * * *'),

@@ -102,7 +102,7 @@ const keepSchema = z
 
 const backupPolicySchema = z
   .object({
-    /** Logical dumps: DOMAIN.md keeps 30 days. */
+    /** Logical dumps: docs/dairy-erp.md keeps 30 days. */
     dumps: keepSchema.default({ keepLast: 3, maxAgeDays: 30 }),
     /** Base backups; maxAgeDays is also the recovery window kept (point-in-time restore that far back). */
     base: keepSchema.default({ keepLast: 2, maxAgeDays: 7 }),
@@ -180,7 +180,7 @@ const alertsSchema = z
       .default(5 * 60_000),
     maxDumpAgeHours: z.number().positive().default(26),
     maxBaseBackupAgeHours: z.number().positive().default(26),
-    /** DOMAIN.md: RPO under 15 minutes. */
+    /** docs/dairy-erp.md: RPO under 15 minutes. */
     maxArchiveLagSeconds: z.number().int().positive().default(900),
     minPartitionRunwayDays: z.number().positive().default(3),
     /** Rules switched off by name (job-failed, deadman, no-worker, overrun, backup-age, archive-lag, partition-runway, default-rows, retention-orphan, health-read). */

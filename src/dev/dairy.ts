@@ -1,4 +1,4 @@
-// The dairy ERP's database (../shared/DOMAIN.md) for the demo, the tests and the
+// The dairy ERP's database (docs/dairy-erp.md) for the demo, the tests and the
 // benchmarks: catalog, sales (monthly-partitioned orders and lines, POS lines), IoT
 // readings (daily partitions), the herd and its milk, and the daily sales aggregate.
 // The seeder is set-based (INSERT … SELECT over generate_series) and deterministic.

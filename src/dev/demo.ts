@@ -31,7 +31,7 @@ export async function startDemoStack(
     VIEWER_TOKEN: tokens.viewer as string,
     PORT: process.env.PORT ?? '3000',
   };
-  // Partition policies of the dairy ERP (DOMAIN.md): orders monthly, 3 months ahead,
+  // Partition policies of the dairy ERP (docs/dairy-erp.md): orders monthly, 3 months ahead,
   // kept 24 months; IoT readings daily, 7 days ahead, kept 90 days.
   const configFile = path.join(dir, 'pgmaint.json');
   fs.writeFileSync(
@@ -64,8 +64,8 @@ export async function startDemoStack(
             timeZone: BUSINESS_TIME_ZONE,
           },
         ],
-        // DOMAIN.md: dumps kept 30 days; the drill counts orders and the herd at T.
-        // Dashboards (DOMAIN.md): sales by day, top products, herd; TTLs from 2 minutes to an hour.
+        // docs/dairy-erp.md: dumps kept 30 days; the drill counts orders and the herd at T.
+        // Dashboards (docs/dairy-erp.md): sales by day, top products, herd; TTLs from 2 minutes to an hour.
         cache: {
           keyPrefix: 'dash:',
           queries: [
