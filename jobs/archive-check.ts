@@ -40,7 +40,8 @@ const job = defineJob({
     const warnings: string[] = [];
 
     const { rows: settings } = await ctx.pool.query<{ archive_mode: string; archive_command: string; segsize: string }>(
-      `select current_setting('archive_mode') as archive_mode, current_setting('archive_command') as archive_command, current_setting('wal_segment_size') as segsize`,
+      `select current_setting('archive_mode') as archive_mode, current_setting('archive_command') as ` +
+        `archive_command, current_setting('wal_segment_size') as segsize`,
     );
     const segmentSize = parseSize(settings[0]!.segsize);
     if (settings[0]!.archive_mode === 'off') problems.push('archive_mode is off: no WAL is archived');
@@ -68,7 +69,8 @@ const job = defineJob({
       last_failed_time: Date | null;
       current_lsn: string;
       current_wal: string;
-    }>(`select a.archived_count, a.last_archived_wal, a.last_archived_time, a.failed_count, a.last_failed_wal, a.last_failed_time,
+    }>(`select a.archived_count, a.last_archived_wal, a.last_archived_time,
+              a.failed_count, a.last_failed_wal, a.last_failed_time,
                pg_current_wal_lsn()::text as current_lsn, pg_walfile_name(pg_current_wal_lsn()) as current_wal
           from pg_stat_archiver a`);
     const s = st[0]!;
@@ -82,14 +84,19 @@ const job = defineJob({
     if (archiveSeconds === null) {
       problems.push(
         failing
-          ? `archive_command is failing: segment ${forced} not archived within ${p.waitSeconds} s; pg_stat_archiver: ${s.failed_count} failures, last ${s.last_failed_wal} at ${s.last_failed_time!.toISOString()}`
+          ? `archive_command is failing: segment ${forced} not archived within ${p.waitSeconds} s; ` +
+              `pg_stat_archiver: ${s.failed_count} failures, last ${s.last_failed_wal} at ` +
+              `${s.last_failed_time!.toISOString()}`
           : s.last_archived_wal && s.last_archived_wal >= forced
-            ? `archive_command reports ${s.last_archived_wal} archived but segment ${forced} is not in ${archiveDir}: the command succeeds without copying there`
-            : `segment ${forced} not archived within ${p.waitSeconds} s (pg_stat_archiver: last archived ${s.last_archived_wal ?? 'never'}, ${s.failed_count} failures)`,
+            ? `archive_command reports ${s.last_archived_wal} archived but segment ${forced} is not in ` +
+              `${archiveDir}: the command succeeds without copying there`
+            : `segment ${forced} not archived within ${p.waitSeconds} s (pg_stat_archiver: last archived ` +
+              `${s.last_archived_wal ?? 'never'}, ${s.failed_count} failures)`,
       );
     } else if (failing) {
       warnings.push(
-        `pg_stat_archiver shows ${s.failed_count} failures, the last (${s.last_failed_wal}) at ${s.last_failed_time!.toISOString()}, after the last success`,
+        `pg_stat_archiver shows ${s.failed_count} failures, the last (${s.last_failed_wal}) at ` +
+          `${s.last_failed_time!.toISOString()}, after the last success`,
       );
     }
 

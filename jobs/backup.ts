@@ -48,7 +48,8 @@ export { dumpDir };
 const job = defineJob({
   name: 'backup',
   description:
-    'pg_dump of a target (custom, or directory with -j), row counts from the same snapshot, verified with pg_restore --list, sha256 manifest.',
+    'pg_dump of a target (custom, or directory with -j), row counts from the same snapshot, verified with ' +
+    'pg_restore --list, sha256 manifest.',
   payload,
   defaults: { attempts: 3, backoffMs: 30_000, timeoutMs: 6 * 3_600_000, concurrency: 1 },
   // "Backup now" twice for one target while the first waits or runs returns the first.
@@ -97,7 +98,8 @@ async function dump(ctx: JobContext, p: Payload, dir: string, started: Date) {
     const snapshot = s[0]!.id;
     const tables = await listTables(snap);
     await ctx.log(
-      `pg_dump of database ${info.database} (PostgreSQL ${info.version}, ${tables.length} tables), ${p.format} format${parallel > 1 ? ` with ${parallel} processes` : ''}, snapshot ${snapshot}, into ${tmp}`,
+      `pg_dump of database ${info.database} (PostgreSQL ${info.version}, ${tables.length} tables), ${p.format} ` +
+        `format${parallel > 1 ? ` with ${parallel} processes` : ''}, snapshot ${snapshot}, into ${tmp}`,
     );
     let dumped = 0;
     let lastReport = 0;
@@ -185,7 +187,8 @@ async function dump(ctx: JobContext, p: Payload, dir: string, started: Date) {
     const totalRows = Object.values(rowCounts).reduce((a, b) => a + b, 0);
     await ctx.progress(
       100,
-      `backup verified: ${name}, ${bytes} bytes, ${totalRows} rows in ${tables.length} tables, sha256 ${sha256.slice(0, 12)}…`,
+      `backup verified: ${name}, ${bytes} bytes, ${totalRows} rows in ${tables.length} tables, sha256 ` +
+        `${sha256.slice(0, 12)}…`,
     );
     return {
       file: final,
@@ -211,7 +214,8 @@ async function dump(ctx: JobContext, p: Payload, dir: string, started: Date) {
     if (/No space left on device|ENOSPC/.test(String((err as Error)?.message))) {
       // Retried with backoff: a prune-backups run or an operator may free space meanwhile.
       throw new Error(
-        `BACKUP_DIR: ${dir} is full (no space left on device); the partial dump was removed. Free space or run prune-backups`,
+        `BACKUP_DIR: ${dir} is full (no space left on device); the partial dump was removed. Free space or run ` +
+          `prune-backups`,
         { cause: err },
       );
     }
@@ -229,7 +233,8 @@ async function listTables(client: pg.ClientBase): Promise<{ schema: string; name
   const { rows } = await client.query<{ schema: string; name: string }>(
     `select n.nspname as schema, c.relname as name from pg_class c join pg_namespace n on n.oid = c.relnamespace
       where c.relkind = 'r' and c.relpersistence <> 't'
-        and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\\_toast%' and n.nspname not like 'pg\\_temp%'
+        and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\\_toast%' and n.nspname
+          not like 'pg\\_temp%'
       order by 1, 2`,
   );
   return rows;

@@ -82,7 +82,8 @@ async function takeBaseBackup(
   const data = path.join(tmp, 'data');
   const verifyDir = path.join(dir, `.${label}.verify`);
   const { rows } = await ctx.pool.query<{ version: string; sysid: string; segsize: string; tli: number }>(
-    `select current_setting('server_version') as version, (select system_identifier::text from pg_control_system()) as sysid,
+    `select current_setting('server_version') as version,
+            (select system_identifier::text from pg_control_system()) as sysid,
             current_setting('wal_segment_size') as segsize, (select timeline_id from pg_control_checkpoint()) as tli`,
   );
   const info = rows[0]!;
@@ -102,13 +103,11 @@ async function takeBaseBackup(
       '--verbose',
       '--no-password',
     ];
-    if (p.format === 'tar')
-      args.push(
-        `--compress=${p.compression === 'none' ? 'none' : `client-${p.compression}${p.compressionLevel ? `:${p.compressionLevel}` : ''}`}`,
-      );
+    if (p.format === 'tar') args.push(`--compress=${compressSpec(p.compression, p.compressionLevel)}`);
     if (p.maxRate) args.push(`--max-rate=${p.maxRate}`);
     await ctx.log(
-      `pg_basebackup of PostgreSQL ${info.version} (system ${info.sysid}), ${p.format} format, ${p.compression} compression, into ${tmp}`,
+      `pg_basebackup of PostgreSQL ${info.version} (system ${info.sysid}), ${p.format} format, ${p.compression} ` +
+        `compression, into ${tmp}`,
     );
     let startLsn: string | undefined;
     let stopLsn: string | undefined;
@@ -255,3 +254,9 @@ export default job;
 
 /** What a base-backup run returns (its result in the run history and the API). */
 export type BaseBackupResult = JobResult<typeof job>;
+
+/** pg_basebackup's --compress value: none, or client-side compression with an optional level. */
+function compressSpec(compression: string, level: number | undefined): string {
+  if (compression === 'none') return 'none';
+  return `client-${compression}${level ? `:${level}` : ''}`;
+}

@@ -85,7 +85,12 @@ const job = defineJob({
     );
     for (const r of results) {
       await ctx.log(
-        `${r.table}: ${r.error ? `FAILED: ${r.error}` : `created ${r.created.length}, runway until ${r.runwayUntil} (${r.periodsAhead} periods ahead), default partition rows ${r.defaultRows ?? 'n/a'}, moved ${r.rowsMoved}`}` +
+        `${r.table}: ${
+          r.error
+            ? `FAILED: ${r.error}`
+            : `created ${r.created.length}, runway until ${r.runwayUntil} (${r.periodsAhead} periods ahead), ` +
+              `default partition rows ${r.defaultRows ?? 'n/a'}, moved ${r.rowsMoved}`
+        }` +
           (r.skipped.length
             ? `; skipped: ${r.skipped.map((s) => `${s.range ?? ''} ${s.reason}`.trim()).join('; ')}`
             : ''),
@@ -119,7 +124,8 @@ async function maintainPolicy(ctx: JobContext, policy: PartitionPolicy, now: Dat
         const local =
           info.keyType === 'timestamptz' ? `${col} at time zone ${quoteLiteral(policy.timeZone)}` : `${col}::timestamp`;
         const { rows } = await client.query<{ p: string }>(
-          `select distinct date_trunc('${policy.interval}', ${local})::text as p from ${quoteQualified(def.schema, def.name)} order by 1 limit ${MAX_NEW_PER_RUN}`,
+          `select distinct date_trunc('${policy.interval}', ${local})::text as p from ` +
+            `${quoteQualified(def.schema, def.name)} order by 1 limit ${MAX_NEW_PER_RUN}`,
         );
         // date_trunc gave local wall-clock period starts.
         for (const r of rows) stranded.push(parseKeyValue(r.p, 'timestamp', policy.timeZone));
@@ -198,7 +204,9 @@ export function planMissing(
     else if (!coveredByUnion(overlapping, t, to))
       skipped.push({
         range: `[${t.toISO()}, ${to.toISO()})`,
-        reason: `partly covered by ${overlapping.map((x) => `${x.schema}.${x.name}`).join(', ')}; existing bounds are kept`,
+        reason:
+          `partly covered by ${overlapping.map((x) => `${x.schema}.${x.name}`).join(', ')}; existing bounds ` +
+          `are kept`,
       });
   }
   return { missing, skipped };
@@ -238,10 +246,14 @@ interface ParentTemplate {
 
 async function readTemplate(client: pg.ClientBase, info: ParentInfo): Promise<ParentTemplate> {
   const { rows } = await client.query(
-    `select (select coalesce(array_agg(attname::text order by attnum), '{}') from pg_attribute where attrelid = $1 and attidentity <> '' and not attisdropped) as identity,
-            (select string_agg(quote_ident(attname), ', ' order by attnum) from pg_attribute where attrelid = $1 and attnum > 0 and not attisdropped and attgenerated = '') as columns,
-            (select case when pg_get_userbyid(relowner) = current_user then null else pg_get_userbyid(relowner) end from pg_class where oid = $1) as owner,
-            (select coalesce(json_agg(json_build_object('grantee', case when a.grantee = 0 then null else pg_get_userbyid(a.grantee) end, 'privilege', a.privilege_type)), '[]')
+    `select (select coalesce(array_agg(attname::text order by attnum), '{}') from pg_attribute
+              where attrelid = $1 and attidentity <> '' and not attisdropped) as identity,
+            (select string_agg(quote_ident(attname), ', ' order by attnum) from pg_attribute where attrelid = $1 and
+              attnum > 0 and not attisdropped and attgenerated = '') as columns,
+            (select case when pg_get_userbyid(relowner) = current_user then null else pg_get_userbyid(relowner) end
+              from pg_class where oid = $1) as owner,
+            (select coalesce(json_agg(json_build_object('grantee', case when a.grantee = 0 then null else
+              pg_get_userbyid(a.grantee) end, 'privilege', a.privilege_type)), '[]')
                from pg_class c, aclexplode(c.relacl) a where c.oid = $1 and a.grantee <> c.relowner) as grants`,
     [info.oid],
   );
@@ -291,12 +303,14 @@ async function createPartition(
       if (stranded > 0) {
         if (policy.defaultRows === 'fail') {
           throw new PermanentJobError(
-            `${stranded} rows of ${def.schema}.${def.name} fall in [${from.toISO()}, ${to.toISO()}); policy defaultRows is "fail", so nothing was moved`,
+            `${stranded} rows of ${def.schema}.${def.name} fall in [${from.toISO()}, ${to.toISO()}); policy ` +
+              `defaultRows is "fail", so nothing was moved`,
           );
         }
         const cols = template.columns;
         const moved = await client.query(
-          `with gone as (delete from ${dflt} where ${where} returning ${cols}) insert into ${part} (${cols}) select ${cols} from gone`,
+          `with gone as (delete from ${dflt} where ${where} returning ${cols}) insert into ${part} (${cols}) select ` +
+            `${cols} from gone`,
         );
         movedRows = moved.rowCount ?? 0;
         if (movedRows !== stranded) throw new Error(`moved ${movedRows} rows but counted ${stranded}; rolled back`);

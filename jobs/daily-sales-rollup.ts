@@ -48,13 +48,16 @@ export const payload = z
 // Constant bounds let the planner prune partitions and use the date_order indexes.
 export const ROLLUP_SQL = `
 with src as (
-  select (l.date_order at time zone $3)::date as day, o.company_id, l.product_tmpl_id, 'online'::text as channel, l.order_id, l.qty, l.price_subtotal
+  select (l.date_order at time zone $3)::date as day, o.company_id, l.product_tmpl_id, 'online'::text as channel,
+    l.order_id, l.qty, l.price_subtotal
     from sales.sale_order_line l
     join sales.sale_order o on o.id = l.order_id and o.date_order = l.date_order
-   where l.date_order >= $4::timestamptz and l.date_order < $5::timestamptz and o.date_order >= $4::timestamptz and o.date_order < $5::timestamptz
+   where l.date_order >= $4::timestamptz and l.date_order < $5::timestamptz and o.date_order >= $4::timestamptz and
+     o.date_order < $5::timestamptz
      and o.state in ('sale', 'done')
   union all
-  select (p.date_order at time zone $3)::date, p.company_id, p.product_tmpl_id, 'pos', p.pos_order_id, p.qty, p.price_subtotal
+  select (p.date_order at time zone $3)::date, p.company_id, p.product_tmpl_id, 'pos', p.pos_order_id, p.qty,
+    p.price_subtotal
     from sales.pos_order_line p
    where p.date_order >= $4::timestamptz and p.date_order < $5::timestamptz
 ), agg as (
@@ -66,26 +69,32 @@ with src as (
          coalesce(-sum(price_subtotal) filter (where qty < 0), 0) as refund_amount
     from src group by 1, 2, 3, 4
 ), upserted as (
-  insert into analytics.daily_sales_agg as a (date, company_id, product_tmpl_id, channel, qty_sold, revenue, order_count, refund_qty, refund_amount, updated_at)
-  select day, company_id, product_tmpl_id, channel, qty_sold, revenue, order_count, refund_qty, refund_amount, now() from agg
+  insert into analytics.daily_sales_agg as a (date, company_id, product_tmpl_id, channel, qty_sold, revenue,
+    order_count, refund_qty, refund_amount, updated_at)
+  select day, company_id, product_tmpl_id, channel, qty_sold, revenue, order_count, refund_qty, refund_amount, now()
+    from agg
   on conflict (date, company_id, product_tmpl_id, channel) do update
      set qty_sold = excluded.qty_sold, revenue = excluded.revenue, order_count = excluded.order_count,
          refund_qty = excluded.refund_qty, refund_amount = excluded.refund_amount, updated_at = now()
    where (a.qty_sold, a.revenue, a.order_count, a.refund_qty, a.refund_amount)
-         is distinct from (excluded.qty_sold, excluded.revenue, excluded.order_count, excluded.refund_qty, excluded.refund_amount)
+         is distinct from (excluded.qty_sold, excluded.revenue, excluded.order_count, excluded.refund_qty,
+           excluded.refund_amount)
   returning 1
 ), deleted as (
   delete from analytics.daily_sales_agg a
    where a.date between $1::date and $2::date
-     and not exists (select 1 from agg g where g.day = a.date and g.company_id = a.company_id and g.product_tmpl_id = a.product_tmpl_id and g.channel = a.channel)
+     and not exists (select 1 from agg g where g.day = a.date and g.company_id = a.company_id and g.product_tmpl_id =
+       a.product_tmpl_id and g.channel = a.channel)
   returning 1
 )
-select (select count(*) from upserted)::int as upserted, (select count(*) from deleted)::int as deleted, (select count(*) from agg)::int as groups`;
+select (select count(*) from upserted)::int as upserted, (select count(*) from deleted)::int as deleted, (select
+  count(*) from agg)::int as groups`;
 
 const job = defineJob({
   name: 'daily-sales-rollup',
   description:
-    'Idempotent pre-aggregation of daily sales (online and POS) into analytics.daily_sales_agg; yesterday plus a lookback, or a backfill range.',
+    'Idempotent pre-aggregation of daily sales (online and POS) into analytics.daily_sales_agg; yesterday plus a ' +
+    'lookback, or a backfill range.',
   payload,
   defaults: { attempts: 3, backoffMs: 30_000, timeoutMs: 2 * 3_600_000, concurrency: 1 },
   deduplicate: true,
@@ -121,7 +130,8 @@ const job = defineJob({
         doneDays += Math.round(end.diff(chunk, 'days').days) + 1;
         await ctx.progress(
           (100 * doneDays) / days,
-          `${chunk.toISODate()} … ${end.toISODate()}: ${rows[0]!.upserted} rows upserted, ${rows[0]!.deleted} deleted`,
+          `${chunk.toISODate()} … ${end.toISODate()}: ` +
+            `${rows[0]!.upserted} rows upserted, ${rows[0]!.deleted} deleted`,
         );
       }
     };

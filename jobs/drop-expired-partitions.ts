@@ -93,7 +93,13 @@ const job = defineJob({
     }
     for (const r of results) {
       await ctx.log(
-        `${r.table}: ${r.error ? `FAILED: ${r.error}` : `${p.dryRun ? 'would drop' : 'dropped'} ${p.dryRun ? r.plan.filter((s) => s.action === 'drop').length : r.dropped.length}, archived ${r.archives.length}, freed ${r.bytesFreed} bytes`}`,
+        `${r.table}: ${
+          r.error
+            ? `FAILED: ${r.error}`
+            : `${p.dryRun ? 'would drop' : 'dropped'} ` +
+              `${p.dryRun ? r.plan.filter((s) => s.action === 'drop').length : r.dropped.length}, ` +
+              `archived ${r.archives.length}, freed ${r.bytesFreed} bytes`
+        }`,
       );
     }
     await ctx.progress(100, 'done');
@@ -170,7 +176,9 @@ async function applyRetention(
       const expired = ranged.filter((x) => !x.detachPending && x !== newest && x.to! <= cutoff);
       if (expired.length > policy.maxDropsPerRun)
         result.skipped.push({
-          reason: `${expired.length - policy.maxDropsPerRun} more expired partitions left for the next run (maxDropsPerRun ${policy.maxDropsPerRun})`,
+          reason:
+            `${expired.length - policy.maxDropsPerRun} more expired partitions left for the next run ` +
+            `(maxDropsPerRun ${policy.maxDropsPerRun})`,
         });
       for (const x of [...pending, ...expired.slice(0, policy.maxDropsPerRun)]) {
         const key = `${x.schema}.${x.name}`;
@@ -268,7 +276,8 @@ async function execute(
           result.archives.push(archive);
           archived.add(step.partition);
           await ctx.log(
-            `${reused ? 'verified earlier archive of' : 'archived'} ${step.partition}: ${archive.rows} rows, ${archive.bytes} bytes, ${archive.file}`,
+            `${reused ? 'verified earlier archive of' : 'archived'} ${step.partition}: ${archive.rows} rows, ` +
+              `${archive.bytes} bytes, ${archive.file}`,
           );
           continue;
         }

@@ -47,7 +47,8 @@ export interface DrillCheck {
 const job = defineJob({
   name: 'pitr-drill',
   description:
-    'Restores a base backup plus archived WAL to a target time in a scratch instance, proves markers and row counts, reports RTO/RPO, tears down.',
+    'Restores a base backup plus archived WAL to a target time in a scratch instance, proves markers and row ' +
+    'counts, reports RTO/RPO, tears down.',
   payload,
   defaults: { attempts: 1, backoffMs: 300_000, timeoutMs: 3 * 3_600_000, concurrency: 1 },
   deduplicate: true,
@@ -70,13 +71,15 @@ const job = defineJob({
     await ctx.progress(2, 'writing markers on the live target');
     const point = await markTargetTime(ctx, tables);
     await ctx.log(
-      `target time T = ${point.targetTime} (M1 written before, M2 after); rows at T: ${JSON.stringify(point.rowCounts)}`,
+      `target time T = ${point.targetTime} (M1 written before, M2 after); rows at T: ` +
+        `${JSON.stringify(point.rowCounts)}`,
     );
     const segment = await switchWal(ctx.pool);
     await ctx.progress(8, `waiting for WAL segment ${segment} in the archive`);
     await waitForArchived(archiveDir, segment, p.archiveWaitSeconds * 1000, ctx.signal).catch((err) => {
       throw new Error(
-        `the WAL written after T (segment ${segment}) did not reach ${archiveDir} within ${p.archiveWaitSeconds} s: ${(err as Error).message}`,
+        `the WAL written after T (segment ${segment}) did not reach ${archiveDir} within ${p.archiveWaitSeconds} s: ` +
+          `${(err as Error).message}`,
       );
     });
 
@@ -86,7 +89,8 @@ const job = defineJob({
     try {
       const backup = await chooseBaseBackup(ctx, p, point.targetTime, point.systemIdentifier, lock);
       await ctx.log(
-        `restoring base backup ${backup.manifest.label} (stopped ${backup.manifest.stoppedAt}, ${Math.round((Date.parse(point.targetTime) - Date.parse(backup.manifest.stoppedAt)) / 1000)} s before T)`,
+        `restoring base backup ${backup.manifest.label} (stopped ${backup.manifest.stoppedAt}, ` +
+          `${Math.round((Date.parse(point.targetTime) - Date.parse(backup.manifest.stoppedAt)) / 1000)} s before T)`,
       );
       scratch = await createScratchInstance(scratchRoot);
       return await restoreAndProve(ctx, p, scratch, backup, point, archiveDir);
@@ -188,14 +192,16 @@ async function chooseBaseBackup(
     chosen = usable.find((b) => b.manifest.label === p.baseBackup);
     if (!chosen)
       throw new PermanentJobError(
-        `baseBackup: ${p.baseBackup} is not a verified base backup of this cluster that stopped before T (${targetTime})`,
+        `baseBackup: ${p.baseBackup} is not a verified base backup of this cluster that stopped before T ` +
+          `(${targetTime})`,
         'NO_BASE_BACKUP',
       );
   } else {
     chosen = usable[0];
     if (!chosen)
       throw new PermanentJobError(
-        `no verified base backup of target "${p.target}" stopped before T (${targetTime}); run base-backup first (${all.length} base backups found)`,
+        `no verified base backup of target "${p.target}" stopped before T (${targetTime}); run base-backup first ` +
+          `(${all.length} base backups found)`,
         'NO_BASE_BACKUP',
       );
   }
@@ -330,7 +336,8 @@ async function restoreAndProve(
   }
   await ctx.progress(
     95,
-    `drill passed: RTO ${rtoSeconds.toFixed(1)} s, RPO ${point.rpoSeconds ?? '?'} s, ${walSegmentsReplayed} WAL segments replayed`,
+    `drill passed: RTO ${rtoSeconds.toFixed(1)} s, RPO ${point.rpoSeconds ?? '?'} s, ${walSegmentsReplayed} WAL ` +
+      `segments replayed`,
   );
   return result;
 }
@@ -341,7 +348,8 @@ const logTail = async (scratch: ScratchInstance) => (await scratch.log()).trim()
 async function throwIfRecoveryFailed(scratch: ScratchInstance, point: TargetPoint): Promise<void> {
   if (/recovery ended before configured recovery target was reached/.test(await scratch.log())) {
     throw new PermanentJobError(
-      `PITR drill failed: recovery ended before reaching T (${point.targetTime}): the archive lacks WAL between the base backup and T. Server log: ${await logTail(scratch)}`,
+      `PITR drill failed: recovery ended before reaching T (${point.targetTime}): the archive lacks WAL between the ` +
+        `base backup and T. Server log: ${await logTail(scratch)}`,
       'DRILL_FAILED',
     );
   }

@@ -74,7 +74,8 @@ export function planRetention<T>(
 const job = defineJob({
   name: 'prune-backups',
   description:
-    'Retention for dumps, base backups and WAL: keeps the newest N, the max-age window, and the WAL retained base backups need.',
+    'Retention for dumps, base backups and WAL: keeps the newest N, the max-age window, and the WAL retained base ' +
+    'backups need.',
   payload,
   defaults: { attempts: 3, backoffMs: 60_000, timeoutMs: 3_600_000, concurrency: 1 },
   deduplicate: true,
@@ -139,7 +140,9 @@ const job = defineJob({
       }
       await ctx.progress(
         100,
-        `removed ${plan.dumps.filter((d) => d.action === 'remove').length} dumps, ${plan.baseBackups.filter((d) => d.action === 'remove').length} base backups, ${walPlan.remove.length} WAL files; ${Math.round(freed / 1048576)} MB freed`,
+        `removed ${plan.dumps.filter((d) => d.action === 'remove').length} dumps, ` +
+          `${plan.baseBackups.filter((d) => d.action === 'remove').length} base backups, ${walPlan.remove.length} ` +
+          `WAL files; ${Math.round(freed / 1048576)} MB freed`,
       );
       const archive = await readArchive(
         ctx.target.walArchiveDir,

@@ -35,7 +35,8 @@ export const payload = z.object({
 const job = defineJob({
   name: 'restore-check',
   description:
-    'Restores the newest dump into a scratch database with pg_restore -j and compares row counts with those recorded at dump time.',
+    'Restores the newest dump into a scratch database with pg_restore -j and compares row counts with those ' +
+    'recorded at dump time.',
   payload,
   defaults: { attempts: 2, backoffMs: 60_000, timeoutMs: 6 * 3_600_000, concurrency: 1 },
   deduplicate: true,
@@ -72,7 +73,8 @@ const job = defineJob({
         : await sha256File(chosen.path, ctx.signal);
     if (actual !== m.sha256)
       throw new PermanentJobError(
-        `dump ${m.file} is damaged: sha256 ${actual.slice(0, 16)}… differs from its manifest's ${m.sha256.slice(0, 16)}…`,
+        `dump ${m.file} is damaged: sha256 ${actual.slice(0, 16)}… differs from its manifest's ` +
+          `${m.sha256.slice(0, 16)}…`,
         'DUMP_DAMAGED',
       );
 
@@ -157,7 +159,8 @@ const job = defineJob({
       const rows = Object.values(m.rowCounts).reduce((a, b) => a + b, 0);
       await ctx.progress(
         100,
-        `${m.file} restores: ${record.tablesCompared} tables, ${rows} rows match the dump's snapshot (restore ${restoreSeconds.toFixed(1)} s)`,
+        `${m.file} restores: ${record.tablesCompared} tables, ${rows} rows match the dump's snapshot (restore ` +
+          `${restoreSeconds.toFixed(1)} s)`,
       );
       return {
         dump: m.file,

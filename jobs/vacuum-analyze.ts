@@ -82,8 +82,10 @@ async function readStats(client: pg.ClientBase, schemas: string[] | undefined): 
   await client.query('select pg_stat_clear_snapshot()');
   const { rows } = await client.query<TableStats>(
     `select n.nspname as schema, c.relname as name, c.relkind,
-            coalesce(s.n_live_tup, 0) as live, coalesce(s.n_dead_tup, 0) as dead, coalesce(s.n_mod_since_analyze, 0) as mods,
-            greatest(s.last_vacuum, s.last_autovacuum) as last_vacuum, greatest(s.last_analyze, s.last_autoanalyze) as last_analyze,
+            coalesce(s.n_live_tup, 0) as live, coalesce(s.n_dead_tup, 0) as dead, coalesce(s.n_mod_since_analyze, 0)
+              as mods,
+            greatest(s.last_vacuum, s.last_autovacuum) as last_vacuum, greatest(s.last_analyze, s.last_autoanalyze) as
+              last_analyze,
             case when c.relkind in ('r', 'm') then age(c.relfrozenxid) end as xid_age
        from pg_class c join pg_namespace n on n.oid = c.relnamespace
        left join pg_stat_all_tables s on s.relid = c.oid
@@ -210,7 +212,8 @@ interface TableResult {
 const job = defineJob({
   name: 'vacuum-analyze',
   description:
-    'VACUUM/ANALYZE of the tables that need it by their statistics (and partitioned parents), one at a time, under lock_timeout, within a time budget.',
+    'VACUUM/ANALYZE of the tables that need it by their statistics (and partitioned parents), one at a time, under ' +
+    'lock_timeout, within a time budget.',
   payload,
   defaults: { attempts: 2, backoffMs: 60_000, timeoutMs: 6 * 3_600_000, concurrency: 1 },
   deduplicate: true,
@@ -223,11 +226,13 @@ const job = defineJob({
       );
       if (unknown.length)
         throw new PermanentJobError(
-          `vacuumFull: ${unknown.join(', ')} is not a table of this database${p.schemas ? ' in the schemas given' : ''}`,
+          `vacuumFull: ${unknown.join(', ')} is not a table of this ` +
+            `database${p.schemas ? ' in the schemas given' : ''}`,
         );
       const chosen = choose(stats, p.thresholds, p.vacuumFull);
       await ctx.log(
-        `${chosen.length} of ${stats.length} tables need work: ${chosen.map((c) => `${c.table} (${c.action}: ${c.reasons.join('; ')})`).join(', ') || 'none'}`,
+        `${chosen.length} of ${stats.length} tables need work: ` +
+          `${chosen.map((c) => `${c.table} (${c.action}: ${c.reasons.join('; ')})`).join(', ') || 'none'}`,
       );
       if (p.dryRun) return { dryRun: true, considered: stats.length, chosen: chosen.map(({ priority: _, ...c }) => c) };
       return await work(ctx, client, p, chosen, stats.length);
@@ -259,8 +264,10 @@ async function work(ctx: JobContext, client: pg.PoolClient, p: Payload, chosen: 
     const r: TableResult = { table: c.table, action: c.action, reasons: c.reasons, deadBefore: c.deadTuples };
     results.push(r);
     const busy = await client.query<{ who: string }>(
-      `select a.backend_type as who from pg_stat_progress_vacuum v join pg_stat_activity a using (pid) where v.relid = $1::regclass
-       union all select a.backend_type from pg_stat_progress_analyze v join pg_stat_activity a using (pid) where v.relid = $1::regclass`,
+      `select a.backend_type as who from pg_stat_progress_vacuum v join pg_stat_activity a using (pid)
+        where v.relid = $1::regclass
+       union all select a.backend_type from pg_stat_progress_analyze v join pg_stat_activity a using (pid) where
+         v.relid = $1::regclass`,
       [`${quoteIdent(c.schema)}.${quoteIdent(c.name)}`],
     );
     if (busy.rows.length) {
@@ -299,7 +306,8 @@ async function work(ctx: JobContext, client: pg.PoolClient, p: Payload, chosen: 
     );
   await ctx.progress(
     100,
-    `${results.filter((r) => !r.skipped).length} tables done, ${results.filter((r) => r.skipped).length} skipped, ${left.length} left`,
+    `${results.filter((r) => !r.skipped).length} tables done, ${results.filter((r) => r.skipped).length} skipped, ` +
+      `${left.length} left`,
   );
   return {
     considered,

@@ -1,7 +1,8 @@
 // warm-cache: the dashboard queries declared in the config file (cache.queries) run
 // read-only on their targets, and their results go to the cache Redis (which may be
 // another instance or database number than BullMQ's) with a TTL, a thousand keys
-// per server-side script call (a standalone or Sentinel Redis; not Cluster). A query that fails fails its key, not the run; the result names it.
+// per server-side script call (a standalone or Sentinel Redis; not Cluster). A query
+// that fails fails its key, not the run; the result names it.
 import { Redis } from 'ioredis';
 import type pg from 'pg';
 import { z } from 'zod';
@@ -120,7 +121,9 @@ const job = defineJob({
         : [
             {
               path: `keys.${i}`,
-              message: `"${k}" is not declared in cache.queries for target ${p.target} (known: ${declared.join(', ') || 'none'})`,
+              message:
+                `"${k}" is not declared in cache.queries for target ${p.target} (known: ` +
+                `${declared.join(', ') || 'none'})`,
             },
           ],
     );

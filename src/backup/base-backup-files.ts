@@ -37,7 +37,8 @@ export async function materializeDataDir(
     const tablespaces = tars.filter(([, m]) => /^\d+$/.test(m![1]!));
     if (tablespaces.length) {
       throw new PermanentJobError(
-        `base backup ${backupData} holds tablespaces (${tablespaces.map(([n]) => n).join(', ')}); restoring extra tablespaces from tar format is not supported — use format "plain"`,
+        `base backup ${backupData} holds tablespaces (${tablespaces.map(([n]) => n).join(', ')}); restoring extra ` +
+          `tablespaces from tar format is not supported — use format "plain"`,
         'UNSUPPORTED',
       );
     }

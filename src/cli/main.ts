@@ -139,8 +139,10 @@ async function demo(args: string[]): Promise<void> {
   rt.afterClose(() => stack.stop());
   const url = `http://localhost:${rt.config.port}`;
   process.stderr.write(
-    `\npgmaint demo is up.\n  Bull Board: ${url}/admin/queues  (sign in with the admin token)\n  admin token:  ${stack.env.ADMIN_TOKEN}\n  viewer token: ${stack.env.VIEWER_TOKEN}\n` +
-      `  try: curl -X POST -H "Authorization: Bearer ${stack.env.ADMIN_TOKEN}" -H 'content-type: application/json' -d '{}' ${url}/api/jobs/backup\n` +
+    `\npgmaint demo is up.\n  Bull Board: ${url}/admin/queues  (sign in with the admin token)\n  admin token:  ` +
+      `${stack.env.ADMIN_TOKEN}\n  viewer token: ${stack.env.VIEWER_TOKEN}\n` +
+      `  try: curl -X POST -H "Authorization: Bearer ${stack.env.ADMIN_TOKEN}" -H 'content-type: application/json' ` +
+      `-d '{}' ${url}/api/jobs/backup\n` +
       `  env for other commands: source ${path.join(dir, 'env.sh')}\n  Ctrl-C stops everything.\n\n`,
   );
 }
@@ -206,7 +208,8 @@ export async function main(argv: string[]): Promise<void> {
         return;
       default:
         throw new UsageError(
-          `unknown command "${command}" (commands: server, worker, monitor, enqueue, schedules, history, demo, seed, jobs; pgmaint help shows usage)`,
+          `unknown command "${command}" (commands: server, worker, monitor, enqueue, schedules, history, demo, ` +
+            `seed, jobs; pgmaint help shows usage)`,
         );
     }
   } catch (err) {

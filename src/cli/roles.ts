@@ -51,7 +51,8 @@ export async function runWorkerProcess(opts: { only?: string[] } = {}): Promise<
   const unknown = (opts.only ?? []).filter((q) => !rt.registry.get(q));
   if (unknown.length || opts.only?.length === 0) {
     throw new UsageError(
-      `--queues: ${unknown.length ? `unknown job ${unknown.map((q) => `"${q}"`).join(', ')}` : 'is empty'} (known: ${rt.registry.names().join(', ')})`,
+      `--queues: ${unknown.length ? `unknown job ${unknown.map((q) => `"${q}"`).join(', ')}` : 'is empty'} (known: ` +
+        `${rt.registry.names().join(', ')})`,
     );
   }
   onSignals(rt);

@@ -183,7 +183,8 @@ const alertsSchema = z
     /** docs/dairy-erp.md: RPO under 15 minutes. */
     maxArchiveLagSeconds: z.number().int().positive().default(900),
     minPartitionRunwayDays: z.number().positive().default(3),
-    /** Rules switched off by name (job-failed, deadman, no-worker, overrun, backup-age, archive-lag, partition-runway, default-rows, retention-orphan, health-read). */
+    /** Rules switched off by name (job-failed, deadman, no-worker, overrun, backup-age, archive-lag,
+     * partition-runway, default-rows, retention-orphan, health-read). */
     disabled: z.array(z.enum(ALERT_RULES)).default([]),
   })
   .strict();

@@ -132,7 +132,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     const check = redisUrl.safeParse(env[f.cache.redisUrlEnv]);
     if (!check.success)
       throw new ConfigError(
-        `${f.cache.redisUrlEnv} (cache.redisUrlEnv): ${env[f.cache.redisUrlEnv] ? check.error.issues[0]?.message : 'is not set'}`,
+        `${f.cache.redisUrlEnv} (cache.redisUrlEnv): ` +
+          `${env[f.cache.redisUrlEnv] ? check.error.issues[0]?.message : 'is not set'}`,
       );
     cacheRedisUrl = check.data;
   }

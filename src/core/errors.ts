@@ -17,7 +17,8 @@ export interface FieldIssue {
   message: string;
 }
 
-/** A job payload (or job data) that is refused, field by field. HTTP 400, exit 2; a worker fails the job without retry. */
+/** A job payload (or job data) that is refused, field by field. HTTP 400, exit 2; a worker
+ * fails the job without retry. */
 export class PayloadError extends Error {
   override name = 'PayloadError';
   readonly code = 'PAYLOAD';

@@ -17,7 +17,8 @@ create table if not exists catalog.product_category (id int primary key, name te
 create table if not exists catalog.product_brand (id int primary key, name text not null unique);
 create table if not exists catalog.product_template (
   id int primary key, name text not null, category_id int not null references catalog.product_category,
-  brand_id int not null references catalog.product_brand, list_price numeric(12,2) not null, active boolean not null default true);
+  brand_id int not null references catalog.product_brand, list_price numeric(12,2) not null,
+  active boolean not null default true);
 create table if not exists farm.animal (
   id serial primary key, tag_number text not null unique, breed text not null,
   status text not null check (status in ('active','sold','deceased','dry','culled')));
@@ -26,7 +27,8 @@ create table if not exists farm.milk_production (
   day date not null, shift text not null check (shift in ('morning','evening')), liters numeric(6,2) not null,
   unique (animal_id, day, shift));
 create table if not exists sales.sale_order (
-  id bigint generated always as identity, company_id int not null, partner_id int not null, user_id int not null default 1,
+  id bigint generated always as identity, company_id int not null, partner_id int not null, user_id int not null
+    default 1,
   state text not null check (state in ('draft','sent','sale','done','cancel')),
   date_order timestamptz not null, amount_total numeric(12,2) not null,
   primary key (id, date_order)) partition by range (date_order);
@@ -34,7 +36,8 @@ create table if not exists sales.sale_order_default partition of sales.sale_orde
 -- Lines carry their order's date_order: the partition key, and the rollup's day.
 create table if not exists sales.sale_order_line (
   id bigint generated always as identity, order_id bigint not null, date_order timestamptz not null,
-  product_tmpl_id int not null, qty numeric(12,3) not null, price_unit numeric(12,2) not null, price_subtotal numeric(14,2) not null,
+  product_tmpl_id int not null, qty numeric(12,3) not null, price_unit numeric(12,2) not null,
+  price_subtotal numeric(14,2) not null,
   primary key (id, date_order)) partition by range (date_order);
 create table if not exists sales.sale_order_line_default partition of sales.sale_order_line default;
 create index if not exists sale_order_line_order_idx on sales.sale_order_line (order_id);
@@ -49,9 +52,11 @@ create table if not exists iot.sensor_reading (
   unit text not null, quality smallint not null default 100) partition by range (read_at);
 create table if not exists iot.sensor_reading_default partition of iot.sensor_reading default;
 create table if not exists analytics.daily_sales_agg (
-  date date not null, company_id int not null, product_tmpl_id int not null, channel text not null check (channel in ('online','pos')),
+  date date not null, company_id int not null, product_tmpl_id int not null,
+  channel text not null check (channel in ('online','pos')),
   qty_sold numeric(14,3) not null, revenue numeric(16,2) not null, order_count int not null,
-  refund_qty numeric(14,3) not null, refund_amount numeric(16,2) not null, updated_at timestamptz not null default now(),
+  refund_qty numeric(14,3) not null, refund_amount numeric(16,2) not null,
+  updated_at timestamptz not null default now(),
   unique (date, company_id, product_tmpl_id, channel));
 `;
 
@@ -77,7 +82,8 @@ function partitionDdl(months: number, iotDays: number, now: DateTime): string {
     const to = m.plus({ months: 1 }).toISO();
     for (const t of ['sale_order', 'sale_order_line']) {
       out.push(
-        `create table if not exists sales.${t}_p${m.toFormat('yyyyMM')} partition of sales.${t} for values from ('${from}') to ('${to}');`,
+        `create table if not exists sales.${t}_p${m.toFormat('yyyyMM')} partition of sales.${t} for values from ` +
+          `('${from}') to ('${to}');`,
       );
     }
   }
@@ -87,7 +93,8 @@ function partitionDdl(months: number, iotDays: number, now: DateTime): string {
     .minus({ days: iotDays - 1 });
   for (let d = day0; d < now.plus({ days: 8 }); d = d.plus({ days: 1 })) {
     out.push(
-      `create table if not exists iot.sensor_reading_p${d.toFormat('yyyyMMdd')} partition of iot.sensor_reading for values from ('${d.toISO()}') to ('${d.plus({ days: 1 }).toISO()}');`,
+      `create table if not exists iot.sensor_reading_p${d.toFormat('yyyyMMdd')} partition of iot.sensor_reading for ` +
+        `values from ('${d.toISO()}') to ('${d.plus({ days: 1 }).toISO()}');`,
     );
   }
   return out.join('\n');
@@ -126,7 +133,8 @@ export async function seedDairy(
       await run(
         'catalog.product_category',
         `insert into catalog.product_category
-        select g, (array['Liquid milk','Yogurt','Cheese','Butter','Ghee','Ice cream','Sweets','Cream','Milk powder','Lassi','Paneer','Feed'])[g] from generate_series(1, 12) g`,
+        select g, (array['Liquid milk','Yogurt','Cheese','Butter','Ghee','Ice cream','Sweets','Cream',
+          'Milk powder','Lassi','Paneer','Feed'])[g] from generate_series(1, 12) g`,
       );
       await run(
         'catalog.product_brand',
@@ -135,7 +143,8 @@ export async function seedDairy(
       await run(
         'catalog.product_template',
         `insert into catalog.product_template
-        select g, 'Product ' || g, 1 + g % 12, 1 + g % 6, round((20 + (g * 37) % 480)::numeric, 2), g % 17 <> 0 from generate_series(1, 200) g`,
+        select g, 'Product ' || g, 1 + g % 12, 1 + g % 6, round((20 + (g * 37) % 480)::numeric, 2), g % 17 <> 0 from
+          generate_series(1, 200) g`,
       );
       await run(
         'farm.animal',
@@ -147,7 +156,8 @@ export async function seedDairy(
       await run(
         'farm.milk_production',
         `insert into farm.milk_production (animal_id, day, shift, liters)
-        select a.id, d::date, sh, round((4 + (a.id * 7 + extract(doy from d)::int) % 5 + case sh when 'morning' then 1.5 else 0 end)::numeric, 2)
+        select a.id, d::date, sh, round((4 + (a.id * 7 + extract(doy from d)::int) % 5 + case sh when 'morning' then
+          1.5 else 0 end)::numeric, 2)
           from (select id from farm.animal where status = 'active' order by id limit 75) a
           cross join generate_series($1::timestamptz, $2::timestamptz - interval '1 day', interval '1 day') d
           cross join unnest(array['morning','evening']) sh`,
@@ -181,17 +191,21 @@ export async function seedDairy(
           from sales.sale_order o
           cross join lateral generate_series(1, 1 + (o.id % 7)::int) n
           join catalog.product_template p on p.id = 1 + ((o.id * 13 + n * 71) % 200)
-          cross join lateral (select case when (o.id + n) % 40 = 0 then -1 else 1 + (o.id + n) % 6 end::numeric as qty) q
+          cross join lateral (select case when (o.id + n) % 40 = 0 then -1 else 1 + (o.id + n) % 6 end::numeric as
+            qty) q
          where o.id between $1 and $2`,
         [lo, lo + 249_999],
       );
     }
     await client.query(`update sales.sale_order o set amount_total = l.total
-      from (select order_id, sum(price_subtotal) as total from sales.sale_order_line group by order_id) l where l.order_id = o.id`);
+      from (select order_id, sum(price_subtotal) as total from sales.sale_order_line group by order_id) l where
+        l.order_id = o.id`);
     await run(
       'sales.pos_order_line',
-      `insert into sales.pos_order_line (pos_order_id, company_id, date_order, product_tmpl_id, qty, price_unit, price_subtotal)
-      select g / 3, 1 + (g / 3) % 2, $1::timestamptz + ${span} * (g::float8 / ($3 + 1)), p.id, q.qty, p.list_price, q.qty * p.list_price
+      `insert into sales.pos_order_line
+         (pos_order_id, company_id, date_order, product_tmpl_id, qty, price_unit, price_subtotal)
+      select g / 3, 1 + (g / 3) % 2, $1::timestamptz + ${span} * (g::float8 / ($3 + 1)), p.id, q.qty, p.list_price,
+        q.qty * p.list_price
         from generate_series(1, $3::bigint) g
         join catalog.product_template p on p.id = 1 + (g * 17) % 200
         cross join lateral (select case when g % 50 = 0 then -1 else 1 + g % 4 end::numeric as qty) q`,
@@ -201,9 +215,11 @@ export async function seedDairy(
     await run(
       'iot.sensor_reading',
       `insert into iot.sensor_reading (sensor_id, read_at, value, unit, quality)
-      select s, t, 2 + ((s * 13 + extract(epoch from t)::bigint / 900) % 60) / 10.0, 'degC', case when (s + extract(epoch from t)::bigint / 900) % 97 = 0 then 40 else 100 end
+      select s, t, 2 + ((s * 13 + extract(epoch from t)::bigint / 900) % 60) / 10.0, 'degC', case when (s +
+        extract(epoch from t)::bigint / 900) % 97 = 0 then 40 else 100 end
         from generate_series(1, $3::int) s
-        cross join generate_series(date_trunc('day', $2::timestamptz) - make_interval(days => $1::int - 1), $2::timestamptz, interval '15 minutes') t`,
+        cross join generate_series(date_trunc('day', $2::timestamptz) - make_interval(days => $1::int - 1),
+          $2::timestamptz, interval '15 minutes') t`,
       [s.iotDays, now.toJSDate(), s.sensors],
     );
     await client.query('analyze');

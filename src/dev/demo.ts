@@ -72,12 +72,17 @@ export async function startDemoStack(
             {
               key: 'sales:daily:30d',
               ttlSeconds: 3600,
-              sql: `select date, channel, sum(revenue) as revenue, sum(order_count) as orders from analytics.daily_sales_agg where date > current_date - 30 group by 1, 2 order by 1, 2`,
+              sql:
+                `select date, channel, sum(revenue) as revenue, sum(order_count) as orders from ` +
+                `analytics.daily_sales_agg where date > current_date - 30 group by 1, 2 order by 1, 2`,
             },
             {
               key: 'products:top:30d',
               ttlSeconds: 600,
-              sql: `select a.product_tmpl_id, p.name, sum(a.qty_sold) as qty, sum(a.revenue) as revenue from analytics.daily_sales_agg a join catalog.product_template p on p.id = a.product_tmpl_id where a.date > current_date - 30 group by 1, 2 order by revenue desc limit 20`,
+              sql:
+                `select a.product_tmpl_id, p.name, sum(a.qty_sold) as qty, sum(a.revenue) as revenue from ` +
+                `analytics.daily_sales_agg a join catalog.product_template p on p.id = a.product_tmpl_id where ` +
+                `a.date > current_date - 30 group by 1, 2 order by revenue desc limit 20`,
             },
             {
               key: 'herd:summary',

@@ -69,8 +69,11 @@ function foreignOriginGuard(mode: 'strict' | 'lenient') {
     res.status(403).json({
       error:
         sameOrigin === false
-          ? `cross-origin request refused: ${typeof origin === 'string' ? `Origin ${origin}` : `Sec-Fetch-Site ${site}`} is not this server; a cookie-authenticated write must come from pgmaint's own pages (API clients send Authorization: Bearer)`
-          : "a cookie-authenticated write needs an Origin or Sec-Fetch-Site header from pgmaint's own pages; API clients send Authorization: Bearer",
+          ? `cross-origin request refused: ` +
+            `${typeof origin === 'string' ? `Origin ${origin}` : `Sec-Fetch-Site ${site}`} is not this server; a ` +
+            `cookie-authenticated write must come from pgmaint's own pages (API clients send Authorization: Bearer)`
+          : "a cookie-authenticated write needs an Origin or Sec-Fetch-Site header from pgmaint's own pages; API " +
+            'clients send Authorization: Bearer',
     });
   };
 }

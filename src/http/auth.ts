@@ -70,7 +70,10 @@ export class Auth {
   /** Set-Cookie for a new session; Secure when the request came over TLS. */
   cookieHeader(role: Role, secure: boolean): string {
     const value = encodeURIComponent(this.issueSession(role));
-    return `${SESSION_COOKIE}=${value}; Path=/; HttpOnly; SameSite=Strict; Max-Age=${SESSION_TTL_MS / 1000}${secure ? '; Secure' : ''}`;
+    return (
+      `${SESSION_COOKIE}=${value}; Path=/; HttpOnly; SameSite=Strict; ` +
+      `Max-Age=${SESSION_TTL_MS / 1000}${secure ? '; Secure' : ''}`
+    );
   }
 
   /** Set-Cookie that ends the session. */

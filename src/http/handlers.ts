@@ -53,7 +53,8 @@ function redisUnavailable(rt: Runtime): ApiResponse | undefined {
   if (status === 'ready') return undefined;
   return error(
     503,
-    `Redis (REDIS_URL ${safeUrl(rt.config.redis.url)}) is not reachable (connection ${status}); nothing was enqueued, try again`,
+    `Redis (REDIS_URL ${safeUrl(rt.config.redis.url)}) is not reachable (connection ${status}); nothing was ` +
+      `enqueued, try again`,
   );
 }
 

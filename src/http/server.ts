@@ -16,12 +16,14 @@ export async function startServer(
   const { config, logger } = rt;
   if (!config.adminToken && !config.insecureNoAuth) {
     throw new ConfigError(
-      'ADMIN_TOKEN: required for the server (at least 16 characters); a local demo may set PGMAINT_INSECURE_NO_AUTH=1 instead',
+      'ADMIN_TOKEN: required for the server (at least 16 characters); a local demo may set ' +
+        'PGMAINT_INSECURE_NO_AUTH=1 instead',
     );
   }
   if (config.insecureNoAuth) {
     logger.warn(
-      '!!! PGMAINT_INSECURE_NO_AUTH is set: the API and Bull Board are open to anyone who can reach this port, with admin rights. Never use this outside a local demo. !!!',
+      '!!! PGMAINT_INSECURE_NO_AUTH is set: the API and Bull Board are open to anyone who can reach this port, with ' +
+        'admin rights. Never use this outside a local demo. !!!',
     );
   }
   await rt.history.migrate();

@@ -40,7 +40,11 @@ export function judge(s: HealthSnapshot, cfg: Config['alerts']): Alert[] {
       key: `job-failed:${j.job}:${j.target}`,
       rule: 'job-failed',
       severity: 'critical',
-      summary: `${j.job} on ${j.target} ${j.lastOutcome === 'timed_out' ? 'timed out' : 'failed after its last attempt'}${j.consecutiveFailures > 1 ? ` (${j.consecutiveFailures} runs in a row)` : ''}: ${j.lastError ?? 'no error recorded'}`,
+      summary:
+        `${j.job} on ${j.target} ` +
+        `${j.lastOutcome === 'timed_out' ? 'timed out' : 'failed after its last attempt'}` +
+        `${j.consecutiveFailures > 1 ? ` (${j.consecutiveFailures} runs in a row)` : ''}: ` +
+        `${j.lastError ?? 'no error recorded'}`,
       labels: { job: j.job, target: j.target },
     });
   }
@@ -50,7 +54,10 @@ export function judge(s: HealthSnapshot, cfg: Config['alerts']): Alert[] {
       key: `deadman:${sc.id}`,
       rule: 'deadman',
       severity: 'critical',
-      summary: `schedule ${sc.id} (${sc.job} on ${sc.target}) has not succeeded ${sc.lastSuccess ? `since ${iso(sc.lastSuccess)}` : 'since it was first seen'}; a success was due by ${iso(sc.dueBy)}${sc.nextRun === null ? ' and the schedule is missing from Redis' : ''}`,
+      summary:
+        `schedule ${sc.id} (${sc.job} on ${sc.target}) has not succeeded ` +
+        `${sc.lastSuccess ? `since ${iso(sc.lastSuccess)}` : 'since it was first seen'}; a success was due by ` +
+        `${iso(sc.dueBy)}${sc.nextRun === null ? ' and the schedule is missing from Redis' : ''}`,
       labels: { schedule: sc.id, job: sc.job, target: sc.target },
     });
   }
@@ -60,7 +67,9 @@ export function judge(s: HealthSnapshot, cfg: Config['alerts']): Alert[] {
         key: `no-worker:${q.queue}`,
         rule: 'no-worker',
         severity: 'critical',
-        summary: `no worker is connected to queue ${q.queue} (${q.counts.waiting + q.counts.prioritized} waiting, ${q.counts.delayed} delayed)`,
+        summary:
+          `no worker is connected to queue ${q.queue} (${q.counts.waiting + q.counts.prioritized} waiting, ` +
+          `${q.counts.delayed} delayed)`,
         labels: { queue: q.queue },
         forMs: cfg.noWorkerForMs,
       });
@@ -72,7 +81,9 @@ export function judge(s: HealthSnapshot, cfg: Config['alerts']): Alert[] {
         key: `overrun:${q.queue}:${a.id}`,
         rule: 'overrun',
         severity: 'critical',
-        summary: `job ${a.id} in ${q.queue} has been active for ${minutes(ran / 1000)}, past its maximum run time of ${minutes(a.maxRunMs / 1000)}: its worker may be hung`,
+        summary:
+          `job ${a.id} in ${q.queue} has been active for ${minutes(ran / 1000)}, past its maximum run time ` +
+          `of ${minutes(a.maxRunMs / 1000)}: its worker may be hung`,
         labels: { queue: q.queue, jobId: a.id },
       });
     }
@@ -89,7 +100,9 @@ export function judge(s: HealthSnapshot, cfg: Config['alerts']): Alert[] {
         key: `backup-age:${b.target}:${k.kind}`,
         rule: 'backup-age',
         severity: 'critical',
-        summary: `the newest verified ${k.kind === 'dump' ? 'dump' : 'base backup'} of ${b.target} is ${minutes(k.age)} old (limit ${k.max} h)`,
+        summary:
+          `the newest verified ${k.kind === 'dump' ? 'dump' : 'base backup'} of ${b.target} is ` +
+          `${minutes(k.age)} old (limit ${k.max} h)`,
         labels: { target: b.target, kind: k.kind },
       });
     }
@@ -98,7 +111,9 @@ export function judge(s: HealthSnapshot, cfg: Config['alerts']): Alert[] {
         key: `archive-lag:${b.target}`,
         rule: 'archive-lag',
         severity: 'critical',
-        summary: `WAL archive of ${b.target} lags ${b.archive.lagSeconds} s (${b.archive.lagSegments ?? '?'} segments) at ${iso(b.archive.checkedAt)}; limit ${cfg.maxArchiveLagSeconds} s`,
+        summary:
+          `WAL archive of ${b.target} lags ${b.archive.lagSeconds} s (${b.archive.lagSegments ?? '?'} ` +
+          `segments) at ${iso(b.archive.checkedAt)}; limit ${cfg.maxArchiveLagSeconds} s`,
         labels: { target: b.target },
       });
     }
@@ -112,7 +127,8 @@ export function judge(s: HealthSnapshot, cfg: Config['alerts']): Alert[] {
         summary:
           p.runwaySeconds === 0
             ? `${p.table} on ${p.target} has no partition for now: new rows go to DEFAULT (or fail)`
-            : `${p.table} on ${p.target} has partitions for only ${minutes(p.runwaySeconds)} ahead (limit ${cfg.minPartitionRunwayDays} days)`,
+            : `${p.table} on ${p.target} has partitions for only ${minutes(p.runwaySeconds)} ahead (limit ` +
+              `${cfg.minPartitionRunwayDays} days)`,
         labels: { target: p.target, table: p.table },
       });
     }
@@ -121,7 +137,9 @@ export function judge(s: HealthSnapshot, cfg: Config['alerts']): Alert[] {
         key: `default-rows:${p.target}:${p.table}`,
         rule: 'default-rows',
         severity: 'warning',
-        summary: `${p.defaultRows}${p.defaultRows >= 100_000 ? '+' : ''} rows of ${p.table} on ${p.target} sit in its DEFAULT partition`,
+        summary:
+          `${p.defaultRows}${p.defaultRows >= 100_000 ? '+' : ''} rows of ${p.table} on ${p.target} sit in ` +
+          `its DEFAULT partition`,
         labels: { target: p.target, table: p.table },
       });
     }
@@ -130,7 +148,10 @@ export function judge(s: HealthSnapshot, cfg: Config['alerts']): Alert[] {
         key: `retention-orphan:${p.target}:${p.table}`,
         rule: 'retention-orphan',
         severity: 'critical',
-        summary: `${p.unfinishedDetaches} partition(s) of ${p.table} on ${p.target} were taken out by a retention run that did not finish (${(p.unfinishedPartitions ?? []).join(', ')}); the next drop-expired-partitions run finishes them`,
+        summary:
+          `${p.unfinishedDetaches} partition(s) of ${p.table} on ${p.target} were taken out by a retention ` +
+          `run that did not finish (${(p.unfinishedPartitions ?? []).join(', ')}); the next drop-expired-partitions ` +
+          `run finishes them`,
         labels: { target: p.target, table: p.table },
       });
     }
@@ -224,7 +245,9 @@ export class AlertMonitor {
           ? ':rotating_light:'
           : ':warning:'
         : ':white_check_mark:';
-    const text = `${icon} [${status === 'firing' ? 'FIRING' : 'RESOLVED'}] pgmaint: ${incident.summary}${status === 'resolved' ? ` (since ${incident.since})` : ''}`;
+    const text =
+      `${icon} [${status === 'firing' ? 'FIRING' : 'RESOLVED'}] pgmaint: ` +
+      `${incident.summary}${status === 'resolved' ? ` (since ${incident.since})` : ''}`;
     const body: WebhookBody = {
       text,
       status,

@@ -66,7 +66,8 @@ export interface PartitionHealth {
   runwaySeconds: number | null;
   /** Rows in the DEFAULT partition, counted up to DEFAULT_ROWS_CAP. */
   defaultRows: number | null;
-  /** Partitions taken out of the parent by a retention run that is no longer running, unfinished (the journal's open entries). */
+  /** Partitions taken out of the parent by a retention run that is no longer running, and not
+   * finished (the retention journal's open entries). */
   unfinishedDetaches: number | null;
   unfinishedPartitions?: string[];
   error?: string;
@@ -118,7 +119,8 @@ async function partitionHealth(
     const def = parent.partitions.find((p) => p.isDefault);
     if (def) {
       const { rows } = await client.query<{ n: number }>(
-        `select count(*)::int as n from (select 1 from ${quoteQualified(def.schema, def.name)} limit ${DEFAULT_ROWS_CAP}) s`,
+        `select count(*)::int as n from (select 1 from ${quoteQualified(def.schema, def.name)} limit ` +
+          `${DEFAULT_ROWS_CAP}) s`,
       );
       out.defaultRows = rows[0]!.n;
     } else out.defaultRows = 0;

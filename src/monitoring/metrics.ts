@@ -13,12 +13,15 @@ export class Metrics {
 
   constructor(private readonly health: HealthReader) {
     const r = this.registry;
-    collectDefaultMetrics({ register: r, prefix: 'pgmaint_' }); // pgmaint_process_*, pgmaint_nodejs_*: the server process itself
+    // pgmaint_process_*, pgmaint_nodejs_*: the server process itself.
+    collectDefaultMetrics({ register: r, prefix: 'pgmaint_' });
     const gauge = (name: string, help: string, labelNames: string[]) =>
       new Gauge({ name, help, labelNames, registers: [r] });
     this.runs = new Counter({
       name: 'pgmaint_job_runs_total',
-      help: 'Finished attempts by outcome (succeeded, failed, retrying, timed_out, skipped), and runs recovered from a lost worker (outcome="recovered")',
+      help:
+        'Finished attempts by outcome (succeeded, failed, retrying, timed_out, skipped), and runs recovered ' +
+        'from a lost worker (outcome="recovered")',
       labelNames: ['job', 'target', 'outcome'],
       registers: [r],
     });

@@ -55,7 +55,8 @@ export async function readParent(client: pg.ClientBase, policy: PartitionPolicy)
     `select c.oid, c.relkind, pg_get_userbyid(c.relowner) as owner, pt.partstrat as strategy,
             (select array_agg(a.attname::text order by k.ord) from unnest(pt.partattrs) with ordinality k(attnum, ord)
                join pg_attribute a on a.attrelid = c.oid and a.attnum = k.attnum) as keycols,
-            (select format_type(a.atttypid, null) from pg_attribute a where a.attrelid = c.oid and a.attname = $3) as keytype
+            (select format_type(a.atttypid, null) from pg_attribute a where a.attrelid = c.oid and a.attname = $3) as
+              keytype
        from pg_class c join pg_namespace n on n.oid = c.relnamespace
        left join pg_partitioned_table pt on pt.partrelid = c.oid
       where n.nspname = $1 and c.relname = $2`,
@@ -89,7 +90,8 @@ export async function readParent(client: pg.ClientBase, policy: PartitionPolicy)
     );
 
   const parts = await client.query<{ schema: string; name: string; bound: string; pending: boolean }>(
-    `select n.nspname as schema, c.relname as name, pg_get_expr(c.relpartbound, c.oid) as bound, i.inhdetachpending as pending
+    `select n.nspname as schema, c.relname as name, pg_get_expr(c.relpartbound, c.oid) as bound,
+            i.inhdetachpending as pending
        from pg_inherits i join pg_class c on c.oid = i.inhrelid join pg_namespace n on n.oid = c.relnamespace
       where i.inhparent = $1`,
     [r.oid],
@@ -176,7 +178,9 @@ export function tablesIssues(
       : [
           {
             path: `tables.${i}`,
-            message: `no partition policy${needRetention ? ' with a retention' : ''} for ${t} on target ${target} (known: ${known.join(', ') || 'none'})`,
+            message:
+              `no partition policy${needRetention ? ' with a retention' : ''} for ${t} on target ${target} ` +
+              `(known: ${known.join(', ') || 'none'})`,
           },
         ],
   );
@@ -200,7 +204,8 @@ export async function withParentLock(
   let zone: string | undefined;
   try {
     const { rows } = await client.query<{ ok: boolean; zone: string }>(
-      `select current_setting('TimeZone') as zone, set_config('TimeZone', 'UTC', false) is not null and pg_try_advisory_lock(hashtext($1)) as ok`,
+      `select current_setting('TimeZone') as zone, set_config('TimeZone', 'UTC', false) is not null and ` +
+        `pg_try_advisory_lock(hashtext($1)) as ok`,
       [key],
     );
     zone = rows[0]!.zone;

@@ -45,7 +45,8 @@ create table if not exists pgmaint.retention_journal (
   updated_at timestamptz not null default now());
 create unique index if not exists retention_journal_open on pgmaint.retention_journal (partition_schema, partition_name)
   where state in ('detaching', 'detached', 'archived');
-delete from pgmaint.retention_journal where state in ('dropped', 'reattached') and updated_at < now() - interval '400 days'`;
+delete from pgmaint.retention_journal where state in ('dropped', 'reattached')
+  and updated_at < now() - interval '400 days'`;
 
 const COLUMNS = `id::text, parent, partition_schema as "partitionSchema", partition_name as "partitionName",
   bound_from as "boundFrom", bound_to as "boundTo", upper_bound as "upperBound", state,
@@ -60,7 +61,8 @@ export async function openEntries(db: pg.ClientBase | pg.Pool, parent?: string):
   const exists = await db.query(`select to_regclass('pgmaint.retention_journal') is not null as ok`);
   if (!exists.rows[0].ok) return [];
   const { rows } = await db.query<JournalEntry>(
-    `select ${COLUMNS} from pgmaint.retention_journal where state = any($1) and ($2::text is null or parent = $2) order by id`,
+    `select ${COLUMNS} from pgmaint.retention_journal where state = any($1) and ($2::text is null or parent = $2) ` +
+      `order by id`,
     [OPEN_STATES, parent ?? null],
   );
   return rows;
@@ -80,7 +82,8 @@ export async function recordDetaching(
   },
 ): Promise<string> {
   const { rows } = await db.query<{ id: string }>(
-    `insert into pgmaint.retention_journal (parent, partition_schema, partition_name, bound_from, bound_to, upper_bound, state, job_id)
+    `insert into pgmaint.retention_journal
+       (parent, partition_schema, partition_name, bound_from, bound_to, upper_bound, state, job_id)
      values ($1, $2, $3, $4, $5, $6, 'detaching', $7) returning id::text`,
     [e.parent, e.partitionSchema, e.partitionName, e.boundFrom, e.boundTo, e.upperBound, e.jobId],
   );

@@ -72,7 +72,8 @@ create table if not exists pgmaint.run_history (
   attempt       int not null,
   started_at    timestamptz not null default now(),
   finished_at   timestamptz,
-  outcome       text not null check (outcome in ('running','succeeded','failed','retrying','timed_out','skipped','abandoned')),
+  outcome       text not null
+                check (outcome in ('running','succeeded','failed','retrying','timed_out','skipped','abandoned')),
   error         text,
   result        jsonb,
   worker        text
@@ -86,10 +87,12 @@ create index if not exists run_history_started on pgmaint.run_history (started_a
 // two flushes goes in once, finished) and finishes of rows written before are
 // applied. A run recovered from a lost worker also marks that worker's 'running'
 // row 'abandoned'; the clauses a flush does not need are left out.
-const RECORDSET = `jsonb_to_recordset($1::jsonb) as x(run_id uuid, queue text, job_id text, job text, target text, payload jsonb, trigger text,
-  scheduled_for timestamptz, attempt int, started_at timestamptz, finished_at timestamptz, outcome text, error text, result jsonb, worker text, recovered boolean)`;
+const RECORDSET = `jsonb_to_recordset($1::jsonb) as x(run_id uuid, queue text, job_id text, job text, target text,
+  payload jsonb, trigger text, scheduled_for timestamptz, attempt int, started_at timestamptz, finished_at timestamptz,
+  outcome text, error text, result jsonb, worker text, recovered boolean)`;
 const COLUMNS =
-  'run_id, queue, job_id, job, target, payload, trigger, scheduled_for, attempt, started_at, finished_at, outcome, error, result, worker';
+  'run_id, queue, job_id, job, target, payload, trigger, scheduled_for, attempt, started_at, finished_at, outcome, ' +
+  'error, result, worker';
 
 function flushSql(parts: { inserts: boolean; recovered: boolean; updates: boolean }): string {
   const ctes: string[] = [];
@@ -99,13 +102,16 @@ function flushSql(parts: { inserts: boolean; recovered: boolean; updates: boolea
     );
   if (parts.recovered) {
     ctes.push(`abandoned as (
-      update pgmaint.run_history h set outcome = 'abandoned', finished_at = now(), error = 'worker lost (stalled job recovered by another worker)'
+      update pgmaint.run_history h set outcome = 'abandoned', finished_at = now(),
+        error = 'worker lost (stalled job recovered by another worker)'
         from ${RECORDSET} where x.recovered and h.queue = x.queue and h.job_id = x.job_id and h.outcome = 'running')`);
   }
   if (parts.updates) {
     ctes.push(`finished as (
-      update pgmaint.run_history h set finished_at = u.finished_at, outcome = u.outcome, error = u.error, result = u.result
-        from jsonb_to_recordset($2::jsonb) as u(run_id uuid, finished_at timestamptz, outcome text, error text, result jsonb)
+      update pgmaint.run_history h set finished_at = u.finished_at, outcome = u.outcome, error = u.error, result =
+        u.result
+        from jsonb_to_recordset($2::jsonb) as u(run_id uuid, finished_at timestamptz, outcome text, error text, result
+          jsonb)
        where h.run_id = u.run_id)`);
   }
   // Both parameters are always referenced so every shape takes the same two.
@@ -295,7 +301,8 @@ export class RunHistory {
   async list(filter: { job?: string; limit?: number } = {}): Promise<HistoryRow[]> {
     await this.migrate();
     const { rows } = await this.pool.query<HistoryRow>(
-      `select * from pgmaint.run_history where ($1::text is null or job = $1) order by started_at desc, id desc limit $2`,
+      `select * from pgmaint.run_history where ($1::text is null or job = $1) order by started_at desc, id desc ` +
+        `limit $2`,
       [filter.job ?? null, filter.limit ?? 20],
     );
     return rows;
@@ -310,7 +317,8 @@ export class RunHistory {
     const { rows } = await this.pool.query<JobStatus>(
       `with final as (
          select job, target, outcome, started_at, finished_at, error,
-                max(started_at) filter (where outcome = 'succeeded') over (partition by job, target) as last_success_start,
+                max(started_at) filter (where outcome = 'succeeded') over (partition by job, target) as
+                  last_success_start,
                 row_number() over (partition by job, target order by started_at desc, id desc) as rn
            from pgmaint.run_history where outcome in ('succeeded', 'failed', 'timed_out'))
        select job, target,
@@ -318,7 +326,8 @@ export class RunHistory {
               max(outcome) filter (where rn = 1) as "lastOutcome",
               max(finished_at) filter (where rn = 1) as "lastFinished",
               max(error) filter (where rn = 1) as "lastError",
-              count(*) filter (where outcome <> 'succeeded' and started_at > coalesce(last_success_start, '-infinity'))::int as "consecutiveFailures"
+              count(*) filter (where outcome <> 'succeeded' and started_at > coalesce(last_success_start,
+                '-infinity'))::int as "consecutiveFailures"
          from final group by job, target order by job, target`,
     );
     return rows;
@@ -330,7 +339,8 @@ export class RunHistory {
     const { rows } = await this.pool.query<ScheduleStatus>(
       `select substr(trigger, 10) as schedule,
               max(finished_at) filter (where outcome = 'succeeded') as "lastSuccess",
-              (array_agg(extract(epoch from started_at - scheduled_for)::float8 order by started_at desc) filter (where attempt = 1 and scheduled_for is not null))[1] as "startLagSeconds"
+              (array_agg(extract(epoch from started_at - scheduled_for)::float8 order by started_at desc) filter
+                (where attempt = 1 and scheduled_for is not null))[1] as "startLagSeconds"
          from pgmaint.run_history where trigger like 'schedule:%' group by trigger`,
     );
     return rows;
@@ -340,7 +350,8 @@ export class RunHistory {
   async lastFinished<R = unknown>(job: string, target: string): Promise<HistoryRow<R> | undefined> {
     await this.migrate();
     const { rows } = await this.pool.query<HistoryRow<R>>(
-      `select * from pgmaint.run_history where job = $1 and target = $2 and outcome in ('succeeded', 'failed', 'timed_out') order by started_at desc, id desc limit 1`,
+      `select * from pgmaint.run_history where job = $1 and target = $2 and outcome in ('succeeded', 'failed', ` +
+        `'timed_out') order by started_at desc, id desc limit 1`,
       [job, target],
     );
     return rows[0];

@@ -91,7 +91,8 @@ export class Runtime {
       await withTimeout(this.connections.pool(target.name, 'history').query('select 1'), timeoutMs);
     } catch (err) {
       throw new ServiceUnavailableError(
-        `${target.urlSource}: cannot reach PostgreSQL at ${safeUrl(target.url)} (target ${target.name}): ${(err as Error).message}`,
+        `${target.urlSource}: cannot reach PostgreSQL at ${safeUrl(target.url)} (target ${target.name}): ` +
+          `${(err as Error).message}`,
       );
     }
   }

@@ -39,7 +39,8 @@ export interface WorkerRuntimeOptions {
 const ABORT_CLEANUP_MS = 15_000;
 
 // Releases a schedule's overlap lock only if this job still holds it.
-const RELEASE_LOCK = `if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end`;
+const RELEASE_LOCK =
+  `if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 ` + `end`;
 
 function knownTarget(config: { targets: Map<string, unknown> }, target: unknown): string {
   if (target === undefined) return MAIN_TARGET;
@@ -223,7 +224,8 @@ export class WorkerRuntime {
       connections
         .pool(payload.target)
         .query(
-          'select pg_terminate_backend(pid) from pg_stat_activity where application_name = $1 and pid <> pg_backend_pid()',
+          'select pg_terminate_backend(pid) from pg_stat_activity where application_name = $1 and pid <> ' +
+            'pg_backend_pid()',
           [appName],
         )
         .catch((err) => logger.warn({ err }, "could not end the aborted run's sessions"));
@@ -235,7 +237,8 @@ export class WorkerRuntime {
       () =>
         controller.abort(
           new JobTimeoutError(
-            `timed out after ${Math.round(registered.run.timeoutMs / 1000)}s (maximum run time of ${job.name}); child processes killed`,
+            `timed out after ${Math.round(registered.run.timeoutMs / 1000)}s (maximum run time of ${job.name}); ` +
+              `child processes killed`,
           ),
         ),
       registered.run.timeoutMs,
