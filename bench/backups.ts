@@ -43,7 +43,9 @@ const archiveDir = path.join(pgDir, 'wal-archive');
 const server = await startPostgres({
   dir: pgDir,
   settings: {
-    archive_command: `'test ! -f ${archiveDir}/%f && cp %p ${archiveDir}/%f && pgbackrest --config=${pgbrConf} --stanza=bench archive-push %p'`,
+    archive_command:
+      `'test ! -f ${archiveDir}/%f && cp %p ${archiveDir}/%f && pgbackrest --config=${pgbrConf} ` +
+      `--stanza=bench archive-push %p'`,
     max_wal_size: "'4GB'",
     // The bench measures backup and restore, not a crash-unsafe load: keep it durable.
     fsync: 'on',
@@ -55,8 +57,24 @@ await createDatabase(server, 'dairy');
 function writePgbrConf(compressType: 'lz4' | 'gz') {
   fs.writeFileSync(
     pgbrConf,
-    `[global]\nrepo1-path=${repo}/repo\nlog-path=${repo}/log\nlock-path=${repo}/lock\nlog-level-console=warn\nstart-fast=y\nprocess-max=1\ncompress-type=${compressType}\n` +
-      `repo1-retention-full=10\n\n[bench]\npg1-path=${server.dataDir}\npg1-port=${server.port}\npg1-socket-path=${server.socketDir}\npg1-user=postgres\n`,
+    [
+      '[global]',
+      `repo1-path=${repo}/repo`,
+      `log-path=${repo}/log`,
+      `lock-path=${repo}/lock`,
+      'log-level-console=warn',
+      'start-fast=y',
+      'process-max=1',
+      `compress-type=${compressType}`,
+      'repo1-retention-full=10',
+      '',
+      '[bench]',
+      `pg1-path=${server.dataDir}`,
+      `pg1-port=${server.port}`,
+      `pg1-socket-path=${server.socketDir}`,
+      'pg1-user=postgres',
+      '',
+    ].join('\n'),
   );
   fs.chmodSync(pgbrConf, 0o644);
 }
@@ -69,13 +87,16 @@ console.error(`seeding ${ROWS} order rows…`);
 const db = new pg.Client({ connectionString: server.url('dairy') });
 await db.connect();
 await db.query(`create schema sales;
-  create table sales.sale_order (id bigint primary key, company_id int not null, partner_id int not null, state text not null,
+  create table sales.sale_order (id bigint primary key, company_id int not null, partner_id int not null,
+    state text not null,
     date_order timestamptz not null, amount_total numeric(12,2) not null, note text)`);
 for (let from = 1; from <= ROWS; from += 1_000_000) {
   const to = Math.min(ROWS, from + 999_999);
   await db.query(
-    `insert into sales.sale_order select g, 1 + g % 3, 1 + g % 5000, (array['draft','sale','sale','done','cancel'])[1 + g % 5],
-    timestamptz '2024-11-01' + make_interval(secs => g * 7), round((50 + (g * 7919 % 500000) / 100.0)::numeric, 2), 'order ' || g from generate_series($1::bigint, $2::bigint) g`,
+    `insert into sales.sale_order select g, 1 + g % 3, 1 + g % 5000,
+      (array['draft','sale','sale','done','cancel'])[1 + g % 5],
+    timestamptz '2024-11-01' + make_interval(secs => g * 7), round((50 + (g * 7919 % 500000) / 100.0)::numeric, 2),
+      'order ' || g from generate_series($1::bigint, $2::bigint) g`,
     [from, to],
   );
 }
@@ -127,7 +148,8 @@ for (const [ourCompression, theirCompression] of [
 console.error('restores…');
 // Ours: the drill restores the newest base backup (gzip) and replays to T.
 await db.query(
-  `insert into sales.sale_order select g, 1, 1, 'sale', now(), 1, null from generate_series($1::bigint, $1::bigint + 999) g`,
+  `insert into sales.sale_order select g, 1, 1, 'sale', now(), 1, null from generate_series($1::bigint, $1::bigint ` +
+    `+ 999) g`,
   [ROWS + 1],
 );
 const drill = await job('pitr-drill', {});
@@ -215,19 +237,23 @@ const rows = [
   [
     `  drill: restore; verify; replay (s)`,
     '',
-    `${drill.result.restoreSeconds.toFixed(1)}; ${drill.result.verifySeconds.toFixed(1)}; ${drill.result.replaySeconds.toFixed(1)}`,
+    `${drill.result.restoreSeconds.toFixed(1)}; ${drill.result.verifySeconds.toFixed(1)}; ` +
+      `${drill.result.replaySeconds.toFixed(1)}`,
     '',
   ],
 ];
 console.log(
-  `database ${sz[0]!.mb} MB, ${ROWS} order rows; dumps: custom ${mb(custom.result.bytes)} MB, directory ${mb(directory.result.bytes)} MB`,
+  `database ${sz[0]!.mb} MB, ${ROWS} order rows; dumps: custom ${mb(custom.result.bytes)} MB, directory ` +
+    `${mb(directory.result.bytes)} MB`,
 );
 const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
 for (const r of rows)
   console.log(r.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!))).join('  '));
 const worst = Math.max(...(['lz4', 'gzip'] as const).map((c) => ours[c]!.ms / theirs[c]!.ms));
 console.log(
-  `targets: base backup within 1.2× of pgBackRest (whole job, verification included) — ${worst <= 1.2 ? 'met' : 'NOT met'} (worst ${worst.toFixed(2)}×); drill RTO under 60 s — ${drill.result.rtoSeconds < 60 ? 'met' : 'NOT met'} (${drill.result.rtoSeconds.toFixed(1)} s)`,
+  `targets: base backup within 1.2× of pgBackRest (whole job, verification included) — ` +
+    `${worst <= 1.2 ? 'met' : 'NOT met'} (worst ${worst.toFixed(2)}×); drill RTO under 60 s — ` +
+    `${drill.result.rtoSeconds < 60 ? 'met' : 'NOT met'} (${drill.result.rtoSeconds.toFixed(1)} s)`,
 );
 
 await db.end();

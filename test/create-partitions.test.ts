@@ -27,9 +27,11 @@ beforeAll(async () => {
   await h.admin.query(`
     create schema sales; create schema iot; create schema ops;
     create role partition_reader nologin;
-    create table sales.sale_order (id bigint generated always as identity, date_order timestamptz not null, amount numeric, primary key (id, date_order)) partition by range (date_order);
+    create table sales.sale_order (id bigint generated always as identity, date_order timestamptz not null, amount
+      numeric, primary key (id, date_order)) partition by range (date_order);
     grant select on sales.sale_order to partition_reader;
-    create table iot.sensor_reading (sensor_id int, read_at timestamptz not null, value double precision) partition by range (read_at);
+    create table iot.sensor_reading (sensor_id int, read_at timestamptz not null, value double precision)
+      partition by range (read_at);
     create index on iot.sensor_reading (sensor_id, read_at);
     create table ops.hourly_london (ts timestamptz not null, v int) partition by range (ts);
     create table ops.daily_ny (ts timestamptz not null, v int) partition by range (ts);
@@ -54,7 +56,8 @@ async function run(payload: object) {
 
 async function bounds(table: string): Promise<{ name: string; from: string; to: string }[]> {
   const { rows } = await h.admin.query(
-    `select c.relname as name, pg_get_expr(c.relpartbound, c.oid) as bound from pg_inherits i join pg_class c on c.oid = i.inhrelid
+    `select c.relname as name, pg_get_expr(c.relpartbound, c.oid) as bound
+      from pg_inherits i join pg_class c on c.oid = i.inhrelid
       where i.inhparent = $1::regclass and pg_get_expr(c.relpartbound, c.oid) <> 'DEFAULT'`,
     [table],
   );
@@ -75,37 +78,40 @@ function resultFor(job: { returnvalue: unknown }, table: string): PolicyResult {
 }
 
 describe('create-partitions', () => {
-  it('keeps a runway from the clock with no data, carries grants and indexes, and a second run is a no-op', async () => {
-    const { state, job } = await run({ tables: ['sales.sale_order', 'iot.sensor_reading'] });
-    expect(state).toBe('completed');
-    const orders = await bounds('sales.sale_order');
-    expect(orders).toHaveLength(4); // current month + 3
-    expectContiguous(orders);
-    const monthStart = DateTime.now().setZone('Asia/Dhaka').startOf('month');
-    expect(orders[0]!.from).toBe(monthStart.toUTC().toISO());
-    expect(resultFor(job, 'sales.sale_order')).toMatchObject({ periodsAhead: 3, defaultRows: null, rowsMoved: 0 });
-    const readings = await bounds('iot.sensor_reading');
-    expect(readings).toHaveLength(8);
-    expectContiguous(readings);
-    // Grants and indexes of the parent are on the partitions.
-    const grant = await h.admin.query(`select has_table_privilege('partition_reader', $1, 'select') as ok`, [
-      `sales.${orders[1]!.name}`,
-    ]);
-    expect(grant.rows[0].ok).toBe(true);
-    const idx = await h.admin.query(
-      `select count(*)::int as n from pg_indexes where schemaname = 'iot' and tablename = $1`,
-      [readings[0]!.name],
-    );
-    expect(idx.rows[0].n).toBe(1);
-    // Inserting through the parent still uses the parent's identity.
-    await h.admin.query(`insert into sales.sale_order (date_order, amount) values (now(), 10), (now(), 20)`);
-    expect((await h.admin.query(`select max(id)::int as m from sales.sale_order`)).rows[0].m).toBe(2);
+  it(
+    'keeps a runway from the clock with no data, carries grants and indexes, and a second run is a ' + 'no-op',
+    async () => {
+      const { state, job } = await run({ tables: ['sales.sale_order', 'iot.sensor_reading'] });
+      expect(state).toBe('completed');
+      const orders = await bounds('sales.sale_order');
+      expect(orders).toHaveLength(4); // current month + 3
+      expectContiguous(orders);
+      const monthStart = DateTime.now().setZone('Asia/Dhaka').startOf('month');
+      expect(orders[0]!.from).toBe(monthStart.toUTC().toISO());
+      expect(resultFor(job, 'sales.sale_order')).toMatchObject({ periodsAhead: 3, defaultRows: null, rowsMoved: 0 });
+      const readings = await bounds('iot.sensor_reading');
+      expect(readings).toHaveLength(8);
+      expectContiguous(readings);
+      // Grants and indexes of the parent are on the partitions.
+      const grant = await h.admin.query(`select has_table_privilege('partition_reader', $1, 'select') as ok`, [
+        `sales.${orders[1]!.name}`,
+      ]);
+      expect(grant.rows[0].ok).toBe(true);
+      const idx = await h.admin.query(
+        `select count(*)::int as n from pg_indexes where schemaname = 'iot' and tablename = $1`,
+        [readings[0]!.name],
+      );
+      expect(idx.rows[0].n).toBe(1);
+      // Inserting through the parent still uses the parent's identity.
+      await h.admin.query(`insert into sales.sale_order (date_order, amount) values (now(), 10), (now(), 20)`);
+      expect((await h.admin.query(`select max(id)::int as m from sales.sale_order`)).rows[0].m).toBe(2);
 
-    const again = await run({ tables: ['sales.sale_order', 'iot.sensor_reading'] });
-    expect(resultFor(again.job, 'sales.sale_order').created).toEqual([]);
-    expect(resultFor(again.job, 'iot.sensor_reading').created).toEqual([]);
-    expect(await bounds('sales.sale_order')).toEqual(orders);
-  });
+      const again = await run({ tables: ['sales.sale_order', 'iot.sensor_reading'] });
+      expect(resultFor(again.job, 'sales.sale_order').created).toEqual([]);
+      expect(resultFor(again.job, 'iot.sensor_reading').created).toEqual([]);
+      expect(await bounds('sales.sale_order')).toEqual(orders);
+    },
+  );
 
   it('keeps boundaries contiguous across DST: hourly in Europe/London, daily in America/New_York', async () => {
     const london = await run({ tables: ['ops.hourly_london'], now: '2026-10-25T00:30:00+01:00' });
@@ -134,7 +140,8 @@ describe('create-partitions', () => {
 
   it('catches up after an outage of several periods in one run', async () => {
     await h.admin.query(
-      `create table ops.outage_p202601 partition of ops.outage for values from ('2026-01-01 00:00+00') to ('2026-02-01 00:00+00')`,
+      `create table ops.outage_p202601 partition of ops.outage for values from ('2026-01-01 00:00+00') to ` +
+        `('2026-02-01 00:00+00')`,
     );
     const { job } = await run({ tables: ['ops.outage'], now: '2026-06-15T00:00:00Z' });
     const b = await bounds('ops.outage');
@@ -146,9 +153,11 @@ describe('create-partitions', () => {
 
   it('moves rows stranded in the DEFAULT partition into the new partition, none lost or doubled', async () => {
     await h.admin.query(
-      `insert into ops.stranded select '2026-05-02 10:00+00'::timestamptz + make_interval(mins => g), g from generate_series(1, 500) g`,
+      `insert into ops.stranded select '2026-05-02 10:00+00'::timestamptz + make_interval(mins => g), g from ` +
+        `generate_series(1, 500) g`,
     );
-    await h.admin.query(`insert into ops.stranded select '2020-01-01 00:00+00', g from generate_series(1, 7) g`); // years before the runway
+    // Years before the runway.
+    await h.admin.query(`insert into ops.stranded select '2020-01-01 00:00+00', g from generate_series(1, 7) g`);
     const before = (await h.admin.query(`select count(*)::int n, sum(v)::int s from ops.stranded`)).rows[0];
     const { job, state } = await run({ tables: ['ops.stranded'], now: '2026-05-02T00:00:00Z' });
     expect(state).toBe('completed');
@@ -162,25 +171,29 @@ describe('create-partitions', () => {
     expect((await h.admin.query(`select count(*)::int n from ops.stranded_p20260502`)).rows[0].n).toBe(500);
   });
 
-  it('with defaultRows "fail", fails the policy naming the count and moves nothing, while other policies go on', async () => {
-    await h.admin.query(`insert into ops.strict values ('2026-05-02 10:00+00', 1), ('2026-05-02 11:00+00', 2)`);
-    const { state, job } = await run({
-      tables: ['ops.strict', 'ops.missing', 'ops.notpartitioned', 'iot.sensor_reading'],
-      now: '2026-05-02T00:00:00Z',
-    });
-    expect(state).toBe('failed');
-    expect(job.attemptsMade).toBe(1);
-    expect(job.failedReason).toMatch(/ops\.strict \(2 rows of ops\.strict_default fall in/);
-    expect(job.failedReason).toMatch(/ops\.missing \(ops\.missing: table does not exist\)/);
-    expect(job.failedReason).toMatch(/ops\.notpartitioned \(ops\.notpartitioned: not RANGE-partitioned\)/);
-    expect((await h.admin.query(`select count(*)::int n from ops.strict_default`)).rows[0].n).toBe(2);
-    // The sound policy in the same run still got its partitions (back-filled to May).
-    expect((await bounds('iot.sensor_reading'))[0]!.from).toBe('2026-05-02T00:00:00.000Z');
-  });
+  it(
+    'with defaultRows "fail", fails the policy naming the count and moves nothing, while other policies go ' + 'on',
+    async () => {
+      await h.admin.query(`insert into ops.strict values ('2026-05-02 10:00+00', 1), ('2026-05-02 11:00+00', 2)`);
+      const { state, job } = await run({
+        tables: ['ops.strict', 'ops.missing', 'ops.notpartitioned', 'iot.sensor_reading'],
+        now: '2026-05-02T00:00:00Z',
+      });
+      expect(state).toBe('failed');
+      expect(job.attemptsMade).toBe(1);
+      expect(job.failedReason).toMatch(/ops\.strict \(2 rows of ops\.strict_default fall in/);
+      expect(job.failedReason).toMatch(/ops\.missing \(ops\.missing: table does not exist\)/);
+      expect(job.failedReason).toMatch(/ops\.notpartitioned \(ops\.notpartitioned: not RANGE-partitioned\)/);
+      expect((await h.admin.query(`select count(*)::int n from ops.strict_default`)).rows[0].n).toBe(2);
+      // The sound policy in the same run still got its partitions (back-filled to May).
+      expect((await bounds('iot.sensor_reading'))[0]!.from).toBe('2026-05-02T00:00:00.000Z');
+    },
+  );
 
   it('never blocks a concurrent INSERT: it attaches while an insert transaction on the parent is open', async () => {
     await h.admin.query(
-      `create table ops.busy_p20200101 partition of ops.busy for values from ('2020-01-01 00:00+00') to ('2020-01-02 00:00+00')`,
+      `create table ops.busy_p20200101 partition of ops.busy for values from ('2020-01-01 00:00+00') to ` +
+        `('2020-01-02 00:00+00')`,
     );
     const writer = await h.admin.connect();
     try {

@@ -34,23 +34,30 @@ async function rollup(payload: object) {
   };
 }
 
-/** The aggregate read back, and the same figures computed straight from the sources (written independently of the job). */
+/** The aggregate read back, and the same figures computed straight from the sources
+ * (written independently of the job). */
 async function compare(from: string, to: string) {
-  const cols = `date::text, company_id, product_tmpl_id, channel, qty_sold::numeric(14,3)::text, revenue::numeric(16,2)::text, order_count, refund_qty::numeric(14,3)::text, refund_amount::numeric(16,2)::text`;
+  const cols =
+    `date::text, company_id, product_tmpl_id, channel, qty_sold::numeric(14,3)::text, ` +
+    `revenue::numeric(16,2)::text, order_count, refund_qty::numeric(14,3)::text, refund_amount::numeric(16,2)::text`;
   const agg = await h.admin.query(
     `select ${cols} from analytics.daily_sales_agg where date between $1 and $2 order by 1, 2, 3, 4`,
     [from, to],
   );
   const direct = await h.admin.query(
     `with lines as (
-       select (l.date_order at time zone 'Asia/Dhaka')::date as date, o.company_id, l.product_tmpl_id, 'online' as channel, o.id as order_no, l.qty, l.price_subtotal
+       select (l.date_order at time zone 'Asia/Dhaka')::date as date, o.company_id, l.product_tmpl_id, 'online' as
+         channel, o.id as order_no, l.qty, l.price_subtotal
          from sales.sale_order_line l join sales.sale_order o on o.id = l.order_id where o.state in ('sale', 'done')
        union all
-       select (date_order at time zone 'Asia/Dhaka')::date, company_id, product_tmpl_id, 'pos', pos_order_id, qty, price_subtotal from sales.pos_order_line)
+       select (date_order at time zone 'Asia/Dhaka')::date, company_id, product_tmpl_id, 'pos', pos_order_id, qty,
+         price_subtotal from sales.pos_order_line)
      select date::text, company_id, product_tmpl_id, channel,
-            sum(greatest(qty, 0))::numeric(14,3)::text as qty_sold, sum(case when qty > 0 then price_subtotal else 0 end)::numeric(16,2)::text as revenue,
+            sum(greatest(qty, 0))::numeric(14,3)::text as qty_sold, sum(case when qty > 0 then price_subtotal else 0
+              end)::numeric(16,2)::text as revenue,
             count(distinct order_no)::int as order_count,
-            sum(greatest(-qty, 0))::numeric(14,3)::text as refund_qty, sum(case when qty < 0 then -price_subtotal else 0 end)::numeric(16,2)::text as refund_amount
+            sum(greatest(-qty, 0))::numeric(14,3)::text as refund_qty, sum(case when qty < 0 then -price_subtotal else
+              0 end)::numeric(16,2)::text as refund_amount
        from lines where date between $1 and $2 group by 1, 2, 3, 4 order by 1, 2, 3, 4`,
     [from, to],
   );
@@ -89,17 +96,20 @@ describe('daily-sales-rollup', () => {
       ['2026-11-20T18:30:00Z', 5],
     ] as const) {
       const { rows } = await h.admin.query(
-        `insert into sales.sale_order (company_id, partner_id, state, date_order, amount_total) values (1, 1, 'sale', $1, $2) returning id`,
+        `insert into sales.sale_order (company_id, partner_id, state, date_order, amount_total) values (1, 1, ` +
+          `'sale', $1, $2) returning id`,
         [at, qty * 100],
       );
       await h.admin.query(
-        `insert into sales.sale_order_line (order_id, date_order, product_tmpl_id, qty, price_unit, price_subtotal) values ($1, $2, 999, $3, 100, $4)`,
+        `insert into sales.sale_order_line (order_id, date_order, product_tmpl_id, qty, price_unit, price_subtotal) ` +
+          `values ($1, $2, 999, $3, 100, $4)`,
         [rows[0].id, at, qty, qty * 100],
       );
     }
     await rollup({ from: '2026-11-20', to: '2026-11-21' });
     const { rows } = await h.admin.query(
-      `select date::text, qty_sold::int, order_count from analytics.daily_sales_agg where product_tmpl_id = 999 order by date`,
+      `select date::text, qty_sold::int, order_count from analytics.daily_sales_agg where product_tmpl_id = 999 ` +
+        `order by date`,
     );
     expect(rows).toEqual([
       { date: '2026-11-20', qty_sold: 3, order_count: 1 },
@@ -111,7 +121,8 @@ describe('daily-sales-rollup', () => {
 
   it('a cancelled order disappears from the aggregate on the next run', async () => {
     await h.admin.query(
-      `update sales.sale_order set state = 'cancel' where id = (select order_id from sales.sale_order_line where product_tmpl_id = 999 and qty = 5)`,
+      `update sales.sale_order set state = 'cancel' where id = (select order_id from sales.sale_order_line where ` +
+        `product_tmpl_id = 999 and qty = 5)`,
     );
     const r = await rollup({ now: '2026-11-21T19:00:00Z', lookbackDays: 0 });
     expect(r).toMatchObject({ from: '2026-11-21', to: '2026-11-21', deleted: 1 });

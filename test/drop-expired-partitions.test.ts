@@ -22,10 +22,12 @@ async function dailyTable(name: string, days: number, withDefault = false) {
     const day = `2026-01-${String(d).padStart(2, '0')}`;
     const next = new Date(Date.parse(`${day}T00:00:00Z`) + 86400_000).toISOString().slice(0, 10);
     await h.admin.query(
-      `create table ret.${name}_p${day.replace(/-/g, '')} partition of ret.${name} for values from ('${day} 00:00+00') to ('${next} 00:00+00')`,
+      `create table ret.${name}_p${day.replace(/-/g, '')} partition of ret.${name} for values from ('${day} ` +
+        `00:00+00') to ('${next} 00:00+00')`,
     );
     await h.admin.query(
-      `insert into ret.${name} select '${day} 06:00+00'::timestamptz + make_interval(mins => g), g from generate_series(1, 10) g`,
+      `insert into ret.${name} select '${day} 06:00+00'::timestamptz + make_interval(mins => g), g from ` +
+        `generate_series(1, 10) g`,
     );
   }
   if (withDefault) await h.admin.query(`create table ret.${name}_default partition of ret.${name} default`);
@@ -33,7 +35,8 @@ async function dailyTable(name: string, days: number, withDefault = false) {
 
 async function partitions(table: string): Promise<string[]> {
   const { rows } = await h.admin.query(
-    `select c.relname from pg_inherits i join pg_class c on c.oid = i.inhrelid where i.inhparent = $1::regclass order by 1`,
+    `select c.relname from pg_inherits i join pg_class c on c.oid = i.inhrelid where i.inhparent = $1::regclass ` +
+      `order by 1`,
     [table],
   );
   return rows.map((r) => r.relname);
@@ -92,7 +95,8 @@ describe('drop-expired-partitions', () => {
     expect(done.dropped).toHaveLength(4);
     expect(done.bytesFreed).toBeGreaterThan(0);
     expect(await partitions('ret.daily')).toEqual(before.slice(4));
-    expect((await h.admin.query(`select count(*)::int n from ret.daily`)).rows[0].n).toBe(60); // nothing newer than the cut-off went
+    // Nothing newer than the cut-off went.
+    expect((await h.admin.query(`select count(*)::int n from ret.daily`)).rows[0].n).toBe(60);
     expect(done.archives.map((a) => a.rows)).toEqual([10, 10, 10, 10]);
 
     // The archive restores: into a scratch database, where the rows are counted.
@@ -142,7 +146,8 @@ describe('drop-expired-partitions', () => {
   });
 
   it('finalizes a detach left pending by an interrupted run', async () => {
-    // A reader keeps a snapshot open, so DETACH CONCURRENTLY waits in its second phase; cancelling it leaves it pending.
+    // A reader keeps a snapshot open, so DETACH CONCURRENTLY waits in its second phase;
+    // cancelling it leaves it pending.
     const reader = await h.admin.connect();
     const detacher = await h.admin.connect();
     try {

@@ -49,34 +49,38 @@ async function outcomes(queue: string, jobId: string): Promise<string[]> {
 }
 
 describe('PostgreSQL stopped during a backup', () => {
-  it('the attempt fails, the retries wait out the outage with backoff, and one verified dump results, no partial file', async () => {
-    const rt = h.runtime({ schedules: [] });
-    const workers = startWorkers(rt, ['backup']);
-    // pg_dump waits behind this lock, so the server stops while the dump is under way.
-    const holder = new pg.Client({ connectionString: cluster.url('dairy') });
-    await holder.connect();
-    holder.on('error', () => undefined);
-    await holder.query('begin; lock table ledger in access exclusive mode');
-    const { job } = await rt.queues.enqueue('backup', {});
-    await waitUntilBlocked(pool, `application_name like 'pgmaint/backup/%'`, 'pg_dump to wait on its lock');
-    await cluster.stop('fast');
-    await new Promise((r) => setTimeout(r, 2500));
-    await cluster.start();
-    await holder.end().catch(() => undefined);
+  it(
+    'the attempt fails, the retries wait out the outage with backoff, and one verified dump results, no partial ' +
+      'file',
+    async () => {
+      const rt = h.runtime({ schedules: [] });
+      const workers = startWorkers(rt, ['backup']);
+      // pg_dump waits behind this lock, so the server stops while the dump is under way.
+      const holder = new pg.Client({ connectionString: cluster.url('dairy') });
+      await holder.connect();
+      holder.on('error', () => undefined);
+      await holder.query('begin; lock table ledger in access exclusive mode');
+      const { job } = await rt.queues.enqueue('backup', {});
+      await waitUntilBlocked(pool, `application_name like 'pgmaint/backup/%'`, 'pg_dump to wait on its lock');
+      await cluster.stop('fast');
+      await new Promise((r) => setTimeout(r, 2500));
+      await cluster.start();
+      await holder.end().catch(() => undefined);
 
-    const { state, job: done } = await waitForFinished(rt.queues.get('backup'), job.id!, 120_000);
-    expect(state).toBe('completed');
-    expect(done.attemptsMade).toBeGreaterThanOrEqual(1);
-    const dumps = await listDumps(h.backupDir, 'main');
-    expect(dumps).toHaveLength(1);
-    expect(dumps[0]!.manifest.rowCounts!['public.ledger']).toBe(150000);
-    expect(fs.readdirSync(dumpDir(h.backupDir, 'main')).filter((e) => e.startsWith('.'))).toEqual([]);
-    await rt.history.flush();
-    const history = await outcomes('backup', job.id!);
-    expect(history.at(-1)).toBe('succeeded');
-    expect(history).toContain('retrying');
-    await workers.close(5000);
-  });
+      const { state, job: done } = await waitForFinished(rt.queues.get('backup'), job.id!, 120_000);
+      expect(state).toBe('completed');
+      expect(done.attemptsMade).toBeGreaterThanOrEqual(1);
+      const dumps = await listDumps(h.backupDir, 'main');
+      expect(dumps).toHaveLength(1);
+      expect(dumps[0]!.manifest.rowCounts!['public.ledger']).toBe(150000);
+      expect(fs.readdirSync(dumpDir(h.backupDir, 'main')).filter((e) => e.startsWith('.'))).toEqual([]);
+      await rt.history.flush();
+      const history = await outcomes('backup', job.id!);
+      expect(history.at(-1)).toBe('succeeded');
+      expect(history).toContain('retrying');
+      await workers.close(5000);
+    },
+  );
 });
 
 describe('a full backup disk', () => {
@@ -112,7 +116,8 @@ describe('a worker SIGKILLed inside create-partitions', () => {
       create schema iot;
       create table iot.reading (read_at timestamptz not null, v int) partition by range (read_at);
       create table iot.reading_default partition of iot.reading default;
-      insert into iot.reading values (now() + interval '1 day', 1), (now() + interval '1 day 1 hour', 2), (now() + interval '2 days', 3);`);
+      insert into iot.reading values (now() + interval '1 day', 1), (now() + interval '1 day 1 hour', 2), (now() +
+        interval '2 days', 3);`);
     h.configFile({
       worker: fastRecovery,
       partitions: [{ table: 'iot.reading', column: 'read_at', interval: 'day', premake: 3, lockTimeout: '60s' }],
@@ -139,13 +144,15 @@ describe('a worker SIGKILLed inside create-partitions', () => {
     expect(state).toBe('completed');
     const tables = await pool.query<{ name: string; attached: boolean }>(
       `select c.relname as name, exists (select 1 from pg_inherits i where i.inhrelid = c.oid) as attached
-         from pg_class c join pg_namespace n on n.oid = c.relnamespace where n.nspname = 'iot' and c.relkind in ('r', 'p') and c.relname <> 'reading'`,
+         from pg_class c join pg_namespace n on n.oid = c.relnamespace where n.nspname = 'iot' and c.relkind in ('r',
+           'p') and c.relname <> 'reading'`,
     );
     // Every table in the schema is an attached partition: nothing half-made is left lying around.
     expect(tables.rows.filter((t) => !t.attached)).toEqual([]);
     expect(tables.rows.length).toBeGreaterThanOrEqual(5); // today + 3 ahead + DEFAULT
     const counts = await pool.query(
-      `select (select count(*) from iot.reading)::int as total, (select count(*) from iot.reading_default)::int as in_default`,
+      `select (select count(*) from iot.reading)::int as total, (select count(*) from iot.reading_default)::int as ` +
+        `in_default`,
     );
     expect(counts.rows[0]).toEqual({ total: 3, in_default: 0 });
     second.child.kill('SIGTERM');

@@ -85,28 +85,31 @@ describe('HTTP API', () => {
     expect(res.body).toEqual({ ok: true, checks: { redis: { ok: true }, 'target:main': { ok: true } } });
   });
 
-  it('signs a browser in with a token: HttpOnly, SameSite=Strict cookie; viewer cookie is read-only on Bull Board', async () => {
-    await request(app).get('/admin/queues').set('Accept', 'text/html').expect(303).expect('Location', '/login');
-    await request(app).post('/login').type('form').send({ token: 'wrong-token-wrong-token' }).expect(401);
-    const login = await request(app).post('/login').type('form').send({ token: VIEWER_TOKEN }).expect(303);
-    const cookie = login.headers['set-cookie']![0]!;
-    expect(cookie).toMatch(/^pgmaint_session=.+; Path=\/; HttpOnly; SameSite=Strict/);
-    const sessionCookie = cookie.split(';')[0]!;
-    const queues = await request(app).get('/admin/queues/api/queues').set('Cookie', sessionCookie).expect(200);
-    expect(queues.body.queues.map((q: { name: string }) => q.name).sort()).toEqual(rt.registry.names().sort());
-    expect(queues.body.queues.every((q: { readOnlyMode: boolean }) => q.readOnlyMode)).toBe(true);
-    await request(app).put('/admin/queues/api/queues/noop/clean/completed').set('Cookie', sessionCookie).expect(403);
-    // A tampered cookie is refused.
-    await request(app)
-      .get('/admin/queues/api/queues')
-      .set('Cookie', sessionCookie.replace('viewer', 'admin'))
-      .expect(401);
+  it(
+    'signs a browser in with a token: HttpOnly, SameSite=Strict cookie; viewer cookie is read-only on Bull ' + 'Board',
+    async () => {
+      await request(app).get('/admin/queues').set('Accept', 'text/html').expect(303).expect('Location', '/login');
+      await request(app).post('/login').type('form').send({ token: 'wrong-token-wrong-token' }).expect(401);
+      const login = await request(app).post('/login').type('form').send({ token: VIEWER_TOKEN }).expect(303);
+      const cookie = login.headers['set-cookie']![0]!;
+      expect(cookie).toMatch(/^pgmaint_session=.+; Path=\/; HttpOnly; SameSite=Strict/);
+      const sessionCookie = cookie.split(';')[0]!;
+      const queues = await request(app).get('/admin/queues/api/queues').set('Cookie', sessionCookie).expect(200);
+      expect(queues.body.queues.map((q: { name: string }) => q.name).sort()).toEqual(rt.registry.names().sort());
+      expect(queues.body.queues.every((q: { readOnlyMode: boolean }) => q.readOnlyMode)).toBe(true);
+      await request(app).put('/admin/queues/api/queues/noop/clean/completed').set('Cookie', sessionCookie).expect(403);
+      // A tampered cookie is refused.
+      await request(app)
+        .get('/admin/queues/api/queues')
+        .set('Cookie', sessionCookie.replace('viewer', 'admin'))
+        .expect(401);
 
-    const adminLogin = await request(app).post('/login').type('form').send({ token: ADMIN_TOKEN }).expect(303);
-    const adminCookie = adminLogin.headers['set-cookie']![0]!.split(';')[0]!;
-    const adminQueues = await request(app).get('/admin/queues/api/queues').set('Cookie', adminCookie).expect(200);
-    expect(adminQueues.body.queues.every((q: { readOnlyMode: boolean }) => !q.readOnlyMode)).toBe(true);
-  });
+      const adminLogin = await request(app).post('/login').type('form').send({ token: ADMIN_TOKEN }).expect(303);
+      const adminCookie = adminLogin.headers['set-cookie']![0]!.split(';')[0]!;
+      const adminQueues = await request(app).get('/admin/queues/api/queues').set('Cookie', adminCookie).expect(200);
+      expect(adminQueues.body.queues.every((q: { readOnlyMode: boolean }) => !q.readOnlyMode)).toBe(true);
+    },
+  );
 
   it('is never open by default: the server refuses to start without ADMIN_TOKEN', async () => {
     const { startServer } = await import('../src/http/server.ts');

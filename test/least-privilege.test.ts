@@ -57,18 +57,23 @@ describe('the runner under a least-privilege role', () => {
     expect(rows[0]).toEqual({ u: role, s: false });
   });
 
-  it('creates partitions for the tables its group owns, and fails at once, with the reason, where it does not', async () => {
-    const { state, job } = await run('create-partitions', { tables: ['iot.sensor_reading'] });
-    expect(job.failedReason ?? '').toBe('');
-    expect(state).toBe('completed');
-    expect((job.returnvalue as { policies: { created: unknown[] }[] }).policies[0]!.created.length).toBeGreaterThan(0);
-    const denied = await run('create-partitions', { tables: ['sales.sale_order'] });
-    expect(denied.state).toBe('failed');
-    expect(denied.job.attemptsMade).toBe(1);
-    expect(denied.job.failedReason).toMatch(
-      /sales\.sale_order \((must be owner|must be member of role).*SQLSTATE 42501/,
-    );
-  });
+  it(
+    'creates partitions for the tables its group owns, and fails at once, with the reason, where it does ' + 'not',
+    async () => {
+      const { state, job } = await run('create-partitions', { tables: ['iot.sensor_reading'] });
+      expect(job.failedReason ?? '').toBe('');
+      expect(state).toBe('completed');
+      expect((job.returnvalue as { policies: { created: unknown[] }[] }).policies[0]!.created.length).toBeGreaterThan(
+        0,
+      );
+      const denied = await run('create-partitions', { tables: ['sales.sale_order'] });
+      expect(denied.state).toBe('failed');
+      expect(denied.job.attemptsMade).toBe(1);
+      expect(denied.job.failedReason).toMatch(
+        /sales\.sale_order \((must be owner|must be member of role).*SQLSTATE 42501/,
+      );
+    },
+  );
 
   it('runs the rollup and a verified backup with the listed grants', async () => {
     expect((await run('daily-sales-rollup', { from: '2026-10-01', to: '2026-10-31' })).state).toBe('completed');

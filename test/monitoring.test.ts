@@ -45,7 +45,8 @@ beforeAll(async () => {
     create table probe_lock (id int);
     create schema iot;
     create table iot.reading (read_at timestamptz not null, v int) partition by range (read_at);
-    create table iot.reading_now partition of iot.reading for values from (now() - interval '1 day') to (now() + interval '1 day');
+    create table iot.reading_now partition of iot.reading for values from (now() - interval '1 day') to (now() +
+      interval '1 day');
     create table iot.reading_default partition of iot.reading default;
     insert into iot.reading values (now() + interval '5 days', 1), (now() + interval '6 days', 2);`);
   h.configFile({ partitions: [{ table: 'iot.reading', column: 'read_at', interval: 'day', premake: 7 }] });
@@ -93,61 +94,70 @@ describe('GET /metrics', () => {
     );
   });
 
-  it('counts runs by outcome across processes, with durations, last success, failures in a row, queues, schedules and partition runway', async () => {
-    workers = startWorkers(rt, ['sql-probe']);
-    onTestFinished(() => workers.close(5000));
-    expect((await run('ok')).state).toBe('completed');
-    expect((await run('ok')).state).toBe('completed');
-    expect((await run('missing-relation')).state).toBe('failed');
-    await rt.history.flush();
-    await new Promise((r) => setTimeout(r, 200)); // the counters are written after the job settles
-    const text = await (await fetch(`${base}/metrics`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).text();
-    const probe = { job: 'sql-probe', target: 'main' };
-    expect(sample(text, 'pgmaint_job_runs_total', { ...probe, outcome: 'succeeded' })).toBe(2);
-    expect(sample(text, 'pgmaint_job_runs_total', { ...probe, outcome: 'failed' })).toBe(1);
-    expect(sample(text, 'pgmaint_job_duration_seconds_count', probe)).toBe(3);
-    expect(sample(text, 'pgmaint_job_duration_seconds_bucket', { ...probe, le: '+Inf' })).toBe(3);
-    expect(sample(text, 'pgmaint_job_consecutive_failures', probe)).toBe(1);
-    const lastSuccess = sample(text, 'pgmaint_job_last_success_timestamp_seconds', probe)!;
-    expect(Math.abs(lastSuccess - Date.now() / 1000)).toBeLessThan(60);
-    expect(sample(text, 'pgmaint_queue_workers', { queue: 'sql-probe' })).toBeGreaterThanOrEqual(1);
-    expect(sample(text, 'pgmaint_queue_jobs', { queue: 'sql-probe', state: 'failed' })).toBe(1);
-    const next = sample(text, 'pgmaint_schedule_next_run_timestamp_seconds', {
-      schedule: 'probe-every-minute',
-      job: 'sql-probe',
-      target: 'main',
-    })!;
-    expect(next - Date.now() / 1000).toBeGreaterThan(-5);
-    expect(next - Date.now() / 1000).toBeLessThanOrEqual(61);
-    const runway = sample(text, 'pgmaint_partition_runway_seconds', { target: 'main', table: 'iot.reading' })!;
-    expect(runway).toBeGreaterThan(86_000);
-    expect(runway).toBeLessThanOrEqual(86_400);
-    expect(sample(text, 'pgmaint_partition_default_rows', { target: 'main', table: 'iot.reading' })).toBe(2);
-  });
+  it(
+    'counts runs by outcome across processes, with durations, last success, failures in a row, queues, schedules ' +
+      'and partition runway',
+    async () => {
+      workers = startWorkers(rt, ['sql-probe']);
+      onTestFinished(() => workers.close(5000));
+      expect((await run('ok')).state).toBe('completed');
+      expect((await run('ok')).state).toBe('completed');
+      expect((await run('missing-relation')).state).toBe('failed');
+      await rt.history.flush();
+      await new Promise((r) => setTimeout(r, 200)); // the counters are written after the job settles
+      const text = await (
+        await fetch(`${base}/metrics`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })
+      ).text();
+      const probe = { job: 'sql-probe', target: 'main' };
+      expect(sample(text, 'pgmaint_job_runs_total', { ...probe, outcome: 'succeeded' })).toBe(2);
+      expect(sample(text, 'pgmaint_job_runs_total', { ...probe, outcome: 'failed' })).toBe(1);
+      expect(sample(text, 'pgmaint_job_duration_seconds_count', probe)).toBe(3);
+      expect(sample(text, 'pgmaint_job_duration_seconds_bucket', { ...probe, le: '+Inf' })).toBe(3);
+      expect(sample(text, 'pgmaint_job_consecutive_failures', probe)).toBe(1);
+      const lastSuccess = sample(text, 'pgmaint_job_last_success_timestamp_seconds', probe)!;
+      expect(Math.abs(lastSuccess - Date.now() / 1000)).toBeLessThan(60);
+      expect(sample(text, 'pgmaint_queue_workers', { queue: 'sql-probe' })).toBeGreaterThanOrEqual(1);
+      expect(sample(text, 'pgmaint_queue_jobs', { queue: 'sql-probe', state: 'failed' })).toBe(1);
+      const next = sample(text, 'pgmaint_schedule_next_run_timestamp_seconds', {
+        schedule: 'probe-every-minute',
+        job: 'sql-probe',
+        target: 'main',
+      })!;
+      expect(next - Date.now() / 1000).toBeGreaterThan(-5);
+      expect(next - Date.now() / 1000).toBeLessThanOrEqual(61);
+      const runway = sample(text, 'pgmaint_partition_runway_seconds', { target: 'main', table: 'iot.reading' })!;
+      expect(runway).toBeGreaterThan(86_000);
+      expect(runway).toBeLessThanOrEqual(86_400);
+      expect(sample(text, 'pgmaint_partition_default_rows', { target: 'main', table: 'iot.reading' })).toBe(2);
+    },
+  );
 });
 
 describe('the Grafana dashboard and the compose monitoring profile', () => {
-  it('every metric a dashboard panel queries is one /metrics serves; Prometheus reads the token compose hands it', async () => {
-    const root = path.resolve(import.meta.dirname, '..');
-    const dashboard = JSON.parse(fs.readFileSync(path.join(root, 'docker/grafana/dashboards/pgmaint.json'), 'utf8'));
-    const exprs: string[] = dashboard.panels.flatMap((p: { targets?: { expr: string }[] }) =>
-      (p.targets ?? []).map((t) => t.expr),
-    );
-    const queried = new Set(
-      exprs.flatMap((e) => e.match(/pgmaint_[a-z_]+/g) ?? []).map((n) => n.replace(/_(bucket|sum|count)$/, '')),
-    );
-    const text = await (
-      await fetch(`${base}/metrics`, { headers: { authorization: `Bearer ${METRICS_TOKEN}` } })
-    ).text();
-    const served = new Set([...text.matchAll(/^# TYPE (\S+)/gm)].map((m) => m[1]));
-    expect(queried.size).toBeGreaterThan(15);
-    expect([...queried].filter((n) => !served.has(n))).toEqual([]);
-    const compose = YAML.parse(fs.readFileSync(path.join(root, 'docker-compose.yml'), 'utf8'));
-    const prometheus = YAML.parse(fs.readFileSync(path.join(root, 'docker/prometheus.yml'), 'utf8'));
-    expect(compose.services.prometheus.secrets).toEqual(['metrics_token']);
-    expect(prometheus.scrape_configs[0].authorization.credentials_file).toBe('/run/secrets/metrics_token');
-    expect(compose.services.server.environment.METRICS_TOKEN).toBeDefined();
-  });
+  it(
+    'every metric a dashboard panel queries is one /metrics serves; Prometheus reads the token compose hands ' + 'it',
+    async () => {
+      const root = path.resolve(import.meta.dirname, '..');
+      const dashboard = JSON.parse(fs.readFileSync(path.join(root, 'docker/grafana/dashboards/pgmaint.json'), 'utf8'));
+      const exprs: string[] = dashboard.panels.flatMap((p: { targets?: { expr: string }[] }) =>
+        (p.targets ?? []).map((t) => t.expr),
+      );
+      const queried = new Set(
+        exprs.flatMap((e) => e.match(/pgmaint_[a-z_]+/g) ?? []).map((n) => n.replace(/_(bucket|sum|count)$/, '')),
+      );
+      const text = await (
+        await fetch(`${base}/metrics`, { headers: { authorization: `Bearer ${METRICS_TOKEN}` } })
+      ).text();
+      const served = new Set([...text.matchAll(/^# TYPE (\S+)/gm)].map((m) => m[1]));
+      expect(queried.size).toBeGreaterThan(15);
+      expect([...queried].filter((n) => !served.has(n))).toEqual([]);
+      const compose = YAML.parse(fs.readFileSync(path.join(root, 'docker-compose.yml'), 'utf8'));
+      const prometheus = YAML.parse(fs.readFileSync(path.join(root, 'docker/prometheus.yml'), 'utf8'));
+      expect(compose.services.prometheus.secrets).toEqual(['metrics_token']);
+      expect(prometheus.scrape_configs[0].authorization.credentials_file).toBe('/run/secrets/metrics_token');
+      expect(compose.services.server.environment.METRICS_TOKEN).toBeDefined();
+    },
+  );
 });
 
 describe('alerts', () => {

@@ -33,10 +33,12 @@ beforeAll(async () => {
   for (let d = 1; d <= 10; d++) {
     const day = `2026-01-${String(d).padStart(2, '0')}`;
     await h.admin.query(
-      `create table crash."${partition(d)}" partition of crash."sale$line" for values from ('${day} 00:00+00') to ('${day} 00:00+00'::timestamptz + interval '1 day')`,
+      `create table crash."${partition(d)}" partition of crash."sale$line" for values from ('${day} 00:00+00') to ` +
+        `('${day} 00:00+00'::timestamptz + interval '1 day')`,
     );
     await h.admin.query(
-      `insert into crash."sale$line" select '${day} 06:00+00'::timestamptz + make_interval(mins => g), g from generate_series(1, 10) g`,
+      `insert into crash."sale$line" select '${day} 06:00+00'::timestamptz + make_interval(mins => g), g from ` +
+        `generate_series(1, 10) g`,
     );
   }
   // PG_BINDIR for the worker that is killed: the real tools, but a pg_dump that can be
@@ -60,7 +62,8 @@ if [ -f "${faultDir}/hold-after" ]; then touch "${faultDir}/reached"; sleep 600;
   await h.admin.query(`create table crash.hold_drop (on_ boolean not null);
     create function crash.hold_drop() returns event_trigger language plpgsql as $$
     begin
-      if current_setting('application_name') like 'pgmaint%' and exists (select 1 from crash.hold_drop where on_) then perform pg_sleep(600); end if;
+      if current_setting('application_name') like 'pgmaint%' and exists (select 1 from crash.hold_drop where on_) then
+        perform pg_sleep(600); end if;
     end $$;
     create event trigger hold_drop on ddl_command_start when tag in ('DROP TABLE') execute function crash.hold_drop()`);
   rt = h.runtime({ schedules: [] });
@@ -78,7 +81,8 @@ afterEach(async () => {
 
 async function place(name: string): Promise<'attached' | 'detached' | 'missing'> {
   const { rows } = await h.admin.query(
-    `select i.inhrelid is not null as attached from pg_class c join pg_namespace n on n.oid = c.relnamespace left join pg_inherits i on i.inhrelid = c.oid where n.nspname = 'crash' and c.relname = $1`,
+    `select i.inhrelid is not null as attached from pg_class c join pg_namespace n on n.oid = c.relnamespace left ` +
+      `join pg_inherits i on i.inhrelid = c.oid where n.nspname = 'crash' and c.relname = $1`,
     [name],
   );
   return rows[0] ? (rows[0].attached ? 'attached' : 'detached') : 'missing';
@@ -104,7 +108,8 @@ async function killAt(victim: string, hold: () => Promise<void>, expectedState: 
   expect(await journal(victim)).toEqual([expectedState]);
   // pg_sleep in the held DROP outlives the client: end that session as a crash would.
   await h.admin.query(
-    `select pg_terminate_backend(pid) from pg_stat_activity where application_name like 'pgmaint/drop-expired%' or (application_name like 'pgmaint%' and wait_event = 'PgSleep')`,
+    `select pg_terminate_backend(pid) from pg_stat_activity where application_name like 'pgmaint/drop-expired%' or ` +
+      `(application_name like 'pgmaint%' and wait_event = 'PgSleep')`,
   );
   await h.admin.query('truncate crash.hold_drop');
 
@@ -178,11 +183,14 @@ describe('drop-expired-partitions killed at every step', () => {
     );
   }, 120_000);
 
-  it('an unfinished detach with no run behind it is an orphan in metrics and alerts until a run finishes it', async () => {
+  it('an unfinished detach with no run behind it is an orphan in metrics and alerts until a run finishes ' +
+    'it', async () => {
     await h.admin.query(`alter table crash."sale$line" detach partition crash."${partition(7)}"`);
     await h.admin.query(
-      `insert into pgmaint.retention_journal (parent, partition_schema, partition_name, bound_from, bound_to, upper_bound, state, job_id)
-       values ($1, 'crash', $2, '''2026-01-07 00:00:00+00''', '''2026-01-08 00:00:00+00''', '2026-01-08 00:00:00+00', 'detached', 'lost-run')`,
+      `insert into pgmaint.retention_journal
+        (parent, partition_schema, partition_name, bound_from, bound_to, upper_bound, state, job_id)
+       values ($1, 'crash', $2, '''2026-01-07 00:00:00+00''', '''2026-01-08 00:00:00+00''', '2026-01-08 00:00:00+00',
+         'detached', 'lost-run')`,
       [PARENT, partition(7)],
     );
     const health = new HealthReader(rt, 0);

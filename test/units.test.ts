@@ -187,25 +187,28 @@ describe('partition planner', () => {
     expect(missing.map(iso)).toEqual(['2026-11-01..2026-12-01', '2026-12-01..2027-01-01', '2027-01-01..2027-02-01']);
   });
 
-  it('fills gaps back to the oldest partition, keeps existing bounds, and plans periods of stranded DEFAULT rows', () => {
-    const info = parent([
-      ['2026-08-01', '2026-09-01'],
-      ['2026-10-01', '2026-10-20'], // other bounds: October is only partly covered
-    ]);
-    const { missing, skipped } = planMissing(info, policy({}), DateTime.fromISO('2026-11-26T10:00:00Z'), [
-      DateTime.fromISO('2026-03-15T00:00:00Z'),
-    ]);
-    expect(missing.map(iso)).toEqual([
-      '2026-03-01..2026-04-01',
-      '2026-09-01..2026-10-01',
-      '2026-11-01..2026-12-01',
-      '2026-12-01..2027-01-01',
-      '2027-01-01..2027-02-01',
-    ]);
-    expect(skipped).toEqual([
-      { range: expect.stringMatching(/^\[2026-10-01/), reason: expect.stringMatching(/partly covered by sales\.p1/) },
-    ]);
-  });
+  it(
+    'fills gaps back to the oldest partition, keeps existing bounds, and plans periods of stranded DEFAULT ' + 'rows',
+    () => {
+      const info = parent([
+        ['2026-08-01', '2026-09-01'],
+        ['2026-10-01', '2026-10-20'], // other bounds: October is only partly covered
+      ]);
+      const { missing, skipped } = planMissing(info, policy({}), DateTime.fromISO('2026-11-26T10:00:00Z'), [
+        DateTime.fromISO('2026-03-15T00:00:00Z'),
+      ]);
+      expect(missing.map(iso)).toEqual([
+        '2026-03-01..2026-04-01',
+        '2026-09-01..2026-10-01',
+        '2026-11-01..2026-12-01',
+        '2026-12-01..2027-01-01',
+        '2027-01-01..2027-02-01',
+      ]);
+      expect(skipped).toEqual([
+        { range: expect.stringMatching(/^\[2026-10-01/), reason: expect.stringMatching(/partly covered by sales\.p1/) },
+      ]);
+    },
+  );
 
   it('periods follow local calendar days across a DST change; hourly partitions are named in UTC', () => {
     const berlin = policy({ interval: 'day', timeZone: 'Europe/Berlin' });

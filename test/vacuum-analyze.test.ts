@@ -23,7 +23,8 @@ beforeAll(async () => {
       insert into farm.churn select g, repeat('x', 50) from generate_series(1, 60000) g;
       insert into farm.quiet select g, repeat('x', 50) from generate_series(1, 60000) g;
       create table farm.reading (animal_id int, at date not null, liters numeric) partition by range (at);
-      create table farm.reading_2026 partition of farm.reading for values from ('2026-01-01') to ('2027-01-01') with (autovacuum_enabled = off);
+      create table farm.reading_2026 partition of farm.reading for values from ('2026-01-01') to ('2027-01-01') with
+        (autovacuum_enabled = off);
       insert into farm.reading select g % 75, date '2026-01-01' + g % 300, 10 from generate_series(1, 20000) g`);
     await c.query('select pg_stat_force_next_flush()');
     await c.query('vacuum analyze farm.churn, farm.quiet, farm.reading_2026');
@@ -65,21 +66,24 @@ async function run(payload: object) {
 }
 
 describe('vacuum-analyze', () => {
-  it('dry run: chooses the table after mass deletes and the never-analyzed parent, not the untouched table', async () => {
-    const r = await run({ dryRun: true });
-    const chosen = r.chosen as { table: string; action: string; reasons: string[] }[];
-    expect(chosen.map((c) => c.table).sort()).toEqual(['farm.churn', 'farm.reading']);
-    expect(chosen.find((c) => c.table === 'farm.churn')).toMatchObject({
-      action: 'VACUUM ANALYZE',
-      reasons: [expect.stringMatching(/^30000 dead tuples \(50\.0 % of the table\)/), expect.any(String)],
-    });
-    expect(chosen.find((c) => c.table === 'farm.reading')).toMatchObject({
-      action: 'ANALYZE',
-      reasons: ['partitioned parent never analyzed (autovacuum never analyzes parents)'],
-    });
-    const { rows } = await h.admin.query(`select n_dead_tup from pg_stat_user_tables where relname = 'churn'`);
-    expect(Number(rows[0].n_dead_tup)).toBe(30000);
-  });
+  it(
+    'dry run: chooses the table after mass deletes and the never-analyzed parent, not the untouched ' + 'table',
+    async () => {
+      const r = await run({ dryRun: true });
+      const chosen = r.chosen as { table: string; action: string; reasons: string[] }[];
+      expect(chosen.map((c) => c.table).sort()).toEqual(['farm.churn', 'farm.reading']);
+      expect(chosen.find((c) => c.table === 'farm.churn')).toMatchObject({
+        action: 'VACUUM ANALYZE',
+        reasons: [expect.stringMatching(/^30000 dead tuples \(50\.0 % of the table\)/), expect.any(String)],
+      });
+      expect(chosen.find((c) => c.table === 'farm.reading')).toMatchObject({
+        action: 'ANALYZE',
+        reasons: ['partitioned parent never analyzed (autovacuum never analyzes parents)'],
+      });
+      const { rows } = await h.admin.query(`select n_dead_tup from pg_stat_user_tables where relname = 'churn'`);
+      expect(Number(rows[0].n_dead_tup)).toBe(30000);
+    },
+  );
 
   it('skips a table whose lock is held, under lock_timeout', async () => {
     const holder: pg.PoolClient = await h.admin.connect();
@@ -114,7 +118,8 @@ describe('vacuum-analyze', () => {
     try {
       for (const t of ['a', 'b', 'c']) {
         await c.query(`create table farm.slow_${t} (id int, note text) with (autovacuum_enabled = off);
-          insert into farm.slow_${t} select g, repeat('y', 100) from generate_series(1, 40000) g; delete from farm.slow_${t} where id % 3 = 0`);
+          insert into farm.slow_${t} select g, repeat('y', 100) from generate_series(1, 40000) g; delete from
+            farm.slow_${t} where id % 3 = 0`);
       }
       await c.query('select pg_stat_force_next_flush()');
     } finally {

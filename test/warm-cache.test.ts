@@ -16,7 +16,8 @@ const prefix = `warm-test-${process.pid}:`;
 beforeAll(async () => {
   h = await createHarness('warm');
   await h.admin.query(`create schema farm; create table farm.animal (id int primary key, tag text, status text);
-    insert into farm.animal select g, 'BD-' || g, (array['active','dry','sold'])[1 + g % 3] from generate_series(1, 30) g`);
+    insert into farm.animal select g, 'BD-' || g, (array['active','dry','sold'])[1 + g % 3] from generate_series(1,
+      30) g`);
   h.env.CACHE_REDIS_URL = `${inject('redisUrl')}/5`;
   h.configFile({
     cache: {

@@ -82,7 +82,8 @@ describe('worker runtime against real PostgreSQL', () => {
     await waitUntil(
       async () => {
         const { rows } = await h.admin.query(
-          `select count(*)::int as n from pg_stat_activity where query like '%pgmaint-slow-child ${job.id}%' and pid <> pg_backend_pid()`,
+          `select count(*)::int as n from pg_stat_activity where query like '%pgmaint-slow-child ${job.id}%' and ` +
+            `pid <> pg_backend_pid()`,
         );
         return rows[0].n === 0;
       },
