@@ -209,40 +209,30 @@ async function takeBaseBackup(
   }
 }
 
+/** The manifest fields a base-backup run reports. */
+const RESULT_FIELDS = [
+  'format',
+  'compression',
+  'startLsn',
+  'stopLsn',
+  'timeline',
+  'startWal',
+  'stopWal',
+  'startedAt',
+  'stoppedAt',
+  'finishedAt',
+  'durationMs',
+  'bytes',
+  'sourceBytes',
+  'mbPerSecond',
+] as const;
+
 function pick(m: BaseBackupManifest) {
-  const {
-    startLsn,
-    stopLsn,
-    timeline,
-    startWal,
-    stopWal,
-    startedAt,
-    stoppedAt,
-    finishedAt,
-    durationMs,
-    bytes,
-    sourceBytes,
-    mbPerSecond,
-    format,
-    compression,
-  } = m;
-  return {
-    format,
-    compression,
-    startLsn,
-    stopLsn,
-    timeline,
-    startWal,
-    stopWal,
-    startedAt,
-    stoppedAt,
-    finishedAt,
-    durationMs,
-    bytes,
-    sourceBytes,
-    mbPerSecond,
-    verifySeconds: m.verified.seconds,
-  };
+  const fields = Object.fromEntries(RESULT_FIELDS.map((k) => [k, m[k]])) as Pick<
+    BaseBackupManifest,
+    (typeof RESULT_FIELDS)[number]
+  >;
+  return { ...fields, verifySeconds: m.verified.seconds };
 }
 
 async function manifestBytes(manifestPath: string): Promise<number> {

@@ -71,15 +71,10 @@ export async function openEntries(db: pg.ClientBase | pg.Pool, parent?: string):
 /** Written and committed before the DETACH is issued. */
 export async function recordDetaching(
   db: pg.ClientBase,
-  e: {
-    parent: string;
-    partitionSchema: string;
-    partitionName: string;
-    boundFrom: string;
-    boundTo: string;
-    upperBound: Date;
-    jobId: string;
-  },
+  e: Pick<
+    JournalEntry,
+    'parent' | 'partitionSchema' | 'partitionName' | 'boundFrom' | 'boundTo' | 'upperBound' | 'jobId'
+  >,
 ): Promise<string> {
   const { rows } = await db.query<{ id: string }>(
     `insert into pgmaint.retention_journal
