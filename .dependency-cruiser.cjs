@@ -26,8 +26,8 @@ module.exports = {
     layer('schedules/', ['src/core/constants', 'src/runner/scheduler'], 'schedules are data'),
     layer(
       'src/monitoring/',
-      ['src/core/', 'src/runner/', 'src/backup/', 'src/partitions/'],
-      'monitoring reads shared state',
+      ['src/core/', 'src/runner/', 'src/backup/', 'src/partitions/', 'jobs/'],
+      'monitoring reads shared state, and job results through the types jobs export',
     ),
     layer('src/http/', ['src/core/', 'src/runner/', 'src/backup/', 'src/monitoring/'], 'HTTP API and Bull Board'),
     layer('src/dev/', ['src/core/'], 'demo and dev stack helpers'),
