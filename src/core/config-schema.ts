@@ -64,6 +64,28 @@ export const envSchema = z.object({
 
 const hostPort = z.object({ host: z.string().min(1), port: z.number().int().min(1).max(65535) }).strict();
 
+/**
+ * native: pg_basebackup into BACKUP_DIR and the WAL directory walArchiveDir.
+ * pgbackrest: pgBackRest owns the repository (posix, S3, GCS, Azure; its own
+ * encryption); pgmaint runs its backup, verify, check, restore and expire.
+ */
+export const backupEngineSchema = z
+  .object({
+    engine: z.enum(['native', 'pgbackrest']).default('native'),
+    /** The pgBackRest stanza of this cluster. */
+    stanza: z
+      .string()
+      .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/, 'must be a stanza name (letters, digits, _ . -)')
+      .optional(),
+    /** pgbackrest.conf to use (default: pgBackRest's own, /etc/pgbackrest/pgbackrest.conf). */
+    configFile: z.string().min(1).optional(),
+  })
+  .strict()
+  .refine((b) => b.engine !== 'pgbackrest' || b.stanza, {
+    path: ['stanza'],
+    message: 'is required with engine "pgbackrest"',
+  });
+
 export const targetSchema = z
   .object({
     /** Connection URL; prefer urlEnv so the secret stays out of the file. */
@@ -77,9 +99,10 @@ export const targetSchema = z
     poolSize: z.number().int().min(1).max(50).default(DEFAULT_POOL_SIZE),
     /** Where this target's cluster archives its WAL (archive_command's destination, readable here). */
     walArchiveDir: z.string().min(1).optional(),
+    /** How physical backups of this target are taken, kept and restored. */
+    backup: backupEngineSchema.prefault({}),
   })
-  .strict()
-  .refine((t) => Boolean(t.url) !== Boolean(t.urlEnv), 'give exactly one of url or urlEnv');
+  .strict();
 
 export const jobPolicySchema = z
   .object({

@@ -6,7 +6,15 @@ import path from 'node:path';
 import { IANAZone } from 'luxon';
 import type { z } from 'zod';
 import YAML from 'yaml';
-import { DEFAULT_POOL_SIZE, envSchema, fileSchema, postgresUrl, redisUrl, type targetSchema } from './config-schema.ts';
+import {
+  type backupEngineSchema,
+  DEFAULT_POOL_SIZE,
+  envSchema,
+  fileSchema,
+  postgresUrl,
+  redisUrl,
+  type targetSchema,
+} from './config-schema.ts';
 import { BUSINESS_TIME_ZONE, MAIN_TARGET } from './constants.ts';
 import { ConfigError } from './errors.ts';
 
@@ -16,7 +24,11 @@ type Env = z.output<typeof envSchema>;
 type File = z.output<typeof fileSchema>;
 
 /** A target database, resolved: its URL read from wherever the file said. */
+export type BackupEngine = z.output<typeof backupEngineSchema>;
+
 export type TargetConfig = Pick<z.output<typeof targetSchema>, 'poolSize' | 'walArchiveDir'> & {
+  /** native, or pgbackrest with its stanza (and config file, resolved to an absolute path). */
+  backup: BackupEngine;
   name: string;
   url: string;
   /** Where the URL came from, for messages: DATABASE_URL, the urlEnv variable, or the file key. */
@@ -89,8 +101,23 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     urlSource: 'DATABASE_URL',
     poolSize: DEFAULT_POOL_SIZE,
     walArchiveDir: walArchive(e.WAL_ARCHIVE_DIR),
+    backup: { engine: 'native' },
   });
   for (const [name, t] of Object.entries(f.targets)) {
+    if (name === MAIN_TARGET) {
+      // DATABASE_URL is main's URL; the file may only add settings to it.
+      if (t.url || t.urlEnv) throw new ConfigError('targets.main: its URL is DATABASE_URL; give only settings here');
+      const main = targets.get(MAIN_TARGET)!;
+      targets.set(MAIN_TARGET, {
+        ...main,
+        poolSize: t.poolSize,
+        walArchiveDir: walArchive(t.walArchiveDir) ?? main.walArchiveDir,
+        backup: resolveEngine(t.backup),
+      });
+      continue;
+    }
+    if (Boolean(t.url) === Boolean(t.urlEnv))
+      throw new ConfigError(`targets.${name}: give exactly one of url or urlEnv`);
     let url = t.url;
     if (t.urlEnv) {
       url = env[t.urlEnv];
@@ -100,15 +127,13 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
           `${t.urlEnv} (targets.${name}.urlEnv): ${url ? check.error.issues[0]?.message : 'is not set'}`,
         );
     }
-    if (name === MAIN_TARGET && url !== e.DATABASE_URL) {
-      throw new ConfigError('targets.main: target "main" is DATABASE_URL; do not redefine it in the config file');
-    }
     targets.set(name, {
       name,
       url: url!,
       urlSource: t.urlEnv ?? `targets.${name}.url`,
       poolSize: t.poolSize,
       walArchiveDir: walArchive(t.walArchiveDir),
+      backup: resolveEngine(t.backup),
     });
   }
   f.partitions.forEach((p, i) => {
@@ -166,4 +191,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     metricsToken: e.METRICS_TOKEN,
     enqueueRateLimit: e.ENQUEUE_RATE_LIMIT,
   };
+}
+
+function resolveEngine(b: BackupEngine): BackupEngine {
+  return b.configFile ? { ...b, configFile: path.resolve(b.configFile) } : b;
 }

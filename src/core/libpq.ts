@@ -3,7 +3,7 @@ import type { TargetConfig } from './config.ts';
 
 /** libpq environment for child processes (pg_dump, psql): the password travels in
  * PGPASSWORD, never on the command line where `ps` would show it. */
-export function libpqEnv(target: TargetConfig, applicationName = 'pgmaint'): Record<string, string> {
+export function libpqEnv(target: Pick<TargetConfig, 'url'>, applicationName = 'pgmaint'): Record<string, string> {
   const u = new URL(target.url);
   const env: Record<string, string> = {
     PGHOST: decodeURIComponent(u.hostname.replace(/^\[|\]$/g, '')) || 'localhost',

@@ -1,0 +1,147 @@
+// pgBackRest as the physical-backup engine of a target: pgmaint runs its commands
+// (backup, verify, check, info, restore, expire) and reads their answers; the
+// repository, its encryption and its retention by sets are pgBackRest's. Commands run
+// as the PostgreSQL OS user when we are root, as pgBackRest expects.
+import type { TargetConfig } from '../core/config.ts';
+import { PermanentJobError } from '../core/errors.ts';
+import { postgresUser } from '../core/local-postgres.ts';
+import { runProcess } from '../core/proc.ts';
+
+export interface PgbackrestSet {
+  label: string;
+  type: 'full' | 'diff' | 'incr';
+  /** The set this one depends on (diff and incr), or null for a full backup. */
+  prior: string | null;
+  startedAt: string;
+  stoppedAt: string;
+  durationSeconds: number;
+  startLsn: string;
+  stopLsn: string;
+  /** First and last WAL segment the set needs to be consistent. */
+  startWal: string;
+  stopWal: string;
+  /** Size of the cluster as backed up, and of this set in the repository (compressed, only its changes). */
+  bytes: number;
+  repositoryBytes: number;
+  /** pgBackRest flagged a page checksum error while copying. */
+  error: boolean;
+}
+
+export interface PgbackrestInfo {
+  stanza: string;
+  status: { code: number; message: string };
+  cipher: string;
+  systemId: string | null;
+  /** Oldest and newest WAL segment in the repository's archive. */
+  archive: { min: string; max: string } | null;
+  /** Newest first, like the native catalog. */
+  sets: PgbackrestSet[];
+}
+
+/** What `verify --output=text --verbose` said of the repository and of each set. */
+export interface VerifyVerdict {
+  ok: boolean;
+  status: string;
+  sets: { label: string; status: string; detail: string }[];
+  archive: string[];
+  output: string;
+}
+
+interface RawSet {
+  label: string;
+  type: PgbackrestSet['type'];
+  prior: string | null;
+  error?: boolean;
+  archive: { start: string; stop: string };
+  lsn: { start: string; stop: string };
+  timestamp: { start: number; stop: number };
+  info: { size: number; delta: number; repository: { size: number; delta: number } };
+}
+
+export class Pgbackrest {
+  readonly stanza: string;
+
+  constructor(private readonly target: Pick<TargetConfig, 'name' | 'backup'>) {
+    if (target.backup.engine !== 'pgbackrest' || !target.backup.stanza) {
+      throw new PermanentJobError(`target ${target.name}: backup.engine is not "pgbackrest" with a stanza`, 'ENGINE');
+    }
+    this.stanza = target.backup.stanza;
+  }
+
+  /** Runs `pgbackrest <command>` for this target's stanza. */
+  run(args: string[], opts: { signal?: AbortSignal; onStderrLine?: (line: string) => void } = {}) {
+    const config = this.target.backup.configFile ? [`--config=${this.target.backup.configFile}`] : [];
+    return runProcess('pgbackrest', [...config, `--stanza=${this.stanza}`, ...args], {
+      ...postgresUser(),
+      cwd: '/',
+      signal: opts.signal,
+      onStderrLine: opts.onStderrLine,
+    });
+  }
+
+  async info(signal?: AbortSignal): Promise<PgbackrestInfo> {
+    const { stdout } = await this.run(['info', '--output=json'], { signal });
+    const stanzas = JSON.parse(stdout) as {
+      name: string;
+      status: { code: number; message: string };
+      cipher: string;
+      db?: { 'system-id': number | string }[];
+      archive?: { min: string | null; max: string | null }[];
+      backup?: RawSet[];
+    }[];
+    const s = stanzas.find((x) => x.name === this.stanza);
+    if (!s) throw new Error(`pgbackrest info: no stanza "${this.stanza}"`);
+    const archives = (s.archive ?? []).filter((a) => a.min && a.max);
+    const iso = (t: number) => new Date(t * 1000).toISOString();
+    return {
+      stanza: s.name,
+      status: s.status,
+      cipher: s.cipher,
+      systemId: s.db?.at(-1) ? String(s.db.at(-1)!['system-id']) : null,
+      archive: archives.length
+        ? {
+            min: archives.map((a) => a.min!).sort()[0]!,
+            max: archives
+              .map((a) => a.max!)
+              .sort()
+              .at(-1)!,
+          }
+        : null,
+      sets: (s.backup ?? [])
+        .map(
+          (b): PgbackrestSet => ({
+            label: b.label,
+            type: b.type,
+            prior: b.prior,
+            startedAt: iso(b.timestamp.start),
+            stoppedAt: iso(b.timestamp.stop),
+            durationSeconds: b.timestamp.stop - b.timestamp.start,
+            startLsn: b.lsn.start,
+            stopLsn: b.lsn.stop,
+            startWal: b.archive.start,
+            stopWal: b.archive.stop,
+            bytes: b.info.size,
+            repositoryBytes: b.info.repository.delta,
+            error: Boolean(b.error),
+          }),
+        )
+        .reverse(),
+    };
+  }
+
+  /**
+   * Verifies the repository. pgBackRest 2.45 verifies every set and the archive
+   * (it has no --set); the caller reads its set's line from the verdict.
+   */
+  async verify(signal?: AbortSignal): Promise<VerifyVerdict> {
+    const { stdout } = await this.run(['verify', '--output=text', '--verbose'], { signal });
+    const status = /^status: (\S+)/m.exec(stdout)?.[1] ?? 'unknown';
+    const sets = [...stdout.matchAll(/^\s+backup: (\S+), status: (\S+), (.*)\n\s+(.*)$/gm)].map((m) => ({
+      label: m[1]!,
+      status: m[2]!,
+      detail: `${m[3]}; ${m[4]}`,
+    }));
+    const archive = [...stdout.matchAll(/^\s+archiveId: (.*)\n\s+(.*)$/gm)].map((m) => `${m[1]}; ${m[2]}`);
+    return { ok: status === 'ok', status, sets, archive, output: stdout };
+  }
+}
