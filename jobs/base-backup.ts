@@ -13,7 +13,9 @@ import { ensureWritableDir, runAlone } from '../src/backup/run-guard.ts';
 import { fileStamp, fsyncPath, treeSize, writeJsonAtomic } from '../src/core/files.ts';
 import { defineJob, type JobResult, targetField, type JobContext } from '../src/runner/job-definition.ts';
 import { binPath, runProcess } from '../src/core/proc.ts';
+import { Pgbackrest } from '../src/backup/pgbackrest.ts';
 import { parseLsn, parseSize, segmentName, segmentNumber } from '../src/backup/wal.ts';
+import { PermanentJobError } from '../src/core/errors.ts';
 
 export const payload = z
   .object({
@@ -30,6 +32,8 @@ export const payload = z
       .string()
       .regex(/^\d+[kM]?$/, 'must look like "800k" or "50M"')
       .optional(),
+    /** pgBackRest engine only: full, diff or incr (default incr, which pgBackRest makes full when none exists). */
+    type: z.enum(['full', 'diff', 'incr']).optional(),
   })
   .superRefine((p, ctx) => {
     if (p.format === 'plain' && p.compression !== undefined && p.compression !== 'none') {
@@ -55,7 +59,19 @@ const job = defineJob({
   payload,
   defaults: { attempts: 2, backoffMs: 60_000, timeoutMs: 12 * 3_600_000, concurrency: 1 },
   deduplicate: true,
+  checkConfig: (p, config) => {
+    const engine = config.targets.get(p.target)?.backup.engine ?? 'native';
+    if (engine === 'native' && p.type)
+      return [{ path: 'type', message: 'needs the pgbackrest engine (native backups are always full)' }];
+    if (engine !== 'pgbackrest') return [];
+    return (['compression', 'compressionLevel', 'maxRate'] as const)
+      .filter((k) => p[k] !== undefined)
+      .map((k) => ({ path: k, message: `is set in pgbackrest.conf for the pgbackrest engine (target ${p.target})` }));
+  },
   async handler(ctx, raw) {
+    if (ctx.target.backup.engine === 'pgbackrest') {
+      return runAlone(ctx, LOCK, 'base backup', () => pgbackrestBackup(ctx, raw.type ?? 'incr'));
+    }
     const p = { ...raw, compression: raw.compression ?? (raw.format === 'tar' ? 'lz4' : 'none') } as const;
     const dir = baseDir(ctx.config.backupDir, p.target);
     await ensureWritableDir(dir);
@@ -249,4 +265,44 @@ export type BaseBackupResult = JobResult<typeof job>;
 function compressSpec(compression: string, level: number | undefined): string {
   if (compression === 'none') return 'none';
   return `client-${compression}${level ? `:${level}` : ''}`;
+}
+
+/** The pgBackRest engine: `pgbackrest backup`, then `pgbackrest verify`, and the set as `info` records it. */
+async function pgbackrestBackup(ctx: JobContext, type: 'full' | 'diff' | 'incr') {
+  const br = new Pgbackrest(ctx.target);
+  const before = new Set((await br.info(ctx.signal)).sets.map((s) => s.label));
+  await ctx.progress(5, `pgbackrest backup --type=${type} (stanza ${br.stanza})`);
+  await br.run(['backup', `--type=${type}`], { signal: ctx.signal, onStderrLine: (l) => void ctx.log(l) });
+  const set = (await br.info(ctx.signal)).sets.find((s) => !before.has(s.label));
+  if (!set) throw new Error('pgbackrest backup finished but info lists no new backup set');
+  await ctx.progress(70, `verifying ${set.label} (pgbackrest verify)`);
+  const verifyStarted = Date.now();
+  const verdict = await br.verify(ctx.signal);
+  const mine = verdict.sets.find((s) => s.label === set.label);
+  if (mine?.status !== 'valid') {
+    throw new PermanentJobError(
+      `pgbackrest verify: backup set ${set.label} is ${mine ? `${mine.status} (${mine.detail})` : 'not in its output'}`,
+      'BACKUP_INVALID',
+    );
+  }
+  const warnings = verdict.ok
+    ? []
+    : [`the repository as a whole verifies as "${verdict.status}": ${verdict.archive.join('; ')}`];
+  for (const w of warnings) await ctx.log(`warning: ${w}`);
+  await ctx.progress(
+    100,
+    `backup set ${set.label} (${set.type}) verified: ${set.bytes} bytes, ${set.repositoryBytes} in the repository`,
+  );
+  return {
+    engine: 'pgbackrest' as const,
+    stanza: br.stanza,
+    ...set,
+    verified: {
+      method: 'pgbackrest verify',
+      status: mine.status,
+      detail: mine.detail,
+      seconds: (Date.now() - verifyStarted) / 1000,
+    },
+    warnings,
+  };
 }
