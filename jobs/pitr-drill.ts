@@ -9,24 +9,30 @@
 // directory and the WAL archive are only ever read.
 import { randomUUID } from 'node:crypto';
 import os from 'node:os';
-import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type pg from 'pg';
 import { z } from 'zod';
-import { baseBackupLockKey, listBaseBackups, type ListedBaseBackup } from '../src/backup/catalog.ts';
-import { materializeDataDir, verifyDataDir } from '../src/backup/base-backup-files.ts';
 import { PermanentJobError } from '../src/core/errors.ts';
 import { defineJob, type JobResult, targetField, type JobContext } from '../src/runner/job-definition.ts';
 import { qualifiedName, quoteIdent, withTransaction } from '../src/core/sql.ts';
 import { createScratchInstance, removeAbandonedScratch, type ScratchInstance } from '../src/backup/scratch-instance.ts';
-import { waitForArchived } from '../src/backup/wal.ts';
+import {
+  nativeSource,
+  pgbackrestSource,
+  pgTime,
+  type RestoreSource,
+  type TargetPoint,
+} from '../src/backup/drill-sources.ts';
 
 export const payload = z.object({
   target: targetField,
   /** Label of the base backup to restore; default: the newest verified one that stopped before T. */
   baseBackup: z
     .string()
-    .regex(/^[a-z0-9_-]+-\d{8}T\d{9}Z$/, 'must be a base backup label such as main-20261125T010000000Z')
+    .regex(
+      /^([a-z0-9_-]+-\d{8}T\d{9}Z|\d{8}-\d{6}F(_\d{8}-\d{6}[DI])?)$/,
+      'must be a base backup label such as main-20261125T010000000Z, or a pgBackRest set such as 20261125-010000F',
+    )
     .optional(),
   /** Tables (schema.table) whose rows are counted at T and after the restore; default backups.drillTables. */
   tables: z.array(qualifiedName).max(100).optional(),
@@ -53,6 +59,7 @@ const job = defineJob({
   defaults: { attempts: 1, backoffMs: 300_000, timeoutMs: 3 * 3_600_000, concurrency: 1 },
   deduplicate: true,
   async handler(ctx, p) {
+    if (ctx.target.backup.engine === 'pgbackrest') return drill(ctx, p, pgbackrestSource(ctx, p));
     const archiveDir = ctx.target.walArchiveDir;
     if (!archiveDir)
       throw new PermanentJobError(
@@ -64,55 +71,49 @@ const job = defineJob({
         `WAL_ARCHIVE_DIR: ${archiveDir} contains a quote or backslash; restore_command cannot carry it safely`,
         'WAL_ARCHIVE_DIR',
       );
-    const tables = p.tables ?? ctx.config.backups.drillTables;
-    const scratchRoot = ctx.config.backups.scratchDir ?? os.tmpdir();
-    await removeAbandonedScratch(scratchRoot, (d) => ctx.log(`removed ${d} left by a drill whose worker died`));
-
-    await ctx.progress(2, 'writing markers on the live target');
-    const point = await markTargetTime(ctx, tables);
-    await ctx.log(
-      `target time T = ${point.targetTime} (M1 written before, M2 after); rows at T: ` +
-        `${JSON.stringify(point.rowCounts)}`,
-    );
-    const segment = await switchWal(ctx.pool);
-    await ctx.progress(8, `waiting for WAL segment ${segment} in the archive`);
-    await waitForArchived(archiveDir, segment, p.archiveWaitSeconds * 1000, ctx.signal).catch((err) => {
-      throw new Error(
-        `the WAL written after T (segment ${segment}) did not reach ${archiveDir} within ${p.archiveWaitSeconds} s: ` +
-          `${(err as Error).message}`,
-      );
-    });
-
-    // The backup stays locked (shared) against prune-backups for the whole drill.
-    const lock = await ctx.pool.connect();
-    let scratch: ScratchInstance | undefined;
-    try {
-      const backup = await chooseBaseBackup(ctx, p, point.targetTime, point.systemIdentifier, lock);
-      await ctx.log(
-        `restoring base backup ${backup.manifest.label} (stopped ${backup.manifest.stoppedAt}, ` +
-          `${Math.round((Date.parse(point.targetTime) - Date.parse(backup.manifest.stoppedAt)) / 1000)} s before T)`,
-      );
-      scratch = await createScratchInstance(scratchRoot);
-      return await restoreAndProve(ctx, p, scratch, backup, point, archiveDir);
-    } finally {
-      if (scratch) {
-        await scratch.destroy();
-        await ctx.log(`scratch instance stopped and ${scratch.dir} deleted`).catch(() => undefined);
-      }
-      await lock.query('select pg_advisory_unlock_all()').catch(() => undefined);
-      lock.release();
-    }
+    return drill(ctx, p, nativeSource(ctx, p, archiveDir));
   },
 });
 
-interface TargetPoint {
-  drillId: string;
-  targetTime: string;
-  rowCounts: Record<string, number>;
-  rpoSeconds: number | null;
-  systemIdentifier: string;
-  database: string;
-  user: string;
+async function drill(ctx: JobContext, p: Payload, source: RestoreSource) {
+  const tables = p.tables ?? ctx.config.backups.drillTables;
+  const scratchRoot = ctx.config.backups.scratchDir ?? os.tmpdir();
+  await removeAbandonedScratch(scratchRoot, (d) => ctx.log(`removed ${d} left by a drill whose worker died`));
+
+  await ctx.progress(2, 'writing markers on the live target');
+  const point = await markTargetTime(ctx, tables);
+  await ctx.log(
+    `target time T = ${point.targetTime} (M1 written before, M2 after); rows at T: ` +
+      `${JSON.stringify(point.rowCounts)}`,
+  );
+  const segment = await switchWal(ctx.pool);
+  await ctx.progress(8, `waiting for WAL segment ${segment} in the archive`);
+  await source.waitForArchived(segment).catch((err) => {
+    throw new Error(
+      `the WAL written after T (segment ${segment}) was not archived within ${p.archiveWaitSeconds} s: ` +
+        `${(err as Error).message}`,
+    );
+  });
+
+  // The backup stays locked (shared) against prune-backups for the whole drill.
+  const lock = await ctx.pool.connect();
+  let scratch: ScratchInstance | undefined;
+  try {
+    const backup = await source.choose(point, lock);
+    await ctx.log(
+      `restoring base backup ${backup.label} (stopped ${backup.stoppedAt}, ` +
+        `${Math.round((Date.parse(point.targetTime) - Date.parse(backup.stoppedAt)) / 1000)} s before T)`,
+    );
+    scratch = await createScratchInstance(scratchRoot);
+    return await restoreAndProve(ctx, p, scratch, backup, point, source);
+  } finally {
+    if (scratch) {
+      await scratch.destroy();
+      await ctx.log(`scratch instance stopped and ${scratch.dir} deleted`).catch(() => undefined);
+    }
+    await lock.query('select pg_advisory_unlock_all()').catch(() => undefined);
+    lock.release();
+  }
 }
 
 async function markTargetTime(ctx: JobContext, tables: string[]): Promise<TargetPoint> {
@@ -176,62 +177,17 @@ async function switchWal(pool: pg.Pool): Promise<string> {
   return rows[0]!.seg;
 }
 
-async function chooseBaseBackup(
-  ctx: JobContext,
-  p: Payload,
-  targetTime: string,
-  sysid: string,
-  lock: pg.PoolClient,
-): Promise<ListedBaseBackup> {
-  const all = await listBaseBackups(ctx.config.backupDir, p.target);
-  const usable = all.filter(
-    (b) => b.manifest.systemIdentifier === sysid && Date.parse(b.manifest.stoppedAt) < Date.parse(targetTime),
-  );
-  let chosen: ListedBaseBackup | undefined;
-  if (p.baseBackup) {
-    chosen = usable.find((b) => b.manifest.label === p.baseBackup);
-    if (!chosen)
-      throw new PermanentJobError(
-        `baseBackup: ${p.baseBackup} is not a verified base backup of this cluster that stopped before T ` +
-          `(${targetTime})`,
-        'NO_BASE_BACKUP',
-      );
-  } else {
-    chosen = usable[0];
-    if (!chosen)
-      throw new PermanentJobError(
-        `no verified base backup of target "${p.target}" stopped before T (${targetTime}); run base-backup first ` +
-          `(${all.length} base backups found)`,
-        'NO_BASE_BACKUP',
-      );
-  }
-  await lock.query('select pg_advisory_lock_shared(hashtext($1))', [
-    baseBackupLockKey(p.target, chosen.manifest.label),
-  ]);
-  // prune-backups may have removed it between the listing and the lock.
-  const still = (await listBaseBackups(ctx.config.backupDir, p.target)).find(
-    (b) => b.manifest.label === chosen.manifest.label,
-  );
-  if (!still) throw new Error(`base backup ${chosen.manifest.label} was removed before the drill could lock it`);
-  return still;
-}
-
 async function restoreAndProve(
   ctx: JobContext,
   p: Payload,
   scratch: ScratchInstance,
-  backup: ListedBaseBackup,
+  backup: { label: string; stoppedAt: string },
   point: TargetPoint,
-  archiveDir: string,
+  source: RestoreSource,
 ) {
   const restoreStarted = Date.now();
-  const data = path.join(backup.path, 'data');
-  await ctx.progress(12, `restoring ${backup.manifest.label} into ${scratch.dataDir}`);
-  await materializeDataDir(data, backup.manifest.format, scratch.dataDir, { signal: ctx.signal, owner: scratch.owner });
-  const verifyStarted = Date.now();
-  await verifyDataDir(scratch.dataDir, path.join(data, 'backup_manifest'), ctx.signal);
-  const verifySeconds = (Date.now() - verifyStarted) / 1000;
-  await ctx.log(`restored files match the backup manifest (pg_verifybackup, ${verifySeconds.toFixed(1)} s)`);
+  await ctx.progress(12, `restoring ${backup.label} into ${scratch.dataDir}`);
+  const verifySeconds = await source.restore(scratch, backup.label, point);
 
   await scratch.configure({
     port: scratch.port,
@@ -241,8 +197,8 @@ async function restoreAndProve(
     archive_command: '',
     archive_cleanup_command: '',
     recovery_end_command: '',
-    restore_command: `cp "${archiveDir}/%f" "%p"`,
-    recovery_target_time: point.targetTime.replace('T', ' ').replace('Z', '+00'),
+    ...(source.restoreCommand ? { restore_command: source.restoreCommand } : {}),
+    recovery_target_time: pgTime(point.targetTime),
     recovery_target_action: 'promote',
     recovery_target_timeline: 'latest',
     hot_standby: 'off',
@@ -315,8 +271,8 @@ async function restoreAndProve(
   });
   const walSegmentsReplayed = (log.match(/restored log file "[0-9A-F]{24}" from archive/g) ?? []).length;
   const result = {
-    baseBackup: backup.manifest.label,
-    baseBackupStoppedAt: backup.manifest.stoppedAt,
+    baseBackup: backup.label,
+    baseBackupStoppedAt: backup.stoppedAt,
     targetTime: point.targetTime,
     rtoSeconds,
     restoreSeconds,
@@ -342,7 +298,7 @@ async function restoreAndProve(
   return result;
 }
 
-const logTail = async (scratch: ScratchInstance) => (await scratch.log()).trim().split('\n').slice(-6).join(' | ');
+const logTail = async (scratch: ScratchInstance) => (await scratch.log()).trim().split('\n').slice(-8).join(' | ');
 
 /** "Recovery ended before target" is a failed drill (the archive lacks WAL), never a success. */
 async function throwIfRecoveryFailed(scratch: ScratchInstance, point: TargetPoint): Promise<void> {
@@ -376,8 +332,11 @@ async function waitForPromotion(
     } finally {
       await client.end().catch(() => undefined);
     }
-    if (!(await scratch.running()))
+    if (!(await scratch.running())) {
+      // Stopped: its log is complete now, and may hold the verdict written as it went down.
+      await throwIfRecoveryFailed(scratch, point);
       throw new Error(`the scratch instance stopped during recovery. Server log: ${await logTail(scratch)}`);
+    }
     if (Date.now() > deadline)
       throw new Error(
         `restore and replay did not finish within ${timeoutSeconds} s. Server log: ${await logTail(scratch)}`,

@@ -65,7 +65,67 @@ describe('base-backup with the pgbackrest engine', () => {
       ],
     });
   });
+});
 
+describe('pitr-drill from the pgBackRest repository', () => {
+  it('restores a set to T with pgbackrest restore into the scratch instance: markers, row counts, RTO and RPO', async () => {
+    const live = fs.readdirSync(path.join(h.dir, 'pg', 'data')).length;
+    const r = await run('pitr-drill', {});
+    expect(r.state, r.job.failedReason).toBe('completed');
+    const result = r.job.returnvalue as {
+      baseBackup: string;
+      rtoSeconds: number;
+      checks: { name: string; ok: boolean }[];
+    };
+    expect(result.baseBackup).toMatch(/^\d{8}-\d{6}F(_\d{8}-\d{6}I)?$/);
+    expect(result.checks.map((c) => [c.name, c.ok])).toEqual(
+      expect.arrayContaining([
+        ['M1 (written before T) present', true],
+        ['M2 (written after T) absent', true],
+        ['rows of public.ledger at T', true],
+        ['recovery stopped at the target time', true],
+      ]),
+    );
+    expect(result.rtoSeconds).toBeGreaterThan(0);
+    // The scratch directory is gone; the live data directory was never a restore target.
+    expect(fs.readdirSync(path.join(h.dir, 'scratch'))).toEqual([]);
+    expect(fs.readdirSync(path.join(h.dir, 'pg', 'data')).length).toBe(live);
+    const { logs } = await rt.queues.get('pitr-drill').getJobLogs(r.job.id!);
+    expect(logs.join('\n')).toMatch(/restoring base backup \d{8}-\d{6}F/);
+  });
+
+  it('fails clearly when WAL between the set and T is missing from the repository, and cleans up', async () => {
+    const archive = path.join(stanza.repoPath, 'archive', 'main');
+    const walDir = path.join(archive, fs.readdirSync(archive).find((d) => /^15-\d+$/.test(d))!);
+    const segDir = path.join(walDir, fs.readdirSync(walDir).find((d) => /^[0-9A-F]{16}$/.test(d))!);
+    // A new full set, then the first WAL segment after it vanishes from the repository.
+    const full = await run('base-backup', { type: 'full' });
+    expect(full.state, full.job.failedReason).toBe('completed');
+    const stopWal = (full.job.returnvalue as { stopWal: string }).stopWal;
+    await pool.query('insert into ledger select g from generate_series(6001, 7000) g');
+    await pool.query('select pg_switch_wal()');
+    const next = (BigInt(`0x${stopWal.slice(16)}`) + 1n).toString(16).toUpperCase().padStart(8, '0');
+    const missing = `${stopWal.slice(0, 16)}${next}`;
+    const deadline = Date.now() + 20_000;
+    let gone = false;
+    while (!gone && Date.now() < deadline) {
+      for (const f of fs.readdirSync(segDir).filter((f) => f.startsWith(missing))) {
+        fs.rmSync(path.join(segDir, f));
+        gone = true;
+      }
+      if (!gone) await new Promise((r) => setTimeout(r, 200));
+    }
+    expect(gone).toBe(true);
+    const r = await run('pitr-drill', {});
+    expect(r.state).toBe('failed');
+    expect(r.job.failedReason).toMatch(
+      /recovery ended before reaching T|did not reach|before the configured recovery target/i,
+    );
+    expect(fs.readdirSync(path.join(h.dir, 'scratch'))).toEqual([]);
+  });
+});
+
+describe('a damaged repository', () => {
   it('a set whose file was damaged in the repository fails verification, naming the set', async () => {
     const ok = await run('base-backup', { type: 'full' });
     const label = (ok.job.returnvalue as { label: string }).label;

@@ -2,6 +2,7 @@
 // (backup, verify, check, info, restore, expire) and reads their answers; the
 // repository, its encryption and its retention by sets are pgBackRest's. Commands run
 // as the PostgreSQL OS user when we are root, as pgBackRest expects.
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { TargetConfig } from '../core/config.ts';
 import { PermanentJobError } from '../core/errors.ts';
 import { postgresUser } from '../core/local-postgres.ts';
@@ -143,5 +144,42 @@ export class Pgbackrest {
     }));
     const archive = [...stdout.matchAll(/^\s+archiveId: (.*)\n\s+(.*)$/gm)].map((m) => `${m[1]}; ${m[2]}`);
     return { ok: status === 'ok', status, sets, archive, output: stdout };
+  }
+
+  /** Waits until the repository's archive holds `segment` (or a later one). */
+  async waitForArchived(segment: string, timeoutMs: number, signal?: AbortSignal): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const max = (await this.info(signal)).archive?.max;
+      if (max && max.slice(8) >= segment.slice(8)) return;
+      if (Date.now() > deadline)
+        throw new Error(`not in the repository after ${timeoutMs / 1000} s (newest: ${max ?? 'none'})`);
+      await sleep(500, undefined, { signal });
+    }
+  }
+
+  /**
+   * Restores a set into an empty directory, to a point in time: only pgPath is written
+   * (never the live data directory, which --pg1-path replaces); the repository is only
+   * read. The restore_command it writes fetches WAL with archive-get.
+   */
+  async restore(o: { set: string; targetTime: string; pgPath: string; signal?: AbortSignal }): Promise<void> {
+    await this.run(
+      [
+        'restore',
+        `--set=${o.set}`,
+        '--type=time',
+        `--target=${o.targetTime}`,
+        '--target-action=promote',
+        `--pg1-path=${o.pgPath}`,
+      ],
+      { signal: o.signal },
+    );
+  }
+
+  /** The restore_command a scratch instance uses to read WAL from the repository. */
+  restoreCommand(): string {
+    const config = this.target.backup.configFile ? ` --config=${this.target.backup.configFile}` : '';
+    return `pgbackrest${config} --stanza=${this.stanza} archive-get %f "%p"`;
   }
 }

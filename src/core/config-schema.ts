@@ -78,7 +78,10 @@ export const backupEngineSchema = z
       .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/, 'must be a stanza name (letters, digits, _ . -)')
       .optional(),
     /** pgbackrest.conf to use (default: pgBackRest's own, /etc/pgbackrest/pgbackrest.conf). */
-    configFile: z.string().min(1).optional(),
+    configFile: z
+      .string()
+      .regex(/^[^'"\\\s]+$/, 'must be a path without quotes, backslashes or white space (it goes into restore_command)')
+      .optional(),
   })
   .strict()
   .refine((b) => b.engine !== 'pgbackrest' || b.stanza, {
