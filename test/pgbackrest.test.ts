@@ -68,7 +68,7 @@ describe('base-backup with the pgbackrest engine', () => {
 });
 
 describe('pitr-drill from the pgBackRest repository', () => {
-  it('restores a set to T with pgbackrest restore into the scratch instance: markers, row counts, RTO and RPO', async () => {
+  it('restores a set to T into the scratch instance: markers, row counts, RTO and RPO', async () => {
     const live = fs.readdirSync(path.join(h.dir, 'pg', 'data')).length;
     const r = await run('pitr-drill', {});
     expect(r.state, r.job.failedReason).toBe('completed');
