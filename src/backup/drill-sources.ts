@@ -79,7 +79,8 @@ export function pgbackrestSource(ctx: JobContext, p: DrillRequest): RestoreSourc
       if (!set) {
         throw new PermanentJobError(
           p.baseBackup
-            ? `baseBackup: ${p.baseBackup} is not a backup set of stanza ${br.stanza} that stopped before T (${point.targetTime})`
+            ? `baseBackup: ${p.baseBackup} is not a backup set of stanza ${br.stanza} that stopped before T ` +
+                `(${point.targetTime})`
             : `no backup set of stanza ${br.stanza} stopped before T (${point.targetTime}); run base-backup first`,
           'NO_BASE_BACKUP',
         );
