@@ -7,10 +7,19 @@
 // the run, naming it; the figures are in the log and, on success, the result.
 import fs from 'node:fs/promises';
 import { z } from 'zod';
-import { listBaseBackups, recoveryWindow } from '../src/backup/catalog.ts';
+import { listBaseBackups, readBackupCatalog, recoveryWindow } from '../src/backup/catalog.ts';
 import { PermanentJobError } from '../src/core/errors.ts';
-import { defineJob, type JobResult, targetField } from '../src/runner/job-definition.ts';
-import { listArchive, newestSegment, parseLsn, parseSize, segmentNumber, waitForArchived } from '../src/backup/wal.ts';
+import { Pgbackrest } from '../src/backup/pgbackrest.ts';
+import { defineJob, type JobContext, type JobResult, targetField } from '../src/runner/job-definition.ts';
+import {
+  listArchive,
+  newestSegment,
+  parseLsn,
+  parseSegmentName,
+  parseSize,
+  segmentNumber,
+  waitForArchived,
+} from '../src/backup/wal.ts';
 
 export const payload = z.object({
   target: targetField,
@@ -27,6 +36,7 @@ const job = defineJob({
   defaults: { attempts: 1, backoffMs: 10_000, timeoutMs: 15 * 60_000, concurrency: 1 },
   deduplicate: true,
   async handler(ctx, p) {
+    if (ctx.target.backup.engine === 'pgbackrest') return checkPgbackrest(ctx, p);
     const archiveDir = ctx.target.walArchiveDir;
     if (!archiveDir)
       throw new PermanentJobError(`WAL_ARCHIVE_DIR: not set for target "${p.target}"`, 'WAL_ARCHIVE_DIR');
@@ -157,6 +167,85 @@ const job = defineJob({
     return result;
   },
 });
+
+/**
+ * The pgbackrest engine: `pgbackrest check` (which forces a switch and waits for that
+ * segment in the repository), the archive's min/max from `info`, pg_stat_archiver,
+ * and the .ready backlog (the asynchronous spool's, when archive-async is on).
+ */
+async function checkPgbackrest(ctx: JobContext, p: z.output<typeof payload>) {
+  const br = new Pgbackrest(ctx.target);
+  const problems: string[] = [];
+  await ctx.progress(5, `pgbackrest check (stanza ${br.stanza})`);
+  const started = Date.now();
+  let archiveSeconds: number | null = null;
+  try {
+    await br.run(['check', `--archive-timeout=${p.waitSeconds}`], { signal: ctx.signal });
+    archiveSeconds = (Date.now() - started) / 1000;
+  } catch (err) {
+    problems.push(`pgbackrest check failed: ${(err as Error).message}`);
+  }
+  const info = await br.info(ctx.signal);
+  const { rows } = await ctx.pool.query<{
+    last_archived_wal: string | null;
+    last_archived_time: Date | null;
+    failed_count: string;
+    last_failed_wal: string | null;
+    current_wal: string;
+    segsize: string;
+  }>(`select a.last_archived_wal, a.last_archived_time, a.failed_count, a.last_failed_wal,
+            pg_walfile_name(pg_current_wal_lsn()) as current_wal, current_setting('wal_segment_size') as segsize
+       from pg_stat_archiver a`);
+  const s = rows[0]!;
+  const pendingReady = await ctx.pool
+    .query<{ n: string }>(`select count(*) as n from pg_ls_archive_statusdir() where name like '%.ready'`)
+    .then(
+      (r) => Number(r.rows[0]!.n),
+      () => null,
+    );
+  const segmentSize = parseSize(s.segsize);
+  const segno = (name: string) => parseSegmentName(name, segmentSize)!.segno;
+  const max = info.archive?.max;
+  // Everything before the segment being written should be in the repository.
+  const lagSegments = max ? Math.max(0, Number(segno(s.current_wal) - 1n - segno(max))) : null;
+  const lagSeconds =
+    lagSegments === 0
+      ? 0
+      : s.last_archived_time
+        ? Math.round((Date.now() - s.last_archived_time.getTime()) / 1000)
+        : null;
+  if (lagSegments !== null && lagSegments > p.maxLagSegments) {
+    problems.push(
+      `archive lags ${lagSegments} segments (${lagSeconds} s) behind the server's current WAL ${s.current_wal}`,
+    );
+  }
+  if (!info.archive) problems.push(`stanza ${br.stanza} has no archived WAL`);
+  const catalog = await readBackupCatalog(ctx.config.backupDir, ctx.target);
+  const result = {
+    ok: problems.length === 0,
+    engine: 'pgbackrest' as const,
+    stanza: br.stanza,
+    archiveSeconds,
+    lagSegments,
+    lagSeconds,
+    pendingReady,
+    currentWal: s.current_wal,
+    archive: info.archive,
+    pgStatArchiver: {
+      lastArchivedWal: s.last_archived_wal,
+      lastArchivedTime: s.last_archived_time?.toISOString() ?? null,
+      failedCount: Number(s.failed_count),
+      lastFailedWal: s.last_failed_wal,
+    },
+    recoveryWindow: catalog.recoveryWindow,
+    problems,
+  };
+  await ctx.log(`archive check: ${JSON.stringify(result)}`);
+  if (problems.length)
+    throw new PermanentJobError(`WAL archive unhealthy: ${problems.join('; ')}`, 'ARCHIVE_UNHEALTHY');
+  await ctx.progress(100, `archive healthy: lag ${lagSegments} segments, repository ${info.archive?.min} … ${max}`);
+  return result;
+}
 
 export default job;
 

@@ -15,12 +15,14 @@ import {
   listBaseBackups,
   listDumps,
   readArchive,
+  readBackupCatalog,
   recoveryWindow,
   type ListedBaseBackup,
   type ListedDump,
 } from '../src/backup/catalog.ts';
 import { fsyncPath, treeSize } from '../src/core/files.ts';
-import { defineJob, type JobResult, targetField } from '../src/runner/job-definition.ts';
+import { Pgbackrest } from '../src/backup/pgbackrest.ts';
+import { defineJob, type JobContext, type JobResult, targetField } from '../src/runner/job-definition.ts';
 import { parseSegmentName } from '../src/backup/wal.ts';
 import { DEFAULT_WAL_SEGMENT_BYTES } from '../src/core/constants.ts';
 
@@ -80,6 +82,7 @@ const job = defineJob({
   defaults: { attempts: 3, backoffMs: 60_000, timeoutMs: 3_600_000, concurrency: 1 },
   deduplicate: true,
   async handler(ctx, { target, dryRun }) {
+    if (ctx.target.backup.engine === 'pgbackrest') return prunePgbackrest(ctx, target, dryRun);
     const policy = ctx.config.backups;
     const now = Date.now();
     const dumps = await listDumps(ctx.config.backupDir, target);
@@ -207,6 +210,88 @@ async function removeBaseBackup(b: ListedBaseBackup): Promise<number> {
   await fsyncPath(path.dirname(b.path));
   await fs.rm(doomed, { recursive: true, force: true });
   return size;
+}
+
+/**
+ * The pgbackrest engine: the same rules over full-backup chains (a full set and the
+ * diff and incr sets that depend on it), each expired whole with
+ * `pgbackrest expire --set`, which also expires the WAL only those sets needed.
+ * Logical dumps follow backups.dumps as with the native engine.
+ */
+async function prunePgbackrest(ctx: JobContext, target: string, dryRun: boolean) {
+  const br = new Pgbackrest(ctx.target);
+  const policy = ctx.config.backups;
+  const now = Date.now();
+  const { sets } = await br.info(ctx.signal);
+  const chains = sets
+    .filter((s) => s.type === 'full')
+    .map((full) => ({
+      full,
+      members: sets.filter((s) => s.label === full.label || s.label.startsWith(`${full.label}_`)),
+    }));
+  const newestStop = (c: (typeof chains)[number]) => Math.max(...c.members.map((m) => Date.parse(m.stoppedAt)));
+  const chainPlan = planRetention(chains, newestStop, policy.base, now, true);
+  const dumps = await listDumps(ctx.config.backupDir, target);
+  const dumpPlan = planRetention(dumps, (d) => Date.parse(d.manifest.finishedAt), policy.dumps, now, false);
+  const lock = await ctx.pool.connect();
+  try {
+    // A set a running drill restores from holds its shared lock: its chain stays.
+    for (const d of chainPlan.filter((d) => !d.keep)) {
+      for (const m of d.item.members) {
+        const { rows } = await lock.query<{ ok: boolean }>('select pg_try_advisory_lock(hashtext($1)) as ok', [
+          baseBackupLockKey(target, m.label),
+        ]);
+        if (!rows[0]!.ok) {
+          d.keep = true;
+          d.reason = `in use by a running PITR drill (set ${m.label})`;
+        }
+      }
+    }
+    const plan = {
+      engine: 'pgbackrest' as const,
+      stanza: br.stanza,
+      dumps: dumpPlan.map((d) => ({
+        file: d.item.manifest.file,
+        action: d.keep ? 'keep' : 'remove',
+        reason: d.reason,
+      })),
+      backupSets: chainPlan.map((d) => ({
+        label: d.item.full.label,
+        sets: d.item.members.map((m) => m.label),
+        stoppedAt: new Date(newestStop(d.item)).toISOString(),
+        action: d.keep ? 'keep' : 'expire',
+        reason: d.reason,
+      })),
+    };
+    for (const d of [...plan.dumps, ...plan.backupSets]) {
+      await ctx.log(`${d.action} ${'file' in d ? d.file : d.label}: ${d.reason}`);
+    }
+    const expiring = chainPlan.filter((d) => !d.keep);
+    const output: string[] = [];
+    for (const d of expiring) {
+      const args = [
+        'expire',
+        `--set=${d.item.full.label}`,
+        '--log-level-console=info',
+        ...(dryRun ? ['--dry-run'] : []),
+      ];
+      const { stdout } = await br.run(args, { signal: ctx.signal });
+      output.push(...stdout.split('\n').filter((l) => /expire|remove/.test(l) && !/command (begin|end)/.test(l)));
+    }
+    if (dryRun) return { dryRun: true, plan, pgbackrest: output };
+    let freed = 0;
+    for (const d of dumpPlan.filter((d) => !d.keep)) freed += await removeDump(d.item);
+    const window = (await readBackupCatalog(ctx.config.backupDir, ctx.target)).recoveryWindow;
+    await ctx.progress(
+      100,
+      `expired ${expiring.length} backup chains, ` +
+        `removed ${plan.dumps.filter((d) => d.action === 'remove').length} dumps`,
+    );
+    return { dryRun: false, plan, pgbackrest: output, dumpBytesFreed: freed, recoveryWindow: window };
+  } finally {
+    await lock.query('select pg_advisory_unlock_all()').catch(() => undefined);
+    lock.release();
+  }
 }
 
 export default job;

@@ -21,7 +21,12 @@ beforeAll(async () => {
   stanza = await createStanza(own.pg, pool, h.dir);
   h.configFile({
     targets: { main: { backup: { engine: 'pgbackrest', stanza: stanza.stanza, configFile: stanza.configFile } } },
-    backups: { drillTables: ['public.ledger'], scratchDir: path.join(h.dir, 'scratch') },
+    // A window of ~9 s, so that sets taken earlier in this file fall out of it.
+    backups: {
+      drillTables: ['public.ledger'],
+      scratchDir: path.join(h.dir, 'scratch'),
+      base: { keepLast: 1, maxAgeDays: 0.0001 },
+    },
   });
   await pool.query('create table ledger as select g as id from generate_series(1, 5000) g');
   rt = h.runtime({ schedules: [] });
@@ -122,6 +127,74 @@ describe('pitr-drill from the pgBackRest repository', () => {
       /recovery ended before reaching T|did not reach|before the configured recovery target/i,
     );
     expect(fs.readdirSync(path.join(h.dir, 'scratch'))).toEqual([]);
+  });
+});
+
+describe('archive-check, prune-backups and the catalog with the pgbackrest engine', () => {
+  it('archive-check runs pgbackrest check and reports the repository archive and the lag', async () => {
+    const r = await run('archive-check', { waitSeconds: 30 });
+    expect(r.state, r.job.failedReason).toBe('completed');
+    expect(r.job.returnvalue).toMatchObject({
+      ok: true,
+      engine: 'pgbackrest',
+      archive: { min: expect.stringMatching(/^[0-9A-F]{24}$/), max: expect.stringMatching(/^[0-9A-F]{24}$/) },
+      lagSegments: expect.any(Number),
+      recoveryWindow: { fromBaseBackup: expect.stringMatching(/F$/) },
+    });
+    expect((r.job.returnvalue as { lagSegments: number }).lagSegments).toBeLessThanOrEqual(2);
+  });
+
+  it('GET /api/backups shows the stanza, its sets and the recovery window', async () => {
+    const { listBackups } = await import('../src/http/handlers.ts');
+    const { Auth } = await import('../src/http/auth.ts');
+    const res = await listBackups(
+      { rt, auth: new Auth(undefined, undefined) },
+      { params: {}, query: {}, body: undefined, secure: false },
+    );
+    const body = res.body as Record<string, any>;
+    expect(body.engine).toBe('pgbackrest');
+    expect(body.pgbackrest.sets.length).toBeGreaterThanOrEqual(2);
+    expect(body.pgbackrest.sets[0]).toMatchObject({
+      label: expect.any(String),
+      type: expect.any(String),
+      stopWal: expect.any(String),
+    });
+    expect(body.newestBaseBackupAgeSeconds).toBeGreaterThanOrEqual(0);
+    expect(body.recoveryWindow.seconds).toBeGreaterThan(0);
+  });
+
+  it('expires whole chains outside the window, never one a drill holds; dryRun plans the same and expires nothing', async () => {
+    const labels = async () =>
+      (await stanza.pgbackrest(['info', '--output=json'])).stdout.match(/"label":"[^"]+"/g) ?? [];
+    // Every set must be older than the ~9 s window, so the newest anchors it and the older chain may go.
+    const stops = (await stanza.pgbackrest(['info', '--output=json'])).stdout.match(/"stop":(\d{10})/g) ?? [];
+    const newestStop = Math.max(...stops.map((x) => Number(x.slice(7))));
+    await new Promise((r) => setTimeout(r, Math.max(0, newestStop * 1000 + 10_000 - Date.now())));
+    const before = await labels();
+    const oldestFull = JSON.parse(`{${before[0]}}`).label as string;
+    // A drill holds the oldest chain: it stays, with the reason.
+    const holder = await pool.connect();
+    await holder.query('select pg_advisory_lock_shared(hashtext($1))', [`pgmaint:base-backup:main:${oldestFull}`]);
+    const held = await run('prune-backups', {});
+    await holder.query('select pg_advisory_unlock_all()');
+    holder.release();
+    expect(held.state, held.job.failedReason).toBe('completed');
+    type Plan = { plan: { backupSets: { label: string; action: string; reason: string }[] } };
+    const heldPlan = (held.job.returnvalue as Plan).plan.backupSets.find((c) => c.label === oldestFull)!;
+    expect(heldPlan).toMatchObject({ action: 'keep', reason: expect.stringMatching(/in use by a running PITR drill/) });
+    expect(await labels()).toEqual(before);
+
+    const dry = await run('prune-backups', { dryRun: true });
+    const planned = (dry.job.returnvalue as Plan).plan.backupSets;
+    expect(planned.find((c) => c.label === oldestFull)!.action).toBe('expire');
+    expect(planned[0]!.action).toBe('keep');
+    expect(await labels()).toEqual(before);
+
+    const real = await run('prune-backups', {});
+    expect(real.state, real.job.failedReason).toBe('completed');
+    const after = await labels();
+    expect(after.some((l) => l.includes(oldestFull))).toBe(false);
+    expect(after.length).toBeGreaterThan(0);
   });
 });
 

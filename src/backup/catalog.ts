@@ -5,7 +5,9 @@
 // base backups and the WAL archive give together.
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import type { TargetConfig } from '../core/config.ts';
 import { DEFAULT_WAL_SEGMENT_BYTES } from '../core/constants.ts';
+import { Pgbackrest, type PgbackrestInfo } from './pgbackrest.ts';
 import {
   type ArchivedSegment,
   type ArchiveListing,
@@ -194,12 +196,61 @@ export interface BackupCatalog {
   archive: ArchiveListing | undefined;
   newestSegment: ArchivedSegment | undefined;
   recoveryWindow: RecoveryWindow;
+  /** With the pgbackrest engine: the stanza as `pgbackrest info` tells it (bases and archive stay empty). */
+  pgbackrest?: PgbackrestInfo & { error?: string };
+  /** When the newest base backup (or pgBackRest set) stopped. */
+  newestBaseBackupAt: string | undefined;
+}
+
+/**
+ * The window of a pgBackRest stanza: from the oldest set whose WAL is still in the
+ * repository's archive to the present, as long as archiving keeps up (archive-check
+ * and the archive-lag alert watch that).
+ */
+function pgbackrestWindow(info: PgbackrestInfo, now: number): RecoveryWindow {
+  const min = info.archive?.min;
+  const usable = [...info.sets].reverse().find((s) => !s.error && min && s.startWal.slice(8) >= min.slice(8));
+  if (!usable) return { earliest: null, latest: null, seconds: 0, fromBaseBackup: null, brokenChains: [] };
+  return {
+    earliest: usable.stoppedAt,
+    latest: new Date(now).toISOString(),
+    seconds: Math.max(0, Math.round((now - Date.parse(usable.stoppedAt)) / 1000)),
+    fromBaseBackup: usable.label,
+    brokenChains: [],
+  };
 }
 
 export async function readBackupCatalog(
   backupDir: string,
-  target: { name: string; walArchiveDir?: string },
+  target: Pick<TargetConfig, 'name' | 'walArchiveDir' | 'backup'>,
+  now = Date.now(),
 ): Promise<BackupCatalog> {
+  if (target.backup.engine === 'pgbackrest') {
+    const dumps = await listDumps(backupDir, target.name);
+    const info = await new Pgbackrest(target).info().catch((err: Error) => err);
+    const empty = { earliest: null, latest: null, seconds: 0, fromBaseBackup: null, brokenChains: [] };
+    if (info instanceof Error) {
+      const failed = { stanza: target.backup.stanza!, status: { code: -1, message: 'unreadable' }, cipher: 'unknown' };
+      return {
+        dumps,
+        bases: [],
+        archive: undefined,
+        newestSegment: undefined,
+        recoveryWindow: empty,
+        pgbackrest: { ...failed, systemId: null, archive: null, sets: [], error: info.message },
+        newestBaseBackupAt: undefined,
+      };
+    }
+    return {
+      dumps,
+      bases: [],
+      archive: undefined,
+      newestSegment: undefined,
+      recoveryWindow: pgbackrestWindow(info, now),
+      pgbackrest: info,
+      newestBaseBackupAt: info.sets.find((s) => !s.error)?.stoppedAt,
+    };
+  }
   const [dumps, bases] = await Promise.all([
     listDumps(backupDir, target.name),
     listBaseBackups(backupDir, target.name),
@@ -214,5 +265,6 @@ export async function readBackupCatalog(
     archive,
     newestSegment: archive && newestSegment(archive),
     recoveryWindow: recoveryWindow(bases, archive),
+    newestBaseBackupAt: bases[0]?.manifest.stoppedAt,
   };
 }

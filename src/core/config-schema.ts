@@ -122,7 +122,7 @@ const keepSchema = z
     /** The newest N are always kept, whatever their age. */
     keepLast: z.number().int().min(1).max(1000),
     /** Older than this (and beyond keepLast) they go. */
-    maxAgeDays: z.number().min(0.001).max(36_500),
+    maxAgeDays: z.number().min(0.0001).max(36_500),
   })
   .strict();
 

@@ -168,13 +168,8 @@ export const listBackups: Handler = async ({ rt }, req) => {
   const target = req.query.target ?? MAIN_TARGET;
   const t = rt.config.targets.get(target);
   if (!t) return error(404, `unknown target "${target}"`, { targets: [...rt.config.targets.keys()] });
-  const {
-    dumps,
-    bases,
-    archive,
-    newestSegment: newest,
-    recoveryWindow,
-  } = await readBackupCatalog(rt.config.backupDir, t);
+  const catalog = await readBackupCatalog(rt.config.backupDir, t);
+  const { dumps, bases, archive, newestSegment: newest, recoveryWindow, pgbackrest } = catalog;
   // The last verdict of each proof job, from the durable run history.
   const lastRun = async (job: string) => {
     const row = await rt.history.lastFinished(job, target);
@@ -187,7 +182,8 @@ export const listBackups: Handler = async ({ rt }, req) => {
       target,
       // The figures to alert on: how old the newest verified backups are.
       newestDumpAgeSeconds: ageSeconds(dumps[0]?.manifest.finishedAt),
-      newestBaseBackupAgeSeconds: ageSeconds(bases[0]?.manifest.stoppedAt),
+      newestBaseBackupAgeSeconds: ageSeconds(catalog.newestBaseBackupAt),
+      engine: t.backup.engine,
       dumps: dumps.map(({ manifest: m, restoreCheck }) => ({
         file: m.file,
         format: m.format,
@@ -210,14 +206,17 @@ export const listBackups: Handler = async ({ rt }, req) => {
         mbPerSecond: m.mbPerSecond,
         verified: m.verified,
       })),
-      archive: t.walArchiveDir
-        ? {
-            segments: archive?.segments.length ?? null,
-            newest: newest?.name ?? null,
-            newestAt: newest?.mtime ?? null,
-            readable: Boolean(archive),
-          }
-        : null,
+      // The pgbackrest engine's sets, as `pgbackrest info` lists them (newest first).
+      pgbackrest: pgbackrest ?? null,
+      archive:
+        t.walArchiveDir && !pgbackrest
+          ? {
+              segments: archive?.segments.length ?? null,
+              newest: newest?.name ?? null,
+              newestAt: newest?.mtime ?? null,
+              readable: Boolean(archive),
+            }
+          : null,
       recoveryWindow,
       lastDrill: await lastRun('pitr-drill'),
       lastRestoreCheck: await lastRun('restore-check'),

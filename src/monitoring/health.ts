@@ -258,16 +258,17 @@ export class HealthReader {
     const { dumps, bases } = catalog;
     const scheduledHere = (job: string) => rt.schedules.some((s) => s.job === job && s.payload.target === target);
     const age = (iso: string | undefined) => (iso ? Math.round((now - Date.parse(iso)) / 1000) : null);
-    let windowSeconds = catalog.archive && bases.length ? catalog.recoveryWindow.seconds : null;
+    let windowSeconds =
+      (catalog.archive && bases.length) || catalog.pgbackrest?.sets.length ? catalog.recoveryWindow.seconds : null;
     const archiveResult = archiveRun?.result;
     if (windowSeconds === null && archiveResult?.recoveryWindow) windowSeconds = archiveResult.recoveryWindow.seconds;
     const drillResult = drillRun?.result;
     return {
       target,
       dumpsExpected: dumps.length > 0 || scheduledHere('backup'),
-      baseExpected: bases.length > 0 || scheduledHere('base-backup'),
+      baseExpected: bases.length > 0 || Boolean(catalog.pgbackrest?.sets.length) || scheduledHere('base-backup'),
       newestDumpAgeSeconds: age(dumps[0]?.manifest.finishedAt),
-      newestBaseBackupAgeSeconds: age(bases[0]?.manifest.stoppedAt),
+      newestBaseBackupAgeSeconds: age(catalog.newestBaseBackupAt),
       recoveryWindowSeconds: windowSeconds,
       archive: archiveRun
         ? {
