@@ -14,6 +14,7 @@ import { fileStamp, publish, sha256File, sha256Tree, writeJsonAtomic } from '../
 import { defineJob, type JobResult, targetField, type JobContext } from '../src/runner/job-definition.ts';
 import { quoteIdent } from '../src/core/sql.ts';
 import { binPath, runProcess } from '../src/core/proc.ts';
+import { objectStoreFor, type StoredObject } from '../src/backup/object-store.ts';
 
 export const payload = z
   .object({
@@ -54,6 +55,10 @@ const job = defineJob({
   defaults: { attempts: 3, backoffMs: 30_000, timeoutMs: 6 * 3_600_000, concurrency: 1 },
   // "Backup now" twice for one target while the first waits or runs returns the first.
   deduplicate: true,
+  checkConfig: (p, config) =>
+    config.objectStore && p.format === 'directory'
+      ? [{ path: 'format', message: 'directory-format dumps are not uploaded to the object store; use "custom"' }]
+      : [],
   async handler(ctx, p) {
     const { target } = p;
     const started = new Date();
@@ -159,8 +164,10 @@ async function dump(ctx: JobContext, p: Payload, dir: string, started: Date) {
         : { bytes: (await fs.stat(tmp)).size, sha256: await sha256File(tmp, signal) };
     const pgDumpVersion = (await runProcess(binPath('pg_dump'), ['--version'])).stdout.trim();
 
-    await ctx.progress(97, 'publishing dump and manifest');
+    await ctx.progress(94, 'publishing dump and manifest');
     await publish(tmp, final);
+    // With a bucket, the dump counts only once its copy there is read back and matches.
+    const object = await uploadVerified(ctx, final, name);
     const finished = new Date();
     const manifest: DumpManifest = {
       kind: 'pgmaint-dump',
@@ -182,8 +189,13 @@ async function dump(ctx: JobContext, p: Payload, dir: string, started: Date) {
       snapshot,
       verified: { method: 'pg_restore --list', tocEntries },
       jobId: ctx.jobId,
+      ...(object ? { object } : {}),
     };
     await writeJsonAtomic(`${final}.manifest.json`, manifest);
+    if (object && !ctx.config.objectStore!.keepLocal) {
+      await fs.rm(final, { recursive: true, force: true });
+      await ctx.log(`local copy removed (objectStore.keepLocal is false); the manifest stays as the catalog record`);
+    }
     const totalRows = Object.values(rowCounts).reduce((a, b) => a + b, 0);
     await ctx.progress(
       100,
@@ -254,6 +266,26 @@ async function removeLeftovers(dir: string, ctx: { log(m: string): Promise<void>
       await fs.rm(full, { recursive: true, force: true });
       await ctx.log(`removed leftover ${e} from an interrupted run`);
     }
+  }
+}
+
+/** Uploads a published dump to the object store (encrypted when a key is configured) and proves the copy. */
+async function uploadVerified(ctx: JobContext, file: string, name: string): Promise<StoredObject | undefined> {
+  const store = objectStoreFor(ctx.config);
+  if (!store) return undefined;
+  try {
+    await ctx.progress(95, `uploading ${name} to the object store`);
+    const object = await store.upload(file, store.keyFor('dumps', ctx.target.name, name), ctx.signal);
+    await ctx.log(
+      `uploaded s3://${object.bucket}/${object.key} and read it back: ${object.bytes} bytes, sha256 ` +
+        `${object.sha256.slice(0, 12)}…${object.encryption ? `, encrypted with key ${object.encryption.keyId}` : ''}`,
+    );
+    return object;
+  } catch (err) {
+    await fs.rm(file, { recursive: true, force: true });
+    throw err;
+  } finally {
+    store.close();
   }
 }
 

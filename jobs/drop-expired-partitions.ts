@@ -28,6 +28,7 @@ import {
   type PolicyOutcome,
 } from '../src/partitions/partitions.ts';
 import { binPath, runProcess } from '../src/core/proc.ts';
+import { objectStoreFor, type StoredObject } from '../src/backup/object-store.ts';
 import {
   catalogPlace,
   ensureJournal,
@@ -62,6 +63,8 @@ interface Archive {
   rows: number;
   bytes: number;
   sha256: string;
+  /** The verified copy in the object store, when one is configured. */
+  object?: StoredObject;
 }
 
 interface DropResult extends PolicyOutcome {
@@ -257,7 +260,7 @@ async function execute(
           break;
         }
         case 'archive': {
-          const reused = await reusableArchive(h.journal);
+          const reused = await reusableArchive(ctx, h.journal);
           const archive =
             reused ??
             (await archivePartition(ctx, client, step.partition).catch(async (err) => {
@@ -313,18 +316,25 @@ function splitQualified(partition: string): [string, string] {
 }
 
 /** An archive an interrupted run finished (journal state archived) still counts if its file and manifest agree. */
-async function reusableArchive(entry: JournalEntry | undefined): Promise<Archive | undefined> {
+async function reusableArchive(ctx: JobContext, entry: JournalEntry | undefined): Promise<Archive | undefined> {
   if (entry?.state !== 'archived' || !entry.archiveFile || !entry.archiveSha256) return undefined;
   try {
     const manifest = JSON.parse(await fs.readFile(`${entry.archiveFile}.manifest.json`, 'utf8'));
-    const sha256 = await sha256File(entry.archiveFile);
-    if (sha256 !== entry.archiveSha256 || manifest.sha256 !== sha256) return undefined;
+    if (manifest.sha256 !== entry.archiveSha256) return undefined;
+    if (manifest.object) {
+      // Its copy in the bucket is what counts: read back and compared, not taken on trust.
+      const store = objectStoreFor(ctx.config);
+      const stored = await store?.sha256Of(manifest.object.key, ctx.signal).finally(() => store.close());
+      if (stored?.sha256 !== manifest.object.sha256) return undefined;
+    } else if ((await sha256File(entry.archiveFile)) !== entry.archiveSha256) return undefined;
+    const sha256 = entry.archiveSha256;
     return {
       partition: manifest.partition,
       file: entry.archiveFile,
       rows: manifest.rows,
       bytes: manifest.bytes,
       sha256,
+      ...(manifest.object ? { object: manifest.object } : {}),
     };
   } catch {
     return undefined;
@@ -368,6 +378,7 @@ async function archivePartition(ctx: JobContext, client: pg.ClientBase, partitio
     const bytes = (await fs.stat(tmp)).size;
     const sha256 = await sha256File(tmp, ctx.signal);
     await publish(tmp, file);
+    const object = await uploadArchive(ctx, file);
     await writeJsonAtomic(`${file}.manifest.json`, {
       kind: 'pgmaint-partition-archive',
       version: 1,
@@ -378,11 +389,30 @@ async function archivePartition(ctx: JobContext, client: pg.ClientBase, partitio
       sha256,
       createdAt: new Date().toISOString(),
       jobId: ctx.jobId,
+      ...(object ? { object } : {}),
     });
-    return { partition, file, rows, bytes, sha256 };
+    if (object && !ctx.config.objectStore!.keepLocal) await fs.rm(file, { force: true });
+    return { partition, file, rows, bytes, sha256, ...(object ? { object } : {}) };
   } catch (err) {
     await fs.rm(tmp, { force: true });
     throw err;
+  }
+}
+
+/** Uploads a published archive to the object store, when one is configured, and proves the copy. */
+async function uploadArchive(ctx: JobContext, file: string): Promise<StoredObject | undefined> {
+  const store = objectStoreFor(ctx.config);
+  if (!store) return undefined;
+  try {
+    const object = await store.upload(
+      file,
+      store.keyFor('partitions', ctx.target.name, path.basename(file)),
+      ctx.signal,
+    );
+    await ctx.log(`uploaded s3://${object.bucket}/${object.key} and read it back (${object.bytes} bytes)`);
+    return object;
+  } finally {
+    store.close();
   }
 }
 

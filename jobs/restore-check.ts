@@ -3,13 +3,17 @@
 // into a scratch database, and every table's row count compared with the count
 // taken in the dump's own snapshot. The scratch database is dropped whatever
 // happens; the verdict is written beside the dump (<dump>.restore-check.json).
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import { z } from 'zod';
 import pg from 'pg';
-import { listDumps, type RestoreCheckRecord } from '../src/backup/catalog.ts';
+import { type ListedDump, listDumps, type RestoreCheckRecord } from '../src/backup/catalog.ts';
+import { objectStoreFor } from '../src/backup/object-store.ts';
 import { libpqEnv } from '../src/core/libpq.ts';
 import { PermanentJobError } from '../src/core/errors.ts';
 import { sha256File, sha256Tree, writeJsonAtomic } from '../src/core/files.ts';
-import { defineJob, type JobResult, targetField } from '../src/runner/job-definition.ts';
+import { defineJob, type JobContext, type JobResult, targetField } from '../src/runner/job-definition.ts';
 import { quoteIdent } from '../src/core/sql.ts';
 import { binPath, runProcess } from '../src/core/proc.ts';
 
@@ -66,118 +70,143 @@ const job = defineJob({
         'NO_ROW_COUNTS',
       );
 
-    await ctx.progress(2, `checking the sha256 of ${m.file}`);
-    const actual =
-      m.format === 'directory'
-        ? (await sha256Tree(chosen.path, ctx.signal)).sha256
-        : await sha256File(chosen.path, ctx.signal);
-    if (actual !== m.sha256)
+    // With a copy in the object store the check reads that copy: it is the one a lost host leaves.
+    const store = m.object ? objectStoreFor(ctx.config) : undefined;
+    if (m.object && !store) {
       throw new PermanentJobError(
-        `dump ${m.file} is damaged: sha256 ${actual.slice(0, 16)}… differs from its manifest's ` +
-          `${m.sha256.slice(0, 16)}…`,
-        'DUMP_DAMAGED',
+        `dump ${m.file} is in s3://${m.object.bucket} but objectStore is not configured`,
+        'NO_STORE',
       );
-
-    const scratchTarget = ctx.config.targets.get(p.scratchTarget ?? p.target);
-    if (!scratchTarget)
-      throw new PermanentJobError(`scratchTarget: unknown target "${p.scratchTarget}"`, 'UNKNOWN_TARGET');
-    const admin = new pg.Client({
-      connectionString: scratchTarget.url,
-      application_name: `pgmaint/restore-check/${ctx.jobId}`,
-    });
-    const scratchDb = `pgmaint_restore_check_${ctx.jobId.replace(/[^a-zA-Z0-9]/g, '_')}`.slice(0, 63).toLowerCase();
-    // An abort terminates this session (it carries the run's application_name).
-    admin.on('error', () => undefined);
-    await admin.connect();
-    const started = Date.now();
+    }
+    const scratchDir = ctx.config.backups.scratchDir ?? os.tmpdir();
+    const dumpFile = store ? path.join(scratchDir, `.pgmaint-restore-check-${ctx.jobId}.dump`) : chosen.path;
     try {
-      await admin.query(`drop database if exists ${quoteIdent(scratchDb)} with (force)`);
-      await admin.query(`create database ${quoteIdent(scratchDb)} template template0`);
-      await ctx.progress(10, `pg_restore -j ${p.parallel} of ${m.file} into scratch database ${scratchDb}`);
-      const env = {
-        ...libpqEnv(scratchTarget, `pgmaint/restore-check/${ctx.jobId}`.slice(0, 63)),
-        PGDATABASE: scratchDb,
-      };
-      await runProcess(
-        binPath('pg_restore'),
-        [
-          '--no-owner',
-          '--no-privileges',
-          `--jobs=${p.parallel}`,
-          '--exit-on-error',
-          '--no-password',
-          `--dbname=${scratchDb}`,
-          chosen.path,
-        ],
-        { env, signal: ctx.signal },
-      ).catch((err) => {
-        throw new PermanentJobError(`dump ${m.file} does not restore: ${(err as Error).message}`, 'RESTORE_FAILED', {
-          cause: err,
+      if (store) {
+        await ctx.progress(2, `downloading s3://${m.object!.bucket}/${m.object!.key}`);
+        await fs.mkdir(scratchDir, { recursive: true });
+        await store.download(m.object!, dumpFile, ctx.signal).catch((err: Error) => {
+          throw new PermanentJobError(`dump ${m.file}: ${err.message}`, 'DUMP_DAMAGED');
         });
-      });
-      const restoreSeconds = (Date.now() - started) / 1000;
-
-      await ctx.progress(80, 'comparing row counts');
-      const url = new URL(scratchTarget.url);
-      url.pathname = `/${scratchDb}`;
-      const restored = new pg.Client({ connectionString: url.toString() });
-      restored.on('error', () => undefined);
-      await restored.connect();
-      const mismatches: RestoreCheckRecord['mismatches'] = [];
-      try {
-        for (const [table, dumped] of Object.entries(m.rowCounts)) {
-          const [schema, name] = splitQualified(table);
-          const n = await restored
-            .query<{ n: string }>(`select count(*) as n from ${quoteIdent(schema)}.${quoteIdent(name)}`)
-            .then(
-              (r) => Number(r.rows[0]!.n),
-              () => -1,
-            );
-          if (n !== dumped) mismatches.push({ table, dumped, restored: n });
-        }
-      } finally {
-        await restored.end().catch(() => undefined);
       }
-      const record: RestoreCheckRecord = {
-        checkedAt: new Date().toISOString(),
-        ok: mismatches.length === 0,
-        tablesCompared: Object.keys(m.rowCounts).length,
-        mismatches,
-        restoreSeconds,
-        jobId: ctx.jobId,
-      };
-      await writeJsonAtomic(`${chosen.path}.restore-check.json`, record);
-      if (!record.ok) {
-        const list = mismatches
-          .slice(0, 5)
-          .map((x) => `${x.table} dumped ${x.dumped}, restored ${x.restored < 0 ? 'missing' : x.restored}`);
-        throw new PermanentJobError(
-          `restore-check of ${m.file}: ${mismatches.length} tables differ: ${list.join('; ')}`,
-          'ROW_COUNTS_DIFFER',
-        );
-      }
-      const rows = Object.values(m.rowCounts).reduce((a, b) => a + b, 0);
-      await ctx.progress(
-        100,
-        `${m.file} restores: ${record.tablesCompared} tables, ${rows} rows match the dump's snapshot (restore ` +
-          `${restoreSeconds.toFixed(1)} s)`,
-      );
-      return {
-        dump: m.file,
-        dumpFinishedAt: m.finishedAt,
-        tablesCompared: record.tablesCompared,
-        rows,
-        restoreSeconds,
-        scratchDatabase: scratchDb,
-      };
+      return await checkDump(ctx, p, chosen, dumpFile);
     } finally {
-      await admin
-        .query(`drop database if exists ${quoteIdent(scratchDb)} with (force)`)
-        .catch((err) => ctx.log(`could not drop scratch database ${scratchDb}: ${(err as Error).message}`));
-      await admin.end().catch(() => undefined);
+      store?.close();
+      if (store) await fs.rm(dumpFile, { force: true });
     }
   },
 });
+
+async function checkDump(ctx: JobContext, p: z.output<typeof payload>, chosen: ListedDump, dumpFile: string) {
+  const m = chosen.manifest;
+  await ctx.progress(5, `checking the sha256 of ${m.file}`);
+  const actual =
+    m.format === 'directory' ? (await sha256Tree(dumpFile, ctx.signal)).sha256 : await sha256File(dumpFile, ctx.signal);
+  if (actual !== m.sha256)
+    throw new PermanentJobError(
+      `dump ${m.file} is damaged: sha256 ${actual.slice(0, 16)}… differs from its manifest's ` +
+        `${m.sha256.slice(0, 16)}…`,
+      'DUMP_DAMAGED',
+    );
+
+  const scratchTarget = ctx.config.targets.get(p.scratchTarget ?? p.target);
+  if (!scratchTarget)
+    throw new PermanentJobError(`scratchTarget: unknown target "${p.scratchTarget}"`, 'UNKNOWN_TARGET');
+  const admin = new pg.Client({
+    connectionString: scratchTarget.url,
+    application_name: `pgmaint/restore-check/${ctx.jobId}`,
+  });
+  const scratchDb = `pgmaint_restore_check_${ctx.jobId.replace(/[^a-zA-Z0-9]/g, '_')}`.slice(0, 63).toLowerCase();
+  // An abort terminates this session (it carries the run's application_name).
+  admin.on('error', () => undefined);
+  await admin.connect();
+  const started = Date.now();
+  try {
+    await admin.query(`drop database if exists ${quoteIdent(scratchDb)} with (force)`);
+    await admin.query(`create database ${quoteIdent(scratchDb)} template template0`);
+    await ctx.progress(10, `pg_restore -j ${p.parallel} of ${m.file} into scratch database ${scratchDb}`);
+    const env = {
+      ...libpqEnv(scratchTarget, `pgmaint/restore-check/${ctx.jobId}`.slice(0, 63)),
+      PGDATABASE: scratchDb,
+    };
+    await runProcess(
+      binPath('pg_restore'),
+      [
+        '--no-owner',
+        '--no-privileges',
+        `--jobs=${p.parallel}`,
+        '--exit-on-error',
+        '--no-password',
+        `--dbname=${scratchDb}`,
+        dumpFile,
+      ],
+      { env, signal: ctx.signal },
+    ).catch((err) => {
+      throw new PermanentJobError(`dump ${m.file} does not restore: ${(err as Error).message}`, 'RESTORE_FAILED', {
+        cause: err,
+      });
+    });
+    const restoreSeconds = (Date.now() - started) / 1000;
+
+    await ctx.progress(80, 'comparing row counts');
+    const url = new URL(scratchTarget.url);
+    url.pathname = `/${scratchDb}`;
+    const restored = new pg.Client({ connectionString: url.toString() });
+    restored.on('error', () => undefined);
+    await restored.connect();
+    const mismatches: RestoreCheckRecord['mismatches'] = [];
+    try {
+      for (const [table, dumped] of Object.entries(m.rowCounts!)) {
+        const [schema, name] = splitQualified(table);
+        const n = await restored
+          .query<{ n: string }>(`select count(*) as n from ${quoteIdent(schema)}.${quoteIdent(name)}`)
+          .then(
+            (r) => Number(r.rows[0]!.n),
+            () => -1,
+          );
+        if (n !== dumped) mismatches.push({ table, dumped, restored: n });
+      }
+    } finally {
+      await restored.end().catch(() => undefined);
+    }
+    const record: RestoreCheckRecord = {
+      checkedAt: new Date().toISOString(),
+      ok: mismatches.length === 0,
+      tablesCompared: Object.keys(m.rowCounts!).length,
+      mismatches,
+      restoreSeconds,
+      jobId: ctx.jobId,
+    };
+    await writeJsonAtomic(`${chosen.path}.restore-check.json`, record);
+    if (!record.ok) {
+      const list = mismatches
+        .slice(0, 5)
+        .map((x) => `${x.table} dumped ${x.dumped}, restored ${x.restored < 0 ? 'missing' : x.restored}`);
+      throw new PermanentJobError(
+        `restore-check of ${m.file}: ${mismatches.length} tables differ: ${list.join('; ')}`,
+        'ROW_COUNTS_DIFFER',
+      );
+    }
+    const rows = Object.values(m.rowCounts!).reduce((a, b) => a + b, 0);
+    await ctx.progress(
+      100,
+      `${m.file} restores: ${record.tablesCompared} tables, ${rows} rows match the dump's snapshot (restore ` +
+        `${restoreSeconds.toFixed(1)} s)`,
+    );
+    return {
+      dump: m.file,
+      dumpFinishedAt: m.finishedAt,
+      tablesCompared: record.tablesCompared,
+      rows,
+      restoreSeconds,
+      scratchDatabase: scratchDb,
+    };
+  } finally {
+    await admin
+      .query(`drop database if exists ${quoteIdent(scratchDb)} with (force)`)
+      .catch((err) => ctx.log(`could not drop scratch database ${scratchDb}: ${(err as Error).message}`));
+    await admin.end().catch(() => undefined);
+  }
+}
 
 /** "schema.table" as recorded in the manifest (names may hold dots only when quoted; we split on the first). */
 function splitQualified(t: string): [string, string] {

@@ -61,7 +61,7 @@ async function run(name: string, payload: object) {
 }
 
 describe('pgbackrest engine with an encrypted S3 repository', () => {
-  it('takes a full and an incremental set into the bucket, both verified, encrypted by the repository cipher', async () => {
+  it('takes a full and an incremental set into the bucket, verified, encrypted by the repository cipher', async () => {
     const full = await run('base-backup', { type: 'full' });
     expect(full.state, full.job.failedReason).toBe('completed');
     await pool.query('insert into herd select g from generate_series(256, 300) g');

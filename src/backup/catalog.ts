@@ -7,6 +7,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { TargetConfig } from '../core/config.ts';
 import { DEFAULT_WAL_SEGMENT_BYTES } from '../core/constants.ts';
+import type { StoredObject } from './object-store.ts';
 import { Pgbackrest, type PgbackrestInfo } from './pgbackrest.ts';
 import {
   type ArchivedSegment,
@@ -24,6 +25,8 @@ export interface DumpManifest {
   /** File (custom format) or directory (directory format) name in the dump directory. */
   file: string;
   format: 'custom' | 'directory';
+  /** The verified copy in the object store, when one is configured. */
+  object?: StoredObject;
   /** pg_dump processes that wrote it (older manifests call it jobs). */
   parallel?: number;
   jobs?: number;
@@ -121,7 +124,8 @@ export async function listDumps(backupDir: string, target: string): Promise<List
     const manifest = await readJson<DumpManifest>(path.join(dir, e));
     if (manifest?.kind !== 'pgmaint-dump') continue;
     const file = path.join(dir, manifest.file);
-    if (!(await fs.stat(file).catch(() => undefined))) continue;
+    // A dump counts with its local file, or with its verified copy in the bucket.
+    if (!manifest.object && !(await fs.stat(file).catch(() => undefined))) continue;
     out.push({ path: file, manifest, restoreCheck: await readJson<RestoreCheckRecord>(`${file}.restore-check.json`) });
   }
   return out.sort((a, b) => b.manifest.finishedAt.localeCompare(a.manifest.finishedAt));

@@ -215,6 +215,48 @@ const alertsSchema = z
   })
   .strict();
 
+const envName = z.string().regex(/^[A-Z_][A-Z0-9_]*$/, 'must be an environment variable name');
+
+/** An S3-compatible bucket for logical dumps and partition archives. */
+export const objectStoreSchema = z
+  .object({
+    bucket: z.string().regex(/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/, 'must be an S3 bucket name'),
+    /** Key prefix, e.g. "pgmaint/" (objects go under <prefix>dumps/<target>/…). */
+    prefix: z
+      .string()
+      .regex(/^([A-Za-z0-9._-]+\/)*$/, 'must be path segments ending in "/", e.g. "pgmaint/"')
+      .default('pgmaint/'),
+    /** For S3-compatible services (MinIO, …); AWS when absent. */
+    endpoint: z
+      .string()
+      .regex(/^https?:\/\/[^\s'"]+$/, 'must be an http:// or https:// URL')
+      .optional(),
+    region: z.string().min(1).default('us-east-1'),
+    /** Path-style URLs (MinIO and most self-hosted services need them). */
+    forcePathStyle: z.boolean().default(false),
+    /** CA certificate (PEM) that signs the endpoint's certificate. */
+    caFile: z.string().min(1).optional(),
+    /** Environment variables that hold the credentials (never the file itself). */
+    accessKeyIdEnv: envName.default('AWS_ACCESS_KEY_ID'),
+    secretAccessKeyEnv: envName.default('AWS_SECRET_ACCESS_KEY'),
+    /** Keep the local copy after a verified upload (default), or remove it. */
+    keepLocal: z.boolean().default(true),
+  })
+  .strict();
+
+const keyRef = z
+  .object({ keyId: z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, 'must be a short key id'), keyEnv: envName })
+  .strict();
+
+/** AES-256-GCM for dumps and partition archives in the bucket; the key is a 32-byte value in keyEnv. */
+export const encryptionSchema = keyRef
+  .extend({
+    keyEnv: envName.default('PGMAINT_BACKUP_KEY'),
+    /** Keys of objects written before a key rotation, still needed to read them. */
+    previousKeys: z.array(keyRef).default([]),
+  })
+  .strict();
+
 export const fileSchema = z
   .object({
     targets: z
@@ -274,5 +316,7 @@ export const fileSchema = z
     /** warm-cache: dashboard queries precomputed into Redis. */
     cache: cacheSchema.prefault({}),
     alerts: alertsSchema.prefault({}),
+    objectStore: objectStoreSchema.optional(),
+    encryption: encryptionSchema.optional(),
   })
   .strict();

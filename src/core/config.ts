@@ -17,6 +17,7 @@ import {
 } from './config-schema.ts';
 import { BUSINESS_TIME_ZONE, MAIN_TARGET } from './constants.ts';
 import { ConfigError } from './errors.ts';
+import { parseKey } from './key.ts';
 
 export { ALERT_RULES, TARGET_NAME } from './config-schema.ts';
 
@@ -24,6 +25,18 @@ type Env = z.output<typeof envSchema>;
 type File = z.output<typeof fileSchema>;
 
 /** A target database, resolved: its URL read from wherever the file said. */
+export interface ConfigSecrets {
+  s3?: { accessKeyId: string; secretAccessKey: string };
+  /** Encryption keys by key id, as their variables hold them. */
+  keys: Record<string, string>;
+}
+
+const SECRETS = new WeakMap<Config, ConfigSecrets>();
+
+export function configSecrets(config: Config): ConfigSecrets {
+  return SECRETS.get(config) ?? { keys: {} };
+}
+
 export type BackupEngine = z.output<typeof backupEngineSchema>;
 
 export type TargetConfig = Pick<z.output<typeof targetSchema>, 'poolSize' | 'walArchiveDir'> & {
@@ -169,7 +182,28 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     keys.add(q.key);
   });
 
-  return {
+  if (f.objectStore) {
+    for (const [key, name] of [
+      ['accessKeyIdEnv', f.objectStore.accessKeyIdEnv],
+      ['secretAccessKeyEnv', f.objectStore.secretAccessKeyEnv],
+    ] as const) {
+      if (!env[name]) throw new ConfigError(`${name} (objectStore.${key}): is not set`);
+    }
+  }
+  if (f.encryption) {
+    if (!f.objectStore) throw new ConfigError('encryption: needs objectStore (it encrypts what goes to the bucket)');
+    for (const [i, k] of [f.encryption, ...f.encryption.previousKeys].entries()) {
+      const where = i === 0 ? 'encryption.keyEnv' : `encryption.previousKeys.${i - 1}.keyEnv`;
+      const text = env[k.keyEnv];
+      if (!text) throw new ConfigError(`${k.keyEnv} (${where}): is not set`);
+      try {
+        parseKey(k.keyId, text);
+      } catch (err) {
+        throw new ConfigError(`${k.keyEnv} (${where}): ${(err as Error).message}`);
+      }
+    }
+  }
+  const config: Config = {
     targets,
     redis: { url: e.REDIS_URL, ...f.redis },
     backupDir: path.resolve(e.BACKUP_DIR),
@@ -188,9 +222,22 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     backups: f.backups,
     cache: { ...f.cache, redisUrl: cacheRedisUrl },
     alerts: { ...f.alerts, webhookUrl: e.ALERT_WEBHOOK_URL },
+    objectStore: f.objectStore,
+    encryption: f.encryption,
     metricsToken: e.METRICS_TOKEN,
     enqueueRateLimit: e.ENQUEUE_RATE_LIMIT,
   };
+  // Secret values stay out of the Config object (which could be logged or serialized):
+  // only configSecrets() hands them out, to the object store client.
+  SECRETS.set(config, {
+    s3: f.objectStore
+      ? { accessKeyId: env[f.objectStore.accessKeyIdEnv]!, secretAccessKey: env[f.objectStore.secretAccessKeyEnv]! }
+      : undefined,
+    keys: Object.fromEntries(
+      (f.encryption ? [f.encryption, ...f.encryption.previousKeys] : []).map((k) => [k.keyId, env[k.keyEnv]!]),
+    ),
+  });
+  return config;
 }
 
 function resolveEngine(b: BackupEngine): BackupEngine {

@@ -1,0 +1,135 @@
+// Logical dumps and partition archives in an S3 bucket (s3rver over TLS), encrypted
+// with AES-256-GCM: uploaded only after local verification, read back and checked
+// before they count, restored from the bucket by restore-check. A wrong key, a flipped
+// byte or a deleted object fails the check, naming the object.
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { listDumps } from '../src/backup/catalog.ts';
+import { startWorkers } from '../src/cli/roles.ts';
+import type { Runtime } from '../src/runner/runtime.ts';
+import { createHarness, waitForFinished, type Harness } from './support/harness.ts';
+import { type S3Server, startS3 } from './support/s3.ts';
+
+let h: Harness;
+let rt: Runtime;
+let s3: S3Server;
+const key = randomBytes(32).toString('base64');
+let env: Record<string, string>;
+
+beforeAll(async () => {
+  h = await createHarness('object_store');
+  s3 = await startS3(path.join(h.dir, 's3'));
+  env = { TEST_S3_KEY: s3.accessKeyId, TEST_S3_SECRET: s3.secretAccessKey, TEST_BACKUP_KEY: key };
+  h.configFile({
+    objectStore: {
+      bucket: s3.bucket,
+      endpoint: s3.endpoint,
+      forcePathStyle: true,
+      caFile: s3.caFile,
+      accessKeyIdEnv: 'TEST_S3_KEY',
+      secretAccessKeyEnv: 'TEST_S3_SECRET',
+      keepLocal: false,
+    },
+    encryption: { keyId: 'k2026', keyEnv: 'TEST_BACKUP_KEY' },
+    partitions: [{ table: 'app.events', column: 'ts', interval: 'day', retention: '1 day' }],
+    backups: { scratchDir: path.join(h.dir, 'scratch') },
+  });
+  await h.admin.query(`create schema app;
+    create table app.herd as select g as id, 'cow ' || g as name from generate_series(1, 2000) g;
+    create table app.events (ts timestamptz not null, v int) partition by range (ts);
+    create table app.events_p20260101 partition of app.events for values from ('2026-01-01 00:00+00') to ('2026-01-02 00:00+00');
+    create table app.events_p20260102 partition of app.events for values from ('2026-01-02 00:00+00') to ('2026-01-03 00:00+00');
+    insert into app.events select '2026-01-01 06:00+00'::timestamptz + make_interval(mins => g), g from generate_series(1, 50) g`);
+  rt = h.runtime({ schedules: [], env });
+  await rt.history.migrate();
+  startWorkers(rt, ['backup', 'restore-check', 'drop-expired-partitions']);
+});
+afterAll(async () => {
+  await h.close();
+  await s3?.stop();
+});
+
+async function run(name: string, payload: object, runtime = rt) {
+  const { job } = await runtime.queues.enqueue(name, payload);
+  return waitForFinished(runtime.queues.get(name), job.id!, 120_000);
+}
+
+/** The file s3rver keeps for an object (its on-disk store, to damage or delete it). */
+function storedFile(objectKey: string): string {
+  const base = path.join(h.dir, 's3', 'data', s3.bucket, objectKey);
+  return fs.existsSync(`${base}._S3rver_object`) ? `${base}._S3rver_object` : base;
+}
+
+describe('dumps in the object store', () => {
+  it('uploads the verified dump encrypted, reads it back, and restore-check restores it from the bucket', async () => {
+    const b = await run('backup', {});
+    expect(b.state, b.job.failedReason).toBe('completed');
+    const [dump] = await listDumps(h.backupDir, 'main');
+    const object = dump!.manifest.object!;
+    expect(object).toMatchObject({
+      bucket: s3.bucket,
+      encryption: { algorithm: 'aes-256-gcm-chunked', keyId: 'k2026' },
+    });
+    expect(object.key).toMatch(/^pgmaint\/dumps\/main\/main-.*\.dump\.enc$/);
+    // keepLocal: false — the local file is gone, the manifest remains as the record.
+    expect(fs.existsSync(dump!.path)).toBe(false);
+    const stored = fs.readFileSync(storedFile(object.key));
+    expect(stored.subarray(0, 8).toString()).toBe('PGMENC1\n');
+    expect(stored.includes(Buffer.from('PGDMP'))).toBe(false); // no plaintext custom-format header
+    const r = await run('restore-check', {});
+    expect(r.state, r.job.failedReason).toBe('completed');
+    expect(r.job.returnvalue).toMatchObject({ tablesCompared: expect.any(Number) });
+    expect(JSON.stringify(r.job.returnvalue)).not.toContain(key);
+  });
+
+  it('a wrong key fails restore-check, naming the object', async () => {
+    const other = h.runtime({ schedules: [], env: { ...env, TEST_BACKUP_KEY: randomBytes(32).toString('hex') } });
+    await rt.close();
+    startWorkers(other, ['restore-check']);
+    const r = await run('restore-check', {}, other);
+    expect(r.state).toBe('failed');
+    expect(r.job.failedReason).toMatch(
+      /s3:\/\/pgmaint\/pgmaint\/dumps\/main\/\S+\.dump\.enc: cannot decrypt: chunk 0 fails authentication/,
+    );
+    rt = other;
+  });
+
+  it('one flipped byte in the stored object fails restore-check; so does a deleted object', async () => {
+    const fresh = h.runtime({ schedules: [], env });
+    await rt.close();
+    startWorkers(fresh, ['backup', 'restore-check', 'drop-expired-partitions']);
+    rt = fresh;
+    const [dump] = await listDumps(h.backupDir, 'main');
+    const file = storedFile(dump!.manifest.object!.key);
+    const bytes = fs.readFileSync(file);
+    bytes[bytes.length - 40]! ^= 0x01;
+    fs.writeFileSync(file, bytes);
+    const flipped = await run('restore-check', {});
+    expect(flipped.state).toBe('failed');
+    expect(flipped.job.failedReason).toMatch(/\.dump\.enc: cannot decrypt: chunk \d+ fails authentication/);
+    fs.rmSync(file);
+    const gone = await run('restore-check', {});
+    expect(gone.state).toBe('failed');
+    expect(gone.job.failedReason).toMatch(/s3:\/\/pgmaint\/\S+\.dump\.enc: the object does not exist/);
+  });
+});
+
+describe('partition archives in the object store', () => {
+  it('an expired partition is archived to the bucket, encrypted and verified, before it is dropped', async () => {
+    const r = await run('drop-expired-partitions', { now: '2026-01-05T00:00:00Z' });
+    expect(r.state, r.job.failedReason).toBe('completed');
+    type Archive = { partition: string; rows: number; object: { key: string; encryption: { keyId: string } } };
+    const archives = (r.job.returnvalue as { policies: { archives: Archive[] }[] }).policies[0]!.archives;
+    expect(archives[0]).toMatchObject({
+      partition: 'app.events_p20260101',
+      rows: 50,
+      object: { encryption: { keyId: 'k2026' } },
+    });
+    expect(archives[0]!.object.key).toMatch(/^pgmaint\/partitions\/main\/app\.events_p20260101-.*\.dump\.enc$/);
+    expect(fs.readFileSync(storedFile(archives[0]!.object.key)).subarray(0, 8).toString()).toBe('PGMENC1\n');
+    const { rows } = await h.admin.query(`select to_regclass('app.events_p20260101') as t`);
+    expect(rows[0].t).toBeNull();
+  });
+});
