@@ -14,7 +14,7 @@ import { fileStamp, publish, sha256File, sha256Tree, writeJsonAtomic } from '../
 import { defineJob, type JobResult, targetField, type JobContext } from '../src/runner/job-definition.ts';
 import { quoteIdent } from '../src/core/sql.ts';
 import { binPath, runProcess } from '../src/core/proc.ts';
-import { objectStoreFor, type StoredObject } from '../src/backup/object-store.ts';
+import { type ObjectStore, objectStoreFor, type StoredObject } from '../src/backup/object-store.ts';
 
 export const payload = z
   .object({
@@ -192,6 +192,8 @@ async function dump(ctx: JobContext, p: Payload, dir: string, started: Date) {
       ...(object ? { object } : {}),
     };
     await writeJsonAtomic(`${final}.manifest.json`, manifest);
+    // The bucket's copy of the manifest is what workers on other hosts list.
+    if (object) await withStore(ctx, (s) => s.putJson(s.manifestKey('dumps', p.target, name), manifest));
     if (object && !ctx.config.objectStore!.keepLocal) {
       await fs.rm(final, { recursive: true, force: true });
       await ctx.log(`local copy removed (objectStore.keepLocal is false); the manifest stays as the catalog record`);
@@ -266,6 +268,15 @@ async function removeLeftovers(dir: string, ctx: { log(m: string): Promise<void>
       await fs.rm(full, { recursive: true, force: true });
       await ctx.log(`removed leftover ${e} from an interrupted run`);
     }
+  }
+}
+
+async function withStore<T>(ctx: JobContext, fn: (store: ObjectStore) => Promise<T>): Promise<T> {
+  const store = objectStoreFor(ctx.config)!;
+  try {
+    return await fn(store);
+  } finally {
+    store.close();
   }
 }
 

@@ -21,6 +21,7 @@ import {
   type ListedDump,
 } from '../src/backup/catalog.ts';
 import { fsyncPath, treeSize } from '../src/core/files.ts';
+import { objectStoreFor } from '../src/backup/object-store.ts';
 import { Pgbackrest } from '../src/backup/pgbackrest.ts';
 import { defineJob, type JobContext, type JobResult, targetField } from '../src/runner/job-definition.ts';
 import { parseSegmentName } from '../src/backup/wal.ts';
@@ -85,7 +86,8 @@ const job = defineJob({
     if (ctx.target.backup.engine === 'pgbackrest') return prunePgbackrest(ctx, target, dryRun);
     const policy = ctx.config.backups;
     const now = Date.now();
-    const dumps = await listDumps(ctx.config.backupDir, target);
+    const store = objectStoreFor(ctx.config);
+    const dumps = await listDumps(ctx.config.backupDir, target, store).finally(() => store?.close());
     const bases = await listBaseBackups(ctx.config.backupDir, target);
     const dumpPlan = planRetention(dumps, (d) => Date.parse(d.manifest.finishedAt), policy.dumps, now, false);
     const basePlan = planRetention(bases, (b) => Date.parse(b.manifest.stoppedAt), policy.base, now, true);
@@ -134,7 +136,7 @@ const job = defineJob({
       if (dryRun) return { dryRun: true, plan, walFiles: walPlan.remove.slice(0, 1000) };
 
       let freed = 0;
-      for (const d of dumpPlan.filter((d) => !d.keep)) freed += await removeDump(d.item);
+      for (const d of dumpPlan.filter((d) => !d.keep)) freed += await removeDump(ctx, d.item);
       for (const d of basePlan.filter((d) => !d.keep)) freed += await removeBaseBackup(d.item);
       for (const f of walPlan.remove) {
         const st = await fs.stat(f).catch(() => undefined);
@@ -193,8 +195,26 @@ async function planWal(
   };
 }
 
-async function removeDump(d: ListedDump): Promise<number> {
-  const size = await treeSize(d.path);
+async function removeDump(ctx: JobContext, d: ListedDump): Promise<number> {
+  const o = d.manifest.object;
+  if (o) {
+    // In the bucket too: the manifest first (then the dump no longer counts), then the object.
+    const store = objectStoreFor(ctx.config);
+    if (store) {
+      try {
+        await store.remove(store.manifestKey('dumps', d.manifest.target, d.manifest.file));
+        await store.remove(o.key);
+        await store.remove(
+          store
+            .manifestKey('dumps', d.manifest.target, d.manifest.file)
+            .replace(/\.manifest\.json$/, '.restore-check.json'),
+        );
+      } finally {
+        store.close();
+      }
+    }
+  }
+  const size = (await treeSize(d.path).catch(() => 0)) || (o?.bytes ?? 0);
   // Without its manifest the dump no longer counts; then its files go.
   await fs.rm(`${d.path}.manifest.json`, { force: true });
   await fsyncPath(path.dirname(d.path));
@@ -231,7 +251,8 @@ async function prunePgbackrest(ctx: JobContext, target: string, dryRun: boolean)
     }));
   const newestStop = (c: (typeof chains)[number]) => Math.max(...c.members.map((m) => Date.parse(m.stoppedAt)));
   const chainPlan = planRetention(chains, newestStop, policy.base, now, true);
-  const dumps = await listDumps(ctx.config.backupDir, target);
+  const store = objectStoreFor(ctx.config);
+  const dumps = await listDumps(ctx.config.backupDir, target, store).finally(() => store?.close());
   const dumpPlan = planRetention(dumps, (d) => Date.parse(d.manifest.finishedAt), policy.dumps, now, false);
   const lock = await ctx.pool.connect();
   try {
@@ -280,7 +301,7 @@ async function prunePgbackrest(ctx: JobContext, target: string, dryRun: boolean)
     }
     if (dryRun) return { dryRun: true, plan, pgbackrest: output };
     let freed = 0;
-    for (const d of dumpPlan.filter((d) => !d.keep)) freed += await removeDump(d.item);
+    for (const d of dumpPlan.filter((d) => !d.keep)) freed += await removeDump(ctx, d.item);
     const window = (await readBackupCatalog(ctx.config.backupDir, ctx.target)).recoveryWindow;
     await ctx.progress(
       100,

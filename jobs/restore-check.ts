@@ -54,7 +54,8 @@ const job = defineJob({
         ]
       : [],
   async handler(ctx, p) {
-    const dumps = await listDumps(ctx.config.backupDir, p.target);
+    const catalogStore = objectStoreFor(ctx.config);
+    const dumps = await listDumps(ctx.config.backupDir, p.target, catalogStore).finally(() => catalogStore?.close());
     const chosen = p.dump ? dumps.find((d) => d.manifest.file === p.dump) : dumps[0];
     if (!chosen)
       throw new PermanentJobError(
@@ -176,7 +177,14 @@ async function checkDump(ctx: JobContext, p: z.output<typeof payload>, chosen: L
       restoreSeconds,
       jobId: ctx.jobId,
     };
+    await fs.mkdir(path.dirname(chosen.path), { recursive: true });
     await writeJsonAtomic(`${chosen.path}.restore-check.json`, record);
+    // In the bucket too, where every worker's catalog reads it.
+    const store = m.object ? objectStoreFor(ctx.config) : undefined;
+    if (store) {
+      const key = store.manifestKey('dumps', p.target, m.file).replace(/\.manifest\.json$/, '.restore-check.json');
+      await store.putJson(key, record).finally(() => store.close());
+    }
     if (!record.ok) {
       const list = mismatches
         .slice(0, 5)

@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { listDumps } from '../src/backup/catalog.ts';
+import { objectStoreFor } from '../src/backup/object-store.ts';
 import { startWorkers } from '../src/cli/roles.ts';
 import type { Runtime } from '../src/runner/runtime.ts';
 import { createHarness, waitForFinished, type Harness } from './support/harness.ts';
@@ -39,9 +40,12 @@ beforeAll(async () => {
   await h.admin.query(`create schema app;
     create table app.herd as select g as id, 'cow ' || g as name from generate_series(1, 2000) g;
     create table app.events (ts timestamptz not null, v int) partition by range (ts);
-    create table app.events_p20260101 partition of app.events for values from ('2026-01-01 00:00+00') to ('2026-01-02 00:00+00');
-    create table app.events_p20260102 partition of app.events for values from ('2026-01-02 00:00+00') to ('2026-01-03 00:00+00');
-    insert into app.events select '2026-01-01 06:00+00'::timestamptz + make_interval(mins => g), g from generate_series(1, 50) g`);
+    create table app.events_p20260101 partition of app.events
+      for values from ('2026-01-01 00:00+00') to ('2026-01-02 00:00+00');
+    create table app.events_p20260102 partition of app.events
+      for values from ('2026-01-02 00:00+00') to ('2026-01-03 00:00+00');
+    insert into app.events
+      select '2026-01-01 06:00+00'::timestamptz + make_interval(mins => g), g from generate_series(1, 50) g`);
   rt = h.runtime({ schedules: [], env });
   await rt.history.migrate();
   startWorkers(rt, ['backup', 'restore-check', 'drop-expired-partitions']);
@@ -131,5 +135,31 @@ describe('partition archives in the object store', () => {
     expect(fs.readFileSync(storedFile(archives[0]!.object.key)).subarray(0, 8).toString()).toBe('PGMENC1\n');
     const { rows } = await h.admin.query(`select to_regclass('app.events_p20260101') as t`);
     expect(rows[0].t).toBeNull();
+  });
+});
+
+describe('workers on two hosts', () => {
+  it('a dump taken by one worker is found and restore-checked by another with its own local directory', async () => {
+    await rt.close(); // only the two worker processes below take jobs
+    const client = h.runtime({ schedules: [], env });
+    const a = h.spawnPgmaint(['worker', '--queues', 'backup'], { ...env, BACKUP_DIR: path.join(h.dir, 'host-a') });
+    const b = h.spawnPgmaint(['worker', '--queues', 'restore-check'], {
+      ...env,
+      BACKUP_DIR: path.join(h.dir, 'host-b'),
+    });
+    await a.waitFor(/worker started/);
+    await b.waitFor(/worker started/);
+    const backup = await run('backup', {}, client);
+    expect(backup.state, backup.job.failedReason).toBe('completed');
+    const file = path.basename((backup.job.returnvalue as { file: string }).file);
+    expect(fs.existsSync(path.join(h.dir, 'host-b', 'dumps', 'main', `${file}.manifest.json`))).toBe(false);
+    const check = await run('restore-check', {}, client);
+    expect(check.state, check.job.failedReason).toBe('completed');
+    expect(check.job.returnvalue).toMatchObject({ dump: file });
+    // The verdict is in the bucket too, where the other host's catalog reads it.
+    const store = objectStoreFor(client.config);
+    const listed = await listDumps(path.join(h.dir, 'host-a'), 'main', store);
+    store?.close();
+    expect(listed.find((d) => d.manifest.file === file)!.restoreCheck).toMatchObject({ ok: true });
   });
 });

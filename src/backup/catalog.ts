@@ -7,7 +7,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { TargetConfig } from '../core/config.ts';
 import { DEFAULT_WAL_SEGMENT_BYTES } from '../core/constants.ts';
-import type { StoredObject } from './object-store.ts';
+import type { ObjectStore, StoredObject } from './object-store.ts';
 import { Pgbackrest, type PgbackrestInfo } from './pgbackrest.ts';
 import {
   type ArchivedSegment,
@@ -116,7 +116,7 @@ async function entries(dir: string): Promise<string[]> {
 }
 
 /** Verified dumps of a target, newest first. */
-export async function listDumps(backupDir: string, target: string): Promise<ListedDump[]> {
+export async function listDumps(backupDir: string, target: string, store?: ObjectStore): Promise<ListedDump[]> {
   const dir = dumpDir(backupDir, target);
   const out: ListedDump[] = [];
   for (const e of await entries(dir)) {
@@ -127,6 +127,25 @@ export async function listDumps(backupDir: string, target: string): Promise<List
     // A dump counts with its local file, or with its verified copy in the bucket.
     if (!manifest.object && !(await fs.stat(file).catch(() => undefined))) continue;
     out.push({ path: file, manifest, restoreCheck: await readJson<RestoreCheckRecord>(`${file}.restore-check.json`) });
+  }
+  // With a bucket, its manifests are the catalog every worker shares; local ones add to it.
+  if (store) {
+    for (const key of await store.list(store.folder('dumps', target))) {
+      if (!key.endsWith('.manifest.json')) continue;
+      const manifest = await store.getJson<DumpManifest>(key);
+      if (manifest?.kind !== 'pgmaint-dump' || !manifest.object) continue;
+      const local = out.findIndex((d) => d.manifest.file === manifest.file);
+      const restoreCheck = await store.getJson<RestoreCheckRecord>(
+        key.replace(/\.manifest\.json$/, '.restore-check.json'),
+      );
+      const listed = {
+        path: path.join(dir, manifest.file),
+        manifest,
+        restoreCheck: restoreCheck ?? out[local]?.restoreCheck,
+      };
+      if (local >= 0) out[local] = listed;
+      else out.push(listed);
+    }
   }
   return out.sort((a, b) => b.manifest.finishedAt.localeCompare(a.manifest.finishedAt));
 }
@@ -228,9 +247,10 @@ export async function readBackupCatalog(
   backupDir: string,
   target: Pick<TargetConfig, 'name' | 'walArchiveDir' | 'backup'>,
   now = Date.now(),
+  store?: ObjectStore,
 ): Promise<BackupCatalog> {
   if (target.backup.engine === 'pgbackrest') {
-    const dumps = await listDumps(backupDir, target.name);
+    const dumps = await listDumps(backupDir, target.name, store);
     const info = await new Pgbackrest(target).info().catch((err: Error) => err);
     const empty = { earliest: null, latest: null, seconds: 0, fromBaseBackup: null, brokenChains: [] };
     if (info instanceof Error) {
@@ -256,7 +276,7 @@ export async function readBackupCatalog(
     };
   }
   const [dumps, bases] = await Promise.all([
-    listDumps(backupDir, target.name),
+    listDumps(backupDir, target.name, store),
     listBaseBackups(backupDir, target.name),
   ]);
   const archive = await readArchive(

@@ -8,7 +8,13 @@ import { createReadStream, createWriteStream, readFileSync } from 'node:fs';
 import { Agent } from 'node:https';
 import { PassThrough, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { DeleteObjectCommand, GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import {
+  DeleteObjectCommand,
+  GetObjectCommand,
+  ListObjectsV2Command,
+  PutObjectCommand,
+  S3Client,
+} from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { NodeHttpHandler } from '@smithy/node-http-handler';
 import { type Config, type ConfigSecrets, configSecrets } from '../core/config.ts';
@@ -107,10 +113,9 @@ export class ObjectStore {
       });
       return res.Body as Readable;
     } catch (err) {
-      const name = (err as { name?: string }).name;
-      throw new Error(
-        `s3://${this.cfg.bucket}/${key}: ${name === 'NoSuchKey' ? 'the object does not exist' : (err as Error).message}`,
-      );
+      const missing = (err as { name?: string }).name === 'NoSuchKey';
+      const why = missing ? 'the object does not exist' : (err as Error).message;
+      throw new Error(`s3://${this.cfg.bucket}/${key}: ${why}`);
     }
   }
 
@@ -148,6 +153,51 @@ export class ObjectStore {
       throw new Error(`${what}: the stored object's sha256 ${sha256} differs from the manifest's ${o.sha256}`);
   }
 
+  /** The key of a dump's or archive's manifest: beside the object, without the .enc suffix. */
+  manifestKey(kind: 'dumps' | 'partitions', target: string, name: string): string {
+    return `${this.cfg.prefix}${kind}/${target}/${name}.manifest.json`;
+  }
+
+  async putJson(key: string, value: unknown): Promise<void> {
+    await this.client.send(
+      new PutObjectCommand({
+        Bucket: this.cfg.bucket,
+        Key: key,
+        Body: JSON.stringify(value, null, 2),
+        ContentType: 'application/json',
+      }),
+    );
+  }
+
+  async getJson<T>(key: string): Promise<T | undefined> {
+    try {
+      const chunks: Buffer[] = [];
+      for await (const c of await this.open(key)) chunks.push(c as Buffer);
+      return JSON.parse(Buffer.concat(chunks).toString('utf8')) as T;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Keys under a prefix (every page). */
+  async list(prefix: string): Promise<string[]> {
+    const keys: string[] = [];
+    let token: string | undefined;
+    do {
+      const page = await this.client.send(
+        new ListObjectsV2Command({ Bucket: this.cfg.bucket, Prefix: prefix, ContinuationToken: token }),
+      );
+      for (const o of page.Contents ?? []) if (o.Key) keys.push(o.Key);
+      token = page.IsTruncated ? page.NextContinuationToken : undefined;
+    } while (token);
+    return keys;
+  }
+
+  /** The folder of a kind and target, for list(). */
+  folder(kind: 'dumps' | 'partitions', target: string): string {
+    return `${this.cfg.prefix}${kind}/${target}/`;
+  }
+
   async remove(key: string): Promise<void> {
     await this.client.send(new DeleteObjectCommand({ Bucket: this.cfg.bucket, Key: key }));
   }
@@ -160,4 +210,17 @@ export class ObjectStore {
 /** The bucket of this configuration, or undefined when objectStore is not configured. */
 export function objectStoreFor(config: Config): ObjectStore | undefined {
   return config.objectStore ? new ObjectStore(config.objectStore, config.encryption, configSecrets(config)) : undefined;
+}
+
+/** Runs fn with the configured bucket (or undefined), closing its client after. */
+export async function withObjectStore<T>(
+  config: Config,
+  fn: (store: ObjectStore | undefined) => Promise<T>,
+): Promise<T> {
+  const store = objectStoreFor(config);
+  try {
+    return await fn(store);
+  } finally {
+    store?.close();
+  }
 }

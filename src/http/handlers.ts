@@ -2,6 +2,7 @@
 // {status, body} (and headers where a page needs them). routes.ts maps them to
 // paths; app.ts is the thin Express adapter.
 import { readBackupCatalog } from '../backup/catalog.ts';
+import { objectStoreFor } from '../backup/object-store.ts';
 import { safeUrl } from '../core/redact.ts';
 import type { Runtime } from '../runner/runtime.ts';
 import { PayloadError } from '../core/errors.ts';
@@ -168,7 +169,8 @@ export const listBackups: Handler = async ({ rt }, req) => {
   const target = req.query.target ?? MAIN_TARGET;
   const t = rt.config.targets.get(target);
   if (!t) return error(404, `unknown target "${target}"`, { targets: [...rt.config.targets.keys()] });
-  const catalog = await readBackupCatalog(rt.config.backupDir, t);
+  const store = objectStoreFor(rt.config);
+  const catalog = await readBackupCatalog(rt.config.backupDir, t, Date.now(), store).finally(() => store?.close());
   const { dumps, bases, archive, newestSegment: newest, recoveryWindow, pgbackrest } = catalog;
   // The last verdict of each proof job, from the durable run history.
   const lastRun = async (job: string) => {

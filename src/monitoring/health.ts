@@ -6,6 +6,7 @@ import { DateTime } from 'luxon';
 import type { ArchiveCheckResult } from '../../jobs/archive-check.ts';
 import type { PitrDrillResult } from '../../jobs/pitr-drill.ts';
 import { readBackupCatalog } from '../backup/catalog.ts';
+import { withObjectStore } from '../backup/object-store.ts';
 import { nextRun } from '../core/cron.ts';
 import type { JobStatus } from '../runner/history.ts';
 import type { PartitionPolicy } from '../core/partition-policy.ts';
@@ -251,7 +252,7 @@ export class HealthReader {
     const { rt } = this;
     const t = rt.config.targets.get(target)!;
     const [catalog, archiveRun, drillRun] = await Promise.all([
-      readBackupCatalog(rt.config.backupDir, t),
+      withObjectStore(rt.config, (store) => readBackupCatalog(rt.config.backupDir, t, now, store)),
       rt.history.lastFinished<ArchiveCheckResult>('archive-check', target),
       rt.history.lastFinished<PitrDrillResult>('pitr-drill', target),
     ]);
