@@ -11,7 +11,7 @@ import { objectStoreFor } from '../src/backup/object-store.ts';
 import { startWorkers } from '../src/cli/roles.ts';
 import type { Runtime } from '../src/runner/runtime.ts';
 import { createHarness, waitForFinished, type Harness } from './support/harness.ts';
-import { type S3Server, startS3 } from './support/s3.ts';
+import { type S3Server, startS3 } from '../src/dev/s3.ts';
 
 let h: Harness;
 let rt: Runtime;

@@ -9,8 +9,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startWorkers } from '../src/cli/roles.ts';
 import type { Runtime } from '../src/runner/runtime.ts';
 import { createHarness, waitForFinished, type Harness } from './support/harness.ts';
-import { createStanza, type Stanza } from './support/pgbackrest.ts';
-import { type S3Server, startS3 } from './support/s3.ts';
+import { createStanza, type Stanza } from '../src/dev/pgbackrest-stanza.ts';
+import { type S3Server, startS3 } from '../src/dev/s3.ts';
 
 let h: Harness;
 let rt: Runtime;

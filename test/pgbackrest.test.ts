@@ -6,7 +6,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startWorkers } from '../src/cli/roles.ts';
 import type { Runtime } from '../src/runner/runtime.ts';
-import { createStanza, type Stanza } from './support/pgbackrest.ts';
+import { createStanza, type Stanza } from '../src/dev/pgbackrest-stanza.ts';
 import { createHarness, waitForFinished, type Harness } from './support/harness.ts';
 
 let h: Harness;

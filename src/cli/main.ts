@@ -20,7 +20,9 @@ Usage:
   pgmaint schedules                      schedules with their next runs
   pgmaint history [--job NAME] [--limit N]
                                          recent runs from the run history
-  pgmaint demo [--dir DIR] [--scale S]   local PostgreSQL + Redis + server + worker on the dairy database
+  pgmaint demo [--dir DIR] [--scale S] [--offsite]
+                                         local PostgreSQL + Redis + server + worker on the dairy database;
+                                         --offsite: pgBackRest and dumps in a local S3 bucket, encrypted
   pgmaint seed [--scale small|default|large]   dairy schema and data into DATABASE_URL (if empty)
   pgmaint jobs                           the job catalog
 
@@ -130,14 +132,15 @@ async function demo(args: string[]): Promise<void> {
   const { values } = parseFlags('demo', args, {
     dir: { type: 'string' },
     scale: { type: 'string', default: 'default' },
+    offsite: { type: 'boolean' },
   });
   const { startDemoStack } = await import('../dev/demo.ts');
   const dir = path.resolve(values.dir ?? '.pgmaint-demo');
-  const stack = await startDemoStack(dir, await scaleArg(values.scale!));
+  const stack = await startDemoStack(dir, await scaleArg(values.scale!), { offsite: values.offsite });
   Object.assign(process.env, stack.env);
-  const rt = await runServerProcess({ withWorkers: true });
+  const { rt, port } = await runServerProcess({ withWorkers: true });
   rt.afterClose(() => stack.stop());
-  const url = `http://localhost:${rt.config.port}`;
+  const url = `http://localhost:${port}`;
   process.stderr.write(
     `\npgmaint demo is up.\n  Bull Board: ${url}/admin/queues  (sign in with the admin token)\n  admin token:  ` +
       `${stack.env.ADMIN_TOKEN}\n  viewer token: ${stack.env.VIEWER_TOKEN}\n` +

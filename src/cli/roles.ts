@@ -63,13 +63,14 @@ export async function runWorkerProcess(opts: { only?: string[] } = {}): Promise<
   return rt;
 }
 
-export async function runServerProcess(opts: { withWorkers?: boolean } = {}): Promise<Runtime> {
+/** The server role; resolves with the runtime and the port it listens on (PORT=0 picks a free one). */
+export async function runServerProcess(opts: { withWorkers?: boolean } = {}): Promise<{ rt: Runtime; port: number }> {
   const rt = createRuntime();
   onSignals(rt);
   await rt.waitForServices();
   if (opts.withWorkers) startWorkers(rt);
-  await startServer(rt);
-  return rt;
+  const { port } = await startServer(rt);
+  return { rt, port };
 }
 
 /** The alert monitor alone, for deployments whose server shares a machine with workers. */

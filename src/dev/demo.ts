@@ -1,113 +1,200 @@
 // `pgmaint demo`: a local PostgreSQL (WAL archiving on) and Redis (AOF, noeviction,
 // as in docker-compose.yml) under one directory, the dairy database (src/dairy.ts), tokens.
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { newToken, writeEnvFile } from './env-file.ts';
 import { seedDairy, type Scale } from './dairy.ts';
-import { createDatabase, startPostgres, startRedis } from './devstack.ts';
+import { createDatabase, type PostgresInstance, startPostgres, startRedis } from './devstack.ts';
+import pg from 'pg';
 import { BUSINESS_TIME_ZONE } from '../core/constants.ts';
+import { UsageError } from '../core/errors.ts';
 
 export async function startDemoStack(
   dir: string,
   scale: Scale = 'default',
+  opts: { offsite?: boolean } = {},
 ): Promise<{ env: Record<string, string>; stop(): Promise<void> }> {
   fs.mkdirSync(dir, { recursive: true });
   const tokensFile = path.join(dir, 'tokens.json');
   const tokens = fs.existsSync(tokensFile)
     ? JSON.parse(fs.readFileSync(tokensFile, 'utf8'))
     : { admin: newToken(), viewer: newToken() };
+  // Kept across restarts: the off-site repository and bucket are encrypted with them.
+  tokens.cipherPass ??= newToken();
+  tokens.backupKey ??= randomBytes(32).toString('base64');
   fs.writeFileSync(tokensFile, JSON.stringify(tokens), { mode: 0o600 });
 
   const postgres = await startPostgres({ dir: path.join(dir, 'pg') });
   const redis = await startRedis({ dir: path.join(dir, 'redis'), appendonly: true });
-  await createDatabase(postgres, 'dairy');
-  await seedDairy(postgres.url('dairy'), scale, { log: (m) => console.error(`seed ${m}`) });
-  const env: Record<string, string> = {
-    DATABASE_URL: postgres.url('dairy'),
-    REDIS_URL: redis.url,
-    BACKUP_DIR: path.join(dir, 'backups'),
-    WAL_ARCHIVE_DIR: postgres.walArchiveDir,
-    ADMIN_TOKEN: tokens.admin as string,
-    VIEWER_TOKEN: tokens.viewer as string,
-    PORT: process.env.PORT ?? '3000',
+  let offsite: { stop(): Promise<void> } | undefined;
+  // PostgreSQL first: its archiver still pushes WAL to the off-site bucket while it stops.
+  const stopAll = async () => {
+    await redis.stop();
+    await postgres.stop();
+    await offsite?.stop();
   };
-  // Partition policies of the dairy ERP (docs/dairy-erp.md): orders monthly, 3 months ahead,
-  // kept 24 months; IoT readings daily, 7 days ahead, kept 90 days.
-  const configFile = path.join(dir, 'pgmaint.json');
-  fs.writeFileSync(
-    configFile,
-    JSON.stringify(
-      {
-        partitions: [
-          {
-            table: 'sales.sale_order',
-            column: 'date_order',
-            interval: 'month',
-            premake: 3,
-            retention: '24 months',
-            timeZone: BUSINESS_TIME_ZONE,
-          },
-          {
-            table: 'sales.sale_order_line',
-            column: 'date_order',
-            interval: 'month',
-            premake: 3,
-            retention: '24 months',
-            timeZone: BUSINESS_TIME_ZONE,
-          },
-          {
-            table: 'iot.sensor_reading',
-            column: 'read_at',
-            interval: 'day',
-            premake: 7,
-            retention: '90 days',
-            timeZone: BUSINESS_TIME_ZONE,
-          },
-        ],
-        // docs/dairy-erp.md: dumps kept 30 days; the drill counts orders and the herd at T.
-        // Dashboards (docs/dairy-erp.md): sales by day, top products, herd; TTLs from 2 minutes to an hour.
-        cache: {
-          keyPrefix: 'dash:',
-          queries: [
+  const env: Record<string, string> = {};
+  // Whatever fails from here on, the servers this started are stopped: no orphans.
+  try {
+    await createDatabase(postgres, 'dairy');
+    await seedDairy(postgres.url('dairy'), scale, { log: (m) => console.error(`seed ${m}`) });
+    Object.assign(env, {
+      DATABASE_URL: postgres.url('dairy'),
+      REDIS_URL: redis.url,
+      BACKUP_DIR: path.join(dir, 'backups'),
+      WAL_ARCHIVE_DIR: postgres.walArchiveDir,
+      ADMIN_TOKEN: tokens.admin as string,
+      VIEWER_TOKEN: tokens.viewer as string,
+      PORT: process.env.PORT ?? '3000',
+    });
+    // Partition policies of the dairy ERP (docs/dairy-erp.md): orders monthly, 3 months ahead,
+    // kept 24 months; IoT readings daily, 7 days ahead, kept 90 days.
+    const configFile = path.join(dir, 'pgmaint.json');
+    fs.writeFileSync(
+      configFile,
+      JSON.stringify(
+        {
+          partitions: [
             {
-              key: 'sales:daily:30d',
-              ttlSeconds: 3600,
-              sql:
-                `select date, channel, sum(revenue) as revenue, sum(order_count) as orders from ` +
-                `analytics.daily_sales_agg where date > current_date - 30 group by 1, 2 order by 1, 2`,
+              table: 'sales.sale_order',
+              column: 'date_order',
+              interval: 'month',
+              premake: 3,
+              retention: '24 months',
+              timeZone: BUSINESS_TIME_ZONE,
             },
             {
-              key: 'products:top:30d',
-              ttlSeconds: 600,
-              sql:
-                `select a.product_tmpl_id, p.name, sum(a.qty_sold) as qty, sum(a.revenue) as revenue from ` +
-                `analytics.daily_sales_agg a join catalog.product_template p on p.id = a.product_tmpl_id where ` +
-                `a.date > current_date - 30 group by 1, 2 order by revenue desc limit 20`,
+              table: 'sales.sale_order_line',
+              column: 'date_order',
+              interval: 'month',
+              premake: 3,
+              retention: '24 months',
+              timeZone: BUSINESS_TIME_ZONE,
             },
             {
-              key: 'herd:summary',
-              ttlSeconds: 120,
-              sql: `select status, count(*) as animals from farm.animal group by status order by status`,
+              table: 'iot.sensor_reading',
+              column: 'read_at',
+              interval: 'day',
+              premake: 7,
+              retention: '90 days',
+              timeZone: BUSINESS_TIME_ZONE,
             },
           ],
+          // docs/dairy-erp.md: dumps kept 30 days; the drill counts orders and the herd at T.
+          // Dashboards (docs/dairy-erp.md): sales by day, top products, herd; TTLs from 2 minutes to an hour.
+          cache: {
+            keyPrefix: 'dash:',
+            queries: [
+              {
+                key: 'sales:daily:30d',
+                ttlSeconds: 3600,
+                sql:
+                  `select date, channel, sum(revenue) as revenue, sum(order_count) as orders from ` +
+                  `analytics.daily_sales_agg where date > current_date - 30 group by 1, 2 order by 1, 2`,
+              },
+              {
+                key: 'products:top:30d',
+                ttlSeconds: 600,
+                sql:
+                  `select a.product_tmpl_id, p.name, sum(a.qty_sold) as qty, sum(a.revenue) as revenue from ` +
+                  `analytics.daily_sales_agg a join catalog.product_template p on p.id = a.product_tmpl_id where ` +
+                  `a.date > current_date - 30 group by 1, 2 order by revenue desc limit 20`,
+              },
+              {
+                key: 'herd:summary',
+                ttlSeconds: 120,
+                sql: `select status, count(*) as animals from farm.animal group by status order by status`,
+              },
+            ],
+          },
+          backups: {
+            dumps: { keepLast: 3, maxAgeDays: 30 },
+            base: { keepLast: 2, maxAgeDays: 7 },
+            drillTables: ['sales.sale_order', 'farm.animal'],
+          },
         },
-        backups: {
-          dumps: { keepLast: 3, maxAgeDays: 30 },
-          base: { keepLast: 2, maxAgeDays: 7 },
-          drillTables: ['sales.sale_order', 'farm.animal'],
-        },
-      },
-      null,
-      2,
-    ),
-  );
-  Object.assign(env, { PGMAINT_CONFIG: configFile });
-  writeEnvFile(path.join(dir, 'env.sh'), env);
+        null,
+        2,
+      ),
+    );
+    Object.assign(env, { PGMAINT_CONFIG: configFile });
+    if (opts.offsite) {
+      const extra = await startOffsite(dir, postgres, tokens);
+      offsite = extra;
+      Object.assign(env, extra.env);
+      const config = JSON.parse(fs.readFileSync(configFile, 'utf8'));
+      fs.writeFileSync(configFile, JSON.stringify({ ...config, ...extra.config }, null, 2));
+    }
+    writeEnvFile(path.join(dir, 'env.sh'), env);
+  } catch (err) {
+    await stopAll().catch(() => undefined);
+    throw err;
+  }
   return {
     env,
-    stop: async () => {
-      await redis.stop();
-      await postgres.stop();
-    },
+    stop: stopAll,
   };
+}
+
+/**
+ * The off-site setup on this machine: an S3 API (s3rver over TLS) stands in for the
+ * object store; pgBackRest keeps the physical backups there, encrypted, and the
+ * dumps and partition archives go to the same bucket, encrypted by pgmaint.
+ */
+async function startOffsite(
+  dir: string,
+  postgres: PostgresInstance,
+  tokens: { cipherPass: string; backupKey: string },
+): Promise<{ env: Record<string, string>; config: object; stop(): Promise<void> }> {
+  const { startS3 } = await import('./s3.ts').catch(() => {
+    throw new UsageError('--offsite needs the development dependencies (npm ci) for its local S3 server');
+  });
+  const { createStanza } = await import('./pgbackrest-stanza.ts');
+  const s3 = await startS3(path.join(dir, 's3'));
+  const pool = new pg.Pool({ connectionString: postgres.url('dairy'), max: 1 });
+  try {
+    const stanza = await createStanza(postgres, pool, dir, {
+      repoLines: [
+        'repo1-type=s3',
+        'repo1-path=/pgbackrest',
+        `repo1-s3-bucket=${s3.bucket}`,
+        `repo1-s3-endpoint=${s3.host}`,
+        `repo1-storage-port=${s3.port}`,
+        `repo1-s3-region=${s3.region}`,
+        `repo1-s3-key=${s3.accessKeyId}`,
+        `repo1-s3-key-secret=${s3.secretAccessKey}`,
+        'repo1-s3-uri-style=path',
+        `repo1-storage-ca-file=${s3.caFile}`,
+        'repo1-cipher-type=aes-256-cbc',
+        `repo1-cipher-pass=${tokens.cipherPass}`,
+      ],
+    });
+    return {
+      env: {
+        PGMAINT_S3_KEY: s3.accessKeyId,
+        PGMAINT_S3_SECRET: s3.secretAccessKey,
+        PGMAINT_BACKUP_KEY: tokens.backupKey,
+      },
+      config: {
+        targets: { main: { backup: { engine: 'pgbackrest', stanza: stanza.stanza, configFile: stanza.configFile } } },
+        objectStore: {
+          bucket: s3.bucket,
+          endpoint: s3.endpoint,
+          forcePathStyle: true,
+          caFile: s3.caFile,
+          accessKeyIdEnv: 'PGMAINT_S3_KEY',
+          secretAccessKeyEnv: 'PGMAINT_S3_SECRET',
+          keepLocal: false,
+        },
+        encryption: { keyId: 'demo', keyEnv: 'PGMAINT_BACKUP_KEY' },
+      },
+      stop: () => s3.stop(),
+    };
+  } catch (err) {
+    await s3.stop();
+    throw err;
+  } finally {
+    await pool.end();
+  }
 }

@@ -1,12 +1,12 @@
-// A pgBackRest stanza for a harness's own cluster: a repository directory (posix) or
-// an S3 bucket, a pgbackrest.conf, archive_command switched to archive-push, and
-// stanza-create. The files belong to the PostgreSQL OS user, as pgBackRest needs.
+// A pgBackRest stanza for a local cluster (the tests' and the off-site demo's): a
+// repository directory (posix) or an S3 bucket, a pgbackrest.conf, archive_command
+// switched to archive-push, and stanza-create. The files belong to the PostgreSQL OS user, as pgBackRest needs.
 import fs from 'node:fs';
 import path from 'node:path';
 import type pg from 'pg';
-import type { PostgresInstance } from '../../src/dev/devstack.ts';
-import { chownTree, postgresUser } from '../../src/core/local-postgres.ts';
-import { runProcess } from '../../src/core/proc.ts';
+import type { PostgresInstance } from './devstack.ts';
+import { chownTree, postgresUser } from '../core/local-postgres.ts';
+import { runProcess } from '../core/proc.ts';
 
 export interface Stanza {
   stanza: string;

@@ -1,4 +1,4 @@
-// An S3 API on this machine for the tests: s3rver over TLS, with a self-signed
+// An S3 API on this machine for the tests and the off-site demo: s3rver over TLS, with a self-signed
 // certificate made at start (pgBackRest speaks to S3 only over HTTPS), on a free
 // port, with one bucket. Credentials are s3rver's fixed test pair.
 import { execFileSync } from 'node:child_process';
@@ -55,7 +55,8 @@ export async function startS3(dir: string, bucket = 'pgmaint'): Promise<S3Server
   const { port } = (await server.run()) as { port: number };
   return {
     endpoint: `https://127.0.0.1:${port}`,
-    host: '127.0.0.1',
+    // pgBackRest matches a certificate by name, not by IP address.
+    host: 'localhost',
     port,
     bucket,
     region: 'us-east-1',
