@@ -1,0 +1,66 @@
+// The benchmarks' method: each side runs `rounds` times, interleaved (A, B, A, B …),
+// both timed from outside the same way; a row shows the median and min–max of each
+// side and the ratio of medians. The load average is printed before and after, so a
+// noisy run can be recognised; compare ratios within one run only.
+import os from 'node:os';
+
+export interface Side {
+  name: string;
+  /** Runs once and returns milliseconds (timed by the caller, from outside). */
+  run(round: number): Promise<number>;
+}
+
+export interface Sample {
+  name: string;
+  ms: number[];
+}
+
+export const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+};
+
+/** Times an async function from outside, in milliseconds. */
+export async function timed(fn: () => Promise<unknown>): Promise<number> {
+  const t0 = performance.now();
+  await fn();
+  return performance.now() - t0;
+}
+
+/** Runs the sides interleaved for `rounds` rounds. */
+export async function interleave(sides: Side[], rounds: number): Promise<Sample[]> {
+  const samples = sides.map((s) => ({ name: s.name, ms: [] as number[] }));
+  for (let r = 0; r < rounds; r++) {
+    for (const [i, side] of sides.entries()) {
+      const ms = await side.run(r);
+      samples[i]!.ms.push(ms);
+      console.error(`  round ${r + 1}: ${side.name} ${(ms / 1000).toFixed(2)} s`);
+    }
+  }
+  return samples;
+}
+
+export const loadAverage = () =>
+  os
+    .loadavg()
+    .map((x) => x.toFixed(2))
+    .join(' ');
+
+const fmt = (s: Sample) =>
+  `${(median(s.ms) / 1000).toFixed(2)} s (${(Math.min(...s.ms) / 1000).toFixed(2)}–${(Math.max(...s.ms) / 1000).toFixed(2)})`;
+
+/** One table row: ours against theirs, medians with min–max, and ours/theirs. */
+export function row(what: string, ours: Sample, theirs: Sample, target?: string): string[] {
+  const ratio = median(ours.ms) / median(theirs.ms);
+  return [what, fmt(ours), fmt(theirs), `${ratio.toFixed(2)}×`, target ?? ''];
+}
+
+export function printTable(title: string, header: string[], rows: string[][]): void {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (cells: string[]) => `| ${cells.map((c, i) => c.padEnd(widths[i]!)).join(' | ')} |`;
+  console.log(`\n${title}\n`);
+  console.log(line(header));
+  console.log(`|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`);
+  for (const r of rows) console.log(line(r));
+}
