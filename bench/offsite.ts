@@ -77,7 +77,8 @@ await pool.query(`create schema sales;
     state text not null, date_order timestamptz not null, amount_total numeric(12,2) not null, note text)`);
 for (let from = 1; from <= ROWS; from += 1_000_000) {
   await pool.query(
-    `insert into sales.sale_order select g, 1 + g % 3, 1 + g % 5000, (array['draft','sale','sale','done','cancel'])[1 + g % 5],
+    `insert into sales.sale_order
+       select g, 1 + g % 3, 1 + g % 5000, (array['draft','sale','sale','done','cancel'])[1 + g % 5],
        timestamptz '2024-11-01' + make_interval(secs => g * 7), round((50 + (g * 7919 % 500000) / 100.0)::numeric, 2),
        'order ' || g from generate_series($1::bigint, $2::bigint) g`,
     [from, Math.min(ROWS, from + 999_999)],
@@ -149,11 +150,11 @@ const restoreByHand = async (round: number) => {
   if (owner) spawnSync('chown', ['-R', `${owner.uid}:${owner.gid}`, path.dirname(data)]);
   const port = await freePort();
   const ms = await timed(async () => {
-    await pgbackrest(['restore', '--type=immediate', '--target-action=promote', `--pg1-path=${data}`]);
-    fs.appendFileSync(
-      path.join(data, 'postgresql.auto.conf'),
-      `\nport = ${port}\narchive_mode = off\nlisten_addresses = ''\nunix_socket_directories = '${path.dirname(data)}'\n`,
-    );
+    // Like the drill: the newest set, then every archived segment up to the end of the archive, then promotion.
+    await pgbackrest(['restore', `--pg1-path=${data}`]);
+    const settings = [`port = ${port}`, 'archive_mode = off', "listen_addresses = ''"];
+    settings.push(`unix_socket_directories = '${path.dirname(data)}'`);
+    fs.appendFileSync(path.join(data, 'postgresql.auto.conf'), `\n${settings.join('\n')}\n`);
     await runProcess(
       binPath('pg_ctl'),
       ['-D', data, '-l', path.join(path.dirname(data), 'log'), '-w', 'start'],

@@ -2,17 +2,14 @@
 // upper bound is at or before now − retention; the newest partition, the DEFAULT
 // partition and anything not attached to a policy's parent are never touched. Each
 // expired partition is detached (CONCURRENTLY where the parent has no DEFAULT
-// partition), archived with pg_dump and verified (pg_restore --list, row count,
-// sha256), and only then dropped. Every step is journaled (src/retention-journal.ts)
+// partition), archived with pg_dump and verified (src/backup/partition-archive.ts),
+// and only then dropped. Every step is journaled (src/partitions/retention-journal.ts)
 // before it happens, so a run killed at any step is finished by the next: a pending
 // detach is finalized, a detached table is archived and dropped (or re-attached).
-import fs from 'node:fs/promises';
-import path from 'node:path';
 import { DateTime } from 'luxon';
 import type pg from 'pg';
 import { z } from 'zod';
-import { PermanentJobError } from '../src/core/errors.ts';
-import { fileStamp, publish, sha256File, writeJsonAtomic } from '../src/core/files.ts';
+import { type Archive, archivePartition, reusableArchive, splitQualified } from '../src/backup/partition-archive.ts';
 import { defineJob, type JobResult, targetField, type JobContext } from '../src/runner/job-definition.ts';
 import { parseRetention, type PartitionPolicy } from '../src/core/partition-policy.ts';
 import { qualifiedName, quoteQualified, withTransaction } from '../src/core/sql.ts';
@@ -27,8 +24,6 @@ import {
   withParentLock,
   type PolicyOutcome,
 } from '../src/partitions/partitions.ts';
-import { binPath, runProcess } from '../src/core/proc.ts';
-import { objectStoreFor, type StoredObject } from '../src/backup/object-store.ts';
 import {
   catalogPlace,
   ensureJournal,
@@ -55,16 +50,6 @@ interface Step {
   undo?: string;
   /** Why a step resumes an earlier run's work, or closes its journal entry. */
   note?: string;
-}
-
-interface Archive {
-  partition: string;
-  file: string;
-  rows: number;
-  bytes: number;
-  sha256: string;
-  /** The verified copy in the object store, when one is configured. */
-  object?: StoredObject;
 }
 
 interface DropResult extends PolicyOutcome {
@@ -307,112 +292,6 @@ async function execute(
     }
   } finally {
     await client.query('reset lock_timeout').catch(() => undefined);
-  }
-}
-
-function splitQualified(partition: string): [string, string] {
-  const dot = partition.indexOf('.');
-  return [partition.slice(0, dot), partition.slice(dot + 1)];
-}
-
-/** An archive an interrupted run finished (journal state archived) still counts if its file and manifest agree. */
-async function reusableArchive(ctx: JobContext, entry: JournalEntry | undefined): Promise<Archive | undefined> {
-  if (entry?.state !== 'archived' || !entry.archiveFile || !entry.archiveSha256) return undefined;
-  try {
-    const manifest = JSON.parse(await fs.readFile(`${entry.archiveFile}.manifest.json`, 'utf8'));
-    if (manifest.sha256 !== entry.archiveSha256) return undefined;
-    if (manifest.object) {
-      // Its copy in the bucket is what counts: read back and compared, not taken on trust.
-      const store = objectStoreFor(ctx.config);
-      const stored = await store?.sha256Of(manifest.object.key, ctx.signal).finally(() => store.close());
-      if (stored?.sha256 !== manifest.object.sha256) return undefined;
-    } else if ((await sha256File(entry.archiveFile)) !== entry.archiveSha256) return undefined;
-    const sha256 = entry.archiveSha256;
-    return {
-      partition: manifest.partition,
-      file: entry.archiveFile,
-      rows: manifest.rows,
-      bytes: manifest.bytes,
-      sha256,
-      ...(manifest.object ? { object: manifest.object } : {}),
-    };
-  } catch {
-    return undefined;
-  }
-}
-
-/** pg_dump of one detached partition, verified before it counts. */
-async function archivePartition(ctx: JobContext, client: pg.ClientBase, partition: string): Promise<Archive> {
-  const [schema, name] = splitQualified(partition);
-  const dir = path.join(ctx.config.backupDir, 'partitions', ctx.target.name);
-  await fs.mkdir(dir, { recursive: true }).catch((err) => {
-    throw new PermanentJobError(`BACKUP_DIR: cannot create ${dir}: ${(err as Error).message}`);
-  });
-  // A killed run's leftovers of this partition: partial dumps, and dumps that never got
-  // their manifest (they never counted). Names are compared as text, not as patterns.
-  for (const entry of await fs.readdir(dir)) {
-    if (!entry.startsWith(`${schema}.${name}-`)) continue;
-    const orphan =
-      entry.endsWith('.partial') ||
-      (entry.endsWith('.dump') && !(await fs.stat(path.join(dir, `${entry}.manifest.json`)).catch(() => null)));
-    if (orphan) {
-      await fs.rm(path.join(dir, entry), { force: true });
-      await ctx.log(`removed ${entry}, left by an interrupted run`);
-    }
-  }
-  // Detached, the table takes no more writes through the parent; this count is the dump's.
-  const rows = Number((await client.query(`select count(*) as n from ${quoteQualified(schema, name)}`)).rows[0].n);
-  const file = path.join(dir, `${schema}.${name}-${fileStamp()}.dump`);
-  const tmp = `${file}.partial`;
-  try {
-    await runProcess(
-      binPath('pg_dump'),
-      ['--format=custom', '--no-password', `--table=${quoteQualified(schema, name)}`, `--file=${tmp}`],
-      { env: ctx.libpqEnv(), signal: ctx.signal },
-    );
-    const list = await runProcess(binPath('pg_restore'), ['--list', tmp], { signal: ctx.signal });
-    // Compared as text, never as a pattern: names may hold $ and other regex characters.
-    const entry = ` TABLE DATA ${schema} ${name} `;
-    if (!list.stdout.split('\n').some((line) => line.includes(entry)))
-      throw new Error(`archive of ${partition} has no TABLE DATA entry; not dropped`);
-    const bytes = (await fs.stat(tmp)).size;
-    const sha256 = await sha256File(tmp, ctx.signal);
-    await publish(tmp, file);
-    const object = await uploadArchive(ctx, file);
-    await writeJsonAtomic(`${file}.manifest.json`, {
-      kind: 'pgmaint-partition-archive',
-      version: 1,
-      target: ctx.target.name,
-      partition,
-      rows,
-      bytes,
-      sha256,
-      createdAt: new Date().toISOString(),
-      jobId: ctx.jobId,
-      ...(object ? { object } : {}),
-    });
-    if (object && !ctx.config.objectStore!.keepLocal) await fs.rm(file, { force: true });
-    return { partition, file, rows, bytes, sha256, ...(object ? { object } : {}) };
-  } catch (err) {
-    await fs.rm(tmp, { force: true });
-    throw err;
-  }
-}
-
-/** Uploads a published archive to the object store, when one is configured, and proves the copy. */
-async function uploadArchive(ctx: JobContext, file: string): Promise<StoredObject | undefined> {
-  const store = objectStoreFor(ctx.config);
-  if (!store) return undefined;
-  try {
-    const object = await store.upload(
-      file,
-      store.keyFor('partitions', ctx.target.name, path.basename(file)),
-      ctx.signal,
-    );
-    await ctx.log(`uploaded s3://${object.bucket}/${object.key} and read it back (${object.bytes} bytes)`);
-    return object;
-  } finally {
-    store.close();
   }
 }
 
