@@ -47,8 +47,8 @@ export const loadAverage = () =>
     .map((x) => x.toFixed(2))
     .join(' ');
 
-const fmt = (s: Sample) =>
-  `${(median(s.ms) / 1000).toFixed(2)} s (${(Math.min(...s.ms) / 1000).toFixed(2)}–${(Math.max(...s.ms) / 1000).toFixed(2)})`;
+const seconds = (ms: number) => (ms / 1000).toFixed(2);
+const fmt = (s: Sample) => `${seconds(median(s.ms))} s (${seconds(Math.min(...s.ms))}–${seconds(Math.max(...s.ms))})`;
 
 /** One table row: ours against theirs, medians with min–max, and ours/theirs. */
 export function row(what: string, ours: Sample, theirs: Sample, target?: string): string[] {
