@@ -26,7 +26,7 @@ import { freePort, postgresUser } from '../src/core/local-postgres.ts';
 import { createLogger } from '../src/core/logger.ts';
 import { binPath, runProcess } from '../src/core/proc.ts';
 import { createDatabase, startPostgres, startRedis } from '../src/dev/devstack.ts';
-import { createStanza } from '../src/dev/pgbackrest-stanza.ts';
+import { createStanza, s3RepoLines } from '../src/dev/pgbackrest-stanza.ts';
 import { startS3 } from '../src/dev/s3.ts';
 import { createRuntime } from '../src/pgmaint.ts';
 import { interleave, loadAverage, median, printTable, row, timed } from './method.ts';
@@ -54,21 +54,7 @@ await createDatabase(server, 'dairy');
 const pool = new pg.Pool({ connectionString: server.url('dairy'), max: 2 });
 const cipherPass = randomBytes(24).toString('base64url');
 const stanza = await createStanza(server, pool, dir, {
-  repoLines: [
-    'repo1-type=s3',
-    'repo1-path=/pgbackrest',
-    `repo1-s3-bucket=${s3.bucket}`,
-    `repo1-s3-endpoint=${s3.host}`,
-    `repo1-storage-port=${s3.port}`,
-    `repo1-s3-region=${s3.region}`,
-    `repo1-s3-key=${s3.accessKeyId}`,
-    `repo1-s3-key-secret=${s3.secretAccessKey}`,
-    'repo1-s3-uri-style=path',
-    `repo1-storage-ca-file=${s3.caFile}`,
-    'repo1-cipher-type=aes-256-cbc',
-    `repo1-cipher-pass=${cipherPass}`,
-    'process-max=2',
-  ],
+  repoLines: [...s3RepoLines(s3, cipherPass), 'process-max=2'],
 });
 
 console.error(`seeding ${ROWS} order rows…`);

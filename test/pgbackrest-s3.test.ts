@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startWorkers } from '../src/cli/roles.ts';
 import type { Runtime } from '../src/runner/runtime.ts';
 import { createHarness, waitForFinished, type Harness } from './support/harness.ts';
-import { createStanza, type Stanza } from '../src/dev/pgbackrest-stanza.ts';
+import { createStanza, s3RepoLines, type Stanza } from '../src/dev/pgbackrest-stanza.ts';
 import { type S3Server, startS3 } from '../src/dev/s3.ts';
 
 let h: Harness;
@@ -25,21 +25,7 @@ beforeAll(async () => {
   const own = await h.ownCluster();
   pool = own.pool;
   stanza = await createStanza(own.pg, pool, h.dir, {
-    repoLines: [
-      'repo1-type=s3',
-      'repo1-path=/pgbackrest',
-      `repo1-s3-bucket=${s3.bucket}`,
-      `repo1-s3-endpoint=${s3.host}`,
-      `repo1-storage-port=${s3.port}`,
-      `repo1-s3-region=${s3.region}`,
-      `repo1-s3-key=${s3.accessKeyId}`,
-      `repo1-s3-key-secret=${s3.secretAccessKey}`,
-      'repo1-s3-uri-style=path',
-      // Tests only: the certificate is self-signed. Production points repo1-storage-ca-file at its CA.
-      'repo1-storage-verify-tls=n',
-      'repo1-cipher-type=aes-256-cbc',
-      `repo1-cipher-pass=${cipherPass}`,
-    ],
+    repoLines: s3RepoLines(s3, cipherPass),
   });
   h.configFile({
     targets: { main: { backup: { engine: 'pgbackrest', stanza: stanza.stanza, configFile: stanza.configFile } } },

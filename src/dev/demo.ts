@@ -150,25 +150,12 @@ async function startOffsite(
   const { startS3 } = await import('./s3.ts').catch(() => {
     throw new UsageError('--offsite needs the development dependencies (npm ci) for its local S3 server');
   });
-  const { createStanza } = await import('./pgbackrest-stanza.ts');
+  const { createStanza, s3RepoLines } = await import('./pgbackrest-stanza.ts');
   const s3 = await startS3(path.join(dir, 's3'));
   const pool = new pg.Pool({ connectionString: postgres.url('dairy'), max: 1 });
   try {
     const stanza = await createStanza(postgres, pool, dir, {
-      repoLines: [
-        'repo1-type=s3',
-        'repo1-path=/pgbackrest',
-        `repo1-s3-bucket=${s3.bucket}`,
-        `repo1-s3-endpoint=${s3.host}`,
-        `repo1-storage-port=${s3.port}`,
-        `repo1-s3-region=${s3.region}`,
-        `repo1-s3-key=${s3.accessKeyId}`,
-        `repo1-s3-key-secret=${s3.secretAccessKey}`,
-        'repo1-s3-uri-style=path',
-        `repo1-storage-ca-file=${s3.caFile}`,
-        'repo1-cipher-type=aes-256-cbc',
-        `repo1-cipher-pass=${tokens.cipherPass}`,
-      ],
+      repoLines: s3RepoLines(s3, tokens.cipherPass),
     });
     return {
       env: {

@@ -7,6 +7,7 @@ import type pg from 'pg';
 import type { PostgresInstance } from './devstack.ts';
 import { chownTree, postgresUser } from '../core/local-postgres.ts';
 import { runProcess } from '../core/proc.ts';
+import type { S3Server } from './s3.ts';
 
 export interface Stanza {
   stanza: string;
@@ -60,4 +61,22 @@ export async function createStanza(
   await pool.query('select pg_reload_conf()');
   await pgbackrest(['stanza-create']);
   return { stanza, configFile, repoPath, pgbackrest };
+}
+
+/** repo1 lines for an S3 repository on `s3`, its certificate verified, encrypted with `cipherPass`. */
+export function s3RepoLines(s3: S3Server, cipherPass: string): string[] {
+  return [
+    'repo1-type=s3',
+    'repo1-path=/pgbackrest',
+    `repo1-s3-bucket=${s3.bucket}`,
+    `repo1-s3-endpoint=${s3.host}`,
+    `repo1-storage-port=${s3.port}`,
+    `repo1-s3-region=${s3.region}`,
+    `repo1-s3-key=${s3.accessKeyId}`,
+    `repo1-s3-key-secret=${s3.secretAccessKey}`,
+    'repo1-s3-uri-style=path',
+    `repo1-storage-ca-file=${s3.caFile}`,
+    'repo1-cipher-type=aes-256-cbc',
+    `repo1-cipher-pass=${cipherPass}`,
+  ];
 }
