@@ -33,10 +33,16 @@ import { interleave, loadAverage, median, printTable, row, timed } from './metho
 import { jobRunner } from './run-job.ts';
 
 const { values } = parseArgs({
-  options: { rows: { type: 'string', default: '9000000' }, rounds: { type: 'string', default: '3' } },
+  options: {
+    rows: { type: 'string', default: '9000000' },
+    rounds: { type: 'string', default: '3' },
+    /** Comma-separated parts to run: base, drill, upload. */
+    only: { type: 'string', default: 'base,drill,upload' },
+  },
 });
 const ROWS = Number(values.rows);
 const ROUNDS = Math.max(3, Number(values.rounds));
+const ONLY = new Set(values.only!.split(','));
 if (spawnSync('pgbackrest', ['version']).status !== 0) {
   console.error('pgBackRest is not installed: apt-get install -y pgbackrest');
   process.exit(2);
@@ -107,139 +113,150 @@ startWorkers(rt, ['base-backup', 'pitr-drill', 'backup']);
 const job = jobRunner(rt);
 const pgbackrest = (args: string[]) => stanza.pgbackrest(args);
 
-// 1. Base backup: the same three commands pgmaint runs, by hand.
 const baseRows: string[][] = [];
-const base = await interleave(
-  [
-    { name: 'pgmaint base-backup', run: async () => (await job('base-backup', { type: 'full' })).ms },
-    {
-      name: 'pgbackrest backup+verify+info',
-      run: () =>
-        timed(async () => {
-          await pgbackrest(['backup', '--type=full']);
-          await pgbackrest(['verify', '--output=text', '--verbose']);
-          await pgbackrest(['info', '--output=json']);
-        }),
-    },
-  ],
-  ROUNDS,
-);
-baseRows.push(row('full base backup to the bucket, verified (s)', base[0]!, base[1]!, '≤ 1.05×'));
+const drillRows: string[][] = [];
+const uploadRows: string[][] = [];
+
+// 1. Base backup: the same three commands pgmaint runs, by hand.
+if (ONLY.has('base')) {
+  const base = await interleave(
+    [
+      { name: 'pgmaint base-backup', run: async () => (await job('base-backup', { type: 'full' })).ms },
+      {
+        name: 'pgbackrest backup+verify+info',
+        run: () =>
+          timed(async () => {
+            await pgbackrest(['backup', '--type=full']);
+            await pgbackrest(['verify', '--output=text', '--verbose']);
+            await pgbackrest(['info', '--output=json']);
+          }),
+      },
+    ],
+    ROUNDS,
+  );
+  baseRows.push(row('full base backup to the bucket, verified (s)', base[0]!, base[1]!, '≤ 1.05×'));
+}
 
 // 2. Drill: pgmaint's whole job against restore + start to promotion by hand. The job
 // also writes markers, forces and waits for a WAL segment, and checks the data: its
 // RTO (restore + replay to promotion, timed inside) is on a row of its own.
-const drillRto: number[] = [];
-const restoreByHand = async (round: number) => {
-  const data = path.join(dir, `hand-${round}`, 'data');
-  fs.mkdirSync(data, { recursive: true, mode: 0o700 });
-  if (owner) spawnSync('chown', ['-R', `${owner.uid}:${owner.gid}`, path.dirname(data)]);
-  const port = await freePort();
-  const ms = await timed(async () => {
-    // Like the drill: the newest set, then every archived segment up to the end of the archive, then promotion.
-    await pgbackrest(['restore', `--pg1-path=${data}`]);
-    const settings = [`port = ${port}`, 'archive_mode = off', "listen_addresses = ''"];
-    settings.push(`unix_socket_directories = '${path.dirname(data)}'`);
-    fs.appendFileSync(path.join(data, 'postgresql.auto.conf'), `\n${settings.join('\n')}\n`);
-    await runProcess(
-      binPath('pg_ctl'),
-      ['-D', data, '-l', path.join(path.dirname(data), 'log'), '-w', 'start'],
-      asOwner,
-    );
-    for (;;) {
-      const r = spawnSync(binPath('psql'), [
-        '-XAtq',
-        '-h',
-        path.dirname(data),
-        '-p',
-        String(port),
-        '-U',
-        'postgres',
-        '-d',
-        'dairy',
-        '-c',
-        'select pg_is_in_recovery()',
-      ]);
-      if (r.stdout?.toString().trim() === 'f') break;
-      await sleep(100);
-    }
-  });
-  await runProcess(binPath('pg_ctl'), ['-D', data, '-m', 'immediate', '-w', 'stop'], asOwner).catch(() => undefined);
-  fs.rmSync(path.dirname(data), { recursive: true, force: true });
-  return ms;
-};
-const drill = await interleave(
-  [
-    {
-      name: 'pgmaint pitr-drill',
-      run: async () => {
-        const r = await job('pitr-drill', {});
-        drillRto.push(r.result.rtoSeconds * 1000);
-        return r.ms;
+if (ONLY.has('drill')) {
+  const drillRto: number[] = [];
+  const restoreByHand = async (round: number) => {
+    const data = path.join(dir, `hand-${round}`, 'data');
+    fs.mkdirSync(data, { recursive: true, mode: 0o700 });
+    if (owner) spawnSync('chown', ['-R', `${owner.uid}:${owner.gid}`, path.dirname(data)]);
+    const port = await freePort();
+    const ms = await timed(async () => {
+      // Like the drill: the newest set, then every archived segment up to the end of the archive, then promotion.
+      await pgbackrest(['restore', `--pg1-path=${data}`]);
+      const settings = [`port = ${port}`, 'archive_mode = off', "listen_addresses = ''"];
+      settings.push(`unix_socket_directories = '${path.dirname(data)}'`);
+      fs.appendFileSync(path.join(data, 'postgresql.auto.conf'), `\n${settings.join('\n')}\n`);
+      await runProcess(
+        binPath('pg_ctl'),
+        ['-D', data, '-l', path.join(path.dirname(data), 'log'), '-w', 'start'],
+        asOwner,
+      );
+      for (;;) {
+        const r = spawnSync(binPath('psql'), [
+          '-XAtq',
+          '-h',
+          path.dirname(data),
+          '-p',
+          String(port),
+          '-U',
+          'postgres',
+          '-d',
+          'dairy',
+          '-c',
+          'select pg_is_in_recovery()',
+        ]);
+        if (r.stdout?.toString().trim() === 'f') break;
+        await sleep(100);
+      }
+    });
+    await runProcess(binPath('pg_ctl'), ['-D', data, '-m', 'immediate', '-w', 'stop'], asOwner).catch(() => undefined);
+    fs.rmSync(path.dirname(data), { recursive: true, force: true });
+    return ms;
+  };
+  const drill = await interleave(
+    [
+      {
+        name: 'pgmaint pitr-drill',
+        run: async () => {
+          const r = await job('pitr-drill', {});
+          drillRto.push(r.result.rtoSeconds * 1000);
+          return r.ms;
+        },
       },
-    },
-    { name: 'pgbackrest restore + promotion', run: restoreByHand },
-  ],
-  ROUNDS,
-);
-const rto = { name: 'drill RTO (inside the job)', ms: drillRto };
-const drillRows = [
-  row('drill from the bucket, whole job vs restore to promotion (s)', drill[0]!, drill[1]!),
-  row('drill RTO: restore + replay to promotion (s)', rto, drill[1]!, '≤ 1.1×'),
-];
+      { name: 'pgbackrest restore + promotion', run: restoreByHand },
+    ],
+    ROUNDS,
+  );
+  const rto = { name: 'drill RTO (inside the job)', ms: drillRto };
+  drillRows.push(
+    row('drill from the bucket, whole job vs restore to promotion (s)', drill[0]!, drill[1]!),
+    row('drill RTO: restore + replay to promotion (s)', rto, drill[1]!, '≤ 1.1×'),
+  );
+}
 
 // 3. Upload of one dump file: pgmaint encrypts, uploads, and reads the object back;
 // the plain upload only uploads. The read-back is on a row of its own.
-const dump = await job('backup', {});
-const dumpFile = path.join(dir, 'bench-upload.dump');
-fs.copyFileSync(path.join(dir, 'backups', 'dumps', 'main', path.basename(dump.result.file as string)), dumpFile);
-const store = new ObjectStore(config.objectStore!, config.encryption, configSecrets(config));
-const plain = new S3Client({
-  region: s3.region,
-  endpoint: s3.endpoint,
-  forcePathStyle: true,
-  credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
-  requestHandler: new NodeHttpHandler({ httpsAgent: new Agent({ ca: fs.readFileSync(s3.caFile) }) }),
-});
-const readBack: number[] = [];
-const upload = await interleave(
-  [
-    {
-      name: 'pgmaint encrypted upload + read-back',
-      run: (r) =>
-        timed(async () => {
-          const o = await store.upload(dumpFile, `bench/ours-${r}.enc`);
-          readBack.push(await timed(() => store.sha256Of(o.key)));
-        }),
-    },
-    {
-      name: 'plain SDK multipart upload',
-      run: (r) =>
-        timed(() =>
-          new Upload({
-            client: plain,
-            params: { Bucket: s3.bucket, Key: `bench/plain-${r}`, Body: fs.createReadStream(dumpFile) },
-            queueSize: 2,
-            partSize: 8 * 1024 * 1024,
-          }).done(),
-        ),
-    },
-  ],
-  ROUNDS,
-);
-const oursWithoutReadBack = { name: 'encrypt + upload', ms: upload[0]!.ms.map((ms, i) => ms - readBack[i]!) };
-const mb = fs.statSync(dumpFile).size / 1048576;
-const uploadRows = [
-  row(`dump upload ${mb.toFixed(0)} MB: encrypt + upload vs plain upload (s)`, oursWithoutReadBack, upload[1]!),
-  row('  the same, with the read-back that proves the object (s)', upload[0]!, upload[1]!),
-  [
-    '  throughput, encrypt + upload vs plain (MB/s)',
-    (mb / (median(oursWithoutReadBack.ms) / 1000)).toFixed(0),
-    (mb / (median(upload[1]!.ms) / 1000)).toFixed(0),
-    `${(median(upload[1]!.ms) / median(oursWithoutReadBack.ms)).toFixed(2)}×`,
-    '≥ 0.8×',
-  ],
-];
+if (ONLY.has('upload')) {
+  const dump = await job('backup', {});
+  const dumpFile = path.join(dir, 'bench-upload.dump');
+  fs.copyFileSync(path.join(dir, 'backups', 'dumps', 'main', path.basename(dump.result.file as string)), dumpFile);
+  const store = new ObjectStore(config.objectStore!, config.encryption, configSecrets(config));
+  const plain = new S3Client({
+    region: s3.region,
+    endpoint: s3.endpoint,
+    forcePathStyle: true,
+    credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
+    requestHandler: new NodeHttpHandler({ httpsAgent: new Agent({ ca: fs.readFileSync(s3.caFile) }) }),
+  });
+  const readBack: number[] = [];
+  const upload = await interleave(
+    [
+      {
+        name: 'pgmaint encrypted upload + read-back',
+        run: (r) =>
+          timed(async () => {
+            const o = await store.upload(dumpFile, `bench/ours-${r}.enc`);
+            readBack.push(await timed(() => store.sha256Of(o.key)));
+          }),
+      },
+      {
+        name: 'plain SDK multipart upload',
+        run: (r) =>
+          timed(() =>
+            new Upload({
+              client: plain,
+              params: { Bucket: s3.bucket, Key: `bench/plain-${r}`, Body: fs.createReadStream(dumpFile) },
+              queueSize: 2,
+              partSize: 8 * 1024 * 1024,
+            }).done(),
+          ),
+      },
+    ],
+    ROUNDS,
+  );
+  const oursWithoutReadBack = { name: 'encrypt + upload', ms: upload[0]!.ms.map((ms, i) => ms - readBack[i]!) };
+  const mb = fs.statSync(dumpFile).size / 1048576;
+  uploadRows.push(
+    row(`dump upload ${mb.toFixed(0)} MB: encrypt + upload vs plain upload (s)`, oursWithoutReadBack, upload[1]!),
+    row('  the same, with the read-back that proves the object (s)', upload[0]!, upload[1]!),
+    [
+      '  throughput, encrypt + upload vs plain (MB/s)',
+      (mb / (median(oursWithoutReadBack.ms) / 1000)).toFixed(0),
+      (mb / (median(upload[1]!.ms) / 1000)).toFixed(0),
+      `${(median(upload[1]!.ms) / median(oursWithoutReadBack.ms)).toFixed(2)}×`,
+      '≥ 0.8×',
+    ],
+  );
+  store.close();
+  plain.destroy();
+}
 
 printTable(
   `Off-host backups, ${sz[0]!.mb} MB database, ${ROUNDS} interleaved rounds, medians (min–max); ` +
@@ -248,8 +265,6 @@ printTable(
   [...baseRows, ...drillRows, ...uploadRows],
 );
 
-store.close();
-plain.destroy();
 await job.close();
 await rt.close();
 await pool.end();

@@ -24,7 +24,9 @@ function aad(index: number, last: boolean): Buffer {
 
 /** Encrypts a stream; the output starts with the header that names the key id. */
 export function encryptStream(k: EncryptionKey): Transform {
-  let pending = Buffer.alloc(0);
+  // Input pieces are gathered and joined once per chunk, not re-copied on every write.
+  let parts: Buffer[] = [];
+  let size = 0;
   let index = 0;
   const id = Buffer.from(k.id, 'utf8');
   const seal = (plain: Buffer, last: boolean) => {
@@ -42,16 +44,22 @@ export function encryptStream(k: EncryptionKey): Transform {
       cb();
     },
     transform(chunk: Buffer, _enc, cb: TransformCallback) {
-      pending = Buffer.concat([pending, chunk]);
+      parts.push(chunk);
+      size += chunk.length;
       // Keep at least one byte back: the last chunk is only known at the end.
-      while (pending.length > CHUNK) {
-        this.push(seal(pending.subarray(0, CHUNK), false));
-        pending = pending.subarray(CHUNK);
+      if (size > CHUNK) {
+        let pending = Buffer.concat(parts, size);
+        while (pending.length > CHUNK) {
+          this.push(seal(pending.subarray(0, CHUNK), false));
+          pending = pending.subarray(CHUNK);
+        }
+        parts = [pending];
+        size = pending.length;
       }
       cb();
     },
     flush(cb) {
-      this.push(seal(pending, true));
+      this.push(seal(Buffer.concat(parts, size), true));
       cb();
     },
   });
