@@ -68,59 +68,78 @@ export function encryptStream(k: EncryptionKey): Transform {
 /** Decrypts what encryptStream wrote; `keys` finds the key by the id in the header. */
 export function decryptStream(keys: (id: string) => EncryptionKey | undefined, what: string): Transform {
   let buf = Buffer.alloc(0);
+  // Pieces read since the last pass, joined once a whole chunk may be there.
+  let parts: Buffer[] = [];
+  let size = 0;
   let key: EncryptionKey | undefined;
   let index = 0;
   let sawLast = false;
   const fail = (why: string) => new Error(`${what}: cannot decrypt: ${why}`);
+  /** Decrypts every complete chunk in buf; false while the header is still incomplete. */
+  const drain = (push: (b: Buffer) => void): void => {
+    if (parts.length) {
+      buf = Buffer.concat([buf, ...parts]);
+      parts = [];
+      size = 0;
+    }
+    if (!key) {
+      if (buf.length < MAGIC.length + 1) return;
+      if (!buf.subarray(0, MAGIC.length).equals(MAGIC)) throw fail('not a pgmaint encrypted object');
+      const idLen = buf[MAGIC.length]!;
+      if (buf.length < MAGIC.length + 1 + idLen) return;
+      const id = buf.subarray(MAGIC.length + 1, MAGIC.length + 1 + idLen).toString('utf8');
+      key = keys(id);
+      if (!key) throw fail(`it was encrypted with key "${id}", which is not configured`);
+      buf = buf.subarray(MAGIC.length + 1 + idLen);
+    }
+    for (;;) {
+      if (buf.length < NONCE + 4) return;
+      const len = buf.readUInt32BE(NONCE);
+      if (len > CHUNK) throw fail('a chunk is larger than any this format writes (damaged)');
+      const total = NONCE + 4 + len + TAG;
+      if (buf.length < total) return;
+      if (sawLast) throw fail('data follows the last chunk');
+      // A chunk is the last one exactly when nothing follows it; try as written.
+      const open = (last: boolean) => {
+        const d = createDecipheriv('aes-256-gcm', key!.key, buf.subarray(0, NONCE));
+        d.setAAD(aad(index, last));
+        d.setAuthTag(buf.subarray(total - TAG, total));
+        return Buffer.concat([d.update(buf.subarray(NONCE + 4, total - TAG)), d.final()]);
+      };
+      let plain: Buffer;
+      try {
+        plain = open(false);
+      } catch {
+        try {
+          plain = open(true);
+          sawLast = true;
+        } catch {
+          throw fail(`chunk ${index} fails authentication (wrong key, or the object was altered)`);
+        }
+      }
+      index++;
+      buf = buf.subarray(total);
+      push(plain);
+    }
+  };
   return new Transform({
     transform(chunk: Buffer, _enc, cb) {
-      buf = Buffer.concat([buf, chunk]);
+      parts.push(chunk);
+      size += chunk.length;
+      if (key && buf.length + size < CHUNK + NONCE + 4 + TAG) return cb();
       try {
-        if (!key) {
-          if (buf.length < MAGIC.length + 1) return cb();
-          if (!buf.subarray(0, MAGIC.length).equals(MAGIC)) throw fail('not a pgmaint encrypted object');
-          const idLen = buf[MAGIC.length]!;
-          if (buf.length < MAGIC.length + 1 + idLen) return cb();
-          const id = buf.subarray(MAGIC.length + 1, MAGIC.length + 1 + idLen).toString('utf8');
-          key = keys(id);
-          if (!key) throw fail(`it was encrypted with key "${id}", which is not configured`);
-          buf = buf.subarray(MAGIC.length + 1 + idLen);
-        }
-        for (;;) {
-          if (buf.length < NONCE + 4) break;
-          const len = buf.readUInt32BE(NONCE);
-          if (len > CHUNK) throw fail('a chunk is larger than any this format writes (damaged)');
-          const total = NONCE + 4 + len + TAG;
-          if (buf.length < total) break;
-          if (sawLast) throw fail('data follows the last chunk');
-          // A chunk is the last one exactly when nothing follows it; try as written.
-          const open = (last: boolean) => {
-            const d = createDecipheriv('aes-256-gcm', key!.key, buf.subarray(0, NONCE));
-            d.setAAD(aad(index, last));
-            d.setAuthTag(buf.subarray(total - TAG, total));
-            return Buffer.concat([d.update(buf.subarray(NONCE + 4, total - TAG)), d.final()]);
-          };
-          let plain: Buffer;
-          try {
-            plain = open(false);
-          } catch {
-            try {
-              plain = open(true);
-              sawLast = true;
-            } catch {
-              throw fail(`chunk ${index} fails authentication (wrong key, or the object was altered)`);
-            }
-          }
-          index++;
-          buf = buf.subarray(total);
-          this.push(plain);
-        }
+        drain((b) => this.push(b));
         cb();
       } catch (err) {
         cb(err as Error);
       }
     },
     flush(cb) {
+      try {
+        drain((b) => this.push(b));
+      } catch (err) {
+        return cb(err as Error);
+      }
       if (!key) return cb(fail('the object is empty or has no header'));
       if (buf.length || !sawLast) return cb(fail('the object is truncated'));
       cb();
