@@ -240,7 +240,7 @@ describe('chunked AES-256-GCM', () => {
     for await (const c of Readable.from([data]).pipe(encryptStream(k))) encParts.push(c as Buffer);
     const enc = Buffer.concat(encParts);
     const out: Buffer[] = [];
-    await pipeline(Readable.from([transform(enc)]), decryptStream(keys, 'obj'), async function* (src) {
+    await pipeline(Readable.from([transform(enc)]), decryptStream(keys, 'obj'), async (src: AsyncIterable<Buffer>) => {
       for await (const c of src) out.push(c as Buffer);
     });
     return { enc, plain: Buffer.concat(out) };
