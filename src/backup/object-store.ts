@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream, readFileSync } from 'node:fs';
 import { Agent } from 'node:https';
-import { PassThrough, type Readable } from 'node:stream';
+import { PassThrough, type Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import {
   DeleteObjectCommand,
@@ -73,12 +73,16 @@ export class ObjectStore {
     const k = this.currentKey();
     const hash = createHash('sha256');
     let bytes = 0;
-    const tap = new PassThrough();
-    tap.on('data', (c: Buffer) => {
-      hash.update(c);
-      bytes += c.length;
+    // Hashes what is sent as it passes; a Transform, not a 'data' listener, so the
+    // uploader's reads keep their pace (no second consumer in flowing mode).
+    const tap = new Transform({
+      transform(c: Buffer, _enc, cb) {
+        hash.update(c);
+        bytes += c.length;
+        cb(null, c);
+      },
     });
-    const source = createReadStream(file);
+    const source = createReadStream(file, { highWaterMark: 1024 * 1024 });
     const body = k ? source.pipe(encryptStream(k)).pipe(tap) : source.pipe(tap);
     const upload = new Upload({
       client: this.client,
