@@ -220,11 +220,13 @@ if (ONLY.has('upload')) {
     [
       {
         name: 'pgmaint encrypted upload + read-back',
-        run: (r) =>
-          timed(async () => {
-            const o = await store.upload(dumpFile, `bench/ours-${r}.enc`);
-            readBack.push(await timed(() => store.sha256Of(o.key)));
-          }),
+        // upload() encrypts, uploads and reads the object back once; the read-back is
+        // timed again on its own (outside the timed region) to split it out.
+        run: async (r) => {
+          const ms = await timed(() => store.upload(dumpFile, `bench/ours-${r}.enc`));
+          readBack.push(await timed(() => store.sha256Of(`bench/ours-${r}.enc`)));
+          return ms;
+        },
       },
       {
         name: 'plain SDK multipart upload',
