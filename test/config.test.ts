@@ -60,6 +60,35 @@ describe('configuration', () => {
     expect(configErr({ ...base, PGMAINT_CONFIG: file })).toMatch(/jobs\.backup: Unrecognized key: "policy"/);
   });
 
+  it('docker-compose.offsite.yml adds MinIO and a config that loads, with secrets only from the environment', () => {
+    const root = path.resolve(import.meta.dirname, '..');
+    const offsite = YAML.parse(fs.readFileSync(path.join(root, 'docker-compose.offsite.yml'), 'utf8'));
+    expect(Object.keys(offsite.services)).toEqual(expect.arrayContaining(['minio', 'minio-init', 'server', 'worker']));
+    for (const svc of ['server', 'worker']) {
+      expect(offsite.services[svc].environment).toMatchObject({ PGMAINT_CONFIG: '/etc/pgmaint/pgmaint.yaml' });
+      expect(offsite.services[svc].volumes).toContain('./docker/pgmaint-offsite.yaml:/etc/pgmaint/pgmaint.yaml:ro');
+    }
+    const c = loadConfig({
+      ...base,
+      PGMAINT_CONFIG: path.join(root, 'docker/pgmaint-offsite.yaml'),
+      MINIO_ROOT_USER: 'pgmaint',
+      MINIO_ROOT_PASSWORD: 'not-a-real-password',
+      PGMAINT_BACKUP_KEY: Buffer.alloc(32, 7).toString('base64'),
+    });
+    expect(c.objectStore).toMatchObject({ bucket: 'pgmaint', endpoint: 'http://minio:9000', forcePathStyle: true });
+    expect(c.encryption).toMatchObject({ keyId: 'compose', keyEnv: 'PGMAINT_BACKUP_KEY' });
+    expect(JSON.stringify(c)).not.toContain('not-a-real-password');
+    // Without the key the services refuse to start, naming the variable.
+    expect(
+      configErr({
+        ...base,
+        PGMAINT_CONFIG: path.join(root, 'docker/pgmaint-offsite.yaml'),
+        MINIO_ROOT_USER: 'x',
+        MINIO_ROOT_PASSWORD: 'y',
+      }),
+    ).toMatch(/PGMAINT_BACKUP_KEY \(encryption\.keyEnv\): is not set/);
+  });
+
   it('HOST sets the bind address; docker-compose sets it explicitly', () => {
     expect(loadConfig({ ...base, HOST: '127.0.0.1' }).host).toBe('127.0.0.1');
     expect(configErr({ ...base, HOST: '0.0.0.0; rm -rf /' })).toMatch(/HOST: must be an IP address or host name/);
