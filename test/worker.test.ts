@@ -13,7 +13,7 @@ beforeAll(async () => {
   h = await createHarness('worker');
   h.configFile({ worker: { stalledIntervalMs: 1000, lockDurationMs: 2000, shutdownTimeoutMs: 5000 } });
   rt = h.runtime({ jobs: [...jobs, sqlProbe, slowChild], schedules: [] });
-  startWorkers(rt, ['sql-probe', 'slow-child']);
+  startWorkers(rt, ['sql-probe', 'slow-child', 'noop']);
   await h.admin.query('create table probe_lock (id int)');
 });
 afterAll(() => h.close());
@@ -30,6 +30,13 @@ async function historyOf(id: string, queue: string) {
 }
 
 describe('worker runtime against real PostgreSQL', () => {
+  it('a succeeded run ends at 100 % progress, even when its handler never reported any', async () => {
+    const { job } = await rt.queues.enqueue('noop', { sleepMs: 0 });
+    const { state, job: done } = await finished('noop', job.id!);
+    expect(state).toBe('completed');
+    expect(done.progress).toBe(100);
+  });
+
   it('fails a missing relation at once, without retry, with the SQLSTATE in the reason', async () => {
     const { job } = await rt.queues.enqueue('sql-probe', { scenario: 'missing-relation' });
     const { state, job: done } = await finished('sql-probe', job.id!);

@@ -140,7 +140,7 @@ export const listHistory: Handler = async ({ rt }, req) => {
 };
 
 /** Redis and every target answer within a few seconds. */
-export const readiness: Handler = async ({ rt }) => {
+export const readiness: Handler = async ({ rt }, req) => {
   const checks: Record<string, { ok: boolean; error?: string }> = {};
   const withTimeout = <T>(p: Promise<T>) =>
     Promise.race([
@@ -161,7 +161,8 @@ export const readiness: Handler = async ({ rt }) => {
     ...[...rt.config.targets.keys()].map((t) => run(`target:${t}`, () => rt.connections.pool(t).query('select 1'))),
   ]);
   const ok = Object.values(checks).every((c) => c.ok);
-  return { status: ok ? 200 : 503, body: { ok, checks } };
+  // Without a token only the verdict: which services and errors stay private.
+  return { status: ok ? 200 : 503, body: req.role ? { ok, checks } : { ok } };
 };
 
 /** Dumps and base backups of a target with their verification state, and the recovery window. */

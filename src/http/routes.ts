@@ -20,7 +20,8 @@ import {
 export { BOARD_PATH };
 
 /**
- * public: anyone (probes, the sign-in page); scrape: METRICS_TOKEN or any role;
+ * public: anyone (probes, the sign-in page); scrape: open, with more for a
+ * valid token (/metrics asks for METRICS_TOKEN or a role, /readyz shows details);
  * read: a viewer or admin token or session; write: admin only, and from our own
  * origin when carried by the session cookie.
  */
@@ -45,7 +46,8 @@ export const ROUTES: readonly Route[] = [
   { method: 'post', path: '/login', access: 'public', body: 'form', handler: login },
   { method: 'post', path: '/logout', access: 'public', handler: logout },
   { method: 'get', path: '/metrics', access: 'scrape', needs: 'metrics', handler: metrics },
-  { method: 'get', path: '/readyz', access: 'read', handler: readiness },
+  // A probe (Kubernetes, Compose) needs no token: the status code says it; details need one.
+  { method: 'get', path: '/readyz', access: 'scrape', handler: readiness },
   { method: 'post', path: '/api/jobs/:name', access: 'write', body: 'json', rateLimited: true, handler: enqueueJob },
   { method: 'get', path: '/api/jobs/:queue/:id', access: 'read', handler: getJob },
   { method: 'get', path: '/api/schedules', access: 'read', handler: listSchedules },

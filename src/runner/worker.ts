@@ -273,6 +273,8 @@ export class WorkerRuntime {
     handling.catch(() => undefined);
     try {
       const result = await Promise.race([handling, aborted]);
+      // A succeeded run shows 100 % in Bull Board, whatever its last step reported.
+      if (job.progress !== 100) await job.updateProgress(100).catch(() => undefined);
       await history.finish(historyId, 'succeeded', { result });
       this.stat(run, 'succeeded', startedAt);
       logger.info('run succeeded');
