@@ -6,6 +6,7 @@
 // the archive has no gap from the oldest base backup to now. Any problem fails
 // the run, naming it; the figures are in the log and, on success, the result.
 import fs from 'node:fs/promises';
+import type pg from 'pg';
 import { z } from 'zod';
 import { listBaseBackups, readBackupCatalog, recoveryWindow } from '../src/backup/catalog.ts';
 import { PermanentJobError } from '../src/core/errors.ts';
@@ -84,12 +85,7 @@ const job = defineJob({
                pg_current_wal_lsn()::text as current_lsn, pg_walfile_name(pg_current_wal_lsn()) as current_wal
           from pg_stat_archiver a`);
     const s = st[0]!;
-    const pendingReady = await ctx.pool
-      .query<{ n: string }>(`select count(*) as n from pg_ls_archive_statusdir() where name like '%.ready'`)
-      .then(
-        (r) => Number(r.rows[0]!.n),
-        () => null,
-      ); // needs pg_monitor or superuser
+    const pendingReady = await readyBacklog(ctx.pool);
     const failing = s.last_failed_time && (!s.last_archived_time || s.last_failed_time > s.last_archived_time);
     if (archiveSeconds === null) {
       problems.push(
@@ -197,12 +193,7 @@ async function checkPgbackrest(ctx: JobContext, p: z.output<typeof payload>) {
             pg_walfile_name(pg_current_wal_lsn()) as current_wal, current_setting('wal_segment_size') as segsize
        from pg_stat_archiver a`);
   const s = rows[0]!;
-  const pendingReady = await ctx.pool
-    .query<{ n: string }>(`select count(*) as n from pg_ls_archive_statusdir() where name like '%.ready'`)
-    .then(
-      (r) => Number(r.rows[0]!.n),
-      () => null,
-    );
+  const pendingReady = await readyBacklog(ctx.pool);
   const segmentSize = parseSize(s.segsize);
   const segno = (name: string) => parseSegmentName(name, segmentSize)!.segno;
   const max = info.archive?.max;
@@ -245,6 +236,17 @@ async function checkPgbackrest(ctx: JobContext, p: z.output<typeof payload>) {
     throw new PermanentJobError(`WAL archive unhealthy: ${problems.join('; ')}`, 'ARCHIVE_UNHEALTHY');
   await ctx.progress(100, `archive healthy: lag ${lagSegments} segments, repository ${info.archive?.min} … ${max}`);
   return result;
+}
+
+/** WAL segments waiting for archive_command (.ready files); null when the role may not list them
+ * (needs pg_monitor or superuser). */
+async function readyBacklog(pool: pg.Pool): Promise<number | null> {
+  return pool
+    .query<{ n: string }>(`select count(*) as n from pg_ls_archive_statusdir() where name like '%.ready'`)
+    .then(
+      (r) => Number(r.rows[0]!.n),
+      () => null,
+    );
 }
 
 export default job;

@@ -7,6 +7,8 @@ import { ConfigError, PayloadError } from '../core/errors.ts';
 export interface RegisteredJob {
   def: AnyJobDefinition;
   run: RunDefaults;
+  /** The payload schema refusing unknown keys, built once: parsed on every enqueue and run. */
+  strictPayload: ReturnType<AnyJobDefinition['payload']['strict']>;
 }
 
 export class Registry {
@@ -25,7 +27,7 @@ export class Registry {
         timeoutMs: override.timeoutMs ?? def.defaults.timeoutMs,
         concurrency: override.concurrency ?? def.defaults.concurrency,
       };
-      this.jobs.set(def.name, { def, run });
+      this.jobs.set(def.name, { def, run, strictPayload: def.payload.strict() });
     }
     for (const name of Object.keys(config.jobs)) {
       if (!this.jobs.has(name))
@@ -55,7 +57,7 @@ export class Registry {
       ]);
     }
     const known = Object.keys(job.def.payload.shape);
-    const parsed = job.def.payload.strict().safeParse(raw ?? {});
+    const parsed = job.strictPayload.safeParse(raw ?? {});
     if (!parsed.success) {
       throw new PayloadError(
         parsed.error.issues.flatMap((i) =>
