@@ -90,12 +90,9 @@ export class Queues {
     };
     const early = await merged(await queue.getDeduplicationJobId(dedupId));
     if (early) return early;
-    // Two identical requests racing past the check above still meet in Redis: a
-    // deduplicated add returns the job that holds the key.
-    const job = await queue.add(name, data, jobOpts);
-    const holder = await queue.getDeduplicationJobId(dedupId);
-    if (holder && holder !== job.id) return (await merged(holder)) ?? { job, existing: false };
-    return { job, existing: false };
+    // Two identical requests racing past the check above still meet in Redis: the
+    // deduplicated add answers with the job that holds the key (reported as new).
+    return { job: await queue.add(name, data, jobOpts), existing: false };
   }
 
   async close(): Promise<void> {
