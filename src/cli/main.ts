@@ -71,15 +71,27 @@ async function enqueue(args: string[]): Promise<number> {
     if (!rt.registry.get(name))
       throw new UsageError(`enqueue: unknown job "${name}" (known: ${rt.registry.names().join(', ')})`);
     const queue = rt.queues.get(name);
-    // Listen before enqueueing so no progress event is missed.
+    // Read the events stream from a minute back, not from "now": a fast job's first
+    // progress events can land before the listener's first read. Events are filtered
+    // by job id, so replaying older ones is harmless (the margin covers clock skew).
     const events = values.wait
       ? new QueueEvents(name, {
           connection: rt.connections.redis('pgmaint-cli-events'),
           prefix: rt.config.redis.prefix,
+          lastEventId: `${Date.now() - 60_000}-0`,
         })
       : undefined;
     events?.on('error', () => undefined);
     try {
+      // Progress events are collected from before the enqueue (a fast job reports while
+      // enqueue() is still answering) and printed for this job once its id is known.
+      const early: { jobId: string; progress: unknown }[] = [];
+      let ours: string | undefined;
+      const printProgress = (progress: unknown) => process.stderr.write(`progress ${JSON.stringify(progress)}%\n`);
+      events?.on('progress', ({ jobId, data: progress }) => {
+        if (ours === undefined) early.push({ jobId, progress });
+        else if (jobId === ours) printProgress(progress);
+      });
       if (events) await events.waitUntilReady();
       const { job, existing, reason } = await rt.queues.enqueue(name, data, { trigger: 'ad-hoc' });
       process.stderr.write(existing ? `merged: ${reason}\n` : `enqueued: ${name} job ${job.id}\n`);
@@ -87,9 +99,8 @@ async function enqueue(args: string[]): Promise<number> {
         print({ id: job.id, queue: job.queueName, name: job.name, existing, ...(reason ? { reason } : {}) });
         return 0;
       }
-      events.on('progress', ({ jobId, data: progress }) => {
-        if (jobId === job.id) process.stderr.write(`progress ${JSON.stringify(progress)}%\n`);
-      });
+      ours = job.id;
+      for (const e of early) if (e.jobId === ours) printProgress(e.progress);
       try {
         const result = await job.waitUntilFinished(events);
         print({ id: job.id, state: 'completed', result });
