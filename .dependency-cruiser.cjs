@@ -23,7 +23,7 @@ module.exports = {
     layer('src/backup/', ['src/core/', 'src/runner/job-definition'], 'backup toolkit'),
     layer('src/partitions/', ['src/core/', 'src/runner/job-definition'], 'partition library'),
     layer('jobs/', ['src/core/', 'src/runner/job-definition', 'src/backup/', 'src/partitions/'], 'one job per file'),
-    layer('schedules/', ['src/core/constants', 'src/runner/scheduler'], 'schedules are data'),
+    layer('schedules/', ['src/core/', 'src/runner/scheduler'], 'schedules are data'),
     layer(
       'src/monitoring/',
       ['src/core/', 'src/runner/', 'src/backup/', 'src/partitions/', 'jobs/'],

@@ -1,39 +1,93 @@
-// Schedules as data: synced into BullMQ job schedulers on start (ids are stable;
-// removing an entry here removes its scheduler from Redis). Times are read in `tz`.
-// The config file can switch one off with scheduler.disabled: [id].
+// The default schedules, as data. Every configured target gets its own set, with ids
+// that name it (backup-main-nightly, backup-reporting-nightly), unless the target says
+// `schedules: none` or lists the ids it wants. The config file's `schedules:` list then
+// changes or adds entries (src/runner/scheduler.ts, applyScheduleEntries). On start the
+// result is synced into BullMQ job schedulers: an id that left the list leaves Redis.
+import type { Config, TargetConfig } from '../src/core/config.ts';
+import { ConfigError } from '../src/core/errors.ts';
 import type { Schedule } from '../src/runner/scheduler.ts';
-import { BUSINESS_TIME_ZONE, MAIN_TARGET } from '../src/core/constants.ts';
 
-/** A schedule of the main target in the business time zone (hourly, daily or weekly: the cron says). */
-const mainSchedule = (id: string, job: string, cron: string): Schedule => ({
-  id,
-  job,
-  cron,
-  tz: BUSINESS_TIME_ZONE,
-  payload: { target: MAIN_TARGET },
-  catchUp: 'latest',
-  overlap: 'skip',
-});
+interface Template {
+  /** The id with {target} in it. */
+  id: string;
+  job: string;
+  cron: string;
+  /** Whether the target has anything for this job to do; "missing protection" is never a reason to leave one out. */
+  applies?: (target: TargetConfig, config: Config) => boolean;
+}
 
-export const schedules: Schedule[] = [
+const TEMPLATES: Template[] = [
   // The physical base backup first, so the logical dump and the drill find a fresh one.
-  mainSchedule('base-backup-main-nightly', 'base-backup', '0 1 * * *'),
-  mainSchedule('backup-main-nightly', 'backup', '0 2 * * *'),
-  // Yesterday in Asia/Dhaka, plus the three days before it for late or corrected orders.
-  mainSchedule('sales-rollup-main-nightly', 'daily-sales-rollup', '0 2 * * *'),
+  // Scheduled on every target: one without WAL archiving fails loudly rather than go unprotected.
+  { id: 'base-backup-{target}-nightly', job: 'base-backup', cron: '0 1 * * *' },
+  { id: 'backup-{target}-nightly', job: 'backup', cron: '0 2 * * *' },
+  // Yesterday in the business zone, plus the three days before it for late or corrected
+  // orders. The sales tables are the ERP's own, in the main database only.
+  {
+    id: 'sales-rollup-{target}-nightly',
+    job: 'daily-sales-rollup',
+    cron: '0 2 * * *',
+    applies: (t) => t.name === 'main',
+  },
   // Hourly, so a runway that ran short (or an outage) is repaired within the hour.
-  mainSchedule('partitions-main-hourly', 'create-partitions', '7 * * * *'),
+  {
+    id: 'partitions-{target}-hourly',
+    job: 'create-partitions',
+    cron: '7 * * * *',
+    applies: (t, c) => c.partitions.some((p) => p.target === t.name),
+  },
   // Archiving that stops is found within the hour, well inside the 15-minute-RPO budget's alarm.
-  mainSchedule('archive-check-main-hourly', 'archive-check', '15 * * * *'),
-  // docs/dairy-erp.md's 03:00 maintenance window, chosen from statistics, 30-minute budget by default.
-  mainSchedule('vacuum-main-nightly', 'vacuum-analyze', '0 3 * * *'),
+  { id: 'archive-check-{target}-hourly', job: 'archive-check', cron: '15 * * * *' },
+  // The 03:00 maintenance window (docs/dairy-erp.md), 30-minute budget by default.
+  { id: 'vacuum-{target}-nightly', job: 'vacuum-analyze', cron: '0 3 * * *' },
   // Retention after the nightly backup; a failed archive keeps the partition.
-  mainSchedule('retention-main-daily', 'drop-expired-partitions', '30 3 * * *'),
+  {
+    id: 'retention-{target}-daily',
+    job: 'drop-expired-partitions',
+    cron: '30 3 * * *',
+    applies: (t, c) => c.partitions.some((p) => p.target === t.name && p.retention),
+  },
   // Dashboards warm from before people arrive and through business hours (TTLs set per query).
-  mainSchedule('warm-cache-main-business-hours', 'warm-cache', '*/10 7-22 * * *'),
+  {
+    id: 'warm-cache-{target}-business-hours',
+    job: 'warm-cache',
+    cron: '*/10 7-22 * * *',
+    applies: (t, c) => c.cache.queries.some((q) => q.target === t.name),
+  },
   // Weekly proofs: PITR on Sunday, logical restore on Saturday, before business hours.
-  mainSchedule('pitr-drill-main-weekly', 'pitr-drill', '0 4 * * sun'),
-  mainSchedule('restore-check-main-weekly', 'restore-check', '0 4 * * sat'),
+  { id: 'pitr-drill-{target}-weekly', job: 'pitr-drill', cron: '0 4 * * sun' },
+  { id: 'restore-check-{target}-weekly', job: 'restore-check', cron: '0 4 * * sat' },
   // After the night's backups and proofs: old dumps, base backups and WAL go.
-  mainSchedule('prune-backups-main-daily', 'prune-backups', '0 5 * * *'),
+  { id: 'prune-backups-{target}-daily', job: 'prune-backups', cron: '0 5 * * *' },
 ];
+
+/** A target's default schedules, before its `schedules:` selection. */
+function forTarget(target: TargetConfig, config: Config): Schedule[] {
+  return TEMPLATES.filter((t) => t.applies?.(target, config) ?? true).map((t) => ({
+    id: t.id.replace('{target}', target.name),
+    job: t.job,
+    cron: t.cron,
+    tz: config.businessTimeZone,
+    payload: { target: target.name },
+    catchUp: 'latest',
+    overlap: 'skip',
+  }));
+}
+
+/** Every target's default schedules, as each target's `schedules:` selects them. */
+export function defaultSchedules(config: Config): Schedule[] {
+  return [...config.targets.values()].flatMap((target) => {
+    const all = forTarget(target, config);
+    const want = target.schedules;
+    if (want === 'default') return all;
+    if (want === 'none') return [];
+    want.forEach((id, i) => {
+      if (!all.some((s) => s.id === id))
+        throw new ConfigError(
+          `targets.${target.name}.schedules.${i}: no default schedule "${id}" for this target ` +
+            `(known: ${all.map((s) => s.id).join(', ') || 'none'})`,
+        );
+    });
+    return all.filter((s) => want.includes(s.id));
+  });
+}

@@ -141,9 +141,9 @@ describe('schedules', () => {
   it('rejects a schedule with a bad payload, cron or zone, naming it', () => {
     const bad = (s: Partial<Schedule>) => () =>
       resolveSchedules([{ id: 'x', job: 'noop', cron: '0 2 * * *', tz: 'UTC', ...s }], rt.registry);
-    expect(bad({ payload: { sleepMs: 'long' } })).toThrow(/schedule "x": invalid payload: sleepMs/);
-    expect(bad({ cron: '0 25 * * *' })).toThrow(/schedule "x": cron hour value "25"/);
-    expect(bad({ tz: 'Asia/Dacca_' })).toThrow(/schedule "x": tz "Asia\/Dacca_"/);
-    expect(bad({ job: 'vacuum-everything' })).toThrow(/schedule "x": job "vacuum-everything" does not exist/);
+    expect(bad({ payload: { sleepMs: 'long' } })).toThrow(/schedule "x" payload.sleepMs: /);
+    expect(bad({ cron: '0 25 * * *' })).toThrow(/schedule "x" cron: cron hour value "25"/);
+    expect(bad({ tz: 'Asia/Dacca_' })).toThrow(/schedule "x" tz: "Asia\/Dacca_" is not an IANA time zone/);
+    expect(bad({ job: 'vacuum-everything' })).toThrow(/schedule "x" job: no job "vacuum-everything"/);
   });
 });

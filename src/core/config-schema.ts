@@ -104,6 +104,36 @@ export const targetSchema = z
     walArchiveDir: z.string().min(1).optional(),
     /** How physical backups of this target are taken, kept and restored. */
     backup: backupEngineSchema.prefault({}),
+    /**
+     * Which of the default schedules this target gets: "default" (all that apply),
+     * "none", or a list of their ids (e.g. [backup-reporting-nightly]).
+     */
+    schedules: z
+      .union([z.enum(['default', 'none']), z.array(z.string().min(1)).min(1, 'list at least one id, or say "none"')])
+      .default('default'),
+  })
+  .strict();
+
+export const SCHEDULE_ID = /^[a-z0-9][a-z0-9_.-]{0,99}$/;
+
+/**
+ * A schedule in the config file. An id of a default schedule changes only the fields
+ * given; a new id adds a schedule (job and cron required, checked when merged).
+ */
+export const scheduleEntrySchema = z
+  .object({
+    id: z.string().regex(SCHEDULE_ID, 'must be lower-case letters, digits, _ . - (at most 100)'),
+    job: z.string().min(1).optional(),
+    /** Five fields: minute hour day-of-month month day-of-week. */
+    cron: z.string().min(1).optional(),
+    /** IANA zone the cron is read in (default: businessTimeZone). */
+    tz: z.string().min(1).optional(),
+    /** The job's payload; merged over a default schedule's payload key by key. */
+    payload: z.record(z.string(), z.unknown()).optional(),
+    /** Shorthand for payload.target. */
+    target: z.string().min(1).optional(),
+    catchUp: z.enum(['none', 'latest']).optional(),
+    overlap: z.enum(['skip', 'allow']).optional(),
   })
   .strict();
 
@@ -310,6 +340,8 @@ export const fileSchema = z
     /** The zone of the business day: the rollup's days (and the demo's partition bounds). */
     businessTimeZone: z.string().optional(),
     jobs: z.record(z.string(), jobPolicySchema).default({}),
+    /** Schedules added, or default schedules changed (see scheduleEntrySchema). */
+    schedules: z.array(scheduleEntrySchema).default([]),
     /** Partition policies for create-partitions and drop-expired-partitions. */
     partitions: z.array(partitionPolicy).default([]),
     backups: backupPolicySchema.prefault({}),

@@ -39,7 +39,7 @@ export function configSecrets(config: Config): ConfigSecrets {
 
 export type BackupEngine = z.output<typeof backupEngineSchema>;
 
-export type TargetConfig = Pick<z.output<typeof targetSchema>, 'poolSize' | 'walArchiveDir'> & {
+export type TargetConfig = Pick<z.output<typeof targetSchema>, 'poolSize' | 'walArchiveDir' | 'schedules'> & {
   /** native, or pgbackrest with its stanza (and config file, resolved to an absolute path). */
   backup: BackupEngine;
   name: string;
@@ -115,6 +115,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     poolSize: DEFAULT_POOL_SIZE,
     walArchiveDir: walArchive(e.WAL_ARCHIVE_DIR),
     backup: { engine: 'native' },
+    schedules: 'default',
   });
   for (const [name, t] of Object.entries(f.targets)) {
     if (name === MAIN_TARGET) {
@@ -126,6 +127,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
         poolSize: t.poolSize,
         walArchiveDir: walArchive(t.walArchiveDir) ?? main.walArchiveDir,
         backup: resolveEngine(t.backup),
+        schedules: t.schedules,
       });
       continue;
     }
@@ -147,6 +149,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       poolSize: t.poolSize,
       walArchiveDir: walArchive(t.walArchiveDir),
       backup: resolveEngine(t.backup),
+      schedules: t.schedules,
     });
   }
   f.partitions.forEach((p, i) => {
@@ -218,6 +221,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     worker: f.worker,
     scheduler: f.scheduler,
     jobs: f.jobs,
+    schedules: f.schedules,
     partitions: f.partitions,
     backups: f.backups,
     cache: { ...f.cache, redisUrl: cacheRedisUrl },

@@ -10,13 +10,20 @@ import type { AnyJobDefinition } from './job-definition.ts';
 import { createLogger, type Logger } from '../core/logger.ts';
 import { Queues } from './queues.ts';
 import { Registry } from './registry.ts';
-import { resolveSchedules, Scheduler, type ResolvedSchedule, type Schedule } from './scheduler.ts';
+import {
+  applyScheduleEntries,
+  resolveSchedules,
+  Scheduler,
+  type ResolvedSchedule,
+  type Schedule,
+} from './scheduler.ts';
 
 export interface RuntimeOptions {
   env?: NodeJS.ProcessEnv;
   config?: Config;
   jobs: readonly AnyJobDefinition[];
-  schedules: readonly Schedule[];
+  /** The default schedules, or how to derive them from the config (one set per target). */
+  schedules: readonly Schedule[] | ((config: Config) => readonly Schedule[]);
   logger?: Logger;
 }
 
@@ -34,10 +41,15 @@ export class Runtime {
     readonly config: Config,
     readonly logger: Logger,
     jobs: readonly AnyJobDefinition[],
-    schedules: readonly Schedule[],
+    schedules: RuntimeOptions['schedules'],
   ) {
     this.registry = new Registry(jobs, config);
-    this.schedules = resolveSchedules(schedules, this.registry, config.scheduler.disabled);
+    const defaults = typeof schedules === 'function' ? schedules(config) : schedules;
+    this.schedules = resolveSchedules(
+      applyScheduleEntries(defaults, config.schedules, config.businessTimeZone),
+      this.registry,
+      config.scheduler.disabled,
+    );
     this.connections = new Connections(config);
     // History writes get a pool of their own so they never wait behind a job's queries.
     this.history = new RunHistory(this.connections.pool(config.history.target, 'history'), {

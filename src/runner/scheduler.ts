@@ -1,8 +1,11 @@
-// Schedules are data (schedules/index.ts). On start every process upserts them into
-// BullMQ job schedulers, keyed by the schedule id, so N processes converge on one
-// scheduler per id; schedulers whose id left the code are removed.
+// Schedules are data: the defaults (schedules/index.ts) with the config file's
+// `schedules:` entries laid over them. On start every process upserts them into BullMQ
+// job schedulers, keyed by the schedule id, so N processes converge on one scheduler
+// per id; schedulers whose id left the list are removed.
 import { DateTime, IANAZone } from 'luxon';
-import { ConfigError } from '../core/errors.ts';
+import type { z } from 'zod';
+import { SCHEDULE_ID, type scheduleEntrySchema } from '../core/config-schema.ts';
+import { ConfigError, PayloadError } from '../core/errors.ts';
 import { nextRun, parseCron } from '../core/cron.ts';
 import type { Logger } from '../core/logger.ts';
 import type { Queues, JobData } from './queues.ts';
@@ -21,11 +24,64 @@ export interface Schedule {
   catchUp?: 'none' | 'latest';
   /** 'skip': a run never starts while the previous run of this schedule is active. */
   overlap?: 'skip' | 'allow';
+  /** Where it was declared, for messages: "schedules.3" for the config file's entries. */
+  source?: string;
 }
 
-export type ResolvedSchedule = Required<Schedule> & { payload: JobData['payload'] };
+export type ResolvedSchedule = Required<Omit<Schedule, 'source'>> & { payload: JobData['payload'] };
 
-const SCHEDULE_ID = /^[a-z0-9][a-z0-9_.-]{0,99}$/;
+export type ScheduleEntry = z.output<typeof scheduleEntrySchema>;
+
+/**
+ * Lays the config file's entries over the defaults: an entry whose id is a default's
+ * changes the fields it gives (its payload merges key by key); a new id adds a schedule.
+ */
+export function applyScheduleEntries(
+  defaults: readonly Schedule[],
+  entries: readonly ScheduleEntry[],
+  businessTimeZone: string,
+): Schedule[] {
+  const out = defaults.map((s) => ({ ...s }));
+  entries.forEach((e, i) => {
+    const source = `schedules.${i}`;
+    if (entries.findIndex((x) => x.id === e.id) !== i)
+      throw new ConfigError(`${source}.id: "${e.id}" is listed twice in schedules`);
+    if (e.target !== undefined && e.payload?.target !== undefined && e.payload.target !== e.target)
+      throw new ConfigError(`${source}.target: differs from ${source}.payload.target; give one`);
+    const extra = { ...e.payload, ...(e.target !== undefined ? { target: e.target } : {}) };
+    const base = out.find((s) => s.id === e.id);
+    if (base) {
+      Object.assign(base, {
+        ...(e.job !== undefined && { job: e.job }),
+        ...(e.cron !== undefined && { cron: e.cron }),
+        ...(e.tz !== undefined && { tz: e.tz }),
+        ...(e.catchUp !== undefined && { catchUp: e.catchUp }),
+        ...(e.overlap !== undefined && { overlap: e.overlap }),
+        payload: { ...base.payload, ...extra },
+        source,
+      });
+      return;
+    }
+    for (const field of ['job', 'cron'] as const) {
+      if (e[field] === undefined)
+        throw new ConfigError(
+          `${source}.${field}: is required for a new schedule ("${e.id}" is not a default one; ` +
+            `defaults: ${defaults.map((s) => s.id).join(', ') || 'none'})`,
+        );
+    }
+    out.push({
+      id: e.id,
+      job: e.job!,
+      cron: e.cron!,
+      tz: e.tz ?? businessTimeZone,
+      payload: extra,
+      catchUp: e.catchUp,
+      overlap: e.overlap,
+      source,
+    });
+  });
+  return out;
+}
 
 /** Validates schedules against the registry; the error names the schedule and field. */
 export function resolveSchedules(
@@ -42,25 +98,30 @@ export function resolveSchedules(
   const seen = new Set<string>();
   const out: ResolvedSchedule[] = [];
   for (const s of schedules) {
-    const where = `schedule "${s.id}"`;
-    if (!SCHEDULE_ID.test(s.id)) throw new ConfigError(`${where}: id must be lower-case letters, digits, _ . -`);
-    if (seen.has(s.id)) throw new ConfigError(`${where}: id is used twice`);
+    // "schedules.3.cron: …" for the file's entries, 'schedule "x" cron: …' for the others.
+    const where = (field: string) => (s.source ? `${s.source}.${field}` : `schedule "${s.id}" ${field}`);
+    if (!SCHEDULE_ID.test(s.id)) throw new ConfigError(`${where('id')}: must be lower-case letters, digits, _ . -`);
+    if (seen.has(s.id)) throw new ConfigError(`${where('id')}: "${s.id}" is used twice`);
     seen.add(s.id);
-    if (!registry.get(s.job)) throw new ConfigError(`${where}: job "${s.job}" does not exist`);
-    if (!IANAZone.isValidZone(s.tz)) throw new ConfigError(`${where}: tz "${s.tz}" is not an IANA time zone`);
+    if (!registry.get(s.job))
+      throw new ConfigError(`${where('job')}: no job "${s.job}" (known: ${registry.names().join(', ')})`);
+    if (!IANAZone.isValidZone(s.tz))
+      throw new ConfigError(`${where('tz')}: "${s.tz}" is not an IANA time zone (e.g. Asia/Dhaka, UTC)`);
     try {
       parseCron(s.cron);
     } catch (err) {
-      throw new ConfigError(`${where}: ${(err as Error).message}`);
+      throw new ConfigError(`${where('cron')}: ${(err as Error).message}`);
     }
     let payload: JobData['payload'];
     try {
       payload = registry.parsePayload(s.job, s.payload ?? {});
     } catch (err) {
-      throw new ConfigError(`${where}: ${(err as Error).message}`);
+      if (!(err instanceof PayloadError)) throw err;
+      throw new ConfigError(err.issues.map((i) => `${where(`payload.${i.path}`)}: ${i.message}`).join('; '));
     }
     if (disabled.includes(s.id)) continue;
-    out.push({ ...s, payload, catchUp: s.catchUp ?? 'latest', overlap: s.overlap ?? 'skip' });
+    const { source: _source, ...schedule } = s;
+    out.push({ ...schedule, payload, catchUp: s.catchUp ?? 'latest', overlap: s.overlap ?? 'skip' });
   }
   return out;
 }
