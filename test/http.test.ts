@@ -1,6 +1,7 @@
 import request from 'supertest';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createApp } from '../src/http/app.ts';
+import { HealthReader } from '../src/monitoring/health.ts';
 import { Auth } from '../src/http/auth.ts';
 import type { Runtime } from '../src/runner/runtime.ts';
 import { ADMIN_TOKEN, createHarness, VIEWER_TOKEN, type Harness } from './support/harness.ts';
@@ -77,6 +78,27 @@ describe('HTTP API', () => {
     const nightly = res.body.schedules.find((s: { id: string }) => s.id === 'backup-main-nightly');
     expect(nightly.nextRun).toMatch(/T02:00:00\.000\+06:00$/);
     expect(nightly.scheduledInRedis).toBe(new Date(Date.parse(nightly.nextRun)).toISOString());
+  });
+
+  it('GET /api/status is the one-screen report `pgmaint status --json` prints', async () => {
+    const withHealth = createApp(rt, new Auth(ADMIN_TOKEN, VIEWER_TOKEN), { health: new HealthReader(rt) });
+    await request(withHealth).get('/api/status').expect(401);
+    const res = await request(withHealth).get('/api/status').set(viewer).expect(200);
+    expect(Object.keys(res.body).sort()).toEqual(['alerts', 'at', 'errors', 'partitions', 'queues', 'targets']);
+    expect(res.body.targets).toEqual([
+      {
+        target: 'main',
+        dumpAgeSeconds: null,
+        baseBackupAgeSeconds: null,
+        drill: null,
+        archiveLagSeconds: null,
+        recoveryWindowSeconds: null,
+      },
+    ]);
+    expect(res.body.queues.find((q: { queue: string }) => q.queue === 'backup')).toMatchObject({
+      workers: 0,
+      unserved: true,
+    });
   });
 
   it('/readyz checks Redis and every target; without a token it answers the status only (a probe)', async () => {

@@ -3,11 +3,13 @@
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { QueueEvents } from 'bullmq';
+import { DateTime } from 'luxon';
 import { ConfigError, exitCodeFor, UsageError } from '../core/errors.ts';
 import { redact } from '../core/redact.ts';
 import { runMonitorProcess, runServerProcess, runWorkerProcess } from './roles.ts';
 import type { Runtime } from '../runner/runtime.ts';
 import { createRuntime } from '../pgmaint.ts';
+import { ago, humanDuration, renderTable } from './table.ts';
 
 const USAGE = `pgmaint — maintenance job runner for PostgreSQL
 
@@ -17,14 +19,19 @@ Usage:
   pgmaint monitor                        alerts only (the server runs them too)
   pgmaint enqueue <job> [--data JSON] [--wait]
                                          enqueue a run; --wait prints progress, then the result
-  pgmaint schedules                      schedules with their next runs
-  pgmaint history [--job NAME] [--limit N]
+  pgmaint status [--json]                queues and workers, open alerts, backups, drill, archive lag,
+                                         recovery window and partition runway, on one screen
+  pgmaint schedules [--json]             schedules with their next and last runs
+  pgmaint history [--job NAME] [--limit N] [--json]
                                          recent runs from the run history
   pgmaint demo [--dir DIR] [--scale S] [--offsite]
                                          local PostgreSQL + Redis + server + worker on the dairy database;
                                          --offsite: pgBackRest and dumps in a local S3 bucket, encrypted
   pgmaint seed [--scale small|default|large]   dairy schema and data into DATABASE_URL (if empty)
-  pgmaint jobs                           the job catalog
+  pgmaint jobs [--json]                  the job catalog
+
+Tables are for people; --json prints what the HTTP API answers (GET /api/status,
+/api/schedules, /api/history), for scripts.
 
 Configuration comes from the environment (DATABASE_URL, REDIS_URL, BACKUP_DIR, …)
 and the optional PGMAINT_CONFIG file; see README.md.`;
@@ -186,26 +193,83 @@ export async function main(argv: string[]): Promise<void> {
       case 'enqueue':
         process.exitCode = await enqueue(rest);
         return;
-      case 'schedules':
-        parseFlags('schedules', rest, {});
-        await withRuntime(async (rt) => print(await rt.scheduler.describe()));
+      case 'status': {
+        const { values } = parseFlags('status', rest, { json: { type: 'boolean' } });
+        await withRuntime(async (rt) => {
+          const { statusTable, readStatus } = await import('./status.ts');
+          const report = await readStatus(rt);
+          if (values.json) print(report);
+          else process.stdout.write(statusTable(report, rt.config.businessTimeZone));
+        });
         return;
+      }
+      case 'schedules': {
+        const { values } = parseFlags('schedules', rest, { json: { type: 'boolean' } });
+        await withRuntime(async (rt) => {
+          const schedules = await rt.describeSchedules();
+          if (values.json) return print({ schedules });
+          process.stdout.write(
+            renderTable(
+              ['ID', 'JOB', 'TARGET', 'CRON', 'ZONE', 'NEXT RUN (ZONE)', 'LAST', 'WHEN'],
+              schedules.map((s) => [
+                s.id,
+                s.job,
+                s.target,
+                s.cron,
+                s.tz,
+                s.nextRun && DateTime.fromISO(s.nextRun, { setZone: true }).toFormat('yyyy-MM-dd HH:mm ZZ'),
+                s.lastRun?.outcome ?? 'never run',
+                ago(s.lastRun?.finishedAt),
+              ]),
+            ),
+          );
+        });
+        return;
+      }
       case 'history': {
-        const { values } = parseFlags('history', rest, { job: { type: 'string' }, limit: { type: 'string' } });
+        const { values } = parseFlags('history', rest, {
+          job: { type: 'string' },
+          limit: { type: 'string' },
+          json: { type: 'boolean' },
+        });
         const limit = values.limit ?? '20';
         if (!/^\d{1,4}$/.test(limit) || Number(limit) < 1 || Number(limit) > 1000)
           throw new UsageError(`--limit: must be a whole number from 1 to 1000 (got "${limit}")`);
         await withRuntime(async (rt) => {
           if (values.job !== undefined && !rt.registry.get(values.job))
             throw new UsageError(`--job: unknown job "${values.job}" (known: ${rt.registry.names().join(', ')})`);
-          print(await rt.history.list({ job: values.job, limit: Number(limit) }));
+          const runs = await rt.history.list({ job: values.job, limit: Number(limit) });
+          if (values.json) return print({ runs });
+          const zone = rt.config.businessTimeZone;
+          process.stdout.write(
+            renderTable(
+              [`STARTED (${zone})`, 'JOB', 'TARGET', 'TRIGGER', 'OUTCOME', 'DURATION', 'ERROR'],
+              runs.map((r) => [
+                DateTime.fromJSDate(r.started_at, { zone }).toFormat('yyyy-MM-dd HH:mm:ss'),
+                r.job,
+                r.target,
+                r.trigger,
+                r.outcome,
+                r.finished_at ? humanDuration((r.finished_at.getTime() - r.started_at.getTime()) / 1000) : 'running',
+                r.error,
+              ]),
+            ),
+          );
         });
         return;
       }
       case 'jobs': {
-        parseFlags('jobs', rest, {});
+        const { values } = parseFlags('jobs', rest, { json: { type: 'boolean' } });
         const { jobs } = await import('../../jobs/index.ts');
-        print(jobs.map((j) => ({ name: j.name, description: j.description, defaults: j.defaults })));
+        if (values.json) print(jobs.map((j) => ({ name: j.name, description: j.description, defaults: j.defaults })));
+        else
+          process.stdout.write(
+            renderTable(
+              ['JOB', 'WHAT IT DOES'],
+              jobs.map((j) => [j.name, j.description]),
+              200,
+            ),
+          );
         return;
       }
       case 'demo':
@@ -222,7 +286,7 @@ export async function main(argv: string[]): Promise<void> {
         return;
       default:
         throw new UsageError(
-          `unknown command "${command}" (commands: server, worker, monitor, enqueue, schedules, history, demo, ` +
+          `unknown command "${command}" (commands: server, worker, monitor, enqueue, status, schedules, history, demo, ` +
             `seed, jobs; pgmaint help shows usage)`,
         );
     }

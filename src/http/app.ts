@@ -8,6 +8,7 @@ import { createBullBoard } from '@bull-board/api';
 import { BullMQAdapter } from '@bull-board/api/bullMQAdapter';
 import { ExpressAdapter } from '@bull-board/express';
 import type { AlertMonitor } from '../monitoring/alerts.ts';
+import type { HealthReader } from '../monitoring/health.ts';
 import type { Metrics } from '../monitoring/metrics.ts';
 import type { Runtime } from '../runner/runtime.ts';
 import { redact } from '../core/redact.ts';
@@ -81,6 +82,7 @@ function foreignOriginGuard(mode: 'strict' | 'lenient') {
 export interface AppParts {
   metrics?: Metrics;
   monitor?: AlertMonitor;
+  health?: HealthReader;
   /** Ad-hoc enqueues per client per minute (default: ENQUEUE_RATE_LIMIT). */
   enqueueRateLimit?: number;
 }
@@ -99,7 +101,7 @@ function requireJsonBody(req: Request, res: Response, next: NextFunction) {
 
 export function createApp(rt: Runtime, auth: Auth, parts: AppParts = {}): express.Express {
   const app = express();
-  const deps: HttpDeps = { rt, auth, metrics: parts.metrics, monitor: parts.monitor };
+  const deps: HttpDeps = { rt, auth, metrics: parts.metrics, monitor: parts.monitor, health: parts.health };
   app.disable('x-powered-by');
   app.set('trust proxy', 'loopback');
   // Bull Board's page runs inline scripts and styles of its own; everything else is locked down.

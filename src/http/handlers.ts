@@ -7,7 +7,9 @@ import { safeUrl } from '../core/redact.ts';
 import type { Runtime } from '../runner/runtime.ts';
 import { PayloadError } from '../core/errors.ts';
 import type { AlertMonitor } from '../monitoring/alerts.ts';
+import type { HealthReader } from '../monitoring/health.ts';
 import type { Metrics } from '../monitoring/metrics.ts';
+import { statusReport } from '../monitoring/status.ts';
 import { type Auth, bearerToken, type Role, safeEqual } from './auth.ts';
 import { loginPage } from './login-page.ts';
 import { MAIN_TARGET } from '../core/constants.ts';
@@ -37,6 +39,7 @@ export interface HttpDeps {
   auth: Auth;
   metrics?: Metrics;
   monitor?: AlertMonitor;
+  health?: HealthReader;
 }
 
 export type Handler = (deps: HttpDeps, req: ApiRequest) => Promise<ApiResponse>;
@@ -119,7 +122,7 @@ export const getJob: Handler = async ({ rt }, req) => {
 
 export const listSchedules: Handler = async ({ rt }) => ({
   status: 200,
-  body: { schedules: await rt.scheduler.describe() },
+  body: { schedules: await rt.describeSchedules() },
 });
 
 export const listHistory: Handler = async ({ rt }, req) => {
@@ -265,5 +268,10 @@ export const metrics: Handler = async ({ rt, metrics }, req) => {
   const { contentType, body } = await metrics!.render();
   return { status: 200, body, contentType };
 };
+
+export const status: Handler = async ({ health, monitor }) => ({
+  status: 200,
+  body: await statusReport(health!, monitor ? await monitor.open() : []),
+});
 
 export const listAlerts: Handler = async ({ monitor }) => ({ status: 200, body: { open: await monitor!.open() } });

@@ -10,6 +10,7 @@ import {
   listBackups,
   listHistory,
   listSchedules,
+  status,
   login,
   logout,
   metrics,
@@ -36,7 +37,7 @@ export interface Route {
   /** Ad-hoc enqueues are rate-limited per client. */
   rateLimited?: boolean;
   /** Served only when the server has this part. */
-  needs?: 'metrics' | 'monitor';
+  needs?: 'metrics' | 'monitor' | 'health';
   handler: Handler;
 }
 
@@ -54,4 +55,5 @@ export const ROUTES: readonly Route[] = [
   { method: 'get', path: '/api/history', access: 'read', handler: listHistory },
   { method: 'get', path: '/api/backups', access: 'read', handler: listBackups },
   { method: 'get', path: '/api/alerts', access: 'read', needs: 'monitor', handler: listAlerts },
+  { method: 'get', path: '/api/status', access: 'read', needs: 'health', handler: status },
 ];

@@ -44,6 +44,7 @@ export async function startServer(
   const app = createApp(rt, new Auth(config.adminToken, config.viewerToken, config.insecureNoAuth), {
     metrics: new Metrics(health),
     monitor,
+    health,
     enqueueRateLimit: opts.enqueueRateLimit,
   });
   const server = await new Promise<Server>((resolve, reject) => {

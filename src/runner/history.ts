@@ -51,6 +51,12 @@ export interface JobStatus {
   consecutiveFailures: number;
 }
 
+export interface LastRun {
+  outcome: Outcome;
+  finishedAt: Date;
+  error: string | null;
+}
+
 export interface ScheduleStatus {
   schedule: string;
   lastSuccess: Date | null;
@@ -344,6 +350,17 @@ export class RunHistory {
          from pgmaint.run_history where trigger like 'schedule:%' group by trigger`,
     );
     return rows;
+  }
+
+  /** Each schedule's newest finished run (any outcome, skipped included), by schedule id. */
+  async lastScheduledRuns(): Promise<Map<string, LastRun>> {
+    await this.migrate();
+    const { rows } = await this.pool.query<LastRun & { schedule: string }>(
+      `select distinct on (trigger) substr(trigger, 10) as schedule, outcome, finished_at as "finishedAt", error
+         from pgmaint.run_history where trigger like 'schedule:%' and finished_at is not null
+        order by trigger, finished_at desc, id desc`,
+    );
+    return new Map(rows.map(({ schedule, ...last }) => [schedule, last]));
   }
 
   /** The newest finished (succeeded or failed) run of a job on a target. */

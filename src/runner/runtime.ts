@@ -66,6 +66,11 @@ export class Runtime {
     return new Runtime(config, logger, opts.jobs, opts.schedules);
   }
 
+  /** The schedules with their next runs and, from the run history, their last (what the API and CLI show). */
+  async describeSchedules(now = Date.now()) {
+    return this.scheduler.describe(now, await this.history.lastScheduledRuns());
+  }
+
   /** Registers something to stop on close; the last registered stops first. */
   onClose(fn: () => Promise<void> | void): void {
     this.closers.push(fn);

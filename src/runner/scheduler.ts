@@ -8,6 +8,7 @@ import { SCHEDULE_ID, type scheduleEntrySchema } from '../core/config-schema.ts'
 import { ConfigError, PayloadError } from '../core/errors.ts';
 import { nextRun, parseCron } from '../core/cron.ts';
 import type { Logger } from '../core/logger.ts';
+import type { LastRun } from './history.ts';
 import type { Queues, JobData } from './queues.ts';
 import { jobOptions } from './queues.ts';
 import type { Registry } from './registry.ts';
@@ -29,6 +30,22 @@ export interface Schedule {
 }
 
 export type ResolvedSchedule = Required<Omit<Schedule, 'source'>> & { payload: JobData['payload'] };
+
+export interface ScheduleDescription {
+  id: string;
+  job: string;
+  target: string;
+  cron: string;
+  tz: string;
+  catchUp: string;
+  overlap: string;
+  payload: JobData['payload'];
+  /** The next run in the schedule's zone, and in UTC. */
+  nextRun: string | null;
+  nextRunUtc: string;
+  scheduledInRedis: string | null;
+  lastRun: { outcome: string; finishedAt: string; error: string | null } | null;
+}
 
 export type ScheduleEntry = z.output<typeof scheduleEntrySchema>;
 
@@ -206,15 +223,17 @@ export class Scheduler {
     if (this.timer) clearInterval(this.timer);
   }
 
-  /** Each schedule with its next runs in its own time zone and what Redis holds. */
-  async describe(now = Date.now()): Promise<object[]> {
+  /** Each schedule with its next runs in its own time zone, what Redis holds, and its last run. */
+  async describe(now = Date.now(), lastRuns = new Map<string, LastRun>()): Promise<ScheduleDescription[]> {
     return Promise.all(
       this.schedules.map(async (s) => {
         const scheduler = await this.queues.get(s.job).getJobScheduler(s.id);
         const next = nextRun(s.cron, s.tz, now);
+        const last = lastRuns.get(s.id);
         return {
           id: s.id,
           job: s.job,
+          target: s.payload.target,
           cron: s.cron,
           tz: s.tz,
           catchUp: s.catchUp,
@@ -223,6 +242,9 @@ export class Scheduler {
           nextRun: DateTime.fromMillis(next, { zone: s.tz }).toISO(),
           nextRunUtc: new Date(next).toISOString(),
           scheduledInRedis: scheduler?.next !== undefined ? new Date(scheduler.next).toISOString() : null,
+          lastRun: last
+            ? { outcome: last.outcome, finishedAt: new Date(last.finishedAt).toISOString(), error: last.error }
+            : null,
         };
       }),
     );

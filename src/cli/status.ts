@@ -1,0 +1,67 @@
+// `pgmaint status`: the same report as GET /api/status, read from shared state, as text.
+import { DateTime } from 'luxon';
+import { AlertMonitor } from '../monitoring/alerts.ts';
+import { HealthReader } from '../monitoring/health.ts';
+import { statusReport, type StatusReport } from '../monitoring/status.ts';
+import type { Runtime } from '../runner/runtime.ts';
+import { ago, humanDuration, renderTable } from './table.ts';
+
+export async function readStatus(rt: Runtime): Promise<StatusReport> {
+  // Open alerts are what the running monitor (server or `pgmaint monitor`) recorded in Redis.
+  const health = new HealthReader(rt);
+  return statusReport(health, await new AlertMonitor(rt, health, undefined).open());
+}
+
+export function statusTable(r: StatusReport, zone: string): string {
+  const at = DateTime.fromISO(r.at, { zone }).toFormat('yyyy-MM-dd HH:mm:ss ZZ');
+  const parts = [`pgmaint status at ${at} (${zone})\n`];
+  parts.push(
+    `\nQueues\n${renderTable(
+      ['QUEUE', 'WORKERS', 'WAITING', 'ACTIVE', 'DELAYED', 'FAILED', ''],
+      r.queues.map((q) => [
+        q.queue,
+        q.workers,
+        q.waiting,
+        q.active,
+        q.delayed,
+        q.failed,
+        q.unserved ? 'NO WORKER' : '',
+      ]),
+    )}`,
+  );
+  parts.push(
+    r.alerts.length
+      ? `\nOpen alerts\n${renderTable(
+          ['SEVERITY', 'RULE', 'SINCE', 'SUMMARY'],
+          r.alerts.map((a) => [a.severity, a.rule, ago(a.since), a.summary]),
+          120,
+        )}`
+      : '\nOpen alerts: none\n',
+  );
+  parts.push(
+    `\nBackups (ages)\n${renderTable(
+      ['TARGET', 'DUMP', 'BASE BACKUP', 'PITR DRILL', 'ARCHIVE LAG', 'RECOVERY WINDOW'],
+      r.targets.map((t) => [
+        t.target,
+        t.dumpAgeSeconds === null ? 'none' : humanDuration(t.dumpAgeSeconds),
+        t.baseBackupAgeSeconds === null ? 'none' : humanDuration(t.baseBackupAgeSeconds),
+        t.drill
+          ? `${t.drill.ok ? 'passed' : 'FAILED'} ${humanDuration(t.drill.ageSeconds)} ago` +
+            (t.drill.rtoSeconds !== null ? `, RTO ${humanDuration(t.drill.rtoSeconds)}` : '')
+          : 'never',
+        humanDuration(t.archiveLagSeconds),
+        humanDuration(t.recoveryWindowSeconds),
+      ]),
+    )}`,
+  );
+  if (r.partitions.length)
+    parts.push(
+      `\nPartition runway\n${renderTable(
+        ['TARGET', 'TABLE', 'RUNWAY', 'DEFAULT ROWS', 'ERROR'],
+        r.partitions.map((p) => [p.target, p.table, humanDuration(p.runwaySeconds), p.defaultRows, p.error]),
+      )}`,
+    );
+  const errors = Object.entries(r.errors);
+  if (errors.length) parts.push(`\nNot read: ${errors.map(([k, v]) => `${k}: ${v}`).join('; ')}\n`);
+  return parts.join('');
+}

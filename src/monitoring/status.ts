@@ -1,0 +1,82 @@
+// One screen of state for `pgmaint status` and GET /api/status: queues and workers,
+// open alerts, each target's newest backups and drill with their ages, archive lag,
+// recovery window, and each partitioned table's runway. Read from the health
+// snapshot (shared state only), so any process can answer.
+import type { Incident } from './alerts.ts';
+import type { HealthReader } from './health.ts';
+
+export interface StatusReport {
+  at: string;
+  queues: {
+    queue: string;
+    workers: number;
+    waiting: number;
+    active: number;
+    delayed: number;
+    failed: number;
+    /** It has schedules or waiting work, and no worker serves it. */
+    unserved: boolean;
+  }[];
+  alerts: Pick<Incident, 'rule' | 'severity' | 'summary' | 'since'>[];
+  targets: {
+    target: string;
+    dumpAgeSeconds: number | null;
+    baseBackupAgeSeconds: number | null;
+    drill: { ok: boolean; ageSeconds: number; rtoSeconds: number | null; rpoSeconds: number | null } | null;
+    archiveLagSeconds: number | null;
+    recoveryWindowSeconds: number | null;
+  }[];
+  partitions: {
+    target: string;
+    table: string;
+    runwaySeconds: number | null;
+    defaultRows: number | null;
+    error?: string;
+  }[];
+  /** Parts that could not be read (the rest of the report stands). */
+  errors: Record<string, string>;
+}
+
+export async function statusReport(health: HealthReader, openAlerts: Incident[]): Promise<StatusReport> {
+  const s = await health.read();
+  const age = (at: number | null | undefined) => (at ? Math.max(0, Math.round((s.at - at) / 1000)) : null);
+  const severity = { critical: 0, warning: 1 };
+  return {
+    at: new Date(s.at).toISOString(),
+    queues: s.queues.map((q) => ({
+      queue: q.queue,
+      workers: q.workers,
+      waiting: q.counts.waiting + q.counts.prioritized,
+      active: q.counts.active,
+      delayed: q.counts.delayed,
+      failed: q.counts.failed,
+      unserved: q.needsWorker && q.workers === 0,
+    })),
+    alerts: openAlerts
+      .sort((a, b) => severity[a.severity] - severity[b.severity] || a.since.localeCompare(b.since))
+      .map(({ rule, severity, summary, since }) => ({ rule, severity, summary, since })),
+    targets: s.backups.map((b) => ({
+      target: b.target,
+      dumpAgeSeconds: b.newestDumpAgeSeconds,
+      baseBackupAgeSeconds: b.newestBaseBackupAgeSeconds,
+      drill: b.drill
+        ? {
+            ok: b.drill.ok,
+            ageSeconds: age(b.drill.finishedAt) ?? 0,
+            rtoSeconds: b.drill.rtoSeconds,
+            rpoSeconds: b.drill.rpoSeconds,
+          }
+        : null,
+      archiveLagSeconds: b.archive?.lagSeconds ?? null,
+      recoveryWindowSeconds: b.recoveryWindowSeconds,
+    })),
+    partitions: s.partitions.map((p) => ({
+      target: p.target,
+      table: p.table,
+      runwaySeconds: p.runwaySeconds,
+      defaultRows: p.defaultRows,
+      ...(p.error ? { error: p.error } : {}),
+    })),
+    errors: s.errors,
+  };
+}
