@@ -286,8 +286,8 @@ export async function main(argv: string[]): Promise<void> {
         return;
       default:
         throw new UsageError(
-          `unknown command "${command}" (commands: server, worker, monitor, enqueue, status, schedules, history, demo, ` +
-            `seed, jobs; pgmaint help shows usage)`,
+          `unknown command "${command}" (commands: server, worker, monitor, enqueue, status, schedules, history, ` +
+            `demo, seed, jobs; pgmaint help shows usage)`,
         );
     }
   } catch (err) {
