@@ -5,6 +5,7 @@ import { describe, expect, it } from 'vitest';
 import YAML from 'yaml';
 import { loadConfig } from '../src/core/config.ts';
 import { ConfigError } from '../src/core/errors.ts';
+import { DEMO_CONFIG_FILE } from '../src/dev/demo.ts';
 
 const base = { DATABASE_URL: 'postgres://app:s3cret@db:5432/dairy', BACKUP_DIR: '/var/backups/pgmaint' };
 
@@ -65,8 +66,10 @@ describe('configuration', () => {
     const offsite = YAML.parse(fs.readFileSync(path.join(root, 'docker-compose.offsite.yml'), 'utf8'));
     expect(Object.keys(offsite.services)).toEqual(expect.arrayContaining(['minio', 'minio-init', 'server', 'worker']));
     for (const svc of ['server', 'worker']) {
-      expect(offsite.services[svc].environment).toMatchObject({ PGMAINT_CONFIG: '/etc/pgmaint/pgmaint.yaml' });
-      expect(offsite.services[svc].volumes).toContain('./docker/pgmaint-offsite.yaml:/etc/pgmaint/pgmaint.yaml:ro');
+      expect(offsite.services[svc].environment).toMatchObject({
+        PGMAINT_CONFIG: '/etc/pgmaint/pgmaint.yaml,/etc/pgmaint/offsite.yaml',
+      });
+      expect(offsite.services[svc].volumes).toContain('./docker/pgmaint-offsite.yaml:/etc/pgmaint/offsite.yaml:ro');
     }
     const c = loadConfig({
       ...base,
@@ -87,6 +90,49 @@ describe('configuration', () => {
         MINIO_ROOT_PASSWORD: 'y',
       }),
     ).toMatch(/PGMAINT_BACKUP_KEY \(encryption\.keyEnv\): is not set/);
+  });
+
+  it('docker-compose.yml is the demo: the same config file, a seed, one image, matching PostgreSQL majors', () => {
+    const root = path.resolve(import.meta.dirname, '..');
+    const compose = YAML.parse(fs.readFileSync(path.join(root, 'docker-compose.yml'), 'utf8'), { merge: true });
+    const mount = `./${path.relative(root, DEMO_CONFIG_FILE)}:/etc/pgmaint/pgmaint.yaml:ro`;
+    for (const svc of ['server', 'worker']) {
+      const s = compose.services[svc];
+      expect(s.environment.PGMAINT_CONFIG, svc).toBe('/etc/pgmaint/pgmaint.yaml');
+      expect(s.volumes, svc).toContain(mount);
+      expect(s.depends_on.seed, svc).toEqual({ condition: 'service_completed_successfully' });
+      expect(s.build, svc).toBe('.');
+      expect(s.image, svc).toBe('pgmaint:local');
+    }
+    expect(compose.services.seed).toMatchObject({ image: 'pgmaint:local', restart: 'no' });
+    expect(compose.services.seed.command.slice(0, 2)).toEqual(['seed', '--scale']);
+    expect(compose.services.seed.depends_on).toEqual({ postgres: { condition: 'service_healthy' } });
+    // The jobs' client tools (pg_dump, pg_basebackup) are the server's major version.
+    const major = /^postgres:(\d+)/.exec(compose.services.postgres.image)![1];
+    expect(fs.readFileSync(path.join(root, 'Dockerfile'), 'utf8')).toMatch(new RegExp(`install .*postgresql-${major} `));
+    // The file loads, with the demo's policies, cache queries and drill tables.
+    const c = loadConfig({ ...base, PGMAINT_CONFIG: DEMO_CONFIG_FILE });
+    expect(c.partitions.map((p) => p.table)).toEqual([
+      'sales.sale_order',
+      'sales.sale_order_line',
+      'iot.sensor_reading',
+    ]);
+    expect(c.cache.queries.map((q) => q.key)).toEqual(['sales:daily:30d', 'products:top:30d', 'herd:summary']);
+    expect(c.backups.drillTables).toEqual(['sales.sale_order', 'farm.animal']);
+    // The off-site file is laid over it: both files' keys hold.
+    const offsite = YAML.parse(fs.readFileSync(path.join(root, 'docker-compose.offsite.yml'), 'utf8'));
+    const files = offsite.services.worker.environment.PGMAINT_CONFIG.split(',');
+    expect(files).toEqual(['/etc/pgmaint/pgmaint.yaml', '/etc/pgmaint/offsite.yaml']);
+    const layered = loadConfig({
+      ...base,
+      PGMAINT_CONFIG: `${DEMO_CONFIG_FILE},${path.join(root, 'docker/pgmaint-offsite.yaml')}`,
+      MINIO_ROOT_USER: 'pgmaint',
+      MINIO_ROOT_PASSWORD: 'not-a-real-password',
+      PGMAINT_BACKUP_KEY: Buffer.alloc(32, 7).toString('base64'),
+    });
+    expect(layered.partitions).toHaveLength(3);
+    expect(layered.objectStore?.bucket).toBe('pgmaint');
+    expect(layered.backups.drillTables).toEqual(['sales.sale_order', 'farm.animal']);
   });
 
   it('HOST sets the bind address; docker-compose sets it explicitly', () => {

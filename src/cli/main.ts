@@ -146,25 +146,68 @@ async function seed(args: string[]): Promise<void> {
   process.stdout.write(`${JSON.stringify({ scale, seconds: (Date.now() - t0) / 1000, rows: counts }, null, 2)}\n`);
 }
 
+/** Whether something can listen on this port (on every interface, as the server does by default). */
+async function portFree(port: number, host: string): Promise<boolean> {
+  const net = await import('node:net');
+  return new Promise((resolve) => {
+    const srv = net.createServer();
+    srv.once('error', () => resolve(false));
+    srv.listen(port, host, () => srv.close(() => resolve(true)));
+  });
+}
+
+/** PORT if it is free (refused, naming it, if not); else 3000, or a free port when 3000 is taken. */
+async function demoPort(): Promise<number> {
+  const host = process.env.HOST || '0.0.0.0';
+  const asked = process.env.PORT;
+  if (asked) {
+    if (!/^\d{1,5}$/.test(asked) || Number(asked) > 65535)
+      throw new ConfigError(`PORT: must be a port number from 0 to 65535 (got "${asked}")`);
+    if (!(await portFree(Number(asked), host)))
+      throw new ConfigError(
+        `PORT: ${asked} is already in use on ${host}; choose another with PORT=…, or leave PORT unset for a free one`,
+      );
+    return Number(asked);
+  }
+  if (await portFree(3000, host)) return 3000;
+  const { freePort } = await import('../dev/devstack.ts');
+  const port = await freePort();
+  process.stderr.write(`port 3000 is in use; the demo listens on ${port} instead (PORT=… chooses one)\n`);
+  return port;
+}
+
 async function demo(args: string[]): Promise<void> {
   const { values } = parseFlags('demo', args, {
     dir: { type: 'string' },
     scale: { type: 'string', default: 'default' },
     offsite: { type: 'boolean' },
   });
+  const scale = await scaleArg(values.scale!);
+  // Before anything starts: a taken port must not leave a PostgreSQL and a Redis behind.
+  process.env.PORT = String(await demoPort());
+  // Job logs are in Bull Board; the terminal keeps warnings, so the banner stays in view.
+  process.env.LOG_LEVEL ||= 'warn';
   const { startDemoStack } = await import('../dev/demo.ts');
   const dir = path.resolve(values.dir ?? '.pgmaint-demo');
-  const stack = await startDemoStack(dir, await scaleArg(values.scale!), { offsite: values.offsite });
+  const stack = await startDemoStack(dir, scale, { offsite: values.offsite });
   Object.assign(process.env, stack.env);
-  const { rt, port } = await runServerProcess({ withWorkers: true });
-  rt.afterClose(() => stack.stop());
-  const url = `http://localhost:${port}`;
+  let started: Awaited<ReturnType<typeof runServerProcess>>;
+  try {
+    started = await runServerProcess({ withWorkers: true });
+  } catch (err) {
+    await stack.stop().catch(() => undefined);
+    throw err;
+  }
+  started.rt.afterClose(() => stack.stop());
+  const url = `http://localhost:${started.port}`;
   process.stderr.write(
     `\npgmaint demo is up.\n  Bull Board: ${url}/admin/queues  (sign in with the admin token)\n  admin token:  ` +
       `${stack.env.ADMIN_TOKEN}\n  viewer token: ${stack.env.VIEWER_TOKEN}\n` +
       `  try: curl -X POST -H "Authorization: Bearer ${stack.env.ADMIN_TOKEN}" -H 'content-type: application/json' ` +
       `-d '{}' ${url}/api/jobs/backup\n` +
-      `  env for other commands: source ${path.join(dir, 'env.sh')}\n  Ctrl-C stops everything.\n\n`,
+      `  env for other commands: source ${path.join(dir, 'env.sh')}  (then: pgmaint status)\n` +
+      `  logs: warnings only here (LOG_LEVEL=${process.env.LOG_LEVEL}); every run's log is in Bull Board, ` +
+      `LOG_LEVEL=info shows them here too\n  Ctrl-C stops everything.\n\n`,
   );
 }
 

@@ -67,10 +67,16 @@ export async function runWorkerProcess(opts: { only?: string[] } = {}): Promise<
 export async function runServerProcess(opts: { withWorkers?: boolean } = {}): Promise<{ rt: Runtime; port: number }> {
   const rt = createRuntime();
   onSignals(rt);
-  await rt.waitForServices();
-  if (opts.withWorkers) startWorkers(rt);
-  const { port } = await startServer(rt);
-  return { rt, port };
+  try {
+    await rt.waitForServices();
+    if (opts.withWorkers) startWorkers(rt);
+    const { port } = await startServer(rt);
+    return { rt, port };
+  } catch (err) {
+    // Workers already started, and the demo's own servers (afterClose), stop before the exit.
+    await rt.close();
+    throw err;
+  }
 }
 
 /** The alert monitor alone, for deployments whose server shares a machine with workers. */

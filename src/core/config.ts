@@ -99,10 +99,18 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (!parsedEnv.success) throw new ConfigError(`environment: ${formatIssues(parsedEnv.error.issues)}`);
   const e = parsedEnv.data;
 
-  const fileData = e.PGMAINT_CONFIG ? readConfigFile(e.PGMAINT_CONFIG) : {};
-  const parsedFile = fileSchema.safeParse(fileData ?? {});
+  // Several files, comma-separated, are laid over each other in order (objects merge
+  // key by key; a list or value in a later file replaces the earlier one).
+  const files = (e.PGMAINT_CONFIG ?? '')
+    .split(',')
+    .map((f) => f.trim())
+    .filter(Boolean);
+  const fileData = files.reduce<unknown>((merged, file) => mergeConfig(merged, readConfigFile(file) ?? {}), {});
+  const parsedFile = fileSchema.safeParse(fileData);
   if (!parsedFile.success) {
-    throw new ConfigError(`config file ${e.PGMAINT_CONFIG}: ${formatIssues(parsedFile.error.issues)}`);
+    throw new ConfigError(
+      `config file${files.length > 1 ? 's' : ''} ${files.join(', ')}: ${formatIssues(parsedFile.error.issues)}`,
+    );
   }
   const f = parsedFile.data;
 
@@ -242,6 +250,16 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     ),
   });
   return config;
+}
+
+const isPlainObject = (v: unknown): v is Record<string, unknown> =>
+  typeof v === 'object' && v !== null && !Array.isArray(v);
+
+function mergeConfig(base: unknown, over: unknown): unknown {
+  if (!isPlainObject(base) || !isPlainObject(over)) return over;
+  const out: Record<string, unknown> = { ...base };
+  for (const [k, v] of Object.entries(over)) out[k] = k in out ? mergeConfig(out[k], v) : v;
+  return out;
 }
 
 function resolveEngine(b: BackupEngine): BackupEngine {

@@ -7,8 +7,10 @@ import { newToken, writeEnvFile } from './env-file.ts';
 import { seedDairy, type Scale } from './dairy.ts';
 import { createDatabase, type PostgresInstance, startPostgres, startRedis } from './devstack.ts';
 import pg from 'pg';
-import { BUSINESS_TIME_ZONE } from '../core/constants.ts';
 import { UsageError } from '../core/errors.ts';
+
+/** The demo's configuration, the same file docker-compose.yml mounts. */
+export const DEMO_CONFIG_FILE = path.resolve(import.meta.dirname, '../../docker/pgmaint.yaml');
 
 export async function startDemoStack(
   dir: string,
@@ -48,83 +50,16 @@ export async function startDemoStack(
       VIEWER_TOKEN: tokens.viewer as string,
       PORT: process.env.PORT ?? '3000',
     });
-    // Partition policies of the dairy ERP (docs/dairy-erp.md): orders monthly, 3 months ahead,
-    // kept 24 months; IoT readings daily, 7 days ahead, kept 90 days.
-    const configFile = path.join(dir, 'pgmaint.json');
-    fs.writeFileSync(
-      configFile,
-      JSON.stringify(
-        {
-          partitions: [
-            {
-              table: 'sales.sale_order',
-              column: 'date_order',
-              interval: 'month',
-              premake: 3,
-              retention: '24 months',
-              timeZone: BUSINESS_TIME_ZONE,
-            },
-            {
-              table: 'sales.sale_order_line',
-              column: 'date_order',
-              interval: 'month',
-              premake: 3,
-              retention: '24 months',
-              timeZone: BUSINESS_TIME_ZONE,
-            },
-            {
-              table: 'iot.sensor_reading',
-              column: 'read_at',
-              interval: 'day',
-              premake: 7,
-              retention: '90 days',
-              timeZone: BUSINESS_TIME_ZONE,
-            },
-          ],
-          // docs/dairy-erp.md: dumps kept 30 days; the drill counts orders and the herd at T.
-          // Dashboards (docs/dairy-erp.md): sales by day, top products, herd; TTLs from 2 minutes to an hour.
-          cache: {
-            keyPrefix: 'dash:',
-            queries: [
-              {
-                key: 'sales:daily:30d',
-                ttlSeconds: 3600,
-                sql:
-                  `select date, channel, sum(revenue) as revenue, sum(order_count) as orders from ` +
-                  `analytics.daily_sales_agg where date > current_date - 30 group by 1, 2 order by 1, 2`,
-              },
-              {
-                key: 'products:top:30d',
-                ttlSeconds: 600,
-                sql:
-                  `select a.product_tmpl_id, p.name, sum(a.qty_sold) as qty, sum(a.revenue) as revenue from ` +
-                  `analytics.daily_sales_agg a join catalog.product_template p on p.id = a.product_tmpl_id where ` +
-                  `a.date > current_date - 30 group by 1, 2 order by revenue desc limit 20`,
-              },
-              {
-                key: 'herd:summary',
-                ttlSeconds: 120,
-                sql: `select status, count(*) as animals from farm.animal group by status order by status`,
-              },
-            ],
-          },
-          backups: {
-            dumps: { keepLast: 3, maxAgeDays: 30 },
-            base: { keepLast: 2, maxAgeDays: 7 },
-            drillTables: ['sales.sale_order', 'farm.animal'],
-          },
-        },
-        null,
-        2,
-      ),
-    );
-    Object.assign(env, { PGMAINT_CONFIG: configFile });
+    // The dairy ERP's policies, cache queries and drill tables: the file compose mounts too.
+    Object.assign(env, { PGMAINT_CONFIG: DEMO_CONFIG_FILE });
     if (opts.offsite) {
       const extra = await startOffsite(dir, postgres, tokens);
       offsite = extra;
       Object.assign(env, extra.env);
-      const config = JSON.parse(fs.readFileSync(configFile, 'utf8'));
-      fs.writeFileSync(configFile, JSON.stringify({ ...config, ...extra.config }, null, 2));
+      // A second file laid over the first (PGMAINT_CONFIG takes a comma-separated list).
+      const offsiteFile = path.join(dir, 'pgmaint-offsite.json');
+      fs.writeFileSync(offsiteFile, JSON.stringify(extra.config, null, 2));
+      env.PGMAINT_CONFIG = `${DEMO_CONFIG_FILE},${offsiteFile}`;
     }
     writeEnvFile(path.join(dir, 'env.sh'), env);
   } catch (err) {

@@ -47,10 +47,9 @@ export async function startServer(
     health,
     enqueueRateLimit: opts.enqueueRateLimit,
   });
+  const [wantPort, host] = [opts.port ?? config.port, opts.host ?? config.host];
   const server = await new Promise<Server>((resolve, reject) => {
-    const s = app.listen(opts.port ?? config.port, opts.host ?? config.host, (err?: Error) =>
-      err ? reject(err) : resolve(s),
-    );
+    const s = app.listen(wantPort, host, (err?: Error) => (err ? reject(listenError(err, wantPort, host)) : resolve(s)));
   });
   const port = (server.address() as { port: number }).port;
   rt.onClose(
@@ -62,6 +61,19 @@ export async function startServer(
   );
   logger.info({ host: opts.host ?? config.host, port, board: `/admin/queues` }, 'server listening');
   return { server, port, monitor };
+}
+
+/** "PORT: 3000 is in use on 0.0.0.0" rather than a bare EADDRINUSE. */
+function listenError(err: Error, port: number, host: string): Error {
+  const code = (err as NodeJS.ErrnoException).code;
+  if (code === 'EADDRINUSE')
+    return new ConfigError(
+      `PORT: ${port} is already in use on ${host} (another pgmaint or program listens there); ` +
+        'choose another port with PORT=…, or PORT=0 for a free one',
+    );
+  if (code === 'EADDRNOTAVAIL' || code === 'EACCES')
+    return new ConfigError(`HOST/PORT: cannot listen on ${host}:${port}: ${err.message}`);
+  return err;
 }
 
 /** The alert monitor with its webhook; stopped on close. */
