@@ -59,6 +59,9 @@ describe('Bull Board in a browser', () => {
     );
 
     const page = await browser.newPage();
+    // The board must work with no internet: every request goes to pgmaint itself.
+    const requested: string[] = [];
+    page.on('request', (r) => requested.push(r.url()));
     await page.goto(`${base}/admin/queues`);
     expect(new URL(page.url()).pathname).toBe('/login');
     await page.fill('#token', ADMIN_TOKEN);
@@ -75,6 +78,10 @@ describe('Bull Board in a browser', () => {
     expect(await page.getByText(/pg_dump of database/).count()).toBeGreaterThan(0);
     await page.screenshot({ path: shot, fullPage: true });
     expect(fs.statSync(shot).size).toBeGreaterThan(10_000);
+    expect(requested.length).toBeGreaterThan(5);
+    expect(requested.filter((u) => !u.startsWith(`${base}/`))).toEqual([]);
+    // Times are in the business zone (Asia/Dhaka), labelled with it, whatever the browser's zone.
+    expect(await page.getByText(/\d\d:\d\d:\d\d GMT\+6/).count()).toBeGreaterThan(0);
   });
 
   it('refuses a wrong token on the login page', async () => {

@@ -109,7 +109,9 @@ describe('configuration', () => {
     expect(compose.services.seed.depends_on).toEqual({ postgres: { condition: 'service_healthy' } });
     // The jobs' client tools (pg_dump, pg_basebackup) are the server's major version.
     const major = /^postgres:(\d+)/.exec(compose.services.postgres.image)![1];
-    expect(fs.readFileSync(path.join(root, 'Dockerfile'), 'utf8')).toMatch(new RegExp(`install .*postgresql-${major} `));
+    expect(fs.readFileSync(path.join(root, 'Dockerfile'), 'utf8')).toMatch(
+      new RegExp(`install .*postgresql-${major} `),
+    );
     // The file loads, with the demo's policies, cache queries and drill tables.
     const c = loadConfig({ ...base, PGMAINT_CONFIG: DEMO_CONFIG_FILE });
     expect(c.partitions.map((p) => p.table)).toEqual([

@@ -36,7 +36,9 @@ describe('pgmaint demo', () => {
     const dir = path.join(h.dir, 'demo-taken');
     const demo = h.spawnPgmaint(['demo', '--scale', 'small', '--dir', dir], { PORT: String(port) });
     expect(await demo.exited).toBe(2);
-    expect(demo.output()).toMatch(new RegExp(`^pgmaint: PORT: ${port} is already in use on 0\\.0\\.0\\.0; choose`, 'm'));
+    expect(demo.output()).toMatch(
+      new RegExp(`^pgmaint: PORT: ${port} is already in use on 0\\.0\\.0\\.0; choose`, 'm'),
+    );
     expect(processesUnder(dir)).toEqual([]);
     blocker.close();
   });

@@ -27,12 +27,38 @@ declare module 'express-serve-static-core' {
 function boardRouter(rt: Runtime, readOnly: boolean) {
   const adapter = new ExpressAdapter();
   adapter.setBasePath(BOARD_PATH);
+  // Every time on the board in the business zone, labelled with its offset ("GMT+6"),
+  // whatever zone the operator's browser is in.
+  const zone = { timeZone: rt.config.businessTimeZone, timeZoneName: 'short' } as const;
+  const time = { hour: '2-digit', minute: '2-digit', second: '2-digit', hourCycle: 'h23' } as const;
   createBullBoard({
     queues: rt.queues.all().map((q) => new BullMQAdapter(q, { readOnlyMode: readOnly, allowRetries: !readOnly })),
     serverAdapter: adapter,
-    options: { uiConfig: { boardTitle: readOnly ? 'pgmaint (read-only)' : 'pgmaint' } },
+    options: {
+      uiConfig: {
+        boardTitle: readOnly ? 'pgmaint (read-only)' : 'pgmaint',
+        hideDocsLink: true,
+        dateFormats: {
+          short: { ...time, ...zone },
+          common: { month: 'short', day: 'numeric', ...time, ...zone },
+          full: { year: 'numeric', month: 'short', day: 'numeric', ...time, ...zone },
+        },
+      },
+    },
   });
   return adapter.getRouter() as express.Router;
+}
+
+/**
+ * Bull Board's page links a web font from a public CDN: a board on a machine with no
+ * internet would wait on it, and it tells an outside host who uses the board. The link
+ * is taken out of the page (the CSS falls back to the system sans-serif).
+ */
+function withoutOutsideLinks(_req: Request, res: Response, next: NextFunction) {
+  const send = res.send.bind(res);
+  res.send = (body?: unknown) =>
+    send(typeof body === 'string' ? body.replace(/<link\b[^>]*\bhref="https?:\/\/[^"]*"[^>]*>/gi, '') : body);
+  next();
 }
 
 const BODY_LIMIT = '64kb';
@@ -110,7 +136,8 @@ export function createApp(rt: Runtime, auth: Auth, parts: AppParts = {}): expres
       contentSecurityPolicy: {
         directives: {
           'script-src': ["'self'", "'unsafe-inline'"],
-          'style-src': ["'self'", "'unsafe-inline'", 'https:'],
+          'style-src': ["'self'", "'unsafe-inline'"],
+          'font-src': ["'self'", 'data:'],
           'img-src': ["'self'", 'data:'],
           // Plain HTTP is how compose publishes port 3000: a browser told to upgrade would
           // post the login form to an https:// that nothing serves. TLS proxies set HSTS.
@@ -187,7 +214,9 @@ export function createApp(rt: Runtime, auth: Auth, parts: AppParts = {}): expres
   app.use(BOARD_PATH, express.json({ limit: BODY_LIMIT }));
   const adminBoard = boardRouter(rt, false);
   const viewerBoard = boardRouter(rt, true);
-  app.use(BOARD_PATH, (req, res, next) => (req.role === 'admin' ? adminBoard : viewerBoard)(req, res, next));
+  app.use(BOARD_PATH, withoutOutsideLinks, (req, res, next) =>
+    (req.role === 'admin' ? adminBoard : viewerBoard)(req, res, next),
+  );
 
   for (const r of served) if (r.access === 'read' || r.access === 'write') mount(r);
 

@@ -49,7 +49,9 @@ export async function startServer(
   });
   const [wantPort, host] = [opts.port ?? config.port, opts.host ?? config.host];
   const server = await new Promise<Server>((resolve, reject) => {
-    const s = app.listen(wantPort, host, (err?: Error) => (err ? reject(listenError(err, wantPort, host)) : resolve(s)));
+    const s = app.listen(wantPort, host, (err?: Error) =>
+      err ? reject(listenError(err, wantPort, host)) : resolve(s),
+    );
   });
   const port = (server.address() as { port: number }).port;
   rt.onClose(
