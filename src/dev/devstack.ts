@@ -117,7 +117,13 @@ export interface RedisInstance {
   stop(): Promise<void>;
 }
 
-export async function startRedis(opts: { dir: string; port?: number; appendonly?: boolean }): Promise<RedisInstance> {
+export async function startRedis(opts: {
+  dir: string;
+  port?: number;
+  appendonly?: boolean;
+  /** More redis-server options, e.g. ['--cluster-enabled', 'yes']. */
+  extraArgs?: string[];
+}): Promise<RedisInstance> {
   const port = opts.port ?? (await freePort());
   fs.mkdirSync(opts.dir, { recursive: true });
   // A server left running by an earlier, killed run in this directory is stopped first.
@@ -149,6 +155,7 @@ export async function startRedis(opts: { dir: string; port?: number; appendonly?
       'noeviction',
       '--logfile',
       path.join(opts.dir, 'redis.log'),
+      ...(opts.extraArgs ?? []),
     ],
     { stdio: 'ignore' },
   );
