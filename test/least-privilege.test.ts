@@ -1,4 +1,4 @@
-// The runner under a least-privilege role with exactly the grants README.md lists
+// The runner under a least-privilege role with exactly the grants docs/operations.md lists
 // (the "Database grants" SQL there), not a superuser: the jobs it is granted for
 // work, and one it is not granted for fails at once with PostgreSQL's own reason.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -18,7 +18,7 @@ beforeAll(async () => {
   role = `pgmaint_runner_${h.id}`.slice(0, 63);
   const owner = `dairy_owner_${h.id}`.slice(0, 63);
   const db = new URL(h.dbUrl).pathname.slice(1);
-  // As README.md, "Database grants": one role owns the partitioned tables; the runner is a member.
+  // As docs/operations.md, "Database grants": one role owns the partitioned tables; the runner is a member.
   await h.admin.query(`
     create role "${owner}" nologin;
     alter table iot.sensor_reading owner to "${owner}";

@@ -34,7 +34,7 @@ Tables are for people; --json prints what the HTTP API answers (GET /api/status,
 /api/schedules, /api/history), for scripts.
 
 Configuration comes from the environment (DATABASE_URL, REDIS_URL, BACKUP_DIR, …)
-and the optional PGMAINT_CONFIG file; see README.md.`;
+and the optional PGMAINT_CONFIG file; see docs/configuration.md.`;
 
 function print(obj: unknown): void {
   process.stdout.write(`${JSON.stringify(obj, null, 2)}\n`);
