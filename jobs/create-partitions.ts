@@ -21,6 +21,8 @@ import {
   parseKeyValue,
   policiesFor,
   readParent,
+  readParents,
+  type ParentSnapshot,
   tablesIssues,
   recordPolicyError,
   throwIfPoliciesFailed,
@@ -69,17 +71,23 @@ const job = defineJob({
   async handler(ctx, p) {
     const policies = policiesFor(ctx, p.target, p.tables);
     const now = p.now ? DateTime.fromISO(p.now) : DateTime.now();
+    // The whole target's state in one reading; only parents with work go further. At
+    // steady state (nothing to create, empty DEFAULT partitions) that is the whole run.
+    const snapshot = await readSnapshot(ctx, policies);
+    const steady = policies.map((policy, i) => steadyResult(policy, snapshot[i]!, now));
+    const busy = steady.flatMap((r, i) => (r === NEEDS_WORK ? [i] : []));
+    const results = steady as PolicyResult[];
+    await ctx.progress(10, `${policies.length} parents read; ${busy.length} need work`);
     // Parents are independent: work on as many at once as the target's pool allows.
-    const results: PolicyResult[] = new Array(policies.length);
     let next = 0;
     let done = 0;
     await Promise.all(
-      Array.from({ length: Math.min(ctx.target.poolSize, policies.length) }, async () => {
-        while (next < policies.length) {
-          const i = next++;
+      Array.from({ length: Math.min(ctx.target.poolSize, busy.length) }, async () => {
+        while (next < busy.length) {
+          const i = busy[next++]!;
           results[i] = await maintainPolicy(ctx, policies[i]!, now);
-          if (++done % 10 === 0 || done === policies.length)
-            await ctx.progress((100 * done) / policies.length, `${done}/${policies.length} parents checked`);
+          if (++done % 10 === 0 || done === busy.length)
+            await ctx.progress(10 + (90 * done) / busy.length, `${done}/${busy.length} parents with work done`);
         }
       }),
     );
@@ -102,8 +110,51 @@ const job = defineJob({
   },
 });
 
-async function maintainPolicy(ctx: JobContext, policy: PartitionPolicy, now: DateTime): Promise<PolicyResult> {
-  const result: PolicyResult = {
+/** Every parent's catalog state, read once on one connection (bounds printed in UTC). */
+async function readSnapshot(ctx: JobContext, policies: PartitionPolicy[]) {
+  if (!policies.length) return [];
+  const client = await ctx.pool.connect();
+  try {
+    return await withTransaction(
+      client,
+      async () => {
+        await client.query(`set local timezone = 'UTC'`);
+        return readParents(client, policies);
+      },
+      'begin isolation level repeatable read read only',
+    );
+  } finally {
+    client.release();
+  }
+}
+
+const NEEDS_WORK = Symbol('needs work');
+
+/** The result of a parent that needs nothing, from the snapshot; or NEEDS_WORK. */
+function steadyResult(
+  policy: PartitionPolicy,
+  info: ParentSnapshot | PermanentJobError,
+  now: DateTime,
+): PolicyResult | typeof NEEDS_WORK {
+  const result = emptyResult(policy);
+  if (info instanceof Error) {
+    recordPolicyError(result, info);
+    return result;
+  }
+  const plan = planMissing(info, policy, now);
+  if (plan.missing.length || info.defaultHasRows) return NEEDS_WORK;
+  result.skipped.push(...plan.skipped);
+  const def = info.partitions.find((x) => x.isDefault);
+  if (def) {
+    result.defaultPartition = `${def.schema}.${def.name}`;
+    result.defaultRows = 0;
+  }
+  Object.assign(result, runway(info, policy, now));
+  return result;
+}
+
+function emptyResult(policy: PartitionPolicy): PolicyResult {
+  return {
     table: policy.table,
     created: [],
     runwayUntil: null,
@@ -113,6 +164,23 @@ async function maintainPolicy(ctx: JobContext, policy: PartitionPolicy, now: Dat
     rowsMoved: 0,
     skipped: [],
   };
+}
+
+/** Upper bound of the newest partition, and the whole periods it lies ahead of now. */
+function runway(info: ParentInfo, policy: PartitionPolicy, now: DateTime) {
+  const newest = info.partitions.filter((x) => x.to).at(-1)?.to ?? null;
+  let ahead = 0;
+  for (
+    let t = nextPeriod(periodStart(now.setZone(policy.timeZone), policy.interval), policy.interval);
+    newest && t < newest;
+    t = nextPeriod(t, policy.interval)
+  )
+    ahead++;
+  return { runwayUntil: newest?.toISO() ?? null, periodsAhead: ahead };
+}
+
+async function maintainPolicy(ctx: JobContext, policy: PartitionPolicy, now: DateTime): Promise<PolicyResult> {
+  const result = emptyResult(policy);
   try {
     const outcome = await withParentLock(ctx.pool, policy.table, async (client) => {
       let info = await readParent(client, policy);
@@ -147,16 +215,7 @@ async function maintainPolicy(ctx: JobContext, policy: PartitionPolicy, now: Dat
           (await client.query(`select count(*) as n from ${quoteQualified(def.schema, def.name)}`)).rows[0].n,
         );
       }
-      const newest = info.partitions.filter((x) => x.to).at(-1)?.to ?? null;
-      result.runwayUntil = newest?.toISO() ?? null;
-      let ahead = 0;
-      for (
-        let t = nextPeriod(periodStart(now.setZone(policy.timeZone), policy.interval), policy.interval);
-        newest && t < newest;
-        t = nextPeriod(t, policy.interval)
-      )
-        ahead++;
-      result.periodsAhead = ahead;
+      Object.assign(result, runway(info, policy, now));
     });
     if (outcome === 'locked') result.skipped.push({ reason: PARENT_LOCKED });
   } catch (thrown) {

@@ -15,9 +15,7 @@ const slug = (heading: string) =>
     .replace(/ /g, '-');
 
 const anchorsOf = (file: string) =>
-  new Set(
-    [...fs.readFileSync(file, 'utf8').matchAll(/^#{1,6} (.+)$/gm)].map((m) => slug(m[1]!.replace(/`/g, ''))),
-  );
+  new Set([...fs.readFileSync(file, 'utf8').matchAll(/^#{1,6} (.+)$/gm)].map((m) => slug(m[1]!.replace(/`/g, ''))));
 
 describe('docs', () => {
   it('every relative link reaches a file and heading inside the repository', () => {

@@ -45,7 +45,7 @@ beforeAll(async () => {
     '--cluster-yes',
   ]);
   await waitUntil(
-    () =>
+    async () =>
       nodes.every((n) =>
         execFileSync('redis-cli', ['-p', String(n.port), 'cluster', 'info'])
           .toString()

@@ -4,7 +4,7 @@ import { DateTime } from 'luxon';
 import type pg from 'pg';
 import { classifyError, coerceError, describeError, PermanentJobError } from '../core/errors.ts';
 import type { PartitionInterval, PartitionPolicy } from '../core/partition-policy.ts';
-import { quoteLiteral } from '../core/sql.ts';
+import { quoteLiteral, quoteQualified } from '../core/sql.ts';
 
 export type KeyType = 'timestamptz' | 'timestamp' | 'date';
 
@@ -43,27 +43,93 @@ function parseBound(text: string, keyType: KeyType, zone: string): DateTime | nu
 
 /** Validates the policy against the catalog and reads the partitions with their bounds. */
 export async function readParent(client: pg.ClientBase, policy: PartitionPolicy): Promise<ParentInfo> {
-  const [schema, table] = policy.table.split('.') as [string, string];
+  const [info] = await readParents(client, [policy]);
+  if (info instanceof Error) throw info;
+  return info!;
+}
+
+/** A parent as the catalog holds it, and whether its DEFAULT partition has any row. */
+export type ParentSnapshot = ParentInfo & { defaultHasRows: boolean };
+
+/**
+ * Every policy's parent in one catalog query (its key, owner, partitions and bounds),
+ * then one query that asks each DEFAULT partition whether it holds a row: two round
+ * trips for any number of parents. The session's TimeZone must be UTC. A policy that
+ * does not fit its table gets its PermanentJobError in its place.
+ */
+export async function readParents(
+  client: pg.ClientBase,
+  policies: readonly PartitionPolicy[],
+): Promise<(ParentSnapshot | PermanentJobError)[]> {
+  const names = policies.map((p) => p.table.split('.') as [string, string]);
   const { rows } = await client.query<{
-    oid: number;
-    relkind: string;
-    owner: string;
+    ord: string;
+    oid: number | null;
+    relkind: string | null;
+    owner: string | null;
     strategy: string | null;
     keycols: string[] | null;
     keytype: string | null;
+    parts: { schema: string; name: string; bound: string; pending: boolean }[];
   }>(
-    `select c.oid, c.relkind, pg_get_userbyid(c.relowner) as owner, pt.partstrat as strategy,
+    `select w.ord, c.oid, c.relkind, pg_get_userbyid(c.relowner) as owner, pt.partstrat as strategy,
             (select array_agg(a.attname::text order by k.ord) from unnest(pt.partattrs) with ordinality k(attnum, ord)
                join pg_attribute a on a.attrelid = c.oid and a.attnum = k.attnum) as keycols,
-            (select format_type(a.atttypid, null) from pg_attribute a where a.attrelid = c.oid and a.attname = $3) as
-              keytype
-       from pg_class c join pg_namespace n on n.oid = c.relnamespace
+            (select format_type(a.atttypid, null) from pg_attribute a
+              where a.attrelid = c.oid and a.attname = w.col and not a.attisdropped) as keytype,
+            (select coalesce(json_agg(json_build_object('schema', pn.nspname, 'name', pc.relname,
+                      'bound', pg_get_expr(pc.relpartbound, pc.oid), 'pending', i.inhdetachpending)), '[]')
+               from pg_inherits i join pg_class pc on pc.oid = i.inhrelid
+               join pg_namespace pn on pn.oid = pc.relnamespace
+              where i.inhparent = c.oid) as parts
+       from unnest($1::text[], $2::text[], $3::text[]) with ordinality w(nsp, rel, col, ord)
+       left join pg_namespace n on n.nspname = w.nsp
+       left join pg_class c on c.relnamespace = n.oid and c.relname = w.rel
        left join pg_partitioned_table pt on pt.partrelid = c.oid
-      where n.nspname = $1 and c.relname = $2`,
-    [schema, table, policy.column],
+      order by w.ord`,
+    [names.map((n) => n[0]), names.map((n) => n[1]), policies.map((p) => p.column)],
   );
-  const r = rows[0];
-  if (!r) throw new PermanentJobError(`${policy.table}: table does not exist`, 'POLICY');
+  const infos = rows.map((r, i) => {
+    try {
+      return parentInfo(policies[i]!, names[i]!, r);
+    } catch (err) {
+      if (err instanceof PermanentJobError) return err;
+      throw err;
+    }
+  });
+  // Emptiness of every DEFAULT partition, exactly and cheaply (no statistics to trust).
+  const defaults = infos.flatMap((info) => {
+    const def = info instanceof Error ? undefined : info.partitions.find((x) => x.isDefault);
+    return def ? [quoteQualified(def.schema, def.name)] : [];
+  });
+  const hasRows = new Set<string>();
+  if (defaults.length) {
+    const { rows: found } = await client.query<{ rel: string }>(
+      defaults.map((d) => `select ${quoteLiteral(d)} as rel where exists (select from ${d})`).join(' union all '),
+    );
+    for (const f of found) hasRows.add(f.rel);
+  }
+  return infos.map((info) => {
+    if (info instanceof Error) return info;
+    const def = info.partitions.find((x) => x.isDefault);
+    return { ...info, defaultHasRows: def ? hasRows.has(quoteQualified(def.schema, def.name)) : false };
+  });
+}
+
+function parentInfo(
+  policy: PartitionPolicy,
+  [schema, table]: [string, string],
+  r: {
+    oid: number | null;
+    relkind: string | null;
+    owner: string | null;
+    strategy: string | null;
+    keycols: string[] | null;
+    keytype: string | null;
+    parts: { schema: string; name: string; bound: string; pending: boolean }[];
+  },
+): ParentInfo {
+  if (r.oid === null) throw new PermanentJobError(`${policy.table}: table does not exist`, 'POLICY');
   if (r.relkind !== 'p' || r.strategy !== 'r')
     throw new PermanentJobError(`${policy.table}: not RANGE-partitioned`, 'POLICY');
   if (r.keycols?.length !== 1 || r.keycols[0] !== policy.column) {
@@ -88,15 +154,7 @@ export async function readParent(client: pg.ClientBase, policy: PartitionPolicy)
       `${policy.table}.${policy.column}: a date column cannot have hourly partitions`,
       'POLICY',
     );
-
-  const parts = await client.query<{ schema: string; name: string; bound: string; pending: boolean }>(
-    `select n.nspname as schema, c.relname as name, pg_get_expr(c.relpartbound, c.oid) as bound,
-            i.inhdetachpending as pending
-       from pg_inherits i join pg_class c on c.oid = i.inhrelid join pg_namespace n on n.oid = c.relnamespace
-      where i.inhparent = $1`,
-    [r.oid],
-  );
-  const partitions = parts.rows.map((p): ExistingPartition => {
+  const partitions = r.parts.map((p): ExistingPartition => {
     if (p.bound === 'DEFAULT')
       return { schema: p.schema, name: p.name, isDefault: true, from: null, to: null, detachPending: p.pending };
     const m = /^FOR VALUES FROM \((.+)\) TO \((.+)\)$/.exec(p.bound);
@@ -111,7 +169,7 @@ export async function readParent(client: pg.ClientBase, policy: PartitionPolicy)
     };
   });
   partitions.sort((a, b) => (a.from?.toMillis() ?? -Infinity) - (b.from?.toMillis() ?? -Infinity));
-  return { schema, table, oid: r.oid, owner: r.owner, keyType, partitions };
+  return { schema, table, oid: r.oid, owner: r.owner!, keyType, partitions };
 }
 
 /** Start of the period containing `t`, in the policy's zone. */
