@@ -35,7 +35,9 @@ export async function interleave(sides: Side[], rounds: number): Promise<Sample[
     for (const [i, side] of sides.entries()) {
       const ms = await side.run(r);
       samples[i]!.ms.push(ms);
-      console.error(`  round ${r + 1}: ${side.name} ${(ms / 1000).toFixed(2)} s`);
+      console.error(
+        `  round ${r + 1}: ${side.name} ${ms < 10_000 ? `${ms.toFixed(1)} ms` : `${(ms / 1000).toFixed(2)} s`}`,
+      );
     }
   }
   return samples;
@@ -47,13 +49,19 @@ export const loadAverage = () =>
     .map((x) => x.toFixed(2))
     .join(' ');
 
-const seconds = (ms: number) => (ms / 1000).toFixed(2);
-const fmt = (s: Sample) => `${seconds(median(s.ms))} s (${seconds(Math.min(...s.ms))}–${seconds(Math.max(...s.ms))})`;
+export type Unit = 's' | 'ms';
+const inUnit = (ms: number, unit: Unit) => (unit === 's' ? (ms / 1000).toFixed(2) : ms.toFixed(ms < 10 ? 2 : 0));
+
+/** "1.23 s (1.10–1.40)": the median with min–max. */
+export function fmt(s: Sample, unit: Unit = 's'): string {
+  const [lo, hi] = [Math.min(...s.ms), Math.max(...s.ms)];
+  return `${inUnit(median(s.ms), unit)} ${unit} (${inUnit(lo, unit)}–${inUnit(hi, unit)})`;
+}
 
 /** One table row: ours against theirs, medians with min–max, and ours/theirs. */
-export function row(what: string, ours: Sample, theirs: Sample, target?: string): string[] {
+export function row(what: string, ours: Sample, theirs: Sample, target?: string, unit: Unit = 's'): string[] {
   const ratio = median(ours.ms) / median(theirs.ms);
-  return [what, fmt(ours), fmt(theirs), `${ratio.toFixed(2)}×`, target ?? ''];
+  return [what, fmt(ours, unit), fmt(theirs, unit), `${ratio.toFixed(2)}×`, target ?? ''];
 }
 
 export function printTable(title: string, header: string[], rows: string[][]): void {

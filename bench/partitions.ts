@@ -1,51 +1,45 @@
-// create-partitions against pg_partman 4.x on identical schemas, in one run:
-// 200 monthly-partitioned parents, premake 4 (the current month and 4 ahead).
+// create-partitions against pg_partman 4.x on identical schemas, per fleet size:
+// N monthly-partitioned parents, premake 4 (the current month and 4 ahead), no DEFAULT
+// partition on either side, so both make the same 5 partitions a parent.
 //   first run:    pgmaint create-partitions  vs  partman.create_parent() for each parent
 //   steady state: pgmaint create-partitions  vs  partman.run_maintenance()   (nothing to do)
+// Both are timed from outside: ours from the enqueue to the result through the queue and
+// a worker, pg_partman from the client's call to its answer. Rounds are interleaved
+// (pg_partman, pgmaint, pg_partman, …); a first-run round starts from fresh parents.
 // Needs Debian's postgresql-15-partman:  apt-get install -y postgresql-15-partman
-//   npm run bench:partitions [-- --parents 200 --rounds 3]
+//   npm run bench:partitions [-- --parents 50,200,1000 --rounds 3]
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { DateTime } from 'luxon';
 import pg from 'pg';
-import { loadConfig } from '../src/core/config.ts';
-import { createDatabase, startPostgres, startRedis } from '../src/dev/devstack.ts';
-import { createLogger } from '../src/core/logger.ts';
 import { startWorkers } from '../src/cli/roles.ts';
+import { loadConfig } from '../src/core/config.ts';
+import { createLogger } from '../src/core/logger.ts';
+import { createDatabase, startPostgres, startRedis } from '../src/dev/devstack.ts';
 import { createRuntime } from '../src/pgmaint.ts';
+import { fmt, interleave, loadAverage, median, printTable, row, type Sample } from './method.ts';
+import { jobRunner } from './run-job.ts';
 
 const { values } = parseArgs({
-  options: { parents: { type: 'string', default: '200' }, rounds: { type: 'string', default: '3' } },
+  options: { parents: { type: 'string', default: '50,200,1000' }, rounds: { type: 'string', default: '3' } },
 });
-const PARENTS = Number(values.parents);
-const ROUNDS = Number(values.rounds);
+const FLEETS = values.parents!.split(',').map(Number);
+const ROUNDS = Math.max(3, Number(values.rounds));
 
 if (!fs.existsSync('/usr/share/postgresql/15/extension/pg_partman.control')) {
   console.error('pg_partman is not installed: apt-get install -y postgresql-15-partman');
   process.exit(2);
 }
 
+console.log(`load average before: ${loadAverage()}`);
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pgmaint-bench-part-'));
 fs.chmodSync(dir, 0o755);
 const [server, redis] = await Promise.all([
   startPostgres({ dir: path.join(dir, 'pg') }),
   startRedis({ dir: path.join(dir, 'redis') }),
 ]);
-await createDatabase(server, 'ours');
-await createDatabase(server, 'partman');
-
-const tables = Array.from({ length: PARENTS }, (_, i) => `bench.t${String(i + 1).padStart(3, '0')}`);
-const schemaSql =
-  `create schema bench;\n` +
-  tables
-    .map(
-      (t) =>
-        `create table ${t} (id bigint not null, ts timestamptz not null, v int) partition by range (ts); create ` +
-        `index on ${t} (id);`,
-    )
-    .join('\n');
 
 async function withClient<T>(db: string, fn: (c: pg.Client) => Promise<T>): Promise<T> {
   const c = new pg.Client({ connectionString: server.url(db) });
@@ -57,115 +51,141 @@ async function withClient<T>(db: string, fn: (c: pg.Client) => Promise<T>): Prom
   }
 }
 
-await withClient('ours', (c) => c.query(schemaSql));
-await withClient('partman', async (c) => {
-  await c.query(schemaSql);
-  await c.query('create schema partman; create extension pg_partman schema partman');
-});
-
-const configFile = path.join(dir, 'pgmaint.json');
-fs.writeFileSync(
-  configFile,
-  JSON.stringify({ partitions: tables.map((table) => ({ table, column: 'ts', interval: 'month', premake: 4 })) }),
-);
-const config = loadConfig({
-  DATABASE_URL: server.url('ours'),
-  REDIS_URL: redis.url,
-  BACKUP_DIR: path.join(dir, 'backups'),
-  PGMAINT_CONFIG: configFile,
-});
-const rt = createRuntime({ config, logger: createLogger('warn'), schedules: [] });
-await rt.history.migrate();
-startWorkers(rt, ['create-partitions']);
-
-async function oursOnce(): Promise<{ ms: number; created: number }> {
-  const t0 = performance.now();
-  const { job } = await rt.queues.enqueue('create-partitions', {});
-  const result = (await job.waitUntilFinished(await queueEvents())) as { policies: { created: unknown[] }[] };
-  return { ms: performance.now() - t0, created: result.policies.reduce((n, p) => n + p.created.length, 0) };
-}
-
-let events: import('bullmq').QueueEvents | undefined;
-async function queueEvents() {
-  if (!events) {
-    const { QueueEvents } = await import('bullmq');
-    events = new QueueEvents('create-partitions', {
-      connection: rt.connections.redis('bench-events'),
-      prefix: config.redis.prefix,
-    });
-    await events.waitUntilReady();
-  }
-  return events;
-}
-await queueEvents();
-
-const monthStart = DateTime.utc().startOf('month').toISO();
-const partmanFirst = await withClient('partman', async (c) => {
-  const t0 = performance.now();
-  for (const t of tables)
-    await c.query(
-      `select partman.create_parent($1, 'ts', 'native', 'monthly', p_premake := 4, p_start_partition := $2)`,
-      [t, monthStart],
-    );
-  return performance.now() - t0;
-});
-const oursFirst = await oursOnce();
-
 const countPartitions = (db: string) =>
   withClient(db, async (c) =>
     Number(
       (
         await c.query(
           `select count(*) as n from pg_inherits i join pg_class p on p.oid = i.inhparent join pg_class c on c.oid ` +
-            `= i.inhrelid join pg_namespace n on n.oid = p.relnamespace where n.nspname = 'bench' and c.relkind = 'r'`,
+            `= i.inhrelid join pg_namespace n on n.oid = p.relnamespace where n.nspname = 'bench'`,
         )
       ).rows[0].n,
     ),
   );
 
-const partmanSteady: number[] = [];
-const oursSteady: number[] = [];
-for (let r = 0; r < ROUNDS; r++) {
-  partmanSteady.push(
-    await withClient('partman', async (c) => {
-      const t0 = performance.now();
-      await c.query(`select partman.run_maintenance(p_analyze := false, p_jobmon := false)`);
-      return performance.now() - t0;
+const rows: string[][] = [];
+const verdicts: string[] = [];
+for (const N of FLEETS) {
+  const [ours, partman] = [`ours_${N}`, `partman_${N}`];
+  await createDatabase(server, ours);
+  await createDatabase(server, partman);
+  const tables = Array.from({ length: N }, (_, i) => `bench.t${String(i + 1).padStart(4, '0')}`);
+  const schemaSql =
+    `drop schema if exists bench cascade; create schema bench;\n` +
+    tables
+      .map(
+        (t) =>
+          `create table ${t} (id bigint not null, ts timestamptz not null, v int) partition by range (ts); ` +
+          `create index on ${t} (id);`,
+      )
+      .join('\n');
+  await withClient(partman, (c) => c.query('create schema partman; create extension pg_partman schema partman'));
+
+  const configFile = path.join(dir, `pgmaint-${N}.json`);
+  fs.writeFileSync(
+    configFile,
+    JSON.stringify({
+      partitions: tables.map((table) => ({ table, column: 'ts', interval: 'month', premake: 4 })),
+      redis: { prefix: `{bench-${N}}` },
     }),
   );
-  const o = await oursOnce();
-  if (o.created !== 0) throw new Error(`steady state created ${o.created} partitions`);
-  oursSteady.push(o.ms);
+  const config = loadConfig({
+    DATABASE_URL: server.url(ours),
+    REDIS_URL: redis.url,
+    BACKUP_DIR: path.join(dir, 'backups'),
+    PGMAINT_CONFIG: configFile,
+  });
+  const rt = createRuntime({ config, logger: createLogger('warn'), schedules: [] });
+  await rt.history.migrate();
+  startWorkers(rt, ['create-partitions']);
+  const runJob = jobRunner(rt);
+  const createdBy = async () => {
+    const { ms, result } = await runJob('create-partitions', {});
+    return { ms, created: (result.policies as { created: unknown[] }[]).reduce((n, p) => n + p.created.length, 0) };
+  };
+
+  console.error(`${N} parents: first run`);
+  const monthStart = DateTime.utc().startOf('month').toISO();
+  const first = await interleave(
+    [
+      {
+        name: 'pg_partman create_parent',
+        run: async () => {
+          await withClient(partman, (c) => c.query(`${schemaSql}; truncate partman.part_config`));
+          return withClient(partman, async (c) => {
+            const t0 = performance.now();
+            for (const t of tables)
+              await c.query(
+                `select partman.create_parent($1, 'ts', 'native', 'monthly', p_premake := 4, ` +
+                  `p_start_partition := $2, p_default_table := false)`,
+                [t, monthStart],
+              );
+            return performance.now() - t0;
+          });
+        },
+      },
+      {
+        name: 'pgmaint create-partitions',
+        run: async () => {
+          await withClient(ours, (c) => c.query(schemaSql));
+          const { ms, created } = await createdBy();
+          if (created !== 5 * N) throw new Error(`first run created ${created} partitions, not ${5 * N}`);
+          return ms;
+        },
+      },
+    ],
+    ROUNDS,
+  );
+  console.error(`${N} parents: steady state`);
+  const steady = await interleave(
+    [
+      {
+        name: 'pg_partman run_maintenance',
+        run: () =>
+          withClient(partman, async (c) => {
+            const t0 = performance.now();
+            await c.query(`select partman.run_maintenance(p_analyze := false, p_jobmon := false)`);
+            return performance.now() - t0;
+          }),
+      },
+      {
+        name: 'pgmaint create-partitions',
+        run: async () => {
+          const { ms, created } = await createdBy();
+          if (created !== 0) throw new Error(`steady state created ${created} partitions`);
+          return ms;
+        },
+      },
+    ],
+    ROUNDS,
+  );
+  const [partsTheirs, partsOurs] = [await countPartitions(partman), await countPartitions(ours)];
+  const perParent = (s: Sample): Sample => ({ name: s.name, ms: s.ms.map((ms) => ms / N) });
+  rows.push(
+    row(`${N} parents: first run (ms)`, first[1]!, first[0]!, '', 'ms'),
+    row(`${N} parents: steady state (ms)`, steady[1]!, steady[0]!, N === 1000 ? '≤ 0.2×, < 200 ms' : '', 'ms'),
+    ['  steady state per parent', fmt(perParent(steady[1]!), 'ms'), fmt(perParent(steady[0]!), 'ms'), '', ''],
+    [`  partitions after`, String(partsOurs), String(partsTheirs), '', ''],
+  );
+  if (N === 1000) {
+    const [o, t] = [median(steady[1]!.ms), median(steady[0]!.ms)];
+    verdicts.push(
+      `steady state at 1000 parents under 200 ms — ${o < 200 ? 'met' : 'NOT met'} (${o.toFixed(0)} ms); ` +
+        `at least 5× faster than pg_partman — ${t / o >= 5 ? 'met' : 'NOT met'} (${(t / o).toFixed(1)}×)`,
+    );
+  }
+  await runJob.close();
+  await rt.close();
 }
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
-const rows = [
-  ['', 'pg_partman 4.x', 'pgmaint', 'ratio'],
-  [
-    `first run, ${PARENTS} parents (ms)`,
-    partmanFirst.toFixed(0),
-    oursFirst.ms.toFixed(0),
-    `${(oursFirst.ms / partmanFirst).toFixed(2)}×`,
-  ],
-  [
-    `steady state, median of ${ROUNDS} (ms)`,
-    median(partmanSteady).toFixed(0),
-    median(oursSteady).toFixed(0),
-    `${(median(oursSteady) / median(partmanSteady)).toFixed(2)}×`,
-  ],
-  ['partitions after', String(await countPartitions('partman')), String(await countPartitions('ours')), ''],
-];
-const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
-for (const r of rows)
-  console.log(r.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!))).join('  '));
-console.log(
-  `targets: first run and steady state no slower than pg_partman — ` +
-    `${oursFirst.ms <= partmanFirst && median(oursSteady) <= median(partmanSteady) ? 'met' : 'NOT met'}; steady ` +
-    `state under 1 s — ${median(oursSteady) < 1000 ? 'met' : 'NOT met'}`,
+printTable(
+  `create-partitions against pg_partman ${ROUNDS} rounds interleaved; median (min–max)`,
+  ['', 'pgmaint', 'pg_partman 4.x', 'ratio', 'target'],
+  rows,
 );
+for (const v of verdicts) console.log(`target: ${v}`);
+console.log(`load average after: ${loadAverage()}`);
 
-await events?.close();
-await rt.close();
 await redis.stop();
 await server.stop('immediate');
 fs.rmSync(dir, { recursive: true, force: true });
