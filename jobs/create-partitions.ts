@@ -22,6 +22,8 @@ import {
   policiesFor,
   readParent,
   readParents,
+  boundMs,
+  PeriodCalendar,
   type ParentSnapshot,
   tablesIssues,
   recordPolicyError,
@@ -74,7 +76,8 @@ const job = defineJob({
     // The whole target's state in one reading; only parents with work go further. At
     // steady state (nothing to create, empty DEFAULT partitions) that is the whole run.
     const snapshot = await readSnapshot(ctx, policies);
-    const steady = policies.map((policy, i) => steadyResult(policy, snapshot[i]!, now));
+    const calendar = new PeriodCalendar(now);
+    const steady = policies.map((policy, i) => steadyResult(policy, snapshot[i]!, now, calendar));
     const busy = steady.flatMap((r, i) => (r === NEEDS_WORK ? [i] : []));
     const results = steady as PolicyResult[];
     await ctx.progress(10, `${policies.length} parents read; ${busy.length} need work`);
@@ -91,7 +94,10 @@ const job = defineJob({
         }
       }),
     );
-    for (const r of results) {
+    // A line for every parent that changed, failed or skipped something; one for the rest
+    // (at a thousand parents, a line each would cost more than the whole reading).
+    const quiet = results.filter((r) => !r.error && !r.created.length && !r.skipped.length);
+    for (const r of results.filter((x) => !quiet.includes(x))) {
       await ctx.log(
         `${r.table}: ${
           r.error
@@ -104,11 +110,26 @@ const job = defineJob({
             : ''),
       );
     }
+    if (quiet.length) {
+      const shortest = quiet.reduce((a, b) => (b.periodsAhead < a.periodsAhead ? b : a));
+      await ctx.log(
+        `${quiet.length} parent${quiet.length > 1 ? 's' : ''} already had their runway; the shortest: ` +
+          `${shortest.table}, until ${shortest.runwayUntil} (${shortest.periodsAhead} periods ahead)`,
+      );
+    }
     await ctx.progress(100, `${results.filter((r) => !r.error).length}/${policies.length} policies done`);
     throwIfPoliciesFailed('create-partitions', results);
     return { policies: results };
   },
 });
+
+/** Deparsed partition bounds per target, kept across this process's runs (readParents). */
+const knownBounds = new Map<string, Map<string, string>>();
+const boundsOf = (target: string) => {
+  let m = knownBounds.get(target);
+  if (!m) knownBounds.set(target, (m = new Map()));
+  return m;
+};
 
 /** Every parent's catalog state, read once on one connection (bounds printed in UTC). */
 async function readSnapshot(ctx: JobContext, policies: PartitionPolicy[]) {
@@ -119,7 +140,7 @@ async function readSnapshot(ctx: JobContext, policies: PartitionPolicy[]) {
       client,
       async () => {
         await client.query(`set local timezone = 'UTC'`);
-        return readParents(client, policies);
+        return readParents(client, policies, { bounds: boundsOf(ctx.target.name) });
       },
       'begin isolation level repeatable read read only',
     );
@@ -135,22 +156,52 @@ function steadyResult(
   policy: PartitionPolicy,
   info: ParentSnapshot | PermanentJobError,
   now: DateTime,
+  calendar: PeriodCalendar,
 ): PolicyResult | typeof NEEDS_WORK {
   const result = emptyResult(policy);
   if (info instanceof Error) {
     recordPolicyError(result, info);
     return result;
   }
-  const plan = planMissing(info, policy, now);
-  if (plan.missing.length || info.defaultHasRows) return NEEDS_WORK;
-  result.skipped.push(...plan.skipped);
+  if (info.defaultHasRows) return NEEDS_WORK;
   const def = info.partitions.find((x) => x.isDefault);
   if (def) {
     result.defaultPartition = `${def.schema}.${def.name}`;
     result.defaultRows = 0;
   }
+  if (coveredByBoundaries(info, policy, calendar)) {
+    // The common case at fleet scale, decided on numbers alone.
+    const newest = info.partitions.filter((x) => boundMs(x, 'to') !== null).at(-1);
+    const newestMs = newest ? boundMs(newest, 'to')! : null;
+    result.runwayUntil = newestMs === null ? null : DateTime.fromMillis(newestMs, { zone: policy.timeZone }).toISO();
+    result.periodsAhead = newestMs === null ? 0 : calendar.countAhead(policy.interval, policy.timeZone, newestMs);
+    return result;
+  }
+  const plan = planMissing(info, policy, now);
+  if (plan.missing.length) return NEEDS_WORK;
+  result.skipped.push(...plan.skipped);
   Object.assign(result, runway(info, policy, now));
   return result;
+}
+
+/**
+ * True when the parent's partitions run without a gap from its oldest, no later than
+ * the current period, through premake periods ahead, each bound on a period boundary:
+ * then planMissing would find nothing missing and nothing to skip.
+ */
+export function coveredByBoundaries(info: ParentInfo, policy: PartitionPolicy, calendar: PeriodCalendar): boolean {
+  const { interval, timeZone: zone } = policy;
+  const ranged = info.partitions.filter((x) => !x.isDefault && !x.detachPending);
+  if (!ranged.length) return false;
+  let reach = boundMs(ranged[0]!, 'from');
+  if (reach === null || reach > calendar.current(interval, zone)) return false;
+  for (const x of ranged) {
+    const [from, to] = [boundMs(x, 'from'), boundMs(x, 'to')];
+    if (from !== reach || to === null) return false;
+    if (!calendar.isBoundary(interval, zone, from) || !calendar.isBoundary(interval, zone, to)) return false;
+    reach = to;
+  }
+  return reach >= calendar.after(interval, zone, policy.premake + 1);
 }
 
 function emptyResult(policy: PartitionPolicy): PolicyResult {

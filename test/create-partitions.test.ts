@@ -113,6 +113,39 @@ describe('create-partitions', () => {
     },
   );
 
+  it('a steady-state run answers from one catalog reading; a bound changed between runs is seen', async () => {
+    const first = await run({ tables: ['iot.sensor_reading'] });
+    const steady = await run({ tables: ['iot.sensor_reading'] });
+    const before = resultFor(first.job, 'iot.sensor_reading');
+    expect(resultFor(steady.job, 'iot.sensor_reading')).toEqual({ ...before, created: [] });
+    expect(before).toMatchObject({ periodsAhead: 7, skipped: [] });
+    expect(steady.job.returnvalue).toBeDefined();
+    // The newest partition is re-attached an hour short: the same process's next run must
+    // read the new bound (not one it deparsed before) and report the uncovered hour.
+    const newest = (await bounds('iot.sensor_reading')).at(-1)!;
+    const shortTo = DateTime.fromISO(newest.to).minus({ hours: 1 }).toUTC().toISO();
+    await h.admin.query(
+      `alter table iot.sensor_reading detach partition iot.${newest.name};
+       alter table iot.sensor_reading attach partition iot.${newest.name} for values from ('${newest.from}') to ` +
+        `('${shortTo}')`,
+    );
+    const changed = resultFor((await run({ tables: ['iot.sensor_reading'] })).job, 'iot.sensor_reading');
+    expect(changed.created).toEqual([]);
+    expect(changed.skipped).toEqual([
+      { range: expect.stringContaining(newest.from.slice(0, 10)), reason: expect.stringMatching(/partly covered/) },
+    ]);
+    expect(changed.runwayUntil).toBe(DateTime.fromISO(shortTo).toUTC().toISO());
+    await h.admin.query(
+      `alter table iot.sensor_reading detach partition iot.${newest.name};
+       alter table iot.sensor_reading attach partition iot.${newest.name} for values from ('${newest.from}') to ` +
+        `('${newest.to}')`,
+    );
+    expect(resultFor((await run({ tables: ['iot.sensor_reading'] })).job, 'iot.sensor_reading')).toEqual({
+      ...before,
+      created: [],
+    });
+  });
+
   it('keeps boundaries contiguous across DST: hourly in Europe/London, daily in America/New_York', async () => {
     const london = await run({ tables: ['ops.hourly_london'], now: '2026-10-25T00:30:00+01:00' });
     expect(london.state).toBe('completed');

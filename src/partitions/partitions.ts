@@ -15,7 +15,82 @@ export interface ExistingPartition {
   /** null for MINVALUE/MAXVALUE or DEFAULT. */
   from: DateTime | null;
   to: DateTime | null;
+  /** The same bounds in epoch milliseconds, when the catalog reading gave them. */
+  fromMs?: number | null;
+  toMs?: number | null;
   detachPending: boolean;
+}
+
+/** A bound in epoch milliseconds, from the catalog's number or the DateTime. */
+export const boundMs = (p: ExistingPartition, side: 'from' | 'to'): number | null =>
+  (side === 'from' ? p.fromMs : p.toMs) ?? p[side]?.toMillis() ?? null;
+
+interface RawPartition {
+  schema: string;
+  name: string;
+  bound: string;
+  pending: boolean;
+  /** A DEFAULT partition's size on disk: 0 means it never held a row. */
+  bytes: number | null;
+}
+
+/** The oids and xmins of the known bounds' keys, as two parallel arrays. */
+function versionArrays(bounds: Map<string, string> | undefined): [string[], string[]] {
+  const keys = [...(bounds?.keys() ?? [])].map((k) => k.split('/'));
+  return [keys.map((k) => k[0]!), keys.map((k) => k[1]!)];
+}
+
+/** '2026-11-01 00:00:00+00' (a timestamptz bound as printed under TimeZone UTC) in epoch ms, or undefined. */
+function utcLiteralMs(literal: string): number | undefined {
+  const m = /^'(\d{4})-(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d)(\.\d{1,6})?\+00'$/.exec(literal);
+  if (!m) return undefined;
+  const [, y, mo, d, h, mi, sec, frac] = m.map(Number) as number[];
+  return Date.UTC(y!, mo! - 1, d!, h!, mi!, sec!) + Math.floor((frac || 0) * 1000);
+}
+
+/**
+ * A partition whose bounds are DateTimes only when asked for: at fleet scale the
+ * steady-state check works on the milliseconds, and luxon is what costs.
+ */
+class CatalogPartition implements ExistingPartition {
+  readonly isDefault: boolean;
+  readonly detachPending: boolean;
+  readonly fromMs: number | null;
+  readonly toMs: number | null;
+  private cached?: [DateTime | null, DateTime | null];
+
+  constructor(
+    readonly schema: string,
+    readonly name: string,
+    raw: RawPartition,
+    private readonly literals: [string, string] | null,
+    private readonly keyType: KeyType,
+    private readonly zone: string,
+  ) {
+    this.isDefault = literals === null;
+    this.detachPending = raw.pending;
+    const fast = keyType === 'timestamptz' && literals ? literals.map(utcLiteralMs) : [undefined, undefined];
+    this.fromMs = fast[0] ?? this.from?.toMillis() ?? null;
+    this.toMs = fast[1] ?? this.to?.toMillis() ?? null;
+  }
+
+  private bounds(): [DateTime | null, DateTime | null] {
+    if (!this.cached) {
+      const [lo, hi] = this.literals ?? ['', ''];
+      this.cached = this.literals
+        ? [parseBound(lo, this.keyType, this.zone), parseBound(hi, this.keyType, this.zone)]
+        : [null, null];
+    }
+    return this.cached;
+  }
+
+  get from(): DateTime | null {
+    return this.bounds()[0];
+  }
+
+  get to(): DateTime | null {
+    return this.bounds()[1];
+  }
 }
 
 export interface ParentInfo {
@@ -60,35 +135,61 @@ export type ParentSnapshot = ParentInfo & { defaultHasRows: boolean };
 export async function readParents(
   client: pg.ClientBase,
   policies: readonly PartitionPolicy[],
+  opts: {
+    /** Bounds already deparsed, by partition "oid/xmin": one map per database, kept by the caller. */
+    bounds?: Map<string, string>;
+  } = {},
 ): Promise<(ParentSnapshot | PermanentJobError)[]> {
+  if (opts.bounds && opts.bounds.size > 200_000) opts.bounds.clear();
   const names = policies.map((p) => p.table.split('.') as [string, string]);
-  const { rows } = await client.query<{
-    ord: string;
+  // Joins over the whole fleet, not a subquery per parent.
+  const { rows: parents } = await client.query<{
     oid: number | null;
     relkind: string | null;
     owner: string | null;
     strategy: string | null;
     keycols: string[] | null;
     keytype: string | null;
-    parts: { schema: string; name: string; bound: string; pending: boolean }[];
   }>(
-    `select w.ord, c.oid, c.relkind, pg_get_userbyid(c.relowner) as owner, pt.partstrat as strategy,
-            (select array_agg(a.attname::text order by k.ord) from unnest(pt.partattrs) with ordinality k(attnum, ord)
-               join pg_attribute a on a.attrelid = c.oid and a.attnum = k.attnum) as keycols,
-            (select format_type(a.atttypid, null) from pg_attribute a
-              where a.attrelid = c.oid and a.attname = w.col and not a.attisdropped) as keytype,
-            (select coalesce(json_agg(json_build_object('schema', pn.nspname, 'name', pc.relname,
-                      'bound', pg_get_expr(pc.relpartbound, pc.oid), 'pending', i.inhdetachpending)), '[]')
-               from pg_inherits i join pg_class pc on pc.oid = i.inhrelid
-               join pg_namespace pn on pn.oid = pc.relnamespace
-              where i.inhparent = c.oid) as parts
+    `select c.oid, c.relkind, pg_get_userbyid(c.relowner) as owner, pt.partstrat as strategy,
+            case when pt.partnatts = 1 then array[key.attname::text] else
+              (select array_agg(a.attname::text order by k.ord) from unnest(pt.partattrs) with ordinality k(attnum, ord)
+                 join pg_attribute a on a.attrelid = c.oid and a.attnum = k.attnum) end as keycols,
+            format_type(col.atttypid, null) as keytype
        from unnest($1::text[], $2::text[], $3::text[]) with ordinality w(nsp, rel, col, ord)
        left join pg_namespace n on n.nspname = w.nsp
        left join pg_class c on c.relnamespace = n.oid and c.relname = w.rel
        left join pg_partitioned_table pt on pt.partrelid = c.oid
+       left join pg_attribute key on key.attrelid = c.oid and key.attnum = pt.partattrs[0]
+       left join pg_attribute col on col.attrelid = c.oid and col.attname = w.col and not col.attisdropped
       order by w.ord`,
     [names.map((n) => n[0]), names.map((n) => n[1]), policies.map((p) => p.column)],
   );
+  const oids = parents.flatMap((p) => (p.oid === null ? [] : [p.oid]));
+  // Deparsing a bound is most of the reading's cost; a partition's bound is fixed while
+  // its pg_class row stays the same version (oid and xmin), so known ones are not asked.
+  const { rows: children } = await client.query<RawPartition & { parent: number; version: string }>(
+    `select i.inhparent as parent, n.nspname as schema, c.relname as name, i.inhdetachpending as pending,
+            c.oid || '/' || c.xmin as version,
+            case when k.oid is null then pg_get_expr(c.relpartbound, c.oid) end as bound,
+            case when pt.partdefid = c.oid then pg_relation_size(c.oid) end as bytes
+       from pg_inherits i join pg_class c on c.oid = i.inhrelid join pg_namespace n on n.oid = c.relnamespace
+       join pg_partitioned_table pt on pt.partrelid = i.inhparent
+       left join unnest($2::oid[], $3::xid[]) k(oid, xmin) on k.oid = c.oid and k.xmin = c.xmin
+      where i.inhparent = any($1::oid[])`,
+    [oids, ...versionArrays(opts.bounds)],
+  );
+  for (const c of children) {
+    if (c.bound === null) c.bound = opts.bounds!.get(c.version)!;
+    else opts.bounds?.set(c.version, c.bound);
+  }
+  const byParent = new Map<number, RawPartition[]>();
+  for (const c of children) {
+    const list = byParent.get(c.parent) ?? [];
+    list.push(c);
+    byParent.set(c.parent, list);
+  }
+  const rows = parents.map((p) => ({ ...p, parts: p.oid === null ? [] : (byParent.get(p.oid) ?? []) }));
   const infos = rows.map((r, i) => {
     try {
       return parentInfo(policies[i]!, names[i]!, r);
@@ -97,10 +198,12 @@ export async function readParents(
       throw err;
     }
   });
-  // Emptiness of every DEFAULT partition, exactly and cheaply (no statistics to trust).
-  const defaults = infos.flatMap((info) => {
+  // Emptiness of every DEFAULT partition, exactly (no statistics to trust): one that
+  // takes no space on disk never held a row; the others are asked, all in one query.
+  const defaults = infos.flatMap((info, i) => {
     const def = info instanceof Error ? undefined : info.partitions.find((x) => x.isDefault);
-    return def ? [quoteQualified(def.schema, def.name)] : [];
+    const bytes = rows[i]!.parts.find((x) => x.bound === 'DEFAULT')?.bytes;
+    return def && Number(bytes) > 0 ? [quoteQualified(def.schema, def.name)] : [];
   });
   const hasRows = new Set<string>();
   if (defaults.length) {
@@ -126,7 +229,7 @@ function parentInfo(
     strategy: string | null;
     keycols: string[] | null;
     keytype: string | null;
-    parts: { schema: string; name: string; bound: string; pending: boolean }[];
+    parts: RawPartition[];
   },
 ): ParentInfo {
   if (r.oid === null) throw new PermanentJobError(`${policy.table}: table does not exist`, 'POLICY');
@@ -155,20 +258,12 @@ function parentInfo(
       'POLICY',
     );
   const partitions = r.parts.map((p): ExistingPartition => {
-    if (p.bound === 'DEFAULT')
-      return { schema: p.schema, name: p.name, isDefault: true, from: null, to: null, detachPending: p.pending };
+    if (p.bound === 'DEFAULT') return new CatalogPartition(p.schema, p.name, p, null, keyType, policy.timeZone);
     const m = /^FOR VALUES FROM \((.+)\) TO \((.+)\)$/.exec(p.bound);
     if (!m) throw new PermanentJobError(`${p.schema}.${p.name}: unexpected partition bound ${p.bound}`, 'POLICY');
-    return {
-      schema: p.schema,
-      name: p.name,
-      isDefault: false,
-      from: parseBound(m[1]!, keyType, policy.timeZone),
-      to: parseBound(m[2]!, keyType, policy.timeZone),
-      detachPending: p.pending,
-    };
+    return new CatalogPartition(p.schema, p.name, p, [m[1]!, m[2]!], keyType, policy.timeZone);
   });
-  partitions.sort((a, b) => (a.from?.toMillis() ?? -Infinity) - (b.from?.toMillis() ?? -Infinity));
+  partitions.sort((a, b) => (boundMs(a, 'from') ?? -Infinity) - (boundMs(b, 'from') ?? -Infinity));
   return { schema, table, oid: r.oid, owner: r.owner!, keyType, partitions };
 }
 
@@ -197,6 +292,74 @@ export function partitionName(table: string, from: DateTime, interval: Partition
     year: from.toFormat('yyyy'),
   }[interval];
   return `${table.slice(0, 63 - suffix.length - 2)}_p${suffix}`;
+}
+
+/**
+ * Period boundaries of one interval in one zone, in epoch milliseconds, computed with
+ * luxon once per run and shared by every parent of that kind: a fleet's steady-state
+ * check then compares numbers.
+ */
+export class PeriodCalendar {
+  private readonly kinds = new Map<
+    string,
+    { zone: string; interval: PartitionInterval; current: number; starts: number[]; known: Set<number> }
+  >();
+
+  constructor(private readonly now: DateTime) {}
+
+  private kind(interval: PartitionInterval, zone: string) {
+    const key = `${interval}/${zone}`;
+    let k = this.kinds.get(key);
+    if (!k) {
+      const current = periodStart(this.now.setZone(zone), interval).toMillis();
+      k = { zone, interval, current, starts: [current], known: new Set([current]) };
+      this.kinds.set(key, k);
+    }
+    return k;
+  }
+
+  /** Computes boundaries until they reach `ms` on either side (at most ten thousand periods). */
+  private extendTo(k: ReturnType<PeriodCalendar['kind']>, ms: number): void {
+    for (let i = 0; k.starts[0]! > ms && i < 10_000; i++) {
+      const earlier = periodStart(DateTime.fromMillis(k.starts[0]! - 1, { zone: k.zone }), k.interval).toMillis();
+      k.starts.unshift(earlier);
+      k.known.add(earlier);
+    }
+    for (let i = 0; k.starts.at(-1)! < ms && i < 10_000; i++) {
+      const later = nextPeriod(DateTime.fromMillis(k.starts.at(-1)!, { zone: k.zone }), k.interval).toMillis();
+      k.starts.push(later);
+      k.known.add(later);
+    }
+  }
+
+  /** Start of the period holding now. */
+  current(interval: PartitionInterval, zone: string): number {
+    return this.kind(interval, zone).current;
+  }
+
+  /** The start of the n-th period after the current one. */
+  after(interval: PartitionInterval, zone: string, n: number): number {
+    const k = this.kind(interval, zone);
+    for (;;) {
+      const at = k.starts.indexOf(k.current) + n;
+      if (at < k.starts.length) return k.starts[at]!;
+      this.extendTo(k, k.starts.at(-1)! + 1);
+    }
+  }
+
+  /** Whether `ms` is a period boundary. */
+  isBoundary(interval: PartitionInterval, zone: string, ms: number): boolean {
+    const k = this.kind(interval, zone);
+    this.extendTo(k, ms);
+    return k.known.has(ms);
+  }
+
+  /** How many boundaries lie strictly between the current period's start and `ms`. */
+  countAhead(interval: PartitionInterval, zone: string, ms: number): number {
+    const k = this.kind(interval, zone);
+    this.extendTo(k, ms);
+    return k.starts.filter((b) => b > k.current && b < ms).length;
+  }
 }
 
 /** A bound as a SQL literal of the key's type. */
