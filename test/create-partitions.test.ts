@@ -134,7 +134,7 @@ describe('create-partitions', () => {
     expect(changed.skipped).toEqual([
       { range: expect.stringContaining(newest.from.slice(0, 10)), reason: expect.stringMatching(/partly covered/) },
     ]);
-    expect(changed.runwayUntil).toBe(DateTime.fromISO(shortTo).toUTC().toISO());
+    expect(changed.runwayUntil).toBe(DateTime.fromISO(shortTo!).toUTC().toISO());
     await h.admin.query(
       `alter table iot.sensor_reading detach partition iot.${newest.name};
        alter table iot.sensor_reading attach partition iot.${newest.name} for values from ('${newest.from}') to ` +
