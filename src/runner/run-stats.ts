@@ -12,23 +12,65 @@ const SEP = '\u001f'; // a field is job␟target␟outcome; none of them can hol
 export const runsKey = (prefix: string) => `${prefix}:stats:runs`;
 export const durationsKey = (prefix: string) => `${prefix}:stats:durations`;
 
-export async function recordRun(
-  redis: RedisClient,
-  prefix: string,
-  run: { job: string; target: string; outcome: string; seconds?: number; recovered?: boolean },
-): Promise<void> {
-  const multi = redis.multi();
-  multi.hincrby(runsKey(prefix), [run.job, run.target, run.outcome].join(SEP), 1);
-  if (run.recovered) multi.hincrby(runsKey(prefix), [run.job, run.target, 'recovered'].join(SEP), 1);
-  if (run.seconds !== undefined) {
-    const base = [run.job, run.target].join(SEP);
-    // Buckets are stored non-cumulative (one increment per run); rendering sums them.
-    const le = DURATION_BUCKETS.find((b) => run.seconds! <= b);
-    multi.hincrby(durationsKey(prefix), `${base}${SEP}${le ?? '+Inf'}`, 1);
-    multi.hincrbyfloat(durationsKey(prefix), `${base}${SEP}sum`, run.seconds);
-    multi.hincrby(durationsKey(prefix), `${base}${SEP}count`, 1);
+export interface FinishedRun {
+  job: string;
+  target: string;
+  outcome: string;
+  seconds?: number;
+  recovered?: boolean;
+}
+
+/**
+ * Collects a process's finished attempts and writes them in one MULTI every
+ * `flushMs`: per-run Redis writes cost a busy worker more than the runs themselves.
+ * A killed process loses at most that last moment of counts; the run history stays
+ * the durable record.
+ */
+export class RunStatsRecorder {
+  private runs = new Map<string, number>();
+  private durations = new Map<string, number>();
+  private timer?: NodeJS.Timeout;
+  private flushing: Promise<void> = Promise.resolve();
+
+  constructor(
+    private readonly redis: RedisClient,
+    private readonly prefix: string,
+    private readonly onError: (err: unknown) => void,
+    private readonly flushMs = 50,
+  ) {}
+
+  record(run: FinishedRun): void {
+    const add = (m: Map<string, number>, field: string, n: number) => m.set(field, (m.get(field) ?? 0) + n);
+    add(this.runs, [run.job, run.target, run.outcome].join(SEP), 1);
+    if (run.recovered) add(this.runs, [run.job, run.target, 'recovered'].join(SEP), 1);
+    if (run.seconds !== undefined) {
+      const base = [run.job, run.target].join(SEP);
+      // Buckets are stored non-cumulative (one increment per run); rendering sums them.
+      const le = DURATION_BUCKETS.find((b) => run.seconds! <= b);
+      add(this.durations, `${base}${SEP}${le ?? '+Inf'}`, 1);
+      add(this.durations, `${base}${SEP}sum`, run.seconds);
+      add(this.durations, `${base}${SEP}count`, 1);
+    }
+    this.timer ??= setTimeout(() => void this.flush(), this.flushMs).unref();
   }
-  await multi.exec();
+
+  /** Writes what has been collected; resolves once it is in Redis (or failed, reported). */
+  flush(): Promise<void> {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    const [runs, durations] = [this.runs, this.durations];
+    if (!runs.size && !durations.size) return this.flushing;
+    this.runs = new Map();
+    this.durations = new Map();
+    const multi = this.redis.multi();
+    for (const [field, n] of runs) multi.hincrby(runsKey(this.prefix), field, n);
+    for (const [field, n] of durations) {
+      if (field.endsWith(`${SEP}sum`)) multi.hincrbyfloat(durationsKey(this.prefix), field, n);
+      else multi.hincrby(durationsKey(this.prefix), field, n);
+    }
+    this.flushing = this.flushing.then(() => multi.exec().then(() => undefined, this.onError));
+    return this.flushing;
+  }
 }
 
 export interface RunCount {

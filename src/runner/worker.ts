@@ -19,7 +19,8 @@ import type { JobContext } from './job-definition.ts';
 import type { Logger } from '../core/logger.ts';
 import type { JobData, Queues } from './queues.ts';
 import type { Registry } from './registry.ts';
-import { recordRun } from './run-stats.ts';
+import type { RedisClient } from './connections.ts';
+import { RunStatsRecorder } from './run-stats.ts';
 import { repeatStrategy } from '../core/cron.ts';
 import type { ResolvedSchedule } from './scheduler.ts';
 import { MAIN_TARGET } from '../core/constants.ts';
@@ -75,11 +76,16 @@ export class WorkerRuntime {
   private readonly running = new Map<string, AbortController>();
   private readonly schedules: Map<string, ResolvedSchedule>;
   private readonly redis;
+  private readonly stats: RunStatsRecorder;
+  private jobConnection?: RedisClient;
   private closing = false;
 
   constructor(private readonly opts: WorkerRuntimeOptions) {
     this.schedules = new Map(opts.schedules.map((s) => [s.id, s]));
     this.redis = opts.connections.redis('pgmaint-worker-locks');
+    this.stats = new RunStatsRecorder(this.redis, opts.connections.config.redis.prefix, (err) =>
+      opts.logger.warn({ err }, 'run statistics not recorded'),
+    );
   }
 
   get queueNames(): string[] {
@@ -89,6 +95,7 @@ export class WorkerRuntime {
   start(): void {
     const { config } = this.opts.connections;
     const connection = this.opts.connections.redis('pgmaint-worker');
+    this.jobConnection = connection;
     for (const name of this.queueNames) {
       const registered = this.opts.registry.get(name);
       if (!registered)
@@ -111,13 +118,7 @@ export class WorkerRuntime {
   /** Fleet-wide counters for /metrics; a Redis hiccup must not fail the run. */
   private stat(run: RunStart, outcome: string, startedAt?: number): void {
     const seconds = startedAt === undefined ? undefined : (Date.now() - startedAt) / 1000;
-    recordRun(this.redis, this.opts.connections.config.redis.prefix, {
-      job: run.job,
-      target: run.target,
-      outcome,
-      seconds,
-      recovered: run.recovered,
-    }).catch((err) => this.opts.logger.warn({ err }, 'run statistics not recorded'));
+    this.stats.record({ job: run.job, target: run.target, outcome, seconds, recovered: run.recovered });
   }
 
   private lockKey(scheduleId: string): string {
@@ -163,12 +164,16 @@ export class WorkerRuntime {
     const schedule = scheduleId ? this.schedules.get(scheduleId) : undefined;
     const scheduledFor = (job.opts as { prevMillis?: number }).prevMillis ?? job.timestamp + (job.delay ?? 0);
     const attempt = job.attemptsMade + 1;
-    const logger = this.opts.logger.child({
-      queue: job.queueName,
-      jobId: job.id,
-      job: job.name,
-      target: job.data?.payload?.target,
-    });
+    // Made on first use: at warn level a run that goes well never logs, and a child
+    // logger per run is a measurable share of a no-op job's cost.
+    let child: Logger | undefined;
+    const logger = () =>
+      (child ??= this.opts.logger.child({
+        queue: job.queueName,
+        jobId: job.id,
+        job: job.name,
+        target: job.data?.payload?.target,
+      }));
     const run: RunStart = {
       queue: job.queueName,
       jobId: job.id!,
@@ -197,7 +202,7 @@ export class WorkerRuntime {
     }
 
     if (scheduleId && !schedule)
-      logger.warn(
+      logger().warn(
         { scheduleId },
         'scheduled job from a schedule this process does not know; running it without overlap rules',
       );
@@ -207,7 +212,7 @@ export class WorkerRuntime {
         await history.skipped(run, reason);
         this.stat(run, 'skipped');
         await job.log(`skipped: ${reason}`);
-        logger.warn({ reason }, 'scheduled run skipped');
+        logger().warn({ reason }, 'scheduled run skipped');
         return { skipped: reason };
       }
     }
@@ -228,7 +233,7 @@ export class WorkerRuntime {
             'pg_backend_pid()',
           [appName],
         )
-        .catch((err) => logger.warn({ err }, "could not end the aborted run's sessions"));
+        .catch((err) => logger().warn({ err }, "could not end the aborted run's sessions"));
     });
     this.running.set(job.id!, controller);
     const onBullAbort = () => controller.abort(new JobAbortedError('job cancelled'));
@@ -248,6 +253,7 @@ export class WorkerRuntime {
     });
     aborted.catch(() => undefined);
 
+    const reported = { value: false };
     const ctx: JobContext = {
       jobId: job.id!,
       attempt,
@@ -255,17 +261,20 @@ export class WorkerRuntime {
       config: connections.config,
       target: connections.target(payload.target),
       pool: connections.pool(payload.target),
-      logger,
+      get logger() {
+        return logger();
+      },
       signal: controller.signal,
       libpqEnv: () => libpqEnv(connections.target(payload.target), appName),
       progress: async (percent, step) => {
+        reported.value = true;
         await job.updateProgress(Math.max(0, Math.min(100, Math.round(percent))));
         await job.log(`${new Date().toISOString()} [${Math.round(percent)}%] ${step}`);
-        logger.info({ percent, step }, 'progress');
+        logger().info({ percent, step }, 'progress');
       },
       log: async (message, fields) => {
         await job.log(`${new Date().toISOString()} ${message}`);
-        logger.info(fields ?? {}, message);
+        logger().info(fields ?? {}, message);
       },
     };
 
@@ -273,11 +282,22 @@ export class WorkerRuntime {
     handling.catch(() => undefined);
     try {
       const result = await Promise.race([handling, aborted]);
-      // A succeeded run shows 100 % in Bull Board, whatever its last step reported.
-      if (job.progress !== 100) await job.updateProgress(100).catch(() => undefined);
+      // A succeeded run shows 100 % in Bull Board, whatever its last step reported. A run
+      // that reported progress gets the event its followers wait for; one that reported
+      // none gets the field alone (BullMQ's progress field, as its updateProgress writes
+      // it): an event per run is a measurable share of a no-op job's cost.
+      if (job.progress !== 100) {
+        if (reported.value) await job.updateProgress(100).catch(() => undefined);
+        // Sent, not awaited, on the connection BullMQ completes the job on: Redis applies
+        // it before the completion, which is sent after it.
+        else
+          this.jobConnection
+            ?.hset(`${connections.config.redis.prefix}:${job.queueName}:${job.id}`, 'progress', '100')
+            .catch(() => undefined);
+      }
       await history.finish(historyId, 'succeeded', { result });
       this.stat(run, 'succeeded', startedAt);
-      logger.info('run succeeded');
+      if (this.opts.logger.isLevelEnabled('info')) logger().info('run succeeded');
       return result;
     } catch (thrown) {
       // Aborted (timeout, shutdown, cancel): give the handler a moment to kill its
@@ -295,10 +315,10 @@ export class WorkerRuntime {
       const outcome = kind === 'timeout' ? 'timed_out' : final ? 'failed' : 'retrying';
       await history
         .finish(historyId, outcome, { error: message })
-        .catch((e) => logger.error({ err: e }, 'history update failed'));
+        .catch((e) => logger().error({ err: e }, 'history update failed'));
       this.stat(run, outcome, startedAt);
       await job.log(`${new Date().toISOString()} ${outcome}: ${message}`).catch(() => undefined);
-      logger.error({ err, outcome, kind }, 'run failed');
+      logger().error({ err, outcome, kind }, 'run failed');
       if (kind !== 'retryable') throw new UnrecoverableError(message);
       throw new Error(message, { cause: err });
     } finally {
@@ -329,5 +349,6 @@ export class WorkerRuntime {
         c.abort(new JobAbortedError('worker shutting down; the job will be retried'));
       await closing;
     }
+    await this.stats.flush();
   }
 }
