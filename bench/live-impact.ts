@@ -1,0 +1,307 @@
+// What maintenance costs the application: pgbench keeps a steady insert load (a fixed
+// rate, custom script) on two daily-partitioned parents and an ordinary table, and the
+// insert latency (p50, p99, max: from the scheduled start, as the application sees it)
+// is read for a quiet window and for the window of each operation:
+//   create-partitions (LIKE + ATTACH)          vs  pg_partman run_maintenance()  vs  CREATE TABLE … PARTITION OF
+//   drop-expired-partitions (DETACH CONCURRENTLY + archive)  vs  pg_partman's retention drop
+//   vacuum-analyze                              vs  VACUUM FULL of the same table
+// Each round prepares the work outside the windows (future partitions dropped, expired
+// ones with rows put back, the table bloated), then runs the operations in turn; rounds
+// repeat that order. A window is 5 s from the operation's start (or the whole operation,
+// if longer), the same for the quiet baseline: each p99 is over the same transactions. Needs pgbench (PostgreSQL) and postgresql-15-partman.
+//   npm run bench:live [-- --rate 200 --rounds 3]
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { parseArgs } from 'node:util';
+import { DateTime } from 'luxon';
+import pg from 'pg';
+import { startWorkers } from '../src/cli/roles.ts';
+import { loadConfig } from '../src/core/config.ts';
+import { postgresUser } from '../src/core/local-postgres.ts';
+import { createLogger } from '../src/core/logger.ts';
+import { binPath } from '../src/core/proc.ts';
+import { createDatabase, startPostgres, startRedis } from '../src/dev/devstack.ts';
+import { createRuntime } from '../src/pgmaint.ts';
+import { loadAverage, median, printTable } from './method.ts';
+import { jobRunner } from './run-job.ts';
+
+const { values } = parseArgs({
+  options: { rate: { type: 'string', default: '200' }, rounds: { type: 'string', default: '3' } },
+});
+const RATE = Number(values.rate);
+const ROUNDS = Math.max(3, Number(values.rounds));
+const FUTURE = 10; // partitions each creation makes
+const EXPIRED = 5; // partitions each retention drops
+const ROWS_PER_DAY = 20_000;
+
+if (!fs.existsSync('/usr/share/postgresql/15/extension/pg_partman.control')) {
+  console.error('pg_partman is not installed: apt-get install -y postgresql-15-partman');
+  process.exit(2);
+}
+console.log(`load average before: ${loadAverage()}`);
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pgmaint-bench-live-'));
+fs.chmodSync(dir, 0o777);
+const [server, redis] = await Promise.all([
+  startPostgres({ dir: path.join(dir, 'pg'), settings: { max_locks_per_transaction: 256 } }),
+  startRedis({ dir: path.join(dir, 'redis') }),
+]);
+await createDatabase(server, 'app');
+const db = new pg.Client({ connectionString: server.url('app') });
+await db.connect();
+const day = DateTime.utc().startOf('day');
+const iso = (d: DateTime) => d.toISO();
+
+// Two parents inserted into by every transaction: ours and pg_partman's, daily, 30 days kept.
+await db.query(`
+  create schema app; create schema partman; create extension pg_partman schema partman;
+  create table app.reading_ours (ts timestamptz not null, sensor int, v float8) partition by range (ts);
+  create index on app.reading_ours (sensor, ts);
+  create table app.reading_partman (ts timestamptz not null, sensor int, v float8) partition by range (ts);
+  create index on app.reading_partman (sensor, ts);
+  create table app.meter (id int primary key, v float8, note text);
+  insert into app.meter select g, 0, repeat('x', 80) from generate_series(1, 200000) g;`);
+await db.query(
+  `select partman.create_parent('app.reading_partman', 'ts', 'native', 'daily', p_premake := ${FUTURE},
+     p_start_partition := $1, p_jobmon := false)`,
+  [iso(day.minus({ days: 40 }))],
+);
+await db.query(
+  `update partman.part_config set retention = '30 days', retention_keep_table = false, infinite_time_partitions = true
+    where parent_table = 'app.reading_partman'`,
+);
+
+const configFile = path.join(dir, 'pgmaint.json');
+fs.writeFileSync(
+  configFile,
+  JSON.stringify({
+    partitions: [{ table: 'app.reading_ours', column: 'ts', interval: 'day', premake: FUTURE, retention: '30 days' }],
+  }),
+);
+const config = loadConfig({
+  DATABASE_URL: server.url('app'),
+  REDIS_URL: redis.url,
+  BACKUP_DIR: path.join(dir, 'backups'),
+  PGMAINT_CONFIG: configFile,
+});
+const rt = createRuntime({ config, logger: createLogger('warn'), schedules: [] });
+await rt.history.migrate();
+startWorkers(rt, ['create-partitions', 'drop-expired-partitions', 'vacuum-analyze']);
+const job = jobRunner(rt);
+
+/** Partitions of a parent whose range starts before/after a time. */
+async function partitionsOf(parent: string, where: 'future' | 'expired'): Promise<string[]> {
+  const { rows } = await db.query<{ name: string; bound: string }>(
+    `select n.nspname || '.' || c.relname as name, pg_get_expr(c.relpartbound, c.oid) as bound
+       from pg_inherits i join pg_class c on c.oid = i.inhrelid join pg_namespace n on n.oid = c.relnamespace
+      where i.inhparent = $1::regclass`,
+    [parent],
+  );
+  return rows
+    .filter((r) => r.bound !== 'DEFAULT')
+    .filter((r) => {
+      const from = DateTime.fromSQL(/FROM \('([^']+)'\)/.exec(r.bound)![1]!, { zone: 'UTC' });
+      return where === 'future' ? from > day.plus({ days: 1 }) : from < day.minus({ days: 30 });
+    })
+    .map((r) => r.name);
+}
+
+/** Puts back the days 31 … 30+EXPIRED ago with rows, on both parents (as plain SQL, outside the windows). */
+async function prepareExpired(): Promise<void> {
+  for (let i = 31; i <= 30 + EXPIRED; i++) {
+    const from = day.minus({ days: i });
+    // pg_partman finds its children by its own naming (_pYYYY_MM_DD); ours are read from the catalog.
+    for (const name of [
+      `app.reading_ours_p${from.toFormat('yyyyMMdd')}`,
+      `app.reading_partman_p${from.toFormat('yyyy_MM_dd')}`,
+    ]) {
+      const parent = name.startsWith('app.reading_ours') ? 'app.reading_ours' : 'app.reading_partman';
+      const exists = (await db.query(`select to_regclass($1) as r`, [name])).rows[0].r;
+      if (!exists)
+        await db.query(
+          `create table ${name} partition of ${parent} for values from ('${iso(from)}') to ('${iso(from.plus({ days: 1 }))}')`,
+        );
+      await db.query(
+        `insert into ${name} select $1::timestamptz + g * interval '4 seconds', g % 500, random() from ` +
+          `generate_series(0, ${ROWS_PER_DAY - 1}) g where not exists (select from ${name})`,
+        [iso(from)],
+      );
+    }
+  }
+}
+
+/** Drops the future partitions of ours (both creators then make the same ones), outside the windows. */
+async function prepareFuture(parent: string): Promise<void> {
+  for (const name of await partitionsOf(parent, 'future')) await db.query(`drop table ${name}`);
+}
+
+// Both parents start with today's runway (and pg_partman's first retention pass done).
+await job('create-partitions', {});
+await db.query(`select partman.run_maintenance('app.reading_partman', p_analyze := false, p_jobmon := false)`);
+
+// pgbench: every transaction inserts into both parents and the ordinary table.
+const script = path.join(dir, 'insert.sql');
+fs.writeFileSync(
+  script,
+  `\\set s random(1, 500)
+\\set id random(1, 200000)
+insert into app.reading_ours values (now(), :s, random());
+insert into app.reading_partman values (now(), :s, random());
+update app.meter set v = v + 1 where id = :id;
+`,
+);
+const logPrefix = path.join(dir, 'pgb');
+const owner = postgresUser();
+const pgbench = spawn(
+  binPath('pgbench'),
+  [
+    '-n',
+    '-f',
+    script,
+    '-R',
+    String(RATE),
+    '-c',
+    '4',
+    '-j',
+    '2',
+    '-T',
+    '36000',
+    '-l',
+    `--log-prefix=${logPrefix}`,
+    '-h',
+    '127.0.0.1',
+    '-p',
+    String(server.port),
+    '-U',
+    'postgres',
+    'app',
+  ],
+  { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'], ...(owner ? { uid: owner.uid, gid: owner.gid } : {}) },
+);
+let pgbenchErr = '';
+pgbench.stderr!.on('data', (d) => (pgbenchErr += d.toString()));
+
+interface Window {
+  name: string;
+  from: number;
+  to: number;
+}
+const windows: Window[] = [];
+/** A window of at least WINDOW_MS from the operation's start (the same length for every side,
+ * so a p99 is over the same number of transactions), or the operation's whole run if longer. */
+const WINDOW_MS = 5000;
+async function measured(name: string, fn: () => Promise<unknown>): Promise<void> {
+  const from = Date.now();
+  await fn();
+  const to = Math.max(Date.now(), from + WINDOW_MS);
+  await sleep(to - Date.now());
+  windows.push({ name, from, to });
+  await sleep(1500); // the load settles before the next window
+}
+const quiet = async () => undefined;
+
+await sleep(3000);
+for (let round = 1; round <= ROUNDS; round++) {
+  console.error(`round ${round}`);
+  await prepareExpired();
+  await prepareFuture('app.reading_ours');
+  await prepareFuture('app.reading_partman');
+  await sleep(2000);
+  await measured('quiet (no maintenance)', quiet);
+  await measured('create-partitions (LIKE + ATTACH)', () => job('create-partitions', {}));
+  await measured('pg_partman run_maintenance() (creates and drops)', () =>
+    db.query(`select partman.run_maintenance('app.reading_partman', p_analyze := false, p_jobmon := false)`),
+  );
+  await prepareFuture('app.reading_ours');
+  await sleep(2000);
+  await measured('CREATE TABLE … PARTITION OF, same partitions', async () => {
+    for (let i = 2; i <= FUTURE; i++) {
+      const from = day.plus({ days: i });
+      await db.query(
+        `create table app.reading_ours_plain${i} partition of app.reading_ours for values from ('${iso(from)}') to ` +
+          `('${iso(from.plus({ days: 1 }))}')`,
+      );
+    }
+  });
+  await prepareFuture('app.reading_ours');
+  await job('create-partitions', {}); // back to the job's own partitions, outside the windows
+  await sleep(2000);
+  await measured('drop-expired-partitions (DETACH CONCURRENTLY + archive)', () => job('drop-expired-partitions', {}));
+  await db.query(`update app.meter set v = v + 1 where id % 2 = 0`); // half the table dead
+  await sleep(2000);
+  await measured('vacuum-analyze', () => job('vacuum-analyze', { schemas: ['app'] }));
+  await db.query(`update app.meter set v = v + 1 where id % 2 = 0`);
+  await sleep(2000);
+  await measured('VACUUM FULL of the same table', () => db.query('vacuum full app.meter'));
+}
+// pgbench's log is buffered: quiet seconds after the last window push its lines out first.
+await sleep(5000);
+pgbench.kill('SIGINT');
+await new Promise((r) => pgbench.on('exit', r));
+if (!fs.readdirSync(dir).some((f) => f.startsWith('pgb'))) throw new Error(`pgbench wrote no log: ${pgbenchErr}`);
+
+// Per-transaction log lines: client tx latency_us script epoch_s epoch_us [lag_us].
+const samples: { at: number; ms: number }[] = [];
+for (const f of fs.readdirSync(dir).filter((x) => x.startsWith('pgb'))) {
+  for (const line of fs.readFileSync(path.join(dir, f), 'utf8').split('\n')) {
+    const p = line.trim().split(/\s+/).map(Number);
+    if (p.length < 6 || p.some(Number.isNaN)) continue;
+    const at = p[4]! * 1000 + p[5]! / 1000; // completion time
+    samples.push({ at, ms: (p[2]! + (p[6] ?? 0)) / 1000 });
+  }
+}
+const pct = (xs: number[], q: number) =>
+  [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(q * xs.length))]!;
+const names = [...new Set(windows.map((w) => w.name))];
+const stats = names.map((name) => {
+  const perRound = windows
+    .filter((w) => w.name === name)
+    .map((w) => {
+      const ms = samples.filter((s) => s.at >= w.from && s.at <= w.to + 50).map((s) => s.ms);
+      return {
+        n: ms.length,
+        p50: pct(ms, 0.5),
+        p99: pct(ms, 0.99),
+        max: Math.max(...ms),
+        secs: (w.to - w.from) / 1000,
+      };
+    });
+  return { name, perRound };
+});
+const baseline = median(stats[0]!.perRound.map((r) => r.p99));
+const f = (xs: number[], d = 1) =>
+  `${median(xs).toFixed(d)} (${Math.min(...xs).toFixed(d)}–${Math.max(...xs).toFixed(d)})`;
+printTable(
+  `insert latency under maintenance at ${RATE} tx/s, ${ROUNDS} rounds; median (min–max) over rounds, ms`,
+  ['window', 'p50', 'p99', 'max', 'p99 / quiet p99', 'window (s)', 'tx'],
+  stats.map(({ name, perRound }) => [
+    name,
+    f(
+      perRound.map((r) => r.p50),
+      2,
+    ),
+    f(
+      perRound.map((r) => r.p99),
+      2,
+    ),
+    f(perRound.map((r) => r.max)),
+    `${(median(perRound.map((r) => r.p99)) / baseline).toFixed(2)}×`,
+    f(perRound.map((r) => r.secs)),
+    String(median(perRound.map((r) => r.n))),
+  ]),
+);
+const ours = stats.filter((s) => /^(create-partitions|drop-expired|vacuum-analyze)/.test(s.name));
+const worst = Math.max(...ours.map((s) => median(s.perRound.map((r) => r.p99)) / baseline));
+console.log(
+  `target: p99 during our jobs ≤ 1.2× the quiet baseline — ${worst <= 1.2 ? 'met' : 'NOT met'} (worst ${worst.toFixed(2)}×)`,
+);
+console.log(`load average after: ${loadAverage()}`);
+
+await job.close();
+await rt.close();
+await db.end();
+await redis.stop();
+await server.stop('immediate');
+fs.rmSync(dir, { recursive: true, force: true });
