@@ -8,7 +8,8 @@
 // Each round prepares the work outside the windows (future partitions dropped, expired
 // ones with rows put back, the table bloated), then runs the operations in turn; rounds
 // repeat that order. A window is 5 s from the operation's start (or the whole operation,
-// if longer), the same for the quiet baseline: each p99 is over the same transactions. Needs pgbench (PostgreSQL) and postgresql-15-partman.
+// if longer), the same for the quiet baseline: each p99 is over the same transactions.
+// Needs pgbench (PostgreSQL) and postgresql-15-partman.
 //   npm run bench:live [-- --rate 200 --rounds 3]
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -121,7 +122,8 @@ async function prepareExpired(): Promise<void> {
       const exists = (await db.query(`select to_regclass($1) as r`, [name])).rows[0].r;
       if (!exists)
         await db.query(
-          `create table ${name} partition of ${parent} for values from ('${iso(from)}') to ('${iso(from.plus({ days: 1 }))}')`,
+          `create table ${name} partition of ${parent} for values from ('${iso(from)}') to ` +
+            `('${iso(from.plus({ days: 1 }))}')`,
         );
       await db.query(
         `insert into ${name} select $1::timestamptz + g * interval '4 seconds', g % 500, random() from ` +
@@ -295,7 +297,8 @@ printTable(
 const ours = stats.filter((s) => /^(create-partitions|drop-expired|vacuum-analyze)/.test(s.name));
 const worst = Math.max(...ours.map((s) => median(s.perRound.map((r) => r.p99)) / baseline));
 console.log(
-  `target: p99 during our jobs ≤ 1.2× the quiet baseline — ${worst <= 1.2 ? 'met' : 'NOT met'} (worst ${worst.toFixed(2)}×)`,
+  `target: p99 during our jobs ≤ 1.2× the quiet baseline — ${worst <= 1.2 ? 'met' : 'NOT met'} ` +
+    `(worst ${worst.toFixed(2)}×)`,
 );
 console.log(`load average after: ${loadAverage()}`);
 
