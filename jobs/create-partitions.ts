@@ -126,9 +126,8 @@ const job = defineJob({
 /** Deparsed partition bounds per target, kept across this process's runs (readParents). */
 const knownBounds = new Map<string, Map<string, string>>();
 const boundsOf = (target: string) => {
-  let m = knownBounds.get(target);
-  if (!m) knownBounds.set(target, (m = new Map()));
-  return m;
+  if (!knownBounds.has(target)) knownBounds.set(target, new Map());
+  return knownBounds.get(target)!;
 };
 
 /** Every parent's catalog state, read once on one connection (bounds printed in UTC). */
