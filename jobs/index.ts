@@ -6,6 +6,8 @@ import baseBackup from './base-backup.ts';
 import createPartitions from './create-partitions.ts';
 import dailySalesRollup from './daily-sales-rollup.ts';
 import dropExpiredPartitions from './drop-expired-partitions.ts';
+import indexMaintenance from './index-maintenance.ts';
+import indexReport from './index-report.ts';
 import noop from './noop.ts';
 import pitrDrill from './pitr-drill.ts';
 import pruneBackups from './prune-backups.ts';
@@ -20,6 +22,8 @@ export const jobs: AnyJobDefinition[] = [
   createPartitions,
   dailySalesRollup,
   dropExpiredPartitions,
+  indexMaintenance,
+  indexReport,
   noop,
   pitrDrill,
   pruneBackups,

@@ -40,6 +40,8 @@ const TEMPLATES: Template[] = [
   { id: 'archive-check-{target}-hourly', job: 'archive-check', cron: '15 * * * *' },
   // The 03:00 maintenance window (docs/dairy-erp.md), 30-minute budget by default.
   { id: 'vacuum-{target}-nightly', job: 'vacuum-analyze', cron: '0 3 * * *' },
+  // Sunday in the 03:00 window, after vacuum: bloated and invalid indexes rebuilt online.
+  { id: 'index-maintenance-{target}-weekly', job: 'index-maintenance', cron: '15 3 * * sun' },
   // Retention after the nightly backup; a failed archive keeps the partition.
   {
     id: 'retention-{target}-daily',
@@ -54,6 +56,8 @@ const TEMPLATES: Template[] = [
     cron: '*/10 7-22 * * *',
     applies: (t, c) => c.cache.queries.some((q) => q.target === t.name),
   },
+  // Weekly, Monday before business hours: indexes unused, overlapping, or missing under a foreign key.
+  { id: 'index-report-{target}-weekly', job: 'index-report', cron: '0 6 * * mon' },
   // Weekly proofs: PITR on Sunday, logical restore on Saturday, before business hours.
   { id: 'pitr-drill-{target}-weekly', job: 'pitr-drill', cron: '0 4 * * sun' },
   { id: 'restore-check-{target}-weekly', job: 'restore-check', cron: '0 4 * * sat' },

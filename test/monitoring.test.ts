@@ -266,6 +266,7 @@ describe('alerts', () => {
       schedules: [],
       errors: {},
       partitions: [],
+      indexes: [],
       queues: [
         {
           queue: 'backup',

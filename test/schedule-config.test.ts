@@ -29,6 +29,8 @@ describe('schedules from the config file', () => {
           `archive-check-${target}-hourly`,
           `backup-${target}-nightly`,
           `base-backup-${target}-nightly`,
+          `index-maintenance-${target}-weekly`,
+          `index-report-${target}-weekly`,
           `pitr-drill-${target}-weekly`,
           `prune-backups-${target}-daily`,
           `restore-check-${target}-weekly`,
@@ -72,7 +74,7 @@ describe('schedules from the config file', () => {
       'backup-reporting-nightly',
       'vacuum-reporting-nightly',
     ]);
-    expect(ids.filter((id) => id.includes('-pos-'))).toHaveLength(7);
+    expect(ids.filter((id) => id.includes('-pos-'))).toHaveLength(9);
   });
 
   it('an entry with a default id changes only the fields it gives; a new id adds a schedule', () => {

@@ -4,6 +4,7 @@
 // alert monitor judges it. Readings are cached briefly; a scrape storm costs one.
 import { DateTime } from 'luxon';
 import type { ArchiveCheckResult } from '../../jobs/archive-check.ts';
+import type { IndexReportResult } from '../../jobs/index-report.ts';
 import type { PitrDrillResult } from '../../jobs/pitr-drill.ts';
 import { readBackupCatalog } from '../backup/catalog.ts';
 import { withObjectStore } from '../backup/object-store.ts';
@@ -60,6 +61,17 @@ export interface BackupHealth {
   drill: { rtoSeconds: number | null; rpoSeconds: number | null; finishedAt: number; ok: boolean } | null;
 }
 
+/** The last index-report's findings on a target (it reads only; nothing here is acted on). */
+export interface IndexHealth {
+  target: string;
+  finishedAt: number;
+  unused: number;
+  unusedBytes: number;
+  overlapping: number;
+  overlappingBytes: number;
+  unindexedForeignKeys: number;
+}
+
 export interface PartitionHealth {
   target: string;
   table: string;
@@ -83,6 +95,7 @@ export interface HealthSnapshot {
   queues: QueueHealth[];
   backups: BackupHealth[];
   partitions: PartitionHealth[];
+  indexes: IndexHealth[];
   /** Parts that could not be read, by name: a reading is partial rather than absent. */
   errors: Record<string, string>;
 }
@@ -188,7 +201,8 @@ export class HealthReader {
       Promise.all([...rt.config.targets.keys()].map((t) => this.backups(t, now))),
       [],
     );
-    return { at: now, ...stats, jobs, schedules, queues, backups, partitions, errors };
+    const indexes = rt.registry.get('index-report') ? await part('history', this.indexes(), []) : [];
+    return { at: now, ...stats, jobs, schedules, queues, backups, partitions, indexes, errors };
   }
 
   private async queues(): Promise<QueueHealth[]> {
@@ -246,6 +260,30 @@ export class HealthReader {
         };
       }),
     );
+  }
+
+  private async indexes(): Promise<IndexHealth[]> {
+    const reports = await Promise.all(
+      [...this.rt.config.targets.keys()].map(async (target) => ({
+        target,
+        run: await this.rt.history.lastFinished<IndexReportResult>('index-report', target),
+      })),
+    );
+    return reports.flatMap(({ target, run }) => {
+      const r = run?.outcome === 'succeeded' ? run.result : null;
+      if (!r) return [];
+      return [
+        {
+          target,
+          finishedAt: ms(run!.finished_at)!,
+          unused: r.unused.length,
+          unusedBytes: r.unusedBytes,
+          overlapping: r.overlapping.length,
+          overlappingBytes: r.overlapping.reduce((n, o) => n + o.bytes, 0),
+          unindexedForeignKeys: r.unindexedForeignKeys.length,
+        },
+      ];
+    });
   }
 
   private async backups(target: string, now: number): Promise<BackupHealth> {

@@ -131,6 +131,17 @@ export class Metrics {
         'Partitions a retention run took out of the parent and did not finish (archive, drop or re-attach)',
         ['target', 'table'],
       ),
+      indexFindings: gauge(
+        'pgmaint_index_report_findings',
+        'Findings of the last index-report: unused, overlapping (duplicate or prefix) indexes, foreign keys ' +
+          'without an index',
+        ['target', 'kind'],
+      ),
+      indexBytes: gauge('pgmaint_index_report_bytes', 'Size of the unused and of the overlapping indexes found', [
+        'target',
+        'kind',
+      ]),
+      indexReportAt: gauge('pgmaint_index_report_timestamp_seconds', 'When the last index-report finished', ['target']),
       scrapeErrors: gauge('pgmaint_health_read_errors', '1 for a part of the health reading that failed', ['part']),
     };
   }
@@ -185,6 +196,15 @@ export class Metrics {
       set(this.g.defaultRows!, l, p.defaultRows);
       set(this.g.unfinishedDetaches!, l, p.unfinishedDetaches);
       if (p.error) set(this.g.scrapeErrors!, { part: `partitions:${p.target}:${p.table}` }, 1);
+    }
+    for (const x of s.indexes) {
+      const t = { target: x.target };
+      set(this.g.indexFindings!, { ...t, kind: 'unused' }, x.unused);
+      set(this.g.indexFindings!, { ...t, kind: 'overlapping' }, x.overlapping);
+      set(this.g.indexFindings!, { ...t, kind: 'unindexed_foreign_key' }, x.unindexedForeignKeys);
+      set(this.g.indexBytes!, { ...t, kind: 'unused' }, x.unusedBytes);
+      set(this.g.indexBytes!, { ...t, kind: 'overlapping' }, x.overlappingBytes);
+      set(this.g.indexReportAt!, t, seconds(x.finishedAt));
     }
     for (const part of Object.keys(s.errors)) set(this.g.scrapeErrors!, { part }, 1);
   }
