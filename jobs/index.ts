@@ -11,6 +11,7 @@ import indexReport from './index-report.ts';
 import noop from './noop.ts';
 import pitrDrill from './pitr-drill.ts';
 import pruneBackups from './prune-backups.ts';
+import queryStatsSnapshot from './query-stats-snapshot.ts';
 import restoreCheck from './restore-check.ts';
 import vacuumAnalyze from './vacuum-analyze.ts';
 import warmCache from './warm-cache.ts';
@@ -27,6 +28,7 @@ export const jobs: AnyJobDefinition[] = [
   noop,
   pitrDrill,
   pruneBackups,
+  queryStatsSnapshot,
   restoreCheck,
   vacuumAnalyze,
   warmCache,

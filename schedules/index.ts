@@ -56,6 +56,8 @@ const TEMPLATES: Template[] = [
     cron: '*/10 7-22 * * *',
     applies: (t, c) => c.cache.queries.some((q) => q.target === t.name),
   },
+  // Statement costs every 15 minutes (pg_stat_statements deltas), kept 14 days.
+  { id: 'query-stats-{target}-15min', job: 'query-stats-snapshot', cron: '*/15 * * * *' },
   // Weekly, Monday before business hours: indexes unused, overlapping, or missing under a foreign key.
   { id: 'index-report-{target}-weekly', job: 'index-report', cron: '0 6 * * mon' },
   // Weekly proofs: PITR on Sunday, logical restore on Saturday, before business hours.

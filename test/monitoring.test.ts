@@ -267,6 +267,7 @@ describe('alerts', () => {
       errors: {},
       partitions: [],
       indexes: [],
+      queries: [],
       queues: [
         {
           queue: 'backup',

@@ -32,6 +32,7 @@ describe('schedules from the config file', () => {
           `index-maintenance-${target}-weekly`,
           `index-report-${target}-weekly`,
           `pitr-drill-${target}-weekly`,
+          `query-stats-${target}-15min`,
           `prune-backups-${target}-daily`,
           `restore-check-${target}-weekly`,
           `vacuum-${target}-nightly`,
@@ -74,7 +75,7 @@ describe('schedules from the config file', () => {
       'backup-reporting-nightly',
       'vacuum-reporting-nightly',
     ]);
-    expect(ids.filter((id) => id.includes('-pos-'))).toHaveLength(9);
+    expect(ids.filter((id) => id.includes('-pos-'))).toHaveLength(10);
   });
 
   it('an entry with a default id changes only the fields it gives; a new id adds a schedule', () => {

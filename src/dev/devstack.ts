@@ -70,6 +70,8 @@ export async function startPostgres(opts: PostgresOptions): Promise<PostgresInst
       synchronous_commit: 'off',
       full_page_writes: 'on',
       log_min_messages: 'warning',
+      // query-stats-snapshot reads it, as the ERP's slow-query monitoring does.
+      shared_preload_libraries: "'pg_stat_statements'",
       logging_collector: 'off',
       ...opts.settings,
     };

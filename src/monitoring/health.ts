@@ -6,6 +6,7 @@ import { DateTime } from 'luxon';
 import type { ArchiveCheckResult } from '../../jobs/archive-check.ts';
 import type { IndexReportResult } from '../../jobs/index-report.ts';
 import type { PitrDrillResult } from '../../jobs/pitr-drill.ts';
+import type { QueryStatsSnapshotResult } from '../../jobs/query-stats-snapshot.ts';
 import { readBackupCatalog } from '../backup/catalog.ts';
 import { withObjectStore } from '../backup/object-store.ts';
 import { nextRun } from '../core/cron.ts';
@@ -72,6 +73,13 @@ export interface IndexHealth {
   unindexedForeignKeys: number;
 }
 
+/** The top statements of the last query-stats-snapshot on a target. */
+export interface QueryHealth {
+  target: string;
+  finishedAt: number;
+  top: { queryid: string; calls: number; totalExecMs: number; meanExecMs: number }[];
+}
+
 export interface PartitionHealth {
   target: string;
   table: string;
@@ -96,6 +104,7 @@ export interface HealthSnapshot {
   backups: BackupHealth[];
   partitions: PartitionHealth[];
   indexes: IndexHealth[];
+  queries: QueryHealth[];
   /** Parts that could not be read, by name: a reading is partial rather than absent. */
   errors: Record<string, string>;
 }
@@ -202,7 +211,8 @@ export class HealthReader {
       [],
     );
     const indexes = rt.registry.get('index-report') ? await part('history', this.indexes(), []) : [];
-    return { at: now, ...stats, jobs, schedules, queues, backups, partitions, indexes, errors };
+    const queries = rt.registry.get('query-stats-snapshot') ? await part('history', this.queries(), []) : [];
+    return { at: now, ...stats, jobs, schedules, queues, backups, partitions, indexes, queries, errors };
   }
 
   private async queues(): Promise<QueueHealth[]> {
@@ -284,6 +294,20 @@ export class HealthReader {
         },
       ];
     });
+  }
+
+  private async queries(): Promise<QueryHealth[]> {
+    const runs = await Promise.all(
+      [...this.rt.config.targets.keys()].map(async (target) => ({
+        target,
+        run: await this.rt.history.lastFinished<QueryStatsSnapshotResult>('query-stats-snapshot', target),
+      })),
+    );
+    return runs.flatMap(({ target, run }) =>
+      run?.outcome === 'succeeded' && run.result
+        ? [{ target, finishedAt: ms(run.finished_at)!, top: run.result.top }]
+        : [],
+    );
   }
 
   private async backups(target: string, now: number): Promise<BackupHealth> {

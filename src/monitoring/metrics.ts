@@ -142,6 +142,15 @@ export class Metrics {
         'kind',
       ]),
       indexReportAt: gauge('pgmaint_index_report_timestamp_seconds', 'When the last index-report finished', ['target']),
+      queryTime: gauge(
+        'pgmaint_query_top_exec_seconds',
+        'Execution time of the top statements between the last two query-stats snapshots',
+        ['target', 'queryid'],
+      ),
+      queryCalls: gauge('pgmaint_query_top_calls', 'Calls of the top statements between the last two snapshots', [
+        'target',
+        'queryid',
+      ]),
       scrapeErrors: gauge('pgmaint_health_read_errors', '1 for a part of the health reading that failed', ['part']),
     };
   }
@@ -205,6 +214,12 @@ export class Metrics {
       set(this.g.indexBytes!, { ...t, kind: 'unused' }, x.unusedBytes);
       set(this.g.indexBytes!, { ...t, kind: 'overlapping' }, x.overlappingBytes);
       set(this.g.indexReportAt!, t, seconds(x.finishedAt));
+    }
+    for (const q of s.queries) {
+      for (const t of q.top) {
+        set(this.g.queryTime!, { target: q.target, queryid: t.queryid }, t.totalExecMs / 1000);
+        set(this.g.queryCalls!, { target: q.target, queryid: t.queryid }, t.calls);
+      }
     }
     for (const part of Object.keys(s.errors)) set(this.g.scrapeErrors!, { part }, 1);
   }

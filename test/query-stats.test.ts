@@ -1,0 +1,67 @@
+// query-stats-snapshot on real PostgreSQL with pg_stat_statements: deltas between
+// snapshots, right across a statistics reset, kept in the pgmaint schema; a clear
+// refusal when the extension is missing.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { QueryStatsSnapshotResult } from '../jobs/query-stats-snapshot.ts';
+import { startWorkers } from '../src/cli/roles.ts';
+import type { Runtime } from '../src/runner/runtime.ts';
+import { createHarness, waitForFinished, type Harness } from './support/harness.ts';
+
+let h: Harness;
+let rt: Runtime;
+
+beforeAll(async () => {
+  h = await createHarness('query_stats');
+  await h.admin.query(`create extension pg_stat_statements;
+    create table qs_probe (x int); insert into qs_probe select g from generate_series(1, 1000) g;`);
+  rt = h.runtime({ schedules: [] });
+  await rt.history.migrate();
+  startWorkers(rt, ['query-stats-snapshot']);
+});
+afterAll(() => h.close());
+
+async function snapshot() {
+  const { job } = await rt.queues.enqueue('query-stats-snapshot', { top: 100 });
+  const done = await waitForFinished(rt.queues.get('query-stats-snapshot'), job.id!);
+  return done;
+}
+const probe = async (n: number) => {
+  for (let i = 0; i < n; i++) await h.admin.query('select count(*) from qs_probe where x > $1', [i]);
+};
+const probeCalls = (r: QueryStatsSnapshotResult) => r.top.find((t) => t.query.includes('qs_probe where x >'))?.calls;
+
+describe('query-stats-snapshot', () => {
+  it('stores the deltas between snapshots, and only what ran after a statistics reset', async () => {
+    const first = await snapshot();
+    expect(first.state, first.job.failedReason).toBe('completed');
+    expect((first.job.returnvalue as QueryStatsSnapshotResult).since).toBeNull();
+
+    await probe(5);
+    const second = (await snapshot()).job.returnvalue as QueryStatsSnapshotResult;
+    expect(probeCalls(second)).toBe(5);
+    expect(second.statisticsReset).toBe(false);
+
+    await probe(3);
+    await h.admin.query('select pg_stat_statements_reset()');
+    await probe(2);
+    const third = (await snapshot()).job.returnvalue as QueryStatsSnapshotResult;
+    expect(third.statisticsReset).toBe(true);
+    expect(probeCalls(third)).toBe(2);
+    for (const t of third.top) expect(t.calls).toBeGreaterThan(0);
+
+    const { rows } = await h.admin.query(
+      `select taken_at, calls::int, total_exec_ms > 0 as timed from pgmaint.query_stats
+        where query like '%qs_probe where x >%' order by taken_at`,
+    );
+    expect(rows.map((r) => r.calls)).toEqual([5, 2]);
+    expect(rows.every((r) => r.timed)).toBe(true);
+  });
+
+  it('refuses clearly when pg_stat_statements is not installed in the database', async () => {
+    await h.admin.query('drop extension pg_stat_statements');
+    const done = await snapshot();
+    expect(done.state).toBe('failed');
+    expect(done.job.failedReason).toMatch(/pg_stat_statements is not installed in database .*create extension/);
+    expect(done.job.attemptsMade).toBe(1);
+  });
+});
