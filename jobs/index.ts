@@ -8,6 +8,7 @@ import dailySalesRollup from './daily-sales-rollup.ts';
 import dropExpiredPartitions from './drop-expired-partitions.ts';
 import indexMaintenance from './index-maintenance.ts';
 import indexReport from './index-report.ts';
+import integrityCheck from './integrity-check.ts';
 import noop from './noop.ts';
 import pitrDrill from './pitr-drill.ts';
 import pruneBackups from './prune-backups.ts';
@@ -25,6 +26,7 @@ export const jobs: AnyJobDefinition[] = [
   dropExpiredPartitions,
   indexMaintenance,
   indexReport,
+  integrityCheck,
   noop,
   pitrDrill,
   pruneBackups,

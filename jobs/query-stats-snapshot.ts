@@ -110,8 +110,8 @@ const job = defineJob({
                from cur left join pgmaint.query_stats_last l using (userid, dbid, queryid)),
            ins as (
              insert into pgmaint.query_stats
-             select $2::timestamptz, coalesce($3::timestamptz, $2::timestamptz), userid, dbid, queryid, left(query, 2000), d_calls, d_ms,
-                    d_ms / nullif(d_calls, 0), d_rows, d_hit, d_read
+             select $2::timestamptz, coalesce($3::timestamptz, $2::timestamptz), userid, dbid, queryid,
+                    left(query, 2000), d_calls, d_ms, d_ms / nullif(d_calls, 0), d_rows, d_hit, d_read
                from d where d_calls > 0 and $3::timestamptz is not null
              returning 1)
            select queryid::text, left(query, 300) as query, d_calls::float8 as calls, d_ms as "totalExecMs",
@@ -143,7 +143,8 @@ const job = defineJob({
         await ctx.log(
           first
             ? 'first snapshot: the counters are recorded; deltas start with the next one'
-            : `${deltas.length} statements ran since ${since.toISOString()}${wasReset ? ' (statistics were reset)' : ''}`,
+            : `${deltas.length} statements ran since ${since.toISOString()}` +
+                (wasReset ? ' (statistics were reset)' : ''),
         );
         return {
           takenAt: info[0]!.now.toISOString(),

@@ -12,6 +12,8 @@ interface Template {
   id: string;
   job: string;
   cron: string;
+  /** Payload fields besides the target. */
+  payload?: Record<string, unknown>;
   /** Whether the target has anything for this job to do; "missing protection" is never a reason to leave one out. */
   applies?: (target: TargetConfig, config: Config) => boolean;
 }
@@ -56,6 +58,9 @@ const TEMPLATES: Template[] = [
     cron: '*/10 7-22 * * *',
     applies: (t, c) => c.cache.queries.some((q) => q.target === t.name),
   },
+  // amcheck: the tables written since their last clean check nightly, every table on Saturday night.
+  { id: 'integrity-check-{target}-nightly', job: 'integrity-check', cron: '30 4 * * 0-5' },
+  { id: 'integrity-check-{target}-weekly-full', job: 'integrity-check', cron: '30 4 * * 6', payload: { full: true } },
   // Statement costs every 15 minutes (pg_stat_statements deltas), kept 14 days.
   { id: 'query-stats-{target}-15min', job: 'query-stats-snapshot', cron: '*/15 * * * *' },
   // Weekly, Monday before business hours: indexes unused, overlapping, or missing under a foreign key.
@@ -74,7 +79,7 @@ function forTarget(target: TargetConfig, config: Config): Schedule[] {
     job: t.job,
     cron: t.cron,
     tz: config.businessTimeZone,
-    payload: { target: target.name },
+    payload: { ...t.payload, target: target.name },
     catchUp: 'latest',
     overlap: 'skip',
   }));

@@ -31,6 +31,8 @@ describe('schedules from the config file', () => {
           `base-backup-${target}-nightly`,
           `index-maintenance-${target}-weekly`,
           `index-report-${target}-weekly`,
+          `integrity-check-${target}-nightly`,
+          `integrity-check-${target}-weekly-full`,
           `pitr-drill-${target}-weekly`,
           `query-stats-${target}-15min`,
           `prune-backups-${target}-daily`,
@@ -75,7 +77,7 @@ describe('schedules from the config file', () => {
       'backup-reporting-nightly',
       'vacuum-reporting-nightly',
     ]);
-    expect(ids.filter((id) => id.includes('-pos-'))).toHaveLength(10);
+    expect(ids.filter((id) => id.includes('-pos-'))).toHaveLength(12);
   });
 
   it('an entry with a default id changes only the fields it gives; a new id adds a schedule', () => {

@@ -209,6 +209,7 @@ export const ALERT_RULES = [
   'partition-runway',
   'default-rows',
   'retention-orphan',
+  'corruption',
   'health-read',
 ] as const;
 
@@ -240,7 +241,7 @@ const alertsSchema = z
     maxArchiveLagSeconds: z.number().int().positive().default(900),
     minPartitionRunwayDays: z.number().positive().default(3),
     /** Rules switched off by name (job-failed, deadman, no-worker, overrun, backup-age, archive-lag,
-     * partition-runway, default-rows, retention-orphan, health-read). */
+     * partition-runway, default-rows, retention-orphan, corruption, health-read). */
     disabled: z.array(z.enum(ALERT_RULES)).default([]),
   })
   .strict();

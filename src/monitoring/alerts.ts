@@ -48,6 +48,18 @@ export function judge(s: HealthSnapshot, cfg: Config['alerts']): Alert[] {
       labels: { job: j.job, target: j.target },
     });
   }
+  for (const j of s.jobs) {
+    // integrity-check fails with "corruption found in …" only when amcheck found it.
+    if (j.job !== 'integrity-check' || j.lastOutcome === 'succeeded' || !/^corruption found/.test(j.lastError ?? ''))
+      continue;
+    out.push({
+      key: `corruption:${j.target}`,
+      rule: 'corruption',
+      severity: 'critical',
+      summary: `data corruption on ${j.target}: ${j.lastError}`,
+      labels: { target: j.target },
+    });
+  }
   for (const sc of s.schedules) {
     if (sc.dueBy === null || now <= sc.dueBy + cfg.deadmanGraceMs) continue;
     out.push({
@@ -181,7 +193,7 @@ export function judge(s: HealthSnapshot, cfg: Config['alerts']): Alert[] {
 /** Incidents whose evidence could not be read are neither fired nor resolved this time. */
 function uncertain(key: string, s: HealthSnapshot): boolean {
   const failed = (part: string) => part in s.errors;
-  if (key.startsWith('job-failed:')) return failed('history');
+  if (key.startsWith('job-failed:') || key.startsWith('corruption:')) return failed('history');
   if (key.startsWith('deadman:')) return failed('history') || failed('schedules');
   if (key.startsWith('no-worker:') || key.startsWith('overrun:')) return failed('queues');
   if (key.startsWith('backup-age:') || key.startsWith('archive-lag:')) return failed('backups');
