@@ -13,6 +13,7 @@ import noop from './noop.ts';
 import pitrDrill from './pitr-drill.ts';
 import pruneBackups from './prune-backups.ts';
 import queryStatsSnapshot from './query-stats-snapshot.ts';
+import repackTable from './repack-table.ts';
 import restoreCheck from './restore-check.ts';
 import vacuumAnalyze from './vacuum-analyze.ts';
 import warmCache from './warm-cache.ts';
@@ -31,6 +32,7 @@ export const jobs: AnyJobDefinition[] = [
   pitrDrill,
   pruneBackups,
   queryStatsSnapshot,
+  repackTable,
   restoreCheck,
   vacuumAnalyze,
   warmCache,

@@ -63,6 +63,14 @@ const TEMPLATES: Template[] = [
   { id: 'integrity-check-{target}-weekly-full', job: 'integrity-check', cron: '30 4 * * 6', payload: { full: true } },
   // Statement costs every 15 minutes (pg_stat_statements deltas), kept 14 days.
   { id: 'query-stats-{target}-15min', job: 'query-stats-snapshot', cron: '*/15 * * * *' },
+  // pg_repack on the first of the month, 02:30, of the tables the target's repackTables names.
+  {
+    id: 'repack-{target}-monthly',
+    job: 'repack-table',
+    cron: '30 2 1 * *',
+    applies: (t) => t.repackTables.length > 0,
+    payload: {},
+  },
   // Weekly, Monday before business hours: indexes unused, overlapping, or missing under a foreign key.
   { id: 'index-report-{target}-weekly', job: 'index-report', cron: '0 6 * * mon' },
   // Weekly proofs: PITR on Sunday, logical restore on Saturday, before business hours.
@@ -79,7 +87,11 @@ function forTarget(target: TargetConfig, config: Config): Schedule[] {
     job: t.job,
     cron: t.cron,
     tz: config.businessTimeZone,
-    payload: { ...t.payload, target: target.name },
+    payload: {
+      ...t.payload,
+      ...(t.job === 'repack-table' ? { tables: target.repackTables } : {}),
+      target: target.name,
+    },
     catchUp: 'latest',
     overlap: 'skip',
   }));

@@ -48,16 +48,27 @@ describe('schedules from the config file', () => {
 
   it('partition, retention and cache schedules come with a target that has policies or queries for them', () => {
     h.configFile({
-      targets: fleet(['pos']),
+      targets: fleet(['pos'], { pos: { repackTables: ['public.sale'] } }),
       partitions: [
         { target: 'pos', table: 'public.sale', column: 'created_at', interval: 'day', retention: '30 days' },
       ],
       cache: { queries: [{ key: 'k', sql: 'select 1', ttlSeconds: 60, target: 'pos' }] },
     });
-    const ids = idsOf(h.runtime());
+    const rt = h.runtime();
+    const ids = idsOf(rt);
     expect(ids).toEqual(
-      expect.arrayContaining(['partitions-pos-hourly', 'retention-pos-daily', 'warm-cache-pos-business-hours']),
+      expect.arrayContaining([
+        'partitions-pos-hourly',
+        'retention-pos-daily',
+        'warm-cache-pos-business-hours',
+        'repack-pos-monthly',
+      ]),
     );
+    expect(rt.schedules.find((x) => x.id === 'repack-pos-monthly')).toMatchObject({
+      cron: '30 2 1 * *',
+      payload: { target: 'pos', tables: ['public.sale'] },
+    });
+    expect(ids).not.toContain('repack-main-monthly');
     expect(ids).not.toContain('partitions-main-hourly');
     expect(ids).not.toContain('warm-cache-main-business-hours');
   });

@@ -111,6 +111,8 @@ export const targetSchema = z
     schedules: z
       .union([z.enum(['default', 'none']), z.array(z.string().min(1)).min(1, 'list at least one id, or say "none"')])
       .default('default'),
+    /** Tables (schema.table) the monthly repack-table schedule repacks with pg_repack. */
+    repackTables: z.array(qualifiedName).max(100).default([]),
   })
   .strict();
 

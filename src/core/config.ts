@@ -39,7 +39,10 @@ export function configSecrets(config: Config): ConfigSecrets {
 
 export type BackupEngine = z.output<typeof backupEngineSchema>;
 
-export type TargetConfig = Pick<z.output<typeof targetSchema>, 'poolSize' | 'walArchiveDir' | 'schedules'> & {
+export type TargetConfig = Pick<
+  z.output<typeof targetSchema>,
+  'poolSize' | 'walArchiveDir' | 'schedules' | 'repackTables'
+> & {
   /** native, or pgbackrest with its stanza (and config file, resolved to an absolute path). */
   backup: BackupEngine;
   name: string;
@@ -124,6 +127,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     walArchiveDir: walArchive(e.WAL_ARCHIVE_DIR),
     backup: { engine: 'native' },
     schedules: 'default',
+    repackTables: [],
   });
   for (const [name, t] of Object.entries(f.targets)) {
     if (name === MAIN_TARGET) {
@@ -136,6 +140,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
         walArchiveDir: walArchive(t.walArchiveDir) ?? main.walArchiveDir,
         backup: resolveEngine(t.backup),
         schedules: t.schedules,
+        repackTables: t.repackTables,
       });
       continue;
     }
@@ -158,6 +163,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       walArchiveDir: walArchive(t.walArchiveDir),
       backup: resolveEngine(t.backup),
       schedules: t.schedules,
+      repackTables: t.repackTables,
     });
   }
   f.partitions.forEach((p, i) => {

@@ -1,0 +1,189 @@
+// repack-table: removes table bloat online with pg_repack (Debian postgresql-15-repack:
+// the extension in the database and its client here), one table at a time: the tables
+// the payload names, or, when pgstattuple is installed, those whose dead and free space
+// is over a threshold. pg_repack rebuilds the table beside the live one and swaps them
+// under a short ACCESS EXCLUSIVE lock; it waits at most lockWaitSeconds for that lock and
+// then gives up on the table rather than cancel the application's queries. Refused when
+// the extension is missing or its version differs from the client's; never falls back
+// to VACUUM FULL.
+import { z } from 'zod';
+import { PermanentJobError } from '../src/core/errors.ts';
+import { binPath, runProcess } from '../src/core/proc.ts';
+import { qualifiedName } from '../src/core/sql.ts';
+import { defineJob, type JobResult, targetField } from '../src/runner/job-definition.ts';
+
+export const payload = z.object({
+  target: targetField,
+  /** Tables (schema.table) to repack; without it, those over bloatPercent (needs pgstattuple). */
+  tables: z.array(qualifiedName).max(100).optional(),
+  /** Dead tuples plus free space as a share of the table (pgstattuple_approx), in percent. */
+  bloatPercent: z.number().min(1).max(99).default(30),
+  /** Tables smaller than this are left alone. */
+  minBytes: z
+    .number()
+    .int()
+    .min(0)
+    .default(100 * 1024 * 1024),
+  /** pg_repack's wait for its short exclusive lock; then it gives up on the table (it never kills sessions). */
+  lockWaitSeconds: z.number().int().min(1).max(3600).default(60),
+  /** Stop starting tables after this long; the running one is stopped at it. */
+  budgetSeconds: z
+    .number()
+    .int()
+    .min(60)
+    .max(86_400)
+    .default(4 * 3600),
+  dryRun: z.boolean().default(false),
+});
+
+const job = defineJob({
+  name: 'repack-table',
+  description:
+    'pg_repack of the named tables, or of those over a bloat threshold (pgstattuple), online and one at a time, ' +
+    'reporting size before and after; refuses when the extension or client is missing or their versions differ.',
+  payload,
+  defaults: { attempts: 1, backoffMs: 60_000, timeoutMs: 12 * 3_600_000, concurrency: 1 },
+  deduplicate: true,
+  async handler(ctx, p) {
+    const deadline = Date.now() + p.budgetSeconds * 1000;
+    const client = await ctx.pool.connect();
+    let candidates: { table: string; bytes: number; bloatPercent: number | null; reason: string }[];
+    let extVersion: string;
+    try {
+      const { rows } = await client.query<{ ext: string | null; stattuple: boolean; db: string }>(
+        `select (select extversion from pg_extension where extname = 'pg_repack') as ext,
+                exists (select 1 from pg_extension where extname = 'pgstattuple') as stattuple,
+                current_database() as db`,
+      );
+      const r = rows[0]!;
+      if (!r.ext)
+        throw new PermanentJobError(
+          `pg_repack is not installed in database ${r.db}: create extension pg_repack (Debian postgresql-15-repack); ` +
+            'nothing was done, and VACUUM FULL is never used instead',
+          'EXTENSION',
+        );
+      extVersion = r.ext;
+      if (!p.tables && !r.stattuple)
+        throw new PermanentJobError(
+          'tables: name the tables to repack, or install pgstattuple so bloated ones can be found',
+          'EXTENSION',
+        );
+      const { rows: found } = await client.query<{
+        table: string;
+        bytes: number;
+        bloat: number | null;
+        named: boolean;
+      }>(
+        `select quote_ident(n.nspname) || '.' || quote_ident(c.relname) as table,
+                pg_total_relation_size(c.oid)::float8 as bytes, null::float8 as bloat,
+                n.nspname || '.' || c.relname = any($1::text[]) as named
+           from pg_class c join pg_namespace n on n.oid = c.relnamespace
+          where c.relkind = 'r' and n.nspname not in ('pg_catalog', 'information_schema', 'pg_toast', 'repack')
+            and ($1::text[] is null or n.nspname || '.' || c.relname = any($1::text[]))`,
+        [p.tables ?? null],
+      );
+      const missing = (p.tables ?? []).filter((t) => !found.some((f) => f.named && f.table.replace(/"/g, '') === t));
+      if (missing.length)
+        throw new PermanentJobError(`tables: ${missing.join(', ')}: no such table in database ${r.db}`, 'POLICY');
+      candidates = [];
+      for (const f of found) {
+        if (f.named) {
+          candidates.push({ table: f.table, bytes: f.bytes, bloatPercent: null, reason: 'named in the payload' });
+          continue;
+        }
+        if (f.bytes < p.minBytes) continue;
+        const { rows: st } = await client.query<{ bloat: number }>(
+          `select (dead_tuple_percent + approx_free_percent)::float8 as bloat from pgstattuple_approx($1::regclass)`,
+          [f.table],
+        );
+        const bloat = st[0]!.bloat;
+        if (bloat >= p.bloatPercent)
+          candidates.push({
+            table: f.table,
+            bytes: f.bytes,
+            bloatPercent: Math.round(bloat * 10) / 10,
+            reason: `dead and free space ${bloat.toFixed(1)} % ≥ ${p.bloatPercent} % (pgstattuple_approx)`,
+          });
+      }
+    } finally {
+      client.release();
+    }
+
+    const clientVersion = await repackClientVersion();
+    if (clientVersion !== extVersion)
+      throw new PermanentJobError(
+        `pg_repack client ${clientVersion} and extension ${extVersion} differ: install the same version of both ` +
+          '(the package that provides the extension provides the client)',
+        'EXTENSION',
+      );
+    for (const c of candidates) await ctx.log(`candidate ${c.table}: ${c.reason}`);
+    const repacked: { table: string; bytesBefore: number; bytesAfter: number; seconds: number }[] = [];
+    const skipped: { table: string; reason: string }[] = [];
+    const left: string[] = [];
+    if (!p.dryRun) {
+      for (const [n, c] of candidates.entries()) {
+        ctx.signal.throwIfAborted();
+        if (deadline - Date.now() < 60_000) {
+          left.push(...candidates.slice(n).map((x) => x.table));
+          await ctx.log(`budget of ${p.budgetSeconds}s nearly spent; left: ${left.join(', ')}`);
+          break;
+        }
+        await ctx.progress(10 + (85 * n) / candidates.length, `pg_repack ${c.table}`);
+        const t0 = Date.now();
+        const size = async () =>
+          Number((await ctx.pool.query(`select pg_total_relation_size($1::regclass) as b`, [c.table])).rows[0].b);
+        const bytesBefore = await size();
+        const budget = AbortSignal.any([ctx.signal, AbortSignal.timeout(deadline - Date.now())]);
+        try {
+          await runProcess(
+            binPath('pg_repack'),
+            [`--table=${c.table}`, `--wait-timeout=${p.lockWaitSeconds}`, '--no-kill-backend', '--no-order'],
+            { env: ctx.libpqEnv(), signal: budget },
+          );
+        } catch (err) {
+          const message = (err as Error).message;
+          if (ctx.signal.aborted) throw err;
+          skipped.push({ table: c.table, reason: budget.aborted ? 'the time budget ran out' : message.slice(-300) });
+          await ctx.log(`skipped ${c.table}: ${skipped.at(-1)!.reason}`);
+          if (budget.aborted) {
+            left.push(...candidates.slice(n + 1).map((x) => x.table));
+            break;
+          }
+          continue;
+        }
+        const bytesAfter = await size();
+        repacked.push({ table: c.table, bytesBefore, bytesAfter, seconds: (Date.now() - t0) / 1000 });
+        await ctx.log(`repacked ${c.table}: ${bytesBefore} → ${bytesAfter} bytes`);
+      }
+    }
+    return {
+      version: extVersion,
+      dryRun: p.dryRun,
+      candidates,
+      repacked,
+      skipped,
+      left,
+      bytesFreed: repacked.reduce((n, r) => n + Math.max(0, r.bytesBefore - r.bytesAfter), 0),
+    };
+  },
+});
+
+/** "1.4.8" from `pg_repack --version` ("pg_repack 1.4.8"). */
+async function repackClientVersion(): Promise<string> {
+  try {
+    const { stdout } = await runProcess(binPath('pg_repack'), ['--version']);
+    const v = /pg_repack\s+(\S+)/.exec(stdout)?.[1];
+    if (v) return v;
+    throw new Error(`unexpected output: ${stdout.trim()}`);
+  } catch (err) {
+    throw new PermanentJobError(
+      `pg_repack client not usable here (Debian postgresql-15-repack): ${(err as Error).message}`,
+      'EXTENSION',
+    );
+  }
+}
+
+export default job;
+
+/** What a repack-table run returns (its result in the run history and the API). */
+export type RepackTableResult = JobResult<typeof job>;
