@@ -114,6 +114,10 @@ export async function seedDairy(
   try {
     await client.query(DAIRY_SCHEMA);
     await client.query(partitionDdl(s.months, s.iotDays, now));
+    // The care jobs' extensions (contrib): statement statistics, index bloat, corruption checks.
+    // A role that may not create them leaves them to the operator; the jobs say what is missing.
+    for (const ext of ['pg_stat_statements', 'pgstattuple', 'amcheck'])
+      await client.query(`create extension if not exists ${ext}`).catch((err) => log(`${ext}: ${err.message}`));
     const { rows } = await client.query<{ n: number }>('select count(*)::int as n from catalog.product_template');
     if (rows[0]!.n > 0) return {};
     const counts: Record<string, number> = {};
