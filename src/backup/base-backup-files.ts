@@ -44,18 +44,22 @@ export async function materializeDataDir(
     }
     const base = tars.find(([, m]) => m![1] === 'base');
     if (!base) throw new Error(`base backup ${backupData} has no base.tar`);
-    await runProcess('tar', ['-x', ...decompressFlag(base[1]![2]), '-f', path.join(backupData, base[0]), '-C', dest], {
-      signal: opts.signal,
-    });
     const wal = tars.find(([, m]) => m![1] === 'pg_wal');
-    if (wal) {
-      await fs.mkdir(path.join(dest, 'pg_wal'), { recursive: true });
-      await runProcess(
-        'tar',
-        ['-x', ...decompressFlag(wal[1]![2]), '-f', path.join(backupData, wal[0]), '-C', path.join(dest, 'pg_wal')],
-        { signal: opts.signal },
-      );
-    }
+    if (wal) await fs.mkdir(path.join(dest, 'pg_wal'), { recursive: true, mode: 0o700 });
+    // The two archives unpack at once: each is one decompressing pipeline (tar and its filter).
+    // Both are waited for, so a failure never leaves the other writing into a removed directory.
+    const unpacked = await Promise.allSettled([
+      runProcess('tar', ['-x', ...decompressFlag(base[1]![2]), '-f', path.join(backupData, base[0]), '-C', dest], {
+        signal: opts.signal,
+      }),
+      wal &&
+        runProcess(
+          'tar',
+          ['-x', ...decompressFlag(wal[1]![2]), '-f', path.join(backupData, wal[0]), '-C', path.join(dest, 'pg_wal')],
+          { signal: opts.signal },
+        ),
+    ]);
+    for (const u of unpacked) if (u.status === 'rejected') throw u.reason;
   }
   await fs.chmod(dest, 0o700);
   if (opts.owner)
