@@ -76,6 +76,26 @@ describe('index-maintenance', () => {
     expect((await run({ schemas: ['care'], minBytes: 0 })).candidates).toEqual([]);
   });
 
+  it('skips a table another maintenance command holds, giving the reason', async () => {
+    const holder = await h.admin.connect();
+    try {
+      await holder.query('begin; lock table care.bloated in share update exclusive mode');
+      const r = await run({ indexes: ['care.bloated_v'] });
+      expect(r.rebuilt).toEqual([]);
+      expect(r.skipped).toEqual([
+        {
+          index: 'care.bloated_v',
+          reason: expect.stringMatching(
+            /^another maintenance command holds the table \(pid \d+, ShareUpdateExclusiveLock\)$/,
+          ),
+        },
+      ]);
+    } finally {
+      await holder.query('rollback');
+      holder.release();
+    }
+  });
+
   it('inserts from another session keep succeeding during a rebuild, with the right row count after', async () => {
     const before = Number((await h.admin.query('select count(*) from care.big')).rows[0].count);
     let stop = false;
