@@ -63,6 +63,20 @@ describe('CLI refusals', () => {
     expect(out).toMatch(new RegExp(`^pgmaint: REDIS_URL: cannot reach redis://127\\.0\\.0\\.1:${deadPort}: `));
     expect(Date.now() - started).toBeLessThan(15_000);
   });
+
+  it('a refusal is exit 2 even with the services away; a history read without its database is exit 3', async () => {
+    const noRedis = { REDIS_URL: `redis://127.0.0.1:${deadPort}` };
+    const bad = await refused(['enqueue', 'noop', '--data', '{"dryrun": true}'], noRedis);
+    expect(bad.code).toBe(2);
+    expect(bad.out).toMatch(/^pgmaint: invalid payload: dryrun: unknown field/);
+    expect((await refused(['enqueue', 'nosuch'], noRedis)).code).toBe(2);
+    const noDb = { DATABASE_URL: `postgres://pgmaint@127.0.0.1:${deadPort}/dairy` };
+    expect((await refused(['history', '--job', 'nosuch'], noDb)).code).toBe(2);
+    const history = await refused(['history'], noDb);
+    expect(history.code).toBe(3);
+    expect(history.out).toMatch(/^pgmaint: DATABASE_URL: cannot reach PostgreSQL at /);
+    expect((await refused(['schedules', '--json'], noDb)).code).toBe(3);
+  });
 });
 
 describe('long-running roles never wait in silence', () => {

@@ -40,10 +40,18 @@ function print(obj: unknown): void {
   process.stdout.write(`${JSON.stringify(obj, null, 2)}\n`);
 }
 
-async function withRuntime<T>(fn: (rt: Runtime) => Promise<T>): Promise<T> {
+/** A runtime for one command; Redis (and, for commands that read the run history, its
+ * database) must answer within seconds, or the command exits 3 naming the variable. */
+async function withRuntime<T>(
+  fn: (rt: Runtime) => Promise<T>,
+  opts: { history?: boolean; validate?: (rt: Runtime) => void } = {},
+): Promise<T> {
   const rt = createRuntime();
   try {
+    // A refusal never waits on, or depends on, the services.
+    opts.validate?.(rt);
     await rt.checkRedis();
+    if (opts.history) await rt.checkPostgres();
     return await fn(rt);
   } finally {
     await rt.close();
@@ -74,58 +82,66 @@ async function enqueue(args: string[]): Promise<number> {
       throw new UsageError(`--data: not valid JSON: ${(err as Error).message}`);
     }
   }
-  return withRuntime(async (rt) => {
+  // The job name and the payload are checked before Redis is asked anything: a refusal is exit 2 even
+  // with Redis away.
+  const validate = (rt: Runtime) => {
     if (!rt.registry.get(name))
       throw new UsageError(`enqueue: unknown job "${name}" (known: ${rt.registry.names().join(', ')})`);
-    const queue = rt.queues.get(name);
-    // Read the events stream from a minute back, not from "now": a fast job's first
-    // progress events can land before the listener's first read. Events are filtered
-    // by job id, so replaying older ones is harmless (the margin covers clock skew).
-    const events = values.wait
-      ? new QueueEvents(name, {
-          connection: rt.connections.redis('pgmaint-cli-events'),
-          prefix: rt.config.redis.prefix,
-          lastEventId: `${Date.now() - 60_000}-0`,
-        })
-      : undefined;
-    events?.on('error', () => undefined);
-    try {
-      // Progress events are collected from before the enqueue (a fast job reports while
-      // enqueue() is still answering) and printed for this job once its id is known.
-      const early: { jobId: string; progress: unknown }[] = [];
-      let ours: string | undefined;
-      const printProgress = (progress: unknown) => process.stderr.write(`progress ${JSON.stringify(progress)}%\n`);
-      events?.on('progress', ({ jobId, data: progress }) => {
-        if (ours === undefined) early.push({ jobId, progress });
-        else if (jobId === ours) printProgress(progress);
-      });
-      if (events) await events.waitUntilReady();
-      const { job, existing, reason } = await rt.queues.enqueue(name, data, { trigger: 'ad-hoc' });
-      process.stderr.write(existing ? `merged: ${reason}\n` : `enqueued: ${name} job ${job.id}\n`);
-      if (!events) {
-        print({ id: job.id, queue: job.queueName, name: job.name, existing, ...(reason ? { reason } : {}) });
-        return 0;
-      }
-      ours = job.id;
-      for (const e of early) if (e.jobId === ours) printProgress(e.progress);
+    rt.registry.parsePayload(name, data);
+  };
+  return withRuntime(
+    async (rt) => {
+      const queue = rt.queues.get(name);
+      // Read the events stream from a minute back, not from "now": a fast job's first
+      // progress events can land before the listener's first read. Events are filtered
+      // by job id, so replaying older ones is harmless (the margin covers clock skew).
+      const events = values.wait
+        ? new QueueEvents(name, {
+            connection: rt.connections.redis('pgmaint-cli-events'),
+            prefix: rt.config.redis.prefix,
+            lastEventId: `${Date.now() - 60_000}-0`,
+          })
+        : undefined;
+      events?.on('error', () => undefined);
       try {
-        const result = await job.waitUntilFinished(events);
-        print({ id: job.id, state: 'completed', result });
-        return 0;
-      } catch (err) {
-        const failed = await queue.getJob(job.id!);
-        print({
-          id: job.id,
-          state: 'failed',
-          failedReason: failed?.failedReason ?? (err as Error).message,
-          attemptsMade: failed?.attemptsMade,
+        // Progress events are collected from before the enqueue (a fast job reports while
+        // enqueue() is still answering) and printed for this job once its id is known.
+        const early: { jobId: string; progress: unknown }[] = [];
+        let ours: string | undefined;
+        const printProgress = (progress: unknown) => process.stderr.write(`progress ${JSON.stringify(progress)}%\n`);
+        events?.on('progress', ({ jobId, data: progress }) => {
+          if (ours === undefined) early.push({ jobId, progress });
+          else if (jobId === ours) printProgress(progress);
         });
-        return 1;
+        if (events) await events.waitUntilReady();
+        const { job, existing, reason } = await rt.queues.enqueue(name, data, { trigger: 'ad-hoc' });
+        process.stderr.write(existing ? `merged: ${reason}\n` : `enqueued: ${name} job ${job.id}\n`);
+        if (!events) {
+          print({ id: job.id, queue: job.queueName, name: job.name, existing, ...(reason ? { reason } : {}) });
+          return 0;
+        }
+        ours = job.id;
+        for (const e of early) if (e.jobId === ours) printProgress(e.progress);
+        try {
+          const result = await job.waitUntilFinished(events);
+          print({ id: job.id, state: 'completed', result });
+          return 0;
+        } catch (err) {
+          const failed = await queue.getJob(job.id!);
+          print({
+            id: job.id,
+            state: 'failed',
+            failedReason: failed?.failedReason ?? (err as Error).message,
+            attemptsMade: failed?.attemptsMade,
+          });
+          return 1;
+        }
+      } finally {
+        await events?.close();
       }
-    } finally {
-      await events?.close();
-    }
-  });
+    },
+    { validate },
+  );
 }
 
 async function scaleArg(v: string) {
@@ -248,25 +264,28 @@ export async function main(argv: string[]): Promise<void> {
       }
       case 'schedules': {
         const { values } = parseFlags('schedules', rest, { json: { type: 'boolean' } });
-        await withRuntime(async (rt) => {
-          const schedules = await rt.describeSchedules();
-          if (values.json) return print({ schedules });
-          process.stdout.write(
-            renderTable(
-              ['ID', 'JOB', 'TARGET', 'CRON', 'ZONE', 'NEXT RUN (ZONE)', 'LAST', 'WHEN'],
-              schedules.map((s) => [
-                s.id,
-                s.job,
-                s.target,
-                s.cron,
-                s.tz,
-                s.nextRun && DateTime.fromISO(s.nextRun, { setZone: true }).toFormat('yyyy-MM-dd HH:mm ZZ'),
-                s.lastRun?.outcome ?? 'never run',
-                ago(s.lastRun?.finishedAt),
-              ]),
-            ),
-          );
-        });
+        await withRuntime(
+          async (rt) => {
+            const schedules = await rt.describeSchedules();
+            if (values.json) return print({ schedules });
+            process.stdout.write(
+              renderTable(
+                ['ID', 'JOB', 'TARGET', 'CRON', 'ZONE', 'NEXT RUN (ZONE)', 'LAST', 'WHEN'],
+                schedules.map((s) => [
+                  s.id,
+                  s.job,
+                  s.target,
+                  s.cron,
+                  s.tz,
+                  s.nextRun && DateTime.fromISO(s.nextRun, { setZone: true }).toFormat('yyyy-MM-dd HH:mm ZZ'),
+                  s.lastRun?.outcome ?? 'never run',
+                  ago(s.lastRun?.finishedAt),
+                ]),
+              ),
+            );
+          },
+          { history: true },
+        );
         return;
       }
       case 'history': {
@@ -278,27 +297,32 @@ export async function main(argv: string[]): Promise<void> {
         const limit = values.limit ?? '20';
         if (!/^\d{1,4}$/.test(limit) || Number(limit) < 1 || Number(limit) > 1000)
           throw new UsageError(`--limit: must be a whole number from 1 to 1000 (got "${limit}")`);
-        await withRuntime(async (rt) => {
+        const validate = (rt: Runtime) => {
           if (values.job !== undefined && !rt.registry.get(values.job))
             throw new UsageError(`--job: unknown job "${values.job}" (known: ${rt.registry.names().join(', ')})`);
-          const runs = await rt.history.list({ job: values.job, limit: Number(limit) });
-          if (values.json) return print({ runs });
-          const zone = rt.config.businessTimeZone;
-          process.stdout.write(
-            renderTable(
-              [`STARTED (${zone})`, 'JOB', 'TARGET', 'TRIGGER', 'OUTCOME', 'DURATION', 'ERROR'],
-              runs.map((r) => [
-                DateTime.fromJSDate(r.started_at, { zone }).toFormat('yyyy-MM-dd HH:mm:ss'),
-                r.job,
-                r.target,
-                r.trigger,
-                r.outcome,
-                r.finished_at ? humanDuration((r.finished_at.getTime() - r.started_at.getTime()) / 1000) : 'running',
-                r.error,
-              ]),
-            ),
-          );
-        });
+        };
+        await withRuntime(
+          async (rt) => {
+            const runs = await rt.history.list({ job: values.job, limit: Number(limit) });
+            if (values.json) return print({ runs });
+            const zone = rt.config.businessTimeZone;
+            process.stdout.write(
+              renderTable(
+                [`STARTED (${zone})`, 'JOB', 'TARGET', 'TRIGGER', 'OUTCOME', 'DURATION', 'ERROR'],
+                runs.map((r) => [
+                  DateTime.fromJSDate(r.started_at, { zone }).toFormat('yyyy-MM-dd HH:mm:ss'),
+                  r.job,
+                  r.target,
+                  r.trigger,
+                  r.outcome,
+                  r.finished_at ? humanDuration((r.finished_at.getTime() - r.started_at.getTime()) / 1000) : 'running',
+                  r.error,
+                ]),
+              ),
+            );
+          },
+          { history: true, validate },
+        );
         return;
       }
       case 'jobs': {
