@@ -10,7 +10,7 @@ import { z } from 'zod';
 import { PermanentJobError } from '../src/core/errors.ts';
 import { binPath, runProcess } from '../src/core/proc.ts';
 import { qualifiedName } from '../src/core/sql.ts';
-import { defineJob, type JobResult, targetField } from '../src/runner/job-definition.ts';
+import { defineJob, type JobContext, type JobResult, targetField } from '../src/runner/job-definition.ts';
 
 export const payload = z.object({
   target: targetField,
@@ -120,6 +120,7 @@ const job = defineJob({
     const repacked: { table: string; bytesBefore: number; bytesAfter: number; seconds: number }[] = [];
     const skipped: { table: string; reason: string }[] = [];
     const left: string[] = [];
+    const cleaned: string[] = [];
     if (!p.dryRun) {
       for (const [n, c] of candidates.entries()) {
         ctx.signal.throwIfAborted();
@@ -133,6 +134,15 @@ const job = defineJob({
         const size = async () =>
           Number((await ctx.pool.query(`select pg_total_relation_size($1::regclass) as b`, [c.table])).rows[0].b);
         const bytesBefore = await size();
+        // A pg_repack that was killed (with its worker) leaves its trigger on the live table, logging
+        // every write into repack.log_<oid> for ever: cleaned here the way pg_repack cleans after
+        // its own errors, when no pg_repack is running.
+        const leftover = await cleanLeftover(ctx, c.table);
+        if (leftover === 'busy') {
+          skipped.push({ table: c.table, reason: 'another pg_repack is running against this database' });
+          continue;
+        }
+        if (leftover === 'cleaned') cleaned.push(c.table);
         const budget = AbortSignal.any([ctx.signal, AbortSignal.timeout(deadline - Date.now())]);
         try {
           await runProcess(
@@ -161,12 +171,30 @@ const job = defineJob({
       dryRun: p.dryRun,
       candidates,
       repacked,
+      cleaned,
       skipped,
       left,
       bytesFreed: repacked.reduce((n, r) => n + Math.max(0, r.bytesBefore - r.bytesAfter), 0),
     };
   },
 });
+
+/** Drops what an interrupted pg_repack left on the table (trigger, log table, type); true if there was any. */
+async function cleanLeftover(ctx: JobContext, table: string): Promise<'none' | 'busy' | 'cleaned'> {
+  const { rows } = await ctx.pool.query<{ oid: number; running: number }>(
+    `select c.oid, (select count(*)::int from pg_stat_activity where application_name = 'pg_repack'
+                     and pid <> pg_backend_pid()) as running
+       from pg_class c where c.oid = $1::regclass
+        and exists (select 1 from pg_trigger t where t.tgrelid = c.oid and t.tgname = 'repack_trigger')`,
+    [table],
+  );
+  const r = rows[0];
+  if (!r) return 'none';
+  if (r.running > 0) return 'busy';
+  await ctx.pool.query('select repack.repack_drop($1, 4)', [r.oid]);
+  await ctx.log(`${table}: removed what an interrupted pg_repack left (its trigger and log table)`);
+  return 'cleaned';
+}
 
 /** "1.4.8" from `pg_repack --version` ("pg_repack 1.4.8"). */
 async function repackClientVersion(): Promise<string> {

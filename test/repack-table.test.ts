@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { RepackTableResult } from '../jobs/repack-table.ts';
 import { startWorkers } from '../src/cli/roles.ts';
 import type { Runtime } from '../src/runner/runtime.ts';
-import { createHarness, waitForFinished, type Harness } from './support/harness.ts';
+import { createHarness, waitForFinished, waitUntil, type Harness } from './support/harness.ts';
 
 let h: Harness;
 let rt: Runtime;
@@ -59,4 +59,46 @@ describe('repack-table', () => {
     expect(inserted).toBeGreaterThan(5);
     expect(Number((await h.admin.query('select count(*) from public.reading')).rows[0].count)).toBe(before + inserted);
   });
+
+  it('a worker killed mid-repack leaves a trigger that the next run removes before it repacks', async () => {
+    await h.admin.query(`
+      create table public.big (id bigint generated always as identity primary key, v text);
+      insert into public.big (v) select repeat(md5(g::text), 8) from generate_series(1, 400000) g;
+      delete from public.big where id % 2 = 0;`);
+    await rt.close(); // only the spawned worker takes the job
+    const worker = h.spawnPgmaint(['worker', '--queues', 'repack-table'], { LOG_LEVEL: 'warn' });
+    rt = h.runtime({ schedules: [] });
+    await waitUntil(async () => (await rt.queues.get('repack-table').getWorkers()).length > 0, 20_000, 'worker');
+    await rt.queues.enqueue('repack-table', { tables: ['public.big'] });
+    const triggered = async () =>
+      (
+        await h.admin.query(
+          `select 1 from pg_trigger where tgrelid = 'public.big'::regclass and tgname = 'repack_trigger'`,
+        )
+      ).rowCount === 1;
+    await waitUntil(triggered, 30_000, 'pg_repack to install its trigger');
+    // The worker and its pg_repack die, and their sessions with them.
+    await worker.killGroup();
+    await h.admin.query(`select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'pg_repack'`);
+    await waitUntil(
+      async () =>
+        (await h.admin.query(`select 1 from pg_stat_activity where application_name = 'pg_repack'`)).rowCount === 0,
+      10_000,
+      'its sessions to end',
+    );
+    expect(await triggered()).toBe(true);
+    const rows = Number((await h.admin.query('select count(*) from public.big')).rows[0].count);
+
+    startWorkers(rt, ['repack-table']);
+    // Another request than the killed one (which waits for stalled-job recovery), so not merged with it.
+    const done = await run({ tables: ['public.big'], lockWaitSeconds: 30 });
+    expect(done.state, done.job.failedReason).toBe('completed');
+    const r = done.job.returnvalue as RepackTableResult;
+    expect(r.cleaned).toEqual(['public.big']);
+    expect(r.repacked.map((x) => x.table)).toEqual(['public.big']);
+    expect(await triggered()).toBe(false);
+    expect(Number((await h.admin.query('select count(*) from public.big')).rows[0].count)).toBe(rows);
+    const logs = await h.admin.query(`select count(*)::int as n from pg_tables where schemaname = 'repack'`);
+    expect(logs.rows[0].n).toBe(0);
+  }, 120_000);
 });
