@@ -22,9 +22,9 @@ import {
   policiesFor,
   readParent,
   readParents,
+  defaultsHoldingRows,
   boundMs,
   PeriodCalendar,
-  type ParentSnapshot,
   tablesIssues,
   recordPolicyError,
   throwIfPoliciesFailed,
@@ -139,7 +139,15 @@ async function readSnapshot(ctx: JobContext, policies: PartitionPolicy[]) {
       client,
       async () => {
         await client.query(`set local timezone = 'UTC'`);
-        return readParents(client, policies, { bounds: boundsOf(ctx.target.name) });
+        const parents = await readParents(client, policies, { bounds: boundsOf(ctx.target.name) });
+        const holding = await defaultsHoldingRows(
+          client,
+          parents.filter((x): x is ParentInfo => !(x instanceof Error)),
+        );
+        return parents.map((info) => ({
+          info,
+          defaultHasRows: !(info instanceof Error) && holding.has(info.oid),
+        }));
       },
       'begin isolation level repeatable read read only',
     );
@@ -153,7 +161,7 @@ const NEEDS_WORK = Symbol('needs work');
 /** The result of a parent that needs nothing, from the snapshot; or NEEDS_WORK. */
 function steadyResult(
   policy: PartitionPolicy,
-  info: ParentSnapshot | PermanentJobError,
+  { info, defaultHasRows }: { info: ParentInfo | PermanentJobError; defaultHasRows: boolean },
   now: DateTime,
   calendar: PeriodCalendar,
 ): PolicyResult | typeof NEEDS_WORK {
@@ -162,7 +170,7 @@ function steadyResult(
     recordPolicyError(result, info);
     return result;
   }
-  if (info.defaultHasRows) return NEEDS_WORK;
+  if (defaultHasRows) return NEEDS_WORK;
   const def = info.partitions.find((x) => x.isDefault);
   if (def) {
     result.defaultPartition = `${def.schema}.${def.name}`;

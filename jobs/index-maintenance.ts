@@ -9,6 +9,7 @@
 // CONCURRENTLY holds SHARE UPDATE EXCLUSIVE and waits only briefly, under lock_timeout.
 import type pg from 'pg';
 import { z } from 'zod';
+import { lockTimeoutSetting, schemaName, extensionsOf } from '../src/core/sql.ts';
 import { defineJob, type JobContext, type JobResult, targetField } from '../src/runner/job-definition.ts';
 
 const indexName = z
@@ -18,7 +19,7 @@ const indexName = z
 export const payload = z.object({
   target: targetField,
   /** Schemas to consider; default all but the system ones. */
-  schemas: z.array(z.string().regex(/^[A-Za-z_][A-Za-z0-9_$]{0,62}$/, 'must be a plain schema name')).optional(),
+  schemas: z.array(schemaName).optional(),
   /** Rebuild a btree index whose estimated bloat is at least this share (percent)… */
   bloatPercent: z.number().min(1).max(99).default(30),
   /** …and that is at least this large. */
@@ -32,10 +33,7 @@ export const payload = z.object({
   /** Stop starting rebuilds after this long; a running one is cancelled at it. */
   budgetSeconds: z.number().int().min(1).max(86_400).default(1800),
   /** lock_timeout for each rebuild's short waits, e.g. "5s". */
-  lockTimeout: z
-    .string()
-    .regex(/^\d+(ms|s)$/, 'must look like "5s" or "500ms"')
-    .default('5s'),
+  lockTimeout: lockTimeoutSetting('5s'),
   /** Choose and report, rebuild nothing (leftovers are still only listed). */
   dryRun: z.boolean().default(false),
 });
@@ -168,8 +166,7 @@ const job = defineJob({
 
 /** pgstatindex when pgstattuple is installed (it reads the index), else the catalog estimate. */
 async function bloatMethod(client: pg.ClientBase): Promise<'pgstatindex' | 'catalog estimate'> {
-  const { rows } = await client.query(`select 1 from pg_extension where extname = 'pgstattuple'`);
-  return rows.length ? 'pgstatindex' : 'catalog estimate';
+  return (await extensionsOf(client)).versions.has('pgstattuple') ? 'pgstatindex' : 'catalog estimate';
 }
 
 async function chooseCandidates(

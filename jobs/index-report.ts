@@ -10,12 +10,13 @@
 // - foreign keys whose columns lead no index of the referencing table: every delete
 //   or key update on the referenced table scans the referencing one.
 import { z } from 'zod';
+import { schemaName } from '../src/core/sql.ts';
 import { defineJob, type JobResult, targetField } from '../src/runner/job-definition.ts';
 
 export const payload = z.object({
   target: targetField,
   /** Schemas to report on; default all but the system ones. */
-  schemas: z.array(z.string().regex(/^[A-Za-z_][A-Za-z0-9_$]{0,62}$/, 'must be a plain schema name')).optional(),
+  schemas: z.array(schemaName).optional(),
   /** Unused indexes smaller than this are left out (tiny ones cost nothing). */
   minUnusedBytes: z.number().int().min(0).default(0),
 });

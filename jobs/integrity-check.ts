@@ -7,13 +7,14 @@
 // what is left is checked first next time.
 import type pg from 'pg';
 import { z } from 'zod';
+import { schemaName, requireExtension } from '../src/core/sql.ts';
 import { PermanentJobError } from '../src/core/errors.ts';
 import { defineJob, type JobResult, targetField } from '../src/runner/job-definition.ts';
 
 export const payload = z.object({
   target: targetField,
   /** Schemas to check; default all but the system ones. */
-  schemas: z.array(z.string().regex(/^[A-Za-z_][A-Za-z0-9_$]{0,62}$/, 'must be a plain schema name')).optional(),
+  schemas: z.array(schemaName).optional(),
   /** Every table, not only those written since their last clean check. */
   full: z.boolean().default(false),
   /** verify_heapam on the tables as well as bt_index_check on their indexes. */
@@ -53,13 +54,7 @@ const job = defineJob({
     const deadline = Date.now() + p.budgetSeconds * 1000;
     const client = await ctx.pool.connect();
     try {
-      const { rows: ext } = await client.query(`select 1 from pg_extension where extname = 'amcheck'`);
-      if (!ext.length)
-        throw new PermanentJobError(
-          `amcheck is not installed in database ${(await client.query('select current_database() as d')).rows[0].d}: ` +
-            'create extension amcheck',
-          'EXTENSION',
-        );
+      await requireExtension(client, 'amcheck');
       await client.query(STATE);
       const heapAllowed =
         p.heap && (await mayRun(client, 'verify_heapam(regclass,boolean,boolean,text,bigint,bigint)'));

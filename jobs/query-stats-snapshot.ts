@@ -8,7 +8,7 @@
 import type pg from 'pg';
 import { z } from 'zod';
 import { PermanentJobError } from '../src/core/errors.ts';
-import { withTransaction } from '../src/core/sql.ts';
+import { withTransaction, requireExtension } from '../src/core/sql.ts';
 import { defineJob, type JobResult, targetField } from '../src/runner/job-definition.ts';
 
 export const payload = z.object({
@@ -70,7 +70,7 @@ const job = defineJob({
   async handler(ctx, p) {
     const client = await ctx.pool.connect();
     try {
-      await requireExtension(client);
+      await requireStatements(client);
       await ctx.progress(10, 'reading pg_stat_statements');
       return await withTransaction(client, async () => {
         await client.query(`select pg_advisory_xact_lock(hashtext('pgmaint.query_stats'))`);
@@ -163,23 +163,18 @@ const job = defineJob({
 });
 
 /** A clear refusal when pg_stat_statements is not there (or not loaded). */
-async function requireExtension(client: pg.ClientBase): Promise<void> {
-  const { rows } = await client.query<{ installed: boolean; loaded: boolean; db: string }>(
-    `select exists (select 1 from pg_extension where extname = 'pg_stat_statements') as installed,
-            'pg_stat_statements' = any(string_to_array(replace(current_setting('shared_preload_libraries'), ' ', ''),
+async function requireStatements(client: pg.ClientBase): Promise<void> {
+  const { rows } = await client.query<{ loaded: boolean; db: string }>(
+    `select 'pg_stat_statements' = any(string_to_array(replace(current_setting('shared_preload_libraries'), ' ', ''),
               ',')) as loaded, current_database() as db`,
   );
-  const r = rows[0]!;
-  if (!r.loaded)
+  if (!rows[0]!.loaded)
     throw new PermanentJobError(
-      `pg_stat_statements is not loaded: add it to shared_preload_libraries and restart PostgreSQL (database ${r.db})`,
+      `pg_stat_statements is not loaded: add it to shared_preload_libraries and restart PostgreSQL (database ` +
+        `${rows[0]!.db})`,
       'EXTENSION',
     );
-  if (!r.installed)
-    throw new PermanentJobError(
-      `pg_stat_statements is not installed in database ${r.db}: create extension pg_stat_statements`,
-      'EXTENSION',
-    );
+  await requireExtension(client, 'pg_stat_statements');
 }
 
 export default job;

@@ -9,7 +9,7 @@
 import { z } from 'zod';
 import { PermanentJobError } from '../src/core/errors.ts';
 import { binPath, runProcess } from '../src/core/proc.ts';
-import { qualifiedName } from '../src/core/sql.ts';
+import { qualifiedName, extensionsOf, missingExtension } from '../src/core/sql.ts';
 import { defineJob, type JobContext, type JobResult, targetField } from '../src/runner/job-definition.ts';
 
 export const payload = z.object({
@@ -50,20 +50,16 @@ const job = defineJob({
     let candidates: { table: string; bytes: number; bloatPercent: number | null; reason: string }[];
     let extVersion: string;
     try {
-      const { rows } = await client.query<{ ext: string | null; stattuple: boolean; db: string }>(
-        `select (select extversion from pg_extension where extname = 'pg_repack') as ext,
-                exists (select 1 from pg_extension where extname = 'pgstattuple') as stattuple,
-                current_database() as db`,
-      );
-      const r = rows[0]!;
-      if (!r.ext)
-        throw new PermanentJobError(
-          `pg_repack is not installed in database ${r.db}: create extension pg_repack (Debian postgresql-15-repack); ` +
-            'nothing was done, and VACUUM FULL is never used instead',
-          'EXTENSION',
+      const { database, versions } = await extensionsOf(client);
+      const installed = versions.get('pg_repack');
+      if (installed === undefined)
+        throw missingExtension(
+          database,
+          'pg_repack',
+          ' (Debian postgresql-15-repack); nothing was done, and VACUUM FULL is never used instead',
         );
-      extVersion = r.ext;
-      if (!p.tables && !r.stattuple)
+      extVersion = installed;
+      if (!p.tables && !versions.has('pgstattuple'))
         throw new PermanentJobError(
           'tables: name the tables to repack, or install pgstattuple so bloated ones can be found',
           'EXTENSION',
@@ -84,7 +80,7 @@ const job = defineJob({
       );
       const missing = (p.tables ?? []).filter((t) => !found.some((f) => f.named && f.table.replace(/"/g, '') === t));
       if (missing.length)
-        throw new PermanentJobError(`tables: ${missing.join(', ')}: no such table in database ${r.db}`, 'POLICY');
+        throw new PermanentJobError(`tables: ${missing.join(', ')}: no such table in database ${database}`, 'POLICY');
       candidates = [];
       for (const f of found) {
         if (f.named) {

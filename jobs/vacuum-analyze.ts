@@ -10,7 +10,7 @@ import type pg from 'pg';
 import { z } from 'zod';
 import { PermanentJobError } from '../src/core/errors.ts';
 import { defineJob, type JobResult, targetField, type JobContext } from '../src/runner/job-definition.ts';
-import { qualifiedName, quoteIdent } from '../src/core/sql.ts';
+import { qualifiedName, quoteIdent, lockTimeoutSetting, schemaName } from '../src/core/sql.ts';
 
 const thresholds = z
   .object({
@@ -34,15 +34,12 @@ const thresholds = z
 export const payload = z.object({
   target: targetField,
   /** Schemas to consider; default all but the system ones. */
-  schemas: z.array(z.string().regex(/^[A-Za-z_][A-Za-z0-9_$]{0,62}$/, 'must be a plain schema name')).optional(),
+  schemas: z.array(schemaName).optional(),
   thresholds: thresholds.default(thresholds.parse({})),
   /** Stop starting tables after this long; a running one is cancelled at it. */
   budgetSeconds: z.number().int().min(1).max(86_400).default(1800),
   /** lock_timeout for each table's VACUUM/ANALYZE, e.g. "2s". */
-  lockTimeout: z
-    .string()
-    .regex(/^\d+(ms|s)$/, 'must look like "2s" or "500ms"')
-    .default('2s'),
+  lockTimeout: lockTimeoutSetting('2s'),
   /** Throttle: vacuum_cost_delay (ms) and vacuum_cost_limit for this session, to spare traffic. */
   costDelayMs: z.number().min(0).max(100).optional(),
   costLimit: z.number().int().min(1).max(10_000).optional(),

@@ -12,8 +12,8 @@ interface Template {
   id: string;
   job: string;
   cron: string;
-  /** Payload fields besides the target. */
-  payload?: Record<string, unknown>;
+  /** Payload fields besides the target, from the target's settings. */
+  payload?: (target: TargetConfig) => Record<string, unknown>;
   /** Whether the target has anything for this job to do; "missing protection" is never a reason to leave one out. */
   applies?: (target: TargetConfig, config: Config) => boolean;
 }
@@ -60,7 +60,12 @@ const TEMPLATES: Template[] = [
   },
   // amcheck: the tables written since their last clean check nightly, every table on Saturday night.
   { id: 'integrity-check-{target}-nightly', job: 'integrity-check', cron: '30 4 * * 0-5' },
-  { id: 'integrity-check-{target}-weekly-full', job: 'integrity-check', cron: '30 4 * * 6', payload: { full: true } },
+  {
+    id: 'integrity-check-{target}-weekly-full',
+    job: 'integrity-check',
+    cron: '30 4 * * 6',
+    payload: () => ({ full: true }),
+  },
   // Statement costs every 15 minutes (pg_stat_statements deltas), kept 14 days.
   { id: 'query-stats-{target}-15min', job: 'query-stats-snapshot', cron: '*/15 * * * *' },
   // pg_repack on the first of the month, 02:30, of the tables the target's repackTables names.
@@ -69,7 +74,7 @@ const TEMPLATES: Template[] = [
     job: 'repack-table',
     cron: '30 2 1 * *',
     applies: (t) => t.repackTables.length > 0,
-    payload: {},
+    payload: (t) => ({ tables: t.repackTables }),
   },
   // Weekly, Monday before business hours: indexes unused, overlapping, or missing under a foreign key.
   { id: 'index-report-{target}-weekly', job: 'index-report', cron: '0 6 * * mon' },
@@ -87,11 +92,7 @@ function forTarget(target: TargetConfig, config: Config): Schedule[] {
     job: t.job,
     cron: t.cron,
     tz: config.businessTimeZone,
-    payload: {
-      ...t.payload,
-      ...(t.job === 'repack-table' ? { tables: target.repackTables } : {}),
-      target: target.name,
-    },
+    payload: { ...t.payload?.(target), target: target.name },
     catchUp: 'latest',
     overlap: 'skip',
   }));

@@ -2,7 +2,7 @@
 // both partition jobs and the monitor read, validated once at start.
 import { IANAZone } from 'luxon';
 import { z } from 'zod';
-import { columnName, qualifiedName } from './sql.ts';
+import { columnName, lockTimeoutSetting, qualifiedName } from './sql.ts';
 import { MAIN_TARGET } from './constants.ts';
 
 export const INTERVALS = ['hour', 'day', 'week', 'month', 'quarter', 'year'] as const;
@@ -41,10 +41,7 @@ export const partitionPolicy = z
     defaultRows: z.enum(['move', 'fail']).default('move'),
     /** Most partitions dropped by one run. */
     maxDropsPerRun: z.number().int().min(1).default(10),
-    lockTimeout: z
-      .string()
-      .regex(/^\d+(ms|s)$/, 'must look like "5s" or "500ms"')
-      .default('5s'),
+    lockTimeout: lockTimeoutSetting('5s'),
   })
   .strict();
 

@@ -2,6 +2,7 @@
 // file or a payload, and the quoting every statement built from them goes through.
 import type pg from 'pg';
 import { z } from 'zod';
+import { PermanentJobError } from './errors.ts';
 
 const IDENT = /^[A-Za-z_][A-Za-z0-9_$]{0,62}$/;
 
@@ -12,6 +13,43 @@ export const qualifiedName = z.string().refine((v) => {
 }, 'must be schema.table with plain identifiers (letters, digits, _ and $)');
 
 export const columnName = z.string().regex(IDENT, 'must be a plain identifier (letters, digits, _ and $)');
+
+export const schemaName = z.string().regex(IDENT, 'must be a plain schema name');
+
+/** A lock_timeout setting ("2s", "500ms") that goes into SET: nothing else passes. */
+export const lockTimeoutSetting = (defaultValue: `${number}s`) =>
+  z
+    .string()
+    .regex(/^\d+(ms|s)$/, `must look like "${defaultValue}" or "500ms"`)
+    .default(defaultValue);
+
+/** The database's name and the extensions created in it, with their versions. */
+export async function extensionsOf(
+  client: pg.ClientBase,
+): Promise<{ database: string; versions: Map<string, string> }> {
+  const { rows } = await client.query<{ database: string; name: string | null; version: string | null }>(
+    `select current_database() as database, e.extname as name, e.extversion as version
+       from (select 1) one left join pg_extension e on true`,
+  );
+  const versions = new Map(rows.flatMap((r) => (r.name ? [[r.name, r.version!] as const] : [])));
+  return { database: rows[0]!.database, versions };
+}
+
+/** The refusal (no retry) of a job whose extension is missing, naming the database and the command. */
+export function missingExtension(database: string, name: string, hint = ''): PermanentJobError {
+  return new PermanentJobError(
+    `${name} is not installed in database ${database}: create extension ${name}${hint}`,
+    'EXTENSION',
+  );
+}
+
+/** The extension's version, or the refusal when it is missing. */
+export async function requireExtension(client: pg.ClientBase, name: string): Promise<string> {
+  const { database, versions } = await extensionsOf(client);
+  const version = versions.get(name);
+  if (version === undefined) throw missingExtension(database, name);
+  return version;
+}
 
 export function quoteIdent(name: string): string {
   return `"${name.replace(/"/g, '""')}"`;

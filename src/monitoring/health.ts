@@ -195,10 +195,12 @@ export class HealthReader {
         return fallback;
       });
     const prefix = rt.config.redis.prefix;
-    const [stats, jobs, scheduleRows, queues, partitions] = await Promise.all([
+    const [stats, jobs, scheduleRows, indexes, queries, queues, partitions] = await Promise.all([
       part('redis', readRunStats(rt.queues.connection, prefix), { runs: [], durations: [] }),
       part('history', rt.history.jobStatus(), []),
       part('history', rt.history.scheduleStatus(), []),
+      part('history', this.indexes(), []),
+      part('history', this.queries(), []),
       part('queues', this.queues(), []),
       this.runningRetention().then((running) =>
         Promise.all(rt.config.partitions.map((p) => partitionHealth(rt, p, now, running))),
@@ -210,8 +212,6 @@ export class HealthReader {
       Promise.all([...rt.config.targets.keys()].map((t) => this.backups(t, now))),
       [],
     );
-    const indexes = rt.registry.get('index-report') ? await part('history', this.indexes(), []) : [];
-    const queries = rt.registry.get('query-stats-snapshot') ? await part('history', this.queries(), []) : [];
     return { at: now, ...stats, jobs, schedules, queues, backups, partitions, indexes, queries, errors };
   }
 
@@ -272,42 +272,38 @@ export class HealthReader {
     );
   }
 
-  private async indexes(): Promise<IndexHealth[]> {
-    const reports = await Promise.all(
-      [...this.rt.config.targets.keys()].map(async (target) => ({
-        target,
-        run: await this.rt.history.lastFinished<IndexReportResult>('index-report', target),
-      })),
-    );
-    return reports.flatMap(({ target, run }) => {
-      const r = run?.outcome === 'succeeded' ? run.result : null;
-      if (!r) return [];
-      return [
-        {
-          target,
-          finishedAt: ms(run!.finished_at)!,
-          unused: r.unused.length,
-          unusedBytes: r.unusedBytes,
-          overlapping: r.overlapping.length,
-          overlappingBytes: r.overlapping.reduce((n, o) => n + o.bytes, 0),
-          unindexedForeignKeys: r.unindexedForeignKeys.length,
-        },
-      ];
-    });
-  }
-
-  private async queries(): Promise<QueryHealth[]> {
+  /** Per target, what the last succeeded-or-failed run of `job` returned, when it succeeded. */
+  private async lastResults<R, T>(job: string, read: (target: string, result: R, finishedAt: number) => T) {
+    if (!this.rt.registry.get(job)) return [];
     const runs = await Promise.all(
       [...this.rt.config.targets.keys()].map(async (target) => ({
         target,
-        run: await this.rt.history.lastFinished<QueryStatsSnapshotResult>('query-stats-snapshot', target),
+        run: await this.rt.history.lastFinished<R>(job, target),
       })),
     );
     return runs.flatMap(({ target, run }) =>
-      run?.outcome === 'succeeded' && run.result
-        ? [{ target, finishedAt: ms(run.finished_at)!, top: run.result.top }]
-        : [],
+      run?.outcome === 'succeeded' && run.result ? [read(target, run.result, ms(run.finished_at)!)] : [],
     );
+  }
+
+  private indexes(): Promise<IndexHealth[]> {
+    return this.lastResults<IndexReportResult, IndexHealth>('index-report', (target, r, finishedAt) => ({
+      target,
+      finishedAt,
+      unused: r.unused.length,
+      unusedBytes: r.unusedBytes,
+      overlapping: r.overlapping.length,
+      overlappingBytes: r.overlapping.reduce((n, o) => n + o.bytes, 0),
+      unindexedForeignKeys: r.unindexedForeignKeys.length,
+    }));
+  }
+
+  private queries(): Promise<QueryHealth[]> {
+    return this.lastResults<QueryStatsSnapshotResult, QueryHealth>('query-stats-snapshot', (target, r, finishedAt) => ({
+      target,
+      finishedAt,
+      top: r.top,
+    }));
   }
 
   private async backups(target: string, now: number): Promise<BackupHealth> {

@@ -18,6 +18,8 @@ export interface ExistingPartition {
   /** The same bounds in epoch milliseconds, when the catalog reading gave them. */
   fromMs?: number | null;
   toMs?: number | null;
+  /** A DEFAULT partition's size on disk, as the catalog reading saw it: 0 means it never held a row. */
+  bytes?: number | null;
   detachPending: boolean;
 }
 
@@ -57,6 +59,7 @@ class CatalogPartition implements ExistingPartition {
   readonly detachPending: boolean;
   readonly fromMs: number | null;
   readonly toMs: number | null;
+  readonly bytes: number | null;
   private cached?: [DateTime | null, DateTime | null];
 
   constructor(
@@ -69,6 +72,7 @@ class CatalogPartition implements ExistingPartition {
   ) {
     this.isDefault = literals === null;
     this.detachPending = raw.pending;
+    this.bytes = raw.bytes === null ? null : Number(raw.bytes);
     const fast = keyType === 'timestamptz' && literals ? literals.map(utcLiteralMs) : [undefined, undefined];
     this.fromMs = fast[0] ?? this.from?.toMillis() ?? null;
     this.toMs = fast[1] ?? this.to?.toMillis() ?? null;
@@ -123,14 +127,10 @@ export async function readParent(client: pg.ClientBase, policy: PartitionPolicy)
   return info!;
 }
 
-/** A parent as the catalog holds it, and whether its DEFAULT partition has any row. */
-export type ParentSnapshot = ParentInfo & { defaultHasRows: boolean };
-
 /**
- * Every policy's parent in one catalog query (its key, owner, partitions and bounds),
- * then one query that asks each DEFAULT partition whether it holds a row: two round
- * trips for any number of parents. The session's TimeZone must be UTC. A policy that
- * does not fit its table gets its PermanentJobError in its place.
+ * Every policy's parent in two catalog queries, for any number of parents: the parents
+ * (key, owner), then all their partitions with bounds. The session's TimeZone must be
+ * UTC. A policy that does not fit its table gets its PermanentJobError in its place.
  */
 export async function readParents(
   client: pg.ClientBase,
@@ -139,18 +139,11 @@ export async function readParents(
     /** Bounds already deparsed, by partition "oid/xmin": one map per database, kept by the caller. */
     bounds?: Map<string, string>;
   } = {},
-): Promise<(ParentSnapshot | PermanentJobError)[]> {
+): Promise<(ParentInfo | PermanentJobError)[]> {
   if (opts.bounds && opts.bounds.size > 200_000) opts.bounds.clear();
   const names = policies.map((p) => p.table.split('.') as [string, string]);
   // Joins over the whole fleet, not a subquery per parent.
-  const { rows: parents } = await client.query<{
-    oid: number | null;
-    relkind: string | null;
-    owner: string | null;
-    strategy: string | null;
-    keycols: string[] | null;
-    keytype: string | null;
-  }>(
+  const { rows: parents } = await client.query<ParentRow>(
     `select c.oid, c.relkind, pg_get_userbyid(c.relowner) as owner, pt.partstrat as strategy,
             case when pt.partnatts = 1 then array[key.attname::text] else
               (select array_agg(a.attname::text order by k.ord) from unnest(pt.partattrs) with ordinality k(attnum, ord)
@@ -189,48 +182,46 @@ export async function readParents(
     list.push(c);
     byParent.set(c.parent, list);
   }
-  const rows = parents.map((p) => ({ ...p, parts: p.oid === null ? [] : (byParent.get(p.oid) ?? []) }));
-  const infos = rows.map((r, i) => {
+  return parents.map((p, i) => {
     try {
-      return parentInfo(policies[i]!, names[i]!, r);
+      return parentInfo(policies[i]!, names[i]!, { ...p, parts: p.oid === null ? [] : (byParent.get(p.oid) ?? []) });
     } catch (err) {
       if (err instanceof PermanentJobError) return err;
       throw err;
     }
   });
-  // Emptiness of every DEFAULT partition, exactly (no statistics to trust): one that
-  // takes no space on disk never held a row; the others are asked, all in one query.
-  const defaults = infos.flatMap((info, i) => {
-    const def = info instanceof Error ? undefined : info.partitions.find((x) => x.isDefault);
-    const bytes = rows[i]!.parts.find((x) => x.bound === 'DEFAULT')?.bytes;
-    return def && Number(bytes) > 0 ? [quoteQualified(def.schema, def.name)] : [];
-  });
-  const hasRows = new Set<string>();
-  if (defaults.length) {
-    const { rows: found } = await client.query<{ rel: string }>(
-      defaults.map((d) => `select ${quoteLiteral(d)} as rel where exists (select from ${d})`).join(' union all '),
-    );
-    for (const f of found) hasRows.add(f.rel);
-  }
-  return infos.map((info) => {
-    if (info instanceof Error) return info;
+}
+
+/**
+ * The parents whose DEFAULT partition holds a row, exactly (no statistics to trust):
+ * one that takes no space on disk never held one; the others are asked, in one query.
+ */
+export async function defaultsHoldingRows(client: pg.ClientBase, parents: readonly ParentInfo[]): Promise<Set<number>> {
+  const used = parents.flatMap((info) => {
     const def = info.partitions.find((x) => x.isDefault);
-    return { ...info, defaultHasRows: def ? hasRows.has(quoteQualified(def.schema, def.name)) : false };
+    return def && (def.bytes ?? 1) > 0 ? [{ oid: info.oid, rel: quoteQualified(def.schema, def.name) }] : [];
   });
+  if (!used.length) return new Set();
+  const { rows } = await client.query<{ oid: number }>(
+    used.map((d) => `select ${d.oid}::oid as oid where exists (select from ${d.rel})`).join(' union all '),
+  );
+  return new Set(rows.map((r) => Number(r.oid)));
+}
+
+/** A parent's row in readParents' first query, with its partitions. */
+interface ParentRow {
+  oid: number | null;
+  relkind: string | null;
+  owner: string | null;
+  strategy: string | null;
+  keycols: string[] | null;
+  keytype: string | null;
 }
 
 function parentInfo(
   policy: PartitionPolicy,
   [schema, table]: [string, string],
-  r: {
-    oid: number | null;
-    relkind: string | null;
-    owner: string | null;
-    strategy: string | null;
-    keycols: string[] | null;
-    keytype: string | null;
-    parts: RawPartition[];
-  },
+  r: ParentRow & { parts: RawPartition[] },
 ): ParentInfo {
   if (r.oid === null) throw new PermanentJobError(`${policy.table}: table does not exist`, 'POLICY');
   if (r.relkind !== 'p' || r.strategy !== 'r')
