@@ -179,7 +179,7 @@ const job = defineJob({
 async function cleanLeftover(ctx: JobContext, table: string): Promise<'none' | 'busy' | 'cleaned'> {
   const { rows } = await ctx.pool.query<{ oid: number; running: number }>(
     `select c.oid, (select count(*)::int from pg_stat_activity where application_name = 'pg_repack'
-                     and pid <> pg_backend_pid()) as running
+                     and datname = current_database() and pid <> pg_backend_pid()) as running
        from pg_class c where c.oid = $1::regclass
         and exists (select 1 from pg_trigger t where t.tgrelid = c.oid and t.tgname = 'repack_trigger')`,
     [table],

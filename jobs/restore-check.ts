@@ -10,6 +10,7 @@ import { z } from 'zod';
 import pg from 'pg';
 import { type ListedDump, listDumps, type RestoreCheckRecord } from '../src/backup/catalog.ts';
 import { objectStoreFor } from '../src/backup/object-store.ts';
+import { deploymentTag } from '../src/core/config.ts';
 import { libpqEnv } from '../src/core/libpq.ts';
 import { PermanentJobError } from '../src/core/errors.ts';
 import { sha256File, sha256Tree, writeJsonAtomic } from '../src/core/files.ts';
@@ -80,7 +81,9 @@ const job = defineJob({
       );
     }
     const scratchDir = ctx.config.backups.scratchDir ?? os.tmpdir();
-    const dumpFile = store ? path.join(scratchDir, `.pgmaint-restore-check-${ctx.jobId}.dump`) : chosen.path;
+    const dumpFile = store
+      ? path.join(scratchDir, `.pgmaint-restore-check-${deploymentTag(ctx.config)}-${ctx.jobId}.dump`)
+      : chosen.path;
     try {
       if (store) {
         await ctx.progress(2, `downloading s3://${m.object!.bucket}/${m.object!.key}`);
@@ -114,9 +117,12 @@ async function checkDump(ctx: JobContext, p: z.output<typeof payload>, chosen: L
     throw new PermanentJobError(`scratchTarget: unknown target "${p.scratchTarget}"`, 'UNKNOWN_TARGET');
   const admin = new pg.Client({
     connectionString: scratchTarget.url,
-    application_name: `pgmaint/restore-check/${ctx.jobId}`,
+    application_name: ctx.appName,
   });
-  const scratchDb = `pgmaint_restore_check_${ctx.jobId.replace(/[^a-zA-Z0-9]/g, '_')}`.slice(0, 63).toLowerCase();
+  // Named by deployment and job, not by attempt: a retry drops what a killed attempt left.
+  const scratchDb = `pgmaint_restore_check_${deploymentTag(ctx.config)}_${ctx.jobId.replace(/[^a-zA-Z0-9]/g, '_')}`
+    .slice(0, 63)
+    .toLowerCase();
   // An abort terminates this session (it carries the run's application_name).
   admin.on('error', () => undefined);
   await admin.connect();
@@ -126,7 +132,7 @@ async function checkDump(ctx: JobContext, p: z.output<typeof payload>, chosen: L
     await admin.query(`create database ${quoteIdent(scratchDb)} template template0`);
     await ctx.progress(10, `pg_restore -j ${p.parallel} of ${m.file} into scratch database ${scratchDb}`);
     const env = {
-      ...libpqEnv(scratchTarget, `pgmaint/restore-check/${ctx.jobId}`.slice(0, 63)),
+      ...libpqEnv(scratchTarget, ctx.appName),
       PGDATABASE: scratchDb,
     };
     await runProcess(
@@ -151,7 +157,7 @@ async function checkDump(ctx: JobContext, p: z.output<typeof payload>, chosen: L
     await ctx.progress(80, 'comparing row counts');
     const url = new URL(scratchTarget.url);
     url.pathname = `/${scratchDb}`;
-    const restored = new pg.Client({ connectionString: url.toString() });
+    const restored = new pg.Client({ connectionString: url.toString(), application_name: ctx.appName });
     restored.on('error', () => undefined);
     await restored.connect();
     const mismatches: RestoreCheckRecord['mismatches'] = [];

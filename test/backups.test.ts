@@ -7,6 +7,7 @@ import path from 'node:path';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { baseBackupLockKey, baseDir, listBaseBackups, listDumps } from '../src/backup/catalog.ts';
+import { deploymentTag } from '../src/core/config.ts';
 import { verifyDataDir } from '../src/backup/base-backup-files.ts';
 import type { PostgresInstance } from '../src/dev/devstack.ts';
 import { startWorkers } from '../src/cli/roles.ts';
@@ -15,6 +16,8 @@ import { createHarness, waitForFinished, type Harness } from './support/harness.
 
 let h: Harness;
 let rt: Runtime;
+/** This deployment's restore-check scratch databases (others share the test cluster). */
+const scratchDatabases = () => `pgmaint_restore_check_${deploymentTag(rt.config)}_%`;
 let cluster: PostgresInstance;
 let db: pg.Pool;
 const scratchDir = () => path.join(h.dir, 'scratch');
@@ -134,7 +137,7 @@ describe('backup and restore-check', () => {
       const record = JSON.parse(fs.readFileSync(`${dump!.path}.restore-check.json`, 'utf8'));
       expect(record).toMatchObject({ ok: true, mismatches: [] });
       // The scratch database is gone.
-      const { rows } = await db.query(`select datname from pg_database where datname like 'pgmaint_restore_check%'`);
+      const { rows } = await db.query(`select datname from pg_database where datname like $1`, [scratchDatabases()]);
       expect(rows).toEqual([]);
     },
   );
@@ -162,7 +165,7 @@ describe('backup and restore-check', () => {
     expect(truncated.state).toBe('failed');
     expect(truncated.attempts).toBe(1);
     expect(truncated.failedReason).toMatch(/is damaged: sha256 .* differs from its manifest/);
-    const { rows } = await db.query(`select datname from pg_database where datname like 'pgmaint_restore_check%'`);
+    const { rows } = await db.query(`select datname from pg_database where datname like $1`, [scratchDatabases()]);
     expect(rows).toEqual([]);
     fs.rmSync(manifestFile);
     fs.rmSync(file);

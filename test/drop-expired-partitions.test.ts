@@ -90,6 +90,9 @@ describe('drop-expired-partitions', () => {
 
     const real = await run({ tables: ['ret.daily'], now: '2026-01-10T12:00:00Z' });
     expect(real.state).toBe('completed');
+    // One attempt: a retry would plan only what the first left, and hide why it failed.
+    const { logs } = await rt.queues.get('drop-expired-partitions').getJobLogs(real.job.id!);
+    expect(real.job.attemptsMade, logs.join('\n')).toBe(1);
     const done = (real.job.returnvalue as Result).policies[0]!;
     expect(done.plan).toEqual(dryPolicy.plan);
     expect(done.dropped).toHaveLength(4);

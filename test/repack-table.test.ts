@@ -79,10 +79,17 @@ describe('repack-table', () => {
     await waitUntil(triggered, 30_000, 'pg_repack to install its trigger');
     // The worker and its pg_repack die, and their sessions with them.
     await worker.killGroup();
-    await h.admin.query(`select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'pg_repack'`);
+    await h.admin.query(
+      `select pg_terminate_backend(pid) from pg_stat_activity where datname = current_database() and ` +
+        `application_name = 'pg_repack'`,
+    );
     await waitUntil(
       async () =>
-        (await h.admin.query(`select 1 from pg_stat_activity where application_name = 'pg_repack'`)).rowCount === 0,
+        (
+          await h.admin.query(
+            `select 1 from pg_stat_activity where datname = current_database() and application_name = 'pg_repack'`,
+          )
+        ).rowCount === 0,
       10_000,
       'its sessions to end',
     );

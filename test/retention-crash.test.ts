@@ -108,8 +108,9 @@ async function killAt(victim: string, hold: () => Promise<void>, expectedState: 
   expect(await journal(victim)).toEqual([expectedState]);
   // pg_sleep in the held DROP outlives the client: end that session as a crash would.
   await h.admin.query(
-    `select pg_terminate_backend(pid) from pg_stat_activity where application_name like 'pgmaint/drop-expired%' or ` +
-      `(application_name like 'pgmaint%' and wait_event = 'PgSleep')`,
+    `select pg_terminate_backend(pid) from pg_stat_activity where datname = current_database() and ` +
+      `(application_name like 'pgmaint/drop-expired%' or ` +
+      `(application_name like 'pgmaint%' and wait_event = 'PgSleep'))`,
   );
   await h.admin.query('truncate crash.hold_drop');
 
@@ -173,7 +174,8 @@ describe('drop-expired-partitions killed at every step', () => {
           async () =>
             (
               await h.admin.query(
-                `select 1 from pg_stat_activity where application_name like 'pgmaint%' and wait_event = 'PgSleep'`,
+                `select 1 from pg_stat_activity where datname = current_database() and ` +
+                  `application_name like 'pgmaint%' and wait_event = 'PgSleep'`,
               )
             ).rowCount,
           30_000,

@@ -1,4 +1,5 @@
 import { Queue } from 'bullmq';
+import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { jobs } from '../jobs/index.ts';
 import { startWorkers } from '../src/cli/roles.ts';
@@ -78,6 +79,10 @@ describe('worker runtime against real PostgreSQL', () => {
 
   it('kills the child process at the maximum run time and records timed_out', async () => {
     const { job } = await rt.queues.enqueue('slow-child', {});
+    // Another deployment's run of the same job and id, on the same server: the abort
+    // ends this attempt's sessions, never that one.
+    const bystander = new pg.Client({ connectionString: h.dbUrl, application_name: `pgmaint/slow-child/${job.id}` });
+    await bystander.connect();
     const { state, job: done } = await finished('slow-child', job.id!);
     expect(state).toBe('failed');
     expect(done.attemptsMade).toBe(1); // a timeout is not retried
@@ -97,6 +102,8 @@ describe('worker runtime against real PostgreSQL', () => {
       10_000,
       'the sleeping backend to end',
     );
+    expect((await bystander.query('select 1 as alive')).rows).toEqual([{ alive: 1 }]);
+    await bystander.end();
   });
 
   it('rejects a payload that was written to Redis behind the API, without retry', async () => {

@@ -1,6 +1,7 @@
 // Configuration: environment plus an optional config file (JSON or YAML), parsed
 // once by zod (config-schema.ts holds every key and default) into a fully
 // defaulted object the rest of the code trusts. Its type is derived from the schemas.
+import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { IANAZone } from 'luxon';
@@ -72,6 +73,14 @@ export type Config = Omit<File, 'targets' | 'redis' | 'cache' | 'alerts' | 'busi
 };
 
 /** "a.b.0.c: message" for the first few issues, naming where the problem is. */
+/**
+ * Six hex digits naming this deployment (its Redis key prefix): job ids repeat across
+ * deployments, so names they give to shared things (scratch databases) carry this too.
+ */
+export function deploymentTag(config: Pick<Config, 'redis'>): string {
+  return createHash('sha256').update(config.redis.prefix).digest('hex').slice(0, 6);
+}
+
 export function formatIssues(issues: readonly z.core.$ZodIssue[], prefix = ''): string {
   return issues
     .slice(0, 5)

@@ -36,6 +36,9 @@ export interface JobContext {
   logger: Logger;
   /** Aborted on timeout or shutdown; pass it to child processes. */
   signal: AbortSignal;
+  /** This attempt's application_name (`pgmaint/<job>/<id>/<random>`): sessions that
+   * carry it are terminated when the run is aborted. */
+  appName: string;
   /** libpq environment for child processes (pg_dump, psql) on the target. Their
    * sessions carry this run's application_name, so an abort also ends them server-side. */
   libpqEnv(): Record<string, string>;

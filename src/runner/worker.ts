@@ -1,6 +1,7 @@
 // The worker runtime: one BullMQ Worker per job kind served by this process. It
 // wraps every handler with payload validation, the schedule overlap/catch-up rules,
 // a maximum run time, error classification and the run-history row.
+import { randomBytes } from 'node:crypto';
 import os from 'node:os';
 import { DelayedError, UnrecoverableError, Worker, type Job } from 'bullmq';
 import { libpqEnv } from '../core/libpq.ts';
@@ -223,7 +224,9 @@ export class WorkerRuntime {
     const historyId = history.start(run);
     const startedAt = Date.now();
     const controller = new AbortController();
-    const appName = `pgmaint/${job.name}/${job.id}`.slice(0, 63);
+    // Unique to this attempt: an abort ends this attempt's sessions and no one else's,
+    // not those of another deployment's job with the same id on the same server.
+    const appName = `${`pgmaint/${job.name}/${job.id}`.slice(0, 63 - 7)}/${randomBytes(3).toString('hex')}`;
     // A killed client does not stop its backend (pg_sleep, a waiting lock): end them too.
     controller.signal.addEventListener('abort', () => {
       connections
@@ -265,6 +268,7 @@ export class WorkerRuntime {
         return logger();
       },
       signal: controller.signal,
+      appName,
       libpqEnv: () => libpqEnv(connections.target(payload.target), appName),
       progress: async (percent, step) => {
         reported.value = true;

@@ -208,7 +208,8 @@ export function waitUntilBlocked(pool: pg.Pool, where: string, what: string, tim
     async () =>
       (
         await pool.query(
-          `select 1 from pg_stat_activity where wait_event_type = 'Lock' and pid <> pg_backend_pid() and (${where})`,
+          `select 1 from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and ` +
+            `pid <> pg_backend_pid() and (${where})`,
         )
       ).rowCount,
     timeoutMs,
