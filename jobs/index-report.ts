@@ -89,17 +89,19 @@ const job = defineJob({
       await client.query(`set statement_timeout = '5min'`);
       await ctx.progress(5, 'reading indexes and their statistics');
       const schemas = p.schemas ?? null;
-      const [{ rows: indexes }, { rows: fks }, { rows: reset }] = await Promise.all([
-        client.query<IndexRow>(INDEXES, [schemas]),
-        client.query<{ schema: string; table: string; constraint: string; columns: string; references: string }>(
-          FOREIGN_KEYS,
-          [schemas],
-        ),
-        client.query<{ reset: Date | null; standby: boolean }>(
-          `select stats_reset as reset, pg_is_in_recovery() as standby from pg_stat_database
-            where datname = current_database()`,
-        ),
-      ]);
+      // One session runs one query at a time: these go one after another.
+      const { rows: indexes } = await client.query<IndexRow>(INDEXES, [schemas]);
+      const { rows: fks } = await client.query<{
+        schema: string;
+        table: string;
+        constraint: string;
+        columns: string;
+        references: string;
+      }>(FOREIGN_KEYS, [schemas]);
+      const { rows: reset } = await client.query<{ reset: Date | null; standby: boolean }>(
+        `select stats_reset as reset, pg_is_in_recovery() as standby from pg_stat_database
+          where datname = current_database()`,
+      );
       await ctx.progress(60, `${indexes.length} indexes, ${fks.length} foreign keys without an index`);
 
       const unused = indexes
