@@ -28,9 +28,15 @@ export async function timed(fn: () => Promise<unknown>): Promise<number> {
   return performance.now() - t0;
 }
 
-/** Runs the sides interleaved for `rounds` rounds. */
-export async function interleave(sides: Side[], rounds: number): Promise<Sample[]> {
+/**
+ * Runs the sides interleaved for `rounds` rounds. `warmup` rounds go first, in the same
+ * order, and are not counted: a long-lived process's steady state, not its first call
+ * (cold JIT and caches), on every side alike.
+ */
+export async function interleave(sides: Side[], rounds: number, { warmup = 0 } = {}): Promise<Sample[]> {
   const samples = sides.map((s) => ({ name: s.name, ms: [] as number[] }));
+  for (let r = 0; r < warmup; r++)
+    for (const side of sides) console.error(`  warm-up: ${side.name} ${(await side.run(-1 - r)).toFixed(1)} ms`);
   for (let r = 0; r < rounds; r++) {
     for (const [i, side] of sides.entries()) {
       const ms = await side.run(r);

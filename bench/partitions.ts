@@ -8,6 +8,7 @@
 // more than the default 64). Both are timed from outside: ours from the enqueue to the result through the queue and
 // a worker, pg_partman from the client's call to its answer. Rounds are interleaved
 // (pg_partman, pgmaint, pg_partman, …); a first-run round starts from fresh parents.
+// Steady state runs at least 5 rounds, after one uncounted warm-up run of each side.
 // Needs Debian's postgresql-15-partman:  apt-get install -y postgresql-15-partman
 //   npm run bench:partitions [-- --parents 50,200,1000 --rounds 3]
 import fs from 'node:fs';
@@ -29,6 +30,8 @@ const { values } = parseArgs({
 });
 const FLEETS = values.parents!.split(',').map(Number);
 const ROUNDS = Math.max(3, Number(values.rounds));
+/** Steady state is cheap: more rounds, after one warm-up run of each side. */
+const STEADY_ROUNDS = Math.max(5, ROUNDS);
 
 if (!fs.existsSync('/usr/share/postgresql/15/extension/pg_partman.control')) {
   console.error('pg_partman is not installed: apt-get install -y postgresql-15-partman');
@@ -172,7 +175,8 @@ for (const N of FLEETS) {
         },
       },
     ],
-    ROUNDS,
+    STEADY_ROUNDS,
+    { warmup: 1 },
   );
   const [partsTheirs, partsOurs] = [await countPartitions(partman), await countPartitions(ours)];
   const perParent = (s: Sample): Sample => ({ name: s.name, ms: s.ms.map((ms) => ms / N) });

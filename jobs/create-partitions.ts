@@ -96,8 +96,9 @@ const job = defineJob({
     );
     // A line for every parent that changed, failed or skipped something; one for the rest
     // (at a thousand parents, a line each would cost more than the whole reading).
-    const quiet = results.filter((r) => !r.error && !r.created.length && !r.skipped.length);
-    for (const r of results.filter((x) => !quiet.includes(x))) {
+    const isQuiet = (r: PolicyResult) => !r.error && !r.created.length && !r.skipped.length;
+    const quiet = results.filter(isQuiet);
+    for (const r of results.filter((x) => !isQuiet(x))) {
       await ctx.log(
         `${r.table}: ${
           r.error
