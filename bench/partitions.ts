@@ -198,7 +198,8 @@ for (const N of FLEETS) {
 }
 
 printTable(
-  `create-partitions against pg_partman ${ROUNDS} rounds interleaved; median (min–max)`,
+  `create-partitions against pg_partman, interleaved: first run ${ROUNDS} rounds, steady state ${STEADY_ROUNDS} ` +
+    `after a warm-up; median (min–max)`,
   ['', 'pgmaint', 'pg_partman 4.x', 'ratio', 'target'],
   rows,
 );
