@@ -9,6 +9,8 @@ export const DURATION_BUCKETS = [0.1, 0.5, 1, 5, 15, 60, 300, 900, 1800, 3600, 7
 
 const SEP = '\u001f'; // a field is job␟target␟outcome; none of them can hold this
 
+const add = (m: Map<string, number>, field: string, n: number) => m.set(field, (m.get(field) ?? 0) + n);
+
 export const runsKey = (prefix: string) => `${prefix}:stats:runs`;
 export const durationsKey = (prefix: string) => `${prefix}:stats:durations`;
 
@@ -40,14 +42,18 @@ export class RunStatsRecorder {
   ) {}
 
   record(run: FinishedRun): void {
-    const add = (m: Map<string, number>, field: string, n: number) => m.set(field, (m.get(field) ?? 0) + n);
-    add(this.runs, [run.job, run.target, run.outcome].join(SEP), 1);
-    if (run.recovered) add(this.runs, [run.job, run.target, 'recovered'].join(SEP), 1);
+    const base = `${run.job}${SEP}${run.target}`;
+    add(this.runs, `${base}${SEP}${run.outcome}`, 1);
+    if (run.recovered) add(this.runs, `${base}${SEP}recovered`, 1);
     if (run.seconds !== undefined) {
-      const base = [run.job, run.target].join(SEP);
       // Buckets are stored non-cumulative (one increment per run); rendering sums them.
-      const le = DURATION_BUCKETS.find((b) => run.seconds! <= b);
-      add(this.durations, `${base}${SEP}${le ?? '+Inf'}`, 1);
+      let bucket = '+Inf';
+      for (const b of DURATION_BUCKETS)
+        if (run.seconds <= b) {
+          bucket = String(b);
+          break;
+        }
+      add(this.durations, `${base}${SEP}${bucket}`, 1);
       add(this.durations, `${base}${SEP}sum`, run.seconds);
       add(this.durations, `${base}${SEP}count`, 1);
     }

@@ -1,10 +1,8 @@
 // The worker runtime: one BullMQ Worker per job kind served by this process. It
 // wraps every handler with payload validation, the schedule overlap/catch-up rules,
 // a maximum run time, error classification and the run-history row.
-import { randomBytes } from 'node:crypto';
 import os from 'node:os';
 import { DelayedError, UnrecoverableError, Worker, type Job } from 'bullmq';
-import { libpqEnv } from '../core/libpq.ts';
 import type { Connections } from './connections.ts';
 import {
   classifyError,
@@ -16,7 +14,7 @@ import {
   PayloadError,
 } from '../core/errors.ts';
 import type { RunHistory, RunStart } from './history.ts';
-import type { JobContext } from './job-definition.ts';
+import { type RunAbort, RunContext } from './run-context.ts';
 import type { Logger } from '../core/logger.ts';
 import type { JobData, Queues } from './queues.ts';
 import type { Registry } from './registry.ts';
@@ -74,7 +72,7 @@ function checkJobData(data: unknown): asserts data is JobData {
 export class WorkerRuntime {
   readonly workerId = `${os.hostname()}:${process.pid}`;
   private readonly workers: Worker<JobData>[] = [];
-  private readonly running = new Map<string, AbortController>();
+  private readonly running = new Map<string, RunAbort>();
   private readonly schedules: Map<string, ResolvedSchedule>;
   private readonly redis;
   private readonly stats: RunStatsRecorder;
@@ -101,7 +99,7 @@ export class WorkerRuntime {
       const registered = this.opts.registry.get(name);
       if (!registered)
         throw new UsageError(`--queues: unknown job "${name}" (known: ${this.opts.registry.names().join(', ')})`);
-      const worker = new Worker<JobData>(name, (job, token, signal) => this.process(job, token, signal), {
+      const worker = new Worker<JobData>(name, (job, token) => this.process(job, token), {
         connection,
         prefix: config.redis.prefix,
         concurrency: registered.run.concurrency,
@@ -152,7 +150,7 @@ export class WorkerRuntime {
     return undefined;
   }
 
-  private async process(job: Job<JobData>, token: string | undefined, bullSignal?: AbortSignal): Promise<unknown> {
+  private async process(job: Job<JobData>, token: string | undefined): Promise<unknown> {
     if (this.closing) {
       // BullMQ may hand out one more job while its blocking fetch ends; put it back
       // untouched (no attempt used) for another worker.
@@ -165,16 +163,6 @@ export class WorkerRuntime {
     const schedule = scheduleId ? this.schedules.get(scheduleId) : undefined;
     const scheduledFor = (job.opts as { prevMillis?: number }).prevMillis ?? job.timestamp + (job.delay ?? 0);
     const attempt = job.attemptsMade + 1;
-    // Made on first use: at warn level a run that goes well never logs, and a child
-    // logger per run is a measurable share of a no-op job's cost.
-    let child: Logger | undefined;
-    const logger = () =>
-      (child ??= this.opts.logger.child({
-        queue: job.queueName,
-        jobId: job.id,
-        job: job.name,
-        target: job.data?.payload?.target,
-      }));
     const run: RunStart = {
       queue: job.queueName,
       jobId: job.id!,
@@ -188,6 +176,7 @@ export class WorkerRuntime {
       worker: this.workerId,
       recovered: job.stalledCounter > 0,
     };
+    const ctx = new RunContext(job, connections, this.opts.logger, attempt, run.trigger);
 
     let payload: JobData['payload'];
     try {
@@ -195,6 +184,7 @@ export class WorkerRuntime {
       // same strict checks as an enqueue: its data is {payload, trigger?, scheduleId?}.
       checkJobData(job.data);
       payload = registry.parsePayload(job.name, job.data.payload);
+      ctx.checked(payload.target);
     } catch (err) {
       const message = err instanceof PayloadError ? err.message : describeError(coerceError(err));
       await history.finish(history.start(run), 'failed', { error: message });
@@ -203,7 +193,7 @@ export class WorkerRuntime {
     }
 
     if (scheduleId && !schedule)
-      logger().warn(
+      ctx.logger.warn(
         { scheduleId },
         'scheduled job from a schedule this process does not know; running it without overlap rules',
       );
@@ -213,7 +203,7 @@ export class WorkerRuntime {
         await history.skipped(run, reason);
         this.stat(run, 'skipped');
         await job.log(`skipped: ${reason}`);
-        logger().warn({ reason }, 'scheduled run skipped');
+        ctx.logger.warn({ reason }, 'scheduled run skipped');
         return { skipped: reason };
       }
     }
@@ -223,27 +213,11 @@ export class WorkerRuntime {
     // history.synchronous).
     const historyId = history.start(run);
     const startedAt = Date.now();
-    const controller = new AbortController();
-    // Unique to this attempt: an abort ends this attempt's sessions and no one else's,
-    // not those of another deployment's job with the same id on the same server.
-    const appName = `${`pgmaint/${job.name}/${job.id}`.slice(0, 63 - 7)}/${randomBytes(3).toString('hex')}`;
-    // A killed client does not stop its backend (pg_sleep, a waiting lock): end them too.
-    controller.signal.addEventListener('abort', () => {
-      connections
-        .pool(payload.target)
-        .query(
-          'select pg_terminate_backend(pid) from pg_stat_activity where application_name = $1 and pid <> ' +
-            'pg_backend_pid()',
-          [appName],
-        )
-        .catch((err) => logger().warn({ err }, "could not end the aborted run's sessions"));
-    });
-    this.running.set(job.id!, controller);
-    const onBullAbort = () => controller.abort(new JobAbortedError('job cancelled'));
-    bullSignal?.addEventListener('abort', onBullAbort, { once: true });
+    const { abort } = ctx;
+    this.running.set(job.id!, abort);
     const timer = setTimeout(
       () =>
-        controller.abort(
+        abort.abort(
           new JobTimeoutError(
             `timed out after ${Math.round(registered.run.timeoutMs / 1000)}s (maximum run time of ${job.name}); ` +
               `child processes killed`,
@@ -251,47 +225,17 @@ export class WorkerRuntime {
         ),
       registered.run.timeoutMs,
     );
-    const aborted = new Promise<never>((_, reject) => {
-      controller.signal.addEventListener('abort', () => reject(controller.signal.reason), { once: true });
-    });
-    aborted.catch(() => undefined);
-
-    const reported = { value: false };
-    const ctx: JobContext = {
-      jobId: job.id!,
-      attempt,
-      trigger: run.trigger,
-      config: connections.config,
-      target: connections.target(payload.target),
-      pool: connections.pool(payload.target),
-      get logger() {
-        return logger();
-      },
-      signal: controller.signal,
-      appName,
-      libpqEnv: () => libpqEnv(connections.target(payload.target), appName),
-      progress: async (percent, step) => {
-        reported.value = true;
-        await job.updateProgress(Math.max(0, Math.min(100, Math.round(percent))));
-        await job.log(`${new Date().toISOString()} [${Math.round(percent)}%] ${step}`);
-        logger().info({ percent, step }, 'progress');
-      },
-      log: async (message, fields) => {
-        await job.log(`${new Date().toISOString()} ${message}`);
-        logger().info(fields ?? {}, message);
-      },
-    };
 
     const handling = registered.def.handler(ctx, payload);
     handling.catch(() => undefined);
     try {
-      const result = await Promise.race([handling, aborted]);
+      const result = await Promise.race([handling, abort.aborted]);
       // A succeeded run shows 100 % in Bull Board, whatever its last step reported. A run
       // that reported progress gets the event its followers wait for; one that reported
       // none gets the field alone (BullMQ's progress field, as its updateProgress writes
       // it): an event per run is a measurable share of a no-op job's cost.
       if (job.progress !== 100) {
-        if (reported.value) await job.updateProgress(100).catch(() => undefined);
+        if (ctx.reported) await job.updateProgress(100).catch(() => undefined);
         // Sent, not awaited, on the connection BullMQ completes the job on: Redis applies
         // it before the completion, which is sent after it.
         else
@@ -301,13 +245,13 @@ export class WorkerRuntime {
       }
       await history.finish(historyId, 'succeeded', { result });
       this.stat(run, 'succeeded', startedAt);
-      if (this.opts.logger.isLevelEnabled('info')) logger().info('run succeeded');
+      if (this.opts.logger.isLevelEnabled('info')) ctx.logger.info('run succeeded');
       return result;
     } catch (thrown) {
       // Aborted (timeout, shutdown, cancel): give the handler a moment to kill its
       // children and remove its temporary files, so the run is not reported failed
       // while a partial file still lies there.
-      if (controller.signal.aborted)
+      if (abort.reason)
         await Promise.race([
           handling.catch(() => undefined),
           new Promise((r) => setTimeout(r, ABORT_CLEANUP_MS).unref()),
@@ -319,15 +263,14 @@ export class WorkerRuntime {
       const outcome = kind === 'timeout' ? 'timed_out' : final ? 'failed' : 'retrying';
       await history
         .finish(historyId, outcome, { error: message })
-        .catch((e) => logger().error({ err: e }, 'history update failed'));
+        .catch((e) => ctx.logger.error({ err: e }, 'history update failed'));
       this.stat(run, outcome, startedAt);
       await job.log(`${new Date().toISOString()} ${outcome}: ${message}`).catch(() => undefined);
-      logger().error({ err, outcome, kind }, 'run failed');
+      ctx.logger.error({ err, outcome, kind }, 'run failed');
       if (kind !== 'retryable') throw new UnrecoverableError(message);
       throw new Error(message, { cause: err });
     } finally {
       clearTimeout(timer);
-      bullSignal?.removeEventListener('abort', onBullAbort);
       this.running.delete(job.id!);
       if (schedule && schedule.overlap === 'skip')
         await this.redis.eval(RELEASE_LOCK, 1, this.lockKey(schedule.id), job.id!).catch(() => undefined);
