@@ -104,13 +104,16 @@ export const getJob: Handler = async ({ rt }, req) => {
   if (unavailable) return unavailable;
   const job = await rt.queues.get(queue).getJob(id);
   if (!job || job.id !== id || job.name !== queue || !Number.isFinite(job.timestamp)) return notFound;
+  const state = await job.getState();
   return {
     status: 200,
     body: {
       id: job.id,
       name: job.name,
-      state: await job.getState(),
-      progress: job.progress,
+      state,
+      // A completed run is done: its 100 % reaches the job's hash moments later
+      // (written in batches) when the handler reported none.
+      progress: state === 'completed' ? 100 : job.progress,
       result: job.returnvalue ?? null,
       failedReason: job.failedReason ?? null,
       attemptsMade: job.attemptsMade,

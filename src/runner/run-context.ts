@@ -111,7 +111,9 @@ export class RunContext implements JobContext {
    * session first needs it; a run that never asks has no such session to end.
    */
   get appName(): string {
-    this.applicationName ??= `${`pgmaint/${this.job.name}/${this.job.id}`.slice(0, 63 - 7)}/${randomBytes(3).toString('hex')}`;
+    // 63 bytes at most (PostgreSQL's limit); the random tag is never the part cut off.
+    const run = `pgmaint/${this.job.name}/${this.job.id}`.slice(0, 63 - 7);
+    this.applicationName ??= `${run}/${randomBytes(3).toString('hex')}`;
     return this.applicationName;
   }
 

@@ -18,8 +18,7 @@ import { type RunAbort, RunContext } from './run-context.ts';
 import type { Logger } from '../core/logger.ts';
 import type { JobData, Queues } from './queues.ts';
 import type { Registry } from './registry.ts';
-import type { RedisClient } from './connections.ts';
-import { RunStatsRecorder } from './run-stats.ts';
+import { ProgressDone, RunStatsRecorder } from './run-stats.ts';
 import { repeatStrategy } from '../core/cron.ts';
 import type { ResolvedSchedule } from './scheduler.ts';
 import { MAIN_TARGET } from '../core/constants.ts';
@@ -76,12 +75,15 @@ export class WorkerRuntime {
   private readonly schedules: Map<string, ResolvedSchedule>;
   private readonly redis;
   private readonly stats: RunStatsRecorder;
-  private jobConnection?: RedisClient;
+  private readonly progressDone: ProgressDone;
   private closing = false;
 
   constructor(private readonly opts: WorkerRuntimeOptions) {
     this.schedules = new Map(opts.schedules.map((s) => [s.id, s]));
     this.redis = opts.connections.redis('pgmaint-worker-locks');
+    this.progressDone = new ProgressDone(this.redis, (err) =>
+      opts.logger.warn({ err }, 'final progress of finished runs not recorded'),
+    );
     this.stats = new RunStatsRecorder(this.redis, opts.connections.config.redis.prefix, (err) =>
       opts.logger.warn({ err }, 'run statistics not recorded'),
     );
@@ -94,7 +96,6 @@ export class WorkerRuntime {
   start(): void {
     const { config } = this.opts.connections;
     const connection = this.opts.connections.redis('pgmaint-worker');
-    this.jobConnection = connection;
     for (const name of this.queueNames) {
       const registered = this.opts.registry.get(name);
       if (!registered)
@@ -236,12 +237,7 @@ export class WorkerRuntime {
       // it): an event per run is a measurable share of a no-op job's cost.
       if (job.progress !== 100) {
         if (ctx.reported) await job.updateProgress(100).catch(() => undefined);
-        // Sent, not awaited, on the connection BullMQ completes the job on: Redis applies
-        // it before the completion, which is sent after it.
-        else
-          this.jobConnection
-            ?.hset(`${connections.config.redis.prefix}:${job.queueName}:${job.id}`, 'progress', '100')
-            .catch(() => undefined);
+        else this.progressDone.add(`${connections.config.redis.prefix}:${job.queueName}:${job.id}`);
       }
       await history.finish(historyId, 'succeeded', { result });
       this.stat(run, 'succeeded', startedAt);
@@ -296,6 +292,6 @@ export class WorkerRuntime {
         c.abort(new JobAbortedError('worker shutting down; the job will be retried'));
       await closing;
     }
-    await this.stats.flush();
+    await Promise.all([this.stats.flush(), this.progressDone.flush()]);
   }
 }
