@@ -16,7 +16,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { DateTime } from 'luxon';
 import pg from 'pg';
-import { ROLLUP_SQL } from '../jobs/daily-sales-rollup.ts';
+import { AGGREGATE_CTES } from '../jobs/daily-sales-rollup.ts';
 import { loadConfig } from '../src/core/config.ts';
 import { BUSINESS_TIME_ZONE } from '../src/core/constants.ts';
 import { seedDairy, SCALES, type Scale } from '../src/dev/dairy.ts';
@@ -85,9 +85,7 @@ startWorkers(rt, ['daily-sales-rollup', 'warm-cache']);
 const job = jobRunner(rt);
 
 // The floor: the rollup's own aggregation over the same rows, read and thrown away.
-const aggOnly =
-  `${ROLLUP_SQL.slice(0, ROLLUP_SQL.indexOf('), upserted as'))}) select count(*) from agg where ` +
-  `$1::date <= $2::date`;
+const aggOnly = `${AGGREGATE_CTES} select count(*) from agg where ` + `$1::date <= $2::date`;
 const bounds = (a: DateTime, b: DateTime) => [
   a.toISODate(),
   b.toISODate(),
@@ -97,12 +95,11 @@ const bounds = (a: DateTime, b: DateTime) => [
 ];
 // The peer: a materialized view of the same aggregation over the same days.
 const literals = bounds(first, yesterday);
-const viewSql = ROLLUP_SQL.slice(0, ROLLUP_SQL.indexOf('), upserted as'))
-  .replace(/\$3/g, quoteLiteral(String(literals[2])))
+const viewSql = AGGREGATE_CTES.replace(/\$3/g, quoteLiteral(String(literals[2])))
   .replace(/\$4/g, quoteLiteral(String(literals[3])))
   .replace(/\$5/g, quoteLiteral(String(literals[4])));
 await db.query(
-  `create materialized view analytics.daily_sales_mv as ${viewSql}) select * from agg with no data;
+  `create materialized view analytics.daily_sales_mv as ${viewSql} select * from agg with no data;
    create unique index on analytics.daily_sales_mv (day, company_id, product_tmpl_id, channel)`,
 );
 await db.query('refresh materialized view analytics.daily_sales_mv'); // populated: CONCURRENTLY needs it

@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { seedDairy } from '../src/dev/dairy.ts';
 import { startWorkers } from '../src/cli/roles.ts';
 import type { Runtime } from '../src/runner/runtime.ts';
-import { createHarness, waitForFinished, type Harness } from './support/harness.ts';
+import { createHarness, waitForFinished, waitUntilBlocked, type Harness } from './support/harness.ts';
 
 let h: Harness;
 let rt: Runtime;
@@ -132,6 +132,32 @@ describe('daily-sales-rollup', () => {
     expect(rows).toEqual([{ date: '2026-11-20' }]);
     const { agg, direct } = await compare('2026-09-01', '2026-11-24');
     expect(agg).toEqual(direct);
+  });
+
+  it('days filled by another session while a first fill runs are upserted instead, and come out right', async () => {
+    const [from, to] = ['2026-09-01', '2026-09-10'];
+    await h.admin.query('delete from analytics.daily_sales_agg where date between $1 and $2', [from, to]);
+    const key = (await compare(from, to)).direct[0]!;
+    // Another writer's row for one of those days, not yet committed: the job sees the days
+    // empty, and its plain insert waits on that row's key.
+    const other = await h.admin.connect();
+    await other.query('begin');
+    await other.query(
+      `insert into analytics.daily_sales_agg (date, company_id, product_tmpl_id, channel, qty_sold, revenue,
+         order_count, refund_qty, refund_amount) values ($1, $2, $3, $4, 0, 0, 0, 0, 0)`,
+      [key.date, key.company_id, key.product_tmpl_id, key.channel],
+    );
+    const { job } = await rt.queues.enqueue('daily-sales-rollup', { from, to });
+    await waitUntilBlocked(h.admin, `wait_event = 'transactionid'`, 'the first fill to wait on the key');
+    await other.query('commit');
+    other.release();
+    const { state, job: done } = await waitForFinished(rt.queues.get('daily-sales-rollup'), job.id!);
+    expect(state).toBe('completed');
+    const { logs } = await rt.queues.get('daily-sales-rollup').getJobLogs(job.id!);
+    expect(logs.join('\n')).toMatch(/filled meanwhile by another run; upserting instead/);
+    const { agg, direct } = await compare(from, to);
+    expect(agg).toEqual(direct);
+    expect((done.returnvalue as { upserted: number }).upserted).toBe(direct.length);
   });
 
   it('refuses a backfill with only one end, or backwards, naming the field', async () => {
