@@ -200,13 +200,15 @@ const restoreDir = path.join(dir, 'pgbr-restore');
 const runDir = path.join(dir, 'pgbr-run'); // socket and log, written by the server's OS user
 let lastDrill: Record<string, any> = {};
 const parts = { restore: [] as number[], verify: [] as number[], replay: [] as number[] };
+const theirParts = { restore: [] as number[], replay: [] as number[] };
 const [drillRto, pgbrRestore] = await interleave(
   [
     {
       name: 'pitr-drill RTO',
       run: async () => {
         lastDrill = (await job('pitr-drill', {})).result;
-        parts.restore.push(lastDrill.restoreSeconds * 1000);
+        // restoreSeconds runs to the server's start: the unpacking and the verification.
+        parts.restore.push((lastDrill.restoreSeconds - lastDrill.verifySeconds) * 1000);
         parts.verify.push(lastDrill.verifySeconds * 1000);
         parts.replay.push(lastDrill.replaySeconds * 1000);
         return lastDrill.rtoSeconds * 1000;
@@ -232,6 +234,7 @@ const [drillRto, pgbrRestore] = await interleave(
           '--target-action=promote',
           '--archive-mode=off',
         ]);
+        const restored = performance.now();
         fs.appendFileSync(
           path.join(restoreDir, 'postgresql.auto.conf'),
           `\nport = ${port}\nunix_socket_directories = '${runDir}'\nlisten_addresses = ''\nhot_standby = off\n`,
@@ -253,6 +256,8 @@ const [drillRto, pgbrRestore] = await interleave(
           await sleep(100);
         }
         const ms = performance.now() - t0;
+        theirParts.restore.push(restored - t0);
+        theirParts.replay.push(performance.now() - restored);
         await runProcess(binPath('pg_ctl'), ['-D', restoreDir, '-m', 'immediate', 'stop'], {
           ...asOwner,
           cwd: '/',
@@ -285,9 +290,16 @@ printTable(
     one('  ours: verification (pg_verifybackup, tar unpacked) (s)', verifyOurs),
     one('  pgBackRest: verify, extra (s)', verifyTheirs),
     row('restore to promotion: drill RTO vs pgbackrest restore + start (s)', drillRto!, pgbrRestore!, '≤ 1.0×'),
-    one('  drill: restore (s)', { name: 'r', ms: parts.restore }),
-    one('  drill: verify (s)', { name: 'v', ms: parts.verify }),
-    one('  drill: replay to promotion (s)', { name: 'p', ms: parts.replay }),
+    row(
+      '  restore: drill unpacking vs pgbackrest restore (s)',
+      { name: 'r', ms: parts.restore },
+      {
+        name: 'r',
+        ms: theirParts.restore,
+      },
+    ),
+    one('  drill: verify the restored files (pg_verifybackup), extra (s)', { name: 'v', ms: parts.verify }),
+    row('  start and replay to promotion (s)', { name: 'p', ms: parts.replay }, { name: 'p', ms: theirParts.replay }),
   ],
 );
 const ratio = median(drillRto!.ms) / median(pgbrRestore!.ms);

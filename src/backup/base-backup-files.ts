@@ -68,12 +68,18 @@ export async function materializeDataDir(
 
 /**
  * pg_verifybackup of a data directory against the backup manifest: every file's
- * size and checksum, and the WAL the backup needs parsed with pg_waldump. Throws
- * naming the files that do not match.
+ * size and checksum, and (unless `parseWal` is false) the WAL the backup needs parsed
+ * with pg_waldump. Throws naming the files that do not match.
  */
-export async function verifyDataDir(dataDir: string, manifestPath: string, signal?: AbortSignal): Promise<void> {
+export async function verifyDataDir(
+  dataDir: string,
+  manifestPath: string,
+  signal?: AbortSignal,
+  { parseWal = true } = {},
+): Promise<void> {
+  const args = ['--quiet', ...(parseWal ? [] : ['--no-parse-wal']), '--manifest-path', manifestPath, dataDir];
   try {
-    await runProcess(binPath('pg_verifybackup'), ['--quiet', '--manifest-path', manifestPath, dataDir], { signal });
+    await runProcess(binPath('pg_verifybackup'), args, { signal });
   } catch (err) {
     const stderr = (err as { stderr?: string }).stderr ?? (err as Error).message;
     const problems = stderr

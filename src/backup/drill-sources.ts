@@ -57,7 +57,9 @@ export function nativeSource(ctx: JobContext, p: DrillRequest, archiveDir: strin
         owner: scratch.owner,
       });
       const started = Date.now();
-      await verifyDataDir(scratch.dataDir, path.join(data, 'backup_manifest'), ctx.signal);
+      // The files only: the WAL was parsed when the backup was verified, and the replay that
+      // follows reads every record of it again (a damaged record fails the drill there).
+      await verifyDataDir(scratch.dataDir, path.join(data, 'backup_manifest'), ctx.signal, { parseWal: false });
       const seconds = (Date.now() - started) / 1000;
       await ctx.log(`restored files match the backup manifest (pg_verifybackup, ${seconds.toFixed(1)} s)`);
       return seconds;
