@@ -2,10 +2,15 @@
 // exit codes, sessions, libpq settings, the recovery window, the partition planner.
 // (The history's flush-failure path runs against the test PostgreSQL: see the end.)
 import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { UnrecoverableError } from 'bullmq';
 import { decryptStream, encryptStream } from '../src/backup/encryption.ts';
+import { DiskFlush } from '../src/backup/base-backup-files.ts';
+import { runProcess } from '../src/core/proc.ts';
 import { DateTime } from 'luxon';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { planMissing } from '../jobs/create-partitions.ts';
@@ -307,6 +312,34 @@ describe('chunked AES-256-GCM', () => {
         () => undefined,
       ),
     ).rejects.toThrow(/encrypted with key "k1", which is not configured/);
+  });
+});
+
+describe('DiskFlush', () => {
+  it('flushes a tree while a process writes it, and each file again only once it has grown', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pgmaint-flush-'));
+    try {
+      const flush = new DiskFlush();
+      // Ten files, each written in two halves 150 ms apart, by another process.
+      const writing = runProcess(
+        'sh',
+        [
+          '-c',
+          'mkdir sub; for i in 0 1 2 3 4 5 6 7 8 9; do head -c 65536 /dev/zero > sub/f$i; done; sleep 0.15; ' +
+            'for i in 0 1 2 3 4 5 6 7 8 9; do head -c 65536 /dev/zero >> sub/f$i; done',
+        ],
+        { cwd: dir },
+      );
+      await flush.whileRunning(dir, writing);
+      await writing;
+      // The first pass after the writer ends flushes what grew since; the next has nothing left.
+      await flush.pass(dir);
+      expect(await flush.pass(dir)).toBe(0);
+      fs.appendFileSync(path.join(dir, 'sub', 'f3'), 'more');
+      expect(await flush.pass(dir)).toBe(1);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 

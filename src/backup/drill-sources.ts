@@ -6,7 +6,7 @@ import path from 'node:path';
 import type pg from 'pg';
 import { PermanentJobError } from '../core/errors.ts';
 import type { JobContext } from '../runner/job-definition.ts';
-import { materializeDataDir, verifyDataDir } from './base-backup-files.ts';
+import { DiskFlush, materializeDataDir, verifyDataDir } from './base-backup-files.ts';
 import { baseBackupLockKey, type ListedBaseBackup, listBaseBackups } from './catalog.ts';
 import { Pgbackrest } from './pgbackrest.ts';
 import type { ScratchInstance } from './scratch-instance.ts';
@@ -52,16 +52,25 @@ export function nativeSource(ctx: JobContext, p: DrillRequest, archiveDir: strin
     },
     async restore(scratch) {
       const data = path.join(chosen!.path, 'data');
+      // On disk before the server starts, as a real restore must be (see DiskFlush).
+      const flush = new DiskFlush(ctx.signal);
       await materializeDataDir(data, chosen!.manifest.format, scratch.dataDir, {
         signal: ctx.signal,
         owner: scratch.owner,
+        durable: flush,
       });
       const started = Date.now();
       // The files only: the WAL was parsed when the backup was verified, and the replay that
-      // follows reads every record of it again (a damaged record fails the drill there).
-      await verifyDataDir(scratch.dataDir, path.join(data, 'backup_manifest'), ctx.signal, { parseWal: false });
+      // follows reads every record of it again (a damaged record fails the drill there). The
+      // last of the flushing goes on meanwhile.
+      await Promise.all([
+        verifyDataDir(scratch.dataDir, path.join(data, 'backup_manifest'), ctx.signal, { parseWal: false }),
+        flush.pass(scratch.dataDir),
+      ]);
       const seconds = (Date.now() - started) / 1000;
-      await ctx.log(`restored files match the backup manifest (pg_verifybackup, ${seconds.toFixed(1)} s)`);
+      await ctx.log(
+        `restored files match the backup manifest (pg_verifybackup) and are on disk, ${seconds.toFixed(1)} s`,
+      );
       return seconds;
     },
     restoreCommand: `cp "${archiveDir}/%f" "%p"`,
