@@ -330,10 +330,10 @@ describe('DiskFlush', () => {
         ],
         { cwd: dir },
       );
-      await flush.whileRunning(dir, writing);
+      flush.start(dir, writing);
       await writing;
-      // The first pass after the writer ends flushes what grew since; the next has nothing left.
-      await flush.pass(dir);
+      await flush.finish(dir);
+      // Everything was flushed as it last changed: a pass now has nothing left to do.
       expect(await flush.pass(dir)).toBe(0);
       fs.appendFileSync(path.join(dir, 'sub', 'f3'), 'more');
       expect(await flush.pass(dir)).toBe(1);

@@ -31,12 +31,9 @@ export async function materializeDataDir(
 ): Promise<void> {
   await fs.mkdir(dest, { recursive: true, mode: 0o700 });
   const unpacking = unpack(backupData, format, dest, opts.signal);
-  // Flushed while they are written: the disk's time overlaps the unpacking. Both are
-  // waited for, so a failure never leaves the other at work.
-  const flushing = opts.durable?.whileRunning(dest, unpacking);
-  const [unpacked, flushed] = await Promise.allSettled([unpacking, flushing]);
-  if (unpacked.status === 'rejected') throw unpacked.reason;
-  if (flushed.status === 'rejected') throw flushed.reason;
+  // Flushed while they are written: the disk's time overlaps the unpacking.
+  opts.durable?.start(dest, unpacking);
+  await unpacking;
   await fs.chmod(dest, 0o700);
   if (opts.owner)
     await runProcess('chown', ['-R', `${opts.owner.uid}:${opts.owner.gid}`, dest], { signal: opts.signal });
@@ -89,17 +86,28 @@ export class DiskFlush {
 
   constructor(private readonly signal?: AbortSignal) {}
 
-  /** Flushes the tree in passes until `writing` settles (whichever way), then once more. */
-  async whileRunning(dir: string, writing: Promise<unknown>): Promise<void> {
+  private passes: Promise<void> = Promise.resolve();
+
+  /** Flushes the tree in passes while `writing` runs (until it settles, whichever way). */
+  start(dir: string, writing: Promise<unknown>): void {
     let settled = false;
     const done = writing.then(
       () => (settled = true),
       () => (settled = true),
     );
-    while (!settled) {
-      await this.pass(dir);
-      await Promise.race([done, sleep(FLUSH_PASS_MS)]);
-    }
+    this.passes = (async () => {
+      while (!settled) {
+        await this.pass(dir);
+        await Promise.race([done, sleep(FLUSH_PASS_MS)]);
+      }
+    })();
+    this.passes.catch(() => undefined); // finish() reports it
+  }
+
+  /** Waits for the passes started, then flushes what they left: the tree is durable after it. */
+  async finish(dir: string): Promise<void> {
+    await this.passes;
+    await this.pass(dir);
   }
 
   /**

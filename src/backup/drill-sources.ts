@@ -65,7 +65,7 @@ export function nativeSource(ctx: JobContext, p: DrillRequest, archiveDir: strin
       // last of the flushing goes on meanwhile.
       await Promise.all([
         verifyDataDir(scratch.dataDir, path.join(data, 'backup_manifest'), ctx.signal, { parseWal: false }),
-        flush.pass(scratch.dataDir),
+        flush.finish(scratch.dataDir),
       ]);
       const seconds = (Date.now() - started) / 1000;
       await ctx.log(
