@@ -140,15 +140,14 @@ const job = defineJob({
       for (let next = chunks.shift(); next; next = chunks.shift()) {
         const [chunk, end] = next;
         const args = [chunk.toISODate(), end.toISODate(), zone, chunk.toISO(), end.plus({ days: 1 }).toISO()];
-        const rows = await rollupChunk(ctx, args);
-        upserted += rows[0]!.upserted;
-        deleted += rows[0]!.deleted;
-        groups += rows[0]!.groups;
+        const counts = await rollupChunk(ctx, args);
+        upserted += counts.upserted;
+        deleted += counts.deleted;
+        groups += counts.groups;
         doneDays += Math.round(end.diff(chunk, 'days').days) + 1;
         await ctx.progress(
           (100 * doneDays) / days,
-          `${chunk.toISODate()} … ${end.toISODate()}: ` +
-            `${rows[0]!.upserted} rows upserted, ${rows[0]!.deleted} deleted`,
+          `${chunk.toISODate()} … ${end.toISODate()}: ` + `${counts.upserted} rows upserted, ${counts.deleted} deleted`,
         );
       }
     };
@@ -177,19 +176,19 @@ const job = defineJob({
   },
 });
 
-type ChunkCounts = { upserted: number; deleted: number; groups: number }[];
+type ChunkCounts = { upserted: number; deleted: number; groups: number };
 
 async function rollupChunk(ctx: JobContext, args: (string | null)[]): Promise<ChunkCounts> {
   const empty = !(await ctx.pool.query<{ yes: boolean }>(HAS_ROWS_SQL, args.slice(0, 2))).rows[0]!.yes;
   if (empty) {
     try {
-      return (await ctx.pool.query(FIRST_FILL_SQL, args)).rows;
+      return (await ctx.pool.query<ChunkCounts>(FIRST_FILL_SQL, args)).rows[0]!;
     } catch (err) {
       if ((err as { code?: string }).code !== UNIQUE_VIOLATION) throw err;
       await ctx.log(`${args[0]} … ${args[1]}: filled meanwhile by another run; upserting instead`);
     }
   }
-  return (await ctx.pool.query(ROLLUP_SQL, args)).rows;
+  return (await ctx.pool.query<ChunkCounts>(ROLLUP_SQL, args)).rows[0]!;
 }
 
 export default job;

@@ -40,9 +40,8 @@ export async function materializeDataDir(
 }
 
 async function unpack(backupData: string, format: 'tar' | 'plain', dest: string, signal?: AbortSignal) {
-  const opts = { signal };
   if (format === 'plain') {
-    await runProcess('cp', ['-a', `${backupData}/.`, dest], { signal: opts.signal });
+    await runProcess('cp', ['-a', `${backupData}/.`, dest], { signal });
   } else {
     const names = await fs.readdir(backupData);
     const tars = names.map((n) => [n, TAR_NAME.exec(n)] as const).filter(([, m]) => m);
@@ -62,13 +61,13 @@ async function unpack(backupData: string, format: 'tar' | 'plain', dest: string,
     // Both are waited for, so a failure never leaves the other writing into a removed directory.
     const unpacked = await Promise.allSettled([
       runProcess('tar', ['-x', ...decompressFlag(base[1]![2]), '-f', path.join(backupData, base[0]), '-C', dest], {
-        signal: opts.signal,
+        signal,
       }),
       wal &&
         runProcess(
           'tar',
           ['-x', ...decompressFlag(wal[1]![2]), '-f', path.join(backupData, wal[0]), '-C', path.join(dest, 'pg_wal')],
-          { signal: opts.signal },
+          { signal },
         ),
     ]);
     for (const u of unpacked) if (u.status === 'rejected') throw u.reason;

@@ -72,7 +72,6 @@ export type Config = Omit<File, 'targets' | 'redis' | 'cache' | 'alerts' | 'busi
   enqueueRateLimit: number;
 };
 
-/** "a.b.0.c: message" for the first few issues, naming where the problem is. */
 /**
  * Six hex digits naming this deployment (its Redis key prefix): job ids repeat across
  * deployments, so names they give to shared things (scratch databases) carry this too.
@@ -81,6 +80,7 @@ export function deploymentTag(config: Pick<Config, 'redis'>): string {
   return createHash('sha256').update(config.redis.prefix).digest('hex').slice(0, 6);
 }
 
+/** "a.b.0.c: message" for the first few issues, naming where the problem is. */
 export function formatIssues(issues: readonly z.core.$ZodIssue[], prefix = ''): string {
   return issues
     .slice(0, 5)

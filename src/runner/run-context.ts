@@ -22,7 +22,7 @@ export class RunAbort {
   private controller?: AbortController;
   private rejectAborted!: (reason: Error) => void;
 
-  constructor(private readonly onAbort: (reason: Error) => void) {
+  constructor(private readonly onAbort: () => void) {
     this.aborted = new Promise<never>((_, reject) => {
       this.rejectAborted = reject;
     });
@@ -41,7 +41,7 @@ export class RunAbort {
     if (this.reason) return;
     this.reason = reason;
     this.controller?.abort(reason);
-    this.onAbort(reason);
+    this.onAbort();
     this.rejectAborted(reason);
   }
 }
@@ -111,9 +111,11 @@ export class RunContext implements JobContext {
    * session first needs it; a run that never asks has no such session to end.
    */
   get appName(): string {
-    // 63 bytes at most (PostgreSQL's limit); the random tag is never the part cut off.
-    const run = `pgmaint/${this.job.name}/${this.job.id}`.slice(0, 63 - 7);
-    this.applicationName ??= `${run}/${randomBytes(3).toString('hex')}`;
+    if (!this.applicationName) {
+      // 63 bytes at most (PostgreSQL's limit); the random tag is never the part cut off.
+      const run = `pgmaint/${this.job.name}/${this.job.id}`.slice(0, 63 - 7);
+      this.applicationName = `${run}/${randomBytes(3).toString('hex')}`;
+    }
     return this.applicationName;
   }
 
