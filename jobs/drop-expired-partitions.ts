@@ -2,14 +2,14 @@
 // upper bound is at or before now − retention; the newest partition, the DEFAULT
 // partition and anything not attached to a policy's parent are never touched. Each
 // expired partition is detached (CONCURRENTLY where the parent has no DEFAULT
-// partition), archived with pg_dump and verified (src/backup/partition-archive.ts),
-// and only then dropped. Every step is journaled (src/partitions/retention-journal.ts)
+// partition); the run's detached partitions are archived by one pg_dump and verified
+// (src/backup/partition-archive.ts), and only then dropped. Every step is journaled (src/partitions/retention-journal.ts)
 // before it happens, so a run killed at any step is finished by the next: a pending
 // detach is finalized, a detached table is archived and dropped (or re-attached).
 import { DateTime } from 'luxon';
 import type pg from 'pg';
 import { z } from 'zod';
-import { type Archive, archivePartition, reusableArchive, splitQualified } from '../src/backup/partition-archive.ts';
+import { type Archive, archivePartitions, reusableArchive, splitQualified } from '../src/backup/partition-archive.ts';
 import { defineJob, type JobResult, targetField, type JobContext } from '../src/runner/job-definition.ts';
 import { parseRetention, type PartitionPolicy } from '../src/core/partition-policy.ts';
 import { qualifiedName, quoteQualified, withTransaction } from '../src/core/sql.ts';
@@ -129,6 +129,9 @@ async function applyRetention(
       const attachSql = (q: string, from: string, to: string) =>
         `alter table ${parent} attach partition ${q} for values from (${from}) to (${to})`;
 
+      // Detaches first, then one archive of everything detached, then the drops.
+      const archives: Step[] = [];
+      const drops: Step[] = [];
       // First the work an earlier run left unfinished, found through the journal.
       for (const e of await openEntries(client, policy.table)) {
         const key = `${e.partitionSchema}.${e.partitionName}`;
@@ -152,8 +155,8 @@ async function applyRetention(
         } else if (place === 'detached') {
           const note = `left detached by interrupted run ${e.jobId} (${e.state}); finishing it`;
           if (policy.archive)
-            result.plan.push({ partition: key, action: 'archive', undo: attachSql(q, e.boundFrom, e.boundTo), note });
-          result.plan.push({ partition: key, action: 'drop', sql: `drop table ${q}`, note });
+            archives.push({ partition: key, action: 'archive', undo: attachSql(q, e.boundFrom, e.boundTo), note });
+          drops.push({ partition: key, action: 'drop', sql: `drop table ${q}`, note });
         }
       }
 
@@ -186,9 +189,10 @@ async function applyRetention(
             action: 'detach',
             sql: `alter table ${parent} detach partition ${q}${hasDefault ? '' : ' concurrently'}`,
           });
-        if (policy.archive) result.plan.push({ partition: key, action: 'archive', undo: attachSql(q, from, to) });
-        result.plan.push({ partition: key, action: 'drop', sql: `drop table ${q}` });
+        if (policy.archive) archives.push({ partition: key, action: 'archive', undo: attachSql(q, from, to) });
+        drops.push({ partition: key, action: 'drop', sql: `drop table ${q}` });
       }
+      result.plan.push(...archives, ...drops);
       if (dryRun) return;
       await execute(ctx, client, policy, result, held);
     });
@@ -245,28 +249,10 @@ async function execute(
           break;
         }
         case 'archive': {
-          const reused = await reusableArchive(ctx, h.journal);
-          const archive =
-            reused ??
-            (await archivePartition(ctx, client, step.partition).catch(async (err) => {
-              // Nothing half-done: the partition goes back where it was, with its data.
-              if (step.undo) {
-                await client.query(step.undo);
-                await setState(client, journalId(step.partition)!, 'reattached', ctx.jobId);
-                await ctx.log(`archive failed; re-attached ${step.partition}`);
-              }
-              throw err;
-            }));
-          await setState(client, journalId(step.partition)!, 'archived', ctx.jobId, {
-            file: archive.file,
-            sha256: archive.sha256,
-          });
-          result.archives.push(archive);
-          archived.add(step.partition);
-          await ctx.log(
-            `${reused ? 'verified earlier archive of' : 'archived'} ${step.partition}: ${archive.rows} rows, ` +
-              `${archive.bytes} bytes, ${archive.file}`,
-          );
+          if (archived.has(step.partition)) continue;
+          // The plan's archive steps are consecutive: they are done together, by one pg_dump.
+          const batch = result.plan.filter((x) => x.action === 'archive');
+          await archiveBatch(ctx, client, policy, batch, held, result, archived);
           continue;
         }
         case 'reattach':
@@ -292,6 +278,59 @@ async function execute(
     }
   } finally {
     await client.query('reset lock_timeout').catch(() => undefined);
+  }
+}
+
+/**
+ * Archives the plan's partitions: those an interrupted run archived are re-verified and
+ * reused, the rest go into one pg_dump. If that fails, each goes back into its parent.
+ * All become "archived" in the journal at once.
+ */
+async function archiveBatch(
+  ctx: JobContext,
+  client: pg.ClientBase,
+  policy: PartitionPolicy,
+  batch: Step[],
+  held: Map<string, Held>,
+  result: DropResult,
+  archived: Set<string>,
+): Promise<void> {
+  const journalId = (key: string) => held.get(key)?.journal?.id;
+  const proven: Parameters<typeof reusableArchive>[3] = new Map();
+  const reused: Archive[] = [];
+  for (const step of batch) {
+    const earlier = await reusableArchive(ctx, step.partition, held.get(step.partition)?.journal, proven);
+    if (earlier) reused.push(earlier);
+  }
+  const rest = batch.filter((x) => !reused.some((a) => a.partition === x.partition));
+  const made = rest.length
+    ? await archivePartitions(
+        ctx,
+        client,
+        policy.table,
+        rest.map((x) => x.partition),
+      ).catch(async (err) => {
+        // Nothing half-done: the partitions go back where they were, with their data.
+        for (const step of rest) {
+          if (!step.undo) continue;
+          await client.query(step.undo);
+          await setState(client, journalId(step.partition)!, 'reattached', ctx.jobId);
+          await ctx.log(`archive failed; re-attached ${step.partition}`);
+        }
+        throw err;
+      })
+    : [];
+  await withTransaction(client, async () => {
+    for (const a of [...reused, ...made])
+      await setState(client, journalId(a.partition)!, 'archived', ctx.jobId, { file: a.file, sha256: a.sha256 });
+  });
+  for (const a of [...reused, ...made]) {
+    result.archives.push(a);
+    archived.add(a.partition);
+    await ctx.log(
+      `${reused.includes(a) ? 'verified earlier archive of' : 'archived'} ${a.partition}: ${a.rows} rows, in ` +
+        `${a.file} (${a.bytes} bytes)`,
+    );
   }
 }
 

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { binPath, runProcess } from '../src/core/proc.ts';
+import { binPath, runPipeline, runProcess } from '../src/core/proc.ts';
 import { startWorkers } from '../src/cli/roles.ts';
 import type { Runtime } from '../src/runner/runtime.ts';
 import { createHarness, waitForFinished, waitUntil, type Harness } from './support/harness.ts';
@@ -14,6 +14,7 @@ const policies = [
   { table: 'ret.daily', column: 'ts', interval: 'day', retention: '5 days' },
   { table: 'ret.fragile', column: 'ts', interval: 'day', retention: '1 day' },
   { table: 'ret.pending', column: 'ts', interval: 'day', retention: '1 day' },
+  { table: 'ret.gap', column: 'ts', interval: 'day', retention: '1 day' },
 ];
 
 async function dailyTable(name: string, days: number, withDefault = false) {
@@ -44,11 +45,13 @@ async function partitions(table: string): Promise<string[]> {
 
 beforeAll(async () => {
   h = await createHarness('retention');
-  h.configFile({ partitions: policies });
+  // One attempt: a retry would plan only what the first left, and hide why it failed.
+  h.configFile({ partitions: policies, jobs: { 'drop-expired-partitions': { attempts: 1 } } });
   await h.admin.query('create schema ret');
   await dailyTable('daily', 10);
   await dailyTable('fragile', 3, true);
   await dailyTable('pending', 3);
+  await dailyTable('gap', 3);
   rt = h.runtime({ schedules: [] });
   startWorkers(rt, ['drop-expired-partitions']);
 });
@@ -102,21 +105,29 @@ describe('drop-expired-partitions', () => {
     expect((await h.admin.query(`select count(*)::int n from ret.daily`)).rows[0].n).toBe(60);
     expect(done.archives.map((a) => a.rows)).toEqual([10, 10, 10, 10]);
 
-    // The archive restores: into a scratch database, where the rows are counted.
+    // One pg_dump for the run: one file, whose manifest lists the four partitions.
     const archive = done.archives[0]!;
+    expect(new Set(done.archives.map((a) => a.file))).toEqual(new Set([archive.file]));
+    expect(archive.file).toMatch(/\/ret\.daily-\d{8}T\d{9}Z\.dump\.zst$/);
     const manifest = JSON.parse(fs.readFileSync(`${archive.file}.manifest.json`, 'utf8'));
     expect(manifest.sha256).toBe(createHash('sha256').update(fs.readFileSync(archive.file)).digest('hex'));
+    expect(manifest).toMatchObject({ version: 2, parent: 'ret.daily', compression: 'zstd' });
+    expect(manifest.partitions).toEqual([1, 2, 3, 4].map((d) => ({ partition: `ret.daily_p2026010${d}`, rows: 10 })));
+    // It restores (zstd, then pg_restore), into a scratch database where the rows are counted.
     const scratch = `scratch_${h.id}`;
     await h.admin.query(`create database ${scratch}`);
     const scratchUrl = h.dbUrl.replace(/\/[^/]+$/, `/${scratch}`);
     await runProcess(binPath('psql'), ['-XAtq', '-d', scratchUrl, '-c', 'create schema ret']);
-    await runProcess(binPath('pg_restore'), ['--no-owner', `--dbname=${scratchUrl}`, archive.file]);
+    await runPipeline([
+      { cmd: 'zstd', args: ['-q', '-d', '-c', archive.file] },
+      { cmd: binPath('pg_restore'), args: ['--no-owner', `--dbname=${scratchUrl}`] },
+    ]);
     const { stdout } = await runProcess(binPath('psql'), [
       '-XAtq',
       '-d',
       scratchUrl,
       '-c',
-      'select count(*) from ret.daily_p20260101',
+      'select count(*) from ret.daily_p20260104',
     ]);
     expect(Number(stdout.trim())).toBe(10);
 
@@ -132,6 +143,37 @@ describe('drop-expired-partitions', () => {
     );
     expect(drops).not.toContain('ret.daily_p20260110');
     expect(drops).toHaveLength(5);
+  });
+
+  it('an archive that lacks a partition is refused: every partition of the run goes back with its rows', async () => {
+    // A pg_dump that leaves out one table's data: the read-back must notice before anything is dropped.
+    const bin = path.join(h.dir, 'gap-bin');
+    fs.mkdirSync(bin, { recursive: true });
+    for (const tool of fs.readdirSync(path.dirname(binPath('pg_dump'))))
+      if (tool !== 'pg_dump') fs.symlinkSync(path.join(path.dirname(binPath('pg_dump')), tool), path.join(bin, tool));
+    fs.writeFileSync(
+      path.join(bin, 'pg_dump'),
+      `#!/bin/sh\nexec "${binPath('pg_dump')}" "$@" --exclude-table-data=ret.gap_p20260102\n`,
+      { mode: 0o755 },
+    );
+    const before = await partitions('ret.gap');
+    process.env.PG_BINDIR = bin;
+    const { state, job } = await run({ tables: ['ret.gap'], now: '2026-01-04T00:00:00Z' }).finally(
+      () => delete process.env.PG_BINDIR,
+    );
+    expect(state).toBe('failed');
+    expect(job.failedReason).toMatch(/archive of ret\.gap_p20260102 has no TABLE DATA entry; not dropped/);
+    expect(await partitions('ret.gap')).toEqual(before);
+    expect((await h.admin.query(`select count(*)::int n from ret.gap`)).rows[0].n).toBe(30);
+    const { rows } = await h.admin.query(
+      `select partition_name, state from pgmaint.retention_journal where parent = 'ret.gap' order by 1`,
+    );
+    expect(rows).toEqual([
+      { partition_name: 'gap_p20260101', state: 'reattached' },
+      { partition_name: 'gap_p20260102', state: 'reattached' },
+    ]);
+    const left = fs.readdirSync(path.join(h.backupDir, 'partitions', 'main')).filter((f) => f.startsWith('ret.gap-'));
+    expect(left).toEqual([]);
   });
 
   it('an archive that cannot be written leaves the partition attached with its rows', async () => {

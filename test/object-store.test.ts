@@ -131,7 +131,7 @@ describe('partition archives in the object store', () => {
       rows: 50,
       object: { encryption: { keyId: 'k2026' } },
     });
-    expect(archives[0]!.object.key).toMatch(/^pgmaint\/partitions\/main\/app\.events_p20260101-.*\.dump\.enc$/);
+    expect(archives[0]!.object.key).toMatch(/^pgmaint\/partitions\/main\/app\.events-\d{8}T\d{9}Z\.dump\.zst\.enc$/);
     expect(fs.readFileSync(storedFile(archives[0]!.object.key)).subarray(0, 8).toString()).toBe('PGMENC1\n');
     const { rows } = await h.admin.query(`select to_regclass('app.events_p20260101') as t`);
     expect(rows[0].t).toBeNull();

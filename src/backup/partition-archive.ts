@@ -1,21 +1,26 @@
-// The verified archive of a partition that retention drops: pg_dump of the detached
-// table, checked (its TABLE DATA entry, its row count, sha256), published under its
-// final name, and uploaded to the object store when one is configured. Only then
-// may the partition be dropped.
+// The verified archive of the partitions a retention run drops: one pg_dump of the
+// detached tables (custom format, uncompressed, so the server's COPY is not joined by
+// zlib on the same cores), compressed by zstd on its way to the file. It counts only
+// once a full read-back through pg_restore finds each partition's rows, as many as the
+// detached table held; then it is published under its final name, uploaded to the
+// object store when one is configured, and described by a manifest. Only then may the
+// partitions be dropped.
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type pg from 'pg';
 import { PermanentJobError } from '../core/errors.ts';
 import { fileStamp, publish, sha256File, writeJsonAtomic } from '../core/files.ts';
-import { binPath, runProcess } from '../core/proc.ts';
+import { binPath, runPipeline } from '../core/proc.ts';
 import { quoteQualified } from '../core/sql.ts';
 import type { JobContext } from '../runner/job-definition.ts';
 import { objectStoreFor, type StoredObject } from './object-store.ts';
 
+/** One partition's place in an archive file (several partitions may share the file). */
 export interface Archive {
   partition: string;
   file: string;
   rows: number;
+  /** The file's size and checksum. */
   bytes: number;
   sha256: string;
   /** The verified copy in the object store, when one is configured. */
@@ -29,81 +34,147 @@ export interface ArchivedEntry {
   archiveSha256: string | null;
 }
 
+interface Manifest {
+  sha256: string;
+  bytes: number;
+  /** Version 2: every partition in the file; version 1 (one partition a file) had `partition` and `rows`. */
+  partitions?: { partition: string; rows: number }[];
+  partition?: string;
+  rows?: number;
+  object?: StoredObject;
+}
+
+export const ARCHIVE_SUFFIX = '.dump.zst';
+
 export function splitQualified(partition: string): [string, string] {
   const dot = partition.indexOf('.');
   return [partition.slice(0, dot), partition.slice(dot + 1)];
 }
 
-/** An archive an interrupted run finished (journal state archived) still counts if its file and manifest agree. */
-export async function reusableArchive(ctx: JobContext, entry: ArchivedEntry | undefined): Promise<Archive | undefined> {
+/**
+ * An archive an interrupted run finished (journal state archived) still counts if its
+ * file (or its copy in the bucket) matches the manifest, and the manifest lists the partition.
+ * `proven` keeps the files already checked in this run, so a shared file is read once.
+ */
+export async function reusableArchive(
+  ctx: JobContext,
+  partition: string,
+  entry: ArchivedEntry | undefined,
+  proven = new Map<string, Promise<Manifest | undefined>>(),
+): Promise<Archive | undefined> {
   if (entry?.state !== 'archived' || !entry.archiveFile || !entry.archiveSha256) return undefined;
+  const file = entry.archiveFile;
+  const sha256 = entry.archiveSha256;
+  if (!proven.has(file)) proven.set(file, provenManifest(ctx, file, sha256));
+  const manifest = await proven.get(file);
+  if (!manifest) return undefined;
+  const listed = manifest.partitions ?? [{ partition: manifest.partition!, rows: manifest.rows! }];
+  const mine = listed.find((x) => x.partition === partition);
+  if (!mine) return undefined;
+  return {
+    partition,
+    file,
+    rows: mine.rows,
+    bytes: manifest.bytes,
+    sha256,
+    ...(manifest.object ? { object: manifest.object } : {}),
+  };
+}
+
+async function provenManifest(ctx: JobContext, file: string, sha256: string): Promise<Manifest | undefined> {
   try {
-    const manifest = JSON.parse(await fs.readFile(`${entry.archiveFile}.manifest.json`, 'utf8'));
-    if (manifest.sha256 !== entry.archiveSha256) return undefined;
+    const manifest = JSON.parse(await fs.readFile(`${file}.manifest.json`, 'utf8')) as Manifest;
+    if (manifest.sha256 !== sha256) return undefined;
     if (manifest.object) {
       // Its copy in the bucket is what counts: read back and compared, not taken on trust.
       const store = objectStoreFor(ctx.config);
       const stored = await store?.sha256Of(manifest.object.key, ctx.signal).finally(() => store.close());
       if (stored?.sha256 !== manifest.object.sha256) return undefined;
-    } else if ((await sha256File(entry.archiveFile)) !== entry.archiveSha256) return undefined;
-    const sha256 = entry.archiveSha256;
-    return {
-      partition: manifest.partition,
-      file: entry.archiveFile,
-      rows: manifest.rows,
-      bytes: manifest.bytes,
-      sha256,
-      ...(manifest.object ? { object: manifest.object } : {}),
-    };
+    } else if ((await sha256File(file)) !== sha256) return undefined;
+    return manifest;
   } catch {
     return undefined;
   }
 }
 
-/** pg_dump of one detached partition, verified before it counts. */
-export async function archivePartition(ctx: JobContext, client: pg.ClientBase, partition: string): Promise<Archive> {
-  const [schema, name] = splitQualified(partition);
-  const dir = path.join(ctx.config.backupDir, 'partitions', ctx.target.name);
-  await fs.mkdir(dir, { recursive: true }).catch((err) => {
-    throw new PermanentJobError(`BACKUP_DIR: cannot create ${dir}: ${(err as Error).message}`);
-  });
-  // A killed run's leftovers of this partition: partial dumps, and dumps that never got
-  // their manifest (they never counted). Names are compared as text, not as patterns.
+/**
+ * Removes what killed runs left in `dir` for these names: partial files, and archives
+ * that never got their manifest (they never counted). `names` are "schema.table"; a
+ * file belongs to one when it starts with it and a dash (names hold no dashes).
+ */
+async function removeLeftovers(ctx: JobContext, dir: string, names: string[]): Promise<void> {
+  const prefixes = names.map((n) => `${n}-`);
   for (const entry of await fs.readdir(dir)) {
-    if (!entry.startsWith(`${schema}.${name}-`)) continue;
+    // Compared as text, never as a pattern: names may hold $ and other regex characters.
+    if (!prefixes.some((x) => entry.startsWith(x))) continue;
     const orphan =
       entry.endsWith('.partial') ||
-      (entry.endsWith('.dump') && !(await fs.stat(path.join(dir, `${entry}.manifest.json`)).catch(() => null)));
+      ((entry.endsWith('.dump') || entry.endsWith(ARCHIVE_SUFFIX)) &&
+        !(await fs.stat(path.join(dir, `${entry}.manifest.json`)).catch(() => null)));
     if (orphan) {
       await fs.rm(path.join(dir, entry), { force: true });
       await ctx.log(`removed ${entry}, left by an interrupted run`);
     }
   }
-  // Detached, the table takes no more writes through the parent; this count is the dump's.
-  const rows = Number((await client.query(`select count(*) as n from ${quoteQualified(schema, name)}`)).rows[0].n);
-  const file = path.join(dir, `${schema}.${name}-${fileStamp()}.dump`);
+}
+
+/** One pg_dump of detached partitions of `parent`, verified before it counts; an Archive for each. */
+export async function archivePartitions(
+  ctx: JobContext,
+  client: pg.ClientBase,
+  parent: string,
+  partitions: string[],
+): Promise<Archive[]> {
+  const dir = path.join(ctx.config.backupDir, 'partitions', ctx.target.name);
+  await fs.mkdir(dir, { recursive: true }).catch((err) => {
+    throw new PermanentJobError(`BACKUP_DIR: cannot create ${dir}: ${(err as Error).message}`);
+  });
+  await removeLeftovers(ctx, dir, [parent, ...partitions]);
+  // Detached, the tables take no more writes through the parent; these counts are the dump's.
+  const rows = new Map<string, number>();
+  for (const p of partitions)
+    rows.set(
+      p,
+      Number((await client.query(`select count(*) as n from ${quoteQualified(...splitQualified(p))}`)).rows[0].n),
+    );
+  const file = path.join(dir, `${parent}-${fileStamp()}${ARCHIVE_SUFFIX}`);
   const tmp = `${file}.partial`;
   try {
-    await runProcess(
-      binPath('pg_dump'),
-      ['--format=custom', '--no-password', `--table=${quoteQualified(schema, name)}`, `--file=${tmp}`],
-      { env: ctx.libpqEnv(), signal: ctx.signal },
+    await runPipeline(
+      [
+        {
+          cmd: binPath('pg_dump'),
+          args: [
+            '--format=custom',
+            '--compress=0',
+            '--no-password',
+            ...partitions.map((p) => `--table=${quoteQualified(...splitQualified(p))}`),
+          ],
+          env: ctx.libpqEnv(),
+        },
+        { cmd: 'zstd', args: ['-q', '-3', '-o', tmp] },
+      ],
+      { signal: ctx.signal },
     );
-    const list = await runProcess(binPath('pg_restore'), ['--list', tmp], { signal: ctx.signal });
-    // Compared as text, never as a pattern: names may hold $ and other regex characters.
-    const entry = ` TABLE DATA ${schema} ${name} `;
-    if (!list.stdout.split('\n').some((line) => line.includes(entry)))
-      throw new Error(`archive of ${partition} has no TABLE DATA entry; not dropped`);
+    const found = await readBack(ctx, tmp);
+    for (const p of partitions) {
+      const n = found.get(p);
+      if (n === undefined) throw new Error(`archive of ${p} has no TABLE DATA entry; not dropped`);
+      if (n !== rows.get(p)) throw new Error(`archive of ${p} holds ${n} rows, the table ${rows.get(p)}; not dropped`);
+    }
     const bytes = (await fs.stat(tmp)).size;
     const sha256 = await sha256File(tmp, ctx.signal);
     await publish(tmp, file);
     const object = await uploadArchive(ctx, file);
+    const listed = partitions.map((p) => ({ partition: p, rows: rows.get(p)! }));
     await writeJsonAtomic(`${file}.manifest.json`, {
       kind: 'pgmaint-partition-archive',
-      version: 1,
+      version: 2,
       target: ctx.target.name,
-      partition,
-      rows,
+      parent,
+      format: 'custom',
+      compression: 'zstd',
+      partitions: listed,
       bytes,
       sha256,
       createdAt: new Date().toISOString(),
@@ -111,11 +182,47 @@ export async function archivePartition(ctx: JobContext, client: pg.ClientBase, p
       ...(object ? { object } : {}),
     });
     if (object && !ctx.config.objectStore!.keepLocal) await fs.rm(file, { force: true });
-    return { partition, file, rows, bytes, sha256, ...(object ? { object } : {}) };
+    return listed.map((x) => ({ ...x, file, bytes, sha256, ...(object ? { object } : {}) }));
   } catch (err) {
     await fs.rm(tmp, { force: true });
     throw err;
   }
+}
+
+/**
+ * Reads the whole archive back, as a restore would: zstd checks its checksum, pg_restore
+ * turns it into a script, and the rows of each TABLE DATA entry's COPY are counted.
+ * Returns rows by "schema.table".
+ */
+async function readBack(ctx: JobContext, file: string): Promise<Map<string, number>> {
+  const found = new Map<string, number>();
+  let entry: string | undefined; // the TABLE DATA entry whose COPY comes next
+  let copying: string | undefined;
+  await runPipeline(
+    [
+      { cmd: 'zstd', args: ['-q', '-d', '-c', file] },
+      { cmd: binPath('pg_restore'), args: ['--file=-'] },
+    ],
+    {
+      signal: ctx.signal,
+      onStdoutLine(line) {
+        if (copying !== undefined) {
+          if (line === '\\.')
+            copying = undefined; // COPY's end marker; a data line never equals it
+          else found.set(copying, found.get(copying)! + 1);
+        } else if (line.startsWith('-- Data for Name: ')) {
+          // "-- Data for Name: <table>; Type: TABLE DATA; Schema: <schema>; Owner: …" (names hold no ";")
+          const m = /^-- Data for Name: ([^;]+); Type: TABLE DATA; Schema: ([^;]+);/.exec(line);
+          entry = m ? `${m[2]}.${m[1]}` : undefined;
+        } else if (entry && line.startsWith('COPY ') && line.endsWith(' FROM stdin;')) {
+          copying = entry;
+          found.set(entry, 0);
+          entry = undefined;
+        }
+      },
+    },
+  );
+  return found;
 }
 
 /** Uploads a published archive to the object store, when one is configured, and proves the copy. */

@@ -63,6 +63,7 @@ export class ProcessError extends Error {
     message: string,
     readonly exitCode: number | null,
     readonly stderr: string,
+    readonly signal: NodeJS.Signals | null = null,
   ) {
     super(message);
   }

@@ -1,6 +1,6 @@
 // Child processes (pg_dump, pg_restore, …) that die with the job: an abort signal
 // kills them, stderr lines are handed to the caller, and the error names the tool.
-import { spawn } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import readline from 'node:readline';
 import { ProcessError } from './errors.ts';
 import { redact } from './redact.ts';
@@ -39,34 +39,100 @@ export async function runProcess(
   const onAbort = () => child.kill('SIGKILL');
   opts.signal?.addEventListener('abort', onAbort, { once: true });
   let stdout = '';
-  const stderrTail: string[] = [];
-  readline.createInterface({ input: child.stderr }).on('line', (line) => {
-    stderrTail.push(line);
-    if (stderrTail.length > 20) stderrTail.shift();
-    opts.onStderrLine?.(line);
-  });
   if (opts.onStdoutLine) readline.createInterface({ input: child.stdout }).on('line', opts.onStdoutLine);
   else if (opts.captureStdout !== false) child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
   else child.stdout.resume();
-
   try {
-    const [code, sig] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve, reject) => {
-      child.on('error', reject);
-      child.on('close', (c, s) => resolve([c, s]));
-    });
+    const stderr = await finished(child, cmd, opts.onStderrLine);
     opts.signal?.throwIfAborted();
-    const stderr = stderrTail.join('\n');
-    if (code !== 0) {
-      const tool = cmd.split('/').pop();
-      const last = stderrTail.filter(Boolean).slice(-3).join(' | ');
-      throw new ProcessError(
-        redact(`${tool} ${sig ? `killed by ${sig}` : `exited with ${code}`}${last ? `: ${last}` : ''}`),
-        code,
-        redact(stderr),
-      );
-    }
     return { stdout, stderr };
   } finally {
     opts.signal?.removeEventListener('abort', onAbort);
   }
+}
+
+/** One command of a pipeline. */
+export interface Stage {
+  cmd: string;
+  args: string[];
+  env?: Record<string, string>;
+}
+
+/**
+ * Runs `a | b | …` without a shell: each stage's stdout is the next one's stdin, an OS
+ * pipe between the two processes (nothing passes through this one). The last stage
+ * writes its own output (a file named in its arguments), or hands it line by line to
+ * `onStdoutLine`. A stage that fails, or an abort, kills them all; the error names the
+ * first stage that failed.
+ */
+export async function runPipeline(
+  stages: Stage[],
+  opts: { signal?: AbortSignal; onStdoutLine?: (line: string) => void } = {},
+): Promise<void> {
+  opts.signal?.throwIfAborted();
+  const children: ChildProcess[] = [];
+  for (const [i, stage] of stages.entries()) {
+    const prev = children[i - 1];
+    children.push(
+      spawn(stage.cmd, stage.args, {
+        env: { ...process.env, ...stage.env },
+        stdio: [prev ? prev.stdout! : 'ignore', i < stages.length - 1 || opts.onStdoutLine ? 'pipe' : 'ignore', 'pipe'],
+      }),
+    );
+    // This process keeps no end of the pipe: a reader that dies gives the writer EPIPE.
+    prev?.stdout?.destroy();
+  }
+  const last = children.at(-1)!;
+  // Every line is read before the last stage counts as finished ('close' waits for its stdout).
+  if (opts.onStdoutLine) readline.createInterface({ input: last.stdout! }).on('line', opts.onStdoutLine);
+  const killAll = () => {
+    for (const c of children) c.kill('SIGKILL');
+  };
+  opts.signal?.addEventListener('abort', killAll, { once: true });
+  try {
+    const outcomes = await Promise.allSettled(
+      children.map((c, i) =>
+        finished(c, stages[i]!.cmd).catch((err) => {
+          killAll();
+          throw err;
+        }),
+      ),
+    );
+    opts.signal?.throwIfAborted();
+    // The first stage that failed on its own; later ones often fail only because it did.
+    const failed = outcomes.find((o) => o.status === 'rejected' && !killedByUs(o.reason));
+    const any = failed ?? outcomes.find((o) => o.status === 'rejected');
+    if (any) throw (any as PromiseRejectedResult).reason;
+  } finally {
+    opts.signal?.removeEventListener('abort', killAll);
+  }
+}
+
+// Killed by us, or by the pipe its reader closed: a consequence of another stage's failure.
+const killedByUs = (err: unknown) =>
+  err instanceof ProcessError && (err.signal === 'SIGKILL' || err.signal === 'SIGPIPE');
+
+/** Waits for a child to exit; resolves with its stderr's tail, or throws a ProcessError naming the tool. */
+function finished(child: ChildProcess, cmd: string, onStderrLine?: (line: string) => void): Promise<string> {
+  const stderrTail: string[] = [];
+  readline.createInterface({ input: child.stderr! }).on('line', (line) => {
+    stderrTail.push(line);
+    if (stderrTail.length > 20) stderrTail.shift();
+    onStderrLine?.(line);
+  });
+  return new Promise<[number | null, NodeJS.Signals | null]>((resolve, reject) => {
+    child.on('error', reject);
+    child.on('close', (c, s) => resolve([c, s]));
+  }).then(([code, sig]) => {
+    const stderr = stderrTail.join('\n');
+    if (code === 0) return stderr;
+    const tool = cmd.split('/').pop();
+    const last = stderrTail.filter(Boolean).slice(-3).join(' | ');
+    throw new ProcessError(
+      redact(`${tool} ${sig ? `killed by ${sig}` : `exited with ${code}`}${last ? `: ${last}` : ''}`),
+      code,
+      redact(stderr),
+      sig,
+    );
+  });
 }
