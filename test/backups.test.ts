@@ -8,7 +8,7 @@ import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { baseBackupLockKey, baseDir, listBaseBackups, listDumps } from '../src/backup/catalog.ts';
 import { deploymentTag } from '../src/core/config.ts';
-import { verifyDataDir } from '../src/backup/base-backup-files.ts';
+import { splitManifest, verifyDataDir } from '../src/backup/base-backup-files.ts';
 import type { PostgresInstance } from '../src/dev/devstack.ts';
 import { startWorkers } from '../src/cli/roles.ts';
 import type { Runtime } from '../src/runner/runtime.ts';
@@ -100,10 +100,15 @@ describe('base-backup', () => {
     fs.closeSync(fd);
     const relative = path.relative(data, victim);
     const mismatch = `checksum mismatch for file "${relative}"`;
+    // The files are checked by two processes; a file of the other one's share is damaged too.
+    const [otherShare] = await splitManifest(path.join(data, 'backup_manifest'), 2);
+    expect(otherShare).not.toContain(relative);
+    const second = otherShare!.find((f) => /^base\/\d+\/\d+$/.test(f) && fs.statSync(path.join(data, f)).size > 0)!;
+    fs.appendFileSync(path.join(data, second), 'x');
     try {
-      await expect(verifyDataDir(data, path.join(data, 'backup_manifest'))).rejects.toThrow(
-        `does not match its manifest: pg_verifybackup: error: ${mismatch}`,
-      );
+      const failure = await verifyDataDir(data, path.join(data, 'backup_manifest')).catch((e: Error) => e.message);
+      expect(failure).toContain(`does not match its manifest: pg_verifybackup: error: ${mismatch}`);
+      expect(failure).toContain(`"${second}" has size`);
       // The drill verifies what it restores: it never replays a damaged backup.
       const drill = await run('pitr-drill', {});
       expect(drill.state).toBe('failed');
