@@ -3,9 +3,10 @@
 // partition and anything not attached to a policy's parent are never touched. Each
 // expired partition is detached (CONCURRENTLY where the parent has no DEFAULT
 // partition); the run's detached partitions are archived by one pg_dump and verified
-// (src/backup/partition-archive.ts), and only then dropped. Every step is journaled (src/partitions/retention-journal.ts)
-// before it happens, so a run killed at any step is finished by the next: a pending
-// detach is finalized, a detached table is archived and dropped (or re-attached).
+// (src/backup/partition-archive.ts), and only then dropped. Every step is journaled
+// (src/partitions/retention-journal.ts) before it happens, so a run killed at any step
+// is finished by the next: a pending detach is finalized, a detached table is archived
+// and dropped (or re-attached).
 import { DateTime } from 'luxon';
 import type pg from 'pg';
 import { z } from 'zod';
