@@ -9,8 +9,10 @@
 // ones with rows put back, the table bloated), then runs the operations in turn; rounds
 // repeat that order. A window is 5 s from the operation's start (or the whole operation,
 // if longer), the same for the quiet baseline: each p99 is over the same transactions.
+// Autovacuum is off in the bench's cluster, so that its runs after each round's
+// preparation do not land in random windows.
 // Needs pgbench (PostgreSQL) and postgresql-15-partman.
-//   npm run bench:live [-- --rate 200 --rounds 3]
+//   npm run bench:live [-- --rate 200 --rounds 5]
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -30,7 +32,7 @@ import { loadAverage, median, printTable } from './method.ts';
 import { jobRunner } from './run-job.ts';
 
 const { values } = parseArgs({
-  options: { rate: { type: 'string', default: '200' }, rounds: { type: 'string', default: '3' } },
+  options: { rate: { type: 'string', default: '200' }, rounds: { type: 'string', default: '5' } },
 });
 const RATE = Number(values.rate);
 const ROUNDS = Math.max(3, Number(values.rounds));
@@ -46,7 +48,9 @@ console.log(`load average before: ${loadAverage()}`);
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pgmaint-bench-live-'));
 fs.chmodSync(dir, 0o777);
 const [server, redis] = await Promise.all([
-  startPostgres({ dir: path.join(dir, 'pg'), settings: { max_locks_per_transaction: 256 } }),
+  // Autovacuum off: its runs, set off by each round's preparation, would land in random
+  // windows; each window measures the one operation it is named after.
+  startPostgres({ dir: path.join(dir, 'pg'), settings: { max_locks_per_transaction: 256, autovacuum: 'off' } }),
   startRedis({ dir: path.join(dir, 'redis') }),
 ]);
 await createDatabase(server, 'app');

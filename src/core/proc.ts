@@ -62,8 +62,8 @@ export interface Stage {
  * Runs `a | b | …` without a shell: each stage's stdout is the next one's stdin, an OS
  * pipe between the two processes (nothing passes through this one). The last stage
  * writes its own output (a file named in its arguments), or hands it line by line to
- * `onStdoutLine`. A stage that fails, or an abort, kills them all; the error names the
- * first stage that failed.
+ * `onStdoutLine`. A stage that fails kills the stages before it, an abort kills them
+ * all; the error names the first stage that failed of its own accord.
  */
 export async function runPipeline(
   stages: Stage[],
@@ -79,7 +79,7 @@ export async function runPipeline(
         stdio: [prev ? prev.stdout! : 'ignore', i < stages.length - 1 || opts.onStdoutLine ? 'pipe' : 'ignore', 'pipe'],
       }),
     );
-    // This process keeps no end of the pipe: a reader that dies gives the writer EPIPE.
+    // This process keeps no end of the pipe: a reader that dies makes the writer fail.
     prev?.stdout?.destroy();
   }
   const last = children.at(-1)!;
@@ -93,7 +93,9 @@ export async function runPipeline(
     const outcomes = await Promise.allSettled(
       children.map((c, i) =>
         finished(c, stages[i]!.cmd).catch((err) => {
-          killAll();
+          // The writers feeding it would block or fail on the pipe; the readers after it
+          // see the end of their input and finish by themselves.
+          for (const writer of children.slice(0, i)) writer.kill('SIGKILL');
           throw err;
         }),
       ),
@@ -108,9 +110,11 @@ export async function runPipeline(
   }
 }
 
-// Killed by us, or by the pipe its reader closed: a consequence of another stage's failure.
+// Killed by us, or failed writing to a pipe its reader had closed (Node's pipes are
+// socket pairs: EPIPE or ECONNRESET): a consequence of another stage's failure.
 const killedByUs = (err: unknown) =>
-  err instanceof ProcessError && (err.signal === 'SIGKILL' || err.signal === 'SIGPIPE');
+  err instanceof ProcessError &&
+  (err.signal === 'SIGKILL' || err.signal === 'SIGPIPE' || /broken pipe|connection reset/i.test(err.stderr));
 
 /** Waits for a child to exit; resolves with its stderr's tail, or throws a ProcessError naming the tool. */
 function finished(child: ChildProcess, cmd: string, onStderrLine?: (line: string) => void): Promise<string> {
