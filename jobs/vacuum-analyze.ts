@@ -3,7 +3,7 @@
 // time since the last (auto)vacuum, transaction-ID age against a freeze threshold —
 // and ANALYZE of partitioned parents, which autovacuum never analyzes. One table at
 // a time, under lock_timeout, skipping a table autovacuum is working on right now,
-// throttled with the vacuum cost settings if asked, and within a time budget after
+// throttled as autovacuum is unless asked otherwise, and within a time budget after
 // which it stops cleanly and reports what is left. VACUUM FULL only for a table
 // the payload names in vacuumFull.
 import type pg from 'pg';
@@ -40,8 +40,12 @@ export const payload = z.object({
   budgetSeconds: z.number().int().min(1).max(86_400).default(1800),
   /** lock_timeout for each table's VACUUM/ANALYZE, e.g. "2s". */
   lockTimeout: lockTimeoutSetting('2s'),
-  /** Throttle: vacuum_cost_delay (ms) and vacuum_cost_limit for this session, to spare traffic. */
-  costDelayMs: z.number().min(0).max(100).optional(),
+  /**
+   * Throttle: vacuum_cost_delay (ms) for this session, 2 by default as autovacuum's
+   * (a manual VACUUM runs unthrottled: 0 asks for that), and vacuum_cost_limit
+   * (default the server's, 200).
+   */
+  costDelayMs: z.number().min(0).max(100).default(2),
   costLimit: z.number().int().min(1).max(10_000).optional(),
   /** Tables (schema.table) to VACUUM FULL. It takes an ACCESS EXCLUSIVE lock: never done unless named here. */
   vacuumFull: z.array(qualifiedName).max(20).default([]),
@@ -244,10 +248,15 @@ async function work(ctx: JobContext, client: pg.PoolClient, p: Payload, chosen: 
   const started = Date.now();
   const deadline = started + p.budgetSeconds * 1000;
   await client.query(`select set_config('lock_timeout', $1, false)`, [p.lockTimeout]);
-  if (p.costDelayMs !== undefined)
-    await client.query(`select set_config('vacuum_cost_delay', $1, false)`, [String(p.costDelayMs)]);
+  await client.query(`select set_config('vacuum_cost_delay', $1, false)`, [String(p.costDelayMs)]);
   if (p.costLimit !== undefined)
     await client.query(`select set_config('vacuum_cost_limit', $1, false)`, [String(p.costLimit)]);
+  // The throttle as the server took it, for the result.
+  const throttle = (
+    await client.query<{ costDelay: string; costLimit: string }>(
+      `select current_setting('vacuum_cost_delay') as "costDelay", current_setting('vacuum_cost_limit') as "costLimit"`,
+    )
+  ).rows[0]!;
   const results: TableResult[] = [];
   const left: string[] = [];
   let stoppedAtBudget = false;
@@ -312,6 +321,7 @@ async function work(ctx: JobContext, client: pg.PoolClient, p: Payload, chosen: 
     tables: results,
     left,
     stoppedAtBudget,
+    throttle: { costDelay: throttle.costDelay, costLimit: Number(throttle.costLimit) },
     durationMs: Date.now() - started,
   };
 }

@@ -61,6 +61,7 @@ async function run(payload: object) {
     }[];
     left: string[];
     stoppedAtBudget: boolean;
+    throttle: { costDelay: string; costLimit: number };
     chosen: any;
   };
 }
@@ -105,12 +106,15 @@ describe('vacuum-analyze', () => {
     const r = await run({});
     expect(r.tables.map((t) => t.table)).toEqual(['farm.churn']); // the parent was analyzed by the previous run
     expect(r.tables[0]).toMatchObject({ action: 'VACUUM ANALYZE', deadBefore: 30000, deadAfter: 0 });
+    // Throttled as autovacuum is, by default: the session's setting as the server took it.
+    expect(r.throttle).toEqual({ costDelay: '2ms', costLimit: 200 });
     const { rows } = await h.admin.query(
       `select count(*)::int as n from pg_stats where schemaname = 'farm' and tablename = 'reading' and inherited`,
     );
     expect(rows[0].n).toBeGreaterThan(0);
-    const again = await run({});
+    const again = await run({ costDelayMs: 0 });
     expect(again.tables).toEqual([]);
+    expect(again.throttle).toEqual({ costDelay: '0', costLimit: 200 });
   });
 
   it('stops at the time budget and reports what is left', async () => {
