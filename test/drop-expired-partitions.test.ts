@@ -15,6 +15,7 @@ const policies = [
   { table: 'ret.fragile', column: 'ts', interval: 'day', retention: '1 day' },
   { table: 'ret.pending', column: 'ts', interval: 'day', retention: '1 day' },
   { table: 'ret.gap', column: 'ts', interval: 'day', retention: '1 day' },
+  { table: 'ret.legacy', column: 'ts', interval: 'day', retention: '1 day' },
 ];
 
 async function dailyTable(name: string, days: number, withDefault = false) {
@@ -52,6 +53,7 @@ beforeAll(async () => {
   await dailyTable('fragile', 3, true);
   await dailyTable('pending', 3);
   await dailyTable('gap', 3);
+  await dailyTable('legacy', 3);
   rt = h.runtime({ schedules: [] });
   startWorkers(rt, ['drop-expired-partitions']);
 });
@@ -174,6 +176,47 @@ describe('drop-expired-partitions', () => {
     ]);
     const left = fs.readdirSync(path.join(h.backupDir, 'partitions', 'main')).filter((f) => f.startsWith('ret.gap-'));
     expect(left).toEqual([]);
+  });
+
+  it('finishes a partition an earlier version archived (one .dump a partition, manifest version 1)', async () => {
+    // What a run of the earlier version left when killed before its DROP.
+    await h.admin.query('alter table ret.legacy detach partition ret.legacy_p20260101');
+    const dir = path.join(h.backupDir, 'partitions', 'main');
+    fs.mkdirSync(dir, { recursive: true });
+    const file = path.join(dir, 'ret.legacy_p20260101-20260102T000000000Z.dump');
+    await runProcess(binPath('pg_dump'), ['-Fc', '-t', 'ret.legacy_p20260101', `--file=${file}`, h.dbUrl]);
+    const sha256 = createHash('sha256').update(fs.readFileSync(file)).digest('hex');
+    fs.writeFileSync(
+      `${file}.manifest.json`,
+      JSON.stringify({
+        kind: 'pgmaint-partition-archive',
+        version: 1,
+        target: 'main',
+        partition: 'ret.legacy_p20260101',
+        rows: 10,
+        bytes: fs.statSync(file).size,
+        sha256,
+      }),
+    );
+    await h.admin.query(
+      `insert into pgmaint.retention_journal (parent, partition_schema, partition_name, bound_from, bound_to,
+         upper_bound, state, archive_file, archive_sha256, job_id)
+       values ('ret.legacy', 'ret', 'legacy_p20260101', '''2026-01-01 00:00:00+00''', '''2026-01-02 00:00:00+00''',
+         '2026-01-02 00:00:00+00', 'archived', $1, $2, 'earlier-version')`,
+      [file, sha256],
+    );
+    const { state, job } = await run({ tables: ['ret.legacy'], now: '2026-01-03T00:00:00Z' });
+    expect(state, job.failedReason).toBe('completed');
+    const done = (job.returnvalue as Result).policies[0]!;
+    expect(done.dropped).toEqual(['ret.legacy_p20260101']);
+    expect(done.archives).toMatchObject([{ partition: 'ret.legacy_p20260101', file, rows: 10, sha256 }]);
+    const { logs } = await rt.queues.get('drop-expired-partitions').getJobLogs(job.id!);
+    expect(logs.join('\n')).toContain('verified earlier archive of ret.legacy_p20260101');
+    expect((await h.admin.query(`select to_regclass('ret.legacy_p20260101') as t`)).rows[0].t).toBeNull();
+    const { rows } = await h.admin.query(
+      `select state from pgmaint.retention_journal where partition_name = 'legacy_p20260101'`,
+    );
+    expect(rows).toEqual([{ state: 'dropped' }]);
   });
 
   it('an archive that cannot be written leaves the partition attached with its rows', async () => {
