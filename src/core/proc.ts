@@ -59,8 +59,8 @@ export interface Stage {
 }
 
 /**
- * Runs `a | b | …` without a shell: each stage's stdout is the next one's stdin, an OS
- * pipe between the two processes (nothing passes through this one). The last stage
+ * Runs `a | b | …` without a shell: each stage's stdout is the next one's stdin, handed
+ * from process to process (Node's pipes are socket pairs; no byte passes through this one). The last stage
  * writes its own output (a file named in its arguments), or hands it line by line to
  * `onStdoutLine`. A stage that fails kills the stages before it, an abort kills them
  * all; the error names the first stage that failed of its own accord.
@@ -102,7 +102,7 @@ export async function runPipeline(
     );
     opts.signal?.throwIfAborted();
     // The first stage that failed on its own; later ones often fail only because it did.
-    const failed = outcomes.find((o) => o.status === 'rejected' && !killedByUs(o.reason));
+    const failed = outcomes.find((o) => o.status === 'rejected' && !isConsequence(o.reason));
     const any = failed ?? outcomes.find((o) => o.status === 'rejected');
     if (any) throw (any as PromiseRejectedResult).reason;
   } finally {
@@ -110,9 +110,9 @@ export async function runPipeline(
   }
 }
 
-// Killed by us, or failed writing to a pipe its reader had closed (Node's pipes are
-// socket pairs: EPIPE or ECONNRESET): a consequence of another stage's failure.
-const killedByUs = (err: unknown) =>
+// Killed by us, or failed writing to a pipe its reader had closed (EPIPE, or ECONNRESET
+// on a socket pair): a consequence of another stage's failure, not its cause.
+const isConsequence = (err: unknown) =>
   err instanceof ProcessError &&
   (err.signal === 'SIGKILL' || err.signal === 'SIGPIPE' || /broken pipe|connection reset/i.test(err.stderr));
 
