@@ -147,7 +147,7 @@ const job = defineJob({
         doneDays += Math.round(end.diff(chunk, 'days').days) + 1;
         await ctx.progress(
           (100 * doneDays) / days,
-          `${chunk.toISODate()} … ${end.toISODate()}: ` + `${counts.upserted} rows upserted, ${counts.deleted} deleted`,
+          `${chunk.toISODate()} … ${end.toISODate()}: ${counts.upserted} rows upserted, ${counts.deleted} deleted`,
         );
       }
     };

@@ -10,7 +10,13 @@
 import { DateTime } from 'luxon';
 import type pg from 'pg';
 import { z } from 'zod';
-import { type Archive, archivePartitions, reusableArchive, splitQualified } from '../src/backup/partition-archive.ts';
+import {
+  type Archive,
+  archivePartitions,
+  type ProvenArchives,
+  reusableArchive,
+  splitQualified,
+} from '../src/backup/partition-archive.ts';
 import { defineJob, type JobResult, targetField, type JobContext } from '../src/runner/job-definition.ts';
 import { parseRetention, type PartitionPolicy } from '../src/core/partition-policy.ts';
 import { qualifiedName, quoteQualified, withTransaction } from '../src/core/sql.ts';
@@ -204,6 +210,9 @@ async function applyRetention(
   return result;
 }
 
+/** The open journal entry's id of a partition the plan holds. */
+const journalId = (held: Map<string, Held>, key: string) => held.get(key)?.journal?.id;
+
 /**
  * Runs the plan step by step, each journaled before it happens: a partition whose
  * archive fails goes back into its parent; a drop and its journal entry commit together.
@@ -216,7 +225,6 @@ async function execute(
   held: Map<string, Held>,
 ): Promise<void> {
   await client.query(`set lock_timeout = '${policy.lockTimeout}'`);
-  const journalId = (key: string) => held.get(key)?.journal?.id;
   try {
     const archived = new Set<string>();
     for (const step of result.plan) {
@@ -225,12 +233,12 @@ async function execute(
       const [schema, name] = splitQualified(step.partition);
       switch (step.action) {
         case 'close-journal':
-          await setState(client, journalId(step.partition)!, h.closeAs!, ctx.jobId);
+          await setState(client, journalId(held, step.partition)!, h.closeAs!, ctx.jobId);
           held.set(step.partition, { ...h, journal: undefined });
           break;
         case 'detach':
         case 'finalize-detach': {
-          let id = journalId(step.partition);
+          let id = journalId(held, step.partition);
           if (!id) {
             // Durable before the DETACH: a kill right after it leaves a plain table the journal still names.
             id = await recordDetaching(client, {
@@ -258,7 +266,7 @@ async function execute(
         }
         case 'reattach':
           await client.query(step.sql!);
-          await setState(client, journalId(step.partition)!, 'reattached', ctx.jobId);
+          await setState(client, journalId(held, step.partition)!, 'reattached', ctx.jobId);
           break;
         case 'drop': {
           if (policy.archive && !archived.has(step.partition))
@@ -269,7 +277,7 @@ async function execute(
                 .rows[0].b,
             );
             await client.query(step.sql!);
-            await setState(client, journalId(step.partition)!, 'dropped', ctx.jobId);
+            await setState(client, journalId(held, step.partition)!, 'dropped', ctx.jobId);
           });
           result.dropped.push(step.partition);
           break;
@@ -296,8 +304,7 @@ async function archiveBatch(
   result: DropResult,
   archived: Set<string>,
 ): Promise<void> {
-  const journalId = (key: string) => held.get(key)?.journal?.id;
-  const proven: Parameters<typeof reusableArchive>[3] = new Map();
+  const proven: ProvenArchives = new Map();
   const reused: Archive[] = [];
   for (const step of batch) {
     const earlier = await reusableArchive(ctx, step.partition, held.get(step.partition)?.journal, proven);
@@ -315,7 +322,7 @@ async function archiveBatch(
         for (const step of rest) {
           if (!step.undo) continue;
           await client.query(step.undo);
-          await setState(client, journalId(step.partition)!, 'reattached', ctx.jobId);
+          await setState(client, journalId(held, step.partition)!, 'reattached', ctx.jobId);
           await ctx.log(`archive failed; re-attached ${step.partition}`);
         }
         throw err;
@@ -323,7 +330,7 @@ async function archiveBatch(
     : [];
   await withTransaction(client, async () => {
     for (const a of [...reused, ...made])
-      await setState(client, journalId(a.partition)!, 'archived', ctx.jobId, { file: a.file, sha256: a.sha256 });
+      await setState(client, journalId(held, a.partition)!, 'archived', ctx.jobId, { file: a.file, sha256: a.sha256 });
   });
   for (const a of [...reused, ...made]) {
     result.archives.push(a);

@@ -44,23 +44,25 @@ interface Manifest {
   object?: StoredObject;
 }
 
-export const ARCHIVE_SUFFIX = '.dump.zst';
+const ARCHIVE_SUFFIX = '.dump.zst';
 
 export function splitQualified(partition: string): [string, string] {
   const dot = partition.indexOf('.');
   return [partition.slice(0, dot), partition.slice(dot + 1)];
 }
 
+/** The manifests already proven in a run, by archive file: a file several partitions share is read once. */
+export type ProvenArchives = Map<string, Promise<Manifest | undefined>>;
+
 /**
  * An archive an interrupted run finished (journal state archived) still counts if its
  * file (or its copy in the bucket) matches the manifest, and the manifest lists the partition.
- * `proven` keeps the files already checked in this run, so a shared file is read once.
  */
 export async function reusableArchive(
   ctx: JobContext,
   partition: string,
   entry: ArchivedEntry | undefined,
-  proven = new Map<string, Promise<Manifest | undefined>>(),
+  proven: ProvenArchives,
 ): Promise<Archive | undefined> {
   if (entry?.state !== 'archived' || !entry.archiveFile || !entry.archiveSha256) return undefined;
   const file = entry.archiveFile;

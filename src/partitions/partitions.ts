@@ -208,7 +208,7 @@ export async function defaultsHoldingRows(client: pg.ClientBase, parents: readon
   return new Set(rows.map((r) => Number(r.oid)));
 }
 
-/** A parent's row in readParents' first query, with its partitions. */
+/** A parent's row in readParents' first query (its partitions come from the second). */
 interface ParentRow {
   oid: number | null;
   relkind: string | null;
