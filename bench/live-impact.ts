@@ -248,14 +248,15 @@ pgbench.kill('SIGINT');
 await new Promise((r) => pgbench.on('exit', r));
 if (!fs.readdirSync(dir).some((f) => f.startsWith('pgb'))) throw new Error(`pgbench wrote no log: ${pgbenchErr}`);
 
-// Per-transaction log lines: client tx latency_us script epoch_s epoch_us [lag_us].
+// Per-transaction log lines: client tx latency_us script epoch_s epoch_us [lag_us]. Under
+// --rate, latency_us is already counted from the scheduled start: it includes lag_us.
 const samples: { at: number; ms: number }[] = [];
 for (const f of fs.readdirSync(dir).filter((x) => x.startsWith('pgb'))) {
   for (const line of fs.readFileSync(path.join(dir, f), 'utf8').split('\n')) {
     const p = line.trim().split(/\s+/).map(Number);
     if (p.length < 6 || p.some(Number.isNaN)) continue;
     const at = p[4]! * 1000 + p[5]! / 1000; // completion time
-    samples.push({ at, ms: (p[2]! + (p[6] ?? 0)) / 1000 });
+    samples.push({ at, ms: p[2]! / 1000 });
   }
 }
 const pct = (xs: number[], q: number) =>
