@@ -7,6 +7,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import path from 'node:path';
 import { PermanentJobError } from '../core/errors.ts';
 import type { OsOwner } from '../core/local-postgres.ts';
+import { fsyncPath } from '../core/files.ts';
 import { binPath, runProcess } from '../core/proc.ts';
 
 const TAR_NAME = /^(base|pg_wal|\d+)\.tar(\.gz|\.lz4|\.zst)?$/;
@@ -82,10 +83,9 @@ async function unpack(backupData: string, format: 'tar' | 'plain', dest: string,
  */
 export class DiskFlush {
   private readonly synced = new Map<string, string>();
+  private passes: Promise<void> = Promise.resolve();
 
   constructor(private readonly signal?: AbortSignal) {}
-
-  private passes: Promise<void> = Promise.resolve();
 
   /** Flushes the tree in passes while `writing` runs (until it settles, whichever way). */
   start(dir: string, writing: Promise<unknown>): void {
@@ -127,15 +127,17 @@ export class DiskFlush {
         // A file that grew, or a directory that gained entries, is flushed again.
         const version = `${st.size}:${st.mtimeMs}`;
         if (this.synced.get(p) === version) continue;
-        const fh = await fs.open(p, 'r').catch(() => undefined);
-        if (!fh) continue;
-        try {
-          await fh.sync();
-          this.synced.set(p, version);
-          flushed++;
-        } finally {
-          await fh.close();
-        }
+        // A file removed since it was listed (the writer's temporary files) needs no flush.
+        const gone = await fsyncPath(p).then(
+          () => false,
+          (err) => {
+            if ((err as NodeJS.ErrnoException).code === 'ENOENT') return true;
+            throw err;
+          },
+        );
+        if (gone) continue;
+        this.synced.set(p, version);
+        flushed++;
       }
     };
     await Promise.all(Array.from({ length: FLUSH_LANES }, lane));

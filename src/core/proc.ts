@@ -62,8 +62,8 @@ export interface Stage {
  * Runs `a | b | …` without a shell: each stage's stdout is the next one's stdin, handed
  * from process to process (Node's pipes are socket pairs; no byte passes through this
  * one). The last stage writes its own output (a file named in its arguments), or hands
- * it line by line to `onStdoutLine`. A stage that fails kills the stages before it, an abort kills them
- * all; the error names the first stage that failed of its own accord.
+ * it line by line to `onStdoutLine`. A stage that fails kills the stages before it, an
+ * abort kills them all; the error names the first stage that failed of its own accord.
  */
 export async function runPipeline(
   stages: Stage[],
