@@ -1,9 +1,9 @@
 // create-partitions: keep a runway of future range partitions for every policy in
 // the config file (`partitions:`), from the current period through `premake` periods
 // ahead, filling gaps. Each partition is created as a plain table and ATTACHed, so
-// the parent is held in SHARE UPDATE EXCLUSIVE and inserts never wait on the job.
-// Rows stranded in the DEFAULT partition inside a new range move into it in the
-// same transaction as the attach.
+// the parent is held in SHARE UPDATE EXCLUSIVE and inserts never wait on the job; up
+// to 20 partitions of a parent commit together. Rows stranded in the DEFAULT partition
+// inside a new range move into it in the same transaction as the attach.
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DateTime } from 'luxon';
 import type pg from 'pg';
@@ -43,6 +43,16 @@ export const payload = z.object({
 });
 
 const MAX_NEW_PER_RUN = 1000;
+/**
+ * New partitions attached in one transaction. Every commit that changes the parent's
+ * partitions makes each session inserting into it rebuild its partition map, and the
+ * application feels each rebuild (docs/benchmarks.md, live impact): one commit for a
+ * parent's ten new partitions costs it one. Bounded, so that a first run of hundreds
+ * holds a bounded number of locks at a time. A parent with a DEFAULT partition gets one
+ * a commit: each attach scans and locks the DEFAULT, and queries reading it would wait
+ * for the whole batch.
+ */
+const PARTITIONS_PER_COMMIT = 20;
 
 interface Created {
   name: string;
@@ -260,13 +270,34 @@ async function maintainPolicy(ctx: JobContext, policy: PartitionPolicy, now: Dat
       const plan = planMissing(info, policy, now, stranded);
       result.skipped.push(...plan.skipped);
       const template = plan.missing.length ? await readTemplate(client, info) : undefined;
-      for (const [i, period] of plan.missing.entries()) {
+      const perCommit = def ? 1 : PARTITIONS_PER_COMMIT;
+      // A period that cannot be made (its name taken, DEFAULT rows under "fail") fails
+      // alone: the others still get their partitions, and the policy fails at the end.
+      const failures: PermanentJobError[] = [];
+      const attempt = async (periods: Period[]) => {
+        try {
+          result.created.push(
+            ...(await withLockRetry(ctx, () => createPartitions(client, info, template!, policy, periods))),
+          );
+          return true;
+        } catch (err) {
+          if (!(err instanceof PermanentJobError)) throw err;
+          if (periods.length === 1) failures.push(err);
+          return false;
+        }
+      };
+      let logged = 0;
+      for (let i = 0; i < plan.missing.length; i += perCommit) {
         ctx.signal.throwIfAborted();
-        result.created.push(
-          await withLockRetry(ctx, () => createPartition(client, info, template!, policy, period.from, period.to)),
-        );
-        if (i % 10 === 9) await ctx.log(`${policy.table}: created ${i + 1}/${plan.missing.length}`);
+        const batch = plan.missing.slice(i, i + perCommit);
+        // A batch rolled back by one bad period is made again one period a commit.
+        if (!(await attempt(batch)) && batch.length > 1) for (const period of batch) await attempt([period]);
+        if (result.created.length >= logged + 10 || (logged && i + perCommit >= plan.missing.length)) {
+          logged = result.created.length;
+          await ctx.log(`${policy.table}: created ${logged}/${plan.missing.length}`);
+        }
       }
+      if (failures.length) throw new PermanentJobError(failures.map((f) => f.message).join('; '));
       if (plan.missing.length) info = await readParent(client, policy);
       if (def) {
         result.defaultPartition = `${def.schema}.${def.name}`;
@@ -379,7 +410,24 @@ async function readTemplate(client: pg.ClientBase, info: ParentInfo): Promise<Pa
   return { identityColumns: r.identity, owner: r.owner, grants: r.grants, columns: r.columns };
 }
 
-async function createPartition(
+/** Creates and attaches a parent's partitions for these periods, in one transaction. */
+async function createPartitions(
+  client: pg.ClientBase,
+  info: ParentInfo,
+  template: ParentTemplate,
+  policy: PartitionPolicy,
+  periods: Period[],
+): Promise<Created[]> {
+  return withTransaction(client, async () => {
+    await client.query(`set local lock_timeout = '${policy.lockTimeout}'`);
+    const created: Created[] = [];
+    for (const { from, to } of periods) created.push(await addPartition(client, info, template, policy, from, to));
+    return created;
+  });
+}
+
+/** One partition: its table made like the parent, stranded DEFAULT rows moved in, attached. */
+async function addPartition(
   client: pg.ClientBase,
   info: ParentInfo,
   template: ParentTemplate,
@@ -395,7 +443,6 @@ async function createPartition(
   const hi = boundLiteral(to, info.keyType);
   const def = info.partitions.find((x) => x.isDefault);
   const setup = [
-    `set local lock_timeout = '${policy.lockTimeout}'`,
     `create table ${part} (like ${parent} including all)`,
     // The parent's identity generates values for rows inserted through it; a copied
     // identity on the partition would be a second, diverging sequence.
@@ -404,39 +451,38 @@ async function createPartition(
     ...template.grants.map((g) => `grant ${g.privilege} on ${part} to ${g.grantee ? quoteIdent(g.grantee) : 'public'}`),
   ];
   const attach = `alter table ${parent} attach partition ${part} for values from (${lo}) to (${hi})`;
-  return withTransaction(client, async () => {
-    // One round trip for the statements that need no answer.
-    await client.query(setup.join(';\n')).catch((err) => {
-      if ((err as { code?: string }).code === '42P07')
+  // One round trip for the statements that need no answer; the attach joins them when
+  // there is no DEFAULT partition to move rows out of first.
+  await client.query([...setup, ...(def ? [] : [attach])].join(';\n')).catch((err) => {
+    if ((err as { code?: string }).code === '42P07')
+      throw new PermanentJobError(
+        `${info.schema}.${name} already exists and is not a partition of ${policy.table}; rename it or attach it`,
+      );
+    throw err;
+  });
+  let movedRows = 0;
+  if (def) {
+    const where = `${col} >= ${lo} and ${col} < ${hi}`;
+    const dflt = quoteQualified(def.schema, def.name);
+    const stranded = Number((await client.query(`select count(*) as n from ${dflt} where ${where}`)).rows[0].n);
+    if (stranded > 0) {
+      if (policy.defaultRows === 'fail') {
         throw new PermanentJobError(
-          `${info.schema}.${name} already exists and is not a partition of ${policy.table}; rename it or attach it`,
+          `${stranded} rows of ${def.schema}.${def.name} fall in [${from.toISO()}, ${to.toISO()}); policy ` +
+            `defaultRows is "fail", so nothing was moved`,
         );
-      throw err;
-    });
-    let movedRows = 0;
-    if (def) {
-      const where = `${col} >= ${lo} and ${col} < ${hi}`;
-      const dflt = quoteQualified(def.schema, def.name);
-      const stranded = Number((await client.query(`select count(*) as n from ${dflt} where ${where}`)).rows[0].n);
-      if (stranded > 0) {
-        if (policy.defaultRows === 'fail') {
-          throw new PermanentJobError(
-            `${stranded} rows of ${def.schema}.${def.name} fall in [${from.toISO()}, ${to.toISO()}); policy ` +
-              `defaultRows is "fail", so nothing was moved`,
-          );
-        }
-        const cols = template.columns;
-        const moved = await client.query(
-          `with gone as (delete from ${dflt} where ${where} returning ${cols}) insert into ${part} (${cols}) select ` +
-            `${cols} from gone`,
-        );
-        movedRows = moved.rowCount ?? 0;
-        if (movedRows !== stranded) throw new Error(`moved ${movedRows} rows but counted ${stranded}; rolled back`);
       }
+      const cols = template.columns;
+      const moved = await client.query(
+        `with gone as (delete from ${dflt} where ${where} returning ${cols}) insert into ${part} (${cols}) select ` +
+          `${cols} from gone`,
+      );
+      movedRows = moved.rowCount ?? 0;
+      if (movedRows !== stranded) throw new Error(`moved ${movedRows} rows but counted ${stranded}; rolled back`);
     }
     await client.query(attach);
-    return { name: `${info.schema}.${name}`, from: from.toISO()!, to: to.toISO()!, movedRows };
-  });
+  }
+  return { name: `${info.schema}.${name}`, from: from.toISO()!, to: to.toISO()!, movedRows };
 }
 
 export default job;

@@ -19,6 +19,7 @@ const policies = [
   { table: 'ops.missing', column: 'ts', interval: 'day' },
   { table: 'ops.notpartitioned', column: 'ts', interval: 'day' },
   { table: 'ops.busy', column: 'ts', interval: 'day', premake: 2, lockTimeout: '1s' },
+  { table: 'ops.clash', column: 'ts', interval: 'day', premake: 3 },
 ];
 
 beforeAll(async () => {
@@ -42,6 +43,8 @@ beforeAll(async () => {
     create table ops.strict_default partition of ops.strict default;
     create table ops.notpartitioned (ts timestamptz);
     create table ops.busy (ts timestamptz not null, v int) partition by range (ts);
+    create table ops.clash (ts timestamptz not null, v int) partition by range (ts);
+    create table ops.clash_p20260503 (ts timestamptz not null, v int);
   `);
   rt = h.runtime({ schedules: [] });
   startWorkers(rt, ['create-partitions']);
@@ -222,6 +225,18 @@ describe('create-partitions', () => {
       expect((await bounds('iot.sensor_reading'))[0]!.from).toBe('2026-05-02T00:00:00.000Z');
     },
   );
+
+  it('a period whose name a plain table holds fails alone: the policy names it, the other periods get partitions', async () => {
+    const { state, job } = await run({ tables: ['ops.clash'], now: '2026-05-02T00:00:00Z' });
+    expect(state).toBe('failed');
+    expect(job.failedReason).toMatch(/ops\.clash_p20260503 already exists and is not a partition of ops\.clash/);
+    // The four periods commit together unless one fails; then each on its own.
+    expect((await bounds('ops.clash')).map((b) => b.name)).toEqual([
+      'clash_p20260502',
+      'clash_p20260504',
+      'clash_p20260505',
+    ]);
+  });
 
   it('never blocks a concurrent INSERT: it attaches while an insert transaction on the parent is open', async () => {
     await h.admin.query(
