@@ -197,34 +197,70 @@ export async function archivePartitions(
  * Returns rows by "schema.table".
  */
 async function readBack(ctx: JobContext, file: string): Promise<Map<string, number>> {
-  const found = new Map<string, number>();
-  let entry: string | undefined; // the TABLE DATA entry whose COPY comes next
-  let copying: string | undefined;
+  const counter = new CopyRowCounter();
   await runPipeline(
     [
       { cmd: 'zstd', args: ['-q', '-d', '-c', file] },
       { cmd: binPath('pg_restore'), args: ['--file=-'] },
     ],
-    {
-      signal: ctx.signal,
-      onStdoutLine(line) {
-        if (copying !== undefined) {
-          if (line === '\\.')
-            copying = undefined; // COPY's end marker; a data line never equals it
-          else found.set(copying, found.get(copying)! + 1);
-        } else if (line.startsWith('-- Data for Name: ')) {
-          // "-- Data for Name: <table>; Type: TABLE DATA; Schema: <schema>; Owner: …" (names hold no ";")
-          const m = /^-- Data for Name: ([^;]+); Type: TABLE DATA; Schema: ([^;]+);/.exec(line);
-          entry = m ? `${m[2]}.${m[1]}` : undefined;
-        } else if (entry && line.startsWith('COPY ') && line.endsWith(' FROM stdin;')) {
-          copying = entry;
-          found.set(entry, 0);
-          entry = undefined;
-        }
-      },
-    },
+    { signal: ctx.signal, onStdout: (chunk) => counter.push(chunk) },
   );
-  return found;
+  return counter.rows;
+}
+
+/**
+ * Counts the rows of each TABLE DATA entry's COPY in a pg_restore script, as it streams.
+ * The few lines outside COPY data are read as text; data lines are only counted, by
+ * finding their newlines, which costs a tenth of splitting them into strings (a retention
+ * run reads millions of them on the cores the database uses).
+ */
+export class CopyRowCounter {
+  /** Rows by "schema.table", set when its COPY's end marker is read. */
+  readonly rows = new Map<string, number>();
+  /** The TABLE DATA entry whose COPY comes next. */
+  private entry: string | undefined;
+  /** The entry whose COPY data is being read, and its rows so far. */
+  private copying: string | undefined;
+  private count = 0;
+  /** The bytes of a line not yet ended, from earlier chunks. */
+  private pending: Buffer[] = [];
+
+  push(chunk: Buffer): void {
+    let from = 0;
+    for (let nl = chunk.indexOf(10); nl !== -1; nl = chunk.indexOf(10, from)) {
+      this.line(chunk, from, nl);
+      from = nl + 1;
+    }
+    if (from < chunk.length) this.pending.push(chunk.subarray(from));
+  }
+
+  private line(chunk: Buffer, from: number, to: number): void {
+    if (this.copying !== undefined && !this.pending.length) {
+      // COPY's end marker, a line of its own; a data line never equals it.
+      if (to - from === 2 && chunk[from] === 0x5c && chunk[from + 1] === 0x2e) this.endCopy();
+      else this.count++;
+      return;
+    }
+    const text = Buffer.concat([...this.pending, chunk.subarray(from, to)]).toString('utf8');
+    this.pending = [];
+    if (this.copying !== undefined) {
+      if (text === '\\.') this.endCopy();
+      else this.count++;
+    } else if (text.startsWith('-- Data for Name: ')) {
+      // "-- Data for Name: <table>; Type: TABLE DATA; Schema: <schema>; Owner: …" (names hold no ";")
+      const m = /^-- Data for Name: ([^;]+); Type: TABLE DATA; Schema: ([^;]+);/.exec(text);
+      this.entry = m ? `${m[2]}.${m[1]}` : undefined;
+    } else if (this.entry && text.startsWith('COPY ') && text.endsWith(' FROM stdin;')) {
+      this.copying = this.entry;
+      this.count = 0;
+      this.entry = undefined;
+    }
+  }
+
+  private endCopy(): void {
+    this.rows.set(this.copying!, this.count);
+    this.copying = undefined;
+  }
 }
 
 /** Uploads a published archive to the object store, when one is configured, and proves the copy. */

@@ -62,12 +62,12 @@ export interface Stage {
  * Runs `a | b | …` without a shell: each stage's stdout is the next one's stdin, handed
  * from process to process (Node's pipes are socket pairs; no byte passes through this
  * one). The last stage writes its own output (a file named in its arguments), or hands
- * it line by line to `onStdoutLine`. A stage that fails kills the stages before it, an
+ * it to `onStdout` chunk by chunk. A stage that fails kills the stages before it, an
  * abort kills them all; the error names the first stage that failed of its own accord.
  */
 export async function runPipeline(
   stages: Stage[],
-  opts: { signal?: AbortSignal; onStdoutLine?: (line: string) => void } = {},
+  opts: { signal?: AbortSignal; onStdout?: (chunk: Buffer) => void } = {},
 ): Promise<void> {
   opts.signal?.throwIfAborted();
   const children: ChildProcess[] = [];
@@ -76,15 +76,15 @@ export async function runPipeline(
     children.push(
       spawn(stage.cmd, stage.args, {
         env: { ...process.env, ...stage.env },
-        stdio: [prev ? prev.stdout! : 'ignore', i < stages.length - 1 || opts.onStdoutLine ? 'pipe' : 'ignore', 'pipe'],
+        stdio: [prev ? prev.stdout! : 'ignore', i < stages.length - 1 || opts.onStdout ? 'pipe' : 'ignore', 'pipe'],
       }),
     );
     // This process keeps no end of the pipe: a reader that dies makes the writer fail.
     prev?.stdout?.destroy();
   }
   const last = children.at(-1)!;
-  // Every line is read before the last stage counts as finished ('close' waits for its stdout).
-  if (opts.onStdoutLine) readline.createInterface({ input: last.stdout! }).on('line', opts.onStdoutLine);
+  // Every byte is read before the last stage counts as finished ('close' waits for its stdout).
+  if (opts.onStdout) last.stdout!.on('data', opts.onStdout);
   const killAll = () => {
     for (const c of children) c.kill('SIGKILL');
   };
