@@ -226,7 +226,7 @@ describe('create-partitions', () => {
     },
   );
 
-  it('a period whose name a plain table holds fails alone: the policy names it, the other periods get partitions', async () => {
+  it('a period whose name a plain table holds fails alone, named; the other periods get partitions', async () => {
     const { state, job } = await run({ tables: ['ops.clash'], now: '2026-05-02T00:00:00Z' });
     expect(state).toBe('failed');
     expect(job.failedReason).toMatch(/ops\.clash_p20260503 already exists and is not a partition of ops\.clash/);
