@@ -4,7 +4,8 @@
 // and ANALYZE of partitioned parents, which autovacuum never analyzes. One table at
 // a time, under lock_timeout, skipping a table autovacuum is working on right now,
 // throttled as autovacuum is unless asked otherwise, and within a time budget after
-// which it stops cleanly and reports what is left. VACUUM FULL only for a table
+// which it stops cleanly and reports what is left. The ANALYZEs of consecutive tables
+// commit together (AnalyzeBatch), so the application's sessions reload statistics once. VACUUM FULL only for a table
 // the payload names in vacuumFull.
 import type pg from 'pg';
 import { z } from 'zod';
@@ -186,19 +187,30 @@ export function choose(
   return out.sort((a, b) => b.priority - a.priority);
 }
 
-function statement(c: Candidate): string {
+/** What a candidate runs: a VACUUM on its own, then its ANALYZE, which joins the open batch. */
+function steps(c: Candidate): { vacuum?: string; analyze?: string } {
   const rel = `${quoteIdent(c.schema)}.${quoteIdent(c.name)}`;
   switch (c.action) {
     case 'ANALYZE':
-      return `analyze ${rel}`;
+      return { analyze: `analyze ${rel}` };
     case 'VACUUM':
-      return `vacuum ${rel}`;
+      return { vacuum: `vacuum ${rel}` };
     case 'VACUUM ANALYZE':
-      return `vacuum (analyze) ${rel}`;
+      return { vacuum: `vacuum ${rel}`, analyze: `analyze ${rel}` };
     case 'VACUUM FULL ANALYZE':
-      return `vacuum (full, analyze) ${rel}`;
+      return { vacuum: `vacuum (full) ${rel}`, analyze: `analyze ${rel}` };
   }
 }
+
+/**
+ * ANALYZEs commit together, up to this long or this many. Each commit of new statistics
+ * makes every session using the table reload them, and the application feels each
+ * reload (docs/benchmarks.md, live impact); a batch holds its tables' SHARE UPDATE
+ * EXCLUSIVE locks, and its transaction, only this long. VACUUM cannot run in a
+ * transaction: the batch commits before one.
+ */
+const ANALYZE_BATCH_MS = 2000;
+const ANALYZE_BATCH_TABLES = 50;
 
 interface TableResult {
   table: string;
@@ -238,6 +250,8 @@ const job = defineJob({
       if (p.dryRun) return { dryRun: true, considered: stats.length, chosen: chosen.map(({ priority: _, ...c }) => c) };
       return await work(ctx, client, p, chosen, stats.length);
     } finally {
+      // A batch left open by an error is not committed on the way out.
+      await client.query('rollback').catch(() => undefined);
       await client.query('reset all').catch(() => undefined);
       client.release();
     }
@@ -260,6 +274,7 @@ async function work(ctx: JobContext, client: pg.PoolClient, p: Payload, chosen: 
   const results: TableResult[] = [];
   const left: string[] = [];
   let stoppedAtBudget = false;
+  const batch = new AnalyzeBatch(client);
   for (const [i, c] of chosen.entries()) {
     const remaining = deadline - Date.now();
     if (stoppedAtBudget || remaining <= 0) {
@@ -285,8 +300,13 @@ async function work(ctx: JobContext, client: pg.PoolClient, p: Payload, chosen: 
     // A table still running at the end of the budget is cancelled there.
     await client.query(`select set_config('statement_timeout', $1, false)`, [String(Math.max(1000, remaining))]);
     const t0 = Date.now();
+    const { vacuum, analyze } = steps(c);
     try {
-      await client.query(statement(c));
+      if (vacuum) {
+        await batch.commit();
+        await client.query(vacuum);
+      }
+      if (analyze) await batch.run(analyze);
       r.durationMs = Date.now() - t0;
       await client.query('select pg_stat_clear_snapshot()');
       const { rows } = await client.query<{ dead: string }>(
@@ -302,10 +322,14 @@ async function work(ctx: JobContext, client: pg.PoolClient, p: Payload, chosen: 
       else if (code === '57014') {
         r.skipped = `cancelled at the end of the ${p.budgetSeconds} s budget`;
         stoppedAtBudget = true;
-      } else throw err;
+      } else {
+        await batch.commit();
+        throw err;
+      }
       await ctx.log(`${c.table}: skipped, ${r.skipped}`);
     }
   }
+  await batch.commit();
   if (stoppedAtBudget)
     await ctx.log(
       `time budget of ${p.budgetSeconds} s used up; left for the next run: ${left.join(', ') || 'nothing'}`,
@@ -324,6 +348,40 @@ async function work(ctx: JobContext, client: pg.PoolClient, p: Payload, chosen: 
     throttle: { costDelay: throttle.costDelay, costLimit: Number(throttle.costLimit) },
     durationMs: Date.now() - started,
   };
+}
+
+/**
+ * The open transaction that ANALYZEs join (ANALYZE_BATCH_MS). Each runs under a savepoint:
+ * one that fails (its lock not granted, the budget's cancel) takes only itself back.
+ */
+class AnalyzeBatch {
+  private openedAt: number | undefined;
+  private tables = 0;
+
+  constructor(private readonly client: pg.PoolClient) {}
+
+  async run(analyze: string): Promise<void> {
+    if (this.openedAt === undefined) {
+      await this.client.query('begin');
+      this.openedAt = Date.now();
+      this.tables = 0;
+    }
+    await this.client.query('savepoint analyze_table');
+    try {
+      await this.client.query(analyze);
+      await this.client.query('release savepoint analyze_table');
+    } catch (err) {
+      await this.client.query('rollback to savepoint analyze_table');
+      throw err;
+    }
+    if (++this.tables >= ANALYZE_BATCH_TABLES || Date.now() - this.openedAt >= ANALYZE_BATCH_MS) await this.commit();
+  }
+
+  async commit(): Promise<void> {
+    if (this.openedAt === undefined) return;
+    this.openedAt = undefined;
+    await this.client.query('commit');
+  }
 }
 
 export default job;

@@ -5,7 +5,7 @@ import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startWorkers } from '../src/cli/roles.ts';
 import type { Runtime } from '../src/runner/runtime.ts';
-import { createHarness, waitForFinished, waitUntil, type Harness } from './support/harness.ts';
+import { createHarness, waitForFinished, waitUntil, waitUntilBlocked, type Harness } from './support/harness.ts';
 
 let h: Harness;
 let rt: Runtime;
@@ -156,5 +156,76 @@ describe('vacuum-analyze', () => {
     expect(done.failedReason).toMatch(/^vacuumFull: farm\.nope is not a table of this database/);
     const r = await run({ vacuumFull: ['farm.quiet'], dryRun: true });
     expect(r.chosen).toContainEqual(expect.objectContaining({ table: 'farm.quiet', action: 'VACUUM FULL ANALYZE' }));
+  });
+
+  it('commits consecutive ANALYZEs together; one whose lock is not granted is skipped alone', async () => {
+    const c = await h.admin.connect();
+    const mods = async (n: number) => {
+      // Rows changed since the last analyze decide the order: lab.a, lab.b, lab.c.
+      for (const [t, rows] of [
+        ['a', 7000],
+        ['b', 6000],
+        ['c', 5000],
+      ] as const)
+        await c.query(`insert into lab.${t} select g, g from generate_series(1, ${rows * n}) g`);
+      await c.query('select pg_stat_force_next_flush()');
+      await waitUntil(
+        async () =>
+          (
+            await h.admin.query(
+              `select count(*)::int as n from pg_stat_user_tables where schemaname = 'lab' and ` +
+                `n_mod_since_analyze >= 5000`,
+            )
+          ).rows[0].n === 3,
+        15_000,
+        'rows changed in the lab tables',
+      );
+    };
+    const analyzed = async () =>
+      (
+        await h.admin.query(
+          `select c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace
+            where n.nspname = 'lab' and exists (select from pg_statistic s where s.starelid = c.oid) order by 1`,
+        )
+      ).rows.map((r) => r.relname);
+    const holder: pg.PoolClient = await h.admin.connect();
+    try {
+      await c.query(`create schema lab;
+        create table lab.a (id int, v int) with (autovacuum_enabled = off);
+        create table lab.b (id int, v int) with (autovacuum_enabled = off);
+        create table lab.c (id int, v int) with (autovacuum_enabled = off)`);
+      await mods(1);
+      // The last table waits for its lock: the first two are analyzed but not yet committed.
+      await holder.query('begin; lock table lab.c in share update exclusive mode');
+      const { job } = await rt.queues.enqueue('vacuum-analyze', { schemas: ['lab'], lockTimeout: '30s' });
+      await waitUntilBlocked(h.admin, `query like 'analyze "lab"."c"%'`, 'the ANALYZE of lab.c to wait for its lock');
+      expect(await analyzed()).toEqual([]);
+      await holder.query('rollback');
+      expect((await waitForFinished(rt.queues.get('vacuum-analyze'), job.id!)).state).toBe('completed');
+      expect(await analyzed()).toEqual(['a', 'b', 'c']);
+
+      // A lock not granted in the middle of a batch takes back only its own table.
+      await mods(2);
+      await holder.query('begin; lock table lab.b in share update exclusive mode');
+      const r = await run({ schemas: ['lab'], lockTimeout: '300ms' });
+      await holder.query('rollback');
+      expect(r.tables.map((t) => [t.table, t.skipped])).toEqual([
+        ['lab.a', undefined],
+        ['lab.b', 'lock not available within 300ms (lock_timeout)'],
+        ['lab.c', undefined],
+      ]);
+      const { rows } = await h.admin.query(
+        `select relname, n_mod_since_analyze::int as mods from pg_stat_user_tables where schemaname = 'lab' order by 1`,
+      );
+      expect(rows).toEqual([
+        { relname: 'a', mods: 0 },
+        { relname: 'b', mods: 12000 },
+        { relname: 'c', mods: 0 },
+      ]);
+    } finally {
+      await holder.query('rollback').catch(() => undefined);
+      holder.release();
+      c.release();
+    }
   });
 });
