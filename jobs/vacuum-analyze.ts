@@ -5,8 +5,8 @@
 // a time, under lock_timeout, skipping a table autovacuum is working on right now,
 // throttled as autovacuum is unless asked otherwise, and within a time budget after
 // which it stops cleanly and reports what is left. The ANALYZEs of consecutive tables
-// commit together (AnalyzeBatch), so the application's sessions reload statistics once. VACUUM FULL only for a table
-// the payload names in vacuumFull.
+// commit together (AnalyzeBatch), so the application's sessions reload statistics
+// once. VACUUM FULL only for a table the payload names in vacuumFull.
 import type pg from 'pg';
 import { z } from 'zod';
 import { PermanentJobError } from '../src/core/errors.ts';
@@ -250,8 +250,6 @@ const job = defineJob({
       if (p.dryRun) return { dryRun: true, considered: stats.length, chosen: chosen.map(({ priority: _, ...c }) => c) };
       return await work(ctx, client, p, chosen, stats.length);
     } finally {
-      // A batch left open by an error is not committed on the way out.
-      await client.query('rollback').catch(() => undefined);
       await client.query('reset all').catch(() => undefined);
       client.release();
     }
@@ -275,61 +273,66 @@ async function work(ctx: JobContext, client: pg.PoolClient, p: Payload, chosen: 
   const left: string[] = [];
   let stoppedAtBudget = false;
   const batch = new AnalyzeBatch(client);
-  for (const [i, c] of chosen.entries()) {
-    const remaining = deadline - Date.now();
-    if (stoppedAtBudget || remaining <= 0) {
-      stoppedAtBudget = true;
-      left.push(c.table);
-      continue;
-    }
-    const r: TableResult = { table: c.table, action: c.action, reasons: c.reasons, deadBefore: c.deadTuples };
-    results.push(r);
-    const busy = await client.query<{ who: string }>(
-      `select a.backend_type as who from pg_stat_progress_vacuum v join pg_stat_activity a using (pid)
+  try {
+    for (const [i, c] of chosen.entries()) {
+      const remaining = deadline - Date.now();
+      if (stoppedAtBudget || remaining <= 0) {
+        stoppedAtBudget = true;
+        left.push(c.table);
+        continue;
+      }
+      const r: TableResult = { table: c.table, action: c.action, reasons: c.reasons, deadBefore: c.deadTuples };
+      results.push(r);
+      const busy = await client.query<{ who: string }>(
+        `select a.backend_type as who from pg_stat_progress_vacuum v join pg_stat_activity a using (pid)
         where v.relid = $1::regclass
        union all select a.backend_type from pg_stat_progress_analyze v join pg_stat_activity a using (pid) where
          v.relid = $1::regclass`,
-      [`${quoteIdent(c.schema)}.${quoteIdent(c.name)}`],
-    );
-    if (busy.rows.length) {
-      r.skipped = `${busy.rows[0]!.who} is working on it right now`;
-      await ctx.log(`${c.table}: skipped, ${r.skipped}`);
-      continue;
-    }
-    await ctx.progress((100 * i) / chosen.length, `${c.action} ${c.table}`);
-    // A table still running at the end of the budget is cancelled there.
-    await client.query(`select set_config('statement_timeout', $1, false)`, [String(Math.max(1000, remaining))]);
-    const t0 = Date.now();
-    const { vacuum, analyze } = steps(c);
-    try {
-      if (vacuum) {
-        await batch.commit();
-        await client.query(vacuum);
-      }
-      if (analyze) await batch.run(analyze);
-      r.durationMs = Date.now() - t0;
-      await client.query('select pg_stat_clear_snapshot()');
-      const { rows } = await client.query<{ dead: string }>(
-        `select coalesce(n_dead_tup, 0) as dead from pg_stat_all_tables where relid = $1::regclass`,
         [`${quoteIdent(c.schema)}.${quoteIdent(c.name)}`],
       );
-      r.deadAfter = Number(rows[0]?.dead ?? 0);
-      await ctx.log(`${c.table}: ${c.action} in ${r.durationMs} ms, dead tuples ${r.deadBefore} → ${r.deadAfter}`);
-    } catch (err) {
-      const code = (err as { code?: string }).code;
-      r.durationMs = Date.now() - t0;
-      if (code === '55P03') r.skipped = `lock not available within ${p.lockTimeout} (lock_timeout)`;
-      else if (code === '57014') {
-        r.skipped = `cancelled at the end of the ${p.budgetSeconds} s budget`;
-        stoppedAtBudget = true;
-      } else {
-        await batch.commit();
-        throw err;
+      if (busy.rows.length) {
+        r.skipped = `${busy.rows[0]!.who} is working on it right now`;
+        await ctx.log(`${c.table}: skipped, ${r.skipped}`);
+        continue;
       }
-      await ctx.log(`${c.table}: skipped, ${r.skipped}`);
+      await ctx.progress((100 * i) / chosen.length, `${c.action} ${c.table}`);
+      // A table still running at the end of the budget is cancelled there.
+      await client.query(`select set_config('statement_timeout', $1, false)`, [String(Math.max(1000, remaining))]);
+      const t0 = Date.now();
+      const { vacuum, analyze } = steps(c);
+      try {
+        if (vacuum) {
+          await batch.commit();
+          await client.query(vacuum);
+        }
+        if (analyze) await batch.run(analyze);
+        r.durationMs = Date.now() - t0;
+        await client.query('select pg_stat_clear_snapshot()');
+        const { rows } = await client.query<{ dead: string }>(
+          `select coalesce(n_dead_tup, 0) as dead from pg_stat_all_tables where relid = $1::regclass`,
+          [`${quoteIdent(c.schema)}.${quoteIdent(c.name)}`],
+        );
+        r.deadAfter = Number(rows[0]?.dead ?? 0);
+        await ctx.log(`${c.table}: ${c.action} in ${r.durationMs} ms, dead tuples ${r.deadBefore} → ${r.deadAfter}`);
+      } catch (err) {
+        const code = (err as { code?: string }).code;
+        r.durationMs = Date.now() - t0;
+        if (code === '55P03') r.skipped = `lock not available within ${p.lockTimeout} (lock_timeout)`;
+        else if (code === '57014') {
+          r.skipped = `cancelled at the end of the ${p.budgetSeconds} s budget`;
+          stoppedAtBudget = true;
+        } else {
+          await batch.commit();
+          throw err;
+        }
+        await ctx.log(`${c.table}: skipped, ${r.skipped}`);
+      }
     }
+    await batch.commit();
+  } finally {
+    // Open only when an error escaped mid-batch: the session goes back to the pool clean.
+    await batch.abandon();
   }
-  await batch.commit();
   if (stoppedAtBudget)
     await ctx.log(
       `time budget of ${p.budgetSeconds} s used up; left for the next run: ${left.join(', ') || 'nothing'}`,
@@ -381,6 +384,12 @@ class AnalyzeBatch {
     if (this.openedAt === undefined) return;
     this.openedAt = undefined;
     await this.client.query('commit');
+  }
+
+  async abandon(): Promise<void> {
+    if (this.openedAt === undefined) return;
+    this.openedAt = undefined;
+    await this.client.query('rollback').catch(() => undefined);
   }
 }
 
