@@ -11,7 +11,7 @@ import type pg from 'pg';
 import { z } from 'zod';
 import { PermanentJobError } from '../src/core/errors.ts';
 import { defineJob, type JobResult, targetField, type JobContext } from '../src/runner/job-definition.ts';
-import { qualifiedName, quoteIdent, lockTimeoutSetting, schemaName } from '../src/core/sql.ts';
+import { qualifiedName, quoteQualified, lockTimeoutSetting, schemaName } from '../src/core/sql.ts';
 
 const thresholds = z
   .object({
@@ -188,9 +188,8 @@ export function choose(
 }
 
 /** What a candidate runs: a VACUUM on its own, then its ANALYZE, which joins the open batch. */
-function steps(c: Candidate): { vacuum?: string; analyze?: string } {
-  const rel = `${quoteIdent(c.schema)}.${quoteIdent(c.name)}`;
-  switch (c.action) {
+function steps(action: Action, rel: string): { vacuum?: string; analyze?: string } {
+  switch (action) {
     case 'ANALYZE':
       return { analyze: `analyze ${rel}` };
     case 'VACUUM':
@@ -283,12 +282,13 @@ async function work(ctx: JobContext, client: pg.PoolClient, p: Payload, chosen: 
       }
       const r: TableResult = { table: c.table, action: c.action, reasons: c.reasons, deadBefore: c.deadTuples };
       results.push(r);
+      const rel = quoteQualified(c.schema, c.name);
       const busy = await client.query<{ who: string }>(
         `select a.backend_type as who from pg_stat_progress_vacuum v join pg_stat_activity a using (pid)
         where v.relid = $1::regclass
        union all select a.backend_type from pg_stat_progress_analyze v join pg_stat_activity a using (pid) where
          v.relid = $1::regclass`,
-        [`${quoteIdent(c.schema)}.${quoteIdent(c.name)}`],
+        [rel],
       );
       if (busy.rows.length) {
         r.skipped = `${busy.rows[0]!.who} is working on it right now`;
@@ -299,7 +299,7 @@ async function work(ctx: JobContext, client: pg.PoolClient, p: Payload, chosen: 
       // A table still running at the end of the budget is cancelled there.
       await client.query(`select set_config('statement_timeout', $1, false)`, [String(Math.max(1000, remaining))]);
       const t0 = Date.now();
-      const { vacuum, analyze } = steps(c);
+      const { vacuum, analyze } = steps(c.action, rel);
       try {
         if (vacuum) {
           await batch.commit();
@@ -310,7 +310,7 @@ async function work(ctx: JobContext, client: pg.PoolClient, p: Payload, chosen: 
         await client.query('select pg_stat_clear_snapshot()');
         const { rows } = await client.query<{ dead: string }>(
           `select coalesce(n_dead_tup, 0) as dead from pg_stat_all_tables where relid = $1::regclass`,
-          [`${quoteIdent(c.schema)}.${quoteIdent(c.name)}`],
+          [rel],
         );
         r.deadAfter = Number(rows[0]?.dead ?? 0);
         await ctx.log(`${c.table}: ${c.action} in ${r.durationMs} ms, dead tuples ${r.deadBefore} → ${r.deadAfter}`);
