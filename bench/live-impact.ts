@@ -201,12 +201,13 @@ const pgbench = spawn(
 let pgbenchErr = '';
 pgbench.stderr!.on('data', (d) => (pgbenchErr += d.toString()));
 
-interface Window {
+/** A named stretch of time: a measured window, or one run of an operation (--per-run). */
+interface Span {
   name: string;
   from: number;
   to: number;
 }
-const windows: Window[] = [];
+const windows: Span[] = [];
 /** A window of at least WINDOW_MS from the operation's start (the same length for every side,
  * so a p99 is over the same number of transactions), or the operation's whole run if longer. */
 const WINDOW_MS = 5000;
@@ -280,12 +281,7 @@ async function windowRounds(): Promise<void> {
 }
 
 /** --per-run: each operation alone, after its own preparation, every round in the same order. */
-interface Run {
-  name: string;
-  from: number;
-  to: number;
-}
-const runs: Run[] = [];
+const runs: Span[] = [];
 const QUIET_RUN = 'quiet (600 ms, nothing runs)';
 const perRunOperations: { name: string; prepare: () => Promise<unknown>; run: () => Promise<unknown> }[] = [
   { name: QUIET_RUN, prepare: async () => undefined, run: () => sleep(600) },
@@ -412,30 +408,40 @@ function windowReport(): void {
 function perRunReport(): void {
   // A transaction overlaps a run when it was running at any moment of it: from its
   // scheduled start (its completion less its latency) to its completion.
-  const during = (name: string) => {
-    const mine = runs.filter((r) => r.name === name);
-    const ms = samples.filter((s) => mine.some((r) => s.at - s.ms < r.to && s.at > r.from)).map((s) => s.ms);
-    return { mine, ms };
-  };
-  const quietP99 = pct(during(QUIET_RUN).ms, 0.99);
+  const during = (run: Span) => samples.filter((s) => s.at - s.ms < run.to && s.at > run.from).map((s) => s.ms);
+  const quietP99 = pct(runs.filter((r) => r.name === QUIET_RUN).flatMap(during), 0.99);
   const threshold = 1.2 * quietP99;
+  const f = (xs: number[], d: number) =>
+    `${median(xs).toFixed(d)} (${Math.min(...xs).toFixed(d)}–${Math.max(...xs).toFixed(d)})`;
   printTable(
-    `one run of each operation, alone, at ${RATE} tx/s, ${ROUNDS} rounds; quiet p99 ${quietP99.toFixed(2)} ms`,
+    `one run of each operation, alone, at ${RATE} tx/s, ${ROUNDS} rounds; quiet p99 ${quietP99.toFixed(2)} ms; ` +
+      'median (min–max) over runs',
     [
       'operation',
       'run (ms)',
       'tx during a run',
       `tx over 1.2× quiet p99 (${threshold.toFixed(2)} ms), per run`,
+      'mean per run',
       'share of the tx during its runs',
     ],
     perRunOperations.map(({ name }) => {
-      const { mine, ms } = during(name);
+      const mine = runs.filter((r) => r.name === name).map((r) => ({ r, ms: during(r) }));
+      const slow = mine.map(({ ms }) => ms.filter((x) => x > threshold).length);
+      const total = mine.reduce((n, { ms }) => n + ms.length, 0);
+      const slowTotal = slow.reduce((a, b) => a + b, 0);
       return [
         name,
-        `${median(mine.map((r) => r.to - r.from)).toFixed(0)}`,
-        (ms.length / mine.length).toFixed(0),
-        (ms.filter((x) => x > threshold).length / mine.length).toFixed(1),
-        `${((100 * ms.filter((x) => x > threshold).length) / ms.length).toFixed(0)} %`,
+        f(
+          mine.map(({ r }) => r.to - r.from),
+          0,
+        ),
+        f(
+          mine.map(({ ms }) => ms.length),
+          0,
+        ),
+        f(slow, 0),
+        (slowTotal / mine.length).toFixed(1),
+        `${((100 * slowTotal) / total).toFixed(0)} %`,
       ];
     }),
   );
