@@ -114,7 +114,10 @@ describe('pitr-drill from the pgBackRest repository', () => {
     const deadline = Date.now() + 20_000;
     let gone = false;
     while (!gone && Date.now() < deadline) {
-      for (const f of fs.readdirSync(segDir).filter((f) => f.startsWith(missing))) {
+      // Only the segment once stored: removing pgBackRest's temporary file while it is
+      // written makes that push fail, and PostgreSQL pushes the segment again.
+      const stored = (f: string) => f.startsWith(missing) && !f.endsWith('.pgbackrest.tmp');
+      for (const f of fs.readdirSync(segDir).filter(stored)) {
         fs.rmSync(path.join(segDir, f));
         gone = true;
       }
