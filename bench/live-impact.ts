@@ -300,17 +300,33 @@ const archiveByHand = async () => {
   await dropByHand();
   fs.rmSync(file);
 };
-const todays = [`app.reading_ours_p${day.toFormat('yyyyMMdd')}`, `app.reading_partman_p${day.toFormat('yyyy_MM_dd')}`];
-const vacuumByHand = () =>
-  sql(
-    'set vacuum_cost_delay = 2',
-    'vacuum app.meter',
-    'begin',
-    'analyze app.meter',
-    ...todays.map((t) => `analyze ${t}`),
-    'commit',
-    'reset vacuum_cost_delay',
-  );
+// What the job's last run did (the tables it chose, the action on each), then the same by
+// hand: each VACUUM alone, the ANALYZEs between two VACUUMs in one transaction, throttled
+// as the job is.
+let planned: { table: string; action: string }[] = [];
+const vacuumAnalyze = async () => {
+  const { result } = await job('vacuum-analyze', { schemas: ['app'] });
+  planned = result.tables.filter((t: { skipped?: string }) => !t.skipped);
+};
+const vacuumByHand = async () => {
+  const statements = ['set vacuum_cost_delay = 2'];
+  let open = false;
+  for (const { table, action } of planned) {
+    if (action.startsWith('VACUUM')) {
+      if (open) statements.push('commit');
+      open = false;
+      statements.push(`vacuum ${table}`);
+    }
+    if (action.endsWith('ANALYZE')) {
+      if (!open) statements.push('begin');
+      open = true;
+      statements.push(`analyze ${table}`);
+    }
+  }
+  if (open) statements.push('commit');
+  await sql(...statements, 'reset vacuum_cost_delay');
+  console.error(`  by hand, as the job's run: ${planned.map((c) => `${c.action} ${c.table}`).join(', ')}`);
+};
 /** Outside the measured time: the job's own future partitions back (after plain PARTITION OF). */
 const jobPartitionsBack = async () => {
   await prepareFuture('app.reading_ours');
@@ -371,7 +387,7 @@ const operations: { name: string; ours?: true; prepare: () => Promise<unknown>; 
     name: 'vacuum-analyze',
     ours: true,
     prepare: bloat,
-    run: () => job('vacuum-analyze', { schemas: ['app'] }),
+    run: vacuumAnalyze,
   },
   { name: BY_HAND, prepare: bloat, run: vacuumByHand },
   { name: 'VACUUM FULL of the same table', prepare: bloat, run: () => db.query('vacuum full app.meter') },
