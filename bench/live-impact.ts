@@ -36,6 +36,9 @@ import { loadConfig } from '../src/core/config.ts';
 import { postgresUser } from '../src/core/local-postgres.ts';
 import { createLogger } from '../src/core/logger.ts';
 import { binPath, runPipeline } from '../src/core/proc.ts';
+import { quoteQualified } from '../src/core/sql.ts';
+import { splitQualified } from '../src/backup/partition-archive.ts';
+import { steps as vacuumSteps, type Action as VacuumAction } from '../jobs/vacuum-analyze.ts';
 import { createDatabase, startPostgres, startRedis } from '../src/dev/devstack.ts';
 import { createRuntime } from '../src/pgmaint.ts';
 import { loadAverage, median, printTable } from './method.ts';
@@ -217,24 +220,17 @@ const pgbench = spawn(
 let pgbenchErr = '';
 pgbench.stderr!.on('data', (d) => (pgbenchErr += d.toString()));
 
-/** A named stretch of time: a measured window, or one run of an operation (--per-run). */
+/** A measured stretch of time: a window, or one run of an operation (--per-run). */
 interface Span {
   /** Index in operations. */
   op: number;
   from: number;
   to: number;
 }
-const windows: Span[] = [];
-/** A window of at least WINDOW_MS from the operation's start (the same length for every side,
- * so a p99 is over the same number of transactions), or the operation's whole run if longer. */
+const spans: Span[] = [];
+/** A window lasts at least WINDOW_MS from the operation's start (the same length for every
+ * side, so a p99 is over the same number of transactions), or the operation's whole run. */
 const WINDOW_MS = 5000;
-async function measured(op: number, fn: () => Promise<unknown>): Promise<void> {
-  const from = Date.now();
-  await fn();
-  const to = Math.max(Date.now(), from + WINDOW_MS);
-  await sleep(to - Date.now());
-  windows.push({ op, from, to });
-}
 /** Writes to disk now what came before (the operation, a preparation), so that neither the
  * checkpointer nor the kernel's writeback of dirty pages, 30 s later, lands in another
  * window; then the load settles before the next one. */
@@ -303,7 +299,7 @@ const archiveByHand = async () => {
 // What the job's last run did (the tables it chose, the action on each), then the same by
 // hand: each VACUUM alone, the ANALYZEs between two VACUUMs in one transaction, throttled
 // as the job is.
-let planned: { table: string; action: string }[] = [];
+let planned: { table: string; action: VacuumAction }[] = [];
 const vacuumAnalyze = async () => {
   const { result } = await job('vacuum-analyze', { schemas: ['app'] });
   planned = result.tables.filter((t: { skipped?: string }) => !t.skipped);
@@ -312,15 +308,16 @@ const vacuumByHand = async () => {
   const statements = ['set vacuum_cost_delay = 2'];
   let open = false;
   for (const { table, action } of planned) {
-    if (action.startsWith('VACUUM')) {
+    const { vacuum, analyze } = vacuumSteps(action, quoteQualified(...splitQualified(table)));
+    if (vacuum) {
       if (open) statements.push('commit');
       open = false;
-      statements.push(`vacuum ${table}`);
+      statements.push(vacuum);
     }
-    if (action.endsWith('ANALYZE')) {
+    if (analyze) {
       if (!open) statements.push('begin');
       open = true;
-      statements.push(`analyze ${table}`);
+      statements.push(analyze);
     }
   }
   if (open) statements.push('commit');
@@ -393,35 +390,30 @@ const operations: { name: string; ours?: true; prepare: () => Promise<unknown>; 
   { name: 'VACUUM FULL of the same table', prepare: bloat, run: () => db.query('vacuum full app.meter') },
 ];
 
-async function windowRounds(): Promise<void> {
+/** Every round runs the operations in order, each after its own preparation. */
+async function rounds(): Promise<void> {
   for (let round = 1; round <= ROUNDS; round++) {
     console.error(`round ${round}`);
-    for (const [i, op] of operations.entries()) {
-      await op.prepare();
-      await settle();
-      await measured(i, op.run);
-    }
-  }
-}
-
-/** --per-run: each operation alone, after its own preparation, every round in the same order. */
-const runs: Span[] = [];
-async function perRunRounds(): Promise<void> {
-  for (let round = 1; round <= ROUNDS; round++) {
-    console.error(`round ${round}`);
-    for (const [i, op] of operations.entries()) {
-      await op.prepare();
+    for (const [op, { prepare, run }] of operations.entries()) {
+      await prepare();
       await settle();
       const from = Date.now();
-      await op.run();
-      runs.push({ op: i, from, to: Date.now() });
-      await sleep(700); // the transactions that overlapped the run finish
+      await run();
+      const ran = Date.now();
+      if (PER_RUN) {
+        spans.push({ op, from, to: ran });
+        await sleep(700); // the transactions that overlapped the run finish
+      } else {
+        const to = Math.max(ran, from + WINDOW_MS);
+        await sleep(to - ran);
+        spans.push({ op, from, to });
+      }
     }
   }
 }
 
 await sleep(3000);
-await (PER_RUN ? perRunRounds() : windowRounds());
+await rounds();
 // pgbench's log is buffered: quiet seconds after the last window push its lines out first.
 await sleep(5000);
 pgbench.kill('SIGINT');
@@ -449,7 +441,7 @@ const oursWithFloor = operations.flatMap((op, i) => (op.ours ? [{ ours: i, byHan
 
 function windowReport(): void {
   const stats = operations.map((_, op) => {
-    const perRound = windows
+    const perRound = spans
       .filter((w) => w.op === op)
       .map((w) => {
         const ms = samples.filter((s) => s.at >= w.from && s.at <= w.to + 50).map((s) => s.ms);
@@ -521,7 +513,7 @@ function perRunReport(): void {
   // A transaction overlaps a run when it was running at any moment of it: from its
   // scheduled start (its completion less its latency) to its completion.
   const during = (run: Span) => samples.filter((s) => s.at - s.ms < run.to && s.at > run.from).map((s) => s.ms);
-  const quietP99 = pct(runs.filter((r) => r.op === 0).flatMap(during), 0.99);
+  const quietP99 = pct(spans.filter((r) => r.op === 0).flatMap(during), 0.99);
   const threshold = 1.2 * quietP99;
   printTable(
     `one run of each operation, alone, at ${RATE} tx/s, ${COMMITS}, ${ROUNDS} rounds; ` +
@@ -535,7 +527,7 @@ function perRunReport(): void {
       'share of the tx during its runs',
     ],
     operations.map(({ name }, op) => {
-      const mine = runs.filter((r) => r.op === op).map((r) => ({ r, ms: during(r) }));
+      const mine = spans.filter((r) => r.op === op).map((r) => ({ r, ms: during(r) }));
       const slow = mine.map(({ ms }) => ms.filter((x) => x > threshold).length);
       const total = mine.reduce((n, { ms }) => n + ms.length, 0);
       const slowTotal = slow.reduce((a, b) => a + b, 0);

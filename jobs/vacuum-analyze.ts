@@ -55,7 +55,7 @@ export const payload = z.object({
 });
 
 type Payload = z.output<typeof payload>;
-type Action = 'VACUUM ANALYZE' | 'VACUUM' | 'ANALYZE' | 'VACUUM FULL ANALYZE';
+export type Action = 'VACUUM ANALYZE' | 'VACUUM' | 'ANALYZE' | 'VACUUM FULL ANALYZE';
 
 interface Candidate {
   table: string;
@@ -188,7 +188,7 @@ export function choose(
 }
 
 /** What a candidate runs: a VACUUM on its own, then its ANALYZE, which joins the open batch. */
-function steps(action: Action, rel: string): { vacuum?: string; analyze?: string } {
+export function steps(action: Action, rel: string): { vacuum?: string; analyze?: string } {
   switch (action) {
     case 'ANALYZE':
       return { analyze: `analyze ${rel}` };
