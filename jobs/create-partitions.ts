@@ -28,7 +28,6 @@ import {
   tablesIssues,
   recordPolicyError,
   throwIfPoliciesFailed,
-  type ExistingPartition,
   type ParentInfo,
   type PolicyOutcome,
   withParentLock,
@@ -98,7 +97,7 @@ const job = defineJob({
       Array.from({ length: Math.min(ctx.target.poolSize, busy.length) }, async () => {
         while (next < busy.length) {
           const i = busy[next++]!;
-          results[i] = await maintainPolicy(ctx, policies[i]!, now);
+          results[i] = await maintainPolicy(ctx, policies[i]!, now, calendar);
           if (++done % 10 === 0 || done === busy.length)
             await ctx.progress(10 + (90 * done) / busy.length, `${done}/${busy.length} parents with work done`);
         }
@@ -187,19 +186,12 @@ function steadyResult(
     result.defaultPartition = `${def.schema}.${def.name}`;
     result.defaultRows = 0;
   }
-  if (coveredByBoundaries(info, policy, calendar)) {
-    // The common case at fleet scale, decided on numbers alone.
-    const newest = info.partitions.filter((x) => boundMs(x, 'to') !== null).at(-1);
-    const newestMs = newest ? boundMs(newest, 'to')! : null;
-    result.runwayUntil = newestMs === null ? null : DateTime.fromMillis(newestMs, { zone: policy.timeZone }).toISO();
-    result.periodsAhead = newestMs === null ? 0 : calendar.countAhead(policy.interval, policy.timeZone, newestMs);
-    return result;
-  }
-  const plan = planMissing(info, policy, now);
+  // The common case at fleet scale, decided on numbers alone.
+  if (coveredByBoundaries(info, policy, calendar)) return Object.assign(result, runway(info, policy, calendar));
+  const plan = planMissing(info, policy, now, [], calendar);
   if (plan.missing.length) return NEEDS_WORK;
   result.skipped.push(...plan.skipped);
-  Object.assign(result, runway(info, policy, now));
-  return result;
+  return Object.assign(result, runway(info, policy, calendar));
 }
 
 /**
@@ -236,23 +228,25 @@ function emptyResult(policy: PartitionPolicy): PolicyResult {
 }
 
 /** Upper bound of the newest partition, and the whole periods it lies ahead of now. */
-function runway(info: ParentInfo, policy: PartitionPolicy, now: DateTime) {
-  const newest = info.partitions.filter((x) => x.to).at(-1)?.to ?? null;
-  let ahead = 0;
-  for (
-    let t = nextPeriod(periodStart(now.setZone(policy.timeZone), policy.interval), policy.interval);
-    newest && t < newest;
-    t = nextPeriod(t, policy.interval)
-  )
-    ahead++;
-  return { runwayUntil: newest?.toISO() ?? null, periodsAhead: ahead };
+function runway(info: ParentInfo, policy: PartitionPolicy, calendar: PeriodCalendar) {
+  const newest = info.partitions.filter((x) => boundMs(x, 'to') !== null).at(-1);
+  const newestMs = newest ? boundMs(newest, 'to')! : null;
+  return {
+    runwayUntil: newestMs === null ? null : DateTime.fromMillis(newestMs, { zone: policy.timeZone }).toISO(),
+    periodsAhead: newestMs === null ? 0 : calendar.countAhead(policy.interval, policy.timeZone, newestMs),
+  };
 }
 
-async function maintainPolicy(ctx: JobContext, policy: PartitionPolicy, now: DateTime): Promise<PolicyResult> {
+async function maintainPolicy(
+  ctx: JobContext,
+  policy: PartitionPolicy,
+  now: DateTime,
+  calendar: PeriodCalendar,
+): Promise<PolicyResult> {
   const result = emptyResult(policy);
   try {
     const outcome = await withParentLock(ctx.pool, policy.table, async (client) => {
-      let info = await readParent(client, policy);
+      let info = await readParent(client, policy, { bounds: boundsOf(ctx.target.name) });
       // The periods of rows stranded in the DEFAULT partition are planned too.
       const def = info.partitions.find((x) => x.isDefault);
       const stranded: DateTime[] = [];
@@ -267,7 +261,7 @@ async function maintainPolicy(ctx: JobContext, policy: PartitionPolicy, now: Dat
         // date_trunc gave local wall-clock period starts.
         for (const r of rows) stranded.push(parseKeyValue(r.p, 'timestamp', policy.timeZone));
       }
-      const plan = planMissing(info, policy, now, stranded);
+      const plan = planMissing(info, policy, now, stranded, calendar);
       result.skipped.push(...plan.skipped);
       const template = plan.missing.length ? await readTemplate(client, info) : undefined;
       const perCommit = def ? 1 : PARTITIONS_PER_COMMIT;
@@ -298,14 +292,14 @@ async function maintainPolicy(ctx: JobContext, policy: PartitionPolicy, now: Dat
         }
       }
       if (failures.length) throw new PermanentJobError(failures.map((f) => f.message).join('; '));
-      if (plan.missing.length) info = await readParent(client, policy);
+      if (plan.missing.length) info = await readParent(client, policy, { bounds: boundsOf(ctx.target.name) });
       if (def) {
         result.defaultPartition = `${def.schema}.${def.name}`;
         result.defaultRows = Number(
           (await client.query(`select count(*) as n from ${quoteQualified(def.schema, def.name)}`)).rows[0].n,
         );
       }
-      Object.assign(result, runway(info, policy, now));
+      Object.assign(result, runway(info, policy, calendar));
     });
     if (outcome === 'locked') result.skipped.push({ reason: PARENT_LOCKED });
   } catch (thrown) {
@@ -323,47 +317,64 @@ interface Period {
 /** Periods from the current one through premake ahead, plus gaps back to the oldest
  * partition, that no existing partition covers. A period partly covered by a
  * partition with other bounds is skipped with the reason; existing bounds win.
- * Periods holding rows stranded in the DEFAULT partition are planned too. */
+ * Periods holding rows stranded in the DEFAULT partition are planned too. The work is
+ * on epoch milliseconds and the calendar's boundaries: luxon, at every period and
+ * bound, cost the worker more CPU than the run's statements cost the server. */
 export function planMissing(
   info: ParentInfo,
   policy: PartitionPolicy,
   now: DateTime,
   stranded: DateTime[] = [],
+  calendar = new PeriodCalendar(now),
 ): { missing: Period[]; skipped: { range: string; reason: string }[] } {
-  const ranged = info.partitions.filter(
-    (x): x is ExistingPartition & { from: DateTime; to: DateTime } =>
-      !x.isDefault && !x.detachPending && !!x.from && !!x.to,
-  );
-  const current = periodStart(now.setZone(policy.timeZone), policy.interval);
-  let end = current;
-  for (let i = 0; i <= policy.premake; i++) end = nextPeriod(end, policy.interval);
+  const { interval, timeZone: zone } = policy;
+  const ranged = info.partitions.flatMap((x) => {
+    const [from, to] = [boundMs(x, 'from'), boundMs(x, 'to')];
+    return !x.isDefault && !x.detachPending && from !== null && to !== null ? [{ x, from, to }] : [];
+  });
+  const current = calendar.current(interval, zone);
+  const end = calendar.after(interval, zone, policy.premake + 1);
   const oldest = ranged[0]?.from;
-  let t = oldest && oldest < current ? periodStart(oldest, policy.interval) : current;
-  const starts: DateTime[] = [];
-  for (; t < end; t = nextPeriod(t, policy.interval)) starts.push(t);
-  for (const s of stranded) if (s < starts[0]! || s >= end) starts.push(periodStart(s, policy.interval));
-  starts.sort((a, b) => a.toMillis() - b.toMillis());
+  // Each period with its upper bound: the next boundary.
+  const contiguous = calendar.boundaries(
+    interval,
+    zone,
+    oldest !== undefined && oldest < current ? oldest : current,
+    end,
+  );
+  const periods = contiguous.slice(0, -1).map((from, i) => ({ from, to: contiguous[i + 1]! }));
+  for (const s of stranded) {
+    if (s.toMillis() >= contiguous[0]! && s.toMillis() < end) continue;
+    const from = periodStart(s, interval);
+    periods.push({ from: from.toMillis(), to: nextPeriod(from, interval).toMillis() });
+  }
+  periods.sort((a, b) => a.from - b.from);
+  const at = (ms: number) => DateTime.fromMillis(ms, { zone });
   const missing: Period[] = [];
   const skipped: { range: string; reason: string }[] = [];
-  for (const t of starts) {
+  // Range partitions never overlap: sorted by lower bound they are sorted by upper bound
+  // too, so one pass over both lists finds each period's overlapping partitions.
+  let first = 0;
+  for (const { from, to } of periods) {
     if (missing.length >= MAX_NEW_PER_RUN) break;
-    const to = nextPeriod(t, policy.interval);
-    const overlapping = ranged.filter((x) => x.from < to && x.to > t);
-    if (!overlapping.length) missing.push({ from: t, to });
-    else if (!coveredByUnion(overlapping, t, to))
+    while (first < ranged.length && ranged[first]!.to <= from) first++;
+    const overlapping: typeof ranged = [];
+    for (let j = first; j < ranged.length && ranged[j]!.from < to; j++) overlapping.push(ranged[j]!);
+    if (!overlapping.length) missing.push({ from: at(from), to: at(to) });
+    else if (!coveredByUnion(overlapping, from, to))
       skipped.push({
-        range: `[${t.toISO()}, ${to.toISO()})`,
+        range: `[${at(from).toISO()}, ${at(to).toISO()})`,
         reason:
-          `partly covered by ${overlapping.map((x) => `${x.schema}.${x.name}`).join(', ')}; existing bounds ` +
+          `partly covered by ${overlapping.map(({ x }) => `${x.schema}.${x.name}`).join(', ')}; existing bounds ` +
           `are kept`,
       });
   }
   return { missing, skipped };
 }
 
-function coveredByUnion(parts: { from: DateTime; to: DateTime }[], from: DateTime, to: DateTime): boolean {
+function coveredByUnion(parts: { from: number; to: number }[], from: number, to: number): boolean {
   let reach = from;
-  for (const x of [...parts].sort((a, b) => a.from.toMillis() - b.from.toMillis())) {
+  for (const x of [...parts].sort((a, b) => a.from - b.from)) {
     if (x.from > reach) return false;
     if (x.to > reach) reach = x.to;
   }

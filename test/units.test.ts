@@ -249,6 +249,26 @@ describe('partition planner', () => {
     },
   );
 
+  it('finds a gap among hourly partitions reaching back further than the calendar extends in one step', () => {
+    const hourly = policy({ interval: 'hour', premake: 3 });
+    const now = DateTime.fromISO('2026-11-26T10:30:00Z');
+    // 15,000 hours of partitions, one missing 12,000 hours back; the calendar extends 10,000 at a time.
+    const start = now.startOf('hour').minus({ hours: 15_000 });
+    const parts: [string, string][] = [];
+    for (let h = 0; h < 15_000 + 4; h++) {
+      if (h === 3_000) continue;
+      parts.push([start.plus({ hours: h }).toISO()!, start.plus({ hours: h + 1 }).toISO()!]);
+    }
+    const { missing, skipped } = planMissing(parent(parts), hourly, now, [
+      DateTime.fromISO('2021-01-01T05:20:00Z', { zone: 'UTC' }),
+    ]);
+    expect(skipped).toEqual([]);
+    expect(missing.map((p) => [p.from.toMillis(), p.to.toMillis()])).toEqual([
+      [Date.parse('2021-01-01T05:00:00Z'), Date.parse('2021-01-01T06:00:00Z')],
+      [start.plus({ hours: 3_000 }).toMillis(), start.plus({ hours: 3_001 }).toMillis()],
+    ]);
+  });
+
   it('periods follow local calendar days across a DST change; hourly partitions are named in UTC', () => {
     const berlin = policy({ interval: 'day', timeZone: 'Europe/Berlin' });
     const { missing } = planMissing(parent([], 'Europe/Berlin'), berlin, DateTime.fromISO('2026-10-24T12:00:00Z'));

@@ -121,8 +121,12 @@ function parseBound(text: string, keyType: KeyType, zone: string): DateTime | nu
 }
 
 /** Validates the policy against the catalog and reads the partitions with their bounds. */
-export async function readParent(client: pg.ClientBase, policy: PartitionPolicy): Promise<ParentInfo> {
-  const [info] = await readParents(client, [policy]);
+export async function readParent(
+  client: pg.ClientBase,
+  policy: PartitionPolicy,
+  opts: Parameters<typeof readParents>[2] = {},
+): Promise<ParentInfo> {
+  const [info] = await readParents(client, [policy], opts);
   if (info instanceof Error) throw info;
   return info!;
 }
@@ -143,8 +147,11 @@ export async function readParents(
   if (opts.bounds && opts.bounds.size > 200_000) opts.bounds.clear();
   const names = policies.map((p) => p.table.split('.') as [string, string]);
   // Joins over the whole fleet, not a subquery per parent.
-  const { rows: parents } = await client.query<ParentRow>(
-    `select c.oid, c.relkind, pg_get_userbyid(c.relowner) as owner, pt.partstrat as strategy,
+  // Named, so that each session plans these catalog joins once, not at every reading:
+  // planning them cost more of the server's CPU than running them.
+  const { rows: parents } = await client.query<ParentRow>({
+    name: 'pgmaint-read-parents',
+    text: `select c.oid, c.relkind, pg_get_userbyid(c.relowner) as owner, pt.partstrat as strategy,
             case when pt.partnatts = 1 then array[key.attname::text] else
               (select array_agg(a.attname::text order by k.ord) from unnest(pt.partattrs) with ordinality k(attnum, ord)
                  join pg_attribute a on a.attrelid = c.oid and a.attnum = k.attnum) end as keycols,
@@ -156,13 +163,14 @@ export async function readParents(
        left join pg_attribute key on key.attrelid = c.oid and key.attnum = pt.partattrs[0]
        left join pg_attribute col on col.attrelid = c.oid and col.attname = w.col and not col.attisdropped
       order by w.ord`,
-    [names.map((n) => n[0]), names.map((n) => n[1]), policies.map((p) => p.column)],
-  );
+    values: [names.map((n) => n[0]), names.map((n) => n[1]), policies.map((p) => p.column)],
+  });
   const oids = parents.flatMap((p) => (p.oid === null ? [] : [p.oid]));
   // Deparsing a bound is most of the reading's cost; a partition's bound is fixed while
   // its pg_class row stays the same version (oid and xmin), so known ones are not asked.
-  const { rows: children } = await client.query<RawPartition & { parent: number; version: string }>(
-    `select i.inhparent as parent, n.nspname as schema, c.relname as name, i.inhdetachpending as pending,
+  const { rows: children } = await client.query<RawPartition & { parent: number; version: string }>({
+    name: 'pgmaint-read-partitions',
+    text: `select i.inhparent as parent, n.nspname as schema, c.relname as name, i.inhdetachpending as pending,
             c.oid || '/' || c.xmin as version,
             case when k.oid is null then pg_get_expr(c.relpartbound, c.oid) end as bound,
             case when pt.partdefid = c.oid then pg_relation_size(c.oid) end as bytes
@@ -170,8 +178,8 @@ export async function readParents(
        join pg_partitioned_table pt on pt.partrelid = i.inhparent
        left join unnest($2::oid[], $3::xid[]) k(oid, xmin) on k.oid = c.oid and k.xmin = c.xmin
       where i.inhparent = any($1::oid[])`,
-    [oids, ...versionArrays(opts.bounds)],
-  );
+    values: [oids, ...versionArrays(opts.bounds)],
+  });
   for (const c of children) {
     if (c.bound === null) c.bound = opts.bounds!.get(c.version)!;
     else opts.bounds?.set(c.version, c.bound);
@@ -343,6 +351,17 @@ export class PeriodCalendar {
     const k = this.kind(interval, zone);
     this.extendTo(k, ms);
     return k.known.has(ms);
+  }
+
+  /** The boundaries from the one at or before `fromMs` through the first at or after `toMs`. */
+  boundaries(interval: PartitionInterval, zone: string, fromMs: number, toMs: number): number[] {
+    const k = this.kind(interval, zone);
+    while (k.starts[0]! > fromMs) this.extendTo(k, fromMs);
+    while (k.starts.at(-1)! < toMs) this.extendTo(k, toMs);
+    let first = 0;
+    while (k.starts[first + 1] !== undefined && k.starts[first + 1]! <= fromMs) first++;
+    const last = k.starts.findIndex((b) => b >= toMs);
+    return k.starts.slice(first, last + 1);
   }
 
   /** How many boundaries lie strictly between the current period's start and `ms`. */
