@@ -246,7 +246,7 @@ async function maintainPolicy(
   const result = emptyResult(policy);
   try {
     const outcome = await withParentLock(ctx.pool, policy.table, async (client) => {
-      let info = await readParent(client, policy, { bounds: boundsOf(ctx.target.name) });
+      let info = await readParent(client, policy);
       // The periods of rows stranded in the DEFAULT partition are planned too.
       const def = info.partitions.find((x) => x.isDefault);
       const stranded: DateTime[] = [];
@@ -292,7 +292,7 @@ async function maintainPolicy(
         }
       }
       if (failures.length) throw new PermanentJobError(failures.map((f) => f.message).join('; '));
-      if (plan.missing.length) info = await readParent(client, policy, { bounds: boundsOf(ctx.target.name) });
+      if (plan.missing.length) info = await readParent(client, policy);
       if (def) {
         result.defaultPartition = `${def.schema}.${def.name}`;
         result.defaultRows = Number(
