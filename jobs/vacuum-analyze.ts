@@ -322,7 +322,9 @@ async function work(ctx: JobContext, client: pg.PoolClient, p: Payload, chosen: 
           r.skipped = `cancelled at the end of the ${p.budgetSeconds} s budget`;
           stoppedAtBudget = true;
         } else {
-          await batch.commit();
+          // The batch's earlier ANALYZEs are kept if the session still can; if it cannot
+          // (the error that stopped us may have ended it), that error is the one reported.
+          await batch.commit().catch(() => undefined);
           throw err;
         }
         await ctx.log(`${c.table}: skipped, ${r.skipped}`);
@@ -374,7 +376,8 @@ class AnalyzeBatch {
       await this.client.query(analyze);
       await this.client.query('release savepoint analyze_table');
     } catch (err) {
-      await this.client.query('rollback to savepoint analyze_table');
+      // On a session that is gone this fails too; the ANALYZE's own error is the one to report.
+      await this.client.query('rollback to savepoint analyze_table').catch(() => undefined);
       throw err;
     }
     if (++this.tables >= ANALYZE_BATCH_TABLES || Date.now() - this.openedAt >= ANALYZE_BATCH_MS) await this.commit();

@@ -222,6 +222,24 @@ describe('vacuum-analyze', () => {
         { relname: 'b', mods: 12000 },
         { relname: 'c', mods: 0 },
       ]);
+
+      // The session ended under an ANALYZE: the attempt fails with the server's reason,
+      // not with what the dead session answers to the batch's commit.
+      await mods(3);
+      await holder.query('begin; lock table lab.b in share update exclusive mode');
+      const { job: ended } = await rt.queues.enqueue('vacuum-analyze', { schemas: ['lab'], lockTimeout: '30s' });
+      await waitUntilBlocked(h.admin, `query like 'analyze "lab"."b"%'`, 'the ANALYZE of lab.b to wait for its lock');
+      await h.admin.query(
+        `select pg_terminate_backend(pid) from pg_stat_activity where query like 'analyze "lab"."b"%' and ` +
+          `pid <> pg_backend_pid()`,
+      );
+      await holder.query('rollback');
+      const queue = rt.queues.get('vacuum-analyze');
+      await waitUntil(async () => (await queue.getJob(ended.id!))?.failedReason, 15_000, 'the attempt to fail');
+      expect((await queue.getJob(ended.id!))!.failedReason).toMatch(
+        /terminating connection due to administrator command/,
+      );
+      await (await queue.getJob(ended.id!))!.remove().catch(() => undefined);
     } finally {
       await holder.query('rollback').catch(() => undefined);
       holder.release();
