@@ -318,12 +318,21 @@ async function archiveBatch(
         policy.table,
         rest.map((x) => x.partition),
       ).catch(async (err) => {
-        // Nothing half-done: the partitions go back where they were, with their data.
+        // Nothing half-done: the partitions go back where they were, with their data. One
+        // that cannot (the session is gone) stays detached under its journal entry, and the
+        // next run finishes it; the archive's error is still the one the run reports.
         for (const step of rest) {
           if (!step.undo) continue;
-          await client.query(step.undo);
-          await setState(client, journalId(held, step.partition)!, 'reattached', ctx.jobId);
-          await ctx.log(`archive failed; re-attached ${step.partition}`);
+          try {
+            await client.query(step.undo);
+            await setState(client, journalId(held, step.partition)!, 'reattached', ctx.jobId);
+            await ctx.log(`archive failed; re-attached ${step.partition}`);
+          } catch (undoErr) {
+            await ctx.log(
+              `archive failed; ${step.partition} could not be re-attached (${(undoErr as Error).message}): it ` +
+                `stays detached, and the next run finishes it`,
+            );
+          }
         }
         throw err;
       })

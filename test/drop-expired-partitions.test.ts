@@ -16,6 +16,7 @@ const policies = [
   { table: 'ret.pending', column: 'ts', interval: 'day', retention: '1 day' },
   { table: 'ret.gap', column: 'ts', interval: 'day', retention: '1 day' },
   { table: 'ret.legacy', column: 'ts', interval: 'day', retention: '1 day' },
+  { table: 'ret.cut', column: 'ts', interval: 'day', retention: '1 day' },
 ];
 
 async function dailyTable(name: string, days: number, withDefault = false) {
@@ -54,6 +55,7 @@ beforeAll(async () => {
   await dailyTable('pending', 3);
   await dailyTable('gap', 3);
   await dailyTable('legacy', 3);
+  await dailyTable('cut', 3);
   rt = h.runtime({ schedules: [] });
   startWorkers(rt, ['drop-expired-partitions']);
 });
@@ -217,6 +219,51 @@ describe('drop-expired-partitions', () => {
       `select state from pgmaint.retention_journal where partition_name = 'legacy_p20260101'`,
     );
     expect(rows).toEqual([{ state: 'dropped' }]);
+  });
+
+  it('a session lost during the archive: the run reports the archive error, and the next run finishes', async () => {
+    // pg_dump ends the job's own session (which holds the parent's lock and would put the
+    // partitions back), then fails.
+    const bin = path.join(h.dir, 'cut-bin');
+    fs.mkdirSync(bin, { recursive: true });
+    for (const tool of fs.readdirSync(path.dirname(binPath('pg_dump'))))
+      if (tool !== 'pg_dump') fs.symlinkSync(path.join(path.dirname(binPath('pg_dump')), tool), path.join(bin, tool));
+    fs.writeFileSync(
+      path.join(bin, 'pg_dump'),
+      `#!/bin/sh\n"${binPath('psql')}" -X -q -c "select pg_terminate_backend(pid) from pg_stat_activity where ` +
+        `application_name = 'pgmaint' and datname = current_database()" >/dev/null\n` +
+        `echo "pg_dump: error: simulated failure" >&2\nexit 1\n`,
+      { mode: 0o755 },
+    );
+    process.env.PG_BINDIR = bin;
+    const { state, job } = await run({ tables: ['ret.cut'], now: '2026-01-04T00:00:00Z' }).finally(
+      () => delete process.env.PG_BINDIR,
+    );
+    expect(state).toBe('failed');
+    expect(job.failedReason).toMatch(/simulated failure/);
+    expect(job.failedReason).not.toMatch(/not queryable|connection error/);
+    // Detached, with their rows, under their journal entries.
+    expect(await partitions('ret.cut')).toEqual(['cut_p20260103']);
+    const journal = () =>
+      h.admin
+        .query(`select partition_name, state from pgmaint.retention_journal where parent = 'ret.cut' order by 1`)
+        .then((r) => r.rows);
+    expect(await journal()).toEqual([
+      { partition_name: 'cut_p20260101', state: 'detached' },
+      { partition_name: 'cut_p20260102', state: 'detached' },
+    ]);
+    expect((await h.admin.query('select count(*)::int n from ret.cut_p20260101')).rows[0].n).toBe(10);
+
+    const again = await run({ tables: ['ret.cut'], now: '2026-01-04T00:00:00Z' });
+    expect(again.state).toBe('completed');
+    expect((again.job.returnvalue as Result).policies[0]!.dropped.sort()).toEqual([
+      'ret.cut_p20260101',
+      'ret.cut_p20260102',
+    ]);
+    expect(await journal()).toEqual([
+      { partition_name: 'cut_p20260101', state: 'dropped' },
+      { partition_name: 'cut_p20260102', state: 'dropped' },
+    ]);
   });
 
   it('an archive that cannot be written leaves the partition attached with its rows', async () => {
