@@ -275,15 +275,24 @@ async function rebuild(
     await client.query(`reindex index concurrently ${c.index}`);
   } catch (err) {
     const code = (err as { code?: string }).code;
-    // The copy it was building stays behind as "<name>_ccnew", invalid: drop it now.
-    const { rows } = await client.query<{ index: string }>(
-      `select quote_ident(n.nspname) || '.' || quote_ident(x.relname) as index
-         from pg_class x join pg_namespace n on n.oid = x.relnamespace join pg_index i on i.indexrelid = x.oid
-        where not i.indisvalid and i.indrelid = $1 and x.relname ~ '_cc(new|old)[0-9]*$'`,
-      [c.tableOid],
-    );
-    await client.query('reset statement_timeout');
-    for (const r of rows) await client.query(`drop index concurrently if exists ${r.index}`);
+    // The copy it was building stays behind as "<name>_ccnew", invalid: drop it now. On a
+    // session that is gone this fails too: the next run sweeps the leftover, and the
+    // rebuild's own error is the one reported.
+    try {
+      const { rows } = await client.query<{ index: string }>(
+        `select quote_ident(n.nspname) || '.' || quote_ident(x.relname) as index
+           from pg_class x join pg_namespace n on n.oid = x.relnamespace join pg_index i on i.indexrelid = x.oid
+          where not i.indisvalid and i.indrelid = $1 and x.relname ~ '_cc(new|old)[0-9]*$'`,
+        [c.tableOid],
+      );
+      await client.query('reset statement_timeout');
+      for (const r of rows) await client.query(`drop index concurrently if exists ${r.index}`);
+    } catch (cleanupErr) {
+      await ctx.log(
+        `${c.index}: its invalid copy not dropped now (${(cleanupErr as Error).message}); the next run does`,
+      );
+      throw err;
+    }
     if (code === '55P03') return { error: `lock_timeout (${lockTimeout}) waiting for the table; left as it was` };
     if (code === '57014') return { error: 'the time budget ran out during the rebuild; left as it was', budget: true };
     throw err;

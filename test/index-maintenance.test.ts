@@ -118,6 +118,31 @@ describe('index-maintenance', () => {
     expect(Number((viaIndex as unknown as { rows: { count: string }[] }[])[1]!.rows[0]!.count)).toBe(before + inserted);
   });
 
+  it('a session ended mid-rebuild: the attempt fails with the server reason, and the next run cleans up', async () => {
+    const queue = rt.queues.get('index-maintenance');
+    const { job } = await rt.queues.enqueue('index-maintenance', { indexes: ['care.big_v'], minBytes: 0 });
+    const pid = await waitUntil(
+      async () =>
+        (
+          await h.admin.query(
+            `select pid from pg_stat_progress_create_index where relid = 'care.big'::regclass and command like ` +
+              `'REINDEX CONCURRENTLY'`,
+          )
+        ).rows[0]?.pid as number | undefined,
+      30_000,
+      'the rebuild to start',
+    );
+    await h.admin.query('select pg_terminate_backend($1)', [pid]);
+    await waitUntil(async () => (await queue.getJob(job.id!))?.failedReason, 15_000, 'the attempt to fail');
+    // Not what the dead session answers to the cleanup that follows.
+    expect((await queue.getJob(job.id!))!.failedReason).toMatch(/terminating connection due to administrator command/);
+    await (await queue.getJob(job.id!))?.remove().catch(() => undefined);
+    const r = await run({ indexes: ['care.big_v'], minBytes: 0 });
+    expect(r.rebuilt.map((x) => x.index)).toEqual(['care.big_v']);
+    expect(await leftovers()).toEqual([]);
+    expect(await valid('care.big_v')).toBe(true);
+  }, 120_000);
+
   it('a worker killed mid-rebuild leaves leftovers that the next run cleans', async () => {
     const worker = h.spawnPgmaint(['worker', '--queues', 'index-maintenance'], { LOG_LEVEL: 'warn' });
     const spare = await rt.queues.get('index-maintenance').getWorkers();
