@@ -328,10 +328,12 @@ export function planMissing(
   calendar = new PeriodCalendar(now),
 ): { missing: Period[]; skipped: { range: string; reason: string }[] } {
   const { interval, timeZone: zone } = policy;
-  const ranged = info.partitions.flatMap((x) => {
-    const [from, to] = [boundMs(x, 'from'), boundMs(x, 'to')];
-    return !x.isDefault && !x.detachPending && from !== null && to !== null ? [{ x, from, to }] : [];
-  });
+  const ranged = info.partitions
+    .flatMap((x) => {
+      const [from, to] = [boundMs(x, 'from'), boundMs(x, 'to')];
+      return !x.isDefault && !x.detachPending && from !== null && to !== null ? [{ x, from, to }] : [];
+    })
+    .sort((a, b) => a.from - b.from);
   const current = calendar.current(interval, zone);
   const end = calendar.after(interval, zone, policy.premake + 1);
   const oldest = ranged[0]?.from;
@@ -372,9 +374,10 @@ export function planMissing(
   return { missing, skipped };
 }
 
+/** Whether `parts`, sorted by lower bound, cover [from, to) without a hole. */
 function coveredByUnion(parts: { from: number; to: number }[], from: number, to: number): boolean {
   let reach = from;
-  for (const x of [...parts].sort((a, b) => a.from - b.from)) {
+  for (const x of parts) {
     if (x.from > reach) return false;
     if (x.to > reach) reach = x.to;
   }

@@ -329,8 +329,8 @@ async function archiveBatch(
             await ctx.log(`archive failed; re-attached ${step.partition}`);
           } catch (undoErr) {
             await ctx.log(
-              `archive failed; ${step.partition} could not be re-attached (${(undoErr as Error).message}): it ` +
-                `stays detached, and the next run finishes it`,
+              `archive failed; re-attaching ${step.partition} failed or was not recorded ` +
+                `(${(undoErr as Error).message}): the next run finds it from the journal and finishes it`,
             );
           }
         }

@@ -121,12 +121,8 @@ function parseBound(text: string, keyType: KeyType, zone: string): DateTime | nu
 }
 
 /** Validates the policy against the catalog and reads the partitions with their bounds. */
-export async function readParent(
-  client: pg.ClientBase,
-  policy: PartitionPolicy,
-  opts: Parameters<typeof readParents>[2] = {},
-): Promise<ParentInfo> {
-  const [info] = await readParents(client, [policy], opts);
+export async function readParent(client: pg.ClientBase, policy: PartitionPolicy): Promise<ParentInfo> {
+  const [info] = await readParents(client, [policy]);
   if (info instanceof Error) throw info;
   return info!;
 }
