@@ -45,6 +45,17 @@ async function partitions(table: string): Promise<string[]> {
   return rows.map((r) => r.relname);
 }
 
+/** A PG_BINDIR whose pg_dump is a shell script of `body`; the other tools are PostgreSQL's own. */
+function pgDumpReplacedBy(name: string, body: string): string {
+  const real = path.dirname(binPath('pg_dump'));
+  const bin = path.join(h.dir, name);
+  fs.mkdirSync(bin, { recursive: true });
+  for (const tool of fs.readdirSync(real))
+    if (tool !== 'pg_dump') fs.symlinkSync(path.join(real, tool), path.join(bin, tool));
+  fs.writeFileSync(path.join(bin, 'pg_dump'), `#!/bin/sh\n${body}\n`, { mode: 0o755 });
+  return bin;
+}
+
 beforeAll(async () => {
   h = await createHarness('retention');
   // One attempt: a retry would plan only what the first left, and hide why it failed.
@@ -151,15 +162,7 @@ describe('drop-expired-partitions', () => {
 
   it('an archive that lacks a partition is refused: every partition of the run goes back with its rows', async () => {
     // A pg_dump that leaves out one table's data: the read-back must notice before anything is dropped.
-    const bin = path.join(h.dir, 'gap-bin');
-    fs.mkdirSync(bin, { recursive: true });
-    for (const tool of fs.readdirSync(path.dirname(binPath('pg_dump'))))
-      if (tool !== 'pg_dump') fs.symlinkSync(path.join(path.dirname(binPath('pg_dump')), tool), path.join(bin, tool));
-    fs.writeFileSync(
-      path.join(bin, 'pg_dump'),
-      `#!/bin/sh\nexec "${binPath('pg_dump')}" "$@" --exclude-table-data=ret.gap_p20260102\n`,
-      { mode: 0o755 },
-    );
+    const bin = pgDumpReplacedBy('gap-bin', `exec "${binPath('pg_dump')}" "$@" --exclude-table-data=ret.gap_p20260102`);
     const before = await partitions('ret.gap');
     process.env.PG_BINDIR = bin;
     const { state, job } = await run({ tables: ['ret.gap'], now: '2026-01-04T00:00:00Z' }).finally(
@@ -224,16 +227,11 @@ describe('drop-expired-partitions', () => {
   it('a session lost during the archive: the run reports the archive error, and the next run finishes', async () => {
     // pg_dump ends the job's own session (which holds the parent's lock and would put the
     // partitions back), then fails.
-    const bin = path.join(h.dir, 'cut-bin');
-    fs.mkdirSync(bin, { recursive: true });
-    for (const tool of fs.readdirSync(path.dirname(binPath('pg_dump'))))
-      if (tool !== 'pg_dump') fs.symlinkSync(path.join(path.dirname(binPath('pg_dump')), tool), path.join(bin, tool));
-    fs.writeFileSync(
-      path.join(bin, 'pg_dump'),
-      `#!/bin/sh\n"${binPath('psql')}" -X -q -c "select pg_terminate_backend(pid) from pg_stat_activity where ` +
+    const bin = pgDumpReplacedBy(
+      'cut-bin',
+      `"${binPath('psql')}" -X -q -c "select pg_terminate_backend(pid) from pg_stat_activity where ` +
         `application_name = 'pgmaint' and datname = current_database()" >/dev/null\n` +
-        `echo "pg_dump: error: simulated failure" >&2\nexit 1\n`,
-      { mode: 0o755 },
+        `echo "pg_dump: error: simulated failure" >&2\nexit 1`,
     );
     process.env.PG_BINDIR = bin;
     const { state, job } = await run({ tables: ['ret.cut'], now: '2026-01-04T00:00:00Z' }).finally(

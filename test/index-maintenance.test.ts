@@ -50,6 +50,20 @@ const leftovers = async () =>
     (r) => r.relname,
   );
 
+/** The backend rebuilding care.big's index, once its REINDEX CONCURRENTLY has started. */
+const rebuildOfBigStarted = () =>
+  waitUntil(
+    async () =>
+      (
+        await h.admin.query(
+          `select pid from pg_stat_progress_create_index where relid = 'care.big'::regclass and command like ` +
+            `'REINDEX CONCURRENTLY'`,
+        )
+      ).rows[0]?.pid as number | undefined,
+    30_000,
+    'the rebuild to start',
+  );
+
 describe('index-maintenance', () => {
   it('a dry run chooses the bloated and the invalid index and changes nothing', async () => {
     expect(await valid('care.dupes_x')).toBe(false);
@@ -121,17 +135,7 @@ describe('index-maintenance', () => {
   it('a session ended mid-rebuild: the attempt fails with the server reason, and the next run cleans up', async () => {
     const queue = rt.queues.get('index-maintenance');
     const { job } = await rt.queues.enqueue('index-maintenance', { indexes: ['care.big_v'], minBytes: 0 });
-    const pid = await waitUntil(
-      async () =>
-        (
-          await h.admin.query(
-            `select pid from pg_stat_progress_create_index where relid = 'care.big'::regclass and command like ` +
-              `'REINDEX CONCURRENTLY'`,
-          )
-        ).rows[0]?.pid as number | undefined,
-      30_000,
-      'the rebuild to start',
-    );
+    const pid = await rebuildOfBigStarted();
     await h.admin.query('select pg_terminate_backend($1)', [pid]);
     await waitUntil(async () => (await queue.getJob(job.id!))?.failedReason, 15_000, 'the attempt to fail');
     // Not what the dead session answers to the cleanup that follows.
@@ -152,17 +156,7 @@ describe('index-maintenance', () => {
     rt = h.runtime({ schedules: [] });
     await waitUntil(async () => (await rt.queues.get('index-maintenance').getWorkers()).length > 0, 20_000, 'worker');
     await rt.queues.enqueue('index-maintenance', { indexes: ['care.big_v'] });
-    const pid = await waitUntil(
-      async () =>
-        (
-          await h.admin.query(
-            `select pid from pg_stat_progress_create_index where relid = 'care.big'::regclass and command like ` +
-              `'REINDEX CONCURRENTLY'`,
-          )
-        ).rows[0]?.pid as number | undefined,
-      30_000,
-      'the rebuild to start',
-    );
+    const pid = await rebuildOfBigStarted();
     // The worker dies, and its session with it (as with a lost machine).
     await worker.killGroup();
     await h.admin.query('select pg_terminate_backend($1)', [pid]);
