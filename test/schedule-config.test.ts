@@ -177,4 +177,39 @@ describe('schedules from the config file', () => {
     expect(delayed.map((j) => j.repeatJobKey)).toEqual(['vacuum-main-nightly']);
     await second.close();
   });
+
+  it('a cron that never fires stops server and worker with exit 2 naming its key, and Redis is untouched', async () => {
+    h.configFile({ targets: { main: { schedules: ['backup-main-nightly'] } } });
+    const first = h.runtime();
+    await first.scheduler.sync();
+    const queue = first.queues.get('backup');
+    const scheduler = async () => {
+      const s = await queue.getJobScheduler('backup-main-nightly');
+      return { pattern: s?.pattern, next: s?.next };
+    };
+    const pending = async () => (await queue.getDelayed()).map((j) => j.id).sort();
+    const before = { scheduler: await scheduler(), pending: await pending() };
+    expect(before.scheduler).toEqual({ pattern: '0 2 * * *', next: nextRun('0 2 * * *', 'Asia/Dhaka', Date.now()) });
+    expect(before.pending).toHaveLength(1);
+
+    // One file: a changed cron first, then a new schedule whose cron never fires (Feb 31).
+    h.configFile({
+      targets: { main: { schedules: ['backup-main-nightly'] } },
+      schedules: [
+        { id: 'backup-main-nightly', cron: '45 1 * * *' },
+        { id: 'x', job: 'noop', cron: '0 3 31 2 *' },
+      ],
+    });
+    expect(() => h.runtime()).toThrow(ConfigError);
+    for (const role of ['worker', 'server']) {
+      const p = h.spawnPgmaint([role]);
+      expect(await p.exited, role).toBe(2);
+      expect(p.output().trim(), role).toMatch(
+        /^pgmaint: schedules\.1\.cron: cron "0 3 31 2 \*" has no run in the next five years$/,
+      );
+    }
+    expect({ scheduler: await scheduler(), pending: await pending() }).toEqual(before);
+    expect(await first.queues.get('noop').getJobScheduler('x')).toBeUndefined();
+    await first.close();
+  });
 });

@@ -124,8 +124,10 @@ export function resolveSchedules(
       throw new ConfigError(`${where('job')}: no job "${s.job}" (known: ${registry.names().join(', ')})`);
     if (!IANAZone.isValidZone(s.tz))
       throw new ConfigError(`${where('tz')}: "${s.tz}" is not an IANA time zone (e.g. Asia/Dhaka, UTC)`);
+    // A cron that parses but never fires ("0 3 31 2 *") is refused here too, before the
+    // first write to Redis: the set is synced whole or not at all.
     try {
-      parseCron(s.cron);
+      nextRun(parseCron(s.cron), s.tz, Date.now());
     } catch (err) {
       throw new ConfigError(`${where('cron')}: ${(err as Error).message}`);
     }
