@@ -93,7 +93,7 @@ async function dump(ctx: JobContext, p: Payload, dir: string, started: Date) {
   const signal = AbortSignal.any([ctx.signal, local.signal]);
   try {
     // The run's application_name: an abort (timeout, shutdown) terminates this session too.
-    await snap.query('select set_config($1, $2, false)', ['application_name', ctx.libpqEnv().PGAPPNAME ?? 'pgmaint']);
+    await snap.query('select set_config($1, $2, false)', ['application_name', ctx.appName]);
     // Not withTransaction: this snapshot stays open while pg_dump reads it through
     // --snapshot from its own sessions, and ends only once the dump is verified.
     await snap.query('begin isolation level repeatable read read only');
@@ -118,7 +118,7 @@ async function dump(ctx: JobContext, p: Payload, dir: string, started: Date) {
     ];
     if (parallel > 1) args.push(`--jobs=${parallel}`);
     const pgDump = runProcess(binPath('pg_dump'), args, {
-      env: ctx.libpqEnv(),
+      libpq: ctx.libpqSettings(),
       signal,
       onStderrLine: (line) => {
         if (!/dumping contents of table|finished item \d+ TABLE DATA/.test(line)) return;

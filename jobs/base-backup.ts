@@ -131,7 +131,7 @@ async function takeBaseBackup(
     let stoppedAt: Date | undefined;
     let lastReport = 0;
     await runProcess(binPath('pg_basebackup'), args, {
-      env: ctx.libpqEnv(),
+      libpq: ctx.libpqSettings(),
       signal: ctx.signal,
       onStderrLine: (line) => {
         const start = /write-ahead log start point: ([0-9A-F]+\/[0-9A-F]+) on timeline (\d+)/.exec(line);

@@ -211,7 +211,7 @@ async function restoreAndProve(
   const restoreSeconds = (replayStarted - restoreStarted) / 1000;
   await ctx.progress(30, `replaying WAL from the archive to ${point.targetTime}`);
   try {
-    await scratch.start(ctx.signal);
+    await scratch.start(ctx.signal, { pgbackrestOptions: source.restoreCommandRunsPgbackrest });
   } catch (err) {
     // Recovery can fail before pg_ctl sees the server up; the log has the verdict.
     await throwIfRecoveryFailed(scratch, point);

@@ -144,7 +144,7 @@ const job = defineJob({
           await runProcess(
             binPath('pg_repack'),
             [`--table=${c.table}`, `--wait-timeout=${p.lockWaitSeconds}`, '--no-kill-backend', '--no-order'],
-            { env: ctx.libpqEnv(), signal: budget },
+            { libpq: ctx.libpqSettings(), signal: budget },
           );
         } catch (err) {
           const message = (err as Error).message;

@@ -11,7 +11,7 @@ import pg from 'pg';
 import { type ListedDump, listDumps, type RestoreCheckRecord } from '../src/backup/catalog.ts';
 import { objectStoreFor } from '../src/backup/object-store.ts';
 import { deploymentTag } from '../src/core/config.ts';
-import { libpqEnv } from '../src/core/libpq.ts';
+import { libpqSettings } from '../src/core/libpq.ts';
 import { PermanentJobError } from '../src/core/errors.ts';
 import { sha256File, sha256Tree, writeJsonAtomic } from '../src/core/files.ts';
 import { defineJob, type JobContext, type JobResult, targetField } from '../src/runner/job-definition.ts';
@@ -131,10 +131,8 @@ async function checkDump(ctx: JobContext, p: z.output<typeof payload>, chosen: L
     await admin.query(`drop database if exists ${quoteIdent(scratchDb)} with (force)`);
     await admin.query(`create database ${quoteIdent(scratchDb)} template template0`);
     await ctx.progress(10, `pg_restore -j ${p.parallel} of ${m.file} into scratch database ${scratchDb}`);
-    const env = {
-      ...libpqEnv(scratchTarget, ctx.appName),
-      PGDATABASE: scratchDb,
-    };
+    const scratch = libpqSettings(scratchTarget, ctx.appName);
+    const libpq = { ...scratch, env: { ...scratch.env, PGDATABASE: scratchDb } };
     await runProcess(
       binPath('pg_restore'),
       [
@@ -146,7 +144,7 @@ async function checkDump(ctx: JobContext, p: z.output<typeof payload>, chosen: L
         `--dbname=${scratchDb}`,
         dumpFile,
       ],
-      { env, signal: ctx.signal },
+      { libpq, signal: ctx.signal },
     ).catch((err) => {
       throw new PermanentJobError(`dump ${m.file} does not restore: ${(err as Error).message}`, 'RESTORE_FAILED', {
         cause: err,

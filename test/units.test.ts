@@ -29,7 +29,7 @@ import {
   ServiceUnavailableError,
   UsageError,
 } from '../src/core/errors.ts';
-import { libpqEnv } from '../src/core/libpq.ts';
+import { libpqSettings } from '../src/core/libpq.ts';
 import { partitionPolicy } from '../src/core/partition-policy.ts';
 import { Auth } from '../src/http/auth.ts';
 import {
@@ -108,30 +108,31 @@ describe('sessions', () => {
   });
 });
 
-describe('libpqEnv', () => {
+describe('libpqSettings', () => {
   const target = (url: string) => ({ name: 't', url, urlSource: 'X', poolSize: 1 });
 
-  it('puts the password in PGPASSWORD, decoded, never on a command line', () => {
-    expect(libpqEnv(target('postgres://app%40x:p%2Fss%3Aw0rd@db.example:6543/dairy'), 'pgmaint/backup/1')).toEqual({
-      PGHOST: 'db.example',
-      PGPORT: '6543',
-      PGDATABASE: 'dairy',
-      PGUSER: 'app@x',
-      PGPASSWORD: 'p/ss:w0rd',
-      PGAPPNAME: 'pgmaint/backup/1',
-    });
+  it('keeps the password, decoded, apart from the PG* variables', () => {
+    expect(libpqSettings(target('postgres://app%40x:p%2Fss%3Aw0rd@db.example:6543/dairy'), 'pgmaint/backup/1')).toEqual(
+      {
+        env: {
+          PGHOST: 'db.example',
+          PGPORT: '6543',
+          PGDATABASE: 'dairy',
+          PGUSER: 'app@x',
+          PGAPPNAME: 'pgmaint/backup/1',
+        },
+        password: 'p/ss:w0rd',
+      },
+    );
   });
 
   it('defaults port and database, unwraps IPv6, honours host= and sslmode= like libpq', () => {
-    expect(libpqEnv(target('postgresql://[::1]/'))).toEqual({
-      PGHOST: '::1',
-      PGPORT: '5432',
-      PGDATABASE: 'postgres',
-      PGAPPNAME: 'pgmaint',
+    expect(libpqSettings(target('postgresql://[::1]/'))).toEqual({
+      env: { PGHOST: '::1', PGPORT: '5432', PGDATABASE: 'postgres', PGAPPNAME: 'pgmaint' },
     });
-    const socket = libpqEnv(target('postgres://u@localhost/db?host=/var/run/postgresql&sslmode=require'));
-    expect(socket).toMatchObject({ PGHOST: '/var/run/postgresql', PGSSLMODE: 'require', PGUSER: 'u' });
-    expect(socket.PGPASSWORD).toBeUndefined();
+    const socket = libpqSettings(target('postgres://u@localhost/db?host=/var/run/postgresql&sslmode=require'));
+    expect(socket.env).toMatchObject({ PGHOST: '/var/run/postgresql', PGSSLMODE: 'require', PGUSER: 'u' });
+    expect(socket.password).toBeUndefined();
   });
 });
 

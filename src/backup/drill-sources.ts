@@ -39,6 +39,8 @@ export interface RestoreSource {
   restore(scratch: ScratchInstance, label: string, point: TargetPoint): Promise<number>;
   /** restore_command for the scratch instance; undefined when the restore wrote it. */
   restoreCommand: string | undefined;
+  /** The restore_command runs pgBackRest: the scratch server is started with our PGBACKREST_* options. */
+  restoreCommandRunsPgbackrest: boolean;
 }
 
 export function nativeSource(ctx: JobContext, p: DrillRequest, archiveDir: string): RestoreSource {
@@ -74,6 +76,7 @@ export function nativeSource(ctx: JobContext, p: DrillRequest, archiveDir: strin
       return seconds;
     },
     restoreCommand: `cp "${archiveDir}/%f" "%p"`,
+    restoreCommandRunsPgbackrest: false,
   };
 }
 
@@ -112,6 +115,7 @@ export function pgbackrestSource(ctx: JobContext, p: DrillRequest): RestoreSourc
     },
     // pgbackrest restore wrote its own restore_command (archive-get, with this --pg1-path).
     restoreCommand: undefined,
+    restoreCommandRunsPgbackrest: true,
   };
 }
 

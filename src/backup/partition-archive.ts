@@ -152,7 +152,7 @@ export async function archivePartitions(
             '--no-password',
             ...partitions.map((p) => `--table=${quoteQualified(...splitQualified(p))}`),
           ],
-          env: ctx.libpqEnv(),
+          libpq: ctx.libpqSettings(),
         },
         { cmd: 'zstd', args: ['-q', '-3', '-o', tmp] },
       ],

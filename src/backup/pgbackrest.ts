@@ -75,6 +75,9 @@ export class Pgbackrest {
     return runProcess('pgbackrest', [...config, `--stanza=${this.stanza}`, ...args], {
       ...postgresUser(),
       cwd: '/',
+      // pgBackRest's options given as PGBACKREST_* variables (the repository's key and
+      // cipher pass may be among them) reach pgBackRest, and no other child.
+      pgbackrestOptions: true,
       signal: opts.signal,
       onStderrLine: opts.onStderrLine,
     });

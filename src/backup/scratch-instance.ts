@@ -28,7 +28,9 @@ export interface ScratchInstance {
   started: boolean;
   /** Appends recovery and isolation settings; the data directory must be in place. */
   configure(settings: Record<string, string | number>): Promise<void>;
-  start(signal?: AbortSignal): Promise<void>;
+  /** Starts the server in the allow-listed environment (childEnv), with PGBACKREST_* when its restore_command
+   * runs pgBackRest. */
+  start(signal?: AbortSignal, opts?: { pgbackrestOptions?: boolean }): Promise<void>;
   log(): Promise<string>;
   running(): Promise<boolean>;
   client(user: string, database: string): pg.Client;
@@ -103,7 +105,7 @@ export async function createScratchInstance(root = os.tmpdir()): Promise<Scratch
       await fs.writeFile(path.join(dataDir, 'recovery.signal'), '');
       if (owner) await runProcess('chown', ['-R', `${owner.uid}:${owner.gid}`, dataDir]);
     },
-    async start(signal) {
+    async start(signal, opts = {}) {
       // -w returns once archive recovery has begun (status "standby" with hot_standby
       // off); the caller watches replay and promotion itself.
       inst.started = true;
@@ -112,6 +114,7 @@ export async function createScratchInstance(root = os.tmpdir()): Promise<Scratch
           ...asOwner,
           signal,
           cwd: '/',
+          pgbackrestOptions: opts.pgbackrestOptions,
         });
       } catch (err) {
         const tail = (await inst.log()).trim().split('\n').slice(-5).join(' | ');

@@ -5,6 +5,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
+import { childEnv } from './proc.ts';
 
 export type OsOwner = { uid: number; gid: number };
 
@@ -23,8 +24,8 @@ export async function freePort(): Promise<number> {
 /** The OS user a server started by us runs as: `postgres` when we are root, else ourselves. */
 export function postgresUser(): OsOwner | undefined {
   if (process.getuid?.() !== 0) return undefined;
-  const uid = Number(execFileSync('id', ['-u', 'postgres']).toString().trim());
-  const gid = Number(execFileSync('id', ['-g', 'postgres']).toString().trim());
+  const uid = Number(execFileSync('id', ['-u', 'postgres'], { env: childEnv() }).toString().trim());
+  const gid = Number(execFileSync('id', ['-g', 'postgres'], { env: childEnv() }).toString().trim());
   return { uid, gid };
 }
 
@@ -34,9 +35,9 @@ export function chownTree(p: string, owner: OsOwner | undefined): void {
   if (fs.statSync(p).isDirectory()) for (const e of fs.readdirSync(p)) chownTree(path.join(p, e), owner);
 }
 
-/** Runs a server binary (initdb, pg_ctl) as `ids`; the error carries its output. */
+/** Runs a server binary (initdb, pg_ctl) as `ids`, in the allow-listed environment; the error carries its output. */
 export async function runAs(cmd: string, args: string[], ids: { uid?: number; gid?: number }): Promise<string> {
-  const child = spawn(cmd, args, { ...ids, stdio: ['ignore', 'pipe', 'pipe'], cwd: '/' });
+  const child = spawn(cmd, args, { ...ids, env: childEnv({}, ids), stdio: ['ignore', 'pipe', 'pipe'], cwd: '/' });
   let out = '';
   child.stdout.on('data', (d) => (out += d));
   child.stderr.on('data', (d) => (out += d));

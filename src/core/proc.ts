@@ -1,21 +1,85 @@
 // Child processes (pg_dump, pg_restore, …) that die with the job: an abort signal
 // kills them, stderr lines are handed to the caller, and the error names the tool.
+// Each gets a minimal environment built from an allow-list (childEnv), never ours whole:
+// our tokens, DATABASE_URL, S3 credentials and encryption keys stay in this process.
 import { type ChildProcess, spawn } from 'node:child_process';
 import readline from 'node:readline';
 import { ProcessError } from './errors.ts';
+import { type LibpqSettings, writePassfile } from './libpq.ts';
 import { redact } from './redact.ts';
 
-export interface RunOptions {
+/** What a child is given besides its command line. */
+export interface ChildSpec {
+  /** Variables on top of the allow-list (never PGPASSWORD). */
   env?: Record<string, string>;
+  /** Connects to a database: these PG* variables, and the password through a passfile of its own. */
+  libpq?: LibpqSettings;
+  /** Run as another OS user (server binaries and pgBackRest when we are root). */
+  uid?: number;
+  gid?: number;
+  /** pgBackRest, or a server whose restore_command runs it: our PGBACKREST_* options go with it. */
+  pgbackrestOptions?: boolean;
+}
+
+export interface RunOptions extends ChildSpec {
   signal?: AbortSignal;
   onStderrLine?: (line: string) => void;
   onStdoutLine?: (line: string) => void;
   /** Keep stdout in the result (off for large outputs streamed by line). */
   captureStdout?: boolean;
-  /** Run as another OS user (server binaries when we are root). */
-  uid?: number;
-  gid?: number;
   cwd?: string;
+}
+
+/** The search path, the locale and time zone, the temporary directory. */
+const BASE_VARIABLES = /^(PATH|TZ|TMPDIR|LANG|LANGUAGE|LC_[A-Z_]+)$/;
+
+/** libpq's connection variables (PostgreSQL 15), PGPASSWORD left out. */
+const LIBPQ_VARIABLES = new Set(
+  (
+    'PGHOST PGHOSTADDR PGPORT PGDATABASE PGUSER PGPASSFILE PGSERVICE PGSERVICEFILE PGOPTIONS PGAPPNAME PGSSLMODE ' +
+    'PGREQUIRESSL PGSSLCOMPRESSION PGSSLCERT PGSSLKEY PGSSLROOTCERT PGSSLCRL PGSSLCRLDIR PGSSLSNI PGREQUIREPEER ' +
+    'PGSSLMINPROTOCOLVERSION PGSSLMAXPROTOCOLVERSION PGGSSENCMODE PGKRBSRVNAME PGGSSLIB PGCHANNELBINDING ' +
+    'PGCONNECT_TIMEOUT PGCLIENTENCODING PGTARGETSESSIONATTRS PGDATESTYLE PGTZ PGGEQO PGSYSCONFDIR PGLOCALEDIR'
+  ).split(' '),
+);
+
+/**
+ * The environment of every child process, from an allow-list of ours: PATH, locale, time
+ * zone, TMPDIR, libpq's connection variables without PGPASSWORD, HOME when the child runs
+ * as us, and PGBACKREST_* for pgBackRest only; then `extra` on top.
+ */
+export function childEnv(
+  extra: Record<string, string> = {},
+  opts: Pick<ChildSpec, 'uid' | 'pgbackrestOptions'> = {},
+): Record<string, string> {
+  if ('PGPASSWORD' in extra)
+    throw new Error('PGPASSWORD never goes into a child process: give the password in its libpq settings');
+  const otherUser = opts.uid !== undefined && opts.uid !== process.getuid?.();
+  const env: Record<string, string> = {};
+  for (const [name, value] of Object.entries(process.env)) {
+    if (value === undefined) continue;
+    if (
+      BASE_VARIABLES.test(name) ||
+      LIBPQ_VARIABLES.has(name) ||
+      (name === 'HOME' && !otherUser) ||
+      (opts.pgbackrestOptions && name.startsWith('PGBACKREST_'))
+    )
+      env[name] = value;
+  }
+  return { ...env, ...extra };
+}
+
+type Passfile = Awaited<ReturnType<typeof writePassfile>>;
+
+/** A child's environment; its passfile, written here when its libpq settings carry a password, joins `passfiles`. */
+async function environmentFor(spec: ChildSpec, passfiles: Passfile[]): Promise<Record<string, string>> {
+  const extra = { ...spec.libpq?.env, ...spec.env };
+  if (spec.libpq?.password !== undefined) {
+    const passfile = await writePassfile(spec.libpq.password, spec);
+    passfiles.push(passfile);
+    extra.PGPASSFILE = passfile.path;
+  }
+  return childEnv(extra, spec);
 }
 
 export function binPath(tool: string): string {
@@ -29,33 +93,40 @@ export async function runProcess(
   opts: RunOptions = {},
 ): Promise<{ stdout: string; stderr: string }> {
   opts.signal?.throwIfAborted();
-  const child = spawn(cmd, args, {
-    env: { ...process.env, ...opts.env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-    uid: opts.uid,
-    gid: opts.gid,
-    cwd: opts.cwd,
-  });
-  const onAbort = () => child.kill('SIGKILL');
-  opts.signal?.addEventListener('abort', onAbort, { once: true });
-  let stdout = '';
-  if (opts.onStdoutLine) readline.createInterface({ input: child.stdout }).on('line', opts.onStdoutLine);
-  else if (opts.captureStdout !== false) child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-  else child.stdout.resume();
+  const passfiles: Passfile[] = [];
   try {
-    const stderr = await finished(child, cmd, opts.onStderrLine);
+    const env = await environmentFor(opts, passfiles);
     opts.signal?.throwIfAborted();
-    return { stdout, stderr };
+    const child = spawn(cmd, args, {
+      env,
+      stdio: ['ignore', 'pipe', 'pipe'],
+      uid: opts.uid,
+      gid: opts.gid,
+      cwd: opts.cwd,
+    });
+    const onAbort = () => child.kill('SIGKILL');
+    opts.signal?.addEventListener('abort', onAbort, { once: true });
+    let stdout = '';
+    if (opts.onStdoutLine) readline.createInterface({ input: child.stdout }).on('line', opts.onStdoutLine);
+    else if (opts.captureStdout !== false) child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    else child.stdout.resume();
+    try {
+      const stderr = await finished(child, cmd, opts.onStderrLine);
+      opts.signal?.throwIfAborted();
+      return { stdout, stderr };
+    } finally {
+      opts.signal?.removeEventListener('abort', onAbort);
+    }
   } finally {
-    opts.signal?.removeEventListener('abort', onAbort);
+    // The child has exited (or never started): its password file goes, whatever happened.
+    await Promise.all(passfiles.map((p) => p.remove()));
   }
 }
 
-/** One command of a pipeline. */
-export interface Stage {
+/** One command of a pipeline (run as us). */
+export interface Stage extends Pick<ChildSpec, 'env' | 'libpq'> {
   cmd: string;
   args: string[];
-  env?: Record<string, string>;
 }
 
 /**
@@ -70,12 +141,28 @@ export async function runPipeline(
   opts: { signal?: AbortSignal; onStdout?: (chunk: Buffer) => void } = {},
 ): Promise<void> {
   opts.signal?.throwIfAborted();
+  const passfiles: Passfile[] = [];
+  try {
+    const envs: Record<string, string>[] = [];
+    for (const stage of stages) envs.push(await environmentFor(stage, passfiles));
+    await runStages(stages, envs, opts);
+  } finally {
+    await Promise.all(passfiles.map((p) => p.remove()));
+  }
+}
+
+async function runStages(
+  stages: Stage[],
+  envs: Record<string, string>[],
+  opts: { signal?: AbortSignal; onStdout?: (chunk: Buffer) => void },
+): Promise<void> {
+  opts.signal?.throwIfAborted();
   const children: ChildProcess[] = [];
   for (const [i, stage] of stages.entries()) {
     const prev = children[i - 1];
     children.push(
       spawn(stage.cmd, stage.args, {
-        env: { ...process.env, ...stage.env },
+        env: envs[i],
         stdio: [prev ? prev.stdout! : 'ignore', i < stages.length - 1 || opts.onStdout ? 'pipe' : 'ignore', 'pipe'],
       }),
     );

@@ -8,7 +8,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { chownTree, freePort, postgresUser, runAs } from '../core/local-postgres.ts';
-import { binPath, runProcess } from '../core/proc.ts';
+import { binPath, childEnv, runProcess } from '../core/proc.ts';
 
 export { freePort } from '../core/local-postgres.ts';
 
@@ -159,7 +159,7 @@ export async function startRedis(opts: {
       path.join(opts.dir, 'redis.log'),
       ...(opts.extraArgs ?? []),
     ],
-    { stdio: 'ignore' },
+    { stdio: 'ignore', env: childEnv() },
   );
   const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()));
   for (let i = 0; i < 100; i++) {

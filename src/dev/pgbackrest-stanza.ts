@@ -54,7 +54,11 @@ export async function createStanza(
   chownTree(root, postgresUser());
   const owner = postgresUser();
   const pgbackrest = (args: string[]) =>
-    runProcess('pgbackrest', [`--config=${configFile}`, `--stanza=${stanza}`, ...args], { ...owner, cwd: '/' });
+    runProcess('pgbackrest', [`--config=${configFile}`, `--stanza=${stanza}`, ...args], {
+      ...owner,
+      cwd: '/',
+      pgbackrestOptions: true,
+    });
   await pool.query(
     `alter system set archive_command = 'pgbackrest --config=${configFile} --stanza=${stanza} archive-push %p'`,
   );

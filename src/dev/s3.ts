@@ -5,6 +5,7 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import S3rver from 's3rver';
+import { childEnv } from '../core/proc.ts';
 
 export interface S3Server {
   endpoint: string;
@@ -41,7 +42,7 @@ export async function startS3(dir: string, bucket = 'pgmaint'): Promise<S3Server
       '-addext',
       'subjectAltName=IP:127.0.0.1,DNS:localhost',
     ],
-    { stdio: 'ignore' },
+    { stdio: 'ignore', env: childEnv() },
   );
   const server = new S3rver({
     address: '127.0.0.1',

@@ -4,6 +4,7 @@ import { z } from 'zod';
 import type pg from 'pg';
 import type { Config, TargetConfig } from '../core/config.ts';
 import type { Logger } from '../core/logger.ts';
+import type { LibpqSettings } from '../core/libpq.ts';
 import type { FieldIssue } from '../core/errors.ts';
 import { TARGET_NAME } from '../core/config.ts';
 import { MAIN_TARGET } from '../core/constants.ts';
@@ -39,9 +40,10 @@ export interface JobContext {
   /** This attempt's application_name (`pgmaint/<job>/<id>/<random>`): sessions that
    * carry it are terminated when the run is aborted. */
   appName: string;
-  /** libpq environment for child processes (pg_dump, psql) on the target. Their
-   * sessions carry this run's application_name, so an abort also ends them server-side. */
-  libpqEnv(): Record<string, string>;
+  /** libpq settings for child processes (pg_dump, psql) on the target (`libpq` of runProcess:
+   * the password goes through a passfile). Their sessions carry this run's application_name,
+   * so an abort also ends them server-side. */
+  libpqSettings(): LibpqSettings;
   /** Progress 0–100 with a short step name, shown in Bull Board. */
   progress(percent: number, step: string): Promise<void>;
   /** A log line in Bull Board and in the process log. */

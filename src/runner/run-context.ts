@@ -4,7 +4,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Job } from 'bullmq';
 import type { Config, TargetConfig } from '../core/config.ts';
-import { libpqEnv } from '../core/libpq.ts';
+import { type LibpqSettings, libpqSettings } from '../core/libpq.ts';
 import type { Logger } from '../core/logger.ts';
 import type { Connections } from './connections.ts';
 import type { JobContext } from './job-definition.ts';
@@ -119,8 +119,8 @@ export class RunContext implements JobContext {
     return this.applicationName;
   }
 
-  libpqEnv(): Record<string, string> {
-    return libpqEnv(this.target, this.appName);
+  libpqSettings(): LibpqSettings {
+    return libpqSettings(this.target, this.appName);
   }
 
   async progress(percent: number, step: string): Promise<void> {

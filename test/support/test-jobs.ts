@@ -51,7 +51,7 @@ export const slowChild = defineJob({
   async handler(ctx) {
     // psql sleeping in the server: killing the client must end it.
     await runProcess(binPath('psql'), ['-XAtq', '-c', `select pg_sleep(60) /* pgmaint-slow-child ${ctx.jobId} */`], {
-      env: ctx.libpqEnv(),
+      libpq: ctx.libpqSettings(),
       signal: ctx.signal,
     });
     return 'unreachable';
