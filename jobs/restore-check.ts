@@ -131,8 +131,8 @@ async function checkDump(ctx: JobContext, p: z.output<typeof payload>, chosen: L
     await admin.query(`drop database if exists ${quoteIdent(scratchDb)} with (force)`);
     await admin.query(`create database ${quoteIdent(scratchDb)} template template0`);
     await ctx.progress(10, `pg_restore -j ${p.parallel} of ${m.file} into scratch database ${scratchDb}`);
-    const scratch = libpqSettings(scratchTarget, ctx.appName);
-    const libpq = { ...scratch, env: { ...scratch.env, PGDATABASE: scratchDb } };
+    const onScratchTarget = libpqSettings(scratchTarget, ctx.appName);
+    const libpq = { ...onScratchTarget, env: { ...onScratchTarget.env, PGDATABASE: scratchDb } };
     await runProcess(
       binPath('pg_restore'),
       [

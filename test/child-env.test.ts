@@ -89,7 +89,8 @@ beforeAll(async () => {
     create table ret.daily (ts timestamptz not null, v int) partition by range (ts);
     create table ret.daily_p20260101 partition of ret.daily for values from ('2026-01-01') to ('2026-01-02');
     create table ret.daily_p20260102 partition of ret.daily for values from ('2026-01-02') to ('2026-01-03');
-    insert into ret.daily select '2026-01-01'::timestamptz + make_interval(mins => g), g from generate_series(1, 2000) g;`);
+    insert into ret.daily select '2026-01-01'::timestamptz + make_interval(mins => g), g
+      from generate_series(1, 2000) g;`);
 
   records = path.join(h.dir, 'env-records');
   fs.mkdirSync(records);
@@ -164,7 +165,7 @@ describe('the environment of child processes', () => {
     await expect(c.connect()).rejects.toThrow(/password authentication failed/);
   });
 
-  it('holds no token, password or key of pgmaint in any tool the jobs run, nor PGBACKREST_* outside pgBackRest', async () => {
+  it('holds no token, password or key of pgmaint in any tool a job runs; PGBACKREST_* only in pgBackRest', async () => {
     await run('backup');
     await run('restore-check');
     await run('base-backup');
