@@ -14,7 +14,6 @@ export function startWorkers(rt: Runtime, only?: string[]): WorkerRuntime {
     history: rt.history,
     logger: rt.logger,
     schedules: rt.schedules,
-    queues: rt.queues,
     only,
   });
   workers.start();
@@ -47,7 +46,8 @@ function onSignals(rt: Runtime): void {
 }
 
 export async function runWorkerProcess(opts: { only?: string[] } = {}): Promise<Runtime> {
-  const rt = createRuntime();
+  // Workers wait for Redis through an outage and carry on (the schedule sync at start too).
+  const rt = createRuntime({ redis: 'patient' });
   const unknown = (opts.only ?? []).filter((q) => !rt.registry.get(q));
   if (unknown.length || opts.only?.length === 0) {
     throw new UsageError(

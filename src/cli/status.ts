@@ -9,7 +9,7 @@ import { ago, humanDuration, renderTable } from './table.ts';
 export async function readStatus(rt: Runtime): Promise<StatusReport> {
   // Open alerts are what the running monitor (server or `pgmaint monitor`) recorded in Redis.
   const health = new HealthReader(rt);
-  return statusReport(health, await new AlertMonitor(rt, health, undefined).open());
+  return statusReport(health, new AlertMonitor(rt, health, undefined).open());
 }
 
 export function statusTable(r: StatusReport, zone: string): string {

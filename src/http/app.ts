@@ -13,7 +13,7 @@ import type { Metrics } from '../monitoring/metrics.ts';
 import type { Runtime } from '../runner/runtime.ts';
 import { redact } from '../core/redact.ts';
 import { type Auth, bearerToken, type Role } from './auth.ts';
-import type { Handler, HttpDeps } from './handlers.ts';
+import { boardError, type Handler, type HttpDeps } from './handlers.ts';
 import { BOARD_PATH, ROUTES, type Route } from './routes.ts';
 
 export { BOARD_PATH };
@@ -46,6 +46,8 @@ function boardRouter(rt: Runtime, readOnly: boolean) {
       },
     },
   });
+  // Redis not answering: a 503 naming it, not a 500 (Bull Board's status type lists no 503; its adapter sends any).
+  adapter.setErrorHandler(boardError(rt) as Parameters<typeof adapter.setErrorHandler>[0]);
   return adapter.getRouter() as express.Router;
 }
 

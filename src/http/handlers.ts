@@ -3,9 +3,10 @@
 // paths; app.ts is the thin Express adapter.
 import { readBackupCatalog } from '../backup/catalog.ts';
 import { objectStoreFor } from '../backup/object-store.ts';
-import { safeUrl } from '../core/redact.ts';
+import { redact } from '../core/redact.ts';
+import { redisFailureMessage, redisLabel } from '../runner/redis-failure.ts';
 import type { Runtime } from '../runner/runtime.ts';
-import { PayloadError } from '../core/errors.ts';
+import { PayloadError, ServiceUnavailableError } from '../core/errors.ts';
 import type { AlertMonitor } from '../monitoring/alerts.ts';
 import type { HealthReader } from '../monitoring/health.ts';
 import type { Metrics } from '../monitoring/metrics.ts';
@@ -51,15 +52,45 @@ const error = (status: number, message: string, extra: object = {}): ApiResponse
   body: { error: message, ...extra },
 });
 
-/** 503 before a command is sent: a command queued while Redis is away would run when it returns, after we answered. */
-function redisUnavailable(rt: Runtime): ApiResponse | undefined {
+/** 503 before a command is sent, while the connection is down: nothing is queued to run when it returns. */
+function redisUnavailable(rt: Runtime, consequence = 'try again'): ApiResponse | undefined {
   const status = rt.queues.connection.status;
   if (status === 'ready') return undefined;
-  return error(
-    503,
-    `Redis (REDIS_URL ${safeUrl(rt.config.redis.url)}) is not reachable (connection ${status}); nothing was ` +
-      `enqueued, try again`,
-  );
+  return error(503, `${redisLabel(rt.config)} is not reachable (connection ${status}); ${consequence}`);
+}
+
+/** The 503 message for an error about reaching Redis (ours say what to do already); else undefined. */
+function redisRefusal(rt: Runtime, err: unknown): string | undefined {
+  if (err instanceof ServiceUnavailableError) return err.message;
+  const message = redisFailureMessage(rt.config, err);
+  return message && `${message}; try again`;
+}
+
+/**
+ * For routes that need Redis: a command that Redis does not answer (the connection is down,
+ * or it gave no answer within its timeout) is a 503 naming Redis, not a 500 or a hang.
+ */
+export function requireRedis(handler: Handler): Handler {
+  return async (deps, req) => {
+    try {
+      return await handler(deps, req);
+    } catch (err) {
+      const message = redisRefusal(deps.rt, err);
+      if (message) return error(503, message);
+      throw err;
+    }
+  };
+}
+
+/** Bull Board's API errors, in its shape: one about reaching Redis is a 503 naming Redis, like ours. */
+export function boardError(rt: Runtime) {
+  return (err: Error & { statusCode?: number }): { status: number; body: object } => {
+    const refusal = redisRefusal(rt, err);
+    return {
+      status: refusal ? 503 : (err.statusCode ?? 500),
+      body: { error: { key: 'ERRORS.INTERNAL_SERVER_ERROR' }, message: refusal ?? redact(err.message) },
+    };
+  };
 }
 
 /** Query parameters a handler reads; any other is refused, naming it. */
@@ -76,7 +107,7 @@ function unknownQuery(req: ApiRequest, known: string[]): ApiResponse | undefined
 export const enqueueJob: Handler = async ({ rt }, req) => {
   const name = req.params.name!;
   if (!rt.registry.get(name)) return error(404, `unknown job "${name}"`, { jobs: rt.registry.names() });
-  const refusal = unknownQuery(req, []) ?? redisUnavailable(rt);
+  const refusal = unknownQuery(req, []) ?? redisUnavailable(rt, 'nothing was enqueued, try again');
   if (refusal) return refusal;
   try {
     const { job, existing, reason } = await rt.queues.enqueue(name, req.body ?? {}, { trigger: 'ad-hoc' });
@@ -86,6 +117,8 @@ export const enqueueJob: Handler = async ({ rt }, req) => {
     };
   } catch (err) {
     if (err instanceof PayloadError) return error(400, err.message, { issues: err.issues });
+    // Says whether anything was enqueued (an add that timed out never is: runner/add-deadline.ts).
+    if (err instanceof ServiceUnavailableError) return error(503, err.message);
     throw err;
   }
 };
@@ -158,7 +191,8 @@ export const readiness: Handler = async ({ rt }, req) => {
       await withTimeout(fn());
       checks[name] = { ok: true };
     } catch (err) {
-      checks[name] = { ok: false, error: (err as Error).message };
+      const message = name === 'redis' ? redisFailureMessage(rt.config, err) : undefined;
+      checks[name] = { ok: false, error: message ?? (err as Error).message };
     }
   };
   const redis = rt.queues.connection;
@@ -272,9 +306,10 @@ export const metrics: Handler = async ({ rt, metrics }, req) => {
   return { status: 200, body, contentType };
 };
 
+/** Partial rather than absent: what could not be read (Redis's parts among them) is named in `errors`. */
 export const status: Handler = async ({ health, monitor }) => ({
   status: 200,
-  body: await statusReport(health!, monitor ? await monitor.open() : []),
+  body: await statusReport(health!, monitor ? monitor.open() : Promise.resolve([])),
 });
 
 export const listAlerts: Handler = async ({ monitor }) => ({ status: 200, body: { open: await monitor!.open() } });

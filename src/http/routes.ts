@@ -15,6 +15,7 @@ import {
   logout,
   metrics,
   readiness,
+  requireRedis,
   showLogin,
 } from './handlers.ts';
 
@@ -38,22 +39,40 @@ export interface Route {
   rateLimited?: boolean;
   /** Served only when the server has this part. */
   needs?: 'metrics' | 'monitor' | 'health';
+  /**
+   * What the route does when Redis does not answer, within seconds either way. required: 503
+   * naming Redis. partial: it answers with what it could read and names Redis among what it
+   * could not (/metrics counts it in pgmaint_health_read_errors). Unset: it does not use Redis.
+   */
+  redis?: 'required' | 'partial';
   handler: Handler;
 }
 
-export const ROUTES: readonly Route[] = [
-  { method: 'get', path: '/healthz', access: 'public', handler: healthz },
-  { method: 'get', path: '/login', access: 'public', handler: showLogin },
-  { method: 'post', path: '/login', access: 'public', body: 'form', handler: login },
-  { method: 'post', path: '/logout', access: 'public', handler: logout },
-  { method: 'get', path: '/metrics', access: 'scrape', needs: 'metrics', handler: metrics },
-  // A probe (Kubernetes, Compose) needs no token: the status code says it; details need one.
-  { method: 'get', path: '/readyz', access: 'scrape', handler: readiness },
-  { method: 'post', path: '/api/jobs/:name', access: 'write', body: 'json', rateLimited: true, handler: enqueueJob },
-  { method: 'get', path: '/api/jobs/:queue/:id', access: 'read', handler: getJob },
-  { method: 'get', path: '/api/schedules', access: 'read', handler: listSchedules },
-  { method: 'get', path: '/api/history', access: 'read', handler: listHistory },
-  { method: 'get', path: '/api/backups', access: 'read', handler: listBackups },
-  { method: 'get', path: '/api/alerts', access: 'read', needs: 'monitor', handler: listAlerts },
-  { method: 'get', path: '/api/status', access: 'read', needs: 'health', handler: status },
-];
+const route = (r: Route): Route => (r.redis === 'required' ? { ...r, handler: requireRedis(r.handler) } : r);
+
+export const ROUTES: readonly Route[] = (
+  [
+    { method: 'get', path: '/healthz', access: 'public', handler: healthz },
+    { method: 'get', path: '/login', access: 'public', handler: showLogin },
+    { method: 'post', path: '/login', access: 'public', body: 'form', handler: login },
+    { method: 'post', path: '/logout', access: 'public', handler: logout },
+    { method: 'get', path: '/metrics', access: 'scrape', needs: 'metrics', redis: 'partial', handler: metrics },
+    // A probe (Kubernetes, Compose) needs no token: the status code says it; details need one.
+    { method: 'get', path: '/readyz', access: 'scrape', redis: 'partial', handler: readiness },
+    {
+      method: 'post',
+      path: '/api/jobs/:name',
+      access: 'write',
+      body: 'json',
+      rateLimited: true,
+      redis: 'required',
+      handler: enqueueJob,
+    },
+    { method: 'get', path: '/api/jobs/:queue/:id', access: 'read', redis: 'required', handler: getJob },
+    { method: 'get', path: '/api/schedules', access: 'read', redis: 'required', handler: listSchedules },
+    { method: 'get', path: '/api/history', access: 'read', handler: listHistory },
+    { method: 'get', path: '/api/backups', access: 'read', handler: listBackups },
+    { method: 'get', path: '/api/alerts', access: 'read', needs: 'monitor', redis: 'required', handler: listAlerts },
+    { method: 'get', path: '/api/status', access: 'read', needs: 'health', redis: 'partial', handler: status },
+  ] satisfies Route[]
+).map(route);

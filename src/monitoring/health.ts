@@ -15,6 +15,8 @@ import type { PartitionPolicy } from '../core/partition-policy.ts';
 import { quoteQualified } from '../core/sql.ts';
 import { readParent } from '../partitions/partitions.ts';
 import { openEntries } from '../partitions/retention-journal.ts';
+import { ServiceUnavailableError } from '../core/errors.ts';
+import { redisFailureMessage, redisLabel, settleWithin } from '../runner/redis-failure.ts';
 import type { Runtime } from '../runner/runtime.ts';
 import { readRunStats, type DurationStats, type RunCount } from '../runner/run-stats.ts';
 
@@ -111,7 +113,13 @@ export interface HealthSnapshot {
 
 export const DEFAULT_ROWS_CAP = 100_000;
 
+/** The Redis reads of one reading give up together after this: /metrics answers even when Redis does not. */
+export const HEALTH_REDIS_DEADLINE_MS = 3000;
+
 const ms = (d: Date | string | null | undefined) => (d ? new Date(d).getTime() : null);
+
+/** A Redis read held to the reading's deadline. */
+type RedisRead = <T>(p: Promise<T>) => Promise<T>;
 
 async function partitionHealth(
   rt: Runtime,
@@ -186,27 +194,44 @@ export class HealthReader {
     return new Set(jobs.map((j) => j.id!));
   }
 
+  /** An error as a reading reports it; one about reaching Redis names Redis. */
+  describeError(err: unknown): string {
+    return redisFailureMessage(this.rt.config, err) ?? (err as Error).message;
+  }
+
   async take(now = Date.now()): Promise<HealthSnapshot> {
     const { rt } = this;
     const errors: Record<string, string> = {};
     const part = <T>(name: string, p: Promise<T>, fallback: T): Promise<T> =>
       p.catch((err) => {
-        errors[name] = (err as Error).message;
+        errors[name] = this.describeError(err);
         return fallback;
       });
+    // Every Redis read starts at once and has the same deadline, so a Redis that does not
+    // answer costs the reading HEALTH_REDIS_DEADLINE_MS once, not once per read.
+    const giveUpAt = Date.now() + HEALTH_REDIS_DEADLINE_MS;
+    const redis: RedisRead = (p) =>
+      settleWithin(
+        p,
+        giveUpAt - Date.now(),
+        () =>
+          new ServiceUnavailableError(
+            `${redisLabel(rt.config)} did not answer within ${HEALTH_REDIS_DEADLINE_MS / 1000} s`,
+          ),
+      );
     const prefix = rt.config.redis.prefix;
-    const [stats, jobs, scheduleRows, indexes, queries, queues, partitions] = await Promise.all([
-      part('redis', readRunStats(rt.queues.connection, prefix), { runs: [], durations: [] }),
+    const scheduleRows = part('history', rt.history.scheduleStatus(), []);
+    const [stats, jobs, schedules, indexes, queries, queues, partitions] = await Promise.all([
+      part('redis', redis(readRunStats(rt.queues.connection, prefix)), { runs: [], durations: [] }),
       part('history', rt.history.jobStatus(), []),
-      part('history', rt.history.scheduleStatus(), []),
+      part('schedules', this.schedules(scheduleRows, now, redis), []),
       part('history', this.indexes(), []),
       part('history', this.queries(), []),
-      part('queues', this.queues(), []),
-      this.runningRetention().then((running) =>
-        Promise.all(rt.config.partitions.map((p) => partitionHealth(rt, p, now, running))),
-      ),
+      part('queues', redis(this.queues()), []),
+      redis(this.runningRetention())
+        .catch(() => new Set<string>())
+        .then((running) => Promise.all(rt.config.partitions.map((p) => partitionHealth(rt, p, now, running)))),
     ]);
-    const schedules = await part('schedules', this.schedules(scheduleRows, now), []);
     const backups = await part(
       'backups',
       Promise.all([...rt.config.targets.keys()].map((t) => this.backups(t, now))),
@@ -241,22 +266,27 @@ export class HealthReader {
   }
 
   private async schedules(
-    rows: { schedule: string; lastSuccess: Date | null; startLagSeconds: number | null }[],
+    rowsRead: Promise<{ schedule: string; lastSuccess: Date | null; startLagSeconds: number | null }[]>,
     now: number,
+    redis: RedisRead,
   ): Promise<ScheduleHealth[]> {
+    const [rows, schedulers] = await Promise.all([
+      rowsRead,
+      redis(Promise.all(this.rt.schedules.map((s) => this.rt.queues.get(s.job).getJobScheduler(s.id)))),
+    ]);
     const byId = new Map(rows.map((r) => [r.schedule, r]));
-    const redis = this.rt.queues.connection;
+    const connection = this.rt.queues.connection;
     const seenKey = `${this.rt.config.redis.prefix}:monitor:schedule-first-seen`;
     return Promise.all(
-      this.rt.schedules.map(async (s) => {
-        const scheduler = await this.rt.queues.get(s.job).getJobScheduler(s.id);
+      this.rt.schedules.map(async (s, i) => {
+        const scheduler = schedulers[i];
         const row = byId.get(s.id);
         const lastSuccess = ms(row?.lastSuccess);
         // Never succeeded: count from when a monitor first saw the schedule, not from 1970.
         let since = lastSuccess;
         if (since === null) {
-          await redis.hsetnx(seenKey, s.id, String(now));
-          since = Number(await redis.hget(seenKey, s.id));
+          await redis(connection.hsetnx(seenKey, s.id, String(now)));
+          since = Number(await redis(connection.hget(seenKey, s.id)));
         }
         const dueBy = nextRun(s.cron, s.tz, since) + this.rt.registry.get(s.job)!.run.timeoutMs;
         return {

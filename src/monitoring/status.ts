@@ -37,8 +37,16 @@ export interface StatusReport {
   errors: Record<string, string>;
 }
 
-export async function statusReport(health: HealthReader, openAlerts: Incident[]): Promise<StatusReport> {
-  const s = await health.read();
+/** The report; alerts that cannot be read (they live in Redis) are named in `errors.alerts`. */
+export async function statusReport(health: HealthReader, openAlerts: Promise<Incident[]>): Promise<StatusReport> {
+  const alertsError: Record<string, string> = {};
+  const [s, alerts] = await Promise.all([
+    health.read(),
+    openAlerts.catch((err: unknown) => {
+      alertsError.alerts = health.describeError(err);
+      return [];
+    }),
+  ]);
   const age = (at: number | null | undefined) => (at ? Math.max(0, Math.round((s.at - at) / 1000)) : null);
   const severity = { critical: 0, warning: 1 };
   return {
@@ -52,7 +60,7 @@ export async function statusReport(health: HealthReader, openAlerts: Incident[])
       failed: q.counts.failed,
       unserved: q.needsWorker && q.workers === 0,
     })),
-    alerts: openAlerts
+    alerts: alerts
       .sort((a, b) => severity[a.severity] - severity[b.severity] || a.since.localeCompare(b.since))
       .map(({ rule, severity, summary, since }) => ({ rule, severity, summary, since })),
     targets: s.backups.map((b) => ({
@@ -77,6 +85,6 @@ export async function statusReport(health: HealthReader, openAlerts: Incident[])
       defaultRows: p.defaultRows,
       ...(p.error ? { error: p.error } : {}),
     })),
-    errors: s.errors,
+    errors: { ...s.errors, ...alertsError },
   };
 }

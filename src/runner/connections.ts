@@ -1,5 +1,6 @@
 // Redis and PostgreSQL connections for one process. Pools are created lazily per
 // target and closed in reverse order of creation on shutdown.
+import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis, Cluster } from 'ioredis';
 import pg from 'pg';
 import type { Config, RedisConfig, TargetConfig } from '../core/config.ts';
@@ -7,9 +8,36 @@ import { PermanentJobError } from '../core/errors.ts';
 
 export type RedisClient = Redis | Cluster;
 
+/** How long one command on a bounded connection may go unanswered before it is given up. */
+export const REDIS_COMMAND_TIMEOUT_MS = 2000;
+
+/**
+ * patient: BullMQ workers' connections (blocking commands need maxRetriesPerRequest null). A command
+ * waits through an outage and runs when Redis is back.
+ * bounded: what answers someone (the API, Bull Board, /metrics, alerts, one-shot commands). A command
+ * is refused at once while the connection is down (no offline queue), is given up after
+ * REDIS_COMMAND_TIMEOUT_MS, and is never sent again after a reconnect. A command given up on a Redis
+ * that is only frozen can still run when it thaws: adds are therefore gated by time (add-deadline.ts).
+ */
+export type RedisMode = 'patient' | 'bounded';
+
 /** A Redis connection for BullMQ: standalone, Sentinel or Cluster, as configured. */
-export function createRedis(cfg: RedisConfig, opts: { name?: string; lazyConnect?: boolean } = {}): RedisClient {
-  const common = { maxRetriesPerRequest: null, connectionName: opts.name, lazyConnect: opts.lazyConnect } as const;
+export function createRedis(
+  cfg: RedisConfig,
+  opts: { name?: string; lazyConnect?: boolean; mode?: RedisMode } = {},
+): RedisClient {
+  const common = {
+    connectionName: opts.name,
+    lazyConnect: opts.lazyConnect,
+    ...(opts.mode === 'bounded'
+      ? {
+          maxRetriesPerRequest: 0,
+          enableOfflineQueue: false,
+          commandTimeout: REDIS_COMMAND_TIMEOUT_MS,
+          autoResendUnfulfilledCommands: false,
+        }
+      : { maxRetriesPerRequest: null }),
+  } as const;
   const u = new URL(cfg.url);
   const auth = {
     username: decodeURIComponent(u.username) || undefined,
@@ -76,8 +104,8 @@ export class Connections {
     return pool;
   }
 
-  redis(name?: string): RedisClient {
-    const client = createRedis(this.config.redis, { name });
+  redis(name?: string, mode: RedisMode = 'patient'): RedisClient {
+    const client = createRedis(this.config.redis, { name, mode });
     client.on('error', () => undefined); // reconnects by itself; readiness reports it
     this.redisClients.push(client);
     return client;
@@ -87,9 +115,10 @@ export class Connections {
     for (const pool of [...this.pools.values()].reverse()) await pool.end().catch(() => undefined);
     this.pools.clear();
     for (const client of this.redisClients.reverse()) {
-      // QUIT on a client that never connected would wait for a connection forever.
-      if (client.status === 'ready') await client.quit().catch(() => client.disconnect());
-      else client.disconnect();
+      // QUIT on a client that never connected would wait for a connection forever, and on a
+      // frozen Redis for an answer forever: it gets a second, then the socket is closed.
+      if (client.status === 'ready') await Promise.race([client.quit().catch(() => undefined), sleep(1000)]);
+      client.disconnect();
     }
     this.redisClients = [];
   }

@@ -4,7 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { loadConfig, type Config } from '../core/config.ts';
 import { ServiceUnavailableError } from '../core/errors.ts';
 import { safeUrl } from '../core/redact.ts';
-import { Connections } from './connections.ts';
+import { Connections, type RedisClient, type RedisMode } from './connections.ts';
 import { RunHistory } from './history.ts';
 import type { AnyJobDefinition } from './job-definition.ts';
 import { createLogger, type Logger } from '../core/logger.ts';
@@ -25,6 +25,9 @@ export interface RuntimeOptions {
   /** The default schedules, or how to derive them from the config (one set per target). */
   schedules: readonly Schedule[] | ((config: Config) => readonly Schedule[]);
   logger?: Logger;
+  /** The queues' Redis connection: bounded (default: the API, the board, the monitor, one-shot
+   * commands answer within seconds) or patient (the worker role, which waits for Redis). */
+  redis?: RedisMode;
 }
 
 export class Runtime {
@@ -42,6 +45,7 @@ export class Runtime {
     readonly logger: Logger,
     jobs: readonly AnyJobDefinition[],
     schedules: RuntimeOptions['schedules'],
+    redisMode: RedisMode = 'bounded',
   ) {
     this.registry = new Registry(jobs, config);
     const defaults = typeof schedules === 'function' ? schedules(config) : schedules;
@@ -56,14 +60,14 @@ export class Runtime {
       synchronous: config.history.synchronous,
       onError: (err) => logger.error({ err }, 'run history write failed; will retry'),
     });
-    this.queues = new Queues(config, this.registry, this.connections.redis('pgmaint-queues'));
+    this.queues = new Queues(config, this.registry, this.connections.redis('pgmaint-queues', redisMode));
     this.scheduler = new Scheduler(this.queues, this.registry, this.schedules, logger);
   }
 
   static create(opts: RuntimeOptions): Runtime {
     const config = opts.config ?? loadConfig(opts.env);
     const logger = opts.logger ?? createLogger(config.logLevel);
-    return new Runtime(config, logger, opts.jobs, opts.schedules);
+    return new Runtime(config, logger, opts.jobs, opts.schedules, opts.redis);
   }
 
   /** The schedules with their next runs and, from the run history, their last (what the API and CLI show). */
@@ -84,20 +88,15 @@ export class Runtime {
   /** Fails fast, naming REDIS_URL, when Redis does not answer (for one-shot commands). */
   async checkRedis(timeoutMs = 5000): Promise<void> {
     const connection = this.queues.connection;
-    let onError: ((err: Error) => void) | undefined;
-    // A refused connection is reported at once, not after the timeout.
-    const refused = new Promise<never>((_, reject) => {
-      onError = reject;
-      connection.once('error', reject);
-    });
+    const giveUpAt = Date.now() + timeoutMs;
     try {
-      await withTimeout(Promise.race([connection.ping(), refused]), timeoutMs);
+      // A bounded connection sends nothing before it is ready: wait for that first.
+      await connected(connection, timeoutMs);
+      await withTimeout(connection.ping(), Math.max(0, giveUpAt - Date.now()));
     } catch (err) {
       throw new ServiceUnavailableError(
         `REDIS_URL: cannot reach ${safeUrl(this.config.redis.url)}: ${(err as Error).message}`,
       );
-    } finally {
-      if (onError) connection.off('error', onError);
     }
   }
 
@@ -147,6 +146,25 @@ export class Runtime {
     for (const fn of this.finalizers.reverse())
       await Promise.resolve(fn()).catch((err) => this.logger.error({ err }, 'error during shutdown'));
   }
+}
+
+/** Resolves once the connection is ready, or rejects after `ms`; a refused connection is reported at once. */
+function connected(connection: RedisClient, ms: number): Promise<void> {
+  if (connection.status === 'ready') return Promise.resolve();
+  if (connection.status === 'end') return Promise.reject(new Error('the connection is closed'));
+  return new Promise<void>((resolve, reject) => {
+    const done = (err?: Error) => {
+      clearTimeout(timer);
+      connection.off('ready', onReady);
+      connection.off('error', done);
+      if (err) reject(err);
+      else resolve();
+    };
+    const onReady = () => done();
+    const timer = setTimeout(() => done(new Error(`no answer in ${ms / 1000}s`)), ms);
+    connection.once('ready', onReady);
+    connection.once('error', done);
+  });
 }
 
 /** Rejects after `ms` with "no answer in Ns"; the late promise's own failure is swallowed. */

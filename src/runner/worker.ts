@@ -16,7 +16,7 @@ import {
 import type { RunHistory, RunStart } from './history.ts';
 import { type RunAbort, RunContext } from './run-context.ts';
 import type { Logger } from '../core/logger.ts';
-import type { JobData, Queues } from './queues.ts';
+import { type JobData, Queues } from './queues.ts';
 import type { Registry } from './registry.ts';
 import { ProgressDone } from './progress-done.ts';
 import { RunStatsRecorder } from './run-stats.ts';
@@ -30,7 +30,6 @@ export interface WorkerRuntimeOptions {
   history: RunHistory;
   logger: Logger;
   schedules: readonly ResolvedSchedule[];
-  queues: Queues;
   /** Job kinds (= queue names) this process serves; all when omitted. */
   only?: string[];
 }
@@ -75,6 +74,8 @@ export class WorkerRuntime {
   private readonly running = new Map<string, RunAbort>();
   private readonly schedules: Map<string, ResolvedSchedule>;
   private readonly redis;
+  /** Queues on the worker's own (patient) connection: like BullMQ's workers, they wait for Redis. */
+  private readonly queues: Queues;
   private readonly stats: RunStatsRecorder;
   private readonly progressDone: ProgressDone;
   private closing = false;
@@ -82,6 +83,7 @@ export class WorkerRuntime {
   constructor(private readonly opts: WorkerRuntimeOptions) {
     this.schedules = new Map(opts.schedules.map((s) => [s.id, s]));
     this.redis = opts.connections.redis('pgmaint-worker-locks');
+    this.queues = new Queues(opts.connections.config, opts.registry, this.redis);
     this.progressDone = new ProgressDone(this.redis, (err) =>
       opts.logger.warn({ err }, 'final progress of finished runs not recorded'),
     );
@@ -144,7 +146,7 @@ export class WorkerRuntime {
     if ((await this.redis.set(key, job.id!, 'PX', ttlMs, 'NX')) === 'OK') return undefined;
     const holder = await this.redis.get(key);
     if (holder === job.id) return undefined;
-    const holderJob = holder ? await this.opts.queues.get(job.name).getJob(holder) : undefined;
+    const holderJob = holder ? await this.queues.get(job.name).getJob(holder) : undefined;
     if (holderJob && (await holderJob.getState()) === 'active')
       return `previous run ${holder} of schedule ${schedule.id} is still active`;
     // The holder is gone (finished without releasing, or lost): take over.
@@ -294,5 +296,6 @@ export class WorkerRuntime {
       await closing;
     }
     await Promise.all([this.stats.flush(), this.progressDone.flush()]);
+    await this.queues.close();
   }
 }
