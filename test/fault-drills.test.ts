@@ -166,7 +166,8 @@ describe('Redis restarted under running workers and the server', () => {
     let redis = await startRedis({ dir: redisDir, appendonly: true });
     const env = { REDIS_URL: redis.url };
     h.configFile({ worker: fastRecovery });
-    const rt = h.runtime({ env });
+    // The test's own view of the queues waits through the restart, as a worker does.
+    const rt = h.runtime({ env, redis: 'patient' });
     await rt.history.migrate();
     const server = h.spawnPgmaint(['server'], env);
     await server.waitFor(/server listening/);

@@ -33,14 +33,15 @@ async function runsOf(scheduleId: string) {
   return rows as { job_id: string; outcome: string; result: { skipped?: string } | null }[];
 }
 
-/** A run as its scheduler would produce it, at a chosen scheduled time. */
+/** A run as its scheduler would produce it, at a chosen scheduled time (BullMQ's prevMillis; an add's own
+ * timestamp is Redis's clock, runner/add-deadline.ts). */
 async function addScheduledRun(s: Schedule, scheduledFor: number, payload: object) {
   return rt.queues
     .get(s.job)
     .add(
       s.job,
       { payload: { target: 'main', sleepMs: 0, ...payload }, trigger: `schedule:${s.id}`, scheduleId: s.id },
-      { timestamp: scheduledFor },
+      { prevMillis: scheduledFor },
     );
 }
 

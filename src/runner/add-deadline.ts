@@ -37,7 +37,8 @@ do
   local pgmaintLate = tonumber(pgmaintNow[1]) * 1000 + math.floor(tonumber(pgmaintNow[2]) / 1000)
     - tonumber(cmsgpack.unpack(ARGV[1])[4])
   if pgmaintLate > ${ADD_GATE_MS} then
-    return redis.error_reply('${LATE} Redis ran this add ' .. pgmaintLate .. ' ms after its stamp (limit ${ADD_GATE_MS} ms); nothing was added')
+    return redis.error_reply('${LATE} Redis ran this add ' .. pgmaintLate ..
+      ' ms after its stamp (limit ${ADD_GATE_MS} ms); nothing was added')
   end
 end
 `;
