@@ -1,8 +1,8 @@
-# pgmaint image for docker-compose.yml: Node 20 plus PostgreSQL 15's tools that the
+# pgmaint image for docker-compose.yml: Node 24 LTS plus PostgreSQL 15's tools that the
 # jobs run as child processes (pg_dump, pg_restore, pg_basebackup, pg_verifybackup)
 # and its server binaries (postgres, pg_ctl) for the PITR drill's scratch instance;
 # lz4 and zstd unpack compressed base backups; zstd compresses partition archives. No cluster is created in the image.
-FROM node:20-bookworm-slim
+FROM node:24-bookworm-slim
 RUN mkdir -p /etc/postgresql-common/createcluster.d \
  && echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.d/pgmaint.conf \
  && apt-get update \

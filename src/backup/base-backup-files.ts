@@ -115,7 +115,7 @@ export class DiskFlush {
    */
   async pass(dir: string): Promise<number> {
     const entries = await fs.readdir(dir, { recursive: true, withFileTypes: true }).catch(() => []);
-    const paths = [dir, ...entries.map((e) => path.join(e.parentPath ?? e.path, e.name))];
+    const paths = [dir, ...entries.map((e) => path.join(e.parentPath, e.name))];
     let next = 0;
     let flushed = 0;
     const lane = async () => {
