@@ -78,7 +78,7 @@ describe('configuration', () => {
       MINIO_ROOT_PASSWORD: 'not-a-real-password',
       PGMAINT_BACKUP_KEY: Buffer.alloc(32, 7).toString('base64'),
     });
-    expect(c.objectStore).toMatchObject({ bucket: 'pgmaint', endpoint: 'http://minio:9000', forcePathStyle: true });
+    expect(c.objectStore).toMatchObject({ bucket: 'pgmaint', endpoint: 'https://minio:9000', forcePathStyle: true });
     expect(c.encryption).toMatchObject({ keyId: 'compose', keyEnv: 'PGMAINT_BACKUP_KEY' });
     expect(JSON.stringify(c)).not.toContain('not-a-real-password');
     // Without the key the services refuse to start, naming the variable.
@@ -108,7 +108,10 @@ describe('configuration', () => {
     expect(compose.services.seed.command.slice(0, 2)).toEqual(['seed', '--scale']);
     expect(compose.services.seed.depends_on).toEqual({ postgres: { condition: 'service_healthy' } });
     // The jobs' client tools (pg_dump, pg_basebackup) are the server's major version.
-    const major = /^postgres:(\d+)/.exec(compose.services.postgres.image)![1];
+    expect(compose.services.postgres.build).toEqual({ context: 'docker', dockerfile: 'postgres.Dockerfile' });
+    const major = /^FROM postgres:(\d+)/m.exec(
+      fs.readFileSync(path.join(root, 'docker/postgres.Dockerfile'), 'utf8'),
+    )![1];
     expect(fs.readFileSync(path.join(root, 'Dockerfile'), 'utf8')).toMatch(
       new RegExp(`install .*postgresql-${major} `),
     );
