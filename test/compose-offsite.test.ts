@@ -173,7 +173,7 @@ describe('the off-site profile: pgBackRest in the bucket over TLS, with the comp
     expect(JSON.parse(info.stdout)[0]).toMatchObject({ name: 'main', cipher: 'aes-256-cbc', status: { code: 0 } });
   });
 
-  it('pitr-drill restores from the bucket; the scratch server fetches WAL with the secrets from the environment', async () => {
+  it('pitr-drill restores from the bucket; the scratch server gets WAL with secrets from the environment', async () => {
     await pool.query('insert into ledger select g from generate_series(5001, 6000) g');
     const r = await run('pitr-drill', {});
     expect(r.state, r.job.failedReason).toBe('completed');

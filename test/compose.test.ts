@@ -239,7 +239,7 @@ describe('every job the stack runs has what it runs', () => {
     });
   }
 
-  it('the off-site profile wires pgBackRest: one configuration, the bucket over HTTPS, the data directory and socket', () => {
+  it('the off-site profile wires pgBackRest: one config, the bucket over HTTPS, data directory and socket', () => {
     const compose = readCompose(OFFSITE, ENV);
     const base = readCompose(BASE, ENV);
     const { config, local } = workerConfig(compose);
