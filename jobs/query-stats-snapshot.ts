@@ -162,19 +162,25 @@ const job = defineJob({
   },
 });
 
-/** A clear refusal when pg_stat_statements is not there (or not loaded). */
+/**
+ * A clear refusal when pg_stat_statements is not installed, or not loaded. Whether it is
+ * loaded is what reading it says: shared_preload_libraries may name it in several ways
+ * ('$libdir/pg_stat_statements', quoted, …), and reading is what the snapshot needs.
+ */
 async function requireStatements(client: pg.ClientBase): Promise<void> {
-  const { rows } = await client.query<{ loaded: boolean; db: string }>(
-    `select 'pg_stat_statements' = any(string_to_array(replace(current_setting('shared_preload_libraries'), ' ', ''),
-              ',')) as loaded, current_database() as db`,
-  );
-  if (!rows[0]!.loaded)
+  await requireExtension(client, 'pg_stat_statements');
+  try {
+    await client.query('select dealloc from pg_stat_statements_info');
+  } catch (err) {
+    // 55000: "pg_stat_statements must be loaded via shared_preload_libraries".
+    if ((err as { code?: string }).code !== '55000') throw err;
+    const { rows } = await client.query<{ db: string }>('select current_database() as db');
     throw new PermanentJobError(
-      `pg_stat_statements is not loaded: add it to shared_preload_libraries and restart PostgreSQL (database ` +
-        `${rows[0]!.db})`,
+      `pg_stat_statements is not loaded (its view cannot be read): add it to shared_preload_libraries and ` +
+        `restart PostgreSQL (database ${rows[0]!.db})`,
       'EXTENSION',
     );
-  await requireExtension(client, 'pg_stat_statements');
+  }
 }
 
 export default job;
