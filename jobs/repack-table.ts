@@ -5,10 +5,13 @@
 // under a short ACCESS EXCLUSIVE lock; it waits at most lockWaitSeconds for that lock and
 // then gives up on the table rather than cancel the application's queries. Refused when
 // the extension is missing or its version differs from the client's; never falls back
-// to VACUUM FULL.
+// to VACUUM FULL. A table pg_repack cannot take (no primary key or NOT NULL unique index)
+// is skipped before it is called; pg_repack gives up on some tables with a warning and
+// exit status 0, so a table counts as repacked only when its file was swapped.
 import { z } from 'zod';
 import { PermanentJobError } from '../src/core/errors.ts';
 import { binPath, runProcess } from '../src/core/proc.ts';
+import { redact } from '../src/core/redact.ts';
 import { qualifiedName, extensionsOf, missingExtension } from '../src/core/sql.ts';
 import { defineJob, type JobContext, type JobResult, targetField } from '../src/runner/job-definition.ts';
 
@@ -48,6 +51,7 @@ const job = defineJob({
     const deadline = Date.now() + p.budgetSeconds * 1000;
     const client = await ctx.pool.connect();
     let candidates: { table: string; bytes: number; bloatPercent: number | null; reason: string }[];
+    const unkeyed = new Set<string>();
     let extVersion: string;
     try {
       const { database, versions } = await extensionsOf(client);
@@ -69,10 +73,18 @@ const job = defineJob({
         bytes: number;
         bloat: number | null;
         named: boolean;
+        keyed: boolean;
       }>(
         `select quote_ident(n.nspname) || '.' || quote_ident(c.relname) as table,
                 pg_total_relation_size(c.oid)::float8 as bytes, null::float8 as bloat,
-                n.nspname || '.' || c.relname = any($1::text[]) as named
+                n.nspname || '.' || c.relname = any($1::text[]) as named,
+                -- pg_repack's own test (its view repack.primary_keys): a valid unique index, not partial,
+                -- of columns only (no expression), every one NOT NULL
+                exists (select 1 from pg_index i
+                         where i.indrelid = c.oid and i.indisunique and i.indisvalid and i.indpred is null
+                           and 0 <> all(i.indkey)
+                           and not exists (select 1 from pg_attribute a where a.attrelid = i.indrelid
+                                             and a.attnum = any(i.indkey) and not a.attnotnull)) as keyed
            from pg_class c join pg_namespace n on n.oid = c.relnamespace
           where c.relkind = 'r' and n.nspname not in ('pg_catalog', 'information_schema', 'pg_toast', 'repack')
             and ($1::text[] is null or n.nspname || '.' || c.relname = any($1::text[]))`,
@@ -83,6 +95,7 @@ const job = defineJob({
         throw new PermanentJobError(`tables: ${missing.join(', ')}: no such table in database ${database}`, 'POLICY');
       candidates = [];
       for (const f of found) {
+        if (!f.keyed) unkeyed.add(f.table);
         if (f.named) {
           candidates.push({ table: f.table, bytes: f.bytes, bloatPercent: null, reason: 'named in the payload' });
           continue;
@@ -113,23 +126,36 @@ const job = defineJob({
         'EXTENSION',
       );
     for (const c of candidates) await ctx.log(`candidate ${c.table}: ${c.reason}`);
-    const repacked: { table: string; bytesBefore: number; bytesAfter: number; seconds: number }[] = [];
+    const repacked: {
+      table: string;
+      bytesBefore: number;
+      bytesAfter: number;
+      seconds: number;
+      /** What pg_repack warned about while it still repacked the table (an invalid index it left out, …). */
+      warnings: string[];
+    }[] = [];
     const skipped: { table: string; reason: string }[] = [];
     const left: string[] = [];
     const cleaned: string[] = [];
+    for (const c of candidates.filter((x) => unkeyed.has(x.table))) {
+      skipped.push({ table: c.table, reason: NO_KEY });
+      await ctx.log(`skipped ${c.table}: ${NO_KEY}`);
+    }
     if (!p.dryRun) {
-      for (const [n, c] of candidates.entries()) {
+      const runnable = candidates.filter((x) => !unkeyed.has(x.table));
+      for (const [n, c] of runnable.entries()) {
         ctx.signal.throwIfAborted();
         if (deadline - Date.now() < 60_000) {
-          left.push(...candidates.slice(n).map((x) => x.table));
+          left.push(...runnable.slice(n).map((x) => x.table));
           await ctx.log(`budget of ${p.budgetSeconds}s nearly spent; left: ${left.join(', ')}`);
           break;
         }
-        await ctx.progress(10 + (85 * n) / candidates.length, `pg_repack ${c.table}`);
+        await ctx.progress(10 + (85 * n) / runnable.length, `pg_repack ${c.table}`);
         const t0 = Date.now();
         const size = async () =>
           Number((await ctx.pool.query(`select pg_total_relation_size($1::regclass) as b`, [c.table])).rows[0].b);
         const bytesBefore = await size();
+        const fileBefore = await fileOf(ctx, c.table);
         // A pg_repack that was killed (with its worker) leaves its trigger on the live table, logging
         // every write into repack.log_<oid> for ever: cleaned here the way pg_repack cleans after
         // its own errors, when no pg_repack is running.
@@ -140,11 +166,18 @@ const job = defineJob({
         }
         if (leftover === 'cleaned') cleaned.push(c.table);
         const budget = AbortSignal.any([ctx.signal, AbortSignal.timeout(deadline - Date.now())]);
+        // pg_repack says why it gave up on a table in a WARNING (or an INFO "Skipping …"), and may
+        // still exit 0.
+        const warnings: string[] = [];
+        const onLine = (line: string) => {
+          const w = /^(?:WARNING:\s*(.*)|INFO:\s*(skipping\b.*))$/i.exec(line.trim());
+          if (w) warnings.push(redact(w[1] ?? w[2]!));
+        };
         try {
           await runProcess(
             binPath('pg_repack'),
             [`--table=${c.table}`, `--wait-timeout=${p.lockWaitSeconds}`, '--no-kill-backend', '--no-order'],
-            { libpq: ctx.libpqSettings(), signal: budget },
+            { libpq: ctx.libpqSettings(), signal: budget, onStderrLine: onLine, onStdoutLine: onLine },
           );
         } catch (err) {
           const message = (err as Error).message;
@@ -152,14 +185,24 @@ const job = defineJob({
           skipped.push({ table: c.table, reason: budget.aborted ? 'the time budget ran out' : message.slice(-300) });
           await ctx.log(`skipped ${c.table}: ${skipped.at(-1)!.reason}`);
           if (budget.aborted) {
-            left.push(...candidates.slice(n + 1).map((x) => x.table));
+            left.push(...runnable.slice(n + 1).map((x) => x.table));
             break;
           }
           continue;
         }
+        // Repacked means swapped into a new file; anything else is a table left as it was.
+        if ((await fileOf(ctx, c.table)) === fileBefore) {
+          const reason = `pg_repack did not repack it: ${warnings.join('; ') || 'it exited 0 without a word'}`;
+          skipped.push({ table: c.table, reason });
+          await ctx.log(`skipped ${c.table}: ${reason}`);
+          continue;
+        }
         const bytesAfter = await size();
-        repacked.push({ table: c.table, bytesBefore, bytesAfter, seconds: (Date.now() - t0) / 1000 });
-        await ctx.log(`repacked ${c.table}: ${bytesBefore} → ${bytesAfter} bytes`);
+        repacked.push({ table: c.table, bytesBefore, bytesAfter, seconds: (Date.now() - t0) / 1000, warnings });
+        await ctx.log(
+          `repacked ${c.table}: ${bytesBefore} → ${bytesAfter} bytes` +
+            (warnings.length ? ` (pg_repack warned: ${warnings.join('; ')})` : ''),
+        );
       }
     }
     return {
@@ -174,6 +217,16 @@ const job = defineJob({
     };
   },
 });
+
+const NO_KEY =
+  'no primary key and no NOT NULL unique index (valid, not partial, no expression): pg_repack cannot repack ' +
+  'a table without one';
+
+/** The table's file (pg_repack swaps the rebuilt table's file in). */
+async function fileOf(ctx: JobContext, table: string): Promise<string> {
+  const { rows } = await ctx.pool.query(`select pg_relation_filenode($1::regclass)::text as f`, [table]);
+  return rows[0].f as string;
+}
 
 /** Drops what an interrupted pg_repack left on the table (trigger, log table, type); true if there was any. */
 async function cleanLeftover(ctx: JobContext, table: string): Promise<'none' | 'busy' | 'cleaned'> {

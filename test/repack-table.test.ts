@@ -1,6 +1,7 @@
 // repack-table on real PostgreSQL with pg_repack: a bloated table shrinks while inserts
 // run, with every row kept; a missing extension is refused, naming it, and nothing
-// else (never VACUUM FULL) runs instead.
+// else (never VACUUM FULL) runs instead; a table pg_repack cannot or did not repack
+// is reported skipped with the reason, never repacked.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { RepackTableResult } from '../jobs/repack-table.ts';
 import { startWorkers } from '../src/cli/roles.ts';
@@ -107,5 +108,59 @@ describe('repack-table', () => {
     expect(Number((await h.admin.query('select count(*) from public.big')).rows[0].count)).toBe(rows);
     const logs = await h.admin.query(`select count(*)::int as n from pg_tables where schemaname = 'repack'`);
     expect(logs.rows[0].n).toBe(0);
+  }, 120_000);
+
+  const fileAndSize = async (table: string) =>
+    (
+      await h.admin.query(
+        `select pg_relation_filenode($1::regclass) as file, pg_total_relation_size($1::regclass)::int8 as bytes`,
+        [table],
+      )
+    ).rows[0];
+
+  it('skips a table with no primary key or NOT NULL unique index, chosen by bloat or named, saying why', async () => {
+    await h.admin.query(`
+      create extension pgstattuple;
+      create schema nopk;
+      create table nopk.t (id int, v text);
+      create unique index t_id on nopk.t (id); -- unique, but on a column that may be null
+      insert into nopk.t select g, repeat('n', 200) from generate_series(1, 40000) g;
+      delete from nopk.t where id % 4 <> 0;`);
+    await h.admin.query('vacuum nopk.t');
+    const before = await fileAndSize('nopk.t');
+    const noKey = /^no primary key and no NOT NULL unique index .*: pg_repack cannot repack a table without one$/;
+    for (const payload of [{ minBytes: 1_000_000, lockWaitSeconds: 30 }, { tables: ['nopk.t'] }]) {
+      const done = await run(payload);
+      expect(done.state, done.job.failedReason).toBe('completed');
+      const r = done.job.returnvalue as RepackTableResult;
+      expect(r.candidates.map((c) => c.table)).toContain('nopk.t');
+      expect(r.repacked.map((x) => x.table)).not.toContain('nopk.t');
+      expect(r.skipped).toContainEqual({ table: 'nopk.t', reason: expect.stringMatching(noKey) });
+      const logs = await rt.queues.get('repack-table').getJobLogs(done.job.id!);
+      expect(logs.logs.join('\n')).not.toMatch(/repacked nopk\.t/);
+    }
+    expect(await fileAndSize('nopk.t')).toEqual(before);
+  }, 120_000);
+
+  it('a table pg_repack gives up on with a warning and exit status 0 is skipped with its words', async () => {
+    const holder = await h.admin.connect();
+    try {
+      // A reader that stays: pg_repack's exclusive lock waits lockWaitSeconds, then it gives up on the
+      // table without cancelling the reader (--no-kill-backend).
+      await holder.query('begin; select count(*) from public.reading');
+      const before = await fileAndSize('public.reading');
+      const done = await run({ tables: ['public.reading'], lockWaitSeconds: 1 });
+      expect(done.state, done.job.failedReason).toBe('completed');
+      const r = done.job.returnvalue as RepackTableResult;
+      expect(r.repacked).toEqual([]);
+      expect(r.bytesFreed).toBe(0);
+      expect(r.skipped).toEqual([
+        { table: 'public.reading', reason: expect.stringMatching(/^pg_repack did not repack it: .*timed out/) },
+      ]);
+      expect(await fileAndSize('public.reading')).toEqual(before);
+    } finally {
+      await holder.query('rollback');
+      holder.release();
+    }
   }, 120_000);
 });
