@@ -3,8 +3,10 @@
 // granted to superusers by default), else the result says it was left out. By default
 // only the tables written since their last clean check (pg_stat counters), all of them
 // with `full` (the weekly schedule). A corrupt page fails the job, naming the relation
-// and the block, and the `corruption` alert fires (critical). Within a time budget:
-// what is left is checked first next time.
+// and the block, and the `corruption` alert fires (critical). A page that cannot even be
+// read (a garbled header, a checksum failure: XX001) is a finding like amcheck's, and
+// the check goes on past it and with the other relations. Within a time budget: what is
+// left is checked first next time. Never zero_damaged_pages or ignore_checksum_failure.
 import type pg from 'pg';
 import { z } from 'zod';
 import { schemaName, requireExtension } from '../src/core/sql.ts';
@@ -39,6 +41,8 @@ interface Table {
 interface Finding {
   relation: string;
   block: number | null;
+  /** The error's SQLSTATE when reading the relation failed; null for what amcheck reports as a row. */
+  sqlstate: string | null;
   message: string;
 }
 
@@ -77,14 +81,18 @@ const job = defineJob({
         }
         await ctx.progress(5 + (90 * n) / tables.length, `checking ${t.relation}`);
         const found = await checkTable(client, t, heapAllowed, remaining);
-        indexes += t.indexes.length;
         if (found === 'budget') {
           left.push(...tables.slice(n).map((x) => x.relation));
           break;
         }
+        if (found === 'dropped') {
+          await ctx.log(`${t.relation} was dropped while the check ran; not checked`);
+          continue;
+        }
+        indexes += t.indexes.length;
         findings.push(...found);
         checked.push(t.relation);
-        for (const f of found) await ctx.log(`CORRUPTION in ${f.relation}${blockText(f)}: ${f.message}`);
+        for (const f of found) await ctx.log(`CORRUPTION in ${findingText(f)}`);
         if (!found.length)
           await client.query(
             `insert into pgmaint.integrity_checked values ($1, $2, now(), $3)
@@ -94,7 +102,7 @@ const job = defineJob({
           );
       }
       if (findings.length) {
-        const first = findings.slice(0, 5).map((f) => `${f.relation}${blockText(f)}: ${f.message}`);
+        const first = findings.slice(0, 5).map(findingText);
         throw new PermanentJobError(
           `corruption found in ${new Set(findings.map((f) => f.relation)).size} relation(s): ${first.join('; ')}`,
           'CORRUPTION',
@@ -109,6 +117,8 @@ const job = defineJob({
 });
 
 const blockText = (f: Finding) => (f.block === null ? '' : ` block ${f.block}`);
+const findingText = (f: Finding) =>
+  `${f.relation}${blockText(f)}: ${f.message}${f.sqlstate ? ` (SQLSTATE ${f.sqlstate})` : ''}`;
 
 async function mayRun(client: pg.ClientBase, fn: string): Promise<boolean> {
   const { rows } = await client.query<{ ok: boolean }>(
@@ -142,48 +152,113 @@ async function chooseTables(client: pg.ClientBase, p: z.output<typeof payload>):
   return rows;
 }
 
-/** The table's findings, or 'budget' when the time ran out in the middle. */
+/**
+ * What reading a damaged relation raises: data_corrupted (an invalid page, a checksum failure, a
+ * short read), index_corrupted, internal_error (what amcheck and garbled pages raise), io_error.
+ */
+const READ_ERRORS = new Set(['XX001', 'XX002', 'XX000', '58030']);
+
+interface ReadError {
+  sqlstate: string;
+  message: string;
+  block: number | null;
+  /** The file named in the message ("base/16385/16518"), without a segment number. */
+  file: string | null;
+}
+
+/** The table's findings; 'budget' when the time ran out in the middle; 'dropped' when it went meanwhile. */
 async function checkTable(
   client: pg.ClientBase,
   t: Table,
   heap: boolean,
   remainingMs: number,
-): Promise<Finding[] | 'budget'> {
+): Promise<Finding[] | 'budget' | 'dropped'> {
   const findings: Finding[] = [];
+  // A checksum failure comes as a WARNING (its checksums) before the ERROR (the block).
+  const warnings: string[] = [];
+  const onNotice = (n: { severity?: string; message?: string }) => {
+    if (n.severity === 'WARNING' && n.message) warnings.push(n.message);
+  };
+  client.on('notice', onNotice);
+  /** Runs fn; a read error is returned, anything else thrown. */
+  const reading = async (fn: () => Promise<void>): Promise<ReadError | undefined> => {
+    warnings.length = 0;
+    try {
+      await fn();
+      return undefined;
+    } catch (err) {
+      const e = err as { code?: string; message: string };
+      if (!e.code || !READ_ERRORS.has(e.code)) throw err;
+      const at = /block (\d+)(?:(?: of relation| in file) "?([^\s":]+))?/.exec(e.message);
+      const message = [e.message, ...warnings.filter((w) => /checksum/.test(w))].join('; ');
+      return {
+        sqlstate: e.code,
+        message,
+        block: at ? Number(at[1]) : null,
+        file: at?.[2]?.replace(/\.\d+$/, '') ?? null,
+      };
+    }
+  };
+  const exists = async (oid: number) =>
+    ((await client.query(`select 1 from pg_class where oid = $1`, [oid])).rowCount ?? 0) > 0;
   await client.query(`set statement_timeout = ${Math.floor(remainingMs)}`);
   try {
     if (heap) {
-      const { rows } = await client.query<{ blkno: string; offnum: number | null; msg: string }>(
-        `select blkno::text, offnum, msg from verify_heapam($1::regclass, on_error_stop := false) limit 100`,
+      const { rows } = await client.query<{ file: string; blocks: number }>(
+        `select pg_relation_filepath($1::regclass) as file,
+                (pg_relation_size($1::regclass) / current_setting('block_size')::int)::int as blocks`,
         [t.relid],
       );
-      for (const r of rows)
-        findings.push({
-          relation: t.relation,
-          block: Number(r.blkno),
-          message: r.offnum ? `offset ${r.offnum}: ${r.msg}` : r.msg,
+      if (!rows[0]?.file) return 'dropped';
+      const verify = (from: number, to: number | null) =>
+        reading(async () => {
+          const { rows: found } = await client.query<{ blkno: string; offnum: number | null; msg: string }>(
+            `select blkno::text, offnum, msg
+               from verify_heapam($1::regclass, on_error_stop := false, startblock := $2, endblock := $3) limit 100`,
+            [t.relid, from, to],
+          );
+          for (const r of found)
+            findings.push({
+              relation: t.relation,
+              block: Number(r.blkno),
+              sqlstate: null,
+              message: r.offnum ? `offset ${r.offnum}: ${r.msg}` : r.msg,
+            });
         });
+      // verify_heapam stops at a page it cannot read: it is a finding, the pages before it are
+      // checked again up to it and the check goes on after it. A page of another file (its
+      // TOAST table) ends the heap check of this table.
+      for (let from = 0; from < rows[0].blocks && findings.length < 100; ) {
+        const failed = await verify(from, null);
+        if (!failed) break;
+        if (!(await exists(t.relid))) return 'dropped';
+        const ownPage = failed.block !== null && failed.file === rows[0].file && failed.block >= from;
+        const before = ownPage && failed.block! > from ? await verify(from, failed.block! - 1) : undefined;
+        if (before) findings.push({ relation: t.relation, ...pick(before) }); // read before, not now
+        findings.push({ relation: t.relation, ...pick(failed) });
+        if (!ownPage) break;
+        from = failed.block! + 1;
+      }
     }
     for (const i of t.indexes) {
-      try {
+      const failed = await reading(async () => {
         await client.query(`select bt_index_check($1::regclass, false)`, [i.oid]);
-      } catch (err) {
-        const e = err as { code?: string; message: string };
-        if (e.code === '57014') throw err;
-        // XX002 index_corrupted, XX001 data_corrupted, and what a damaged page raises on read.
-        if (!e.code || !/^(XX00[12]|XX000)$/.test(e.code)) throw err;
-        const block = /block (\d+)/.exec(e.message)?.[1];
-        findings.push({ relation: i.name, block: block === undefined ? null : Number(block), message: e.message });
-      }
+      });
+      if (!failed) continue;
+      if (!(await exists(i.oid))) continue; // dropped meanwhile
+      findings.push({ relation: i.name, ...pick(failed) });
     }
   } catch (err) {
     if ((err as { code?: string }).code === '57014') return 'budget';
     throw err;
   } finally {
+    client.removeListener('notice', onNotice);
     await client.query('reset statement_timeout').catch(() => undefined);
   }
   return findings;
 }
+
+const pick = ({ block, sqlstate, message }: ReadError) => ({ block, sqlstate, message });
 
 export default job;
 

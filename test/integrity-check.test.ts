@@ -1,6 +1,8 @@
 // integrity-check on real PostgreSQL with amcheck: a clean database passes and is not
 // read again until written; a damaged heap page and a damaged index page fail the job,
-// naming relation and block, and raise the critical corruption alert.
+// naming relation and block, and raise the critical corruption alert; so does a page that
+// cannot be read at all (a garbled header, a checksum failure), and the check goes on.
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import type pg from 'pg';
@@ -42,16 +44,29 @@ async function run(payload: object) {
   return waitForFinished(rt.queues.get('integrity-check'), job.id!, 60_000);
 }
 
-/** Writes garbage over part of a block of a relation's file, with the server stopped (no cached copy). */
-async function damage(relation: string, block: number, at: number): Promise<void> {
-  const file = (await db.query(`select pg_relation_filepath($1) as f`, [relation])).rows[0].f as string;
-  await db.query('checkpoint');
-  await cluster.stop('fast');
-  const fd = fs.openSync(path.join(cluster.dataDir, file), 'r+');
-  fs.writeSync(fd, Buffer.alloc(64, 0x5a), 0, 64, block * 8192 + at);
-  fs.closeSync(fd);
-  await cluster.start();
+interface Hit {
+  block: number;
+  /** Offset in the page: 7000 lands in tuple data, leaving the page header whole. */
+  at: number;
+  bytes?: Buffer;
 }
+
+/** Writes garbage over parts of blocks of a relation's file, with the server stopped (no cached copy). */
+async function damage(on: { cluster: PostgresInstance; db: pg.Pool }, relation: string, ...hits: Hit[]) {
+  const file = (await on.db.query(`select pg_relation_filepath($1) as f`, [relation])).rows[0].f as string;
+  await on.db.query('checkpoint');
+  await on.cluster.stop('fast');
+  const fd = fs.openSync(path.join(on.cluster.dataDir, file), 'r+');
+  for (const { block, at, bytes = Buffer.alloc(64, 0x5a) } of hits)
+    fs.writeSync(fd, bytes, 0, bytes.length, block * 8192 + at);
+  fs.closeSync(fd);
+  await on.cluster.start();
+}
+
+const corruptionAlert = async (runtime: Runtime) => {
+  await runtime.history.flush();
+  return judge(await new HealthReader(runtime, 0).read(), runtime.config.alerts).find((a) => a.rule === 'corruption');
+};
 
 describe('integrity-check', () => {
   it('passes a clean database, reading only, and then checks only the tables written since', async () => {
@@ -72,8 +87,8 @@ describe('integrity-check', () => {
   });
 
   it('a damaged heap page and index page fail the job naming relation and block; the alert is critical', async () => {
-    await damage('farm.milking', 3, 7000);
-    await damage('farm.milking_animal', 1, 4000);
+    await damage({ cluster, db }, 'farm.milking', { block: 3, at: 7000 });
+    await damage({ cluster, db }, 'farm.milking_animal', { block: 1, at: 4000 });
     const done = await run({ schemas: ['farm'], full: true });
     expect(done.state).toBe('failed');
     expect(done.job.attemptsMade).toBe(1);
@@ -88,5 +103,87 @@ describe('integrity-check', () => {
       severity: 'critical',
       summary: expect.stringMatching(/^data corruption on main: corruption found in 2 relation/),
     });
+  }, 60_000);
+
+  it('a page that cannot be read is a finding; the check goes on past it, and with the other tables', async () => {
+    await db.query(`
+      create schema yard;
+      create table yard.pens (id int primary key, v text);
+      insert into yard.pens select g, repeat('p', 100) from generate_series(1, 2000) g;
+      create table yard.gates (id int primary key);
+      insert into yard.gates values (1), (2);`);
+    // As \`dd if=/dev/urandom bs=8192 seek=1 count=1 conv=notrunc\`: block 1 cannot be read; blocks 0
+    // and 3 are damaged in their tuples only (headers included), which verify_heapam reports.
+    await damage(
+      { cluster, db },
+      'yard.pens',
+      { block: 0, at: 7000, bytes: Buffer.alloc(400, 0x5a) },
+      { block: 1, at: 0, bytes: randomBytes(8192) },
+      { block: 3, at: 7000, bytes: Buffer.alloc(400, 0x5a) },
+    );
+    const done = await run({ schemas: ['yard'], full: true });
+    expect(done.state).toBe('failed');
+    expect(done.job.attemptsMade).toBe(1);
+    const reason = done.job.failedReason;
+    expect(reason).toMatch(/^corruption found in 1 relation\(s\): /);
+    expect(reason).toMatch(
+      /yard\.pens block 1: invalid page in block 1 of relation base\/\d+\/\d+ \(SQLSTATE XX001\)(;|$)/,
+    );
+    // Every finding is in the run's log (the reason shows the first five).
+    const log = (await rt.queues.get('integrity-check').getJobLogs(done.job.id!)).logs.join('\n');
+    expect(log).toMatch(/CORRUPTION in yard\.pens block 0: offset \d+: /); // before the unreadable page
+    expect(log).toMatch(/CORRUPTION in yard\.pens block 1: invalid page in block 1 .*\(SQLSTATE XX001\)/);
+    expect(log).toMatch(/CORRUPTION in yard\.pens block 3: offset \d+: /); // after it
+    // The clean table, checked after the damaged one (smaller), is recorded as checked.
+    const { rows } = await db.query(
+      `select relation from pgmaint.integrity_checked where relation like 'yard.%' order by 1`,
+    );
+    expect(rows.map((r) => r.relation)).toEqual(['yard.gates']);
+    expect(await corruptionAlert(rt)).toMatchObject({
+      key: 'corruption:main',
+      severity: 'critical',
+      summary: expect.stringMatching(/^data corruption on main: corruption found in 1 relation\(s\): yard\.pens /),
+    });
+  }, 60_000);
+});
+
+describe('integrity-check on a cluster with data checksums', () => {
+  let own: Harness;
+  let ownRt: Runtime;
+  let on: { cluster: PostgresInstance; db: pg.Pool };
+
+  beforeAll(async () => {
+    own = await createHarness('integrity_sums');
+    const c = await own.ownCluster({ dataChecksums: true });
+    on = { cluster: c.pg, db: c.pool };
+    on.db.on('error', () => undefined);
+    await on.db.query(`
+      create extension amcheck;
+      create schema pasture;
+      create table pasture.grazing (id int primary key, v text);
+      insert into pasture.grazing select g, repeat('g', 100) from generate_series(1, 2000) g;
+      create table pasture.fence (id int primary key);
+      insert into pasture.fence values (1);`);
+    ownRt = own.runtime({ schedules: [] });
+    await ownRt.history.migrate();
+    startWorkers(ownRt, ['integrity-check']);
+  }, 120_000);
+  afterAll(() => own.close());
+
+  it('a checksum failure is a finding naming table, block and checksums; the check goes on', async () => {
+    expect((await on.db.query('show data_checksums')).rows[0].data_checksums).toBe('on');
+    await damage(on, 'pasture.grazing', { block: 1, at: 7000 });
+    const { job } = await ownRt.queues.enqueue('integrity-check', { schemas: ['pasture'], full: true });
+    const done = await waitForFinished(ownRt.queues.get('integrity-check'), job.id!, 60_000);
+    expect(done.state).toBe('failed');
+    expect(done.job.failedReason).toMatch(
+      new RegExp(
+        '^corruption found in 1 relation\\(s\\): pasture\\.grazing block 1: invalid page in block 1 of relation ' +
+          'base/\\d+/\\d+; page verification failed, calculated checksum \\d+ but expected \\d+ \\(SQLSTATE XX001\\)',
+      ),
+    );
+    const { rows } = await on.db.query(`select relation from pgmaint.integrity_checked order by 1`);
+    expect(rows.map((r) => r.relation)).toEqual(['pasture.fence']);
+    expect(await corruptionAlert(ownRt)).toMatchObject({ key: 'corruption:main', severity: 'critical' });
   }, 60_000);
 });

@@ -31,6 +31,8 @@ export interface PostgresOptions {
   port?: number;
   /** Extra postgresql.conf lines. */
   settings?: Record<string, string | number>;
+  /** initdb --data-checksums (a new cluster only). */
+  dataChecksums?: boolean;
 }
 
 export async function startPostgres(opts: PostgresOptions): Promise<PostgresInstance> {
@@ -51,7 +53,10 @@ export async function startPostgres(opts: PostgresOptions): Promise<PostgresInst
     chownTree(dataDir, owner);
     await runAs(
       binPath('initdb'),
-      ['-D', dataDir, '-U', 'postgres', '--auth=trust', '--encoding=UTF8', '--locale=C.UTF-8', '--no-sync'],
+      [
+        ...['-D', dataDir, '-U', 'postgres', '--auth=trust', '--encoding=UTF8', '--locale=C.UTF-8', '--no-sync'],
+        ...(opts.dataChecksums ? ['--data-checksums'] : []),
+      ],
       spawnOpts,
     );
     const settings: Record<string, string | number> = {

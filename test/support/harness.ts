@@ -36,7 +36,7 @@ export interface Harness {
    * archiving or take base backups; target "main" (DATABASE_URL, WAL_ARCHIVE_DIR) points
    * at its `dairy` database from then on. Stopped by close().
    */
-  ownCluster(): Promise<{ pg: PostgresInstance; pool: pg.Pool }>;
+  ownCluster(opts?: { dataChecksums?: boolean }): Promise<{ pg: PostgresInstance; pool: pg.Pool }>;
   close(): Promise<void>;
 }
 
@@ -165,8 +165,8 @@ export async function createHarness(name: string): Promise<Harness> {
         ),
       );
     },
-    async ownCluster() {
-      const cluster = await startPostgres({ dir: path.join(dir, 'pg') });
+    async ownCluster(opts = {}) {
+      const cluster = await startPostgres({ dir: path.join(dir, 'pg'), ...opts });
       await createDatabase(cluster, 'dairy');
       const pool = new pg.Pool({ connectionString: cluster.url('dairy'), max: 4 });
       env.DATABASE_URL = cluster.url('dairy');
