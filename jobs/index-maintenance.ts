@@ -7,6 +7,10 @@
 // next run does not clean. A table that autovacuum or another index build is working on
 // is skipped with the reason. Inserts and updates go on during a rebuild: REINDEX
 // CONCURRENTLY holds SHARE UPDATE EXCLUSIVE and waits only briefly, under lock_timeout.
+// A rebuild that cannot wait (an open transaction that wrote the table) is skipped with
+// the reason and the run goes on; its invalid copy is dropped under lock_timeout too, and
+// when that cannot be done now either (the same transaction) it is kept in the result
+// and stays in the catalog, where /metrics counts it and the next run drops it.
 import type pg from 'pg';
 import { z } from 'zod';
 import { lockTimeoutSetting, schemaName, extensionsOf } from '../src/core/sql.ts';
@@ -95,10 +99,16 @@ const job = defineJob({
       await ctx.progress(2, 'looking for leftovers of interrupted rebuilds');
       const leftovers = (await client.query<{ oid: number; index: string }>(LEFTOVERS, [schemas])).rows;
       const cleaned: string[] = [];
+      /** Leftovers that could not be dropped now: the next run drops them. */
+      const kept: { index: string; reason: string }[] = [];
       for (const l of leftovers) {
         if (p.dryRun) continue;
-        await client.query(`set lock_timeout = '${p.lockTimeout}'`);
-        await client.query(`drop index concurrently if exists ${l.index}`);
+        const notNow = await dropLeftover(client, l.index, p.lockTimeout);
+        if (notNow) {
+          kept.push({ index: l.index, reason: notNow });
+          await ctx.log(`${l.index} (an interrupted REINDEX CONCURRENTLY's) not dropped now: ${notNow}`);
+          continue;
+        }
         cleaned.push(l.index);
         await ctx.log(`dropped ${l.index}, left by an interrupted REINDEX CONCURRENTLY`);
       }
@@ -129,6 +139,7 @@ const job = defineJob({
         await ctx.progress(15 + (80 * n) / candidates.length, `REINDEX INDEX CONCURRENTLY ${c.index}`);
         const outcome = await rebuild(ctx, client, c, p.lockTimeout, remaining);
         if ('error' in outcome) {
+          kept.push(...outcome.kept);
           skipped.push({ index: c.index, reason: outcome.error });
           await ctx.log(`skipped ${c.index}: ${outcome.error}`);
           if (outcome.budget) left.push(...candidates.slice(n).map((x) => x.index));
@@ -145,6 +156,7 @@ const job = defineJob({
         dryRun: p.dryRun,
         leftovers: leftovers.map((l) => l.index),
         cleaned,
+        kept,
         candidates: candidates.map(({ index, bytes, valid, bloatPercent, reason }) => ({
           index,
           bytes,
@@ -260,14 +272,17 @@ async function busyWith(client: pg.ClientBase, tableOid: number): Promise<string
   return rows[0]?.what;
 }
 
-/** One REINDEX INDEX CONCURRENTLY; a failed one's invalid copy is dropped at once. */
+/** One REINDEX INDEX CONCURRENTLY; a failed one's invalid copy is dropped at once, or kept for the next run. */
 async function rebuild(
   ctx: JobContext,
   client: pg.ClientBase,
   c: Candidate,
   lockTimeout: string,
   remainingMs: number,
-): Promise<{ bytesBefore: number; bytesAfter: number; seconds: number } | { error: string; budget?: boolean }> {
+): Promise<
+  | { bytesBefore: number; bytesAfter: number; seconds: number }
+  | { error: string; budget?: boolean; kept: { index: string; reason: string }[] }
+> {
   const t0 = Date.now();
   const bytesBefore = Number((await client.query(`select pg_relation_size($1::regclass) as b`, [c.oid])).rows[0].b);
   await client.query(`set lock_timeout = '${lockTimeout}'; set statement_timeout = ${Math.floor(remainingMs)}`);
@@ -275,9 +290,11 @@ async function rebuild(
     await client.query(`reindex index concurrently ${c.index}`);
   } catch (err) {
     const code = (err as { code?: string }).code;
-    // The copy it was building stays behind as "<name>_ccnew", invalid: drop it now. On a
-    // session that is gone this fails too: the next run sweeps the leftover, and the
-    // rebuild's own error is the one reported.
+    // The copy it was building stays behind as "<name>_ccnew", invalid: dropped now if it can
+    // be; what waits on the same transaction as the rebuild did is kept for the next run. On a
+    // session that is gone this fails too: the next run sweeps the leftover, and the rebuild's
+    // own error is the one reported.
+    const kept: { index: string; reason: string }[] = [];
     try {
       const { rows } = await client.query<{ index: string }>(
         `select quote_ident(n.nspname) || '.' || quote_ident(x.relname) as index
@@ -286,15 +303,21 @@ async function rebuild(
         [c.tableOid],
       );
       await client.query('reset statement_timeout');
-      for (const r of rows) await client.query(`drop index concurrently if exists ${r.index}`);
+      for (const r of rows) {
+        const notNow = await dropLeftover(client, r.index, lockTimeout);
+        if (!notNow) continue;
+        kept.push({ index: r.index, reason: notNow });
+        await ctx.log(`${c.index}: its invalid copy ${r.index} not dropped now (${notNow}); the next run drops it`);
+      }
     } catch (cleanupErr) {
       await ctx.log(
         `${c.index}: its invalid copy not dropped now (${(cleanupErr as Error).message}); the next run does`,
       );
       throw err;
     }
-    if (code === '55P03') return { error: `lock_timeout (${lockTimeout}) waiting for the table; left as it was` };
-    if (code === '57014') return { error: 'the time budget ran out during the rebuild; left as it was', budget: true };
+    if (code === '55P03') return { error: `lock_timeout (${lockTimeout}) waiting for the table; left as it was`, kept };
+    if (code === '57014')
+      return { error: 'the time budget ran out during the rebuild; left as it was', budget: true, kept };
     throw err;
   } finally {
     await client.query('reset statement_timeout').catch(() => undefined);
@@ -302,6 +325,22 @@ async function rebuild(
   ctx.signal.throwIfAborted();
   const bytesAfter = Number((await client.query(`select pg_relation_size($1::regclass) as b`, [c.index])).rows[0].b);
   return { bytesBefore, bytesAfter, seconds: (Date.now() - t0) / 1000 };
+}
+
+/**
+ * DROP INDEX CONCURRENTLY of an invalid leftover under lock_timeout: it waits for the
+ * transactions that use the table, as the rebuild did. Why it cannot be dropped now, or
+ * undefined once dropped; other errors (a lost session) are thrown.
+ */
+async function dropLeftover(client: pg.ClientBase, index: string, lockTimeout: string): Promise<string | undefined> {
+  await client.query(`set lock_timeout = '${lockTimeout}'`);
+  try {
+    await client.query(`drop index concurrently if exists ${index}`);
+    return undefined;
+  } catch (err) {
+    if ((err as { code?: string }).code !== '55P03') throw err;
+    return `lock_timeout (${lockTimeout}) waiting for the transactions that use the table`;
+  }
 }
 
 export default job;

@@ -1,10 +1,13 @@
 // index-maintenance on real PostgreSQL: a bloated index is rebuilt and shrinks; an
 // invalid index from a failed CREATE INDEX CONCURRENTLY is rebuilt; inserts from another
 // session go on during a rebuild; a worker killed mid-rebuild leaves leftovers that the
-// next run cleans.
+// next run cleans; an open writer makes a rebuild skipped, not the run failed, and the
+// leftover it could not drop shows in /metrics until the next run drops it.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { IndexMaintenanceResult } from '../jobs/index-maintenance.ts';
 import { startWorkers } from '../src/cli/roles.ts';
+import { HealthReader } from '../src/monitoring/health.ts';
+import { Metrics } from '../src/monitoring/metrics.ts';
 import type { Runtime } from '../src/runner/runtime.ts';
 import { createHarness, waitForFinished, waitUntil, type Harness } from './support/harness.ts';
 
@@ -172,5 +175,55 @@ describe('index-maintenance', () => {
     expect(r.cleaned.sort()).toEqual(left.map((n) => `care.${n}`).sort());
     expect(await leftovers()).toEqual([]);
     expect(await valid('care.big_v')).toBe(true);
+  }, 120_000);
+
+  it('an open writer: index skipped, the next rebuilt, the leftover kept, shown, dropped next run', async () => {
+    await h.admin.query(`
+      create schema blk;
+      create table blk.t (id int primary key, v text);
+      insert into blk.t select g, md5(g::text) from generate_series(1, 20000) g;
+      create index t_v on blk.t (v);
+      create table blk.u (id int primary key, v text);
+      insert into blk.u select g, md5(g::text) from generate_series(1, 2000) g;
+      create index u_v on blk.u (v);`);
+    const gauge = async () => {
+      await rt.history.flush();
+      const { body } = await new Metrics(new HealthReader(rt, 0)).render();
+      return /^pgmaint_index_leftovers\{target="main"\} (\d+)$/m.exec(body)?.[1];
+    };
+    const writer = await h.admin.connect();
+    try {
+      await writer.query('begin; update blk.t set v = v where id = 1');
+      // blk.t_v is the larger, so the first candidate.
+      const r = await run({ indexes: ['blk.t_v', 'blk.u_v'], lockTimeout: '1s' });
+      expect(r.candidates.map((c) => c.index)).toEqual(['blk.t_v', 'blk.u_v']);
+      expect(r.skipped).toEqual([
+        { index: 'blk.t_v', reason: 'lock_timeout (1s) waiting for the table; left as it was' },
+      ]);
+      expect(r.rebuilt.map((x) => x.index)).toEqual(['blk.u_v']);
+      // Its invalid copy waits on the same writer: kept for the next run, and counted in /metrics.
+      expect(r.kept).toEqual([{ index: 'blk.t_v_ccnew', reason: expect.stringMatching(/^lock_timeout \(1s\)/) }]);
+      expect(await leftovers()).toEqual(['t_v_ccnew']);
+      expect(await valid('blk.t_v_ccnew')).toBe(false);
+      expect(await valid('blk.t_v')).toBe(true);
+      expect(await gauge()).toBe('1');
+      // A run while the writer is still open cannot drop it either: kept again, the run succeeds.
+      const again = await run({ indexes: ['blk.u_v'], lockTimeout: '1s' });
+      expect(again.cleaned).toEqual([]);
+      expect(again.kept).toEqual([{ index: 'blk.t_v_ccnew', reason: expect.stringMatching(/^lock_timeout/) }]);
+      expect(again.rebuilt.map((x) => x.index)).toEqual(['blk.u_v']);
+      expect(await gauge()).toBe('1');
+    } finally {
+      await writer.query('commit');
+      writer.release();
+    }
+    const next = await run({ indexes: ['blk.t_v'], lockTimeout: '1s' });
+    expect(next.cleaned).toEqual(['blk.t_v_ccnew']);
+    expect(next.kept).toEqual([]);
+    expect(next.rebuilt.map((x) => x.index)).toEqual(['blk.t_v']);
+    expect(await leftovers()).toEqual([]);
+    const invalid = await h.admin.query(`select indexrelid::regclass::text from pg_index where not indisvalid`);
+    expect(invalid.rows).toEqual([]);
+    expect(await gauge()).toBe('0');
   }, 120_000);
 });

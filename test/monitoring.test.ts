@@ -267,6 +267,7 @@ describe('alerts', () => {
       errors: {},
       partitions: [],
       indexes: [],
+      indexLeftovers: [],
       queries: [],
       queues: [
         {

@@ -8,6 +8,7 @@ import type { IndexReportResult } from '../../jobs/index-report.ts';
 import type { PitrDrillResult } from '../../jobs/pitr-drill.ts';
 import type { QueryStatsSnapshotResult } from '../../jobs/query-stats-snapshot.ts';
 import { readBackupCatalog } from '../backup/catalog.ts';
+import { readIndexLeftovers, type IndexLeftoverHealth } from './index-leftovers.ts';
 import { withObjectStore } from '../backup/object-store.ts';
 import { nextRun } from '../core/cron.ts';
 import type { JobStatus } from '../runner/history.ts';
@@ -106,6 +107,8 @@ export interface HealthSnapshot {
   backups: BackupHealth[];
   partitions: PartitionHealth[];
   indexes: IndexHealth[];
+  /** Invalid leftovers of REINDEX CONCURRENTLY, per target index-maintenance has run on. */
+  indexLeftovers: IndexLeftoverHealth[];
   queries: QueryHealth[];
   /** Parts that could not be read, by name: a reading is partial rather than absent. */
   errors: Record<string, string>;
@@ -232,12 +235,14 @@ export class HealthReader {
         .catch(() => new Set<string>())
         .then((running) => Promise.all(rt.config.partitions.map((p) => partitionHealth(rt, p, now, running)))),
     ]);
+    const indexLeftovers = await readIndexLeftovers(rt, jobs);
     const backups = await part(
       'backups',
       Promise.all([...rt.config.targets.keys()].map((t) => this.backups(t, now))),
       [],
     );
-    return { at: now, ...stats, jobs, schedules, queues, backups, partitions, indexes, queries, errors };
+    const snapshot = { at: now, ...stats, jobs, schedules, queues, backups, partitions, indexes, queries };
+    return { ...snapshot, indexLeftovers, errors };
   }
 
   private async queues(): Promise<QueueHealth[]> {

@@ -142,6 +142,11 @@ export class Metrics {
         'kind',
       ]),
       indexReportAt: gauge('pgmaint_index_report_timestamp_seconds', 'When the last index-report finished', ['target']),
+      indexLeftovers: gauge(
+        'pgmaint_index_leftovers',
+        'Invalid _ccnew/_ccold indexes a REINDEX CONCURRENTLY left (the next index-maintenance run drops them)',
+        ['target'],
+      ),
       queryTime: gauge(
         'pgmaint_query_top_exec_seconds',
         'Execution time of the top statements between the last two query-stats snapshots',
@@ -214,6 +219,10 @@ export class Metrics {
       set(this.g.indexBytes!, { ...t, kind: 'unused' }, x.unusedBytes);
       set(this.g.indexBytes!, { ...t, kind: 'overlapping' }, x.overlappingBytes);
       set(this.g.indexReportAt!, t, seconds(x.finishedAt));
+    }
+    for (const x of s.indexLeftovers) {
+      if (x.error) set(this.g.scrapeErrors!, { part: `index-leftovers:${x.target}` }, 1);
+      else set(this.g.indexLeftovers!, { target: x.target }, x.indexes.length);
     }
     for (const q of s.queries) {
       for (const t of q.top) {
