@@ -46,7 +46,16 @@ describe('CLI refusals', () => {
       /^pgmaint: invalid payload: tables\.0: no partition policy with a retention for app\.nosuch/,
     ],
     [['enqueue', 'noop', '--data', '{"sleepMs":'], /^pgmaint: --data: not valid JSON/],
-    [['enqueue', 'nosuch'], /^pgmaint: enqueue: unknown job "nosuch"/],
+    [['enqueue', 'nosuch'], /^pgmaint: enqueue: unknown job "nosuch" \(known: /],
+    [['enqueue', 'bakup'], /^pgmaint: enqueue: unknown job "bakup"; did you mean "backup"\? \(known: /],
+    [
+      ['history', '--job', 'vacum-analyze'],
+      /^pgmaint: --job: unknown job "vacum-analyze"; did you mean "vacuum-analyze"\?/,
+    ],
+    [
+      ['worker', '--queues', 'archive-chek'],
+      /^pgmaint: --queues: unknown job "archive-chek"; did you mean "archive-check"\?/,
+    ],
     [['frobnicate'], /^pgmaint: unknown command "frobnicate"/],
     [['schedules', 'extra'], /^pgmaint: schedules: takes no arguments/],
   ])('%j exits 2 with one line naming the problem', async (args, message) => {
@@ -62,6 +71,33 @@ describe('CLI refusals', () => {
     expect(code).toBe(3);
     expect(out).toMatch(new RegExp(`^pgmaint: REDIS_URL: cannot reach redis://127\\.0\\.0\\.1:${deadPort}: `));
     expect(Date.now() - started).toBeLessThan(15_000);
+  });
+
+  it('server without ADMIN_TOKEN refuses at once, exit 2, before it asks Redis or PostgreSQL anything', async () => {
+    const p = h.spawnPgmaint(['server'], {
+      ADMIN_TOKEN: '',
+      REDIS_URL: `redis://127.0.0.1:${deadPort}`,
+      DATABASE_URL: `postgres://pgmaint@127.0.0.1:${deadPort}/dairy`,
+    });
+    // A server that waits for its services says so within seconds: that is the failure this rules out.
+    const outcome = await Promise.race([p.exited, p.waitFor(/cannot reach/, 30_000).then(() => 'waited for services')]);
+    expect(outcome).toBe(2);
+    expect(p.output().trim()).toMatch(/^pgmaint: ADMIN_TOKEN: required for the server \(at least 16 characters\)/);
+    expect(p.output().trim().split('\n')).toHaveLength(1);
+  });
+
+  it('seed with its database unreachable exits 3, naming DATABASE_URL', async () => {
+    const { code, out } = await refused(['seed', '--scale', 'small'], {
+      DATABASE_URL: `postgres://pgmaint:secret@127.0.0.1:${deadPort}/dairy`,
+    });
+    expect(code).toBe(3);
+    expect(out).toMatch(
+      new RegExp(
+        `^pgmaint: DATABASE_URL: cannot reach PostgreSQL at postgres://pgmaint:\\*{3}@127\\.0\\.0\\.1:` +
+          `${deadPort}/dairy: `,
+      ),
+    );
+    expect(out).not.toContain('secret');
   });
 
   it('a refusal is exit 2 even with the services away; a history read without its database is exit 3', async () => {

@@ -69,6 +69,9 @@ describe('HTTP API', () => {
       .send('{"sleepMs": ')
       .expect(400);
     await request(app).post('/api/jobs/no-such-job').set(admin).send({}).expect(404);
+    const misspelt = await request(app).post('/api/jobs/bakup').set(admin).send({}).expect(404);
+    expect(misspelt.body.error).toMatch(/^unknown job "bakup"; did you mean "backup"\? \(known: .*\bbackup\b/);
+    expect(misspelt.body.jobs).toContain('backup');
     await request(app).get('/api/jobs/noop/999999').set(admin).expect(404);
     await request(app).get('/api/jobs/nope/1').set(admin).expect(404);
   });

@@ -12,6 +12,7 @@ import { decryptStream, encryptStream } from '../src/backup/encryption.ts';
 import { DiskFlush } from '../src/backup/base-backup-files.ts';
 import { CopyRowCounter } from '../src/backup/partition-archive.ts';
 import { childEnv, runPipeline, runProcess } from '../src/core/proc.ts';
+import { didYouMean } from '../src/core/suggest.ts';
 import { DateTime } from 'luxon';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { planMissing } from '../jobs/create-partitions.ts';
@@ -77,6 +78,20 @@ describe('classifyError', () => {
     expect(exitCodeFor(sqlError('42P01'))).toBe(1);
     expect(exitCodeFor(new Error('x'))).toBe(1);
     expect(exitCodeFor('not an error')).toBe(1);
+  });
+});
+
+describe('didYouMean', () => {
+  const jobs = ['backup', 'base-backup', 'archive-check', 'vacuum-analyze', 'noop'];
+  it('names the one known name near a typo, in letter case, an edit or two, or a prefix; else nothing', () => {
+    expect(didYouMean('bakup', jobs)).toBe('; did you mean "backup"?');
+    expect(didYouMean('Backup', jobs)).toBe('; did you mean "backup"?');
+    expect(didYouMean('archive-chekc', jobs)).toBe('; did you mean "archive-check"?');
+    expect(didYouMean('vacuum', jobs)).toBe('; did you mean "vacuum-analyze"?');
+    expect(didYouMean('dryrun', ['target', 'dryRun'])).toBe('; did you mean "dryRun"?');
+    expect(didYouMean('nosuch', jobs)).toBe('');
+    expect(didYouMean('nop', ['noop', 'nope'])).toBe('; did you mean "noop"?');
+    expect(didYouMean('xy', ['xz'])).toBe('');
   });
 });
 

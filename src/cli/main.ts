@@ -8,7 +8,7 @@ import { ConfigError, exitCodeFor, UsageError } from '../core/errors.ts';
 import { redact } from '../core/redact.ts';
 import { runMonitorProcess, runServerProcess, runWorkerProcess } from './roles.ts';
 import type { Runtime } from '../runner/runtime.ts';
-import { createRuntime } from '../pgmaint.ts';
+import { checkJobsAndSchedules, createRuntime } from '../pgmaint.ts';
 import { ago, humanDuration, renderTable } from './table.ts';
 
 const USAGE = `pgmaint — maintenance job runner for PostgreSQL
@@ -85,8 +85,7 @@ async function enqueue(args: string[]): Promise<number> {
   // The job name and the payload are checked before Redis is asked anything: a refusal is exit 2 even
   // with Redis away.
   const validate = (rt: Runtime) => {
-    if (!rt.registry.get(name))
-      throw new UsageError(`enqueue: unknown job "${name}" (known: ${rt.registry.names().join(', ')})`);
+    if (!rt.registry.get(name)) throw new UsageError(`enqueue: ${rt.registry.unknownJob(name)}`);
     rt.registry.parsePayload(name, data);
   };
   return withRuntime(
@@ -158,7 +157,10 @@ async function seed(args: string[]): Promise<void> {
   if (!url) throw new ConfigError('DATABASE_URL: is required (not set)');
   const { seedDairy } = await import('../dev/dairy.ts');
   const t0 = Date.now();
-  const counts = await seedDairy(url, scale, { log: (m) => process.stderr.write(`${m}\n`) });
+  const counts = await seedDairy(url, scale, {
+    log: (m) => process.stderr.write(`${m}\n`),
+    urlSource: 'DATABASE_URL',
+  });
   process.stdout.write(`${JSON.stringify({ scale, seconds: (Date.now() - t0) / 1000, rows: counts }, null, 2)}\n`);
 }
 
@@ -199,13 +201,16 @@ async function demo(args: string[]): Promise<void> {
     offsite: { type: 'boolean' },
   });
   const scale = await scaleArg(values.scale!);
-  // Before anything starts: a taken port must not leave a PostgreSQL and a Redis behind.
+  const { claimDemoDir, demoConfigFiles, startDemoStack } = await import('../dev/demo.ts');
+  const dir = path.resolve(values.dir ?? '.pgmaint-demo');
+  // Before anything starts: another demo in this directory, a mistake in PGMAINT_CONFIG or a
+  // taken port must not leave a PostgreSQL and a Redis behind.
+  claimDemoDir(dir);
+  const configFiles = demoConfigFiles(dir, checkJobsAndSchedules);
   process.env.PORT = String(await demoPort());
   // Job logs are in Bull Board; the terminal keeps warnings, so the banner stays in view.
   process.env.LOG_LEVEL ||= 'warn';
-  const { startDemoStack } = await import('../dev/demo.ts');
-  const dir = path.resolve(values.dir ?? '.pgmaint-demo');
-  const stack = await startDemoStack(dir, scale, { offsite: values.offsite });
+  const stack = await startDemoStack(dir, scale, { offsite: values.offsite, configFiles });
   Object.assign(process.env, stack.env);
   let started: Awaited<ReturnType<typeof runServerProcess>>;
   try {
@@ -214,13 +219,26 @@ async function demo(args: string[]): Promise<void> {
     await stack.stop().catch(() => undefined);
     throw err;
   }
-  started.rt.afterClose(() => stack.stop());
+  const grace = started.rt.config.worker.shutdownTimeoutMs / 1000;
+  let stopping = false;
+  const sayStopping = () => {
+    if (!stopping)
+      process.stderr.write(`\npgmaint demo: stopping (running jobs get up to ${grace} s), then Redis and PostgreSQL\n`);
+    stopping = true;
+  };
+  process.on('SIGINT', sayStopping).on('SIGTERM', sayStopping);
+  started.rt.afterClose(async () => {
+    await stack.stop();
+    process.stderr.write(`pgmaint demo: stopped; its PostgreSQL and Redis are down (data kept in ${dir})\n`);
+  });
   const url = `http://localhost:${started.port}`;
   process.stderr.write(
     `\npgmaint demo is up.\n  Bull Board: ${url}/admin/queues  (sign in with the admin token)\n  admin token:  ` +
       `${stack.env.ADMIN_TOKEN}\n  viewer token: ${stack.env.VIEWER_TOKEN}\n` +
       `  try: curl -X POST -H "Authorization: Bearer ${stack.env.ADMIN_TOKEN}" -H 'content-type: application/json' ` +
       `-d '{}' ${url}/api/jobs/backup\n` +
+      (stack.offsite ? `  off-site mode: ${stack.offsite}\n` : '') +
+      (configFiles.length ? `  config: the demo's, then PGMAINT_CONFIG's ${configFiles.join(', ')}\n` : '') +
       `  env for other commands: source ${path.join(dir, 'env.sh')}  (then: pgmaint status)\n` +
       `  logs: warnings only here (LOG_LEVEL=${process.env.LOG_LEVEL}); every run's log is in Bull Board, ` +
       `LOG_LEVEL=info shows them here too\n  Ctrl-C stops everything.\n\n`,
@@ -299,7 +317,7 @@ export async function main(argv: string[]): Promise<void> {
           throw new UsageError(`--limit: must be a whole number from 1 to 1000 (got "${limit}")`);
         const validate = (rt: Runtime) => {
           if (values.job !== undefined && !rt.registry.get(values.job))
-            throw new UsageError(`--job: unknown job "${values.job}" (known: ${rt.registry.names().join(', ')})`);
+            throw new UsageError(`--job: ${rt.registry.unknownJob(values.job)}`);
         };
         await withRuntime(
           async (rt) => {

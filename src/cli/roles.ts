@@ -2,7 +2,8 @@
 // taking jobs, finish or abort the current ones within worker.shutdownTimeoutMs,
 // then close the HTTP server, queues and pools in reverse order of start-up.
 import { UsageError } from '../core/errors.ts';
-import { startMonitor, startServer } from '../http/server.ts';
+import { loadConfig } from '../core/config.ts';
+import { requireServerAuth, startMonitor, startServer } from '../http/server.ts';
 import type { Runtime } from '../runner/runtime.ts';
 import { WorkerRuntime } from '../runner/worker.ts';
 import { createRuntime } from '../pgmaint.ts';
@@ -49,9 +50,10 @@ export async function runWorkerProcess(opts: { only?: string[] } = {}): Promise<
   // Workers wait for Redis through an outage and carry on (the schedule sync at start too).
   const rt = createRuntime({ redis: 'patient' });
   const unknown = (opts.only ?? []).filter((q) => !rt.registry.get(q));
+  if (unknown.length === 1) throw new UsageError(`--queues: ${rt.registry.unknownJob(unknown[0]!)}`);
   if (unknown.length || opts.only?.length === 0) {
     throw new UsageError(
-      `--queues: ${unknown.length ? `unknown job ${unknown.map((q) => `"${q}"`).join(', ')}` : 'is empty'} (known: ` +
+      `--queues: ${unknown.length ? `unknown jobs ${unknown.map((q) => `"${q}"`).join(', ')}` : 'is empty'} (known: ` +
         `${rt.registry.names().join(', ')})`,
     );
   }
@@ -65,7 +67,10 @@ export async function runWorkerProcess(opts: { only?: string[] } = {}): Promise<
 
 /** The server role; resolves with the runtime and the port it listens on (PORT=0 picks a free one). */
 export async function runServerProcess(opts: { withWorkers?: boolean } = {}): Promise<{ rt: Runtime; port: number }> {
-  const rt = createRuntime();
+  // Refused before a connection to Redis or PostgreSQL is even opened.
+  const config = loadConfig();
+  requireServerAuth(config);
+  const rt = createRuntime({ config });
   onSignals(rt);
   try {
     await rt.waitForServices();

@@ -6,6 +6,8 @@ import { DateTime } from 'luxon';
 import pg from 'pg';
 import { withTransaction } from '../core/sql.ts';
 import { BUSINESS_TIME_ZONE } from '../core/constants.ts';
+import { ServiceUnavailableError } from '../core/errors.ts';
+import { safeUrl } from '../core/redact.ts';
 
 export const DAIRY_SCHEMA = `
 create schema if not exists catalog;
@@ -104,13 +106,18 @@ function partitionDdl(months: number, iotDays: number, now: DateTime): string {
 export async function seedDairy(
   url: string,
   scale: Scale = 'default',
-  opts: { now?: Date; log?: (m: string) => void } = {},
+  opts: { now?: Date; log?: (m: string) => void; urlSource?: string } = {},
 ): Promise<Record<string, number>> {
   const s = SCALES[scale];
   const now = DateTime.fromJSDate(opts.now ?? new Date());
   const log = opts.log ?? (() => undefined);
-  const client = new pg.Client({ connectionString: url });
-  await client.connect();
+  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 10_000 });
+  // A database that does not answer is named by the variable that points at it (exit 3 in the CLI).
+  await client.connect().catch((err: Error) => {
+    throw new ServiceUnavailableError(
+      `${opts.urlSource ?? 'database URL'}: cannot reach PostgreSQL at ${safeUrl(url)}: ${err.message}`,
+    );
+  });
   try {
     await client.query(DAIRY_SCHEMA);
     await client.query(partitionDdl(s.months, s.iotDays, now));

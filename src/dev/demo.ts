@@ -6,17 +6,26 @@ import path from 'node:path';
 import { newToken, writeEnvFile } from './env-file.ts';
 import { seedDairy, type Scale } from './dairy.ts';
 import { createDatabase, type PostgresInstance, startPostgres, startRedis } from './devstack.ts';
+import { DEMO_CONFIG_FILE, offsiteConfigFile } from './demo-dir.ts';
 import pg from 'pg';
 import { UsageError } from '../core/errors.ts';
 
-/** The demo's configuration, the same file docker-compose.yml mounts. */
-export const DEMO_CONFIG_FILE = path.resolve(import.meta.dirname, '../../docker/pgmaint.yaml');
+export { claimDemoDir, DEMO_CONFIG_FILE, demoConfigFiles } from './demo-dir.ts';
+
+export interface DemoStack {
+  env: Record<string, string>;
+  /** What the banner says about off-site mode: where the backups go, or undefined. */
+  offsite?: string;
+  /** Stops PostgreSQL and Redis (and the S3 server); rejects, naming the command, if PostgreSQL stays up. */
+  stop(): Promise<void>;
+}
 
 export async function startDemoStack(
   dir: string,
   scale: Scale = 'default',
-  opts: { offsite?: boolean } = {},
-): Promise<{ env: Record<string, string>; stop(): Promise<void> }> {
+  opts: { offsite?: boolean; configFiles?: string[]; log?: (message: string) => void } = {},
+): Promise<DemoStack> {
+  const log = opts.log ?? ((m: string) => process.stderr.write(`${m}\n`));
   fs.mkdirSync(dir, { recursive: true });
   const tokensFile = path.join(dir, 'tokens.json');
   const tokens = fs.existsSync(tokensFile)
@@ -27,20 +36,40 @@ export async function startDemoStack(
   tokens.backupKey ??= randomBytes(32).toString('base64');
   fs.writeFileSync(tokensFile, JSON.stringify(tokens), { mode: 0o600 });
 
-  const postgres = await startPostgres({ dir: path.join(dir, 'pg') });
-  const redis = await startRedis({ dir: path.join(dir, 'redis'), appendonly: true });
+  // Every start archives as its mode says: what an earlier --offsite run set with ALTER SYSTEM
+  // (archive-push to a bucket that is gone now) is dropped before the server starts, so the
+  // local archive_command of postgresql.conf holds until --offsite sets its own again.
+  const postgres = await startPostgres({
+    dir: path.join(dir, 'pg'),
+    resetAlterSystem: ['archive_mode', 'archive_command'],
+    log,
+  });
+  let redis: Awaited<ReturnType<typeof startRedis>> | undefined;
   let offsite: { stop(): Promise<void> } | undefined;
-  // PostgreSQL first: its archiver still pushes WAL to the off-site bucket while it stops.
+  // If this process exits without stop() (a second Ctrl-C, a crash), nothing stays running.
+  const emergencyStop = () => {
+    redis?.process.kill('SIGTERM');
+    postgres.stopSync();
+    log('pgmaint demo: exiting before a clean stop; Redis and PostgreSQL stopped at once (immediate shutdown)');
+  };
+  process.on('exit', emergencyStop);
+  // PostgreSQL before S3: its archiver still pushes WAL to the off-site bucket while it stops.
   const stopAll = async () => {
-    await redis.stop();
-    await postgres.stop();
-    await offsite?.stop();
+    try {
+      await redis?.stop();
+      await postgres.stop('fast');
+      process.off('exit', emergencyStop);
+    } finally {
+      await offsite?.stop();
+    }
   };
   const env: Record<string, string> = {};
+  let offsiteSummary: string | undefined;
   // Whatever fails from here on, the servers this started are stopped: no orphans.
   try {
+    redis = await startRedis({ dir: path.join(dir, 'redis'), appendonly: true, log });
     await createDatabase(postgres, 'dairy');
-    await seedDairy(postgres.url('dairy'), scale, { log: (m) => console.error(`seed ${m}`) });
+    await seedDairy(postgres.url('dairy'), scale, { log: (m) => log(`seed ${m}`) });
     Object.assign(env, {
       DATABASE_URL: postgres.url('dairy'),
       REDIS_URL: redis.url,
@@ -50,26 +79,24 @@ export async function startDemoStack(
       VIEWER_TOKEN: tokens.viewer as string,
       PORT: process.env.PORT ?? '3000',
     });
-    // The dairy ERP's policies, cache queries and drill tables: the file compose mounts too.
-    Object.assign(env, { PGMAINT_CONFIG: DEMO_CONFIG_FILE });
+    // The dairy ERP's policies, cache queries and drill tables (the file compose mounts too),
+    // then with --offsite the bucket's file, then the caller's PGMAINT_CONFIG files, in that order.
+    const files = [DEMO_CONFIG_FILE];
     if (opts.offsite) {
       const extra = await startOffsite(dir, postgres, tokens);
       offsite = extra;
       Object.assign(env, extra.env);
-      // A second file laid over the first (PGMAINT_CONFIG takes a comma-separated list).
-      const offsiteFile = path.join(dir, 'pgmaint-offsite.json');
-      fs.writeFileSync(offsiteFile, JSON.stringify(extra.config, null, 2));
-      env.PGMAINT_CONFIG = `${DEMO_CONFIG_FILE},${offsiteFile}`;
+      fs.writeFileSync(offsiteConfigFile(dir), JSON.stringify(extra.config, null, 2));
+      files.push(offsiteConfigFile(dir));
+      offsiteSummary = extra.summary;
     }
+    env.PGMAINT_CONFIG = [...files, ...(opts.configFiles ?? [])].join(',');
     writeEnvFile(path.join(dir, 'env.sh'), env);
   } catch (err) {
     await stopAll().catch(() => undefined);
     throw err;
   }
-  return {
-    env,
-    stop: stopAll,
-  };
+  return { env, offsite: offsiteSummary, stop: stopAll };
 }
 
 /**
@@ -81,7 +108,7 @@ async function startOffsite(
   dir: string,
   postgres: PostgresInstance,
   tokens: { cipherPass: string; backupKey: string },
-): Promise<{ env: Record<string, string>; config: object; stop(): Promise<void> }> {
+): Promise<{ env: Record<string, string>; config: object; summary: string; stop(): Promise<void> }> {
   const { startS3 } = await import('./s3.ts').catch(() => {
     throw new UsageError('--offsite needs the development dependencies (npm ci) for its local S3 server');
   });
@@ -111,6 +138,9 @@ async function startOffsite(
         },
         encryption: { keyId: 'demo', keyEnv: 'PGMAINT_BACKUP_KEY' },
       },
+      summary:
+        `WAL and base backups through pgBackRest (stanza ${stanza.stanza}), dumps and partition archives, ` +
+        `encrypted, to bucket ${s3.bucket} at ${s3.endpoint} (a local S3 server)`,
       stop: () => s3.stop(),
     };
   } catch (err) {

@@ -106,7 +106,7 @@ function unknownQuery(req: ApiRequest, known: string[]): ApiResponse | undefined
 
 export const enqueueJob: Handler = async ({ rt }, req) => {
   const name = req.params.name!;
-  if (!rt.registry.get(name)) return error(404, `unknown job "${name}"`, { jobs: rt.registry.names() });
+  if (!rt.registry.get(name)) return error(404, rt.registry.unknownJob(name), { jobs: rt.registry.names() });
   const refusal = unknownQuery(req, []) ?? redisUnavailable(rt, 'nothing was enqueued, try again');
   if (refusal) return refusal;
   try {
@@ -171,7 +171,7 @@ export const listHistory: Handler = async ({ rt }, req) => {
     });
   }
   if (job !== undefined && (typeof job !== 'string' || !rt.registry.get(job))) {
-    return error(400, `job: unknown job ${JSON.stringify(job)} (known: ${rt.registry.names().join(', ')})`, {
+    return error(400, `job: ${rt.registry.unknownJob(String(job))}`, {
       issues: [{ path: 'job', message: 'unknown job' }],
     });
   }

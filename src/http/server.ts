@@ -2,6 +2,7 @@
 // and run-history retention.
 import type { Server } from 'node:http';
 import { AlertMonitor, webhookNotifier } from '../monitoring/alerts.ts';
+import type { Config } from '../core/config.ts';
 import { ConfigError } from '../core/errors.ts';
 import { HealthReader } from '../monitoring/health.ts';
 import { Metrics } from '../monitoring/metrics.ts';
@@ -14,12 +15,7 @@ export async function startServer(
   opts: { port?: number; host?: string; enqueueRateLimit?: number; healthCacheMs?: number } = {},
 ): Promise<{ server: Server; port: number; monitor: AlertMonitor }> {
   const { config, logger } = rt;
-  if (!config.adminToken && !config.insecureNoAuth) {
-    throw new ConfigError(
-      'ADMIN_TOKEN: required for the server (at least 16 characters); a local demo may set ' +
-        'PGMAINT_INSECURE_NO_AUTH=1 instead',
-    );
-  }
+  requireServerAuth(config);
   if (config.insecureNoAuth) {
     logger.warn(
       '!!! PGMAINT_INSECURE_NO_AUTH is set: the API and Bull Board are open to anyone who can reach this port, with ' +
@@ -63,6 +59,16 @@ export async function startServer(
   );
   logger.info({ host: opts.host ?? config.host, port, board: `/admin/queues` }, 'server listening');
   return { server, port, monitor };
+}
+
+/** The server's refusal to start without ADMIN_TOKEN: checked before Redis or PostgreSQL is asked anything. */
+export function requireServerAuth(config: Config): void {
+  if (!config.adminToken && !config.insecureNoAuth) {
+    throw new ConfigError(
+      'ADMIN_TOKEN: required for the server (at least 16 characters); a local demo may set ' +
+        'PGMAINT_INSECURE_NO_AUTH=1 instead',
+    );
+  }
 }
 
 /** "PORT: 3000 is in use on 0.0.0.0" rather than a bare EADDRINUSE. */

@@ -3,6 +3,7 @@
 import type { Config } from '../core/config.ts';
 import type { AnyJobDefinition, RunDefaults } from './job-definition.ts';
 import { ConfigError, PayloadError } from '../core/errors.ts';
+import { didYouMean } from '../core/suggest.ts';
 
 export interface RegisteredJob {
   def: AnyJobDefinition;
@@ -30,8 +31,7 @@ export class Registry {
       this.jobs.set(def.name, { def, run, strictPayload: def.payload.strict() });
     }
     for (const name of Object.keys(config.jobs)) {
-      if (!this.jobs.has(name))
-        throw new ConfigError(`config jobs.${name}: no such job (known: ${this.names().join(', ')})`);
+      if (!this.jobs.has(name)) throw new ConfigError(`config jobs.${name}: no such job${this.hintFor(name)}`);
     }
   }
 
@@ -41,6 +41,16 @@ export class Registry {
 
   get(name: string): RegisteredJob | undefined {
     return this.jobs.get(name);
+  }
+
+  /** `unknown job "bakup"; did you mean "backup"? (known: …)`: how every caller refuses a job name. */
+  unknownJob(name: string): string {
+    return `unknown job ${JSON.stringify(name)}${this.hintFor(name)}`;
+  }
+
+  /** `; did you mean "backup"? (known: …)`, or only the list when no job name is near. */
+  hintFor(name: string): string {
+    return `${didYouMean(name, this.names())} (known: ${this.names().join(', ')})`;
   }
 
   /**
@@ -85,10 +95,9 @@ export class Registry {
   }
 }
 
-/** "unknown field (known: a, b)", with a hint when only the letter case is off. */
+/** "unknown field (known: a, b)", with a hint when a known key is near (letter case, a typo). */
 function unknownKeyMessage(key: string, known: string[]): string {
-  const near = known.find((k) => k.toLowerCase() === key.toLowerCase());
-  return `unknown field${near ? `; did you mean "${near}"?` : ''} (known: ${known.join(', ')})`;
+  return `unknown field${didYouMean(key, known)} (known: ${known.join(', ')})`;
 }
 
 /** A stable text of a parsed payload (keys sorted), so equal requests compare equal. */

@@ -47,13 +47,7 @@ export class Runtime {
     schedules: RuntimeOptions['schedules'],
     redisMode: RedisMode = 'bounded',
   ) {
-    this.registry = new Registry(jobs, config);
-    const defaults = typeof schedules === 'function' ? schedules(config) : schedules;
-    this.schedules = resolveSchedules(
-      applyScheduleEntries(defaults, config.schedules, config.businessTimeZone),
-      this.registry,
-      config.scheduler.disabled,
-    );
+    ({ registry: this.registry, schedules: this.schedules } = resolveJobs(config, jobs, schedules));
     this.connections = new Connections(config);
     // History writes get a pool of their own so they never wait behind a job's queries.
     this.history = new RunHistory(this.connections.pool(config.history.target, 'history'), {
@@ -165,6 +159,27 @@ function connected(connection: RedisClient, ms: number): Promise<void> {
     connection.once('ready', onReady);
     connection.once('error', done);
   });
+}
+
+/**
+ * The job registry and the schedules a config gives, with every refusal of the config's
+ * jobs and schedules sections; opens no connection.
+ */
+export function resolveJobs(
+  config: Config,
+  jobs: readonly AnyJobDefinition[],
+  schedules: RuntimeOptions['schedules'],
+): { registry: Registry; schedules: ResolvedSchedule[] } {
+  const registry = new Registry(jobs, config);
+  const defaults = typeof schedules === 'function' ? schedules(config) : schedules;
+  return {
+    registry,
+    schedules: resolveSchedules(
+      applyScheduleEntries(defaults, config.schedules, config.businessTimeZone),
+      registry,
+      config.scheduler.disabled,
+    ),
+  };
 }
 
 /** Rejects after `ms` with "no answer in Ns"; the late promise's own failure is swallowed. */

@@ -120,8 +120,7 @@ export function resolveSchedules(
     if (!SCHEDULE_ID.test(s.id)) throw new ConfigError(`${where('id')}: must be lower-case letters, digits, _ . -`);
     if (seen.has(s.id)) throw new ConfigError(`${where('id')}: "${s.id}" is used twice`);
     seen.add(s.id);
-    if (!registry.get(s.job))
-      throw new ConfigError(`${where('job')}: no job "${s.job}" (known: ${registry.names().join(', ')})`);
+    if (!registry.get(s.job)) throw new ConfigError(`${where('job')}: no job "${s.job}"${registry.hintFor(s.job)}`);
     if (!IANAZone.isValidZone(s.tz))
       throw new ConfigError(`${where('tz')}: "${s.tz}" is not an IANA time zone (e.g. Asia/Dhaka, UTC)`);
     // A cron that parses but never fires ("0 3 31 2 *") is refused here too, before the

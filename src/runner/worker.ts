@@ -101,8 +101,7 @@ export class WorkerRuntime {
     const connection = this.opts.connections.redis('pgmaint-worker');
     for (const name of this.queueNames) {
       const registered = this.opts.registry.get(name);
-      if (!registered)
-        throw new UsageError(`--queues: unknown job "${name}" (known: ${this.opts.registry.names().join(', ')})`);
+      if (!registered) throw new UsageError(`--queues: ${this.opts.registry.unknownJob(name)}`);
       const worker = new Worker<JobData>(name, (job, token) => this.process(job, token), {
         connection,
         prefix: config.redis.prefix,
