@@ -21,7 +21,7 @@ afterAll(async () => {
   await h.close();
   // A failed test may leave a demo's PostgreSQL (a session of its own) or Redis running.
   for (const pidFile of [
-    ...['demo-free', 'demo-leftovers', 'stale'].map((d) => path.join(h.dir, d, 'pg/data/postmaster.pid')),
+    ...['demo-free', 'demo-bad-config', 'demo-leftovers', 'stale'].map((d) => path.join(h.dir, d, 'pg/data/postmaster.pid')),
     path.join(h.dir, 'demo-leftovers/redis/redis.pid'),
   ]) {
     const pid = fs.existsSync(pidFile) ? Number(fs.readFileSync(pidFile, 'utf8').split('\n')[0]) : 0;
