@@ -9,13 +9,17 @@ import path from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createHarness, type Harness, type Spawned } from './support/harness.ts';
+import { stopLeftovers } from './support/leftovers.ts';
 
 let h: Harness;
 
 beforeAll(async () => {
   h = await createHarness('demo_offsite');
 });
-afterAll(() => h.close());
+afterAll(async () => {
+  await h.close();
+  stopLeftovers([path.join(h.dir, 'demo/pg/data')]);
+});
 
 const processesUnder = (dir: string) =>
   execFileSync('ps', ['-eo', 'args'])

@@ -10,8 +10,10 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { postgresUser } from '../src/core/local-postgres.ts';
 import { startPostgres } from '../src/dev/devstack.ts';
 import { createHarness, type Harness, waitUntil } from './support/harness.ts';
+import { stopLeftovers } from './support/leftovers.ts';
 
 let h: Harness;
 beforeAll(async () => {
@@ -19,14 +21,13 @@ beforeAll(async () => {
 });
 afterAll(async () => {
   await h.close();
-  // A failed test may leave a demo's PostgreSQL (a session of its own) or Redis running.
-  for (const pidFile of [
-    ...['demo-free', 'demo-bad-config', 'demo-leftovers', 'stale'].map((d) => path.join(h.dir, d, 'pg/data/postmaster.pid')),
-    path.join(h.dir, 'demo-leftovers/redis/redis.pid'),
-  ]) {
-    const pid = fs.existsSync(pidFile) ? Number(fs.readFileSync(pidFile, 'utf8').split('\n')[0]) : 0;
-    if (pid) process.kill(pid, pidFile.endsWith('postmaster.pid') ? 'SIGQUIT' : 'SIGTERM');
-  }
+  stopLeftovers(
+    [
+      ...['demo-free', 'demo-bad-config', 'demo-leftovers'].map((d) => path.join(h.dir, d, 'pg/data')),
+      path.join(h.dir, 'stale/data'),
+    ],
+    [path.join(h.dir, 'demo-leftovers/redis')],
+  );
 });
 
 /** Listens on a port (0: any) until closed. */
@@ -147,8 +148,12 @@ describe('pgmaint demo', () => {
     const dir = path.join(h.dir, 'stale');
     const cluster = await startPostgres({ dir });
     await cluster.stop();
-    // After a reboot the PID in the file may belong to anything: here, a sleep.
-    const decoy = spawn('sleep', ['600'], { stdio: 'ignore' });
+    // After a reboot the PID in the file may belong to anything: here, a process of the server's
+    // own OS user that shrugs off pg_ctl's stop signals.
+    const decoy = spawn('sh', ['-c', 'trap "" INT TERM QUIT; exec sleep 600'], {
+      stdio: 'ignore',
+      ...postgresUser(),
+    });
     const pidFile = path.join(cluster.dataDir, 'postmaster.pid');
     fs.writeFileSync(pidFile, `${decoy.pid}\n${cluster.dataDir}\n`);
     const logged: string[] = [];
@@ -160,9 +165,9 @@ describe('pgmaint demo', () => {
       await again.stop();
       expect(fs.existsSync(pidFile)).toBe(false);
     } finally {
-      decoy.kill();
+      decoy.kill('SIGKILL');
     }
-  }, 60_000);
+  }, 150_000);
 
   it("a killed demo's servers are stopped at the next start, a second demo in that directory is refused, and " +
     'Ctrl-C stops everything even with archiving hung', async () => {
