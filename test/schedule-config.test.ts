@@ -134,7 +134,9 @@ describe('schedules from the config file', () => {
     expect(refusal(entry({ cron: '0 0 3 * * *' }))).toMatch(/^schedules\.0\.cron: cron "0 0 3 \* \* \*" must have 5/);
     expect(refusal(entry({ cron: '0 25 * * *' }))).toMatch(/^schedules\.0\.cron: .*hour value "25" is out of range/);
     expect(refusal(entry({ tz: 'Asia/Dacca-ish' }))).toMatch(/^schedules\.0\.tz: "Asia\/Dacca-ish" is not an IANA/);
-    expect(refusal(entry({ job: 'vacuum' }))).toMatch(/^schedules\.0\.job: no job "vacuum" \(known: .*vacuum-analyze/);
+    expect(refusal(entry({ job: 'vacuum' }))).toMatch(
+      /^schedules\.0\.job: no job "vacuum"; did you mean "vacuum-analyze"\? \(known: .*vacuum-analyze/,
+    );
     expect(refusal(entry({ target: 'nowhere' }))).toMatch(/^schedules\.0\.payload\.target: unknown target "nowhere"/);
     expect(refusal(entry({ payload: { budgetSeconds: 'ten' } }))).toMatch(/^schedules\.0\.payload\.budgetSeconds: /);
     expect(refusal(entry({ payload: { dryrun: true } }))).toMatch(

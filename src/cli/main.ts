@@ -219,30 +219,9 @@ async function demo(args: string[]): Promise<void> {
     await stack.stop().catch(() => undefined);
     throw err;
   }
-  const grace = started.rt.config.worker.shutdownTimeoutMs / 1000;
-  let stopping = false;
-  const sayStopping = () => {
-    if (!stopping)
-      process.stderr.write(`\npgmaint demo: stopping (running jobs get up to ${grace} s), then Redis and PostgreSQL\n`);
-    stopping = true;
-  };
-  process.on('SIGINT', sayStopping).on('SIGTERM', sayStopping);
-  started.rt.afterClose(async () => {
-    await stack.stop();
-    process.stderr.write(`pgmaint demo: stopped; its PostgreSQL and Redis are down (data kept in ${dir})\n`);
-  });
-  const url = `http://localhost:${started.port}`;
-  process.stderr.write(
-    `\npgmaint demo is up.\n  Bull Board: ${url}/admin/queues  (sign in with the admin token)\n  admin token:  ` +
-      `${stack.env.ADMIN_TOKEN}\n  viewer token: ${stack.env.VIEWER_TOKEN}\n` +
-      `  try: curl -X POST -H "Authorization: Bearer ${stack.env.ADMIN_TOKEN}" -H 'content-type: application/json' ` +
-      `-d '{}' ${url}/api/jobs/backup\n` +
-      (stack.offsite ? `  off-site mode: ${stack.offsite}\n` : '') +
-      (configFiles.length ? `  config: the demo's, then PGMAINT_CONFIG's ${configFiles.join(', ')}\n` : '') +
-      `  env for other commands: source ${path.join(dir, 'env.sh')}  (then: pgmaint status)\n` +
-      `  logs: warnings only here (LOG_LEVEL=${process.env.LOG_LEVEL}); every run's log is in Bull Board, ` +
-      `LOG_LEVEL=info shows them here too\n  Ctrl-C stops everything.\n\n`,
-  );
+  stack.announceStopOnSignals(started.rt.config.worker.shutdownTimeoutMs);
+  started.rt.afterClose(() => stack.stop());
+  process.stderr.write(stack.banner(`http://localhost:${started.port}`));
 }
 
 export async function main(argv: string[]): Promise<void> {

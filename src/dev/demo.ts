@@ -14,10 +14,12 @@ export { claimDemoDir, DEMO_CONFIG_FILE, demoConfigFiles } from './demo-dir.ts';
 
 export interface DemoStack {
   env: Record<string, string>;
-  /** What the banner says about off-site mode: where the backups go, or undefined. */
-  offsite?: string;
-  /** Stops PostgreSQL and Redis (and the S3 server); rejects, naming the command, if PostgreSQL stays up. */
+  /** Stops PostgreSQL and Redis (and the S3 server), and says so; rejects, naming the command, if PostgreSQL stays. */
   stop(): Promise<void>;
+  /** On SIGINT or SIGTERM, says at once that the demo stops and how long running jobs get. */
+  announceStopOnSignals(shutdownTimeoutMs: number): void;
+  /** What the terminal shows once the server listens at `url`: URL, tokens, mode, env.sh; Ctrl-C last. */
+  banner(url: string): string;
 }
 
 export async function startDemoStack(
@@ -59,6 +61,7 @@ export async function startDemoStack(
       await redis?.stop();
       await postgres.stop('fast');
       process.off('exit', emergencyStop);
+      log(`pgmaint demo: stopped; its PostgreSQL and Redis are down (data kept in ${dir})`);
     } finally {
       await offsite?.stop();
     }
@@ -96,7 +99,32 @@ export async function startDemoStack(
     await stopAll().catch(() => undefined);
     throw err;
   }
-  return { env, offsite: offsiteSummary, stop: stopAll };
+  let stopping = false;
+  return {
+    env,
+    stop: stopAll,
+    announceStopOnSignals(shutdownTimeoutMs) {
+      const say = () => {
+        if (!stopping)
+          log(
+            `\npgmaint demo: stopping (running jobs get up to ${shutdownTimeoutMs / 1000} s), then Redis and ` +
+              'PostgreSQL',
+          );
+        stopping = true;
+      };
+      process.on('SIGINT', say).on('SIGTERM', say);
+    },
+    banner: (url) =>
+      `\npgmaint demo is up.\n  Bull Board: ${url}/admin/queues  (sign in with the admin token)\n  admin token:  ` +
+      `${env.ADMIN_TOKEN}\n  viewer token: ${env.VIEWER_TOKEN}\n` +
+      `  try: curl -X POST -H "Authorization: Bearer ${env.ADMIN_TOKEN}" -H 'content-type: application/json' ` +
+      `-d '{}' ${url}/api/jobs/backup\n` +
+      (offsiteSummary ? `  off-site mode: ${offsiteSummary}\n` : '') +
+      (opts.configFiles?.length ? `  config: the demo's, then PGMAINT_CONFIG's ${opts.configFiles.join(', ')}\n` : '') +
+      `  env for other commands: source ${path.join(dir, 'env.sh')}  (then: pgmaint status)\n` +
+      `  logs: warnings only here (LOG_LEVEL=${process.env.LOG_LEVEL}); every run's log is in Bull Board, ` +
+      `LOG_LEVEL=info shows them here too\n  Ctrl-C stops everything.\n\n`,
+  };
 }
 
 /**

@@ -135,6 +135,7 @@ export async function startPostgres(opts: PostgresOptions): Promise<PostgresInst
       if (postmasterRunning(dataDir))
         spawnSync(binPath('pg_ctl'), ['-D', dataDir, '-m', 'immediate', '-w', '-t', '10', 'stop'], {
           ...spawnOpts,
+          env: childEnv({}, spawnOpts),
           stdio: 'ignore',
           cwd: '/',
         });
