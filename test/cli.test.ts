@@ -69,7 +69,7 @@ describe('pgmaint CLI', () => {
     expect(lines).toHaveLength(list.length + 1);
     const jobs = await run(['jobs', '--json']);
     expect(jobs.code).toBe(0);
-    expect((lastJson(jobs.out) as { name: string }[]).map((j) => j.name)).toEqual(
+    expect((lastJson(jobs.out) as { jobs: { name: string }[] }).jobs.map((j) => j.name)).toEqual(
       expect.arrayContaining(['backup', 'pitr-drill', 'drop-expired-partitions', 'warm-cache']),
     );
     expect((await run(['jobs'])).out).toMatch(/^pitr-drill\s+\S/m);

@@ -1,16 +1,7 @@
-// `pgmaint status`: the same report as GET /api/status, read from shared state, as text.
+// `pgmaint status` as text: the report of GET /api/status (local or remote), on one screen.
 import { DateTime } from 'luxon';
-import { AlertMonitor } from '../monitoring/alerts.ts';
-import { HealthReader } from '../monitoring/health.ts';
-import { statusReport, type StatusReport } from '../monitoring/status.ts';
-import type { Runtime } from '../runner/runtime.ts';
+import type { StatusReport } from '../monitoring/status.ts';
 import { ago, humanDuration, renderTable } from './table.ts';
-
-export async function readStatus(rt: Runtime): Promise<StatusReport> {
-  // Open alerts are what the running monitor (server or `pgmaint monitor`) recorded in Redis.
-  const health = new HealthReader(rt);
-  return statusReport(health, new AlertMonitor(rt, health, undefined).open());
-}
 
 export function statusTable(r: StatusReport, zone: string): string {
   const at = DateTime.fromISO(r.at, { zone }).toFormat('yyyy-MM-dd HH:mm:ss ZZ');

@@ -31,3 +31,16 @@ export function ago(iso: string | Date | null | undefined, now = Date.now()): st
   if (!iso) return '-';
   return `${humanDuration((now - new Date(iso).getTime()) / 1000)} ago`;
 }
+
+/** 512 B, 12.3 MB, 4.1 GB. */
+export function humanBytes(bytes: number | null | undefined): string {
+  if (bytes === null || bytes === undefined || !Number.isFinite(bytes)) return '-';
+  const units = ['B', 'kB', 'MB', 'GB', 'TB'];
+  let n = bytes;
+  let i = 0;
+  while (n >= 1000 && i < units.length - 1) {
+    n /= 1000;
+    i++;
+  }
+  return i === 0 ? `${n} B` : `${n.toFixed(1)} ${units[i]}`;
+}

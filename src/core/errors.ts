@@ -49,10 +49,23 @@ export class UsageError extends Error {
   readonly code = 'USAGE';
 }
 
-/** Redis or PostgreSQL did not answer; the message names the variable that points at it. Exit 3. */
+/** Redis, PostgreSQL or the pgmaint server (PGMAINT_URL) did not answer, or asks to try again later; the
+ * message names the variable that points at it. Exit 3. */
 export class ServiceUnavailableError extends Error {
   override name = 'ServiceUnavailableError';
   readonly code = 'UNAVAILABLE';
+}
+
+/** The pgmaint server did not accept the token (HTTP 401): a wrong or missing PGMAINT_TOKEN. Exit 5. */
+export class UnauthenticatedError extends Error {
+  override name = 'UnauthenticatedError';
+  readonly code = 'UNAUTHENTICATED';
+}
+
+/** The token is valid but may not do this (HTTP 403): a viewer token asked to write. Exit 4. */
+export class ForbiddenError extends Error {
+  override name = 'ForbiddenError';
+  readonly code = 'FORBIDDEN';
 }
 
 /** A child process (pg_dump, pg_restore, …) failed; the message names the tool and its last stderr lines. */
@@ -135,8 +148,16 @@ export function describeError(err: Error): string {
   return redact(`${err.message}${sqlstate}`);
 }
 
-/** Exit status of the CLI for an error, by its stable code: 2 refused, 3 unreachable, 1 anything else. */
-const EXIT_BY_CODE: Record<string, number> = { USAGE: 2, CONFIG: 2, PAYLOAD: 2, UNAVAILABLE: 3 };
+/** Exit status of the CLI for an error, by its stable code: 2 refused, 3 unreachable, 4 the token may
+ * not do this, 5 the token is not accepted, 1 anything else (docs/api.md). */
+const EXIT_BY_CODE: Record<string, number> = {
+  USAGE: 2,
+  CONFIG: 2,
+  PAYLOAD: 2,
+  UNAVAILABLE: 3,
+  FORBIDDEN: 4,
+  UNAUTHENTICATED: 5,
+};
 
 export function exitCodeFor(err: unknown): number {
   const code = (err as { code?: unknown })?.code;

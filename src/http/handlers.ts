@@ -135,9 +135,11 @@ export const getJob: Handler = async ({ rt }, req) => {
   if (!/^(\d{1,20}|repeat:[A-Za-z0-9_.:-]{1,200})$/.test(id)) return notFound;
   const unavailable = redisUnavailable(rt);
   if (unavailable) return unavailable;
+  // The state before the job's fields: a run that ends between the two reads shows its old
+  // state with its new fields, never "completed" before its result is there (a follower polls this).
+  const state = await rt.queues.get(queue).getJobState(id);
   const job = await rt.queues.get(queue).getJob(id);
   if (!job || job.id !== id || job.name !== queue || !Number.isFinite(job.timestamp)) return notFound;
-  const state = await job.getState();
   return {
     status: 200,
     body: {
@@ -154,6 +156,17 @@ export const getJob: Handler = async ({ rt }, req) => {
       payload: job.data.payload,
     },
   };
+};
+
+/** The job catalog with this server's run settings (the job's defaults, laid over by the config file). */
+export const listJobs: Handler = async ({ rt }, req) => {
+  const refusal = unknownQuery(req, []);
+  if (refusal) return refusal;
+  const jobs = rt.registry.names().map((name) => {
+    const { def, run } = rt.registry.get(name)!;
+    return { name, description: def.description, defaults: run };
+  });
+  return { status: 200, body: { jobs } };
 };
 
 export const listSchedules: Handler = async ({ rt }) => ({
@@ -175,7 +188,9 @@ export const listHistory: Handler = async ({ rt }, req) => {
       issues: [{ path: 'job', message: 'unknown job' }],
     });
   }
-  return { status: 200, body: { runs: await rt.history.list({ job, limit: Number(limit) }) } };
+  const runs = await rt.history.list({ job, limit: Number(limit) });
+  // The zone a table of these runs is shown in (the CLI's, local or remote).
+  return { status: 200, body: { runs, timeZone: rt.config.businessTimeZone } };
 };
 
 /** Redis and every target answer within a few seconds. */
@@ -223,6 +238,7 @@ export const listBackups: Handler = async ({ rt }, req) => {
     status: 200,
     body: {
       target,
+      timeZone: rt.config.businessTimeZone,
       // The figures to alert on: how old the newest verified backups are.
       newestDumpAgeSeconds: ageSeconds(dumps[0]?.manifest.finishedAt),
       newestBaseBackupAgeSeconds: ageSeconds(catalog.newestBaseBackupAt),
@@ -307,9 +323,12 @@ export const metrics: Handler = async ({ rt, metrics }, req) => {
 };
 
 /** Partial rather than absent: what could not be read (Redis's parts among them) is named in `errors`. */
-export const status: Handler = async ({ health, monitor }) => ({
+export const status: Handler = async ({ rt, health, monitor }) => ({
   status: 200,
-  body: await statusReport(health!, monitor ? monitor.open() : Promise.resolve([])),
+  body: {
+    ...(await statusReport(health!, monitor ? monitor.open() : Promise.resolve([]))),
+    timeZone: rt.config.businessTimeZone,
+  },
 });
 
 export const listAlerts: Handler = async ({ monitor }) => ({ status: 200, body: { open: await monitor!.open() } });

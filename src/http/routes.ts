@@ -9,6 +9,7 @@ import {
   listAlerts,
   listBackups,
   listHistory,
+  listJobs,
   listSchedules,
   status,
   login,
@@ -59,6 +60,8 @@ export const ROUTES: readonly Route[] = (
     { method: 'get', path: '/metrics', access: 'scrape', needs: 'metrics', redis: 'partial', handler: metrics },
     // A probe (Kubernetes, Compose) needs no token: the status code says it; details need one.
     { method: 'get', path: '/readyz', access: 'scrape', redis: 'partial', handler: readiness },
+    // The catalog is the registry's: no Redis.
+    { method: 'get', path: '/api/jobs', access: 'read', handler: listJobs },
     {
       method: 'post',
       path: '/api/jobs/:name',

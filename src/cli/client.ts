@@ -1,0 +1,102 @@
+// What the CLI's API commands ask, and the answers they get: the HTTP API's bodies. Two
+// clients answer: remote.ts over HTTP (PGMAINT_URL, with the server's tokens, roles and
+// rate limit) and direct.ts in this process (Redis and PostgreSQL themselves, bypassing
+// them), which runs the API's own handlers so that both print the same things.
+import {
+  ConfigError,
+  ForbiddenError,
+  ServiceUnavailableError,
+  UnauthenticatedError,
+  UsageError,
+} from '../core/errors.ts';
+import type { StatusReport } from '../monitoring/status.ts';
+import type { HistoryRow } from '../runner/history.ts';
+import type { RunDefaults } from '../runner/job-definition.ts';
+import type { ScheduleDescription } from '../runner/scheduler.ts';
+
+/** A value as it comes out of JSON: dates are ISO strings. */
+export type Json<T> = T extends Date ? string : T extends object ? { [K in keyof T]: Json<T[K]> } : T;
+
+export type StatusAnswer = StatusReport & { timeZone: string };
+export type SchedulesAnswer = { schedules: Json<ScheduleDescription>[] };
+export type HistoryAnswer = { runs: Json<HistoryRow>[]; timeZone: string };
+export type JobsAnswer = { jobs: { name: string; description: string; defaults: RunDefaults }[] };
+
+/** GET /api/backups, the fields the table shows (--json prints all of it). */
+export interface BackupsAnswer {
+  target: string;
+  timeZone: string;
+  engine: string;
+  newestDumpAgeSeconds: number | null;
+  newestBaseBackupAgeSeconds: number | null;
+  dumps: {
+    file: string;
+    format: string;
+    finishedAt: string;
+    bytes: number;
+    verified: unknown;
+    rowCountsRecorded: boolean;
+    restoreCheck: { ok: boolean; checkedAt: string } | null;
+  }[];
+  baseBackups: { label: string; format: string; compression: string; stoppedAt: string; bytes: number }[];
+  pgbackrest: { stanza: string; sets: { label: string; type: string; stoppedAt: string; bytes: number }[] } | null;
+  recoveryWindow: { earliest: string | null; latest: string | null; seconds: number; brokenChains: unknown[] };
+  lastDrill: { outcome: string; finishedAt: string } | null;
+  lastRestoreCheck: { outcome: string; finishedAt: string } | null;
+}
+
+/** POST /api/jobs/:name. */
+export interface EnqueueAnswer {
+  id: string;
+  queue: string;
+  name: string;
+  existing: boolean;
+  reason?: string;
+}
+
+/** How a followed run ended: what `enqueue --wait` prints. */
+export type JobEnd =
+  | { id: string; state: 'completed'; result: unknown }
+  | { id: string; state: 'failed'; failedReason: string | null; attemptsMade: number | undefined };
+
+export interface Enqueued {
+  answer: EnqueueAnswer;
+  /** Waits for the run to end; only when the enqueue was asked to follow it. */
+  end?: () => Promise<JobEnd>;
+}
+
+export interface Client {
+  status(): Promise<StatusAnswer>;
+  schedules(): Promise<SchedulesAnswer>;
+  history(filter: { job?: string; limit: number }): Promise<HistoryAnswer>;
+  jobs(): Promise<JobsAnswer>;
+  backups(target: string | undefined): Promise<BackupsAnswer>;
+  /** With `follow`, progress values of the run are passed to it until end() returns. */
+  enqueue(name: string, data: unknown, follow?: (progress: unknown) => void): Promise<Enqueued>;
+  close(): Promise<void>;
+}
+
+/**
+ * The error for an API answer that is not a success, by its status: the CLI's exit code
+ * follows (docs/api.md). `server` names where the answer came from, for messages.
+ */
+export function answerError(status: number, body: unknown, server: string, action: string): Error {
+  const b = (body ?? {}) as { error?: unknown; jobs?: unknown; targets?: unknown };
+  const said = typeof b.error === 'string' ? b.error : `HTTP ${status}`;
+  const known = Array.isArray(b.jobs) ? b.jobs : Array.isArray(b.targets) ? b.targets : undefined;
+  if (status === 401)
+    return new UnauthenticatedError(
+      `PGMAINT_TOKEN: not accepted by ${server} (401 ${said}); use an admin or viewer token of that server`,
+    );
+  if (status === 403)
+    return new ForbiddenError(
+      `${action}: refused by ${server} (403 ${said})${action === 'enqueue' ? '; enqueue needs the admin token' : ''}`,
+    );
+  if (status === 404 && said === 'not found')
+    return new ConfigError(`${server} has no route for ${action} (404): is it a pgmaint server of this version?`);
+  if (status === 429 || status === 502 || status === 503 || status === 504)
+    return new ServiceUnavailableError(`${server}: ${said} (${status})`);
+  if (status === 404) return new UsageError(`${action}: ${said}${known ? ` (known: ${known.join(', ')})` : ''}`);
+  if (status >= 400 && status < 500) return new UsageError(said);
+  return new Error(`${server} answered ${status}: ${said}`);
+}

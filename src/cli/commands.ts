@@ -1,0 +1,213 @@
+// Every command of the CLI in one table, as ROUTES is for the HTTP server: its name, its
+// arguments and options (parsed strictly; `--help` is generated from them), where it runs,
+// and what it does. An `api` command asks a Client: the HTTP API when PGMAINT_URL is set,
+// else Redis and PostgreSQL directly; a `local` command runs on this machine only.
+import { UsageError } from '../core/errors.ts';
+import type { OptionSpecs, Parsed } from './args.ts';
+import type { Client } from './client.ts';
+
+interface CommandBase<O extends OptionSpecs> {
+  name: string;
+  /** Positional arguments, for --help ("<job>"); the command takes none without it. */
+  args?: string;
+  /** What it does, for --help; lines after the first are its details. */
+  summary: string;
+  options: O;
+}
+
+export interface ApiCommand<O extends OptionSpecs = OptionSpecs> extends CommandBase<O> {
+  mode: 'api';
+  /** The route it asks in remote mode, and the token that route needs. */
+  route: { method: 'GET' | 'POST'; path: string; token: 'viewer' | 'admin' };
+  /** Resolves with the exit code. */
+  run(parsed: Parsed<O>, client: Client): Promise<number>;
+}
+
+export interface LocalCommand<O extends OptionSpecs = OptionSpecs> extends CommandBase<O> {
+  mode: 'local';
+  run(parsed: Parsed<O>): Promise<void>;
+}
+
+export type Command = ApiCommand | LocalCommand;
+
+// Identity functions that type each entry's run() from its own options.
+const api = <const O extends OptionSpecs>(c: ApiCommand<O>): Command => c as unknown as Command;
+const local = <const O extends OptionSpecs>(c: LocalCommand<O>): Command => c as unknown as Command;
+
+const json = { type: 'boolean', help: 'print what the HTTP API answers, for scripts (a table otherwise)' } as const;
+
+function print(obj: unknown): void {
+  process.stdout.write(`${JSON.stringify(obj, null, 2)}\n`);
+}
+
+/** The answer as JSON with --json, else as the table `draw` makes of it; exit 0. */
+function show<T>(answer: T, asJson: boolean | undefined, draw: (a: T) => string): number {
+  if (asJson) print(answer);
+  else process.stdout.write(draw(answer));
+  return 0;
+}
+
+const views = () => import('./views.ts');
+
+export const COMMANDS: readonly Command[] = [
+  api({
+    name: 'enqueue',
+    args: '<job>',
+    summary: 'enqueue a run; --wait prints progress, then the result',
+    mode: 'api',
+    route: { method: 'POST', path: '/api/jobs/:name', token: 'admin' },
+    options: {
+      data: { type: 'string', value: 'JSON', help: "the job's payload, a JSON object (default {}); docs/jobs.md" },
+      wait: { type: 'boolean', help: 'progress lines on stderr, then the result; exit 1 when the run fails' },
+    },
+    async run({ values, positionals }, client) {
+      const name = positionals[0];
+      if (!name) throw new UsageError('enqueue: a job name is required (pgmaint jobs lists them)');
+      if (positionals.length > 1)
+        throw new UsageError(
+          `enqueue: one job at a time; unexpected ${positionals
+            .slice(1)
+            .map((p) => `"${p}"`)
+            .join(' ')} (payload fields go in --data '{…}')`,
+        );
+      let data: unknown = {};
+      if (values.data) {
+        try {
+          data = JSON.parse(values.data);
+        } catch (err) {
+          throw new UsageError(`--data: not valid JSON: ${(err as Error).message}`);
+        }
+      }
+      const progress = (p: unknown) => process.stderr.write(`progress ${JSON.stringify(p)}%\n`);
+      const { answer, end } = await client.enqueue(name, data, values.wait ? progress : undefined);
+      process.stderr.write(answer.existing ? `merged: ${answer.reason}\n` : `enqueued: ${name} job ${answer.id}\n`);
+      if (!end) {
+        print(answer);
+        return 0;
+      }
+      const outcome = await end();
+      print(outcome);
+      return outcome.state === 'completed' ? 0 : 1;
+    },
+  }),
+  api({
+    name: 'status',
+    summary:
+      'queues and workers, open alerts, backups, drill, archive lag,\nrecovery window and partition runway, on one screen',
+    mode: 'api',
+    route: { method: 'GET', path: '/api/status', token: 'viewer' },
+    options: { json },
+    async run({ values }, client) {
+      const { statusTable } = await import('./status.ts');
+      return show(await client.status(), values.json, (r) => statusTable(r, r.timeZone));
+    },
+  }),
+  api({
+    name: 'schedules',
+    summary: 'schedules with their next and last runs',
+    mode: 'api',
+    route: { method: 'GET', path: '/api/schedules', token: 'viewer' },
+    options: { json },
+    async run({ values }, client) {
+      return show(await client.schedules(), values.json, (await views()).schedulesTable);
+    },
+  }),
+  api({
+    name: 'history',
+    summary: 'recent runs from the run history',
+    mode: 'api',
+    route: { method: 'GET', path: '/api/history', token: 'viewer' },
+    options: {
+      job: { type: 'string', value: 'NAME', help: "this job's runs only" },
+      limit: { type: 'string', value: 'N', help: 'how many runs, newest first (1 to 1000, default 20)' },
+      json,
+    },
+    async run({ values }, client) {
+      const limit = values.limit ?? '20';
+      if (!/^\d{1,4}$/.test(limit) || Number(limit) < 1 || Number(limit) > 1000)
+        throw new UsageError(`--limit: must be a whole number from 1 to 1000 (got "${limit}")`);
+      return show(
+        await client.history({ job: values.job, limit: Number(limit) }),
+        values.json,
+        (await views()).historyTable,
+      );
+    },
+  }),
+  api({
+    name: 'backups',
+    summary: "a target's dumps and base backups, the recovery window and the last drill",
+    mode: 'api',
+    route: { method: 'GET', path: '/api/backups', token: 'viewer' },
+    options: { target: { type: 'string', value: 'NAME', help: 'the target (default main)' }, json },
+    async run({ values }, client) {
+      return show(await client.backups(values.target), values.json, (await views()).backupsTable);
+    },
+  }),
+  api({
+    name: 'jobs',
+    summary: 'the job catalog',
+    mode: 'api',
+    route: { method: 'GET', path: '/api/jobs', token: 'viewer' },
+    options: { json },
+    async run({ values }, client) {
+      return show(await client.jobs(), values.json, (await views()).jobsTable);
+    },
+  }),
+  local({
+    name: 'server',
+    summary: 'HTTP API, Bull Board, schedule sync and watchdog',
+    mode: 'local',
+    options: {},
+    async run() {
+      await (await import('./roles.ts')).runServerProcess();
+    },
+  }),
+  local({
+    name: 'worker',
+    summary: 'run jobs (all kinds unless --queues)',
+    mode: 'local',
+    options: { queues: { type: 'string', value: 'a,b', help: 'only these jobs, comma-separated' } },
+    async run({ values }) {
+      const only = values.queues
+        ?.split(',')
+        .map((s) => s.trim())
+        .filter(Boolean);
+      await (await import('./roles.ts')).runWorkerProcess({ only });
+    },
+  }),
+  local({
+    name: 'monitor',
+    summary: 'alerts only (the server runs them too)',
+    mode: 'local',
+    options: {},
+    async run() {
+      await (await import('./roles.ts')).runMonitorProcess();
+    },
+  }),
+  local({
+    name: 'demo',
+    summary:
+      'local PostgreSQL + Redis + server + worker on the dairy database;\n' +
+      '--offsite: pgBackRest and dumps in a local S3 bucket, encrypted',
+    mode: 'local',
+    options: {
+      dir: { type: 'string', value: 'DIR', help: 'where its clusters, backups and env.sh go (default .pgmaint-demo)' },
+      scale: { type: 'string', value: 'S', default: 'default', help: 'data size: small, default or large' },
+      offsite: { type: 'boolean', help: 'pgBackRest and dumps in a local S3 bucket, encrypted' },
+    },
+    async run({ values }) {
+      await (await import('./local.ts')).demo(values);
+    },
+  }),
+  local({
+    name: 'seed',
+    summary: 'dairy schema and data into DATABASE_URL (if empty)',
+    mode: 'local',
+    options: {
+      scale: { type: 'string', value: 'small|default|large', default: 'default', help: 'data size' },
+    },
+    async run({ values }) {
+      await (await import('./local.ts')).seed(values.scale ?? 'default');
+    },
+  }),
+];

@@ -1,0 +1,348 @@
+// The CLI on an engineer's laptop: with PGMAINT_URL and PGMAINT_TOKEN, and nothing else
+// in its environment (no DATABASE_URL, no REDIS_URL), every command goes through a
+// running server's HTTP API, with that server's tokens and roles: an admin token
+// enqueues and follows the run, a viewer token reads, a wrong token does nothing.
+import { execFileSync, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import http from 'node:http';
+import https from 'node:https';
+import net from 'node:net';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { jobs } from '../jobs/index.ts';
+import { startWorkers } from '../src/cli/roles.ts';
+import { COMMANDS } from '../src/cli/commands.ts';
+import { startServer } from '../src/http/server.ts';
+import { ROUTES } from '../src/http/routes.ts';
+import type { Runtime } from '../src/runner/runtime.ts';
+import { ADMIN_TOKEN, BIN, createHarness, type Harness, VIEWER_TOKEN } from './support/harness.ts';
+import { sqlProbe } from './support/test-jobs.ts';
+
+let h: Harness;
+let rt: Runtime;
+let url: string;
+let port: number;
+const WRONG_TOKEN = 'not-a-token-of-this-server-0123';
+const closers: (() => Promise<unknown>)[] = [];
+
+beforeAll(async () => {
+  h = await createHarness('cli_remote');
+  // The server knows a job the CLI's own catalog does not: the remote CLI asks the server.
+  rt = h.runtime({ jobs: [...jobs, sqlProbe] });
+  startWorkers(rt, ['noop', 'sql-probe']);
+  ({ port } = await startServer(rt, { port: 0, host: '127.0.0.1' }));
+  url = `http://127.0.0.1:${port}`;
+});
+afterAll(async () => {
+  for (const close of closers.reverse()) await close();
+  await h.close();
+});
+
+interface Ran {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+function cli(args: string[], env: Record<string, string | undefined>): Promise<Ran> {
+  const child = spawn(process.execPath, [BIN, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  return new Promise((resolve) => child.on('close', (code) => resolve({ code, stdout, stderr })));
+}
+
+/** The laptop: the server's address and a token, and nothing that reaches Redis or PostgreSQL. */
+const remote = (args: string[], token: string, extra: Record<string, string> = {}) =>
+  cli(args, { PATH: process.env.PATH, PGMAINT_URL: url, PGMAINT_TOKEN: token, ...extra });
+
+/** The database host: the direct mode, with the services' variables. */
+const direct = (args: string[]) => cli(args, { ...process.env, ...h.env, LOG_LEVEL: 'warn' });
+
+/** Every run ever enqueued on the server's noop and sql-probe queues. */
+async function enqueued(): Promise<number> {
+  let n = 0;
+  for (const q of ['noop', 'sql-probe']) {
+    const counts = await rt.queues.get(q).getJobCounts('waiting', 'active', 'completed', 'failed', 'delayed');
+    n += Object.values(counts).reduce((a, b) => a + b, 0);
+  }
+  return n;
+}
+
+const READS = [['status'], ['schedules'], ['history'], ['jobs'], ['backups']];
+
+describe('pgmaint with PGMAINT_URL: through the HTTP API', () => {
+  it('an admin token enqueues and follows the run (progress, then the result), with no Redis or database here', async () => {
+    const run = await remote(['enqueue', 'noop', '--data', '{"sleepMs": 300}', '--wait'], ADMIN_TOKEN);
+    expect(run.stderr).toMatch(/^enqueued: noop job \d+\nprogress \d+%\n(progress \d+%\n)*$/);
+    expect(run.stderr).toMatch(/^progress 100%$/m);
+    const end = JSON.parse(run.stdout);
+    expect(end).toEqual({ id: expect.any(String), state: 'completed', result: { sleptMs: 300 } });
+    expect(run.code).toBe(0);
+    // The server's Redis has it, as an ad-hoc run.
+    const job = await rt.queues.get('noop').getJob(end.id);
+    expect(job?.data.trigger).toBe('ad-hoc');
+
+    const plain = await remote(['enqueue', 'noop'], ADMIN_TOKEN);
+    expect(plain.code).toBe(0);
+    expect(JSON.parse(plain.stdout)).toEqual({ id: expect.any(String), queue: 'noop', name: 'noop', existing: false });
+
+    // A run that fails is exit 1 with its reason, as in the direct mode; the job is one only the server knows.
+    const failed = await remote(
+      ['enqueue', 'sql-probe', '--data', '{"scenario": "missing-relation"}', '--wait'],
+      ADMIN_TOKEN,
+    );
+    expect(failed.code).toBe(1);
+    expect(JSON.parse(failed.stdout)).toMatchObject({
+      state: 'failed',
+      failedReason: expect.stringMatching(/no_such_table.*42P01/),
+      attemptsMade: 1,
+    });
+  });
+
+  it('prints what the direct mode prints: the same tables and the same JSON', async () => {
+    for (const args of [
+      ['history', '--job', 'noop', '--limit', '5'],
+      ['history', '--job', 'noop', '--limit', '5', '--json'],
+    ]) {
+      const [r, d] = [await remote(args, VIEWER_TOKEN), await direct(args)];
+      expect(r.code, args.join(' ')).toBe(0);
+      expect(d.code).toBe(0);
+      expect(r.stdout, args.join(' ')).toBe(d.stdout);
+    }
+    const history = await remote(['history', '--job', 'noop'], VIEWER_TOKEN);
+    expect(history.stdout).toMatch(/^STARTED \(Asia\/Dhaka\)\s+JOB\s+TARGET\s+TRIGGER\s+OUTCOME\s+DURATION\s+ERROR$/m);
+    expect(history.stdout).toMatch(/^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\s+noop\s+main\s+ad-hoc\s+succeeded\s/m);
+    // The server's catalog: the direct mode's, and the job only that server knows.
+    const [rj, dj] = [await remote(['jobs'], VIEWER_TOKEN), await direct(['jobs'])];
+    expect(rj.stdout).toBe(`${dj.stdout}sql-probe                test only: runs one of a few fixed statements\n`);
+
+    const [rs, ds] = [await remote(['schedules', '--json'], VIEWER_TOKEN), await direct(['schedules', '--json'])];
+    const ids = (out: string) =>
+      JSON.parse(out).schedules.map((s: { id: string; cron: string }) => `${s.id} ${s.cron}`);
+    expect(ids(rs.stdout)).toEqual(ids(ds.stdout));
+    expect((await remote(['schedules'], VIEWER_TOKEN)).stdout).toMatch(
+      /^backup-main-nightly\s+backup\s+main\s+0 2 \* \* \*\s+Asia\/Dhaka\s+[\d-]{10} 02:00 \+06:00\s+never run\s+-$/m,
+    );
+    const status = await remote(['status'], VIEWER_TOKEN);
+    expect(status.stdout).toMatch(/^pgmaint status at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \+06:00 \(Asia\/Dhaka\)$/m);
+    expect(status.stdout).toMatch(/^noop\s+1\s+\d+\s+\d+\s+\d+\s+\d+$/m);
+    const backups = await remote(['backups'], VIEWER_TOKEN);
+    expect(backups.stdout).toMatch(/^Backups of target main \(engine native; times in Asia\/Dhaka\)$/m);
+    expect(backups.stdout).toMatch(/^Dumps\nnone$/m);
+    expect(JSON.parse((await remote(['backups', '--json'], VIEWER_TOKEN)).stdout)).toMatchObject({
+      target: 'main',
+      engine: 'native',
+      dumps: [],
+      newestDumpAgeSeconds: null,
+    });
+  });
+
+  it('a viewer token reads every command, and enqueue is refused with exit 4: nothing is enqueued', async () => {
+    for (const args of READS) {
+      const r = await remote([...args, '--json'], VIEWER_TOKEN);
+      expect(r.code, `${args} ${r.stderr}`).toBe(0);
+      expect(() => JSON.parse(r.stdout)).not.toThrow();
+    }
+    const before = await enqueued();
+    for (const args of [
+      ['enqueue', 'noop'],
+      ['enqueue', 'noop', '--wait'],
+    ]) {
+      const r = await remote(args, VIEWER_TOKEN);
+      expect(r.code).toBe(4);
+      expect(r.stdout).toBe('');
+      expect(r.stderr).toMatch(
+        /^pgmaint: enqueue: refused by PGMAINT_URL http:\/\/127\.0\.0\.1:\d+ \(403 the viewer token is read-only\); enqueue needs the admin token\n$/,
+      );
+    }
+    expect(await enqueued()).toBe(before);
+  });
+
+  it('a wrong token is refused by every command with exit 5, naming PGMAINT_TOKEN and not showing it', async () => {
+    const before = await enqueued();
+    for (const args of [...READS, ['enqueue', 'noop'], ['enqueue', 'noop', '--wait']]) {
+      const r = await remote(args, WRONG_TOKEN);
+      expect(r.code, args.join(' ')).toBe(5);
+      expect(r.stdout).toBe('');
+      expect(r.stderr).toMatch(
+        /^pgmaint: PGMAINT_TOKEN: not accepted by PGMAINT_URL http:\/\/127\.0\.0\.1:\d+ \(401 authentication required.*\); use an admin or viewer token of that server\n$/,
+      );
+      expect(r.stderr).not.toContain(WRONG_TOKEN);
+    }
+    expect(await enqueued()).toBe(before);
+  });
+
+  it('on a host that also has REDIS_URL and DATABASE_URL, PGMAINT_URL decides: a wrong token enqueues nothing', async () => {
+    const before = await enqueued();
+    const r = await cli(['enqueue', 'noop'], {
+      ...process.env,
+      ...h.env,
+      PGMAINT_URL: url,
+      PGMAINT_TOKEN: WRONG_TOKEN,
+    });
+    expect(r.code).toBe(5);
+    expect(await enqueued()).toBe(before);
+  });
+
+  it("the server's refusals are exit 2, one line naming the problem", async () => {
+    const cases: [string[], RegExp][] = [
+      [['enqueue', 'nosuch'], /^pgmaint: enqueue: unknown job "nosuch" \(known: .*sql-probe/],
+      [
+        ['enqueue', 'noop', '--data', '{"sleepms": 1}'],
+        /^pgmaint: invalid payload: sleepms: unknown field; did you mean "sleepMs"\?/,
+      ],
+      [['history', '--job', 'nosuch'], /^pgmaint: job: unknown job "nosuch" \(known: /],
+      [['backups', '--target', 'nosuch'], /^pgmaint: backups: unknown target "nosuch" \(known: main\)$/],
+      // Refused here, before the server is asked.
+      [['history', '--limit', '0'], /^pgmaint: --limit: must be a whole number from 1 to 1000 \(got "0"\)$/],
+      [['enqueue', 'noop', '--dryRun'], /^pgmaint: enqueue: unknown option --dryRun \(known: --data, --wait\)/],
+    ];
+    for (const [args, message] of cases) {
+      const r = await remote(args, ADMIN_TOKEN);
+      expect(r.code, args.join(' ')).toBe(2);
+      expect(r.stderr.trim()).toMatch(message);
+      expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    }
+  });
+
+  it('a server that is down, silent or not pgmaint: exit 3 or 2 naming PGMAINT_URL, within the time limit', async () => {
+    // Accepts, and never answers.
+    const held: net.Socket[] = [];
+    const silent = net.createServer((socket) => held.push(socket)).listen(0, '127.0.0.1');
+    const page = http
+      .createServer((_req, res) => res.writeHead(200, { 'content-type': 'text/html' }).end('<html></html>'))
+      .listen(0, '127.0.0.1');
+    await Promise.all([silent, page].map((s) => new Promise((r) => s.once('listening', r))));
+    closers.push(
+      () => {
+        for (const socket of held) socket.destroy();
+        return new Promise((r) => silent.close(r));
+      },
+      () => new Promise((r) => page.close(r)),
+    );
+    const deadPort = await new Promise<number>((resolve) => {
+      const s = net.createServer().listen(0, '127.0.0.1', () => {
+        const p = (s.address() as net.AddressInfo).port;
+        s.close(() => resolve(p));
+      });
+    });
+    const at = (s: net.Server) => `http://127.0.0.1:${(s.address() as net.AddressInfo).port}`;
+    const down = await remote(['status'], ADMIN_TOKEN, { PGMAINT_URL: `http://127.0.0.1:${deadPort}` });
+    expect(down.code).toBe(3);
+    expect(down.stderr).toMatch(
+      /^pgmaint: PGMAINT_URL http:\/\/127\.0\.0\.1:\d+: cannot reach it: connect ECONNREFUSED/,
+    );
+    const mute = await remote(['enqueue', 'noop'], ADMIN_TOKEN, { PGMAINT_URL: at(silent), PGMAINT_TIMEOUT: '1' });
+    expect(mute.code).toBe(3);
+    expect(mute.stderr).toMatch(
+      /^pgmaint: PGMAINT_URL http:\/\/127\.0\.0\.1:\d+: no answer within 1s \(PGMAINT_TIMEOUT\)\n$/,
+    );
+    const other = await remote(['jobs'], ADMIN_TOKEN, { PGMAINT_URL: at(page) });
+    expect(other.code).toBe(2);
+    expect(other.stderr).toMatch(/answered 200 with text\/html, not pgmaint's JSON: is it the pgmaint server\?/);
+  });
+
+  it('settings that cannot work are refused with exit 2 before anything is sent', async () => {
+    const cases: [Record<string, string | undefined>, string[], RegExp][] = [
+      [{ PGMAINT_TOKEN: undefined }, ['status'], /^pgmaint: PGMAINT_TOKEN: is required with PGMAINT_URL/],
+      [
+        { PGMAINT_URL: 'ftp://example.com' },
+        ['status'],
+        /^pgmaint: PGMAINT_URL: must start with https:\/\/ or http:\/\//,
+      ],
+      [{ PGMAINT_URL: 'http://u:p@example.com' }, ['status'], /^pgmaint: PGMAINT_URL: must not carry credentials/],
+      [{ PGMAINT_URL: undefined }, ['status'], /^pgmaint: PGMAINT_TOKEN: is set but PGMAINT_URL is not/],
+      [{ PGMAINT_CA_FILE: '/etc/hostname' }, ['status'], /^pgmaint: PGMAINT_CA_FILE: applies to https:\/\/ only/],
+      [{ PGMAINT_TIMEOUT: '0' }, ['status'], /^pgmaint: PGMAINT_TIMEOUT: must be whole seconds from 1 to 600/],
+      [{ PGMAINT_TOKEN: `${ADMIN_TOKEN}\n` }, ['status'], /^pgmaint: PGMAINT_TOKEN: must be printable ASCII/],
+      [{}, ['worker'], /^pgmaint: worker: runs on this machine only, not through PGMAINT_URL/],
+      [{}, ['seed'], /^pgmaint: seed: runs on this machine only/],
+    ];
+    for (const [env, args, message] of cases) {
+      const r = await cli(args, { PATH: process.env.PATH, PGMAINT_URL: url, PGMAINT_TOKEN: ADMIN_TOKEN, ...env });
+      expect(r.code, JSON.stringify(env)).toBe(2);
+      expect(r.stderr).toMatch(message);
+      expect(r.stderr).not.toContain(ADMIN_TOKEN);
+    }
+  });
+
+  it('https:// with PGMAINT_CA_FILE: the CA of a self-signed certificate is trusted, and only with it', async () => {
+    const dir = path.join(h.dir, 'tls');
+    fs.mkdirSync(dir, { recursive: true });
+    const [key, cert] = [path.join(dir, 'key.pem'), path.join(dir, 'cert.pem')];
+    execFileSync(
+      'openssl',
+      [
+        'req',
+        '-x509',
+        '-newkey',
+        'rsa:2048',
+        '-nodes',
+        '-keyout',
+        key,
+        '-out',
+        cert,
+        '-days',
+        '1',
+        '-subj',
+        '/CN=localhost',
+      ].concat(['-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost']),
+      { stdio: 'ignore' },
+    );
+    // TLS ends at a proxy in front of the server, as in a deployment.
+    const proxy = https.createServer({ key: fs.readFileSync(key), cert: fs.readFileSync(cert) }, (req, res) => {
+      const upstream = http.request(
+        { host: '127.0.0.1', port, path: req.url, method: req.method, headers: req.headers },
+        (answer) => {
+          res.writeHead(answer.statusCode ?? 502, answer.headers);
+          answer.pipe(res);
+        },
+      );
+      req.pipe(upstream);
+    });
+    await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
+    closers.push(() => new Promise((r) => proxy.close(r)));
+    const tls = `https://127.0.0.1:${(proxy.address() as net.AddressInfo).port}`;
+    const trusted = await remote(['enqueue', 'noop', '--wait'], ADMIN_TOKEN, {
+      PGMAINT_URL: tls,
+      PGMAINT_CA_FILE: cert,
+    });
+    expect(trusted.stderr).toMatch(/^enqueued: noop job \d+$/m);
+    expect(JSON.parse(trusted.stdout)).toMatchObject({ state: 'completed', result: { sleptMs: 0 } });
+    expect(trusted.code).toBe(0);
+    const untrusted = await remote(['status'], ADMIN_TOKEN, { PGMAINT_URL: tls });
+    expect(untrusted.code).toBe(2);
+    expect(untrusted.stderr).toMatch(
+      /^pgmaint: PGMAINT_URL https:\/\/127\.0\.0\.1:\d+: its TLS certificate is not trusted here \(self[- ]signed certificate\); PGMAINT_CA_FILE names the CA that signed it\n$/,
+    );
+    const viewer = await remote(['enqueue', 'noop'], VIEWER_TOKEN, { PGMAINT_URL: tls, PGMAINT_CA_FILE: cert });
+    expect(viewer.code).toBe(4);
+  });
+});
+
+describe('the command table', () => {
+  it('--help is generated from it: every command, both modes, the exit codes', async () => {
+    const help = await cli(['--help'], { PATH: process.env.PATH });
+    expect(help.code).toBe(0);
+    for (const c of COMMANDS) expect(help.stdout).toMatch(new RegExp(`^  pgmaint ${c.name}\\b`, 'm'));
+    expect(help.stdout).toMatch(/^Remote mode, e\.g\. on an engineer's laptop: PGMAINT_URL=/m);
+    expect(help.stdout).toMatch(/BYPASSES the API's tokens, roles and rate limit/);
+    expect(help.stdout).toMatch(/4 the token may not\s+do\s+this .*5 the server did not accept the token/s);
+    const one = await cli(['backups', '--help'], { PATH: process.env.PATH });
+    expect(one.code).toBe(0);
+    expect(one.stdout).toMatch(/^Usage: pgmaint backups \[--target NAME\] \[--json\]$/m);
+    expect(one.stdout).toMatch(
+      /^Remote \(PGMAINT_URL\): GET \/api\/backups with PGMAINT_TOKEN, a viewer or admin token\.$/m,
+    );
+  });
+
+  it("each API command's route is in ROUTES with the access its help promises", () => {
+    for (const c of COMMANDS) {
+      if (c.mode !== 'api') continue;
+      const route = ROUTES.find((r) => r.method === c.route.method.toLowerCase() && r.path === c.route.path);
+      expect(route?.access, c.name).toBe(c.route.token === 'admin' ? 'write' : 'read');
+    }
+  });
+});
