@@ -29,7 +29,7 @@ beforeAll(async () => {
   h = await createHarness('cli_remote');
   // The server knows a job the CLI's own catalog does not: the remote CLI asks the server.
   rt = h.runtime({ jobs: [...jobs, sqlProbe] });
-  startWorkers(rt, ['noop', 'sql-probe']);
+  startWorkers(rt, ['noop', 'sql-probe', 'backup']);
   ({ port } = await startServer(rt, { port: 0, host: '127.0.0.1' }));
   url = `http://127.0.0.1:${port}`;
 });
@@ -99,6 +99,26 @@ describe('pgmaint with PGMAINT_URL: through the HTTP API', () => {
       failedReason: expect.stringMatching(/no_such_table.*42P01/),
       attemptsMade: 1,
     });
+  });
+
+  it('"backup now" from a laptop: the run, then the verified dump in `backups`, as the direct mode shows it', async () => {
+    await h.admin.query('create table milk (id int primary key, litres numeric); insert into milk values (1, 11.5)');
+    const run = await remote(['enqueue', 'backup', '--wait'], ADMIN_TOKEN);
+    expect(run.stderr).toMatch(/^progress 100%$/m);
+    expect(run.code).toBe(0);
+    const end = JSON.parse(run.stdout);
+    expect(end).toMatchObject({ state: 'completed', result: { file: expect.any(String) } });
+    const file = path.basename(end.result.file);
+    const [r, d] = [await remote(['backups'], VIEWER_TOKEN), await direct(['backups'])];
+    expect(r.code).toBe(0);
+    const dumps = r.stdout.slice(r.stdout.indexOf('\nDumps\n'), r.stdout.indexOf('\nBase backups\n'));
+    expect(dumps).toMatch(
+      new RegExp(
+        `^[\\d-]{10} [\\d:]{8}\\s+${file.replace(/\./g, '\\.')}\\s+custom\\s+[\\d.]+ k?B\\s+recorded\\s+never$`,
+        'm',
+      ),
+    );
+    expect(d.stdout.slice(d.stdout.indexOf('\nDumps\n'), d.stdout.indexOf('\nBase backups\n'))).toBe(dumps);
   });
 
   it('prints what the direct mode prints: the same tables and the same JSON', async () => {

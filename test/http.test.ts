@@ -87,7 +87,16 @@ describe('HTTP API', () => {
     const withHealth = createApp(rt, new Auth(ADMIN_TOKEN, VIEWER_TOKEN), { health: new HealthReader(rt) });
     await request(withHealth).get('/api/status').expect(401);
     const res = await request(withHealth).get('/api/status').set(viewer).expect(200);
-    expect(Object.keys(res.body).sort()).toEqual(['alerts', 'at', 'errors', 'partitions', 'queues', 'targets']);
+    expect(Object.keys(res.body).sort()).toEqual([
+      'alerts',
+      'at',
+      'errors',
+      'partitions',
+      'queues',
+      'targets',
+      'timeZone',
+    ]);
+    expect(res.body.timeZone).toBe('Asia/Dhaka');
     expect(res.body.targets).toEqual([
       {
         target: 'main',
@@ -102,6 +111,17 @@ describe('HTTP API', () => {
       workers: 0,
       unserved: true,
     });
+  });
+
+  it("GET /api/jobs is the catalog with this server's run settings, for a viewer too", async () => {
+    const res = await request(app).get('/api/jobs').set(viewer).expect(200);
+    expect(res.body.jobs.find((j: { name: string }) => j.name === 'noop')).toEqual({
+      name: 'noop',
+      description: expect.stringMatching(/^Does nothing/),
+      defaults: { attempts: 3, backoffMs: 1000, timeoutMs: 3_600_000, concurrency: 4 },
+    });
+    await request(app).get('/api/jobs?verbose=1').set(viewer).expect(400);
+    await request(app).get('/api/jobs').expect(401);
   });
 
   it('/readyz checks Redis and every target; without a token it answers the status only (a probe)', async () => {
