@@ -73,7 +73,7 @@ async function enqueued(): Promise<number> {
 const READS = [['status'], ['schedules'], ['history'], ['jobs'], ['backups']];
 
 describe('pgmaint with PGMAINT_URL: through the HTTP API', () => {
-  it('an admin token enqueues and follows the run (progress, then the result), with no Redis or database here', async () => {
+  it('an admin token enqueues and follows the run (progress, then the result), with no Redis or database', async () => {
     const run = await remote(['enqueue', 'noop', '--data', '{"sleepMs": 300}', '--wait'], ADMIN_TOKEN);
     expect(run.stderr).toMatch(/^enqueued: noop job \d+\nprogress \d+%\n(progress \d+%\n)*$/);
     expect(run.stderr).toMatch(/^progress 100%$/m);
@@ -101,7 +101,7 @@ describe('pgmaint with PGMAINT_URL: through the HTTP API', () => {
     });
   });
 
-  it('"backup now" from a laptop: the run, then the verified dump in `backups`, as the direct mode shows it', async () => {
+  it('"backup now" from a laptop: the run, then its verified dump in `backups`, as direct mode shows it', async () => {
     await h.admin.query('create table milk (id int primary key, litres numeric); insert into milk values (1, 11.5)');
     const run = await remote(['enqueue', 'backup', '--wait'], ADMIN_TOKEN);
     expect(run.stderr).toMatch(/^progress 100%$/m);
@@ -150,12 +150,12 @@ describe('pgmaint with PGMAINT_URL: through the HTTP API', () => {
     expect(status.stdout).toMatch(/^noop\s+1\s+\d+\s+\d+\s+\d+\s+\d+$/m);
     const backups = await remote(['backups'], VIEWER_TOKEN);
     expect(backups.stdout).toMatch(/^Backups of target main \(engine native; times in Asia\/Dhaka\)$/m);
-    expect(backups.stdout).toMatch(/^Dumps\nnone$/m);
+    expect(backups.stdout).toMatch(/^Base backups\nnone$/m);
     expect(JSON.parse((await remote(['backups', '--json'], VIEWER_TOKEN)).stdout)).toMatchObject({
       target: 'main',
       engine: 'native',
-      dumps: [],
-      newestDumpAgeSeconds: null,
+      dumps: [expect.objectContaining({ format: 'custom', rowCountsRecorded: true, restoreCheck: null })],
+      newestDumpAgeSeconds: expect.any(Number),
     });
   });
 
@@ -174,7 +174,10 @@ describe('pgmaint with PGMAINT_URL: through the HTTP API', () => {
       expect(r.code).toBe(4);
       expect(r.stdout).toBe('');
       expect(r.stderr).toMatch(
-        /^pgmaint: enqueue: refused by PGMAINT_URL http:\/\/127\.0\.0\.1:\d+ \(403 the viewer token is read-only\); enqueue needs the admin token\n$/,
+        new RegExp(
+          '^pgmaint: enqueue: refused by PGMAINT_URL http://127\\.0\\.0\\.1:\\d+ ' +
+            '\\(403 the viewer token is read-only\\); enqueue needs the admin token\n$',
+        ),
       );
     }
     expect(await enqueued()).toBe(before);
@@ -187,14 +190,17 @@ describe('pgmaint with PGMAINT_URL: through the HTTP API', () => {
       expect(r.code, args.join(' ')).toBe(5);
       expect(r.stdout).toBe('');
       expect(r.stderr).toMatch(
-        /^pgmaint: PGMAINT_TOKEN: not accepted by PGMAINT_URL http:\/\/127\.0\.0\.1:\d+ \(401 authentication required.*\); use an admin or viewer token of that server\n$/,
+        new RegExp(
+          '^pgmaint: PGMAINT_TOKEN: not accepted by PGMAINT_URL http://127\\.0\\.0\\.1:\\d+ \\(401 authentication ' +
+            'required.*\\); use an admin or viewer token of that server\n$',
+        ),
       );
       expect(r.stderr).not.toContain(WRONG_TOKEN);
     }
     expect(await enqueued()).toBe(before);
   });
 
-  it('on a host that also has REDIS_URL and DATABASE_URL, PGMAINT_URL decides: a wrong token enqueues nothing', async () => {
+  it('on a host with REDIS_URL and DATABASE_URL too, PGMAINT_URL decides: a wrong token enqueues nothing', async () => {
     const before = await enqueued();
     const r = await cli(['enqueue', 'noop'], {
       ...process.env,
@@ -227,7 +233,7 @@ describe('pgmaint with PGMAINT_URL: through the HTTP API', () => {
     }
   });
 
-  it('a server that is down, silent or not pgmaint: exit 3 or 2 naming PGMAINT_URL, within the time limit', async () => {
+  it('a server that is down, silent or not pgmaint: exit 3 or 2 naming PGMAINT_URL, in time', async () => {
     // Accepts, and never answers.
     const held: net.Socket[] = [];
     const silent = net.createServer((socket) => held.push(socket)).listen(0, '127.0.0.1');
@@ -335,7 +341,10 @@ describe('pgmaint with PGMAINT_URL: through the HTTP API', () => {
     const untrusted = await remote(['status'], ADMIN_TOKEN, { PGMAINT_URL: tls });
     expect(untrusted.code).toBe(2);
     expect(untrusted.stderr).toMatch(
-      /^pgmaint: PGMAINT_URL https:\/\/127\.0\.0\.1:\d+: its TLS certificate is not trusted here \(self[- ]signed certificate\); PGMAINT_CA_FILE names the CA that signed it\n$/,
+      new RegExp(
+        '^pgmaint: PGMAINT_URL https://127\\.0\\.0\\.1:\\d+: its TLS certificate is not trusted here ' +
+          '\\(self[- ]signed certificate\\); PGMAINT_CA_FILE names the CA that signed it\n$',
+      ),
     );
     const viewer = await remote(['enqueue', 'noop'], VIEWER_TOKEN, { PGMAINT_URL: tls, PGMAINT_CA_FILE: cert });
     expect(viewer.code).toBe(4);

@@ -93,7 +93,8 @@ export const COMMANDS: readonly Command[] = [
   api({
     name: 'status',
     summary:
-      'queues and workers, open alerts, backups, drill, archive lag,\nrecovery window and partition runway, on one screen',
+      'queues and workers, open alerts, backups, drill, archive lag,\n' +
+      'recovery window and partition runway, on one screen',
     mode: 'api',
     route: { method: 'GET', path: '/api/status', token: 'viewer' },
     options: { json },
