@@ -238,9 +238,12 @@ export class RemoteClient implements Client {
         `${this.server}: no answer within ${this.s.timeoutMs / 1000}s (PGMAINT_TIMEOUT)`,
       );
     const code = String((err as NodeJS.ErrnoException).code ?? '');
+    // Node 24 appends its own hint (`; if the root CA is installed locally, try … --use-system-ca`);
+    // ours names the setting that does it here.
     if (TLS_CODES.test(code))
       return new ConfigError(
-        `${this.server}: its TLS certificate is not trusted here (${err.message}); PGMAINT_CA_FILE names the CA ` +
+        `${this.server}: its TLS certificate is not trusted here (${err.message.split(';')[0]}); PGMAINT_CA_FILE ` +
+          'names the CA ' +
           'that signed it',
       );
     return new ServiceUnavailableError(`${this.server}: cannot reach it: ${err.message}`);
