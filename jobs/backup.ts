@@ -14,7 +14,7 @@ import { fileStamp, publish, sha256File, sha256Tree, writeJsonAtomic } from '../
 import { defineJob, type JobResult, targetField, type JobContext } from '../src/runner/job-definition.ts';
 import { quoteIdent } from '../src/core/sql.ts';
 import { binPath, runProcess } from '../src/core/proc.ts';
-import { type ObjectStore, objectStoreFor, type StoredObject } from '../src/backup/object-store.ts';
+import { type ObjectStore, objectStoreFor, objectUrl, type StoredObject } from '../src/backup/object-store.ts';
 
 export const payload = z
   .object({
@@ -194,18 +194,28 @@ async function dump(ctx: JobContext, p: Payload, dir: string, started: Date) {
     await writeJsonAtomic(`${final}.manifest.json`, manifest);
     // The bucket's copy of the manifest is what workers on other hosts list.
     if (object) await withStore(ctx, (s) => s.putJson(s.manifestKey('dumps', p.target, name), manifest));
+    // Where the dump lives from now on: what the result, the history and the board name.
+    let file = final;
     if (object && !ctx.config.objectStore!.keepLocal) {
       await fs.rm(final, { recursive: true, force: true });
-      await ctx.log(`local copy removed (objectStore.keepLocal is false); the manifest stays as the catalog record`);
+      file = objectUrl(object);
+      await ctx.log(
+        `local copy removed (objectStore.keepLocal is false): the dump is ${file}; the manifest stays as the ` +
+          `catalog record`,
+      );
     }
     const totalRows = Object.values(rowCounts).reduce((a, b) => a + b, 0);
     await ctx.progress(
       100,
-      `backup verified: ${name}, ${bytes} bytes, ${totalRows} rows in ${tables.length} tables, sha256 ` +
+      `backup verified: ${file}, ${bytes} bytes, ${totalRows} rows in ${tables.length} tables, sha256 ` +
         `${sha256.slice(0, 12)}…`,
     );
     return {
-      file: final,
+      /** The dump's name in the catalog (what restore-check's `dump` takes). */
+      name,
+      /** Where it is: the local file, or s3://bucket/key once the local copy is removed. */
+      file,
+      ...(object ? { object: objectUrl(object) } : {}),
       manifest: `${final}.manifest.json`,
       format: p.format,
       parallel,
@@ -288,7 +298,7 @@ async function uploadVerified(ctx: JobContext, file: string, name: string): Prom
     await ctx.progress(95, `uploading ${name} to the object store`);
     const object = await store.upload(file, store.keyFor('dumps', ctx.target.name, name), ctx.signal);
     await ctx.log(
-      `uploaded s3://${object.bucket}/${object.key} and read it back: ${object.bytes} bytes, sha256 ` +
+      `uploaded ${objectUrl(object)} and read it back: ${object.bytes} bytes, sha256 ` +
         `${object.sha256.slice(0, 12)}…${object.encryption ? `, encrypted with key ${object.encryption.keyId}` : ''}`,
     );
     return object;

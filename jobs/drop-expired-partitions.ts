@@ -16,6 +16,7 @@ import {
   type ProvenArchives,
   reusableArchive,
   splitQualified,
+  writtenFile,
 } from '../src/backup/partition-archive.ts';
 import { defineJob, type JobResult, targetField, type JobContext } from '../src/runner/job-definition.ts';
 import { parseRetention, type PartitionPolicy } from '../src/core/partition-policy.ts';
@@ -339,7 +340,10 @@ async function archiveBatch(
     : [];
   await withTransaction(client, async () => {
     for (const a of [...reused, ...made])
-      await setState(client, journalId(held, a.partition)!, 'archived', ctx.jobId, { file: a.file, sha256: a.sha256 });
+      await setState(client, journalId(held, a.partition)!, 'archived', ctx.jobId, {
+        file: writtenFile(a),
+        sha256: a.sha256,
+      });
   });
   for (const a of [...reused, ...made]) {
     result.archives.push(a);

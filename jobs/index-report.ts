@@ -9,13 +9,15 @@
 //   called redundant, since it enforces something its longer twin does not);
 // - foreign keys whose columns lead no index of the referencing table: every delete
 //   or key update on the referenced table scans the referencing one.
+// pgmaint's own tables (the `pgmaint` schema: run history, journals, drill markers) are
+// left out unless `schemas` names that schema: their indexes are pgmaint's to choose.
 import { z } from 'zod';
 import { schemaName } from '../src/core/sql.ts';
 import { defineJob, type JobResult, targetField } from '../src/runner/job-definition.ts';
 
 export const payload = z.object({
   target: targetField,
-  /** Schemas to report on; default all but the system ones. */
+  /** Schemas to report on; default all but the system ones and pgmaint's own. */
   schemas: z.array(schemaName).optional(),
   /** Unused indexes smaller than this are left out (tiny ones cost nothing). */
   minUnusedBytes: z.number().int().min(0).default(0),
@@ -40,6 +42,9 @@ interface IndexRow {
   onPartition: boolean;
 }
 
+/** Where pgmaint keeps its own tables on a target. */
+const OWN_SCHEMA = 'pgmaint';
+
 const INDEXES = `
   select n.nspname as schema, t.relname as "table", c.relname as index, pg_relation_size(c.oid)::float8 as bytes,
          coalesce(s.idx_scan, 0)::float8 as scans, con.oid is not null as constraint, i.indisunique as unique,
@@ -54,7 +59,7 @@ const INDEXES = `
     left join pg_stat_all_indexes s on s.indexrelid = i.indexrelid
     left join pg_constraint con on con.conindid = i.indexrelid and con.contype in ('p', 'u', 'x')
    where n.nspname not in ('pg_catalog', 'information_schema', 'pg_toast') and n.nspname !~ '^pg_temp'
-     and ($1::text[] is null or n.nspname = any($1))
+     and ($1::text[] is null and n.nspname <> '${OWN_SCHEMA}' or n.nspname = any($1))
    order by 1, 2, 3`;
 
 const FOREIGN_KEYS = `
@@ -65,7 +70,7 @@ const FOREIGN_KEYS = `
     from pg_constraint con
     join pg_class t on t.oid = con.conrelid
     join pg_namespace n on n.oid = t.relnamespace
-   where con.contype = 'f' and ($1::text[] is null or n.nspname = any($1))
+   where con.contype = 'f' and ($1::text[] is null and n.nspname <> '${OWN_SCHEMA}' or n.nspname = any($1))
      -- a partition's copy of its parent's key is reported once, on the parent
      and con.conparentid = 0
      and not exists (

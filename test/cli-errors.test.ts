@@ -2,11 +2,14 @@
 // exit 2 (3 when Redis or PostgreSQL does not answer), never a stack trace; long-running
 // roles say within seconds which service they cannot reach, and keep saying it.
 import net from 'node:net';
+import os from 'node:os';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { runProcess } from '../src/core/proc.ts';
 import { createHarness, type Harness } from './support/harness.ts';
 
 let h: Harness;
 let deadPort: number;
+const cleanups: (() => Promise<void>)[] = [];
 
 beforeAll(async () => {
   h = await createHarness('cli_errors');
@@ -18,7 +21,10 @@ beforeAll(async () => {
     });
   });
 });
-afterAll(() => h.close());
+afterAll(async () => {
+  await h.close();
+  for (const fn of cleanups) await fn();
+});
 afterEach(() => h.killChildren());
 
 async function refused(args: string[], env: Record<string, string> = {}) {
@@ -130,15 +136,60 @@ describe('long-running roles never wait in silence', () => {
     );
   });
 
-  it('the server binds the address in HOST', async () => {
-    const p = h.spawnPgmaint(['server'], { HOST: '127.0.0.1', PORT: '0' });
-    await p.waitFor(/server listening/, 20_000);
-    const line = p
-      .output()
-      .split('\n')
-      .find((l) => l.includes('server listening'))!;
-    const { host, port } = JSON.parse(line);
+  it('the server binds only the address in HOST: another address of this machine is refused', async () => {
+    const outside = await nonLoopbackAddress();
+    const local = h.spawnPgmaint(['server'], { HOST: '127.0.0.1', PORT: '0' });
+    await local.waitFor(/server listening/, 20_000);
+    const { host, port } = listening(local.output());
     expect(host).toBe('127.0.0.1');
     expect((await fetch(`http://127.0.0.1:${port}/healthz`)).status).toBe(200);
+    expect(await connectTo(outside, port)).toBe('ECONNREFUSED');
+    await local.killGroup();
+    // The same address reaches a server bound to every interface: the refusal above is HOST's doing.
+    const every = h.spawnPgmaint(['server'], { HOST: '0.0.0.0', PORT: '0' });
+    await every.waitFor(/server listening/, 20_000);
+    const all = listening(every.output());
+    expect(all.host).toBe('0.0.0.0');
+    expect(await connectTo(outside, all.port)).toBe('connected');
   });
+
+  it('HOST that is not an IP address is refused at start: exit 2, naming HOST', async () => {
+    const { code, out } = await refused(['server'], { HOST: 'not-an-ip' });
+    expect(code).toBe(2);
+    expect(out).toMatch(/^pgmaint: environment: HOST: must be an IP address to listen on, .*\(got "not-an-ip"\)$/);
+    expect(out.split('\n')).toHaveLength(1);
+  }, 30_000);
 });
+
+/** The host and port of a server's "server listening" log line. */
+function listening(output: string): { host: string; port: number } {
+  return JSON.parse(output.split('\n').find((l) => l.includes('server listening'))!);
+}
+
+/** Whether a TCP connection to address:port is accepted ("connected") or refused (the error code). */
+function connectTo(address: string, port: number): Promise<string> {
+  return new Promise((resolve) => {
+    const socket = net.connect({ host: address, port });
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve('connected');
+    });
+    socket.once('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
+  });
+}
+
+/**
+ * An IPv4 address of this machine that is not loopback. A machine with none gets one for
+ * the test, on a dummy interface (as root), removed when the file ends.
+ */
+async function nonLoopbackAddress(): Promise<string> {
+  const found = Object.values(os.networkInterfaces())
+    .flat()
+    .find((a) => a && a.family === 'IPv4' && !a.internal);
+  if (found) return found.address;
+  await runProcess('ip', ['link', 'add', 'pgmtest', 'type', 'dummy']);
+  cleanups.push(() => runProcess('ip', ['link', 'del', 'pgmtest']).then(() => undefined));
+  await runProcess('ip', ['addr', 'add', '10.213.0.1/32', 'dev', 'pgmtest']);
+  await runProcess('ip', ['link', 'set', 'pgmtest', 'up']);
+  return '10.213.0.1';
+}

@@ -142,7 +142,13 @@ describe('configuration', () => {
 
   it('HOST sets the bind address; docker-compose sets it explicitly', () => {
     expect(loadConfig({ ...base, HOST: '127.0.0.1' }).host).toBe('127.0.0.1');
-    expect(configErr({ ...base, HOST: '0.0.0.0; rm -rf /' })).toMatch(/HOST: must be an IP address or host name/);
+    expect(loadConfig({ ...base, HOST: '::' }).host).toBe('::');
+    expect(configErr({ ...base, HOST: '0.0.0.0; rm -rf /' })).toMatch(/HOST: must be an IP address to listen on, /);
+    // A name is refused too: it would be resolved at listen time, to whatever it gives then.
+    expect(configErr({ ...base, HOST: 'not-an-ip' })).toBe(
+      'environment: HOST: must be an IP address to listen on, e.g. 0.0.0.0 (every IPv4 interface) or 127.0.0.1 ' +
+        '(got "not-an-ip")',
+    );
     const compose = YAML.parse(fs.readFileSync(path.resolve(import.meta.dirname, '../docker-compose.yml'), 'utf8'));
     expect(compose.services.server.environment.HOST).toBe('0.0.0.0');
   });

@@ -4,6 +4,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { IndexReportResult } from '../jobs/index-report.ts';
 import { startWorkers } from '../src/cli/roles.ts';
+import { ensureJournal } from '../src/partitions/retention-journal.ts';
 import { HealthReader } from '../src/monitoring/health.ts';
 import { Metrics } from '../src/monitoring/metrics.ts';
 import type { Runtime } from '../src/runner/runtime.ts';
@@ -100,5 +101,24 @@ describe('index-report', () => {
     expect(metrics.body).toMatch(/pgmaint_index_report_findings\{target="main",kind="unindexed_foreign_key"\} 1/);
     expect(metrics.body).toMatch(/pgmaint_index_report_findings\{target="main",kind="overlapping"\} [1-9]/);
     expect(metrics.body).toMatch(/pgmaint_index_report_findings\{target="main",kind="unused"\} [1-9]/);
+  });
+
+  it("leaves pgmaint's own tables (schema pgmaint) out of the findings unless schemas names it", async () => {
+    // pgmaint's tables on this target: the run history (migrated above) and the retention journal.
+    await ensureJournal(h.admin);
+    const report = async (payload: object) => {
+      const { job } = await rt.queues.enqueue('index-report', payload);
+      const done = await waitForFinished(rt.queues.get('index-report'), job.id!);
+      expect(done.state, done.job.failedReason).toBe('completed');
+      const r = done.job.returnvalue as IndexReportResult;
+      return [...r.unused.map((u) => u.index), ...r.overlapping.map((o) => o.index)].concat(
+        r.unindexedForeignKeys.map((f) => f.table),
+      );
+    };
+    const everything = await report({});
+    expect(everything).toContain('shop.orders_amount');
+    expect(everything.filter((x) => x.startsWith('pgmaint.'))).toEqual([]);
+    // Asked for by name, the schema is reported like any other: its never-read index is there.
+    expect(await report({ schemas: ['pgmaint'] })).toContain('pgmaint.retention_journal_open');
   });
 });

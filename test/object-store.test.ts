@@ -5,18 +5,22 @@
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import request from 'supertest';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { listDumps } from '../src/backup/catalog.ts';
 import { objectStoreFor } from '../src/backup/object-store.ts';
 import { startWorkers } from '../src/cli/roles.ts';
 import type { Runtime } from '../src/runner/runtime.ts';
-import { createHarness, waitForFinished, type Harness } from './support/harness.ts';
+import { createApp } from '../src/http/app.ts';
+import { Auth } from '../src/http/auth.ts';
+import { ADMIN_TOKEN, createHarness, VIEWER_TOKEN, waitForFinished, type Harness } from './support/harness.ts';
 import { type S3Server, startS3 } from '../src/dev/s3.ts';
 
 let h: Harness;
 let rt: Runtime;
 let s3: S3Server;
 const key = randomBytes(32).toString('base64');
+const admin = { Authorization: `Bearer ${ADMIN_TOKEN}` };
 let env: Record<string, string>;
 
 beforeAll(async () => {
@@ -79,6 +83,20 @@ describe('dumps in the object store', () => {
     expect(object.key).toMatch(/^pgmaint\/dumps\/main\/main-.*\.dump\.enc$/);
     // keepLocal: false — the local file is gone, the manifest remains as the record.
     expect(fs.existsSync(dump!.path)).toBe(false);
+    // The result, the run history and Bull Board name where the dump is now: the object, not the deleted file.
+    const where = `s3://${s3.bucket}/${object.key}`;
+    expect(b.job.returnvalue).toMatchObject({ name: dump!.manifest.file, file: where, object: where });
+    await rt.history.flush();
+    const [row] = await rt.history.list({ job: 'backup', limit: 1 });
+    expect(row!.result).toMatchObject({ file: where });
+    const app = createApp(rt, new Auth(ADMIN_TOKEN, VIEWER_TOKEN));
+    const board = await request(app).get(`/admin/queues/api/queues/backup/${b.job.id}`).set(admin).expect(200);
+    expect(board.body.job.returnValue.file).toBe(where);
+    const logs = await request(app).get(`/admin/queues/api/queues/backup/${b.job.id}/logs`).set(admin).expect(200);
+    const lines = logs.body as string[];
+    expect(lines.join('\n')).toContain(`local copy removed (objectStore.keepLocal is false): the dump is ${where}`);
+    expect(lines.at(-1)).toContain(`[100%] backup verified: ${where}, `);
+    expect(lines.filter((l) => l.includes(dump!.path) && !l.includes(`${dump!.path}.manifest.json`))).toEqual([]);
     const stored = fs.readFileSync(storedFile(object.key));
     expect(stored.subarray(0, 8).toString()).toBe('PGMENC1\n');
     expect(stored.includes(Buffer.from('PGDMP'))).toBe(false); // no plaintext custom-format header
@@ -124,7 +142,12 @@ describe('partition archives in the object store', () => {
   it('an expired partition is archived to the bucket, encrypted and verified, before it is dropped', async () => {
     const r = await run('drop-expired-partitions', { now: '2026-01-05T00:00:00Z' });
     expect(r.state, r.job.failedReason).toBe('completed');
-    type Archive = { partition: string; rows: number; object: { key: string; encryption: { keyId: string } } };
+    type Archive = {
+      partition: string;
+      rows: number;
+      manifest: string;
+      object: { key: string; encryption: { keyId: string } };
+    };
     const archives = (r.job.returnvalue as { policies: { archives: Archive[] }[] }).policies[0]!.archives;
     expect(archives[0]).toMatchObject({
       partition: 'app.events_p20260101',
@@ -132,6 +155,13 @@ describe('partition archives in the object store', () => {
       object: { encryption: { keyId: 'k2026' } },
     });
     expect(archives[0]!.object.key).toMatch(/^pgmaint\/partitions\/main\/app\.events-\d{8}T\d{9}Z\.dump\.zst\.enc$/);
+    // keepLocal: false — the archive is the object; the result and the log name it, not the removed file.
+    const where = `s3://${s3.bucket}/${archives[0]!.object.key}`;
+    expect(archives[0]).toMatchObject({ file: where, manifest: expect.stringMatching(/\.dump\.zst\.manifest\.json$/) });
+    expect(fs.existsSync(archives[0]!.manifest)).toBe(true);
+    expect(fs.existsSync(archives[0]!.manifest.replace(/\.manifest\.json$/, ''))).toBe(false);
+    const { logs } = await rt.queues.get('drop-expired-partitions').getJobLogs(r.job.id!);
+    expect(logs.join('\n')).toContain(`archived app.events_p20260101: 50 rows, in ${where} (`);
     expect(fs.readFileSync(storedFile(archives[0]!.object.key)).subarray(0, 8).toString()).toBe('PGMENC1\n');
     const { rows } = await h.admin.query(`select to_regclass('app.events_p20260101') as t`);
     expect(rows[0].t).toBeNull();
@@ -151,7 +181,7 @@ describe('workers on two hosts', () => {
     await b.waitFor(/worker started/);
     const backup = await run('backup', {}, client);
     expect(backup.state, backup.job.failedReason).toBe('completed');
-    const file = path.basename((backup.job.returnvalue as { file: string }).file);
+    const file = (backup.job.returnvalue as { name: string }).name;
     expect(fs.existsSync(path.join(h.dir, 'host-b', 'dumps', 'main', `${file}.manifest.json`))).toBe(false);
     const check = await run('restore-check', {}, client);
     expect(check.state, check.job.failedReason).toBe('completed');

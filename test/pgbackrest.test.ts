@@ -5,6 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startWorkers } from '../src/cli/roles.ts';
+import { binPath, runProcess } from '../src/core/proc.ts';
 import type { Runtime } from '../src/runner/runtime.ts';
 import { createStanza, type Stanza } from '../src/dev/pgbackrest-stanza.ts';
 import { createHarness, waitForFinished, type Harness } from './support/harness.ts';
@@ -13,11 +14,13 @@ let h: Harness;
 let rt: Runtime;
 let pool: import('pg').Pool;
 let stanza: Stanza;
+let dataDir: string;
 
 beforeAll(async () => {
   h = await createHarness('pgbackrest');
   const own = await h.ownCluster();
   pool = own.pool;
+  dataDir = own.pg.dataDir;
   stanza = await createStanza(own.pg, pool, h.dir);
   h.configFile({
     targets: { main: { backup: { engine: 'pgbackrest', stanza: stanza.stanza, configFile: stanza.configFile } } },
@@ -164,6 +167,11 @@ describe('archive-check, prune-backups and the catalog with the pgbackrest engin
     });
     expect(body.newestBaseBackupAgeSeconds).toBeGreaterThanOrEqual(0);
     expect(body.recoveryWindow.seconds).toBeGreaterThan(0);
+    // The stanza's system id, a 64-bit integer, to the last digit: what pg_controldata says of the cluster.
+    const control = await runProcess(binPath('pg_controldata'), [dataDir]);
+    const systemId = /^Database system identifier:\s+(\d+)$/m.exec(control.stdout)![1]!;
+    expect(systemId.length).toBeGreaterThan(16);
+    expect(body.pgbackrest.systemId).toBe(systemId);
   });
 
   it('expires chains outside the window, never one a drill holds; dryRun expires nothing', async () => {

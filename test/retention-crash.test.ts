@@ -5,11 +5,21 @@
 // partition went. Table names carry a $, which the validator allows.
 import fs from 'node:fs';
 import path from 'node:path';
+import request from 'supertest';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { createApp } from '../src/http/app.ts';
+import { Auth } from '../src/http/auth.ts';
 import { HealthReader } from '../src/monitoring/health.ts';
 import { judge } from '../src/monitoring/alerts.ts';
 import type { Runtime } from '../src/runner/runtime.ts';
-import { createHarness, waitForFinished, waitUntil, type Harness } from './support/harness.ts';
+import {
+  ADMIN_TOKEN,
+  createHarness,
+  VIEWER_TOKEN,
+  waitForFinished,
+  waitUntil,
+  type Harness,
+} from './support/harness.ts';
 
 let h: Harness;
 let rt: Runtime;
@@ -217,5 +227,61 @@ describe('drop-expired-partitions killed at every step', () => {
       `select count(*)::int n from pgmaint.retention_journal where state not in ('dropped', 'reattached')`,
     );
     expect(rows[0].n).toBe(0);
+  }, 120_000);
+
+  it('a partition stranded by a crash is reported after its policy is removed: the journal is the record', async () => {
+    await h.admin.query(
+      `create table crash."sale$line_p20251231" partition of crash."sale$line" for values from ` +
+        `('2025-12-31 00:00+00') to ('2026-01-01 00:00+00'); ` +
+        `insert into crash."sale$line" select '2025-12-31 06:00+00'::timestamptz, g from generate_series(1, 10) g`,
+    );
+    // A run killed after its DETACH, before its archive.
+    fs.writeFileSync(path.join(faultDir, 'hold-before'), '');
+    const doomed = h.spawnPgmaint(['worker', '--queues', 'drop-expired-partitions'], { PG_BINDIR: faultBin });
+    await doomed.waitFor(/worker started/);
+    const { job } = await rt.queues.enqueue('drop-expired-partitions', { now: '2026-01-11T12:00:00Z' });
+    await waitUntil(async () => fs.existsSync(path.join(faultDir, 'reached')), 30_000, 'pg_dump to be held');
+    await doomed.killGroup();
+    const victim = 'sale$line_p20251231';
+    expect(await place(victim)).toBe('detached');
+    expect(await journal(victim)).toEqual(['detached']);
+
+    // The policy leaves the config. A worker takes the killed run back and, with no policy, ends it
+    // without touching the partition: nothing in the config names it any more.
+    h.configFile({ worker: { stalledIntervalMs: 1000, lockDurationMs: 2000, shutdownTimeoutMs: 5000 } });
+    const worker = h.spawnPgmaint(['worker', '--queues', 'drop-expired-partitions']);
+    await worker.waitFor(/worker started/);
+    const { state, job: done } = await waitForFinished(rt.queues.get('drop-expired-partitions'), job.id!, 60_000);
+    expect(state, done.failedReason).toBe('completed');
+    expect(done.returnvalue).toMatchObject({ policies: [] });
+    expect(await place(victim)).toBe('detached');
+
+    const noPolicy = h.runtime({ schedules: [] });
+    expect(noPolicy.config.partitions).toEqual([]);
+    const app = createApp(noPolicy, new Auth(ADMIN_TOKEN, VIEWER_TOKEN), { health: new HealthReader(noPolicy, 0) });
+    const status = await request(app).get('/api/status').set('Authorization', `Bearer ${VIEWER_TOKEN}`).expect(200);
+    expect(status.body.partitions).toEqual([
+      {
+        target: 'main',
+        table: PARENT,
+        runwaySeconds: null,
+        defaultRows: null,
+        strandedPartitions: [`crash.${victim}`],
+        policy: false,
+      },
+    ]);
+    const alerts = judge(await new HealthReader(noPolicy, 0).read(), noPolicy.config.alerts);
+    expect(alerts.find((a) => a.key === `retention-orphan:main:${PARENT}`)?.summary).toBe(
+      `1 partition(s) of ${PARENT} on main were taken out by a retention run that did not finish ` +
+        `(crash.${victim}); no partition policy names ${PARENT} any more, so no run will: restore its policy to ` +
+        'let drop-expired-partitions finish them, or re-attach or drop them by hand (the retention journal keeps ' +
+        'their bounds)',
+    );
+    // Put back by hand, it is no longer stranded, and nothing is reported.
+    await h.admin.query(
+      `alter table crash."sale$line" attach partition crash."${victim}" for values from ('2025-12-31 00:00+00') ` +
+        `to ('2026-01-01 00:00+00')`,
+    );
+    expect((await new HealthReader(noPolicy, 0).read()).partitions).toEqual([]);
   }, 120_000);
 });

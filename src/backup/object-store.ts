@@ -34,6 +34,9 @@ export interface StoredObject {
   uploadedAt: string;
 }
 
+/** s3://bucket/key: where an uploaded file is, as results and logs name it. */
+export const objectUrl = (o: Pick<StoredObject, 'bucket' | 'key'>) => `s3://${o.bucket}/${o.key}`;
+
 export class ObjectStore {
   private readonly client: S3Client;
 

@@ -13,12 +13,15 @@ import { fileStamp, publish, sha256File, writeJsonAtomic } from '../core/files.t
 import { binPath, runPipeline } from '../core/proc.ts';
 import { quoteQualified } from '../core/sql.ts';
 import type { JobContext } from '../runner/job-definition.ts';
-import { objectStoreFor, type StoredObject } from './object-store.ts';
+import { objectStoreFor, objectUrl, type StoredObject } from './object-store.ts';
 
 /** One partition's place in an archive file (several partitions may share the file). */
 export interface Archive {
   partition: string;
+  /** Where the archive is: the local file, or s3://bucket/key once the local copy is removed (keepLocal false). */
   file: string;
+  /** Its manifest, a local file that stays (beside where the archive was written). */
+  manifest: string;
   rows: number;
   /** The file's size and checksum. */
   bytes: number;
@@ -45,6 +48,10 @@ interface Manifest {
 }
 
 const ARCHIVE_SUFFIX = '.dump.zst';
+const MANIFEST_SUFFIX = '.manifest.json';
+
+/** The local file an archive was written as (its manifest's name without the suffix): what the journal records. */
+export const writtenFile = (a: Pick<Archive, 'manifest'>) => a.manifest.slice(0, -MANIFEST_SUFFIX.length);
 
 export function splitQualified(partition: string): [string, string] {
   const dot = partition.indexOf('.');
@@ -75,13 +82,20 @@ export async function reusableArchive(
   if (!mine) return undefined;
   return {
     partition,
-    file,
+    file: manifest.object && !(await exists(file)) ? objectUrl(manifest.object) : file,
+    manifest: `${file}${MANIFEST_SUFFIX}`,
     rows: mine.rows,
     bytes: manifest.bytes,
     sha256,
     ...(manifest.object ? { object: manifest.object } : {}),
   };
 }
+
+const exists = (file: string) =>
+  fs.stat(file).then(
+    () => true,
+    () => false,
+  );
 
 async function provenManifest(ctx: JobContext, file: string, sha256: string): Promise<Manifest | undefined> {
   try {
@@ -169,7 +183,7 @@ export async function archivePartitions(
     await publish(tmp, file);
     const object = await uploadArchive(ctx, file);
     const listed = partitions.map((p) => ({ partition: p, rows: rows.get(p)! }));
-    await writeJsonAtomic(`${file}.manifest.json`, {
+    await writeJsonAtomic(`${file}${MANIFEST_SUFFIX}`, {
       kind: 'pgmaint-partition-archive',
       version: 2,
       target: ctx.target.name,
@@ -183,8 +197,11 @@ export async function archivePartitions(
       jobId: ctx.jobId,
       ...(object ? { object } : {}),
     });
-    if (object && !ctx.config.objectStore!.keepLocal) await fs.rm(file, { force: true });
-    return listed.map((x) => ({ ...x, file, bytes, sha256, ...(object ? { object } : {}) }));
+    const removed = object && !ctx.config.objectStore!.keepLocal;
+    if (removed) await fs.rm(file, { force: true });
+    const where = removed ? objectUrl(object) : file;
+    const manifest = `${file}${MANIFEST_SUFFIX}`;
+    return listed.map((x) => ({ ...x, file: where, manifest, bytes, sha256, ...(object ? { object } : {}) }));
   } catch (err) {
     await fs.rm(tmp, { force: true });
     throw err;
@@ -273,7 +290,7 @@ async function uploadArchive(ctx: JobContext, file: string): Promise<StoredObjec
       store.keyFor('partitions', ctx.target.name, path.basename(file)),
       ctx.signal,
     );
-    await ctx.log(`uploaded s3://${object.bucket}/${object.key} and read it back (${object.bytes} bytes)`);
+    await ctx.log(`uploaded ${objectUrl(object)} and read it back (${object.bytes} bytes)`);
     return object;
   } finally {
     store.close();

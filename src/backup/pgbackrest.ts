@@ -6,6 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { TargetConfig } from '../core/config.ts';
 import { PermanentJobError } from '../core/errors.ts';
 import { postgresUser } from '../core/local-postgres.ts';
+import { parseJsonExact } from '../core/json.ts';
 import { runProcess } from '../core/proc.ts';
 
 export interface PgbackrestSet {
@@ -59,6 +60,58 @@ interface RawSet {
   info: { size: number; delta: number; repository: { size: number; delta: number } };
 }
 
+interface RawStanza {
+  name: string;
+  status: { code: number; message: string };
+  cipher: string;
+  db?: { 'system-id': string }[];
+  archive?: { min: string | null; max: string | null }[];
+  backup?: RawSet[];
+}
+
+/** What `pgbackrest info --output=json` says of one stanza. Its system-id is a 64-bit integer: kept exact, as text. */
+export function parseInfo(json: string, stanza: string): PgbackrestInfo {
+  const stanzas = parseJsonExact<RawStanza[]>(json, ['system-id']);
+  const s = stanzas.find((x) => x.name === stanza);
+  if (!s) throw new Error(`pgbackrest info: no stanza "${stanza}"`);
+  const archives = (s.archive ?? []).filter((a) => a.min && a.max);
+  const iso = (t: number) => new Date(t * 1000).toISOString();
+  return {
+    stanza: s.name,
+    status: s.status,
+    cipher: s.cipher,
+    systemId: s.db?.at(-1)?.['system-id'] ?? null,
+    archive: archives.length
+      ? {
+          min: archives.map((a) => a.min!).sort()[0]!,
+          max: archives
+            .map((a) => a.max!)
+            .sort()
+            .at(-1)!,
+        }
+      : null,
+    sets: (s.backup ?? [])
+      .map(
+        (b): PgbackrestSet => ({
+          label: b.label,
+          type: b.type,
+          prior: b.prior,
+          startedAt: iso(b.timestamp.start),
+          stoppedAt: iso(b.timestamp.stop),
+          durationSeconds: b.timestamp.stop - b.timestamp.start,
+          startLsn: b.lsn.start,
+          stopLsn: b.lsn.stop,
+          startWal: b.archive.start,
+          stopWal: b.archive.stop,
+          bytes: b.info.size,
+          repositoryBytes: b.info.repository.delta,
+          error: Boolean(b.error),
+        }),
+      )
+      .reverse(),
+  };
+}
+
 export class Pgbackrest {
   readonly stanza: string;
 
@@ -85,52 +138,7 @@ export class Pgbackrest {
 
   async info(signal?: AbortSignal): Promise<PgbackrestInfo> {
     const { stdout } = await this.run(['info', '--output=json'], { signal });
-    const stanzas = JSON.parse(stdout) as {
-      name: string;
-      status: { code: number; message: string };
-      cipher: string;
-      db?: { 'system-id': number | string }[];
-      archive?: { min: string | null; max: string | null }[];
-      backup?: RawSet[];
-    }[];
-    const s = stanzas.find((x) => x.name === this.stanza);
-    if (!s) throw new Error(`pgbackrest info: no stanza "${this.stanza}"`);
-    const archives = (s.archive ?? []).filter((a) => a.min && a.max);
-    const iso = (t: number) => new Date(t * 1000).toISOString();
-    return {
-      stanza: s.name,
-      status: s.status,
-      cipher: s.cipher,
-      systemId: s.db?.at(-1) ? String(s.db.at(-1)!['system-id']) : null,
-      archive: archives.length
-        ? {
-            min: archives.map((a) => a.min!).sort()[0]!,
-            max: archives
-              .map((a) => a.max!)
-              .sort()
-              .at(-1)!,
-          }
-        : null,
-      sets: (s.backup ?? [])
-        .map(
-          (b): PgbackrestSet => ({
-            label: b.label,
-            type: b.type,
-            prior: b.prior,
-            startedAt: iso(b.timestamp.start),
-            stoppedAt: iso(b.timestamp.stop),
-            durationSeconds: b.timestamp.stop - b.timestamp.start,
-            startLsn: b.lsn.start,
-            stopLsn: b.lsn.stop,
-            startWal: b.archive.start,
-            stopWal: b.archive.stop,
-            bytes: b.info.size,
-            repositoryBytes: b.info.repository.delta,
-            error: Boolean(b.error),
-          }),
-        )
-        .reverse(),
-    };
+    return parseInfo(stdout, this.stanza);
   }
 
   /**

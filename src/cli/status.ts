@@ -48,8 +48,16 @@ export function statusTable(r: StatusReport, zone: string): string {
   if (r.partitions.length)
     parts.push(
       `\nPartition runway\n${renderTable(
-        ['TARGET', 'TABLE', 'RUNWAY', 'DEFAULT ROWS', 'ERROR'],
-        r.partitions.map((p) => [p.target, p.table, humanDuration(p.runwaySeconds), p.defaultRows, p.error]),
+        ['TARGET', 'TABLE', 'RUNWAY', 'DEFAULT ROWS', 'STRANDED', 'ERROR'],
+        r.partitions.map((p) => [
+          p.target,
+          p.table,
+          p.policy ? humanDuration(p.runwaySeconds) : 'no policy',
+          p.defaultRows,
+          p.strandedPartitions.join(', ') || null,
+          p.error,
+        ]),
+        120,
       )}`,
     );
   const errors = Object.entries(r.errors);

@@ -1,5 +1,6 @@
 // The configuration's schemas: the environment's variables and the config file's
 // keys, with every default. The Config type is derived from them (config.ts).
+import { isIP } from 'node:net';
 import { z } from 'zod';
 import { MAIN_TARGET } from './constants.ts';
 import { partitionPolicy } from './partition-policy.ts';
@@ -40,10 +41,17 @@ export const envSchema = z.object({
   BACKUP_DIR: z.string(required).min(1, 'is empty'),
   WAL_ARCHIVE_DIR: z.string().min(1, 'is empty').optional(),
   PORT: z.coerce.number().int().min(0).max(65535).default(3000),
-  /** Address the HTTP server binds: 0.0.0.0 (every IPv4 interface, what a container needs), 127.0.0.1, ::, … */
+  /**
+   * Address the HTTP server binds: 0.0.0.0 (every IPv4 interface, what a container needs), 127.0.0.1, ::, …
+   * An IP address, never a name: a name would be resolved at listen time, to whichever address it gives then.
+   */
   HOST: z
     .string()
-    .regex(/^[A-Za-z0-9.:-]{1,253}$/, 'must be an IP address or host name, e.g. 0.0.0.0 or 127.0.0.1')
+    .refine((v) => isIP(v) !== 0, {
+      error: (iss) =>
+        `must be an IP address to listen on, e.g. 0.0.0.0 (every IPv4 interface) or 127.0.0.1 (got ` +
+        `${JSON.stringify(iss.input)})`,
+    })
     .default('0.0.0.0'),
   ADMIN_TOKEN: token.optional(),
   VIEWER_TOKEN: token.optional(),

@@ -13,6 +13,7 @@ import type { Metrics } from '../monitoring/metrics.ts';
 import type { Runtime } from '../runner/runtime.ts';
 import { redact } from '../core/redact.ts';
 import { type Auth, bearerToken, type Role } from './auth.ts';
+import { boardView } from './board-view.ts';
 import { boardError, type Handler, type HttpDeps } from './handlers.ts';
 import { BOARD_PATH, ROUTES, type Route } from './routes.ts';
 
@@ -216,7 +217,7 @@ export function createApp(rt: Runtime, auth: Auth, parts: AppParts = {}): expres
   app.use(BOARD_PATH, express.json({ limit: BODY_LIMIT }));
   const adminBoard = boardRouter(rt, false);
   const viewerBoard = boardRouter(rt, true);
-  app.use(BOARD_PATH, withoutOutsideLinks, (req, res, next) =>
+  app.use(BOARD_PATH, withoutOutsideLinks, boardView(rt.config.businessTimeZone), (req, res, next) =>
     (req.role === 'admin' ? adminBoard : viewerBoard)(req, res, next),
   );
 

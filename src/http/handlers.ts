@@ -285,6 +285,14 @@ export const listBackups: Handler = async ({ rt }, req) => {
 
 export const healthz: Handler = async () => ({ status: 200, body: { ok: true } });
 
+/** Browsers ask for it on every page, the sign-in page too: an empty answer, not a sign-in redirect. */
+export const favicon: Handler = async () => ({
+  status: 204,
+  body: '',
+  contentType: 'text',
+  headers: { 'Cache-Control': 'public, max-age=86400' },
+});
+
 export const showLogin: Handler = async () => ({ status: 200, body: loginPage(), contentType: 'html' });
 
 /** The login form: a valid token becomes the session cookie. */

@@ -3,6 +3,7 @@
 import {
   BOARD_PATH,
   enqueueJob,
+  favicon,
   getJob,
   type Handler,
   healthz,
@@ -54,6 +55,7 @@ const route = (r: Route): Route => (r.redis === 'required' ? { ...r, handler: re
 export const ROUTES: readonly Route[] = (
   [
     { method: 'get', path: '/healthz', access: 'public', handler: healthz },
+    { method: 'get', path: '/favicon.ico', access: 'public', handler: favicon },
     { method: 'get', path: '/login', access: 'public', handler: showLogin },
     { method: 'post', path: '/login', access: 'public', body: 'form', handler: login },
     { method: 'post', path: '/logout', access: 'public', handler: logout },

@@ -162,8 +162,12 @@ export function judge(s: HealthSnapshot, cfg: Config['alerts']): Alert[] {
         severity: 'critical',
         summary:
           `${p.unfinishedDetaches} partition(s) of ${p.table} on ${p.target} were taken out by a retention ` +
-          `run that did not finish (${(p.unfinishedPartitions ?? []).join(', ')}); the next drop-expired-partitions ` +
-          `run finishes them`,
+          `run that did not finish (${(p.unfinishedPartitions ?? []).join(', ')}); ` +
+          (p.policy
+            ? 'the next drop-expired-partitions run finishes them'
+            : `no partition policy names ${p.table} any more, so no run will: restore its policy to let ` +
+              'drop-expired-partitions finish them, or re-attach or drop them by hand (the retention journal ' +
+              'keeps their bounds)'),
         labels: { target: p.target, table: p.table },
       });
     }
@@ -197,9 +201,12 @@ function uncertain(key: string, s: HealthSnapshot): boolean {
   if (key.startsWith('deadman:')) return failed('history') || failed('schedules');
   if (key.startsWith('no-worker:') || key.startsWith('overrun:')) return failed('queues');
   if (key.startsWith('backup-age:') || key.startsWith('archive-lag:')) return failed('backups');
-  const table = /^(?:partition-runway|default-rows|retention-orphan):([^:]+):(.+)$/.exec(key);
-  if (table) return s.partitions.some((p) => p.target === table[1] && p.table === table[2] && p.error !== undefined);
-  return false;
+  const table = /^(partition-runway|default-rows|retention-orphan):([^:]+):(.+)$/.exec(key);
+  if (!table) return false;
+  const [, rule, target, name] = table;
+  // Stranded partitions come from the target's retention journal; runway and DEFAULT rows from the policy's row.
+  if (rule === 'retention-orphan' && failed(`journal:${target}`)) return true;
+  return s.partitions.some((p) => p.target === target && p.table === name && p.error !== undefined);
 }
 
 export type Notify = (body: WebhookBody) => Promise<void>;

@@ -2,7 +2,6 @@
 // history in PostgreSQL, counters and queues in Redis, the backup catalog, the
 // target's own catalog), so any process can take it: /metrics renders it, the
 // alert monitor judges it. Readings are cached briefly; a scrape storm costs one.
-import { DateTime } from 'luxon';
 import type { ArchiveCheckResult } from '../../jobs/archive-check.ts';
 import type { IndexReportResult } from '../../jobs/index-report.ts';
 import type { PitrDrillResult } from '../../jobs/pitr-drill.ts';
@@ -12,14 +11,13 @@ import { readIndexLeftovers, type IndexLeftoverHealth } from './index-leftovers.
 import { withObjectStore } from '../backup/object-store.ts';
 import { nextRun } from '../core/cron.ts';
 import type { JobStatus } from '../runner/history.ts';
-import type { PartitionPolicy } from '../core/partition-policy.ts';
-import { quoteQualified } from '../core/sql.ts';
-import { readParent } from '../partitions/partitions.ts';
-import { openEntries } from '../partitions/retention-journal.ts';
 import { ServiceUnavailableError } from '../core/errors.ts';
 import { redisFailureMessage, redisLabel, settleWithin } from '../runner/redis-failure.ts';
 import type { Runtime } from '../runner/runtime.ts';
+import { type PartitionHealth, readPartitionHealth } from './partition-health.ts';
 import { readRunStats, type DurationStats, type RunCount } from '../runner/run-stats.ts';
+
+export { DEFAULT_ROWS_CAP, type PartitionHealth } from './partition-health.ts';
 
 export const QUEUE_STATES = [
   'waiting',
@@ -83,20 +81,6 @@ export interface QueryHealth {
   top: { queryid: string; calls: number; totalExecMs: number; meanExecMs: number }[];
 }
 
-export interface PartitionHealth {
-  target: string;
-  table: string;
-  /** Seconds from now to the end of the contiguous partitions that cover now (0: now is not covered). */
-  runwaySeconds: number | null;
-  /** Rows in the DEFAULT partition, counted up to DEFAULT_ROWS_CAP. */
-  defaultRows: number | null;
-  /** Partitions taken out of the parent by a retention run that is no longer running, and not
-   * finished (the retention journal's open entries). */
-  unfinishedDetaches: number | null;
-  unfinishedPartitions?: string[];
-  error?: string;
-}
-
 export interface HealthSnapshot {
   at: number;
   runs: RunCount[];
@@ -114,8 +98,6 @@ export interface HealthSnapshot {
   errors: Record<string, string>;
 }
 
-export const DEFAULT_ROWS_CAP = 100_000;
-
 /** The Redis reads of one reading give up together after this: /metrics answers even when Redis does not. */
 export const HEALTH_REDIS_DEADLINE_MS = 3000;
 
@@ -123,52 +105,6 @@ const ms = (d: Date | string | null | undefined) => (d ? new Date(d).getTime() :
 
 /** A Redis read held to the reading's deadline. */
 type RedisRead = <T>(p: Promise<T>) => Promise<T>;
-
-async function partitionHealth(
-  rt: Runtime,
-  policy: PartitionPolicy,
-  now: number,
-  runningRetention: Set<string>,
-): Promise<PartitionHealth> {
-  const out: PartitionHealth = {
-    target: policy.target,
-    table: policy.table,
-    runwaySeconds: null,
-    defaultRows: null,
-    unfinishedDetaches: null,
-  };
-  const client = await rt.connections.pool(policy.target, 'monitor').connect();
-  try {
-    await client.query(`set statement_timeout = '10s'; set timezone = 'UTC'`);
-    const parent = await readParent(client, policy);
-    const ranges = parent.partitions.filter((p) => !p.isDefault && !p.detachPending && p.from && p.to);
-    const at = DateTime.fromMillis(now);
-    let cover = ranges.find((p) => p.from! <= at && at < p.to!);
-    let end = cover?.to ?? null;
-    while (cover) {
-      cover = ranges.find((p) => end && p.from!.equals(end));
-      if (cover) end = cover.to;
-    }
-    out.runwaySeconds = end ? Math.max(0, Math.round((end.toMillis() - now) / 1000)) : 0;
-    const def = parent.partitions.find((p) => p.isDefault);
-    if (def) {
-      const { rows } = await client.query<{ n: number }>(
-        `select count(*)::int as n from (select 1 from ${quoteQualified(def.schema, def.name)} limit ` +
-          `${DEFAULT_ROWS_CAP}) s`,
-      );
-      out.defaultRows = rows[0]!.n;
-    } else out.defaultRows = 0;
-    // A journal entry of a run still going is work in progress; any other is an orphan.
-    const unfinished = (await openEntries(client, policy.table)).filter((e) => !runningRetention.has(e.jobId));
-    out.unfinishedDetaches = unfinished.length;
-    out.unfinishedPartitions = unfinished.map((e) => `${e.partitionSchema}.${e.partitionName}`);
-  } catch (err) {
-    out.error = (err as Error).message;
-  } finally {
-    client.release();
-  }
-  return out;
-}
 
 export class HealthReader {
   private cached?: { at: number; snapshot: Promise<HealthSnapshot> };
@@ -233,7 +169,7 @@ export class HealthReader {
       part('queues', redis(this.queues()), []),
       redis(this.runningRetention())
         .catch(() => new Set<string>())
-        .then((running) => Promise.all(rt.config.partitions.map((p) => partitionHealth(rt, p, now, running)))),
+        .then((running) => readPartitionHealth(rt, now, running, errors, (err) => this.describeError(err))),
     ]);
     const indexLeftovers = await readIndexLeftovers(rt, jobs);
     const backups = await part(

@@ -1,6 +1,7 @@
 // One screen of state for `pgmaint status` and GET /api/status: queues and workers,
 // open alerts, each target's newest backups and drill with their ages, archive lag,
-// recovery window, and each partitioned table's runway. Read from the health
+// recovery window, and each partitioned table's runway and the partitions retention left
+// outside it (from the retention journal, even once no policy names the table). Read from the health
 // snapshot (shared state only), so any process can answer.
 import type { Incident } from './alerts.ts';
 import type { HealthReader } from './health.ts';
@@ -31,6 +32,10 @@ export interface StatusReport {
     table: string;
     runwaySeconds: number | null;
     defaultRows: number | null;
+    /** Partitions a retention run took out and left outside the table (the retention journal's record). */
+    strandedPartitions: string[];
+    /** A partition policy names the table; false: only the retention journal does. */
+    policy: boolean;
     error?: string;
   }[];
   /** Parts that could not be read (the rest of the report stands). */
@@ -83,6 +88,8 @@ export async function statusReport(health: HealthReader, openAlerts: Promise<Inc
       table: p.table,
       runwaySeconds: p.runwaySeconds,
       defaultRows: p.defaultRows,
+      strandedPartitions: p.unfinishedPartitions ?? [],
+      policy: p.policy,
       ...(p.error ? { error: p.error } : {}),
     })),
     errors: { ...s.errors, ...alertsError },
