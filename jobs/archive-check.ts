@@ -8,6 +8,7 @@
 import fs from 'node:fs/promises';
 import type pg from 'pg';
 import { z } from 'zod';
+import { refusalLine } from '../src/backup/manifest-checks.ts';
 import { listBaseBackups, readBackupCatalog, recoveryWindow } from '../src/backup/catalog.ts';
 import { PermanentJobError } from '../src/core/errors.ts';
 import { Pgbackrest } from '../src/backup/pgbackrest.ts';
@@ -117,7 +118,8 @@ const job = defineJob({
         `archive lags ${lagSegments} segments (${lagSeconds} s) behind the server's current WAL ${s.current_wal}`,
       );
 
-    const bases = await listBaseBackups(ctx.config.backupDir, p.target);
+    const { bases, refused } = await listBaseBackups(ctx.config.backupDir, p.target);
+    for (const r of refused) warnings.push(refusalLine(r));
     const window = recoveryWindow(bases, archive);
     if (bases.length === 0)
       warnings.push('no verified base backup: point-in-time recovery is not possible yet (run base-backup)');

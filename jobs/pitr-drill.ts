@@ -15,6 +15,7 @@ import { z } from 'zod';
 import { PermanentJobError } from '../src/core/errors.ts';
 import { defineJob, type JobResult, targetField, type JobContext } from '../src/runner/job-definition.ts';
 import { qualifiedName, quoteIdent, withTransaction } from '../src/core/sql.ts';
+import { baseBackupLabel, pgbackrestSetLabel } from '../src/backup/names.ts';
 import { createScratchInstance, removeAbandonedScratch, type ScratchInstance } from '../src/backup/scratch-instance.ts';
 import {
   nativeSource,
@@ -28,11 +29,10 @@ export const payload = z.object({
   target: targetField,
   /** Label of the base backup to restore; default: the newest verified one that stopped before T. */
   baseBackup: z
-    .string()
-    .regex(
-      /^([a-z0-9_-]+-\d{8}T\d{9}Z|\d{8}-\d{6}F(_\d{8}-\d{6}[DI])?)$/,
-      'must be a base backup label such as main-20261125T010000000Z, or a pgBackRest set such as 20261125-010000F',
-    )
+    .union([baseBackupLabel, pgbackrestSetLabel], {
+      error:
+        'must be a base backup label such as main-20261125T010000000Z, or a pgBackRest set such as 20261125-010000F',
+    })
     .optional(),
   /** Tables (schema.table) whose rows are counted at T and after the restore; default backups.drillTables. */
   tables: z.array(qualifiedName).max(100).optional(),

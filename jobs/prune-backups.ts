@@ -12,6 +12,7 @@ import path from 'node:path';
 import { z } from 'zod';
 import {
   baseBackupLockKey,
+  dumpDir,
   listBaseBackups,
   listDumps,
   readArchive,
@@ -21,6 +22,9 @@ import {
   type ListedDump,
 } from '../src/backup/catalog.ts';
 import { fsyncPath, treeSize } from '../src/core/files.ts';
+import { PermanentJobError } from '../src/core/errors.ts';
+import { pathInside } from '../src/core/paths.ts';
+import { checkObject, refusalLine } from '../src/backup/manifest-checks.ts';
 import { objectStoreFor } from '../src/backup/object-store.ts';
 import { Pgbackrest } from '../src/backup/pgbackrest.ts';
 import { defineJob, type JobContext, type JobResult, targetField } from '../src/runner/job-definition.ts';
@@ -87,8 +91,11 @@ const job = defineJob({
     const policy = ctx.config.backups;
     const now = Date.now();
     const store = objectStoreFor(ctx.config);
-    const dumps = await listDumps(ctx.config.backupDir, target, store).finally(() => store?.close());
-    const bases = await listBaseBackups(ctx.config.backupDir, target);
+    const dumpListing = await listDumps(ctx.config.backupDir, target, store).finally(() => store?.close());
+    const { dumps } = dumpListing;
+    const { bases, refused: refusedBases } = await listBaseBackups(ctx.config.backupDir, target);
+    const refused = [...dumpListing.refused, ...refusedBases];
+    for (const r of refused) await ctx.log(refusalLine(r));
     const dumpPlan = planRetention(dumps, (d) => Date.parse(d.manifest.finishedAt), policy.dumps, now, false);
     const basePlan = planRetention(bases, (b) => Date.parse(b.manifest.stoppedAt), policy.base, now, true);
 
@@ -129,6 +136,8 @@ const job = defineJob({
           removeBytes: walPlan.bytes,
           note: walPlan.note,
         },
+        /** Manifests read but not trusted: neither kept nor removed, only named. */
+        refused,
       };
       for (const d of [...plan.dumps, ...plan.baseBackups])
         await ctx.log(`${d.action} ${'file' in d ? d.file : d.label}: ${d.reason}`);
@@ -136,7 +145,7 @@ const job = defineJob({
       if (dryRun) return { dryRun: true, plan, walFiles: walPlan.remove.slice(0, 1000) };
 
       let freed = 0;
-      for (const d of dumpPlan.filter((d) => !d.keep)) freed += await removeDump(ctx, d.item);
+      for (const d of dumpPlan.filter((d) => !d.keep)) freed += await removeDump(ctx, target, d.item);
       for (const d of basePlan.filter((d) => !d.keep)) freed += await removeBaseBackup(d.item);
       for (const f of walPlan.remove) {
         const st = await fs.stat(f).catch(() => undefined);
@@ -195,31 +204,40 @@ async function planWal(
   };
 }
 
-async function removeDump(ctx: JobContext, d: ListedDump): Promise<number> {
+/**
+ * Removes a listed dump (its manifest passed manifest-checks.ts): the bucket's manifest,
+ * object and verdict by the keys its own name gives, then the local files, each proven
+ * to lie inside the target's dump directory first.
+ */
+async function removeDump(ctx: JobContext, target: string, d: ListedDump): Promise<number> {
+  const dir = dumpDir(ctx.config.backupDir, target);
+  const file = await pathInside(dir, d.manifest.file, `dump ${d.manifest.file}`);
   const o = d.manifest.object;
   if (o) {
     // In the bucket too: the manifest first (then the dump no longer counts), then the object.
     const store = objectStoreFor(ctx.config);
     if (store) {
       try {
-        await store.remove(store.manifestKey('dumps', d.manifest.target, d.manifest.file));
+        const refusedObject = checkObject(o, store, 'dumps', target, d.manifest.file);
+        if (refusedObject)
+          throw new PermanentJobError(`dump ${d.manifest.file}: ${refusedObject}`, 'UNTRUSTED_MANIFEST');
+        const manifestKey = store.manifestKey('dumps', target, d.manifest.file);
+        await store.remove(manifestKey);
         await store.remove(o.key);
-        await store.remove(
-          store
-            .manifestKey('dumps', d.manifest.target, d.manifest.file)
-            .replace(/\.manifest\.json$/, '.restore-check.json'),
-        );
+        await store.remove(manifestKey.replace(/\.manifest\.json$/, '.restore-check.json'));
       } finally {
         store.close();
       }
     }
   }
-  const size = (await treeSize(d.path).catch(() => 0)) || (o?.bytes ?? 0);
+  const manifest = await pathInside(dir, `${file}.manifest.json`, `dump ${d.manifest.file}`);
+  const verdict = await pathInside(dir, `${file}.restore-check.json`, `dump ${d.manifest.file}`);
+  const size = (await treeSize(file).catch(() => 0)) || (o?.bytes ?? 0);
   // Without its manifest the dump no longer counts; then its files go.
-  await fs.rm(`${d.path}.manifest.json`, { force: true });
-  await fsyncPath(path.dirname(d.path));
-  await fs.rm(d.path, { recursive: true, force: true });
-  await fs.rm(`${d.path}.restore-check.json`, { force: true });
+  await fs.rm(manifest, { force: true });
+  await fsyncPath(dir).catch(() => undefined);
+  await fs.rm(file, { recursive: true, force: true });
+  await fs.rm(verdict, { force: true });
   return size;
 }
 
@@ -242,7 +260,8 @@ async function prunePgbackrest(ctx: JobContext, target: string, dryRun: boolean)
   const br = new Pgbackrest(ctx.target);
   const policy = ctx.config.backups;
   const now = Date.now();
-  const { sets } = await br.info(ctx.signal);
+  const info = await br.info(ctx.signal);
+  const { sets } = info;
   const chains = sets
     .filter((s) => s.type === 'full')
     .map((full) => ({
@@ -252,8 +271,18 @@ async function prunePgbackrest(ctx: JobContext, target: string, dryRun: boolean)
   const newestStop = (c: (typeof chains)[number]) => Math.max(...c.members.map((m) => Date.parse(m.stoppedAt)));
   const chainPlan = planRetention(chains, newestStop, policy.base, now, true);
   const store = objectStoreFor(ctx.config);
-  const dumps = await listDumps(ctx.config.backupDir, target, store).finally(() => store?.close());
+  const dumpListing = await listDumps(ctx.config.backupDir, target, store).finally(() => store?.close());
+  const { dumps } = dumpListing;
   const dumpPlan = planRetention(dumps, (d) => Date.parse(d.manifest.finishedAt), policy.dumps, now, false);
+  const refused = [...dumpListing.refused, ...info.refused];
+  for (const r of refused) await ctx.log(refusalLine(r));
+  // A refused set may belong to any chain: with one, no chain is expired.
+  if (info.refused.length) {
+    for (const d of chainPlan.filter((d) => !d.keep)) {
+      d.keep = true;
+      d.reason = `pgbackrest info lists ${info.refused.length} set(s) that fail their checks; nothing is expired`;
+    }
+  }
   const lock = await ctx.pool.connect();
   try {
     // A set a running drill restores from holds its shared lock: its chain stays.
@@ -283,6 +312,7 @@ async function prunePgbackrest(ctx: JobContext, target: string, dryRun: boolean)
         action: d.keep ? 'keep' : 'expire',
         reason: d.reason,
       })),
+      refused,
     };
     for (const d of [...plan.dumps, ...plan.backupSets]) {
       await ctx.log(`${d.action} ${'file' in d ? d.file : d.label}: ${d.reason}`);
@@ -301,7 +331,7 @@ async function prunePgbackrest(ctx: JobContext, target: string, dryRun: boolean)
     }
     if (dryRun) return { dryRun: true, plan, pgbackrest: output };
     let freed = 0;
-    for (const d of dumpPlan.filter((d) => !d.keep)) freed += await removeDump(ctx, d.item);
+    for (const d of dumpPlan.filter((d) => !d.keep)) freed += await removeDump(ctx, target, d.item);
     const window = (await readBackupCatalog(ctx.config.backupDir, ctx.target)).recoveryWindow;
     await ctx.progress(
       100,

@@ -8,12 +8,15 @@ import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
 import pg from 'pg';
-import { type ListedDump, listDumps, type RestoreCheckRecord } from '../src/backup/catalog.ts';
+import { dumpDir, type ListedDump, listDumps, type RestoreCheckRecord } from '../src/backup/catalog.ts';
+import { refusalLine } from '../src/backup/manifest-checks.ts';
+import { dumpFileName } from '../src/backup/names.ts';
 import { objectStoreFor } from '../src/backup/object-store.ts';
 import { deploymentTag } from '../src/core/config.ts';
 import { libpqSettings } from '../src/core/libpq.ts';
 import { PermanentJobError } from '../src/core/errors.ts';
 import { sha256File, sha256Tree, writeJsonAtomic } from '../src/core/files.ts';
+import { pathInside } from '../src/core/paths.ts';
 import { defineJob, type JobContext, type JobResult, targetField } from '../src/runner/job-definition.ts';
 import { quoteIdent } from '../src/core/sql.ts';
 import { binPath, runProcess } from '../src/core/proc.ts';
@@ -21,13 +24,7 @@ import { binPath, runProcess } from '../src/core/proc.ts';
 export const payload = z.object({
   target: targetField,
   /** Dump file name (as listed by GET /api/backups); default the newest. */
-  dump: z
-    .string()
-    .regex(
-      /^[a-z0-9_-]+-\d{8}T\d{9}Z\.(dump|dumpdir)$/,
-      'must be a dump file name such as main-20261125T020000000Z.dump',
-    )
-    .optional(),
+  dump: dumpFileName.optional(),
   /** pg_restore processes at once (pg_restore --jobs). */
   parallel: z.number().int().min(1).max(16).default(2),
   /** Target whose server gets the scratch database (default: the dump's own target). Needs CREATEDB. */
@@ -56,13 +53,17 @@ const job = defineJob({
       : [],
   async handler(ctx, p) {
     const catalogStore = objectStoreFor(ctx.config);
-    const dumps = await listDumps(ctx.config.backupDir, p.target, catalogStore).finally(() => catalogStore?.close());
+    const { dumps, refused } = await listDumps(ctx.config.backupDir, p.target, catalogStore).finally(() =>
+      catalogStore?.close(),
+    );
+    for (const r of refused) await ctx.log(refusalLine(r));
     const chosen = p.dump ? dumps.find((d) => d.manifest.file === p.dump) : dumps[0];
     if (!chosen)
       throw new PermanentJobError(
-        p.dump
+        (p.dump
           ? `dump: no verified dump ${p.dump} of target "${p.target}"`
-          : `no verified dump of target "${p.target}"; run backup first`,
+          : `no verified dump of target "${p.target}"; run backup first`) +
+          (refused.length ? ` (${refused.length} manifests refused: see the run's log)` : ''),
         'NO_DUMP',
       );
     const m = chosen.manifest;
@@ -181,8 +182,10 @@ async function checkDump(ctx: JobContext, p: z.output<typeof payload>, chosen: L
       restoreSeconds,
       jobId: ctx.jobId,
     };
-    await fs.mkdir(path.dirname(chosen.path), { recursive: true });
-    await writeJsonAtomic(`${chosen.path}.restore-check.json`, record);
+    // The verdict's path comes from the manifest's name: proven inside the dump directory first.
+    const dir = dumpDir(ctx.config.backupDir, p.target);
+    await fs.mkdir(dir, { recursive: true });
+    await writeJsonAtomic(await pathInside(dir, `${m.file}.restore-check.json`, `dump ${m.file}`), record);
     // In the bucket too, where every worker's catalog reads it.
     const store = m.object ? objectStoreFor(ctx.config) : undefined;
     if (store) {

@@ -41,13 +41,13 @@ describe('base-backup under SIGKILL', () => {
     );
     first.child.kill('SIGKILL');
     await first.exited;
-    expect(await listBaseBackups(h.backupDir, 'main')).toEqual([]);
+    expect((await listBaseBackups(h.backupDir, 'main')).bases).toEqual([]);
 
     const second = h.spawnPgmaint(['worker', '--queues', 'base-backup']);
     await second.waitFor(/worker started/);
     const { state, job: done } = await waitForFinished(rt.queues.get('base-backup'), job.id!, 90_000);
     expect(state).toBe('completed');
-    const listed = await listBaseBackups(h.backupDir, 'main');
+    const listed = (await listBaseBackups(h.backupDir, 'main')).bases;
     expect(listed.map((b) => b.manifest.label)).toEqual([(done.returnvalue as { label: string }).label]);
     // The interrupted run's directory was removed by the run that completed.
     expect(fs.readdirSync(dir).filter((e) => e.startsWith('.'))).toEqual([]);
@@ -72,7 +72,7 @@ describe('backup under SIGKILL', () => {
       await waitUntilBlocked(pool, `application_name like 'pgmaint/backup/%'`, 'pg_dump to wait on its lock', 20_000);
       first.child.kill('SIGKILL');
       await first.exited;
-      expect(await listDumps(h.backupDir, 'main')).toEqual([]);
+      expect((await listDumps(h.backupDir, 'main')).dumps).toEqual([]);
       await holder.query('rollback');
       holder.release();
 
@@ -80,7 +80,7 @@ describe('backup under SIGKILL', () => {
       await second.waitFor(/worker started/);
       const { state } = await waitForFinished(rt.queues.get('backup'), job.id!, 60_000);
       expect(state).toBe('completed');
-      const dumps = await listDumps(h.backupDir, 'main');
+      const dumps = (await listDumps(h.backupDir, 'main')).dumps;
       expect(dumps.map((d) => d.manifest.jobId)).toEqual([job.id]);
       expect(dumps[0]!.manifest.rowCounts!['public.ledger']).toBe(1000);
       // Whatever the killed run left is a hidden .partial file, never listed as a dump.
@@ -96,7 +96,7 @@ describe('pitr-drill taken over after its worker died', () => {
   it("runs cleanly on a second worker (markers of its own), and the killed attempt's scratch instance is " +
     'removed', async () => {
     // A verified base backup to restore: the first test's, or a fresh one.
-    if (!(await listBaseBackups(h.backupDir, 'main')).length) {
+    if (!(await listBaseBackups(h.backupDir, 'main')).bases.length) {
       const w = h.spawnPgmaint(['worker', '--queues', 'base-backup']);
       await w.waitFor(/worker started/);
       const { job } = await rt.queues.enqueue('base-backup', {});

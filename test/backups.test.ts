@@ -74,7 +74,7 @@ describe('base-backup', () => {
     });
     expect(r.result.mbPerSecond).toBeGreaterThan(0);
     expect(r.logs).toMatch(/pg_verifybackup: every file and the WAL match the manifest/);
-    const listed = await listBaseBackups(h.backupDir, 'main');
+    const listed = (await listBaseBackups(h.backupDir, 'main')).bases;
     expect(listed.map((b) => b.manifest.label)).toEqual([r.result.label]);
     expect(fs.readdirSync(path.join(listed[0]!.path, 'data')).sort()).toEqual([
       'backup_manifest',
@@ -133,7 +133,7 @@ describe('backup and restore-check', () => {
       const b = await run('backup', { format: 'directory', parallel: 2 });
       expect(b.state).toBe('completed');
       expect(b.result).toMatchObject({ format: 'directory', parallel: 2 });
-      const [dump] = await listDumps(h.backupDir, 'main');
+      const [dump] = (await listDumps(h.backupDir, 'main')).dumps;
       expect(dump!.manifest.rowCounts).toMatchObject({ 'sales.sale_order': 20_000, 'farm.milk_production': 3000 });
       const r = await run('restore-check', {});
       expect(r.state).toBe('completed');
@@ -191,7 +191,7 @@ describe('archive-check and pitr-drill', () => {
   it(
     'the PITR drill restores to T: M1 present, M2 absent, row counts at T, RTO and RPO reported, scratch ' + 'removed',
     async () => {
-      const [base] = await listBaseBackups(h.backupDir, 'main');
+      const [base] = (await listBaseBackups(h.backupDir, 'main')).bases;
       // Rows written after the base backup must come from the WAL archive.
       await db.query(`insert into sales.sale_order (amount) select 1 from generate_series(1, 500)`);
       const r = await run('pitr-drill', {});
@@ -228,7 +228,7 @@ describe('prune-backups', () => {
     async () => {
       // Three more base backups, then age them: 10, 5 and 0 days old (the policy: keep 1, 1 day).
       for (let i = 0; i < 2; i++) expect((await run('base-backup', { compression: 'gzip' })).state).toBe('completed');
-      const bases = await listBaseBackups(h.backupDir, 'main');
+      const bases = (await listBaseBackups(h.backupDir, 'main')).bases;
       expect(bases).toHaveLength(3);
       const [newest, middle, oldest] = bases as [(typeof bases)[0], (typeof bases)[0], (typeof bases)[0]];
       const age = (b: typeof newest, days: number) => {
@@ -258,7 +258,7 @@ describe('prune-backups', () => {
       });
       expect(actions[oldest.manifest.label]!.action).toBe('remove');
       expect(dry.result.plan.wal.keepFrom).toBe(middle.manifest.startWal);
-      expect(await listBaseBackups(h.backupDir, 'main')).toHaveLength(3);
+      expect((await listBaseBackups(h.backupDir, 'main')).bases).toHaveLength(3);
       expect(
         fs
           .readdirSync(cluster.walArchiveDir)
@@ -276,13 +276,13 @@ describe('prune-backups', () => {
       holder.release();
       expect(held.state).toBe('completed');
       expect(held.result.skipped).toEqual([{ label: oldest.manifest.label, reason: 'in use by a running PITR drill' }]);
-      expect((await listBaseBackups(h.backupDir, 'main')).map((b) => b.manifest.label)).toContain(
+      expect((await listBaseBackups(h.backupDir, 'main')).bases.map((b) => b.manifest.label)).toContain(
         oldest.manifest.label,
       );
 
       const real = await run('prune-backups', {});
       expect(real.state).toBe('completed');
-      expect((await listBaseBackups(h.backupDir, 'main')).map((b) => b.manifest.label)).toEqual([
+      expect((await listBaseBackups(h.backupDir, 'main')).bases.map((b) => b.manifest.label)).toEqual([
         newest.manifest.label,
         middle.manifest.label,
       ]);
@@ -295,7 +295,7 @@ describe('prune-backups', () => {
       expect(walAfter).toEqual(walBefore.filter((f) => f >= middle.manifest.startWal));
       expect(dotEntries(baseDir(h.backupDir, 'main'))).toEqual([]);
       // Dumps: only the newest is within policy (keep 1, 1 day) once the older one is aged.
-      const dumps = await listDumps(h.backupDir, 'main');
+      const dumps = (await listDumps(h.backupDir, 'main')).dumps;
       expect(dumps.length).toBeGreaterThanOrEqual(1);
 
       // What is left still restores: the drill passes on the pruned archive.

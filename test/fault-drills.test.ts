@@ -70,7 +70,7 @@ describe('PostgreSQL stopped during a backup', () => {
       const { state, job: done } = await waitForFinished(rt.queues.get('backup'), job.id!, 120_000);
       expect(state).toBe('completed');
       expect(done.attemptsMade).toBeGreaterThanOrEqual(1);
-      const dumps = await listDumps(h.backupDir, 'main');
+      const dumps = (await listDumps(h.backupDir, 'main')).dumps;
       expect(dumps).toHaveLength(1);
       expect(dumps[0]!.manifest.rowCounts!['public.ledger']).toBe(150000);
       expect(fs.readdirSync(dumpDir(h.backupDir, 'main')).filter((e) => e.startsWith('.'))).toEqual([]);
@@ -101,7 +101,7 @@ describe('a full backup disk', () => {
         /^BACKUP_DIR: .*small-disk.* is full \(no space left on device\); the partial dump was removed/,
       );
       expect(fs.readdirSync(dumpDir(mount, 'main'))).toEqual([]);
-      expect(await listDumps(mount, 'main')).toEqual([]);
+      expect((await listDumps(mount, 'main')).dumps).toEqual([]);
       await workers.close(5000);
       await rt.close();
     } finally {

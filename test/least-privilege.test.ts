@@ -81,6 +81,6 @@ describe('the runner under a least-privilege role', () => {
     expect(rows[0].n).toBeGreaterThan(0);
     const backup = await run('backup', {});
     expect(backup.state).toBe('completed');
-    expect((await listDumps(h.backupDir, 'main'))[0]!.manifest.verified).toBeTruthy();
+    expect((await listDumps(h.backupDir, 'main')).dumps[0]!.manifest.verified).toBeTruthy();
   });
 });

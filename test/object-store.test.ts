@@ -74,7 +74,7 @@ describe('dumps in the object store', () => {
   it('uploads the verified dump encrypted, reads it back, and restore-check restores it from the bucket', async () => {
     const b = await run('backup', {});
     expect(b.state, b.job.failedReason).toBe('completed');
-    const [dump] = await listDumps(h.backupDir, 'main');
+    const [dump] = (await listDumps(h.backupDir, 'main')).dumps;
     const object = dump!.manifest.object!;
     expect(object).toMatchObject({
       bucket: s3.bucket,
@@ -123,7 +123,7 @@ describe('dumps in the object store', () => {
     await rt.close();
     startWorkers(fresh, ['backup', 'restore-check', 'drop-expired-partitions']);
     rt = fresh;
-    const [dump] = await listDumps(h.backupDir, 'main');
+    const [dump] = (await listDumps(h.backupDir, 'main')).dumps;
     const file = storedFile(dump!.manifest.object!.key);
     const bytes = fs.readFileSync(file);
     bytes[bytes.length - 40]! ^= 0x01;
@@ -188,7 +188,7 @@ describe('workers on two hosts', () => {
     expect(check.job.returnvalue).toMatchObject({ dump: file });
     // The verdict is in the bucket too, where the other host's catalog reads it.
     const store = objectStoreFor(client.config);
-    const listed = await listDumps(path.join(h.dir, 'host-a'), 'main', store);
+    const listed = (await listDumps(path.join(h.dir, 'host-a'), 'main', store)).dumps;
     store?.close();
     expect(listed.find((d) => d.manifest.file === file)!.restoreCheck).toMatchObject({ ok: true });
   });

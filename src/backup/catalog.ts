@@ -7,6 +7,8 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { TargetConfig } from '../core/config.ts';
 import { DEFAULT_WAL_SEGMENT_BYTES } from '../core/constants.ts';
+import { whyOutside } from '../core/paths.ts';
+import { checkBaseManifest, checkDumpManifest, checkRestoreCheck, parseJson, type Refusal } from './manifest-checks.ts';
 import type { ObjectStore, StoredObject } from './object-store.ts';
 import { Pgbackrest, type PgbackrestInfo } from './pgbackrest.ts';
 import {
@@ -100,12 +102,22 @@ export interface ListedBaseBackup {
   manifest: BaseBackupManifest;
 }
 
-async function readJson<T>(file: string): Promise<T | undefined> {
-  try {
-    return JSON.parse(await fs.readFile(file, 'utf8')) as T;
-  } catch {
-    return undefined;
-  }
+/** What a listing counts, and what it read but refused to trust (each named, with why). */
+export interface DumpListing {
+  dumps: ListedDump[];
+  refused: Refusal[];
+}
+
+export interface BaseBackupListing {
+  bases: ListedBaseBackup[];
+  refused: Refusal[];
+}
+
+async function readText(file: string): Promise<string | undefined> {
+  return fs.readFile(file, 'utf8').catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ENOENT') return undefined;
+    throw err;
+  });
 }
 
 async function entries(dir: string): Promise<string[]> {
@@ -115,51 +127,103 @@ async function entries(dir: string): Promise<string[]> {
   });
 }
 
-/** Verified dumps of a target, newest first. */
-export async function listDumps(backupDir: string, target: string, store?: ObjectStore): Promise<ListedDump[]> {
+/** A restore-check verdict as read (local file or bucket object), checked; a bad one is refused, not shown. */
+function restoreCheckOf(text: string | undefined, object: string, refused: Refusal[]): RestoreCheckRecord | undefined {
+  if (text === undefined) return undefined;
+  const json = parseJson(text);
+  const checked = json.ok ? checkRestoreCheck<RestoreCheckRecord>(json.value) : json;
+  if (checked.ok) return checked.value;
+  refused.push({ object, reason: checked.reason });
+  return undefined;
+}
+
+/**
+ * Verified dumps of a target, newest first. Nothing a manifest says is taken as a path
+ * until it passes manifest-checks.ts and pathInside; what does not is refused, by name.
+ */
+export async function listDumps(backupDir: string, target: string, store?: ObjectStore): Promise<DumpListing> {
   const dir = dumpDir(backupDir, target);
-  const out: ListedDump[] = [];
+  const dumps: ListedDump[] = [];
+  const refused: Refusal[] = [];
   for (const e of await entries(dir)) {
     if (e.startsWith('.') || !e.endsWith('.manifest.json')) continue;
-    const manifest = await readJson<DumpManifest>(path.join(dir, e));
-    if (manifest?.kind !== 'pgmaint-dump') continue;
+    const where = path.join(dir, e);
+    const text = await readText(where);
+    if (text === undefined) continue; // removed meanwhile (prune)
+    const json = parseJson(text);
+    const checked = json.ok ? checkDumpManifest<DumpManifest>(json.value, target, e, store) : json;
+    if (!checked.ok) {
+      refused.push({ object: where, reason: checked.reason });
+      continue;
+    }
+    const manifest = checked.value;
+    const outside = await whyOutside(dir, manifest.file);
+    if (outside) {
+      refused.push({ object: where, reason: outside });
+      continue;
+    }
     const file = path.join(dir, manifest.file);
     // A dump counts with its local file, or with its verified copy in the bucket.
     if (!manifest.object && !(await fs.stat(file).catch(() => undefined))) continue;
-    out.push({ path: file, manifest, restoreCheck: await readJson<RestoreCheckRecord>(`${file}.restore-check.json`) });
+    const verdict = `${file}.restore-check.json`;
+    dumps.push({ path: file, manifest, restoreCheck: restoreCheckOf(await readText(verdict), verdict, refused) });
   }
   // With a bucket, its manifests are the catalog every worker shares; local ones add to it.
   if (store) {
-    for (const key of await store.list(store.folder('dumps', target))) {
+    const folder = store.folder('dumps', target);
+    for (const key of await store.list(folder)) {
       if (!key.endsWith('.manifest.json')) continue;
-      const manifest = await store.getJson<DumpManifest>(key);
-      if (manifest?.kind !== 'pgmaint-dump' || !manifest.object) continue;
-      const local = out.findIndex((d) => d.manifest.file === manifest.file);
-      const restoreCheck = await store.getJson<RestoreCheckRecord>(
-        key.replace(/\.manifest\.json$/, '.restore-check.json'),
-      );
-      const listed = {
-        path: path.join(dir, manifest.file),
-        manifest,
-        restoreCheck: restoreCheck ?? out[local]?.restoreCheck,
-      };
-      if (local >= 0) out[local] = listed;
-      else out.push(listed);
+      const where = store.url(key);
+      const text = await store.getText(key);
+      if (text === undefined) continue; // removed meanwhile (prune)
+      const json = parseJson(text);
+      const name = key.slice(folder.length);
+      let checked = json.ok ? checkDumpManifest<DumpManifest>(json.value, target, name, store) : json;
+      if (checked.ok && !checked.value.object) checked = { ok: false, reason: 'object: missing (none in the bucket)' };
+      if (!checked.ok) {
+        refused.push({ object: where, reason: checked.reason });
+        continue;
+      }
+      const manifest = checked.value;
+      const outside = await whyOutside(dir, manifest.file);
+      if (outside) {
+        refused.push({ object: where, reason: outside });
+        continue;
+      }
+      const file = path.join(dir, manifest.file);
+      const local = dumps.findIndex((d) => d.manifest.file === manifest.file);
+      const verdictKey = key.replace(/\.manifest\.json$/, '.restore-check.json');
+      const restoreCheck = restoreCheckOf(await store.getText(verdictKey), store.url(verdictKey), refused);
+      const listed = { path: file, manifest, restoreCheck: restoreCheck ?? dumps[local]?.restoreCheck };
+      if (local >= 0) dumps[local] = listed;
+      else dumps.push(listed);
     }
   }
-  return out.sort((a, b) => b.manifest.finishedAt.localeCompare(a.manifest.finishedAt));
+  dumps.sort((a, b) => b.manifest.finishedAt.localeCompare(a.manifest.finishedAt));
+  return { dumps, refused };
 }
 
-/** Verified base backups of a target, newest first. */
-export async function listBaseBackups(backupDir: string, target: string): Promise<ListedBaseBackup[]> {
+/** Verified base backups of a target, newest first; a pgmaint.json that fails its checks is refused. */
+export async function listBaseBackups(backupDir: string, target: string): Promise<BaseBackupListing> {
   const dir = baseDir(backupDir, target);
-  const out: ListedBaseBackup[] = [];
+  const bases: ListedBaseBackup[] = [];
+  const refused: Refusal[] = [];
   for (const e of await entries(dir)) {
     if (e.startsWith('.')) continue;
-    const manifest = await readJson<BaseBackupManifest>(path.join(dir, e, 'pgmaint.json'));
-    if (manifest?.kind === 'pgmaint-base-backup') out.push({ path: path.join(dir, e), manifest });
+    const where = path.join(dir, e, 'pgmaint.json');
+    const text = await readText(where).catch(() => undefined); // not a directory, or unreadable: never counted
+    if (text === undefined) continue;
+    const json = parseJson(text);
+    const checked = json.ok ? checkBaseManifest<BaseBackupManifest>(json.value, target, e) : json;
+    const outside = checked.ok ? await whyOutside(dir, e) : undefined;
+    if (!checked.ok || outside) {
+      refused.push({ object: where, reason: checked.ok ? outside! : checked.reason });
+      continue;
+    }
+    bases.push({ path: path.join(dir, e), manifest: checked.value });
   }
-  return out.sort((a, b) => b.manifest.stoppedAt.localeCompare(a.manifest.stoppedAt));
+  bases.sort((a, b) => b.manifest.stoppedAt.localeCompare(a.manifest.stoppedAt));
+  return { bases, refused };
 }
 
 /** Session advisory lock key shared by the drill (shared) and prune (exclusive). */
@@ -223,6 +287,8 @@ export interface BackupCatalog {
   pgbackrest?: PgbackrestInfo & { error?: string };
   /** When the newest base backup (or pgBackRest set) stopped. */
   newestBaseBackupAt: string | undefined;
+  /** Manifests, verdicts and sets that were read but refused: not counted, each named with why. */
+  refused: Refusal[];
 }
 
 /**
@@ -250,7 +316,7 @@ export async function readBackupCatalog(
   store?: ObjectStore,
 ): Promise<BackupCatalog> {
   if (target.backup.engine === 'pgbackrest') {
-    const dumps = await listDumps(backupDir, target.name, store);
+    const { dumps, refused } = await listDumps(backupDir, target.name, store);
     const info = await new Pgbackrest(target).info().catch((err: Error) => err);
     const empty = { earliest: null, latest: null, seconds: 0, fromBaseBackup: null, brokenChains: [] };
     if (info instanceof Error) {
@@ -261,8 +327,9 @@ export async function readBackupCatalog(
         archive: undefined,
         newestSegment: undefined,
         recoveryWindow: empty,
-        pgbackrest: { ...failed, systemId: null, archive: null, sets: [], error: info.message },
+        pgbackrest: { ...failed, systemId: null, archive: null, sets: [], refused: [], error: info.message },
         newestBaseBackupAt: undefined,
+        refused,
       };
     }
     return {
@@ -273,12 +340,15 @@ export async function readBackupCatalog(
       recoveryWindow: pgbackrestWindow(info, now),
       pgbackrest: info,
       newestBaseBackupAt: info.sets.find((s) => !s.error)?.stoppedAt,
+      refused: [...refused, ...info.refused],
     };
   }
-  const [dumps, bases] = await Promise.all([
+  const [dumpListing, baseListing] = await Promise.all([
     listDumps(backupDir, target.name, store),
     listBaseBackups(backupDir, target.name),
   ]);
+  const { dumps } = dumpListing;
+  const { bases } = baseListing;
   const archive = await readArchive(
     target.walArchiveDir,
     bases[0]?.manifest.walSegmentSize ?? DEFAULT_WAL_SEGMENT_BYTES,
@@ -290,5 +360,6 @@ export async function readBackupCatalog(
     newestSegment: archive && newestSegment(archive),
     recoveryWindow: recoveryWindow(bases, archive),
     newestBaseBackupAt: bases[0]?.manifest.stoppedAt,
+    refused: [...dumpListing.refused, ...baseListing.refused],
   };
 }

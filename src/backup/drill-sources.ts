@@ -8,6 +8,7 @@ import { PermanentJobError } from '../core/errors.ts';
 import type { JobContext } from '../runner/job-definition.ts';
 import { DiskFlush, materializeDataDir, verifyDataDir } from './base-backup-files.ts';
 import { baseBackupLockKey, type ListedBaseBackup, listBaseBackups } from './catalog.ts';
+import { refusalLine } from './manifest-checks.ts';
 import { Pgbackrest } from './pgbackrest.ts';
 import type { ScratchInstance } from './scratch-instance.ts';
 import { waitForArchived } from './wal.ts';
@@ -86,9 +87,9 @@ export function pgbackrestSource(ctx: JobContext, p: DrillRequest): RestoreSourc
   return {
     waitForArchived: (segment) => br.waitForArchived(segment, p.archiveWaitSeconds * 1000, ctx.signal),
     async choose(point, lock) {
-      const sets = (await br.info(ctx.signal)).sets.filter(
-        (s) => !s.error && Date.parse(s.stoppedAt) < Date.parse(point.targetTime),
-      );
+      const info = await br.info(ctx.signal);
+      for (const r of info.refused) await ctx.log(refusalLine(r));
+      const sets = info.sets.filter((s) => !s.error && Date.parse(s.stoppedAt) < Date.parse(point.targetTime));
       const set = p.baseBackup ? sets.find((s) => s.label === p.baseBackup) : sets[0];
       if (!set) {
         throw new PermanentJobError(
@@ -129,7 +130,8 @@ async function chooseBaseBackup(
   sysid: string,
   lock: pg.PoolClient,
 ): Promise<ListedBaseBackup> {
-  const all = await listBaseBackups(ctx.config.backupDir, p.target);
+  const { bases: all, refused } = await listBaseBackups(ctx.config.backupDir, p.target);
+  for (const r of refused) await ctx.log(refusalLine(r));
   const usable = all.filter(
     (b) => b.manifest.systemIdentifier === sysid && Date.parse(b.manifest.stoppedAt) < Date.parse(targetTime),
   );
@@ -155,7 +157,7 @@ async function chooseBaseBackup(
     baseBackupLockKey(p.target, chosen.manifest.label),
   ]);
   // prune-backups may have removed it between the listing and the lock.
-  const still = (await listBaseBackups(ctx.config.backupDir, p.target)).find(
+  const still = (await listBaseBackups(ctx.config.backupDir, p.target)).bases.find(
     (b) => b.manifest.label === chosen.manifest.label,
   );
   if (!still) throw new Error(`base backup ${chosen.manifest.label} was removed before the drill could lock it`);

@@ -2,7 +2,8 @@
 // archives go to an S3-compatible bucket once verified locally, encrypted when a key
 // is configured. An upload counts only after the stored object is read back and its
 // sha256 matches what was sent. Credentials come from environment variables, named
-// in the config file, and are read only here.
+// in the config file, and are read only here. Every request has a deadline (connect,
+// and answer) and is retried with backoff; a failure names S3, the bucket and the key.
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream, readFileSync } from 'node:fs';
 import { Agent } from 'node:https';
@@ -20,6 +21,7 @@ import { NodeHttpHandler } from '@smithy/node-http-handler';
 import { type Config, type ConfigSecrets, configSecrets } from '../core/config.ts';
 import { type EncryptionKey, parseKey } from '../core/key.ts';
 import { decryptStream, encryptStream } from './encryption.ts';
+import type { BucketPlace } from './manifest-checks.ts';
 
 export type ObjectStoreConfig = NonNullable<Config['objectStore']>;
 
@@ -37,7 +39,7 @@ export interface StoredObject {
 /** s3://bucket/key: where an uploaded file is, as results and logs name it. */
 export const objectUrl = (o: Pick<StoredObject, 'bucket' | 'key'>) => `s3://${o.bucket}/${o.key}`;
 
-export class ObjectStore {
+export class ObjectStore implements BucketPlace {
   private readonly client: S3Client;
 
   constructor(
@@ -50,15 +52,57 @@ export class ObjectStore {
       endpoint: cfg.endpoint,
       forcePathStyle: cfg.forcePathStyle,
       credentials: secrets.s3,
-      requestHandler: cfg.caFile
-        ? new NodeHttpHandler({ httpsAgent: new Agent({ ca: readFileSync(cfg.caFile) }) })
-        : undefined,
+      // Each attempt: a TCP connection within connectTimeoutMs, the answer's first byte
+      // within requestTimeoutMs, and no silence longer than that while it streams.
+      // Failed attempts are retried with exponential backoff and jitter (standard mode).
+      maxAttempts: cfg.maxAttempts,
+      retryMode: 'standard',
+      requestHandler: new NodeHttpHandler({
+        connectionTimeout: cfg.connectTimeoutMs,
+        requestTimeout: cfg.requestTimeoutMs,
+        throwOnRequestTimeout: true,
+        socketTimeout: cfg.requestTimeoutMs,
+        httpsAgent: new Agent({
+          keepAlive: true,
+          maxSockets: 50,
+          ...(cfg.caFile ? { ca: readFileSync(cfg.caFile) } : {}),
+        }),
+      }),
     });
+  }
+
+  get bucket(): string {
+    return this.cfg.bucket;
   }
 
   /** The object key of a file: prefix, kind, target, name. */
   keyFor(kind: 'dumps' | 'partitions', target: string, name: string): string {
-    return `${this.cfg.prefix}${kind}/${target}/${name}${this.encryption ? '.enc' : ''}`;
+    return this.objectKey(kind, target, name, Boolean(this.encryption));
+  }
+
+  /** Where the object of a name lies, encrypted (.enc) or not, whatever the configuration says today. */
+  objectKey(kind: 'dumps' | 'partitions', target: string, name: string, encrypted: boolean): string {
+    return `${this.cfg.prefix}${kind}/${target}/${name}${encrypted ? '.enc' : ''}`;
+  }
+
+  /** An error that names S3, the bucket and the key, and says what the SDK's error means. */
+  private failure(what: 'upload' | 'download' | 'listing' | 'removal', key: string, err: unknown): Error {
+    const e = err as Error & { $metadata?: { attempts?: number } };
+    if (e.name === 'NoSuchKey') {
+      return Object.assign(new Error(`${this.url(key)}: the object does not exist`, { cause: err }), {
+        s3Missing: true,
+      });
+    }
+    let why = e.message;
+    if (e.name === 'TimeoutError' && /establish a connection/.test(why))
+      why = `no connection within ${this.cfg.connectTimeoutMs} ms (objectStore.connectTimeoutMs)`;
+    else if (e.name === 'TimeoutError')
+      why = `no answer within ${this.cfg.requestTimeoutMs} ms (objectStore.requestTimeoutMs)`;
+    else if (e.name && e.name !== 'Error' && !why.includes(e.name)) why = `${e.name}: ${why}`;
+    const attempts = e.$metadata?.attempts ?? 0;
+    return new Error(`${this.url(key)}: S3 ${what} failed: ${why}${attempts > 1 ? ` (${attempts} attempts)` : ''}`, {
+      cause: err,
+    });
   }
 
   private currentKey(): EncryptionKey | undefined {
@@ -94,7 +138,9 @@ export class ObjectStore {
       partSize: 8 * 1024 * 1024,
     });
     signal?.addEventListener('abort', () => void upload.abort(), { once: true });
-    await upload.done();
+    await upload.done().catch((err) => {
+      throw signal?.aborted ? err : this.failure('upload', key, err);
+    });
     const sha256 = hash.digest('hex');
     const stored = await this.sha256Of(key, signal);
     if (stored.sha256 !== sha256 || stored.bytes !== bytes) {
@@ -120,9 +166,7 @@ export class ObjectStore {
       });
       return res.Body as Readable;
     } catch (err) {
-      const missing = (err as { name?: string }).name === 'NoSuchKey';
-      const why = missing ? 'the object does not exist' : (err as Error).message;
-      throw new Error(`s3://${this.cfg.bucket}/${key}: ${why}`);
+      throw this.failure('download', key, err);
     }
   }
 
@@ -130,9 +174,14 @@ export class ObjectStore {
   async sha256Of(key: string, signal?: AbortSignal): Promise<{ sha256: string; bytes: number }> {
     const hash = createHash('sha256');
     let bytes = 0;
-    for await (const c of await this.open(key, signal)) {
-      hash.update(c as Buffer);
-      bytes += (c as Buffer).length;
+    const body = await this.open(key, signal);
+    try {
+      for await (const c of body) {
+        hash.update(c as Buffer);
+        bytes += (c as Buffer).length;
+      }
+    } catch (err) {
+      throw signal?.aborted ? err : this.failure('download', key, err);
     }
     return { sha256: hash.digest('hex'), bytes };
   }
@@ -151,9 +200,8 @@ export class ObjectStore {
     try {
       await pipeline([await this.open(o.key, signal), ...stages, createWriteStream(file)], { signal });
     } catch (err) {
-      throw new Error(
-        (err as Error).message.startsWith('s3://') ? (err as Error).message : `${what}: ${(err as Error).message}`,
-      );
+      const message = (err as Error).message;
+      throw new Error(message.startsWith('s3://') ? message : `${what}: ${message}`, { cause: err });
     }
     const sha256 = hash.digest('hex');
     if (sha256 !== o.sha256)
@@ -166,24 +214,35 @@ export class ObjectStore {
   }
 
   async putJson(key: string, value: unknown): Promise<void> {
-    await this.client.send(
-      new PutObjectCommand({
-        Bucket: this.cfg.bucket,
-        Key: key,
-        Body: JSON.stringify(value, null, 2),
-        ContentType: 'application/json',
-      }),
-    );
+    await this.client
+      .send(
+        new PutObjectCommand({
+          Bucket: this.cfg.bucket,
+          Key: key,
+          Body: JSON.stringify(value, null, 2),
+          ContentType: 'application/json',
+        }),
+      )
+      .catch((err) => {
+        throw this.failure('upload', key, err);
+      });
   }
 
-  async getJson<T>(key: string): Promise<T | undefined> {
+  /** A small object's text, or undefined when there is no such object. */
+  async getText(key: string): Promise<string | undefined> {
     try {
       const chunks: Buffer[] = [];
       for await (const c of await this.open(key)) chunks.push(c as Buffer);
-      return JSON.parse(Buffer.concat(chunks).toString('utf8')) as T;
-    } catch {
-      return undefined;
+      return Buffer.concat(chunks).toString('utf8');
+    } catch (err) {
+      if ((err as { s3Missing?: boolean }).s3Missing) return undefined;
+      throw (err as Error).message.startsWith('s3://') ? err : this.failure('download', key, err);
     }
+  }
+
+  /** s3://bucket/key, the name an object goes by in messages. */
+  url(key: string): string {
+    return `s3://${this.cfg.bucket}/${key}`;
   }
 
   /** Keys under a prefix (every page). */
@@ -191,9 +250,11 @@ export class ObjectStore {
     const keys: string[] = [];
     let token: string | undefined;
     do {
-      const page = await this.client.send(
-        new ListObjectsV2Command({ Bucket: this.cfg.bucket, Prefix: prefix, ContinuationToken: token }),
-      );
+      const page = await this.client
+        .send(new ListObjectsV2Command({ Bucket: this.cfg.bucket, Prefix: prefix, ContinuationToken: token }))
+        .catch((err) => {
+          throw this.failure('listing', prefix, err);
+        });
       for (const o of page.Contents ?? []) if (o.Key) keys.push(o.Key);
       token = page.IsTruncated ? page.NextContinuationToken : undefined;
     } while (token);
@@ -206,7 +267,9 @@ export class ObjectStore {
   }
 
   async remove(key: string): Promise<void> {
-    await this.client.send(new DeleteObjectCommand({ Bucket: this.cfg.bucket, Key: key }));
+    await this.client.send(new DeleteObjectCommand({ Bucket: this.cfg.bucket, Key: key })).catch((err) => {
+      throw this.failure('removal', key, err);
+    });
   }
 
   close(): void {

@@ -11,8 +11,11 @@ import type pg from 'pg';
 import { PermanentJobError } from '../core/errors.ts';
 import { fileStamp, publish, sha256File, writeJsonAtomic } from '../core/files.ts';
 import { binPath, runPipeline } from '../core/proc.ts';
+import { whyOutside } from '../core/paths.ts';
 import { quoteQualified } from '../core/sql.ts';
 import type { JobContext } from '../runner/job-definition.ts';
+import { checkObject, storedObjectSchema } from './manifest-checks.ts';
+import { partitionArchiveName } from './names.ts';
 import { objectStoreFor, objectUrl, type StoredObject } from './object-store.ts';
 
 /** One partition's place in an archive file (several partitions may share the file). */
@@ -97,10 +100,42 @@ const exists = (file: string) =>
     () => false,
   );
 
+/**
+ * Why the journal's archive file, or its manifest's object, is not where this target's
+ * archives lie (a journal row and a manifest are data, not paths to trust), or undefined.
+ */
+async function untrusted(ctx: JobContext, file: string, manifest?: Manifest): Promise<string | undefined> {
+  const dir = archiveDir(ctx);
+  const name = path.basename(file);
+  if (!partitionArchiveName.safeParse(name).success || path.resolve(file) !== path.join(path.resolve(dir), name)) {
+    return `must be a partition archive in ${dir}`;
+  }
+  const outside = await whyOutside(dir, name);
+  if (outside) return outside;
+  if (!manifest?.object) return undefined;
+  const object = storedObjectSchema.safeParse(manifest.object);
+  if (!object.success) return `object: ${object.error.issues[0]!.message}`;
+  const store = objectStoreFor(ctx.config);
+  if (!store) return undefined; // nothing is read from a bucket then
+  try {
+    return checkObject(object.data, store, 'partitions', ctx.target.name, name);
+  } finally {
+    store.close();
+  }
+}
+
 async function provenManifest(ctx: JobContext, file: string, sha256: string): Promise<Manifest | undefined> {
+  const refuse = async (why: string) => {
+    await ctx.log(`refused archive ${file} (retention journal): ${why}; its partitions are archived again`);
+    return undefined;
+  };
+  const before = await untrusted(ctx, file);
+  if (before) return refuse(before);
   try {
     const manifest = JSON.parse(await fs.readFile(`${file}.manifest.json`, 'utf8')) as Manifest;
     if (manifest.sha256 !== sha256) return undefined;
+    const after = await untrusted(ctx, file, manifest);
+    if (after) return refuse(`its manifest's ${after}`);
     if (manifest.object) {
       // Its copy in the bucket is what counts: read back and compared, not taken on trust.
       const store = objectStoreFor(ctx.config);
@@ -112,6 +147,8 @@ async function provenManifest(ctx: JobContext, file: string, sha256: string): Pr
     return undefined;
   }
 }
+
+const archiveDir = (ctx: JobContext) => path.join(ctx.config.backupDir, 'partitions', ctx.target.name);
 
 /**
  * Removes what killed runs left in `dir` for these names: partial files, and archives
@@ -141,7 +178,7 @@ export async function archivePartitions(
   parent: string,
   partitions: string[],
 ): Promise<Archive[]> {
-  const dir = path.join(ctx.config.backupDir, 'partitions', ctx.target.name);
+  const dir = archiveDir(ctx);
   await fs.mkdir(dir, { recursive: true }).catch((err) => {
     throw new PermanentJobError(`BACKUP_DIR: cannot create ${dir}: ${(err as Error).message}`);
   });

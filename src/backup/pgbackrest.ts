@@ -3,11 +3,14 @@
 // repository, its encryption and its retention by sets are pgBackRest's. Commands run
 // as the PostgreSQL OS user when we are root, as pgBackRest expects.
 import { setTimeout as sleep } from 'node:timers/promises';
+import { z } from 'zod';
 import type { TargetConfig } from '../core/config.ts';
 import { PermanentJobError } from '../core/errors.ts';
 import { postgresUser } from '../core/local-postgres.ts';
 import { parseJsonExact } from '../core/json.ts';
 import { runProcess } from '../core/proc.ts';
+import type { Refusal } from './manifest-checks.ts';
+import { pgbackrestSetLabel, walSegmentName } from './names.ts';
 
 export interface PgbackrestSet {
   label: string;
@@ -38,6 +41,8 @@ export interface PgbackrestInfo {
   archive: { min: string; max: string } | null;
   /** Newest first, like the native catalog. */
   sets: PgbackrestSet[];
+  /** Sets (or an archive range) whose names fail their checks: never listed, expired nor restored. */
+  refused: Refusal[];
 }
 
 /** What `verify --output=text --verbose` said of the repository and of each set. */
@@ -49,15 +54,43 @@ export interface VerifyVerdict {
   output: string;
 }
 
-interface RawSet {
-  label: string;
-  type: PgbackrestSet['type'];
-  prior: string | null;
-  error?: boolean;
-  archive: { start: string; stop: string };
-  lsn: { start: string; stop: string };
-  timestamp: { start: number; stop: number };
-  info: { size: number; delta: number; repository: { size: number; delta: number } };
+/** A set as `pgbackrest info --output=json` lists it; only what pgmaint reads is checked. */
+const rawSet = z
+  .object({
+    label: pgbackrestSetLabel,
+    type: z.enum(['full', 'diff', 'incr']),
+    prior: pgbackrestSetLabel.nullable(),
+    error: z.boolean().optional(),
+    archive: z.object({ start: walSegmentName, stop: walSegmentName }).loose(),
+    lsn: z.object({ start: z.string(), stop: z.string() }).loose(),
+    timestamp: z.object({ start: z.number().int(), stop: z.number().int() }).loose(),
+    info: z
+      .object({
+        size: z.number(),
+        delta: z.number(),
+        repository: z.object({ size: z.number(), delta: z.number() }).loose(),
+      })
+      .loose(),
+  })
+  .loose();
+
+function toSet(b: z.output<typeof rawSet>): PgbackrestSet {
+  const iso = (t: number) => new Date(t * 1000).toISOString();
+  return {
+    label: b.label,
+    type: b.type,
+    prior: b.prior,
+    startedAt: iso(b.timestamp.start),
+    stoppedAt: iso(b.timestamp.stop),
+    durationSeconds: b.timestamp.stop - b.timestamp.start,
+    startLsn: b.lsn.start,
+    stopLsn: b.lsn.stop,
+    startWal: b.archive.start,
+    stopWal: b.archive.stop,
+    bytes: b.info.size,
+    repositoryBytes: b.info.repository.delta,
+    error: Boolean(b.error),
+  };
 }
 
 interface RawStanza {
@@ -66,49 +99,60 @@ interface RawStanza {
   cipher: string;
   db?: { 'system-id': string }[];
   archive?: { min: string | null; max: string | null }[];
-  backup?: RawSet[];
+  backup?: unknown[];
 }
 
-/** What `pgbackrest info --output=json` says of one stanza. Its system-id is a 64-bit integer: kept exact, as text. */
+/**
+ * What `pgbackrest info --output=json` says of one stanza. Its system-id is a 64-bit integer: kept
+ * exact, as text. What it says is data: a label becomes an argument (--set=) and a lock key, a
+ * segment name a comparison; each passes its validator first, or is refused by name.
+ */
 export function parseInfo(json: string, stanza: string): PgbackrestInfo {
   const stanzas = parseJsonExact<RawStanza[]>(json, ['system-id']);
   const s = stanzas.find((x) => x.name === stanza);
   if (!s) throw new Error(`pgbackrest info: no stanza "${stanza}"`);
+  const refused: Refusal[] = [];
+  const where = `pgbackrest info (stanza ${stanza})`;
   const archives = (s.archive ?? []).filter((a) => a.min && a.max);
-  const iso = (t: number) => new Date(t * 1000).toISOString();
+  const badRange = archives.find(
+    (a) => !walSegmentName.safeParse(a.min).success || !walSegmentName.safeParse(a.max).success,
+  );
+  if (badRange) {
+    refused.push({
+      object: `${where}: archive`,
+      reason: `min/max ${JSON.stringify(badRange).slice(0, 120)}: must be WAL segment names`,
+    });
+  }
+  const sets: PgbackrestSet[] = [];
+  for (const raw of s.backup ?? []) {
+    const parsed = rawSet.safeParse(raw);
+    if (parsed.success) sets.push(toSet(parsed.data));
+    else {
+      const label = (raw as { label?: unknown } | null)?.label;
+      const issue = parsed.error.issues[0]!;
+      refused.push({
+        object: `${where}: set ${JSON.stringify(label)?.slice(0, 80) ?? 'without a label'}`,
+        reason: `${issue.path.join('.') || 'set'}: ${issue.message}`,
+      });
+    }
+  }
   return {
     stanza: s.name,
     status: s.status,
     cipher: s.cipher,
-    systemId: s.db?.at(-1)?.['system-id'] ?? null,
-    archive: archives.length
-      ? {
-          min: archives.map((a) => a.min!).sort()[0]!,
-          max: archives
-            .map((a) => a.max!)
-            .sort()
-            .at(-1)!,
-        }
-      : null,
-    sets: (s.backup ?? [])
-      .map(
-        (b): PgbackrestSet => ({
-          label: b.label,
-          type: b.type,
-          prior: b.prior,
-          startedAt: iso(b.timestamp.start),
-          stoppedAt: iso(b.timestamp.stop),
-          durationSeconds: b.timestamp.stop - b.timestamp.start,
-          startLsn: b.lsn.start,
-          stopLsn: b.lsn.stop,
-          startWal: b.archive.start,
-          stopWal: b.archive.stop,
-          bytes: b.info.size,
-          repositoryBytes: b.info.repository.delta,
-          error: Boolean(b.error),
-        }),
-      )
-      .reverse(),
+    systemId: s.db?.at(-1) ? String(s.db.at(-1)!['system-id']) : null,
+    archive:
+      archives.length && !badRange
+        ? {
+            min: archives.map((a) => a.min!).sort()[0]!,
+            max: archives
+              .map((a) => a.max!)
+              .sort()
+              .at(-1)!,
+          }
+        : null,
+    sets: sets.reverse(),
+    refused,
   };
 }
 

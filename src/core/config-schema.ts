@@ -282,6 +282,12 @@ export const objectStoreSchema = z
     secretAccessKeyEnv: envName.default('AWS_SECRET_ACCESS_KEY'),
     /** Keep the local copy after a verified upload (default), or remove it. */
     keepLocal: z.boolean().default(true),
+    /** Deadline of each attempt's TCP connection to the endpoint. */
+    connectTimeoutMs: z.number().int().min(100).max(600_000).default(10_000),
+    /** Deadline of each attempt's answer (its first byte), and the longest silence while a transfer streams. */
+    requestTimeoutMs: z.number().int().min(100).max(3_600_000).default(120_000),
+    /** Attempts per request (1 = no retry); retries back off exponentially, with jitter. */
+    maxAttempts: z.number().int().min(1).max(10).default(3),
   })
   .strict();
 

@@ -1,11 +1,24 @@
 // An S3 API on this machine for the tests and the off-site demo: s3rver over TLS, with a self-signed
 // certificate made at start (pgBackRest speaks to S3 only over HTTPS), on a free
-// port, with one bucket. Credentials are s3rver's fixed test pair.
+// port, with one bucket. Its credentials are random, made at start: s3rver checks the
+// access key id (an unknown one is refused) but not the signature, so a fixed secret
+// would prove nothing about where a secret went; s3rver's built-in pair is revoked.
 import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
+import { createRequire } from 'node:module';
 import path from 'node:path';
 import S3rver from 's3rver';
 import { childEnv } from '../core/proc.ts';
+
+/** s3rver's account registry (lib/models/account.js), which its authentication checks key ids against. */
+interface S3rverAccount {
+  createKeyPair(accessKeyId: string, secretAccessKey: string): void;
+  revokeAccessKey(accessKeyId: string): void;
+}
+const { DUMMY_ACCOUNT: account } = createRequire(import.meta.url)('s3rver/lib/models/account.js') as {
+  DUMMY_ACCOUNT: S3rverAccount;
+};
 
 export interface S3Server {
   endpoint: string;
@@ -54,6 +67,11 @@ export async function startS3(dir: string, bucket = 'pgmaint'): Promise<S3Server
     configureBuckets: [{ name: bucket, configs: [] }],
   });
   const { port } = (await server.run()) as { port: number };
+  // AWS's shapes: a 20-character key id, a 40-character secret.
+  const accessKeyId = `AKPGM${randomBytes(8).toString('hex').toUpperCase().slice(0, 15)}`;
+  const secretAccessKey = randomBytes(30).toString('base64url');
+  account.revokeAccessKey('S3RVER');
+  account.createKeyPair(accessKeyId, secretAccessKey);
   return {
     endpoint: `https://127.0.0.1:${port}`,
     // pgBackRest matches a certificate by name, not by IP address.
@@ -61,9 +79,12 @@ export async function startS3(dir: string, bucket = 'pgmaint'): Promise<S3Server
     port,
     bucket,
     region: 'us-east-1',
-    accessKeyId: 'S3RVER',
-    secretAccessKey: 'S3RVER',
+    accessKeyId,
+    secretAccessKey,
     caFile: cert,
-    stop: () => server.close(),
+    stop: async () => {
+      account.revokeAccessKey(accessKeyId);
+      await server.close();
+    },
   };
 }

@@ -277,6 +277,8 @@ export const listBackups: Handler = async ({ rt }, req) => {
             }
           : null,
       recoveryWindow,
+      // Manifests, verdicts and sets read but not trusted (not listed above), each named with why.
+      refused: catalog.refused,
       lastDrill: await lastRun('pitr-drill'),
       lastRestoreCheck: await lastRun('restore-check'),
     },
