@@ -90,73 +90,77 @@ async function logsOf(name: string, id: string, runtime = rt): Promise<string> {
 }
 
 describe('dump manifests', () => {
-  it('a manifest whose file climbs out of BACKUP_DIR, or that borrows another dump’s object, is refused by name: not listed, not pruned', async () => {
-    const victim = path.join(h.dir, 'victim'); // BACKUP_DIR/dumps/main/../../../victim
-    fs.mkdirSync(victim);
-    fs.writeFileSync(path.join(victim, 'precious.txt'), 'keep me');
-    const dir = dumpDir(h.backupDir, 'main');
-    const climbing = 'pgm/dumps/main/main-20200101T000000000Z.dump.manifest.json';
-    await store.putJson(climbing, { ...real.manifest, file: '../../../victim', finishedAt: '2020-01-01T00:00:01Z' });
-    // A name of its own, but the real dump's object: pruning it would delete that object.
-    const borrowing = 'pgm/dumps/main/main-20200102T000000000Z.dump.manifest.json';
-    await store.putJson(borrowing, {
-      ...real.manifest,
-      file: 'main-20200102T000000000Z.dump',
-      finishedAt: '2020-01-02T00:00:01Z',
-    });
-    const localClimbing = path.join(dir, 'main-20200103T000000000Z.dump.manifest.json');
-    fs.writeFileSync(
-      localClimbing,
-      JSON.stringify({
+  it(
+    'a manifest whose file climbs out of BACKUP_DIR, or that borrows another dump’s object, is refused by name: ' +
+      'not listed, not pruned',
+    async () => {
+      const victim = path.join(h.dir, 'victim'); // BACKUP_DIR/dumps/main/../../../victim
+      fs.mkdirSync(victim);
+      fs.writeFileSync(path.join(victim, 'precious.txt'), 'keep me');
+      const dir = dumpDir(h.backupDir, 'main');
+      const climbing = 'pgm/dumps/main/main-20200101T000000000Z.dump.manifest.json';
+      await store.putJson(climbing, { ...real.manifest, file: '../../../victim', finishedAt: '2020-01-01T00:00:01Z' });
+      // A name of its own, but the real dump's object: pruning it would delete that object.
+      const borrowing = 'pgm/dumps/main/main-20200102T000000000Z.dump.manifest.json';
+      await store.putJson(borrowing, {
         ...real.manifest,
-        object: undefined,
-        file: '../../../victim',
-        finishedAt: '2020-01-03T00:00:01Z',
-      }),
-    );
-    // A dump that is a symlink out of the directory.
-    const linked = 'main-20200104T000000000Z.dump';
-    fs.symlinkSync(path.join(victim, 'precious.txt'), path.join(dir, linked));
-    fs.writeFileSync(
-      path.join(dir, `${linked}.manifest.json`),
-      JSON.stringify({ ...real.manifest, object: undefined, file: linked, finishedAt: '2020-01-04T00:00:01Z' }),
-    );
+        file: 'main-20200102T000000000Z.dump',
+        finishedAt: '2020-01-02T00:00:01Z',
+      });
+      const localClimbing = path.join(dir, 'main-20200103T000000000Z.dump.manifest.json');
+      fs.writeFileSync(
+        localClimbing,
+        JSON.stringify({
+          ...real.manifest,
+          object: undefined,
+          file: '../../../victim',
+          finishedAt: '2020-01-03T00:00:01Z',
+        }),
+      );
+      // A dump that is a symlink out of the directory.
+      const linked = 'main-20200104T000000000Z.dump';
+      fs.symlinkSync(path.join(victim, 'precious.txt'), path.join(dir, linked));
+      fs.writeFileSync(
+        path.join(dir, `${linked}.manifest.json`),
+        JSON.stringify({ ...real.manifest, object: undefined, file: linked, finishedAt: '2020-01-04T00:00:01Z' }),
+      );
 
-    const app = createApp(rt, new Auth(ADMIN_TOKEN, VIEWER_TOKEN));
-    const listed = await request(app).get('/api/backups').set(admin).expect(200);
-    expect(listed.body.dumps.map((d: { file: string }) => d.file)).toEqual([real.manifest.file]);
-    const refused = [
-      {
-        object: `s3://${s3.bucket}/${climbing}`,
-        reason: expect.stringMatching(/^file "\.\.\/\.\.\/\.\.\/victim": must be a dump file name/),
-      },
-      {
-        object: `s3://${s3.bucket}/${borrowing}`,
-        reason: `object.key "${real.manifest.object!.key}": must be "pgm/dumps/main/main-20200102T000000000Z.dump"`,
-      },
-      { object: localClimbing, reason: expect.stringMatching(/^file "\.\.\/\.\.\/\.\.\/victim": must be a dump/) },
-      {
-        object: path.join(dir, `${linked}.manifest.json`),
-        reason: expect.stringMatching(/leads through a symlink to .*victim\/precious\.txt, not inside/),
-      },
-    ];
-    expect(listed.body.refused).toEqual(expect.arrayContaining(refused));
-    expect(listed.body.refused).toHaveLength(4);
+      const app = createApp(rt, new Auth(ADMIN_TOKEN, VIEWER_TOKEN));
+      const listed = await request(app).get('/api/backups').set(admin).expect(200);
+      expect(listed.body.dumps.map((d: { file: string }) => d.file)).toEqual([real.manifest.file]);
+      const refused = [
+        {
+          object: `s3://${s3.bucket}/${climbing}`,
+          reason: expect.stringMatching(/^file "\.\.\/\.\.\/\.\.\/victim": must be a dump file name/),
+        },
+        {
+          object: `s3://${s3.bucket}/${borrowing}`,
+          reason: `object.key "${real.manifest.object!.key}": must be "pgm/dumps/main/main-20200102T000000000Z.dump"`,
+        },
+        { object: localClimbing, reason: expect.stringMatching(/^file "\.\.\/\.\.\/\.\.\/victim": must be a dump/) },
+        {
+          object: path.join(dir, `${linked}.manifest.json`),
+          reason: expect.stringMatching(/leads through a symlink to .*victim\/precious\.txt, not inside/),
+        },
+      ];
+      expect(listed.body.refused).toEqual(expect.arrayContaining(refused));
+      expect(listed.body.refused).toHaveLength(4);
 
-    const prune = await run('prune-backups', {});
-    expect(prune.state, prune.job.failedReason).toBe('completed');
-    expect(fs.readFileSync(path.join(victim, 'precious.txt'), 'utf8')).toBe('keep me');
-    expect(fs.lstatSync(path.join(dir, linked)).isSymbolicLink()).toBe(true);
-    // The real dump's object, and the refused manifests themselves, are all still there.
-    expect((await store.sha256Of(real.manifest.object!.key)).sha256).toBe(real.manifest.object!.sha256);
-    expect(await store.list('pgm/dumps/main/')).toEqual(expect.arrayContaining([climbing, borrowing]));
-    const logs = await logsOf('prune-backups', prune.job.id!);
-    expect(logs).toContain(`refused s3://${s3.bucket}/${climbing}: file "../../../victim": must be a dump file name`);
-    expect(logs).not.toMatch(/remove \.\.\/|remove main-2020/);
-    const plan = (prune.job.returnvalue as { plan: { dumps: unknown[]; refused: unknown[] } }).plan;
-    expect(plan.dumps).toEqual([expect.objectContaining({ file: real.manifest.file, action: 'keep' })]);
-    expect(plan.refused).toEqual(expect.arrayContaining(refused));
-  });
+      const prune = await run('prune-backups', {});
+      expect(prune.state, prune.job.failedReason).toBe('completed');
+      expect(fs.readFileSync(path.join(victim, 'precious.txt'), 'utf8')).toBe('keep me');
+      expect(fs.lstatSync(path.join(dir, linked)).isSymbolicLink()).toBe(true);
+      // The real dump's object, and the refused manifests themselves, are all still there.
+      expect((await store.sha256Of(real.manifest.object!.key)).sha256).toBe(real.manifest.object!.sha256);
+      expect(await store.list('pgm/dumps/main/')).toEqual(expect.arrayContaining([climbing, borrowing]));
+      const logs = await logsOf('prune-backups', prune.job.id!);
+      expect(logs).toContain(`refused s3://${s3.bucket}/${climbing}: file "../../../victim": must be a dump file name`);
+      expect(logs).not.toMatch(/remove \.\.\/|remove main-2020/);
+      const plan = (prune.job.returnvalue as { plan: { dumps: unknown[]; refused: unknown[] } }).plan;
+      expect(plan.dumps).toEqual([expect.objectContaining({ file: real.manifest.file, action: 'keep' })]);
+      expect(plan.refused).toEqual(expect.arrayContaining(refused));
+    },
+  );
 
   it('restore-check takes the newest trusted dump, never a refused one, and writes no verdict outside', async () => {
     // Newer than every real dump, with the real object and checksums: only its file climbs out.
@@ -182,103 +186,111 @@ describe('dump manifests', () => {
 });
 
 describe('partition archives', () => {
-  it('a journal row naming an archive outside BACKUP_DIR is refused; the partition is archived again inside', async () => {
-    // What an earlier run would have left (archived, not yet dropped), but the file lies elsewhere.
-    await ensureJournal(h.admin);
-    await h.admin.query('alter table ret.legacy detach partition ret.legacy_p20260101');
-    const outside = path.join(h.dir, 'outside', 'ret.legacy_p20260101-20260102T000000000Z.dump');
-    fs.mkdirSync(path.dirname(outside));
-    await runProcess(binPath('pg_dump'), ['-Fc', '-t', 'ret.legacy_p20260101', `--file=${outside}`, h.dbUrl]);
-    const sha256 = createHash('sha256').update(fs.readFileSync(outside)).digest('hex');
-    const manifest = { kind: 'pgmaint-partition-archive', version: 1, partition: 'ret.legacy_p20260101', rows: 10 };
-    fs.writeFileSync(
-      `${outside}.manifest.json`,
-      JSON.stringify({ ...manifest, target: 'main', bytes: fs.statSync(outside).size, sha256 }),
-    );
-    await h.admin.query(
-      `insert into pgmaint.retention_journal (parent, partition_schema, partition_name, bound_from, bound_to,
+  it(
+    'a journal row naming an archive outside BACKUP_DIR is refused; ' + 'the partition is archived again inside',
+    async () => {
+      // What an earlier run would have left (archived, not yet dropped), but the file lies elsewhere.
+      await ensureJournal(h.admin);
+      await h.admin.query('alter table ret.legacy detach partition ret.legacy_p20260101');
+      const outside = path.join(h.dir, 'outside', 'ret.legacy_p20260101-20260102T000000000Z.dump');
+      fs.mkdirSync(path.dirname(outside));
+      await runProcess(binPath('pg_dump'), ['-Fc', '-t', 'ret.legacy_p20260101', `--file=${outside}`, h.dbUrl]);
+      const sha256 = createHash('sha256').update(fs.readFileSync(outside)).digest('hex');
+      const manifest = { kind: 'pgmaint-partition-archive', version: 1, partition: 'ret.legacy_p20260101', rows: 10 };
+      fs.writeFileSync(
+        `${outside}.manifest.json`,
+        JSON.stringify({ ...manifest, target: 'main', bytes: fs.statSync(outside).size, sha256 }),
+      );
+      await h.admin.query(
+        `insert into pgmaint.retention_journal (parent, partition_schema, partition_name, bound_from, bound_to,
          upper_bound, state, archive_file, archive_sha256, job_id)
        values ('ret.legacy', 'ret', 'legacy_p20260101', '''2026-01-01 00:00:00+00''', '''2026-01-02 00:00:00+00''',
          '2026-01-02 00:00:00+00', 'archived', $1, $2, 'elsewhere')`,
-      [outside, sha256],
-    );
-    const r = await run('drop-expired-partitions', { tables: ['ret.legacy'], now: '2026-01-03T00:00:00Z' });
-    expect(r.state, r.job.failedReason).toBe('completed');
-    type Result = { policies: { dropped: string[]; archives: { partition: string; file: string; rows: number }[] }[] };
-    const done = (r.job.returnvalue as Result).policies[0]!;
-    expect(done.dropped).toEqual(['ret.legacy_p20260101']);
-    expect(done.archives).toEqual([expect.objectContaining({ partition: 'ret.legacy_p20260101', rows: 10 })]);
-    expect(done.archives[0]!.file.startsWith(path.join(h.backupDir, 'partitions', 'main') + path.sep)).toBe(true);
-    expect(await logsOf('drop-expired-partitions', r.job.id!)).toContain(
-      `refused archive ${outside} (retention journal): must be a partition archive in ` +
-        path.join(h.backupDir, 'partitions', 'main'),
-    );
-  });
+        [outside, sha256],
+      );
+      const r = await run('drop-expired-partitions', { tables: ['ret.legacy'], now: '2026-01-03T00:00:00Z' });
+      expect(r.state, r.job.failedReason).toBe('completed');
+      type Result = {
+        policies: { dropped: string[]; archives: { partition: string; file: string; rows: number }[] }[];
+      };
+      const done = (r.job.returnvalue as Result).policies[0]!;
+      expect(done.dropped).toEqual(['ret.legacy_p20260101']);
+      expect(done.archives).toEqual([expect.objectContaining({ partition: 'ret.legacy_p20260101', rows: 10 })]);
+      expect(done.archives[0]!.file.startsWith(path.join(h.backupDir, 'partitions', 'main') + path.sep)).toBe(true);
+      expect(await logsOf('drop-expired-partitions', r.job.id!)).toContain(
+        `refused archive ${outside} (retention journal): must be a partition archive in ` +
+          path.join(h.backupDir, 'partitions', 'main'),
+      );
+    },
+  );
 });
 
 describe('the pgBackRest catalog', () => {
-  it('a set whose label fails its check is refused by name, and prune expires nothing while one is listed', async () => {
-    await rt.close();
-    // pgbackrest's answer, as a script on PATH: three full sets, the oldest with a label that is no label.
-    const bin = path.join(h.dir, 'fake-pgbackrest');
-    fs.mkdirSync(bin, { mode: 0o755 });
-    fs.chmodSync(h.dir, 0o755);
-    const calls = path.join(bin, 'calls.log');
-    fs.writeFileSync(calls, '', { mode: 0o666 });
-    fs.chmodSync(calls, 0o666);
-    const set = (label: string, day: number) => ({
-      label,
-      type: 'full',
-      prior: null,
-      archive: { start: '000000010000000000000002', stop: '000000010000000000000002' },
-      lsn: { start: '0/2000028', stop: '0/2000100' },
-      timestamp: { start: Date.UTC(2020, 0, day) / 1000, stop: Date.UTC(2020, 0, day) / 1000 + 60 },
-      info: { size: 1000, delta: 1000, repository: { size: 100, delta: 100 } },
-    });
-    const info = [
-      {
-        name: 'fake',
-        status: { code: 0, message: 'ok' },
-        cipher: 'none',
-        db: [{ 'system-id': 1 }],
-        archive: [{ min: '000000010000000000000001', max: '000000010000000000000009' }],
-        backup: [set('../../repo --delete', 1), set('20200102-000000F', 2), set('20200103-000000F', 3)],
-      },
-    ];
-    fs.writeFileSync(path.join(bin, 'info.json'), JSON.stringify(info));
-    fs.writeFileSync(
-      path.join(bin, 'pgbackrest'),
-      `#!/bin/sh\necho "$*" >> "${calls}"\ncase " $* " in *" info "*) cat "${bin}/info.json" ;; esac\n`,
-      { mode: 0o755 },
-    );
-    h.configFile(config({ targets: { main: { backup: { engine: 'pgbackrest', stanza: 'fake' } } } }));
-    const path0 = process.env.PATH;
-    process.env.PATH = `${bin}:${path0}`;
-    try {
-      const withFake = h.runtime({ schedules: [], env });
-      startWorkers(withFake, ['prune-backups']);
-      const app = createApp(withFake, new Auth(ADMIN_TOKEN, VIEWER_TOKEN));
-      const listed = await request(app).get('/api/backups').set(admin).expect(200);
-      expect(listed.body.pgbackrest.sets.map((s: { label: string }) => s.label)).toEqual([
-        '20200103-000000F',
-        '20200102-000000F',
-      ]);
-      const refusal = {
-        object: 'pgbackrest info (stanza fake): set "../../repo --delete"',
-        reason: expect.stringMatching(/^label: must be a pgBackRest set label/),
-      };
-      expect(listed.body.refused).toEqual(expect.arrayContaining([refusal]));
-      const prune = await run('prune-backups', {}, withFake);
-      expect(prune.state, prune.job.failedReason).toBe('completed');
-      expect(fs.readFileSync(calls, 'utf8')).not.toMatch(/expire/);
-      expect(await logsOf('prune-backups', prune.job.id!, withFake)).toContain(
-        'refused pgbackrest info (stanza fake): set "../../repo --delete": label: must be a pgBackRest set label',
+  it(
+    'a set whose label fails its check is refused by name, ' + 'and prune expires nothing while one is listed',
+    async () => {
+      await rt.close();
+      // pgbackrest's answer, as a script on PATH: three full sets, the oldest with a label that is no label.
+      const bin = path.join(h.dir, 'fake-pgbackrest');
+      fs.mkdirSync(bin, { mode: 0o755 });
+      fs.chmodSync(h.dir, 0o755);
+      const calls = path.join(bin, 'calls.log');
+      fs.writeFileSync(calls, '', { mode: 0o666 });
+      fs.chmodSync(calls, 0o666);
+      const set = (label: string, day: number) => ({
+        label,
+        type: 'full',
+        prior: null,
+        archive: { start: '000000010000000000000002', stop: '000000010000000000000002' },
+        lsn: { start: '0/2000028', stop: '0/2000100' },
+        timestamp: { start: Date.UTC(2020, 0, day) / 1000, stop: Date.UTC(2020, 0, day) / 1000 + 60 },
+        info: { size: 1000, delta: 1000, repository: { size: 100, delta: 100 } },
+      });
+      const info = [
+        {
+          name: 'fake',
+          status: { code: 0, message: 'ok' },
+          cipher: 'none',
+          db: [{ 'system-id': 1 }],
+          archive: [{ min: '000000010000000000000001', max: '000000010000000000000009' }],
+          backup: [set('../../repo --delete', 1), set('20200102-000000F', 2), set('20200103-000000F', 3)],
+        },
+      ];
+      fs.writeFileSync(path.join(bin, 'info.json'), JSON.stringify(info));
+      fs.writeFileSync(
+        path.join(bin, 'pgbackrest'),
+        `#!/bin/sh\necho "$*" >> "${calls}"\ncase " $* " in *" info "*) cat "${bin}/info.json" ;; esac\n`,
+        { mode: 0o755 },
       );
-      const plan = (prune.job.returnvalue as { plan: { backupSets: { action: string }[]; refused: unknown[] } }).plan;
-      expect(plan.backupSets.map((s) => s.action)).toEqual(['keep', 'keep']);
-      expect(plan.refused).toEqual(expect.arrayContaining([refusal]));
-    } finally {
-      process.env.PATH = path0;
-    }
-  });
+      h.configFile(config({ targets: { main: { backup: { engine: 'pgbackrest', stanza: 'fake' } } } }));
+      const path0 = process.env.PATH;
+      process.env.PATH = `${bin}:${path0}`;
+      try {
+        const withFake = h.runtime({ schedules: [], env });
+        startWorkers(withFake, ['prune-backups']);
+        const app = createApp(withFake, new Auth(ADMIN_TOKEN, VIEWER_TOKEN));
+        const listed = await request(app).get('/api/backups').set(admin).expect(200);
+        expect(listed.body.pgbackrest.sets.map((s: { label: string }) => s.label)).toEqual([
+          '20200103-000000F',
+          '20200102-000000F',
+        ]);
+        const refusal = {
+          object: 'pgbackrest info (stanza fake): set "../../repo --delete"',
+          reason: expect.stringMatching(/^label: must be a pgBackRest set label/),
+        };
+        expect(listed.body.refused).toEqual(expect.arrayContaining([refusal]));
+        const prune = await run('prune-backups', {}, withFake);
+        expect(prune.state, prune.job.failedReason).toBe('completed');
+        expect(fs.readFileSync(calls, 'utf8')).not.toMatch(/expire/);
+        expect(await logsOf('prune-backups', prune.job.id!, withFake)).toContain(
+          'refused pgbackrest info (stanza fake): set "../../repo --delete": label: must be a pgBackRest set label',
+        );
+        const plan = (prune.job.returnvalue as { plan: { backupSets: { action: string }[]; refused: unknown[] } }).plan;
+        expect(plan.backupSets.map((s) => s.action)).toEqual(['keep', 'keep']);
+        expect(plan.refused).toEqual(expect.arrayContaining([refusal]));
+      } finally {
+        process.env.PATH = path0;
+      }
+    },
+  );
 });

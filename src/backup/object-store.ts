@@ -19,6 +19,7 @@ import {
 import { Upload } from '@aws-sdk/lib-storage';
 import { NodeHttpHandler } from '@smithy/node-http-handler';
 import { type Config, type ConfigSecrets, configSecrets } from '../core/config.ts';
+import { ObjectStoreError } from '../core/errors.ts';
 import { type EncryptionKey, parseKey } from '../core/key.ts';
 import { decryptStream, encryptStream } from './encryption.ts';
 import type { BucketPlace } from './manifest-checks.ts';
@@ -89,7 +90,7 @@ export class ObjectStore implements BucketPlace {
   private failure(what: 'upload' | 'download' | 'listing' | 'removal', key: string, err: unknown): Error {
     const e = err as Error & { $metadata?: { attempts?: number } };
     if (e.name === 'NoSuchKey') {
-      return Object.assign(new Error(`${this.url(key)}: the object does not exist`, { cause: err }), {
+      return Object.assign(new ObjectStoreError(`${this.url(key)}: the object does not exist`, { cause: err }), {
         s3Missing: true,
       });
     }
@@ -100,9 +101,12 @@ export class ObjectStore implements BucketPlace {
       why = `no answer within ${this.cfg.requestTimeoutMs} ms (objectStore.requestTimeoutMs)`;
     else if (e.name && e.name !== 'Error' && !why.includes(e.name)) why = `${e.name}: ${why}`;
     const attempts = e.$metadata?.attempts ?? 0;
-    return new Error(`${this.url(key)}: S3 ${what} failed: ${why}${attempts > 1 ? ` (${attempts} attempts)` : ''}`, {
-      cause: err,
-    });
+    return new ObjectStoreError(
+      `${this.url(key)}: S3 ${what} failed: ${why}${attempts > 1 ? ` (${attempts} attempts)` : ''}`,
+      {
+        cause: err,
+      },
+    );
   }
 
   private currentKey(): EncryptionKey | undefined {
@@ -201,7 +205,8 @@ export class ObjectStore implements BucketPlace {
       await pipeline([await this.open(o.key, signal), ...stages, createWriteStream(file)], { signal });
     } catch (err) {
       const message = (err as Error).message;
-      throw new Error(message.startsWith('s3://') ? message : `${what}: ${message}`, { cause: err });
+      if (err instanceof ObjectStoreError || signal?.aborted) throw err;
+      throw new ObjectStoreError(message.startsWith('s3://') ? message : `${what}: ${message}`, { cause: err });
     }
     const sha256 = hash.digest('hex');
     if (sha256 !== o.sha256)
@@ -236,7 +241,7 @@ export class ObjectStore implements BucketPlace {
       return Buffer.concat(chunks).toString('utf8');
     } catch (err) {
       if ((err as { s3Missing?: boolean }).s3Missing) return undefined;
-      throw (err as Error).message.startsWith('s3://') ? err : this.failure('download', key, err);
+      throw err instanceof ObjectStoreError ? err : this.failure('download', key, err);
     }
   }
 

@@ -82,6 +82,12 @@ export class ProcessError extends Error {
   }
 }
 
+/** An S3 request failed after its attempts (or the object is missing); the message names the bucket and the key. */
+export class ObjectStoreError extends Error {
+  override name = 'ObjectStoreError';
+  readonly code = 'OBJECT_STORE';
+}
+
 /** The run exceeded its maximum run time; its child processes were killed. */
 export class JobTimeoutError extends Error {
   override name = 'JobTimeoutError';

@@ -6,7 +6,7 @@ import { objectStoreFor } from '../backup/object-store.ts';
 import { redact } from '../core/redact.ts';
 import { redisFailureMessage, redisLabel } from '../runner/redis-failure.ts';
 import type { Runtime } from '../runner/runtime.ts';
-import { PayloadError, ServiceUnavailableError } from '../core/errors.ts';
+import { ObjectStoreError, PayloadError, ServiceUnavailableError } from '../core/errors.ts';
 import type { AlertMonitor } from '../monitoring/alerts.ts';
 import type { HealthReader } from '../monitoring/health.ts';
 import type { Metrics } from '../monitoring/metrics.ts';
@@ -226,7 +226,11 @@ export const listBackups: Handler = async ({ rt }, req) => {
   const t = rt.config.targets.get(target);
   if (!t) return error(404, `unknown target "${target}"`, { targets: [...rt.config.targets.keys()] });
   const store = objectStoreFor(rt.config);
-  const catalog = await readBackupCatalog(rt.config.backupDir, t, Date.now(), store).finally(() => store?.close());
+  const catalog = await readBackupCatalog(rt.config.backupDir, t, Date.now(), store)
+    .catch((err: Error) => (err instanceof ObjectStoreError ? err : Promise.reject(err)))
+    .finally(() => store?.close());
+  // The bucket is the shared catalog: without it the list would be wrong, so none is given.
+  if (catalog instanceof ObjectStoreError) return error(503, catalog.message);
   const { dumps, bases, archive, newestSegment: newest, recoveryWindow, pgbackrest } = catalog;
   // The last verdict of each proof job, from the durable run history.
   const lastRun = async (job: string) => {
