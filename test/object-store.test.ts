@@ -13,7 +13,14 @@ import { startWorkers } from '../src/cli/roles.ts';
 import type { Runtime } from '../src/runner/runtime.ts';
 import { createApp } from '../src/http/app.ts';
 import { Auth } from '../src/http/auth.ts';
-import { ADMIN_TOKEN, createHarness, VIEWER_TOKEN, waitForFinished, type Harness } from './support/harness.ts';
+import {
+  ADMIN_TOKEN,
+  createHarness,
+  type Harness,
+  type Spawned,
+  VIEWER_TOKEN,
+  waitForFinished,
+} from './support/harness.ts';
 import { type S3Server, startS3 } from '../src/dev/s3.ts';
 
 let h: Harness;
@@ -22,6 +29,8 @@ let s3: S3Server;
 const key = randomBytes(32).toString('base64');
 const admin = { Authorization: `Bearer ${ADMIN_TOKEN}` };
 let env: Record<string, string>;
+/** Worker processes, whose output the credential search reads. */
+const workers: Spawned[] = [];
 
 beforeAll(async () => {
   h = await createHarness('object_store');
@@ -179,6 +188,7 @@ describe('workers on two hosts', () => {
     });
     await a.waitFor(/worker started/);
     await b.waitFor(/worker started/);
+    workers.push(a, b);
     const backup = await run('backup', {}, client);
     expect(backup.state, backup.job.failedReason).toBe('completed');
     const file = (backup.job.returnvalue as { name: string }).name;
@@ -191,5 +201,55 @@ describe('workers on two hosts', () => {
     const listed = (await listDumps(path.join(h.dir, 'host-a'), 'main', store)).dumps;
     store?.close();
     expect(listed.find((d) => d.manifest.file === file)!.restoreCheck).toMatchObject({ ok: true });
+  });
+});
+
+describe('the credentials', () => {
+  it('appear in no job data, job log, run history row, Bull Board answer, /metrics, or process output', async () => {
+    // Random for this run (src/dev/s3.ts), so a hit is a leak and not a coincidence.
+    const secrets = [s3.accessKeyId, s3.secretAccessKey, key];
+    expect(s3.accessKeyId).not.toBe('S3RVER');
+    const texts: string[] = [];
+    const client = h.runtime({ schedules: [], env });
+    const queues = ['backup', 'restore-check', 'drop-expired-partitions'];
+    const ids: Record<string, string[]> = {};
+    for (const name of queues) {
+      const queue = client.queues.get(name);
+      const jobs = await queue.getJobs(['completed', 'failed']);
+      ids[name] = jobs.map((j) => j.id!);
+      for (const job of jobs) {
+        texts.push(JSON.stringify(job.data), JSON.stringify(job.returnvalue), job.failedReason ?? '');
+        texts.push(JSON.stringify(job.stacktrace), ...(await queue.getJobLogs(job.id!)).logs);
+      }
+    }
+    expect(ids.backup!.length).toBeGreaterThan(1);
+    await client.history.flush();
+    texts.push(JSON.stringify((await h.admin.query('select * from pgmaint.run_history')).rows));
+    // A server process, as an operator runs it: Bull Board's answers, /metrics, the backups API.
+    const server = h.spawnPgmaint(['server'], env);
+    await server.waitFor(/server listening/);
+    const port = Number(/"port":(\d+)/.exec(server.output())![1]);
+    const get = async (route: string) => {
+      const res = await fetch(`http://127.0.0.1:${port}${route}`, {
+        headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
+      });
+      expect(res.status, route).toBe(200);
+      return res.text();
+    };
+    for (const name of queues) {
+      for (const status of ['completed', 'failed']) {
+        const board = await get(`/admin/queues/api/queues?activeQueue=${name}&status=${status}&page=1&jobsPerPage=100`);
+        if (name === 'backup' && status === 'completed') expect(board).toContain('"returnValue"');
+        texts.push(board);
+      }
+      for (const id of ids[name]!) texts.push(await get(`/admin/queues/api/queues/${name}/${id}/logs`));
+    }
+    const metrics = await get('/metrics');
+    expect(metrics).toContain('pgmaint_');
+    texts.push(metrics, await get('/api/backups'), await get('/api/status'));
+    await server.killGroup();
+    texts.push(server.output(), ...workers.map((w) => w.output()));
+    expect(workers.map((w) => w.output()).join('')).toMatch(/worker started/);
+    for (const secret of secrets) expect(texts.filter((t) => t.includes(secret))).toEqual([]);
   });
 });
