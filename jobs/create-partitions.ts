@@ -14,24 +14,22 @@ import type { PartitionPolicy } from '../src/core/partition-policy.ts';
 import { qualifiedName, quoteIdent, quoteLiteral, quoteQualified, withTransaction } from '../src/core/sql.ts';
 import {
   boundLiteral,
-  nextPeriod,
-  partitionName,
-  periodStart,
-  PARENT_LOCKED,
+  boundMs,
+  defaultsHoldingRows,
+  type ParentInfo,
   parseKeyValue,
-  policiesFor,
   readParent,
   readParents,
-  defaultsHoldingRows,
-  boundMs,
-  PeriodCalendar,
-  tablesIssues,
-  recordPolicyError,
-  throwIfPoliciesFailed,
-  type ParentInfo,
+} from '../src/partitions/catalog.ts';
+import { PARENT_LOCKED, withParentLock } from '../src/partitions/locks.ts';
+import { nextPeriod, PeriodCalendar, partitionName, periodStart } from '../src/partitions/periods.ts';
+import {
   type PolicyOutcome,
-  withParentLock,
-} from '../src/partitions/partitions.ts';
+  policiesFor,
+  recordPolicyError,
+  tablesIssues,
+  throwIfPoliciesFailed,
+} from '../src/partitions/policies.ts';
 
 export const payload = z.object({
   target: targetField,

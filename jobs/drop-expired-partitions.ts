@@ -21,17 +21,15 @@ import {
 import { defineJob, type JobResult, targetField, type JobContext } from '../src/runner/job-definition.ts';
 import { parseRetention, type PartitionPolicy } from '../src/core/partition-policy.ts';
 import { qualifiedName, quoteQualified, withTransaction } from '../src/core/sql.ts';
+import { boundLiteral, readParent } from '../src/partitions/catalog.ts';
+import { PARENT_LOCKED, withParentLock } from '../src/partitions/locks.ts';
 import {
-  boundLiteral,
-  PARENT_LOCKED,
   policiesFor,
-  readParent,
   tablesIssues,
   recordPolicyError,
   throwIfPoliciesFailed,
-  withParentLock,
   type PolicyOutcome,
-} from '../src/partitions/partitions.ts';
+} from '../src/partitions/policies.ts';
 import {
   catalogPlace,
   ensureJournal,

@@ -35,13 +35,8 @@ import { parseJsonExact } from '../src/core/json.ts';
 import { libpqSettings } from '../src/core/libpq.ts';
 import { partitionPolicy } from '../src/core/partition-policy.ts';
 import { Auth } from '../src/http/auth.ts';
-import {
-  nextPeriod,
-  type ParentInfo,
-  partitionName,
-  PeriodCalendar,
-  periodStart,
-} from '../src/partitions/partitions.ts';
+import type { ParentInfo } from '../src/partitions/catalog.ts';
+import { nextPeriod, partitionName, PeriodCalendar, periodStart } from '../src/partitions/periods.ts';
 import { RunHistory, type RunStart } from '../src/runner/history.ts';
 import { createHarness, type Harness } from './support/harness.ts';
 

@@ -6,7 +6,7 @@
 import { DateTime } from 'luxon';
 import type { PartitionPolicy } from '../core/partition-policy.ts';
 import { quoteQualified } from '../core/sql.ts';
-import { readParent } from '../partitions/partitions.ts';
+import { readParent } from '../partitions/catalog.ts';
 import { catalogPlace, openEntries } from '../partitions/retention-journal.ts';
 import type { Runtime } from '../runner/runtime.ts';
 
