@@ -6,23 +6,16 @@
 // inside a new range move into it in the same transaction as the attach.
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DateTime } from 'luxon';
-import type pg from 'pg';
 import { z } from 'zod';
 import { PermanentJobError } from '../src/core/errors.ts';
 import { defineJob, type JobResult, targetField, type JobContext } from '../src/runner/job-definition.ts';
 import type { PartitionPolicy } from '../src/core/partition-policy.ts';
-import { qualifiedName, quoteIdent, quoteLiteral, quoteQualified, withTransaction } from '../src/core/sql.ts';
-import {
-  boundLiteral,
-  boundMs,
-  defaultsHoldingRows,
-  type ParentInfo,
-  parseKeyValue,
-  readParent,
-  readParents,
-} from '../src/partitions/catalog.ts';
+import { qualifiedName, quoteQualified, withTransaction } from '../src/core/sql.ts';
+import { type CreatedPartition, createPartitions, readTemplate } from '../src/partitions/attach.ts';
+import { defaultsHoldingRows, type ParentInfo, readParent, readParents } from '../src/partitions/catalog.ts';
 import { PARENT_LOCKED, withParentLock } from '../src/partitions/locks.ts';
-import { nextPeriod, PeriodCalendar, partitionName, periodStart } from '../src/partitions/periods.ts';
+import { PeriodCalendar } from '../src/partitions/periods.ts';
+import { coveredByBoundaries, type Period, planMissing, runway, strandedPeriods } from '../src/partitions/planner.ts';
 import {
   type PolicyOutcome,
   policiesFor,
@@ -39,7 +32,6 @@ export const payload = z.object({
   now: z.iso.datetime({ offset: true }).optional(),
 });
 
-const MAX_NEW_PER_RUN = 1000;
 /**
  * New partitions attached in one transaction. Every commit that changes the parent's
  * partitions makes each session inserting into it rebuild its partition map, and the
@@ -51,15 +43,8 @@ const MAX_NEW_PER_RUN = 1000;
  */
 const PARTITIONS_PER_COMMIT = 20;
 
-interface Created {
-  name: string;
-  from: string;
-  to: string;
-  movedRows: number;
-}
-
 export interface PolicyResult extends PolicyOutcome {
-  created: Created[];
+  created: CreatedPartition[];
   /** Upper bound of the newest partition, and whole periods it lies ahead of now. */
   runwayUntil: string | null;
   periodsAhead: number;
@@ -192,26 +177,6 @@ function steadyResult(
   return Object.assign(result, runway(info, policy, calendar));
 }
 
-/**
- * True when the parent's partitions run without a gap from its oldest, no later than
- * the current period, through premake periods ahead, each bound on a period boundary:
- * then planMissing would find nothing missing and nothing to skip.
- */
-export function coveredByBoundaries(info: ParentInfo, policy: PartitionPolicy, calendar: PeriodCalendar): boolean {
-  const { interval, timeZone: zone } = policy;
-  const ranged = info.partitions.filter((x) => !x.isDefault && !x.detachPending);
-  if (!ranged.length) return false;
-  let reach = boundMs(ranged[0]!, 'from');
-  if (reach === null || reach > calendar.current(interval, zone)) return false;
-  for (const x of ranged) {
-    const [from, to] = [boundMs(x, 'from'), boundMs(x, 'to')];
-    if (from !== reach || to === null) return false;
-    if (!calendar.isBoundary(interval, zone, from) || !calendar.isBoundary(interval, zone, to)) return false;
-    reach = to;
-  }
-  return reach >= calendar.after(interval, zone, policy.premake + 1);
-}
-
 function emptyResult(policy: PartitionPolicy): PolicyResult {
   return {
     table: policy.table,
@@ -225,16 +190,6 @@ function emptyResult(policy: PartitionPolicy): PolicyResult {
   };
 }
 
-/** Upper bound of the newest partition, and the whole periods it lies ahead of now. */
-function runway(info: ParentInfo, policy: PartitionPolicy, calendar: PeriodCalendar) {
-  const newest = info.partitions.filter((x) => boundMs(x, 'to') !== null).at(-1);
-  const newestMs = newest ? boundMs(newest, 'to')! : null;
-  return {
-    runwayUntil: newestMs === null ? null : DateTime.fromMillis(newestMs, { zone: policy.timeZone }).toISO(),
-    periodsAhead: newestMs === null ? 0 : calendar.countAhead(policy.interval, policy.timeZone, newestMs),
-  };
-}
-
 async function maintainPolicy(
   ctx: JobContext,
   policy: PartitionPolicy,
@@ -245,21 +200,9 @@ async function maintainPolicy(
   try {
     const outcome = await withParentLock(ctx.pool, policy.table, async (client) => {
       let info = await readParent(client, policy);
-      // The periods of rows stranded in the DEFAULT partition are planned too.
       const def = info.partitions.find((x) => x.isDefault);
-      const stranded: DateTime[] = [];
-      if (def) {
-        const col = quoteIdent(policy.column);
-        const local =
-          info.keyType === 'timestamptz' ? `${col} at time zone ${quoteLiteral(policy.timeZone)}` : `${col}::timestamp`;
-        const { rows } = await client.query<{ p: string }>(
-          `select distinct date_trunc('${policy.interval}', ${local})::text as p from ` +
-            `${quoteQualified(def.schema, def.name)} order by 1 limit ${MAX_NEW_PER_RUN}`,
-        );
-        // date_trunc gave local wall-clock period starts.
-        for (const r of rows) stranded.push(parseKeyValue(r.p, 'timestamp', policy.timeZone));
-      }
-      const plan = planMissing(info, policy, now, stranded, calendar);
+      // The periods of rows stranded in the DEFAULT partition are planned too.
+      const plan = planMissing(info, policy, now, await strandedPeriods(client, info, policy), calendar);
       result.skipped.push(...plan.skipped);
       const template = plan.missing.length ? await readTemplate(client, info) : undefined;
       const perCommit = def ? 1 : PARTITIONS_PER_COMMIT;
@@ -307,81 +250,6 @@ async function maintainPolicy(
   return result;
 }
 
-interface Period {
-  from: DateTime;
-  to: DateTime;
-}
-
-/** Periods from the current one through premake ahead, plus gaps back to the oldest
- * partition, that no existing partition covers. A period partly covered by a
- * partition with other bounds is skipped with the reason; existing bounds win.
- * Periods holding rows stranded in the DEFAULT partition are planned too. The work is
- * on epoch milliseconds and the calendar's boundaries: luxon, at every period and
- * bound, cost the worker more CPU than the run's statements cost the server. */
-export function planMissing(
-  info: ParentInfo,
-  policy: PartitionPolicy,
-  now: DateTime,
-  stranded: DateTime[] = [],
-  calendar = new PeriodCalendar(now),
-): { missing: Period[]; skipped: { range: string; reason: string }[] } {
-  const { interval, timeZone: zone } = policy;
-  const ranged = info.partitions
-    .flatMap((x) => {
-      const [from, to] = [boundMs(x, 'from'), boundMs(x, 'to')];
-      return !x.isDefault && !x.detachPending && from !== null && to !== null ? [{ x, from, to }] : [];
-    })
-    .sort((a, b) => a.from - b.from);
-  const current = calendar.current(interval, zone);
-  const end = calendar.after(interval, zone, policy.premake + 1);
-  const oldest = ranged[0]?.from;
-  // Each period with its upper bound: the next boundary.
-  const contiguous = calendar.boundaries(
-    interval,
-    zone,
-    oldest !== undefined && oldest < current ? oldest : current,
-    end,
-  );
-  const periods = contiguous.slice(0, -1).map((from, i) => ({ from, to: contiguous[i + 1]! }));
-  for (const s of stranded) {
-    if (s.toMillis() >= contiguous[0]! && s.toMillis() < end) continue;
-    const from = periodStart(s, interval);
-    periods.push({ from: from.toMillis(), to: nextPeriod(from, interval).toMillis() });
-  }
-  periods.sort((a, b) => a.from - b.from);
-  const at = (ms: number) => DateTime.fromMillis(ms, { zone });
-  const missing: Period[] = [];
-  const skipped: { range: string; reason: string }[] = [];
-  // Range partitions never overlap: sorted by lower bound they are sorted by upper bound
-  // too, so one pass over both lists finds each period's overlapping partitions.
-  let first = 0;
-  for (const { from, to } of periods) {
-    if (missing.length >= MAX_NEW_PER_RUN) break;
-    while (first < ranged.length && ranged[first]!.to <= from) first++;
-    const overlapping: typeof ranged = [];
-    for (let j = first; j < ranged.length && ranged[j]!.from < to; j++) overlapping.push(ranged[j]!);
-    if (!overlapping.length) missing.push({ from: at(from), to: at(to) });
-    else if (!coveredByUnion(overlapping, from, to))
-      skipped.push({
-        range: `[${at(from).toISO()}, ${at(to).toISO()})`,
-        reason:
-          `partly covered by ${overlapping.map(({ x }) => `${x.schema}.${x.name}`).join(', ')}; existing bounds ` +
-          `are kept`,
-      });
-  }
-  return { missing, skipped };
-}
-
-/** Whether `parts`, sorted by lower bound, cover [from, to) without a hole. */
-function coveredByUnion(parts: { from: number; to: number }[], from: number, to: number): boolean {
-  let reach = from;
-  for (const x of parts) {
-    if (x.from > reach) return false;
-    if (x.to > reach) reach = x.to;
-  }
-  return reach >= to;
-}
-
 /** Lock timeouts are retried with backoff (1, 2, 4 s), then fail loudly. */
 async function withLockRetry<T>(ctx: JobContext, fn: () => Promise<T>): Promise<T> {
   for (let attempt = 1; ; attempt++) {
@@ -393,108 +261,6 @@ async function withLockRetry<T>(ctx: JobContext, fn: () => Promise<T>): Promise<
       await sleep(1000 * 2 ** (attempt - 1), undefined, { signal: ctx.signal });
     }
   }
-}
-
-/** What every new partition of a parent copies: read once per run and policy. */
-interface ParentTemplate {
-  identityColumns: string[];
-  /** Set when the parent's owner is not the role we run as. */
-  owner: string | null;
-  grants: { grantee: string | null; privilege: string }[];
-  /** Quoted column list for moving rows out of the DEFAULT partition. */
-  columns: string;
-}
-
-async function readTemplate(client: pg.ClientBase, info: ParentInfo): Promise<ParentTemplate> {
-  const { rows } = await client.query(
-    `select (select coalesce(array_agg(attname::text order by attnum), '{}') from pg_attribute
-              where attrelid = $1 and attidentity <> '' and not attisdropped) as identity,
-            (select string_agg(quote_ident(attname), ', ' order by attnum) from pg_attribute where attrelid = $1 and
-              attnum > 0 and not attisdropped and attgenerated = '') as columns,
-            (select case when pg_get_userbyid(relowner) = current_user then null else pg_get_userbyid(relowner) end
-              from pg_class where oid = $1) as owner,
-            (select coalesce(json_agg(json_build_object('grantee', case when a.grantee = 0 then null else
-              pg_get_userbyid(a.grantee) end, 'privilege', a.privilege_type)), '[]')
-               from pg_class c, aclexplode(c.relacl) a where c.oid = $1 and a.grantee <> c.relowner) as grants`,
-    [info.oid],
-  );
-  const r = rows[0];
-  return { identityColumns: r.identity, owner: r.owner, grants: r.grants, columns: r.columns };
-}
-
-/** Creates and attaches a parent's partitions for these periods, in one transaction. */
-async function createPartitions(
-  client: pg.ClientBase,
-  info: ParentInfo,
-  template: ParentTemplate,
-  policy: PartitionPolicy,
-  periods: Period[],
-): Promise<Created[]> {
-  return withTransaction(client, async () => {
-    await client.query(`set local lock_timeout = '${policy.lockTimeout}'`);
-    const created: Created[] = [];
-    for (const { from, to } of periods) created.push(await addPartition(client, info, template, policy, from, to));
-    return created;
-  });
-}
-
-/** One partition: its table made like the parent, stranded DEFAULT rows moved in, attached. */
-async function addPartition(
-  client: pg.ClientBase,
-  info: ParentInfo,
-  template: ParentTemplate,
-  policy: PartitionPolicy,
-  from: DateTime,
-  to: DateTime,
-): Promise<Created> {
-  const parent = quoteQualified(info.schema, info.table);
-  const name = partitionName(info.table, from, policy.interval);
-  const part = quoteQualified(info.schema, name);
-  const col = quoteIdent(policy.column);
-  const lo = boundLiteral(from, info.keyType);
-  const hi = boundLiteral(to, info.keyType);
-  const def = info.partitions.find((x) => x.isDefault);
-  const setup = [
-    `create table ${part} (like ${parent} including all)`,
-    // The parent's identity generates values for rows inserted through it; a copied
-    // identity on the partition would be a second, diverging sequence.
-    ...template.identityColumns.map((c) => `alter table ${part} alter column ${quoteIdent(c)} drop identity`),
-    ...(template.owner ? [`alter table ${part} owner to ${quoteIdent(template.owner)}`] : []),
-    ...template.grants.map((g) => `grant ${g.privilege} on ${part} to ${g.grantee ? quoteIdent(g.grantee) : 'public'}`),
-  ];
-  const attach = `alter table ${parent} attach partition ${part} for values from (${lo}) to (${hi})`;
-  // One round trip for the statements that need no answer; the attach joins them when
-  // there is no DEFAULT partition to move rows out of first.
-  await client.query([...setup, ...(def ? [] : [attach])].join(';\n')).catch((err) => {
-    if ((err as { code?: string }).code === '42P07')
-      throw new PermanentJobError(
-        `${info.schema}.${name} already exists and is not a partition of ${policy.table}; rename it or attach it`,
-      );
-    throw err;
-  });
-  let movedRows = 0;
-  if (def) {
-    const where = `${col} >= ${lo} and ${col} < ${hi}`;
-    const dflt = quoteQualified(def.schema, def.name);
-    const stranded = Number((await client.query(`select count(*) as n from ${dflt} where ${where}`)).rows[0].n);
-    if (stranded > 0) {
-      if (policy.defaultRows === 'fail') {
-        throw new PermanentJobError(
-          `${stranded} rows of ${def.schema}.${def.name} fall in [${from.toISO()}, ${to.toISO()}); policy ` +
-            `defaultRows is "fail", so nothing was moved`,
-        );
-      }
-      const cols = template.columns;
-      const moved = await client.query(
-        `with gone as (delete from ${dflt} where ${where} returning ${cols}) insert into ${part} (${cols}) select ` +
-          `${cols} from gone`,
-      );
-      movedRows = moved.rowCount ?? 0;
-      if (movedRows !== stranded) throw new Error(`moved ${movedRows} rows but counted ${stranded}; rolled back`);
-    }
-    await client.query(attach);
-  }
-  return { name: `${info.schema}.${name}`, from: from.toISO()!, to: to.toISO()!, movedRows };
 }
 
 export default job;

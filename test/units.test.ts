@@ -16,7 +16,7 @@ import { childEnv, runPipeline, runProcess } from '../src/core/proc.ts';
 import { didYouMean } from '../src/core/suggest.ts';
 import { DateTime } from 'luxon';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { planMissing } from '../jobs/create-partitions.ts';
+import { planMissing } from '../src/partitions/planner.ts';
 import { type ListedBaseBackup, recoveryWindow } from '../src/backup/catalog.ts';
 import { type ArchiveListing, parseSegmentName, segmentName } from '../src/backup/wal.ts';
 import {
