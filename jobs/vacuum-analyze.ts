@@ -5,13 +5,15 @@
 // a time, under lock_timeout, skipping a table autovacuum is working on right now,
 // throttled as autovacuum is unless asked otherwise, and within a time budget after
 // which it stops cleanly and reports what is left. The ANALYZEs of consecutive tables
-// commit together (AnalyzeBatch), so the application's sessions reload statistics
-// once. VACUUM FULL only for a table the payload names in vacuumFull.
+// commit together (AnalyzeBatch, src/core/analyze-batch.ts), so the application's
+// sessions reload statistics once. VACUUM FULL only for a table the payload names in
+// vacuumFull.
 import type pg from 'pg';
 import { z } from 'zod';
 import { PermanentJobError } from '../src/core/errors.ts';
 import { defineJob, type JobResult, targetField, type JobContext } from '../src/runner/job-definition.ts';
 import { qualifiedName, quoteQualified, lockTimeoutSetting, schemaName } from '../src/core/sql.ts';
+import { AnalyzeBatch } from '../src/core/analyze-batch.ts';
 
 const thresholds = z
   .object({
@@ -201,16 +203,6 @@ export function steps(action: Action, rel: string): { vacuum?: string; analyze?:
   }
 }
 
-/**
- * ANALYZEs commit together, up to this long or this many. Each commit of new statistics
- * makes every session using the table reload them, and the application feels each
- * reload (docs/benchmarks.md, live impact); a batch holds its tables' SHARE UPDATE
- * EXCLUSIVE locks, and its transaction, only this long. VACUUM cannot run in a
- * transaction: the batch commits before one.
- */
-const ANALYZE_BATCH_MS = 2000;
-const ANALYZE_BATCH_TABLES = 50;
-
 interface TableResult {
   table: string;
   action: Action;
@@ -353,47 +345,6 @@ async function work(ctx: JobContext, client: pg.PoolClient, p: Payload, chosen: 
     throttle: { costDelay: throttle.costDelay, costLimit: Number(throttle.costLimit) },
     durationMs: Date.now() - started,
   };
-}
-
-/**
- * The open transaction that ANALYZEs join (ANALYZE_BATCH_MS). Each runs under a savepoint:
- * one that fails (its lock not granted, the budget's cancel) takes only itself back.
- */
-class AnalyzeBatch {
-  private openedAt: number | undefined;
-  private tables = 0;
-
-  constructor(private readonly client: pg.PoolClient) {}
-
-  async run(analyze: string): Promise<void> {
-    if (this.openedAt === undefined) {
-      await this.client.query('begin');
-      this.openedAt = Date.now();
-      this.tables = 0;
-    }
-    await this.client.query('savepoint analyze_table');
-    try {
-      await this.client.query(analyze);
-      await this.client.query('release savepoint analyze_table');
-    } catch (err) {
-      // On a session that is gone this fails too; the ANALYZE's own error is the one to report.
-      await this.client.query('rollback to savepoint analyze_table').catch(() => undefined);
-      throw err;
-    }
-    if (++this.tables >= ANALYZE_BATCH_TABLES || Date.now() - this.openedAt >= ANALYZE_BATCH_MS) await this.commit();
-  }
-
-  async commit(): Promise<void> {
-    if (this.openedAt === undefined) return;
-    this.openedAt = undefined;
-    await this.client.query('commit');
-  }
-
-  async abandon(): Promise<void> {
-    if (this.openedAt === undefined) return;
-    this.openedAt = undefined;
-    await this.client.query('rollback').catch(() => undefined);
-  }
 }
 
 export default job;
