@@ -105,15 +105,67 @@ function readConfigFile(file: string): unknown {
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  // Phases in this order, each refusing with a ConfigError that names the key: the
+  // first problem found is the one reported.
+  const e = parseEnv(env);
+  const f = parseConfigFiles(e.PGMAINT_CONFIG);
+  const targets = resolveTargets(e, f, env);
+  checkTargetReferences(f, targets);
+  const businessTimeZone = resolveBusinessTimeZone(f);
+  if (f.redis.sentinels && !f.redis.sentinelName)
+    throw new ConfigError('redis.sentinelName: required with redis.sentinels');
+  const cacheRedisUrl = resolveCache(e, f, env, targets);
+  checkSecretVariables(f, env);
+  const config: Config = {
+    targets,
+    redis: { url: e.REDIS_URL, ...f.redis },
+    backupDir: path.resolve(e.BACKUP_DIR),
+    port: e.PORT,
+    host: e.HOST,
+    adminToken: e.ADMIN_TOKEN,
+    viewerToken: e.VIEWER_TOKEN,
+    insecureNoAuth: e.PGMAINT_INSECURE_NO_AUTH === '1' || e.PGMAINT_INSECURE_NO_AUTH === 'true',
+    logLevel: e.LOG_LEVEL,
+    businessTimeZone,
+    history: f.history,
+    worker: f.worker,
+    scheduler: f.scheduler,
+    jobs: f.jobs,
+    schedules: f.schedules,
+    partitions: f.partitions,
+    backups: f.backups,
+    cache: { ...f.cache, redisUrl: cacheRedisUrl },
+    alerts: { ...f.alerts, webhookUrl: e.ALERT_WEBHOOK_URL },
+    objectStore: f.objectStore,
+    encryption: f.encryption,
+    metricsToken: e.METRICS_TOKEN,
+    enqueueRateLimit: e.ENQUEUE_RATE_LIMIT,
+  };
+  // Secret values stay out of the Config object (which could be logged or serialized):
+  // only configSecrets() hands them out, to the object store client.
+  SECRETS.set(config, {
+    s3: f.objectStore
+      ? { accessKeyId: env[f.objectStore.accessKeyIdEnv]!, secretAccessKey: env[f.objectStore.secretAccessKeyEnv]! }
+      : undefined,
+    keys: Object.fromEntries(
+      (f.encryption ? [f.encryption, ...f.encryption.previousKeys] : []).map((k) => [k.keyId, env[k.keyEnv]!]),
+    ),
+  });
+  return config;
+}
+
+function parseEnv(env: NodeJS.ProcessEnv): Env {
   // An empty variable (ADMIN_TOKEN= in a compose file) counts as unset.
   const present = Object.fromEntries(Object.entries(env).filter(([, v]) => v !== undefined && v !== ''));
   const parsedEnv = envSchema.safeParse(present);
   if (!parsedEnv.success) throw new ConfigError(`environment: ${formatIssues(parsedEnv.error.issues)}`);
-  const e = parsedEnv.data;
+  return parsedEnv.data;
+}
 
+function parseConfigFiles(list: string | undefined): File {
   // Several files, comma-separated, are laid over each other in order (objects merge
   // key by key; a list or value in a later file replaces the earlier one).
-  const files = (e.PGMAINT_CONFIG ?? '')
+  const files = (list ?? '')
     .split(',')
     .map((f) => f.trim())
     .filter(Boolean);
@@ -124,8 +176,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       `config file${files.length > 1 ? 's' : ''} ${files.join(', ')}: ${formatIssues(parsedFile.error.issues)}`,
     );
   }
-  const f = parsedFile.data;
+  return parsedFile.data;
+}
 
+/** main from DATABASE_URL (the file may add settings to it), the others from the file. */
+function resolveTargets(e: Env, f: File, env: NodeJS.ProcessEnv): Map<string, TargetConfig> {
   const targets = new Map<string, TargetConfig>();
   const walArchive = (dir: string | undefined) => (dir ? path.resolve(dir) : undefined);
   targets.set(MAIN_TARGET, {
@@ -175,6 +230,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       repackTables: t.repackTables,
     });
   }
+  return targets;
+}
+
+/** Partition policies and the run history name known targets; one policy per table and target. */
+function checkTargetReferences(f: File, targets: Map<string, TargetConfig>): void {
   f.partitions.forEach((p, i) => {
     if (!targets.has(p.target)) throw new ConfigError(`partitions.${i}.target: unknown target "${p.target}"`);
   });
@@ -182,6 +242,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (seenPolicies.size !== f.partitions.length)
     throw new ConfigError('partitions: a table has two policies on the same target');
   if (!targets.has(f.history.target)) throw new ConfigError(`history.target: unknown target "${f.history.target}"`);
+}
+
+function resolveBusinessTimeZone(f: File): string {
   const zoneKey = f.businessTimeZone ? 'businessTimeZone' : 'scheduler.timezone';
   if (f.businessTimeZone && f.scheduler.timezone && f.businessTimeZone !== f.scheduler.timezone) {
     throw new ConfigError('scheduler.timezone: the old name of businessTimeZone; give only businessTimeZone');
@@ -189,8 +252,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const businessTimeZone = f.businessTimeZone ?? f.scheduler.timezone ?? BUSINESS_TIME_ZONE;
   if (!IANAZone.isValidZone(businessTimeZone))
     throw new ConfigError(`${zoneKey}: "${businessTimeZone}" is not an IANA time zone`);
-  if (f.redis.sentinels && !f.redis.sentinelName)
-    throw new ConfigError('redis.sentinelName: required with redis.sentinels');
+  return businessTimeZone;
+}
+
+/** The cache's Redis URL (REDIS_URL unless cache.redisUrlEnv names another), its queries checked. */
+function resolveCache(e: Env, f: File, env: NodeJS.ProcessEnv, targets: Map<string, TargetConfig>): string {
   let cacheRedisUrl = e.REDIS_URL;
   if (f.cache.redisUrlEnv) {
     const check = redisUrl.safeParse(env[f.cache.redisUrlEnv]);
@@ -207,7 +273,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     if (keys.has(q.key)) throw new ConfigError(`cache.queries.${i}.key: "${q.key}" is declared twice`);
     keys.add(q.key);
   });
+  return cacheRedisUrl;
+}
 
+/** The variables the file names for the bucket's credentials and the encryption keys are set and valid. */
+function checkSecretVariables(f: File, env: NodeJS.ProcessEnv): void {
   if (f.objectStore) {
     for (const [key, name] of [
       ['accessKeyIdEnv', f.objectStore.accessKeyIdEnv],
@@ -229,42 +299,6 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       }
     }
   }
-  const config: Config = {
-    targets,
-    redis: { url: e.REDIS_URL, ...f.redis },
-    backupDir: path.resolve(e.BACKUP_DIR),
-    port: e.PORT,
-    host: e.HOST,
-    adminToken: e.ADMIN_TOKEN,
-    viewerToken: e.VIEWER_TOKEN,
-    insecureNoAuth: e.PGMAINT_INSECURE_NO_AUTH === '1' || e.PGMAINT_INSECURE_NO_AUTH === 'true',
-    logLevel: e.LOG_LEVEL,
-    businessTimeZone,
-    history: f.history,
-    worker: f.worker,
-    scheduler: f.scheduler,
-    jobs: f.jobs,
-    schedules: f.schedules,
-    partitions: f.partitions,
-    backups: f.backups,
-    cache: { ...f.cache, redisUrl: cacheRedisUrl },
-    alerts: { ...f.alerts, webhookUrl: e.ALERT_WEBHOOK_URL },
-    objectStore: f.objectStore,
-    encryption: f.encryption,
-    metricsToken: e.METRICS_TOKEN,
-    enqueueRateLimit: e.ENQUEUE_RATE_LIMIT,
-  };
-  // Secret values stay out of the Config object (which could be logged or serialized):
-  // only configSecrets() hands them out, to the object store client.
-  SECRETS.set(config, {
-    s3: f.objectStore
-      ? { accessKeyId: env[f.objectStore.accessKeyIdEnv]!, secretAccessKey: env[f.objectStore.secretAccessKeyEnv]! }
-      : undefined,
-    keys: Object.fromEntries(
-      (f.encryption ? [f.encryption, ...f.encryption.previousKeys] : []).map((k) => [k.keyId, env[k.keyEnv]!]),
-    ),
-  });
-  return config;
 }
 
 const isPlainObject = (v: unknown): v is Record<string, unknown> =>
