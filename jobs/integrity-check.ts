@@ -10,7 +10,7 @@
 import type pg from 'pg';
 import { z } from 'zod';
 import { schemaName, requireExtension } from '../src/core/sql.ts';
-import { PermanentJobError } from '../src/core/errors.ts';
+import { CorruptionError } from '../src/core/errors.ts';
 import { defineJob, type JobResult, targetField } from '../src/runner/job-definition.ts';
 
 export const payload = z.object({
@@ -103,9 +103,8 @@ const job = defineJob({
       }
       if (findings.length) {
         const first = findings.slice(0, 5).map(findingText);
-        throw new PermanentJobError(
+        throw new CorruptionError(
           `corruption found in ${new Set(findings.map((f) => f.relation)).size} relation(s): ${first.join('; ')}`,
-          'CORRUPTION',
         );
       }
       return { full: p.full, heapChecked: heapAllowed, tables: checked.length, indexes, checked, left, findings };

@@ -97,7 +97,7 @@ describe('pgmaint status on a system with content', () => {
     expect(archive.lagSeconds).toBeGreaterThanOrEqual(2);
     // The monitor opens the incident of the failed drill, as the server's would.
     await rt.history.flush();
-    const evaluated = await new AlertMonitor(rt, new HealthReader(rt, 0), undefined).evaluate();
+    const evaluated = await new AlertMonitor(rt, new HealthReader(rt), undefined).evaluate();
     expect(evaluated?.fired).toContain('job-failed:pitr-drill:main');
 
     const json = await status(['--json']);

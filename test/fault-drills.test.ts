@@ -98,7 +98,7 @@ describe('a full backup disk', () => {
       expect(state).toBe('failed');
       expect(done.attemptsMade).toBe(2);
       expect(done.failedReason).toMatch(
-        /^BACKUP_DIR: .*small-disk.* is full \(no space left on device\); the partial dump was removed/,
+        /^PROCESS_FAILED: BACKUP_DIR: .*small-disk.* is full \(no space left on device\); the partial dump was removed/,
       );
       expect(fs.readdirSync(dumpDir(mount, 'main'))).toEqual([]);
       expect((await listDumps(mount, 'main')).dumps).toEqual([]);

@@ -2,6 +2,7 @@ import request from 'supertest';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createApp } from '../src/http/app.ts';
 import { HealthReader } from '../src/monitoring/health.ts';
+import { HealthSampler } from '../src/monitoring/sampler.ts';
 import { Auth } from '../src/http/auth.ts';
 import type { Runtime } from '../src/runner/runtime.ts';
 import { ADMIN_TOKEN, createHarness, VIEWER_TOKEN, type Harness } from './support/harness.ts';
@@ -84,19 +85,25 @@ describe('HTTP API', () => {
   });
 
   it('GET /api/status is the one-screen report `pgmaint status --json` prints', async () => {
-    const withHealth = createApp(rt, new Auth(ADMIN_TOKEN, VIEWER_TOKEN), { health: new HealthReader(rt) });
+    const withHealth = createApp(rt, new Auth(ADMIN_TOKEN, VIEWER_TOKEN), {
+      health: new HealthSampler(rt, new HealthReader(rt), 0),
+    });
     await request(withHealth).get('/api/status').expect(401);
     const res = await request(withHealth).get('/api/status').set(viewer).expect(200);
     expect(Object.keys(res.body).sort()).toEqual([
+      'ageSeconds',
       'alerts',
       'at',
       'errors',
       'partitions',
       'queues',
+      'sampledAt',
+      'source',
       'targets',
       'timeZone',
     ]);
     expect(res.body.timeZone).toBe('Asia/Dhaka');
+    expect(res.body.source).toBe('reading');
     expect(res.body.targets).toEqual([
       {
         target: 'main',

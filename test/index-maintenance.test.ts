@@ -188,7 +188,7 @@ describe('index-maintenance', () => {
       create index u_v on blk.u (v);`);
     const gauge = async () => {
       await rt.history.flush();
-      const { body } = await new Metrics(new HealthReader(rt, 0)).render();
+      const { body } = await new Metrics(new HealthReader(rt)).render();
       return /^pgmaint_index_leftovers\{target="main"\} (\d+)$/m.exec(body)?.[1];
     };
     const writer = await h.admin.connect();

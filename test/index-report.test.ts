@@ -97,7 +97,7 @@ describe('index-report', () => {
     expect(indexesAfter).toBe(indexesBefore);
 
     await rt.history.flush();
-    const metrics = await new Metrics(new HealthReader(rt, 0)).render();
+    const metrics = await new Metrics(new HealthReader(rt)).render();
     expect(metrics.body).toMatch(/pgmaint_index_report_findings\{target="main",kind="unindexed_foreign_key"\} 1/);
     expect(metrics.body).toMatch(/pgmaint_index_report_findings\{target="main",kind="overlapping"\} [1-9]/);
     expect(metrics.body).toMatch(/pgmaint_index_report_findings\{target="main",kind="unused"\} [1-9]/);

@@ -65,7 +65,7 @@ async function damage(on: { cluster: PostgresInstance; db: pg.Pool }, relation: 
 
 const corruptionAlert = async (runtime: Runtime) => {
   await runtime.history.flush();
-  return judge(await new HealthReader(runtime, 0).read(), runtime.config.alerts).find((a) => a.rule === 'corruption');
+  return judge(await new HealthReader(runtime).read(), runtime.config.alerts).find((a) => a.rule === 'corruption');
 };
 
 describe('integrity-check', () => {
@@ -92,12 +92,12 @@ describe('integrity-check', () => {
     const done = await run({ schemas: ['farm'], full: true });
     expect(done.state).toBe('failed');
     expect(done.job.attemptsMade).toBe(1);
-    expect(done.job.failedReason).toMatch(/^corruption found in 2 relation\(s\): /);
+    expect(done.job.failedReason).toMatch(/^CORRUPTION: corruption found in 2 relation\(s\): /);
     expect(done.job.failedReason).toMatch(/farm\.milking block 3: /);
     expect(done.job.failedReason).toMatch(/farm\.milking_animal( block 1)?: /);
 
     await rt.history.flush();
-    const alerts = judge(await new HealthReader(rt, 0).read(), rt.config.alerts);
+    const alerts = judge(await new HealthReader(rt).read(), rt.config.alerts);
     expect(alerts.find((a) => a.rule === 'corruption')).toMatchObject({
       key: 'corruption:main',
       severity: 'critical',

@@ -186,7 +186,7 @@ describe('jobs written behind the API', () => {
       const a = await waitForFinished(queue, inPayload.id!);
       const b = await waitForFinished(queue, flat.id!);
       expect([a.state, a.job.attemptsMade]).toEqual(['failed', 1]);
-      expect(a.job.failedReason).toMatch(/^invalid payload: sleepms: unknown field; did you mean "sleepMs"\?/);
+      expect(a.job.failedReason).toMatch(/^PAYLOAD: invalid payload: sleepms: unknown field; did you mean "sleepMs"\?/);
       expect([b.state, b.job.attemptsMade]).toEqual(['failed', 1]);
       expect(b.job.failedReason).toMatch(/sleepMs: unknown key in job data .*payload fields go under "payload"/);
     } finally {

@@ -59,7 +59,7 @@ beforeAll(async () => {
       { id: 'probe-hourly', job: 'sql-probe', cron: `${quietMinute} * * * *`, tz: 'UTC', payload: { scenario: 'ok' } },
     ],
   });
-  const { port, monitor } = await startServer(rt, { port: 0, host: '127.0.0.1', healthCacheMs: 0 });
+  const { port, monitor } = await startServer(rt, { port: 0, host: '127.0.0.1', sampleIntervalMs: 0 });
   monitor.stop(); // the tests drive evaluations themselves, at chosen times
   base = `http://127.0.0.1:${port}`;
 });
@@ -171,11 +171,11 @@ describe('alerts', () => {
     const first = (await monitor.evaluate(t0))!;
     expect(first.fired.sort()).toEqual([
       'default-rows:main:iot.reading',
-      'job-failed:sql-probe:main',
+      'job-failed:sql-probe:PG_42P01',
       'partition-runway:main:iot.reading',
     ]);
-    expect(byKey('job-failed:sql-probe:main', 'firing')[0]!.text).toMatch(
-      /sql-probe on main failed after its last attempt: .*no_such_table/,
+    expect(byKey('job-failed:sql-probe:PG_42P01', 'firing')[0]!.text).toMatch(
+      /sql-probe on main failed after its last attempt with PG_42P01: .*no_such_table/,
     );
     expect((await monitor.evaluate(t0 + 60_000))!.fired).toEqual([]); // same incidents: nothing sent again
     const later = (await monitor.evaluate(t0 + 3 * 60_000))!; // no worker for over 2 min
@@ -189,9 +189,13 @@ describe('alerts', () => {
     expect((await run('ok', 'schedule:probe-hourly')).state).toBe('completed');
     await rt.history.flush();
     const after = (await monitor.evaluate(Date.now()))!;
-    expect(after.resolved.sort()).toEqual(['deadman:probe-hourly', 'job-failed:sql-probe:main', 'no-worker:sql-probe']);
+    expect(after.resolved.sort()).toEqual([
+      'deadman:probe-hourly',
+      'job-failed:sql-probe:PG_42P01',
+      'no-worker:sql-probe',
+    ]);
     expect((await monitor.evaluate(Date.now()))!.resolved).toEqual([]);
-    for (const key of ['deadman:probe-hourly', 'job-failed:sql-probe:main', 'no-worker:sql-probe']) {
+    for (const key of ['deadman:probe-hourly', 'job-failed:sql-probe:PG_42P01', 'no-worker:sql-probe']) {
       expect(byKey(key, 'firing')).toHaveLength(1);
       expect(byKey(key, 'resolved')).toHaveLength(1);
     }
@@ -214,9 +218,9 @@ describe('alerts', () => {
     receiverFails = true;
     expect((await monitor.evaluate())!.fired).toEqual([]);
     receiverFails = false;
-    expect((await monitor.evaluate())!.fired).toEqual(['job-failed:sql-probe:main']);
+    expect((await monitor.evaluate())!.fired).toEqual(['job-failed:sql-probe:PG_42601']);
     expect((await monitor.evaluate())!.fired).toEqual([]);
-    expect(byKey('job-failed:sql-probe:main', 'firing')).toHaveLength(1);
+    expect(byKey('job-failed:sql-probe:PG_42601', 'firing')).toHaveLength(1);
     await workers.close(5000);
   });
 

@@ -32,7 +32,7 @@ beforeAll(async () => {
   rt = h.runtime({ env });
   await rt.history.migrate();
   // No health cache: each scrape reads afresh, so the one during the outage shows it.
-  const { port } = await startServer(rt, { port: 0, host: '127.0.0.1', healthCacheMs: 0 });
+  const { port } = await startServer(rt, { port: 0, host: '127.0.0.1', sampleIntervalMs: 0 });
   base = `http://127.0.0.1:${port}`;
   // A worker of its own runtime: it waits through every outage, and would run any job
   // that reached the queue late.

@@ -10,6 +10,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createApp } from '../src/http/app.ts';
 import { Auth } from '../src/http/auth.ts';
 import { HealthReader } from '../src/monitoring/health.ts';
+import { HealthSampler } from '../src/monitoring/sampler.ts';
 import { judge } from '../src/monitoring/alerts.ts';
 import type { Runtime } from '../src/runner/runtime.ts';
 import {
@@ -210,7 +211,7 @@ describe('drop-expired-partitions killed at every step', () => {
          'detached', 'lost-run')`,
       [PARENT, partition(7)],
     );
-    const health = new HealthReader(rt, 0);
+    const health = new HealthReader(rt);
     const before = (await health.read()).partitions.find((p) => p.table === PARENT)!;
     expect(before).toMatchObject({ unfinishedDetaches: 1, unfinishedPartitions: [`crash.${partition(7)}`] });
     expect(judge(await health.read(), rt.config.alerts).map((a) => a.key)).toContain(`retention-orphan:main:${PARENT}`);
@@ -258,7 +259,9 @@ describe('drop-expired-partitions killed at every step', () => {
 
     const noPolicy = h.runtime({ schedules: [] });
     expect(noPolicy.config.partitions).toEqual([]);
-    const app = createApp(noPolicy, new Auth(ADMIN_TOKEN, VIEWER_TOKEN), { health: new HealthReader(noPolicy, 0) });
+    const app = createApp(noPolicy, new Auth(ADMIN_TOKEN, VIEWER_TOKEN), {
+      health: new HealthSampler(noPolicy, new HealthReader(noPolicy), 0),
+    });
     const status = await request(app).get('/api/status').set('Authorization', `Bearer ${VIEWER_TOKEN}`).expect(200);
     expect(status.body.partitions).toEqual([
       {
@@ -270,7 +273,7 @@ describe('drop-expired-partitions killed at every step', () => {
         policy: false,
       },
     ]);
-    const alerts = judge(await new HealthReader(noPolicy, 0).read(), noPolicy.config.alerts);
+    const alerts = judge(await new HealthReader(noPolicy).read(), noPolicy.config.alerts);
     expect(alerts.find((a) => a.key === `retention-orphan:main:${PARENT}`)?.summary).toBe(
       `1 partition(s) of ${PARENT} on main were taken out by a retention run that did not finish ` +
         `(crash.${victim}); no partition policy names ${PARENT} any more, so no run will: restore its policy to ` +
@@ -282,6 +285,6 @@ describe('drop-expired-partitions killed at every step', () => {
       `alter table crash."sale$line" attach partition crash."${victim}" for values from ('2025-12-31 00:00+00') ` +
         `to ('2026-01-01 00:00+00')`,
     );
-    expect((await new HealthReader(noPolicy, 0).read()).partitions).toEqual([]);
+    expect((await new HealthReader(noPolicy).read()).partitions).toEqual([]);
   }, 120_000);
 });

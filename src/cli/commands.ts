@@ -94,7 +94,7 @@ export const COMMANDS: readonly Command[] = [
     name: 'status',
     summary:
       'queues and workers, open alerts, backups, drill, archive lag,\n' +
-      'recovery window and partition runway, on one screen',
+      "recovery window and partition runway, from the server's health snapshot",
     mode: 'api',
     route: { method: 'GET', path: '/api/status', token: 'viewer' },
     options: { json },

@@ -17,6 +17,7 @@ import {
 } from '../http/handlers.ts';
 import { AlertMonitor } from '../monitoring/alerts.ts';
 import { HealthReader } from '../monitoring/health.ts';
+import { storedOrReading } from '../monitoring/sampler.ts';
 import type { Runtime } from '../runner/runtime.ts';
 import { createRuntime } from '../pgmaint.ts';
 import {
@@ -56,9 +57,11 @@ export class DirectClient implements Client {
 
   async status(): Promise<StatusAnswer> {
     await this.need('redis');
+    // The snapshot a server's sampler keeps in Redis (no target is connected to); without one, a reading here.
     // Open alerts are what the running monitor (server or `pgmaint monitor`) recorded in Redis.
     const health = new HealthReader(this.rt);
-    return this.call('status', status, { health, monitor: new AlertMonitor(this.rt, health, undefined) });
+    const snapshots = await storedOrReading(this.rt, health, (line) => process.stderr.write(`pgmaint: ${line}\n`));
+    return this.call('status', status, { health: snapshots, monitor: new AlertMonitor(this.rt, health, undefined) });
   }
 
   async schedules(): Promise<SchedulesAnswer> {

@@ -5,7 +5,12 @@ import { ago, humanDuration, renderTable } from './table.ts';
 
 export function statusTable(r: StatusReport, zone: string): string {
   const at = DateTime.fromISO(r.at, { zone }).toFormat('yyyy-MM-dd HH:mm:ss ZZ');
-  const parts = [`pgmaint status at ${at} (${zone})\n`];
+  const sampled = DateTime.fromISO(r.sampledAt, { zone }).toFormat('HH:mm:ss');
+  const parts = [
+    `pgmaint status at ${at} (${zone})\n` +
+      `Health snapshot: taken at ${sampled}, ${humanDuration(r.ageSeconds)} old ` +
+      `(${r.source === 'snapshot' ? "the server's sampler, every 30s" : 'read for this report'})\n`,
+  ];
   parts.push(
     `\nQueues\n${renderTable(
       ['QUEUE', 'WORKERS', 'WAITING', 'ACTIVE', 'DELAYED', 'FAILED', ''],

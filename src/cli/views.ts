@@ -22,7 +22,7 @@ export function schedulesTable({ schedules }: SchedulesAnswer): string {
 
 export function historyTable({ runs, timeZone: zone }: HistoryAnswer): string {
   return renderTable(
-    [`STARTED (${zone})`, 'JOB', 'TARGET', 'TRIGGER', 'OUTCOME', 'DURATION', 'ERROR'],
+    [`STARTED (${zone})`, 'JOB', 'TARGET', 'TRIGGER', 'OUTCOME', 'DURATION', 'CODE', 'ERROR'],
     runs.map((r) => [
       DateTime.fromISO(r.started_at, { zone }).toFormat('yyyy-MM-dd HH:mm:ss'),
       r.job,
@@ -30,6 +30,7 @@ export function historyTable({ runs, timeZone: zone }: HistoryAnswer): string {
       r.trigger,
       r.outcome,
       r.finished_at ? humanDuration((Date.parse(r.finished_at) - Date.parse(r.started_at)) / 1000) : 'running',
+      r.error_code,
       r.error,
     ]),
   );

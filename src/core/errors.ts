@@ -43,6 +43,14 @@ export class PermanentJobError extends Error {
   }
 }
 
+/** A check found damaged data (amcheck, a checksum): never retried; the `corruption` alert fires on this code. */
+export class CorruptionError extends PermanentJobError {
+  override name = 'CorruptionError';
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, 'CORRUPTION', options);
+  }
+}
+
 /** A command line that cannot mean anything: an unknown flag, a bad number. Exit 2. */
 export class UsageError extends Error {
   override name = 'UsageError';
@@ -98,6 +106,50 @@ export class JobTimeoutError extends Error {
 export class JobAbortedError extends Error {
   override name = 'JobAbortedError';
   readonly code = 'ABORTED';
+}
+
+/** pgmaint's own errors: their `code` is the stable code of a run that fails with them. */
+const OUR_ERRORS = [
+  ConfigError,
+  PayloadError,
+  PermanentJobError,
+  UsageError,
+  ServiceUnavailableError,
+  UnauthenticatedError,
+  ForbiddenError,
+  ProcessError,
+  ObjectStoreError,
+  JobTimeoutError,
+  JobAbortedError,
+];
+
+/** The code of a failure nobody raised on purpose (a bug, a library's plain Error). */
+export const INTERNAL_CODE = 'INTERNAL';
+
+const SQLSTATE = /^(?=[A-Z]*\d)[0-9A-Z]{5}$/;
+const ERRNO = /^E[A-Z][A-Z0-9_]+$/;
+
+/**
+ * The stable code a failed run is recorded (run_history.error_code), alerted and shown under:
+ * pgmaint's own errors' `code`; PG_<SQLSTATE> for PostgreSQL's; a system errno (ECONNREFUSED,
+ * ENOSPC, …) as it is; PERMANENT for BullMQ's UnrecoverableError; else the code of its cause
+ * (an error wrapped to say more keeps its origin's), else INTERNAL.
+ */
+export function errorCode(err: unknown): string {
+  let e = err;
+  for (let depth = 0; e instanceof Error && depth < 5; depth++, e = e.cause) {
+    if (OUR_ERRORS.some((c) => e instanceof c)) return (e as unknown as { code: string }).code;
+    if (e instanceof UnrecoverableError) return 'PERMANENT';
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === 'string' && SQLSTATE.test(code)) return `PG_${code}`;
+    if (typeof code === 'string' && ERRNO.test(code)) return code;
+  }
+  return INTERNAL_CODE;
+}
+
+/** "CODE: message", as Bull Board shows a failed run (the code is not doubled when the message starts with it). */
+export function withCode(code: string, message: string): string {
+  return message.startsWith(`${code}: `) ? message : `${code}: ${message}`;
 }
 
 // SQLSTATEs worth a retry (class 08 connection exceptions are handled by prefix).

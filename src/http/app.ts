@@ -8,7 +8,7 @@ import { createBullBoard } from '@bull-board/api';
 import { BullMQAdapter } from '@bull-board/api/bullMQAdapter';
 import { ExpressAdapter } from '@bull-board/express';
 import type { AlertMonitor } from '../monitoring/alerts.ts';
-import type { HealthReader } from '../monitoring/health.ts';
+import type { HealthSampler } from '../monitoring/sampler.ts';
 import type { Metrics } from '../monitoring/metrics.ts';
 import type { Runtime } from '../runner/runtime.ts';
 import { redact } from '../core/redact.ts';
@@ -111,7 +111,7 @@ function foreignOriginGuard(mode: 'strict' | 'lenient') {
 export interface AppParts {
   metrics?: Metrics;
   monitor?: AlertMonitor;
-  health?: HealthReader;
+  health?: HealthSampler;
   /** Ad-hoc enqueues per client per minute (default: ENQUEUE_RATE_LIMIT). */
   enqueueRateLimit?: number;
 }

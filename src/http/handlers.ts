@@ -8,7 +8,7 @@ import { redisFailureMessage, redisLabel } from '../runner/redis-failure.ts';
 import type { Runtime } from '../runner/runtime.ts';
 import { ObjectStoreError, PayloadError, ServiceUnavailableError } from '../core/errors.ts';
 import type { AlertMonitor } from '../monitoring/alerts.ts';
-import type { HealthReader } from '../monitoring/health.ts';
+import type { SnapshotProvider } from '../monitoring/sampler.ts';
 import type { Metrics } from '../monitoring/metrics.ts';
 import { statusReport } from '../monitoring/status.ts';
 import { type Auth, bearerToken, type Role, safeEqual } from './auth.ts';
@@ -40,7 +40,7 @@ export interface HttpDeps {
   auth: Auth;
   metrics?: Metrics;
   monitor?: AlertMonitor;
-  health?: HealthReader;
+  health?: SnapshotProvider;
 }
 
 export type Handler = (deps: HttpDeps, req: ApiRequest) => Promise<ApiResponse>;
@@ -235,7 +235,15 @@ export const listBackups: Handler = async ({ rt }, req) => {
   // The last verdict of each proof job, from the durable run history.
   const lastRun = async (job: string) => {
     const row = await rt.history.lastFinished(job, target);
-    return row ? { outcome: row.outcome, finishedAt: row.finished_at, result: row.result, error: row.error } : null;
+    return row
+      ? {
+          outcome: row.outcome,
+          finishedAt: row.finished_at,
+          result: row.result,
+          error: row.error,
+          errorCode: row.error_code,
+        }
+      : null;
   };
   const ageSeconds = (iso: string | undefined) => (iso ? Math.round((Date.now() - Date.parse(iso)) / 1000) : null);
   return {
@@ -336,13 +344,26 @@ export const metrics: Handler = async ({ rt, metrics }, req) => {
   return { status: 200, body, contentType };
 };
 
-/** Partial rather than absent: what could not be read (Redis's parts among them) is named in `errors`. */
-export const status: Handler = async ({ rt, health, monitor }) => ({
-  status: 200,
-  body: {
-    ...(await statusReport(health!, monitor ? monitor.open() : Promise.resolve([]))),
-    timeZone: rt.config.businessTimeZone,
-  },
-});
+/**
+ * The sampler's snapshot, with its age; `?fresh=1` (admin: it reads every target) waits for a new one.
+ * Partial rather than absent: what could not be read (Redis's parts among them) is named in `errors`.
+ */
+export const status: Handler = async ({ rt, health, monitor }, req) => {
+  const refusal = unknownQuery(req, ['fresh']);
+  if (refusal) return refusal;
+  const { fresh } = req.query;
+  if (fresh !== undefined && fresh !== '1')
+    return error(400, `fresh: must be 1 (got ${JSON.stringify(fresh)})`, {
+      issues: [{ path: 'fresh', message: 'must be 1' }],
+    });
+  if (fresh && req.role !== 'admin')
+    return error(403, 'fresh: a new reading (every target read now) needs the admin token; viewers get the snapshot', {
+      issues: [{ path: 'fresh', message: 'needs the admin token' }],
+    });
+  const snapshots = health!;
+  if (fresh) await snapshots.refresh();
+  const report = await statusReport(snapshots, monitor ? monitor.open() : Promise.resolve([]), snapshots.source);
+  return { status: 200, body: { ...report, timeZone: rt.config.businessTimeZone } };
+};
 
 export const listAlerts: Handler = async ({ monitor }) => ({ status: 200, body: { open: await monitor!.open() } });

@@ -1,10 +1,12 @@
-// The server role: HTTP API and Bull Board, schedule sync, the schedule watchdog
-// and run-history retention.
+// The server role: HTTP API and Bull Board, schedule sync, the schedule watchdog,
+// the health sampler (the snapshot /metrics, /api/status and alerts read) and
+// run-history retention.
 import type { Server } from 'node:http';
-import { AlertMonitor, webhookNotifier } from '../monitoring/alerts.ts';
+import { AlertMonitor, type HealthSource, webhookNotifier } from '../monitoring/alerts.ts';
 import type { Config } from '../core/config.ts';
 import { ConfigError } from '../core/errors.ts';
 import { HealthReader } from '../monitoring/health.ts';
+import { HealthSampler, SAMPLE_INTERVAL_MS } from '../monitoring/sampler.ts';
 import { Metrics } from '../monitoring/metrics.ts';
 import type { Runtime } from '../runner/runtime.ts';
 import { createApp } from './app.ts';
@@ -12,7 +14,13 @@ import { Auth } from './auth.ts';
 
 export async function startServer(
   rt: Runtime,
-  opts: { port?: number; host?: string; enqueueRateLimit?: number; healthCacheMs?: number } = {},
+  opts: {
+    port?: number;
+    host?: string;
+    enqueueRateLimit?: number;
+    /** How often the health snapshot is taken; 0: none is kept, every request reads afresh (tests). */
+    sampleIntervalMs?: number;
+  } = {},
 ): Promise<{ server: Server; port: number; monitor: AlertMonitor }> {
   const { config, logger } = rt;
   requireServerAuth(config);
@@ -35,7 +43,9 @@ export async function startServer(
   prune.unref();
   rt.onClose(() => clearInterval(prune));
 
-  const health = new HealthReader(rt, opts.healthCacheMs);
+  const health = new HealthSampler(rt, new HealthReader(rt), opts.sampleIntervalMs ?? SAMPLE_INTERVAL_MS);
+  health.start();
+  rt.onClose(() => health.stop());
   const monitor = startMonitor(rt, health);
   const app = createApp(rt, new Auth(config.adminToken, config.viewerToken, config.insecureNoAuth), {
     metrics: new Metrics(health),
@@ -85,7 +95,7 @@ function listenError(err: Error, port: number, host: string): Error {
 }
 
 /** The alert monitor with its webhook; stopped on close. */
-export function startMonitor(rt: Runtime, health = new HealthReader(rt)): AlertMonitor {
+export function startMonitor(rt: Runtime, health: HealthSource = new HealthReader(rt)): AlertMonitor {
   const { config, logger } = rt;
   if (!config.alerts.webhookUrl)
     logger.warn('ALERT_WEBHOOK_URL is not set: alerts go to the log and GET /api/alerts only');

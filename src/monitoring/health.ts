@@ -1,7 +1,8 @@
 // One reading of everything an operator alerts on, from shared state only (run
 // history in PostgreSQL, counters and queues in Redis, the backup catalog, the
 // target's own catalog), so any process can take it: /metrics renders it, the
-// alert monitor judges it. Readings are cached briefly; a scrape storm costs one.
+// alert monitor judges it. The server's sampler (sampler.ts) takes one every 30 s and
+// serves that; a reading of one target is bounded, so a slow target delays none.
 import type { ArchiveCheckResult } from '../../jobs/archive-check.ts';
 import type { IndexReportResult } from '../../jobs/index-report.ts';
 import type { PitrDrillResult } from '../../jobs/pitr-drill.ts';
@@ -15,6 +16,7 @@ import { ServiceUnavailableError } from '../core/errors.ts';
 import { redisFailureMessage, redisLabel, settleWithin } from '../runner/redis-failure.ts';
 import type { Runtime } from '../runner/runtime.ts';
 import { type PartitionHealth, readPartitionHealth } from './partition-health.ts';
+import { TARGET_READ_DEADLINE_MS, withinTargetDeadline } from './target-deadline.ts';
 import { readRunStats, type DurationStats, type RunCount } from '../runner/run-stats.ts';
 
 export { DEFAULT_ROWS_CAP, type PartitionHealth } from './partition-health.ts';
@@ -106,21 +108,21 @@ const ms = (d: Date | string | null | undefined) => (d ? new Date(d).getTime() :
 /** A Redis read held to the reading's deadline. */
 type RedisRead = <T>(p: Promise<T>) => Promise<T>;
 
+/** Takes readings; uncached (the server serves its sampler's snapshot: sampler.ts). */
 export class HealthReader {
-  private cached?: { at: number; snapshot: Promise<HealthSnapshot> };
+  private readonly targetDeadlineMs: number;
 
+  /** targetDeadlineMs: what each target's part of a reading may take (TARGET_READ_DEADLINE_MS). */
   constructor(
     private readonly rt: Runtime,
-    private readonly maxAgeMs = 10_000,
-  ) {}
+    opts: { targetDeadlineMs?: number } = {},
+  ) {
+    this.targetDeadlineMs = opts.targetDeadlineMs ?? TARGET_READ_DEADLINE_MS;
+  }
 
-  /** A snapshot no older than maxAgeMs (concurrent callers share one reading). */
-  read(now = Date.now()): Promise<HealthSnapshot> {
-    if (this.cached && now - this.cached.at < this.maxAgeMs) return this.cached.snapshot;
-    const snapshot = this.take(now);
-    this.cached = { at: now, snapshot };
-    snapshot.catch(() => (this.cached = undefined));
-    return snapshot;
+  /** A reading now: what /metrics and the status report read when no sampler keeps a snapshot. */
+  read(): Promise<HealthSnapshot> {
+    return this.take();
   }
 
   /** Ids of retention runs a worker holds now (active, or waiting for a retry after a lost worker). */
@@ -169,12 +171,16 @@ export class HealthReader {
       part('queues', redis(this.queues()), []),
       redis(this.runningRetention())
         .catch(() => new Set<string>())
-        .then((running) => readPartitionHealth(rt, now, running, errors, (err) => this.describeError(err))),
+        .then((running) =>
+          readPartitionHealth(rt, now, running, errors, (err) => this.describeError(err), this.targetDeadlineMs),
+        ),
     ]);
-    const indexLeftovers = await readIndexLeftovers(rt, jobs);
+    const indexLeftovers = await readIndexLeftovers(rt, jobs, this.targetDeadlineMs);
     const backups = await part(
       'backups',
-      Promise.all([...rt.config.targets.keys()].map((t) => this.backups(t, now))),
+      Promise.all(
+        [...rt.config.targets.keys()].map((t) => withinTargetDeadline(this.backups(t, now), t, this.targetDeadlineMs)),
+      ),
       [],
     );
     const snapshot = { at: now, ...stats, jobs, schedules, queues, backups, partitions, indexes, queries };

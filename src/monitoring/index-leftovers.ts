@@ -4,6 +4,7 @@
 // left are counted, until they are gone. Only targets index-maintenance has run on.
 import type { JobStatus } from '../runner/history.ts';
 import type { Runtime } from '../runner/runtime.ts';
+import { withinTargetDeadline } from './target-deadline.ts';
 
 export interface IndexLeftoverHealth {
   target: string;
@@ -21,13 +22,13 @@ const LEFTOVERS = `
      and not exists (select 1 from pg_stat_progress_create_index p where p.relid = i.indrelid)
    order by 1`;
 
-export function readIndexLeftovers(rt: Runtime, jobs: JobStatus[]): Promise<IndexLeftoverHealth[]> {
+export function readIndexLeftovers(rt: Runtime, jobs: JobStatus[], deadlineMs: number): Promise<IndexLeftoverHealth[]> {
   const targets = jobs
     .filter((j) => j.job === 'index-maintenance' && rt.config.targets.has(j.target))
     .map((j) => j.target);
   return Promise.all(
     targets.map(async (target): Promise<IndexLeftoverHealth> => {
-      try {
+      const read = async () => {
         const client = await rt.connections.pool(target, 'monitor').connect();
         try {
           await client.query(`set statement_timeout = '10s'`);
@@ -36,6 +37,9 @@ export function readIndexLeftovers(rt: Runtime, jobs: JobStatus[]): Promise<Inde
         } finally {
           client.release();
         }
+      };
+      try {
+        return await withinTargetDeadline(read(), target, deadlineMs);
       } catch (err) {
         return { target, indexes: [], error: (err as Error).message };
       }

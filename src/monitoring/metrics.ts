@@ -1,20 +1,33 @@
 // GET /metrics: the health snapshot in Prometheus text format (prom-client). All
-// series describe the fleet, not this process, so any one server can be scraped.
+// series but the process's own describe the fleet, not this process, so any one server
+// can be scraped. The fleet's series are rendered once per snapshot (at 1,000 targets
+// that is megabytes of text); a scrape adds the process's series and the snapshot's age.
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
-import type { HealthReader, HealthSnapshot } from './health.ts';
+import type { HealthSnapshot } from './health.ts';
 
 const seconds = (msValue: number | null | undefined) => (msValue == null ? undefined : msValue / 1000);
 
 export class Metrics {
+  /** The fleet's series, filled from one snapshot. */
   readonly registry = new Registry();
+  /** The answering process's series and the snapshot's age: new on every scrape. */
+  private readonly own = new Registry();
   private readonly g: Record<string, Gauge<string>>;
   private readonly runs: Counter<string>;
+  private readonly snapshotAge: Gauge<string>;
   private snapshot?: HealthSnapshot;
+  private rendered?: { snapshot: HealthSnapshot; body: string };
 
-  constructor(private readonly health: HealthReader) {
+  /** `health`: the server's sampler, or anything that reads a snapshot (a HealthReader takes one per scrape). */
+  constructor(private readonly health: { read(): Promise<HealthSnapshot> }) {
     const r = this.registry;
     // pgmaint_process_*, pgmaint_nodejs_*: the server process itself.
-    collectDefaultMetrics({ register: r, prefix: 'pgmaint_' });
+    collectDefaultMetrics({ register: this.own, prefix: 'pgmaint_' });
+    this.snapshotAge = new Gauge({
+      name: 'pgmaint_health_snapshot_age_seconds',
+      help: 'Age of the health snapshot the other fleet series come from (the server samples every 30 s)',
+      registers: [this.own],
+    });
     const gauge = (name: string, help: string, labelNames: string[]) =>
       new Gauge({ name, help, labelNames, registers: [r] });
     this.runs = new Counter({
@@ -234,7 +247,12 @@ export class Metrics {
   }
 
   async render(): Promise<{ contentType: string; body: string }> {
-    this.fill(await this.health.read());
-    return { contentType: this.registry.contentType, body: await this.registry.metrics() };
+    const s = await this.health.read();
+    if (this.rendered?.snapshot !== s) {
+      this.fill(s);
+      this.rendered = { snapshot: s, body: await this.registry.metrics() };
+    }
+    this.snapshotAge.set(Math.max(0, (Date.now() - s.at) / 1000));
+    return { contentType: this.registry.contentType, body: (await this.own.metrics()) + this.rendered.body };
   }
 }

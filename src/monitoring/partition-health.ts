@@ -9,6 +9,7 @@ import { quoteQualified } from '../core/sql.ts';
 import { readParent } from '../partitions/catalog.ts';
 import { catalogPlace, openEntries } from '../partitions/retention-journal.ts';
 import type { Runtime } from '../runner/runtime.ts';
+import { withinTargetDeadline } from './target-deadline.ts';
 
 export interface PartitionHealth {
   target: string;
@@ -27,6 +28,14 @@ export interface PartitionHealth {
 }
 
 export const DEFAULT_ROWS_CAP = 100_000;
+
+const unreadRow = (target: string, table: string) => ({
+  target,
+  table,
+  runwaySeconds: null,
+  defaultRows: null,
+  unfinishedDetaches: null,
+});
 
 async function partitionHealth(rt: Runtime, policy: PartitionPolicy, now: number): Promise<PartitionHealth> {
   const out: PartitionHealth = {
@@ -77,14 +86,28 @@ export async function readPartitionHealth(
   runningRetention: Set<string>,
   errors: Record<string, string>,
   describeError: (err: unknown) => string,
+  targetDeadlineMs: number,
 ): Promise<PartitionHealth[]> {
-  const rows = await Promise.all(rt.config.partitions.map((p) => partitionHealth(rt, p, now)));
+  // Each target's reads are bounded and run side by side: a slow target delays no other.
+  const rows = await Promise.all(
+    rt.config.partitions.map((p) =>
+      withinTargetDeadline(partitionHealth(rt, p, now), p.target, targetDeadlineMs).catch(
+        (err: Error): PartitionHealth => ({ ...unreadRow(p.target, p.table), policy: true, error: err.message }),
+      ),
+    ),
+  );
+  const targets = [...rt.config.targets.keys()];
+  const journals = await Promise.all(
+    targets.map((target) =>
+      withinTargetDeadline(strandedPartitions(rt, target, runningRetention), target, targetDeadlineMs).catch((err) => {
+        errors[`journal:${target}`] = describeError(err);
+        return undefined;
+      }),
+    ),
+  );
   const journalOnly: PartitionHealth[] = [];
-  for (const target of rt.config.targets.keys()) {
-    const stranded = await strandedPartitions(rt, target, runningRetention).catch((err) => {
-      errors[`journal:${target}`] = describeError(err);
-      return undefined;
-    });
+  for (const [i, target] of targets.entries()) {
+    const stranded = journals[i];
     if (!stranded) continue;
     for (const row of rows.filter((r) => r.target === target)) {
       row.unfinishedPartitions = stranded.get(row.table) ?? [];

@@ -1,13 +1,26 @@
 // One screen of state for `pgmaint status` and GET /api/status: queues and workers,
 // open alerts, each target's newest backups and drill with their ages, archive lag,
 // recovery window, and each partitioned table's runway and the partitions retention left
-// outside it (from the retention journal, even once no policy names the table). Read from the health
-// snapshot (shared state only), so any process can answer.
+// outside it (from the retention journal, even once no policy names the table). Read from
+// the health snapshot (shared state only), so any process can answer; the report says how
+// old its snapshot is.
 import type { Incident } from './alerts.ts';
-import type { HealthReader } from './health.ts';
+import type { StatusSnapshot } from './sampler.ts';
+
+/** Where a report's snapshot comes from: a sampler's (the server's, or stored in Redis), or a reading of its own. */
+export interface SnapshotSource {
+  read(): Promise<StatusSnapshot>;
+  describeError(err: unknown): string;
+}
 
 export interface StatusReport {
+  /** When this report was made. */
   at: string;
+  /** When the health snapshot it shows was taken, and how old it was then. */
+  sampledAt: string;
+  ageSeconds: number;
+  /** snapshot: a sampler's (kept every 30 s by the server); reading: taken for this report. */
+  source: 'snapshot' | 'reading';
   queues: {
     queue: string;
     workers: number;
@@ -18,7 +31,7 @@ export interface StatusReport {
     /** It has schedules or waiting work, and no worker serves it. */
     unserved: boolean;
   }[];
-  alerts: Pick<Incident, 'rule' | 'severity' | 'summary' | 'since'>[];
+  alerts: (Pick<Incident, 'rule' | 'severity' | 'summary' | 'since'> & { targets?: string[] })[];
   targets: {
     target: string;
     dumpAgeSeconds: number | null;
@@ -43,7 +56,11 @@ export interface StatusReport {
 }
 
 /** The report; alerts that cannot be read (they live in Redis) are named in `errors.alerts`. */
-export async function statusReport(health: HealthReader, openAlerts: Promise<Incident[]>): Promise<StatusReport> {
+export async function statusReport(
+  health: SnapshotSource,
+  openAlerts: Promise<Incident[]>,
+  source: StatusReport['source'],
+): Promise<StatusReport> {
   const alertsError: Record<string, string> = {};
   const [s, alerts] = await Promise.all([
     health.read(),
@@ -54,8 +71,12 @@ export async function statusReport(health: HealthReader, openAlerts: Promise<Inc
   ]);
   const age = (at: number | null | undefined) => (at ? Math.max(0, Math.round((s.at - at) / 1000)) : null);
   const severity = { critical: 0, warning: 1 };
+  const now = Date.now();
   return {
-    at: new Date(s.at).toISOString(),
+    at: new Date(now).toISOString(),
+    sampledAt: new Date(s.at).toISOString(),
+    ageSeconds: Math.max(0, Math.round((now - s.at) / 1000)),
+    source,
     queues: s.queues.map((q) => ({
       queue: q.queue,
       workers: q.workers,
@@ -67,7 +88,13 @@ export async function statusReport(health: HealthReader, openAlerts: Promise<Inc
     })),
     alerts: alerts
       .sort((a, b) => severity[a.severity] - severity[b.severity] || a.since.localeCompare(b.since))
-      .map(({ rule, severity, summary, since }) => ({ rule, severity, summary, since })),
+      .map(({ rule, severity, summary, since, targets }) => ({
+        rule,
+        severity,
+        summary,
+        since,
+        ...(targets ? { targets } : {}),
+      })),
     targets: s.backups.map((b) => ({
       target: b.target,
       dumpAgeSeconds: b.newestDumpAgeSeconds,

@@ -3,6 +3,7 @@
 import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import { withTransaction } from '../core/sql.ts';
+import { flushSql, MIGRATION } from './history-sql.ts';
 
 export type Outcome = 'running' | 'succeeded' | 'failed' | 'retrying' | 'timed_out' | 'skipped' | 'abandoned';
 
@@ -36,6 +37,9 @@ export interface HistoryRow<R = unknown> {
   finished_at: Date | null;
   outcome: Outcome;
   error: string | null;
+  /** The failure's stable code (src/core/errors.ts errorCode); null for a run that did not fail, and for rows
+   * written before the column existed. */
+  error_code: string | null;
   /** The handler's return value, for a succeeded run; null otherwise. */
   result: R | null;
   worker: string | null;
@@ -48,6 +52,8 @@ export interface JobStatus {
   lastOutcome: 'succeeded' | 'failed' | 'timed_out';
   lastFinished: Date | null;
   lastError: string | null;
+  /** The stable code of the last final outcome when it failed (null: succeeded, or recorded before codes). */
+  lastErrorCode: string | null;
   consecutiveFailures: number;
 }
 
@@ -55,73 +61,13 @@ export interface LastRun {
   outcome: Outcome;
   finishedAt: Date;
   error: string | null;
+  errorCode: string | null;
 }
 
 export interface ScheduleStatus {
   schedule: string;
   lastSuccess: Date | null;
   startLagSeconds: number | null;
-}
-
-const MIGRATION = `
-create schema if not exists pgmaint;
-create table if not exists pgmaint.run_history (
-  id            bigserial primary key,
-  run_id        uuid not null unique,
-  queue         text not null,
-  job_id        text not null,
-  job           text not null,
-  target        text not null,
-  payload       jsonb not null,
-  trigger       text not null,
-  scheduled_for timestamptz,
-  attempt       int not null,
-  started_at    timestamptz not null default now(),
-  finished_at   timestamptz,
-  outcome       text not null
-                check (outcome in ('running','succeeded','failed','retrying','timed_out','skipped','abandoned')),
-  error         text,
-  result        jsonb,
-  worker        text
-);
-create index if not exists run_history_job_started on pgmaint.run_history (job, started_at desc);
-create index if not exists run_history_job_id on pgmaint.run_history (queue, job_id);
-create index if not exists run_history_started on pgmaint.run_history (started_at);
-`;
-
-// One statement per flush: new rows go in (a run that started and finished between
-// two flushes goes in once, finished) and finishes of rows written before are
-// applied. A run recovered from a lost worker also marks that worker's 'running'
-// row 'abandoned'; the clauses a flush does not need are left out.
-const RECORDSET = `jsonb_to_recordset($1::jsonb) as x(run_id uuid, queue text, job_id text, job text, target text,
-  payload jsonb, trigger text, scheduled_for timestamptz, attempt int, started_at timestamptz, finished_at timestamptz,
-  outcome text, error text, result jsonb, worker text, recovered boolean)`;
-const COLUMNS =
-  'run_id, queue, job_id, job, target, payload, trigger, scheduled_for, attempt, started_at, finished_at, outcome, ' +
-  'error, result, worker';
-
-function flushSql(parts: { inserts: boolean; recovered: boolean; updates: boolean }): string {
-  const ctes: string[] = [];
-  if (parts.inserts)
-    ctes.push(
-      `ins as (insert into pgmaint.run_history (${COLUMNS}) select ${COLUMNS} from ${RECORDSET} returning run_id)`,
-    );
-  if (parts.recovered) {
-    ctes.push(`abandoned as (
-      update pgmaint.run_history h set outcome = 'abandoned', finished_at = now(),
-        error = 'worker lost (stalled job recovered by another worker)'
-        from ${RECORDSET} where x.recovered and h.queue = x.queue and h.job_id = x.job_id and h.outcome = 'running')`);
-  }
-  if (parts.updates) {
-    ctes.push(`finished as (
-      update pgmaint.run_history h set finished_at = u.finished_at, outcome = u.outcome, error = u.error, result =
-        u.result
-        from jsonb_to_recordset($2::jsonb) as u(run_id uuid, finished_at timestamptz, outcome text, error text, result
-          jsonb)
-       where h.run_id = u.run_id)`);
-  }
-  // Both parameters are always referenced so every shape takes the same two.
-  return `with ${ctes.join(',\n')} select 1 where $1::jsonb is not null and $2::jsonb is not null`;
 }
 
 /** A row as buffered before it is written. */
@@ -131,7 +77,7 @@ type Row = Omit<HistoryRow, 'id' | 'worker'> & {
   recovered: boolean;
 };
 
-type Finish = Pick<Row, 'run_id' | 'finished_at' | 'outcome' | 'error' | 'result'>;
+type Finish = Pick<Row, 'run_id' | 'finished_at' | 'outcome' | 'error' | 'error_code' | 'result'>;
 
 export interface HistoryOptions {
   /** How long rows wait to share one write with other runs' rows. */
@@ -197,6 +143,7 @@ export class RunHistory {
       finished_at: null,
       outcome: 'running',
       error: null,
+      error_code: null,
       result: null,
       worker: run.worker,
       recovered: run.recovered ?? false,
@@ -209,13 +156,14 @@ export class RunHistory {
   finish(
     runId: string,
     outcome: Exclude<Outcome, 'running'>,
-    detail: { error?: string; result?: unknown },
+    detail: { error?: string; errorCode?: string; result?: unknown },
   ): Promise<void> {
     const end: Finish = {
       run_id: runId,
       finished_at: new Date(),
       outcome,
       error: detail.error ?? null,
+      error_code: detail.errorCode ?? null,
       result: detail.result ?? null,
     };
     const pendingInsert = this.inserts.get(runId);
@@ -322,7 +270,7 @@ export class RunHistory {
     await this.migrate();
     const { rows } = await this.pool.query<JobStatus>(
       `with final as (
-         select job, target, outcome, started_at, finished_at, error,
+         select job, target, outcome, started_at, finished_at, error, error_code,
                 max(started_at) filter (where outcome = 'succeeded') over (partition by job, target) as
                   last_success_start,
                 row_number() over (partition by job, target order by started_at desc, id desc) as rn
@@ -332,6 +280,7 @@ export class RunHistory {
               max(outcome) filter (where rn = 1) as "lastOutcome",
               max(finished_at) filter (where rn = 1) as "lastFinished",
               max(error) filter (where rn = 1) as "lastError",
+              max(error_code) filter (where rn = 1) as "lastErrorCode",
               count(*) filter (where outcome <> 'succeeded' and started_at > coalesce(last_success_start,
                 '-infinity'))::int as "consecutiveFailures"
          from final group by job, target order by job, target`,
@@ -356,7 +305,8 @@ export class RunHistory {
   async lastScheduledRuns(): Promise<Map<string, LastRun>> {
     await this.migrate();
     const { rows } = await this.pool.query<LastRun & { schedule: string }>(
-      `select distinct on (trigger) substr(trigger, 10) as schedule, outcome, finished_at as "finishedAt", error
+      `select distinct on (trigger) substr(trigger, 10) as schedule, outcome, finished_at as "finishedAt", error,
+              error_code as "errorCode"
          from pgmaint.run_history where trigger like 'schedule:%' and finished_at is not null
         order by trigger, finished_at desc, id desc`,
     );

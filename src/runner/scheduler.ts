@@ -44,7 +44,7 @@ export interface ScheduleDescription {
   nextRun: string | null;
   nextRunUtc: string;
   scheduledInRedis: string | null;
-  lastRun: { outcome: string; finishedAt: string; error: string | null } | null;
+  lastRun: { outcome: string; finishedAt: string; error: string | null; errorCode: string | null } | null;
 }
 
 export type ScheduleEntry = z.output<typeof scheduleEntrySchema>;
@@ -244,7 +244,12 @@ export class Scheduler {
           nextRunUtc: new Date(next).toISOString(),
           scheduledInRedis: scheduler?.next !== undefined ? new Date(scheduler.next).toISOString() : null,
           lastRun: last
-            ? { outcome: last.outcome, finishedAt: new Date(last.finishedAt).toISOString(), error: last.error }
+            ? {
+                outcome: last.outcome,
+                finishedAt: new Date(last.finishedAt).toISOString(),
+                error: last.error,
+                errorCode: last.errorCode,
+              }
             : null,
         };
       }),

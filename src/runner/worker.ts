@@ -8,10 +8,12 @@ import {
   classifyError,
   coerceError,
   describeError,
+  errorCode,
   JobAbortedError,
   JobTimeoutError,
   UsageError,
   PayloadError,
+  withCode,
 } from '../core/errors.ts';
 import type { RunHistory, RunStart } from './history.ts';
 import { type RunAbort, RunContext } from './run-context.ts';
@@ -190,9 +192,10 @@ export class WorkerRuntime {
       ctx.checked(payload.target);
     } catch (err) {
       const message = err instanceof PayloadError ? err.message : describeError(coerceError(err));
-      await history.finish(history.start(run), 'failed', { error: message });
+      const code = errorCode(err);
+      await history.finish(history.start(run), 'failed', { error: message, errorCode: code });
       this.stat(run, 'failed');
-      throw new UnrecoverableError(message);
+      throw new UnrecoverableError(withCode(code, message));
     }
 
     if (scheduleId && !schedule)
@@ -257,16 +260,19 @@ export class WorkerRuntime {
       const err = coerceError(thrown);
       const kind = classifyError(err);
       const message = describeError(err);
+      // The code leads what Bull Board shows (failedReason) and is what history and alerts keep.
+      const code = errorCode(err);
+      const reason = withCode(code, message);
       const final = kind !== 'retryable' || attempt >= registered.run.attempts;
       const outcome = kind === 'timeout' ? 'timed_out' : final ? 'failed' : 'retrying';
       await history
-        .finish(historyId, outcome, { error: message })
+        .finish(historyId, outcome, { error: message, errorCode: code })
         .catch((e) => ctx.logger.error({ err: e }, 'history update failed'));
       this.stat(run, outcome, startedAt);
-      await job.log(`${new Date().toISOString()} ${outcome}: ${message}`).catch(() => undefined);
-      ctx.logger.error({ err, outcome, kind }, 'run failed');
-      if (kind !== 'retryable') throw new UnrecoverableError(message);
-      throw new Error(message, { cause: err });
+      await job.log(`${new Date().toISOString()} ${outcome}: ${reason}`).catch(() => undefined);
+      ctx.logger.error({ err, outcome, kind, code }, 'run failed');
+      if (kind !== 'retryable') throw new UnrecoverableError(reason);
+      throw new Error(reason, { cause: err });
     } finally {
       clearTimeout(timer);
       this.running.delete(job.id!);

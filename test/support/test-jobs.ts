@@ -3,6 +3,7 @@
 import { z } from 'zod';
 import { defineJob, targetField } from '../../src/runner/job-definition.ts';
 import { binPath, runProcess } from '../../src/core/proc.ts';
+import { PermanentJobError } from '../../src/core/errors.ts';
 
 export const sqlProbe = defineJob({
   name: 'sql-probe',
@@ -55,5 +56,19 @@ export const slowChild = defineJob({
       signal: ctx.signal,
     });
     return 'unreachable';
+  },
+});
+
+export const failWith = defineJob({
+  name: 'fail-with',
+  description: 'test only: fails at once with a chosen stable code and message',
+  payload: z.object({
+    target: targetField,
+    code: z.string().regex(/^[A-Z][A-Z0-9_]*$/),
+    message: z.string().min(1),
+  }),
+  defaults: { attempts: 1, backoffMs: 100, timeoutMs: 60_000, concurrency: 2 },
+  async handler(_ctx, p) {
+    throw new PermanentJobError(p.message, p.code);
   },
 });
