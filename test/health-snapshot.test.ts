@@ -94,7 +94,7 @@ describe('the health snapshot', () => {
     base = `http://127.0.0.1:${port}`;
   });
 
-  it('/api/status and /metrics serve the sampler snapshot with its age; ?fresh=1 (admin only) takes a new one', async () => {
+  it('/api/status and /metrics serve the sampler snapshot with its age; ?fresh=1 (admin) takes a new one', async () => {
     const first = JSON.parse((await get(base, '/api/status', viewer)).text) as StatusReport;
     expect(first).toMatchObject({ source: 'snapshot', errors: {} });
     expect(first.ageSeconds).toBe(Math.round((Date.parse(first.at) - Date.parse(first.sampledAt)) / 1000));
@@ -130,7 +130,7 @@ describe('the health snapshot', () => {
     );
   });
 
-  it('pgmaint status reads the snapshot from Redis without connecting to any target; without one it reads', async () => {
+  it('pgmaint status reads the snapshot in Redis without connecting to any target; without one it reads', async () => {
     // t1 is unreachable for the CLI from now on: only the snapshot can know its partitions.
     const file = configWith('t1-closed', { t1: `postgres://pgmaint@127.0.0.1:${await closedPort()}/nowhere` });
     const json = h.spawnPgmaint(['status', '--json'], { LOG_LEVEL: 'warn', PGMAINT_CONFIG: file });

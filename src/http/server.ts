@@ -44,11 +44,15 @@ export async function startServer(
   rt.onClose(() => clearInterval(prune));
 
   const health = new HealthSampler(rt, new HealthReader(rt), opts.sampleIntervalMs ?? SAMPLE_INTERVAL_MS);
+  const metrics = new Metrics(health);
+  health.onSample((s) =>
+    metrics.prepare(s).catch((err) => logger.error({ err }, 'metrics of the health snapshot not rendered')),
+  );
   health.start();
   rt.onClose(() => health.stop());
   const monitor = startMonitor(rt, health);
   const app = createApp(rt, new Auth(config.adminToken, config.viewerToken, config.insecureNoAuth), {
-    metrics: new Metrics(health),
+    metrics,
     monitor,
     health,
     enqueueRateLimit: opts.enqueueRateLimit,

@@ -1,7 +1,8 @@
 // GET /metrics: the health snapshot in Prometheus text format (prom-client). All
 // series but the process's own describe the fleet, not this process, so any one server
 // can be scraped. The fleet's series are rendered once per snapshot (at 1,000 targets
-// that is megabytes of text); a scrape adds the process's series and the snapshot's age.
+// that is megabytes of text and most of a second), by the server as soon as its sampler
+// has one; a scrape adds the process's series and the snapshot's age.
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { HealthSnapshot } from './health.ts';
 
@@ -16,7 +17,7 @@ export class Metrics {
   private readonly runs: Counter<string>;
   private readonly snapshotAge: Gauge<string>;
   private snapshot?: HealthSnapshot;
-  private rendered?: { snapshot: HealthSnapshot; body: string };
+  private rendered?: { snapshot: HealthSnapshot; body: Promise<string> };
 
   /** `health`: the server's sampler, or anything that reads a snapshot (a HealthReader takes one per scrape). */
   constructor(private readonly health: { read(): Promise<HealthSnapshot> }) {
@@ -246,13 +247,22 @@ export class Metrics {
     for (const part of Object.keys(s.errors)) set(this.g.scrapeErrors!, { part }, 1);
   }
 
+  /** Renders the fleet's series of this snapshot once (scrapes meanwhile share it); one snapshot at a time. */
+  prepare(s: HealthSnapshot): Promise<string> {
+    if (this.rendered?.snapshot === s) return this.rendered.body;
+    const previous = this.rendered?.body.catch(() => '') ?? Promise.resolve('');
+    const body = previous.then(() => {
+      this.fill(s);
+      return this.registry.metrics();
+    });
+    this.rendered = { snapshot: s, body };
+    return body;
+  }
+
   async render(): Promise<{ contentType: string; body: string }> {
     const s = await this.health.read();
-    if (this.rendered?.snapshot !== s) {
-      this.fill(s);
-      this.rendered = { snapshot: s, body: await this.registry.metrics() };
-    }
+    const fleet = await this.prepare(s);
     this.snapshotAge.set(Math.max(0, (Date.now() - s.at) / 1000));
-    return { contentType: this.registry.contentType, body: (await this.own.metrics()) + this.rendered.body };
+    return { contentType: this.registry.contentType, body: (await this.own.metrics()) + fleet };
   }
 }

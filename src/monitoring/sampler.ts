@@ -75,6 +75,7 @@ export class HealthSampler implements SnapshotProvider {
   private timer?: NodeJS.Timeout;
   private running = false;
   private readonly logger: Logger;
+  private readonly listeners: ((s: HealthSnapshot) => unknown)[] = [];
 
   /** intervalMs 0: no snapshot is kept; every read takes a reading (concurrent reads share one). */
   constructor(
@@ -111,6 +112,7 @@ export class HealthSampler implements SnapshotProvider {
       .then((s) => {
         if (!this.latest || s.at >= this.latest.at) this.latest = s;
         this.store(s);
+        for (const listener of this.listeners) listener(s);
         return s;
       })
       .finally(() => {
@@ -139,6 +141,11 @@ export class HealthSampler implements SnapshotProvider {
 
   get source(): 'snapshot' | 'reading' {
     return this.intervalMs > 0 ? 'snapshot' : 'reading';
+  }
+
+  /** Called with each new snapshot (the server prepares /metrics' text then, not on a scrape). */
+  onSample(listener: (s: HealthSnapshot) => unknown): void {
+    this.listeners.push(listener);
   }
 
   describeError(err: unknown): string {
