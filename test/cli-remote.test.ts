@@ -132,7 +132,9 @@ describe('pgmaint with PGMAINT_URL: through the HTTP API', () => {
       expect(r.stdout, args.join(' ')).toBe(d.stdout);
     }
     const history = await remote(['history', '--job', 'noop'], VIEWER_TOKEN);
-    expect(history.stdout).toMatch(/^STARTED \(Asia\/Dhaka\)\s+JOB\s+TARGET\s+TRIGGER\s+OUTCOME\s+DURATION\s+ERROR$/m);
+    expect(history.stdout).toMatch(
+      /^STARTED \(Asia\/Dhaka\)\s+JOB\s+TARGET\s+TRIGGER\s+OUTCOME\s+DURATION\s+CODE\s+ERROR$/m,
+    );
     expect(history.stdout).toMatch(/^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\s+noop\s+main\s+ad-hoc\s+succeeded\s/m);
     // The server's catalog: the direct mode's, and the job only that server knows.
     const [rj, dj] = [await remote(['jobs'], VIEWER_TOKEN), await direct(['jobs'])];

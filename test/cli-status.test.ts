@@ -98,7 +98,7 @@ describe('pgmaint status on a system with content', () => {
     // The monitor opens the incident of the failed drill, as the server's would.
     await rt.history.flush();
     const evaluated = await new AlertMonitor(rt, new HealthReader(rt), undefined).evaluate();
-    expect(evaluated?.fired).toContain('job-failed:pitr-drill:main');
+    expect(evaluated?.fired).toContain('job-failed:pitr-drill:NO_BASE_BACKUP');
 
     const json = await status(['--json']);
     const report = JSON.parse(json.slice(json.search(/^[[{]/m))) as StatusReport;
@@ -106,7 +106,9 @@ describe('pgmaint status on a system with content', () => {
     const alert = report.alerts.find((a) => a.rule === 'job-failed');
     expect(alert).toMatchObject({
       severity: 'critical',
-      summary: expect.stringMatching(/^pitr-drill on main failed after its last attempt: no verified base backup/),
+      summary: expect.stringMatching(
+        /^pitr-drill on main failed after its last attempt with NO_BASE_BACKUP: no verified base backup/,
+      ),
     });
     const [main] = report.targets;
     expect(main).toMatchObject({
@@ -133,7 +135,7 @@ describe('pgmaint status on a system with content', () => {
     const table = await status([]);
     expect(table).toMatch(/^SEVERITY\s+RULE\s+SINCE\s+SUMMARY$/m);
     expect(table).toMatch(
-      /^critical\s+job-failed\s+\S+( \S+)? ago\s+pitr-drill on main failed after its last attempt: no verified base/m,
+      /^critical\s+job-failed\s+\S+( \S+)? ago\s+pitr-drill on main failed after its last attempt with NO_BASE/m,
     );
     expect(table).toMatch(/^TARGET\s+DUMP\s+BASE BACKUP\s+PITR DRILL\s+ARCHIVE LAG\s+RECOVERY WINDOW$/m);
     const row = table.split('\n').find((l) => l.startsWith('main '))!;

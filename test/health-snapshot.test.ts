@@ -138,12 +138,13 @@ describe('the health snapshot', () => {
     const out = json.output();
     const report = JSON.parse(out.slice(out.search(/^\{/m))) as StatusReport;
     expect(report).toMatchObject({ source: 'snapshot', sampledAt: sampled.sampledAt, errors: {} });
-    expect(table(report, 't1')).toEqual({
+    expect(table(report, 't1')).toMatchObject({
       target: 't1',
       table: 'iot.reading',
       runwaySeconds: expect.any(Number),
       defaultRows: 5,
     });
+    expect(table(report, 't1').error).toBeUndefined();
     const text = h.spawnPgmaint(['status'], { LOG_LEVEL: 'warn', PGMAINT_CONFIG: file });
     expect(await text.exited).toBe(0);
     expect(text.output()).toMatch(

@@ -125,7 +125,7 @@ describe('integrity-check', () => {
     expect(done.state).toBe('failed');
     expect(done.job.attemptsMade).toBe(1);
     const reason = done.job.failedReason;
-    expect(reason).toMatch(/^corruption found in 1 relation\(s\): /);
+    expect(reason).toMatch(/^CORRUPTION: corruption found in 1 relation\(s\): /);
     expect(reason).toMatch(
       /yard\.pens block 1: invalid page in block 1 of relation base\/\d+\/\d+ \(SQLSTATE XX001\)(;|$)/,
     );
@@ -178,7 +178,8 @@ describe('integrity-check on a cluster with data checksums', () => {
     expect(done.state).toBe('failed');
     expect(done.job.failedReason).toMatch(
       new RegExp(
-        '^corruption found in 1 relation\\(s\\): pasture\\.grazing block 1: invalid page in block 1 of relation ' +
+        '^CORRUPTION: corruption found in 1 relation\\(s\\): pasture\\.grazing block 1: ' +
+          'invalid page in block 1 of relation ' +
           'base/\\d+/\\d+; page verification failed, calculated checksum \\d+ but expected \\d+ \\(SQLSTATE XX001\\)',
       ),
     );

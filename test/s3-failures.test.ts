@@ -89,7 +89,7 @@ describe('S3 deadlines and failures', () => {
       expect(state).toBe('failed');
       expect(job.failedReason).toMatch(
         new RegExp(
-          `^s3://${s3.bucket}/${dumpKey}: S3 upload failed: no answer within 1000 ms ` +
+          `^OBJECT_STORE: s3://${s3.bucket}/${dumpKey}: S3 upload failed: no answer within 1000 ms ` +
             String.raw`\(objectStore\.requestTimeoutMs\) \(2 attempts\)$`,
         ),
       );
@@ -117,7 +117,9 @@ describe('S3 deadlines and failures', () => {
     const { state, job } = await backupAgainst(`https://127.0.0.1:${port}`, credentials());
     expect(state).toBe('failed');
     expect(job.failedReason).toMatch(
-      new RegExp(`^s3://${s3.bucket}/${dumpKey}: S3 upload failed: connect ECONNREFUSED 127\\.0\\.0\\.1:${port}`),
+      new RegExp(
+        `^OBJECT_STORE: s3://${s3.bucket}/${dumpKey}: S3 upload failed: connect ECONNREFUSED 127\\.0\\.0\\.1:${port}`,
+      ),
     );
   });
 
@@ -129,7 +131,9 @@ describe('S3 deadlines and failures', () => {
     const { state, job } = await backupAgainst(s3.endpoint, { ...credentials(), ...wrong });
     expect(state).toBe('failed');
     expect(job.failedReason).toMatch(
-      new RegExp(`^s3://${s3.bucket}/${dumpKey}: S3 upload failed: InvalidAccessKeyId: The AWS Access Key Id`),
+      new RegExp(
+        `^OBJECT_STORE: s3://${s3.bucket}/${dumpKey}: S3 upload failed: InvalidAccessKeyId: The AWS Access Key Id`,
+      ),
     );
     const logs = (await rt!.queues.get('backup').getJobLogs(job.id!)).logs.join('\n');
     for (const text of [job.failedReason, JSON.stringify(job.data), logs]) {
