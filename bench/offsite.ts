@@ -14,12 +14,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
-import { S3Client } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
-import { NodeHttpHandler } from '@smithy/node-http-handler';
-import { Agent } from 'node:https';
 import pg from 'pg';
 import { ObjectStore } from '../src/backup/object-store.ts';
+import { s3ClientFor } from '../src/backup/s3-client.ts';
 import { startWorkers } from '../src/cli/roles.ts';
 import { configSecrets, loadConfig } from '../src/core/config.ts';
 import { freePort, postgresUser } from '../src/core/local-postgres.ts';
@@ -208,13 +206,8 @@ if (ONLY.has('upload')) {
   const dumpFile = path.join(dir, 'bench-upload.dump');
   fs.copyFileSync(path.join(dir, 'backups', 'dumps', 'main', path.basename(dump.result.file as string)), dumpFile);
   const store = new ObjectStore(config.objectStore!, config.encryption, configSecrets(config));
-  const plain = new S3Client({
-    region: s3.region,
-    endpoint: s3.endpoint,
-    forcePathStyle: true,
-    credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
-    requestHandler: new NodeHttpHandler({ httpsAgent: new Agent({ ca: fs.readFileSync(s3.caFile) }) }),
-  });
+  // The same client settings as ours (deadlines, retries, keep-alive, CA): only the work done differs.
+  const plain = s3ClientFor(config.objectStore!, configSecrets(config).s3);
   const readBack: number[] = [];
   const upload = await interleave(
     [

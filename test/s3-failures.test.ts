@@ -2,18 +2,25 @@
 // connection and never answers fails the backup after objectStore.requestTimeoutMs per
 // attempt, well inside the job's own maximum run time; a refused connection and a wrong
 // access key id (s3rver refuses unknown ids) fail it too. Each failure names S3, the
-// bucket and the object, and never the credentials.
-import { randomBytes } from 'node:crypto';
+// bucket and the object, and never the credentials. A read that someone waits for (the
+// API, /metrics) has a short deadline of its own; a download that stalls after its answer
+// began is read again from the start; a manifest-sized read stops at its cap.
+import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
+import https from 'node:https';
 import net from 'node:net';
 import path from 'node:path';
 import request from 'supertest';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dumpDir } from '../src/backup/catalog.ts';
+import { ObjectStore } from '../src/backup/object-store.ts';
 import { startWorkers } from '../src/cli/roles.ts';
+import { objectStoreSchema } from '../src/core/config-schema.ts';
 import { type S3Server, startS3 } from '../src/dev/s3.ts';
 import { createApp } from '../src/http/app.ts';
 import { Auth } from '../src/http/auth.ts';
+import { HealthReader } from '../src/monitoring/health.ts';
+import { Metrics } from '../src/monitoring/metrics.ts';
 import type { Runtime } from '../src/runner/runtime.ts';
 import { ADMIN_TOKEN, createHarness, type Harness, VIEWER_TOKEN, waitForFinished } from './support/harness.ts';
 
@@ -143,5 +150,144 @@ describe('S3 deadlines and failures', () => {
     // The right id, as a control: the same backup goes through.
     const ok = await backupAgainst(s3.endpoint, credentials());
     expect(ok.state, ok.job.failedReason).toBe('completed');
+  });
+});
+
+describe('reads that someone waits for', () => {
+  it('a bucket that never answers: /api/backups answers 503 naming S3 and the bucket, /api/status and /metrics ' +
+    'a partial reading, on the answer deadline whatever the job-sized S3 deadlines are', async () => {
+    await rt?.close();
+    const { port } = silent.address() as net.AddressInfo;
+    h.configFile({
+      objectStore: {
+        bucket: s3.bucket,
+        endpoint: `https://127.0.0.1:${port}`,
+        forcePathStyle: true,
+        caFile: s3.caFile,
+        accessKeyIdEnv: 'TEST_S3_KEY',
+        secretAccessKeyEnv: 'TEST_S3_SECRET',
+        // The defaults: 3 attempts of 120 s each would keep a request waiting 6 minutes.
+        requestTimeoutMs: 120_000,
+        maxAttempts: 3,
+      },
+    });
+    rt = h.runtime({ schedules: [], env: credentials() });
+    await rt.history.migrate();
+    const health = new HealthReader(rt, 0);
+    const app = createApp(rt, new Auth(ADMIN_TOKEN, VIEWER_TOKEN), { health, metrics: new Metrics(health) });
+    const admin = { Authorization: `Bearer ${ADMIN_TOKEN}` };
+    const why = String.raw`no answer within 4000 ms \(the deadline of a read that answers a request\)`;
+    const listing = new RegExp(`^s3://${s3.bucket}/pgmaint/dumps/main/: S3 listing failed: ${why}$`);
+    const [backups, status, metrics] = await Promise.all([
+      request(app).get('/api/backups').set(admin),
+      request(app).get('/api/status').set(admin),
+      request(app).get('/metrics').set(admin),
+    ]);
+    expect(backups.status).toBe(503);
+    expect(backups.body.error).toMatch(listing);
+    expect(status.status).toBe(200);
+    expect(status.body.errors.backups).toMatch(listing);
+    expect(status.body.targets).toEqual([]);
+    expect(metrics.status).toBe(200);
+    expect(metrics.text).toMatch(/^pgmaint_health_read_errors\{part="backups"\} 1$/m);
+  }, 60_000);
+});
+
+/** An HTTPS endpoint with s3rver's certificate that answers every GET with `body`, misbehaving as told. */
+function misbehavingS3(body: Buffer) {
+  const state = {
+    mode: 'stall' as 'stall' | 'stall-once' | 'unsized',
+    requests: 0,
+    /** Bytes of the body sent before a stall. */
+    before: 1024,
+  };
+  const server = https.createServer(
+    { key: fs.readFileSync(path.join(h.dir, 's3', 'key.pem')), cert: fs.readFileSync(s3.caFile) },
+    (req, res) => {
+      state.requests++;
+      req.resume();
+      if (state.mode === 'unsized') {
+        // Chunked, with no Content-Length: only counting what arrives can stop it.
+        res.writeHead(200, { 'content-type': 'application/json' });
+        const write = () => {
+          while (!res.destroyed && res.write(body));
+          if (!res.destroyed) res.once('drain', write);
+        };
+        write();
+        return;
+      }
+      res.writeHead(200, { 'content-length': String(body.length) });
+      if (state.mode === 'stall' || (state.mode === 'stall-once' && state.requests === 1)) {
+        res.write(body.subarray(0, state.before)); // then silence, with the connection open
+        return;
+      }
+      res.end(body);
+    },
+  );
+  return { state, server };
+}
+
+describe('reading an object', () => {
+  const body = randomBytes(256 * 1024);
+  let fake: ReturnType<typeof misbehavingS3>;
+  let store: ObjectStore;
+  beforeAll(async () => {
+    fake = misbehavingS3(body);
+    await new Promise<void>((resolve) => fake.server.listen(0, '127.0.0.1', resolve));
+    const { port } = fake.server.address() as net.AddressInfo;
+    const cfg = objectStoreSchema.parse({
+      bucket: s3.bucket,
+      endpoint: `https://127.0.0.1:${port}`,
+      forcePathStyle: true,
+      caFile: s3.caFile,
+      requestTimeoutMs: 1000,
+      maxAttempts: 2,
+    });
+    store = new ObjectStore(cfg, undefined, {
+      s3: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
+      keys: {},
+    });
+  });
+  afterAll(() => {
+    store?.close();
+    fake?.server.closeAllConnections();
+    fake?.server.close();
+  });
+
+  it('a download that stalls after its answer began is read again from the start; one that keeps stalling fails ' +
+    'saying so, naming S3, the bucket and the object', async () => {
+    const sha256 = createHash('sha256').update(body).digest('hex');
+    const object = {
+      bucket: s3.bucket,
+      key: 'pgmaint/dumps/main/main-20261201T000000000Z.dump',
+      bytes: body.length,
+      sha256,
+      encryption: null,
+      uploadedAt: new Date().toISOString(),
+    };
+    const file = path.join(h.dir, 'downloaded.dump');
+    fs.writeFileSync(file, 'stale');
+    Object.assign(fake.state, { mode: 'stall-once', requests: 0 });
+    await store.download(object, file);
+    expect(fake.state.requests).toBe(2);
+    expect(fs.readFileSync(file).equals(body)).toBe(true);
+
+    Object.assign(fake.state, { mode: 'stall', requests: 0 });
+    await expect(store.download(object, file)).rejects.toThrow(
+      `s3://${s3.bucket}/${object.key}: S3 download failed: the transfer stalled: no data for 1000 ms after the ` +
+        'answer began (objectStore.requestTimeoutMs) (2 attempts)',
+    );
+    expect(fake.state.requests).toBe(2);
+    Object.assign(fake.state, { mode: 'stall-once', requests: 0 });
+    expect(await store.sha256Of(object.key)).toEqual({ sha256, bytes: body.length });
+  }, 60_000);
+
+  it('a manifest-sized read stops at the cap when the object announces no length, and is refused', async () => {
+    Object.assign(fake.state, { mode: 'unsized', requests: 0 });
+    const read = await store.getText('pgmaint/dumps/main/main-20261201T000000000Z.dump.manifest.json');
+    expect(read).toEqual({
+      refused:
+        'more than 1048576 bytes: larger than the 1048576 bytes (1 MiB) a manifest or verdict may have; not read',
+    });
   });
 });

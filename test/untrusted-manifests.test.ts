@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import request from 'supertest';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { dumpDir, type ListedDump } from '../src/backup/catalog.ts';
+import { dumpDir, type ListedDump, listDumps } from '../src/backup/catalog.ts';
 import { type ObjectStore, objectStoreFor } from '../src/backup/object-store.ts';
 import { startWorkers } from '../src/cli/roles.ts';
 import { binPath, runProcess } from '../src/core/proc.ts';
@@ -26,6 +26,7 @@ let store: ObjectStore;
 let env: Record<string, string>;
 let real: ListedDump;
 const admin = { Authorization: `Bearer ${ADMIN_TOKEN}` };
+const viewer = { Authorization: `Bearer ${VIEWER_TOKEN}` };
 const oneAttempt = { attempts: 1 };
 
 function config(extra: object = {}) {
@@ -182,6 +183,103 @@ describe('dump manifests', () => {
       .send({ dump: '../../../victim2' })
       .expect(400);
     expect(res.body.issues).toEqual([{ path: 'dump', message: expect.stringMatching(/must be a dump file name/) }]);
+  });
+});
+
+describe('what a manifest is read from', () => {
+  it(
+    'a bucket manifest that disagrees with the local manifest of the same dump is refused by name; the local one ' +
+      'counts, and decides what prune does with the local file',
+    async () => {
+      const dir = dumpDir(h.backupDir, 'main');
+      const name = 'main-20991201T000000000Z.dump';
+      const object = { ...real.manifest.object!, key: `pgm/dumps/main/${name}` };
+      const local = { ...real.manifest, file: name, finishedAt: '2099-12-01T00:00:00.000Z', object };
+      fs.copyFileSync(real.path, path.join(dir, name));
+      fs.writeFileSync(path.join(dir, `${name}.manifest.json`), JSON.stringify(local));
+      // Back-dated, with another sha256: trusted, it would get prune to delete the local dump.
+      const key = `pgm/dumps/main/${name}.manifest.json`;
+      await store.putJson(key, { ...local, finishedAt: '2000-01-01T00:00:00.000Z', sha256: 'f'.repeat(64) });
+      try {
+        const { dumps, refused } = await listDumps(h.backupDir, 'main', store);
+        const listed = dumps.find((d) => d.manifest.file === name);
+        expect(listed?.path).toBe(path.join(dir, name));
+        expect(listed?.manifest).toMatchObject({ finishedAt: local.finishedAt, sha256: real.manifest.sha256 });
+        expect(refused).toContainEqual({
+          object: `s3://${s3.bucket}/${key}`,
+          reason:
+            `disagrees with the local manifest ${path.join(dir, name)}.manifest.json (finishedAt, sha256); ` +
+            'the local one counts',
+        });
+        // keepLast 1: the newest is kept, so the local dump (2099) stays whatever the bucket says.
+        const prune = await run('prune-backups', { dryRun: true });
+        expect(prune.state, prune.job.failedReason).toBe('completed');
+        const plan = (prune.job.returnvalue as { plan: { dumps: { file: string }[] } }).plan;
+        expect(plan.dumps.find((d) => d.file === name)).toMatchObject({
+          finishedAt: local.finishedAt,
+          action: 'keep',
+        });
+      } finally {
+        await store.remove(key);
+        for (const f of [name, `${name}.manifest.json`]) fs.rmSync(path.join(dir, f));
+      }
+    },
+  );
+
+  it('a bucket manifest over 1 MiB is refused by name, not loaded', async () => {
+    const name = 'main-20200106T000000000Z.dump';
+    const key = `pgm/dumps/main/${name}.manifest.json`;
+    // Valid in every field: only its size gives it away.
+    const object = { ...real.manifest.object!, key: `pgm/dumps/main/${name}` };
+    await store.putJson(key, { ...real.manifest, file: name, object, padding: 'x'.repeat(1024 * 1024) });
+    try {
+      const app = createApp(rt, new Auth(ADMIN_TOKEN, VIEWER_TOKEN));
+      const listed = await request(app).get('/api/backups').set(admin).expect(200);
+      expect(listed.body.dumps.map((d: { file: string }) => d.file)).not.toContain(name);
+      expect(listed.body.refused).toContainEqual({
+        object: `s3://${s3.bucket}/${key}`,
+        reason: expect.stringMatching(
+          /^\d+ bytes: larger than the 1048576 bytes \(1 MiB\) a manifest or verdict may have; not read$/,
+        ),
+      });
+    } finally {
+      await store.remove(key);
+    }
+  });
+
+  it('a local manifest or verdict that is a symlink is refused unread; no refusal quotes a file', async () => {
+    const dir = dumpDir(h.backupDir, 'main');
+    const secret = path.join(h.dir, 'secret.txt'); // outside BACKUP_DIR
+    fs.writeFileSync(secret, 'TOPSECRET-line1\nTOPSECRET-line2\n');
+    const linked = path.join(dir, 'main-20200105T000000000Z.dump.manifest.json');
+    fs.symlinkSync(secret, linked);
+    const verdict = `${real.path}.restore-check.json`;
+    const verdictBefore = fs.readFileSync(verdict);
+    fs.rmSync(verdict);
+    fs.symlinkSync(secret, verdict);
+    // Not JSON, in place: the reason says so, without a word of the file.
+    const garbled = path.join(dir, 'main-20200107T000000000Z.dump.manifest.json');
+    fs.writeFileSync(garbled, 'TOPSECRET-line1\n');
+    try {
+      const app = createApp(rt, new Auth(ADMIN_TOKEN, VIEWER_TOKEN));
+      const listed = await request(app).get('/api/backups').set(viewer).expect(200);
+      expect(listed.text).not.toContain('TOPSECRET');
+      const symlink = 'a symlink: a manifest or verdict is never read through one';
+      expect(listed.body.refused).toEqual(
+        expect.arrayContaining([
+          { object: linked, reason: symlink },
+          { object: verdict, reason: symlink },
+          { object: garbled, reason: expect.stringMatching(/^not JSON( \(at position \d+\))?$/) },
+        ]),
+      );
+      // The dump itself still counts.
+      expect(listed.body.dumps.map((d: { file: string }) => d.file)).toContain(real.manifest.file);
+    } finally {
+      fs.rmSync(linked);
+      fs.rmSync(garbled);
+      fs.rmSync(verdict);
+      fs.writeFileSync(verdict, verdictBefore);
+    }
   });
 });
 

@@ -8,7 +8,15 @@ import path from 'node:path';
 import type { TargetConfig } from '../core/config.ts';
 import { DEFAULT_WAL_SEGMENT_BYTES } from '../core/constants.ts';
 import { whyOutside } from '../core/paths.ts';
-import { checkBaseManifest, checkDumpManifest, checkRestoreCheck, parseJson, type Refusal } from './manifest-checks.ts';
+import {
+  checkBaseManifest,
+  checkDumpManifest,
+  checkRestoreCheck,
+  disagreement,
+  parseJson,
+  type Refusal,
+} from './manifest-checks.ts';
+import { readLocal, textOf } from './manifest-read.ts';
 import type { ObjectStore, StoredObject } from './object-store.ts';
 import { Pgbackrest, type PgbackrestInfo } from './pgbackrest.ts';
 import {
@@ -113,13 +121,6 @@ export interface BaseBackupListing {
   refused: Refusal[];
 }
 
-async function readText(file: string): Promise<string | undefined> {
-  return fs.readFile(file, 'utf8').catch((err: NodeJS.ErrnoException) => {
-    if (err.code === 'ENOENT') return undefined;
-    throw err;
-  });
-}
-
 async function entries(dir: string): Promise<string[]> {
   return fs.readdir(dir).catch((err: NodeJS.ErrnoException) => {
     if (err.code === 'ENOENT') return [];
@@ -148,8 +149,8 @@ export async function listDumps(backupDir: string, target: string, store?: Objec
   for (const e of await entries(dir)) {
     if (e.startsWith('.') || !e.endsWith('.manifest.json')) continue;
     const where = path.join(dir, e);
-    const text = await readText(where);
-    if (text === undefined) continue; // removed meanwhile (prune)
+    const text = textOf(await readLocal(where), where, refused);
+    if (text === undefined) continue; // refused, or removed meanwhile (prune)
     const json = parseJson(text);
     const checked = json.ok ? checkDumpManifest<DumpManifest>(json.value, target, e, store) : json;
     if (!checked.ok) {
@@ -166,7 +167,8 @@ export async function listDumps(backupDir: string, target: string, store?: Objec
     // A dump counts with its local file, or with its verified copy in the bucket.
     if (!manifest.object && !(await fs.stat(file).catch(() => undefined))) continue;
     const verdict = `${file}.restore-check.json`;
-    dumps.push({ path: file, manifest, restoreCheck: restoreCheckOf(await readText(verdict), verdict, refused) });
+    const verdictText = textOf(await readLocal(verdict), verdict, refused);
+    dumps.push({ path: file, manifest, restoreCheck: restoreCheckOf(verdictText, verdict, refused) });
   }
   // With a bucket, its manifests are the catalog every worker shares; local ones add to it.
   if (store) {
@@ -174,8 +176,8 @@ export async function listDumps(backupDir: string, target: string, store?: Objec
     for (const key of await store.list(folder)) {
       if (!key.endsWith('.manifest.json')) continue;
       const where = store.url(key);
-      const text = await store.getText(key);
-      if (text === undefined) continue; // removed meanwhile (prune)
+      const text = textOf(await store.getText(key), where, refused);
+      if (text === undefined) continue; // refused, or removed meanwhile (prune)
       const json = parseJson(text);
       const name = key.slice(folder.length);
       let checked = json.ok ? checkDumpManifest<DumpManifest>(json.value, target, name, store) : json;
@@ -192,8 +194,16 @@ export async function listDumps(backupDir: string, target: string, store?: Objec
       }
       const file = path.join(dir, manifest.file);
       const local = dumps.findIndex((d) => d.manifest.file === manifest.file);
+      // The bucket's word never decides the fate of a local dump it does not describe.
+      const differ = local >= 0 ? disagreement(dumps[local]!.manifest, manifest) : [];
+      if (differ.length) {
+        const reason = `disagrees with the local manifest ${file}.manifest.json (${differ.join(', ')})`;
+        refused.push({ object: where, reason: `${reason}; the local one counts` });
+        continue;
+      }
       const verdictKey = key.replace(/\.manifest\.json$/, '.restore-check.json');
-      const restoreCheck = restoreCheckOf(await store.getText(verdictKey), store.url(verdictKey), refused);
+      const verdictText = textOf(await store.getText(verdictKey), store.url(verdictKey), refused);
+      const restoreCheck = restoreCheckOf(verdictText, store.url(verdictKey), refused);
       const listed = { path: file, manifest, restoreCheck: restoreCheck ?? dumps[local]?.restoreCheck };
       if (local >= 0) dumps[local] = listed;
       else dumps.push(listed);
@@ -211,13 +221,15 @@ export async function listBaseBackups(backupDir: string, target: string): Promis
   for (const e of await entries(dir)) {
     if (e.startsWith('.')) continue;
     const where = path.join(dir, e, 'pgmaint.json');
-    const text = await readText(where).catch(() => undefined); // not a directory, or unreadable: never counted
+    // A directory that leads out is refused before anything in it is read.
+    const outside = await whyOutside(dir, e);
+    const read = outside ? { refused: outside } : await readLocal(where).catch(() => undefined);
+    const text = textOf(read, where, refused); // not a directory, or unreadable: never counted
     if (text === undefined) continue;
     const json = parseJson(text);
     const checked = json.ok ? checkBaseManifest<BaseBackupManifest>(json.value, target, e) : json;
-    const outside = checked.ok ? await whyOutside(dir, e) : undefined;
-    if (!checked.ok || outside) {
-      refused.push({ object: where, reason: checked.ok ? outside! : checked.reason });
+    if (!checked.ok) {
+      refused.push({ object: where, reason: checked.reason });
       continue;
     }
     bases.push({ path: path.join(dir, e), manifest: checked.value });

@@ -144,11 +144,36 @@ export function checkBaseManifest<T>(input: unknown, target: string, label: stri
   return parsed.success ? { ok: true, value: parsed.data as T } : { ok: false, reason: explain(input, parsed.error) };
 }
 
-/** JSON text as a value, or the reason it is not JSON. */
+/**
+ * JSON text as a value, or the reason it is not JSON: where, never what (JSON.parse's
+ * message quotes the text, and a refusal is shown to viewers).
+ */
 export function parseJson(text: string): Checked<unknown> {
   try {
     return { ok: true, value: JSON.parse(text) };
   } catch (err) {
-    return { ok: false, reason: `not JSON (${(err as Error).message})` };
+    const at = /at position (\d+)/.exec((err as Error).message)?.[1];
+    return { ok: false, reason: at === undefined ? 'not JSON' : `not JSON (at position ${at})` };
   }
+}
+
+/** What identifies a dump in its manifest. */
+interface DumpIdentity {
+  format: string;
+  finishedAt: string;
+  bytes: number;
+  sha256: string;
+  object?: { key: string; bytes: number; sha256: string };
+}
+
+/**
+ * The fields in which the bucket's manifest of a dump disagrees with the local one of the
+ * same name (none: they describe the same dump). A local manifest without an object
+ * (written before a bucket was configured) has nothing to compare it with.
+ */
+export function disagreement(local: DumpIdentity, bucket: DumpIdentity): string[] {
+  const differ: string[] = (['format', 'finishedAt', 'bytes', 'sha256'] as const).filter((f) => local[f] !== bucket[f]);
+  const [l, b] = [local.object, bucket.object];
+  if (l && (l.key !== b?.key || l.bytes !== b.bytes || l.sha256 !== b.sha256)) differ.push('object');
+  return differ;
 }

@@ -4,27 +4,38 @@
 // sha256 matches what was sent. Credentials come from environment variables, named
 // in the config file, and are read only here. Every request has a deadline (connect,
 // and answer) and is retried with backoff; a failure names S3, the bucket and the key.
+// A read that someone waits for (an API answer, a health reading) has a short deadline
+// of its own on top (ANSWER_DEADLINE_MS), whatever the job-sized ones are.
 import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream, readFileSync } from 'node:fs';
-import { Agent } from 'node:https';
-import { PassThrough, type Readable, Transform } from 'node:stream';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { addAbortSignal, PassThrough, type Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import {
   DeleteObjectCommand,
   GetObjectCommand,
   ListObjectsV2Command,
   PutObjectCommand,
-  S3Client,
+  type S3Client,
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
-import { NodeHttpHandler } from '@smithy/node-http-handler';
 import { type Config, type ConfigSecrets, configSecrets } from '../core/config.ts';
 import { ObjectStoreError } from '../core/errors.ts';
 import { type EncryptionKey, parseKey } from '../core/key.ts';
 import { decryptStream, encryptStream } from './encryption.ts';
 import type { BucketPlace } from './manifest-checks.ts';
+import { MAX_CATALOG_OBJECT_BYTES, type ObjectText, tooLarge } from './manifest-read.ts';
+import { type ObjectStoreConfig, s3ClientFor } from './s3-client.ts';
 
-export type ObjectStoreConfig = NonNullable<Config['objectStore']>;
+/** How long the bucket may take, in all, on a read that answers someone: routes answer within 5 s. */
+export const ANSWER_DEADLINE_MS = 4000;
+
+/** Errors of a transfer that broke off after the answer began: read again from the start. */
+const BROKEN_TRANSFER = new Set(['ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ERR_STREAM_PREMATURE_CLOSE']);
+const brokenTransfer = (err: unknown) => {
+  const e = err as NodeJS.ErrnoException;
+  return e?.name === 'TimeoutError' || BROKEN_TRANSFER.has(e?.code ?? '');
+};
 
 /** What a manifest records of an uploaded file. */
 export interface StoredObject {
@@ -42,34 +53,23 @@ export const objectUrl = (o: Pick<StoredObject, 'bucket' | 'key'>) => `s3://${o.
 
 export class ObjectStore implements BucketPlace {
   private readonly client: S3Client;
+  /** With answerWithinMs: aborts every request still running that long after this store was made. */
+  private readonly deadline?: AbortSignal;
 
   constructor(
     private readonly cfg: ObjectStoreConfig,
     private readonly encryption: Config['encryption'],
     private readonly secrets: ConfigSecrets,
+    private readonly answerWithinMs?: number,
   ) {
-    this.client = new S3Client({
-      region: cfg.region,
-      endpoint: cfg.endpoint,
-      forcePathStyle: cfg.forcePathStyle,
-      credentials: secrets.s3,
-      // Each attempt: a TCP connection within connectTimeoutMs, the answer's first byte
-      // within requestTimeoutMs, and no silence longer than that while it streams.
-      // Failed attempts are retried with exponential backoff and jitter (standard mode).
-      maxAttempts: cfg.maxAttempts,
-      retryMode: 'standard',
-      requestHandler: new NodeHttpHandler({
-        connectionTimeout: cfg.connectTimeoutMs,
-        requestTimeout: cfg.requestTimeoutMs,
-        throwOnRequestTimeout: true,
-        socketTimeout: cfg.requestTimeoutMs,
-        httpsAgent: new Agent({
-          keepAlive: true,
-          maxSockets: 50,
-          ...(cfg.caFile ? { ca: readFileSync(cfg.caFile) } : {}),
-        }),
-      }),
-    });
+    this.client = s3ClientFor(cfg, secrets.s3);
+    if (answerWithinMs !== undefined) this.deadline = AbortSignal.timeout(answerWithinMs);
+  }
+
+  /** The caller's signal and this store's deadline, whichever comes first. */
+  private signalFor(signal?: AbortSignal): AbortSignal | undefined {
+    if (!this.deadline) return signal;
+    return signal ? AbortSignal.any([signal, this.deadline]) : this.deadline;
   }
 
   get bucket(): string {
@@ -86,8 +86,16 @@ export class ObjectStore implements BucketPlace {
     return `${this.cfg.prefix}${kind}/${target}/${name}${encrypted ? '.enc' : ''}`;
   }
 
-  /** An error that names S3, the bucket and the key, and says what the SDK's error means. */
-  private failure(what: 'upload' | 'download' | 'listing' | 'removal', key: string, err: unknown): Error {
+  /**
+   * An error that names S3, the bucket and the key, and says what the SDK's error means.
+   * mid: it broke off after the answer began (attempts: how often the object was read).
+   */
+  private failure(
+    what: 'upload' | 'download' | 'listing' | 'removal',
+    key: string,
+    err: unknown,
+    mid?: { attempts: number },
+  ): Error {
     const e = err as Error & { $metadata?: { attempts?: number } };
     if (e.name === 'NoSuchKey') {
       return Object.assign(new ObjectStoreError(`${this.url(key)}: the object does not exist`, { cause: err }), {
@@ -95,12 +103,19 @@ export class ObjectStore implements BucketPlace {
       });
     }
     let why = e.message;
-    if (e.name === 'TimeoutError' && /establish a connection/.test(why))
+    if (this.deadline?.aborted)
+      why = `no answer within ${this.answerWithinMs} ms (the deadline of a read that answers a request)`;
+    else if (mid && e.name === 'TimeoutError')
+      why =
+        `the transfer stalled: no data for ${this.cfg.requestTimeoutMs} ms after the answer began ` +
+        '(objectStore.requestTimeoutMs)';
+    else if (mid) why = `the transfer broke off after the answer began: ${why}`;
+    else if (e.name === 'TimeoutError' && /establish a connection/.test(why))
       why = `no connection within ${this.cfg.connectTimeoutMs} ms (objectStore.connectTimeoutMs)`;
     else if (e.name === 'TimeoutError')
       why = `no answer within ${this.cfg.requestTimeoutMs} ms (objectStore.requestTimeoutMs)`;
     else if (e.name && e.name !== 'Error' && !why.includes(e.name)) why = `${e.name}: ${why}`;
-    const attempts = e.$metadata?.attempts ?? 0;
+    const attempts = mid?.attempts ?? e.$metadata?.attempts ?? 0;
     return new ObjectStoreError(
       `${this.url(key)}: S3 ${what} failed: ${why}${attempts > 1 ? ` (${attempts} attempts)` : ''}`,
       {
@@ -163,31 +178,55 @@ export class ObjectStore implements BucketPlace {
     };
   }
 
-  private async open(key: string, signal?: AbortSignal): Promise<Readable> {
-    try {
-      const res = await this.client.send(new GetObjectCommand({ Bucket: this.cfg.bucket, Key: key }), {
-        abortSignal: signal,
+  /**
+   * Reads an object's body with `consume` (given the body and its announced length). The
+   * SDK retries a request only up to the answer's headers; a transfer that stalls or
+   * breaks off after that is read again from the start, up to maxAttempts in all, so
+   * `consume` must start afresh each time (its hash, the file it writes).
+   */
+  private async read<T>(
+    key: string,
+    signal: AbortSignal | undefined,
+    consume: (body: Readable, length: number | undefined) => Promise<T>,
+  ): Promise<T> {
+    const abort = this.signalFor(signal);
+    for (let attempt = 1; ; attempt++) {
+      const res = await this.client
+        .send(new GetObjectCommand({ Bucket: this.cfg.bucket, Key: key }), { abortSignal: abort })
+        .catch((err) => {
+          throw this.failure('download', key, err);
+        });
+      const body = res.Body as Readable;
+      if (abort) addAbortSignal(abort, body);
+      try {
+        return await consume(body, res.ContentLength);
+      } catch (err) {
+        body.destroy();
+        if (signal?.aborted || err instanceof ObjectStoreError) throw err;
+        if (this.deadline?.aborted) throw this.failure('download', key, err);
+        if (!brokenTransfer(err)) throw err;
+        if (attempt >= this.cfg.maxAttempts) throw this.failure('download', key, err, { attempts: attempt });
+      }
+      // Backoff with full jitter, as the SDK's standard mode between its own attempts.
+      await sleep(Math.random() * Math.min(20_000, 100 * 2 ** attempt), undefined, { signal: abort }).catch((err) => {
+        throw signal?.aborted ? err : this.failure('download', key, err);
       });
-      return res.Body as Readable;
-    } catch (err) {
-      throw this.failure('download', key, err);
     }
   }
 
   /** sha256 and size of the object as stored. */
   async sha256Of(key: string, signal?: AbortSignal): Promise<{ sha256: string; bytes: number }> {
-    const hash = createHash('sha256');
-    let bytes = 0;
-    const body = await this.open(key, signal);
-    try {
+    return this.read(key, signal, async (body) => {
+      const hash = createHash('sha256');
+      let bytes = 0;
       for await (const c of body) {
         hash.update(c as Buffer);
         bytes += (c as Buffer).length;
       }
-    } catch (err) {
-      throw signal?.aborted ? err : this.failure('download', key, err);
-    }
-    return { sha256: hash.digest('hex'), bytes };
+      return { sha256: hash.digest('hex'), bytes };
+    }).catch((err) => {
+      throw signal?.aborted || err instanceof ObjectStoreError ? err : this.failure('download', key, err);
+    });
   }
 
   /**
@@ -196,19 +235,20 @@ export class ObjectStore implements BucketPlace {
    */
   async download(o: StoredObject, file: string, signal?: AbortSignal): Promise<void> {
     const what = `s3://${o.bucket}/${o.key}`;
-    const hash = createHash('sha256');
-    const tap = new PassThrough();
-    tap.on('data', (c: Buffer) => hash.update(c));
-    const stages: NodeJS.ReadWriteStream[] = [tap];
-    if (o.encryption) stages.push(decryptStream((id) => this.keyById(id), what));
-    try {
-      await pipeline([await this.open(o.key, signal), ...stages, createWriteStream(file)], { signal });
-    } catch (err) {
+    const sha256 = await this.read(o.key, signal, async (body) => {
+      const hash = createHash('sha256');
+      const tap = new PassThrough();
+      tap.on('data', (c: Buffer) => hash.update(c));
+      const stages: NodeJS.ReadWriteStream[] = [tap];
+      if (o.encryption) stages.push(decryptStream((id) => this.keyById(id), what));
+      // createWriteStream truncates: a read started again writes the file again.
+      await pipeline([body, ...stages, createWriteStream(file)], { signal });
+      return hash.digest('hex');
+    }).catch((err: unknown) => {
       const message = (err as Error).message;
       if (err instanceof ObjectStoreError || signal?.aborted) throw err;
       throw new ObjectStoreError(message.startsWith('s3://') ? message : `${what}: ${message}`, { cause: err });
-    }
-    const sha256 = hash.digest('hex');
+    });
     if (sha256 !== o.sha256)
       throw new Error(`${what}: the stored object's sha256 ${sha256} differs from the manifest's ${o.sha256}`);
   }
@@ -227,18 +267,34 @@ export class ObjectStore implements BucketPlace {
           Body: JSON.stringify(value, null, 2),
           ContentType: 'application/json',
         }),
+        { abortSignal: this.signalFor() },
       )
       .catch((err) => {
         throw this.failure('upload', key, err);
       });
   }
 
-  /** A small object's text, or undefined when there is no such object. */
-  async getText(key: string): Promise<string | undefined> {
+  /**
+   * A manifest's or verdict's text, undefined when there is no such object, or a refusal
+   * when it is larger than maxBytes: by its announced length, or once more than that came.
+   */
+  async getText(key: string): Promise<ObjectText | undefined> {
+    const maxBytes = MAX_CATALOG_OBJECT_BYTES;
     try {
-      const chunks: Buffer[] = [];
-      for await (const c of await this.open(key)) chunks.push(c as Buffer);
-      return Buffer.concat(chunks).toString('utf8');
+      return await this.read(key, undefined, async (body, length): Promise<ObjectText> => {
+        if (length !== undefined && length > maxBytes) {
+          body.destroy();
+          return tooLarge(`${length} bytes`);
+        }
+        const chunks: Buffer[] = [];
+        let bytes = 0;
+        for await (const c of body) {
+          bytes += (c as Buffer).length;
+          if (bytes > maxBytes) return tooLarge(`more than ${maxBytes} bytes`); // leaving the loop ends the read
+          chunks.push(c as Buffer);
+        }
+        return { text: Buffer.concat(chunks).toString('utf8') };
+      });
     } catch (err) {
       if ((err as { s3Missing?: boolean }).s3Missing) return undefined;
       throw err instanceof ObjectStoreError ? err : this.failure('download', key, err);
@@ -256,7 +312,9 @@ export class ObjectStore implements BucketPlace {
     let token: string | undefined;
     do {
       const page = await this.client
-        .send(new ListObjectsV2Command({ Bucket: this.cfg.bucket, Prefix: prefix, ContinuationToken: token }))
+        .send(new ListObjectsV2Command({ Bucket: this.cfg.bucket, Prefix: prefix, ContinuationToken: token }), {
+          abortSignal: this.signalFor(),
+        })
         .catch((err) => {
           throw this.failure('listing', prefix, err);
         });
@@ -272,7 +330,8 @@ export class ObjectStore implements BucketPlace {
   }
 
   async remove(key: string): Promise<void> {
-    await this.client.send(new DeleteObjectCommand({ Bucket: this.cfg.bucket, Key: key })).catch((err) => {
+    const remove = new DeleteObjectCommand({ Bucket: this.cfg.bucket, Key: key });
+    await this.client.send(remove, { abortSignal: this.signalFor() }).catch((err) => {
       throw this.failure('removal', key, err);
     });
   }
@@ -282,17 +341,23 @@ export class ObjectStore implements BucketPlace {
   }
 }
 
-/** The bucket of this configuration, or undefined when objectStore is not configured. */
-export function objectStoreFor(config: Config): ObjectStore | undefined {
-  return config.objectStore ? new ObjectStore(config.objectStore, config.encryption, configSecrets(config)) : undefined;
+/**
+ * The bucket of this configuration, or undefined when objectStore is not configured.
+ * answerWithinMs (ANSWER_DEADLINE_MS for a read someone waits for): every request of this
+ * store fails, naming S3 and the bucket, once that long has passed since it was made.
+ */
+export function objectStoreFor(config: Config, answerWithinMs?: number): ObjectStore | undefined {
+  const { objectStore, encryption } = config;
+  return objectStore ? new ObjectStore(objectStore, encryption, configSecrets(config), answerWithinMs) : undefined;
 }
 
 /** Runs fn with the configured bucket (or undefined), closing its client after. */
 export async function withObjectStore<T>(
   config: Config,
   fn: (store: ObjectStore | undefined) => Promise<T>,
+  answerWithinMs?: number,
 ): Promise<T> {
-  const store = objectStoreFor(config);
+  const store = objectStoreFor(config, answerWithinMs);
   try {
     return await fn(store);
   } finally {

@@ -2,7 +2,7 @@
 // {status, body} (and headers where a page needs them). routes.ts maps them to
 // paths; app.ts is the thin Express adapter.
 import { readBackupCatalog } from '../backup/catalog.ts';
-import { objectStoreFor } from '../backup/object-store.ts';
+import { ANSWER_DEADLINE_MS, objectStoreFor } from '../backup/object-store.ts';
 import { redact } from '../core/redact.ts';
 import { redisFailureMessage, redisLabel } from '../runner/redis-failure.ts';
 import type { Runtime } from '../runner/runtime.ts';
@@ -225,7 +225,8 @@ export const listBackups: Handler = async ({ rt }, req) => {
   const target = req.query.target ?? MAIN_TARGET;
   const t = rt.config.targets.get(target);
   if (!t) return error(404, `unknown target "${target}"`, { targets: [...rt.config.targets.keys()] });
-  const store = objectStoreFor(rt.config);
+  // Someone waits for this answer: the bucket gets ANSWER_DEADLINE_MS in all, not the job-sized deadlines.
+  const store = objectStoreFor(rt.config, ANSWER_DEADLINE_MS);
   const catalog = await readBackupCatalog(rt.config.backupDir, t, Date.now(), store)
     .catch((err: Error) => (err instanceof ObjectStoreError ? err : Promise.reject(err)))
     .finally(() => store?.close());

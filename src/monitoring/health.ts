@@ -9,7 +9,7 @@ import type { PitrDrillResult } from '../../jobs/pitr-drill.ts';
 import type { QueryStatsSnapshotResult } from '../../jobs/query-stats-snapshot.ts';
 import { readBackupCatalog } from '../backup/catalog.ts';
 import { readIndexLeftovers, type IndexLeftoverHealth } from './index-leftovers.ts';
-import { withObjectStore } from '../backup/object-store.ts';
+import { ANSWER_DEADLINE_MS, withObjectStore } from '../backup/object-store.ts';
 import { nextRun } from '../core/cron.ts';
 import type { JobStatus } from '../runner/history.ts';
 import { ServiceUnavailableError } from '../core/errors.ts';
@@ -287,7 +287,8 @@ export class HealthReader {
     const { rt } = this;
     const t = rt.config.targets.get(target)!;
     const [catalog, archiveRun, drillRun] = await Promise.all([
-      withObjectStore(rt.config, (store) => readBackupCatalog(rt.config.backupDir, t, now, store)),
+      // /metrics, /api/status and the alerts wait for it: the bucket gets ANSWER_DEADLINE_MS, not the job deadlines.
+      withObjectStore(rt.config, (store) => readBackupCatalog(rt.config.backupDir, t, now, store), ANSWER_DEADLINE_MS),
       rt.history.lastFinished<ArchiveCheckResult>('archive-check', target),
       rt.history.lastFinished<PitrDrillResult>('pitr-drill', target),
     ]);
