@@ -21,6 +21,7 @@ import { createApp } from '../src/http/app.ts';
 import { Auth } from '../src/http/auth.ts';
 import { HealthReader } from '../src/monitoring/health.ts';
 import { Metrics } from '../src/monitoring/metrics.ts';
+import { HealthSampler } from '../src/monitoring/sampler.ts';
 import type { Runtime } from '../src/runner/runtime.ts';
 import { ADMIN_TOKEN, createHarness, type Harness, VIEWER_TOKEN, waitForFinished } from './support/harness.ts';
 
@@ -173,7 +174,8 @@ describe('reads that someone waits for', () => {
     });
     rt = h.runtime({ schedules: [], env: credentials() });
     await rt.history.migrate();
-    const health = new HealthReader(rt, 0);
+    // Interval 0: every answer takes a reading of its own, as `?fresh=1` and the first one do.
+    const health = new HealthSampler(rt, new HealthReader(rt), 0);
     const app = createApp(rt, new Auth(ADMIN_TOKEN, VIEWER_TOKEN), { health, metrics: new Metrics(health) });
     const admin = { Authorization: `Bearer ${ADMIN_TOKEN}` };
     const why = String.raw`no answer within 4000 ms \(the deadline of a read that answers a request\)`;

@@ -13,9 +13,10 @@ export const MAX_CATALOG_OBJECT_BYTES = 1024 * 1024;
 export type ObjectText = { text: string } | { refused: string };
 
 /** The refusal of a manifest or verdict over MAX_CATALOG_OBJECT_BYTES (size: what is known of it). */
-export const tooLarge = (size: string): ObjectText => ({
-  refused: `${size}: larger than the ${MAX_CATALOG_OBJECT_BYTES} bytes (1 MiB) a manifest or verdict may have; not read`,
-});
+export const tooLarge = (size: string): ObjectText => {
+  const cap = `${MAX_CATALOG_OBJECT_BYTES} bytes (1 MiB)`;
+  return { refused: `${size}: larger than the ${cap} a manifest or verdict may have; not read` };
+};
 
 /**
  * A local manifest's or verdict's text, or undefined when there is none. Never read
