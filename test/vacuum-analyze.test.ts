@@ -153,7 +153,7 @@ describe('vacuum-analyze', () => {
     const { job } = await rt.queues.enqueue('vacuum-analyze', { schemas: ['farm'], vacuumFull: ['farm.nope'] });
     const { state, job: done } = await waitForFinished(rt.queues.get('vacuum-analyze'), job.id!);
     expect(state).toBe('failed');
-    expect(done.failedReason).toMatch(/^vacuumFull: farm\.nope is not a table of this database/);
+    expect(done.failedReason).toMatch(/^PERMANENT: vacuumFull: farm\.nope is not a table of this database/);
     const r = await run({ vacuumFull: ['farm.quiet'], dryRun: true });
     expect(r.chosen).toContainEqual(expect.objectContaining({ table: 'farm.quiet', action: 'VACUUM FULL ANALYZE' }));
   });
