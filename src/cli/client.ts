@@ -76,6 +76,14 @@ export interface Client {
   close(): Promise<void>;
 }
 
+/** What `enqueue --wait` says when it stops following a run it enqueued: the run is not undone. */
+export function stillRuns(answer: Pick<EnqueueAnswer, 'id' | 'queue'>): string {
+  return (
+    `${answer.queue} job ${answer.id} was enqueued and may still run; pgmaint history --job ${answer.queue} ` +
+    'shows how it ends'
+  );
+}
+
 /**
  * The error for an API answer that is not a success, by its status: the CLI's exit code
  * follows (docs/api.md). `server` names where the answer came from, for messages.

@@ -2,9 +2,11 @@
 // PostgreSQL themselves (DATABASE_URL, REDIS_URL, …), through the API's own handlers run
 // in this process, so they print what the API answers. It bypasses the API's tokens,
 // roles and rate limit. A refusal is decided before Redis or PostgreSQL is asked anything;
-// then the services must answer within seconds, or the command exits 3 naming the variable.
+// then each command checks only what it reads, and every answer comes within seconds or the
+// command exits 3 naming what did not answer (direct-services.ts).
+import { setTimeout as sleep } from 'node:timers/promises';
 import { QueueEvents } from 'bullmq';
-import { ConfigError, UsageError } from '../core/errors.ts';
+import { ConfigError, ServiceUnavailableError, UsageError } from '../core/errors.ts';
 import { Auth } from '../http/auth.ts';
 import {
   enqueueJob,
@@ -27,17 +29,20 @@ import {
   type Enqueued,
   type EnqueueAnswer,
   type HistoryAnswer,
-  type JobEnd,
   type JobsAnswer,
   type SchedulesAnswer,
   type StatusAnswer,
+  stillRuns,
 } from './client.ts';
+import { followRun } from './direct-follow.ts';
+import { type Service, Services } from './direct-services.ts';
+import { err } from './terminal.ts';
 
-type Service = 'redis' | 'postgres';
+const NOTHING_ENQUEUED = '; nothing was enqueued, try again';
 
 export class DirectClient implements Client {
   private runtime?: Runtime;
-  private readonly checked = new Set<Service>();
+  private readonly services = new Services(() => this.rt);
   private readonly closers: (() => Promise<void>)[] = [];
 
   /** Created on first use: `jobs` needs no configuration. */
@@ -56,24 +61,32 @@ export class DirectClient implements Client {
   }
 
   async status(): Promise<StatusAnswer> {
-    await this.need('redis');
+    await this.services.check('redis');
     // The snapshot a server's sampler keeps in Redis (no target is connected to); without one, a reading here.
     // Open alerts are what the running monitor (server or `pgmaint monitor`) recorded in Redis.
     const health = new HealthReader(this.rt);
-    const snapshots = await storedOrReading(this.rt, health, (line) => process.stderr.write(`pgmaint: ${line}\n`));
-    return this.call('status', status, { health: snapshots, monitor: new AlertMonitor(this.rt, health, undefined) });
+    const snapshots = await this.services.within(
+      ['redis'],
+      storedOrReading(this.rt, health, (line) => err(`pgmaint: ${line}\n`)),
+    );
+    // The report itself is partial rather than absent: what it could not read, Redis's parts among them, it names.
+    return this.call('status', status, undefined, {
+      health: snapshots,
+      monitor: new AlertMonitor(this.rt, health, undefined),
+    });
   }
 
   async schedules(): Promise<SchedulesAnswer> {
-    await this.need('redis', 'postgres');
-    return this.call('schedules', listSchedules);
+    await this.services.check('redis', 'postgres');
+    return this.call('schedules', listSchedules, ['redis', 'postgres']);
   }
 
+  /** The run history is in PostgreSQL only: Redis is not asked. */
   async history({ job, limit }: { job?: string; limit: number }): Promise<HistoryAnswer> {
     if (job !== undefined && !this.rt.registry.get(job))
       throw new UsageError(`--job: ${this.rt.registry.unknownJob(job)}`);
-    await this.need('redis', 'postgres');
-    return this.call('history', listHistory, {}, { query: { job, limit: String(limit) } });
+    await this.services.check('postgres');
+    return this.call('history', listHistory, ['postgres'], {}, { query: { job, limit: String(limit) } });
   }
 
   /** The job files' catalog with their own run settings: no configuration is read. */
@@ -86,16 +99,18 @@ export class DirectClient implements Client {
     const targets = [...this.rt.config.targets.keys()];
     if (target !== undefined && !targets.includes(target))
       throw new UsageError(`backups: unknown target "${target}" (known: ${targets.join(', ')})`);
-    await this.need('postgres');
-    return this.call('backups', listBackups, {}, { query: { target } });
+    await this.services.check('postgres');
+    // Not held to a deadline as a whole: the bucket has its own (objectStore.requestTimeoutMs).
+    return this.call('backups', listBackups, undefined, {}, { query: { target } });
   }
 
   async enqueue(name: string, data: unknown, follow?: (progress: unknown) => void): Promise<Enqueued> {
     const { rt } = this;
     if (!rt.registry.get(name)) throw new UsageError(`enqueue: ${rt.registry.unknownJob(name)}`);
     rt.registry.parsePayload(name, data);
-    await this.need('redis');
-    if (!follow) return { answer: await this.call('enqueue', enqueueJob, {}, { params: { name }, body: data }) };
+    await this.services.check('redis');
+    const add = () => this.call<EnqueueAnswer>('enqueue', enqueueJob, ['redis'], {}, { params: { name }, body: data });
+    if (!follow) return { answer: await add() };
     // Read the events stream from a minute back, not from "now": a fast job's first
     // progress events can land before the listener's first read. Events are filtered
     // by job id, so replaying older ones is harmless (the margin covers clock skew).
@@ -104,7 +119,9 @@ export class DirectClient implements Client {
       prefix: rt.config.redis.prefix,
       lastEventId: `${Date.now() - 60_000}-0`,
     });
-    this.closers.push(() => events.close());
+    // Closing waits for Redis to answer, and a frozen one never does: it gets a second, then the
+    // runtime's close disconnects the stream's connection (it is one of its connections).
+    this.closers.push(() => Promise.race([events.close().catch(() => undefined), sleep(1000)]));
     events.on('error', () => undefined);
     // Progress events are collected from before the enqueue (a fast job reports while
     // the enqueue is still answering) and passed on for this job once its id is known.
@@ -114,25 +131,13 @@ export class DirectClient implements Client {
       if (ours === undefined) early.push({ jobId, progress });
       else if (jobId === ours) follow(progress);
     });
-    await events.waitUntilReady();
-    const answer: EnqueueAnswer = await this.call('enqueue', enqueueJob, {}, { params: { name }, body: data });
-    const end = async (): Promise<JobEnd> => {
+    await this.services.within(['redis'], events.waitUntilReady(), NOTHING_ENQUEUED, { heartbeat: true });
+    const answer = await add();
+    const end = () => {
       ours = answer.id;
       for (const e of early) if (e.jobId === ours) follow(e.progress);
-      const queue = rt.queues.get(answer.queue);
-      const job = await queue.getJob(answer.id);
-      if (!job) throw new Error(`${answer.queue} job ${answer.id} is gone from Redis before it could be followed`);
-      try {
-        return { id: answer.id, state: 'completed', result: await job.waitUntilFinished(events) };
-      } catch (err) {
-        const failed = await queue.getJob(answer.id);
-        return {
-          id: answer.id,
-          state: 'failed',
-          failedReason: failed?.failedReason ?? (err as Error).message,
-          attemptsMade: failed?.attemptsMade,
-        };
-      }
+      const lost = ` while following the run: ${stillRuns(answer)}`;
+      return followRun(rt.queues.get(answer.queue), answer.id, events, (p) => this.services.within(['redis'], p, lost));
     };
     return { answer, end };
   }
@@ -142,31 +147,28 @@ export class DirectClient implements Client {
     await this.runtime?.close();
   }
 
-  /** Redis (and, for the run history, its database) answer within seconds, once per command. */
-  private async need(...services: Service[]): Promise<void> {
-    for (const s of services) {
-      if (this.checked.has(s)) continue;
-      await (s === 'redis' ? this.rt.checkRedis() : this.rt.checkPostgres());
-      this.checked.add(s);
-    }
-  }
-
-  /** Runs an API handler here, as the admin; its body comes back as JSON would carry it. */
+  /**
+   * Runs an API handler here, as the admin; its body comes back as JSON would carry it. With
+   * `services`, its answer comes within seconds or the command exits 3 naming which did not answer.
+   */
   private async call<T>(
     action: string,
     handler: Handler,
+    services: Service[] | undefined,
     parts: Partial<HttpDeps> = {},
     req: { params?: Record<string, string>; query?: Record<string, string | undefined>; body?: unknown } = {},
   ): Promise<T> {
     const deps: HttpDeps = { rt: this.rt, auth: new Auth(undefined, undefined), ...parts };
     const query = Object.fromEntries(Object.entries(req.query ?? {}).filter(([, v]) => v !== undefined));
-    const res = await handler(deps, {
-      params: req.params ?? {},
-      query,
-      body: req.body,
-      role: 'admin',
-      secure: false,
-    });
+    const answered = handler(deps, { params: req.params ?? {}, query, body: req.body, role: 'admin', secure: false });
+    const consequence = action === 'enqueue' ? NOTHING_ENQUEUED : '';
+    const res = services
+      ? await this.services.within(services, answered, consequence)
+      : await answered.catch((e: unknown) => {
+          throw this.services.explain(e, ['redis', 'postgres']);
+        });
+    // The handler's 503 says what did not answer, and what that means, in the API's words.
+    if (res.status === 503) throw new ServiceUnavailableError(String((res.body as { error?: unknown }).error));
     if (res.status >= 300) throw answerError(res.status, res.body, 'pgmaint (direct)', action);
     return JSON.parse(JSON.stringify(res.body)) as T;
   }

@@ -6,6 +6,7 @@ import { ServiceUnavailableError } from '../core/errors.ts';
 import { safeUrl } from '../core/redact.ts';
 import { Connections, type RedisClient, type RedisMode } from './connections.ts';
 import { RunHistory } from './history.ts';
+import { redisFailure } from './redis-failure.ts';
 import type { AnyJobDefinition } from './job-definition.ts';
 import { createLogger, type Logger } from '../core/logger.ts';
 import { Queues } from './queues.ts';
@@ -88,8 +89,9 @@ export class Runtime {
       await connected(connection, timeoutMs);
       await withTimeout(connection.ping(), Math.max(0, giveUpAt - Date.now()));
     } catch (err) {
+      // A frozen Redis accepts the connection and never answers its first command: "did not answer within 2 s".
       throw new ServiceUnavailableError(
-        `REDIS_URL: cannot reach ${safeUrl(this.config.redis.url)}: ${(err as Error).message}`,
+        `REDIS_URL: cannot reach ${safeUrl(this.config.redis.url)}: ${redisFailure(err) ?? (err as Error).message}`,
       );
     }
   }
