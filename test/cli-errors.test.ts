@@ -52,6 +52,18 @@ describe('CLI refusals', () => {
       /^pgmaint: invalid payload: tables\.0: no partition policy with a retention for app\.nosuch/,
     ],
     [['enqueue', 'noop', '--data', '{"sleepMs":'], /^pgmaint: --data: not valid JSON/],
+    // Valid JSON, but no payload: never taken as {} in silence.
+    [
+      ['enqueue', 'noop', '--data', 'null'],
+      /^pgmaint: --data: must be a JSON object of the job's fields, e\.g\. '\{"target": "main"\}' \(got null\)$/,
+    ],
+    [['enqueue', 'noop', '--data', '"x"'], /^pgmaint: --data: must be a JSON object .* \(got a string\)$/],
+    // The last of a repeated option is not taken in silence.
+    [
+      ['enqueue', 'noop', '--data', '{"sleepMs": 1}', '--data', '{"sleepMs": 2}'],
+      /^pgmaint: --data: given more than once \(enqueue takes one\)$/,
+    ],
+    [['history', '--limit', '5', '--limit', '6'], /^pgmaint: --limit: given more than once \(history takes one\)$/],
     [['enqueue', 'nosuch'], /^pgmaint: enqueue: unknown job "nosuch" \(known: /],
     [['enqueue', 'bakup'], /^pgmaint: enqueue: unknown job "bakup"; did you mean "backup"\? \(known: /],
     [
@@ -63,6 +75,11 @@ describe('CLI refusals', () => {
       /^pgmaint: --queues: unknown job "archive-chek"; did you mean "archive-check"\?/,
     ],
     [['frobnicate'], /^pgmaint: unknown command "frobnicate"/],
+    [['help', 'enqeue'], /^pgmaint: unknown command "enqeue" \(commands: enqueue, /],
+    [
+      ['enqueue', 'noop', '--json'],
+      /^pgmaint: enqueue: unknown option --json \(known: --data, --wait\); enqueue prints its answer as JSON on stdout/,
+    ],
     [['schedules', 'extra'], /^pgmaint: schedules: takes no arguments/],
   ])('%j exits 2 with one line naming the problem', async (args, message) => {
     const { code, out } = await refused(args);

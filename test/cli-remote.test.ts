@@ -8,6 +8,7 @@ import http from 'node:http';
 import https from 'node:https';
 import net from 'node:net';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { jobs } from '../jobs/index.ts';
 import { startWorkers } from '../src/cli/roles.ts';
@@ -221,7 +222,8 @@ describe('pgmaint with PGMAINT_URL: through the HTTP API', () => {
         ['enqueue', 'noop', '--data', '{"sleepms": 1}'],
         /^pgmaint: invalid payload: sleepms: unknown field; did you mean "sleepMs"\?/,
       ],
-      [['history', '--job', 'nosuch'], /^pgmaint: job: unknown job "nosuch" \(known: /],
+      // The flag, as the direct mode names it, not the query field it became.
+      [['history', '--job', 'nosuch'], /^pgmaint: --job: unknown job "nosuch" \(known: /],
       [['backups', '--target', 'nosuch'], /^pgmaint: backups: unknown target "nosuch" \(known: main\)$/],
       // Refused here, before the server is asked.
       [['history', '--limit', '0'], /^pgmaint: --limit: must be a whole number from 1 to 1000 \(got "0"\)$/],
@@ -232,7 +234,46 @@ describe('pgmaint with PGMAINT_URL: through the HTTP API', () => {
       expect(r.code, args.join(' ')).toBe(2);
       expect(r.stderr.trim()).toMatch(message);
       expect(r.stderr.trim().split('\n')).toHaveLength(1);
+      // The known names once, as the server words them.
+      expect(r.stderr.split('(known: ').length, r.stderr).toBeLessThanOrEqual(2);
     }
+    // As the direct mode words it, "did you mean" and all.
+    const [r, d] = [await remote(['enqueue', 'bakup'], ADMIN_TOKEN), await direct(['enqueue', 'bakup'])];
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/^pgmaint: enqueue: unknown job "bakup"; did you mean "backup"\? \(known: [^()]*\)\n$/);
+    expect(r.stderr.replace(', sql-probe', '')).toBe(d.stderr);
+  });
+
+  it('a PGMAINT_URL with a path the server has no routes under: exit 2, naming the server root to set', async () => {
+    for (const pathPart of ['/api', '/admin/queues']) {
+      const r = await remote(['jobs'], VIEWER_TOKEN, { PGMAINT_URL: `${url}${pathPart}` });
+      expect(r.code, pathPart).toBe(2);
+      expect(r.stderr).toBe(
+        `pgmaint: PGMAINT_URL ${url}${pathPart} has no route for jobs (404 for ${pathPart}/api/jobs): PGMAINT_URL ` +
+          `is the address the API's /api/… paths go under; for a server at the root, set PGMAINT_URL to ${url}\n`,
+      );
+    }
+    // A path that ends in a slash is the root.
+    expect((await remote(['jobs', '--json'], VIEWER_TOKEN, { PGMAINT_URL: `${url}/` })).code).toBe(0);
+  });
+
+  it('a BACKUP_DIR the server cannot read: 503 naming BACKUP_DIR, exit 3 in both modes, not a 500', async () => {
+    // A file where the directory should be: what the server (and the direct mode) cannot list.
+    const file = path.join(h.dir, 'backups-is-a-file');
+    fs.writeFileSync(file, 'not a directory\n');
+    const odd = h.runtime({ env: { BACKUP_DIR: file } });
+    const server = await startServer(odd, { port: 0, host: '127.0.0.1' });
+    closers.push(() => new Promise((r) => server.server.close(r)));
+    const at = `http://127.0.0.1:${server.port}`;
+    const r = await remote(['backups'], VIEWER_TOKEN, { PGMAINT_URL: at });
+    const expected =
+      `BACKUP_DIR: cannot read ${file}/main (not a directory, ENOTDIR); BACKUP_DIR is ${file}: it must be a ` +
+      'directory (or not exist yet)';
+    expect(r.stderr).toBe(`pgmaint: PGMAINT_URL ${at}: ${expected} (503)\n`);
+    expect(r.code).toBe(3);
+    const d = await cli(['backups'], { ...process.env, ...h.env, BACKUP_DIR: file, LOG_LEVEL: 'warn' });
+    expect(d.stderr).toBe(`pgmaint: ${expected}\n`);
+    expect(d.code).toBe(3);
   });
 
   it('a server that is down, silent or not pgmaint: exit 3 or 2 naming PGMAINT_URL, in time', async () => {
@@ -350,6 +391,227 @@ describe('pgmaint with PGMAINT_URL: through the HTTP API', () => {
     );
     const viewer = await remote(['enqueue', 'noop'], VIEWER_TOKEN, { PGMAINT_URL: tls, PGMAINT_CA_FILE: cert });
     expect(viewer.code).toBe(4);
+  });
+});
+
+/** An HTTP server of the test's own on loopback, answering with `handler`; closed after the file. */
+async function fakeServer(handler: http.RequestListener): Promise<string> {
+  const server = http.createServer(handler);
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  closers.push(() => new Promise((r) => server.close(r)));
+  return `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`;
+}
+
+/** A self-signed certificate (its own CA) for these subject alternative names. */
+function certificate(name: string, altNames: string): { key: string; cert: string } {
+  const dir = path.join(h.dir, `tls-${name}`);
+  fs.mkdirSync(dir, { recursive: true });
+  const [key, cert] = [path.join(dir, 'key.pem'), path.join(dir, 'cert.pem')];
+  execFileSync(
+    'openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-keyout',
+      key,
+      '-out',
+      cert,
+      '-days',
+      '1',
+      '-subj',
+      `/CN=${name}`,
+    ].concat(['-addext', `subjectAltName=${altNames}`]),
+    { stdio: 'ignore' },
+  );
+  return { key, cert };
+}
+
+/** Control characters a terminal acts on (ESC, BEL, CSI, …): none may reach it from a server. */
+// biome-ignore lint/suspicious/noControlCharactersInRegex: finding them is the point.
+const RAW_CONTROL = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/;
+
+describe('what answers at PGMAINT_URL is not pgmaint, or not pgmaint of this setting', () => {
+  it('a web page, a redirect, a proxy error page: exit 2 (3 for a proxy), saying what answered', async () => {
+    const page = await fakeServer((_req, res) =>
+      res.writeHead(404, { 'content-type': 'text/html' }).end('<html><h1>Not Found</h1></html>'),
+    );
+    const notFound = await remote(['status'], VIEWER_TOKEN, { PGMAINT_URL: page });
+    expect(notFound.code).toBe(2);
+    expect(notFound.stderr).toBe(
+      `pgmaint: PGMAINT_URL ${page} answered 404 with text/html, not pgmaint's JSON: is it the pgmaint server?\n`,
+    );
+    // http:// to https:// on another port, as a TLS proxy sends plain-HTTP clients along.
+    const moved = await fakeServer((req, res) =>
+      res.writeHead(301, { location: `https://127.0.0.1:8443${req.url}` }).end(),
+    );
+    const redirect = await remote(['history', '--limit', '3'], VIEWER_TOKEN, { PGMAINT_URL: moved });
+    expect(redirect.code).toBe(2);
+    expect(redirect.stderr).toBe(
+      `pgmaint: PGMAINT_URL ${moved} answered 301, redirecting to https://127.0.0.1:8443/api/history: set ` +
+        'PGMAINT_URL to https://127.0.0.1:8443\n',
+    );
+    const login = await fakeServer((_req, res) => res.writeHead(302, { location: '/sso/login?next=x' }).end());
+    const sso = await remote(['jobs'], VIEWER_TOKEN, { PGMAINT_URL: login });
+    expect(sso.code).toBe(2);
+    expect(sso.stderr).toBe(
+      `pgmaint: PGMAINT_URL ${login} answered 302, redirecting to ${login}/sso/login, which is not pgmaint's API: ` +
+        "set PGMAINT_URL to the pgmaint server's address\n",
+    );
+    const proxy = await fakeServer((_req, res) =>
+      res.writeHead(502, { 'content-type': 'text/html' }).end('<html>Bad Gateway</html>'),
+    );
+    const badGateway = await remote(['status'], VIEWER_TOKEN, { PGMAINT_URL: proxy });
+    expect(badGateway.code).toBe(3);
+    expect(badGateway.stderr).toMatch(
+      /^pgmaint: PGMAINT_URL http:\S+ answered 502 with text\/html, not pgmaint's JSON/,
+    );
+  });
+
+  it('https:// to a certificate for another name, and to a plain-HTTP port: exit 2 saying which', async () => {
+    const { key, cert } = certificate('elsewhere', 'DNS:pgmaint.example.com,IP:10.9.8.7');
+    const tls = https.createServer({ key: fs.readFileSync(key), cert: fs.readFileSync(cert) }, (_req, res) =>
+      res.writeHead(200, { 'content-type': 'application/json' }).end('{"jobs": []}'),
+    );
+    await new Promise<void>((r) => tls.listen(0, '127.0.0.1', r));
+    closers.push(() => new Promise((r) => tls.close(r)));
+    const tlsUrl = `https://127.0.0.1:${(tls.address() as net.AddressInfo).port}`;
+    const mismatch = await remote(['jobs'], VIEWER_TOKEN, { PGMAINT_URL: tlsUrl, PGMAINT_CA_FILE: cert });
+    expect(mismatch.code).toBe(2);
+    expect(mismatch.stderr).toBe(
+      `pgmaint: PGMAINT_URL ${tlsUrl}: its TLS certificate is for DNS:pgmaint.example.com, IP Address:10.9.8.7, not ` +
+        '127.0.0.1 (the certificate is trusted, the name does not match); set PGMAINT_URL to a name the ' +
+        'certificate holds\n',
+    );
+    expect(mismatch.stderr).not.toMatch(/PGMAINT_CA_FILE names the CA/);
+    // The pgmaint server itself speaks plain HTTP.
+    const plain = url.replace('http:', 'https:');
+    const notTls = await remote(['status'], VIEWER_TOKEN, { PGMAINT_URL: plain });
+    expect(notTls.code).toBe(2);
+    expect(notTls.stderr).toBe(
+      `pgmaint: PGMAINT_URL ${plain}: does not speak TLS on that port (it answered in plain text); for a plain ` +
+        `HTTP server, set PGMAINT_URL to ${url}\n`,
+    );
+  });
+
+  it("a server's words reach the terminal with their control characters escaped", async () => {
+    const evil = '\u001b[31mred\u001b]0;title\u0007\u009b2J\r';
+    const server = await fakeServer((req, res) => {
+      const json = (status: number, body: unknown) =>
+        res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body));
+      if (req.url === '/api/status') return json(400, { error: `refused ${evil}` });
+      if (req.url === '/api/jobs')
+        return json(200, { jobs: [{ name: `noop${evil}`, description: evil, defaults: {} }] });
+      if (req.method === 'POST') return json(202, { id: `1${evil}`, queue: 'noop', name: 'noop', existing: false });
+      return json(200, {
+        state: 'completed',
+        progress: evil,
+        result: { said: evil },
+        failedReason: null,
+        attemptsMade: 1,
+      });
+    });
+    const refused = await remote(['status'], VIEWER_TOKEN, { PGMAINT_URL: server });
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toBe('pgmaint: refused \\u001b[31mred\\u001b]0;title\\u0007\\u009b2J\\u000d\n');
+    const table = await remote(['jobs'], VIEWER_TOKEN, { PGMAINT_URL: server });
+    expect(table.code).toBe(0);
+    expect(table.stdout).toMatch(/^noop\\u001b\[31mred/m);
+    const asJson = await remote(['jobs', '--json'], VIEWER_TOKEN, { PGMAINT_URL: server });
+    expect(JSON.parse(asJson.stdout).jobs[0].description).toBe(evil);
+    const followed = await remote(['enqueue', 'noop', '--wait'], ADMIN_TOKEN, { PGMAINT_URL: server });
+    expect(followed.code).toBe(0);
+    expect(followed.stderr).toMatch(/^enqueued: noop job 1\\u001b\[31mred/m);
+    expect(followed.stderr).toMatch(/^progress "\\u001b\[31mred\\u001b\]0;title\\u0007\\u009b2J\\r"%$/m);
+    expect(JSON.parse(followed.stdout).result.said).toBe(evil);
+    for (const r of [refused, table, asJson, followed]) expect(`${r.stdout}${r.stderr}`).not.toMatch(RAW_CONTROL);
+  });
+});
+
+describe('enqueue in remote mode: refusals before sending, the rate limit, a server that stops answering', () => {
+  it('--data too deep, too big or not an object: exit 2, the same refusal as the direct mode', async () => {
+    let deep = '1';
+    for (let i = 0; i < 5000; i++) deep = `{"a":${deep}}`;
+    const [r, d] = [
+      await remote(['enqueue', 'noop', '--data', deep], ADMIN_TOKEN),
+      await direct(['enqueue', 'noop', '--data', deep]),
+    ];
+    expect(r.code).toBe(2);
+    expect(r.stderr).toBe('pgmaint: --data: nested more than 32 levels deep; a payload is a flat JSON object\n');
+    expect(d.code).toBe(2);
+    expect(d.stderr).toBe(r.stderr);
+    // Valid JSON that is no payload: the same refusal here, not the server's words about a request body.
+    for (const data of ['null', '"x"', '[1]']) {
+      const [rn, dn] = [
+        await remote(['enqueue', 'noop', '--data', data], ADMIN_TOKEN),
+        await direct(['enqueue', 'noop', '--data', data]),
+      ];
+      expect(rn.code, data).toBe(2);
+      expect(rn.stderr).toMatch(/^pgmaint: --data: must be a JSON object of the job's fields, e\.g\. .* \(got /);
+      expect(dn.code, data).toBe(2);
+      expect(dn.stderr).toBe(rn.stderr);
+    }
+    const big = JSON.stringify({ sleepMs: 0, pad: 'x'.repeat(70_000) });
+    const tooBig = await remote(['enqueue', 'noop', '--data', big], ADMIN_TOKEN);
+    expect(tooBig.code).toBe(2);
+    expect(tooBig.stderr).toMatch(/^pgmaint: --data: 70\d{3} bytes; a payload may have at most 65536 \(64 kB\)\n$/);
+  });
+
+  it('the rate limit (429): exit 3, "too many enqueue requests"; nothing more is enqueued', async () => {
+    const limited = await startServer(rt, { port: 0, host: '127.0.0.1', enqueueRateLimit: 1 });
+    closers.push(() => new Promise((r) => limited.server.close(r)));
+    const at = `http://127.0.0.1:${limited.port}`;
+    expect((await remote(['enqueue', 'noop'], ADMIN_TOKEN, { PGMAINT_URL: at })).code).toBe(0);
+    const before = await enqueued();
+    const second = await remote(['enqueue', 'noop'], ADMIN_TOKEN, { PGMAINT_URL: at });
+    expect(second.code).toBe(3);
+    expect(second.stderr).toBe(`pgmaint: PGMAINT_URL ${at}: too many enqueue requests: try again in a minute (429)\n`);
+    expect(await enqueued()).toBe(before);
+  });
+
+  it('--wait with the server stopped (SIGSTOP) mid-follow: gives up after 30 s, exit 3, naming the job', async () => {
+    const server = h.spawnPgmaint(['server'], { HOST: '127.0.0.1', PORT: '0' });
+    await server.waitFor(/server listening/, 30_000);
+    const line = server
+      .output()
+      .split('\n')
+      .find((l) => l.includes('server listening'))!;
+    const at = `http://127.0.0.1:${JSON.parse(line).port}`;
+    // A job no worker of this file takes: it waits, and the CLI follows it.
+    const child = spawn(process.execPath, [BIN, 'enqueue', 'index-report', '--wait'], {
+      env: { PATH: process.env.PATH, PGMAINT_URL: at, PGMAINT_TOKEN: ADMIN_TOKEN, PGMAINT_TIMEOUT: '5' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stderr = '';
+    const enqueuedLine = new Promise<string>((resolve) =>
+      child.stderr.on('data', (d: Buffer) => {
+        stderr += d.toString();
+        const id = /^enqueued: index-report job (\d+)$/m.exec(stderr)?.[1];
+        if (id) resolve(id);
+      }),
+    );
+    const exited = new Promise<number | null>((resolve) => child.on('close', resolve));
+    try {
+      const id = await enqueuedLine;
+      process.kill(server.child.pid!, 'SIGSTOP');
+      // Past the 30 s it may wait; the old count of 15 retries took 15 × (5 + 2) s.
+      const code = await Promise.race([exited, sleep(75_000).then(() => 'still following')]);
+      expect(code, stderr).toBe(3);
+      expect(stderr).toMatch(
+        new RegExp(
+          `^pgmaint: PGMAINT_URL ${at}: no answer within \\d+s( \\(PGMAINT_TIMEOUT\\))?; gave up following the run ` +
+            `after 30 s without an answer: index-report job ${id} was enqueued and may still run; pgmaint history ` +
+            '--job index-report shows how it ends\n$',
+          'm',
+        ),
+      );
+    } finally {
+      child.kill('SIGKILL');
+      process.kill(server.child.pid!, 'SIGCONT');
+      await server.killGroup();
+    }
   });
 });
 

@@ -37,23 +37,38 @@ export function parseFlags<O extends OptionSpecs>(
     help: { type: 'boolean', short: 'h' },
   };
   for (const [name, spec] of Object.entries(specs)) options[name] = { type: spec.type, default: spec.default };
+  let parsed: {
+    values: Record<string, string | boolean | undefined>;
+    positionals: string[];
+    tokens: { kind: string; name?: string }[];
+  };
   try {
-    const { values, positionals } = parseArgs({ args, options, allowPositionals, strict: true });
-    const { help, ...rest } = values as Record<string, string | boolean | undefined>;
-    return { values: rest as Values<O>, positionals, help: help === true };
+    parsed = parseArgs({ args, options, allowPositionals, strict: true, tokens: true });
   } catch (err) {
     const message = (err as Error).message;
     const flag = /'(-{1,2}[^']+)'/.exec(message)?.[1];
     const known = Object.keys(specs).map((o) => `--${o}`);
     if ((err as { code?: string }).code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' && flag) {
+      const word = flag.replace(/^-+/, '').split('=')[0];
+      // enqueue's answer is JSON already: a script that passes --json everywhere is told so.
       const hint =
-        command === 'enqueue'
-          ? `; payload fields go in --data, e.g. --data '{"${flag.replace(/^-+/, '').split('=')[0]}": …}'`
-          : '';
+        command !== 'enqueue'
+          ? ''
+          : word === 'json'
+            ? '; enqueue prints its answer as JSON on stdout always, without --json'
+            : `; payload fields go in --data, e.g. --data '{"${word}": …}'`;
       throw new UsageError(`${command}: unknown option ${flag} (known: ${known.join(', ') || 'none'})${hint}`);
     }
     if ((err as { code?: string }).code === 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL')
       throw new UsageError(`${command}: takes no arguments (${message.replace(/\. To specify.*$/, '')})`);
     throw new UsageError(`${command}: ${message}`);
   }
+  // parseArgs keeps the last of a repeated value silently: `--data A --data B` would drop A.
+  const given = parsed.tokens.flatMap((t) =>
+    t.kind === 'option' && t.name && specs[t.name]?.type === 'string' ? [t.name] : [],
+  );
+  const twice = given.find((name, i) => given.indexOf(name) !== i);
+  if (twice) throw new UsageError(`--${twice}: given more than once (${command} takes one)`);
+  const { help, ...rest } = parsed.values;
+  return { values: rest as Values<O>, positionals: parsed.positionals, help: help === true };
 }

@@ -104,7 +104,9 @@ export function answerError(status: number, body: unknown, server: string, actio
     return new ConfigError(`${server} has no route for ${action} (404): is it a pgmaint server of this version?`);
   if (status === 429 || status === 502 || status === 503 || status === 504)
     return new ServiceUnavailableError(`${server}: ${said} (${status})`);
-  if (status === 404) return new UsageError(`${action}: ${said}${known ? ` (known: ${known.join(', ')})` : ''}`);
+  // The server's words may name the known ones already (an unknown job's "did you mean").
+  const listed = known && !said.includes('(known: ') ? ` (known: ${known.join(', ')})` : '';
+  if (status === 404) return new UsageError(`${action}: ${said}${listed}`);
   if (status >= 400 && status < 500) return new UsageError(said);
   return new Error(`${server} answered ${status}: ${said}`);
 }

@@ -5,6 +5,7 @@
 import { UsageError } from '../core/errors.ts';
 import type { OptionSpecs, Parsed } from './args.ts';
 import type { Client } from './client.ts';
+import { err, out } from './terminal.ts';
 
 interface CommandBase<O extends OptionSpecs> {
   name: string;
@@ -37,14 +38,47 @@ const local = <const O extends OptionSpecs>(c: LocalCommand<O>): Command => c as
 const json = { type: 'boolean', help: 'print what the HTTP API answers, for scripts (a table otherwise)' } as const;
 
 function print(obj: unknown): void {
-  process.stdout.write(`${JSON.stringify(obj, null, 2)}\n`);
+  out(`${JSON.stringify(obj, null, 2)}\n`);
 }
 
 /** The answer as JSON with --json, else as the table `draw` makes of it; exit 0. */
 function show<T>(answer: T, asJson: boolean | undefined, draw: (a: T) => string): number {
   if (asJson) print(answer);
-  else process.stdout.write(draw(answer));
+  else out(draw(answer));
   return 0;
+}
+
+/** The API's body limit (src/http/app.ts): --data is held to it in both modes. */
+const DATA_MAX_BYTES = 64 * 1024;
+/** A payload is an object of a few levels; far deeper is a mistake, and more than JSON.stringify can carry. */
+const DATA_MAX_DEPTH = 32;
+
+/** --data as a payload, refused (exit 2) before any client is asked: the same refusal in both modes. */
+function parseData(text: string | undefined): unknown {
+  if (text === undefined || text === '') return {};
+  const bytes = Buffer.byteLength(text);
+  if (bytes > DATA_MAX_BYTES)
+    throw new UsageError(`--data: ${bytes} bytes; a payload may have at most ${DATA_MAX_BYTES} (64 kB)`);
+  let data: unknown;
+  try {
+    data = JSON.parse(text);
+  } catch (e) {
+    throw new UsageError(`--data: not valid JSON: ${(e as Error).message}`);
+  }
+  if (data === null || typeof data !== 'object' || Array.isArray(data))
+    throw new UsageError(
+      `--data: must be a JSON object of the job's fields, e.g. '{"target": "main"}' (got ${
+        data === null ? 'null' : Array.isArray(data) ? 'an array' : `a ${typeof data}`
+      })`,
+    );
+  // Breadth first, with no recursion: the depth of what JSON.parse built.
+  let level: unknown[] = [data];
+  for (let depth = 0; level.length; depth++) {
+    if (depth > DATA_MAX_DEPTH)
+      throw new UsageError(`--data: nested more than ${DATA_MAX_DEPTH} levels deep; a payload is a flat JSON object`);
+    level = level.flatMap((v) => (v !== null && typeof v === 'object' ? Object.values(v) : []));
+  }
+  return data;
 }
 
 const views = () => import('./views.ts');
@@ -70,17 +104,10 @@ export const COMMANDS: readonly Command[] = [
             .map((p) => `"${p}"`)
             .join(' ')} (payload fields go in --data '{…}')`,
         );
-      let data: unknown = {};
-      if (values.data) {
-        try {
-          data = JSON.parse(values.data);
-        } catch (err) {
-          throw new UsageError(`--data: not valid JSON: ${(err as Error).message}`);
-        }
-      }
-      const progress = (p: unknown) => process.stderr.write(`progress ${JSON.stringify(p)}%\n`);
+      const data = parseData(values.data);
+      const progress = (p: unknown) => err(`progress ${JSON.stringify(p)}%\n`);
       const { answer, end } = await client.enqueue(name, data, values.wait ? progress : undefined);
-      process.stderr.write(answer.existing ? `merged: ${answer.reason}\n` : `enqueued: ${name} job ${answer.id}\n`);
+      err(answer.existing ? `merged: ${answer.reason}\n` : `enqueued: ${name} job ${answer.id}\n`);
       if (!end) {
         print(answer);
         return 0;

@@ -124,7 +124,8 @@ export class Services {
     if (named.length) return new ServiceUnavailableError(`${named.join('; ')}${consequence}`);
     const labels = services.map((s) => (s === 'redis' ? redisLabel(rt.config) : this.postgresLabel()));
     return new ServiceUnavailableError(
-      `no answer within ${ANSWER_WITHIN_MS / 1000} s, though ${labels.join(' and ')} answer now${consequence || '; try again'}`,
+      `no answer within ${ANSWER_WITHIN_MS / 1000} s, though ${labels.join(' and ')} answer now` +
+        (consequence || '; try again'),
     );
   }
 

@@ -8,6 +8,7 @@ import { parseFlags } from './args.ts';
 import type { Client } from './client.ts';
 import { type Command, COMMANDS } from './commands.ts';
 import { RemoteClient, remoteSettings } from './remote.ts';
+import { printable } from './terminal.ts';
 
 const HELP_WORDS = new Set(['help', '--help', '-h']);
 const COLUMN = 41;
@@ -87,12 +88,15 @@ async function openClient(): Promise<Client> {
   return new DirectClient();
 }
 
+function unknownCommand(name: string): UsageError {
+  return new UsageError(
+    `unknown command "${name}" (commands: ${COMMANDS.map((c) => c.name).join(', ')}; pgmaint help shows usage)`,
+  );
+}
+
 async function run(name: string, args: string[]): Promise<number> {
   const command = COMMANDS.find((c) => c.name === name);
-  if (!command)
-    throw new UsageError(
-      `unknown command "${name}" (commands: ${COMMANDS.map((c) => c.name).join(', ')}; pgmaint help shows usage)`,
-    );
+  if (!command) throw unknownCommand(name);
   const parsed = parseFlags(name, args, command.options, command.args !== undefined);
   if (parsed.help) {
     process.stdout.write(`${commandHelp(command)}\n`);
@@ -119,14 +123,16 @@ export async function main(argv: string[]): Promise<void> {
   try {
     if (name === undefined || HELP_WORDS.has(name)) {
       const command = COMMANDS.find((c) => c.name === rest[0]);
+      if (rest[0] !== undefined && !command) throw unknownCommand(rest[0]);
       process.stdout.write(`${command ? commandHelp(command) : usage()}\n`);
       return;
     }
     process.exitCode = await run(name, rest);
   } catch (err) {
-    process.stderr.write(`pgmaint: ${oneLine(err)}\n`);
+    // A server's words are in it (PGMAINT_URL): printed with their control characters escaped.
+    process.stderr.write(`pgmaint: ${printable(oneLine(err))}\n`);
     if (process.env.LOG_LEVEL === 'debug' || process.env.LOG_LEVEL === 'trace')
-      process.stderr.write(`${(err as Error).stack ?? ''}\n`);
+      process.stderr.write(`${printable((err as Error).stack ?? '')}\n`);
     process.exit(exitCodeFor(err));
   }
 }

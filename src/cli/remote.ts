@@ -6,9 +6,8 @@ import fs from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { ConfigError, exitCodeFor, ServiceUnavailableError } from '../core/errors.ts';
+import { ConfigError, exitCodeFor, ServiceUnavailableError, UsageError } from '../core/errors.ts';
 import {
-  answerError,
   type BackupsAnswer,
   type Client,
   type Enqueued,
@@ -18,7 +17,9 @@ import {
   type JobsAnswer,
   type SchedulesAnswer,
   type StatusAnswer,
+  stillRuns,
 } from './client.ts';
+import { serverAnswer, unreachable } from './remote-answers.ts';
 
 export interface RemoteSettings {
   url: URL;
@@ -89,8 +90,14 @@ interface JobAnswer {
   attemptsMade: number;
 }
 
-// TLS verification failures: a missing CA is a setting to fix, not a server to wait for.
-const TLS_CODES = /CERT|SELF_SIGNED|UNABLE_TO_(GET|VERIFY)|ERR_TLS/;
+/**
+ * How long `enqueue --wait` goes on asking a server that does not answer (no answer, or 429/502/503/504)
+ * before it gives up, by the clock: each request waits at most what is left of it.
+ */
+export const FOLLOW_PATIENCE_MS = 30_000;
+
+/** Between two requests of a follow that did not get an answer. */
+const FOLLOW_RETRY_MS = 2000;
 
 export class RemoteClient implements Client {
   private readonly agent: http.Agent;
@@ -111,13 +118,8 @@ export class RemoteClient implements Client {
   backups = (target: string | undefined) => this.get<BackupsAnswer>('backups', '/api/backups', { target });
 
   async enqueue(name: string, data: unknown, follow?: (progress: unknown) => void): Promise<Enqueued> {
-    const answer = (await this.request(
-      'enqueue',
-      'POST',
-      `/api/jobs/${encodeURIComponent(name)}`,
-      {},
-      data,
-    )) as EnqueueAnswer;
+    const path = `/api/jobs/${encodeURIComponent(name)}`;
+    const answer = (await this.request('enqueue', 'POST', path, {}, { body: data })) as EnqueueAnswer;
     return { answer, end: follow && (() => this.follow(answer, follow)) };
   }
 
@@ -127,30 +129,45 @@ export class RemoteClient implements Client {
 
   /**
    * Polls the job until it ends, passing on each new progress value of a running or
-   * finished run. A server that stops answering is retried for about half a minute: the
-   * run goes on without us.
+   * finished run. A server that stops answering is asked again until FOLLOW_PATIENCE_MS
+   * have passed since the first request it left unanswered; then exit 3: the run goes on
+   * without us.
    */
   private async follow(answer: EnqueueAnswer, follow: (progress: unknown) => void): Promise<JobEnd> {
     const path = `/api/jobs/${encodeURIComponent(answer.queue)}/${encodeURIComponent(answer.id)}`;
     const started = Date.now();
     let shown: unknown;
-    let misses = 0;
+    let failingSince: number | undefined;
     for (;;) {
       let job: JobAnswer;
+      const asked = Date.now();
+      const left = failingSince === undefined ? FOLLOW_PATIENCE_MS : failingSince + FOLLOW_PATIENCE_MS - asked;
       try {
-        job = await this.get<JobAnswer>('enqueue --wait', path);
-        misses = 0;
+        job = (await this.request(
+          'enqueue --wait',
+          'GET',
+          path,
+          {},
+          { timeoutMs: Math.min(this.s.timeoutMs, left) },
+        )) as JobAnswer;
+        failingSince = undefined;
       } catch (err) {
-        if (exitCodeFor(err) === 3 && ++misses < 15) {
-          await sleep(2000);
-          continue;
+        const unanswered = exitCodeFor(err) === 3;
+        if (unanswered) {
+          failingSince ??= asked;
+          const wait = failingSince + FOLLOW_PATIENCE_MS - Date.now();
+          if (wait > 0) {
+            await sleep(Math.min(FOLLOW_RETRY_MS, wait));
+            continue;
+          }
         }
         const gone = exitCodeFor(err) === 2;
-        throw new (gone ? Error : ServiceUnavailableError)(
-          `${(err as Error).message}; while following ${answer.queue} job ${answer.id}, which ` +
-            `${gone ? 'the server no longer keeps' : 'goes on running'}: pgmaint history --job ${answer.queue} shows ` +
-            'how it ends',
-        );
+        const why = unanswered
+          ? `; gave up following the run after ${FOLLOW_PATIENCE_MS / 1000} s without an answer: `
+          : gone
+            ? '; the server no longer keeps the run: '
+            : '; while following the run: ';
+        throw new (unanswered ? ServiceUnavailableError : Error)(`${(err as Error).message}${why}${stillRuns(answer)}`);
       }
       if ((job.state === 'active' || job.state === 'completed') && job.progress !== shown) {
         shown = job.progress;
@@ -163,8 +180,15 @@ export class RemoteClient implements Client {
     }
   }
 
+  /** A refused query parameter is named as the flag that set it (`--job`), as the direct mode does. */
   private async get<T>(action: string, path: string, query: Record<string, string | undefined> = {}): Promise<T> {
-    return (await this.request(action, 'GET', path, query)) as T;
+    try {
+      return (await this.request(action, 'GET', path, query)) as T;
+    } catch (err) {
+      const field = Object.keys(query).find((k) => (err as Error).message.startsWith(`${k}: `));
+      if (field && exitCodeFor(err) === 2) throw new UsageError(`--${(err as Error).message}`);
+      throw err;
+    }
   }
 
   private request(
@@ -172,16 +196,17 @@ export class RemoteClient implements Client {
     method: 'GET' | 'POST',
     path: string,
     query: Record<string, string | undefined>,
-    body?: unknown,
+    opts: { body?: unknown; timeoutMs?: number } = {},
   ): Promise<unknown> {
     const target = new URL(this.s.url.href);
     target.pathname = `${target.pathname.replace(/\/+$/, '')}${path}`;
     for (const [k, v] of Object.entries(query)) if (v !== undefined) target.searchParams.set(k, v);
-    const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
-    const signal = AbortSignal.timeout(this.s.timeoutMs);
+    const payload = opts.body === undefined ? undefined : Buffer.from(JSON.stringify(opts.body));
+    const timeoutMs = opts.timeoutMs ?? this.s.timeoutMs;
+    const signal = AbortSignal.timeout(timeoutMs);
     const send = target.protocol === 'https:' ? https.request : http.request;
     return new Promise((resolve, reject) => {
-      const fail = (err: Error) => reject(this.unreachable(err, signal.aborted));
+      const fail = (err: Error) => reject(unreachable(this.server, err, signal.aborted && timeoutMs, this.s.timeoutMs));
       const req = send(
         target,
         {
@@ -200,7 +225,7 @@ export class RemoteClient implements Client {
           res.on('error', fail);
           res.on('end', () => {
             try {
-              resolve(this.answer(action, res.statusCode ?? 0, res.headers['content-type'], Buffer.concat(chunks)));
+              resolve(serverAnswer(this.server, action, target, res, Buffer.concat(chunks)));
             } catch (err) {
               reject(err);
             }
@@ -210,42 +235,5 @@ export class RemoteClient implements Client {
       req.on('error', fail);
       req.end(payload);
     });
-  }
-
-  private answer(action: string, status: number, contentType: string | undefined, raw: Buffer): unknown {
-    let body: unknown;
-    if (/^application\/json\b/.test(contentType ?? '')) {
-      try {
-        body = JSON.parse(raw.toString('utf8'));
-      } catch {
-        body = undefined;
-      }
-    }
-    if (status >= 200 && status < 300) {
-      if (body === undefined)
-        throw new ConfigError(
-          `${this.server} answered ${status} with ${contentType ?? 'no content type'}, not pgmaint's JSON: is ` +
-            'it the pgmaint server?',
-        );
-      return body;
-    }
-    throw answerError(status, body, this.server, action);
-  }
-
-  private unreachable(err: Error, timedOut: boolean): Error {
-    if (timedOut)
-      return new ServiceUnavailableError(
-        `${this.server}: no answer within ${this.s.timeoutMs / 1000}s (PGMAINT_TIMEOUT)`,
-      );
-    const code = String((err as NodeJS.ErrnoException).code ?? '');
-    // Node 24 appends its own hint (`; if the root CA is installed locally, try … --use-system-ca`);
-    // ours names the setting that does it here.
-    if (TLS_CODES.test(code))
-      return new ConfigError(
-        `${this.server}: its TLS certificate is not trusted here (${err.message.split(';')[0]}); PGMAINT_CA_FILE ` +
-          'names the CA ' +
-          'that signed it',
-      );
-    return new ServiceUnavailableError(`${this.server}: cannot reach it: ${err.message}`);
   }
 }

@@ -220,6 +220,20 @@ export const readiness: Handler = async ({ rt }, req) => {
   return { status: ok ? 200 : 503, body: req.role ? { ok, checks } : { ok } };
 };
 
+/** An error reading a directory under BACKUP_DIR, naming BACKUP_DIR and the path; else undefined. */
+function unreadable(rt: Runtime, err: Error): Error | undefined {
+  const { code, path: where } = err as NodeJS.ErrnoException;
+  const dir = rt.config.backupDir;
+  if (!code || !where || (where !== dir && !where.startsWith(`${dir}/`))) return undefined;
+  // "EACCES: permission denied, scandir '…'": the words between the code and the call.
+  const why = err.message.replace(/^[A-Z]+: /, '').split(',')[0];
+  const fix =
+    code === 'EACCES' || code === 'EPERM'
+      ? 'the user pgmaint runs as must be able to read it'
+      : 'it must be a directory (or not exist yet)';
+  return new Error(`BACKUP_DIR: cannot read ${where} (${why}, ${code}); BACKUP_DIR is ${dir}: ${fix}`);
+}
+
 /** Dumps and base backups of a target with their verification state, and the recovery window. */
 export const listBackups: Handler = async ({ rt }, req) => {
   const target = req.query.target ?? MAIN_TARGET;
@@ -228,10 +242,11 @@ export const listBackups: Handler = async ({ rt }, req) => {
   // Someone waits for this answer: the bucket gets ANSWER_DEADLINE_MS in all, not the job-sized deadlines.
   const store = objectStoreFor(rt.config, ANSWER_DEADLINE_MS);
   const catalog = await readBackupCatalog(rt.config.backupDir, t, Date.now(), store)
-    .catch((err: Error) => (err instanceof ObjectStoreError ? err : Promise.reject(err)))
+    .catch((err: Error) => (err instanceof ObjectStoreError ? err : (unreadable(rt, err) ?? Promise.reject(err))))
     .finally(() => store?.close());
-  // The bucket is the shared catalog: without it the list would be wrong, so none is given.
-  if (catalog instanceof ObjectStoreError) return error(503, catalog.message);
+  // The bucket is the shared catalog: without it the list would be wrong, so none is given; nor
+  // without BACKUP_DIR (unreadable by this process's user).
+  if (catalog instanceof Error) return error(503, catalog.message);
   const { dumps, bases, archive, newestSegment: newest, recoveryWindow, pgbackrest } = catalog;
   // The last verdict of each proof job, from the durable run history.
   const lastRun = async (job: string) => {
