@@ -579,9 +579,10 @@ describe('enqueue in remote mode: refusals before sending, the rate limit, a ser
       .split('\n')
       .find((l) => l.includes('server listening'))!;
     const at = `http://127.0.0.1:${JSON.parse(line).port}`;
-    // A job no worker of this file takes: it waits, and the CLI follows it.
+    // A job no worker of this file takes: it waits, and the CLI follows it. With 3 s per request and 2 s
+    // between, the last pause would end on the 30 s: no request may then be made with no time left.
     const child = spawn(process.execPath, [BIN, 'enqueue', 'index-report', '--wait'], {
-      env: { PATH: process.env.PATH, PGMAINT_URL: at, PGMAINT_TOKEN: ADMIN_TOKEN, PGMAINT_TIMEOUT: '5' },
+      env: { PATH: process.env.PATH, PGMAINT_URL: at, PGMAINT_TOKEN: ADMIN_TOKEN, PGMAINT_TIMEOUT: '3' },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let stderr = '';
@@ -596,8 +597,8 @@ describe('enqueue in remote mode: refusals before sending, the rate limit, a ser
     try {
       const id = await enqueuedLine;
       process.kill(server.child.pid!, 'SIGSTOP');
-      // Past the 30 s it may wait; the old count of 15 retries took 15 × (5 + 2) s.
-      const code = await Promise.race([exited, sleep(75_000).then(() => 'still following')]);
+      // Well past the 30 s it may wait; the old count of 15 retries took 15 × (3 + 2) s.
+      const code = await Promise.race([exited, sleep(60_000).then(() => 'still following')]);
       expect(code, stderr).toBe(3);
       expect(stderr).toMatch(
         new RegExp(

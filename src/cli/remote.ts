@@ -148,7 +148,7 @@ export class RemoteClient implements Client {
           'GET',
           path,
           {},
-          { timeoutMs: Math.min(this.s.timeoutMs, left) },
+          { timeoutMs: Math.max(1, Math.min(this.s.timeoutMs, left)) },
         )) as JobAnswer;
         failingSince = undefined;
       } catch (err) {
@@ -156,8 +156,9 @@ export class RemoteClient implements Client {
         if (unanswered) {
           failingSince ??= asked;
           const wait = failingSince + FOLLOW_PATIENCE_MS - Date.now();
-          if (wait > 0) {
-            await sleep(Math.min(FOLLOW_RETRY_MS, wait));
+          // Asked again only with a second or more left for the answer (a timer of 0 or less is no request).
+          if (wait > 1000) {
+            await sleep(Math.min(FOLLOW_RETRY_MS, wait - 1000));
             continue;
           }
         }
