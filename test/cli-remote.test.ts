@@ -267,7 +267,7 @@ describe('pgmaint with PGMAINT_URL: through the HTTP API', () => {
     const at = `http://127.0.0.1:${server.port}`;
     const r = await remote(['backups'], VIEWER_TOKEN, { PGMAINT_URL: at });
     const expected =
-      `BACKUP_DIR: cannot read ${file}/main (not a directory, ENOTDIR); BACKUP_DIR is ${file}: it must be a ` +
+      `BACKUP_DIR: cannot read ${file}/dumps/main (not a directory, ENOTDIR); BACKUP_DIR is ${file}: it must be a ` +
       'directory (or not exist yet)';
     expect(r.stderr).toBe(`pgmaint: PGMAINT_URL ${at}: ${expected} (503)\n`);
     expect(r.code).toBe(3);
