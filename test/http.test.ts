@@ -107,6 +107,7 @@ describe('HTTP API', () => {
     expect(res.body.targets).toEqual([
       {
         target: 'main',
+        reachable: true,
         dumpAgeSeconds: null,
         baseBackupAgeSeconds: null,
         drill: null,

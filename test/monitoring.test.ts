@@ -269,6 +269,7 @@ describe('alerts', () => {
       jobs: [],
       schedules: [],
       errors: {},
+      targets: [],
       partitions: [],
       indexes: [],
       indexLeftovers: [],

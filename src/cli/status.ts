@@ -50,6 +50,15 @@ export function statusTable(r: StatusReport, zone: string): string {
       ]),
     )}`,
   );
+  const unreachable = r.targets.filter((t) => !t.reachable);
+  if (unreachable.length)
+    parts.push(
+      `\nUnreachable targets\n${renderTable(
+        ['TARGET', 'ERROR'],
+        unreachable.map((t) => [t.target, t.error]),
+        120,
+      )}`,
+    );
   if (r.partitions.length)
     parts.push(
       `\nPartition runway\n${renderTable(

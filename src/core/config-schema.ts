@@ -5,6 +5,7 @@ import { z } from 'zod';
 import { MAIN_TARGET } from './constants.ts';
 import { partitionPolicy } from './partition-policy.ts';
 import { qualifiedName } from './sql.ts';
+import { clusterName, connectionsSchema } from './connections-schema.ts';
 
 /** Pool size of a target that does not set one (the main target always). */
 export const DEFAULT_POOL_SIZE = 4;
@@ -108,6 +109,8 @@ export const targetSchema = z
       .optional(),
     /** Pool size for jobs on this target. */
     poolSize: z.number().int().min(1).max(50).default(DEFAULT_POOL_SIZE),
+    /** The cluster it shares a connection budget with (default: host:port of its URL). */
+    cluster: clusterName.optional(),
     /** Where this target's cluster archives its WAL (archive_command's destination, readable here). */
     walArchiveDir: z.string().min(1).optional(),
     /** How physical backups of this target are taken, kept and restored. */
@@ -221,6 +224,7 @@ export const ALERT_RULES = [
   'retention-orphan',
   'corruption',
   'health-read',
+  'target-unreachable',
 ] as const;
 
 const alertsSchema = z
@@ -251,7 +255,7 @@ const alertsSchema = z
     maxArchiveLagSeconds: z.number().int().positive().default(900),
     minPartitionRunwayDays: z.number().positive().default(3),
     /** Rules switched off by name (job-failed, deadman, no-worker, overrun, backup-age, archive-lag,
-     * partition-runway, default-rows, retention-orphan, corruption, health-read). */
+     * partition-runway, default-rows, retention-orphan, corruption, health-read, target-unreachable). */
     disabled: z.array(z.enum(ALERT_RULES)).default([]),
   })
   .strict();
@@ -365,6 +369,7 @@ export const fileSchema = z
     /** warm-cache: dashboard queries precomputed into Redis. */
     cache: cacheSchema.prefault({}),
     alerts: alertsSchema.prefault({}),
+    connections: connectionsSchema.prefault({}),
     objectStore: objectStoreSchema.optional(),
     encryption: encryptionSchema.optional(),
   })

@@ -48,6 +48,8 @@ export type TargetConfig = Pick<
   backup: BackupEngine;
   name: string;
   url: string;
+  /** The cluster whose connection budget it shares: its `cluster`, or host:port of its URL. */
+  cluster: string;
   /** Where the URL came from, for messages: DATABASE_URL, the urlEnv variable, or the file key. */
   urlSource: string;
 };
@@ -111,6 +113,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const f = parseConfigFiles(e.PGMAINT_CONFIG);
   const targets = resolveTargets(e, f, env);
   checkTargetReferences(f, targets);
+  checkConnections(f.connections, targets);
   const businessTimeZone = resolveBusinessTimeZone(f);
   if (f.redis.sentinels && !f.redis.sentinelName)
     throw new ConfigError('redis.sentinelName: required with redis.sentinels');
@@ -136,6 +139,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     backups: f.backups,
     cache: { ...f.cache, redisUrl: cacheRedisUrl },
     alerts: { ...f.alerts, webhookUrl: e.ALERT_WEBHOOK_URL },
+    connections: f.connections,
     objectStore: f.objectStore,
     encryption: f.encryption,
     metricsToken: e.METRICS_TOKEN,
@@ -192,6 +196,7 @@ function resolveTargets(e: Env, f: File, env: NodeJS.ProcessEnv): Map<string, Ta
     backup: { engine: 'native' },
     schedules: 'default',
     repackTables: [],
+    cluster: clusterOf({ url: e.DATABASE_URL }),
   });
   for (const [name, t] of Object.entries(f.targets)) {
     if (name === MAIN_TARGET) {
@@ -205,6 +210,7 @@ function resolveTargets(e: Env, f: File, env: NodeJS.ProcessEnv): Map<string, Ta
         backup: resolveEngine(t.backup),
         schedules: t.schedules,
         repackTables: t.repackTables,
+        cluster: clusterOf({ url: main.url, cluster: t.cluster }),
       });
       continue;
     }
@@ -228,6 +234,7 @@ function resolveTargets(e: Env, f: File, env: NodeJS.ProcessEnv): Map<string, Ta
       backup: resolveEngine(t.backup),
       schedules: t.schedules,
       repackTables: t.repackTables,
+      cluster: clusterOf({ url: url!, cluster: t.cluster }),
     });
   }
   return targets;
@@ -297,6 +304,47 @@ function checkSecretVariables(f: File, env: NodeJS.ProcessEnv): void {
       } catch (err) {
         throw new ConfigError(`${k.keyEnv} (${where}): ${(err as Error).message}`);
       }
+    }
+  }
+}
+
+/**
+ * The cluster a target lives on: its `cluster` name, or host:port of its URL. Targets
+ * that are databases of one server share its max_connections, so they share one budget.
+ */
+export function clusterOf(target: { url: string; cluster?: string }): string {
+  if (target.cluster) return target.cluster;
+  const u = new URL(target.url);
+  const host = (u.hostname || u.searchParams.get('host') || 'localhost').toLowerCase();
+  const port = u.port || u.searchParams.get('port') || '5432';
+  return `${host}:${port}`;
+}
+
+/** A cluster's budget and readings share (connections.clusters.<name>, else connections.*). */
+export function clusterBudget(
+  config: Pick<Config, 'connections'>,
+  cluster: string,
+): { budget: number; readings: number } {
+  const own = config.connections.clusters[cluster];
+  return { budget: own?.budget ?? config.connections.budget, readings: own?.readings ?? config.connections.readings };
+}
+
+function checkConnections(c: File['connections'], targets: Map<string, TargetConfig>): void {
+  const clusters = [...new Set([...targets.values()].map((t) => t.cluster))];
+  for (const name of Object.keys(c.clusters)) {
+    if (!clusters.includes(name))
+      throw new ConfigError(
+        `connections.clusters.${name}: no target is on this cluster (the targets' clusters: ${clusters.join(', ')})`,
+      );
+  }
+  for (const name of clusters) {
+    const { budget, readings } = clusterBudget({ connections: c }, name);
+    if (readings > budget) {
+      const where = c.clusters[name]?.readings !== undefined ? `connections.clusters.${name}` : 'connections';
+      throw new ConfigError(
+        `${where}.readings: ${readings} is more than the budget of cluster ${name} (${budget}): the readings ` +
+          'share the budget',
+      );
     }
   }
 }

@@ -213,7 +213,8 @@ export const readiness: Handler = async ({ rt }, req) => {
   const redis = rt.queues.connection;
   await Promise.all([
     run('redis', () => redis.ping()),
-    ...[...rt.config.targets.keys()].map((t) => run(`target:${t}`, () => rt.connections.pool(t).query('select 1'))),
+    // On the readings' share of each cluster's budget, as the health readings.
+    ...[...rt.config.targets.keys()].map((t) => run(`target:${t}`, () => rt.connections.probe(t))),
   ]);
   const ok = Object.values(checks).every((c) => c.ok);
   // Without a token only the verdict: which services and errors stay private.

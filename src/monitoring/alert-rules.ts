@@ -5,7 +5,14 @@
 import type { Config } from '../core/config.ts';
 import type { ALERT_RULES } from '../core/config.ts';
 import type { JobStatus } from '../runner/history.ts';
-import type { BackupHealth, HealthSnapshot, PartitionHealth, QueueHealth, ScheduleHealth } from './health.ts';
+import type {
+  BackupHealth,
+  HealthSnapshot,
+  PartitionHealth,
+  QueueHealth,
+  ScheduleHealth,
+  TargetHealth,
+} from './health.ts';
 
 export type AlertRule = (typeof ALERT_RULES)[number];
 export type Severity = 'critical' | 'warning';
@@ -50,6 +57,23 @@ const notRead =
   (...parts: string[]) =>
   (_labels: Record<string, string>, s: HealthSnapshot) =>
     parts.some((p) => p in s.errors);
+/** One target's backups, or all of them, could not be read. */
+const backupsNotRead = (labels: Record<string, string>, s: HealthSnapshot) =>
+  'backups' in s.errors || `backups:${labels.target}` in s.errors;
+/** The target could not be reached in this reading (its own reads were then passed by). */
+const unreachable = (s: HealthSnapshot, target: string | undefined) =>
+  s.targets.some((t) => t.target === target && !t.reachable);
+
+function unreachableMessage(ts: readonly [TargetHealth, ...TargetHealth[]]): string {
+  const [t] = ts;
+  if (ts.length === 1) return `target ${t.target} cannot be reached (cluster ${t.cluster}): ${t.error ?? t.code}`;
+  const targets = ts.map((x) => x.target).sort();
+  return (
+    `${ts.length} targets on cluster ${t.cluster} cannot be reached with ${t.code} (${listTargets(targets)}); ` +
+    `${t.target}: ${t.error ?? t.code}`
+  );
+}
+
 const tableNotRead = (labels: Record<string, string>, s: HealthSnapshot) =>
   s.partitions.some((p) => p.target === labels.target && p.table === labels.table && p.error !== undefined);
 
@@ -169,7 +193,7 @@ export const RULES: readonly Rule<unknown>[] = [
     message: ([k]) =>
       `the newest verified ${k.kind === 'dump' ? 'dump' : 'base backup'} of ${k.b.target} is ` +
       `${minutes(k.age!)} old (limit ${k.max} h)`,
-    undecided: notRead('backups'),
+    undecided: backupsNotRead,
   }),
   defineRule<BackupHealth>({
     rule: 'archive-lag',
@@ -182,7 +206,7 @@ export const RULES: readonly Rule<unknown>[] = [
     message: ([b], _s, cfg) =>
       `WAL archive of ${b.target} lags ${b.archive!.lagSeconds} s (${b.archive!.lagSegments ?? '?'} ` +
       `segments) at ${iso(b.archive!.checkedAt)}; limit ${cfg.maxArchiveLagSeconds} s`,
-    undecided: notRead('backups'),
+    undecided: backupsNotRead,
   }),
   defineRule<PartitionHealth>({
     rule: 'partition-runway',
@@ -231,16 +255,29 @@ export const RULES: readonly Rule<unknown>[] = [
     // Stranded partitions come from the target's retention journal; runway and DEFAULT rows from the policy's row.
     undecided: (labels, s) => `journal:${labels.target}` in s.errors || tableNotRead(labels, s),
   }),
+  defineRule<TargetHealth>({
+    rule: 'target-unreachable',
+    over: (s) => s.targets,
+    when: (t) => !t.reachable,
+    severity: 'critical',
+    // By cluster and code: a server that is down, or full, is one alert listing its databases.
+    key: (t) => `target-unreachable:${t.cluster}:${t.code ?? 'UNREACHABLE'}`,
+    labels: (t) => ({ cluster: t.cluster, code: t.code ?? 'UNREACHABLE' }),
+    target: (t) => t.target,
+    message: unreachableMessage,
+    undecided: () => false,
+  }),
   defineRule<PartitionHealth>({
     rule: 'health-read',
     over: (s) => s.partitions,
-    when: (p) => p.error !== undefined,
+    // A target that cannot be reached is its own alert; its tables say no more.
+    when: (p, s) => p.error !== undefined && !unreachable(s, p.target),
     severity: 'warning',
     key: (p) => `health-read:partitions:${p.target}:${p.table}`,
     labels: (p) => ({ target: p.target, table: p.table }),
     target: (p) => p.target,
     message: ([p]) => `cannot read the partitions of ${p.table} on ${p.target}: ${p.error}`,
-    undecided: () => false,
+    undecided: (labels, s) => unreachable(s, labels.target),
   }),
   defineRule<[string, string]>({
     rule: 'health-read',

@@ -17,9 +17,11 @@ import { redisFailureMessage, redisLabel, settleWithin } from '../runner/redis-f
 import type { Runtime } from '../runner/runtime.ts';
 import { type PartitionHealth, readPartitionHealth } from './partition-health.ts';
 import { TARGET_READ_DEADLINE_MS, withinTargetDeadline } from './target-deadline.ts';
+import { readTargets, type TargetHealth, unreachableTargets } from './target-health.ts';
 import { readRunStats, type DurationStats, type RunCount } from '../runner/run-stats.ts';
 
 export { DEFAULT_ROWS_CAP, type PartitionHealth } from './partition-health.ts';
+export type { TargetHealth } from './target-health.ts';
 
 export const QUEUE_STATES = [
   'waiting',
@@ -90,13 +92,16 @@ export interface HealthSnapshot {
   jobs: JobStatus[];
   schedules: ScheduleHealth[];
   queues: QueueHealth[];
+  /** Every configured target, reachable or not: one target down leaves the others' readings whole. */
+  targets: TargetHealth[];
   backups: BackupHealth[];
   partitions: PartitionHealth[];
   indexes: IndexHealth[];
   /** Invalid leftovers of REINDEX CONCURRENTLY, per target index-maintenance has run on. */
   indexLeftovers: IndexLeftoverHealth[];
   queries: QueryHealth[];
-  /** Parts that could not be read, by name: a reading is partial rather than absent. */
+  /** Parts that could not be read, by name (one target's backups: `backups:<target>`): a reading is partial
+   * rather than absent. */
   errors: Record<string, string>;
 }
 
@@ -162,28 +167,49 @@ export class HealthReader {
       );
     const prefix = rt.config.redis.prefix;
     const scheduleRows = part('history', rt.history.scheduleStatus(), []);
-    const [stats, jobs, schedules, indexes, queries, queues, partitions] = await Promise.all([
+    const [stats, jobs, schedules, indexes, queries, queues, { targets, partitions }] = await Promise.all([
       part('redis', redis(readRunStats(rt.queues.connection, prefix)), { runs: [], durations: [] }),
       part('history', rt.history.jobStatus(), []),
       part('schedules', this.schedules(scheduleRows, now, redis), []),
       part('history', this.indexes(), []),
       part('history', this.queries(), []),
       part('queues', redis(this.queues()), []),
-      redis(this.runningRetention())
-        .catch(() => new Set<string>())
-        .then((running) =>
-          readPartitionHealth(rt, now, running, errors, (err) => this.describeError(err), this.targetDeadlineMs),
+      // Each target is reached first; the parts that read targets then pass the unreachable ones by.
+      Promise.all([
+        redis(this.runningRetention()).catch(() => new Set<string>()),
+        readTargets(rt, this.targetDeadlineMs),
+      ]).then(async ([running, targets]) => ({
+        targets,
+        partitions: await readPartitionHealth(
+          rt,
+          now,
+          running,
+          errors,
+          (err) => this.describeError(err),
+          this.targetDeadlineMs,
+          unreachableTargets(targets),
         ),
+      })),
     ]);
-    const indexLeftovers = await readIndexLeftovers(rt, jobs, this.targetDeadlineMs);
-    const backups = await part(
-      'backups',
-      Promise.all(
-        [...rt.config.targets.keys()].map((t) => withinTargetDeadline(this.backups(t, now), t, this.targetDeadlineMs)),
-      ),
-      [],
+    const unreachable = unreachableTargets(targets);
+    const indexLeftovers = await readIndexLeftovers(
+      rt,
+      jobs.filter((j) => !unreachable.has(j.target)),
+      this.targetDeadlineMs,
     );
-    const snapshot = { at: now, ...stats, jobs, schedules, queues, backups, partitions, indexes, queries };
+    // Per target: one target's catalog that cannot be read leaves the others' standing.
+    const backups = (
+      await Promise.all(
+        [...rt.config.targets.keys()].map((t) =>
+          part<BackupHealth | undefined>(
+            `backups:${t}`,
+            withinTargetDeadline(this.backups(t, now), t, this.targetDeadlineMs),
+            undefined,
+          ),
+        ),
+      )
+    ).filter((b) => b !== undefined);
+    const snapshot = { at: now, ...stats, jobs, schedules, queues, targets, backups, partitions, indexes, queries };
     return { ...snapshot, indexLeftovers, errors };
   }
 

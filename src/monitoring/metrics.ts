@@ -112,6 +112,11 @@ export class Metrics {
         'How long the longest-running active job has run',
         ['queue'],
       ),
+      targetUp: gauge(
+        'pgmaint_target_up',
+        '1 when the target answered in this reading, 0 when it could not be reached',
+        ['target', 'cluster'],
+      ),
       dumpAge: gauge('pgmaint_backup_newest_age_seconds', 'Age of the newest verified backup', ['target', 'kind']),
       window: gauge(
         'pgmaint_recovery_window_seconds',
@@ -200,6 +205,7 @@ export class Metrics {
       const oldest = Math.min(...q.active.map((a) => a.startedAt));
       set(this.g.queueOldestActive!, { queue: q.queue }, q.active.length ? (s.at - oldest) / 1000 : 0);
     }
+    for (const t of s.targets) set(this.g.targetUp!, { target: t.target, cluster: t.cluster }, t.reachable ? 1 : 0);
     for (const b of s.backups) {
       const t = { target: b.target };
       set(this.g.dumpAge!, { ...t, kind: 'dump' }, b.newestDumpAgeSeconds);

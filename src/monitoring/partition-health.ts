@@ -78,7 +78,8 @@ async function partitionHealth(rt: Runtime, policy: PartitionPolicy, now: number
 /**
  * Each policy's table, and each table the retention journal holds partitions of on any
  * target: its stranded partitions count whether or not a policy still names it. A target
- * whose journal cannot be read is named in `errors` as journal:<target>.
+ * whose journal cannot be read is named in `errors` as journal:<target>; one that could not be
+ * reached at all (`unreachable`, with its error) is passed by.
  */
 export async function readPartitionHealth(
   rt: Runtime,
@@ -87,16 +88,21 @@ export async function readPartitionHealth(
   errors: Record<string, string>,
   describeError: (err: unknown) => string,
   targetDeadlineMs: number,
+  unreachable: Map<string, string> = new Map(),
 ): Promise<PartitionHealth[]> {
   // Each target's reads are bounded and run side by side: a slow target delays no other.
+  // A target that could not be reached is not tried again: its tables say so.
   const rows = await Promise.all(
-    rt.config.partitions.map((p) =>
-      withinTargetDeadline(partitionHealth(rt, p, now), p.target, targetDeadlineMs).catch(
+    rt.config.partitions.map((p): PartitionHealth | Promise<PartitionHealth> => {
+      const down = unreachable.get(p.target);
+      if (down !== undefined)
+        return { ...unreadRow(p.target, p.table), policy: true, error: `target ${p.target} is unreachable: ${down}` };
+      return withinTargetDeadline(partitionHealth(rt, p, now), p.target, targetDeadlineMs).catch(
         (err: Error): PartitionHealth => ({ ...unreadRow(p.target, p.table), policy: true, error: err.message }),
-      ),
-    ),
+      );
+    }),
   );
-  const targets = [...rt.config.targets.keys()];
+  const targets = [...rt.config.targets.keys()].filter((t) => !unreachable.has(t));
   const journals = await Promise.all(
     targets.map((target) =>
       withinTargetDeadline(strandedPartitions(rt, target, runningRetention), target, targetDeadlineMs).catch((err) => {

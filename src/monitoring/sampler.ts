@@ -17,10 +17,10 @@ export const STORED_SNAPSHOT_MAX_AGE_MS = 10 * SAMPLE_INTERVAL_MS;
 const STORED_TTL_SECONDS = 3600;
 
 /** Bumped when StatusSnapshot changes shape: a process never reads another version's snapshot. */
-const STORED_VERSION = 1;
+const STORED_VERSION = 2;
 
 /** The parts of a snapshot the status report shows: what is stored in Redis (not the per-schedule detail). */
-export type StatusSnapshot = Pick<HealthSnapshot, 'at' | 'queues' | 'backups' | 'partitions' | 'errors'>;
+export type StatusSnapshot = Pick<HealthSnapshot, 'at' | 'queues' | 'targets' | 'backups' | 'partitions' | 'errors'>;
 
 export const snapshotKey = (prefix: string) => `${prefix}:health:snapshot`;
 
@@ -156,6 +156,7 @@ export class HealthSampler implements SnapshotProvider {
     const snapshot: StatusSnapshot = {
       at: s.at,
       queues: s.queues,
+      targets: s.targets,
       backups: s.backups,
       partitions: s.partitions,
       errors: s.errors,

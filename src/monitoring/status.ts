@@ -34,6 +34,9 @@ export interface StatusReport {
   alerts: (Pick<Incident, 'rule' | 'severity' | 'summary' | 'since'> & { targets?: string[] })[];
   targets: {
     target: string;
+    /** It answered in the reading; when not, `error` says why (its backups below still stand). */
+    reachable: boolean;
+    error?: string;
     dumpAgeSeconds: number | null;
     baseBackupAgeSeconds: number | null;
     drill: { ok: boolean; ageSeconds: number; rtoSeconds: number | null; rpoSeconds: number | null } | null;
@@ -71,6 +74,7 @@ export async function statusReport(
   ]);
   const age = (at: number | null | undefined) => (at ? Math.max(0, Math.round((s.at - at) / 1000)) : null);
   const severity = { critical: 0, warning: 1 };
+  const backups = new Map(s.backups.map((b) => [b.target, b]));
   const now = Date.now();
   return {
     at: new Date(now).toISOString(),
@@ -95,21 +99,28 @@ export async function statusReport(
         since,
         ...(targets ? { targets } : {}),
       })),
-    targets: s.backups.map((b) => ({
-      target: b.target,
-      dumpAgeSeconds: b.newestDumpAgeSeconds,
-      baseBackupAgeSeconds: b.newestBaseBackupAgeSeconds,
-      drill: b.drill
-        ? {
-            ok: b.drill.ok,
-            ageSeconds: age(b.drill.finishedAt) ?? 0,
-            rtoSeconds: b.drill.rtoSeconds,
-            rpoSeconds: b.drill.rpoSeconds,
-          }
-        : null,
-      archiveLagSeconds: b.archive?.lagSeconds ?? null,
-      recoveryWindowSeconds: b.recoveryWindowSeconds,
-    })),
+    // Every target, each on its own: one that cannot be reached, or whose backups cannot be
+    // read, is marked so and leaves the others whole.
+    targets: s.targets.map((t) => {
+      const b = backups.get(t.target);
+      return {
+        target: t.target,
+        reachable: t.reachable,
+        ...(t.error ? { error: t.error } : {}),
+        dumpAgeSeconds: b?.newestDumpAgeSeconds ?? null,
+        baseBackupAgeSeconds: b?.newestBaseBackupAgeSeconds ?? null,
+        drill: b?.drill
+          ? {
+              ok: b.drill.ok,
+              ageSeconds: age(b.drill.finishedAt) ?? 0,
+              rtoSeconds: b.drill.rtoSeconds,
+              rpoSeconds: b.drill.rpoSeconds,
+            }
+          : null,
+        archiveLagSeconds: b?.archive?.lagSeconds ?? null,
+        recoveryWindowSeconds: b?.recoveryWindowSeconds ?? null,
+      };
+    }),
     partitions: s.partitions.map((p) => ({
       target: p.target,
       table: p.table,

@@ -1,10 +1,13 @@
 // Redis and PostgreSQL connections for one process. Pools are created lazily per
-// target and closed in reverse order of creation on shutdown.
+// target and purpose and closed in reverse order of creation on shutdown. Every
+// pool of a cluster keeps to that cluster's connection budget (connection-budget.ts).
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis, Cluster } from 'ioredis';
-import pg from 'pg';
-import type { Config, RedisConfig, TargetConfig } from '../core/config.ts';
+import type pg from 'pg';
+import { clusterBudget, type Config, type RedisConfig, type TargetConfig } from '../core/config.ts';
 import { PermanentJobError } from '../core/errors.ts';
+import { BudgetedPool } from './budgeted-pool.ts';
+import { Budget } from './connection-budget.ts';
 
 export type RedisClient = Redis | Cluster;
 
@@ -61,8 +64,25 @@ export function createRedis(
   return new Redis(cfg.url, common);
 }
 
+/** One process's budgets on one cluster. */
+export interface ClusterBudgets {
+  /** Every session of the process on the cluster. */
+  sessions: Budget;
+  /** Sessions of the health readings and /readyz (within `sessions`). */
+  readings: Budget;
+  /** Runs of jobs holding sessions at once: half the budget, so each can always get a second. */
+  runs: Budget;
+}
+
+/** How long one connection attempt may take (once the budget let it start). */
+const CONNECT_TIMEOUT_MS = 10_000;
+
 export class Connections {
-  private pools = new Map<string, pg.Pool>();
+  private pools = new Map<string, BudgetedPool>();
+  private budgets = new Map<string, ClusterBudgets>();
+  /** Runs holding sessions on a target at once: half its pool, so each can always get a second. */
+  private targetRuns = new Map<string, Budget>();
+  private probes = new Map<string, Promise<void>>();
   private redisClients: RedisClient[] = [];
 
   constructor(readonly config: Config) {}
@@ -77,21 +97,54 @@ export class Connections {
     return t;
   }
 
-  /** The pool for a target; `purpose` keeps separate pools for separate uses (run history). */
+  /** The budgets of a cluster in this process. */
+  cluster(name: string): ClusterBudgets {
+    let b = this.budgets.get(name);
+    if (!b) {
+      const { budget, readings } = clusterBudget(this.config, name);
+      b = {
+        sessions: new Budget(`sessions on ${name}`, budget),
+        readings: new Budget(`reading sessions on ${name}`, readings),
+        runs: new Budget(`runs on ${name}`, Math.floor(budget / 2)),
+      };
+      this.budgets.set(name, b);
+    }
+    return b;
+  }
+
+  private targetRunSlots(t: TargetConfig): Budget {
+    let slots = this.targetRuns.get(t.name);
+    if (!slots) {
+      slots = new Budget(`runs on target ${t.name}`, Math.max(1, Math.floor(t.poolSize / 2)));
+      this.targetRuns.set(t.name, slots);
+    }
+    return slots;
+  }
+
+  /**
+   * The pool for a target; `purpose` keeps separate pools for separate uses: jobs (runs
+   * check out inside their RunSessions scope), history (run history writes and reads),
+   * monitor (health readings and /readyz, within the cluster's readings share).
+   */
   pool(targetName: string, purpose = 'jobs'): pg.Pool {
     const key = `${targetName}/${purpose}`;
     let pool = this.pools.get(key);
     if (!pool) {
       const t = this.target(targetName);
-      pool = new pg.Pool({
+      const b = this.cluster(t.cluster);
+      const reading = purpose === 'monitor';
+      pool = new BudgetedPool({
         connectionString: t.url,
-        max: t.poolSize,
-        // One session stays open between runs: a backend started after the jobs' own DDL
-        // rebuilds its catalog caches, and at every hourly run that showed in the
-        // application's insert latency (docs/benchmarks.md, live impact).
-        min: 1,
         application_name: purpose === 'jobs' ? 'pgmaint' : `pgmaint/${purpose}`,
-        connectionTimeoutMillis: 10_000,
+        max: Math.min(reading ? b.readings.size : t.poolSize, b.sessions.size),
+        // No session stays open for its own sake: at 1,000 targets one idle session per
+        // target and process would be thousands. A run that follows within the idle
+        // timeout reuses its predecessor's session; one that follows later starts a fresh
+        // backend, which costs the application a little (docs/fleet.md, sizing connections).
+        idleTimeoutMillis: this.config.connections.idleTimeoutMs,
+        connectTimeoutMs: CONNECT_TIMEOUT_MS,
+        budgets: reading ? [b.readings, b.sessions] : [b.sessions],
+        runSlots: purpose === 'jobs' ? [this.targetRunSlots(t), b.runs] : undefined,
       });
       // An idle client that loses its server must not crash the process.
       pool.on('error', () => undefined);
@@ -102,6 +155,23 @@ export class Connections {
       this.pools.set(key, pool);
     }
     return pool;
+  }
+
+  /**
+   * `select 1` on a target, on the readings' share of its cluster (/readyz). A probe still
+   * waiting for a session is shared by those who ask meanwhile: probes that give up never
+   * pile up behind a busy budget.
+   */
+  probe(targetName: string): Promise<void> {
+    let probe = this.probes.get(targetName);
+    if (!probe) {
+      probe = this.pool(targetName, 'monitor')
+        .query('select 1')
+        .then(() => undefined)
+        .finally(() => this.probes.delete(targetName));
+      this.probes.set(targetName, probe);
+    }
+    return probe;
   }
 
   redis(name?: string, mode: RedisMode = 'patient'): RedisClient {

@@ -6,6 +6,7 @@ import type { Job } from 'bullmq';
 import type { Config, TargetConfig } from '../core/config.ts';
 import { type LibpqSettings, libpqSettings } from '../core/libpq.ts';
 import type { Logger } from '../core/logger.ts';
+import { RunSessions, runScope, type SessionOwner } from './budgeted-pool.ts';
 import type { Connections } from './connections.ts';
 import type { JobContext } from './job-definition.ts';
 import type { JobData } from './queues.ts';
@@ -46,7 +47,7 @@ export class RunAbort {
   }
 }
 
-export class RunContext implements JobContext {
+export class RunContext implements JobContext, SessionOwner {
   /** Whether the handler reported progress (then the final 100 % is sent as an event too). */
   reported = false;
   readonly abort: RunAbort;
@@ -103,6 +104,20 @@ export class RunContext implements JobContext {
 
   get signal(): AbortSignal {
     return this.abort.signal;
+  }
+
+  get aborted(): Promise<never> {
+    return this.abort.aborted;
+  }
+
+  /**
+   * Runs the handler as this run: its checkouts are admitted on their cluster and keep to
+   * its connection budget (budgeted-pool.ts); the run's admission ends when the handler
+   * settles, also after an abort.
+   */
+  runHandler<T>(handler: () => Promise<T>): Promise<T> {
+    const sessions = new RunSessions(this);
+    return runScope.run(sessions, async () => handler()).finally(() => sessions.end());
   }
 
   /**

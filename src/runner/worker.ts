@@ -232,7 +232,7 @@ export class WorkerRuntime {
       registered.run.timeoutMs,
     );
 
-    const handling = registered.def.handler(ctx, payload);
+    const handling = ctx.runHandler(() => registered.def.handler(ctx, payload));
     handling.catch(() => undefined);
     try {
       const result = await Promise.race([handling, abort.aborted]);

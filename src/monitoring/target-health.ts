@@ -1,0 +1,84 @@
+// Whether each target can be reached: the first part of a reading that touches the
+// targets. One session per target, within the readings' share of its cluster's
+// connection budget; a target that cannot be reached is marked, with its error, and
+// the parts that would read it (partitions, journals, index leftovers) pass it by, so
+// one target down never blinds the readings of the others.
+import type pg from 'pg';
+import { coerceError, describeError, errorCode, INTERNAL_CODE } from '../core/errors.ts';
+import type { Runtime } from '../runner/runtime.ts';
+
+/** Whether a target could be reached in this reading: a session opened and answered. */
+export interface TargetHealth {
+  target: string;
+  cluster: string;
+  reachable: boolean;
+  /** Why not: the connection's error (refused, timed out, too many clients, …). */
+  error?: string;
+  /** Its stable code (src/core/errors.ts): PG_<SQLSTATE> (PG_53300 too many clients, PG_3D000 no such
+   * database, …), the system's errno (ECONNREFUSED, …), TIMEOUT or UNREACHABLE; alerts group on it. */
+  code?: string;
+}
+
+/** Errors that say the server itself did not answer (rather than this database or role refusing). */
+const NO_ANSWER = new Set(['ECONNREFUSED', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN']);
+
+function serverDidNotAnswer(err: unknown): boolean {
+  const code = (err as { code?: unknown })?.code;
+  return (typeof code === 'string' && NO_ANSWER.has(code)) || /timeout expired/i.test((err as Error)?.message ?? '');
+}
+
+/** The code failed runs are recorded under; the driver's own timeouts are plain errors: TIMEOUT. */
+function codeOf(err: unknown): string {
+  const code = errorCode(err);
+  if (code !== INTERNAL_CODE) return code;
+  return /timeout/i.test((err as Error)?.message ?? '') ? 'TIMEOUT' : 'UNREACHABLE';
+}
+
+/**
+ * `select 1` on the target; never throws. The wait for a session (the budget's line) is not
+ * the target's fault: only the connection attempt (its own timeout) and the statement
+ * (`answerMs`) are bounded. The session goes back idle for the reads that follow.
+ */
+async function probe(rt: Runtime, name: string, answerMs: number): Promise<TargetHealth & { serverDown?: boolean }> {
+  const cluster = rt.config.targets.get(name)!.cluster;
+  try {
+    await rt.connections.pool(name, 'monitor').query({ text: 'select 1', query_timeout: answerMs } as pg.QueryConfig);
+    return { target: name, cluster, reachable: true };
+  } catch (err) {
+    return {
+      target: name,
+      cluster,
+      reachable: false,
+      error: describeError(coerceError(err)),
+      code: codeOf(err),
+      serverDown: serverDidNotAnswer(err),
+    };
+  }
+}
+
+/**
+ * Every configured target, in configuration order. Per cluster, the first target is
+ * tried alone: when its server does not answer at all, the cluster's other databases are
+ * marked with that error without a try each (one connection timeout, not one per database).
+ */
+export async function readTargets(rt: Runtime, answerMs: number): Promise<TargetHealth[]> {
+  const byCluster = new Map<string, string[]>();
+  for (const t of rt.config.targets.values()) byCluster.set(t.cluster, [...(byCluster.get(t.cluster) ?? []), t.name]);
+  const read = await Promise.all(
+    [...byCluster].map(async ([cluster, [first, ...rest]]): Promise<TargetHealth[]> => {
+      const { serverDown, ...head } = await probe(rt, first!, answerMs);
+      if (!serverDown) return [head, ...(await Promise.all(rest.map((t) => probe(rt, t, answerMs))))].map(withoutFlag);
+      const error = `cluster ${cluster} did not answer (as for target ${first}): ${head.error}`;
+      return [head, ...rest.map((target) => ({ target, cluster, reachable: false, error, code: head.code }))];
+    }),
+  );
+  const byName = new Map(read.flat().map((t) => [t.target, t]));
+  return [...rt.config.targets.keys()].map((t) => byName.get(t)!);
+}
+
+const withoutFlag = ({ serverDown: _, ...t }: TargetHealth & { serverDown?: boolean }): TargetHealth => t;
+
+/** Unreachable targets with their errors, for the parts that pass them by. */
+export function unreachableTargets(targets: TargetHealth[]): Map<string, string> {
+  return new Map(targets.filter((t) => !t.reachable).map((t) => [t.target, t.error ?? 'unreachable']));
+}
