@@ -90,61 +90,63 @@ beforeAll(async () => {
 afterAll(() => h.close());
 afterEach(() => h.killChildren());
 
-describe('one target that cannot be reached never blinds the fleet', () => {
+/** The server, in this process, with the evaluations driven by the tests. */
+async function serverOf(rt: Runtime): Promise<{ base: string; monitor: AlertMonitor }> {
+  // sampleIntervalMs 0: every answer reads the fleet afresh (and stores it for `pgmaint status`).
+  const server = await startServer(rt, { port: 0, host: '127.0.0.1', sampleIntervalMs: 0 });
+  server.monitor.stop();
+  return { base: `http://127.0.0.1:${server.port}`, monitor: server.monitor };
+}
+
+interface OpenAlert {
+  key: string;
+  rule: string;
+  summary: string;
+  targets?: string[];
+  labels: Record<string, string>;
+}
+const openAlerts = async (base: string) =>
+  ((await (await fetch(`${base}/api/alerts`, { headers: auth })).json()) as { open: OpenAlert[] }).open;
+
+describe('three targets, one of them down', () => {
   let rt: Runtime;
   let base: string;
   let monitor: AlertMonitor;
-  let capped: string;
+  let deadPort: number;
 
   beforeAll(async () => {
     const second = await targetDb('second');
-    const deadPort = await freePort();
-    // A role PostgreSQL refuses with SQLSTATE 53300 (too many connections), like a full server.
-    capped = `capped_${h.id}`.slice(0, 60);
-    await h.admin.query(`create role "${capped}" login connection limit 0`);
+    deadPort = await freePort();
     h.configFile({
       targets: {
         main: { schedules: 'none' },
         second: { url: dbUrl(second), schedules: 'none' },
         down: { url: `postgres://postgres@127.0.0.1:${deadPort}/gone`, schedules: 'none' },
-        // Another database of the same dead server: not tried again in the same reading.
-        down2: { url: `postgres://postgres@127.0.0.1:${deadPort}/gone2`, schedules: 'none' },
-        capped: { url: dbUrl(mainDb, capped), schedules: 'none' },
       },
       partitions: [policy('main'), policy('second'), policy('down')],
-      // One attempt: only the wait for a session can carry the run past `too many clients`.
-      jobs: { 'index-report': { attempts: 1 } },
     });
     rt = h.runtime({ jobs, schedules: [] });
-    const server = await startServer(rt, { port: 0, host: '127.0.0.1', sampleIntervalMs: 0 });
-    server.monitor.stop(); // the tests drive the evaluations
-    monitor = server.monitor;
-    base = `http://127.0.0.1:${server.port}`;
+    ({ base, monitor } = await serverOf(rt));
   });
   // Its sessions are gone before the next tests count theirs.
   afterAll(() => rt.close());
 
-  it('a closed port: status, metrics and alerts go on for every target, the down one marked', async () => {
+  it('status, metrics and alerts go on for the others; the down one is marked with its errors', async () => {
     const res = await fetch(`${base}/api/status`, { headers: auth });
     expect(res.status).toBe(200);
     const status = (await res.json()) as StatusReport;
-    const byTarget = Object.fromEntries(status.targets.map((t) => [t.target, t]));
-    expect(Object.keys(byTarget).sort()).toEqual(['capped', 'down', 'down2', 'main', 'second']);
-    expect(byTarget.main).toMatchObject({ reachable: true });
-    expect(byTarget.second).toMatchObject({ reachable: true });
-    expect(byTarget.down).toMatchObject({ reachable: false, error: expect.stringMatching(/ECONNREFUSED/) });
-    expect(byTarget.down2).toMatchObject({
-      reachable: false,
-      error: expect.stringMatching(
-        /^cluster 127\.0\.0\.1:\d+ did not answer \(as for target down\): connect ECONNREFUSED/,
-      ),
-    });
+    expect(status.targets.map((t) => [t.target, t.reachable])).toEqual([
+      ['main', true],
+      ['second', true],
+      ['down', false],
+    ]);
+    expect(status.targets[2]!.error).toMatch(/^connect ECONNREFUSED 127\.0\.0\.1:\d+/);
     const runway = Object.fromEntries(status.partitions.map((p) => [p.target, p]));
     expect(runway.main!.runwaySeconds).toBeGreaterThan(0);
     expect(runway.second!.runwaySeconds).toBeGreaterThan(0);
     expect(runway.down).toMatchObject({
       runwaySeconds: null,
-      error: expect.stringMatching(/target down is unreachable/),
+      error: expect.stringMatching(/^target down is unreachable: connect ECONNREFUSED/),
     });
     expect(status.errors).toEqual({});
 
@@ -154,26 +156,30 @@ describe('one target that cannot be reached never blinds the fleet', () => {
     const port = new URL(inject('pgUrl')).port;
     expect(text).toContain(`pgmaint_target_up{target="main",cluster="127.0.0.1:${port}"} 1`);
     expect(text).toContain(`pgmaint_target_up{target="second",cluster="127.0.0.1:${port}"} 1`);
-    expect(text).toMatch(/^pgmaint_target_up\{target="down",cluster="127\.0\.0\.1:\d+"\} 0$/m);
+    expect(text).toContain(`pgmaint_target_up{target="down",cluster="127.0.0.1:${deadPort}"} 0`);
+    expect(text).toMatch(/^pgmaint_partition_runway_seconds\{target="main",table="iot.reading"\} \d+$/m);
     expect(text).toMatch(/^pgmaint_partition_runway_seconds\{target="second",table="iot.reading"\} \d+$/m);
     // What was not read is the down target's table, and nothing else.
     expect(text.match(/^pgmaint_health_read_errors\{.*$/gm)).toEqual([
       'pgmaint_health_read_errors{part="partitions:down:iot.reading"} 1',
     ]);
 
+    // The others' alerts fire as ever; the down target is one alert of its own, and its table none.
+    const unreachableKey = `target-unreachable:127.0.0.1:${deadPort}:ECONNREFUSED`;
     const evaluation = (await monitor.evaluate())!;
     expect(evaluation.fired.sort()).toEqual([
       'partition-runway:main:iot.reading',
       'partition-runway:second:iot.reading',
-      'target-unreachable:capped',
-      'target-unreachable:down',
-      'target-unreachable:down2',
+      unreachableKey,
     ]);
-    const alerts = (await (await fetch(`${base}/api/alerts`, { headers: auth })).json()) as {
-      open: { key: string; summary: string }[];
-    };
-    expect(alerts.open.find((a) => a.key === 'target-unreachable:down')!.summary).toMatch(
-      /^target down cannot be reached \(cluster 127\.0\.0\.1:\d+\): connect ECONNREFUSED/,
+    const down = (await openAlerts(base)).find((a) => a.rule === 'target-unreachable')!;
+    expect(down).toMatchObject({
+      key: unreachableKey,
+      targets: ['down'],
+      labels: { cluster: `127.0.0.1:${deadPort}`, code: 'ECONNREFUSED' },
+    });
+    expect(down.summary).toMatch(
+      new RegExp(`^target down cannot be reached \\(cluster 127\\.0\\.0\\.1:${deadPort}\\): connect ECONNREFUSED`),
     );
 
     // `pgmaint status --json`, a process of its own, reads the same.
@@ -185,11 +191,11 @@ describe('one target that cannot be reached never blinds the fleet', () => {
       ['main', true],
       ['second', true],
       ['down', false],
-      ['down2', false],
-      ['capped', false],
     ]);
     expect(report.partitions.filter((p) => p.runwaySeconds !== null).map((p) => p.target)).toEqual(['main', 'second']);
-    expect(report.alerts.filter((a) => a.rule === 'target-unreachable')).toHaveLength(3);
+    expect(report.alerts.filter((a) => a.rule === 'target-unreachable')).toEqual([
+      expect.objectContaining({ targets: ['down'] }),
+    ]);
     expect(report.errors).toEqual({});
     const table = h.spawnPgmaint(['status'], { LOG_LEVEL: 'warn' });
     expect(await table.exited).toBe(0);
@@ -198,24 +204,81 @@ describe('one target that cannot be reached never blinds the fleet', () => {
     );
     expect(table.output()).toMatch(/^main\s+none\s+none\s+never\s+-\s+-$/m);
   });
+});
 
-  it('a target answering `too many clients` (SQLSTATE 53300) is read, and alerted on, the same way', async () => {
-    const status = (await (await fetch(`${base}/api/status`, { headers: auth })).json()) as StatusReport;
-    expect(status.targets.find((t) => t.target === 'capped')).toEqual(
-      expect.objectContaining({
-        reachable: false,
-        error: expect.stringMatching(/too many connections for role .*\(SQLSTATE 53300\)/),
-      }),
+describe('a full server, and a dead server with two databases', () => {
+  let rt: Runtime;
+  let base: string;
+  let monitor: AlertMonitor;
+  let capped: string;
+  let deadPort: number;
+  const fullKey = () => `target-unreachable:127.0.0.1:${new URL(inject('pgUrl')).port}:PG_53300`;
+
+  beforeAll(async () => {
+    deadPort = await freePort();
+    // A role PostgreSQL refuses with SQLSTATE 53300 (too many connections), like a full server.
+    capped = `capped_${h.id}`.slice(0, 60);
+    await h.admin.query(`create role "${capped}" login connection limit 0`);
+    h.configFile({
+      targets: {
+        main: { schedules: 'none' },
+        down: { url: `postgres://postgres@127.0.0.1:${deadPort}/gone`, schedules: 'none' },
+        // Another database of the same dead server: not tried again in the same reading.
+        down2: { url: `postgres://postgres@127.0.0.1:${deadPort}/gone2`, schedules: 'none' },
+        capped: { url: dbUrl(mainDb, capped), schedules: 'none' },
+      },
+      partitions: [policy('main'), policy('down')],
+      // One attempt: only the wait for a session can carry the run past `too many clients`.
+      jobs: { 'index-report': { attempts: 1 } },
+    });
+    rt = h.runtime({ jobs, schedules: [] });
+    ({ base, monitor } = await serverOf(rt));
+  });
+  afterAll(() => rt.close());
+
+  it('`too many clients` (53300) is read and alerted on like a closed port: one alert per cluster, code', async () => {
+    const res = await fetch(`${base}/api/status`, { headers: auth });
+    expect(res.status).toBe(200);
+    const status = (await res.json()) as StatusReport;
+    const byTarget = Object.fromEntries(status.targets.map((t) => [t.target, t]));
+    expect(byTarget.main).toMatchObject({ reachable: true });
+    expect(byTarget.capped).toMatchObject({
+      reachable: false,
+      error: expect.stringMatching(/too many connections for role .*\(SQLSTATE 53300\)/),
+    });
+    expect(byTarget.down).toMatchObject({ reachable: false, error: expect.stringMatching(/ECONNREFUSED/) });
+    expect(byTarget.down2).toMatchObject({
+      reachable: false,
+      error: expect.stringMatching(
+        /^cluster 127\.0\.0\.1:\d+ did not answer \(as for target down\): connect ECONNREFUSED/,
+      ),
+    });
+    expect(status.errors).toEqual({});
+    const metrics = await fetch(`${base}/metrics`, { headers: auth });
+    expect(metrics.status).toBe(200);
+    expect(await metrics.text()).toMatch(/^pgmaint_target_up\{target="capped",cluster="127\.0\.0\.1:\d+"\} 0$/m);
+
+    const evaluation = (await monitor.evaluate())!;
+    const deadKey = `target-unreachable:127.0.0.1:${deadPort}:ECONNREFUSED`;
+    expect(evaluation.fired.filter((k) => k.startsWith('target-unreachable:')).sort()).toEqual(
+      [deadKey, fullKey()].sort(),
     );
-    expect(status.targets.filter((t) => t.reachable).map((t) => t.target)).toEqual(['main', 'second']);
-    const text = await (await fetch(`${base}/metrics`, { headers: auth })).text();
-    expect(text).toMatch(/^pgmaint_target_up\{target="capped",cluster="127\.0\.0\.1:\d+"\} 0$/m);
-    const open = await monitor.open();
-    expect(open.find((a) => a.key === 'target-unreachable:capped')!.summary).toMatch(
-      /too many connections for role .*SQLSTATE 53300/,
+    const open = (await openAlerts(base)).filter((a) => a.rule === 'target-unreachable');
+    expect(open.map((a) => [a.key, a.targets]).sort()).toEqual(
+      [
+        [deadKey, ['down', 'down2']],
+        [fullKey(), ['capped']],
+      ].sort(),
     );
-    // Nothing else about it: no unreadable-part alert, no alert blinded for the others.
+    expect(open.find((a) => a.key === fullKey())!.summary).toMatch(
+      /^target capped cannot be reached \(cluster 127\.0\.0\.1:\d+\): too many connections for role .*SQLSTATE 53300/,
+    );
+    expect(open.find((a) => a.key === deadKey)!.summary).toMatch(
+      /^2 targets on cluster 127\.0\.0\.1:\d+ cannot be reached with ECONNREFUSED \(down, down2\)/,
+    );
+    // Nothing more about them: no unreadable-part alert for the down target's table.
     expect((await monitor.evaluate())!.fired).toEqual([]);
+    expect((await openAlerts(base)).filter((a) => a.rule === 'health-read')).toEqual([]);
   });
 
   it('a run that meets `too many clients` waits with backoff and succeeds once a session is free', async () => {
@@ -243,11 +306,25 @@ describe('one target that cannot be reached never blinds the fleet', () => {
     );
     expect(rows.map((r) => r.outcome)).toEqual(['succeeded']);
     await workers.close(5000);
+    // The server answers again: its alert resolves, the dead server's stays.
+    const evaluation = (await monitor.evaluate())!;
+    expect(evaluation.resolved).toContain(fullKey());
+    expect(evaluation.open).toContain(`target-unreachable:127.0.0.1:${deadPort}:ECONNREFUSED`);
   });
 });
 
 describe('connections by budget', () => {
-  it('no idle session is held by the worker or the server once the idle timeout has passed', async () => {
+  const names = ['main', ...[1, 2, 3, 4, 5, 6, 7].map((i) => `b${i}`)];
+  let dbs: string[];
+  /** Eight targets: databases of the one test cluster, each with a partitioned table. */
+  const eightTargets = async () => {
+    dbs ??= [mainDb, ...(await Promise.all(names.slice(1).map((n) => targetDb(n))))];
+    return Object.fromEntries(
+      names.map((n, i) => [n, i === 0 ? { schedules: 'none' } : { url: dbUrl(dbs[i]!), schedules: 'none' }]),
+    );
+  };
+
+  it('no idle session is held by the worker or the server once the idle timeout (default 10 s) passed', async () => {
     const dbs = [mainDb, await targetDb('idle1'), await targetDb('idle2')];
     h.configFile({
       targets: {
@@ -256,7 +333,6 @@ describe('connections by budget', () => {
         idle2: { url: dbUrl(dbs[2]!), schedules: 'none' },
       },
       partitions: [policy('main'), policy('idle1'), policy('idle2')],
-      connections: { idleTimeoutMs: 300 },
     });
     const rt = h.runtime({ jobs, schedules: [] });
     const sampler = sessionSampler(dbs);
@@ -271,27 +347,24 @@ describe('connections by budget', () => {
       );
       for (const { job } of runs)
         expect((await waitForFinished(rt.queues.get('create-partitions'), job.id!)).state).toBe('completed');
-      // The server reads every target for /metrics and /readyz.
-      expect((await fetch(`http://127.0.0.1:${port}/metrics`, { headers: auth })).status).toBe(200);
+      // The server reads every target for its health snapshot and /readyz.
+      expect((await fetch(`http://127.0.0.1:${port}/api/status?fresh=1`, { headers: auth })).status).toBe(200);
       expect((await fetch(`http://127.0.0.1:${port}/readyz`)).status).toBe(200);
       expect(await sampler.stop()).toBeGreaterThan(0); // the sampler saw their sessions while they worked
-      await waitUntil(async () => (await sampler.count()) === 0, 15_000, 'no pgmaint session left on the targets');
+      // Both processes still run, and hold nothing on any target.
+      await waitUntil(async () => (await sampler.count()) === 0, 40_000, 'no pgmaint session left on the targets');
+      expect([worker.child.exitCode, server.child.exitCode]).toEqual([null, null]);
     } finally {
       await sampler.stop();
       await sampler.close();
     }
   });
 
-  it('a budget of 4 on a cluster of 8 targets: never more than 4 sessions, and every run succeeds', async () => {
-    const names = ['main', ...[1, 2, 3, 4, 5, 6, 7].map((i) => `b${i}`)];
-    const dbs = [mainDb, ...(await Promise.all(names.slice(1).map((n) => targetDb(n))))];
+  it('a worker running 16 jobs on 8 targets of one cluster never holds more than the default budget, 10', async () => {
     h.configFile({
-      targets: Object.fromEntries(
-        names.map((n, i) => [n, i === 0 ? { schedules: 'none' } : { url: dbUrl(dbs[i]!), schedules: 'none' }]),
-      ),
+      targets: await eightTargets(),
       partitions: names.map(policy),
       jobs: { 'create-partitions': { concurrency: 8 }, 'vacuum-analyze': { concurrency: 8 } },
-      connections: { budget: 4 },
     });
     const rt = h.runtime({ jobs, schedules: [] });
     const worker = h.spawnPgmaint(['worker', '--queues', 'create-partitions,vacuum-analyze']);
@@ -304,13 +377,42 @@ describe('connections by budget', () => {
           rt.queues.enqueue('vacuum-analyze', { target }),
         ]),
       );
+      // Hitting the budget queues the work: every run succeeds.
       const states = await Promise.all(
         runs.map(async ({ job }) => (await waitForFinished(rt.queues.get(job.name), job.id!, 90_000)).state),
       );
       expect(states).toEqual(runs.map(() => 'completed'));
       const peak = await sampler.stop();
       expect(peak).toBeGreaterThan(0);
-      expect(peak).toBeLessThanOrEqual(4);
+      expect(peak).toBeLessThanOrEqual(10);
+    } finally {
+      await sampler.stop();
+      await sampler.close();
+    }
+  });
+
+  it('the server keeps to a configured budget of 3: health readings, /readyz and run history together', async () => {
+    h.configFile({
+      targets: await eightTargets(),
+      partitions: names.map(policy),
+      connections: { budget: 3 },
+    });
+    const server = h.spawnPgmaint(['server'], { HOST: '127.0.0.1', PORT: '0' });
+    await server.waitFor(/server listening/);
+    const port = /"port":(\d+)[^\n]*server listening/.exec(server.output())![1];
+    const sampler = sessionSampler(dbs);
+    try {
+      const at = (route: string) => fetch(`http://127.0.0.1:${port}${route}`, { headers: auth });
+      const answers = await Promise.all(
+        [1, 2, 3, 4].flatMap(() => [at('/readyz'), at('/api/status?fresh=1'), at('/metrics'), at('/api/history')]),
+      );
+      // Waiting for a session is not failing: every request is answered in full.
+      expect(answers.map((r) => r.status)).toEqual(answers.map(() => 200));
+      const status = (await (await at('/api/status?fresh=1')).json()) as StatusReport;
+      expect(status.targets.map((t) => [t.target, t.reachable])).toEqual(names.map((n) => [n, true]));
+      const peak = await sampler.stop();
+      expect(peak).toBeGreaterThan(0);
+      expect(peak).toBeLessThanOrEqual(3);
     } finally {
       await sampler.stop();
       await sampler.close();

@@ -188,10 +188,13 @@ describe('reads that someone waits for', () => {
     expect(backups.status).toBe(503);
     expect(backups.body.error).toMatch(listing);
     expect(status.status).toBe(200);
-    expect(status.body.errors.backups).toMatch(listing);
-    expect(status.body.targets).toEqual([]);
+    // Per target: the target is still listed, reachable, with its backups unknown.
+    expect(status.body.errors['backups:main']).toMatch(listing);
+    expect(status.body.targets).toEqual([
+      expect.objectContaining({ target: 'main', reachable: true, dumpAgeSeconds: null, baseBackupAgeSeconds: null }),
+    ]);
     expect(metrics.status).toBe(200);
-    expect(metrics.text).toMatch(/^pgmaint_health_read_errors\{part="backups"\} 1$/m);
+    expect(metrics.text).toMatch(/^pgmaint_health_read_errors\{part="backups:main"\} 1$/m);
   }, 60_000);
 });
 
