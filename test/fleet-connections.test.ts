@@ -13,7 +13,6 @@ import { jobs } from '../jobs/index.ts';
 import { startWorkers } from '../src/cli/roles.ts';
 import { loadConfig } from '../src/core/config.ts';
 import { ConfigError } from '../src/core/errors.ts';
-import { Budget, type IdleSessions } from '../src/runner/connection-budget.ts';
 import { freePort } from '../src/dev/devstack.ts';
 import { startServer } from '../src/http/server.ts';
 import type { AlertMonitor } from '../src/monitoring/alerts.ts';
@@ -475,42 +474,5 @@ describe('the connections configuration', () => {
     expect(refusal({ targets: { x: { url: 'postgres://h/x', cluster: 'a b' } } })).toMatch(
       /targets\.x\.cluster: must be a cluster name/,
     );
-  });
-});
-
-describe('the budget of one cluster', () => {
-  it('serves the line in order, gives up a wait on abort, closes idle sessions for a waiter', async () => {
-    const budget = new Budget('sessions on test', 2);
-    await budget.acquire();
-    await budget.acquire();
-    const order: string[] = [];
-    const first = budget.acquire().then(() => order.push('first'));
-    const abort = new AbortController();
-    const abandoned = budget.acquire(abort.signal);
-    const second = budget.acquire().then(() => order.push('second'));
-    abort.abort(new Error('run aborted'));
-    await expect(abandoned).rejects.toThrow('run aborted');
-    // A pool with an idle session is asked to close it; its permit then goes to the line.
-    let idle = 1;
-    const pool: IdleSessions = {
-      closeIdle(ended) {
-        if (!idle) return false;
-        idle--;
-        setImmediate(() => {
-          budget.release();
-          ended();
-        });
-        return true;
-      },
-    };
-    budget.offerIdle(pool);
-    await first;
-    expect(order).toEqual(['first']);
-    budget.release();
-    await second;
-    expect(order).toEqual(['first', 'second']);
-    expect(budget.inUse).toBe(2);
-    expect(budget.peak).toBe(2);
-    expect(budget.waiting).toBe(0);
   });
 });

@@ -192,6 +192,12 @@ describe('the health snapshot', () => {
     const t2 = s.partitions.find((p) => p.target === 't2')!;
     expect(t1).toMatchObject({ defaultRows: 5, runwaySeconds: expect.any(Number) });
     expect(t1.error).toBeUndefined();
-    expect(t2).toMatchObject({ runwaySeconds: null, error: 'target t2 did not answer within 1 s' });
+    // Reached first, within the bound: its tables are then passed by, saying why.
+    expect(s.targets.find((t) => t.target === 't2')).toMatchObject({
+      reachable: false,
+      error: 'did not answer within 1 s',
+      code: 'TIMEOUT',
+    });
+    expect(t2).toMatchObject({ runwaySeconds: null, error: 'target t2 is unreachable: did not answer within 1 s' });
   });
 });

@@ -6,10 +6,11 @@ import { settleWithin } from '../runner/redis-failure.ts';
 
 export const TARGET_READ_DEADLINE_MS = 10_000;
 
+/** A target's part that did not settle within its deadline. */
+export class TargetDeadlineError extends ServiceUnavailableError {
+  override name = 'TargetDeadlineError';
+}
+
 export function withinTargetDeadline<T>(p: Promise<T>, target: string, ms: number): Promise<T> {
-  return settleWithin(
-    p,
-    ms,
-    () => new ServiceUnavailableError(`target ${target} did not answer within ${ms / 1000} s`),
-  );
+  return settleWithin(p, ms, () => new TargetDeadlineError(`target ${target} did not answer within ${ms / 1000} s`));
 }

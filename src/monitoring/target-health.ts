@@ -6,6 +6,7 @@
 import type pg from 'pg';
 import { coerceError, describeError, errorCode, INTERNAL_CODE } from '../core/errors.ts';
 import type { Runtime } from '../runner/runtime.ts';
+import { TargetDeadlineError, withinTargetDeadline } from './target-deadline.ts';
 
 /** Whether a target could be reached in this reading: a session opened and answered. */
 export interface TargetHealth {
@@ -35,16 +36,29 @@ function codeOf(err: unknown): string {
 }
 
 /**
- * `select 1` on the target; never throws. The wait for a session (the budget's line) is not
- * the target's fault: only the connection attempt (its own timeout) and the statement
- * (`answerMs`) are bounded. The session goes back idle for the reads that follow.
+ * `select 1` on the target; never throws. Bounded as every part of a target's reading is
+ * (`deadlineMs`, target-deadline.ts): a target that accepts and never answers costs the
+ * reading that much, and is marked TIMEOUT. The session goes back idle for the reads that follow.
  */
-async function probe(rt: Runtime, name: string, answerMs: number): Promise<TargetHealth & { serverDown?: boolean }> {
+async function probe(rt: Runtime, name: string, deadlineMs: number): Promise<TargetHealth & { serverDown?: boolean }> {
   const cluster = rt.config.targets.get(name)!.cluster;
+  const answered = rt.connections
+    .pool(name, 'monitor')
+    .query({ text: 'select 1', query_timeout: deadlineMs } as pg.QueryConfig);
   try {
-    await rt.connections.pool(name, 'monitor').query({ text: 'select 1', query_timeout: answerMs } as pg.QueryConfig);
+    await withinTargetDeadline(answered, name, deadlineMs);
     return { target: name, cluster, reachable: true };
   } catch (err) {
+    answered.catch(() => undefined);
+    if (err instanceof TargetDeadlineError)
+      return {
+        target: name,
+        cluster,
+        reachable: false,
+        error: `did not answer within ${deadlineMs / 1000} s`,
+        code: 'TIMEOUT',
+        serverDown: true,
+      };
     return {
       target: name,
       cluster,
@@ -61,13 +75,14 @@ async function probe(rt: Runtime, name: string, answerMs: number): Promise<Targe
  * tried alone: when its server does not answer at all, the cluster's other databases are
  * marked with that error without a try each (one connection timeout, not one per database).
  */
-export async function readTargets(rt: Runtime, answerMs: number): Promise<TargetHealth[]> {
+export async function readTargets(rt: Runtime, deadlineMs: number): Promise<TargetHealth[]> {
   const byCluster = new Map<string, string[]>();
   for (const t of rt.config.targets.values()) byCluster.set(t.cluster, [...(byCluster.get(t.cluster) ?? []), t.name]);
   const read = await Promise.all(
     [...byCluster].map(async ([cluster, [first, ...rest]]): Promise<TargetHealth[]> => {
-      const { serverDown, ...head } = await probe(rt, first!, answerMs);
-      if (!serverDown) return [head, ...(await Promise.all(rest.map((t) => probe(rt, t, answerMs))))].map(withoutFlag);
+      const { serverDown, ...head } = await probe(rt, first!, deadlineMs);
+      if (!serverDown)
+        return [head, ...(await Promise.all(rest.map((t) => probe(rt, t, deadlineMs))))].map(withoutFlag);
       const error = `cluster ${cluster} did not answer (as for target ${first}): ${head.error}`;
       return [head, ...rest.map((target) => ({ target, cluster, reachable: false, error, code: head.code }))];
     }),
