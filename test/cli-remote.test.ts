@@ -571,6 +571,40 @@ describe('enqueue in remote mode: refusals before sending, the rate limit, a ser
     expect(await enqueued()).toBe(before);
   });
 
+  it('Ctrl-C during --wait stops the following, says the run goes on, exit 130; the run completes', async () => {
+    const child = spawn(process.execPath, [BIN, 'enqueue', 'noop', '--data', '{"sleepMs": 3000}', '--wait'], {
+      env: { PATH: process.env.PATH, PGMAINT_URL: url, PGMAINT_TOKEN: ADMIN_TOKEN },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stderr = '';
+    const following = new Promise<string>((resolve) =>
+      child.stderr.on('data', (d: Buffer) => {
+        stderr += d.toString();
+        // Past the enqueue: its first progress line comes from the follow.
+        const id = /^enqueued: noop job (\d+)\nprogress /m.exec(stderr)?.[1];
+        if (id) resolve(id);
+      }),
+    );
+    const exited = new Promise<number | null>((resolve) => child.on('close', resolve));
+    const id = await following;
+    child.kill('SIGINT');
+    expect(await exited).toBe(130);
+    expect(stderr).toMatch(
+      new RegExp(
+        `\npgmaint: stopped following; noop job ${id} was enqueued and may still run; pgmaint history --job noop ` +
+          'shows how it ends\n$',
+      ),
+    );
+    const queue = rt.queues.get('noop');
+    let state = await queue.getJobState(id);
+    while (state === 'waiting' || state === 'active') {
+      await sleep(200);
+      state = await queue.getJobState(id);
+    }
+    expect(state).toBe('completed');
+    expect((await queue.getJob(id))?.returnvalue).toEqual({ sleptMs: 3000 });
+  });
+
   it('--wait with the server stopped (SIGSTOP) mid-follow: gives up after 30 s, exit 3, naming the job', async () => {
     const server = h.spawnPgmaint(['server'], { HOST: '127.0.0.1', PORT: '0' });
     await server.waitFor(/server listening/, 30_000);

@@ -4,7 +4,7 @@
 // else Redis and PostgreSQL directly; a `local` command runs on this machine only.
 import { UsageError } from '../core/errors.ts';
 import type { OptionSpecs, Parsed } from './args.ts';
-import type { Client } from './client.ts';
+import { type Client, stillRuns } from './client.ts';
 import { err, out } from './terminal.ts';
 
 interface CommandBase<O extends OptionSpecs> {
@@ -112,7 +112,13 @@ export const COMMANDS: readonly Command[] = [
         print(answer);
         return 0;
       }
-      const outcome = await end();
+      // Ctrl-C stops the following, not the run: say so, or it reads as a cancel.
+      const interrupted = () => {
+        err(`pgmaint: stopped following; ${stillRuns(answer)}\n`);
+        process.exit(130);
+      };
+      process.once('SIGINT', interrupted);
+      const outcome = await end().finally(() => process.off('SIGINT', interrupted));
       print(outcome);
       return outcome.state === 'completed' ? 0 : 1;
     },
