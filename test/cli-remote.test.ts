@@ -530,6 +530,32 @@ describe('what answers at PGMAINT_URL is not pgmaint, or not pgmaint of this set
   });
 });
 
+describe('the reader of the output goes away', () => {
+  it('`pgmaint jobs --json | head -c 5`: the closed pipe ends it quietly, exit 0, no stack trace', async () => {
+    // An answer far bigger than a pipe holds, so the writes meet the closed pipe.
+    const jobs = Array.from({ length: 5000 }, (_, i) => ({
+      name: `job-${i}`,
+      description: 'x'.repeat(200),
+      defaults: {},
+    }));
+    const big = await fakeServer((_req, res) =>
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ jobs })),
+    );
+    for (const args of [['jobs', '--json'], ['jobs']]) {
+      const child = spawn(process.execPath, [BIN, ...args], {
+        env: { PATH: process.env.PATH, PGMAINT_URL: big, PGMAINT_TOKEN: VIEWER_TOKEN },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      let stderr = '';
+      child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+      child.stdout.once('data', () => child.stdout.destroy());
+      const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+      expect(stderr, args.join(' ')).toBe('');
+      expect(code).toBe(0);
+    }
+  });
+});
+
 describe('enqueue in remote mode: refusals before sending, the rate limit, a server that stops answering', () => {
   it('--data too deep, too big or not an object: exit 2, the same refusal as the direct mode', async () => {
     let deep = '1';

@@ -118,7 +118,17 @@ async function run(name: string, args: string[]): Promise<number> {
   }
 }
 
+/** A reader that closed the pipe (`pgmaint history --json | head`) has what it wanted: exit 0, no stack trace. */
+function quietOnClosedPipe(): void {
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(0);
+    process.stderr.write(`pgmaint: cannot write to stdout: ${printable(err.message)}\n`);
+    process.exit(1);
+  });
+}
+
 export async function main(argv: string[]): Promise<void> {
+  quietOnClosedPipe();
   const [name, ...rest] = argv;
   try {
     if (name === undefined || HELP_WORDS.has(name)) {
