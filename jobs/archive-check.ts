@@ -11,6 +11,7 @@ import { z } from 'zod';
 import { refusalLine } from '../src/backup/manifest-checks.ts';
 import { listBaseBackups, readBackupCatalog, recoveryWindow } from '../src/backup/catalog.ts';
 import { PermanentJobError } from '../src/core/errors.ts';
+import { backupDirOf } from '../src/core/config.ts';
 import { Pgbackrest } from '../src/backup/pgbackrest.ts';
 import { defineJob, type JobContext, type JobResult, targetField } from '../src/runner/job-definition.ts';
 import {
@@ -36,6 +37,11 @@ const job = defineJob({
   description: 'Forces a WAL switch and times its archiving; pg_stat_archiver, archive lag, gaps, recovery window.',
   payload,
   defaults: { attempts: 1, backoffMs: 10_000, timeoutMs: 15 * 60_000, concurrency: 1 },
+  needs: {
+    backupDir: { why: 'the recovery window is read from the base backups there' },
+    walArchive: { why: 'it waits for the forced segment to reach the archive' },
+    pgbackrest: { why: 'pgbackrest check and info, for the pgbackrest engine' },
+  },
   deduplicate: true,
   async handler(ctx, p) {
     if (ctx.target.backup.engine === 'pgbackrest') return checkPgbackrest(ctx, p);
@@ -118,7 +124,7 @@ const job = defineJob({
         `archive lags ${lagSegments} segments (${lagSeconds} s) behind the server's current WAL ${s.current_wal}`,
       );
 
-    const { bases, refused } = await listBaseBackups(ctx.config.backupDir, p.target);
+    const { bases, refused } = await listBaseBackups(backupDirOf(ctx.config), p.target);
     for (const r of refused) warnings.push(refusalLine(r));
     const window = recoveryWindow(bases, archive);
     if (bases.length === 0)
@@ -213,7 +219,7 @@ async function checkPgbackrest(ctx: JobContext, p: z.output<typeof payload>) {
     );
   }
   if (!info.archive) problems.push(`stanza ${br.stanza} has no archived WAL`);
-  const catalog = await readBackupCatalog(ctx.config.backupDir, ctx.target);
+  const catalog = await readBackupCatalog(backupDirOf(ctx.config), ctx.target);
   const result = {
     ok: problems.length === 0,
     engine: 'pgbackrest' as const,

@@ -13,6 +13,7 @@ import { dumpDir, type DumpManifest } from '../src/backup/catalog.ts';
 import { fileStamp, publish, sha256File, sha256Tree, writeJsonAtomic } from '../src/core/files.ts';
 import { defineJob, type JobResult, targetField, type JobContext } from '../src/runner/job-definition.ts';
 import { quoteIdent } from '../src/core/sql.ts';
+import { backupDirOf } from '../src/core/config.ts';
 import { binPath, runProcess } from '../src/core/proc.ts';
 import { type ObjectStore, objectStoreFor, objectUrl, type StoredObject } from '../src/backup/object-store.ts';
 
@@ -53,6 +54,11 @@ const job = defineJob({
     'pg_restore --list, sha256 manifest.',
   payload,
   defaults: { attempts: 3, backoffMs: 30_000, timeoutMs: 6 * 3_600_000, concurrency: 1 },
+  needs: {
+    backupDir: { why: 'dumps are written there' },
+    pgBinaries: { tools: ['pg_dump', 'pg_restore'], why: 'pg_dump takes the dump; pg_restore --list reads it back' },
+    objectStore: { why: 'dumps are copied to the bucket' },
+  },
   // "Backup now" twice for one target while the first waits or runs returns the first.
   deduplicate: true,
   checkConfig: (p, config) =>
@@ -62,7 +68,7 @@ const job = defineJob({
   async handler(ctx, p) {
     const { target } = p;
     const started = new Date();
-    const dir = dumpDir(ctx.config.backupDir, target);
+    const dir = dumpDir(backupDirOf(ctx.config), target);
     await ensureWritableDir(dir);
     return runAlone(ctx, 'pgmaint:backup', 'backup', async () => {
       await removeLeftovers(dir, ctx);

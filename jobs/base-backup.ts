@@ -16,6 +16,7 @@ import { binPath, runProcess } from '../src/core/proc.ts';
 import { Pgbackrest } from '../src/backup/pgbackrest.ts';
 import { parseLsn, parseSize, segmentName, segmentNumber } from '../src/backup/wal.ts';
 import { PermanentJobError } from '../src/core/errors.ts';
+import { backupDirOf } from '../src/core/config.ts';
 
 export const payload = z
   .object({
@@ -58,6 +59,14 @@ const job = defineJob({
     'pg_basebackup (WAL included, manifest), verified with pg_verifybackup, then published with LSNs and times.',
   payload,
   defaults: { attempts: 2, backoffMs: 60_000, timeoutMs: 12 * 3_600_000, concurrency: 1 },
+  needs: {
+    backupDir: { why: 'base backups are written there' },
+    pgBinaries: {
+      tools: ['pg_basebackup', 'pg_verifybackup'],
+      why: 'pg_basebackup takes it; pg_verifybackup checks it',
+    },
+    pgbackrest: { why: 'pgbackrest backup and verify, for the pgbackrest engine' },
+  },
   deduplicate: true,
   checkConfig: (p, config) => {
     const engine = config.targets.get(p.target)?.backup.engine ?? 'native';
@@ -73,7 +82,7 @@ const job = defineJob({
       return runAlone(ctx, LOCK, 'base backup', () => pgbackrestBackup(ctx, raw.type ?? 'incr'));
     }
     const p = { ...raw, compression: raw.compression ?? (raw.format === 'tar' ? 'lz4' : 'none') } as const;
-    const dir = baseDir(ctx.config.backupDir, p.target);
+    const dir = baseDir(backupDirOf(ctx.config), p.target);
     await ensureWritableDir(dir);
     return runAlone(ctx, LOCK, 'base backup', async () => {
       // Under the lock no other run writes here: every dot-name is an interrupted run's.

@@ -57,6 +57,12 @@ const job = defineJob({
     'counts, reports RTO/RPO, tears down.',
   payload,
   defaults: { attempts: 1, backoffMs: 300_000, timeoutMs: 3 * 3_600_000, concurrency: 1 },
+  needs: {
+    backupDir: { why: 'the base backup it restores is read there' },
+    walArchive: { why: "the scratch instance's restore_command copies WAL from it" },
+    pgBinaries: { tools: ['pg_ctl', 'postgres', 'pg_verifybackup'], why: 'the scratch instance runs here' },
+    pgbackrest: { why: 'pgbackrest restore, for the pgbackrest engine' },
+  },
   deduplicate: true,
   async handler(ctx, p) {
     if (ctx.target.backup.engine === 'pgbackrest') return drill(ctx, p, pgbackrestSource(ctx, p));

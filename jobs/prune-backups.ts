@@ -23,6 +23,7 @@ import {
 } from '../src/backup/catalog.ts';
 import { fsyncPath, treeSize } from '../src/core/files.ts';
 import { PermanentJobError } from '../src/core/errors.ts';
+import { backupDirOf } from '../src/core/config.ts';
 import { pathInside } from '../src/core/paths.ts';
 import { checkObject, refusalLine } from '../src/backup/manifest-checks.ts';
 import { objectStoreFor } from '../src/backup/object-store.ts';
@@ -85,15 +86,21 @@ const job = defineJob({
     'backups need.',
   payload,
   defaults: { attempts: 3, backoffMs: 60_000, timeoutMs: 3_600_000, concurrency: 1 },
+  needs: {
+    backupDir: { why: 'dumps and base backups are removed there' },
+    walArchive: { why: 'WAL older than the retained base backups is removed from it' },
+    pgbackrest: { why: 'pgbackrest expire, for the pgbackrest engine' },
+    objectStore: { why: "dumps' objects are removed from the bucket" },
+  },
   deduplicate: true,
   async handler(ctx, { target, dryRun }) {
     if (ctx.target.backup.engine === 'pgbackrest') return prunePgbackrest(ctx, target, dryRun);
     const policy = ctx.config.backups;
     const now = Date.now();
     const store = objectStoreFor(ctx.config);
-    const dumpListing = await listDumps(ctx.config.backupDir, target, store).finally(() => store?.close());
+    const dumpListing = await listDumps(backupDirOf(ctx.config), target, store).finally(() => store?.close());
     const { dumps } = dumpListing;
-    const { bases, refused: refusedBases } = await listBaseBackups(ctx.config.backupDir, target);
+    const { bases, refused: refusedBases } = await listBaseBackups(backupDirOf(ctx.config), target);
     const refused = [...dumpListing.refused, ...refusedBases];
     for (const r of refused) await ctx.log(refusalLine(r));
     const dumpPlan = planRetention(dumps, (d) => Date.parse(d.manifest.finishedAt), policy.dumps, now, false);
@@ -210,7 +217,7 @@ async function planWal(
  * to lie inside the target's dump directory first.
  */
 async function removeDump(ctx: JobContext, target: string, d: ListedDump): Promise<number> {
-  const dir = dumpDir(ctx.config.backupDir, target);
+  const dir = dumpDir(backupDirOf(ctx.config), target);
   const file = await pathInside(dir, d.manifest.file, `dump ${d.manifest.file}`);
   const o = d.manifest.object;
   if (o) {
@@ -271,7 +278,7 @@ async function prunePgbackrest(ctx: JobContext, target: string, dryRun: boolean)
   const newestStop = (c: (typeof chains)[number]) => Math.max(...c.members.map((m) => Date.parse(m.stoppedAt)));
   const chainPlan = planRetention(chains, newestStop, policy.base, now, true);
   const store = objectStoreFor(ctx.config);
-  const dumpListing = await listDumps(ctx.config.backupDir, target, store).finally(() => store?.close());
+  const dumpListing = await listDumps(backupDirOf(ctx.config), target, store).finally(() => store?.close());
   const { dumps } = dumpListing;
   const dumpPlan = planRetention(dumps, (d) => Date.parse(d.manifest.finishedAt), policy.dumps, now, false);
   const refused = [...dumpListing.refused, ...info.refused];
@@ -332,7 +339,7 @@ async function prunePgbackrest(ctx: JobContext, target: string, dryRun: boolean)
     if (dryRun) return { dryRun: true, plan, pgbackrest: output };
     let freed = 0;
     for (const d of dumpPlan.filter((d) => !d.keep)) freed += await removeDump(ctx, target, d.item);
-    const window = (await readBackupCatalog(ctx.config.backupDir, ctx.target)).recoveryWindow;
+    const window = (await readBackupCatalog(backupDirOf(ctx.config), ctx.target)).recoveryWindow;
     await ctx.progress(
       100,
       `expired ${expiring.length} backup chains, ` +

@@ -46,6 +46,7 @@ const job = defineJob({
     'reporting size before and after; refuses when the extension or client is missing or their versions differ.',
   payload,
   defaults: { attempts: 1, backoffMs: 60_000, timeoutMs: 12 * 3_600_000, concurrency: 1 },
+  needs: { pgBinaries: { tools: ['pg_repack'], why: "pg_repack's client rewrites the table" } },
   deduplicate: true,
   async handler(ctx, p) {
     const deadline = Date.now() + p.budgetSeconds * 1000;

@@ -5,6 +5,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import type pg from 'pg';
 import { PermanentJobError } from '../core/errors.ts';
+import { backupDirOf } from '../core/config.ts';
 import type { JobContext } from '../runner/job-definition.ts';
 import { DiskFlush, materializeDataDir, verifyDataDir } from './base-backup-files.ts';
 import { baseBackupLockKey, type ListedBaseBackup, listBaseBackups } from './catalog.ts';
@@ -130,7 +131,7 @@ async function chooseBaseBackup(
   sysid: string,
   lock: pg.PoolClient,
 ): Promise<ListedBaseBackup> {
-  const { bases: all, refused } = await listBaseBackups(ctx.config.backupDir, p.target);
+  const { bases: all, refused } = await listBaseBackups(backupDirOf(ctx.config), p.target);
   for (const r of refused) await ctx.log(refusalLine(r));
   const usable = all.filter(
     (b) => b.manifest.systemIdentifier === sysid && Date.parse(b.manifest.stoppedAt) < Date.parse(targetTime),
@@ -157,7 +158,7 @@ async function chooseBaseBackup(
     baseBackupLockKey(p.target, chosen.manifest.label),
   ]);
   // prune-backups may have removed it between the listing and the lock.
-  const still = (await listBaseBackups(ctx.config.backupDir, p.target)).bases.find(
+  const still = (await listBaseBackups(backupDirOf(ctx.config), p.target)).bases.find(
     (b) => b.manifest.label === chosen.manifest.label,
   );
   if (!still) throw new Error(`base backup ${chosen.manifest.label} was removed before the drill could lock it`);

@@ -124,11 +124,16 @@ export async function main(argv: string[]): Promise<void> {
     }
     process.exitCode = await run(name, rest);
   } catch (err) {
-    process.stderr.write(`pgmaint: ${oneLine(err)}\n`);
-    if (process.env.LOG_LEVEL === 'debug' || process.env.LOG_LEVEL === 'trace')
-      process.stderr.write(`${(err as Error).stack ?? ''}\n`);
-    process.exit(exitCodeFor(err));
+    exitWithError(err);
   }
+}
+
+/** One line on stderr and the exit code of the error's stable code (main's, and the workers/ entry points'). */
+export function exitWithError(err: unknown): never {
+  process.stderr.write(`pgmaint: ${oneLine(err)}\n`);
+  if (process.env.LOG_LEVEL === 'debug' || process.env.LOG_LEVEL === 'trace')
+    process.stderr.write(`${(err as Error).stack ?? ''}\n`);
+  process.exit(exitCodeFor(err));
 }
 
 function oneLine(err: unknown): string {

@@ -38,7 +38,8 @@ const token = z.string().min(16, 'must be at least 16 characters');
 export const envSchema = z.object({
   DATABASE_URL: postgresUrl,
   REDIS_URL: redisUrl.default('redis://127.0.0.1:6379'),
-  BACKUP_DIR: z.string(required).min(1, 'is empty'),
+  /** Required by the server, the monitor and workers that serve a job needing backupDir (src/runner/needs.ts). */
+  BACKUP_DIR: z.string().min(1, 'is empty').optional(),
   WAL_ARCHIVE_DIR: z.string().min(1, 'is empty').optional(),
   PORT: z.coerce.number().int().min(0).max(65535).default(3000),
   /**

@@ -4,6 +4,7 @@
 import { readBackupCatalog } from '../backup/catalog.ts';
 import { ANSWER_DEADLINE_MS, objectStoreFor } from '../backup/object-store.ts';
 import { redact } from '../core/redact.ts';
+import { backupDirOf } from '../core/config.ts';
 import { redisFailureMessage, redisLabel } from '../runner/redis-failure.ts';
 import type { Runtime } from '../runner/runtime.ts';
 import { ObjectStoreError, PayloadError, ServiceUnavailableError } from '../core/errors.ts';
@@ -227,7 +228,7 @@ export const listBackups: Handler = async ({ rt }, req) => {
   if (!t) return error(404, `unknown target "${target}"`, { targets: [...rt.config.targets.keys()] });
   // Someone waits for this answer: the bucket gets ANSWER_DEADLINE_MS in all, not the job-sized deadlines.
   const store = objectStoreFor(rt.config, ANSWER_DEADLINE_MS);
-  const catalog = await readBackupCatalog(rt.config.backupDir, t, Date.now(), store)
+  const catalog = await readBackupCatalog(backupDirOf(rt.config), t, Date.now(), store)
     .catch((err: Error) => (err instanceof ObjectStoreError ? err : Promise.reject(err)))
     .finally(() => store?.close());
   // The bucket is the shared catalog: without it the list would be wrong, so none is given.

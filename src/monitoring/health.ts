@@ -11,6 +11,7 @@ import { readBackupCatalog } from '../backup/catalog.ts';
 import { readIndexLeftovers, type IndexLeftoverHealth } from './index-leftovers.ts';
 import { ANSWER_DEADLINE_MS, withObjectStore } from '../backup/object-store.ts';
 import { nextRun } from '../core/cron.ts';
+import { backupDirOf } from '../core/config.ts';
 import type { JobStatus } from '../runner/history.ts';
 import { ServiceUnavailableError } from '../core/errors.ts';
 import { redisFailureMessage, redisLabel, settleWithin } from '../runner/redis-failure.ts';
@@ -288,7 +289,11 @@ export class HealthReader {
     const t = rt.config.targets.get(target)!;
     const [catalog, archiveRun, drillRun] = await Promise.all([
       // /metrics, /api/status and the alerts wait for it: the bucket gets ANSWER_DEADLINE_MS, not the job deadlines.
-      withObjectStore(rt.config, (store) => readBackupCatalog(rt.config.backupDir, t, now, store), ANSWER_DEADLINE_MS),
+      withObjectStore(
+        rt.config,
+        (store) => readBackupCatalog(backupDirOf(rt.config), t, now, store),
+        ANSWER_DEADLINE_MS,
+      ),
       rt.history.lastFinished<ArchiveCheckResult>('archive-check', target),
       rt.history.lastFinished<PitrDrillResult>('pitr-drill', target),
     ]);
