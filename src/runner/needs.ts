@@ -120,8 +120,9 @@ const PROBES: Record<Exclude<NeedName, 'pgBinaries'>, Probe> = {
     return {
       variable: 'PATH',
       message:
-        `pgbackrest is not on PATH (target${users.length > 1 ? 's' : ''} ${users.join(', ')} use the pgbackrest ` +
-        'engine): install pgBackRest, or set PATH to include its directory',
+        `pgbackrest is not on PATH (${users.length > 1 ? 'targets' : 'target'} ${users.join(', ')} ` +
+        `${users.length > 1 ? 'use' : 'uses'} the pgbackrest engine): install pgBackRest, or set PATH to include its ` +
+        'directory',
     };
   },
 
