@@ -74,12 +74,13 @@ describe('the routing fault: drop-expired-partitions writes archives to BACKUP_D
     expect([...queues].sort()).toEqual([...withNeeds].sort());
   });
 
-  it('a worker forced onto drop-expired-partitions without BACKUP_DIR refuses at start, naming backupDir and BACKUP_DIR', async () => {
+  it('a worker forced onto drop-expired-partitions without BACKUP_DIR refuses at start, naming backupDir', async () => {
     const w = h.spawnPgmaint(['worker', '--queues', 'drop-expired-partitions'], { BACKUP_DIR: '' });
     expect(await refusal(w)).toBe(2);
-    expect(w.output()).toMatch(
-      /^pgmaint: --queues: drop-expired-partitions needs backupDir: set BACKUP_DIR \(its partition archives are written there\)$/m,
-    );
+    const line =
+      'pgmaint: --queues: drop-expired-partitions needs backupDir: set BACKUP_DIR ' +
+      '(its partition archives are written there)';
+    expect(w.output().split('\n')).toContain(line);
   });
 
   it('and with a BACKUP_DIR it cannot write here (below a file), naming the path', async () => {
@@ -93,7 +94,7 @@ describe('the routing fault: drop-expired-partitions writes archives to BACKUP_D
     );
   });
 
-  it('workers/backup.ts on a machine without BACKUP_DIR refuses at start, naming the need and the variable', async () => {
+  it('workers/backup.ts on a machine without BACKUP_DIR refuses at start, naming the need and variable', async () => {
     const w = h.spawnPgmaint([], { BACKUP_DIR: '' }, 'workers/backup.ts');
     expect(await refusal(w)).toBe(2);
     expect(w.output()).toMatch(
@@ -198,7 +199,9 @@ describe('each need, as a worker checks it at start', () => {
         job: 'backup',
         need: 'pgBinaries',
         variable: 'PG_BINDIR',
-        message: `pg_dump, pg_restore are not in ${empty}: set PG_BINDIR to the directory of PostgreSQL's binaries that holds them`,
+        message:
+          `pg_dump, pg_restore are not in ${empty}: ` +
+          "set PG_BINDIR to the directory of PostgreSQL's binaries that holds them",
       }),
       expect.objectContaining({ job: 'repack-table', message: expect.stringMatching(/^pg_repack is not in /) }),
     ]);
