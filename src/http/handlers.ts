@@ -1,7 +1,7 @@
 // Handlers that do not know Express: each takes a plain request and returns
 // {status, body} (and headers where a page needs them). routes.ts maps them to
 // paths; app.ts is the thin Express adapter.
-import { readBackupCatalog } from '../backup/catalog.ts';
+import { readBackupCatalog } from '../backup/target-catalog.ts';
 import { ANSWER_DEADLINE_MS, objectStoreFor } from '../backup/object-store.ts';
 import { redact } from '../core/redact.ts';
 import { backupDirOf } from '../core/config.ts';
@@ -233,7 +233,7 @@ export const listBackups: Handler = async ({ rt }, req) => {
     .finally(() => store?.close());
   // The bucket is the shared catalog: without it the list would be wrong, so none is given.
   if (catalog instanceof ObjectStoreError) return error(503, catalog.message);
-  const { dumps, bases, archive, newestSegment: newest, recoveryWindow, pgbackrest } = catalog;
+  const { dumps, recoveryWindow } = catalog;
   // The last verdict of each proof job, from the durable run history.
   const lastRun = async (job: string) => {
     const row = await rt.history.lastFinished(job, target);
@@ -267,29 +267,14 @@ export const listBackups: Handler = async ({ rt }, req) => {
         rowCountsRecorded: Boolean(m.rowCounts),
         restoreCheck: restoreCheck ?? null,
       })),
-      baseBackups: bases.map(({ manifest: m }) => ({
-        label: m.label,
-        format: m.format,
-        compression: m.compression,
-        startLsn: m.startLsn,
-        stopLsn: m.stopLsn,
-        startWal: m.startWal,
-        stoppedAt: m.stoppedAt,
-        bytes: m.bytes,
-        mbPerSecond: m.mbPerSecond,
-        verified: m.verified,
-      })),
-      // The pgbackrest engine's sets, as `pgbackrest info` lists them (newest first).
-      pgbackrest: pgbackrest ?? null,
-      archive:
-        t.walArchiveDir && !pgbackrest
-          ? {
-              segments: archive?.segments.length ?? null,
-              newest: newest?.name ?? null,
-              newestAt: newest?.mtime ?? null,
-              readable: Boolean(archive),
-            }
-          : null,
+      // The engine's own part (native: baseBackups and the WAL archive; pgbackrest: the stanza's sets as
+      // `pgbackrest info` lists them, newest first); every key is in every answer.
+      baseBackups: [],
+      pgbackrest: null,
+      archive: null,
+      ...catalog.api,
+      // Every engine's sets alike, newest first.
+      sets: catalog.sets,
       recoveryWindow,
       // Manifests, verdicts and sets read but not trusted (not listed above), each named with why.
       refused: catalog.refused,
