@@ -56,11 +56,11 @@ export interface BackupSet {
   usable: boolean;
 }
 
-/** A base backup taken and verified: the set, and what the engine adds (paths, verdicts, rates). */
+/** A base backup taken and verified: the set, how it was verified, and what the engine adds (paths, rates). */
 export type BaseBackupOutcome = Pick<
   BackupSet,
   'label' | 'startLsn' | 'stopLsn' | 'startWal' | 'stopWal' | 'startedAt' | 'stoppedAt'
-> & { [detail: string]: unknown };
+> & { verified: { method: string; seconds: number }; [detail: string]: unknown };
 
 export interface EngineCatalog {
   /** Newest first. */

@@ -230,7 +230,7 @@ function pick(m: BaseBackupManifest) {
     BaseBackupManifest,
     (typeof RESULT_FIELDS)[number]
   >;
-  return { ...fields, verifySeconds: m.verified.seconds };
+  return { ...fields, verified: m.verified, verifySeconds: m.verified.seconds };
 }
 
 async function manifestBytes(manifestPath: string): Promise<number> {
