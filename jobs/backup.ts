@@ -85,8 +85,6 @@ interface Snapshot {
   id: string;
   pid: number;
   tables: Table[];
-  /** Gives the session back (destroyed when an abort broke it). */
-  release(): Promise<void>;
 }
 
 /** What verification found: the dump reads back, and its checksum. */
@@ -110,49 +108,56 @@ async function dump(ctx: JobContext, p: Payload, dir: string, started: Date) {
   const tmp = path.join(dir, `.${name}.partial`);
   const local = new AbortController();
   const signal = AbortSignal.any([ctx.signal, local.signal]);
-  let snap: Snapshot | undefined;
-  try {
-    snap = await openSnapshot(ctx);
-    await ctx.log(
-      `pg_dump of database ${info.database} (PostgreSQL ${info.version}, ${snap.tables.length} tables), ${p.format} ` +
-        `format${parallel > 1 ? ` with ${parallel} processes` : ''}, snapshot ${snap.id}, into ${tmp}`,
+  // The snapshot's session carries this run's application_name until it is given back.
+  return ctx.withClient(
+    async (client) => {
+      try {
+        const snap = await openSnapshot(ctx, client);
+        await ctx.log(
+          `pg_dump of database ${info.database} (PostgreSQL ${info.version}, ${snap.tables.length} tables), ` +
+            `${p.format} format${parallel > 1 ? ` with ${parallel} processes` : ''}, snapshot ${snap.id}, into ${tmp}`,
+        );
+        const rowCounts = await dumpAndCount(ctx, p, snap, { tmp, parallel, signal, local });
+        await snap.client.query('commit');
+        const verified = await verifyDump(p, tmp, signal, ctx);
+        return await publishDump(ctx, p, {
+          name,
+          tmp,
+          final,
+          started,
+          info,
+          parallel,
+          tables: snap.tables.length,
+          snapshot: snap.id,
+          rowCounts,
+          verified,
+        });
+      } catch (err) {
+        await client.query('rollback').catch(() => undefined);
+        throw await discardUnpublished(err, { dir, tmp, final });
+      }
+    },
+    { reset: `select set_config('application_name', 'pgmaint', false)` },
+  );
+}
+
+/** Nothing half-done survives a failed dump: the partial file and an unpublished dump go. Returns what to throw. */
+async function discardUnpublished(err: unknown, o: { dir: string; tmp: string; final: string }): Promise<unknown> {
+  await fs.rm(o.tmp, { recursive: true, force: true });
+  const manifestExists = await fs.stat(`${o.final}.manifest.json`).then(
+    () => true,
+    () => false,
+  );
+  if (!manifestExists) await fs.rm(o.final, { recursive: true, force: true });
+  if (/No space left on device|ENOSPC/.test(String((err as Error)?.message))) {
+    // Retried with backoff: a prune-backups run or an operator may free space meanwhile.
+    return new Error(
+      `BACKUP_DIR: ${o.dir} is full (no space left on device); the partial dump was removed. Free space or run ` +
+        `prune-backups`,
+      { cause: err },
     );
-    const rowCounts = await dumpAndCount(ctx, p, snap, { tmp, parallel, signal, local });
-    await snap.client.query('commit');
-    const verified = await verifyDump(p, tmp, signal, ctx);
-    return await publishDump(ctx, p, {
-      name,
-      tmp,
-      final,
-      started,
-      info,
-      parallel,
-      tables: snap.tables.length,
-      snapshot: snap.id,
-      rowCounts,
-      verified,
-    });
-  } catch (err) {
-    await snap?.client.query('rollback').catch(() => undefined);
-    // Nothing half-done survives: the partial file and an unpublished dump go.
-    await fs.rm(tmp, { recursive: true, force: true });
-    const manifestExists = await fs.stat(`${final}.manifest.json`).then(
-      () => true,
-      () => false,
-    );
-    if (!manifestExists) await fs.rm(final, { recursive: true, force: true });
-    if (/No space left on device|ENOSPC/.test(String((err as Error)?.message))) {
-      // Retried with backoff: a prune-backups run or an operator may free space meanwhile.
-      throw new Error(
-        `BACKUP_DIR: ${dir} is full (no space left on device); the partial dump was removed. Free space or run ` +
-          `prune-backups`,
-        { cause: err },
-      );
-    }
-    throw err;
-  } finally {
-    await snap?.release();
   }
+  return err;
 }
 
 /**
@@ -160,34 +165,14 @@ async function dump(ctx: JobContext, p: Payload, dir: string, started: Date) {
  * transaction is open, so pg_dump (and its parallel workers) and the row counts see exactly the same
  * rows. Not withTransaction: it ends only once the dump is written.
  */
-async function openSnapshot(ctx: JobContext): Promise<Snapshot> {
-  const client = await ctx.pool.connect();
-  // Terminated by an abort, the session errors while checked out: keep that from
-  // becoming an unhandled error, and destroy the client instead of pooling it.
-  let broken: Error | undefined;
-  const onError = (err: Error) => (broken = err);
-  client.on('error', onError);
-  const release = async () => {
-    if (!broken)
-      await client
-        .query(`select set_config('application_name', 'pgmaint', false)`)
-        .catch((err: Error) => (broken = err));
-    client.off('error', onError);
-    client.release(broken);
-  };
-  try {
-    // The run's application_name: an abort (timeout, shutdown) terminates this session too.
-    await client.query('select set_config($1, $2, false)', ['application_name', ctx.appName]);
-    await client.query('begin isolation level repeatable read read only');
-    const { rows } = await client.query<{ id: string; pid: number }>(
-      'select pg_export_snapshot() as id, pg_backend_pid() as pid',
-    );
-    return { client, id: rows[0]!.id, pid: rows[0]!.pid, tables: await listTables(client), release };
-  } catch (err) {
-    await client.query('rollback').catch(() => undefined);
-    await release();
-    throw err;
-  }
+async function openSnapshot(ctx: JobContext, client: pg.PoolClient): Promise<Snapshot> {
+  // The run's application_name: an abort (timeout, shutdown) terminates this session too.
+  await client.query('select set_config($1, $2, false)', ['application_name', ctx.appName]);
+  await client.query('begin isolation level repeatable read read only');
+  const { rows } = await client.query<{ id: string; pid: number }>(
+    'select pg_export_snapshot() as id, pg_backend_pid() as pid',
+  );
+  return { client, id: rows[0]!.id, pid: rows[0]!.pid, tables: await listTables(client) };
 }
 
 /** pg_dump from the snapshot into tmp while every table's rows are counted in it; returns the counts. */

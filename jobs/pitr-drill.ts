@@ -99,32 +99,34 @@ async function drill(ctx: JobContext, p: Payload, engine: BackupEngine) {
   });
 
   // The backup stays locked (shared) against prune-backups for the whole drill.
-  const lock = await ctx.pool.connect();
-  let scratch: ScratchInstance | undefined;
-  try {
-    scratch = await createScratchInstance(scratchRoot);
-    const restoreStarted = Date.now();
-    const restored = await engine.restore(
-      ctx,
-      scratch.dataDir,
-      { time: point.targetTime },
-      {
-        set: p.baseBackup,
-        targetAction: 'promote',
-        owner: scratch.owner,
-        lock,
-        systemIdentifier: point.systemIdentifier,
-      },
-    );
-    return await replayAndProve(ctx, p, scratch, restored, restoreStarted, point);
-  } finally {
-    if (scratch) {
-      await scratch.destroy();
-      await ctx.log(`scratch instance stopped and ${scratch.dir} deleted`).catch(() => undefined);
-    }
-    await lock.query('select pg_advisory_unlock_all()').catch(() => undefined);
-    lock.release();
-  }
+  return ctx.withClient(
+    async (lock) => {
+      let scratch: ScratchInstance | undefined;
+      try {
+        scratch = await createScratchInstance(scratchRoot);
+        const restoreStarted = Date.now();
+        const restored = await engine.restore(
+          ctx,
+          scratch.dataDir,
+          { time: point.targetTime },
+          {
+            set: p.baseBackup,
+            targetAction: 'promote',
+            owner: scratch.owner,
+            lock,
+            systemIdentifier: point.systemIdentifier,
+          },
+        );
+        return await replayAndProve(ctx, p, scratch, restored, restoreStarted, point);
+      } finally {
+        if (scratch) {
+          await scratch.destroy();
+          await ctx.log(`scratch instance stopped and ${scratch.dir} deleted`).catch(() => undefined);
+        }
+      }
+    },
+    { reset: 'select pg_advisory_unlock_all()' },
+  );
 }
 
 async function markTargetTime(ctx: JobContext, tables: string[]): Promise<TargetPoint> {

@@ -57,52 +57,51 @@ const job = defineJob({
     );
     // Locks are held on this session until the end of the run, so no drill starts on
     // a backup that is being removed.
-    const lock = await ctx.pool.connect();
-    try {
-      const expiry = await engine.planExpiry(ctx, { policy: policy.base, now, lock });
-      /** Manifests and sets read but not trusted: neither kept nor removed, only named. */
-      const refused = [...dumpListing.refused, ...expiry.refused];
-      for (const r of refused) await ctx.log(refusalLine(r));
-      const plan = {
-        dumps: dumpPlan.map((d) => ({
-          file: d.item.manifest.file,
-          finishedAt: d.item.manifest.finishedAt,
-          action: d.keep ? 'keep' : 'remove',
-          reason: d.reason,
-        })),
-        ...expiry.view,
-        refused,
-      };
-      for (const d of plan.dumps) await ctx.log(`${d.action} ${d.file}: ${d.reason}`);
-      for (const d of expiry.decisions) await ctx.log(`${d.action} ${d.label}: ${d.reason}`);
-      for (const n of expiry.notes) await ctx.log(n);
-      if (dryRun) {
-        const { details } = await engine.applyExpiry(ctx, expiry, { dryRun: true });
-        return { dryRun: true, plan, ...details };
-      }
-      let dumpBytesFreed = 0;
-      for (const d of dumpPlan.filter((d) => !d.keep)) dumpBytesFreed += await removeDump(ctx, target, d.item);
-      const applied = await engine.applyExpiry(ctx, expiry, { dryRun: false });
-      const bytesFreed = dumpBytesFreed + applied.bytesFreed;
-      await ctx.progress(
-        100,
-        `removed ${plan.dumps.filter((d) => d.action === 'remove').length} dumps, ` +
-          `${expiry.decisions.filter((d) => d.action !== 'keep').length} base backups or chains, ` +
-          `${expiry.walFiles.length} WAL files; ${Math.round(bytesFreed / 1048576)} MB freed`,
-      );
-      return {
-        dryRun: false,
-        plan,
-        ...applied.details,
-        bytesFreed,
-        dumpBytesFreed,
-        skipped: expiry.skipped,
-        recoveryWindow: (await engine.catalog(backupDirOf(ctx.config))).recoveryWindow,
-      };
-    } finally {
-      await lock.query('select pg_advisory_unlock_all()').catch(() => undefined);
-      lock.release();
-    }
+    return ctx.withClient(
+      async (lock) => {
+        const expiry = await engine.planExpiry(ctx, { policy: policy.base, now, lock });
+        /** Manifests and sets read but not trusted: neither kept nor removed, only named. */
+        const refused = [...dumpListing.refused, ...expiry.refused];
+        for (const r of refused) await ctx.log(refusalLine(r));
+        const plan = {
+          dumps: dumpPlan.map((d) => ({
+            file: d.item.manifest.file,
+            finishedAt: d.item.manifest.finishedAt,
+            action: d.keep ? 'keep' : 'remove',
+            reason: d.reason,
+          })),
+          ...expiry.view,
+          refused,
+        };
+        for (const d of plan.dumps) await ctx.log(`${d.action} ${d.file}: ${d.reason}`);
+        for (const d of expiry.decisions) await ctx.log(`${d.action} ${d.label}: ${d.reason}`);
+        for (const n of expiry.notes) await ctx.log(n);
+        if (dryRun) {
+          const { details } = await engine.applyExpiry(ctx, expiry, { dryRun: true });
+          return { dryRun: true, plan, ...details };
+        }
+        let dumpBytesFreed = 0;
+        for (const d of dumpPlan.filter((d) => !d.keep)) dumpBytesFreed += await removeDump(ctx, target, d.item);
+        const applied = await engine.applyExpiry(ctx, expiry, { dryRun: false });
+        const bytesFreed = dumpBytesFreed + applied.bytesFreed;
+        await ctx.progress(
+          100,
+          `removed ${plan.dumps.filter((d) => d.action === 'remove').length} dumps, ` +
+            `${expiry.decisions.filter((d) => d.action !== 'keep').length} base backups or chains, ` +
+            `${expiry.walFiles.length} WAL files; ${Math.round(bytesFreed / 1048576)} MB freed`,
+        );
+        return {
+          dryRun: false,
+          plan,
+          ...applied.details,
+          bytesFreed,
+          dumpBytesFreed,
+          skipped: expiry.skipped,
+          recoveryWindow: (await engine.catalog(backupDirOf(ctx.config))).recoveryWindow,
+        };
+      },
+      { reset: 'select pg_advisory_unlock_all()' },
+    );
   },
 });
 

@@ -71,6 +71,11 @@ export interface JobContext {
    * the password goes through a passfile). Their sessions carry this run's application_name,
    * so an abort also ends them server-side. */
   libpqSettings(): LibpqSettings;
+  /**
+   * `fn` on one session of the target's pool, given back however fn ends; `reset` (SQL) first undoes what
+   * fn left on the session (settings, advisory locks). A session that broke meanwhile is closed, not pooled.
+   */
+  withClient<T>(fn: (client: pg.PoolClient) => Promise<T>, opts?: { reset?: string | pg.QueryConfig }): Promise<T>;
   /** Progress 0–100 with a short step name, shown in Bull Board. */
   progress(percent: number, step: string): Promise<void>;
   /** A log line in Bull Board and in the process log. */

@@ -3,7 +3,7 @@
 // under a dot-name, verified with pg_verifybackup (tar format unpacked into a
 // scratch directory first), and only then published by rename with pgmaint.json
 // (LSNs, times, bytes, MB/s). A backup without pgmaint.json never counts.
-// Phases: read the server, copy (pg_basebackup), verify, publish.
+// Phases: clear the directory, read the server, copy (pg_basebackup), verify, publish.
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { backupDirOf } from '../../core/config.ts';
@@ -37,14 +37,7 @@ interface Copied {
 /** Takes, verifies and publishes one base backup; the caller holds the per-target lock. */
 export async function takeNativeBaseBackup(run: EngineRun, raw: BaseBackupOptions) {
   const p: Options = { ...raw, compression: raw.compression ?? (raw.format === 'tar' ? 'lz4' : 'none') };
-  const dir = baseDir(backupDirOf(run.config), run.target.name);
-  await ensureWritableDir(dir);
-  // Under the lock no other run writes here: every dot-name is an interrupted run's.
-  for (const e of await fs.readdir(dir)) {
-    if (!e.startsWith('.')) continue;
-    await fs.rm(path.join(dir, e), { recursive: true, force: true });
-    await run.log(`removed leftover ${e} from an interrupted run`);
-  }
+  const dir = await clearedDir(run);
   const started = new Date();
   const label = `${run.target.name}-${fileStamp(started)}`;
   const tmp = path.join(dir, `.${label}.partial`);
@@ -60,6 +53,19 @@ export async function takeNativeBaseBackup(run: EngineRun, raw: BaseBackupOption
     await fs.rm(verifyDir, { recursive: true, force: true });
     throw err;
   }
+}
+
+/** The target's base-backup directory, writable, without what interrupted runs left there. */
+async function clearedDir(run: EngineRun): Promise<string> {
+  const dir = baseDir(backupDirOf(run.config), run.target.name);
+  await ensureWritableDir(dir);
+  // Under the lock no other run writes here: every dot-name is an interrupted run's.
+  for (const e of await fs.readdir(dir)) {
+    if (!e.startsWith('.')) continue;
+    await fs.rm(path.join(dir, e), { recursive: true, force: true });
+    await run.log(`removed leftover ${e} from an interrupted run`);
+  }
+  return dir;
 }
 
 async function readServer(run: EngineRun): Promise<ServerInfo> {
