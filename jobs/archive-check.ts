@@ -26,7 +26,7 @@ const job = defineJob({
   needs: {
     backupDir: { why: 'the recovery window is read from the base backups there' },
     walArchive: { why: 'it waits for the forced segment to reach the archive' },
-    pgbackrest: { why: 'pgbackrest check and info, for the pgbackrest engine' },
+    engineTools: { why: 'its backup engine checks the archive (pgbackrest check and info)' },
   },
   deduplicate: true,
   async handler(ctx, p) {

@@ -53,7 +53,7 @@ const job = defineJob({
       tools: ['pg_basebackup', 'pg_verifybackup'],
       why: 'pg_basebackup takes it; pg_verifybackup checks it',
     },
-    pgbackrest: { why: 'pgbackrest backup and verify, for the pgbackrest engine' },
+    engineTools: { why: 'its backup engine takes it (pgbackrest backup and verify)' },
   },
   deduplicate: true,
   checkConfig: (p, config) => {

@@ -67,7 +67,7 @@ const job = defineJob({
     backupDir: { why: 'the base backup it restores is read there' },
     walArchive: { why: "the scratch instance's restore_command copies WAL from it" },
     pgBinaries: { tools: ['pg_ctl', 'postgres', 'pg_verifybackup'], why: 'the scratch instance runs here' },
-    pgbackrest: { why: 'pgbackrest restore, for the pgbackrest engine' },
+    engineTools: { why: 'its backup engine restores the set (pgbackrest restore)' },
   },
   deduplicate: true,
   async handler(ctx, p) {

@@ -38,7 +38,7 @@ const job = defineJob({
   needs: {
     backupDir: { why: 'dumps and base backups are removed there' },
     walArchive: { why: 'WAL older than the retained base backups is removed from it' },
-    pgbackrest: { why: 'pgbackrest expire, for the pgbackrest engine' },
+    engineTools: { why: 'its backup engine expires the sets (pgbackrest expire)' },
     objectStore: { why: "dumps' objects are removed from the bucket" },
   },
   deduplicate: true,

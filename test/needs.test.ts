@@ -210,14 +210,14 @@ describe('each need, as a worker checks it at start', () => {
     );
   });
 
-  it('pgbackrest: on PATH, when a target uses the pgbackrest engine', async () => {
+  it('engineTools: its programs on PATH, when a target uses an engine that runs any (pgbackrest)', async () => {
     const noTools = path.join(h.dir, 'no-tools');
     fs.mkdirSync(noTools, { recursive: true });
     const env = { BACKUP_DIR: h.backupDir, PATH: noTools };
     const engine = { targets: { main: { backup: { engine: 'pgbackrest', stanza: 'main' } } } };
     expect(await lacks(['base-backup'], env, engine)).toEqual([
       expect.objectContaining({
-        need: 'pgbackrest',
+        need: 'engineTools',
         variable: 'PATH',
         message: expect.stringMatching(/^pgbackrest is not on PATH \(target main uses the pgbackrest engine\)/),
       }),
@@ -286,7 +286,7 @@ describe('the docs say what the job files declare', () => {
       const declared = Object.keys(job.needs!);
       const cell = row(arch, `\`${job.name}\``)[1]!;
       const listed = names(cell).filter((n) =>
-        ['backupDir', 'walArchive', 'pgBinaries', 'pgbackrest', 'objectStore'].includes(n),
+        ['backupDir', 'walArchive', 'pgBinaries', 'engineTools', 'objectStore'].includes(n),
       );
       expect(listed, job.name).toEqual(declared);
       for (const tool of job.needs!.pgBinaries?.tools ?? []) expect(cell, job.name).toContain(`\`${tool}\``);

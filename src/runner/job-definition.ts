@@ -47,8 +47,8 @@ export interface JobNeeds {
   walArchive?: NeedUse;
   /** These tools are in PG_BINDIR. */
   pgBinaries?: NeedUse & { tools: readonly string[] };
-  /** pgbackrest is on PATH, when a target uses the pgbackrest engine. */
-  pgbackrest?: NeedUse;
+  /** The programs the backup engines of the targets run are on PATH (BACKUP_ENGINES in core/config-schema.ts). */
+  engineTools?: NeedUse;
   /** The bucket's credential variables are set, when objectStore is configured. */
   objectStore?: NeedUse;
 }

@@ -7,13 +7,14 @@ import { constants } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Config } from '../core/config.ts';
+import { BACKUP_ENGINES, type BackupEngineName } from '../core/config-schema.ts';
 import { MAIN_TARGET } from '../core/constants.ts';
 import { binPath } from '../core/proc.ts';
 import type { AnyJobDefinition, JobNeeds } from './job-definition.ts';
 
 export type NeedName = keyof JobNeeds;
 
-export const NEED_NAMES: readonly NeedName[] = ['backupDir', 'walArchive', 'pgBinaries', 'pgbackrest', 'objectStore'];
+export const NEED_NAMES: readonly NeedName[] = ['backupDir', 'walArchive', 'pgBinaries', 'engineTools', 'objectStore'];
 
 /** What this machine is missing for a need: the variable that provides it, and what is wrong. */
 interface Shortfall {
@@ -100,7 +101,7 @@ const PROBES: Record<Exclude<NeedName, 'pgBinaries'>, Probe> = {
 
   async walArchive(config) {
     for (const t of config.targets.values()) {
-      if (t.backup.engine !== 'native' || !t.walArchiveDir) continue;
+      if (!BACKUP_ENGINES[t.backup.engine].readsWalArchiveDir || !t.walArchiveDir) continue;
       const variable = t.name === MAIN_TARGET ? 'WAL_ARCHIVE_DIR' : `targets.${t.name}.walArchiveDir`;
       const why = await whyNotReadable(t.walArchiveDir);
       if (why)
@@ -114,16 +115,25 @@ const PROBES: Record<Exclude<NeedName, 'pgBinaries'>, Probe> = {
     return undefined;
   },
 
-  async pgbackrest(config, env) {
-    const users = [...config.targets.values()].filter((t) => t.backup.engine === 'pgbackrest').map((t) => t.name);
-    if (!users.length || (await onPath('pgbackrest', env.PATH))) return undefined;
-    return {
-      variable: 'PATH',
-      message:
-        `pgbackrest is not on PATH (${users.length > 1 ? 'targets' : 'target'} ${users.join(', ')} ` +
-        `${users.length > 1 ? 'use' : 'uses'} the pgbackrest engine): install pgBackRest, or set PATH to include its ` +
-        'directory',
-    };
+  async engineTools(config, env) {
+    const users = new Map<BackupEngineName, string[]>();
+    for (const t of config.targets.values())
+      users.set(t.backup.engine, [...(users.get(t.backup.engine) ?? []), t.name]);
+    for (const [engine, targets] of users) {
+      const spec: { onPath: readonly string[]; install?: string } = BACKUP_ENGINES[engine];
+      for (const tool of spec.onPath) {
+        if (await onPath(tool, env.PATH)) continue;
+        const several = targets.length > 1;
+        return {
+          variable: 'PATH',
+          message:
+            `${tool} is not on PATH (${several ? 'targets' : 'target'} ${targets.join(', ')} ` +
+            `${several ? 'use' : 'uses'} the ${engine} engine): ${spec.install ?? `install ${tool}`}, or set PATH ` +
+            'to include its directory',
+        };
+      }
+    }
+    return undefined;
   },
 
   async objectStore(config, env) {
