@@ -1,7 +1,6 @@
 // JobContext.withClient (src/core/sql.ts): the one way a job borrows a session of its
 // target's pool. Whatever fn does, the session goes back clean (its reset ran) or is closed;
 // a session killed while checked out neither crashes the process nor returns to the pool.
-import { once } from 'node:events';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { withClient } from '../src/core/sql.ts';
@@ -56,7 +55,8 @@ describe('withClient', () => {
   it('a session terminated while checked out is closed, not pooled, and its error ends nothing', async () => {
     const pid = await withClient(pool, async (c) => {
       const own = (await c.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]!.pid;
-      const ended = once(c, 'end');
+      // Not events.once: that rejects on the 'error' event, which is what withClient must swallow.
+      const ended = new Promise((resolve) => c.once('end', resolve));
       await h.admin.query('select pg_terminate_backend($1)', [own]);
       // Idle between queries, the client learns of it as an 'error' event: unheard, it would end the process.
       await ended;
