@@ -13,8 +13,9 @@ import { dumpDir, type DumpManifest } from '../src/backup/catalog.ts';
 import { fileStamp, publish, sha256File, sha256Tree, writeJsonAtomic } from '../src/core/files.ts';
 import { defineJob, type JobResult, targetField, type JobContext } from '../src/runner/job-definition.ts';
 import { quoteIdent } from '../src/core/sql.ts';
+import { backupDirOf } from '../src/core/config.ts';
 import { binPath, runProcess } from '../src/core/proc.ts';
-import { type ObjectStore, objectStoreFor, objectUrl, type StoredObject } from '../src/backup/object-store.ts';
+import { objectStoreFor, objectUrl, type StoredObject, withObjectStore } from '../src/backup/object-store.ts';
 
 export const payload = z
   .object({
@@ -53,6 +54,11 @@ const job = defineJob({
     'pg_restore --list, sha256 manifest.',
   payload,
   defaults: { attempts: 3, backoffMs: 30_000, timeoutMs: 6 * 3_600_000, concurrency: 1 },
+  needs: {
+    backupDir: { why: 'dumps are written there' },
+    pgBinaries: { tools: ['pg_dump', 'pg_restore'], why: 'pg_dump takes the dump; pg_restore --list reads it back' },
+    objectStore: { why: 'dumps are copied to the bucket' },
+  },
   // "Backup now" twice for one target while the first waits or runs returns the first.
   deduplicate: true,
   checkConfig: (p, config) =>
@@ -62,7 +68,7 @@ const job = defineJob({
   async handler(ctx, p) {
     const { target } = p;
     const started = new Date();
-    const dir = dumpDir(ctx.config.backupDir, target);
+    const dir = dumpDir(backupDirOf(ctx.config), target);
     await ensureWritableDir(dir);
     return runAlone(ctx, 'pgmaint:backup', 'backup', async () => {
       await removeLeftovers(dir, ctx);
@@ -71,6 +77,25 @@ const job = defineJob({
   },
 });
 
+type Table = { schema: string; name: string };
+
+/** The session whose exported snapshot pg_dump reads; the rows are counted in the same snapshot. */
+interface Snapshot {
+  client: pg.PoolClient;
+  id: string;
+  pid: number;
+  tables: Table[];
+}
+
+/** What verification found: the dump reads back, and its checksum. */
+interface Verified {
+  tocEntries: number;
+  bytes: number;
+  sha256: string;
+  pgDumpVersion: string;
+}
+
+/** Phases: snapshot, dump and count, verify, publish. Nothing half-done survives a failure. */
 async function dump(ctx: JobContext, p: Payload, dir: string, started: Date) {
   await ctx.progress(2, 'reading catalog');
   const { rows } = await ctx.pool.query<{ version: string; database: string }>(
@@ -81,180 +106,233 @@ async function dump(ctx: JobContext, p: Payload, dir: string, started: Date) {
   const name = `${p.target}-${fileStamp(started)}.${p.format === 'directory' ? 'dumpdir' : 'dump'}`;
   const final = path.join(dir, name);
   const tmp = path.join(dir, `.${name}.partial`);
-  // The snapshot pg_dump (and its parallel workers) read from stays exported while
-  // this transaction is open: the row counts below see exactly the dumped rows.
-  const snap = await ctx.pool.connect();
-  // Terminated by an abort, the session errors while checked out: keep that from
-  // becoming an unhandled error, and destroy the client instead of pooling it.
-  let broken: Error | undefined;
-  const onError = (err: Error) => (broken = err);
-  snap.on('error', onError);
   const local = new AbortController();
   const signal = AbortSignal.any([ctx.signal, local.signal]);
-  try {
-    // The run's application_name: an abort (timeout, shutdown) terminates this session too.
-    await snap.query('select set_config($1, $2, false)', ['application_name', ctx.appName]);
-    // Not withTransaction: this snapshot stays open while pg_dump reads it through
-    // --snapshot from its own sessions, and ends only once the dump is verified.
-    await snap.query('begin isolation level repeatable read read only');
-    const { rows: s } = await snap.query<{ id: string; pid: number }>(
-      'select pg_export_snapshot() as id, pg_backend_pid() as pid',
-    );
-    const snapshot = s[0]!.id;
-    const tables = await listTables(snap);
-    await ctx.log(
-      `pg_dump of database ${info.database} (PostgreSQL ${info.version}, ${tables.length} tables), ${p.format} ` +
-        `format${parallel > 1 ? ` with ${parallel} processes` : ''}, snapshot ${snapshot}, into ${tmp}`,
-    );
-    let dumped = 0;
-    let lastReport = 0;
-    const args = [
-      `--format=${p.format}`,
-      `--compress=${p.compress}`,
-      `--snapshot=${snapshot}`,
-      '--verbose',
-      '--no-password',
-      `--file=${tmp}`,
-    ];
-    if (parallel > 1) args.push(`--jobs=${parallel}`);
-    const pgDump = runProcess(binPath('pg_dump'), args, {
-      libpq: ctx.libpqSettings(),
-      signal,
-      onStderrLine: (line) => {
-        if (!/dumping contents of table|finished item \d+ TABLE DATA/.test(line)) return;
-        dumped++;
-        const now = Date.now();
-        if (now - lastReport > 1000 || dumped === tables.length) {
-          lastReport = now;
-          void ctx
-            .progress(5 + (75 * dumped) / Math.max(tables.length, 1), `dumped ${dumped}/${tables.length} tables`)
-            .catch(() => undefined);
-        }
-      },
-    });
-    // A failed pg_dump cancels the counting rather than letting it run on.
-    pgDump.catch(() => ctx.pool.query('select pg_cancel_backend($1)', [s[0]!.pid]).catch(() => undefined));
-    const rowCounts: Record<string, number> = {};
-    try {
-      for (const t of tables) {
-        const { rows: c } = await snap.query<{ n: string }>(
-          `select count(*) as n from ${quoteIdent(t.schema)}.${quoteIdent(t.name)}`,
+  // The snapshot's session carries this run's application_name until it is given back.
+  return ctx.withClient(
+    async (client) => {
+      try {
+        const snap = await openSnapshot(ctx, client);
+        await ctx.log(
+          `pg_dump of database ${info.database} (PostgreSQL ${info.version}, ${snap.tables.length} tables), ` +
+            `${p.format} format${parallel > 1 ? ` with ${parallel} processes` : ''}, snapshot ${snap.id}, into ${tmp}`,
         );
-        rowCounts[`${t.schema}.${t.name}`] = Number(c[0]!.n);
+        const rowCounts = await dumpAndCount(ctx, p, snap, { tmp, parallel, signal, local });
+        await snap.client.query('commit');
+        const verified = await verifyDump(p, tmp, signal, ctx);
+        return await publishDump(ctx, p, {
+          name,
+          tmp,
+          final,
+          started,
+          info,
+          parallel,
+          tables: snap.tables.length,
+          snapshot: snap.id,
+          rowCounts,
+          verified,
+        });
+      } catch (err) {
+        await client.query('rollback').catch(() => undefined);
+        throw await discardUnpublished(err, { dir, tmp, final });
       }
-    } catch (err) {
-      local.abort(err);
-      // pg_dump's own failure, when there is one, says more than the cancelled count.
-      await pgDump;
-      throw err;
-    }
-    await pgDump;
-    await snap.query('commit');
+    },
+    { reset: `select set_config('application_name', 'pgmaint', false)` },
+  );
+}
 
-    await ctx.progress(86, 'verifying with pg_restore --list');
-    const list = await runProcess(binPath('pg_restore'), ['--list', tmp], { signal });
-    const tocEntries = list.stdout.split('\n').filter((l) => l.trim() && !l.startsWith(';')).length;
-    if (!/; Archive created at/.test(list.stdout) || tocEntries === 0)
-      throw new Error(`pg_restore --list read no entries from ${tmp}; the dump is not usable`);
-
-    await ctx.progress(92, 'computing sha256');
-    const { bytes, sha256 } =
-      p.format === 'directory'
-        ? await sha256Tree(tmp, signal)
-        : { bytes: (await fs.stat(tmp)).size, sha256: await sha256File(tmp, signal) };
-    const pgDumpVersion = (await runProcess(binPath('pg_dump'), ['--version'])).stdout.trim();
-
-    await ctx.progress(94, 'publishing dump and manifest');
-    await publish(tmp, final);
-    // With a bucket, the dump counts only once its copy there is read back and matches.
-    const object = await uploadVerified(ctx, final, name);
-    const finished = new Date();
-    const manifest: DumpManifest = {
-      kind: 'pgmaint-dump',
-      version: 1,
-      file: name,
-      format: p.format,
-      parallel,
-      target: p.target,
-      database: info.database,
-      serverVersion: info.version,
-      pgDumpVersion,
-      startedAt: started.toISOString(),
-      finishedAt: finished.toISOString(),
-      durationMs: finished.getTime() - started.getTime(),
-      bytes,
-      sha256,
-      tables: tables.length,
-      rowCounts,
-      snapshot,
-      verified: { method: 'pg_restore --list', tocEntries },
-      jobId: ctx.jobId,
-      ...(object ? { object } : {}),
-    };
-    await writeJsonAtomic(`${final}.manifest.json`, manifest);
-    // The bucket's copy of the manifest is what workers on other hosts list.
-    if (object) await withStore(ctx, (s) => s.putJson(s.manifestKey('dumps', p.target, name), manifest));
-    // Where the dump lives from now on: what the result, the history and the board name.
-    let file = final;
-    if (object && !ctx.config.objectStore!.keepLocal) {
-      await fs.rm(final, { recursive: true, force: true });
-      file = objectUrl(object);
-      await ctx.log(
-        `local copy removed (objectStore.keepLocal is false): the dump is ${file}; the manifest stays as the ` +
-          `catalog record`,
-      );
-    }
-    const totalRows = Object.values(rowCounts).reduce((a, b) => a + b, 0);
-    await ctx.progress(
-      100,
-      `backup verified: ${file}, ${bytes} bytes, ${totalRows} rows in ${tables.length} tables, sha256 ` +
-        `${sha256.slice(0, 12)}…`,
+/** Nothing half-done survives a failed dump: the partial file and an unpublished dump go. Returns what to throw. */
+async function discardUnpublished(err: unknown, o: { dir: string; tmp: string; final: string }): Promise<unknown> {
+  await fs.rm(o.tmp, { recursive: true, force: true });
+  const manifestExists = await fs.stat(`${o.final}.manifest.json`).then(
+    () => true,
+    () => false,
+  );
+  if (!manifestExists) await fs.rm(o.final, { recursive: true, force: true });
+  if (/No space left on device|ENOSPC/.test(String((err as Error)?.message))) {
+    // Retried with backoff: a prune-backups run or an operator may free space meanwhile.
+    return new Error(
+      `BACKUP_DIR: ${o.dir} is full (no space left on device); the partial dump was removed. Free space or run ` +
+        `prune-backups`,
+      { cause: err },
     );
-    return {
-      /** The dump's name in the catalog (what restore-check's `dump` takes). */
-      name,
-      /** Where it is: the local file, or s3://bucket/key once the local copy is removed. */
-      file,
-      ...(object ? { object: objectUrl(object) } : {}),
-      manifest: `${final}.manifest.json`,
-      format: p.format,
-      parallel,
-      bytes,
-      sha256,
-      durationMs: manifest.durationMs,
-      tables: tables.length,
-      rows: totalRows,
-      tocEntries,
-    };
-  } catch (err) {
-    await snap.query('rollback').catch(() => undefined);
-    // Nothing half-done survives: the partial file and an unpublished dump go.
-    await fs.rm(tmp, { recursive: true, force: true });
-    const manifestExists = await fs.stat(`${final}.manifest.json`).then(
-      () => true,
-      () => false,
-    );
-    if (!manifestExists) await fs.rm(final, { recursive: true, force: true });
-    if (/No space left on device|ENOSPC/.test(String((err as Error)?.message))) {
-      // Retried with backoff: a prune-backups run or an operator may free space meanwhile.
-      throw new Error(
-        `BACKUP_DIR: ${dir} is full (no space left on device); the partial dump was removed. Free space or run ` +
-          `prune-backups`,
-        { cause: err },
-      );
-    }
-    throw err;
-  } finally {
-    if (!broken)
-      await snap.query(`select set_config('application_name', 'pgmaint', false)`).catch((err: Error) => (broken = err));
-    snap.off('error', onError);
-    snap.release(broken);
   }
+  return err;
+}
+
+/**
+ * Opens a repeatable-read transaction and exports its snapshot: it stays exported while the
+ * transaction is open, so pg_dump (and its parallel workers) and the row counts see exactly the same
+ * rows. Not withTransaction: it ends only once the dump is written.
+ */
+async function openSnapshot(ctx: JobContext, client: pg.PoolClient): Promise<Snapshot> {
+  // The run's application_name: an abort (timeout, shutdown) terminates this session too.
+  await client.query('select set_config($1, $2, false)', ['application_name', ctx.appName]);
+  await client.query('begin isolation level repeatable read read only');
+  const { rows } = await client.query<{ id: string; pid: number }>(
+    'select pg_export_snapshot() as id, pg_backend_pid() as pid',
+  );
+  return { client, id: rows[0]!.id, pid: rows[0]!.pid, tables: await listTables(client) };
+}
+
+/** pg_dump from the snapshot into tmp while every table's rows are counted in it; returns the counts. */
+async function dumpAndCount(
+  ctx: JobContext,
+  p: Payload,
+  snap: Snapshot,
+  o: { tmp: string; parallel: number; signal: AbortSignal; local: AbortController },
+): Promise<Record<string, number>> {
+  const { tables } = snap;
+  let dumped = 0;
+  let lastReport = 0;
+  const args = [
+    `--format=${p.format}`,
+    `--compress=${p.compress}`,
+    `--snapshot=${snap.id}`,
+    '--verbose',
+    '--no-password',
+    `--file=${o.tmp}`,
+  ];
+  if (o.parallel > 1) args.push(`--jobs=${o.parallel}`);
+  const pgDump = runProcess(binPath('pg_dump'), args, {
+    libpq: ctx.libpqSettings(),
+    signal: o.signal,
+    onStderrLine: (line) => {
+      if (!/dumping contents of table|finished item \d+ TABLE DATA/.test(line)) return;
+      dumped++;
+      const now = Date.now();
+      if (now - lastReport > 1000 || dumped === tables.length) {
+        lastReport = now;
+        void ctx
+          .progress(5 + (75 * dumped) / Math.max(tables.length, 1), `dumped ${dumped}/${tables.length} tables`)
+          .catch(() => undefined);
+      }
+    },
+  });
+  // A failed pg_dump cancels the counting rather than letting it run on.
+  pgDump.catch(() => ctx.pool.query('select pg_cancel_backend($1)', [snap.pid]).catch(() => undefined));
+  const rowCounts: Record<string, number> = {};
+  try {
+    for (const t of tables) {
+      const { rows: c } = await snap.client.query<{ n: string }>(
+        `select count(*) as n from ${quoteIdent(t.schema)}.${quoteIdent(t.name)}`,
+      );
+      rowCounts[`${t.schema}.${t.name}`] = Number(c[0]!.n);
+    }
+  } catch (err) {
+    o.local.abort(err);
+    // pg_dump's own failure, when there is one, says more than the cancelled count.
+    await pgDump;
+    throw err;
+  }
+  await pgDump;
+  return rowCounts;
+}
+
+/** Reads the dump back with `pg_restore --list` and checksums it. */
+async function verifyDump(p: Payload, tmp: string, signal: AbortSignal, ctx: JobContext): Promise<Verified> {
+  await ctx.progress(86, 'verifying with pg_restore --list');
+  const list = await runProcess(binPath('pg_restore'), ['--list', tmp], { signal });
+  const tocEntries = list.stdout.split('\n').filter((l) => l.trim() && !l.startsWith(';')).length;
+  if (!/; Archive created at/.test(list.stdout) || tocEntries === 0)
+    throw new Error(`pg_restore --list read no entries from ${tmp}; the dump is not usable`);
+
+  await ctx.progress(92, 'computing sha256');
+  const { bytes, sha256 } =
+    p.format === 'directory'
+      ? await sha256Tree(tmp, signal)
+      : { bytes: (await fs.stat(tmp)).size, sha256: await sha256File(tmp, signal) };
+  const pgDumpVersion = (await runProcess(binPath('pg_dump'), ['--version'])).stdout.trim();
+  return { tocEntries, bytes, sha256, pgDumpVersion };
+}
+
+/**
+ * Renames the dump into place, uploads it (with a bucket: it counts only once the copy there is read
+ * back and matches), then writes the manifest: from then on it counts.
+ */
+async function publishDump(
+  ctx: JobContext,
+  p: Payload,
+  d: {
+    name: string;
+    tmp: string;
+    final: string;
+    started: Date;
+    info: { version: string; database: string };
+    parallel: number;
+    tables: number;
+    snapshot: string;
+    rowCounts: Record<string, number>;
+    verified: Verified;
+  },
+) {
+  const { name, final, verified: v } = d;
+  await ctx.progress(94, 'publishing dump and manifest');
+  await publish(d.tmp, final);
+  const object = await uploadVerified(ctx, final, name);
+  const finished = new Date();
+  const manifest: DumpManifest = {
+    kind: 'pgmaint-dump',
+    version: 1,
+    file: name,
+    format: p.format,
+    parallel: d.parallel,
+    target: p.target,
+    database: d.info.database,
+    serverVersion: d.info.version,
+    pgDumpVersion: v.pgDumpVersion,
+    startedAt: d.started.toISOString(),
+    finishedAt: finished.toISOString(),
+    durationMs: finished.getTime() - d.started.getTime(),
+    bytes: v.bytes,
+    sha256: v.sha256,
+    tables: d.tables,
+    rowCounts: d.rowCounts,
+    snapshot: d.snapshot,
+    verified: { method: 'pg_restore --list', tocEntries: v.tocEntries },
+    jobId: ctx.jobId,
+    ...(object ? { object } : {}),
+  };
+  await writeJsonAtomic(`${final}.manifest.json`, manifest);
+  // The bucket's copy of the manifest is what workers on other hosts list.
+  if (object) await withObjectStore(ctx.config, (s) => s!.putJson(s!.manifestKey('dumps', p.target, name), manifest));
+  // Where the dump lives from now on: what the result, the history and the board name.
+  let file = final;
+  if (object && !ctx.config.objectStore!.keepLocal) {
+    await fs.rm(final, { recursive: true, force: true });
+    file = objectUrl(object);
+    await ctx.log(
+      `local copy removed (objectStore.keepLocal is false): the dump is ${file}; the manifest stays as the ` +
+        `catalog record`,
+    );
+  }
+  const totalRows = Object.values(d.rowCounts).reduce((a, b) => a + b, 0);
+  await ctx.progress(
+    100,
+    `backup verified: ${file}, ${v.bytes} bytes, ${totalRows} rows in ${d.tables} tables, sha256 ` +
+      `${v.sha256.slice(0, 12)}…`,
+  );
+  return {
+    /** The dump's name in the catalog (what restore-check's `dump` takes). */
+    name,
+    /** Where it is: the local file, or s3://bucket/key once the local copy is removed. */
+    file,
+    ...(object ? { object: objectUrl(object) } : {}),
+    manifest: `${final}.manifest.json`,
+    format: p.format,
+    parallel: d.parallel,
+    bytes: v.bytes,
+    sha256: v.sha256,
+    durationMs: manifest.durationMs,
+    tables: d.tables,
+    rows: totalRows,
+    tocEntries: v.tocEntries,
+  };
 }
 
 /** Tables whose data pg_dump writes: ordinary tables and partitions, temporary ones aside. */
-async function listTables(client: pg.ClientBase): Promise<{ schema: string; name: string }[]> {
-  const { rows } = await client.query<{ schema: string; name: string }>(
+async function listTables(client: pg.ClientBase): Promise<Table[]> {
+  const { rows } = await client.query<Table>(
     `select n.nspname as schema, c.relname as name from pg_class c join pg_namespace n on n.oid = c.relnamespace
       where c.relkind = 'r' and c.relpersistence <> 't'
         and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\\_toast%' and n.nspname
@@ -278,15 +356,6 @@ async function removeLeftovers(dir: string, ctx: { log(m: string): Promise<void>
       await fs.rm(full, { recursive: true, force: true });
       await ctx.log(`removed leftover ${e} from an interrupted run`);
     }
-  }
-}
-
-async function withStore<T>(ctx: JobContext, fn: (store: ObjectStore) => Promise<T>): Promise<T> {
-  const store = objectStoreFor(ctx.config)!;
-  try {
-    return await fn(store);
-  } finally {
-    store.close();
   }
 }
 

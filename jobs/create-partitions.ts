@@ -126,9 +126,8 @@ const boundsOf = (target: string) => {
 /** Every parent's catalog state, read once on one connection (bounds printed in UTC). */
 async function readSnapshot(ctx: JobContext, policies: PartitionPolicy[]) {
   if (!policies.length) return [];
-  const client = await ctx.pool.connect();
-  try {
-    return await withTransaction(
+  return ctx.withClient((client) =>
+    withTransaction(
       client,
       async () => {
         await client.query(`set local timezone = 'UTC'`);
@@ -143,10 +142,8 @@ async function readSnapshot(ctx: JobContext, policies: PartitionPolicy[]) {
         }));
       },
       'begin isolation level repeatable read read only',
-    );
-  } finally {
-    client.release();
-  }
+    ),
+  );
 }
 
 const NEEDS_WORK = Symbol('needs work');

@@ -19,6 +19,7 @@ import {
   writtenFile,
 } from '../src/backup/partition-archive.ts';
 import { defineJob, type JobResult, targetField, type JobContext } from '../src/runner/job-definition.ts';
+import type { Config } from '../src/core/config.ts';
 import { parseRetention, type PartitionPolicy } from '../src/core/partition-policy.ts';
 import { qualifiedName, quoteQualified, withTransaction } from '../src/core/sql.ts';
 import { boundLiteral, readParent } from '../src/partitions/catalog.ts';
@@ -67,11 +68,24 @@ interface DropResult extends PolicyOutcome {
   skipped: { partition?: string; reason: string }[];
 }
 
+/** Some policy drops partitions (it has a retention) and archives them first. */
+const archivesPartitions = (config: Config) => config.partitions.some((p) => p.retention !== undefined && p.archive);
+
 const job = defineJob({
   name: 'drop-expired-partitions',
   description: 'Retention: detach, archive to a verified dump, then drop partitions past their policy retention.',
   payload,
   defaults: { attempts: 3, backoffMs: 60_000, timeoutMs: 3 * 3600_000, concurrency: 1 },
+  // Only a policy that archives (archive: true, the default) writes files and runs tools.
+  needs: {
+    backupDir: { why: 'its partition archives are written there', when: archivesPartitions },
+    pgBinaries: {
+      tools: ['pg_dump', 'pg_restore'],
+      why: 'pg_dump archives the partitions; pg_restore reads the archive back',
+      when: archivesPartitions,
+    },
+    objectStore: { why: 'partition archives are copied to the bucket', when: archivesPartitions },
+  },
   deduplicate: true,
   checkConfig: (p, config) => tablesIssues(config.partitions, p.target, p.tables, true),
   async handler(ctx, p) {

@@ -94,85 +94,86 @@ const job = defineJob({
   async handler(ctx, p) {
     const deadline = Date.now() + p.budgetSeconds * 1000;
     const schemas = p.schemas ?? null;
-    const client = await ctx.pool.connect();
-    try {
-      await ctx.progress(2, 'looking for leftovers of interrupted rebuilds');
-      const leftovers = (await client.query<{ oid: number; index: string }>(LEFTOVERS, [schemas])).rows;
-      const cleaned: string[] = [];
-      /** Leftovers that could not be dropped now: the next run drops them. */
-      const kept: { index: string; reason: string }[] = [];
-      for (const l of leftovers) {
-        if (p.dryRun) continue;
-        const notNow = await dropLeftover(client, l.index, p.lockTimeout);
-        if (notNow) {
-          kept.push({ index: l.index, reason: notNow });
-          await ctx.log(`${l.index} (an interrupted REINDEX CONCURRENTLY's) not dropped now: ${notNow}`);
-          continue;
+    return ctx.withClient(
+      async (client) => {
+        await ctx.progress(2, 'looking for leftovers of interrupted rebuilds');
+        const leftovers = (await client.query<{ oid: number; index: string }>(LEFTOVERS, [schemas])).rows;
+        const cleaned: string[] = [];
+        /** Leftovers that could not be dropped now: the next run drops them. */
+        const kept: { index: string; reason: string }[] = [];
+        for (const l of leftovers) {
+          if (p.dryRun) continue;
+          const notNow = await dropLeftover(client, l.index, p.lockTimeout);
+          if (notNow) {
+            kept.push({ index: l.index, reason: notNow });
+            await ctx.log(`${l.index} (an interrupted REINDEX CONCURRENTLY's) not dropped now: ${notNow}`);
+            continue;
+          }
+          cleaned.push(l.index);
+          await ctx.log(`dropped ${l.index}, left by an interrupted REINDEX CONCURRENTLY`);
         }
-        cleaned.push(l.index);
-        await ctx.log(`dropped ${l.index}, left by an interrupted REINDEX CONCURRENTLY`);
-      }
 
-      await ctx.progress(10, 'estimating bloat');
-      const method = await bloatMethod(client);
-      const candidates = await chooseCandidates(client, p, method, schemas);
-      for (const c of candidates) await ctx.log(`candidate ${c.index}: ${c.reason}`);
+        await ctx.progress(10, 'estimating bloat');
+        const method = await bloatMethod(client);
+        const candidates = await chooseCandidates(client, p, method, schemas);
+        for (const c of candidates) await ctx.log(`candidate ${c.index}: ${c.reason}`);
 
-      const rebuilt: { index: string; bytesBefore: number; bytesAfter: number; seconds: number; reason: string }[] = [];
-      const skipped: { index: string; reason: string }[] = [];
-      const left: string[] = [];
-      for (const [n, c] of candidates.entries()) {
-        ctx.signal.throwIfAborted();
-        if (p.dryRun) continue;
-        const remaining = deadline - Date.now();
-        if (remaining < 1000) {
-          left.push(...candidates.slice(n).map((x) => x.index));
-          await ctx.log(`budget of ${p.budgetSeconds}s spent; left: ${left.join(', ')}`);
-          break;
+        const rebuilt: { index: string; bytesBefore: number; bytesAfter: number; seconds: number; reason: string }[] =
+          [];
+        const skipped: { index: string; reason: string }[] = [];
+        const left: string[] = [];
+        for (const [n, c] of candidates.entries()) {
+          ctx.signal.throwIfAborted();
+          if (p.dryRun) continue;
+          const remaining = deadline - Date.now();
+          if (remaining < 1000) {
+            left.push(...candidates.slice(n).map((x) => x.index));
+            await ctx.log(`budget of ${p.budgetSeconds}s spent; left: ${left.join(', ')}`);
+            break;
+          }
+          const busy = await busyWith(client, c.tableOid);
+          if (busy) {
+            skipped.push({ index: c.index, reason: busy });
+            await ctx.log(`skipped ${c.index}: ${busy}`);
+            continue;
+          }
+          await ctx.progress(15 + (80 * n) / candidates.length, `REINDEX INDEX CONCURRENTLY ${c.index}`);
+          const outcome = await rebuild(ctx, client, c, p.lockTimeout, remaining);
+          if ('error' in outcome) {
+            kept.push(...outcome.kept);
+            skipped.push({ index: c.index, reason: outcome.error });
+            await ctx.log(`skipped ${c.index}: ${outcome.error}`);
+            if (outcome.budget) left.push(...candidates.slice(n).map((x) => x.index));
+            if (outcome.budget) break;
+            continue;
+          }
+          rebuilt.push({ index: c.index, reason: c.reason, ...outcome });
+          await ctx.log(
+            `rebuilt ${c.index}: ${outcome.bytesBefore} → ${outcome.bytesAfter} bytes ` +
+              `in ${outcome.seconds.toFixed(1)}s`,
+          );
         }
-        const busy = await busyWith(client, c.tableOid);
-        if (busy) {
-          skipped.push({ index: c.index, reason: busy });
-          await ctx.log(`skipped ${c.index}: ${busy}`);
-          continue;
-        }
-        await ctx.progress(15 + (80 * n) / candidates.length, `REINDEX INDEX CONCURRENTLY ${c.index}`);
-        const outcome = await rebuild(ctx, client, c, p.lockTimeout, remaining);
-        if ('error' in outcome) {
-          kept.push(...outcome.kept);
-          skipped.push({ index: c.index, reason: outcome.error });
-          await ctx.log(`skipped ${c.index}: ${outcome.error}`);
-          if (outcome.budget) left.push(...candidates.slice(n).map((x) => x.index));
-          if (outcome.budget) break;
-          continue;
-        }
-        rebuilt.push({ index: c.index, reason: c.reason, ...outcome });
-        await ctx.log(
-          `rebuilt ${c.index}: ${outcome.bytesBefore} → ${outcome.bytesAfter} bytes in ${outcome.seconds.toFixed(1)}s`,
-        );
-      }
-      return {
-        bloatMethod: method,
-        dryRun: p.dryRun,
-        leftovers: leftovers.map((l) => l.index),
-        cleaned,
-        kept,
-        candidates: candidates.map(({ index, bytes, valid, bloatPercent, reason }) => ({
-          index,
-          bytes,
-          valid,
-          bloatPercent,
-          reason,
-        })),
-        rebuilt,
-        skipped,
-        left,
-        bytesFreed: rebuilt.reduce((n, r) => n + Math.max(0, r.bytesBefore - r.bytesAfter), 0),
-      };
-    } finally {
-      await client.query('reset lock_timeout; reset statement_timeout').catch(() => undefined);
-      client.release();
-    }
+        return {
+          bloatMethod: method,
+          dryRun: p.dryRun,
+          leftovers: leftovers.map((l) => l.index),
+          cleaned,
+          kept,
+          candidates: candidates.map(({ index, bytes, valid, bloatPercent, reason }) => ({
+            index,
+            bytes,
+            valid,
+            bloatPercent,
+            reason,
+          })),
+          rebuilt,
+          skipped,
+          left,
+          bytesFreed: rebuilt.reduce((n, r) => n + Math.max(0, r.bytesBefore - r.bytesAfter), 0),
+        };
+      },
+      { reset: 'reset lock_timeout; reset statement_timeout' },
+    );
   },
 });
 

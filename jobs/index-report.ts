@@ -89,99 +89,99 @@ const job = defineJob({
   defaults: { attempts: 2, backoffMs: 30_000, timeoutMs: 30 * 60_000, concurrency: 1 },
   deduplicate: true,
   async handler(ctx, p) {
-    const client = await ctx.pool.connect();
-    try {
-      await client.query(`set statement_timeout = '5min'`);
-      await ctx.progress(5, 'reading indexes and their statistics');
-      const schemas = p.schemas ?? null;
-      // One session runs one query at a time: these go one after another.
-      const { rows: indexes } = await client.query<IndexRow>(INDEXES, [schemas]);
-      const { rows: fks } = await client.query<{
-        schema: string;
-        table: string;
-        constraint: string;
-        columns: string;
-        references: string;
-      }>(FOREIGN_KEYS, [schemas]);
-      const { rows: reset } = await client.query<{ reset: Date | null; standby: boolean }>(
-        `select stats_reset as reset, pg_is_in_recovery() as standby from pg_stat_database
-          where datname = current_database()`,
-      );
-      await ctx.progress(60, `${indexes.length} indexes, ${fks.length} foreign keys without an index`);
+    return ctx.withClient(
+      async (client) => {
+        await client.query(`set statement_timeout = '5min'`);
+        await ctx.progress(5, 'reading indexes and their statistics');
+        const schemas = p.schemas ?? null;
+        // One session runs one query at a time: these go one after another.
+        const { rows: indexes } = await client.query<IndexRow>(INDEXES, [schemas]);
+        const { rows: fks } = await client.query<{
+          schema: string;
+          table: string;
+          constraint: string;
+          columns: string;
+          references: string;
+        }>(FOREIGN_KEYS, [schemas]);
+        const { rows: reset } = await client.query<{ reset: Date | null; standby: boolean }>(
+          `select stats_reset as reset, pg_is_in_recovery() as standby from pg_stat_database
+            where datname = current_database()`,
+        );
+        await ctx.progress(60, `${indexes.length} indexes, ${fks.length} foreign keys without an index`);
 
-      const unused = indexes
-        .filter(
-          (i) =>
-            i.scans === 0 &&
-            !i.constraint &&
-            i.valid &&
-            !i.partitioned &&
-            !i.onPartition &&
-            i.bytes >= p.minUnusedBytes,
-        )
-        .map((i) => ({ index: `${i.schema}.${i.index}`, table: `${i.schema}.${i.table}`, bytes: i.bytes }));
+        const unused = indexes
+          .filter(
+            (i) =>
+              i.scans === 0 &&
+              !i.constraint &&
+              i.valid &&
+              !i.partitioned &&
+              !i.onPartition &&
+              i.bytes >= p.minUnusedBytes,
+          )
+          .map((i) => ({ index: `${i.schema}.${i.index}`, table: `${i.schema}.${i.table}`, bytes: i.bytes }));
 
-      // Same table, predicate and expressions; one's keys equal to, or a prefix of, the other's.
-      const byTable = new Map<string, IndexRow[]>();
-      for (const i of indexes.filter((x) => x.valid && !x.onPartition)) {
-        const k = `${i.schema}.${i.table}`;
-        byTable.set(k, [...(byTable.get(k) ?? []), i]);
-      }
-      const overlapping: {
-        index: string;
-        coveredBy: string;
-        kind: 'duplicate' | 'prefix';
-        bytes: number;
-        definition: string;
-      }[] = [];
-      for (const list of byTable.values()) {
-        for (const a of list) {
-          for (const b of list) {
-            if (a === b || a.unique || a.predicate !== b.predicate || a.expressions !== b.expressions) continue;
-            const [ka, kb] = [columnsOf(a.keys), columnsOf(b.keys)];
-            const prefix = ka.length <= kb.length && ka.every((c, n) => c === kb[n]);
-            if (!prefix) continue;
-            const duplicate = ka.length === kb.length;
-            // Of two equal non-unique indexes, name the later one (by name) as the duplicate.
-            if (duplicate && !b.unique && a.index < b.index) continue;
-            overlapping.push({
-              index: `${a.schema}.${a.index}`,
-              coveredBy: `${b.schema}.${b.index}`,
-              kind: duplicate ? 'duplicate' : 'prefix',
-              bytes: a.bytes,
-              definition: a.definition,
-            });
+        // Same table, predicate and expressions; one's keys equal to, or a prefix of, the other's.
+        const byTable = new Map<string, IndexRow[]>();
+        for (const i of indexes.filter((x) => x.valid && !x.onPartition)) {
+          const k = `${i.schema}.${i.table}`;
+          byTable.set(k, [...(byTable.get(k) ?? []), i]);
+        }
+        const overlapping: {
+          index: string;
+          coveredBy: string;
+          kind: 'duplicate' | 'prefix';
+          bytes: number;
+          definition: string;
+        }[] = [];
+        for (const list of byTable.values()) {
+          for (const a of list) {
+            for (const b of list) {
+              if (a === b || a.unique || a.predicate !== b.predicate || a.expressions !== b.expressions) continue;
+              const [ka, kb] = [columnsOf(a.keys), columnsOf(b.keys)];
+              const prefix = ka.length <= kb.length && ka.every((c, n) => c === kb[n]);
+              if (!prefix) continue;
+              const duplicate = ka.length === kb.length;
+              // Of two equal non-unique indexes, name the later one (by name) as the duplicate.
+              if (duplicate && !b.unique && a.index < b.index) continue;
+              overlapping.push({
+                index: `${a.schema}.${a.index}`,
+                coveredBy: `${b.schema}.${b.index}`,
+                kind: duplicate ? 'duplicate' : 'prefix',
+                bytes: a.bytes,
+                definition: a.definition,
+              });
+            }
           }
         }
-      }
-      const unindexedForeignKeys = fks.map((f) => ({
-        constraint: f.constraint,
-        table: `${f.schema}.${f.table}`,
-        columns: f.columns,
-        references: f.references,
-      }));
-      const statsReset = reset[0]?.reset ? new Date(reset[0].reset).toISOString() : null;
-      const warning =
-        `scan counts are this node's since ${statsReset ?? 'the cluster was created'}: reads on a standby are ` +
-        `not counted, and an index used only by a monthly report may look unused`;
-      for (const u of unused) await ctx.log(`unused: ${u.index} on ${u.table}, ${u.bytes} bytes`);
-      for (const o of overlapping) await ctx.log(`${o.kind}: ${o.index} is covered by ${o.coveredBy}`);
-      for (const f of unindexedForeignKeys)
-        await ctx.log(`foreign key without an index: ${f.constraint} on ${f.table} (${f.columns}) → ${f.references}`);
-      await ctx.log(warning);
-      return {
-        statsReset,
-        standby: reset[0]?.standby ?? false,
-        warning,
-        indexes: indexes.length,
-        unused,
-        unusedBytes: unused.reduce((n, u) => n + u.bytes, 0),
-        overlapping,
-        unindexedForeignKeys,
-      };
-    } finally {
-      client.release();
-    }
+        const unindexedForeignKeys = fks.map((f) => ({
+          constraint: f.constraint,
+          table: `${f.schema}.${f.table}`,
+          columns: f.columns,
+          references: f.references,
+        }));
+        const statsReset = reset[0]?.reset ? new Date(reset[0].reset).toISOString() : null;
+        const warning =
+          `scan counts are this node's since ${statsReset ?? 'the cluster was created'}: reads on a standby are ` +
+          `not counted, and an index used only by a monthly report may look unused`;
+        for (const u of unused) await ctx.log(`unused: ${u.index} on ${u.table}, ${u.bytes} bytes`);
+        for (const o of overlapping) await ctx.log(`${o.kind}: ${o.index} is covered by ${o.coveredBy}`);
+        for (const f of unindexedForeignKeys)
+          await ctx.log(`foreign key without an index: ${f.constraint} on ${f.table} (${f.columns}) → ${f.references}`);
+        await ctx.log(warning);
+        return {
+          statsReset,
+          standby: reset[0]?.standby ?? false,
+          warning,
+          indexes: indexes.length,
+          unused,
+          unusedBytes: unused.reduce((n, u) => n + u.bytes, 0),
+          overlapping,
+          unindexedForeignKeys,
+        };
+      },
+      { reset: 'reset statement_timeout' },
+    );
   },
 });
 

@@ -1,4 +1,5 @@
-// Every job the runner knows. Adding a job: one file in jobs/, one line here.
+// Every job the runner knows. Adding a job: one file in jobs/, one line here (and its
+// `needs` decide which worker entry point serves it: docs/architecture.md#adding-a-job).
 import type { AnyJobDefinition } from '../src/runner/job-definition.ts';
 import archiveCheck from './archive-check.ts';
 import backup from './backup.ts';
@@ -37,6 +38,3 @@ export const jobs: AnyJobDefinition[] = [
   vacuumAnalyze,
   warmCache,
 ] as AnyJobDefinition[];
-
-/** Jobs that read or write BACKUP_DIR or the WAL archive (workers/backup.ts serves these). */
-export const BACKUP_JOBS = ['backup', 'base-backup', 'archive-check', 'pitr-drill', 'restore-check', 'prune-backups'];

@@ -56,62 +56,61 @@ const job = defineJob({
   deduplicate: true,
   async handler(ctx, p) {
     const deadline = Date.now() + p.budgetSeconds * 1000;
-    const client = await ctx.pool.connect();
-    try {
-      await requireExtension(client, 'amcheck');
-      await client.query(STATE);
-      const heapAllowed =
-        p.heap && (await mayRun(client, 'verify_heapam(regclass,boolean,boolean,text,bigint,bigint)'));
-      const tables = await chooseTables(client, p);
-      await ctx.log(
-        `${tables.length} tables to check${p.full ? ' (full)' : ' (written since their last clean check)'}; ` +
-          `heap check ${heapAllowed ? 'on' : p.heap ? 'left out: this role may not run verify_heapam' : 'off'}`,
-      );
-      const findings: Finding[] = [];
-      const checked: string[] = [];
-      const left: string[] = [];
-      let indexes = 0;
-      for (const [n, t] of tables.entries()) {
-        ctx.signal.throwIfAborted();
-        const remaining = deadline - Date.now();
-        if (remaining < 1000) {
-          left.push(...tables.slice(n).map((x) => x.relation));
-          await ctx.log(`budget of ${p.budgetSeconds}s spent; left for the next run: ${left.length} tables`);
-          break;
-        }
-        await ctx.progress(5 + (90 * n) / tables.length, `checking ${t.relation}`);
-        const found = await checkTable(client, t, heapAllowed, remaining);
-        if (found === 'budget') {
-          left.push(...tables.slice(n).map((x) => x.relation));
-          break;
-        }
-        if (found === 'dropped') {
-          await ctx.log(`${t.relation} was dropped while the check ran; not checked`);
-          continue;
-        }
-        indexes += t.indexes.length;
-        findings.push(...found);
-        checked.push(t.relation);
-        for (const f of found) await ctx.log(`CORRUPTION in ${findingText(f)}`);
-        if (!found.length)
-          await client.query(
-            `insert into pgmaint.integrity_checked values ($1, $2, now(), $3)
-             on conflict (relid) do update set relation = excluded.relation, checked_at = now(),
-               writes = excluded.writes`,
-            [t.relid, t.relation, t.writes],
-          );
-      }
-      if (findings.length) {
-        const first = findings.slice(0, 5).map(findingText);
-        throw new CorruptionError(
-          `corruption found in ${new Set(findings.map((f) => f.relation)).size} relation(s): ${first.join('; ')}`,
+    return ctx.withClient(
+      async (client) => {
+        await requireExtension(client, 'amcheck');
+        await client.query(STATE);
+        const heapAllowed =
+          p.heap && (await mayRun(client, 'verify_heapam(regclass,boolean,boolean,text,bigint,bigint)'));
+        const tables = await chooseTables(client, p);
+        await ctx.log(
+          `${tables.length} tables to check${p.full ? ' (full)' : ' (written since their last clean check)'}; ` +
+            `heap check ${heapAllowed ? 'on' : p.heap ? 'left out: this role may not run verify_heapam' : 'off'}`,
         );
-      }
-      return { full: p.full, heapChecked: heapAllowed, tables: checked.length, indexes, checked, left, findings };
-    } finally {
-      await client.query('reset statement_timeout').catch(() => undefined);
-      client.release();
-    }
+        const findings: Finding[] = [];
+        const checked: string[] = [];
+        const left: string[] = [];
+        let indexes = 0;
+        for (const [n, t] of tables.entries()) {
+          ctx.signal.throwIfAborted();
+          const remaining = deadline - Date.now();
+          if (remaining < 1000) {
+            left.push(...tables.slice(n).map((x) => x.relation));
+            await ctx.log(`budget of ${p.budgetSeconds}s spent; left for the next run: ${left.length} tables`);
+            break;
+          }
+          await ctx.progress(5 + (90 * n) / tables.length, `checking ${t.relation}`);
+          const found = await checkTable(client, t, heapAllowed, remaining);
+          if (found === 'budget') {
+            left.push(...tables.slice(n).map((x) => x.relation));
+            break;
+          }
+          if (found === 'dropped') {
+            await ctx.log(`${t.relation} was dropped while the check ran; not checked`);
+            continue;
+          }
+          indexes += t.indexes.length;
+          findings.push(...found);
+          checked.push(t.relation);
+          for (const f of found) await ctx.log(`CORRUPTION in ${findingText(f)}`);
+          if (!found.length)
+            await client.query(
+              `insert into pgmaint.integrity_checked values ($1, $2, now(), $3)
+               on conflict (relid) do update set relation = excluded.relation, checked_at = now(),
+                 writes = excluded.writes`,
+              [t.relid, t.relation, t.writes],
+            );
+        }
+        if (findings.length) {
+          const first = findings.slice(0, 5).map(findingText);
+          throw new CorruptionError(
+            `corruption found in ${new Set(findings.map((f) => f.relation)).size} relation(s): ${first.join('; ')}`,
+          );
+        }
+        return { full: p.full, heapChecked: heapAllowed, tables: checked.length, indexes, checked, left, findings };
+      },
+      { reset: 'reset statement_timeout' },
+    );
   },
 });
 

@@ -1,12 +1,12 @@
 // pitr-drill: proof that point-in-time recovery works, measured. On the live
 // target it writes marker M1, notes the target time T (with row counts of the
 // configured tables in a snapshot taken at T), writes M2 after T and forces a WAL
-// switch. It then restores the newest verified base backup that stopped before T
-// into a scratch instance (verified again with pg_verifybackup), replays the WAL
-// archive up to T and promotes. The drill passes when M1 is there, M2 is not, the
-// server log says recovery stopped at the target, and the row counts match. The
-// scratch instance is stopped and deleted whatever happens; the live data
-// directory and the WAL archive are only ever read.
+// switch. It then restores to T with the target's backup engine (engine.restore, the
+// one restore path: the newest verified base backup or set that stopped before T,
+// into a scratch instance), replays the archive up to T and promotes. The drill
+// passes when M1 is there, M2 is not, the server log says recovery stopped at the
+// target, and the row counts match. The scratch instance is stopped and deleted
+// whatever happens; the live data directory and the archive are only ever read.
 import { randomUUID } from 'node:crypto';
 import os from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -15,15 +15,10 @@ import { z } from 'zod';
 import { PermanentJobError } from '../src/core/errors.ts';
 import { defineJob, type JobResult, targetField, type JobContext } from '../src/runner/job-definition.ts';
 import { qualifiedName, quoteIdent, withTransaction } from '../src/core/sql.ts';
+import type { BackupEngine, RestoreOutcome } from '../src/backup/engine.ts';
+import { engineFor } from '../src/backup/engines/index.ts';
 import { baseBackupLabel, pgbackrestSetLabel } from '../src/backup/names.ts';
 import { createScratchInstance, removeAbandonedScratch, type ScratchInstance } from '../src/backup/scratch-instance.ts';
-import {
-  nativeSource,
-  pgbackrestSource,
-  pgTime,
-  type RestoreSource,
-  type TargetPoint,
-} from '../src/backup/drill-sources.ts';
 
 export const payload = z.object({
   target: targetField,
@@ -44,6 +39,17 @@ export const payload = z.object({
 
 type Payload = z.output<typeof payload>;
 
+/** What the drill wrote on the live target at T. */
+interface TargetPoint {
+  drillId: string;
+  targetTime: string;
+  rowCounts: Record<string, number>;
+  rpoSeconds: number | null;
+  systemIdentifier: string;
+  database: string;
+  user: string;
+}
+
 export interface DrillCheck {
   name: string;
   ok: boolean;
@@ -57,25 +63,22 @@ const job = defineJob({
     'counts, reports RTO/RPO, tears down.',
   payload,
   defaults: { attempts: 1, backoffMs: 300_000, timeoutMs: 3 * 3_600_000, concurrency: 1 },
+  needs: {
+    backupDir: { why: 'the base backup it restores is read there' },
+    walArchive: { why: "the scratch instance's restore_command copies WAL from it" },
+    pgBinaries: { tools: ['pg_ctl', 'postgres', 'pg_verifybackup'], why: 'the scratch instance runs here' },
+    engineTools: { why: 'its backup engine restores the set (pgbackrest restore)' },
+  },
   deduplicate: true,
   async handler(ctx, p) {
-    if (ctx.target.backup.engine === 'pgbackrest') return drill(ctx, p, pgbackrestSource(ctx, p));
-    const archiveDir = ctx.target.walArchiveDir;
-    if (!archiveDir)
-      throw new PermanentJobError(
-        `WAL_ARCHIVE_DIR: not set for target "${p.target}"; the drill restores WAL from it`,
-        'WAL_ARCHIVE_DIR',
-      );
-    if (/['"\\]/.test(archiveDir))
-      throw new PermanentJobError(
-        `WAL_ARCHIVE_DIR: ${archiveDir} contains a quote or backslash; restore_command cannot carry it safely`,
-        'WAL_ARCHIVE_DIR',
-      );
-    return drill(ctx, p, nativeSource(ctx, p, archiveDir));
+    const engine = engineFor(ctx.target);
+    // Before anything is written on the live target: a target that cannot be restored fails here.
+    engine.checkRestorable();
+    return drill(ctx, p, engine);
   },
 });
 
-async function drill(ctx: JobContext, p: Payload, source: RestoreSource) {
+async function drill(ctx: JobContext, p: Payload, engine: BackupEngine) {
   const tables = p.tables ?? ctx.config.backups.drillTables;
   const scratchRoot = ctx.config.backups.scratchDir ?? os.tmpdir();
   await removeAbandonedScratch(scratchRoot, (d) => ctx.log(`removed ${d} left by a drill whose worker died`));
@@ -88,7 +91,7 @@ async function drill(ctx: JobContext, p: Payload, source: RestoreSource) {
   );
   const segment = await switchWal(ctx.pool);
   await ctx.progress(8, `waiting for WAL segment ${segment} in the archive`);
-  await source.waitForArchived(segment).catch((err) => {
+  await engine.waitForArchived(ctx, segment, p.archiveWaitSeconds * 1000).catch((err) => {
     throw new Error(
       `the WAL written after T (segment ${segment}) was not archived within ${p.archiveWaitSeconds} s: ` +
         `${(err as Error).message}`,
@@ -96,24 +99,34 @@ async function drill(ctx: JobContext, p: Payload, source: RestoreSource) {
   });
 
   // The backup stays locked (shared) against prune-backups for the whole drill.
-  const lock = await ctx.pool.connect();
-  let scratch: ScratchInstance | undefined;
-  try {
-    const backup = await source.choose(point, lock);
-    await ctx.log(
-      `restoring base backup ${backup.label} (stopped ${backup.stoppedAt}, ` +
-        `${Math.round((Date.parse(point.targetTime) - Date.parse(backup.stoppedAt)) / 1000)} s before T)`,
-    );
-    scratch = await createScratchInstance(scratchRoot);
-    return await restoreAndProve(ctx, p, scratch, backup, point, source);
-  } finally {
-    if (scratch) {
-      await scratch.destroy();
-      await ctx.log(`scratch instance stopped and ${scratch.dir} deleted`).catch(() => undefined);
-    }
-    await lock.query('select pg_advisory_unlock_all()').catch(() => undefined);
-    lock.release();
-  }
+  return ctx.withClient(
+    async (lock) => {
+      let scratch: ScratchInstance | undefined;
+      try {
+        scratch = await createScratchInstance(scratchRoot);
+        const restoreStarted = Date.now();
+        const restored = await engine.restore(
+          ctx,
+          scratch.dataDir,
+          { time: point.targetTime },
+          {
+            set: p.baseBackup,
+            targetAction: 'promote',
+            owner: scratch.owner,
+            lock,
+            systemIdentifier: point.systemIdentifier,
+          },
+        );
+        return await replayAndProve(ctx, p, scratch, restored, restoreStarted, point);
+      } finally {
+        if (scratch) {
+          await scratch.destroy();
+          await ctx.log(`scratch instance stopped and ${scratch.dir} deleted`).catch(() => undefined);
+        }
+      }
+    },
+    { reset: 'select pg_advisory_unlock_all()' },
+  );
 }
 
 async function markTargetTime(ctx: JobContext, tables: string[]): Promise<TargetPoint> {
@@ -177,18 +190,17 @@ async function switchWal(pool: pg.Pool): Promise<string> {
   return rows[0]!.seg;
 }
 
-async function restoreAndProve(
+async function replayAndProve(
   ctx: JobContext,
   p: Payload,
   scratch: ScratchInstance,
-  backup: { label: string; stoppedAt: string },
+  restored: RestoreOutcome,
+  restoreStarted: number,
   point: TargetPoint,
-  source: RestoreSource,
 ) {
-  const restoreStarted = Date.now();
-  await ctx.progress(12, `restoring ${backup.label} into ${scratch.dataDir}`);
-  const verifySeconds = await source.restore(scratch, backup.label, point);
-
+  const backup = restored.set;
+  const verifySeconds = restored.verifySeconds;
+  // Isolation: the recovery settings are the restore's; these keep the scratch server off the live paths.
   await scratch.configure({
     port: scratch.port,
     listen_addresses: '',
@@ -197,10 +209,6 @@ async function restoreAndProve(
     archive_command: '',
     archive_cleanup_command: '',
     recovery_end_command: '',
-    ...(source.restoreCommand ? { restore_command: source.restoreCommand } : {}),
-    recovery_target_time: pgTime(point.targetTime),
-    recovery_target_action: 'promote',
-    recovery_target_timeline: 'latest',
     hot_standby: 'off',
     shared_buffers: '128MB',
     logging_collector: 'off',
@@ -211,7 +219,7 @@ async function restoreAndProve(
   const restoreSeconds = (replayStarted - restoreStarted) / 1000;
   await ctx.progress(30, `replaying WAL from the archive to ${point.targetTime}`);
   try {
-    await scratch.start(ctx.signal, { pgbackrestOptions: source.restoreCommandRunsPgbackrest });
+    await scratch.start(ctx.signal, restored.startOptions);
   } catch (err) {
     // Recovery can fail before pg_ctl sees the server up; the log has the verdict.
     await throwIfRecoveryFailed(scratch, point);

@@ -68,8 +68,7 @@ const job = defineJob({
   defaults: { attempts: 2, backoffMs: 30_000, timeoutMs: 10 * 60_000, concurrency: 1 },
   deduplicate: true,
   async handler(ctx, p) {
-    const client = await ctx.pool.connect();
-    try {
+    return ctx.withClient(async (client) => {
       await requireStatements(client);
       await ctx.progress(10, 'reading pg_stat_statements');
       return await withTransaction(client, async () => {
@@ -156,9 +155,7 @@ const job = defineJob({
           snapshotsPruned: pruned.rowCount ?? 0,
         };
       });
-    } finally {
-      client.release();
-    }
+    });
   },
 });
 

@@ -46,14 +46,12 @@ const job = defineJob({
     'reporting size before and after; refuses when the extension or client is missing or their versions differ.',
   payload,
   defaults: { attempts: 1, backoffMs: 60_000, timeoutMs: 12 * 3_600_000, concurrency: 1 },
+  needs: { pgBinaries: { tools: ['pg_repack'], why: "pg_repack's client rewrites the table" } },
   deduplicate: true,
   async handler(ctx, p) {
     const deadline = Date.now() + p.budgetSeconds * 1000;
-    const client = await ctx.pool.connect();
-    let candidates: { table: string; bytes: number; bloatPercent: number | null; reason: string }[];
     const unkeyed = new Set<string>();
-    let extVersion: string;
-    try {
+    const { candidates, extVersion } = await ctx.withClient(async (client) => {
       const { database, versions } = await extensionsOf(client);
       const installed = versions.get('pg_repack');
       if (installed === undefined)
@@ -62,7 +60,6 @@ const job = defineJob({
           'pg_repack',
           ' (Debian postgresql-15-repack); nothing was done, and VACUUM FULL is never used instead',
         );
-      extVersion = installed;
       if (!p.tables && !versions.has('pgstattuple'))
         throw new PermanentJobError(
           'tables: name the tables to repack, or install pgstattuple so bloated ones can be found',
@@ -93,7 +90,7 @@ const job = defineJob({
       const missing = (p.tables ?? []).filter((t) => !found.some((f) => f.named && f.table.replace(/"/g, '') === t));
       if (missing.length)
         throw new PermanentJobError(`tables: ${missing.join(', ')}: no such table in database ${database}`, 'POLICY');
-      candidates = [];
+      const candidates: { table: string; bytes: number; bloatPercent: number | null; reason: string }[] = [];
       for (const f of found) {
         if (!f.keyed) unkeyed.add(f.table);
         if (f.named) {
@@ -114,9 +111,8 @@ const job = defineJob({
             reason: `dead and free space ${bloat.toFixed(1)} % ≥ ${p.bloatPercent} % (pgstattuple_approx)`,
           });
       }
-    } finally {
-      client.release();
-    }
+      return { candidates, extVersion: installed };
+    });
 
     const clientVersion = await repackClientVersion();
     if (clientVersion !== extVersion)

@@ -12,7 +12,7 @@ import { dumpDir, type ListedDump, listDumps, type RestoreCheckRecord } from '..
 import { refusalLine } from '../src/backup/manifest-checks.ts';
 import { dumpFileName } from '../src/backup/names.ts';
 import { objectStoreFor } from '../src/backup/object-store.ts';
-import { deploymentTag } from '../src/core/config.ts';
+import { backupDirOf, deploymentTag } from '../src/core/config.ts';
 import { libpqSettings } from '../src/core/libpq.ts';
 import { PermanentJobError } from '../src/core/errors.ts';
 import { sha256File, sha256Tree, writeJsonAtomic } from '../src/core/files.ts';
@@ -41,6 +41,11 @@ const job = defineJob({
     'recorded at dump time.',
   payload,
   defaults: { attempts: 2, backoffMs: 60_000, timeoutMs: 6 * 3_600_000, concurrency: 1 },
+  needs: {
+    backupDir: { why: 'the dumps it checks, and its verdicts, are there' },
+    pgBinaries: { tools: ['pg_restore'], why: 'pg_restore restores the dump into a scratch database' },
+    objectStore: { why: 'a dump whose local copy is gone is read from the bucket' },
+  },
   deduplicate: true,
   checkConfig: (p, config) =>
     p.scratchTarget && !config.targets.has(p.scratchTarget)
@@ -53,7 +58,7 @@ const job = defineJob({
       : [],
   async handler(ctx, p) {
     const catalogStore = objectStoreFor(ctx.config);
-    const { dumps, refused } = await listDumps(ctx.config.backupDir, p.target, catalogStore).finally(() =>
+    const { dumps, refused } = await listDumps(backupDirOf(ctx.config), p.target, catalogStore).finally(() =>
       catalogStore?.close(),
     );
     for (const r of refused) await ctx.log(refusalLine(r));
@@ -183,7 +188,7 @@ async function checkDump(ctx: JobContext, p: z.output<typeof payload>, chosen: L
       jobId: ctx.jobId,
     };
     // The verdict's path comes from the manifest's name: proven inside the dump directory first.
-    const dir = dumpDir(ctx.config.backupDir, p.target);
+    const dir = dumpDir(backupDirOf(ctx.config), p.target);
     await fs.mkdir(dir, { recursive: true });
     await writeJsonAtomic(await pathInside(dir, `${m.file}.restore-check.json`, `dump ${m.file}`), record);
     // In the bucket too, where every worker's catalog reads it.

@@ -222,28 +222,28 @@ const job = defineJob({
   defaults: { attempts: 2, backoffMs: 60_000, timeoutMs: 6 * 3_600_000, concurrency: 1 },
   deduplicate: true,
   async handler(ctx, p) {
-    const client = await ctx.pool.connect();
-    try {
-      const stats = await readStats(client, p.schemas);
-      const unknown = p.vacuumFull.filter(
-        (t) => !stats.some((s) => `${s.schema}.${s.name}` === t && s.relkind !== 'p'),
-      );
-      if (unknown.length)
-        throw new PermanentJobError(
-          `vacuumFull: ${unknown.join(', ')} is not a table of this ` +
-            `database${p.schemas ? ' in the schemas given' : ''}`,
+    return ctx.withClient(
+      async (client) => {
+        const stats = await readStats(client, p.schemas);
+        const unknown = p.vacuumFull.filter(
+          (t) => !stats.some((s) => `${s.schema}.${s.name}` === t && s.relkind !== 'p'),
         );
-      const chosen = choose(stats, p.thresholds, p.vacuumFull);
-      await ctx.log(
-        `${chosen.length} of ${stats.length} tables need work: ` +
-          `${chosen.map((c) => `${c.table} (${c.action}: ${c.reasons.join('; ')})`).join(', ') || 'none'}`,
-      );
-      if (p.dryRun) return { dryRun: true, considered: stats.length, chosen: chosen.map(({ priority: _, ...c }) => c) };
-      return await work(ctx, client, p, chosen, stats.length);
-    } finally {
-      await client.query('reset all').catch(() => undefined);
-      client.release();
-    }
+        if (unknown.length)
+          throw new PermanentJobError(
+            `vacuumFull: ${unknown.join(', ')} is not a table of this ` +
+              `database${p.schemas ? ' in the schemas given' : ''}`,
+          );
+        const chosen = choose(stats, p.thresholds, p.vacuumFull);
+        await ctx.log(
+          `${chosen.length} of ${stats.length} tables need work: ` +
+            `${chosen.map((c) => `${c.table} (${c.action}: ${c.reasons.join('; ')})`).join(', ') || 'none'}`,
+        );
+        if (p.dryRun)
+          return { dryRun: true, considered: stats.length, chosen: chosen.map(({ priority: _, ...c }) => c) };
+        return await work(ctx, client, p, chosen, stats.length);
+      },
+      { reset: 'reset all' },
+    );
   },
 });
 

@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { readBackupCatalog } from '../src/backup/catalog.ts';
+import { readBackupCatalog } from '../src/backup/target-catalog.ts';
 import { startWorkers } from '../src/cli/roles.ts';
 import type { Runtime } from '../src/runner/runtime.ts';
 import { createHarness, waitForFinished, type Harness } from './support/harness.ts';
@@ -177,7 +177,7 @@ describe('the environment of child processes', () => {
     await run('prune-backups', { target: 'offsite' });
     const catalog = await readBackupCatalog(h.backupDir, rt.config.targets.get('offsite')!);
     // The cipher type came from PGBACKREST_REPO1_CIPHER_TYPE: the options reached pgBackRest.
-    expect(catalog.pgbackrest).toMatchObject({ stanza: 'offsite', cipher: 'aes-256-cbc' });
+    expect(catalog.api.pgbackrest).toMatchObject({ stanza: 'offsite', cipher: 'aes-256-cbc' });
 
     const all = recorded();
     const tools = new Set(all.map((r) => r.tool));

@@ -121,4 +121,22 @@ describe('index-report', () => {
     // Asked for by name, the schema is reported like any other: its never-read index is there.
     expect(await report({ schemas: ['pgmaint'] })).toContain('pgmaint.retention_journal_open');
   });
+
+  it("gives its session back to the worker's pool without its 5 min statement_timeout", async () => {
+    const { job } = await rt.queues.enqueue('index-report', { schemas: ['shop'] });
+    const done = await waitForFinished(rt.queues.get('index-report'), job.id!);
+    expect(done.state, done.job.failedReason).toBe('completed');
+    // Every session the jobs' pool holds, the report's among them, taken at once.
+    const pool = rt.connections.pool('main');
+    expect(pool.idleCount).toBeGreaterThan(0);
+    const sessions = await Promise.all(Array.from({ length: pool.idleCount }, () => pool.connect()));
+    try {
+      for (const c of sessions) {
+        const { rows } = await c.query<{ v: string }>(`select current_setting('statement_timeout') as v`);
+        expect(rows[0]!.v).not.toBe('5min');
+      }
+    } finally {
+      for (const c of sessions) c.release();
+    }
+  });
 });

@@ -1,12 +1,11 @@
 // What counts as a backup, read from BACKUP_DIR: a dump counts when its manifest
-// sits beside it; a base backup counts when its directory carries pgmaint.json
-// (written after pg_verifybackup passed, then published by rename). Temporary
-// names start with a dot and are never listed. Also: the recovery window that the
-// base backups and the WAL archive give together.
+// sits beside it; a base backup (native engine) counts when its directory carries
+// pgmaint.json (written after pg_verifybackup passed, then published by rename).
+// Temporary names start with a dot and are never listed. Also: the recovery window
+// that the base backups and the WAL archive give together. What a target's backups
+// are as a whole, with its engine's sets, is target-catalog.ts.
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import type { TargetConfig } from '../core/config.ts';
-import { DEFAULT_WAL_SEGMENT_BYTES } from '../core/constants.ts';
 import { whyOutside } from '../core/paths.ts';
 import {
   checkBaseManifest,
@@ -18,16 +17,7 @@ import {
 } from './manifest-checks.ts';
 import { readLocal, textOf } from './manifest-read.ts';
 import type { ObjectStore, StoredObject } from './object-store.ts';
-import { Pgbackrest, type PgbackrestInfo } from './pgbackrest.ts';
-import {
-  type ArchivedSegment,
-  type ArchiveListing,
-  firstGap,
-  listArchive,
-  newestSegment,
-  parseSegmentName,
-  segmentName,
-} from './wal.ts';
+import { type ArchiveListing, firstGap, listArchive, newestSegment, parseSegmentName, segmentName } from './wal.ts';
 
 export interface DumpManifest {
   kind: 'pgmaint-dump';
@@ -285,93 +275,4 @@ export function recoveryWindow(bases: ListedBaseBackup[], archive: ArchiveListin
 export async function readArchive(dir: string | undefined, segmentSize: number): Promise<ArchiveListing | undefined> {
   if (!dir) return undefined;
   return listArchive(dir, segmentSize).catch(() => undefined);
-}
-
-/** What one target's backups are: the one reading that the API and the monitor share. */
-export interface BackupCatalog {
-  dumps: ListedDump[];
-  bases: ListedBaseBackup[];
-  /** The WAL archive, or undefined when none is configured or it cannot be read. */
-  archive: ArchiveListing | undefined;
-  newestSegment: ArchivedSegment | undefined;
-  recoveryWindow: RecoveryWindow;
-  /** With the pgbackrest engine: the stanza as `pgbackrest info` tells it (bases and archive stay empty). */
-  pgbackrest?: PgbackrestInfo & { error?: string };
-  /** When the newest base backup (or pgBackRest set) stopped. */
-  newestBaseBackupAt: string | undefined;
-  /** Manifests, verdicts and sets that were read but refused: not counted, each named with why. */
-  refused: Refusal[];
-}
-
-/**
- * The window of a pgBackRest stanza: from the oldest set whose WAL is still in the
- * repository's archive to the present, as long as archiving keeps up (archive-check
- * and the archive-lag alert watch that).
- */
-function pgbackrestWindow(info: PgbackrestInfo, now: number): RecoveryWindow {
-  const min = info.archive?.min;
-  const usable = [...info.sets].reverse().find((s) => !s.error && min && s.startWal.slice(8) >= min.slice(8));
-  if (!usable) return { earliest: null, latest: null, seconds: 0, fromBaseBackup: null, brokenChains: [] };
-  return {
-    earliest: usable.stoppedAt,
-    latest: new Date(now).toISOString(),
-    seconds: Math.max(0, Math.round((now - Date.parse(usable.stoppedAt)) / 1000)),
-    fromBaseBackup: usable.label,
-    brokenChains: [],
-  };
-}
-
-export async function readBackupCatalog(
-  backupDir: string,
-  target: Pick<TargetConfig, 'name' | 'walArchiveDir' | 'backup'>,
-  now = Date.now(),
-  store?: ObjectStore,
-): Promise<BackupCatalog> {
-  if (target.backup.engine === 'pgbackrest') {
-    const { dumps, refused } = await listDumps(backupDir, target.name, store);
-    const info = await new Pgbackrest(target).info().catch((err: Error) => err);
-    const empty = { earliest: null, latest: null, seconds: 0, fromBaseBackup: null, brokenChains: [] };
-    if (info instanceof Error) {
-      const failed = { stanza: target.backup.stanza!, status: { code: -1, message: 'unreadable' }, cipher: 'unknown' };
-      return {
-        dumps,
-        bases: [],
-        archive: undefined,
-        newestSegment: undefined,
-        recoveryWindow: empty,
-        pgbackrest: { ...failed, systemId: null, archive: null, sets: [], refused: [], error: info.message },
-        newestBaseBackupAt: undefined,
-        refused,
-      };
-    }
-    return {
-      dumps,
-      bases: [],
-      archive: undefined,
-      newestSegment: undefined,
-      recoveryWindow: pgbackrestWindow(info, now),
-      pgbackrest: info,
-      newestBaseBackupAt: info.sets.find((s) => !s.error)?.stoppedAt,
-      refused: [...refused, ...info.refused],
-    };
-  }
-  const [dumpListing, baseListing] = await Promise.all([
-    listDumps(backupDir, target.name, store),
-    listBaseBackups(backupDir, target.name),
-  ]);
-  const { dumps } = dumpListing;
-  const { bases } = baseListing;
-  const archive = await readArchive(
-    target.walArchiveDir,
-    bases[0]?.manifest.walSegmentSize ?? DEFAULT_WAL_SEGMENT_BYTES,
-  );
-  return {
-    dumps,
-    bases,
-    archive,
-    newestSegment: archive && newestSegment(archive),
-    recoveryWindow: recoveryWindow(bases, archive),
-    newestBaseBackupAt: bases[0]?.manifest.stoppedAt,
-    refused: [...dumpListing.refused, ...baseListing.refused],
-  };
 }

@@ -9,6 +9,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import type pg from 'pg';
 import { PermanentJobError } from '../core/errors.ts';
+import { backupDirOf } from '../core/config.ts';
 import { fileStamp, publish, sha256File, writeJsonAtomic } from '../core/files.ts';
 import { binPath, runPipeline } from '../core/proc.ts';
 import { whyOutside } from '../core/paths.ts';
@@ -148,7 +149,7 @@ async function provenManifest(ctx: JobContext, file: string, sha256: string): Pr
   }
 }
 
-const archiveDir = (ctx: JobContext) => path.join(ctx.config.backupDir, 'partitions', ctx.target.name);
+const archiveDir = (ctx: JobContext) => path.join(backupDirOf(ctx.config), 'partitions', ctx.target.name);
 
 /**
  * Removes what killed runs left in `dir` for these names: partial files, and archives

@@ -214,18 +214,26 @@ export class Pgbackrest {
   }
 
   /**
-   * Restores a set into an empty directory, to a point in time: only pgPath is written
-   * (never the live data directory, which --pg1-path replaces); the repository is only
-   * read. The restore_command it writes fetches WAL with archive-get.
+   * Restores a set into an empty directory: to a time, to a restore point (name) or to the end of the
+   * archive (default). Only pgPath is written (never the live data directory, which --pg1-path replaces);
+   * the repository is only read. The restore_command it writes fetches WAL with archive-get.
    */
-  async restore(o: { set: string; targetTime: string; pgPath: string; signal?: AbortSignal }): Promise<void> {
+  async restore(o: {
+    set: string;
+    type: 'time' | 'name' | 'default';
+    target?: string;
+    targetAction?: 'promote' | 'pause' | 'shutdown';
+    pgPath: string;
+    signal?: AbortSignal;
+  }): Promise<void> {
     await this.run(
       [
         'restore',
         `--set=${o.set}`,
-        '--type=time',
-        `--target=${o.targetTime}`,
-        '--target-action=promote',
+        `--type=${o.type}`,
+        ...(o.target === undefined ? [] : [`--target=${o.target}`]),
+        // pgBackRest takes a target action only with a target.
+        ...(o.type === 'default' ? [] : [`--target-action=${o.targetAction ?? 'promote'}`]),
         `--pg1-path=${o.pgPath}`,
       ],
       { signal: o.signal },

@@ -22,17 +22,16 @@ export async function runAlone<T>(
   what: string,
   fn: () => Promise<T>,
 ): Promise<T | { skipped: string }> {
-  const client = await ctx.pool.connect();
-  try {
-    const { rows } = await client.query<{ ok: boolean }>('select pg_try_advisory_lock(hashtext($1)) as ok', [key]);
-    if (!rows[0]!.ok) {
-      const skipped = `another ${what} of this target is running`;
-      await ctx.log(`${skipped}; this run is skipped`);
-      return { skipped };
-    }
-    return await fn();
-  } finally {
-    await client.query('select pg_advisory_unlock(hashtext($1))', [key]).catch(() => undefined);
-    client.release();
-  }
+  return ctx.withClient(
+    async (client) => {
+      const { rows } = await client.query<{ ok: boolean }>('select pg_try_advisory_lock(hashtext($1)) as ok', [key]);
+      if (!rows[0]!.ok) {
+        const skipped = `another ${what} of this target is running`;
+        await ctx.log(`${skipped}; this run is skipped`);
+        return { skipped };
+      }
+      return await fn();
+    },
+    { reset: { text: 'select pg_advisory_unlock(hashtext($1))', values: [key] } },
+  );
 }

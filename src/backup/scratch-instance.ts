@@ -1,7 +1,9 @@
 // A throwaway PostgreSQL instance built from a base backup, for the PITR drill:
 // its own directory, its own port, reachable only through a Unix socket in that
 // directory, archive_mode off, and nothing in its configuration that points back
-// at the live cluster's files. Stopped and deleted by stop(), whatever happened.
+// at the live cluster's files. The backup engine's restore puts the data directory
+// and its recovery settings in place; configure() isolates it. Stopped and deleted
+// by destroy(), whatever happened.
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -9,14 +11,13 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import { freePort, postgresUser, type OsOwner } from '../core/local-postgres.ts';
 import { binPath, runProcess } from '../core/proc.ts';
+import { confString } from './restore-dir.ts';
 
 const PREFIX = 'pgmaint-drill-';
 
 /** Settings of the live cluster's config files that would point the scratch instance at live paths. */
 const LIVE_PATH_SETTINGS =
   /^\s*(data_directory|hba_file|ident_file|external_pid_file|include_dir|include_if_exists|include)\b/;
-
-export const confString = (s: string) => `'${s.replace(/'/g, "''")}'`;
 
 export interface ScratchInstance {
   dir: string;
@@ -26,7 +27,7 @@ export interface ScratchInstance {
   owner: OsOwner | undefined;
   logFile: string;
   started: boolean;
-  /** Appends recovery and isolation settings; the data directory must be in place. */
+  /** Appends isolation settings (port, socket, archiving off, …); the restored data directory must be in place. */
   configure(settings: Record<string, string | number>): Promise<void>;
   /** Starts the server in the allow-listed environment (childEnv), with PGBACKREST_* when its restore_command
    * runs pgBackRest. */
@@ -100,9 +101,7 @@ export async function createScratchInstance(root = os.tmpdir()): Promise<Scratch
       await fs.writeFile(path.join(dataDir, 'pg_ident.conf'), '');
       const lines = Object.entries(settings).map(([k, v]) => `${k} = ${typeof v === 'number' ? v : confString(v)}`);
       await fs.appendFile(path.join(dataDir, 'postgresql.auto.conf'), `\n# pgmaint PITR drill\n${lines.join('\n')}\n`);
-      await fs.rm(path.join(dataDir, 'standby.signal'), { force: true });
       await fs.rm(path.join(dataDir, 'postmaster.pid'), { force: true });
-      await fs.writeFile(path.join(dataDir, 'recovery.signal'), '');
       if (owner) await runProcess('chown', ['-R', `${owner.uid}:${owner.gid}`, dataDir]);
     },
     async start(signal, opts = {}) {

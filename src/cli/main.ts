@@ -139,12 +139,17 @@ export async function main(argv: string[]): Promise<void> {
     }
     process.exitCode = await run(name, rest);
   } catch (err) {
-    // A server's words are in it (PGMAINT_URL): printed with their control characters escaped.
-    process.stderr.write(`pgmaint: ${printable(oneLine(err))}\n`);
-    if (process.env.LOG_LEVEL === 'debug' || process.env.LOG_LEVEL === 'trace')
-      process.stderr.write(`${printable((err as Error).stack ?? '')}\n`);
-    process.exit(exitCodeFor(err));
+    exitWithError(err);
   }
+}
+
+/** One line on stderr and the exit code of the error's stable code (main's, and the workers/ entry points'). */
+export function exitWithError(err: unknown): never {
+  // A server's words may be in it (PGMAINT_URL): printed with their control characters escaped.
+  process.stderr.write(`pgmaint: ${printable(oneLine(err))}\n`);
+  if (process.env.LOG_LEVEL === 'debug' || process.env.LOG_LEVEL === 'trace')
+    process.stderr.write(`${printable((err as Error).stack ?? '')}\n`);
+  process.exit(exitCodeFor(err));
 }
 
 function oneLine(err: unknown): string {

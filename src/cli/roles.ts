@@ -1,9 +1,10 @@
 // Long-running process roles with their signal handling. SIGTERM/SIGINT: stop
 // taking jobs, finish or abort the current ones within worker.shutdownTimeoutMs,
 // then close the HTTP server, queues and pools in reverse order of start-up.
-import { UsageError } from '../core/errors.ts';
-import { loadConfig } from '../core/config.ts';
+import { ConfigError, UsageError } from '../core/errors.ts';
+import { backupDirOf, loadConfig } from '../core/config.ts';
 import { requireServerAuth, startMonitor, startServer } from '../http/server.ts';
+import { describeLacks, lackingNeeds } from '../runner/needs.ts';
 import type { Runtime } from '../runner/runtime.ts';
 import { WorkerRuntime } from '../runner/worker.ts';
 import { createRuntime } from '../pgmaint.ts';
@@ -46,7 +47,31 @@ function onSignals(rt: Runtime): void {
   process.on('SIGINT', () => stop('SIGINT'));
 }
 
-export async function runWorkerProcess(opts: { only?: string[] } = {}): Promise<Runtime> {
+/**
+ * The queues a worker serves. Told which (`--queues`, or an entry point's list in workers/),
+ * it refuses to start when this machine lacks a need of one of them, naming the need and the
+ * variable (exit 2). Serving every job, it leaves the queues whose needs it lacks and says
+ * which in a warning; the no-worker alert fires if no other worker serves them.
+ */
+async function queuesToServe(rt: Runtime, only: string[] | undefined, origin: string): Promise<string[] | undefined> {
+  const names = only ?? rt.registry.names();
+  const lacks = await lackingNeeds(
+    names.map((name) => rt.registry.get(name)!.def),
+    rt.config,
+  );
+  if (!lacks.length) return only;
+  const said = describeLacks(lacks);
+  if (only) throw new ConfigError(`${origin}: ${said}`);
+  const left = new Set(lacks.map((l) => l.job));
+  rt.logger.warn(
+    { left: [...left], lacking: lacks.map((l) => ({ job: l.job, need: l.need, variable: l.variable })) },
+    `not serving ${[...left].join(', ')}: ${said}`,
+  );
+  return names.filter((name) => !left.has(name));
+}
+
+/** `origin` names who chose `only` in a refusal: `--queues` (the default), or a workers/ entry point. */
+export async function runWorkerProcess(opts: { only?: string[]; origin?: string } = {}): Promise<Runtime> {
   // Workers wait for Redis through an outage and carry on (the schedule sync at start too).
   const rt = createRuntime({ redis: 'patient' });
   const unknown = (opts.only ?? []).filter((q) => !rt.registry.get(q));
@@ -57,11 +82,12 @@ export async function runWorkerProcess(opts: { only?: string[] } = {}): Promise<
         `${rt.registry.names().join(', ')})`,
     );
   }
+  const queues = await queuesToServe(rt, opts.only, opts.origin ?? '--queues');
   onSignals(rt);
   await rt.waitForServices();
   await rt.history.migrate();
   await rt.scheduler.sync();
-  startWorkers(rt, opts.only);
+  startWorkers(rt, queues);
   return rt;
 }
 
@@ -70,11 +96,12 @@ export async function runServerProcess(opts: { withWorkers?: boolean } = {}): Pr
   // Refused before a connection to Redis or PostgreSQL is even opened.
   const config = loadConfig();
   requireServerAuth(config);
+  backupDirOf(config); // the API and the alerts list backups there
   const rt = createRuntime({ config });
   onSignals(rt);
   try {
     await rt.waitForServices();
-    if (opts.withWorkers) startWorkers(rt);
+    if (opts.withWorkers) startWorkers(rt, await queuesToServe(rt, undefined, 'server'));
     const { port } = await startServer(rt);
     return { rt, port };
   } catch (err) {
@@ -86,7 +113,9 @@ export async function runServerProcess(opts: { withWorkers?: boolean } = {}): Pr
 
 /** The alert monitor alone, for deployments whose server shares a machine with workers. */
 export async function runMonitorProcess(): Promise<Runtime> {
-  const rt = createRuntime();
+  const config = loadConfig();
+  backupDirOf(config); // the alerts judge the backups listed there
+  const rt = createRuntime({ config });
   onSignals(rt);
   await rt.waitForServices();
   await rt.history.migrate();

@@ -39,7 +39,8 @@ const token = z.string().min(16, 'must be at least 16 characters');
 export const envSchema = z.object({
   DATABASE_URL: postgresUrl,
   REDIS_URL: redisUrl.default('redis://127.0.0.1:6379'),
-  BACKUP_DIR: z.string(required).min(1, 'is empty'),
+  /** Required by the server, the monitor and workers that serve a job needing backupDir (src/runner/needs.ts). */
+  BACKUP_DIR: z.string().min(1, 'is empty').optional(),
   WAL_ARCHIVE_DIR: z.string().min(1, 'is empty').optional(),
   PORT: z.coerce.number().int().min(0).max(65535).default(3000),
   /**
@@ -74,13 +75,27 @@ export const envSchema = z.object({
 const hostPort = z.object({ host: z.string().min(1), port: z.number().int().min(1).max(65535) }).strict();
 
 /**
+ * What each backup engine asks of the machine of a worker that serves the backup jobs
+ * (src/runner/needs.ts checks it at start): programs on PATH, and whether it reads the
+ * target's walArchiveDir. Its keys are the engines' names; src/backup/engines/ implements them.
+ */
+export const BACKUP_ENGINES = {
+  native: { onPath: [], readsWalArchiveDir: true },
+  pgbackrest: { onPath: ['pgbackrest'], install: 'install pgBackRest', readsWalArchiveDir: false },
+} as const satisfies Record<string, { onPath: readonly string[]; install?: string; readsWalArchiveDir: boolean }>;
+
+export type BackupEngineName = keyof typeof BACKUP_ENGINES;
+
+const ENGINE_NAMES = Object.keys(BACKUP_ENGINES) as [BackupEngineName, ...BackupEngineName[]];
+
+/**
  * native: pg_basebackup into BACKUP_DIR and the WAL directory walArchiveDir.
  * pgbackrest: pgBackRest owns the repository (posix, S3, GCS, Azure; its own
  * encryption); pgmaint runs its backup, verify, check, restore and expire.
  */
 export const backupEngineSchema = z
   .object({
-    engine: z.enum(['native', 'pgbackrest']).default('native'),
+    engine: z.enum(ENGINE_NAMES).default('native'),
     /** The pgBackRest stanza of this cluster. */
     stanza: z
       .string()

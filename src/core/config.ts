@@ -63,7 +63,8 @@ export type Config = Omit<File, 'targets' | 'redis' | 'cache' | 'alerts' | 'busi
   alerts: File['alerts'] & { webhookUrl?: string };
   /** The zone of the business day (businessTimeZone, formerly scheduler.timezone). */
   businessTimeZone: string;
-  backupDir: string;
+  /** BACKUP_DIR, absolute; unset on a machine without the backups (read it through backupDirOf). */
+  backupDir?: string;
   port: number;
   host: string;
   adminToken?: string;
@@ -88,6 +89,17 @@ export function formatIssues(issues: readonly z.core.$ZodIssue[], prefix = ''): 
     .slice(0, 5)
     .map((i) => `${[prefix, ...i.path.map(String)].filter(Boolean).join('.') || '(root)'}: ${i.message}`)
     .join('; ');
+}
+
+/**
+ * BACKUP_DIR, for code that writes or lists backups. A process without it (a worker that
+ * serves only SQL jobs) never gets here: workers check their jobs' needs at start, and the
+ * server and the monitor require it. Anything else is refused by name.
+ */
+export function backupDirOf(config: Pick<Config, 'backupDir'>): string {
+  if (!config.backupDir)
+    throw new ConfigError('BACKUP_DIR: is required (not set): backups are written and listed there');
+  return config.backupDir;
 }
 
 function readConfigFile(file: string): unknown {
@@ -122,7 +134,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const config: Config = {
     targets,
     redis: { url: e.REDIS_URL, ...f.redis },
-    backupDir: path.resolve(e.BACKUP_DIR),
+    backupDir: e.BACKUP_DIR ? path.resolve(e.BACKUP_DIR) : undefined,
     port: e.PORT,
     host: e.HOST,
     adminToken: e.ADMIN_TOKEN,

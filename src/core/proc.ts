@@ -82,8 +82,9 @@ async function environmentFor(spec: ChildSpec, passfiles: Passfile[]): Promise<R
   return childEnv(extra, spec);
 }
 
-export function binPath(tool: string): string {
-  const dir = process.env.PG_BINDIR ?? '/usr/lib/postgresql/15/bin';
+/** A PostgreSQL tool in PG_BINDIR (default: Debian's PostgreSQL 15 directory). */
+export function binPath(tool: string, env: NodeJS.ProcessEnv = process.env): string {
+  const dir = env.PG_BINDIR ?? '/usr/lib/postgresql/15/bin';
   return `${dir}/${tool}`;
 }
 

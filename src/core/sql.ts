@@ -89,3 +89,32 @@ export async function withTransaction<T>(
     if (pooled) (client as pg.PoolClient).release();
   }
 }
+
+/**
+ * One session of `pool` for `fn`, given back however fn ends. `reset` runs on it first (the
+ * session settings or advisory locks fn leaves behind); a reset that fails does not hide fn's
+ * outcome, and the session is then closed rather than pooled. So is a session that failed while
+ * checked out (terminated by an abort, say): its error neither reaches the pool nor ends the process.
+ */
+export async function withClient<T>(
+  pool: pg.Pool,
+  fn: (client: pg.PoolClient) => Promise<T>,
+  opts: { reset?: string | pg.QueryConfig } = {},
+): Promise<T> {
+  const client = await pool.connect();
+  let broken: Error | undefined;
+  const onError = (err: Error) => {
+    broken = err;
+  };
+  client.on('error', onError);
+  try {
+    return await fn(client);
+  } finally {
+    if (opts.reset && !broken)
+      await client.query(opts.reset).catch((err: Error) => {
+        broken = err;
+      });
+    client.off('error', onError);
+    client.release(broken);
+  }
+}

@@ -1,9 +1,10 @@
 // Handlers that do not know Express: each takes a plain request and returns
 // {status, body} (and headers where a page needs them). routes.ts maps them to
 // paths; app.ts is the thin Express adapter.
-import { readBackupCatalog } from '../backup/catalog.ts';
+import { readBackupCatalog } from '../backup/target-catalog.ts';
 import { ANSWER_DEADLINE_MS, objectStoreFor } from '../backup/object-store.ts';
 import { redact } from '../core/redact.ts';
+import { backupDirOf } from '../core/config.ts';
 import { redisFailureMessage, redisLabel } from '../runner/redis-failure.ts';
 import type { Runtime } from '../runner/runtime.ts';
 import { ObjectStoreError, PayloadError, ServiceUnavailableError } from '../core/errors.ts';
@@ -224,7 +225,7 @@ export const readiness: Handler = async ({ rt }, req) => {
 /** An error reading a directory under BACKUP_DIR, naming BACKUP_DIR and the path; else undefined. */
 function unreadable(rt: Runtime, err: Error): Error | undefined {
   const { code, path: where } = err as NodeJS.ErrnoException;
-  const dir = rt.config.backupDir;
+  const dir = backupDirOf(rt.config);
   if (!code || !where || (where !== dir && !where.startsWith(`${dir}/`))) return undefined;
   // "EACCES: permission denied, scandir '…'": the words between the code and the call.
   const why = err.message.replace(/^[A-Z]+: /, '').split(',')[0];
@@ -242,13 +243,13 @@ export const listBackups: Handler = async ({ rt }, req) => {
   if (!t) return error(404, `unknown target "${target}"`, { targets: [...rt.config.targets.keys()] });
   // Someone waits for this answer: the bucket gets ANSWER_DEADLINE_MS in all, not the job-sized deadlines.
   const store = objectStoreFor(rt.config, ANSWER_DEADLINE_MS);
-  const catalog = await readBackupCatalog(rt.config.backupDir, t, Date.now(), store)
+  const catalog = await readBackupCatalog(backupDirOf(rt.config), t, Date.now(), store)
     .catch((err: Error) => (err instanceof ObjectStoreError ? err : (unreadable(rt, err) ?? Promise.reject(err))))
     .finally(() => store?.close());
   // The bucket is the shared catalog: without it the list would be wrong, so none is given; nor
   // without BACKUP_DIR (unreadable by this process's user).
   if (catalog instanceof Error) return error(503, catalog.message);
-  const { dumps, bases, archive, newestSegment: newest, recoveryWindow, pgbackrest } = catalog;
+  const { dumps, recoveryWindow } = catalog;
   // The last verdict of each proof job, from the durable run history.
   const lastRun = async (job: string) => {
     const row = await rt.history.lastFinished(job, target);
@@ -282,29 +283,14 @@ export const listBackups: Handler = async ({ rt }, req) => {
         rowCountsRecorded: Boolean(m.rowCounts),
         restoreCheck: restoreCheck ?? null,
       })),
-      baseBackups: bases.map(({ manifest: m }) => ({
-        label: m.label,
-        format: m.format,
-        compression: m.compression,
-        startLsn: m.startLsn,
-        stopLsn: m.stopLsn,
-        startWal: m.startWal,
-        stoppedAt: m.stoppedAt,
-        bytes: m.bytes,
-        mbPerSecond: m.mbPerSecond,
-        verified: m.verified,
-      })),
-      // The pgbackrest engine's sets, as `pgbackrest info` lists them (newest first).
-      pgbackrest: pgbackrest ?? null,
-      archive:
-        t.walArchiveDir && !pgbackrest
-          ? {
-              segments: archive?.segments.length ?? null,
-              newest: newest?.name ?? null,
-              newestAt: newest?.mtime ?? null,
-              readable: Boolean(archive),
-            }
-          : null,
+      // The engine's own part (native: baseBackups and the WAL archive; pgbackrest: the stanza's sets as
+      // `pgbackrest info` lists them, newest first); every key is in every answer.
+      baseBackups: [],
+      pgbackrest: null,
+      archive: null,
+      ...catalog.api,
+      // Every engine's sets alike, newest first.
+      sets: catalog.sets,
       recoveryWindow,
       // Manifests, verdicts and sets read but not trusted (not listed above), each named with why.
       refused: catalog.refused,

@@ -7,10 +7,11 @@ import type { ArchiveCheckResult } from '../../jobs/archive-check.ts';
 import type { IndexReportResult } from '../../jobs/index-report.ts';
 import type { PitrDrillResult } from '../../jobs/pitr-drill.ts';
 import type { QueryStatsSnapshotResult } from '../../jobs/query-stats-snapshot.ts';
-import { readBackupCatalog } from '../backup/catalog.ts';
+import { readBackupCatalog } from '../backup/target-catalog.ts';
 import { readIndexLeftovers, type IndexLeftoverHealth } from './index-leftovers.ts';
 import { ANSWER_DEADLINE_MS, withObjectStore } from '../backup/object-store.ts';
 import { nextRun } from '../core/cron.ts';
+import { backupDirOf } from '../core/config.ts';
 import type { JobStatus } from '../runner/history.ts';
 import { ServiceUnavailableError } from '../core/errors.ts';
 import { redisFailureMessage, redisLabel, settleWithin } from '../runner/redis-failure.ts';
@@ -314,22 +315,25 @@ export class HealthReader {
     const t = rt.config.targets.get(target)!;
     const [catalog, archiveRun, drillRun] = await Promise.all([
       // /metrics, /api/status and the alerts wait for it: the bucket gets ANSWER_DEADLINE_MS, not the job deadlines.
-      withObjectStore(rt.config, (store) => readBackupCatalog(rt.config.backupDir, t, now, store), ANSWER_DEADLINE_MS),
+      withObjectStore(
+        rt.config,
+        (store) => readBackupCatalog(backupDirOf(rt.config), t, now, store),
+        ANSWER_DEADLINE_MS,
+      ),
       rt.history.lastFinished<ArchiveCheckResult>('archive-check', target),
       rt.history.lastFinished<PitrDrillResult>('pitr-drill', target),
     ]);
-    const { dumps, bases } = catalog;
+    const { dumps, sets } = catalog;
     const scheduledHere = (job: string) => rt.schedules.some((s) => s.job === job && s.payload.target === target);
     const age = (iso: string | undefined) => (iso ? Math.round((now - Date.parse(iso)) / 1000) : null);
-    let windowSeconds =
-      (catalog.archive && bases.length) || catalog.pgbackrest?.sets.length ? catalog.recoveryWindow.seconds : null;
+    let windowSeconds = catalog.windowMeasured && sets.length ? catalog.recoveryWindow.seconds : null;
     const archiveResult = archiveRun?.result;
     if (windowSeconds === null && archiveResult?.recoveryWindow) windowSeconds = archiveResult.recoveryWindow.seconds;
     const drillResult = drillRun?.result;
     return {
       target,
       dumpsExpected: dumps.length > 0 || scheduledHere('backup'),
-      baseExpected: bases.length > 0 || Boolean(catalog.pgbackrest?.sets.length) || scheduledHere('base-backup'),
+      baseExpected: sets.length > 0 || scheduledHere('base-backup'),
       newestDumpAgeSeconds: age(dumps[0]?.manifest.finishedAt),
       newestBaseBackupAgeSeconds: age(catalog.newestBaseBackupAt),
       recoveryWindowSeconds: windowSeconds,

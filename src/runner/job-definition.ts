@@ -26,6 +26,33 @@ export interface RunDefaults {
   concurrency: number;
 }
 
+/** One thing a job needs of its worker's machine, and why (said when a worker lacks it). */
+export interface NeedUse {
+  /** Why the job needs it, in a few words: "its partition archives are written there". */
+  why: string;
+  /** Only under this configuration (e.g. when some partition policy archives); always when absent. */
+  when?: (config: Config) => boolean;
+}
+
+/**
+ * What a job needs of the machine its worker runs on, beyond Redis and the targets
+ * (src/runner/needs.ts says what each means and checks it). A job without needs runs SQL
+ * only. The worker entry points derive their queues from these, and a worker refuses at
+ * start a queue whose needs it lacks.
+ */
+export interface JobNeeds {
+  /** BACKUP_DIR is set and writable here. */
+  backupDir?: NeedUse;
+  /** Each native-engine target's walArchiveDir (WAL_ARCHIVE_DIR for main) is readable here. */
+  walArchive?: NeedUse;
+  /** These tools are in PG_BINDIR. */
+  pgBinaries?: NeedUse & { tools: readonly string[] };
+  /** The programs the backup engines of the targets run are on PATH (BACKUP_ENGINES in core/config-schema.ts). */
+  engineTools?: NeedUse;
+  /** The bucket's credential variables are set, when objectStore is configured. */
+  objectStore?: NeedUse;
+}
+
 export interface JobContext {
   jobId: string;
   attempt: number;
@@ -44,6 +71,11 @@ export interface JobContext {
    * the password goes through a passfile). Their sessions carry this run's application_name,
    * so an abort also ends them server-side. */
   libpqSettings(): LibpqSettings;
+  /**
+   * `fn` on one session of the target's pool, given back however fn ends; `reset` (SQL) first undoes what
+   * fn left on the session (settings, advisory locks). A session that broke meanwhile is closed, not pooled.
+   */
+  withClient<T>(fn: (client: pg.PoolClient) => Promise<T>, opts?: { reset?: string | pg.QueryConfig }): Promise<T>;
   /** Progress 0–100 with a short step name, shown in Bull Board. */
   progress(percent: number, step: string): Promise<void>;
   /** A log line in Bull Board and in the process log. */
@@ -64,6 +96,8 @@ export interface JobDefinition<
    * Requests that differ in any field are never merged.
    */
   deduplicate?: boolean;
+  /** What it needs of its worker's machine (BACKUP_DIR, binaries, …); none: SQL only. */
+  needs?: JobNeeds;
   /**
    * Checks of fields that name configured things (tables with a partition policy,
    * declared cache keys, targets), run when the job is asked for, not only when it runs.

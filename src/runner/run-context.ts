@@ -3,9 +3,11 @@
 // (each is also named at run time where pgmaint runs through tsx).
 import { randomBytes } from 'node:crypto';
 import type { Job } from 'bullmq';
+import type pg from 'pg';
 import type { Config, TargetConfig } from '../core/config.ts';
 import { type LibpqSettings, libpqSettings } from '../core/libpq.ts';
 import type { Logger } from '../core/logger.ts';
+import { withClient } from '../core/sql.ts';
 import { RunSessions, runScope, type SessionOwner } from './budgeted-pool.ts';
 import type { Connections } from './connections.ts';
 import type { JobContext } from './job-definition.ts';
@@ -136,6 +138,10 @@ export class RunContext implements JobContext, SessionOwner {
 
   libpqSettings(): LibpqSettings {
     return libpqSettings(this.target, this.appName);
+  }
+
+  withClient<T>(fn: (client: pg.PoolClient) => Promise<T>, opts?: { reset?: string | pg.QueryConfig }): Promise<T> {
+    return withClient(this.pool, fn, opts);
   }
 
   async progress(percent: number, step: string): Promise<void> {

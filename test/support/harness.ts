@@ -28,7 +28,8 @@ export interface Harness {
   runtime(opts?: Omit<Partial<RuntimeOptions>, 'env'> & { env?: Record<string, string> }): Runtime;
   /** Writes a config file and points PGMAINT_CONFIG at it. */
   configFile(content: object): void;
-  spawnPgmaint(args: string[], extraEnv?: Record<string, string>): Spawned;
+  /** pgmaint's CLI with these arguments; or, with `script` (workers/backup.ts, …), that entry point instead. */
+  spawnPgmaint(args: string[], extraEnv?: Record<string, string>, script?: string): Spawned;
   /** SIGKILLs every pgmaint process this harness started that is still running. */
   killChildren(): Promise<void>;
   /**
@@ -97,9 +98,10 @@ export async function createHarness(name: string): Promise<Harness> {
       runtimes.push(rt);
       return rt;
     },
-    spawnPgmaint(args, extraEnv = {}) {
+    spawnPgmaint(args, extraEnv = {}, script) {
+      const argv = script ? ['--import', 'tsx', path.resolve(BIN, '../..', script), ...args] : [BIN, ...args];
       // A process group of its own, so a test can kill the process with its children.
-      const child = spawn(process.execPath, [BIN, ...args], {
+      const child = spawn(process.execPath, argv, {
         env: { ...process.env, ...env, LOG_LEVEL: 'info', ...extraEnv },
         stdio: ['ignore', 'pipe', 'pipe'],
         detached: true,
