@@ -15,6 +15,8 @@ import pruneBackups from './prune-backups.ts';
 import queryStatsSnapshot from './query-stats-snapshot.ts';
 import repackTable from './repack-table.ts';
 import restoreCheck from './restore-check.ts';
+import restoreDump from './restore-dump.ts';
+import restorePartition from './restore-partition.ts';
 import vacuumAnalyze from './vacuum-analyze.ts';
 import warmCache from './warm-cache.ts';
 
@@ -34,9 +36,20 @@ export const jobs: AnyJobDefinition[] = [
   queryStatsSnapshot,
   repackTable,
   restoreCheck,
+  restoreDump,
+  restorePartition,
   vacuumAnalyze,
   warmCache,
 ] as AnyJobDefinition[];
 
 /** Jobs that read or write BACKUP_DIR or the WAL archive (workers/backup.ts serves these). */
-export const BACKUP_JOBS = ['backup', 'base-backup', 'archive-check', 'pitr-drill', 'restore-check', 'prune-backups'];
+export const BACKUP_JOBS = [
+  'backup',
+  'base-backup',
+  'archive-check',
+  'pitr-drill',
+  'restore-check',
+  'prune-backups',
+  'restore-dump',
+  'restore-partition',
+];

@@ -3,6 +3,7 @@
 // paths; app.ts is the thin Express adapter.
 import { readBackupCatalog } from '../backup/catalog.ts';
 import { ANSWER_DEADLINE_MS, objectStoreFor } from '../backup/object-store.ts';
+import { listPartitionArchives } from '../backup/partition-catalog.ts';
 import { redact } from '../core/redact.ts';
 import { redisFailureMessage, redisLabel } from '../runner/redis-failure.ts';
 import type { Runtime } from '../runner/runtime.ts';
@@ -12,6 +13,7 @@ import type { SnapshotProvider } from '../monitoring/sampler.ts';
 import type { Metrics } from '../monitoring/metrics.ts';
 import { statusReport } from '../monitoring/status.ts';
 import { type Auth, bearerToken, type Role, safeEqual } from './auth.ts';
+import { restorables } from './backups-answer.ts';
 import { loginPage } from './login-page.ts';
 import { MAIN_TARGET } from '../core/constants.ts';
 
@@ -235,20 +237,24 @@ function unreadable(rt: Runtime, err: Error): Error | undefined {
   return new Error(`BACKUP_DIR: cannot read ${where} (${why}, ${code}); BACKUP_DIR is ${dir}: ${fix}`);
 }
 
-/** Dumps and base backups of a target with their verification state, and the recovery window. */
+/** Everything restorable of a target and where it lies, with its verification state, and the recovery window. */
 export const listBackups: Handler = async ({ rt }, req) => {
   const target = req.query.target ?? MAIN_TARGET;
   const t = rt.config.targets.get(target);
   if (!t) return error(404, `unknown target "${target}"`, { targets: [...rt.config.targets.keys()] });
   // Someone waits for this answer: the bucket gets ANSWER_DEADLINE_MS in all, not the job-sized deadlines.
   const store = objectStoreFor(rt.config, ANSWER_DEADLINE_MS);
-  const catalog = await readBackupCatalog(rt.config.backupDir, t, Date.now(), store)
+  const read = async () => {
+    const catalog = await readBackupCatalog(rt.config.backupDir, t, Date.now(), store);
+    return { catalog, archives: await listPartitionArchives(rt.config.backupDir, target, store) };
+  };
+  const got = await read()
     .catch((err: Error) => (err instanceof ObjectStoreError ? err : (unreadable(rt, err) ?? Promise.reject(err))))
     .finally(() => store?.close());
   // The bucket is the shared catalog: without it the list would be wrong, so none is given; nor
   // without BACKUP_DIR (unreadable by this process's user).
-  if (catalog instanceof Error) return error(503, catalog.message);
-  const { dumps, bases, archive, newestSegment: newest, recoveryWindow, pgbackrest } = catalog;
+  if (got instanceof Error) return error(503, got.message);
+  const { catalog, archives } = got;
   // The last verdict of each proof job, from the durable run history.
   const lastRun = async (job: string) => {
     const row = await rt.history.lastFinished(job, target);
@@ -269,45 +275,12 @@ export const listBackups: Handler = async ({ rt }, req) => {
       target,
       timeZone: rt.config.businessTimeZone,
       // The figures to alert on: how old the newest verified backups are.
-      newestDumpAgeSeconds: ageSeconds(dumps[0]?.manifest.finishedAt),
+      newestDumpAgeSeconds: ageSeconds(catalog.dumps[0]?.manifest.finishedAt),
       newestBaseBackupAgeSeconds: ageSeconds(catalog.newestBaseBackupAt),
       engine: t.backup.engine,
-      dumps: dumps.map(({ manifest: m, restoreCheck }) => ({
-        file: m.file,
-        format: m.format,
-        finishedAt: m.finishedAt,
-        bytes: m.bytes,
-        sha256: m.sha256,
-        verified: m.verified,
-        rowCountsRecorded: Boolean(m.rowCounts),
-        restoreCheck: restoreCheck ?? null,
-      })),
-      baseBackups: bases.map(({ manifest: m }) => ({
-        label: m.label,
-        format: m.format,
-        compression: m.compression,
-        startLsn: m.startLsn,
-        stopLsn: m.stopLsn,
-        startWal: m.startWal,
-        stoppedAt: m.stoppedAt,
-        bytes: m.bytes,
-        mbPerSecond: m.mbPerSecond,
-        verified: m.verified,
-      })),
-      // The pgbackrest engine's sets, as `pgbackrest info` lists them (newest first).
-      pgbackrest: pgbackrest ?? null,
-      archive:
-        t.walArchiveDir && !pgbackrest
-          ? {
-              segments: archive?.segments.length ?? null,
-              newest: newest?.name ?? null,
-              newestAt: newest?.mtime ?? null,
-              readable: Boolean(archive),
-            }
-          : null,
-      recoveryWindow,
+      ...(await restorables(t, catalog, archives)),
       // Manifests, verdicts and sets read but not trusted (not listed above), each named with why.
-      refused: catalog.refused,
+      refused: [...catalog.refused, ...archives.refused],
       lastDrill: await lastRun('pitr-drill'),
       lastRestoreCheck: await lastRun('restore-check'),
     },
