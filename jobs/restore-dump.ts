@@ -145,7 +145,8 @@ async function chooseDump(ctx: JobContext, p: Payload): Promise<ListedDump> {
     if (!found)
       throw new RefusedError(
         'dump',
-        `no verified dump ${p.dump} of target "${p.target}" (${dumps.length} listed${newest ? `, newest ${newest}` : ''}; ` +
+        `no verified dump ${p.dump} of target "${p.target}" ` +
+          `(${dumps.length} listed${newest ? `, newest ${newest}` : ''}; ` +
           'pgmaint backups lists them)',
       );
     return found;

@@ -115,7 +115,8 @@ describe('restore-dump from local storage', () => {
     expect(await databases('pgmaint_restoring_%')).toEqual([]);
   }, 180_000);
 
-  it('refusals name what is wrong: the live database (HTTP 400), an unknown label, a time before every dump, a database that is not empty (CLI exit 2)', async () => {
+  it('refusals name what is wrong: the live database (HTTP 400), an unknown label, a time before every dump, ' +
+    'a database that is not empty (CLI exit 2)', async () => {
     const app = createApp(rt, new Auth(ADMIN_TOKEN, VIEWER_TOKEN));
     const live = new URL(h.dbUrl).pathname.slice(1);
     const res = await request(app)
@@ -217,7 +218,7 @@ describe('restore-dump from local storage', () => {
 });
 
 describe('restore-dump from the bucket, encrypted (the only copy)', () => {
-  it('restores the dump from s3, decrypting it; the row counts equal the source; backups lists where it is', async () => {
+  it('restores the dump from s3, decrypting it; the row counts equal the source; backups lists it', async () => {
     await useConfig(bucket());
     const b = await run('backup', {});
     expect(b.state, b.job.failedReason).toBe('completed');

@@ -53,7 +53,8 @@ export async function fetchVerified(ctx: JobContext, b: BackupFile, kind: string
     try {
       await fs.mkdir(dir, { recursive: true });
       await ctx.log(
-        `downloading ${objectUrl(b.object)} (${b.object.bytes} bytes)${b.object.encryption ? ', decrypting as it streams' : ''}`,
+        `downloading ${objectUrl(b.object)} (${b.object.bytes} bytes)` +
+          (b.object.encryption ? ', decrypting as it streams' : ''),
       );
       await store.download(b.object, file, ctx.signal);
     } catch (err) {
