@@ -231,6 +231,14 @@ describe('restore-dump from the bucket, encrypted (the only copy)', () => {
     expect(newest).toMatchObject({ location: 'bucket', encrypted: true });
     expect(newest.where).toEqual([expect.stringMatching(/^s3:\/\/pgmaint\/pgmaint\/dumps\/main\/.*\.dump\.enc$/)]);
     expect(listed.body.dumps.some((d: { location: string }) => d.location === 'local')).toBe(true);
+    // The CLI's table says where each lies; --json prints the API's answer.
+    const table = h.spawnPgmaint(['backups'], env);
+    expect(await table.exited, table.output()).toBe(0);
+    expect(table.output()).toContain(newest.where[0]);
+    expect(table.output()).toMatch(/Partition archives\n(none|PARENT)/);
+    const json = h.spawnPgmaint(['backups', '--json'], env);
+    expect(await json.exited, json.output()).toBe(0);
+    expect(json.output()).toContain(`"location": "bucket"`);
     const r = await run('restore-dump', { database: 'herd_s3', dump: newest.file });
     expect(r.state, r.job.failedReason).toBe('completed');
     expect(r.job.returnvalue.source).toBe(newest.where[0]);

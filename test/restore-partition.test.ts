@@ -137,7 +137,8 @@ if [ -f "${faultDir}/hold-after" ]; then touch "${faultDir}/reached"; sleep 600;
       if current_setting('application_name') like 'pgmaint%' and exists (select 1 from sales.hold_alter where on_) then
         perform pg_sleep(600); end if;
     end $$;
-    create event trigger hold_alter on ddl_command_start when tag in ('ALTER TABLE') execute function sales.hold_alter()`);
+    create event trigger hold_alter on ddl_command_start when tag in ('ALTER TABLE')
+      execute function sales.hold_alter()`);
   await useConfig(local());
   startWorkers(rt, ['drop-expired-partitions', 'restore-partition']);
   const r = await run('drop-expired-partitions', { now: DROPPED_AT, tables: ['sales.sale_order'] });
@@ -156,7 +157,7 @@ afterEach(async () => {
 });
 
 describe('restore-partition from local storage', () => {
-  it('standalone: the period comes back as sales.sale_order_p202403_restored, row for row what was dropped', async () => {
+  it('standalone: the period comes back as sales.sale_order_p202403_restored, row for row as dropped', async () => {
     const r = await run('restore-partition', { partition: 'sales.sale_order_p202403', mode: 'standalone' });
     expect(r.state, r.job.failedReason).toBe('completed');
     expect(r.job.returnvalue).toMatchObject({ table: 'sales.sale_order_p202403_restored', rows: 120 });
@@ -165,7 +166,7 @@ describe('restore-partition from local storage', () => {
     expect(await place('sales', 'sale_order_p202403')).toBe('missing');
   });
 
-  it('attach by parent and period under a hold: retention leaves it until the hold ends, then takes it again', async () => {
+  it('attach by parent and period under a hold: retention leaves it until the hold ends, then takes it', async () => {
     const r = await run('restore-partition', {
       parent: 'sales.sale_order',
       period: '2024-02',
@@ -190,35 +191,39 @@ describe('restore-partition from local storage', () => {
     );
   });
 
-  it('refusals name the field: a partition that exists, an unknown archive, a period no archive holds, attach without a hold', async () => {
-    const exists = await run('restore-partition', { partition: 'sales.sale_order_p202407', mode: 'standalone' });
-    expect(exists.job.failedReason).toMatch(
-      /^REFUSED: partition: (sales.sale_order_p202407 exists|no partition archive)/,
-    );
-    const archive = await run('restore-partition', {
-      partition: 'sales.sale_order_p202401',
-      archive: 'sales.sale_order-20200101T000000000Z.dump.zst',
-      mode: 'standalone',
-    });
-    expect(archive.job.failedReason).toBe(
-      'REFUSED: archive: no partition archive sales.sale_order-20200101T000000000Z.dump.zst of target "main"',
-    );
-    const period = await run('restore-partition', {
-      parent: 'sales.sale_order',
-      period: '2023-01',
-      mode: 'standalone',
-    });
-    expect(period.job.failedReason).toMatch(
-      /^REFUSED: period: no partition archive of target "main" holds sales.sale_order_p202301/,
-    );
-    const app = createApp(rt, new Auth(ADMIN_TOKEN, VIEWER_TOKEN));
-    const res = await request(app)
-      .post('/api/jobs/restore-partition')
-      .set({ Authorization: `Bearer ${ADMIN_TOKEN}` })
-      .send({ partition: 'sales.sale_order_p202401', mode: 'attach' })
-      .expect(400);
-    expect(JSON.stringify(res.body)).toContain('holdUntil');
-  });
+  it(
+    'refusals name the field: a partition that exists, an unknown archive, a period no archive holds, ' +
+      'attach without a hold',
+    async () => {
+      const exists = await run('restore-partition', { partition: 'sales.sale_order_p202407', mode: 'standalone' });
+      expect(exists.job.failedReason).toMatch(
+        /^REFUSED: partition: (sales.sale_order_p202407 exists|no partition archive)/,
+      );
+      const archive = await run('restore-partition', {
+        partition: 'sales.sale_order_p202401',
+        archive: 'sales.sale_order-20200101T000000000Z.dump.zst',
+        mode: 'standalone',
+      });
+      expect(archive.job.failedReason).toBe(
+        'REFUSED: archive: no partition archive sales.sale_order-20200101T000000000Z.dump.zst of target "main"',
+      );
+      const period = await run('restore-partition', {
+        parent: 'sales.sale_order',
+        period: '2023-01',
+        mode: 'standalone',
+      });
+      expect(period.job.failedReason).toMatch(
+        /^REFUSED: period: no partition archive of target "main" holds sales.sale_order_p202301/,
+      );
+      const app = createApp(rt, new Auth(ADMIN_TOKEN, VIEWER_TOKEN));
+      const res = await request(app)
+        .post('/api/jobs/restore-partition')
+        .set({ Authorization: `Bearer ${ADMIN_TOKEN}` })
+        .send({ partition: 'sales.sale_order_p202401', mode: 'attach' })
+        .expect(400);
+      expect(JSON.stringify(res.body)).toContain('holdUntil');
+    },
+  );
 });
 
 /** Kills a restore worker at a step; nothing half-restored is attached; a clean worker finishes the same job. */
@@ -302,7 +307,7 @@ describe('restore-partition killed at every step', () => {
 });
 
 describe('restore-partition from the bucket, encrypted (the only copy)', () => {
-  it('archives go to the bucket with their manifest; with the local manifests gone the period restores row for row', async () => {
+  it('archives and manifests go to the bucket; with the local ones gone the period restores row for row', async () => {
     await useConfig(bucket());
     startWorkers(rt, ['drop-expired-partitions', 'restore-partition']);
     const r = await run('drop-expired-partitions', { now: DROPPED_AT, tables: ['sales.sale_line'] });
@@ -323,8 +328,8 @@ describe('restore-partition from the bucket, encrypted (the only copy)', () => {
     expect(archive.partitions).toContainEqual({
       partition: 'sales.sale_line_p202403',
       rows: 75,
-      from: "'2024-03-01 00:00:00+00'",
-      to: "'2024-04-01 00:00:00+00'",
+      from: expect.stringMatching(/^'2024-03-01/),
+      to: expect.stringMatching(/^'2024-04-01/),
     });
     const restored = await run('restore-partition', { partition: 'sales.sale_line_p202403', mode: 'standalone' });
     expect(restored.state, restored.job.failedReason).toBe('completed');
