@@ -23,6 +23,7 @@ import type { Config } from '../src/core/config.ts';
 import { parseRetention, type PartitionPolicy } from '../src/core/partition-policy.ts';
 import { qualifiedName, quoteQualified, withTransaction } from '../src/core/sql.ts';
 import { boundLiteral, readParent } from '../src/partitions/catalog.ts';
+import { heldPartitions } from '../src/partitions/holds.ts';
 import { PARENT_LOCKED, withParentLock } from '../src/partitions/locks.ts';
 import {
   policiesFor,
@@ -184,7 +185,16 @@ async function applyRetention(
       const ranged = info.partitions.filter((x) => !x.isDefault && x.to);
       const newest = ranged.at(-1);
       const pending = ranged.filter((x) => x.detachPending);
-      const expired = ranged.filter((x) => !x.detachPending && x !== newest && x.to! <= cutoff);
+      // A partition restore-partition attached under a hold stays until the hold ends.
+      const holds = await heldPartitions(client, policy.table, now.toJSDate());
+      const isHeld = (x: { schema: string; name: string }) => holds.has(`${x.schema}.${x.name}`);
+      const pastCutoff = ranged.filter((x) => !x.detachPending && x !== newest && x.to! <= cutoff);
+      for (const x of pastCutoff.filter(isHeld))
+        result.skipped.push({
+          partition: `${x.schema}.${x.name}`,
+          reason: `held until ${holds.get(`${x.schema}.${x.name}`)} (restore-partition)`,
+        });
+      const expired = pastCutoff.filter((x) => !isHeld(x));
       if (expired.length > policy.maxDropsPerRun)
         result.skipped.push({
           reason:
@@ -330,6 +340,7 @@ async function archiveBatch(
         client,
         policy.table,
         rest.map((x) => x.partition),
+        boundsOf(held, rest),
       ).catch(async (err) => {
         // Nothing half-done: the partitions go back where they were, with their data. One
         // that cannot (the session is gone) stays detached under its journal entry, and the
@@ -365,6 +376,18 @@ async function archiveBatch(
         `${a.file} (${a.bytes} bytes)`,
     );
   }
+}
+
+/** Each partition's bounds as SQL literals (the plan's, or the journal's for a resumed one), for its manifest. */
+function boundsOf(held: Map<string, Held>, steps: Step[]): Map<string, { from: string; to: string }> {
+  const bounds = new Map<string, { from: string; to: string }>();
+  for (const { partition } of steps) {
+    const h = held.get(partition);
+    const from = h?.bounds?.from ?? h?.journal?.boundFrom;
+    const to = h?.bounds?.to ?? h?.journal?.boundTo;
+    if (from && to) bounds.set(partition, { from, to });
+  }
+  return bounds;
 }
 
 export default job;

@@ -16,6 +16,8 @@ import pruneBackups from './prune-backups.ts';
 import queryStatsSnapshot from './query-stats-snapshot.ts';
 import repackTable from './repack-table.ts';
 import restoreCheck from './restore-check.ts';
+import restoreDump from './restore-dump.ts';
+import restorePartition from './restore-partition.ts';
 import vacuumAnalyze from './vacuum-analyze.ts';
 import warmCache from './warm-cache.ts';
 
@@ -35,6 +37,8 @@ export const jobs: AnyJobDefinition[] = [
   queryStatsSnapshot,
   repackTable,
   restoreCheck,
+  restoreDump,
+  restorePartition,
   vacuumAnalyze,
   warmCache,
 ] as AnyJobDefinition[];

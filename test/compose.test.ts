@@ -167,6 +167,8 @@ describe('every job the stack runs has what it runs', () => {
       e === 'native' ? { note: 'files' } : { pgmaint: ['pgbackrest'], note: 'pgbackrest expire' },
     backup: () => ({ pgmaint: [PG], note: 'pg_dump, pg_restore --list' }),
     'restore-check': () => ({ pgmaint: [PG], note: 'pg_restore' }),
+    'restore-dump': () => ({ pgmaint: [PG], note: 'pg_restore' }),
+    'restore-partition': () => ({ pgmaint: [PG, 'zstd'], note: 'zstd -d | pg_restore' }),
     'drop-expired-partitions': () => ({ pgmaint: [PG, 'zstd'], note: 'pg_dump | zstd' }),
     'repack-table': () => ({
       pgmaint: ['postgresql-15-repack'],

@@ -127,7 +127,15 @@ describe('drop-expired-partitions', () => {
     const manifest = JSON.parse(fs.readFileSync(`${archive.file}.manifest.json`, 'utf8'));
     expect(manifest.sha256).toBe(createHash('sha256').update(fs.readFileSync(archive.file)).digest('hex'));
     expect(manifest).toMatchObject({ version: 2, parent: 'ret.daily', compression: 'zstd' });
-    expect(manifest.partitions).toEqual([1, 2, 3, 4].map((d) => ({ partition: `ret.daily_p2026010${d}`, rows: 10 })));
+    // Each with its bounds, so restore-partition can attach it again exactly where it was.
+    expect(manifest.partitions).toEqual(
+      [1, 2, 3, 4].map((d) => ({
+        partition: `ret.daily_p2026010${d}`,
+        rows: 10,
+        from: expect.stringMatching(new RegExp(`^'2026-01-0${d}`)),
+        to: expect.stringMatching(new RegExp(`^'2026-01-0${d + 1}`)),
+      })),
+    );
     // It restores (zstd, then pg_restore), into a scratch database where the rows are counted.
     const scratch = `scratch_${h.id}`;
     await h.admin.query(`create database ${scratch}`);

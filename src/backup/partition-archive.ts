@@ -178,6 +178,7 @@ export async function archivePartitions(
   client: pg.ClientBase,
   parent: string,
   partitions: string[],
+  bounds?: Map<string, { from: string; to: string }>,
 ): Promise<Archive[]> {
   const dir = archiveDir(ctx);
   await fs.mkdir(dir, { recursive: true }).catch((err) => {
@@ -221,20 +222,25 @@ export async function archivePartitions(
     await publish(tmp, file);
     const object = await uploadArchive(ctx, file);
     const listed = partitions.map((p) => ({ partition: p, rows: rows.get(p)! }));
-    await writeJsonAtomic(`${file}${MANIFEST_SUFFIX}`, {
+    // The bounds let restore-partition attach a partition again exactly where it was.
+    const described = listed.map((x) => ({ ...x, ...bounds?.get(x.partition) }));
+    const manifestBody = {
       kind: 'pgmaint-partition-archive',
       version: 2,
       target: ctx.target.name,
       parent,
       format: 'custom',
       compression: 'zstd',
-      partitions: listed,
+      partitions: described,
       bytes,
       sha256,
       createdAt: new Date().toISOString(),
       jobId: ctx.jobId,
       ...(object ? { object } : {}),
-    });
+    };
+    await writeJsonAtomic(`${file}${MANIFEST_SUFFIX}`, manifestBody);
+    // In the bucket too, beside the object: with keepLocal false it is the only record a lost host leaves.
+    if (object) await putManifest(ctx, path.basename(file), manifestBody);
     const removed = object && !ctx.config.objectStore!.keepLocal;
     if (removed) await fs.rm(file, { force: true });
     const where = removed ? objectUrl(object) : file;
@@ -315,6 +321,16 @@ export class CopyRowCounter {
   private endCopy(): void {
     this.rows.set(this.copying!, this.count);
     this.copying = undefined;
+  }
+}
+
+async function putManifest(ctx: JobContext, name: string, body: object): Promise<void> {
+  const store = objectStoreFor(ctx.config);
+  if (!store) return;
+  try {
+    await store.putJson(store.manifestKey('partitions', ctx.target.name, name), body);
+  } finally {
+    store.close();
   }
 }
 

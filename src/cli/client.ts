@@ -37,9 +37,31 @@ export interface BackupsAnswer {
     verified: unknown;
     rowCountsRecorded: boolean;
     restoreCheck: { ok: boolean; checkedAt: string } | null;
+    location: string;
+    where: string[];
   }[];
-  baseBackups: { label: string; format: string; compression: string; stoppedAt: string; bytes: number }[];
-  pgbackrest: { stanza: string; sets: { label: string; type: string; stoppedAt: string; bytes: number }[] } | null;
+  partitionArchives: {
+    file: string;
+    parent: string;
+    partitions: { partition: string; rows: number }[];
+    rows: number;
+    bytes: number;
+    location: string;
+    where: string[];
+  }[];
+  baseBackups: {
+    label: string;
+    format: string;
+    compression: string;
+    stoppedAt: string;
+    bytes: number;
+    where: string[];
+  }[];
+  pgbackrest: {
+    stanza: string;
+    location: string;
+    sets: { label: string; type: string; stoppedAt: string; bytes: number }[];
+  } | null;
   recoveryWindow: { earliest: string | null; latest: string | null; seconds: number; brokenChains: unknown[] };
   lastDrill: { outcome: string; finishedAt: string } | null;
   lastRestoreCheck: { outcome: string; finishedAt: string } | null;

@@ -92,7 +92,10 @@ export const COMMANDS: readonly Command[] = [
     route: { method: 'POST', path: '/api/jobs/:name', token: 'admin' },
     options: {
       data: { type: 'string', value: 'JSON', help: "the job's payload, a JSON object (default {}); docs/jobs.md" },
-      wait: { type: 'boolean', help: 'progress lines on stderr, then the result; exit 1 when the run fails' },
+      wait: {
+        type: 'boolean',
+        help: 'progress lines on stderr, then the result; exit 1 if the run fails, 2 if it refused',
+      },
     },
     async run({ values, positionals }, client) {
       const name = positionals[0];
@@ -120,7 +123,9 @@ export const COMMANDS: readonly Command[] = [
       process.once('SIGINT', interrupted);
       const outcome = await end().finally(() => process.off('SIGINT', interrupted));
       print(outcome);
-      return outcome.state === 'completed' ? 0 : 1;
+      if (outcome.state === 'completed') return 0;
+      // A run that refused what it was asked (REFUSED: the field, and why) is a refusal: exit 2.
+      return outcome.failedReason?.startsWith('REFUSED: ') ? 2 : 1;
     },
   }),
   api({

@@ -54,11 +54,12 @@ export function backupsTable(b: BackupsAnswer): string {
     `Backups of target ${b.target} (engine ${b.engine}; times in ${zone})\n`,
     `newest verified dump: ${age(b.newestDumpAgeSeconds)}; newest base backup: ${age(b.newestBaseBackupAgeSeconds)}\n`,
   ];
+  const where = (w: string[]) => w.join(' and ');
   parts.push(
     `\nDumps\n${
       b.dumps.length
         ? renderTable(
-            [`FINISHED (${zone})`, 'FILE', 'FORMAT', 'SIZE', 'ROW COUNTS', 'RESTORE CHECK'],
+            [`FINISHED (${zone})`, 'FILE', 'FORMAT', 'SIZE', 'ROW COUNTS', 'RESTORE CHECK', 'WHERE'],
             b.dumps.map((d) => [
               at(d.finishedAt),
               d.file,
@@ -66,16 +67,43 @@ export function backupsTable(b: BackupsAnswer): string {
               humanBytes(d.bytes),
               d.rowCountsRecorded ? 'recorded' : 'no',
               d.restoreCheck ? `${d.restoreCheck.ok ? 'passed' : 'FAILED'} ${ago(d.restoreCheck.checkedAt)}` : 'never',
+              where(d.where),
             ]),
+            240,
           )
         : 'none\n'
     }`,
   );
-  const sets = b.pgbackrest
-    ? b.pgbackrest.sets.map((s) => [at(s.stoppedAt), s.label, `pgBackRest ${s.type}`, humanBytes(s.bytes)])
-    : b.baseBackups.map((s) => [at(s.stoppedAt), s.label, `${s.format}, ${s.compression}`, humanBytes(s.bytes)]);
+  // One row per archived partition: what restore-partition takes (parent, partition, archive).
+  const archived = b.partitionArchives.flatMap((a) =>
+    a.partitions.map((p) => [a.parent, p.partition, String(p.rows), a.file, humanBytes(a.bytes), where(a.where)]),
+  );
   parts.push(
-    `\nBase backups\n${sets.length ? renderTable([`STOPPED (${zone})`, 'LABEL', 'FORMAT', 'SIZE'], sets) : 'none\n'}`,
+    `\nPartition archives\n${
+      archived.length
+        ? renderTable(['PARENT', 'PARTITION', 'ROWS', 'ARCHIVE', 'SIZE', 'WHERE'], archived, 240)
+        : 'none\n'
+    }`,
+  );
+  const sets = b.pgbackrest
+    ? b.pgbackrest.sets.map((s) => [
+        at(s.stoppedAt),
+        s.label,
+        `pgBackRest ${s.type}`,
+        humanBytes(s.bytes),
+        b.pgbackrest!.location,
+      ])
+    : b.baseBackups.map((s) => [
+        at(s.stoppedAt),
+        s.label,
+        `${s.format}, ${s.compression}`,
+        humanBytes(s.bytes),
+        where(s.where),
+      ]);
+  parts.push(
+    `\nBase backups\n${
+      sets.length ? renderTable([`STOPPED (${zone})`, 'LABEL', 'FORMAT', 'SIZE', 'WHERE'], sets, 240) : 'none\n'
+    }`,
   );
   const w = b.recoveryWindow;
   parts.push(

@@ -43,6 +43,21 @@ export class PermanentJobError extends Error {
   }
 }
 
+/**
+ * A restore asked for what must not be done, or for what does not exist (the live
+ * database, a database that is not empty, an unknown label, a time with no backup
+ * before it): the field, and why. Never retried; `enqueue --wait` exits 2 on it.
+ */
+export class RefusedError extends PermanentJobError {
+  override name = 'RefusedError';
+  constructor(
+    readonly field: string,
+    why: string,
+  ) {
+    super(`${field}: ${why}`, 'REFUSED');
+  }
+}
+
 /** A check found damaged data (amcheck, a checksum): never retried; the `corruption` alert fires on this code. */
 export class CorruptionError extends PermanentJobError {
   override name = 'CorruptionError';

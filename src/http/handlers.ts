@@ -3,6 +3,7 @@
 // paths; app.ts is the thin Express adapter.
 import { readBackupCatalog } from '../backup/target-catalog.ts';
 import { ANSWER_DEADLINE_MS, objectStoreFor } from '../backup/object-store.ts';
+import { listPartitionArchives } from '../backup/partition-catalog.ts';
 import { redact } from '../core/redact.ts';
 import { backupDirOf } from '../core/config.ts';
 import { redisFailureMessage, redisLabel } from '../runner/redis-failure.ts';
@@ -13,6 +14,7 @@ import type { SnapshotProvider } from '../monitoring/sampler.ts';
 import type { Metrics } from '../monitoring/metrics.ts';
 import { statusReport } from '../monitoring/status.ts';
 import { type Auth, bearerToken, type Role, safeEqual } from './auth.ts';
+import { restorables } from './backups-answer.ts';
 import { loginPage } from './login-page.ts';
 import { MAIN_TARGET } from '../core/constants.ts';
 
@@ -236,20 +238,24 @@ function unreadable(rt: Runtime, err: Error): Error | undefined {
   return new Error(`BACKUP_DIR: cannot read ${where} (${why}, ${code}); BACKUP_DIR is ${dir}: ${fix}`);
 }
 
-/** Dumps and base backups of a target with their verification state, and the recovery window. */
+/** Everything restorable of a target and where it lies, with its verification state, and the recovery window. */
 export const listBackups: Handler = async ({ rt }, req) => {
   const target = req.query.target ?? MAIN_TARGET;
   const t = rt.config.targets.get(target);
   if (!t) return error(404, `unknown target "${target}"`, { targets: [...rt.config.targets.keys()] });
   // Someone waits for this answer: the bucket gets ANSWER_DEADLINE_MS in all, not the job-sized deadlines.
   const store = objectStoreFor(rt.config, ANSWER_DEADLINE_MS);
-  const catalog = await readBackupCatalog(backupDirOf(rt.config), t, Date.now(), store)
+  const read = async () => {
+    const catalog = await readBackupCatalog(backupDirOf(rt.config), t, Date.now(), store);
+    return { catalog, archives: await listPartitionArchives(backupDirOf(rt.config), target, store) };
+  };
+  const got = await read()
     .catch((err: Error) => (err instanceof ObjectStoreError ? err : (unreadable(rt, err) ?? Promise.reject(err))))
     .finally(() => store?.close());
   // The bucket is the shared catalog: without it the list would be wrong, so none is given; nor
   // without BACKUP_DIR (unreadable by this process's user).
-  if (catalog instanceof Error) return error(503, catalog.message);
-  const { dumps, recoveryWindow } = catalog;
+  if (got instanceof Error) return error(503, got.message);
+  const { catalog, archives } = got;
   // The last verdict of each proof job, from the durable run history.
   const lastRun = async (job: string) => {
     const row = await rt.history.lastFinished(job, target);
@@ -270,30 +276,12 @@ export const listBackups: Handler = async ({ rt }, req) => {
       target,
       timeZone: rt.config.businessTimeZone,
       // The figures to alert on: how old the newest verified backups are.
-      newestDumpAgeSeconds: ageSeconds(dumps[0]?.manifest.finishedAt),
+      newestDumpAgeSeconds: ageSeconds(catalog.dumps[0]?.manifest.finishedAt),
       newestBaseBackupAgeSeconds: ageSeconds(catalog.newestBaseBackupAt),
       engine: t.backup.engine,
-      dumps: dumps.map(({ manifest: m, restoreCheck }) => ({
-        file: m.file,
-        format: m.format,
-        finishedAt: m.finishedAt,
-        bytes: m.bytes,
-        sha256: m.sha256,
-        verified: m.verified,
-        rowCountsRecorded: Boolean(m.rowCounts),
-        restoreCheck: restoreCheck ?? null,
-      })),
-      // The engine's own part (native: baseBackups and the WAL archive; pgbackrest: the stanza's sets as
-      // `pgbackrest info` lists them, newest first); every key is in every answer.
-      baseBackups: [],
-      pgbackrest: null,
-      archive: null,
-      ...catalog.api,
-      // Every engine's sets alike, newest first.
-      sets: catalog.sets,
-      recoveryWindow,
+      ...(await restorables(t, catalog, archives)),
       // Manifests, verdicts and sets read but not trusted (not listed above), each named with why.
-      refused: catalog.refused,
+      refused: [...catalog.refused, ...archives.refused],
       lastDrill: await lastRun('pitr-drill'),
       lastRestoreCheck: await lastRun('restore-check'),
     },

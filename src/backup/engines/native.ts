@@ -54,7 +54,7 @@ export class NativeEngine implements BackupEngine {
       newestBaseBackupAt: bases[0]?.manifest.stoppedAt,
       refused,
       api: {
-        baseBackups: bases.map(({ manifest: m }) => ({
+        baseBackups: bases.map(({ path: where, manifest: m }) => ({
           label: m.label,
           format: m.format,
           compression: m.compression,
@@ -65,9 +65,12 @@ export class NativeEngine implements BackupEngine {
           bytes: m.bytes,
           mbPerSecond: m.mbPerSecond,
           verified: m.verified,
+          location: 'local' as const,
+          where: [where],
         })),
         archive: this.target.walArchiveDir
           ? {
+              dir: this.target.walArchiveDir,
               segments: archive?.segments.length ?? null,
               newest: newest?.name ?? null,
               newestAt: newest?.mtime ?? null,
