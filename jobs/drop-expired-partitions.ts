@@ -19,6 +19,8 @@ import {
   writtenFile,
 } from '../src/backup/partition-archive.ts';
 import { defineJob, type JobResult, targetField, type JobContext } from '../src/runner/job-definition.ts';
+import { GovernorDeferredError } from '../src/core/errors.ts';
+import { governorField } from '../src/core/governor-policy.ts';
 import type { Config } from '../src/core/config.ts';
 import { parseRetention, type PartitionPolicy } from '../src/core/partition-policy.ts';
 import { qualifiedName, quoteQualified, withTransaction } from '../src/core/sql.ts';
@@ -48,6 +50,8 @@ export const payload = z.object({
   dryRun: z.boolean().default(false),
   /** Judge expiry at this instant instead of the clock (tests, what-if). */
   now: z.iso.datetime({ offset: true }).optional(),
+  /** The load governor's keys for this run (docs/governor.md). */
+  governor: governorField,
 });
 
 interface Step {
@@ -228,7 +232,9 @@ async function applyRetention(
     });
     if (outcome === 'locked') result.skipped.push({ reason: PARENT_LOCKED });
   } catch (thrown) {
-    recordPolicyError(result, thrown);
+    // Held past its window: every step done is journaled; the next run goes on from there.
+    if (thrown instanceof GovernorDeferredError) result.skipped.push({ reason: thrown.message });
+    else recordPolicyError(result, thrown);
   }
   return result;
 }
@@ -252,6 +258,9 @@ async function execute(
     const archived = new Set<string>();
     for (const step of result.plan) {
       ctx.signal.throwIfAborted();
+      // A unit: one partition's detach, re-attach or drop, or the archive of the detached ones.
+      if (step.action !== 'close-journal' && !(step.action === 'archive' && archived.has(step.partition)))
+        await ctx.governor.gate(`${step.action} ${step.partition}`);
       const h = held.get(step.partition) ?? {};
       const [schema, name] = splitQualified(step.partition);
       switch (step.action) {

@@ -10,7 +10,8 @@
 // vacuumFull.
 import type pg from 'pg';
 import { z } from 'zod';
-import { PermanentJobError } from '../src/core/errors.ts';
+import { GovernorDeferredError, PermanentJobError } from '../src/core/errors.ts';
+import { governorField } from '../src/core/governor-policy.ts';
 import { defineJob, type JobResult, targetField, type JobContext } from '../src/runner/job-definition.ts';
 import { qualifiedName, quoteQualified, lockTimeoutSetting, schemaName } from '../src/core/sql.ts';
 import { AnalyzeBatch } from '../src/core/analyze-batch.ts';
@@ -54,6 +55,8 @@ export const payload = z.object({
   vacuumFull: z.array(qualifiedName).max(20).default([]),
   /** Choose and report, run nothing. */
   dryRun: z.boolean().default(false),
+  /** The load governor's keys for this run (docs/governor.md). */
+  governor: governorField,
 });
 
 type Payload = z.output<typeof payload>;
@@ -263,10 +266,23 @@ async function work(ctx: JobContext, client: pg.PoolClient, p: Payload, chosen: 
   const results: TableResult[] = [];
   const left: string[] = [];
   let stoppedAtBudget = false;
+  let deferred: string | undefined;
   const batch = new AnalyzeBatch(client);
   try {
     for (const [i, c] of chosen.entries()) {
+      // A unit: one table. Nothing is held while the governor makes it wait (the ANALYZE batch commits).
+      if (!stoppedAtBudget && !deferred)
+        await ctx.governor
+          .gate(`${c.action} ${c.table}`, { deadline, beforeWait: () => batch.commit() })
+          .catch((err: unknown) => {
+            if (!(err instanceof GovernorDeferredError)) throw err;
+            deferred = err.message;
+          });
       const remaining = deadline - Date.now();
+      if (deferred) {
+        left.push(c.table);
+        continue;
+      }
       if (stoppedAtBudget || remaining <= 0) {
         stoppedAtBudget = true;
         left.push(c.table);
@@ -327,6 +343,7 @@ async function work(ctx: JobContext, client: pg.PoolClient, p: Payload, chosen: 
     // Open only when an error escaped mid-batch: the session goes back to the pool clean.
     await batch.abandon();
   }
+  if (deferred) await ctx.log(`${deferred}; left for the next run: ${left.join(', ')}`);
   if (stoppedAtBudget)
     await ctx.log(
       `time budget of ${p.budgetSeconds} s used up; left for the next run: ${left.join(', ') || 'nothing'}`,
