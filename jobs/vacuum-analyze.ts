@@ -291,15 +291,18 @@ async function work(ctx: JobContext, client: pg.PoolClient, p: Payload, chosen: 
       const r: TableResult = { table: c.table, action: c.action, reasons: c.reasons, deadBefore: c.deadTuples };
       results.push(r);
       const rel = quoteQualified(c.schema, c.name);
-      const busy = await client.query<{ who: string }>(
-        `select a.backend_type as who from pg_stat_progress_vacuum v join pg_stat_activity a using (pid)
-        where v.relid = $1::regclass
+      // A table dropped since it was chosen (the run may have waited for the governor) is skipped.
+      const busy = await client.query<{ who: string | null }>(
+        `select null as who where to_regclass($1) is null
+       union all select a.backend_type from pg_stat_progress_vacuum v join pg_stat_activity a using (pid)
+        where v.relid = to_regclass($1)
        union all select a.backend_type from pg_stat_progress_analyze v join pg_stat_activity a using (pid) where
-         v.relid = $1::regclass`,
+         v.relid = to_regclass($1)`,
         [rel],
       );
       if (busy.rows.length) {
-        r.skipped = `${busy.rows[0]!.who} is working on it right now`;
+        const who = busy.rows[0]!.who;
+        r.skipped = who === null ? 'dropped since it was chosen' : `${who} is working on it right now`;
         await ctx.log(`${c.table}: skipped, ${r.skipped}`);
         continue;
       }
@@ -326,6 +329,7 @@ async function work(ctx: JobContext, client: pg.PoolClient, p: Payload, chosen: 
         const code = (err as { code?: string }).code;
         r.durationMs = Date.now() - t0;
         if (code === '55P03') r.skipped = `lock not available within ${p.lockTimeout} (lock_timeout)`;
+        else if (code === '42P01') r.skipped = 'dropped since it was chosen';
         else if (code === '57014') {
           r.skipped = `cancelled at the end of the ${p.budgetSeconds} s budget`;
           stoppedAtBudget = true;
