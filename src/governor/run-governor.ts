@@ -115,8 +115,8 @@ export class RunGovernor implements RunGovernorHandle {
     this.live = true;
     this.sampler?.setBusy(1);
     this.unsubscribe = this.sampler?.subscribe(() => void this.evaluate());
-    // A reading taken for this run, not one the idle pace took minutes ago.
-    await this.sampler?.fresh(2 * this.policy.checkEveryMs, this.run.signal);
+    // A reading taken for this run, not one taken before it started.
+    await this.sampler?.fresh(0, this.run.signal);
     await this.evaluate();
     this.tick();
   }
