@@ -8,6 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startWorkers } from '../src/cli/roles.ts';
+import { ALERT_RULES } from '../src/core/config.ts';
 import { binPath, runProcess } from '../src/core/proc.ts';
 import { readGovernor } from '../src/governor/board.ts';
 import { Controls } from '../src/governor/controls.ts';
@@ -145,7 +146,7 @@ describe('governor: load on the target', () => {
     await h.admin.query('create table load.c (id int primary key, v text)');
   });
 
-  it('a critical number of sessions aborts the run as retryable, its journal consistent; the retry completes', async () => {
+  it('a critical number of sessions aborts the run as retryable, journal consistent; the retry completes', async () => {
     // The first detach waits on this lock: the run is then inside its first unit.
     const lock = new pg.Client({ connectionString: h.dbUrl });
     await lock.connect();
@@ -226,7 +227,11 @@ describe('governor: load on the target', () => {
 
   it('held past its window a run stops deferred by load; the alert fires, /metrics and status say so', async () => {
     await sleepers(5);
-    const payload = { schemas: ['load'], thresholds: { minModTuples: 0, modRatio: 0 }, governor: { maxPauseSeconds: 2 } };
+    const payload = {
+      schemas: ['load'],
+      thresholds: { minModTuples: 0, modRatio: 0 },
+      governor: { maxPauseSeconds: 2 },
+    };
     const { job } = await rt.queues.enqueue('vacuum-analyze', payload);
     const done = await waitForFinished(rt.queues.get('vacuum-analyze'), job.id!, 60_000);
     expect(done.state, done.job.failedReason).toBe('completed');
@@ -242,20 +247,8 @@ describe('governor: load on the target', () => {
       /deferred by load: throttled: active sessions 5 > 3; held past its window of 2 s/,
     );
 
-    const health = new HealthReader(rt, 0);
-    const disabled = [
-      'job-failed',
-      'deadman',
-      'no-worker',
-      'overrun',
-      'backup-age',
-      'archive-lag',
-      'partition-runway',
-      'default-rows',
-      'retention-orphan',
-      'corruption',
-      'health-read',
-    ] as const;
+    const health = new HealthReader(rt);
+    const disabled = ALERT_RULES.filter((r) => r !== 'governor-held');
     const saved = rt.config.alerts.disabled;
     rt.config.alerts.disabled = [...disabled];
     try {
@@ -264,14 +257,16 @@ describe('governor: load on the target', () => {
       expect(fired.fired).toEqual(['governor-held:vacuum-analyze:main']);
       const [incident] = await monitor.open();
       expect(incident!.summary).toMatch(
-        /^vacuum-analyze on main was held back \d+ min, past its window of 2 s \(maxPauseSeconds\), and stopped deferred/,
+        /^vacuum-analyze on main was held back \d+ min, past its window of 2 s \(maxPauseSeconds\), and stopped/,
       );
-      const status = await statusReport(health, monitor.open());
+      const status = await statusReport(health, monitor.open(), 'reading');
       expect(status.governor.deferred).toEqual([
         expect.objectContaining({ job: 'vacuum-analyze', target: 'main', reason: 'throttled: active sessions 5 > 3' }),
       ]);
       const { body } = await new Metrics(health).render();
-      expect(body).toMatch(/pgmaint_governor_throttled_seconds_total\{job="vacuum-analyze",target="main",reason="active"\} [1-9]/);
+      expect(body).toMatch(
+        /pgmaint_governor_throttled_seconds_total\{job="vacuum-analyze",target="main",reason="active"\} [1-9]/,
+      );
       expect(body).toMatch(/pgmaint_governor_deferred_timestamp_seconds\{job="vacuum-analyze",target="main"\} \d+/);
       expect(body).toMatch(/pgmaint_job_runs_total\{job="vacuum-analyze",target="main",outcome="deferred"\} 1/);
 

@@ -81,7 +81,7 @@ const partitionsOf = async (table: string) =>
   );
 
 describe('governor: replica lag', () => {
-  it('jobs that write WAL wait with the lag as their reason while replay is paused, and go on once it resumes', async () => {
+  it('jobs writing WAL wait with the lag as reason while replay is paused, and go on once it resumes', async () => {
     await waitUntil(
       async () => (await db.query(`select 1 from pg_stat_replication where state = 'streaming'`)).rowCount,
       30_000,

@@ -258,7 +258,13 @@ export class ObjectStore implements BucketPlace {
       return hash.digest('hex');
     }).catch((err: unknown) => {
       const message = (err as Error).message;
-      if (err instanceof ObjectStoreError || err instanceof GovernorDeferredError || err instanceof GovernorAbortedError || signal?.aborted) throw err;
+      if (
+        err instanceof ObjectStoreError ||
+        err instanceof GovernorDeferredError ||
+        err instanceof GovernorAbortedError ||
+        signal?.aborted
+      )
+        throw err;
       throw new ObjectStoreError(message.startsWith('s3://') ? message : `${what}: ${message}`, { cause: err });
     });
     if (sha256 !== o.sha256)

@@ -112,8 +112,8 @@ async function scopeOf(rt: Runtime, b: z.output<typeof resumeBody>): Promise<Par
       refused: refuse(
         404,
         'job',
-        `no waiting or running job ${id} in ${queue ? `queue ${queue}` : 'the governed queues'} (pgmaint status lists ` +
-          'the runs)',
+        `no waiting or running job ${id} in ${queue ? `queue ${queue}` : 'the governed queues'} ` +
+          '(pgmaint status lists the runs)',
       ),
     };
   if (found.length > 1)
