@@ -59,6 +59,8 @@ beforeAll(async () => {
 });
 afterEach(async () => {
   await endLoad();
+  // The first test drops it while its run waits.
+  await h.admin.query('create table if not exists load.c (id int primary key, v text)');
   await new Controls(rt.queues.connection, rt.config.redis.prefix).clear({ kind: 'all' });
 });
 afterAll(() => h.close());
@@ -139,11 +141,13 @@ describe('governor: load on the target', () => {
     expect(done.state, done.job.failedReason).toBe('completed');
     const r = done.job.returnvalue as { tables: { table: string; skipped?: string }[]; left: string[] };
     expect(r.tables.find((t) => t.table === 'load.c')?.skipped).toBe('dropped since it was chosen');
-    expect(r.tables.filter((t) => !t.skipped).map((t) => t.table)).toEqual(['load.a', 'load.b']);
+    expect(r.tables.filter((t) => !t.skipped).map((t) => t.table)).toEqual(
+      expect.arrayContaining(['load.a', 'load.b']),
+    );
+    expect(r.tables).toHaveLength(3);
     expect(r).not.toHaveProperty('deferred');
     expect(await logsOf('vacuum-analyze', job.id!)).toMatch(/running again after \d+ s held \(throttled: active/);
     expect((await governor()).held).toEqual([]);
-    await h.admin.query('create table load.c (id int primary key, v text)');
   });
 
   it('a critical number of sessions aborts the run as retryable, journal consistent; the retry completes', async () => {

@@ -24,8 +24,10 @@ const WRITERS: [string, object][] = [
   ['create-partitions', { tables: ['lag.events'], now: '2026-01-05T12:00:00Z' }],
   ['drop-expired-partitions', { tables: ['lag.old'], now: '2026-01-05T12:00:00Z' }],
   ['vacuum-analyze', { schemas: ['lag'], thresholds: { minModTuples: 0, modRatio: 0 } }],
-  ['index-maintenance', { indexes: ['lag.rep_v'] }],
-  ['repack-table', { tables: ['lag.rep'] }],
+  // Each on a table of its own: REINDEX CONCURRENTLY, pg_repack and VACUUM of one table, released
+  // together, can deadlock each other.
+  ['index-maintenance', { indexes: ['lagidx.t_v'] }],
+  ['repack-table', { tables: ['lagrep.rep'] }],
   ['daily-sales-rollup', { from: '2026-01-01', to: '2026-01-02' }],
 ];
 
@@ -40,9 +42,13 @@ beforeAll(async () => {
     create schema lag;
     create table lag.events (ts timestamptz not null, v int) partition by range (ts);
     create table lag.old (ts timestamptz not null, v int) partition by range (ts);
-    create table lag.rep (id int primary key, v text);
-    create index rep_v on lag.rep (v);
-    insert into lag.rep select g, md5(g::text) from generate_series(1, 5000) g;`);
+    create schema lagrep;
+    create table lagrep.rep (id int primary key, v text);
+    insert into lagrep.rep select g, md5(g::text) from generate_series(1, 5000) g;
+    create schema lagidx;
+    create table lagidx.t (id int primary key, v text);
+    create index t_v on lagidx.t (v);
+    insert into lagidx.t select g, md5(g::text) from generate_series(1, 5000) g;`);
   for (let d = 1; d <= 5; d++)
     await db.query(
       `create table lag.old_p2026010${d} partition of lag.old for values from ('2026-01-0${d}') to ` +
@@ -108,7 +114,7 @@ describe('governor: replica lag', () => {
     const ids = new Map<string, string>();
     for (const [job, payload] of WRITERS) ids.set(job, (await rt.queues.enqueue(job, payload)).job.id!);
     // A job that only reads (amcheck) is not held by the lag.
-    const check = await rt.queues.enqueue('integrity-check', { schemas: ['lag'], full: true });
+    const check = await rt.queues.enqueue('integrity-check', { schemas: ['lag', 'lagrep', 'lagidx'], full: true });
     const checked = await waitForFinished(rt.queues.get('integrity-check'), check.job.id!, 60_000);
     expect(checked.state, checked.job.failedReason).toBe('completed');
 
