@@ -155,7 +155,7 @@ interface DropResult {
 }
 
 describe('governor: by hand', () => {
-  it('throttle holds drop-expired-partitions between partitions and in its dump; resumed, it ends as a run left alone', async () => {
+  it("throttle holds drop-expired-partitions between partitions, in pg_dump; its result: a calm run's", async () => {
     // The run left alone, for comparison.
     const calm = await rt.queues.enqueue('drop-expired-partitions', { tables: ['calm.days'], now: NOW });
     const calmDone = await waitForFinished(rt.queues.get('drop-expired-partitions'), calm.job.id!, 120_000);
@@ -186,7 +186,10 @@ describe('governor: by hand', () => {
     expect(between.reason).toMatch(/^by hand \(job drop-expired-partitions\/\d+\) until .*: by hand in a test$/);
     expect(await attached('ret')).toEqual(['days_p20260102', 'days_p20260103', 'days_p20260104', 'days_p20260105']);
     expect(await logsOf('drop-expired-partitions', id)).toMatch(
-      /paused: by hand \(job drop-expired-partitions\/\d+\) until [^)]*: by hand in a test \(before detach ret\.days_p20260102\)/,
+      new RegExp(
+        String.raw`paused: by hand \(job drop-expired-partitions/\d+\) until [^)]*: by hand in a test ` +
+          String.raw`\(before detach ret\.days_p20260102\)`,
+      ),
     );
     expect(await rt.queues.get('drop-expired-partitions').getJobState(id)).toBe('active');
 
