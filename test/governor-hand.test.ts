@@ -246,7 +246,7 @@ describe('governor: by hand', () => {
   });
 
   it('a maintenance pause holds a scheduled run, not missed nor dropped, until it expires on its own', async () => {
-    const cli = h.spawnPgmaint(['throttle', '--all', '--for', '6s', '--reason', 'during the sale'], {
+    const cli = h.spawnPgmaint(['throttle', '--all', '--for', '20s', '--reason', 'during the sale'], {
       LOG_LEVEL: 'warn',
     });
     expect(await cli.exited, cli.output()).toBe(0);
