@@ -27,6 +27,7 @@
 // Each row shows the operation's own duration and the time inserts were blocked.
 // Needs pgbench (PostgreSQL), zstd, pg_repack and postgresql-15-partman.
 //   npm run bench:live [-- --rate 200 --rounds 5] [-- --per-run --rounds 10] [-- --no-fsync] [-- --governor]
+//     [-- --window-ms 5000]
 import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -55,6 +56,7 @@ const { values } = parseArgs({
     'per-run': { type: 'boolean', default: false },
     'no-fsync': { type: 'boolean', default: false },
     governor: { type: 'boolean', default: false },
+    'window-ms': { type: 'string', default: '5000' },
   },
 });
 const GOVERNOR = values.governor;
@@ -251,7 +253,7 @@ interface Span {
 const spans: Span[] = [];
 /** A window lasts at least WINDOW_MS from the operation's start (the same length for every
  * side, so a p99 is over the same number of transactions), or the operation's whole run. */
-const WINDOW_MS = 5000;
+const WINDOW_MS = Math.max(1000, Number(values['window-ms']));
 /** Writes to disk now what came before (the operation, a preparation), so that neither the
  * checkpointer nor the kernel's writeback of dirty pages, 30 s later, lands in another
  * window; then the load settles before the next one. */
