@@ -40,7 +40,7 @@ import { startWorkers } from '../src/cli/roles.ts';
 import { loadConfig } from '../src/core/config.ts';
 import { postgresUser } from '../src/core/local-postgres.ts';
 import { createLogger } from '../src/core/logger.ts';
-import { binPath, runPipeline } from '../src/core/proc.ts';
+import { binPath, runPipeline, runProcess } from '../src/core/proc.ts';
 import { quoteQualified } from '../src/core/sql.ts';
 import { splitQualified } from '../src/backup/partition-archive.ts';
 import { steps as vacuumSteps, type Action as VacuumAction } from '../jobs/vacuum-analyze.ts';
@@ -434,11 +434,13 @@ const on =
 const reindexPayload = { indexes: ['app.meter_pkey'] };
 const repackPayload = { tables: ['app.meter'] };
 const repackByHand = () =>
-  runPipeline([
-    {
-      cmd: binPath('pg_repack'),
-      args: ['--table=app.meter', '--no-kill-backend', '--no-order', '--wait-timeout=60', '-d', server.url('app')],
-    },
+  runProcess(binPath('pg_repack'), [
+    '--table=app.meter',
+    '--no-kill-backend',
+    '--no-order',
+    '--wait-timeout=60',
+    '-d',
+    server.url('app'),
   ]);
 const governorOperations: typeof operations = [
   operations[0]!,
