@@ -147,10 +147,12 @@ export class DirectClient implements Client {
   }
 
   async throttle(req: HoldRequest & { for?: string; reason?: string }): Promise<ThrottleAnswer> {
+    await this.services.check('redis');
     return this.call('throttle', throttle, ['redis'], {}, { body: req });
   }
 
   async resume(req: HoldRequest): Promise<ResumeAnswer> {
+    await this.services.check('redis');
     return this.call('resume', resume, ['redis'], {}, { body: req });
   }
 
