@@ -7,6 +7,8 @@
 // cookie of another origin (403).
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import request from 'supertest';
@@ -218,6 +220,18 @@ describe('governor: by hand', () => {
     expect(copying.wait_event).toBe('ClientWrite');
     const inDump = (await governor()).held.find((r) => r.jobId === id);
     expect(inDump).toMatchObject({ state: 'paused', unit: 'pg_dump of ret.days' });
+    // Held, not merely slow: the archive being written does not grow, and the COPY is still there.
+    const dir = path.join(h.backupDir, 'partitions', 'main');
+    const partial = () => {
+      const f = fs.readdirSync(dir).find((x) => x.startsWith('ret.days-') && x.endsWith('.partial'));
+      return f === undefined ? -1 : fs.statSync(path.join(dir, f)).size;
+    };
+    const before = partial();
+    await sleep(1500);
+    expect(partial()).toBe(before);
+    expect(
+      (await h.admin.query(`select 1 from pg_stat_activity where query ilike 'COPY %days_p20260101%'`)).rowCount,
+    ).toBe(1);
     // Nothing is dropped while the archive is not whole.
     const journal = await h.admin.query(
       `select partition_name, state from pgmaint.retention_journal where parent = 'ret.days' order by 1`,
@@ -285,11 +299,11 @@ describe('governor: by hand', () => {
 
 describe('governor: refusals', () => {
   const base = { DATABASE_URL: 'postgres://app@db:5432/dairy', BACKUP_DIR: '/var/backups/pgmaint' };
-  const configError = (file: object) => {
-    const path = `${h.dir}/bad-governor.json`;
-    execFileSync('sh', ['-c', 'cat > "$1"', 'sh', path], { input: JSON.stringify(file) });
+  const configError = (content: object) => {
+    const file = `${h.dir}/bad-governor.json`;
+    execFileSync('sh', ['-c', 'cat > "$1"', 'sh', file], { input: JSON.stringify(content) });
     try {
-      loadConfig({ ...base, PGMAINT_CONFIG: path });
+      loadConfig({ ...base, PGMAINT_CONFIG: file });
     } catch (err) {
       expect(err).toBeInstanceOf(ConfigError);
       return (err as Error).message;
@@ -309,12 +323,12 @@ describe('governor: refusals', () => {
     ).toMatch(/targets\.reporting\.governor\.criticalActive: must be at least maxActive \(9\)/);
     expect(configError({ governor: { customMax: 5 } })).toMatch(/governor\.customMax: needs customSql/);
     // A worker given such a file does not start: exit 2, the key named.
-    const path = `${h.dir}/bad-governor.json`;
-    execFileSync('sh', ['-c', 'cat > "$1"', 'sh', path], {
+    const file = `${h.dir}/bad-governor.json`;
+    execFileSync('sh', ['-c', 'cat > "$1"', 'sh', file], {
       input: JSON.stringify({ governor: { maxReplicaLagSeconds: -1 } }),
     });
     const worker = h.spawnPgmaint(['worker', '--queues', 'vacuum-analyze'], {
-      PGMAINT_CONFIG: path,
+      PGMAINT_CONFIG: file,
       LOG_LEVEL: 'warn',
     });
     expect(await worker.exited).toBe(2);
