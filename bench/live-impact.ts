@@ -439,8 +439,14 @@ const repackByHand = () =>
     '--no-kill-backend',
     '--no-order',
     '--wait-timeout=60',
+    '-h',
+    '127.0.0.1',
+    '-p',
+    String(server.port),
+    '-U',
+    'postgres',
     '-d',
-    server.url('app'),
+    'app',
   ]);
 const governorOperations: typeof operations = [
   operations[0]!,
