@@ -58,6 +58,8 @@ beforeAll(async () => {
   h.configFile({
     // Seven runs at once on one target, each holding a session while it waits.
     targets: { main: { poolSize: 12 } },
+    // Each held run keeps its session while it waits: more than the default budget of 10 at once.
+    connections: { budget: 24 },
     partitions: [
       { table: 'lag.events', column: 'ts', interval: 'day', premake: 2 },
       { table: 'lag.old', column: 'ts', interval: 'day', retention: '1 day', archive: false },
