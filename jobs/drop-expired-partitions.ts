@@ -19,7 +19,6 @@ import {
   writtenFile,
 } from '../src/backup/partition-archive.ts';
 import { defineJob, type JobResult, targetField, type JobContext } from '../src/runner/job-definition.ts';
-import { GovernorDeferredError } from '../src/core/errors.ts';
 import { governorField } from '../src/core/governor-policy.ts';
 import type { Config } from '../src/core/config.ts';
 import { parseRetention, type PartitionPolicy } from '../src/core/partition-policy.ts';
@@ -30,7 +29,7 @@ import { PARENT_LOCKED, withParentLock } from '../src/partitions/locks.ts';
 import {
   policiesFor,
   tablesIssues,
-  recordPolicyError,
+  recordPolicyEnd,
   throwIfPoliciesFailed,
   type PolicyOutcome,
 } from '../src/partitions/policies.ts';
@@ -50,8 +49,7 @@ export const payload = z.object({
   dryRun: z.boolean().default(false),
   /** Judge expiry at this instant instead of the clock (tests, what-if). */
   now: z.iso.datetime({ offset: true }).optional(),
-  /** The load governor's keys for this run (docs/governor.md). */
-  governor: governorField,
+  governor: governorField, // the load governor's keys for this run (docs/governor.md)
 });
 
 interface Step {
@@ -232,9 +230,7 @@ async function applyRetention(
     });
     if (outcome === 'locked') result.skipped.push({ reason: PARENT_LOCKED });
   } catch (thrown) {
-    // Held past its window: every step done is journaled; the next run goes on from there.
-    if (thrown instanceof GovernorDeferredError) result.skipped.push({ reason: thrown.message });
-    else recordPolicyError(result, thrown);
+    recordPolicyEnd(result, thrown);
   }
   return result;
 }
@@ -258,9 +254,8 @@ async function execute(
     const archived = new Set<string>();
     for (const step of result.plan) {
       ctx.signal.throwIfAborted();
-      // A unit: one partition's detach, re-attach or drop, or the archive of the detached ones.
       if (step.action !== 'close-journal' && !(step.action === 'archive' && archived.has(step.partition)))
-        await ctx.governor.gate(`${step.action} ${step.partition}`);
+        await ctx.governor.gate(`${step.action} ${step.partition}`); // a unit: a partition's step, or the archive
       const h = held.get(step.partition) ?? {};
       const [schema, name] = splitQualified(step.partition);
       switch (step.action) {
