@@ -24,12 +24,17 @@ module.exports = {
     layer('src/partitions/', ['src/core/', 'src/runner/job-definition'], 'partition library'),
     layer('jobs/', ['src/core/', 'src/runner/job-definition', 'src/backup/', 'src/partitions/'], 'one job per file'),
     layer('schedules/', ['src/core/', 'src/runner/scheduler'], 'schedules are data'),
+    layer('src/governor/', ['src/core/', 'src/runner/'], 'the load governor: signals, holds by hand, held runs'),
     layer(
       'src/monitoring/',
-      ['src/core/', 'src/runner/', 'src/backup/', 'src/partitions/', 'jobs/'],
+      ['src/core/', 'src/runner/', 'src/backup/', 'src/partitions/', 'src/governor/', 'jobs/'],
       'monitoring reads shared state, and job results through the types jobs export',
     ),
-    layer('src/http/', ['src/core/', 'src/runner/', 'src/backup/', 'src/monitoring/'], 'HTTP API and Bull Board'),
+    layer(
+      'src/http/',
+      ['src/core/', 'src/runner/', 'src/backup/', 'src/governor/', 'src/monitoring/'],
+      'HTTP API and Bull Board',
+    ),
     layer('src/dev/', ['src/core/'], 'demo and dev stack helpers'),
   ],
   options: {

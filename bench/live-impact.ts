@@ -21,8 +21,13 @@
 // With --per-run, each operation instead runs on its own, repeatedly, and the bench counts
 // the transactions that overlapped a run and took longer than 1.2× the quiet p99: what one
 // run costs the application, in transactions, without 5 s of unrelated ones around it.
-// Needs pgbench (PostgreSQL), zstd and postgresql-15-partman.
-//   npm run bench:live [-- --rate 200 --rounds 5] [-- --per-run --rounds 10] [-- --no-fsync]
+// With --governor, each governed job runs three ways, interleaved in every round: with the
+// load governor off, with it on, and its statements by hand; index-maintenance (REINDEX
+// CONCURRENTLY) also against a plain REINDEX, repack-table (pg_repack) against VACUUM FULL.
+// Each row shows the operation's own duration and the time inserts were blocked.
+// Needs pgbench (PostgreSQL), zstd, pg_repack and postgresql-15-partman.
+//   npm run bench:live [-- --rate 200 --rounds 5] [-- --per-run --rounds 10] [-- --no-fsync] [-- --governor]
+//     [-- --window-ms 5000]
 import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -35,7 +40,7 @@ import { startWorkers } from '../src/cli/roles.ts';
 import { loadConfig } from '../src/core/config.ts';
 import { postgresUser } from '../src/core/local-postgres.ts';
 import { createLogger } from '../src/core/logger.ts';
-import { binPath, runPipeline } from '../src/core/proc.ts';
+import { binPath, runPipeline, runProcess } from '../src/core/proc.ts';
 import { quoteQualified } from '../src/core/sql.ts';
 import { splitQualified } from '../src/backup/partition-archive.ts';
 import { steps as vacuumSteps, type Action as VacuumAction } from '../jobs/vacuum-analyze.ts';
@@ -50,8 +55,16 @@ const { values } = parseArgs({
     rounds: { type: 'string', default: '5' },
     'per-run': { type: 'boolean', default: false },
     'no-fsync': { type: 'boolean', default: false },
+    governor: { type: 'boolean', default: false },
+    'window-ms': { type: 'string', default: '5000' },
   },
 });
+const GOVERNOR = values.governor;
+/** The governor as the runs with it on have it: the bench's probe against its quiet baseline, read often. */
+const GOVERNOR_ON = { checkEveryMs: 250, maxProbeRatio: 2, minProbeMs: 2, maxPauseSeconds: 10 };
+const GOVERNOR_OFF = { enabled: false };
+/** An insert slower than this was blocked (a lock, a stall): the time any insert waited past it is counted. */
+const BLOCKED_AFTER_MS = 50;
 // The application's commits are durable, as the server's defaults make them; the test
 // clusters' fsync=off would time a database that loses its last commits in a crash.
 const DURABLE = !values['no-fsync'];
@@ -91,7 +104,7 @@ const iso = (d: DateTime) => d.toISO();
 
 // Two parents inserted into by every transaction: ours and pg_partman's, daily, 30 days kept.
 await db.query(`
-  create schema app; create schema partman; create extension pg_partman schema partman;
+  create schema app; create schema partman; create extension pg_partman schema partman; create extension pg_repack;
   create table app.reading_ours (ts timestamptz not null, sensor int, v float8) partition by range (ts);
   create index on app.reading_ours (sensor, ts);
   create table app.reading_partman (ts timestamptz not null, sensor int, v float8) partition by range (ts);
@@ -113,6 +126,8 @@ fs.writeFileSync(
   configFile,
   JSON.stringify({
     partitions: [{ table: 'app.reading_ours', column: 'ts', interval: 'day', premake: FUTURE, retention: '30 days' }],
+    // The quiet baseline of the governor's probe: read every second while no run is active.
+    ...(GOVERNOR ? { governor: { idleCheckEveryMs: 1000 } } : {}),
   }),
 );
 const config = loadConfig({
@@ -124,7 +139,13 @@ const config = loadConfig({
 const policy = config.partitions[0]!;
 const rt = createRuntime({ config, logger: createLogger('warn'), schedules: [] });
 await rt.history.migrate();
-startWorkers(rt, ['create-partitions', 'drop-expired-partitions', 'vacuum-analyze']);
+startWorkers(rt, [
+  'create-partitions',
+  'drop-expired-partitions',
+  'vacuum-analyze',
+  'index-maintenance',
+  'repack-table',
+]);
 const job = jobRunner(rt);
 
 /** Partitions of a parent whose range starts before/after a time. */
@@ -226,11 +247,13 @@ interface Span {
   op: number;
   from: number;
   to: number;
+  /** When the operation itself ended. */
+  ran: number;
 }
 const spans: Span[] = [];
 /** A window lasts at least WINDOW_MS from the operation's start (the same length for every
  * side, so a p99 is over the same number of transactions), or the operation's whole run. */
-const WINDOW_MS = 5000;
+const WINDOW_MS = Math.max(1000, Number(values['window-ms']));
 /** Writes to disk now what came before (the operation, a preparation), so that neither the
  * checkpointer nor the kernel's writeback of dirty pages, 30 s later, lands in another
  * window; then the load settles before the next one. */
@@ -300,9 +323,10 @@ const archiveByHand = async () => {
 // hand: each VACUUM alone, the ANALYZEs between two VACUUMs in one transaction, throttled
 // as the job is.
 let planned: { table: string; action: VacuumAction }[] = [];
-const vacuumAnalyze = async () => {
-  const { result } = await job('vacuum-analyze', { schemas: ['app'] });
+const vacuumAnalyze = async (governor?: object) => {
+  const { result } = await job('vacuum-analyze', { schemas: ['app'], ...(governor ? { governor } : {}) });
   planned = result.tables.filter((t: { skipped?: string }) => !t.skipped);
+  return result;
 };
 const vacuumByHand = async () => {
   const statements = ['set vacuum_cost_delay = 2'];
@@ -384,11 +408,97 @@ const operations: { name: string; ours?: true; prepare: () => Promise<unknown>; 
     name: 'vacuum-analyze',
     ours: true,
     prepare: bloat,
-    run: vacuumAnalyze,
+    run: () => vacuumAnalyze(),
   },
   { name: BY_HAND, prepare: bloat, run: vacuumByHand },
   { name: 'VACUUM FULL of the same table', prepare: bloat, run: () => db.query('vacuum full app.meter') },
 ];
+
+// --governor: each governed job with the governor off, on, and by hand; index and table rebuilds against the
+// plain statements that lock the table.
+const off =
+  (name: string, payload: object = {}) =>
+  () =>
+    job(name, { ...payload, governor: GOVERNOR_OFF });
+/** Runs with the governor on; a run it held past maxPauseSeconds stopped deferred, which the summary counts. */
+let deferred = 0;
+const on =
+  (name: string, payload: object = {}) =>
+  async () => {
+    const { result } = await job(name, { ...payload, governor: GOVERNOR_ON });
+    if (JSON.stringify(result).includes('deferred')) {
+      deferred++;
+      console.error(`  ${name} deferred by load: ${JSON.stringify(result).slice(0, 300)}`);
+    }
+  };
+const reindexPayload = { indexes: ['app.meter_pkey'] };
+const repackPayload = { tables: ['app.meter'] };
+const repackByHand = () =>
+  runProcess(binPath('pg_repack'), [
+    '--table=app.meter',
+    '--no-kill-backend',
+    '--no-order',
+    '--wait-timeout=60',
+    '-h',
+    '127.0.0.1',
+    '-p',
+    String(server.port),
+    '-U',
+    'postgres',
+    '-d',
+    'app',
+  ]);
+const governorOperations: typeof operations = [
+  operations[0]!,
+  {
+    name: 'create-partitions, governor off',
+    ours: true,
+    prepare: () => prepareFuture('app.reading_ours'),
+    run: off('create-partitions'),
+  },
+  { name: '  governor on', prepare: () => prepareFuture('app.reading_ours'), run: on('create-partitions') },
+  { name: BY_HAND, prepare: () => prepareFuture('app.reading_ours'), run: createByHand },
+  {
+    name: 'drop-expired-partitions + archive, governor off',
+    ours: true,
+    prepare: prepareExpired,
+    run: off('drop-expired-partitions'),
+  },
+  { name: '  governor on', prepare: prepareExpired, run: on('drop-expired-partitions') },
+  { name: `${BY_HAND} (pg_dump into zstd)`, prepare: prepareExpired, run: archiveByHand },
+  { name: 'vacuum-analyze, governor off', ours: true, prepare: bloat, run: () => vacuumAnalyze(GOVERNOR_OFF) },
+  {
+    name: '  governor on',
+    prepare: bloat,
+    run: async () => {
+      if (JSON.stringify(await vacuumAnalyze(GOVERNOR_ON)).includes('deferred')) deferred++;
+    },
+  },
+  { name: BY_HAND, prepare: bloat, run: vacuumByHand },
+  {
+    name: 'index-maintenance (REINDEX CONCURRENTLY), governor off',
+    ours: true,
+    prepare: async () => undefined,
+    run: off('index-maintenance', reindexPayload),
+  },
+  { name: '  governor on', prepare: async () => undefined, run: on('index-maintenance', reindexPayload) },
+  {
+    name: `${BY_HAND} (REINDEX INDEX CONCURRENTLY)`,
+    prepare: async () => undefined,
+    run: () => db.query('reindex index concurrently app.meter_pkey'),
+  },
+  { name: 'plain REINDEX INDEX', prepare: async () => undefined, run: () => db.query('reindex index app.meter_pkey') },
+  {
+    name: 'repack-table (pg_repack), governor off',
+    ours: true,
+    prepare: bloat,
+    run: off('repack-table', repackPayload),
+  },
+  { name: '  governor on', prepare: bloat, run: on('repack-table', repackPayload) },
+  { name: `${BY_HAND} (pg_repack)`, prepare: bloat, run: repackByHand },
+  { name: 'VACUUM FULL of the same table', prepare: bloat, run: () => db.query('vacuum full app.meter') },
+];
+if (GOVERNOR) operations.splice(0, operations.length, ...governorOperations);
 
 /** Every round runs the operations in order, each after its own preparation. */
 async function rounds(): Promise<void> {
@@ -401,12 +511,12 @@ async function rounds(): Promise<void> {
       await run();
       const ran = Date.now();
       if (PER_RUN) {
-        spans.push({ op, from, to: ran });
+        spans.push({ op, from, to: ran, ran });
         await sleep(700); // the transactions that overlapped the run finish
       } else {
         const to = Math.max(ran, from + WINDOW_MS);
         await sleep(to - ran);
-        spans.push({ op, from, to });
+        spans.push({ op, from, to, ran });
       }
     }
   }
@@ -439,13 +549,41 @@ const spread = (xs: number[], d: number) =>
 /** Our jobs' rows, each with the row of its statements by hand (the next one). */
 const oursWithFloor = operations.flatMap((op, i) => (op.ours ? [{ ours: i, byHand: i + 1 }] : []));
 
+/**
+ * How long, in ms, at least one of these inserts had been waiting longer than BLOCKED_AFTER_MS: the union of
+ * [start + BLOCKED_AFTER_MS, end] over the slow ones (start: the scheduled start, the end less the latency).
+ */
+function blockedMs(xs: { at: number; ms: number }[]): number {
+  const spansOf = xs
+    .filter((s) => s.ms > BLOCKED_AFTER_MS)
+    .map((s) => [s.at - s.ms + BLOCKED_AFTER_MS, s.at] as const)
+    .sort((a, b) => a[0] - b[0]);
+  let total = 0;
+  let reach = -Infinity;
+  for (const [a, b] of spansOf) {
+    const start = Math.max(a, reach);
+    if (b > start) total += b - start;
+    reach = Math.max(reach, b);
+  }
+  return total;
+}
+
 function windowReport(): void {
   const stats = operations.map((_, op) => {
     const perRound = spans
       .filter((w) => w.op === op)
       .map((w) => {
-        const ms = samples.filter((s) => s.at >= w.from && s.at <= w.to + 50).map((s) => s.ms);
-        return { ms, p50: pct(ms, 0.5), p99: pct(ms, 0.99), max: Math.max(...ms), secs: (w.to - w.from) / 1000 };
+        const mine = samples.filter((s) => s.at >= w.from && s.at <= w.to + 50);
+        const ms = mine.map((s) => s.ms);
+        return {
+          ms,
+          p50: pct(ms, 0.5),
+          p99: pct(ms, 0.99),
+          max: Math.max(...ms),
+          secs: (w.to - w.from) / 1000,
+          ran: (w.ran - w.from) / 1000,
+          blocked: blockedMs(mine),
+        };
       });
     // Every round's transactions together: a p99 over ROUNDS times as many, steadier than each round's.
     const pooledP99 = pct(
@@ -470,6 +608,8 @@ function windowReport(): void {
       'p99 of all rounds',
       '… / quiet',
       'window (s)',
+      'run (s)',
+      `blocked > ${BLOCKED_AFTER_MS} ms (ms)`,
       'tx',
     ],
     stats.map(({ perRound, p99, pooledP99 }, op) => [
@@ -494,12 +634,40 @@ function windowReport(): void {
         perRound.map((r) => r.secs),
         1,
       ),
+      spread(
+        perRound.map((r) => r.ran),
+        2,
+      ),
+      spread(
+        perRound.map((r) => r.blocked),
+        0,
+      ),
       String(median(perRound.map((r) => r.ms.length))),
     ]),
   );
   console.log('target: p99 during our jobs ≤ 1.2× the quiet baseline (median of rounds; all rounds pooled)');
   const ratios = (op: number) =>
     `${(stats[op]!.p99 / quiet.p99).toFixed(2)}×; ${(stats[op]!.pooledP99 / quiet.pooledP99).toFixed(2)}×`;
+  if (GOVERNOR) {
+    // Each job's rows: governor off (ours), on (next), by hand (after it).
+    console.log(
+      'with the governor on: p99 ≤ 1.2× quiet (median of rounds and pooled), and duration ≤ 4× off; ' +
+        `runs deferred by load: ${deferred}`,
+    );
+    for (const { ours: offRow } of oursWithFloor) {
+      const onRow = offRow + 1;
+      const ran = (op: number) => median(stats[op]!.perRound.map((r) => r.ran));
+      const p99Met = stats[onRow]!.p99 / quiet.p99 <= 1.2 && stats[onRow]!.pooledP99 / quiet.pooledP99 <= 1.2;
+      const slower = ran(onRow) / ran(offRow);
+      console.log(
+        `  ${operations[offRow]!.name.replace(/, governor off$/, '')}: off ${ratios(offRow)}, on ${ratios(onRow)}, ` +
+          `by hand ${ratios(onRow + 1)}; p99 ${p99Met ? 'met' : 'NOT met'}; duration on/off ` +
+          `${slower.toFixed(2)}× (${ran(offRow).toFixed(2)} s → ${ran(onRow).toFixed(2)} s) ` +
+          `${slower <= 4 ? 'within 4×' : 'OVER 4×'}`,
+      );
+    }
+    return;
+  }
   for (const { ours, byHand } of oursWithFloor) {
     const met = stats[ours]!.p99 / quiet.p99 <= 1.2 && stats[ours]!.pooledP99 / quiet.pooledP99 <= 1.2;
     console.log(

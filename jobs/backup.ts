@@ -13,6 +13,7 @@ import { dumpDir, type DumpManifest } from '../src/backup/catalog.ts';
 import { fileStamp, publish, sha256File, sha256Tree, writeJsonAtomic } from '../src/core/files.ts';
 import { defineJob, type JobResult, targetField, type JobContext } from '../src/runner/job-definition.ts';
 import { quoteIdent } from '../src/core/sql.ts';
+import { governorField } from '../src/core/governor-policy.ts';
 import { backupDirOf } from '../src/core/config.ts';
 import { binPath, runProcess } from '../src/core/proc.ts';
 import { objectStoreFor, objectUrl, type StoredObject, withObjectStore } from '../src/backup/object-store.ts';
@@ -20,6 +21,8 @@ import { objectStoreFor, objectUrl, type StoredObject, withObjectStore } from '.
 export const payload = z
   .object({
     target: targetField,
+    /** The load governor's keys for this run (docs/governor.md). */
+    governor: governorField,
     /** custom: one file; directory: one file per table, written by `parallel` processes at once. */
     format: z.enum(['custom', 'directory']).default('custom'),
     /** pg_dump processes at once (pg_dump --jobs; directory format only). Default 2 for directory. */
@@ -97,6 +100,8 @@ interface Verified {
 
 /** Phases: snapshot, dump and count, verify, publish. Nothing half-done survives a failure. */
 async function dump(ctx: JobContext, p: Payload, dir: string, started: Date) {
+  // The unit: the whole dump (pg_dump writes its file itself); its upload is paced.
+  await ctx.governor.gate(`pg_dump of ${p.target}`, { readOnly: true });
   await ctx.progress(2, 'reading catalog');
   const { rows } = await ctx.pool.query<{ version: string; database: string }>(
     `select current_setting('server_version') as version, current_database() as database`,
@@ -365,7 +370,12 @@ async function uploadVerified(ctx: JobContext, file: string, name: string): Prom
   if (!store) return undefined;
   try {
     await ctx.progress(95, `uploading ${name} to the object store`);
-    const object = await store.upload(file, store.keyFor('dumps', ctx.target.name, name), ctx.signal);
+    const object = await store.upload(
+      file,
+      store.keyFor('dumps', ctx.target.name, name),
+      ctx.signal,
+      ctx.governor.pacer(`upload of ${name}`, { readOnly: true }),
+    );
     await ctx.log(
       `uploaded ${objectUrl(object)} and read it back: ${object.bytes} bytes, sha256 ` +
         `${object.sha256.slice(0, 12)}…${object.encryption ? `, encrypted with key ${object.encryption.keyId}` : ''}`,

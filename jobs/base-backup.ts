@@ -6,11 +6,14 @@
 import { z } from 'zod';
 import { engineFor } from '../src/backup/engines/index.ts';
 import { runAlone } from '../src/backup/run-guard.ts';
+import { governorField } from '../src/core/governor-policy.ts';
 import { defineJob, type JobResult, targetField } from '../src/runner/job-definition.ts';
 
 export const payload = z
   .object({
     target: targetField,
+    /** The load governor's keys for this run (docs/governor.md); its baseBackupMaxRate is the default maxRate. */
+    governor: governorField,
     /** tar: one archive per tablespace plus pg_wal.tar, compressible; plain: a data directory. */
     format: z.enum(['tar', 'plain']).default('tar'),
     /** Client-side compression of the tar format (default lz4; plain format: none). */
@@ -60,7 +63,12 @@ const job = defineJob({
     const target = config.targets.get(p.target);
     return target ? engineFor(target).checkBaseBackup(p) : [];
   },
-  async handler(ctx, p) {
+  async handler(ctx, raw) {
+    // The unit: the whole backup; pg_basebackup is paced by its own --max-rate, which a stall
+    // would not be (its server ends a replication connection silent past wal_sender_timeout).
+    await ctx.governor.gate(`base backup of ${raw.target}`, { readOnly: true });
+    const maxRate = raw.maxRate ?? ctx.governor.baseBackupMaxRate ?? undefined;
+    const p = ctx.target.backup.engine === 'native' && maxRate ? { ...raw, maxRate } : raw;
     const engine = engineFor(ctx.target);
     return runAlone(ctx, LOCK, 'base backup', () => engine.baseBackup(ctx, p));
   },

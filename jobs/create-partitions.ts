@@ -7,7 +7,8 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DateTime } from 'luxon';
 import { z } from 'zod';
-import { PermanentJobError } from '../src/core/errors.ts';
+import { GovernorDeferredError, PermanentJobError } from '../src/core/errors.ts';
+import { governorField } from '../src/core/governor-policy.ts';
 import { defineJob, type JobResult, targetField, type JobContext } from '../src/runner/job-definition.ts';
 import type { PartitionPolicy } from '../src/core/partition-policy.ts';
 import { qualifiedName, quoteQualified, withTransaction } from '../src/core/sql.ts';
@@ -30,6 +31,8 @@ export const payload = z.object({
   tables: z.array(qualifiedName).optional(),
   /** Plan from this instant instead of the clock (backfills, tests). */
   now: z.iso.datetime({ offset: true }).optional(),
+  /** The load governor's keys for this run (docs/governor.md). */
+  governor: governorField,
 });
 
 /**
@@ -222,6 +225,8 @@ async function maintainPolicy(
       for (let i = 0; i < plan.missing.length; i += perCommit) {
         ctx.signal.throwIfAborted();
         const batch = plan.missing.slice(i, i + perCommit);
+        // A unit: one commit of new partitions (one partition where a DEFAULT partition is scanned).
+        await ctx.governor.gate(`${policy.table}: partitions from ${batch[0]!.from.toISO()}`);
         // A batch rolled back by one bad period is made again one period a commit.
         if (!(await attempt(batch)) && batch.length > 1) for (const period of batch) await attempt([period]);
         if (result.created.length >= logged + 10 || (logged && i + perCommit >= plan.missing.length)) {
@@ -241,7 +246,9 @@ async function maintainPolicy(
     });
     if (outcome === 'locked') result.skipped.push({ reason: PARENT_LOCKED });
   } catch (thrown) {
-    recordPolicyError(result, thrown);
+    // Held past its window: what is made stays made; the next run makes the rest.
+    if (thrown instanceof GovernorDeferredError) result.skipped.push({ reason: thrown.message });
+    else recordPolicyError(result, thrown);
   }
   result.rowsMoved = result.created.reduce((n, c) => n + c.movedRows, 0);
   return result;

@@ -9,6 +9,7 @@
 import { DateTime, IANAZone } from 'luxon';
 import { z } from 'zod';
 import { defineJob, type JobContext, type JobResult, targetField } from '../src/runner/job-definition.ts';
+import { governorField } from '../src/core/governor-policy.ts';
 
 const UNIQUE_VIOLATION = '23505';
 
@@ -37,6 +38,8 @@ export const payload = z
     parallel: z.number().int().min(1).max(8).default(2),
     /** The instant "yesterday" is computed from (tests, re-runs); default the clock. */
     now: z.iso.datetime({ offset: true }).optional(),
+    /** The load governor's keys for this run (docs/governor.md). */
+    governor: governorField,
   })
   .superRefine((p, ctx) => {
     if ((p.from === undefined) !== (p.to === undefined))
@@ -139,6 +142,8 @@ const job = defineJob({
     const lane = async () => {
       for (let next = chunks.shift(); next; next = chunks.shift()) {
         const [chunk, end] = next;
+        // A unit: one chunk of days (chunkDays; a day with chunkDays 1), one statement and commit.
+        await ctx.governor.gate(`days ${chunk.toISODate()} … ${end.toISODate()}`);
         const args = [chunk.toISODate(), end.toISODate(), zone, chunk.toISO(), end.plus({ days: 1 }).toISO()];
         const counts = await rollupChunk(ctx, args);
         upserted += counts.upserted;

@@ -19,6 +19,7 @@ import {
   writtenFile,
 } from '../src/backup/partition-archive.ts';
 import { defineJob, type JobResult, targetField, type JobContext } from '../src/runner/job-definition.ts';
+import { governorField } from '../src/core/governor-policy.ts';
 import type { Config } from '../src/core/config.ts';
 import { parseRetention, type PartitionPolicy } from '../src/core/partition-policy.ts';
 import { qualifiedName, quoteQualified, withTransaction } from '../src/core/sql.ts';
@@ -28,7 +29,7 @@ import { PARENT_LOCKED, withParentLock } from '../src/partitions/locks.ts';
 import {
   policiesFor,
   tablesIssues,
-  recordPolicyError,
+  recordPolicyEnd,
   throwIfPoliciesFailed,
   type PolicyOutcome,
 } from '../src/partitions/policies.ts';
@@ -48,6 +49,7 @@ export const payload = z.object({
   dryRun: z.boolean().default(false),
   /** Judge expiry at this instant instead of the clock (tests, what-if). */
   now: z.iso.datetime({ offset: true }).optional(),
+  governor: governorField, // the load governor's keys for this run (docs/governor.md)
 });
 
 interface Step {
@@ -228,7 +230,7 @@ async function applyRetention(
     });
     if (outcome === 'locked') result.skipped.push({ reason: PARENT_LOCKED });
   } catch (thrown) {
-    recordPolicyError(result, thrown);
+    recordPolicyEnd(result, thrown);
   }
   return result;
 }
@@ -252,6 +254,8 @@ async function execute(
     const archived = new Set<string>();
     for (const step of result.plan) {
       ctx.signal.throwIfAborted();
+      if (step.action !== 'close-journal' && !(step.action === 'archive' && archived.has(step.partition)))
+        await ctx.governor.gate(`${step.action} ${step.partition}`); // a unit: a partition's step, or the archive
       const h = held.get(step.partition) ?? {};
       const [schema, name] = splitQualified(step.partition);
       switch (step.action) {

@@ -14,6 +14,8 @@
 import type pg from 'pg';
 import { z } from 'zod';
 import { lockTimeoutSetting, schemaName, extensionsOf } from '../src/core/sql.ts';
+import { GovernorDeferredError } from '../src/core/errors.ts';
+import { governorField } from '../src/core/governor-policy.ts';
 import { defineJob, type JobContext, type JobResult, targetField } from '../src/runner/job-definition.ts';
 
 const indexName = z
@@ -40,6 +42,8 @@ export const payload = z.object({
   lockTimeout: lockTimeoutSetting('5s'),
   /** Choose and report, rebuild nothing (leftovers are still only listed). */
   dryRun: z.boolean().default(false),
+  /** The load governor's keys for this run (docs/governor.md). */
+  governor: governorField,
 });
 
 type Payload = z.output<typeof payload>;
@@ -125,6 +129,19 @@ const job = defineJob({
         for (const [n, c] of candidates.entries()) {
           ctx.signal.throwIfAborted();
           if (p.dryRun) continue;
+          // A unit: one index. Held past the window or the budget, the rest is left for the next run.
+          const deferred = await ctx.governor.gate(`REINDEX INDEX CONCURRENTLY ${c.index}`, { deadline }).then(
+            () => undefined,
+            (err: unknown) => {
+              if (err instanceof GovernorDeferredError) return err.message;
+              throw err;
+            },
+          );
+          if (deferred) {
+            left.push(...candidates.slice(n).map((x) => x.index));
+            await ctx.log(`${deferred}; left: ${left.join(', ')}`);
+            break;
+          }
           const remaining = deadline - Date.now();
           if (remaining < 1000) {
             left.push(...candidates.slice(n).map((x) => x.index));

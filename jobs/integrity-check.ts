@@ -10,7 +10,8 @@
 import type pg from 'pg';
 import { z } from 'zod';
 import { schemaName, requireExtension } from '../src/core/sql.ts';
-import { CorruptionError } from '../src/core/errors.ts';
+import { CorruptionError, GovernorDeferredError } from '../src/core/errors.ts';
+import { governorField } from '../src/core/governor-policy.ts';
 import { defineJob, type JobResult, targetField } from '../src/runner/job-definition.ts';
 
 export const payload = z.object({
@@ -23,6 +24,8 @@ export const payload = z.object({
   heap: z.boolean().default(true),
   /** Stop starting tables after this long; a running check is cancelled at it. */
   budgetSeconds: z.number().int().min(1).max(86_400).default(3600),
+  /** The load governor's keys for this run (docs/governor.md). */
+  governor: governorField,
 });
 
 const STATE = `
@@ -73,6 +76,19 @@ const job = defineJob({
         let indexes = 0;
         for (const [n, t] of tables.entries()) {
           ctx.signal.throwIfAborted();
+          // A unit: one relation (a table with its indexes); it only reads, so a standby's lag does not hold it.
+          const deferred = await ctx.governor.gate(`check ${t.relation}`, { readOnly: true, deadline }).then(
+            () => undefined,
+            (err: unknown) => {
+              if (err instanceof GovernorDeferredError) return err.message;
+              throw err;
+            },
+          );
+          if (deferred) {
+            left.push(...tables.slice(n).map((x) => x.relation));
+            await ctx.log(`${deferred}; left for the next run: ${left.length} tables`);
+            break;
+          }
           const remaining = deadline - Date.now();
           if (remaining < 1000) {
             left.push(...tables.slice(n).map((x) => x.relation));

@@ -9,7 +9,8 @@
 // is skipped before it is called; pg_repack gives up on some tables with a warning and
 // exit status 0, so a table counts as repacked only when its file was swapped.
 import { z } from 'zod';
-import { PermanentJobError } from '../src/core/errors.ts';
+import { GovernorDeferredError, PermanentJobError } from '../src/core/errors.ts';
+import { governorField } from '../src/core/governor-policy.ts';
 import { binPath, runProcess } from '../src/core/proc.ts';
 import { redact } from '../src/core/redact.ts';
 import { qualifiedName, extensionsOf, missingExtension } from '../src/core/sql.ts';
@@ -37,6 +38,8 @@ export const payload = z.object({
     .max(86_400)
     .default(4 * 3600),
   dryRun: z.boolean().default(false),
+  /** The load governor's keys for this run (docs/governor.md). */
+  governor: governorField,
 });
 
 const job = defineJob({
@@ -144,6 +147,19 @@ const job = defineJob({
         if (deadline - Date.now() < 60_000) {
           left.push(...runnable.slice(n).map((x) => x.table));
           await ctx.log(`budget of ${p.budgetSeconds}s nearly spent; left: ${left.join(', ')}`);
+          break;
+        }
+        // A unit: one table. Held past the window or the budget, the rest is left for the next run.
+        const deferred = await ctx.governor.gate(`pg_repack ${c.table}`, { deadline: deadline - 60_000 }).then(
+          () => undefined,
+          (err: unknown) => {
+            if (err instanceof GovernorDeferredError) return err.message;
+            throw err;
+          },
+        );
+        if (deferred) {
+          left.push(...runnable.slice(n).map((x) => x.table));
+          await ctx.log(`${deferred}; left: ${left.join(', ')}`);
           break;
         }
         await ctx.progress(10 + (85 * n) / runnable.length, `pg_repack ${c.table}`);

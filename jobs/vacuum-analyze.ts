@@ -10,7 +10,8 @@
 // vacuumFull.
 import type pg from 'pg';
 import { z } from 'zod';
-import { PermanentJobError } from '../src/core/errors.ts';
+import { GovernorDeferredError, PermanentJobError } from '../src/core/errors.ts';
+import { governorField } from '../src/core/governor-policy.ts';
 import { defineJob, type JobResult, targetField, type JobContext } from '../src/runner/job-definition.ts';
 import { qualifiedName, quoteQualified, lockTimeoutSetting, schemaName } from '../src/core/sql.ts';
 import { AnalyzeBatch } from '../src/core/analyze-batch.ts';
@@ -54,6 +55,8 @@ export const payload = z.object({
   vacuumFull: z.array(qualifiedName).max(20).default([]),
   /** Choose and report, run nothing. */
   dryRun: z.boolean().default(false),
+  /** The load governor's keys for this run (docs/governor.md). */
+  governor: governorField,
 });
 
 type Payload = z.output<typeof payload>;
@@ -263,10 +266,23 @@ async function work(ctx: JobContext, client: pg.PoolClient, p: Payload, chosen: 
   const results: TableResult[] = [];
   const left: string[] = [];
   let stoppedAtBudget = false;
+  let deferred: string | undefined;
   const batch = new AnalyzeBatch(client);
   try {
     for (const [i, c] of chosen.entries()) {
+      // A unit: one table. Nothing is held while the governor makes it wait (the ANALYZE batch commits).
+      if (!stoppedAtBudget && !deferred)
+        await ctx.governor
+          .gate(`${c.action} ${c.table}`, { deadline, beforeWait: () => batch.commit() })
+          .catch((err: unknown) => {
+            if (!(err instanceof GovernorDeferredError)) throw err;
+            deferred = err.message;
+          });
       const remaining = deadline - Date.now();
+      if (deferred) {
+        left.push(c.table);
+        continue;
+      }
       if (stoppedAtBudget || remaining <= 0) {
         stoppedAtBudget = true;
         left.push(c.table);
@@ -275,15 +291,18 @@ async function work(ctx: JobContext, client: pg.PoolClient, p: Payload, chosen: 
       const r: TableResult = { table: c.table, action: c.action, reasons: c.reasons, deadBefore: c.deadTuples };
       results.push(r);
       const rel = quoteQualified(c.schema, c.name);
-      const busy = await client.query<{ who: string }>(
-        `select a.backend_type as who from pg_stat_progress_vacuum v join pg_stat_activity a using (pid)
-        where v.relid = $1::regclass
+      // A table dropped since it was chosen (the run may have waited for the governor) is skipped.
+      const busy = await client.query<{ who: string | null }>(
+        `select null as who where to_regclass($1) is null
+       union all select a.backend_type from pg_stat_progress_vacuum v join pg_stat_activity a using (pid)
+        where v.relid = to_regclass($1)
        union all select a.backend_type from pg_stat_progress_analyze v join pg_stat_activity a using (pid) where
-         v.relid = $1::regclass`,
+         v.relid = to_regclass($1)`,
         [rel],
       );
       if (busy.rows.length) {
-        r.skipped = `${busy.rows[0]!.who} is working on it right now`;
+        const who = busy.rows[0]!.who;
+        r.skipped = who === null ? 'dropped since it was chosen' : `${who} is working on it right now`;
         await ctx.log(`${c.table}: skipped, ${r.skipped}`);
         continue;
       }
@@ -310,6 +329,7 @@ async function work(ctx: JobContext, client: pg.PoolClient, p: Payload, chosen: 
         const code = (err as { code?: string }).code;
         r.durationMs = Date.now() - t0;
         if (code === '55P03') r.skipped = `lock not available within ${p.lockTimeout} (lock_timeout)`;
+        else if (code === '42P01') r.skipped = 'dropped since it was chosen';
         else if (code === '57014') {
           r.skipped = `cancelled at the end of the ${p.budgetSeconds} s budget`;
           stoppedAtBudget = true;
@@ -327,6 +347,7 @@ async function work(ctx: JobContext, client: pg.PoolClient, p: Payload, chosen: 
     // Open only when an error escaped mid-batch: the session goes back to the pool clean.
     await batch.abandon();
   }
+  if (deferred) await ctx.log(`${deferred}; left for the next run: ${left.join(', ')}`);
   if (stoppedAtBudget)
     await ctx.log(
       `time budget of ${p.budgetSeconds} s used up; left for the next run: ${left.join(', ') || 'nothing'}`,

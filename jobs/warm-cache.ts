@@ -7,7 +7,8 @@ import { Redis } from 'ioredis';
 import type pg from 'pg';
 import { z } from 'zod';
 import type { Config } from '../src/core/config.ts';
-import { coerceError, describeError, PermanentJobError } from '../src/core/errors.ts';
+import { coerceError, describeError, GovernorDeferredError, PermanentJobError } from '../src/core/errors.ts';
+import { governorField } from '../src/core/governor-policy.ts';
 import { defineJob, type JobResult, targetField, type JobContext } from '../src/runner/job-definition.ts';
 import { withTransaction } from '../src/core/sql.ts';
 
@@ -17,6 +18,8 @@ export const payload = z.object({
   keys: z.array(z.string()).max(1000).optional(),
   /** statement_timeout of each query. */
   statementTimeoutMs: z.number().int().min(100).max(3_600_000).default(30_000),
+  /** The load governor's keys for this run (docs/governor.md). */
+  governor: governorField,
 });
 
 type WarmQuery = Config['cache']['queries'][number];
@@ -149,7 +152,17 @@ const job = defineJob({
       await redis.script('LOAD', SET_MANY_EX);
       const written: Written[] = [];
       const failed: { key: string; error: string }[] = [];
+      const left: string[] = [];
       for (const [i, q] of queries.entries()) {
+        // A unit: one query and its batches of keys; it only reads the target.
+        try {
+          await ctx.governor.gate(`warm ${q.key}`, { readOnly: true });
+        } catch (err) {
+          if (!(err instanceof GovernorDeferredError) || !written.length) throw err;
+          left.push(...queries.slice(i).map((x) => x.key));
+          await ctx.log(`${err.message}; left for the next run: ${left.join(', ')}`);
+          break;
+        }
         try {
           const w = await warmOne(ctx, redis, q, p.statementTimeoutMs);
           written.push(w);
@@ -172,6 +185,7 @@ const job = defineJob({
         cacheHitRatio: await hitRatio(redis),
         written,
         failed,
+        left,
       };
     } finally {
       redis.disconnect();

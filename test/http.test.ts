@@ -95,6 +95,7 @@ describe('HTTP API', () => {
       'alerts',
       'at',
       'errors',
+      'governor',
       'partitions',
       'queues',
       'sampledAt',

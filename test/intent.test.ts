@@ -51,7 +51,7 @@ describe('payloads are strict', () => {
       {
         path: 'dryrun',
         message: expect.stringMatching(
-          /^unknown field; did you mean "dryRun"\? \(known: target, tables, dryRun, now\)$/,
+          /^unknown field; did you mean "dryRun"\? \(known: target, tables, dryRun, now, governor\)$/,
         ),
       },
     ]);

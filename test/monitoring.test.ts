@@ -274,6 +274,7 @@ describe('alerts', () => {
       indexes: [],
       indexLeftovers: [],
       queries: [],
+      governor: { holds: [], held: [], deferred: [], throttled: [] },
       queues: [
         {
           queue: 'backup',

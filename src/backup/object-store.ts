@@ -20,7 +20,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { type Config, type ConfigSecrets, configSecrets } from '../core/config.ts';
-import { ObjectStoreError } from '../core/errors.ts';
+import { GovernorAbortedError, GovernorDeferredError, ObjectStoreError } from '../core/errors.ts';
 import { type EncryptionKey, parseKey } from '../core/key.ts';
 import { decryptStream, encryptStream } from './encryption.ts';
 import type { BucketPlace } from './manifest-checks.ts';
@@ -134,8 +134,11 @@ export class ObjectStore implements BucketPlace {
     return text ? parseKey(id, text) : undefined;
   }
 
-  /** Uploads a local file (encrypted when a key is configured), then reads it back to prove it. */
-  async upload(file: string, key: string, signal?: AbortSignal): Promise<StoredObject> {
+  /**
+   * Uploads a local file (encrypted when a key is configured), then reads it back to prove it.
+   * `pace` (the load governor's pacer) stops the reading while the run is held.
+   */
+  async upload(file: string, key: string, signal?: AbortSignal, pace?: Transform): Promise<StoredObject> {
     const k = this.currentKey();
     const hash = createHash('sha256');
     let bytes = 0;
@@ -148,7 +151,8 @@ export class ObjectStore implements BucketPlace {
         cb(null, c);
       },
     });
-    const source = createReadStream(file, { highWaterMark: 1024 * 1024 });
+    const read = createReadStream(file, { highWaterMark: 1024 * 1024 });
+    const source = pace ? read.pipe(pace) : read;
     const body = k ? source.pipe(encryptStream(k)).pipe(tap) : source.pipe(tap);
     const upload = new Upload({
       client: this.client,
@@ -157,9 +161,16 @@ export class ObjectStore implements BucketPlace {
       partSize: 8 * 1024 * 1024,
     });
     signal?.addEventListener('abort', () => void upload.abort(), { once: true });
-    await upload.done().catch((err) => {
-      throw signal?.aborted ? err : this.failure('upload', key, err);
+    // .pipe() carries no error on: the pacer's own (deferred by load) stops the upload here.
+    let paceFailure: unknown;
+    pace?.on('error', (err) => {
+      paceFailure = err;
+      void upload.abort();
     });
+    await upload.done().catch((err: unknown) => {
+      throw paceFailure ?? (signal?.aborted ? err : this.failure('upload', key, err));
+    });
+    if (paceFailure) throw paceFailure;
     const sha256 = hash.digest('hex');
     const stored = await this.sha256Of(key, signal);
     if (stored.sha256 !== sha256 || stored.bytes !== bytes) {
@@ -233,20 +244,27 @@ export class ObjectStore implements BucketPlace {
    * Downloads an object to a local file, checking the stored bytes against the
    * manifest's sha256 and decrypting them; the caller checks the plain file's sha256.
    */
-  async download(o: StoredObject, file: string, signal?: AbortSignal): Promise<void> {
+  async download(o: StoredObject, file: string, signal?: AbortSignal, pace?: () => Transform): Promise<void> {
     const what = `s3://${o.bucket}/${o.key}`;
     const sha256 = await this.read(o.key, signal, async (body) => {
       const hash = createHash('sha256');
       const tap = new PassThrough();
       tap.on('data', (c: Buffer) => hash.update(c));
-      const stages: NodeJS.ReadWriteStream[] = [tap];
+      // A pacer per attempt: a broken pipeline destroys its stages.
+      const stages: NodeJS.ReadWriteStream[] = pace ? [pace(), tap] : [tap];
       if (o.encryption) stages.push(decryptStream((id) => this.keyById(id), what));
       // createWriteStream truncates: a read started again writes the file again.
       await pipeline([body, ...stages, createWriteStream(file)], { signal });
       return hash.digest('hex');
     }).catch((err: unknown) => {
       const message = (err as Error).message;
-      if (err instanceof ObjectStoreError || signal?.aborted) throw err;
+      if (
+        err instanceof ObjectStoreError ||
+        err instanceof GovernorDeferredError ||
+        err instanceof GovernorAbortedError ||
+        signal?.aborted
+      )
+        throw err;
       throw new ObjectStoreError(message.startsWith('s3://') ? message : `${what}: ${message}`, { cause: err });
     });
     if (sha256 !== o.sha256)

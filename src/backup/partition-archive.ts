@@ -209,7 +209,8 @@ export async function archivePartitions(
         },
         { cmd: 'zstd', args: ['-q', '-3', '-o', tmp] },
       ],
-      { signal: ctx.signal },
+      // Paced by the governor: while the run is held no byte is read, and the server's COPY waits.
+      { signal: ctx.signal, relay: ctx.governor.pacer(`pg_dump of ${parent}`, { readOnly: true }) },
     );
     const found = await readBack(ctx, tmp);
     for (const p of partitions) {
@@ -264,7 +265,11 @@ async function readBack(ctx: JobContext, file: string): Promise<Map<string, numb
       { cmd: 'zstd', args: ['-q', '-d', '-c', file] },
       { cmd: binPath('pg_restore'), args: ['--file=-'] },
     ],
-    { signal: ctx.signal, onStdout: (chunk) => counter.push(chunk) },
+    {
+      signal: ctx.signal,
+      onStdout: (chunk) => counter.push(chunk),
+      relay: ctx.governor.pacer(`read-back of ${path.basename(file)}`, { readOnly: true }),
+    },
   );
   return counter.rows;
 }
@@ -343,6 +348,7 @@ async function uploadArchive(ctx: JobContext, file: string): Promise<StoredObjec
       file,
       store.keyFor('partitions', ctx.target.name, path.basename(file)),
       ctx.signal,
+      ctx.governor.pacer(`upload of ${path.basename(file)}`, { readOnly: true }),
     );
     await ctx.log(`uploaded ${objectUrl(object)} and read it back (${object.bytes} bytes)`);
     return object;

@@ -9,6 +9,7 @@ import {
   UnauthenticatedError,
   UsageError,
 } from '../core/errors.ts';
+import type { HoldView } from '../http/governor-handlers.ts';
 import type { StatusReport } from '../monitoring/status.ts';
 import type { HistoryRow } from '../runner/history.ts';
 import type { RunDefaults } from '../runner/job-definition.ts';
@@ -76,6 +77,17 @@ export interface EnqueueAnswer {
   reason?: string;
 }
 
+/** Which governed runs a hold by hand is on: exactly one of these (checked by the server). */
+export interface HoldRequest {
+  job?: string;
+  queue?: string;
+  all?: true;
+}
+
+/** POST /api/governor/throttle and /api/governor/resume. */
+export type ThrottleAnswer = { hold: HoldView };
+export type ResumeAnswer = { ended: HoldView };
+
 /** How a followed run ended: what `enqueue --wait` prints. */
 export type JobEnd =
   | { id: string; state: 'completed'; result: unknown }
@@ -95,6 +107,9 @@ export interface Client {
   backups(target: string | undefined): Promise<BackupsAnswer>;
   /** With `follow`, progress values of the run are passed to it until end() returns. */
   enqueue(name: string, data: unknown, follow?: (progress: unknown) => void): Promise<Enqueued>;
+  /** Holds governed runs for a while (`for`: "30m"; default 1h). */
+  throttle(req: HoldRequest & { for?: string; reason?: string }): Promise<ThrottleAnswer>;
+  resume(req: HoldRequest): Promise<ResumeAnswer>;
   close(): Promise<void>;
 }
 
@@ -120,7 +135,8 @@ export function answerError(status: number, body: unknown, server: string, actio
     );
   if (status === 403)
     return new ForbiddenError(
-      `${action}: refused by ${server} (403 ${said})${action === 'enqueue' ? '; enqueue needs the admin token' : ''}`,
+      `${action}: refused by ${server} (403 ${said})` +
+        (['enqueue', 'throttle', 'resume'].includes(action) ? `; ${action} needs the admin token` : ''),
     );
   if (status === 404 && said === 'not found')
     return new ConfigError(`${server} has no route for ${action} (404): is it a pgmaint server of this version?`);

@@ -83,6 +83,25 @@ function parseData(text: string | undefined): unknown {
 
 const views = () => import('./views.ts');
 
+const holdOptions = {
+  queue: { type: 'string', value: 'JOB', help: 'every run of this job (its queue), running or not yet started' },
+  all: { type: 'boolean', help: 'every governed job: the maintenance pause (scheduled runs wait, not dropped)' },
+} as const;
+
+/** Exactly one of <job>, --queue or --all. */
+function holdRequest(command: string, values: { queue?: string; all?: boolean }, positionals: string[]) {
+  if (positionals.length > 1)
+    throw new UsageError(`${command}: one job at a time (got ${positionals.map((p) => `"${p}"`).join(' ')})`);
+  const given = [positionals[0] !== undefined, values.queue !== undefined, values.all === true].filter(Boolean);
+  if (given.length !== 1)
+    throw new UsageError(
+      `${command}: give exactly one of <job> (an id, or QUEUE/ID), --queue JOB or --all ` +
+        `(pgmaint status lists the runs)`,
+    );
+  if (positionals[0] !== undefined) return { job: positionals[0] };
+  return values.queue !== undefined ? { queue: values.queue } : { all: true as const };
+}
+
 export const COMMANDS: readonly Command[] = [
   api({
     name: 'enqueue',
@@ -139,6 +158,38 @@ export const COMMANDS: readonly Command[] = [
     async run({ values }, client) {
       const { statusTable } = await import('./status.ts');
       return show(await client.status(), values.json, (r) => statusTable(r, r.timeZone));
+    },
+  }),
+  api({
+    name: 'throttle',
+    args: '[<job>]',
+    summary:
+      'hold governed runs for a while: a job (ID or QUEUE/ID), --queue or\n' +
+      '--all; running ones wait before their next unit (docs/governor.md)',
+    mode: 'api',
+    route: { method: 'POST', path: '/api/governor/throttle', token: 'admin' },
+    options: {
+      ...holdOptions,
+      for: { type: 'string', value: 'DURATION', help: 'how long: 30m, 2h, 1h30m, … up to 7d (default 1h)' },
+      reason: { type: 'string', value: 'TEXT', help: 'why, shown with the held runs ("during the sale")' },
+      json,
+    },
+    async run({ values, positionals }, client) {
+      const scope = holdRequest('throttle', values, positionals);
+      const answer = await client.throttle({ ...scope, for: values.for, reason: values.reason });
+      return show(answer, values.json, ({ hold }) => `held ${hold.what} until ${hold.until}\n`);
+    },
+  }),
+  api({
+    name: 'resume',
+    args: '[<job>]',
+    summary: 'end a hold that throttle set: a job, --queue or --all',
+    mode: 'api',
+    route: { method: 'POST', path: '/api/governor/resume', token: 'admin' },
+    options: { ...holdOptions, json },
+    async run({ values, positionals }, client) {
+      const answer = await client.resume(holdRequest('resume', values, positionals));
+      return show(answer, values.json, ({ ended }) => `resumed ${ended.what} (held since ${ended.since})\n`);
     },
   }),
   api({

@@ -17,6 +17,7 @@ import {
   listSchedules,
   status,
 } from '../http/handlers.ts';
+import { resume, throttle } from '../http/governor-handlers.ts';
 import { AlertMonitor } from '../monitoring/alerts.ts';
 import { HealthReader } from '../monitoring/health.ts';
 import { storedOrReading } from '../monitoring/sampler.ts';
@@ -32,6 +33,9 @@ import {
   type JobsAnswer,
   type SchedulesAnswer,
   type StatusAnswer,
+  type HoldRequest,
+  type ResumeAnswer,
+  type ThrottleAnswer,
   stillRuns,
 } from './client.ts';
 import { followRun } from './direct-follow.ts';
@@ -140,6 +144,16 @@ export class DirectClient implements Client {
       return followRun(rt.queues.get(answer.queue), answer.id, events, (p) => this.services.within(['redis'], p, lost));
     };
     return { answer, end };
+  }
+
+  async throttle(req: HoldRequest & { for?: string; reason?: string }): Promise<ThrottleAnswer> {
+    await this.services.check('redis');
+    return this.call('throttle', throttle, ['redis'], {}, { body: req });
+  }
+
+  async resume(req: HoldRequest): Promise<ResumeAnswer> {
+    await this.services.check('redis');
+    return this.call('resume', resume, ['redis'], {}, { body: req });
   }
 
   async close(): Promise<void> {

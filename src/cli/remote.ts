@@ -17,6 +17,9 @@ import {
   type JobsAnswer,
   type SchedulesAnswer,
   type StatusAnswer,
+  type HoldRequest,
+  type ResumeAnswer,
+  type ThrottleAnswer,
   stillRuns,
 } from './client.ts';
 import { serverAnswer, unreachable } from './remote-answers.ts';
@@ -122,6 +125,11 @@ export class RemoteClient implements Client {
     const answer = (await this.request('enqueue', 'POST', path, {}, { body: data })) as EnqueueAnswer;
     return { answer, end: follow && (() => this.follow(answer, follow)) };
   }
+
+  throttle = async (req: HoldRequest & { for?: string; reason?: string }) =>
+    (await this.request('throttle', 'POST', '/api/governor/throttle', {}, { body: req })) as ThrottleAnswer;
+  resume = async (req: HoldRequest) =>
+    (await this.request('resume', 'POST', '/api/governor/resume', {}, { body: req })) as ResumeAnswer;
 
   async close(): Promise<void> {
     this.agent.destroy();

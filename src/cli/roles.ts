@@ -1,15 +1,20 @@
 // Long-running process roles with their signal handling. SIGTERM/SIGINT: stop
 // taking jobs, finish or abort the current ones within worker.shutdownTimeoutMs,
 // then close the HTTP server, queues and pools in reverse order of start-up.
+import os from 'node:os';
 import { ConfigError, UsageError } from '../core/errors.ts';
 import { backupDirOf, loadConfig } from '../core/config.ts';
 import { requireServerAuth, startMonitor, startServer } from '../http/server.ts';
 import { describeLacks, lackingNeeds } from '../runner/needs.ts';
 import type { Runtime } from '../runner/runtime.ts';
 import { WorkerRuntime } from '../runner/worker.ts';
+import { Governor } from '../governor/governor.ts';
 import { createRuntime } from '../pgmaint.ts';
 
 export function startWorkers(rt: Runtime, only?: string[]): WorkerRuntime {
+  // The load governor answers within seconds or not at all: a bounded connection of its own.
+  const redis = rt.connections.redis('pgmaint-governor', 'bounded');
+  const governor = new Governor(rt.connections, redis, rt.logger, `${os.hostname()}:${process.pid}`);
   const workers = new WorkerRuntime({
     connections: rt.connections,
     registry: rt.registry,
@@ -17,9 +22,13 @@ export function startWorkers(rt: Runtime, only?: string[]): WorkerRuntime {
     logger: rt.logger,
     schedules: rt.schedules,
     only,
+    governor,
   });
   workers.start();
-  rt.onClose(() => workers.close(rt.config.worker.shutdownTimeoutMs));
+  rt.onClose(async () => {
+    await workers.close(rt.config.worker.shutdownTimeoutMs);
+    await governor.close();
+  });
   return workers;
 }
 

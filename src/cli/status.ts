@@ -74,6 +74,39 @@ export function statusTable(r: StatusReport, zone: string): string {
         120,
       )}`,
     );
+  const g = r.governor;
+  const inTime = (iso: string) => `in ${humanDuration((Date.parse(iso) - Date.parse(r.at)) / 1000)}`;
+  if (g.holds.length)
+    parts.push(
+      `\nHeld by hand (pgmaint resume ends a hold)\n${renderTable(
+        ['WHAT', 'SINCE', 'ENDS', 'REASON'],
+        g.holds.map((h) => [h.what, ago(h.since), inTime(h.until), h.reason]),
+        120,
+      )}`,
+    );
+  if (g.held.length)
+    parts.push(
+      `\nRuns held by the governor\n${renderTable(
+        ['JOB', 'TARGET', 'STATE', 'FOR', 'BEFORE', 'REASON'],
+        g.held.map((h) => [
+          `${h.job}/${h.jobId}`,
+          h.target,
+          h.state,
+          humanDuration(h.heldSeconds),
+          h.started ? h.unit : 'its start',
+          h.reason,
+        ]),
+        120,
+      )}`,
+    );
+  if (g.deferred.length)
+    parts.push(
+      `\nDeferred by load (the next run goes on)\n${renderTable(
+        ['JOB', 'TARGET', 'WHEN', 'BEFORE', 'REASON'],
+        g.deferred.map((d) => [d.job, d.target, ago(d.at), d.unit, d.reason]),
+        120,
+      )}`,
+    );
   const errors = Object.entries(r.errors);
   if (errors.length) parts.push(`\nNot read: ${errors.map(([k, v]) => `${k}: ${v}`).join('; ')}\n`);
   return parts.join('');

@@ -3,6 +3,7 @@
 import { isIP } from 'node:net';
 import { z } from 'zod';
 import { MAIN_TARGET } from './constants.ts';
+import { governorKeys } from './governor-policy.ts';
 import { partitionPolicy } from './partition-policy.ts';
 import { qualifiedName } from './sql.ts';
 import { clusterName, connectionsSchema } from './connections-schema.ts';
@@ -139,6 +140,8 @@ export const targetSchema = z
       .default('default'),
     /** Tables (schema.table) the monthly repack-table schedule repacks with pg_repack. */
     repackTables: z.array(qualifiedName).max(100).default([]),
+    /** The load governor's keys for this target, over the file's `governor:` (docs/governor.md). */
+    governor: governorKeys.optional(),
   })
   .strict();
 
@@ -240,6 +243,7 @@ export const ALERT_RULES = [
   'corruption',
   'health-read',
   'target-unreachable',
+  'governor-held',
 ] as const;
 
 const alertsSchema = z
@@ -270,7 +274,8 @@ const alertsSchema = z
     maxArchiveLagSeconds: z.number().int().positive().default(900),
     minPartitionRunwayDays: z.number().positive().default(3),
     /** Rules switched off by name (job-failed, deadman, no-worker, overrun, backup-age, archive-lag,
-     * partition-runway, default-rows, retention-orphan, corruption, health-read, target-unreachable). */
+     * partition-runway, default-rows, retention-orphan, corruption, health-read, target-unreachable,
+     * governor-held). */
     disabled: z.array(z.enum(ALERT_RULES)).default([]),
   })
   .strict();
@@ -384,6 +389,8 @@ export const fileSchema = z
     /** warm-cache: dashboard queries precomputed into Redis. */
     cache: cacheSchema.prefault({}),
     alerts: alertsSchema.prefault({}),
+    /** The load governor's keys for every target (docs/governor.md); targets.<name>.governor over them. */
+    governor: governorKeys.optional(),
     connections: connectionsSchema.prefault({}),
     objectStore: objectStoreSchema.optional(),
     encryption: encryptionSchema.optional(),

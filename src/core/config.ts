@@ -18,6 +18,13 @@ import {
 } from './config-schema.ts';
 import { BUSINESS_TIME_ZONE, MAIN_TARGET } from './constants.ts';
 import { ConfigError } from './errors.ts';
+import {
+  GOVERNOR_DEFAULTS,
+  type GovernorKeys,
+  type GovernorPolicy,
+  governorIssues,
+  mergeGovernor,
+} from './governor-policy.ts';
 import { parseKey } from './key.ts';
 
 export { ALERT_RULES, TARGET_NAME } from './config-schema.ts';
@@ -52,11 +59,13 @@ export type TargetConfig = Pick<
   cluster: string;
   /** Where the URL came from, for messages: DATABASE_URL, the urlEnv variable, or the file key. */
   urlSource: string;
+  /** The load governor's policy: defaults, the file's `governor:`, then the target's own keys. */
+  governor: GovernorPolicy;
 };
 
 export type RedisConfig = File['redis'] & { url: string };
 
-export type Config = Omit<File, 'targets' | 'redis' | 'cache' | 'alerts' | 'businessTimeZone'> & {
+export type Config = Omit<File, 'targets' | 'redis' | 'cache' | 'alerts' | 'businessTimeZone' | 'governor'> & {
   targets: Map<string, TargetConfig>;
   redis: RedisConfig;
   cache: File['cache'] & { redisUrl: string };
@@ -198,6 +207,14 @@ function parseConfigFiles(list: string | undefined): File {
 /** main from DATABASE_URL (the file may add settings to it), the others from the file. */
 function resolveTargets(e: Env, f: File, env: NodeJS.ProcessEnv): Map<string, TargetConfig> {
   const targets = new Map<string, TargetConfig>();
+  // Each refusal names the key where it was given: the target's own, else the file's `governor:`.
+  const governor = (own: GovernorKeys | undefined, where: string) => {
+    const policy = mergeGovernor(GOVERNOR_DEFAULTS, f.governor, own);
+    const at = (key: string) => `${own && key in own ? where : 'governor'}.${key}`;
+    const issues = governorIssues(policy, at);
+    if (issues.length) throw new ConfigError(issues.map((i) => `${i.path}: ${i.message}`).join('; '));
+    return policy;
+  };
   const walArchive = (dir: string | undefined) => (dir ? path.resolve(dir) : undefined);
   targets.set(MAIN_TARGET, {
     name: MAIN_TARGET,
@@ -209,6 +226,7 @@ function resolveTargets(e: Env, f: File, env: NodeJS.ProcessEnv): Map<string, Ta
     schedules: 'default',
     repackTables: [],
     cluster: clusterOf({ url: e.DATABASE_URL }),
+    governor: governor(undefined, 'governor'),
   });
   for (const [name, t] of Object.entries(f.targets)) {
     if (name === MAIN_TARGET) {
@@ -223,6 +241,7 @@ function resolveTargets(e: Env, f: File, env: NodeJS.ProcessEnv): Map<string, Ta
         schedules: t.schedules,
         repackTables: t.repackTables,
         cluster: clusterOf({ url: main.url, cluster: t.cluster }),
+        governor: governor(t.governor, `targets.${name}.governor`),
       });
       continue;
     }
@@ -247,6 +266,7 @@ function resolveTargets(e: Env, f: File, env: NodeJS.ProcessEnv): Map<string, Ta
       schedules: t.schedules,
       repackTables: t.repackTables,
       cluster: clusterOf({ url: url!, cluster: t.cluster }),
+      governor: governor(t.governor, `targets.${name}.governor`),
     });
   }
   return targets;

@@ -123,6 +123,40 @@ export class JobAbortedError extends Error {
   readonly code = 'ABORTED';
 }
 
+/**
+ * The load governor saw a critical threshold crossed (docs/governor.md) and aborted the run
+ * at once; its sessions and children are ended, its journals leave nothing half-done, and a
+ * retry (or the next run) goes on from there.
+ */
+export class GovernorAbortedError extends Error {
+  override name = 'GovernorAbortedError';
+  readonly code = 'GOVERNOR_ABORTED';
+}
+
+/** What a run deferred by load reports (its result's `deferred`). */
+export interface Deferral {
+  /** Why it was held: "throttled: replica lag 42 s > 30 s", "paused by hand …". */
+  reason: string;
+  /** What it stopped at: the window (maxPauseSeconds), its budget, or its maximum run time. */
+  limit: string;
+  /** The unit of work it was about to start (or the stream it was in). */
+  unit: string;
+  heldSeconds: number;
+}
+
+/**
+ * The run was held by the governor past its window or its budget: it stops cleanly before
+ * its next unit, and the next run goes on from there. Not a failure: the worker records the
+ * run as succeeded with `deferred` in its result.
+ */
+export class GovernorDeferredError extends Error {
+  override name = 'GovernorDeferredError';
+  readonly code = 'DEFERRED';
+  constructor(readonly deferral: Deferral) {
+    super(`deferred by load: ${deferral.reason}; held ${Math.round(deferral.heldSeconds)} s, past ${deferral.limit}`);
+  }
+}
+
 /** pgmaint's own errors: their `code` is the stable code of a run that fails with them. */
 const OUR_ERRORS = [
   ConfigError,
@@ -136,6 +170,8 @@ const OUR_ERRORS = [
   ObjectStoreError,
   JobTimeoutError,
   JobAbortedError,
+  GovernorAbortedError,
+  GovernorDeferredError,
 ];
 
 /** The code of a failure nobody raised on purpose (a bug, a library's plain Error). */
@@ -203,7 +239,7 @@ export type ErrorClass = 'retryable' | 'permanent' | 'timeout';
 export function classifyError(err: Error): ErrorClass {
   if (err instanceof JobTimeoutError) return 'timeout';
   if (err instanceof PermanentJobError || err instanceof UnrecoverableError) return 'permanent';
-  if (err instanceof JobAbortedError) return 'retryable';
+  if (err instanceof JobAbortedError || err instanceof GovernorAbortedError) return 'retryable';
   const code = (err as { code?: unknown }).code;
   if (typeof code === 'string') {
     if (RETRYABLE_SQLSTATE.has(code) || code.startsWith('08') || RETRYABLE_ERRNO.has(code)) return 'retryable';

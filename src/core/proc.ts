@@ -4,6 +4,8 @@
 // our tokens, DATABASE_URL, S3 credentials and encryption keys stay in this process.
 import { type ChildProcess, spawn } from 'node:child_process';
 import readline from 'node:readline';
+import type { Duplex } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { ProcessError } from './errors.ts';
 import { type LibpqSettings, writePassfile } from './libpq.ts';
 import { redact } from './redact.ts';
@@ -130,17 +132,26 @@ export interface Stage extends Pick<ChildSpec, 'env' | 'libpq'> {
   args: string[];
 }
 
+export interface PipelineOptions {
+  signal?: AbortSignal;
+  onStdout?: (chunk: Buffer) => void;
+  /**
+   * A stream the first pipe passes through in this process (the load governor's pacer):
+   * while it stops reading, the first stage blocks on its writes, and a pg_dump's server
+   * waits in ClientWrite. An error it raises of its own fails the pipeline with that error.
+   */
+  relay?: Duplex;
+}
+
 /**
  * Runs `a | b | …` without a shell: each stage's stdout is the next one's stdin, handed
  * from process to process (Node's pipes are socket pairs; no byte passes through this
- * one). The last stage writes its own output (a file named in its arguments), or hands
- * it to `onStdout` chunk by chunk. A stage that fails kills the stages before it, an
- * abort kills them all; the error names the first stage that failed of its own accord.
+ * one, but for the first pipe when a `relay` is given). The last stage writes its own
+ * output (a file named in its arguments), or hands it to `onStdout` chunk by chunk. A stage
+ * that fails kills the stages before it, an abort kills them all; the error names the first
+ * stage that failed of its own accord.
  */
-export async function runPipeline(
-  stages: Stage[],
-  opts: { signal?: AbortSignal; onStdout?: (chunk: Buffer) => void } = {},
-): Promise<void> {
+export async function runPipeline(stages: Stage[], opts: PipelineOptions = {}): Promise<void> {
   opts.signal?.throwIfAborted();
   const passfiles: Passfile[] = [];
   try {
@@ -152,23 +163,21 @@ export async function runPipeline(
   }
 }
 
-async function runStages(
-  stages: Stage[],
-  envs: Record<string, string>[],
-  opts: { signal?: AbortSignal; onStdout?: (chunk: Buffer) => void },
-): Promise<void> {
+async function runStages(stages: Stage[], envs: Record<string, string>[], opts: PipelineOptions): Promise<void> {
   opts.signal?.throwIfAborted();
   const children: ChildProcess[] = [];
+  const relayed = opts.relay && stages.length > 1;
   for (const [i, stage] of stages.entries()) {
     const prev = children[i - 1];
+    const stdin = prev ? (relayed && i === 1 ? 'pipe' : prev.stdout!) : 'ignore';
     children.push(
       spawn(stage.cmd, stage.args, {
         env: envs[i],
-        stdio: [prev ? prev.stdout! : 'ignore', i < stages.length - 1 || opts.onStdout ? 'pipe' : 'ignore', 'pipe'],
+        stdio: [stdin, i < stages.length - 1 || opts.onStdout ? 'pipe' : 'ignore', 'pipe'],
       }),
     );
     // This process keeps no end of the pipe: a reader that dies makes the writer fail.
-    prev?.stdout?.destroy();
+    if (!(relayed && i === 1)) prev?.stdout?.destroy();
   }
   const last = children.at(-1)!;
   // Every byte is read before the last stage counts as finished ('close' waits for its stdout).
@@ -177,18 +186,31 @@ async function runStages(
     for (const c of children) c.kill('SIGKILL');
   };
   opts.signal?.addEventListener('abort', killAll, { once: true });
+  // The relay's own failure (not a broken pipe, which a stage's failure explains) stops them all.
+  let relayFailure: unknown;
+  const relaying = relayed
+    ? pipeline(children[0]!.stdout!, opts.relay!, children[1]!.stdin!).catch((err: unknown) => {
+        if (isStreamConsequence(err)) return;
+        relayFailure = err;
+        killAll();
+      })
+    : Promise.resolve();
   try {
-    const outcomes = await Promise.allSettled(
-      children.map((c, i) =>
-        finished(c, stages[i]!.cmd).catch((err) => {
-          // The writers feeding it would block or fail on the pipe; the readers after it
-          // see the end of their input and finish by themselves.
-          for (const writer of children.slice(0, i)) writer.kill('SIGKILL');
-          throw err;
-        }),
+    const [outcomes] = await Promise.all([
+      Promise.allSettled(
+        children.map((c, i) =>
+          finished(c, stages[i]!.cmd).catch((err) => {
+            // The writers feeding it would block or fail on the pipe; the readers after it
+            // see the end of their input and finish by themselves.
+            for (const writer of children.slice(0, i)) writer.kill('SIGKILL');
+            throw err;
+          }),
+        ),
       ),
-    );
+      relaying,
+    ]);
     opts.signal?.throwIfAborted();
+    if (relayFailure) throw relayFailure;
     // The first stage that failed on its own; later ones often fail only because it did.
     const failed = outcomes.find((o) => o.status === 'rejected' && !isConsequence(o.reason));
     const any = failed ?? outcomes.find((o) => o.status === 'rejected');
@@ -203,6 +225,12 @@ async function runStages(
 const isConsequence = (err: unknown) =>
   err instanceof ProcessError &&
   (err.signal === 'SIGKILL' || err.signal === 'SIGPIPE' || /broken pipe|connection reset/i.test(err.stderr));
+
+/** A stream error that another side's failure explains: a closed pipe or a destroyed stream. */
+const isStreamConsequence = (err: unknown) =>
+  ['EPIPE', 'ECONNRESET', 'ERR_STREAM_PREMATURE_CLOSE', 'ERR_STREAM_DESTROYED'].includes(
+    String((err as { code?: unknown })?.code),
+  );
 
 /** Waits for a child to exit; resolves with its stderr's tail, or throws a ProcessError naming the tool. */
 function finished(child: ChildProcess, cmd: string, onStderrLine?: (line: string) => void): Promise<string> {

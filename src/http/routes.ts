@@ -20,6 +20,7 @@ import {
   requireRedis,
   showLogin,
 } from './handlers.ts';
+import { resume, throttle } from './governor-handlers.ts';
 
 export { BOARD_PATH };
 
@@ -79,5 +80,15 @@ export const ROUTES: readonly Route[] = (
     { method: 'get', path: '/api/backups', access: 'read', handler: listBackups },
     { method: 'get', path: '/api/alerts', access: 'read', needs: 'monitor', redis: 'required', handler: listAlerts },
     { method: 'get', path: '/api/status', access: 'read', needs: 'health', redis: 'partial', handler: status },
+    // Holds by hand on governed runs (docs/governor.md): admin only, like every write.
+    {
+      method: 'post',
+      path: '/api/governor/throttle',
+      access: 'write',
+      body: 'json',
+      redis: 'required',
+      handler: throttle,
+    },
+    { method: 'post', path: '/api/governor/resume', access: 'write', body: 'json', redis: 'required', handler: resume },
   ] satisfies Route[]
 ).map(route);

@@ -13,6 +13,7 @@ import type {
   ScheduleHealth,
   TargetHealth,
 } from './health.ts';
+import { governorHeld, type HeldFinding } from './governor-held.ts';
 
 export type AlertRule = (typeof ALERT_RULES)[number];
 export type Severity = 'critical' | 'warning';
@@ -278,6 +279,20 @@ export const RULES: readonly Rule<unknown>[] = [
     target: (p) => p.target,
     message: ([p]) => `cannot read the partitions of ${p.table} on ${p.target}: ${p.error}`,
     undecided: (labels, s) => unreachable(s, labels.target),
+  }),
+  // Held back by the load governor longer than its window: deferred (the next run goes on from
+  // there), or still held; resolved by a run that completes undeferred.
+  defineRule<HeldFinding>({
+    rule: 'governor-held',
+    over: (s) => governorHeld(s),
+    when: () => true,
+    severity: 'warning',
+    key: (f) => `governor-held:${f.job}:${f.target}`,
+    labels: (f) => ({ job: f.job, target: f.target }),
+    target: (f) => f.target,
+    // A run held now says more than an earlier one's deferral.
+    message: (fs) => (fs.find((f) => f.live) ?? fs[0]).summary,
+    undecided: notRead('governor'),
   }),
   defineRule<[string, string]>({
     rule: 'health-read',

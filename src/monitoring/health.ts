@@ -20,6 +20,8 @@ import { type PartitionHealth, readPartitionHealth } from './partition-health.ts
 import { TARGET_READ_DEADLINE_MS, withinTargetDeadline } from './target-deadline.ts';
 import { readTargets, type TargetHealth, unreachableTargets } from './target-health.ts';
 import { readRunStats, type DurationStats, type RunCount } from '../runner/run-stats.ts';
+import { type GovernorHealth, readGovernor } from '../governor/board.ts';
+import { Controls, heldWithin, type Hold } from '../governor/controls.ts';
 
 export { DEFAULT_ROWS_CAP, type PartitionHealth } from './partition-health.ts';
 export type { TargetHealth } from './target-health.ts';
@@ -101,6 +103,8 @@ export interface HealthSnapshot {
   /** Invalid leftovers of REINDEX CONCURRENTLY, per target index-maintenance has run on. */
   indexLeftovers: IndexLeftoverHealth[];
   queries: QueryHealth[];
+  /** The load governor: holds by hand, held runs, deferrals, seconds held (docs/governor.md). */
+  governor: GovernorHealth;
   /** Parts that could not be read, by name (one target's backups: `backups:<target>`): a reading is partial
    * rather than absent. */
   errors: Record<string, string>;
@@ -168,10 +172,12 @@ export class HealthReader {
       );
     const prefix = rt.config.redis.prefix;
     const scheduleRows = part('history', rt.history.scheduleStatus(), []);
-    const [stats, jobs, schedules, indexes, queries, queues, { targets, partitions }] = await Promise.all([
+    // Holds by hand of the last days: a run they held is not overdue for the time they held it.
+    const holdLog = redis(new Controls(rt.queues.connection, prefix).log()).catch((): Hold[] => []);
+    const [stats, jobs, schedules, indexes, queries, queues, { targets, partitions }, governor] = await Promise.all([
       part('redis', redis(readRunStats(rt.queues.connection, prefix)), { runs: [], durations: [] }),
       part('history', rt.history.jobStatus(), []),
-      part('schedules', this.schedules(scheduleRows, now, redis), []),
+      part('schedules', this.schedules(scheduleRows, now, redis, holdLog), []),
       part('history', this.indexes(), []),
       part('history', this.queries(), []),
       part('queues', redis(this.queues()), []),
@@ -191,6 +197,12 @@ export class HealthReader {
           unreachableTargets(targets),
         ),
       })),
+      part('governor', redis(readGovernor(rt.queues.connection, prefix, now)), {
+        holds: [],
+        held: [],
+        deferred: [],
+        throttled: [],
+      }),
     ]);
     const unreachable = unreachableTargets(targets);
     const indexLeftovers = await readIndexLeftovers(
@@ -210,7 +222,19 @@ export class HealthReader {
         ),
       )
     ).filter((b) => b !== undefined);
-    const snapshot = { at: now, ...stats, jobs, schedules, queues, targets, backups, partitions, indexes, queries };
+    const snapshot = {
+      at: now,
+      ...stats,
+      jobs,
+      schedules,
+      queues,
+      targets,
+      backups,
+      partitions,
+      indexes,
+      queries,
+      governor,
+    };
     return { ...snapshot, indexLeftovers, errors };
   }
 
@@ -243,10 +267,12 @@ export class HealthReader {
     rowsRead: Promise<{ schedule: string; lastSuccess: Date | null; startLagSeconds: number | null }[]>,
     now: number,
     redis: RedisRead,
+    holdLog: Promise<Hold[]>,
   ): Promise<ScheduleHealth[]> {
-    const [rows, schedulers] = await Promise.all([
+    const [rows, schedulers, holds] = await Promise.all([
       rowsRead,
       redis(Promise.all(this.rt.schedules.map((s) => this.rt.queues.get(s.job).getJobScheduler(s.id)))),
+      holdLog,
     ]);
     const byId = new Map(rows.map((r) => [r.schedule, r]));
     const connection = this.rt.queues.connection;
@@ -262,7 +288,8 @@ export class HealthReader {
           await redis(connection.hsetnx(seenKey, s.id, String(now)));
           since = Number(await redis(connection.hget(seenKey, s.id)));
         }
-        const dueBy = nextRun(s.cron, s.tz, since) + this.rt.registry.get(s.job)!.run.timeoutMs;
+        const due = nextRun(s.cron, s.tz, since);
+        const dueBy = due + this.rt.registry.get(s.job)!.run.timeoutMs + heldWithin(holds, s.job, due, now);
         return {
           id: s.id,
           job: s.job,

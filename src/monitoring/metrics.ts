@@ -16,6 +16,7 @@ export class Metrics {
   private readonly g: Record<string, Gauge<string>>;
   private readonly runs: Counter<string>;
   private readonly snapshotAge: Gauge<string>;
+  private readonly throttled: Counter<string>;
   private snapshot?: HealthSnapshot;
   private rendered?: { snapshot: HealthSnapshot; body: Promise<string> };
 
@@ -37,6 +38,14 @@ export class Metrics {
         'Finished attempts by outcome (succeeded, failed, retrying, timed_out, skipped), and runs recovered ' +
         'from a lost worker (outcome="recovered")',
       labelNames: ['job', 'target', 'outcome'],
+      registers: [r],
+    });
+    this.throttled = new Counter({
+      name: 'pgmaint_governor_throttled_seconds_total',
+      help:
+        'Seconds governed runs waited, by reason (replica_lag, active, lock_waits, probe, custom; paused: held by ' +
+        'hand)',
+      labelNames: ['job', 'target', 'reason'],
       registers: [r],
     });
     // The duration histogram's buckets come from Redis already counted; prom-client's
@@ -176,13 +185,30 @@ export class Metrics {
         'queryid',
       ]),
       scrapeErrors: gauge('pgmaint_health_read_errors', '1 for a part of the health reading that failed', ['part']),
+      governorState: gauge(
+        'pgmaint_governor_state',
+        'Governed runs held now: throttled (by load) or paused (by hand, started or waiting to start)',
+        ['job', 'target', 'state'],
+      ),
+      governorHold: gauge(
+        'pgmaint_governor_hold_until_timestamp_seconds',
+        'When a hold by hand ends: scope all (the maintenance pause), queue:<job> or job:<job>/<id>',
+        ['scope'],
+      ),
+      governorDeferred: gauge(
+        'pgmaint_governor_deferred_timestamp_seconds',
+        'When the last run of the job on the target stopped deferred by load (until a run completes undeferred)',
+        ['job', 'target'],
+      ),
     };
   }
 
   private fill(s: HealthSnapshot): void {
     this.snapshot = s;
-    for (const m of [...Object.values(this.g), this.runs]) m.reset();
+    for (const m of [...Object.values(this.g), this.runs, this.throttled]) m.reset();
     for (const r of s.runs) this.runs.inc({ job: r.job, target: r.target, outcome: r.outcome }, r.count);
+    for (const t of s.governor.throttled)
+      this.throttled.inc({ job: t.job, target: t.target, reason: t.reason }, t.seconds);
     const set = (g: Gauge<string>, labels: Record<string, string>, v: number | null | undefined) => {
       if (v !== null && v !== undefined) g.set(labels, v);
     };
@@ -250,6 +276,17 @@ export class Metrics {
         set(this.g.queryCalls!, { target: q.target, queryid: t.queryid }, t.calls);
       }
     }
+    for (const h of s.governor.held) this.g.governorState!.inc({ job: h.job, target: h.target, state: h.state });
+    for (const h of s.governor.holds) {
+      const scope =
+        h.scope.kind === 'all'
+          ? 'all'
+          : h.scope.kind === 'queue'
+            ? `queue:${h.scope.queue}`
+            : `job:${h.scope.queue}/${h.scope.id}`;
+      set(this.g.governorHold!, { scope }, h.until / 1000);
+    }
+    for (const d of s.governor.deferred) set(this.g.governorDeferred!, { job: d.job, target: d.target }, d.at / 1000);
     for (const part of Object.keys(s.errors)) set(this.g.scrapeErrors!, { part }, 1);
   }
 

@@ -17,10 +17,13 @@ export const STORED_SNAPSHOT_MAX_AGE_MS = 10 * SAMPLE_INTERVAL_MS;
 const STORED_TTL_SECONDS = 3600;
 
 /** Bumped when StatusSnapshot changes shape: a process never reads another version's snapshot. */
-const STORED_VERSION = 2;
+const STORED_VERSION = 3;
 
 /** The parts of a snapshot the status report shows: what is stored in Redis (not the per-schedule detail). */
-export type StatusSnapshot = Pick<HealthSnapshot, 'at' | 'queues' | 'targets' | 'backups' | 'partitions' | 'errors'>;
+export type StatusSnapshot = Pick<
+  HealthSnapshot,
+  'at' | 'queues' | 'targets' | 'backups' | 'partitions' | 'governor' | 'errors'
+>;
 
 export const snapshotKey = (prefix: string) => `${prefix}:health:snapshot`;
 
@@ -159,6 +162,7 @@ export class HealthSampler implements SnapshotProvider {
       targets: s.targets,
       backups: s.backups,
       partitions: s.partitions,
+      governor: s.governor,
       errors: s.errors,
     };
     this.rt.queues.connection

@@ -12,6 +12,7 @@ export interface SnapshotSource {
   read(): Promise<StatusSnapshot>;
   describeError(err: unknown): string;
 }
+import { scopeText } from '../governor/controls.ts';
 
 export interface StatusReport {
   /** When this report was made. */
@@ -54,6 +55,21 @@ export interface StatusReport {
     policy: boolean;
     error?: string;
   }[];
+  /** The load governor: holds by hand in force, runs held now, and the last deferrals. */
+  governor: {
+    holds: { what: string; reason: string | null; since: string; until: string }[];
+    held: {
+      job: string;
+      jobId: string;
+      target: string;
+      state: 'throttled' | 'paused';
+      reason: string;
+      heldSeconds: number;
+      unit: string;
+      started: boolean;
+    }[];
+    deferred: { job: string; target: string; at: string; reason: string; unit: string }[];
+  };
   /** Parts that could not be read (the rest of the report stands). */
   errors: Record<string, string>;
 }
@@ -130,6 +146,31 @@ export async function statusReport(
       policy: p.policy,
       ...(p.error ? { error: p.error } : {}),
     })),
+    governor: {
+      holds: s.governor.holds.map((h) => ({
+        what: scopeText(h.scope),
+        reason: h.reason,
+        since: new Date(h.since).toISOString(),
+        until: new Date(h.until).toISOString(),
+      })),
+      held: s.governor.held.map((h) => ({
+        job: h.job,
+        jobId: h.jobId,
+        target: h.target,
+        state: h.state,
+        reason: h.reason,
+        heldSeconds: Math.max(0, Math.round((s.at - h.since) / 1000)),
+        unit: h.unit,
+        started: h.started,
+      })),
+      deferred: s.governor.deferred.map((d) => ({
+        job: d.job,
+        target: d.target,
+        at: new Date(d.at).toISOString(),
+        reason: d.reason,
+        unit: d.unit,
+      })),
+    },
     errors: { ...s.errors, ...alertsError },
   };
 }

@@ -1,7 +1,7 @@
 // A target's partition policies as a run sees them: which parents it works on, the
 // refusals for a payload's tables, and each policy's outcome, so that one failing
 // policy does not stop the others.
-import { classifyError, coerceError, describeError, PermanentJobError } from '../core/errors.ts';
+import { classifyError, coerceError, describeError, GovernorDeferredError, PermanentJobError } from '../core/errors.ts';
 import type { PartitionPolicy } from '../core/partition-policy.ts';
 
 /** The policies of one target, optionally narrowed to some parents. */
@@ -53,6 +53,13 @@ export function recordPolicyError(result: PolicyOutcome, thrown: unknown): void 
   const err = coerceError(thrown);
   result.error = describeError(err);
   result.retryable = classifyError(err) === 'retryable';
+}
+
+/** A policy's end by an error: held by the load governor past its window, the run stopped
+ * cleanly (every step done is journaled; the next run goes on from there); else its failure. */
+export function recordPolicyEnd(result: PolicyOutcome & { skipped: { reason: string }[] }, thrown: unknown): void {
+  if (thrown instanceof GovernorDeferredError) result.skipped.push({ reason: thrown.message });
+  else recordPolicyError(result, thrown);
 }
 
 /** Fails the job at the end if any policy failed: retried only when every failure

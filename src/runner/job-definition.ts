@@ -1,5 +1,6 @@
 // What a job file in jobs/ exports: its name, its payload schema (with defaults)
 // and its handler. Everything else (queues, retries, history) is the runner's.
+import type { Transform } from 'node:stream';
 import { z } from 'zod';
 import type pg from 'pg';
 import type { Config, TargetConfig } from '../core/config.ts';
@@ -24,6 +25,32 @@ export interface RunDefaults {
   timeoutMs: number;
   /** Jobs of this kind run at once in one worker process. */
   concurrency: number;
+}
+
+/** How a unit of work meets the governor (docs/governor.md). */
+export interface GateOptions {
+  /** The unit only reads: a standby's replay lag does not hold it (it adds no WAL). */
+  readOnly?: boolean;
+  /** The run's own budget ends here (epoch ms): held past it, the run stops as deferred. */
+  deadline?: number;
+  /** Called once before the run starts to wait (commit an open batch: nothing is held while it waits). */
+  beforeWait?: () => Promise<void>;
+}
+
+/**
+ * The load governor as a run sees it. Heavy jobs work in units and await `gate` before each
+ * one: it resolves at once while the target is quiet, waits while it is loaded or the run
+ * is held by hand, and throws a GovernorDeferredError once held past the window or the
+ * deadline (stop cleanly there: the next run goes on). A critical load aborts the run
+ * through its signal (GovernorAbortedError). Streams pass through a `pacer`, which stops
+ * reading while the run is held.
+ */
+export interface RunGovernor {
+  gate(unit: string, opts?: GateOptions): Promise<void>;
+  /** A pass-through stream for one stream of the run; it fails with a GovernorDeferredError past the window. */
+  pacer(unit: string, opts?: Pick<GateOptions, 'readOnly'>): Transform;
+  /** pg_basebackup --max-rate from the policy, when it sets one. */
+  readonly baseBackupMaxRate: string | null;
 }
 
 /** One thing a job needs of its worker's machine, and why (said when a worker lacks it). */
@@ -80,6 +107,8 @@ export interface JobContext {
   progress(percent: number, step: string): Promise<void>;
   /** A log line in Bull Board and in the process log. */
   log(message: string, fields?: Record<string, unknown>): Promise<void>;
+  /** The load governor of this run (a no-op for jobs that are not governed). */
+  governor: RunGovernor;
 }
 
 export interface JobDefinition<

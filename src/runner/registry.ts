@@ -3,6 +3,7 @@
 import type { Config } from '../core/config.ts';
 import type { AnyJobDefinition, RunDefaults } from './job-definition.ts';
 import { ConfigError, PayloadError } from '../core/errors.ts';
+import { type GovernorOverride, governorIssues, mergeGovernor } from '../core/governor-policy.ts';
 import { didYouMean } from '../core/suggest.ts';
 
 export interface RegisteredJob {
@@ -90,6 +91,14 @@ export class Registry {
       ]);
     }
     const issues = job.def.checkConfig?.(payload as never, this.config) ?? [];
+    // The run's governor keys over its target's may not contradict each other (criticalActive under maxActive, …).
+    const override = payload.governor as GovernorOverride | undefined;
+    if (override)
+      issues.push(
+        ...governorIssues(mergeGovernor(this.config.targets.get(payload.target)!.governor, override), (key) =>
+          key in override ? `governor.${key}` : `governor.${key} (the target's, with this payload's keys)`,
+        ),
+      );
     if (issues.length) throw new PayloadError(issues);
     return payload;
   }

@@ -10,7 +10,8 @@ import type { Logger } from '../core/logger.ts';
 import { withClient } from '../core/sql.ts';
 import { RunSessions, runScope, type SessionOwner } from './budgeted-pool.ts';
 import type { Connections } from './connections.ts';
-import type { JobContext } from './job-definition.ts';
+import { OPEN_GOVERNOR } from './governor-port.ts';
+import type { JobContext, RunGovernor } from './job-definition.ts';
 import type { JobData } from './queues.ts';
 
 /**
@@ -52,6 +53,10 @@ export class RunAbort {
 export class RunContext implements JobContext, SessionOwner {
   /** Whether the handler reported progress (then the final 100 % is sent as an event too). */
   reported = false;
+  /** The last percent reported, for lines the governor adds at the same progress. */
+  private percent = 0;
+  /** Set by the worker for governed jobs. */
+  governor: RunGovernor = OPEN_GOVERNOR;
   readonly abort: RunAbort;
   private child?: Logger;
   private applicationName?: string;
@@ -146,9 +151,15 @@ export class RunContext implements JobContext, SessionOwner {
 
   async progress(percent: number, step: string): Promise<void> {
     this.reported = true;
-    await this.job.updateProgress(Math.max(0, Math.min(100, Math.round(percent))));
+    this.percent = Math.max(0, Math.min(100, Math.round(percent)));
+    await this.job.updateProgress(this.percent);
     await this.job.log(`${new Date().toISOString()} [${Math.round(percent)}%] ${step}`);
     this.logger.info({ percent, step }, 'progress');
+  }
+
+  /** A step at the current progress ("throttled: replica lag 42 s > 30 s"), in Bull Board's log. */
+  note(step: string): Promise<void> {
+    return this.progress(this.percent, step);
   }
 
   async log(message: string, fields?: Record<string, unknown>): Promise<void> {

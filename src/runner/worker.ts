@@ -9,6 +9,7 @@ import {
   coerceError,
   describeError,
   errorCode,
+  GovernorDeferredError,
   JobAbortedError,
   JobTimeoutError,
   UsageError,
@@ -25,6 +26,7 @@ import { RunStatsRecorder } from './run-stats.ts';
 import { repeatStrategy } from '../core/cron.ts';
 import type { ResolvedSchedule } from './scheduler.ts';
 import { MAIN_TARGET } from '../core/constants.ts';
+import { type GovernorPort, isGoverned, type RunGovernorHandle } from './governor-port.ts';
 
 export interface WorkerRuntimeOptions {
   connections: Connections;
@@ -34,7 +36,12 @@ export interface WorkerRuntimeOptions {
   schedules: readonly ResolvedSchedule[];
   /** Job kinds (= queue names) this process serves; all when omitted. */
   only?: string[];
+  /** The load governor (src/governor); without it every run goes flat out. */
+  governor?: GovernorPort;
 }
+
+/** A run held before it starts (a maintenance pause) asks again at least this often. */
+const HOLD_RECHECK_MS = 30_000;
 
 /** How long an aborted handler may take to clean up before the run is reported. */
 const ABORT_CLEANUP_MS = 15_000;
@@ -80,6 +87,8 @@ export class WorkerRuntime {
   private readonly queues: Queues;
   private readonly stats: RunStatsRecorder;
   private readonly progressDone: ProgressDone;
+  /** Runs held before their start whose wait was logged once already. */
+  private readonly holdLogged = new Set<string>();
   private closing = false;
 
   constructor(private readonly opts: WorkerRuntimeOptions) {
@@ -116,6 +125,8 @@ export class WorkerRuntime {
       worker.on('error', (err) => this.opts.logger.error({ err, queue: name }, 'worker error'));
       this.workers.push(worker);
     }
+    if (this.queueNames.some((q) => isGoverned(this.opts.registry.get(q)!.def)))
+      this.opts.governor?.start([...config.targets.keys()]);
     this.opts.logger.info({ queues: this.queueNames, worker: this.workerId }, 'worker started');
   }
 
@@ -138,8 +149,10 @@ export class WorkerRuntime {
   ): Promise<string | undefined> {
     const late = Date.now() - scheduledFor;
     const tolerance = this.opts.connections.config.scheduler.lateToleranceMs;
-    // A stalled job re-run after a crash is the same run, not a missed one.
-    if (schedule.catchUp === 'none' && late > tolerance && job.attemptsMade === 0 && !job.stalledCounter) {
+    // A stalled job re-run after a crash is the same run, not a missed one; so is a run that
+    // was taken in time and went back to wait (a maintenance pause held it).
+    const firstTake = job.attemptsMade === 0 && !job.stalledCounter && job.attemptsStarted <= 1;
+    if (schedule.catchUp === 'none' && late > tolerance && firstTake) {
       return `missed by ${Math.round(late / 1000)}s while no worker ran it (catchUp: none)`;
     }
     if (schedule.overlap === 'allow') return undefined;
@@ -198,6 +211,25 @@ export class WorkerRuntime {
       throw new UnrecoverableError(withCode(code, message));
     }
 
+    // A maintenance pause (or a hold on this queue or job) keeps a governed run from starting:
+    // it goes back to delayed, no attempt used, and is neither dropped nor counted as missed.
+    const governed = this.opts.governor && isGoverned(registered.def) ? this.opts.governor : undefined;
+    const hold = await governed?.heldBeforeStart({
+      queue: job.queueName,
+      jobId: job.id!,
+      job: job.name,
+      target: payload.target,
+    });
+    if (hold) {
+      if (!this.holdLogged.has(job.id!)) {
+        this.holdLogged.add(job.id!);
+        await job.log(`${new Date().toISOString()} waiting to start: ${hold.reason}`).catch(() => undefined);
+      }
+      await job.moveToDelayed(Math.min(hold.until, Date.now() + HOLD_RECHECK_MS), token);
+      throw new DelayedError();
+    }
+    this.holdLogged.delete(job.id!);
+
     if (scheduleId && !schedule)
       ctx.logger.warn(
         { scheduleId },
@@ -232,10 +264,27 @@ export class WorkerRuntime {
       registered.run.timeoutMs,
     );
 
+    const governor: RunGovernorHandle | undefined = governed?.forRun({
+      queue: job.queueName,
+      jobId: job.id!,
+      job: job.name,
+      target: payload.target,
+      override: payload.governor,
+      abort: (reason) => abort.abort(reason),
+      signal: abort.signal,
+      timeoutAt: startedAt + registered.run.timeoutMs,
+      report: (line) => ctx.note(line),
+      logger: ctx.logger,
+    });
+    if (governor) ctx.governor = governor;
     const handling = ctx.runHandler(() => registered.def.handler(ctx, payload));
     handling.catch(() => undefined);
     try {
-      const result = await Promise.race([handling, abort.aborted]);
+      let result = await Promise.race([handling, abort.aborted]);
+      await governor?.close(true);
+      // A run that stopped deferred and returned what it did says so in its result.
+      if (governor?.deferral && result && typeof result === 'object' && !Array.isArray(result))
+        result = { ...result, deferred: governor.deferral };
       // A succeeded run shows 100 % in Bull Board, whatever its last step reported. A run
       // that reported progress gets the event its followers wait for; one that reported
       // none gets the field alone (BullMQ's progress field, as its updateProgress writes
@@ -245,7 +294,7 @@ export class WorkerRuntime {
         else this.progressDone.add(`${connections.config.redis.prefix}:${job.queueName}:${job.id}`);
       }
       await history.finish(historyId, 'succeeded', { result });
-      this.stat(run, 'succeeded', startedAt);
+      this.stat(run, governor?.deferral ? 'deferred' : 'succeeded', startedAt);
       if (this.opts.logger.isLevelEnabled('info')) ctx.logger.info('run succeeded');
       return result;
     } catch (thrown) {
@@ -258,6 +307,16 @@ export class WorkerRuntime {
           new Promise((r) => setTimeout(r, ABORT_CLEANUP_MS).unref()),
         ]);
       const err = coerceError(thrown);
+      await governor?.close(false);
+      // Held past its window or budget: a clean stop, not a failure; the next run goes on from there.
+      if (err instanceof GovernorDeferredError && !abort.reason) {
+        const result = { deferred: err.deferral };
+        await history.finish(historyId, 'succeeded', { result });
+        this.stat(run, 'deferred', startedAt);
+        await job.log(`${new Date().toISOString()} ${err.message}`).catch(() => undefined);
+        ctx.logger.warn({ deferred: err.deferral }, 'run deferred by load');
+        return result;
+      }
       const kind = classifyError(err);
       const message = describeError(err);
       // The code leads what Bull Board shows (failedReason) and is what history and alerts keep.
