@@ -82,8 +82,10 @@ describe.each(ENGINES)('the $name backup engine', (fixture) => {
   });
   afterAll(() => h.close());
 
-  /** Closes the current WAL segment and waits for it in the engine's archive. */
+  /** Closes the current WAL segment and waits for it in the engine's archive. A transaction first, so that
+   * there is WAL to switch away from: without it the switch may name a segment archived long before. */
   async function archiveNow(): Promise<void> {
+    await pool.query('select pg_current_xact_id()');
     const { rows } = await pool.query<{ seg: string }>('select pg_walfile_name(pg_switch_wal()) as seg');
     await engine.waitForArchived(run, rows[0]!.seg, 30_000);
   }
