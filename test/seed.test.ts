@@ -39,7 +39,7 @@ function expectComplete(c: Record<string, number>): void {
 }
 
 describe('pgmaint seed', () => {
-  it('killed midway (after the orders, before the POS lines) leaves no rows; the next seed fills every table', async () => {
+  it('killed midway (after the orders, before the POS lines) leaves no rows; the next seed fills all', async () => {
     // The schema first, with a trigger that holds the POS lines' insert while this test holds a lock:
     // the seed stops there, past its catalog, herd and orders.
     await h.admin.query(DAIRY_SCHEMA);
