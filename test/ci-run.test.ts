@@ -13,7 +13,7 @@ const ci = fs.readFileSync(path.join(root, '.ci/run'), 'utf8');
 /** The lines of .ci/run that decide what to install, ending with the list they decided on. */
 function whatItInstalls(pathDirs: string[]): string[] {
   const start = ci.indexOf('need=()\n');
-  const end = ci.indexOf('if [ ${#need[@]} -gt 0 ]');
+  const end = ci.search(/^if \[ \$\{#need\[@\]\} -gt 0 \]/m);
   expect(start, 'need=() in .ci/run').toBeGreaterThanOrEqual(0);
   expect(end).toBeGreaterThan(start);
   const script = `set -euo pipefail\n${ci.slice(start, end)}\necho "\${need[*]}"\n`;

@@ -81,7 +81,7 @@ describe('the compose files', () => {
     expect(refusal(OFFSITE, ENV)).toBeUndefined();
   });
 
-  it('no password, secret or token has a default: each comes from the environment; Grafana stops without its own', () => {
+  it('no password, secret or token has a default: each comes from the environment; Grafana stops without its', () => {
     const secretName = /PASSWORD|SECRET|TOKEN|PASS\b|_KEY\b/;
     for (const file of OFFSITE) {
       for (const [use, name, op, value] of text(file).matchAll(/\$\{([A-Za-z0-9_]+)(:?[-+])([^}]*)\}/g)) {
