@@ -236,3 +236,62 @@ describe('Redis stopped under the server, then started again', () => {
     await expectServerWorksAgain();
   });
 });
+
+describe("Bull Board's changes held back (CLIENT PAUSE WRITE) past their deadline", () => {
+  const PAUSE_MS = 6000;
+
+  it('retry, promote, clean and remove are refused in 5 s naming Redis, not done when the pause ends', async () => {
+    const queue = rt.queues.get('noop');
+    // A failed job (a payload the worker refuses), two delayed ones, and completed ones from the tests above.
+    const failed = await queue.add('noop', { payload: { target: 'main', bogus: 1 } as never, trigger: 'ad-hoc' });
+    await waitUntil(async () => (await queue.getJobState(failed.id!)) === 'failed', 30_000, 'the failed job');
+    await waitUntil(
+      async () => (await rt.history.list({ job: 'noop', limit: 1000 })).some((r) => r.job_id === failed.id),
+      30_000,
+      'its run history row',
+    );
+    const delayed = { payload: { target: 'main', sleepMs: 0 }, trigger: 'ad-hoc' };
+    const toPromote = await queue.add('noop', delayed, { delay: 600_000 });
+    const toRemove = await queue.add('noop', delayed, { delay: 600_000 });
+    const completed = (await queue.getJobCounts('completed')).completed!;
+    expect(completed).toBeGreaterThan(0);
+    const before = await counted();
+
+    const admin = new Redis(redis.url);
+    const refusals = async () =>
+      Number(/errorstat_PGMAINT_WRITE_TOO_LATE:count=(\d+)/.exec(await admin.info('errorstats'))?.[1] ?? 0);
+    const refusedBefore = await refusals();
+    const board = `${BOARD_PATH}/api/queues/noop`;
+    try {
+      // Reads (the board's own, and the clock reading each change is stamped with) go through; changes wait.
+      await admin.call('CLIENT', 'PAUSE', String(PAUSE_MS), 'WRITE');
+      const pausedAt = Date.now();
+      const answers = await Promise.all([
+        ask('put', `${board}/retry/failed`),
+        ask('put', `${board}/${toPromote.id}/promote`),
+        ask('put', `${board}/clean/completed`),
+        ask('put', `${board}/${toRemove.id}/clean`),
+      ]);
+      for (const answer of answers) expect(answer.status, answer.text).toBe(503);
+      // When the pause ends the held changes run in Redis: each must change nothing, and Redis says it refused them.
+      await sleep(PAUSE_MS + 500 - (Date.now() - pausedAt));
+      await expectNothingCarriedOut(before);
+      expect(await queue.getJobState(failed.id!)).toBe('failed');
+      expect(await queue.getJobState(toPromote.id!)).toBe('delayed');
+      expect(await queue.getJobState(toRemove.id!)).toBe('delayed');
+      expect((await queue.getJobCounts('completed')).completed).toBe(completed);
+      expect(await refusals()).toBeGreaterThanOrEqual(refusedBefore + 4);
+      for (const answer of answers)
+        expect(JSON.parse(answer.text).message).toMatch(/^Redis \(REDIS_URL .*nothing was changed \(BullMQ's \w+\)/);
+    } finally {
+      await admin.call('CLIENT', 'UNPAUSE').catch(() => undefined);
+      admin.disconnect();
+    }
+    // With Redis answering, the same changes are made.
+    expect((await ask('put', `${board}/${toPromote.id}/promote`)).status).toBe(204);
+    expect(await queue.getJobState(toPromote.id!)).not.toBe('delayed');
+    expect((await ask('put', `${board}/${toRemove.id}/clean`)).status).toBe(204);
+    expect(await queue.getJob(toRemove.id!)).toBeFalsy();
+    await expectServerWorksAgain();
+  });
+});
