@@ -242,13 +242,19 @@ describe("Bull Board's changes held back (CLIENT PAUSE WRITE) past their deadlin
 
   it('retry, promote, clean and remove are refused in 5 s naming Redis, not done when the pause ends', async () => {
     const queue = rt.queues.get('noop');
-    // A failed job (a payload the worker refuses), two delayed ones, and completed ones from the tests above.
+    // A completed job, a failed one (a payload the worker refuses), and two delayed ones.
+    const done = await queue.add('noop', { payload: { target: 'main', sleepMs: 0 }, trigger: 'ad-hoc' });
+    expect((await waitForFinished(queue, done.id!, 30_000)).state).toBe('completed');
     const failed = await queue.add('noop', { payload: { target: 'main', bogus: 1 } as never, trigger: 'ad-hoc' });
     await waitUntil(async () => (await queue.getJobState(failed.id!)) === 'failed', 30_000, 'the failed job');
+    // Their run-history rows are written in batches moments later; the count below starts after them.
     await waitUntil(
-      async () => (await rt.history.list({ job: 'noop', limit: 1000 })).some((r) => r.job_id === failed.id),
+      async () => {
+        const rows = await rt.history.list({ job: 'noop', limit: 1000 });
+        return [done.id, failed.id].every((id) => rows.some((r) => r.job_id === id && r.finished_at));
+      },
       30_000,
-      'its run history row',
+      'their run history rows',
     );
     const delayed = { payload: { target: 'main', sleepMs: 0 }, trigger: 'ad-hoc' };
     const toPromote = await queue.add('noop', delayed, { delay: 600_000 });
