@@ -1,8 +1,8 @@
 // Routes that read the run history answer within ROUTE_POSTGRES_DEADLINE_MS whatever PostgreSQL
 // does: a read that PostgreSQL does not answer (stalled, refused, lost) is a 503 naming it, like
-// requireRedis does for Redis. The reads go through the runtime's bounded pool (postgres-failure.ts),
-// so a stalled database never keeps the pool's clients; the deadline here bounds the rest (a
-// first read that waits for the table's migration).
+// requireRedis does for Redis. Each read is given up after PG_ANSWER_TIMEOUT_MS, closing its
+// session (the runtime's readTimeoutMs), so a stalled database keeps no session; the deadline
+// here bounds the rest (a connection that does not come, a wait for a session of the budget).
 import { ServiceUnavailableError } from '../core/errors.ts';
 import { postgresFailure, postgresLabel } from '../runner/postgres-failure.ts';
 import { settleWithin } from '../runner/redis-failure.ts';

@@ -4,7 +4,7 @@
 import type { TargetConfig } from '../core/config.ts';
 import { safeUrl } from '../core/redact.ts';
 
-/** Connecting, waiting for a pooled client, and each query of such a read give up after this. */
+/** Such a read (a query) is given up after this without an answer; pg then closes its session. */
 export const PG_ANSWER_TIMEOUT_MS = 3000;
 
 /** "PostgreSQL (DATABASE_URL postgres://pgmaint:***@host:5432/db)": how every message names it. */
