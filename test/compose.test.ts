@@ -4,6 +4,7 @@
 // schedules or can be asked to run has, in its images, what it runs: pg_repack in the
 // database image and the pgmaint image, pgBackRest in both for the off-site profile, and
 // that profile's pgBackRest configuration mounted where the services look for it.
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -78,6 +79,38 @@ describe('the compose files', () => {
       );
     }
     expect(refusal(OFFSITE, ENV)).toBeUndefined();
+  });
+
+  it('no password, secret or token has a default: each comes from the environment; Grafana stops without its', () => {
+    const secretName = /PASSWORD|SECRET|TOKEN|PASS\b|_KEY\b/;
+    for (const file of OFFSITE) {
+      for (const [use, name, op, value] of text(file).matchAll(/\$\{([A-Za-z0-9_]+)(:?[-+])([^}]*)\}/g)) {
+        if (secretName.test(name!)) expect(value, `${file}: ${use} (${op} gives a well-known value)`).toBe('');
+      }
+    }
+    // Nor do the commands the files and the docs show put one in.
+    for (const file of [...OFFSITE, 'README.md', 'docs/operations.md', 'docs/monitoring.md'])
+      expect(text(file), file).not.toMatch(/(PASSWORD|TOKEN|SECRET)=(change-?me|admin|password|secret)\b/i);
+    // Grafana's password is only wanted with its profile (a `:?` would stop every `up`): its entrypoint checks it.
+    const grafana = readCompose(BASE, ENV).services.grafana!;
+    expect(grafana.profiles).toEqual(['monitoring']);
+    expect(grafana.environment?.GF_SECURITY_ADMIN_PASSWORD).toBe('');
+    expect(
+      readCompose(BASE, { ...ENV, GRAFANA_ADMIN_PASSWORD: 's3cret-pw' }).services.grafana!.environment,
+    ).toMatchObject({ GF_SECURITY_ADMIN_PASSWORD: 's3cret-pw' });
+    const [cmd, ...args] = grafana.entrypoint!;
+    const start = (password: string) =>
+      spawnSync(cmd!, args, {
+        env: { PATH: process.env.PATH, GF_SECURITY_ADMIN_PASSWORD: password },
+        encoding: 'utf8',
+      });
+    const refused = start('');
+    expect(refused.status, refused.stderr).toBe(2);
+    expect(refused.stderr).toBe('grafana: set GRAFANA_ADMIN_PASSWORD (openssl rand -base64 24): it has no default\n');
+    // With it, the guard hands over to the image's own entrypoint (absent here: sh says it cannot run it).
+    const started = start('s3cret-pw');
+    expect(started.status).toBe(127);
+    expect(started.stderr).toMatch(/\/run\.sh/);
   });
 
   it('hang together: images or builds that exist, dependencies, volumes and mounted files', () => {

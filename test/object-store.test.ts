@@ -7,7 +7,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import request from 'supertest';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { listDumps } from '../src/backup/catalog.ts';
+import { dumpDir, listDumps } from '../src/backup/catalog.ts';
+import { readBackupCatalog } from '../src/backup/target-catalog.ts';
+import { HealthReader } from '../src/monitoring/health.ts';
 import { objectStoreFor } from '../src/backup/object-store.ts';
 import { startWorkers } from '../src/cli/roles.ts';
 import type { Runtime } from '../src/runner/runtime.ts';
@@ -83,7 +85,7 @@ describe('dumps in the object store', () => {
   it('uploads the verified dump encrypted, reads it back, and restore-check restores it from the bucket', async () => {
     const b = await run('backup', {});
     expect(b.state, b.job.failedReason).toBe('completed');
-    const [dump] = (await listDumps(h.backupDir, 'main')).dumps;
+    const [dump] = (await listDumps(h.backupDir, 'main', objectStoreFor(rt.config))).dumps;
     const object = dump!.manifest.object!;
     expect(object).toMatchObject({
       bucket: s3.bucket,
@@ -132,7 +134,7 @@ describe('dumps in the object store', () => {
     await rt.close();
     startWorkers(fresh, ['backup', 'restore-check', 'drop-expired-partitions']);
     rt = fresh;
-    const [dump] = (await listDumps(h.backupDir, 'main')).dumps;
+    const [dump] = (await listDumps(h.backupDir, 'main', objectStoreFor(rt.config))).dumps;
     const file = storedFile(dump!.manifest.object!.key);
     const bytes = fs.readFileSync(file);
     bytes[bytes.length - 40]! ^= 0x01;
@@ -144,6 +146,40 @@ describe('dumps in the object store', () => {
     const gone = await run('restore-check', {});
     expect(gone.state).toBe('failed');
     expect(gone.job.failedReason).toMatch(/s3:\/\/pgmaint\/\S+\.dump\.enc: the object does not exist/);
+  });
+});
+
+describe('a dump only in the bucket, read where no bucket is configured', () => {
+  it('is listed as unavailable, never counted: not in the API, not in the dump age the alert reads', async () => {
+    const b = await run('backup', {});
+    expect(b.state, b.job.failedReason).toBe('completed');
+    const { name, object } = b.job.returnvalue as { name: string; object: string };
+    // The same BACKUP_DIR and database without objectStore: a plain `pgmaint demo` after an --offsite one.
+    const plainFile = path.join(h.dir, 'plain.json');
+    fs.writeFileSync(plainFile, JSON.stringify({ redis: { prefix: `{t-${h.id}-plain}` } }));
+    const plain = h.runtime({ schedules: [], env: { PGMAINT_CONFIG: plainFile } });
+    expect(plain.config.objectStore).toBeUndefined();
+    const unavailable = {
+      object: path.join(dumpDir(h.backupDir, 'main'), `${name}.manifest.json`),
+      reason:
+        `unavailable: the dump is only in ${object} (no local file) and no objectStore is configured to read it ` +
+        'back; not counted as a backup',
+    };
+    const catalog = await readBackupCatalog(h.backupDir, plain.config.targets.get('main')!);
+    // Every dump of this file lives only in the bucket (keepLocal: false): none counts here.
+    expect(catalog.dumps).toEqual([]);
+    expect(catalog.refused).toContainEqual(unavailable);
+    const res = await request(createApp(plain, new Auth(ADMIN_TOKEN, VIEWER_TOKEN)))
+      .get('/api/backups')
+      .set(admin)
+      .expect(200);
+    expect(res.body).toMatchObject({ newestDumpAgeSeconds: null, dumps: [] });
+    expect(res.body.refused).toContainEqual(unavailable);
+    const reading = await new HealthReader(plain).take();
+    expect(reading.backups.find((x) => x.target === 'main')).toMatchObject({ newestDumpAgeSeconds: null });
+    // With the bucket configured, the same manifest counts.
+    const withBucket = await listDumps(h.backupDir, 'main', objectStoreFor(rt.config));
+    expect(withBucket.dumps.map((d) => d.manifest.file)).toContain(name);
   });
 });
 

@@ -236,3 +236,110 @@ describe('Redis stopped under the server, then started again', () => {
     await expectServerWorksAgain();
   });
 });
+
+describe("Bull Board's changes held back in Redis (CLIENT PAUSE WRITE) past their deadline", () => {
+  const PAUSE_MS = 3500;
+
+  it('retry, promote, remove and clean are refused in 5 s naming Redis, not done when Redis goes on', async () => {
+    const queue = rt.queues.get('noop');
+    const noop = { payload: { target: 'main', sleepMs: 0 }, trigger: 'ad-hoc' };
+    // Failed jobs (a payload the worker refuses), delayed ones, and a completed one.
+    const refused = { payload: { target: 'main', bogus: 1 } as never, trigger: 'ad-hoc' };
+    const [f1, f2] = [await queue.add('noop', refused), await queue.add('noop', refused)];
+    const [d1, d2, d3, d4] = await Promise.all([1, 2, 3, 4].map(() => queue.add('noop', noop, { delay: 600_000 })));
+    const c1 = await queue.add('noop', noop);
+    for (const [job, state] of [
+      [f1, 'failed'],
+      [f2, 'failed'],
+      [c1, 'completed'],
+    ] as const)
+      expect((await waitForFinished(queue, job!.id!, 30_000)).state).toBe(state);
+    const board = `${BOARD_PATH}/api/queues/noop`;
+
+    // With Redis answering, each change is made (and BullMQ's scripts for them are loaded in Redis).
+    expect((await ask('put', `${board}/${f1.id}/retry`)).status).toBe(204);
+    expect((await ask('put', `${board}/${d1!.id}/promote`)).status).toBe(204);
+    expect((await ask('put', `${board}/${d2!.id}/clean`)).status).toBe(204);
+    expect(await queue.getJob(d2!.id!)).toBeFalsy();
+    // The runs those started end first; then the clean, and one more completed job.
+    await waitUntil(async () => (await queue.getJobState(d1!.id!)) === 'completed', 30_000, 'the promoted job');
+    await waitUntil(
+      async () => (await rt.history.list({ job: 'noop', limit: 1000 })).filter((r) => r.job_id === f1.id).length === 2,
+      30_000,
+      'the retried job',
+    );
+    await waitUntil(async () => (await queue.getJobState(f1.id!)) === 'failed', 30_000, 'the retried job to fail');
+    // Bull Board's clean leaves what finished in its last 5 s (its grace): the jobs above may stay.
+    expect((await ask('put', `${board}/clean/completed`)).status).toBe(200);
+    const c2 = await queue.add('noop', noop);
+    expect((await waitForFinished(queue, c2.id!, 30_000)).state).toBe('completed');
+    await waitUntil(
+      async () => {
+        const rows = (await rt.history.list({ job: 'noop', limit: 1000 })).filter((r) => r.finished_at);
+        const runs = (id: string | undefined) => rows.filter((r) => r.job_id === id).length;
+        return runs(f1.id) === 2 && [f2.id, c1.id, d1!.id, c2.id].every((id) => runs(id) === 1);
+      },
+      30_000,
+      'their run history rows',
+    );
+    const before = await counted();
+    // By the held clean below, these are past the board's 5 s grace: a clean carried out would remove them.
+    const completed = (await queue.getJobCounts('completed')).completed!;
+    expect(completed).toBeGreaterThan(0);
+
+    const admin = new Redis(redis.url);
+    const refusals = async () =>
+      Number(/errorstat_PGMAINT_WRITE_TOO_LATE:count=(\d+)/.exec(await admin.info('errorstats'))?.[1] ?? 0);
+    const refusedBefore = await refusals();
+    // Redis stops carrying out writes just as the board sends the change (its reads before it go through):
+    // the change waits in Redis past the client's timeout, and runs when the pause ends.
+    const commands = rt.queues.connection as unknown as Record<string, (...args: unknown[]) => Promise<unknown>>;
+    const heldAtChange = async (scripts: string[], send: () => Promise<Answer>) => {
+      const names = Object.keys(commands).filter((k) =>
+        scripts.some((s) => k.startsWith(`${s}:`) && !/Buffer$/.test(k)),
+      );
+      expect(names.length, scripts.join(', ')).toBeGreaterThan(0);
+      const real = new Map(names.map((n) => [n, commands[n]!]));
+      let pausedAt = 0;
+      for (const name of names)
+        commands[name] = async (...args: unknown[]) => {
+          if (!pausedAt) {
+            await admin.call('CLIENT', 'PAUSE', String(PAUSE_MS), 'WRITE');
+            pausedAt = Date.now();
+          }
+          return real.get(name)!.apply(rt.queues.connection, args);
+        };
+      try {
+        const answer = await send();
+        expect(pausedAt, `the board sent ${scripts.join(' or ')}`).toBeGreaterThan(0);
+        await sleep(PAUSE_MS + 500 - (Date.now() - pausedAt));
+        return answer;
+      } finally {
+        for (const [name, fn] of real) commands[name] = fn;
+      }
+    };
+    let answers: Answer[];
+    try {
+      answers = [
+        await heldAtChange(['reprocessJob', 'retryJob'], () => ask('put', `${board}/${f2.id}/retry`)),
+        await heldAtChange(['promote'], () => ask('put', `${board}/${d3!.id}/promote`)),
+        await heldAtChange(['removeJob'], () => ask('put', `${board}/${d4!.id}/clean`)),
+        await heldAtChange(['cleanJobsInSet'], () => ask('put', `${board}/clean/completed`)),
+      ];
+    } finally {
+      await admin.call('CLIENT', 'UNPAUSE').catch(() => undefined);
+    }
+    for (const answer of answers) expect(answer.status, answer.text).toBe(503);
+    // Each held change ran in Redis when the pause ended: none changed anything, and Redis says it refused them.
+    await expectNothingCarriedOut(before);
+    expect(await queue.getJobState(f2.id!)).toBe('failed');
+    expect(await queue.getJobState(d3!.id!)).toBe('delayed');
+    expect(await queue.getJobState(d4!.id!)).toBe('delayed');
+    expect((await queue.getJobCounts('completed')).completed).toBe(completed);
+    expect(await refusals()).toBeGreaterThanOrEqual(refusedBefore + 4);
+    admin.disconnect();
+    for (const answer of answers)
+      expect(JSON.parse(answer.text).message).toMatch(/^Redis \(REDIS_URL .*nothing was changed \(BullMQ's \w+\)/);
+    await expectServerWorksAgain();
+  });
+});

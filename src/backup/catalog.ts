@@ -16,7 +16,7 @@ import {
   type Refusal,
 } from './manifest-checks.ts';
 import { readLocal, textOf } from './manifest-read.ts';
-import type { ObjectStore, StoredObject } from './object-store.ts';
+import { type ObjectStore, objectUrl, type StoredObject } from './object-store.ts';
 import { type ArchiveListing, firstGap, listArchive, newestSegment, parseSegmentName, segmentName } from './wal.ts';
 
 export interface DumpManifest {
@@ -128,6 +128,11 @@ function restoreCheckOf(text: string | undefined, object: string, refused: Refus
   return undefined;
 }
 
+/** Why a dump whose only copy is in a bucket does not count where no objectStore is configured. */
+const unavailableReason = (o: StoredObject) =>
+  `unavailable: the dump is only in ${objectUrl(o)} (no local file) and no objectStore is configured to ` +
+  'read it back; not counted as a backup';
+
 /**
  * Verified dumps of a target, newest first. Nothing a manifest says is taken as a path
  * until it passes manifest-checks.ts and pathInside; what does not is refused, by name.
@@ -154,8 +159,16 @@ export async function listDumps(backupDir: string, target: string, store?: Objec
       continue;
     }
     const file = path.join(dir, manifest.file);
-    // A dump counts with its local file, or with its verified copy in the bucket.
-    if (!manifest.object && !(await fs.stat(file).catch(() => undefined))) continue;
+    // A dump counts with its local file, or with its verified copy in the configured bucket: one whose
+    // copy is only in a bucket this process has no objectStore for (a plain demo after an --offsite one)
+    // cannot be read back, so it is listed as unavailable, never as a backup.
+    if (!(await fs.stat(file).catch(() => undefined))) {
+      if (!manifest.object) continue;
+      if (!store) {
+        refused.push({ object: where, reason: unavailableReason(manifest.object) });
+        continue;
+      }
+    }
     const verdict = `${file}.restore-check.json`;
     const verdictText = textOf(await readLocal(verdict), verdict, refused);
     dumps.push({ path: file, manifest, restoreCheck: restoreCheckOf(verdictText, verdict, refused) });

@@ -72,7 +72,7 @@ export async function startDemoStack(
   try {
     redis = await startRedis({ dir: path.join(dir, 'redis'), appendonly: true, log });
     await createDatabase(postgres, 'dairy');
-    await seedDairy(postgres.url('dairy'), scale, { log: (m) => log(`seed ${m}`) });
+    await seedDairy(postgres.url('dairy'), scale, { log: (m) => log(`seed ${m}`), reseedIncomplete: true });
     Object.assign(env, {
       DATABASE_URL: postgres.url('dairy'),
       REDIS_URL: redis.url,

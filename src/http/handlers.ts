@@ -6,6 +6,7 @@ import { ANSWER_DEADLINE_MS, objectStoreFor } from '../backup/object-store.ts';
 import { listPartitionArchives } from '../backup/partition-catalog.ts';
 import { redact } from '../core/redact.ts';
 import { backupDirOf } from '../core/config.ts';
+import { postgresFailureMessage, postgresLabel } from '../runner/postgres-failure.ts';
 import { redisFailureMessage, redisLabel } from '../runner/redis-failure.ts';
 import type { Runtime } from '../runner/runtime.ts';
 import { ObjectStoreError, PayloadError, ServiceUnavailableError } from '../core/errors.ts';
@@ -209,7 +210,11 @@ export const readiness: Handler = async ({ rt }, req) => {
       await withTimeout(fn());
       checks[name] = { ok: true };
     } catch (err) {
-      const message = name === 'redis' ? redisFailureMessage(rt.config, err) : undefined;
+      const target = rt.config.targets.get(name.replace(/^target:/, ''));
+      const message =
+        name === 'redis'
+          ? redisFailureMessage(rt.config, err)
+          : target && (postgresFailureMessage(target, err) ?? `${postgresLabel(target)} ${(err as Error).message}`);
       checks[name] = { ok: false, error: message ?? (err as Error).message };
     }
   };

@@ -21,6 +21,7 @@ import {
   showLogin,
 } from './handlers.ts';
 import { resume, throttle } from './governor-handlers.ts';
+import { requirePostgres } from './require-postgres.ts';
 
 export { BOARD_PATH };
 
@@ -48,10 +49,20 @@ export interface Route {
    * could not (/metrics counts it in pgmaint_health_read_errors). Unset: it does not use Redis.
    */
   redis?: 'required' | 'partial';
+  /**
+   * What the route does when PostgreSQL (the run history's database; /readyz: every target) does not
+   * answer, within seconds either way. required: 503 naming PostgreSQL. partial: it answers, naming
+   * PostgreSQL among what it could not read. Unset: it does not read PostgreSQL.
+   */
+  postgres?: 'required' | 'partial';
   handler: Handler;
 }
 
-const route = (r: Route): Route => (r.redis === 'required' ? { ...r, handler: requireRedis(r.handler) } : r);
+const route = (r: Route): Route => {
+  let handler = r.redis === 'required' ? requireRedis(r.handler) : r.handler;
+  if (r.postgres === 'required') handler = requirePostgres(handler);
+  return { ...r, handler };
+};
 
 export const ROUTES: readonly Route[] = (
   [
@@ -60,9 +71,17 @@ export const ROUTES: readonly Route[] = (
     { method: 'get', path: '/login', access: 'public', handler: showLogin },
     { method: 'post', path: '/login', access: 'public', body: 'form', handler: login },
     { method: 'post', path: '/logout', access: 'public', handler: logout },
-    { method: 'get', path: '/metrics', access: 'scrape', needs: 'metrics', redis: 'partial', handler: metrics },
+    {
+      method: 'get',
+      path: '/metrics',
+      access: 'scrape',
+      needs: 'metrics',
+      redis: 'partial',
+      postgres: 'partial',
+      handler: metrics,
+    },
     // A probe (Kubernetes, Compose) needs no token: the status code says it; details need one.
-    { method: 'get', path: '/readyz', access: 'scrape', redis: 'partial', handler: readiness },
+    { method: 'get', path: '/readyz', access: 'scrape', redis: 'partial', postgres: 'partial', handler: readiness },
     // The catalog is the registry's: no Redis.
     { method: 'get', path: '/api/jobs', access: 'read', handler: listJobs },
     {
@@ -75,11 +94,27 @@ export const ROUTES: readonly Route[] = (
       handler: enqueueJob,
     },
     { method: 'get', path: '/api/jobs/:queue/:id', access: 'read', redis: 'required', handler: getJob },
-    { method: 'get', path: '/api/schedules', access: 'read', redis: 'required', handler: listSchedules },
-    { method: 'get', path: '/api/history', access: 'read', handler: listHistory },
-    { method: 'get', path: '/api/backups', access: 'read', handler: listBackups },
+    {
+      method: 'get',
+      path: '/api/schedules',
+      access: 'read',
+      redis: 'required',
+      postgres: 'required',
+      handler: listSchedules,
+    },
+    { method: 'get', path: '/api/history', access: 'read', postgres: 'required', handler: listHistory },
+    // The backups themselves are files and the bucket; the last drill and restore-check, the run history.
+    { method: 'get', path: '/api/backups', access: 'read', postgres: 'required', handler: listBackups },
     { method: 'get', path: '/api/alerts', access: 'read', needs: 'monitor', redis: 'required', handler: listAlerts },
-    { method: 'get', path: '/api/status', access: 'read', needs: 'health', redis: 'partial', handler: status },
+    {
+      method: 'get',
+      path: '/api/status',
+      access: 'read',
+      needs: 'health',
+      redis: 'partial',
+      postgres: 'partial',
+      handler: status,
+    },
     // Holds by hand on governed runs (docs/governor.md): admin only, like every write.
     {
       method: 'post',

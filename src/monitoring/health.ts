@@ -14,6 +14,7 @@ import { nextRun } from '../core/cron.ts';
 import { backupDirOf } from '../core/config.ts';
 import type { JobStatus } from '../runner/history.ts';
 import { ServiceUnavailableError } from '../core/errors.ts';
+import { postgresFailureMessage } from '../runner/postgres-failure.ts';
 import { redisFailureMessage, redisLabel, settleWithin } from '../runner/redis-failure.ts';
 import type { Runtime } from '../runner/runtime.ts';
 import { type PartitionHealth, readPartitionHealth } from './partition-health.ts';
@@ -150,12 +151,19 @@ export class HealthReader {
     return redisFailureMessage(this.rt.config, err) ?? (err as Error).message;
   }
 
+  /** A run-history read's error; one about reaching its database names PostgreSQL and the variable. */
+  private describeHistoryError(err: unknown): string {
+    const { config } = this.rt;
+    const history = config.targets.get(config.history.target);
+    return (history && postgresFailureMessage(history, err)) ?? this.describeError(err);
+  }
+
   async take(now = Date.now()): Promise<HealthSnapshot> {
     const { rt } = this;
     const errors: Record<string, string> = {};
     const part = <T>(name: string, p: Promise<T>, fallback: T): Promise<T> =>
       p.catch((err) => {
-        errors[name] = this.describeError(err);
+        errors[name] = name === 'history' ? this.describeHistoryError(err) : this.describeError(err);
         return fallback;
       });
     // Every Redis read starts at once and has the same deadline, so a Redis that does not

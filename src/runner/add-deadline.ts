@@ -29,7 +29,7 @@ export const ENQUEUE_BUDGET_MS = 4000;
 const LATE = 'PGMAINT_ADD_TOO_LATE';
 
 /** Every BullMQ script that creates a job; each reads the job's timestamp from its packed arguments. */
-const ADD_SCRIPTS = ['addStandardJob', 'addDelayedJob', 'addPrioritizedJob', 'addParentJob'] as const;
+export const ADD_SCRIPTS: readonly string[] = ['addStandardJob', 'addDelayedJob', 'addPrioritizedJob', 'addParentJob'];
 
 const GATE_PRELUDE = `-- pgmaint (src/runner/add-deadline.ts): refuse an add that runs too long after its stamp
 do
@@ -43,14 +43,14 @@ do
 end
 `;
 
-interface BullScript {
+export interface BullScript {
   name: string;
   content: string;
   keys: number;
 }
 
 /** BullMQ's own scripts and version, from the build that `import 'bullmq'` loads. */
-function bullmqScripts(): { version: string; scripts: Record<string, BullScript> } {
+export function bullmqScripts(): { version: string; scripts: Record<string, BullScript> } {
   const require = createRequire(import.meta.url);
   return {
     version: (require('bullmq/dist/cjs/version.js') as { version: string }).version,

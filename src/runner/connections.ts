@@ -8,6 +8,7 @@ import { clusterBudget, type Config, type RedisConfig, type TargetConfig } from 
 import { PermanentJobError } from '../core/errors.ts';
 import { BudgetedPool } from './budgeted-pool.ts';
 import { Budget } from './connection-budget.ts';
+import { PG_ANSWER_TIMEOUT_MS } from './postgres-failure.ts';
 
 export type RedisClient = Redis | Cluster;
 
@@ -165,8 +166,13 @@ export class Connections {
   probe(targetName: string): Promise<void> {
     let probe = this.probes.get(targetName);
     if (!probe) {
+      // A target that stalls (SIGSTOP, a proxy that stops answering) gives the probe up and keeps no session.
+      const query: pg.QueryConfig & { query_timeout?: number } = {
+        text: 'select 1',
+        query_timeout: PG_ANSWER_TIMEOUT_MS,
+      };
       probe = this.pool(targetName, 'monitor')
-        .query('select 1')
+        .query(query)
         .then(() => undefined)
         .finally(() => this.probes.delete(targetName));
       this.probes.set(targetName, probe);

@@ -85,6 +85,11 @@ export interface HistoryOptions {
   /** Wait for the commit of a run's final row before the job counts as done in BullMQ. */
   synchronous?: boolean;
   onError?: (err: unknown) => void;
+  /**
+   * Where someone waits for the reads (list, statuses, last runs): a read PostgreSQL does not answer
+   * within this is given up, and its session closed (postgres-failure.ts). Unset: reads wait.
+   */
+  readTimeoutMs?: number;
 }
 
 /**
@@ -252,9 +257,17 @@ export class RunHistory {
     }
   }
 
+  /** A read, given up after readTimeoutMs when set (pg then closes the session it ran on). */
+  private async read<T extends pg.QueryResultRow>(text: string, values?: unknown[]): Promise<T[]> {
+    // pg reads query_timeout from the query's own config (its types do not list it).
+    const query: pg.QueryConfig & { query_timeout?: number } = { text, values, query_timeout: this.opts.readTimeoutMs };
+    const { rows } = await this.pool.query<T>(query);
+    return rows;
+  }
+
   async list(filter: { job?: string; limit?: number } = {}): Promise<HistoryRow[]> {
     await this.migrate();
-    const { rows } = await this.pool.query<HistoryRow>(
+    const rows = await this.read<HistoryRow>(
       `select * from pgmaint.run_history where ($1::text is null or job = $1) order by started_at desc, id desc ` +
         `limit $2`,
       [filter.job ?? null, filter.limit ?? 20],
@@ -268,7 +281,7 @@ export class RunHistory {
    */
   async jobStatus(): Promise<JobStatus[]> {
     await this.migrate();
-    const { rows } = await this.pool.query<JobStatus>(
+    const rows = await this.read<JobStatus>(
       `with final as (
          select job, target, outcome, started_at, finished_at, error, error_code,
                 max(started_at) filter (where outcome = 'succeeded') over (partition by job, target) as
@@ -291,7 +304,7 @@ export class RunHistory {
   /** Per schedule (trigger "schedule:<id>"): the last success and the start lag of its latest run. */
   async scheduleStatus(): Promise<ScheduleStatus[]> {
     await this.migrate();
-    const { rows } = await this.pool.query<ScheduleStatus>(
+    const rows = await this.read<ScheduleStatus>(
       `select substr(trigger, 10) as schedule,
               max(finished_at) filter (where outcome = 'succeeded') as "lastSuccess",
               (array_agg(extract(epoch from started_at - scheduled_for)::float8 order by started_at desc) filter
@@ -304,7 +317,7 @@ export class RunHistory {
   /** Each schedule's newest finished run (any outcome, skipped included), by schedule id. */
   async lastScheduledRuns(): Promise<Map<string, LastRun>> {
     await this.migrate();
-    const { rows } = await this.pool.query<LastRun & { schedule: string }>(
+    const rows = await this.read<LastRun & { schedule: string }>(
       `select distinct on (trigger) substr(trigger, 10) as schedule, outcome, finished_at as "finishedAt", error,
               error_code as "errorCode"
          from pgmaint.run_history where trigger like 'schedule:%' and finished_at is not null
@@ -316,7 +329,7 @@ export class RunHistory {
   /** The newest finished (succeeded or failed) run of a job on a target. */
   async lastFinished<R = unknown>(job: string, target: string): Promise<HistoryRow<R> | undefined> {
     await this.migrate();
-    const { rows } = await this.pool.query<HistoryRow<R>>(
+    const rows = await this.read<HistoryRow<R>>(
       `select * from pgmaint.run_history where job = $1 and target = $2 and outcome in ('succeeded', 'failed', ` +
         `'timed_out') order by started_at desc, id desc limit 1`,
       [job, target],

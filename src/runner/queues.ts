@@ -18,6 +18,7 @@ import type { RedisClient } from './connections.ts';
 import { repeatStrategy } from '../core/cron.ts';
 import { redisFailure, redisLabel, settleWithin } from './redis-failure.ts';
 import { canonicalPayload, type Registry, type RegisteredJob } from './registry.ts';
+import { installWriteDeadline } from './write-deadline.ts';
 
 export interface JobData {
   payload: Record<string, unknown> & { target: string };
@@ -114,9 +115,13 @@ export class Queues {
     readonly config: Config,
     readonly registry: Registry,
     readonly connection: RedisClient,
+    /** bounded: a connection someone waits on (the API, the board); its other changes carry a deadline too. */
+    mode: 'bounded' | 'patient' = 'patient',
   ) {
-    // Before any queue on the connection loads BullMQ's scripts: its adds carry their deadline.
+    // Before any queue on the connection loads BullMQ's scripts: its adds carry their deadline,
+    // and on a bounded connection every change does (write-deadline.ts).
     installAddDeadline(connection);
+    if (mode === 'bounded') installWriteDeadline(connection, redisLabel(config));
   }
 
   get(name: string): JobQueue {

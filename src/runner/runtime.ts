@@ -6,6 +6,7 @@ import { ServiceUnavailableError } from '../core/errors.ts';
 import { safeUrl } from '../core/redact.ts';
 import { Connections, type RedisClient, type RedisMode } from './connections.ts';
 import { RunHistory } from './history.ts';
+import { PG_ANSWER_TIMEOUT_MS } from './postgres-failure.ts';
 import { redisFailure } from './redis-failure.ts';
 import type { AnyJobDefinition } from './job-definition.ts';
 import { createLogger, type Logger } from '../core/logger.ts';
@@ -54,8 +55,11 @@ export class Runtime {
     this.history = new RunHistory(this.connections.pool(config.history.target, 'history'), {
       synchronous: config.history.synchronous,
       onError: (err) => logger.error({ err }, 'run history write failed; will retry'),
+      // Where someone waits for the reads (the API, /metrics, one-shot commands), a stalled
+      // PostgreSQL costs a read PG_ANSWER_TIMEOUT_MS; the worker role's reads wait.
+      readTimeoutMs: redisMode === 'bounded' ? PG_ANSWER_TIMEOUT_MS : undefined,
     });
-    this.queues = new Queues(config, this.registry, this.connections.redis('pgmaint-queues', redisMode));
+    this.queues = new Queues(config, this.registry, this.connections.redis('pgmaint-queues', redisMode), redisMode);
     this.scheduler = new Scheduler(this.queues, this.registry, this.schedules, logger);
   }
 
