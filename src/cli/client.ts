@@ -76,6 +76,15 @@ export interface EnqueueAnswer {
   reason?: string;
 }
 
+/** POST /api/jobs/:name with `targets`: each target's job, or why it was merged or not enqueued. */
+export interface FleetEnqueueAnswer {
+  queue: string;
+  name: string;
+  jobs: { target: string; id?: string; existing?: boolean; reason?: string; error?: string }[];
+  enqueued: number;
+  refused: number;
+}
+
 /** How a followed run ended: what `enqueue --wait` prints. */
 export type JobEnd =
   | { id: string; state: 'completed'; result: unknown }
@@ -95,6 +104,8 @@ export interface Client {
   backups(target: string | undefined): Promise<BackupsAnswer>;
   /** With `follow`, progress values of the run are passed to it until end() returns. */
   enqueue(name: string, data: unknown, follow?: (progress: unknown) => void): Promise<Enqueued>;
+  /** One run per target of `data.targets` (a list, or "all"), in one request. */
+  enqueueMany(name: string, data: object): Promise<FleetEnqueueAnswer>;
   close(): Promise<void>;
 }
 

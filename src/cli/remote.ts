@@ -12,6 +12,7 @@ import {
   type Client,
   type Enqueued,
   type EnqueueAnswer,
+  type FleetEnqueueAnswer,
   type HistoryAnswer,
   type JobEnd,
   type JobsAnswer,
@@ -121,6 +122,10 @@ export class RemoteClient implements Client {
     const path = `/api/jobs/${encodeURIComponent(name)}`;
     const answer = (await this.request('enqueue', 'POST', path, {}, { body: data })) as EnqueueAnswer;
     return { answer, end: follow && (() => this.follow(answer, follow)) };
+  }
+
+  async enqueueMany(name: string, data: object): Promise<FleetEnqueueAnswer> {
+    return (await this.request('enqueue', 'POST', `/api/jobs/${encodeURIComponent(name)}`, {}, data)) as FleetEnqueueAnswer;
   }
 
   async close(): Promise<void> {

@@ -10,7 +10,7 @@ import type { QueryStatsSnapshotResult } from '../../jobs/query-stats-snapshot.t
 import { readBackupCatalog } from '../backup/target-catalog.ts';
 import { readIndexLeftovers, type IndexLeftoverHealth } from './index-leftovers.ts';
 import { ANSWER_DEADLINE_MS, withObjectStore } from '../backup/object-store.ts';
-import { nextRun } from '../core/cron.ts';
+import { nextSpreadRun } from '../core/cron.ts';
 import { backupDirOf } from '../core/config.ts';
 import type { JobStatus } from '../runner/history.ts';
 import { ServiceUnavailableError } from '../core/errors.ts';
@@ -262,7 +262,7 @@ export class HealthReader {
           await redis(connection.hsetnx(seenKey, s.id, String(now)));
           since = Number(await redis(connection.hget(seenKey, s.id)));
         }
-        const dueBy = nextRun(s.cron, s.tz, since) + this.rt.registry.get(s.job)!.run.timeoutMs;
+        const dueBy = nextSpreadRun(s.cron, s.tz, since, s.offsetMs) + this.rt.registry.get(s.job)!.run.timeoutMs;
         return {
           id: s.id,
           job: s.job,

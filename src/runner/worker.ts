@@ -25,6 +25,8 @@ import { RunStatsRecorder } from './run-stats.ts';
 import { repeatStrategy } from '../core/cron.ts';
 import type { ResolvedSchedule } from './scheduler.ts';
 import { MAIN_TARGET } from '../core/constants.ts';
+import { clusterOf } from '../core/cluster.ts';
+import { ClusterPermits, type Lease } from './cluster-permits.ts';
 
 export interface WorkerRuntimeOptions {
   connections: Connections;
@@ -80,6 +82,7 @@ export class WorkerRuntime {
   private readonly queues: Queues;
   private readonly stats: RunStatsRecorder;
   private readonly progressDone: ProgressDone;
+  private readonly permits: ClusterPermits;
   private closing = false;
 
   constructor(private readonly opts: WorkerRuntimeOptions) {
@@ -91,6 +94,15 @@ export class WorkerRuntime {
     );
     this.stats = new RunStatsRecorder(this.redis, opts.connections.config.redis.prefix, (err) =>
       opts.logger.warn({ err }, 'run statistics not recorded'),
+    );
+    const { worker, redis } = opts.connections.config;
+    this.permits = new ClusterPermits(
+      this.redis,
+      redis.prefix,
+      worker.heavyJobsPerCluster,
+      worker.lockDurationMs,
+      (c, h) =>
+        opts.logger.warn({ cluster: c, holder: h }, 'heavy-job permit lost (lease ran out while the run went on)'),
     );
   }
 
@@ -129,19 +141,21 @@ export class WorkerRuntime {
     return `${this.opts.connections.config.redis.prefix}:schedule-running:${scheduleId}`;
   }
 
-  /** Returns a reason to skip this scheduled run, or undefined to run it. */
-  private async scheduleGate(
-    job: Job<JobData>,
-    schedule: ResolvedSchedule,
-    scheduledFor: number,
-    ttlMs: number,
-  ): Promise<string | undefined> {
+  /** Returns a reason to skip a scheduled run that no worker took in time (catchUp: none). */
+  private missedRun(job: Job<JobData>, schedule: ResolvedSchedule, scheduledFor: number): string | undefined {
     const late = Date.now() - scheduledFor;
     const tolerance = this.opts.connections.config.scheduler.lateToleranceMs;
-    // A stalled job re-run after a crash is the same run, not a missed one.
-    if (schedule.catchUp === 'none' && late > tolerance && job.attemptsMade === 0 && !job.stalledCounter) {
+    // A stalled job re-run after a crash is the same run, not a missed one; so is a run that
+    // was taken in time and then waited for its cluster's permit (started before).
+    const firstTake = job.attemptsMade === 0 && !job.stalledCounter && job.attemptsStarted <= 1;
+    if (schedule.catchUp === 'none' && late > tolerance && firstTake) {
       return `missed by ${Math.round(late / 1000)}s while no worker ran it (catchUp: none)`;
     }
+    return undefined;
+  }
+
+  /** Returns a reason to skip this scheduled run while the previous one is active, or undefined to run it. */
+  private async overlapGate(job: Job<JobData>, schedule: ResolvedSchedule, ttlMs: number): Promise<string | undefined> {
     if (schedule.overlap === 'allow') return undefined;
     const key = this.lockKey(schedule.id);
     if ((await this.redis.set(key, job.id!, 'PX', ttlMs, 'NX')) === 'OK') return undefined;
@@ -203,16 +217,60 @@ export class WorkerRuntime {
         { scheduleId },
         'scheduled job from a schedule this process does not know; running it without overlap rules',
       );
-    if (schedule) {
-      const reason = await this.scheduleGate(job, schedule, scheduledFor, registered.run.timeoutMs + 60_000);
-      if (reason) {
-        await history.skipped(run, reason);
-        this.stat(run, 'skipped');
-        await job.log(`skipped: ${reason}`);
-        ctx.logger.warn({ reason }, 'scheduled run skipped');
-        return { skipped: reason };
-      }
+    const skip = async (reason: string) => {
+      await history.skipped(run, reason);
+      this.stat(run, 'skipped');
+      await job.log(`skipped: ${reason}`);
+      ctx.logger.warn({ reason }, 'scheduled run skipped');
+      return { skipped: reason };
+    };
+    const missed = schedule && this.missedRun(job, schedule, scheduledFor);
+    if (missed) return skip(missed);
+    // A heavy job runs only with a permit of its cluster; without one it waits, delayed.
+    const lease = registered.run.heavy ? await this.clusterPermit(job, token, payload.target) : undefined;
+    try {
+      const overlapping = schedule && (await this.overlapGate(job, schedule, registered.run.timeoutMs + 60_000));
+      if (overlapping) return await skip(overlapping);
+      return await this.run(job, run, ctx, payload, schedule);
+    } finally {
+      await lease
+        ?.release()
+        .catch((err) => ctx.logger.warn({ err }, 'heavy-job permit not released; its lease ends it'));
     }
+  }
+
+  /**
+   * Takes a permit of the target's cluster, or moves the job back to delayed (no attempt used)
+   * to ask again in about worker.heavyWaitMs, with jitter so waiting runs do not ask in step.
+   */
+  private async clusterPermit(job: Job<JobData>, token: string | undefined, target: string): Promise<Lease> {
+    const { config } = this.opts.connections;
+    const cluster = clusterOf(this.opts.connections.target(target).url);
+    const taken = await this.permits.take(cluster, `${job.queueName}:${job.id}:${token ?? ''}`);
+    if (taken.lease) return taken.lease;
+    // Logged to the job once per attempt (later waits of the same attempt stay quiet).
+    if (job.attemptsStarted - job.attemptsMade - job.stalledCounter <= 1) {
+      const holders = taken.heldBy.map((h) => h.replace(/:[^:]*$/, '')).join(', ');
+      const limit = config.worker.heavyJobsPerCluster;
+      await job
+        .log(`waiting for a heavy-job permit of cluster ${cluster} (${limit} at once; held by ${holders})`)
+        .catch(() => undefined);
+    }
+    await job.moveToDelayed(Date.now() + Math.round(config.worker.heavyWaitMs * (0.75 + Math.random() / 2)), token);
+    throw new DelayedError();
+  }
+
+  /** Runs the handler: the history row, the maximum run time, the outcome. */
+  private async run(
+    job: Job<JobData>,
+    run: RunStart,
+    ctx: RunContext,
+    payload: JobData['payload'],
+    schedule: ResolvedSchedule | undefined,
+  ): Promise<unknown> {
+    const { registry, history, connections } = this.opts;
+    const registered = registry.get(job.name)!;
+    const attempt = run.attempt;
 
     // The 'running' row is written while the handler starts; a fast run's start and
     // finish become one row (committed before the job counts as done only with
