@@ -15,6 +15,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { JobsOptions } from 'bullmq';
 import type { SpreadRepeatOptions } from '../core/cron.ts';
 import type { Logger } from '../core/logger.ts';
+import type { RedisClient } from './connections.ts';
 import type { JobData, JobQueue, Queues } from './queues.ts';
 
 /** One scheduler as it is written: its queue and id, when it fires, and the job it adds. */
@@ -67,6 +68,8 @@ export async function syncSchedules(
   limits: readonly QueueLimit[],
   logger: Logger,
 ): Promise<SyncResult> {
+  // A bounded connection sends nothing before it is ready: BullMQ's own calls wait for that, ours too.
+  await queues.get(limits[0]?.queue ?? writes[0]!.queue).waitUntilReady();
   const redis = queues.connection;
   const prefix = queues.config.redis.prefix;
   const stateKey = `${prefix}:schedule-sync`;
@@ -106,7 +109,7 @@ export async function syncSchedules(
       // It may have finished between our look and our lock.
       if (await inSync()) return unchanged(Date.now() - started);
       const t0 = Date.now();
-      const removed = await removeUnwanted(queues, writes, [...wantedPerQueue.keys()]);
+      const removed = await removeUnwanted(redis, queues, writes, [...wantedPerQueue.keys()]);
       await Promise.all(
         limits.map(({ queue, globalConcurrency }) =>
           globalConcurrency === undefined
@@ -134,6 +137,7 @@ export async function syncSchedules(
 
 /** Removes the schedulers of every queue whose id is not wanted in that queue; reads only their ids. */
 async function removeUnwanted(
+  redis: RedisClient,
   queues: Queues,
   writes: readonly SchedulerWrite[],
   queueNames: readonly string[],
@@ -142,7 +146,7 @@ async function removeUnwanted(
   const stale: { queue: JobQueue; id: string }[] = [];
   for (const name of queueNames) {
     const queue = queues.get(name);
-    for (const id of await queues.connection.zrange(queue.keys.repeat!, '0', '-1'))
+    for (const id of await redis.zrange(queue.keys.repeat!, '0', '-1'))
       if (!wanted.has(`${name}/${id}`)) stale.push({ queue, id });
   }
   await inBatches(stale, ({ queue, id }) => queue.removeJobScheduler(id));
