@@ -61,13 +61,15 @@ const worker = () => h.spawnPgmaint(['worker', '--queues', 'noop']);
 describe('schedule sync', () => {
   it('two processes starting at once write each scheduler once; a restart with the same set writes none', async () => {
     h.configFile({ targets: { main: { schedules: ['backup-main-nightly', 'vacuum-main-nightly'] } } });
-    expect(await started([worker(), worker()])).toEqual(['schedules synced', 'schedules synced (unchanged)']);
+    const synced = await started([worker(), worker()]);
     expect(Object.fromEntries(writes)).toEqual({ 'backup-main-nightly': 1, 'vacuum-main-nightly': 1 });
+    expect(synced).toEqual(['schedules synced', 'schedules synced (unchanged)']);
     const backup = await rt.queues.get('backup').getJobScheduler('backup-main-nightly');
     expect(backup!.next).toBe(nextRun('0 2 * * *', 'Asia/Dhaka', Date.now()));
 
-    expect(await started([worker()])).toEqual(['schedules synced (unchanged)']);
+    const again = await started([worker()]);
     expect(Object.fromEntries(writes)).toEqual({ 'backup-main-nightly': 1, 'vacuum-main-nightly': 1 });
+    expect(again).toEqual(['schedules synced (unchanged)']);
   });
 
   it('a changed set converges: a new cron is written, a schedule left out is removed', async () => {
