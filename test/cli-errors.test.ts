@@ -41,7 +41,7 @@ describe('CLI refusals', () => {
     [['worker', '--queues', 'nosuch'], /^pgmaint: --queues: unknown job "nosuch" \(known: /],
     [
       ['enqueue', 'drop-expired-partitions', '--dryRun'],
-      /^pgmaint: enqueue: unknown option --dryRun \(known: --data, --wait\); payload fields go in --data, e\.g\./,
+      /^pgmaint: enqueue: unknown option --dryRun \(known: --data, --wait, --targets, --all-targets\); payload fields/,
     ],
     [
       ['enqueue', 'drop-expired-partitions', '--data', '{"dryrun":true}'],

@@ -5,6 +5,7 @@ import request from 'supertest';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createApp } from '../src/http/app.ts';
 import { Auth } from '../src/http/auth.ts';
+import { startServer } from '../src/http/server.ts';
 import type { Runtime } from '../src/runner/runtime.ts';
 import { ADMIN_TOKEN, createHarness, type Harness, VIEWER_TOKEN } from './support/harness.ts';
 
@@ -120,5 +121,21 @@ describe('enqueue on many targets in one request', () => {
     const both = h.spawnPgmaint(['enqueue', 'noop', '--all-targets', '--wait'], { LOG_LEVEL: 'warn' });
     expect(await both.exited).toBe(2);
     expect(both.output()).toMatch(/^pgmaint: --wait: follows one run/m);
+  });
+
+  it('through the HTTP API (PGMAINT_URL): --targets enqueues one job each; an unknown target is exit 2', async () => {
+    const { port } = await startServer(rt, { port: 0, host: '127.0.0.1' });
+    const remote = { PGMAINT_URL: `http://127.0.0.1:${port}`, PGMAINT_TOKEN: ADMIN_TOKEN, LOG_LEVEL: 'warn' };
+    const laptop = { DATABASE_URL: '', REDIS_URL: '', BACKUP_DIR: '', PGMAINT_CONFIG: '' };
+    const before = (await allJobs('noop')).length;
+    const refused = h.spawnPgmaint(['enqueue', 'noop', '--targets', 'south,nowhere'], { ...laptop, ...remote });
+    expect(await refused.exited).toBe(2);
+    expect(refused.output()).toMatch(/^pgmaint: invalid payload: targets\.1: unknown target "nowhere"/m);
+    const ok = h.spawnPgmaint(['enqueue', 'noop', '--targets', 'south,main'], { ...laptop, ...remote });
+    expect(await ok.exited).toBe(0);
+    const out = ok.output();
+    const printed = JSON.parse(out.slice(out.indexOf('{'))) as { jobs: { target: string; id: string }[] };
+    expect(printed.jobs.map((j) => j.target)).toEqual(['south', 'main']);
+    expect((await allJobs('noop')).length).toBe(before + 2);
   });
 });

@@ -94,7 +94,7 @@ describe('runs spread over their window', () => {
     expect(nextRun('0 3 * * *', 'UTC', after - offset - 1)).toBe(after - offset);
   });
 
-  it('GET /api/schedules and pgmaint schedules show the window and each offset, the same in every process', async () => {
+  it('GET /api/schedules and pgmaint schedules show the window and each offset, alike in every process', async () => {
     const described = await rt.describeSchedules();
     const mine = described.find((d) => d.id === 'noop-dairy-east-nightly')!;
     const offsetMs = spreadOffsetMs('dairy-east', WINDOW_MS);

@@ -125,7 +125,13 @@ export class RemoteClient implements Client {
   }
 
   async enqueueMany(name: string, data: object): Promise<FleetEnqueueAnswer> {
-    return (await this.request('enqueue', 'POST', `/api/jobs/${encodeURIComponent(name)}`, {}, data)) as FleetEnqueueAnswer;
+    return (await this.request(
+      'enqueue',
+      'POST',
+      `/api/jobs/${encodeURIComponent(name)}`,
+      {},
+      data,
+    )) as FleetEnqueueAnswer;
   }
 
   async close(): Promise<void> {
