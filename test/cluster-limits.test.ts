@@ -1,5 +1,5 @@
 // Concurrency across the deployment, and heavy jobs limited per cluster, with real
-// worker processes: a job kind's global limit holds across two workers; two heavy jobs
+// worker processes: a job kind's global limit holds across three workers; two heavy jobs
 // on two databases of one cluster never overlap while another cluster's may; a worker
 // SIGKILLed while it holds a cluster's permit blocks that cluster only until its lease ends.
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -91,10 +91,11 @@ describe('limits across the deployment', () => {
     expect(clusterOf(h.dbUrl)).toBe(clusterOf(h.dbUrl.replace(/\/[^/?]+(\?|$)/, '/otherdb$1')));
   });
 
-  it('globalConcurrency 2: never more than two runs of the kind at once across two worker processes', async () => {
-    // Not heavy here: the global limit alone (sampled while ten runs drain on two workers).
-    configure({ concurrency: 4, globalConcurrency: 2 });
-    const procs = await workers(2);
+  it('globalConcurrency 2: never more than two runs of the kind at once across three worker processes', async () => {
+    // Not heavy here: the global limit alone. Three workers that each run one at a time would run three at
+    // once without it; sampled while ten runs drain, and read back from the run history.
+    configure({ concurrency: 1, globalConcurrency: 2 });
+    const procs = await workers(3);
     const queue = rt.queues.get('noop');
     const jobs = await Promise.all(
       Array.from({ length: 10 }, (_, i) =>
@@ -113,18 +114,13 @@ describe('limits across the deployment', () => {
     done = true;
     await sampling;
     expect(maxActive).toBeLessThanOrEqual(2);
-    // The run history says the same: at most two runs at once (two, while ten waited), on both workers.
     const ran = await waitUntil(async () => {
       const r = await runs(jobs.map((j) => j.job.id!));
       return r.filter((x) => x.outcome === 'succeeded').length === 10 && r;
     });
-    if (mostAtOnce(ran) !== 2)
-      console.log(
-        'RUNS',
-        ran.map((r) => `${r.worker} ${r.target} ${r.started % 100000} ${r.finished % 100000}`),
-      );
+    // Two at once (while the others waited), so on two processes: each runs one at a time.
     expect(mostAtOnce(ran)).toBe(2);
-    expect(new Set(ran.map((r) => r.worker)).size).toBe(2);
+    expect(new Set(ran.map((r) => r.worker)).size).toBeGreaterThanOrEqual(2);
     for (const p of procs) p.child.kill('SIGTERM');
   });
 

@@ -6,6 +6,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createApp } from '../src/http/app.ts';
 import { Auth } from '../src/http/auth.ts';
 import { startServer } from '../src/http/server.ts';
+import { PayloadError } from '../src/core/errors.ts';
+import { Registry } from '../src/runner/registry.ts';
 import type { Runtime } from '../src/runner/runtime.ts';
 import { ADMIN_TOKEN, createHarness, type Harness, VIEWER_TOKEN } from './support/harness.ts';
 
@@ -59,6 +61,21 @@ describe('enqueue on many targets in one request', () => {
       expect(refused.body.issues, JSON.stringify(body)).toEqual([issue]);
     }
     expect(await allJobs('noop')).toEqual([]);
+  });
+
+  it('targets "all" with no target configured is refused, naming targets', () => {
+    // Not reachable through a config (main is always there); the request is refused, never done for nothing.
+    const noop = rt.registry.get('noop')!.def;
+    const none = new Registry([noop], { ...rt.config, jobs: {}, targets: new Map() });
+    const refusal = (() => {
+      try {
+        none.parseRequest('noop', { targets: 'all' });
+      } catch (err) {
+        return err;
+      }
+    })();
+    expect(refusal).toBeInstanceOf(PayloadError);
+    expect((refusal as PayloadError).issues).toEqual([{ path: 'targets', message: '"all": no target is configured' }]);
   });
 
   it('targets "all" enqueues one job per target and counts as one request for the rate limit', async () => {

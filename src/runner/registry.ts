@@ -153,7 +153,11 @@ export class Registry {
   /** `targets`: "all", or a list of configured names, each once. */
   private targetList(targets: unknown): string[] {
     const known = this.config.targets;
-    if (targets === 'all') return [...known.keys()];
+    if (targets === 'all') {
+      // Never "done" for nothing: a request for every target of a fleet that has none is refused.
+      if (known.size === 0) throw new PayloadError([{ path: 'targets', message: '"all": no target is configured' }]);
+      return [...known.keys()];
+    }
     if (!Array.isArray(targets) || targets.length === 0)
       throw new PayloadError([
         { path: 'targets', message: 'must be "all" or a non-empty list of target names, e.g. ["main", "reporting"]' },
