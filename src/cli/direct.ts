@@ -108,8 +108,8 @@ export class DirectClient implements Client {
   async enqueueMany(name: string, data: object): Promise<FleetEnqueueAnswer> {
     if (!this.rt.registry.get(name)) throw new UsageError(`enqueue: ${this.rt.registry.unknownJob(name)}`);
     this.rt.registry.parseRequest(name, data);
-    await this.need('redis');
-    return this.call('enqueue', enqueueJob, {}, { params: { name }, body: data });
+    await this.services.check('redis');
+    return this.call('enqueue', enqueueJob, ['redis'], {}, { params: { name }, body: data });
   }
 
   async enqueue(name: string, data: unknown, follow?: (progress: unknown) => void): Promise<Enqueued> {
