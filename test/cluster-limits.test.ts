@@ -3,7 +3,7 @@
 // on two databases of one cluster never overlap while another cluster's may; a worker
 // SIGKILLed while it holds a cluster's permit blocks that cluster only until its lease ends.
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { clusterOf } from '../src/core/cluster.ts';
+import { clusterOf } from '../src/core/config.ts';
 import type { Runtime } from '../src/runner/runtime.ts';
 import { createHarness, waitForFinished, waitUntil, type Harness } from './support/harness.ts';
 
@@ -82,13 +82,16 @@ async function workers(n: number) {
 }
 
 describe('limits across the deployment', () => {
-  it('the cluster is the host and port as written: one host, two spellings, two clusters', () => {
-    expect(clusterOf('postgres://u:p@DB1.example.com/x')).toBe('db1.example.com:5432');
-    expect(clusterOf('postgres://u@db1.example.com:5433/y?sslmode=require')).toBe('db1.example.com:5433');
-    expect(clusterOf('postgres://u@[::1]:6432/z')).toBe('[::1]:6432');
-    expect(clusterOf('postgresql:///dairy?host=/run/postgresql&port=5433')).toBe('/run/postgresql:5433');
-    expect(clusterOf(h.dbUrl)).not.toBe(clusterOf(otherSpelling));
-    expect(clusterOf(h.dbUrl)).toBe(clusterOf(h.dbUrl.replace(/\/[^/?]+(\?|$)/, '/otherdb$1')));
+  it("the cluster is a target's `cluster`, or the host and port as written: one host, two spellings, two clusters", () => {
+    expect(clusterOf({ url: 'postgres://u:p@DB1.example.com/x' })).toBe('db1.example.com:5432');
+    expect(clusterOf({ url: 'postgres://u@db1.example.com:5433/y?sslmode=require' })).toBe('db1.example.com:5433');
+    expect(clusterOf({ url: 'postgres://u@[::1]:6432/z' })).toBe('[::1]:6432');
+    expect(clusterOf({ url: 'postgresql:///dairy?host=/run/postgresql&port=5433' })).toBe('/run/postgresql:5433');
+    expect(clusterOf({ url: h.dbUrl })).not.toBe(clusterOf({ url: otherSpelling }));
+    expect(clusterOf({ url: h.dbUrl })).toBe(clusterOf({ url: h.dbUrl.replace(/\/[^/?]+(\?|$)/, '/otherdb$1') }));
+    // A target's `cluster` names it whatever its URL says; the permits follow the targets' clusters.
+    expect(clusterOf({ url: h.dbUrl, cluster: 'db-a' })).toBe('db-a');
+    expect(rt.config.targets.get('sibling')!.cluster).toBe(rt.config.targets.get('main')!.cluster);
   });
 
   it('globalConcurrency 2: never more than two runs of the kind at once across three worker processes', async () => {
@@ -153,7 +156,7 @@ describe('limits across the deployment', () => {
     const [first] = await workers(1);
     const { job: held } = await rt.queues.enqueue('noop', { target: 'main', sleepMs: 2500 });
     await waitUntil(async () => (await runs([held.id!])).some((r) => r.outcome === 'running'), 20_000, 'the run');
-    const permits = `${rt.config.redis.prefix}:cluster-permits:${clusterOf(h.dbUrl)}`;
+    const permits = `${rt.config.redis.prefix}:cluster-permits:${rt.config.targets.get('main')!.cluster}`;
     expect(await rt.queues.connection.zcard(permits)).toBe(1);
     await first!.killGroup();
 

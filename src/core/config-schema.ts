@@ -365,7 +365,7 @@ export const fileSchema = z
         /** Completed/failed jobs kept in Redis per queue; the run history is the durable record. */
         keepCompleted: z.number().int().min(0).default(500),
         keepFailed: z.number().int().min(0).default(2000),
-        /** Heavy jobs (vacuum, backups, index and integrity work) running at once on one cluster (host and port). */
+        /** Heavy jobs (vacuum, backups, index and integrity work) at once on one cluster (a target's `cluster`). */
         heavyJobsPerCluster: z.number().int().min(1).max(100).default(1),
         /** How long a heavy job waits (delayed, no attempt used) before it asks again for its cluster's permit. */
         heavyWaitMs: z.number().int().min(100).max(600_000).default(5000),

@@ -25,7 +25,6 @@ import { RunStatsRecorder } from './run-stats.ts';
 import { repeatStrategy } from '../core/cron.ts';
 import type { ResolvedSchedule } from './scheduler.ts';
 import { MAIN_TARGET } from '../core/constants.ts';
-import { clusterOf } from '../core/cluster.ts';
 import { ClusterPermits, type Lease } from './cluster-permits.ts';
 
 export interface WorkerRuntimeOptions {
@@ -245,7 +244,8 @@ export class WorkerRuntime {
    */
   private async clusterPermit(job: Job<JobData>, token: string | undefined, target: string): Promise<Lease> {
     const { config } = this.opts.connections;
-    const cluster = clusterOf(this.opts.connections.target(target).url);
+    // The cluster its connection budget counts against too: the target's `cluster`, or host:port of its URL.
+    const { cluster } = this.opts.connections.target(target);
     const taken = await this.permits.take(cluster, `${job.queueName}:${job.id}:${token ?? ''}`);
     if (taken.lease) return taken.lease;
     // Logged to the job once per attempt (later waits of the same attempt stay quiet).
