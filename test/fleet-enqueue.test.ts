@@ -146,7 +146,7 @@ describe('enqueue on many targets in one request', () => {
     const laptop = { DATABASE_URL: '', REDIS_URL: '', BACKUP_DIR: '', PGMAINT_CONFIG: '' };
     const before = (await allJobs('noop')).length;
     const refused = h.spawnPgmaint(['enqueue', 'noop', '--targets', 'south,nowhere'], { ...laptop, ...remote });
-    expect(await refused.exited).toBe(2);
+    expect(await refused.exited, refused.output()).toBe(2);
     expect(refused.output()).toMatch(/^pgmaint: invalid payload: targets\.1: unknown target "nowhere"/m);
     const ok = h.spawnPgmaint(['enqueue', 'noop', '--targets', 'south,main'], { ...laptop, ...remote });
     expect(await ok.exited).toBe(0);

@@ -125,13 +125,8 @@ export class RemoteClient implements Client {
   }
 
   async enqueueMany(name: string, data: object): Promise<FleetEnqueueAnswer> {
-    return (await this.request(
-      'enqueue',
-      'POST',
-      `/api/jobs/${encodeURIComponent(name)}`,
-      {},
-      data,
-    )) as FleetEnqueueAnswer;
+    const path = `/api/jobs/${encodeURIComponent(name)}`;
+    return (await this.request('enqueue', 'POST', path, {}, { body: data })) as FleetEnqueueAnswer;
   }
 
   async close(): Promise<void> {
