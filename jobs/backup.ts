@@ -56,7 +56,7 @@ const job = defineJob({
     'pg_dump of a target (custom, or directory with -j), row counts from the same snapshot, verified with ' +
     'pg_restore --list, sha256 manifest.',
   payload,
-  defaults: { attempts: 3, backoffMs: 30_000, timeoutMs: 6 * 3_600_000, concurrency: 1 },
+  defaults: { attempts: 3, backoffMs: 30_000, timeoutMs: 6 * 3_600_000, concurrency: 1, heavy: true },
   needs: {
     backupDir: { why: 'dumps are written there' },
     pgBinaries: { tools: ['pg_dump', 'pg_restore'], why: 'pg_dump takes the dump; pg_restore --list reads it back' },

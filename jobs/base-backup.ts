@@ -49,7 +49,7 @@ const job = defineJob({
   description:
     'pg_basebackup (WAL included, manifest), verified with pg_verifybackup, then published with LSNs and times.',
   payload,
-  defaults: { attempts: 2, backoffMs: 60_000, timeoutMs: 12 * 3_600_000, concurrency: 1 },
+  defaults: { attempts: 2, backoffMs: 60_000, timeoutMs: 12 * 3_600_000, concurrency: 1, heavy: true },
   needs: {
     backupDir: { why: 'base backups are written there' },
     pgBinaries: {

@@ -78,7 +78,7 @@ const job = defineJob({
   name: 'drop-expired-partitions',
   description: 'Retention: detach, archive to a verified dump, then drop partitions past their policy retention.',
   payload,
-  defaults: { attempts: 3, backoffMs: 60_000, timeoutMs: 3 * 3600_000, concurrency: 1 },
+  defaults: { attempts: 3, backoffMs: 60_000, timeoutMs: 3 * 3600_000, concurrency: 1, heavy: true },
   // Only a policy that archives (archive: true, the default) writes files and runs tools.
   needs: {
     backupDir: { why: 'its partition archives are written there', when: archivesPartitions },

@@ -93,7 +93,7 @@ const job = defineJob({
     'REINDEX INDEX CONCURRENTLY of bloated btree indexes and of invalid ones, one at a time, under lock_timeout ' +
     'and a time budget; cleans the leftovers of an interrupted rebuild first.',
   payload,
-  defaults: { attempts: 2, backoffMs: 60_000, timeoutMs: 6 * 3_600_000, concurrency: 1 },
+  defaults: { attempts: 2, backoffMs: 60_000, timeoutMs: 6 * 3_600_000, concurrency: 1, heavy: true },
   deduplicate: true,
   async handler(ctx, p) {
     const deadline = Date.now() + p.budgetSeconds * 1000;

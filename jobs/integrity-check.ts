@@ -55,7 +55,7 @@ const job = defineJob({
     'amcheck: bt_index_check of btree indexes and verify_heapam of tables (where permitted), the tables written ' +
     'since their last check or all of them; reads only; corruption fails the job naming relation and block.',
   payload,
-  defaults: { attempts: 1, backoffMs: 60_000, timeoutMs: 12 * 3_600_000, concurrency: 1 },
+  defaults: { attempts: 1, backoffMs: 60_000, timeoutMs: 12 * 3_600_000, concurrency: 1, heavy: true },
   deduplicate: true,
   async handler(ctx, p) {
     const deadline = Date.now() + p.budgetSeconds * 1000;

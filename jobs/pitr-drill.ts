@@ -62,7 +62,7 @@ const job = defineJob({
     'Restores a base backup plus archived WAL to a target time in a scratch instance, proves markers and row ' +
     'counts, reports RTO/RPO, tears down.',
   payload,
-  defaults: { attempts: 1, backoffMs: 300_000, timeoutMs: 3 * 3_600_000, concurrency: 1 },
+  defaults: { attempts: 1, backoffMs: 300_000, timeoutMs: 3 * 3_600_000, concurrency: 1, heavy: true },
   needs: {
     backupDir: { why: 'the base backup it restores is read there' },
     walArchive: { why: "the scratch instance's restore_command copies WAL from it" },

@@ -48,7 +48,7 @@ const job = defineJob({
     'pg_repack of the named tables, or of those over a bloat threshold (pgstattuple), online and one at a time, ' +
     'reporting size before and after; refuses when the extension or client is missing or their versions differ.',
   payload,
-  defaults: { attempts: 1, backoffMs: 60_000, timeoutMs: 12 * 3_600_000, concurrency: 1 },
+  defaults: { attempts: 1, backoffMs: 60_000, timeoutMs: 12 * 3_600_000, concurrency: 1, heavy: true },
   needs: { pgBinaries: { tools: ['pg_repack'], why: "pg_repack's client rewrites the table" } },
   deduplicate: true,
   async handler(ctx, p) {

@@ -40,7 +40,7 @@ const job = defineJob({
     'Restores the newest dump into a scratch database with pg_restore -j and compares row counts with those ' +
     'recorded at dump time.',
   payload,
-  defaults: { attempts: 2, backoffMs: 60_000, timeoutMs: 6 * 3_600_000, concurrency: 1 },
+  defaults: { attempts: 2, backoffMs: 60_000, timeoutMs: 6 * 3_600_000, concurrency: 1, heavy: true },
   needs: {
     backupDir: { why: 'the dumps it checks, and its verdicts, are there' },
     pgBinaries: { tools: ['pg_restore'], why: 'pg_restore restores the dump into a scratch database' },

@@ -222,7 +222,7 @@ const job = defineJob({
     'VACUUM/ANALYZE of the tables that need it by their statistics (and partitioned parents), one at a time, under ' +
     'lock_timeout, within a time budget.',
   payload,
-  defaults: { attempts: 2, backoffMs: 60_000, timeoutMs: 6 * 3_600_000, concurrency: 1 },
+  defaults: { attempts: 2, backoffMs: 60_000, timeoutMs: 6 * 3_600_000, concurrency: 1, heavy: true },
   deduplicate: true,
   async handler(ctx, p) {
     return ctx.withClient(

@@ -41,7 +41,7 @@ describe('CLI refusals', () => {
     [['worker', '--queues', 'nosuch'], /^pgmaint: --queues: unknown job "nosuch" \(known: /],
     [
       ['enqueue', 'drop-expired-partitions', '--dryRun'],
-      /^pgmaint: enqueue: unknown option --dryRun \(known: --data, --wait\); payload fields go in --data, e\.g\./,
+      /^pgmaint: enqueue: unknown option --dryRun \(known: --data, --wait, --targets, --all-targets\); payload fields/,
     ],
     [
       ['enqueue', 'drop-expired-partitions', '--data', '{"dryrun":true}'],
@@ -78,7 +78,7 @@ describe('CLI refusals', () => {
     [['help', 'enqeue'], /^pgmaint: unknown command "enqeue" \(commands: enqueue, /],
     [
       ['enqueue', 'noop', '--json'],
-      /^pgmaint: enqueue: unknown option --json \(known: --data, --wait\); enqueue prints its answer as JSON on stdout/,
+      /^pgmaint: enqueue: unknown option --json \(known: --data, --wait, --targets, --all-targets\); enqueue prints its answer as JSON on stdout/,
     ],
     [['schedules', 'extra'], /^pgmaint: schedules: takes no arguments/],
   ])('%j exits 2 with one line naming the problem', async (args, message) => {

@@ -145,8 +145,10 @@ describe('pgmaint with PGMAINT_URL: through the HTTP API', () => {
     const ids = (out: string) =>
       JSON.parse(out).schedules.map((s: { id: string; cron: string }) => `${s.id} ${s.cron}`);
     expect(ids(rs.stdout)).toEqual(ids(ds.stdout));
+    // SPREAD "-": not spread.
+    const row = String.raw`^backup-main-nightly\s+backup\s+main\s+0 2 \* \* \*\s+Asia/Dhaka\s+-\s+`;
     expect((await remote(['schedules'], VIEWER_TOKEN)).stdout).toMatch(
-      /^backup-main-nightly\s+backup\s+main\s+0 2 \* \* \*\s+Asia\/Dhaka\s+[\d-]{10} 02:00 \+06:00\s+never run\s+-$/m,
+      new RegExp(String.raw`${row}[\d-]{10} 02:00:00 \+06:00\s+never run\s+-$`, 'm'),
     );
     const status = await remote(['status'], VIEWER_TOKEN);
     expect(status.stdout).toMatch(/^pgmaint status at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \+06:00 \(Asia\/Dhaka\)$/m);
@@ -227,7 +229,10 @@ describe('pgmaint with PGMAINT_URL: through the HTTP API', () => {
       [['backups', '--target', 'nosuch'], /^pgmaint: backups: unknown target "nosuch" \(known: main\)$/],
       // Refused here, before the server is asked.
       [['history', '--limit', '0'], /^pgmaint: --limit: must be a whole number from 1 to 1000 \(got "0"\)$/],
-      [['enqueue', 'noop', '--dryRun'], /^pgmaint: enqueue: unknown option --dryRun \(known: --data, --wait\)/],
+      [
+        ['enqueue', 'noop', '--dryRun'],
+        /^pgmaint: enqueue: unknown option --dryRun \(known: --data, --wait, --targets, --all-targets\)/,
+      ],
     ];
     for (const [args, message] of cases) {
       const r = await remote(args, ADMIN_TOKEN);

@@ -62,9 +62,11 @@ describe('pgmaint CLI', () => {
     const table = await run(['schedules']);
     expect(table.code).toBe(0);
     const lines = table.out.trim().split('\n');
-    expect(lines[0]).toMatch(/^ID\s+JOB\s+TARGET\s+CRON\s+ZONE\s+NEXT RUN \(ZONE\)\s+LAST\s+WHEN$/);
+    expect(lines[0]).toMatch(/^ID\s+JOB\s+TARGET\s+CRON\s+ZONE\s+SPREAD\s+NEXT RUN \(ZONE\)\s+LAST\s+WHEN$/);
+    // SPREAD "-": the default schedules are not spread.
+    const row = String.raw`^backup-main-nightly\s+backup\s+main\s+0 2 \* \* \*\s+Asia/Dhaka\s+-\s+`;
     expect(lines.find((l) => l.startsWith('backup-main-nightly '))).toMatch(
-      /^backup-main-nightly\s+backup\s+main\s+0 2 \* \* \*\s+Asia\/Dhaka\s+[\d-]{10} 02:00 \+06:00\s+never run\s+-$/,
+      new RegExp(String.raw`${row}[\d-]{10} 02:00:00 \+06:00\s+never run\s+-$`),
     );
     expect(lines).toHaveLength(list.length + 1);
     const jobs = await run(['jobs', '--json']);

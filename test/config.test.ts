@@ -42,6 +42,8 @@ describe('configuration', () => {
       shutdownTimeoutMs: 30_000,
       keepCompleted: 500,
       keepFailed: 2000,
+      heavyJobsPerCluster: 1,
+      heavyWaitMs: 5000,
     });
     expect(without.history).toEqual({ target: 'main', retentionDays: 90, synchronous: false });
     expect(without.businessTimeZone).toBe('Asia/Dhaka');

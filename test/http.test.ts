@@ -127,7 +127,7 @@ describe('HTTP API', () => {
     expect(res.body.jobs.find((j: { name: string }) => j.name === 'noop')).toEqual({
       name: 'noop',
       description: expect.stringMatching(/^Does nothing/),
-      defaults: { attempts: 3, backoffMs: 1000, timeoutMs: 3_600_000, concurrency: 4 },
+      defaults: { attempts: 3, backoffMs: 1000, timeoutMs: 3_600_000, concurrency: 4, heavy: false },
     });
     await request(app).get('/api/jobs?verbose=1').set(viewer).expect(400);
     await request(app).get('/api/jobs').expect(401);

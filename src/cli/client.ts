@@ -88,6 +88,15 @@ export interface HoldRequest {
 export type ThrottleAnswer = { hold: HoldView };
 export type ResumeAnswer = { ended: HoldView };
 
+/** POST /api/jobs/:name with `targets`: each target's job, or why it was merged or not enqueued. */
+export interface FleetEnqueueAnswer {
+  queue: string;
+  name: string;
+  jobs: { target: string; id?: string; existing?: boolean; reason?: string; error?: string }[];
+  enqueued: number;
+  refused: number;
+}
+
 /** How a followed run ended: what `enqueue --wait` prints. */
 export type JobEnd =
   | { id: string; state: 'completed'; result: unknown }
@@ -110,6 +119,8 @@ export interface Client {
   /** Holds governed runs for a while (`for`: "30m"; default 1h). */
   throttle(req: HoldRequest & { for?: string; reason?: string }): Promise<ThrottleAnswer>;
   resume(req: HoldRequest): Promise<ResumeAnswer>;
+  /** One run per target of `data.targets` (a list, or "all"), in one request. */
+  enqueueMany(name: string, data: object): Promise<FleetEnqueueAnswer>;
   close(): Promise<void>;
 }
 

@@ -54,7 +54,7 @@ const DATA_MAX_BYTES = 64 * 1024;
 const DATA_MAX_DEPTH = 32;
 
 /** --data as a payload, refused (exit 2) before any client is asked: the same refusal in both modes. */
-function parseData(text: string | undefined): unknown {
+function parseData(text: string | undefined): object {
   if (text === undefined || text === '') return {};
   const bytes = Buffer.byteLength(text);
   if (bytes > DATA_MAX_BYTES)
@@ -102,11 +102,22 @@ function holdRequest(command: string, values: { queue?: string; all?: boolean },
   return values.queue !== undefined ? { queue: values.queue } : { all: true as const };
 }
 
+/** The payload with `targets` for --targets/--all-targets (or given in --data), or undefined for one run. */
+function fleetData(data: object, targets?: string, all?: boolean, wait?: boolean): object | undefined {
+  if (targets === undefined && !all && !('targets' in data)) return undefined;
+  if (targets !== undefined && all) throw new UsageError('enqueue: give --targets or --all-targets, not both');
+  if (wait) throw new UsageError('--wait: follows one run; with --targets or --all-targets leave it out');
+  if (!all && targets === undefined) return data;
+  return { ...data, targets: all ? 'all' : targets!.split(',').map((t) => t.trim()) };
+}
+
 export const COMMANDS: readonly Command[] = [
   api({
     name: 'enqueue',
     args: '<job>',
-    summary: 'enqueue a run; --wait prints progress, then the result',
+    summary:
+      'enqueue a run; --wait prints progress, then the result;\n' +
+      '--targets a,b or --all-targets: one run per target, in one request',
     mode: 'api',
     route: { method: 'POST', path: '/api/jobs/:name', token: 'admin' },
     options: {
@@ -115,6 +126,8 @@ export const COMMANDS: readonly Command[] = [
         type: 'boolean',
         help: 'progress lines on stderr, then the result; exit 1 if the run fails, 2 if it refused',
       },
+      targets: { type: 'string', value: 'a,b', help: 'one run on each of these targets (all checked first)' },
+      'all-targets': { type: 'boolean', help: 'one run on every configured target' },
     },
     async run({ values, positionals }, client) {
       const name = positionals[0];
@@ -127,6 +140,13 @@ export const COMMANDS: readonly Command[] = [
             .join(' ')} (payload fields go in --data '{…}')`,
         );
       const data = parseData(values.data);
+      const fleet = fleetData(data, values.targets, values['all-targets'], values.wait);
+      if (fleet) {
+        const answer = await client.enqueueMany(name, fleet);
+        err(`enqueued: ${name} on ${answer.enqueued} of ${answer.jobs.length} targets\n`);
+        print(answer);
+        return 0;
+      }
       const progress = (p: unknown) => err(`progress ${JSON.stringify(p)}%\n`);
       const { answer, end } = await client.enqueue(name, data, values.wait ? progress : undefined);
       err(answer.existing ? `merged: ${answer.reason}\n` : `enqueued: ${name} job ${answer.id}\n`);

@@ -29,6 +29,7 @@ import {
   type Client,
   type Enqueued,
   type EnqueueAnswer,
+  type FleetEnqueueAnswer,
   type HistoryAnswer,
   type JobsAnswer,
   type SchedulesAnswer,
@@ -106,6 +107,13 @@ export class DirectClient implements Client {
     await this.services.check('postgres');
     // Not held to a deadline as a whole: the bucket has its own (objectStore.requestTimeoutMs).
     return this.call('backups', listBackups, undefined, {}, { query: { target } });
+  }
+
+  async enqueueMany(name: string, data: object): Promise<FleetEnqueueAnswer> {
+    if (!this.rt.registry.get(name)) throw new UsageError(`enqueue: ${this.rt.registry.unknownJob(name)}`);
+    this.rt.registry.parseRequest(name, data);
+    await this.services.check('redis');
+    return this.call('enqueue', enqueueJob, ['redis'], {}, { params: { name }, body: data });
   }
 
   async enqueue(name: string, data: unknown, follow?: (progress: unknown) => void): Promise<Enqueued> {

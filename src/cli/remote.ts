@@ -12,6 +12,7 @@ import {
   type Client,
   type Enqueued,
   type EnqueueAnswer,
+  type FleetEnqueueAnswer,
   type HistoryAnswer,
   type JobEnd,
   type JobsAnswer,
@@ -130,6 +131,10 @@ export class RemoteClient implements Client {
     (await this.request('throttle', 'POST', '/api/governor/throttle', {}, { body: req })) as ThrottleAnswer;
   resume = async (req: HoldRequest) =>
     (await this.request('resume', 'POST', '/api/governor/resume', {}, { body: req })) as ResumeAnswer;
+  async enqueueMany(name: string, data: object): Promise<FleetEnqueueAnswer> {
+    const path = `/api/jobs/${encodeURIComponent(name)}`;
+    return (await this.request('enqueue', 'POST', path, {}, { body: data })) as FleetEnqueueAnswer;
+  }
 
   async close(): Promise<void> {
     this.agent.destroy();

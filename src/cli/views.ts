@@ -4,16 +4,18 @@ import { DateTime } from 'luxon';
 import type { BackupsAnswer, HistoryAnswer, JobsAnswer, SchedulesAnswer } from './client.ts';
 import { ago, humanBytes, humanDuration, renderTable } from './table.ts';
 
+/** SPREAD: a spread schedule's offset for its target in the window ("+12m30s of 45m"). */
 export function schedulesTable({ schedules }: SchedulesAnswer): string {
   return renderTable(
-    ['ID', 'JOB', 'TARGET', 'CRON', 'ZONE', 'NEXT RUN (ZONE)', 'LAST', 'WHEN'],
+    ['ID', 'JOB', 'TARGET', 'CRON', 'ZONE', 'SPREAD', 'NEXT RUN (ZONE)', 'LAST', 'WHEN'],
     schedules.map((s) => [
       s.id,
       s.job,
       s.target,
       s.cron,
       s.tz,
-      s.nextRun && DateTime.fromISO(s.nextRun, { setZone: true }).toFormat('yyyy-MM-dd HH:mm ZZ'),
+      s.spread && `+${s.spread.offset} of ${s.spread.window}`,
+      s.nextRun && DateTime.fromISO(s.nextRun, { setZone: true }).toFormat('yyyy-MM-dd HH:mm:ss ZZ'),
       s.lastRun?.outcome ?? 'never run',
       ago(s.lastRun?.finishedAt),
     ]),

@@ -7,6 +7,7 @@ import { governorKeys } from './governor-policy.ts';
 import { partitionPolicy } from './partition-policy.ts';
 import { qualifiedName } from './sql.ts';
 import { clusterName, connectionsSchema } from './connections-schema.ts';
+import { durationField } from './spread.ts';
 
 /** Pool size of a target that does not set one (the main target always). */
 export const DEFAULT_POOL_SIZE = 4;
@@ -165,6 +166,8 @@ export const scheduleEntrySchema = z
     target: z.string().min(1).optional(),
     catchUp: z.enum(['none', 'latest']).optional(),
     overlap: z.enum(['skip', 'allow']).optional(),
+    /** Runs each target at its cron time plus a stable offset in [0, spread) (e.g. 45m; 0s: none). */
+    spread: durationField.optional(),
   })
   .strict();
 
@@ -174,7 +177,14 @@ export const jobPolicySchema = z
     backoffMs: z.number().int().min(0).optional(),
     /** Maximum run time; the handler is aborted and its child processes killed after it. */
     timeoutMs: z.number().int().min(1000).optional(),
+    /** Runs of this job at once in one worker process. */
     concurrency: z.number().int().min(1).max(64).optional(),
+    /** Runs of this job at once across the deployment, all worker processes together (unset: no limit). */
+    globalConcurrency: z.number().int().min(1).max(10_000).optional(),
+    /** Heavy jobs take one of worker.heavyJobsPerCluster permits of their target's cluster; overrides the job's own. */
+    heavy: z.boolean().optional(),
+    /** Spread of every schedule of this job (a schedule's own `spread` wins), e.g. 45m. */
+    spread: durationField.optional(),
   })
   .strict();
 
@@ -360,6 +370,10 @@ export const fileSchema = z
         /** Completed/failed jobs kept in Redis per queue; the run history is the durable record. */
         keepCompleted: z.number().int().min(0).default(500),
         keepFailed: z.number().int().min(0).default(2000),
+        /** Heavy jobs (vacuum, backups, index and integrity work) at once on one cluster (a target's `cluster`). */
+        heavyJobsPerCluster: z.number().int().min(1).max(100).default(1),
+        /** How long a heavy job waits (delayed, no attempt used) before it asks again for its cluster's permit. */
+        heavyWaitMs: z.number().int().min(100).max(600_000).default(5000),
       })
       .strict()
       .prefault({}),

@@ -110,9 +110,39 @@ function wallClock(day: DateTime, hour: number, minute: number, tz: string): num
   return t.toMillis();
 }
 
+// The last answer per cron and zone: nextRun(t) is the same for every t in [from, next),
+// so a fleet's thousands of schedulers that share a cron cost one evaluation, not one each
+// (an evaluation of a 15-minute cron walks a day and a half of candidate times).
+const lastAnswers = new Map<string, { from: number; next: number }>();
+const parsed = new Map<string, CronExpression>();
+
 /** The first run strictly after `afterMs`, as epoch milliseconds. */
 export function nextRun(cron: CronExpression | string, tz: string, afterMs: number): number {
-  const c = typeof cron === 'string' ? parseCron(cron) : cron;
+  const c = typeof cron === 'string' ? cachedParse(cron) : cron;
+  const key = `${c.source}\u0000${tz}`;
+  const last = lastAnswers.get(key);
+  if (last && afterMs >= last.from && afterMs < last.next) return last.next;
+  const next = evaluate(c, tz, afterMs);
+  if (lastAnswers.size > 1000) lastAnswers.clear();
+  // An earlier start with the same answer widens the known interval.
+  lastAnswers.set(
+    key,
+    last && last.next === next ? { from: Math.min(last.from, afterMs), next } : { from: afterMs, next },
+  );
+  return next;
+}
+
+function cachedParse(source: string): CronExpression {
+  let c = parsed.get(source);
+  if (!c) {
+    c = parseCron(source);
+    if (parsed.size > 1000) parsed.clear();
+    parsed.set(source, c);
+  }
+  return c;
+}
+
+function evaluate(c: CronExpression, tz: string, afterMs: number): number {
   if (!IANAZone.isValidZone(tz)) throw new Error(`time zone "${tz}" is not an IANA zone`);
   // Start a day early: a run shifted by spring-forward may land after `afterMs`
   // even though its wall-clock day began before it.
@@ -141,8 +171,35 @@ export function nextRuns(cron: string, tz: string, afterMs: number, count: numbe
   return out;
 }
 
-/** BullMQ calls this for every cron scheduler: our luxon evaluator, not cron-parser. */
-export function repeatStrategy(millis: number, opts: RepeatOptions): number | undefined {
+/**
+ * The next run of a schedule spread over a window: the cron's runs shifted by the
+ * target's offset (core/spread.ts), so it lies in [cron time, cron time + spread).
+ */
+export function nextSpreadRun(cron: CronExpression | string, tz: string, afterMs: number, offsetMs: number): number {
+  return nextRun(cron, tz, afterMs - offsetMs) + offsetMs;
+}
+
+/** The shortest time between two consecutive runs over the next `count` runs (a spread must be shorter). */
+export function shortestGapMs(cron: string, tz: string, fromMs: number, count = 48): number {
+  const key = `${cron}\u0000${tz}`;
+  const known = shortestGaps.get(key);
+  if (known !== undefined) return known;
+  let [t, gap] = [nextRun(cron, tz, fromMs), Number.POSITIVE_INFINITY];
+  for (let i = 1; i < count; i++) {
+    const next = evaluate(cachedParse(cron), tz, t);
+    gap = Math.min(gap, next - t);
+    t = next;
+  }
+  shortestGaps.set(key, gap);
+  return gap;
+}
+const shortestGaps = new Map<string, number>();
+
+/** Repeat options of a scheduler: BullMQ keeps unknown keys and hands them back to the strategy. */
+export type SpreadRepeatOptions = RepeatOptions & { spreadOffsetMs?: number };
+
+/** BullMQ calls this for every cron scheduler: our luxon evaluator, not cron-parser, shifted by the spread. */
+export function repeatStrategy(millis: number, opts: SpreadRepeatOptions): number | undefined {
   if (!opts.pattern) return undefined;
-  return nextRun(opts.pattern, opts.tz ?? 'UTC', millis);
+  return nextSpreadRun(opts.pattern, opts.tz ?? 'UTC', millis, opts.spreadOffsetMs ?? 0);
 }

@@ -114,7 +114,10 @@ export const enqueueJob: Handler = async ({ rt }, req) => {
   const refusal = unknownQuery(req, []) ?? redisUnavailable(rt, 'nothing was enqueued, try again');
   if (refusal) return refusal;
   try {
-    const { job, existing, reason } = await rt.queues.enqueue(name, req.body ?? {}, { trigger: 'ad-hoc' });
+    // One target (the body is its payload), or many in one request: `targets: [...]` or "all".
+    const { payloads, fleet } = rt.registry.parseRequest(name, req.body ?? {});
+    if (fleet) return fleetEnqueued(name, await rt.queues.enqueueEach(name, payloads, { trigger: 'ad-hoc' }));
+    const { job, existing, reason } = await rt.queues.enqueue(name, payloads[0], { trigger: 'ad-hoc' });
     return {
       status: 202,
       body: { id: job.id, queue: job.queueName, name: job.name, existing, ...(reason ? { reason } : {}) },
@@ -126,6 +129,31 @@ export const enqueueJob: Handler = async ({ rt }, req) => {
     throw err;
   }
 };
+
+/** Each target's job id, or why it was merged or not enqueued; 503 when Redis refused any. */
+function fleetEnqueued(name: string, results: Awaited<ReturnType<Runtime['queues']['enqueueEach']>>): ApiResponse {
+  const jobs = results.map((r) =>
+    'outcome' in r
+      ? {
+          target: r.target,
+          id: r.outcome.job.id,
+          existing: r.outcome.existing,
+          ...(r.outcome.reason ? { reason: r.outcome.reason } : {}),
+        }
+      : { target: r.target, error: r.error instanceof ServiceUnavailableError ? r.error.message : 'not enqueued' },
+  );
+  const refused = results.filter((r) => 'error' in r);
+  const body = { queue: name, name, jobs, enqueued: jobs.length - refused.length, refused: refused.length };
+  if (!refused.length) return { status: 202, body };
+  const first = refused[0] as { error: Error };
+  return {
+    status: 503,
+    body: {
+      error: `${refused.length} of ${jobs.length} targets not enqueued: ${redact(first.error.message)}`,
+      ...body,
+    },
+  };
+}
 
 export const getJob: Handler = async ({ rt }, req) => {
   const { queue, id } = req.params as { queue: string; id: string };

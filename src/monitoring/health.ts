@@ -10,7 +10,7 @@ import type { QueryStatsSnapshotResult } from '../../jobs/query-stats-snapshot.t
 import { readBackupCatalog } from '../backup/target-catalog.ts';
 import { readIndexLeftovers, type IndexLeftoverHealth } from './index-leftovers.ts';
 import { ANSWER_DEADLINE_MS, withObjectStore } from '../backup/object-store.ts';
-import { nextRun } from '../core/cron.ts';
+import { nextSpreadRun } from '../core/cron.ts';
 import { backupDirOf } from '../core/config.ts';
 import type { JobStatus } from '../runner/history.ts';
 import { ServiceUnavailableError } from '../core/errors.ts';
@@ -296,7 +296,7 @@ export class HealthReader {
           await redis(connection.hsetnx(seenKey, s.id, String(now)));
           since = Number(await redis(connection.hget(seenKey, s.id)));
         }
-        const due = nextRun(s.cron, s.tz, since);
+        const due = nextSpreadRun(s.cron, s.tz, since, s.offsetMs);
         const dueBy = due + this.rt.registry.get(s.job)!.run.timeoutMs + heldWithin(holds, s.job, due, now);
         return {
           id: s.id,

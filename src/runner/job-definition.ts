@@ -25,6 +25,12 @@ export interface RunDefaults {
   timeoutMs: number;
   /** Jobs of this kind run at once in one worker process. */
   concurrency: number;
+  /**
+   * A heavy job loads its target's whole cluster (VACUUM, pg_dump, REINDEX, amcheck): it runs
+   * only with one of the cluster's `worker.heavyJobsPerCluster` permits, so two never run on
+   * one host at once (runner/cluster-permits.ts).
+   */
+  heavy?: boolean;
 }
 
 /** How a unit of work meets the governor (docs/governor.md). */

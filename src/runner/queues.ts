@@ -17,7 +17,7 @@ import {
 import type { RedisClient } from './connections.ts';
 import { repeatStrategy } from '../core/cron.ts';
 import { redisFailure, redisLabel, settleWithin } from './redis-failure.ts';
-import { canonicalPayload, type Registry, type RegisteredJob } from './registry.ts';
+import { canonicalPayload, type ParsedPayload, type Registry, type RegisteredJob } from './registry.ts';
 import { installWriteDeadline } from './write-deadline.ts';
 
 export interface JobData {
@@ -157,9 +157,42 @@ export class Queues {
    * within ENQUEUE_BUDGET_MS; a ServiceUnavailableError says whether anything was enqueued.
    */
   async enqueue(name: string, rawPayload: unknown, opts: { trigger?: string } = {}): Promise<EnqueueOutcome> {
-    const registered = this.registry.get(name);
-    if (!registered) throw new Error(`unknown job "${name}"`);
-    const payload = this.registry.parsePayload(name, rawPayload);
+    if (!this.registry.get(name)) throw new Error(`unknown job "${name}"`);
+    return this.enqueueParsed(name, this.registry.parsePayload(name, rawPayload), opts);
+  }
+
+  /**
+   * Enqueues one run per payload (a fleet request, already parsed and checked whole by
+   * Registry.parseRequest), a few at a time. Each target's outcome is its own: a job, a
+   * merge into an identical one, or the refusal that says whether it was enqueued.
+   */
+  async enqueueEach(
+    name: string,
+    payloads: readonly ParsedPayload[],
+    opts: { trigger?: string } = {},
+  ): Promise<({ target: string } & ({ outcome: EnqueueOutcome } | { error: Error }))[]> {
+    const results: ({ target: string } & ({ outcome: EnqueueOutcome } | { error: Error }))[] = [];
+    let next = 0;
+    const lane = async () => {
+      while (next < payloads.length) {
+        const i = next++;
+        const payload = payloads[i]!;
+        results[i] = await this.enqueueParsed(name, payload, opts).then(
+          (outcome) => ({ target: payload.target, outcome }),
+          (err: unknown) => ({ target: payload.target, error: err instanceof Error ? err : new Error(String(err)) }),
+        );
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(16, payloads.length) }, lane));
+    return results;
+  }
+
+  private async enqueueParsed(
+    name: string,
+    payload: ParsedPayload,
+    opts: { trigger?: string },
+  ): Promise<EnqueueOutcome> {
+    const registered = this.registry.get(name)!;
     const giveUpAt = Date.now() + ENQUEUE_BUDGET_MS;
     const queue = this.get(name);
     const data: JobData = { payload, trigger: opts.trigger ?? 'ad-hoc' };

@@ -1,17 +1,20 @@
 // Schedules are data: the defaults (schedules/index.ts) with the config file's
-// `schedules:` entries laid over them. On start every process upserts them into BullMQ
-// job schedulers, keyed by the schedule id, so N processes converge on one scheduler
-// per id; schedulers whose id left the list are removed.
+// `schedules:` entries laid over them. On start they are written into BullMQ job
+// schedulers, keyed by the schedule id, once per deployment (schedule-sync.ts);
+// schedulers whose id left the list are removed. A schedule with a spread runs each
+// target at its cron time plus the target's stable offset (core/spread.ts).
 import { DateTime, IANAZone } from 'luxon';
 import type { z } from 'zod';
 import { SCHEDULE_ID, type scheduleEntrySchema } from '../core/config-schema.ts';
 import { ConfigError, PayloadError } from '../core/errors.ts';
-import { nextRun, parseCron } from '../core/cron.ts';
+import { nextRun, nextSpreadRun, parseCron, shortestGapMs } from '../core/cron.ts';
 import type { Logger } from '../core/logger.ts';
+import { formatDuration, parseDuration, spreadOffsetMs } from '../core/spread.ts';
 import type { LastRun } from './history.ts';
 import type { Queues, JobData } from './queues.ts';
 import { jobOptions } from './queues.ts';
 import type { Registry } from './registry.ts';
+import { type SchedulerWrite, type SyncResult, syncSchedules } from './schedule-sync.ts';
 
 export interface Schedule {
   /** Stable id: the BullMQ job scheduler id. Changing it creates a new schedule. */
@@ -25,11 +28,18 @@ export interface Schedule {
   catchUp?: 'none' | 'latest';
   /** 'skip': a run never starts while the previous run of this schedule is active. */
   overlap?: 'skip' | 'allow';
+  /** Spread of a fleet's runs: each target runs at cron time + a stable offset in [0, spread) ("45m"). */
+  spread?: string;
   /** Where it was declared, for messages: "schedules.3" for the config file's entries. */
   source?: string;
 }
 
-export type ResolvedSchedule = Required<Omit<Schedule, 'source'>> & { payload: JobData['payload'] };
+export type ResolvedSchedule = Required<Omit<Schedule, 'source' | 'spread'>> & {
+  payload: JobData['payload'];
+  /** The window its target's runs are spread over (0: none), and this target's offset in it. */
+  spreadMs: number;
+  offsetMs: number;
+};
 
 export interface ScheduleDescription {
   id: string;
@@ -40,7 +50,9 @@ export interface ScheduleDescription {
   catchUp: string;
   overlap: string;
   payload: JobData['payload'];
-  /** The next run in the schedule's zone, and in UTC. */
+  /** The window of a spread schedule ("45m") and this target's offset in it ("12m30s"); null when not spread. */
+  spread: { window: string; windowMs: number; offset: string; offsetMs: number } | null;
+  /** The next run (the cron's time plus the offset) in the schedule's zone, and in UTC. */
   nextRun: string | null;
   nextRunUtc: string;
   scheduledInRedis: string | null;
@@ -74,6 +86,7 @@ export function applyScheduleEntries(
         ...(e.tz !== undefined && { tz: e.tz }),
         ...(e.catchUp !== undefined && { catchUp: e.catchUp }),
         ...(e.overlap !== undefined && { overlap: e.overlap }),
+        ...(e.spread !== undefined && { spread: e.spread }),
         payload: { ...base.payload, ...extra },
         source,
       });
@@ -94,6 +107,7 @@ export function applyScheduleEntries(
       payload: extra,
       catchUp: e.catchUp,
       overlap: e.overlap,
+      spread: e.spread,
       source,
     });
   });
@@ -138,10 +152,40 @@ export function resolveSchedules(
       throw new ConfigError(err.issues.map((i) => `${where(`payload.${i.path}`)}: ${i.message}`).join('; '));
     }
     if (disabled.includes(s.id)) continue;
-    const { source: _source, ...schedule } = s;
-    out.push({ ...schedule, payload, catchUp: s.catchUp ?? 'latest', overlap: s.overlap ?? 'skip' });
+    const spreadMs = resolveSpread(s, registry, where);
+    const { source: _source, spread: _spread, ...schedule } = s;
+    out.push({
+      ...schedule,
+      payload,
+      catchUp: s.catchUp ?? 'latest',
+      overlap: s.overlap ?? 'skip',
+      spreadMs,
+      offsetMs: spreadOffsetMs(payload.target, spreadMs),
+    });
   }
   return out;
+}
+
+/** The schedule's spread, or its job's (jobs.<name>.spread); shorter than the time between two of its runs. */
+function resolveSpread(s: Schedule, registry: Registry, where: (field: string) => string): number {
+  const own = s.spread !== undefined;
+  const text = own ? s.spread : registry.get(s.job)!.run.spread;
+  if (text === undefined) return 0;
+  const key = own ? where('spread') : `jobs.${s.job}.spread (schedule "${s.id}")`;
+  let ms: number;
+  try {
+    ms = parseDuration(text);
+  } catch (err) {
+    throw new ConfigError(`${key}: ${(err as Error).message}`);
+  }
+  // A window as long as the time between runs would start one night's last target after the next night's first.
+  const gap = ms > 0 ? shortestGapMs(s.cron, s.tz, Date.now()) : Number.POSITIVE_INFINITY;
+  if (ms >= gap)
+    throw new ConfigError(
+      `${key}: ${text} is not shorter than the ${formatDuration(gap)} between two runs of "${s.cron}"; ` +
+        'give a shorter spread',
+    );
+  return ms;
 }
 
 export class Scheduler {
@@ -154,34 +198,36 @@ export class Scheduler {
     private readonly logger: Logger,
   ) {}
 
-  private async upsert(s: ResolvedSchedule): Promise<void> {
-    const registered = this.registry.get(s.job)!;
+  /** What the scheduler of `s` holds in Redis: its cron, zone and offset, and the job it adds. */
+  private write(s: ResolvedSchedule): SchedulerWrite {
     const data: JobData = { payload: s.payload, trigger: `schedule:${s.id}`, scheduleId: s.id };
-    await this.queues
-      .get(s.job)
-      .upsertJobScheduler(
-        s.id,
-        { pattern: s.cron, tz: s.tz },
-        { name: s.job, data, opts: jobOptions(this.queues.config, registered) },
-      );
+    return {
+      queue: s.job,
+      id: s.id,
+      // Only a spread schedule carries its offset: the others stay as BullMQ writes them.
+      repeat: { pattern: s.cron, tz: s.tz, ...(s.offsetMs > 0 && { spreadOffsetMs: s.offsetMs }) },
+      template: { name: s.job, data, opts: jobOptions(this.queues.config, this.registry.get(s.job)!) },
+    };
   }
 
-  /** Upserts every schedule and removes schedulers that are no longer in the code. */
-  async sync(): Promise<{ upserted: string[]; removed: string[] }> {
-    const wanted = new Map(this.schedules.map((s) => [s.id, s]));
-    const removed: string[] = [];
-    for (const queue of this.queues.all()) {
-      for (const existing of await queue.getJobSchedulers(0, -1)) {
-        const id = existing.key;
-        if (wanted.get(id)?.job !== queue.name) {
-          await queue.removeJobScheduler(id);
-          removed.push(`${queue.name}/${id}`);
-        }
-      }
-    }
-    for (const s of this.schedules) await this.upsert(s);
-    this.logger.info({ upserted: this.schedules.length, removed }, 'schedules synced');
-    return { upserted: this.schedules.map((s) => s.id), removed };
+  private async upsert(s: ResolvedSchedule): Promise<void> {
+    const w = this.write(s);
+    await this.queues.get(w.queue).upsertJobScheduler(w.id, w.repeat, w.template);
+  }
+
+  /**
+   * Writes every schedule and removes schedulers that are no longer in the list, once per
+   * deployment: under a lock, and only when the set differs from the one last written.
+   */
+  async sync(): Promise<SyncResult> {
+    return syncSchedules(
+      this.queues,
+      this.schedules.map((s) => this.write(s)),
+      this.registry
+        .names()
+        .map((name) => ({ queue: name, globalConcurrency: this.registry.get(name)!.run.globalConcurrency })),
+      this.logger,
+    );
   }
 
   /**
@@ -229,7 +275,7 @@ export class Scheduler {
     return Promise.all(
       this.schedules.map(async (s) => {
         const scheduler = await this.queues.get(s.job).getJobScheduler(s.id);
-        const next = nextRun(s.cron, s.tz, now);
+        const next = nextSpreadRun(s.cron, s.tz, now, s.offsetMs);
         const last = lastRuns.get(s.id);
         return {
           id: s.id,
@@ -240,6 +286,14 @@ export class Scheduler {
           catchUp: s.catchUp,
           overlap: s.overlap,
           payload: s.payload,
+          spread: s.spreadMs
+            ? {
+                window: formatDuration(s.spreadMs),
+                windowMs: s.spreadMs,
+                offset: formatDuration(s.offsetMs),
+                offsetMs: s.offsetMs,
+              }
+            : null,
           nextRun: DateTime.fromMillis(next, { zone: s.tz }).toISO(),
           nextRunUtc: new Date(next).toISOString(),
           scheduledInRedis: scheduler?.next !== undefined ? new Date(scheduler.next).toISOString() : null,

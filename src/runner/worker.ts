@@ -25,8 +25,9 @@ import { ProgressDone } from './progress-done.ts';
 import { RunStatsRecorder } from './run-stats.ts';
 import { repeatStrategy } from '../core/cron.ts';
 import type { ResolvedSchedule } from './scheduler.ts';
-import { MAIN_TARGET } from '../core/constants.ts';
 import { type GovernorPort, isGoverned, type RunGovernorHandle } from './governor-port.ts';
+import { ClusterPermits, type Lease } from './cluster-permits.ts';
+import { checkJobData, knownTarget } from './job-data.ts';
 
 export interface WorkerRuntimeOptions {
   connections: Connections;
@@ -50,33 +51,6 @@ const ABORT_CLEANUP_MS = 15_000;
 const RELEASE_LOCK =
   `if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 ` + `end`;
 
-function knownTarget(config: { targets: Map<string, unknown> }, target: unknown): string {
-  if (target === undefined) return MAIN_TARGET;
-  return typeof target === 'string' && config.targets.has(target) ? target : '(invalid)';
-}
-
-const JOB_DATA_KEYS = ['payload', 'trigger', 'scheduleId'];
-
-/** Refuses job data that is not {payload: {…}, trigger?, scheduleId?}, naming the key. */
-function checkJobData(data: unknown): asserts data is JobData {
-  if (!data || typeof data !== 'object' || Array.isArray(data))
-    throw new PayloadError([{ path: '(job data)', message: 'must be an object {"payload": {…}}' }]);
-  const unknown = Object.keys(data).filter((k) => !JOB_DATA_KEYS.includes(k));
-  const issues = unknown.map((k) => ({
-    path: k,
-    message: `unknown key in job data (known: ${JOB_DATA_KEYS.join(', ')}; payload fields go under "payload")`,
-  }));
-  const d = data as Record<string, unknown>;
-  if (!d.payload || typeof d.payload !== 'object' || Array.isArray(d.payload))
-    issues.push({
-      path: 'payload',
-      message: 'is required: an object of the job\'s payload fields, e.g. {"payload": {}}',
-    });
-  if (d.trigger !== undefined && typeof d.trigger !== 'string')
-    issues.push({ path: 'trigger', message: 'must be a string' });
-  if (issues.length) throw new PayloadError(issues);
-}
-
 export class WorkerRuntime {
   readonly workerId = `${os.hostname()}:${process.pid}`;
   private readonly workers: Worker<JobData>[] = [];
@@ -89,6 +63,7 @@ export class WorkerRuntime {
   private readonly progressDone: ProgressDone;
   /** Runs held before their start whose wait was logged once already. */
   private readonly holdLogged = new Set<string>();
+  private readonly permits: ClusterPermits;
   private closing = false;
 
   constructor(private readonly opts: WorkerRuntimeOptions) {
@@ -100,6 +75,15 @@ export class WorkerRuntime {
     );
     this.stats = new RunStatsRecorder(this.redis, opts.connections.config.redis.prefix, (err) =>
       opts.logger.warn({ err }, 'run statistics not recorded'),
+    );
+    const { worker, redis } = opts.connections.config;
+    this.permits = new ClusterPermits(
+      this.redis,
+      redis.prefix,
+      worker.heavyJobsPerCluster,
+      worker.lockDurationMs,
+      (c, h) =>
+        opts.logger.warn({ cluster: c, holder: h }, 'heavy-job permit lost (lease ran out while the run went on)'),
     );
   }
 
@@ -140,21 +124,22 @@ export class WorkerRuntime {
     return `${this.opts.connections.config.redis.prefix}:schedule-running:${scheduleId}`;
   }
 
-  /** Returns a reason to skip this scheduled run, or undefined to run it. */
-  private async scheduleGate(
-    job: Job<JobData>,
-    schedule: ResolvedSchedule,
-    scheduledFor: number,
-    ttlMs: number,
-  ): Promise<string | undefined> {
+  /** Returns a reason to skip a scheduled run that no worker took in time (catchUp: none). */
+  private missedRun(job: Job<JobData>, schedule: ResolvedSchedule, scheduledFor: number): string | undefined {
     const late = Date.now() - scheduledFor;
     const tolerance = this.opts.connections.config.scheduler.lateToleranceMs;
     // A stalled job re-run after a crash is the same run, not a missed one; so is a run that
-    // was taken in time and went back to wait (a maintenance pause held it).
+    // was taken in time and went back to wait (a maintenance pause held it, or it waited for its
+    // cluster's permit after it started).
     const firstTake = job.attemptsMade === 0 && !job.stalledCounter && job.attemptsStarted <= 1;
     if (schedule.catchUp === 'none' && late > tolerance && firstTake) {
       return `missed by ${Math.round(late / 1000)}s while no worker ran it (catchUp: none)`;
     }
+    return undefined;
+  }
+
+  /** Returns a reason to skip this scheduled run while the previous one is active, or undefined to run it. */
+  private async overlapGate(job: Job<JobData>, schedule: ResolvedSchedule, ttlMs: number): Promise<string | undefined> {
     if (schedule.overlap === 'allow') return undefined;
     const key = this.lockKey(schedule.id);
     if ((await this.redis.set(key, job.id!, 'PX', ttlMs, 'NX')) === 'OK') return undefined;
@@ -235,16 +220,61 @@ export class WorkerRuntime {
         { scheduleId },
         'scheduled job from a schedule this process does not know; running it without overlap rules',
       );
-    if (schedule) {
-      const reason = await this.scheduleGate(job, schedule, scheduledFor, registered.run.timeoutMs + 60_000);
-      if (reason) {
-        await history.skipped(run, reason);
-        this.stat(run, 'skipped');
-        await job.log(`skipped: ${reason}`);
-        ctx.logger.warn({ reason }, 'scheduled run skipped');
-        return { skipped: reason };
-      }
+    const skip = async (reason: string) => {
+      await history.skipped(run, reason);
+      this.stat(run, 'skipped');
+      await job.log(`skipped: ${reason}`);
+      ctx.logger.warn({ reason }, 'scheduled run skipped');
+      return { skipped: reason };
+    };
+    const missed = schedule && this.missedRun(job, schedule, scheduledFor);
+    if (missed) return skip(missed);
+    // A heavy job runs only with a permit of its cluster; without one it waits, delayed.
+    const lease = registered.run.heavy ? await this.clusterPermit(job, token, payload.target) : undefined;
+    try {
+      const overlapping = schedule && (await this.overlapGate(job, schedule, registered.run.timeoutMs + 60_000));
+      if (overlapping) return await skip(overlapping);
+      return await this.run(job, run, ctx, payload, schedule);
+    } finally {
+      await lease
+        ?.release()
+        .catch((err) => ctx.logger.warn({ err }, 'heavy-job permit not released; its lease ends it'));
     }
+  }
+
+  /**
+   * Takes a permit of the target's cluster, or moves the job back to delayed (no attempt used)
+   * to ask again in about worker.heavyWaitMs, with jitter so waiting runs do not ask in step.
+   */
+  private async clusterPermit(job: Job<JobData>, token: string | undefined, target: string): Promise<Lease> {
+    const { config } = this.opts.connections;
+    // The cluster its connection budget counts against too: the target's `cluster`, or host:port of its URL.
+    const { cluster } = this.opts.connections.target(target);
+    const taken = await this.permits.take(cluster, `${job.queueName}:${job.id}:${token ?? ''}`);
+    if (taken.lease) return taken.lease;
+    // Logged to the job once per attempt (later waits of the same attempt stay quiet).
+    if (job.attemptsStarted - job.attemptsMade - job.stalledCounter <= 1) {
+      const holders = taken.heldBy.map((h) => h.replace(/:[^:]*$/, '')).join(', ');
+      const limit = config.worker.heavyJobsPerCluster;
+      await job
+        .log(`waiting for a heavy-job permit of cluster ${cluster} (${limit} at once; held by ${holders})`)
+        .catch(() => undefined);
+    }
+    await job.moveToDelayed(Date.now() + Math.round(config.worker.heavyWaitMs * (0.75 + Math.random() / 2)), token);
+    throw new DelayedError();
+  }
+
+  /** Runs the handler: the history row, the maximum run time, the outcome. */
+  private async run(
+    job: Job<JobData>,
+    run: RunStart,
+    ctx: RunContext,
+    payload: JobData['payload'],
+    schedule: ResolvedSchedule | undefined,
+  ): Promise<unknown> {
+    const { registry, history, connections } = this.opts;
+    const registered = registry.get(job.name)!;
+    const attempt = run.attempt;
 
     // The 'running' row is written while the handler starts; a fast run's start and
     // finish become one row (committed before the job counts as done only with
@@ -264,16 +294,17 @@ export class WorkerRuntime {
       registered.run.timeoutMs,
     );
 
+    const governed = this.opts.governor && isGoverned(registered.def) ? this.opts.governor : undefined;
     const governor: RunGovernorHandle | undefined = governed?.forRun({
       queue: job.queueName,
       jobId: job.id!,
       job: job.name,
       target: payload.target,
       override: payload.governor,
-      abort: (reason) => abort.abort(reason),
+      abort: (reason: Error) => abort.abort(reason),
       signal: abort.signal,
       timeoutAt: startedAt + registered.run.timeoutMs,
-      report: (line) => ctx.note(line),
+      report: (line: string) => ctx.note(line),
       logger: ctx.logger,
     });
     if (governor) ctx.governor = governor;
