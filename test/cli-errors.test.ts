@@ -78,7 +78,10 @@ describe('CLI refusals', () => {
     [['help', 'enqeue'], /^pgmaint: unknown command "enqeue" \(commands: enqueue, /],
     [
       ['enqueue', 'noop', '--json'],
-      /^pgmaint: enqueue: unknown option --json \(known: --data, --wait, --targets, --all-targets\); enqueue prints its answer as JSON on stdout/,
+      new RegExp(
+        '^pgmaint: enqueue: unknown option --json \\(known: --data, --wait, --targets, --all-targets\\); ' +
+          'enqueue prints its answer as JSON on stdout',
+      ),
     ],
     [['schedules', 'extra'], /^pgmaint: schedules: takes no arguments/],
   ])('%j exits 2 with one line naming the problem', async (args, message) => {

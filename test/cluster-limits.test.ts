@@ -82,7 +82,7 @@ async function workers(n: number) {
 }
 
 describe('limits across the deployment', () => {
-  it("the cluster is a target's `cluster`, or the host and port as written: one host, two spellings, two clusters", () => {
+  it("the cluster is a target's `cluster`, or the host and port as written: one host, two spellings", () => {
     expect(clusterOf({ url: 'postgres://u:p@DB1.example.com/x' })).toBe('db1.example.com:5432');
     expect(clusterOf({ url: 'postgres://u@db1.example.com:5433/y?sslmode=require' })).toBe('db1.example.com:5433');
     expect(clusterOf({ url: 'postgres://u@[::1]:6432/z' })).toBe('[::1]:6432');

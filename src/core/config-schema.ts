@@ -8,6 +8,7 @@ import { partitionPolicy } from './partition-policy.ts';
 import { qualifiedName } from './sql.ts';
 import { clusterName, connectionsSchema } from './connections-schema.ts';
 import { durationField } from './spread.ts';
+import { alertsSchema } from './alerts-schema.ts';
 
 /** Pool size of a target that does not set one (the main target always). */
 export const DEFAULT_POOL_SIZE = 4;
@@ -237,56 +238,6 @@ const cacheSchema = z
       .optional(),
     keyPrefix: z.string().max(100).default('pgmaint:cache:'),
     queries: z.array(warmQuerySchema).default([]),
-  })
-  .strict();
-
-export const ALERT_RULES = [
-  'job-failed',
-  'deadman',
-  'no-worker',
-  'overrun',
-  'backup-age',
-  'archive-lag',
-  'partition-runway',
-  'default-rows',
-  'retention-orphan',
-  'corruption',
-  'health-read',
-  'target-unreachable',
-  'governor-held',
-] as const;
-
-const alertsSchema = z
-  .object({
-    /** How often the monitor judges the health snapshot. */
-    intervalMs: z.number().int().min(1000).default(60_000),
-    /** Dead-man switch: a schedule's success may be this late past its run plus maximum run time. */
-    deadmanGraceMs: z
-      .number()
-      .int()
-      .min(0)
-      .default(30 * 60_000),
-    /** A queue that needs a worker may go this long without one. */
-    noWorkerForMs: z
-      .number()
-      .int()
-      .min(0)
-      .default(2 * 60_000),
-    /** An active job may run this long past its maximum run time before it counts as stuck. */
-    overrunGraceMs: z
-      .number()
-      .int()
-      .min(0)
-      .default(5 * 60_000),
-    maxDumpAgeHours: z.number().positive().default(26),
-    maxBaseBackupAgeHours: z.number().positive().default(26),
-    /** docs/dairy-erp.md: RPO under 15 minutes. */
-    maxArchiveLagSeconds: z.number().int().positive().default(900),
-    minPartitionRunwayDays: z.number().positive().default(3),
-    /** Rules switched off by name (job-failed, deadman, no-worker, overrun, backup-age, archive-lag,
-     * partition-runway, default-rows, retention-orphan, corruption, health-read, target-unreachable,
-     * governor-held). */
-    disabled: z.array(z.enum(ALERT_RULES)).default([]),
   })
   .strict();
 

@@ -27,7 +27,8 @@ import {
 } from './governor-policy.ts';
 import { parseKey } from './key.ts';
 
-export { ALERT_RULES, TARGET_NAME } from './config-schema.ts';
+export { ALERT_RULES } from './alerts-schema.ts';
+export { TARGET_NAME } from './config-schema.ts';
 
 type Env = z.output<typeof envSchema>;
 type File = z.output<typeof fileSchema>;
