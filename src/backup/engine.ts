@@ -3,7 +3,7 @@
 // engines/index.ts: native (pg_basebackup into BACKUP_DIR and a WAL directory) and
 // pgbackrest (a pgBackRest stanza). The jobs (base-backup, archive-check, pitr-drill,
 // prune-backups), the catalog the API and the monitor read, and restores go through
-// it; none of them asks which engine a target has. test/backup-engine-contract.test.ts
+// it; none of them asks which engine a target has. test/integration/backup-engine-contract.test.ts
 // runs the same cases against every engine (docs/architecture.md, "Backup engines").
 import type pg from 'pg';
 import type { TargetConfig } from '../core/config.ts';
