@@ -112,14 +112,13 @@ describe('pgmaint with PGMAINT_URL: through the HTTP API', () => {
     const file = path.basename(end.result.file);
     const [r, d] = [await remote(['backups'], VIEWER_TOKEN), await direct(['backups'])];
     expect(r.code).toBe(0);
-    const dumps = r.stdout.slice(r.stdout.indexOf('\nDumps\n'), r.stdout.indexOf('\nBase backups\n'));
+    const dumps = r.stdout.slice(r.stdout.indexOf('\nDumps\n'), r.stdout.indexOf('\nPartition archives\n'));
+    const name = file.replace(/\./g, '\\.');
+    // FINISHED, FILE, FORMAT, SIZE, ROW COUNTS, RESTORE CHECK, WHERE (its local path).
     expect(dumps).toMatch(
-      new RegExp(
-        `^[\\d-]{10} [\\d:]{8}\\s+${file.replace(/\./g, '\\.')}\\s+custom\\s+[\\d.]+ k?B\\s+recorded\\s+never$`,
-        'm',
-      ),
+      new RegExp(`^[\\d-]{10} [\\d:]{8}\\s+${name}\\s+custom\\s+[\\d.]+ k?B\\s+recorded\\s+never\\s+\\S*${name}$`, 'm'),
     );
-    expect(d.stdout.slice(d.stdout.indexOf('\nDumps\n'), d.stdout.indexOf('\nBase backups\n'))).toBe(dumps);
+    expect(d.stdout.slice(d.stdout.indexOf('\nDumps\n'), d.stdout.indexOf('\nPartition archives\n'))).toBe(dumps);
   });
 
   it('prints what the direct mode prints: the same tables and the same JSON', async () => {
