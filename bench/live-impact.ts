@@ -126,8 +126,6 @@ fs.writeFileSync(
   configFile,
   JSON.stringify({
     partitions: [{ table: 'app.reading_ours', column: 'ts', interval: 'day', premake: FUTURE, retention: '30 days' }],
-    // The quiet baseline of the governor's probe: read every second while no run is active.
-    ...(GOVERNOR ? { governor: { idleCheckEveryMs: 1000 } } : {}),
   }),
 );
 const config = loadConfig({

@@ -16,8 +16,6 @@ const shape = {
   enabled: z.boolean(),
   /** How often the signals are read while a governed run is active on the target. */
   checkEveryMs: z.number().int().min(50).max(60_000),
-  /** How often while none is (the quiet baseline, a standby's replay history). */
-  idleCheckEveryMs: z.number().int().min(100).max(600_000),
   /** The probe (select 1) may take this many times its rolling quiet baseline… */
   maxProbeRatio: threshold(1.1, 1000),
   /** …and never throttles below this many milliseconds. */
@@ -58,7 +56,6 @@ export type GovernorOverride = z.output<typeof governorOverride>;
 export const GOVERNOR_DEFAULTS: GovernorPolicy = {
   enabled: true,
   checkEveryMs: 1000,
-  idleCheckEveryMs: 10_000,
   maxProbeRatio: 3,
   minProbeMs: 5,
   maxActive: 16,
@@ -105,7 +102,5 @@ export function governorIssues(p: GovernorPolicy, at: (key: string) => string): 
       issues.push({ path: at(key), message: 'needs customSql (a statement returning one number) in the config file' });
   if (p.customSql !== null && p.customMax === null && p.customCritical === null)
     issues.push({ path: at('customSql'), message: 'give customMax or customCritical: a number it is compared with' });
-  if (p.idleCheckEveryMs < p.checkEveryMs)
-    issues.push({ path: at('idleCheckEveryMs'), message: `must be at least checkEveryMs (${p.checkEveryMs})` });
   return issues;
 }

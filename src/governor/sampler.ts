@@ -1,6 +1,5 @@
 // One sampler per target in a worker process, shared by its runs: every checkEveryMs
-// while a governed run is active there (idleCheckEveryMs otherwise) it reads, on one
-// session of its own ("pgmaint/governor"): a timed `select 1` against its rolling quiet
+// while a governed run is active there it reads, on one session of its own ("pgmaint/governor"): a timed `select 1` against its rolling quiet
 // baseline, the active sessions and lock waiters that are not ours, each standby's replay
 // position, and the optional custom statement. A standby's lag is what pg_stat_replication
 // says (replay_lag) or, when more, how long its replay position has stood still while WAL
@@ -131,10 +130,19 @@ export class TargetSampler {
 
   private async run(): Promise<void> {
     while (this.running) {
+      if (!this.busy && !this.listeners.size) {
+        // No governed run here: the sampler reads nothing and gives its session back, so an
+        // idle worker holds none on a fleet of targets (the pool closes it after its idle timeout).
+        this.client?.release();
+        this.client = undefined;
+        await new Promise<void>((resolve) => (this.wake = resolve));
+        this.wake = undefined;
+        continue;
+      }
       const reading = await this.sample();
       this.latest = reading;
       for (const fn of [...this.listeners]) fn(reading);
-      const pause = this.busy ? this.policy.checkEveryMs : this.policy.idleCheckEveryMs;
+      const pause = this.policy.checkEveryMs;
       const woken = new Promise<void>((resolve) => (this.wake = resolve));
       await Promise.race([sleep(pause, undefined, { ref: false }), woken]);
       this.wake = undefined;

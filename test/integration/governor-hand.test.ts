@@ -82,7 +82,6 @@ beforeAll(async () => {
     })),
     governor: {
       checkEveryMs: 100,
-      idleCheckEveryMs: 200,
       maxActive: null,
       maxLockWaits: null,
       maxReplicaLagSeconds: null,

@@ -44,7 +44,6 @@ beforeAll(async () => {
     partitions: [{ table: 'ret.days', column: 'ts', interval: 'day', retention: '1 day', lockTimeout: '60s' }],
     governor: {
       checkEveryMs: 100,
-      idleCheckEveryMs: 200,
       maxActive: 3,
       criticalActive: 8,
       maxLockWaits: null,

@@ -66,7 +66,6 @@ beforeAll(async () => {
     ],
     governor: {
       checkEveryMs: 100,
-      idleCheckEveryMs: 200,
       maxReplicaLagSeconds: 1,
       maxActive: null,
       maxLockWaits: null,
