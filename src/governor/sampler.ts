@@ -1,7 +1,8 @@
 // One sampler per target in a worker process, shared by its runs: every checkEveryMs
 // while a governed run is active there it reads, on one session of its own
-// ("pgmaint/governor"): a timed `select 1` against its rolling quiet baseline, the active sessions and lock waiters that are not ours, each standby's replay
-// position, and the optional custom statement. A standby's lag is what pg_stat_replication
+// ("pgmaint/governor"): a timed `select 1` against its rolling quiet baseline, the
+// active sessions and lock waiters that are not ours, each standby's replay position,
+// and the optional custom statement. A standby's lag is what pg_stat_replication
 // says (replay_lag) or, when more, how long its replay position has stood still while WAL
 // waits beyond it: replay_lag stops growing (or stays NULL) while replay is paused.
 import { setTimeout as sleep } from 'node:timers/promises';
