@@ -60,6 +60,9 @@ beforeAll(async () => {
     targets: { main: { poolSize: 12 } },
     // Each held run keeps its session while it waits: more than the default budget of 10 at once.
     connections: { budget: 24 },
+    // Held runs keep their heavy-job permit of the cluster (a run waits between its units, it
+    // has not ended): the read-only integrity-check must not queue behind them here.
+    worker: { heavyJobsPerCluster: 8 },
     partitions: [
       { table: 'lag.events', column: 'ts', interval: 'day', premake: 2 },
       { table: 'lag.old', column: 'ts', interval: 'day', retention: '1 day', archive: false },

@@ -79,8 +79,9 @@ async function ask(method: string, url: string, body?: { json?: unknown; form?: 
 function routeRequests() {
   return ROUTES.map((r) => {
     const url = r.path.replace(':name', 'noop').replace(':queue', 'noop').replace(':id', '1');
-    const body =
-      r.body === 'json' ? { json: { sleepMs: 0 } } : r.body === 'form' ? { form: 'token=not-a-token' } : undefined;
+    // A well-formed body for each, so what is asked of Redis is what answers.
+    const json = r.path.startsWith('/api/governor/') ? { job: 'noop/1' } : { sleepMs: 0 };
+    const body = r.body === 'json' ? { json } : r.body === 'form' ? { form: 'token=not-a-token' } : undefined;
     return { route: r, label: `${r.method.toUpperCase()} ${r.path}`, send: () => ask(r.method, url, body) };
   });
 }
