@@ -80,7 +80,7 @@ function routeRequests() {
   return ROUTES.map((r) => {
     const url = r.path.replace(':name', 'noop').replace(':queue', 'noop').replace(':id', '1');
     // A well-formed body for each, so what is asked of Redis is what answers.
-    const json = r.path.startsWith('/api/governor/') ? { job: 'noop/1' } : { sleepMs: 0 };
+    const json = r.path.startsWith('/api/governor/') ? { queue: 'vacuum-analyze' } : { sleepMs: 0 };
     const body = r.body === 'json' ? { json } : r.body === 'form' ? { form: 'token=not-a-token' } : undefined;
     return { route: r, label: `${r.method.toUpperCase()} ${r.path}`, send: () => ask(r.method, url, body) };
   });
