@@ -2,7 +2,9 @@
 // backup, and the job is completed by another worker process.
 import fs from 'node:fs';
 import path from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, assert, beforeAll, describe, expect, it } from 'vitest';
+import type { BaseBackupResult } from '../../jobs/base-backup.ts';
+import type { PitrDrillResult } from '../../jobs/pitr-drill.ts';
 import { baseDir, dumpDir, listBaseBackups, listDumps } from '../../src/backup/catalog.ts';
 import type { Runtime } from '../../src/runner/runtime.ts';
 import { createHarness, waitForFinished, waitUntil, waitUntilBlocked, type Harness } from '../support/harness.ts';
@@ -48,7 +50,9 @@ describe('base-backup under SIGKILL', () => {
     const { state, job: done } = await waitForFinished(rt.queues.get('base-backup'), job.id!, 90_000);
     expect(state).toBe('completed');
     const listed = (await listBaseBackups(h.backupDir, 'main')).bases;
-    expect(listed.map((b) => b.manifest.label)).toEqual([(done.returnvalue as { label: string }).label]);
+    const result = done.returnvalue as BaseBackupResult;
+    assert(!('skipped' in result), 'the base backup skipped');
+    expect(listed.map((b) => b.manifest.label)).toEqual([result.label]);
     // The interrupted run's directory was removed by the run that completed.
     expect(fs.readdirSync(dir).filter((e) => e.startsWith('.'))).toEqual([]);
     const { logs } = await rt.queues.get('base-backup').getJobLogs(job.id!);
@@ -120,7 +124,7 @@ describe('pitr-drill taken over after its worker died', () => {
     await second.waitFor(/worker started/);
     const { state, job: done } = await waitForFinished(rt.queues.get('pitr-drill'), job.id!, 120_000);
     expect(state, done.failedReason).toBe('completed');
-    const result = done.returnvalue as { checks: { name: string; ok: boolean }[] };
+    const result = done.returnvalue as PitrDrillResult;
     expect(result.checks.every((c) => c.ok)).toBe(true);
     // Both attempts wrote markers; each under its own drill id.
     const { rows } = await pool.query(

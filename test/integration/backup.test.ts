@@ -1,8 +1,8 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { dumpDir } from '../../jobs/backup.ts';
+import { afterAll, assert, beforeAll, describe, expect, it } from 'vitest';
+import { type BackupResult, dumpDir } from '../../jobs/backup.ts';
 import { binPath, runProcess } from '../../src/core/proc.ts';
 import { startWorkers } from '../../src/cli/roles.ts';
 import type { Runtime } from '../../src/runner/runtime.ts';
@@ -30,7 +30,8 @@ describe('backup', () => {
     const { job } = await rt.queues.enqueue('backup', {});
     const { state, job: done } = await finished(job.id!);
     expect(state).toBe('completed');
-    const result = done.returnvalue as { file: string; manifest: string; sha256: string; bytes: number };
+    const result = done.returnvalue as BackupResult;
+    assert(!('skipped' in result), 'the backup skipped');
     const manifest = JSON.parse(fs.readFileSync(result.manifest, 'utf8'));
     const actual = createHash('sha256').update(fs.readFileSync(result.file)).digest('hex');
     expect(manifest.sha256).toBe(actual);

@@ -6,6 +6,7 @@ import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { ArchiveCheckResult } from '../../jobs/archive-check.ts';
 import { humanDuration } from '../../src/cli/table.ts';
 import { startWorkers } from '../../src/cli/roles.ts';
 import type { PostgresInstance } from '../../src/dev/devstack.ts';
@@ -60,7 +61,7 @@ async function status(args: string[]) {
  * archive-check while the server writes a WAL segment every 0.3 s and each takes 2 s to
  * archive: the archive is behind when the check reads it.
  */
-async function checkWhileBusy(): Promise<{ lagSeconds: number; lagSegments: number }> {
+async function checkWhileBusy(): Promise<ArchiveCheckResult> {
   const dir = cluster.walArchiveDir;
   const setCommand = async (command: string) => {
     await db.query(`alter system set archive_command = '${command}'`);
@@ -90,7 +91,7 @@ async function checkWhileBusy(): Promise<{ lagSeconds: number; lagSegments: numb
   try {
     const done = await run('archive-check', { maxLagSegments: 1000 });
     expect(done.state, done.job.failedReason).toBe('completed');
-    return done.job.returnvalue as { lagSeconds: number; lagSegments: number };
+    return done.job.returnvalue as ArchiveCheckResult;
   } finally {
     busy = false;
     await writing;

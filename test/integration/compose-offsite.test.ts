@@ -13,6 +13,7 @@ import type pg from 'pg';
 import S3rver from 's3rver';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import YAML from 'yaml';
+import type { PitrDrillResult } from '../../jobs/pitr-drill.ts';
 import { chownTree, postgresUser } from '../../src/core/local-postgres.ts';
 import { runProcess } from '../../src/core/proc.ts';
 import type { Runtime } from '../../src/runner/runtime.ts';
@@ -177,7 +178,7 @@ describe('the off-site profile: pgBackRest in the bucket over TLS, with the comp
     await pool.query('insert into ledger select g from generate_series(5001, 6000) g');
     const r = await run('pitr-drill', {});
     expect(r.state, r.job.failedReason).toBe('completed');
-    const checks = (r.job.returnvalue as { checks: { name: string; ok: boolean }[] }).checks;
+    const checks = (r.job.returnvalue as PitrDrillResult).checks;
     expect(checks.filter((c) => !c.ok)).toEqual([]);
     expect(checks.map((c) => c.name)).toContain('rows of public.ledger at T');
     const prune = await run('prune-backups', { dryRun: true });

@@ -1,6 +1,6 @@
 import { DateTime } from 'luxon';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { PolicyResult } from '../../jobs/create-partitions.ts';
+import type { CreatePartitionsResult, PolicyResult } from '../../jobs/create-partitions.ts';
 import { startWorkers } from '../../src/cli/roles.ts';
 import type { Runtime } from '../../src/runner/runtime.ts';
 import { createHarness, waitForFinished, type Harness } from '../support/harness.ts';
@@ -77,7 +77,7 @@ function expectContiguous(b: { from: string; to: string }[]) {
 }
 
 function resultFor(job: { returnvalue: unknown }, table: string): PolicyResult {
-  return (job.returnvalue as { policies: PolicyResult[] }).policies.find((p) => p.table === table)!;
+  return (job.returnvalue as CreatePartitionsResult).policies.find((p) => p.table === table)!;
 }
 
 describe('create-partitions', () => {

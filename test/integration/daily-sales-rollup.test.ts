@@ -2,6 +2,7 @@
 // equals a GROUP BY over the sources, a second run changes nothing, the local day
 // of Asia/Dhaka decides where an order belongs, and cancelled orders drop out.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { DailySalesRollupResult } from '../../jobs/daily-sales-rollup.ts';
 import { seedDairy } from '../../src/dev/dairy.ts';
 import { startWorkers } from '../../src/cli/roles.ts';
 import type { Runtime } from '../../src/runner/runtime.ts';
@@ -24,14 +25,7 @@ async function rollup(payload: object) {
   const { state, job: done } = await waitForFinished(rt.queues.get('daily-sales-rollup'), job.id!);
   expect(done.failedReason).toBeUndefined();
   expect(state).toBe('completed');
-  return done.returnvalue as {
-    from: string;
-    to: string;
-    days: number;
-    upserted: number;
-    deleted: number;
-    groups: number;
-  };
+  return done.returnvalue as DailySalesRollupResult;
 }
 
 /** The aggregate read back, and the same figures computed straight from the sources
@@ -157,7 +151,7 @@ describe('daily-sales-rollup', () => {
     expect(logs.join('\n')).toMatch(/filled meanwhile by another run; upserting instead/);
     const { agg, direct } = await compare(from, to);
     expect(agg).toEqual(direct);
-    expect((done.returnvalue as { upserted: number }).upserted).toBe(direct.length);
+    expect((done.returnvalue as DailySalesRollupResult).upserted).toBe(direct.length);
   });
 
   it('refuses a backfill with only one end, or backwards, naming the field', async () => {

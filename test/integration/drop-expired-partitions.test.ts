@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { DropExpiredPartitionsResult } from '../../jobs/drop-expired-partitions.ts';
 import { binPath, runPipeline, runProcess } from '../../src/core/proc.ts';
 import { startWorkers } from '../../src/cli/roles.ts';
 import type { Runtime } from '../../src/runner/runtime.ts';
@@ -77,22 +78,12 @@ async function run(payload: object, runtime = rt) {
   return waitForFinished(runtime.queues.get('drop-expired-partitions'), job.id!);
 }
 
-type Result = {
-  policies: {
-    table: string;
-    plan: { action: string; sql?: string; partition: string }[];
-    dropped: string[];
-    archives: { file: string; rows: number; sha256: string; partition: string }[];
-    bytesFreed: number;
-  }[];
-};
-
 describe('drop-expired-partitions', () => {
   it('dry run returns the exact plan and changes nothing; the real run executes that plan', async () => {
     const before = await partitions('ret.daily');
     const dry = await run({ tables: ['ret.daily'], dryRun: true, now: '2026-01-10T12:00:00Z' });
     expect(dry.state).toBe('completed');
-    const dryPolicy = (dry.job.returnvalue as Result).policies[0]!;
+    const dryPolicy = (dry.job.returnvalue as DropExpiredPartitionsResult).policies[0]!;
     // Cut-off 2026-01-05 12:00: days 1–4 end at or before it; day 5 ends after it.
     expect(dryPolicy.plan.filter((s) => s.action === 'drop').map((s) => s.partition)).toEqual([
       'ret.daily_p20260101',
@@ -111,7 +102,7 @@ describe('drop-expired-partitions', () => {
     // One attempt: a retry would plan only what the first left, and hide why it failed.
     const { logs } = await rt.queues.get('drop-expired-partitions').getJobLogs(real.job.id!);
     expect(real.job.attemptsMade, logs.join('\n')).toBe(1);
-    const done = (real.job.returnvalue as Result).policies[0]!;
+    const done = (real.job.returnvalue as DropExpiredPartitionsResult).policies[0]!;
     expect(done.plan).toEqual(dryPolicy.plan);
     expect(done.dropped).toHaveLength(4);
     expect(done.bytesFreed).toBeGreaterThan(0);
@@ -156,14 +147,14 @@ describe('drop-expired-partitions', () => {
 
     // A second run has nothing left to do.
     const again = await run({ tables: ['ret.daily'], now: '2026-01-10T12:00:00Z' });
-    expect((again.job.returnvalue as Result).policies[0]!.plan).toEqual([]);
+    expect((again.job.returnvalue as DropExpiredPartitionsResult).policies[0]!.plan).toEqual([]);
   });
 
   it('never drops the newest partition, even when everything is past the cut-off', async () => {
     const { job } = await run({ tables: ['ret.daily'], dryRun: true, now: '2027-01-01T00:00:00Z' });
-    const drops = (job.returnvalue as Result).policies[0]!.plan.filter((s) => s.action === 'drop').map(
-      (s) => s.partition,
-    );
+    const drops = (job.returnvalue as DropExpiredPartitionsResult).policies[0]!.plan.filter(
+      (s) => s.action === 'drop',
+    ).map((s) => s.partition);
     expect(drops).not.toContain('ret.daily_p20260110');
     expect(drops).toHaveLength(5);
   });
@@ -220,7 +211,7 @@ describe('drop-expired-partitions', () => {
     );
     const { state, job } = await run({ tables: ['ret.legacy'], now: '2026-01-03T00:00:00Z' });
     expect(state, job.failedReason).toBe('completed');
-    const done = (job.returnvalue as Result).policies[0]!;
+    const done = (job.returnvalue as DropExpiredPartitionsResult).policies[0]!;
     expect(done.dropped).toEqual(['ret.legacy_p20260101']);
     expect(done.archives).toMatchObject([{ partition: 'ret.legacy_p20260101', file, rows: 10, sha256 }]);
     const { logs } = await rt.queues.get('drop-expired-partitions').getJobLogs(job.id!);
@@ -262,7 +253,7 @@ describe('drop-expired-partitions', () => {
 
     const again = await run({ tables: ['ret.cut'], now: '2026-01-04T00:00:00Z' });
     expect(again.state).toBe('completed');
-    expect((again.job.returnvalue as Result).policies[0]!.dropped.sort()).toEqual([
+    expect((again.job.returnvalue as DropExpiredPartitionsResult).policies[0]!.dropped.sort()).toEqual([
       'ret.cut_p20260101',
       'ret.cut_p20260102',
     ]);

@@ -13,6 +13,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import request from 'supertest';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { DropExpiredPartitionsResult } from '../../jobs/drop-expired-partitions.ts';
 import { startWorkers } from '../../src/cli/roles.ts';
 import { loadConfig } from '../../src/core/config.ts';
 import { ConfigError } from '../../src/core/errors.ts';
@@ -146,22 +147,13 @@ function archivedData(file: string): Record<string, { rows: number; sha256: stri
   return out;
 }
 
-interface DropResult {
-  policies: {
-    table: string;
-    dropped: string[];
-    archives: { partition: string; rows: number; file: string }[];
-    skipped: unknown[];
-  }[];
-}
-
 describe('governor: by hand', () => {
   it("throttle holds drop-expired-partitions between partitions, in pg_dump; its result: a calm run's", async () => {
     // The run left alone, for comparison.
     const calm = await rt.queues.enqueue('drop-expired-partitions', { tables: ['calm.days'], now: NOW });
     const calmDone = await waitForFinished(rt.queues.get('drop-expired-partitions'), calm.job.id!, 120_000);
     expect(calmDone.state, calmDone.job.failedReason).toBe('completed');
-    const calmPolicy = (calmDone.job.returnvalue as DropResult).policies[0]!;
+    const calmPolicy = (calmDone.job.returnvalue as DropExpiredPartitionsResult).policies[0]!;
     expect(calmPolicy.dropped).toEqual(['calm.days_p20260101', 'calm.days_p20260102', 'calm.days_p20260103']);
 
     // The first detach waits on this lock: the run is then inside its first partition.
@@ -240,7 +232,7 @@ describe('governor: by hand', () => {
     await resume({ job: id }).expect(200);
     const done = await waitForFinished(rt.queues.get('drop-expired-partitions'), id, 120_000);
     expect(done.state, done.job.failedReason).toBe('completed');
-    const policy = (done.job.returnvalue as DropResult).policies[0]!;
+    const policy = (done.job.returnvalue as DropExpiredPartitionsResult).policies[0]!;
     // The same work as the run left alone: the same partitions dropped, the same rows archived.
     const asRet = (s: string) => s.replace(/^calm\./, 'ret.');
     expect(policy.dropped).toEqual(calmPolicy.dropped.map(asRet));

@@ -6,9 +6,12 @@
 // status say so, and the next run goes on from there.
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, assert, beforeAll, describe, expect, it } from 'vitest';
+import type { DropExpiredPartitionsResult } from '../../jobs/drop-expired-partitions.ts';
+import type { VacuumAnalyzeResult } from '../../jobs/vacuum-analyze.ts';
 import { startWorkers } from '../../src/cli/roles.ts';
 import { ALERT_RULES } from '../../src/core/config.ts';
+import type { Deferral } from '../../src/core/errors.ts';
 import { binPath, runProcess } from '../../src/core/proc.ts';
 import { readGovernor } from '../../src/governor/board.ts';
 import { Controls } from '../../src/governor/controls.ts';
@@ -138,7 +141,8 @@ describe('governor: load on the target', () => {
     await endLoad();
     const done = await waitForFinished(rt.queues.get('vacuum-analyze'), job.id!);
     expect(done.state, done.job.failedReason).toBe('completed');
-    const r = done.job.returnvalue as { tables: { table: string; skipped?: string }[]; left: string[] };
+    const r = done.job.returnvalue as VacuumAnalyzeResult;
+    assert('tables' in r, 'a dry run');
     expect(r.tables.find((t) => t.table === 'load.c')?.skipped).toBe('dropped since it was chosen');
     expect(r.tables.filter((t) => !t.skipped).map((t) => t.table)).toEqual(
       expect.arrayContaining(['load.a', 'load.b']),
@@ -218,8 +222,7 @@ describe('governor: load on the target', () => {
     const done = await waitForFinished(rt.queues.get('drop-expired-partitions'), job.id!, 60_000);
     expect(done.state, done.job.failedReason).toBe('completed');
     expect(done.job.attemptsMade).toBe(2);
-    const policy = (done.job.returnvalue as { policies: { dropped: string[]; archives: { rows: number }[] }[] })
-      .policies[0]!;
+    const policy = (done.job.returnvalue as DropExpiredPartitionsResult).policies[0]!;
     expect(policy.dropped).toEqual(['ret.days_p20260101', 'ret.days_p20260102', 'ret.days_p20260103']);
     expect(policy.archives.map((a) => a.rows)).toEqual([100, 100, 100]);
     const open = await h.admin.query(
@@ -238,7 +241,9 @@ describe('governor: load on the target', () => {
     const { job } = await rt.queues.enqueue('vacuum-analyze', payload);
     const done = await waitForFinished(rt.queues.get('vacuum-analyze'), job.id!, 60_000);
     expect(done.state, done.job.failedReason).toBe('completed');
-    const r = done.job.returnvalue as { tables: unknown[]; left: string[]; deferred: Record<string, unknown> };
+    // deferred: the worker adds it to the result of a run stopped by load (src/runner/worker.ts).
+    const r = done.job.returnvalue as VacuumAnalyzeResult & { deferred: Deferral };
+    assert('tables' in r, 'a dry run');
     expect(r.tables).toEqual([]);
     expect(r.left.sort()).toEqual(['load.a', 'load.b', 'load.c']);
     expect(r.deferred).toMatchObject({
@@ -280,7 +285,9 @@ describe('governor: load on the target', () => {
         (await rt.queues.enqueue('vacuum-analyze', payload)).job.id!,
       );
       expect(next.state, next.job.failedReason).toBe('completed');
-      expect((next.job.returnvalue as { left: string[] }).left).toEqual([]);
+      const nextResult = next.job.returnvalue as VacuumAnalyzeResult;
+      assert('left' in nextResult, 'a dry run');
+      expect(nextResult.left).toEqual([]);
       expect((await monitor.evaluate())!.resolved).toEqual(['governor-held:vacuum-analyze:main']);
     } finally {
       rt.config.alerts.disabled = saved;
@@ -296,6 +303,6 @@ describe('governor: load on the target', () => {
     });
     const done = await waitForFinished(rt.queues.get('vacuum-analyze'), job.id!, 60_000);
     expect(done.state, done.job.failedReason).toBe('completed');
-    expect((done.job.returnvalue as { deferred: { limit: string } }).deferred.limit).toBe('its time budget');
+    expect((done.job.returnvalue as { deferred: Deferral }).deferred.limit).toBe('its time budget');
   });
 });

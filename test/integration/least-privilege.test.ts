@@ -2,6 +2,7 @@
 // (the "Database grants" SQL there), not a superuser: the jobs it is granted for
 // work, and one it is not granted for fails at once with PostgreSQL's own reason.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { CreatePartitionsResult } from '../../jobs/create-partitions.ts';
 import { listDumps } from '../../src/backup/catalog.ts';
 import { seedDairy } from '../../src/dev/dairy.ts';
 import { startWorkers } from '../../src/cli/roles.ts';
@@ -63,9 +64,7 @@ describe('the runner under a least-privilege role', () => {
       const { state, job } = await run('create-partitions', { tables: ['iot.sensor_reading'] });
       expect(job.failedReason ?? '').toBe('');
       expect(state).toBe('completed');
-      expect((job.returnvalue as { policies: { created: unknown[] }[] }).policies[0]!.created.length).toBeGreaterThan(
-        0,
-      );
+      expect((job.returnvalue as CreatePartitionsResult).policies[0]!.created.length).toBeGreaterThan(0);
       const denied = await run('create-partitions', { tables: ['sales.sale_order'] });
       expect(denied.state).toBe('failed');
       expect(denied.job.attemptsMade).toBe(1);

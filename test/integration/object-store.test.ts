@@ -6,7 +6,9 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import request from 'supertest';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, assert, beforeAll, describe, expect, it } from 'vitest';
+import type { BackupResult } from '../../jobs/backup.ts';
+import type { DropExpiredPartitionsResult } from '../../jobs/drop-expired-partitions.ts';
 import { dumpDir, listDumps } from '../../src/backup/catalog.ts';
 import { readBackupCatalog } from '../../src/backup/target-catalog.ts';
 import { HealthReader } from '../../src/monitoring/health.ts';
@@ -153,7 +155,9 @@ describe('a dump only in the bucket, read where no bucket is configured', () => 
   it('is listed as unavailable, never counted: not in the API, not in the dump age the alert reads', async () => {
     const b = await run('backup', {});
     expect(b.state, b.job.failedReason).toBe('completed');
-    const { name, object } = b.job.returnvalue as { name: string; object: string };
+    const result = b.job.returnvalue as BackupResult;
+    assert(!('skipped' in result), 'the backup skipped');
+    const { name, object } = result;
     // The same BACKUP_DIR and database without objectStore: a plain `pgmaint demo` after an --offsite one.
     const plainFile = path.join(h.dir, 'plain.json');
     fs.writeFileSync(plainFile, JSON.stringify({ redis: { prefix: `{t-${h.id}-plain}` } }));
@@ -187,27 +191,23 @@ describe('partition archives in the object store', () => {
   it('an expired partition is archived to the bucket, encrypted and verified, before it is dropped', async () => {
     const r = await run('drop-expired-partitions', { now: '2026-01-05T00:00:00Z' });
     expect(r.state, r.job.failedReason).toBe('completed');
-    type Archive = {
-      partition: string;
-      rows: number;
-      manifest: string;
-      object: { key: string; encryption: { keyId: string } };
-    };
-    const archives = (r.job.returnvalue as { policies: { archives: Archive[] }[] }).policies[0]!.archives;
+    const archives = (r.job.returnvalue as DropExpiredPartitionsResult).policies[0]!.archives;
     expect(archives[0]).toMatchObject({
       partition: 'app.events_p20260101',
       rows: 50,
       object: { encryption: { keyId: 'k2026' } },
     });
-    expect(archives[0]!.object.key).toMatch(/^pgmaint\/partitions\/main\/app\.events-\d{8}T\d{9}Z\.dump\.zst\.enc$/);
+    const stored = archives[0]!.object;
+    assert(stored, 'the archive has no object');
+    expect(stored.key).toMatch(/^pgmaint\/partitions\/main\/app\.events-\d{8}T\d{9}Z\.dump\.zst\.enc$/);
     // keepLocal: false — the archive is the object; the result and the log name it, not the removed file.
-    const where = `s3://${s3.bucket}/${archives[0]!.object.key}`;
+    const where = `s3://${s3.bucket}/${stored.key}`;
     expect(archives[0]).toMatchObject({ file: where, manifest: expect.stringMatching(/\.dump\.zst\.manifest\.json$/) });
     expect(fs.existsSync(archives[0]!.manifest)).toBe(true);
     expect(fs.existsSync(archives[0]!.manifest.replace(/\.manifest\.json$/, ''))).toBe(false);
     const { logs } = await rt.queues.get('drop-expired-partitions').getJobLogs(r.job.id!);
     expect(logs.join('\n')).toContain(`archived app.events_p20260101: 50 rows, in ${where} (`);
-    expect(fs.readFileSync(storedFile(archives[0]!.object.key)).subarray(0, 8).toString()).toBe('PGMENC1\n');
+    expect(fs.readFileSync(storedFile(stored.key)).subarray(0, 8).toString()).toBe('PGMENC1\n');
     const { rows } = await h.admin.query(`select to_regclass('app.events_p20260101') as t`);
     expect(rows[0].t).toBeNull();
   });
@@ -227,7 +227,9 @@ describe('workers on two hosts', () => {
     workers.push(a, b);
     const backup = await run('backup', {}, client);
     expect(backup.state, backup.job.failedReason).toBe('completed');
-    const file = (backup.job.returnvalue as { name: string }).name;
+    const result = backup.job.returnvalue as BackupResult;
+    assert(!('skipped' in result), 'the backup skipped');
+    const file = result.name;
     expect(fs.existsSync(path.join(h.dir, 'host-b', 'dumps', 'main', `${file}.manifest.json`))).toBe(false);
     const check = await run('restore-check', {}, client);
     expect(check.state, check.job.failedReason).toBe('completed');

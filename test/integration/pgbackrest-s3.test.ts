@@ -6,6 +6,7 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { PitrDrillResult } from '../../jobs/pitr-drill.ts';
 import { startWorkers } from '../../src/cli/roles.ts';
 import type { Runtime } from '../../src/runner/runtime.ts';
 import { createHarness, waitForFinished, type Harness } from '../support/harness.ts';
@@ -65,7 +66,7 @@ describe('pgbackrest engine with an encrypted S3 repository', () => {
   it('the drill restores from the bucket to T and passes', async () => {
     const r = await run('pitr-drill', {});
     expect(r.state, r.job.failedReason).toBe('completed');
-    const checks = (r.job.returnvalue as { checks: { name: string; ok: boolean }[] }).checks;
+    const checks = (r.job.returnvalue as PitrDrillResult).checks;
     expect(checks.every((c) => c.ok)).toBe(true);
     expect(checks.find((c) => c.name === 'rows of public.herd at T')).toBeDefined();
   });

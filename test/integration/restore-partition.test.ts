@@ -9,6 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import request from 'supertest';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { DropExpiredPartitionsResult } from '../../jobs/drop-expired-partitions.ts';
 import { startWorkers } from '../../src/cli/roles.ts';
 import { type S3Server, startS3 } from '../../src/dev/s3.ts';
 import { createApp } from '../../src/http/app.ts';
@@ -186,7 +187,7 @@ describe('restore-partition from local storage', () => {
     const after = await run('drop-expired-partitions', { now: '2099-02-01T00:00:00Z', tables: ['sales.sale_order'] });
     expect(after.state, after.job.failedReason).toBe('completed');
     expect(await place('sales', 'sale_order_p202402')).toBe('missing');
-    expect((after.job.returnvalue as { policies: { dropped: string[] }[] }).policies[0]!.dropped).toContain(
+    expect((after.job.returnvalue as DropExpiredPartitionsResult).policies[0]!.dropped).toContain(
       'sales.sale_order_p202402',
     );
   });

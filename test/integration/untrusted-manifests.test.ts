@@ -7,7 +7,10 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import request from 'supertest';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, assert, beforeAll, describe, expect, it } from 'vitest';
+import type { BackupResult } from '../../jobs/backup.ts';
+import type { DropExpiredPartitionsResult } from '../../jobs/drop-expired-partitions.ts';
+import type { PruneBackupsResult } from '../../jobs/prune-backups.ts';
 import { dumpDir, type ListedDump, listDumps } from '../../src/backup/catalog.ts';
 import { type ObjectStore, objectStoreFor } from '../../src/backup/object-store.ts';
 import { startWorkers } from '../../src/cli/roles.ts';
@@ -71,7 +74,9 @@ beforeAll(async () => {
   startWorkers(rt, ['backup', 'prune-backups', 'restore-check', 'drop-expired-partitions']);
   const b = await run('backup', {});
   expect(b.state, b.job.failedReason).toBe('completed');
-  const file = (b.job.returnvalue as { file: string }).file;
+  const result = b.job.returnvalue as BackupResult;
+  assert(!('skipped' in result), 'the backup skipped');
+  const file = result.file;
   real = { path: file, manifest: JSON.parse(fs.readFileSync(`${file}.manifest.json`, 'utf8')) };
   expect(real.manifest.object?.key).toBe(`pgm/dumps/main/${real.manifest.file}`);
 });
@@ -157,7 +162,7 @@ describe('dump manifests', () => {
       const logs = await logsOf('prune-backups', prune.job.id!);
       expect(logs).toContain(`refused s3://${s3.bucket}/${climbing}: file "../../../victim": must be a dump file name`);
       expect(logs).not.toMatch(/remove \.\.\/|remove main-2020/);
-      const plan = (prune.job.returnvalue as { plan: { dumps: unknown[]; refused: unknown[] } }).plan;
+      const plan = (prune.job.returnvalue as PruneBackupsResult).plan;
       expect(plan.dumps).toEqual([expect.objectContaining({ file: real.manifest.file, action: 'keep' })]);
       expect(plan.refused).toEqual(expect.arrayContaining(refused));
     },
@@ -214,7 +219,7 @@ describe('what a manifest is read from', () => {
         // keepLast 1: the newest is kept, so the local dump (2099) stays whatever the bucket says.
         const prune = await run('prune-backups', { dryRun: true });
         expect(prune.state, prune.job.failedReason).toBe('completed');
-        const plan = (prune.job.returnvalue as { plan: { dumps: { file: string }[] } }).plan;
+        const plan = (prune.job.returnvalue as PruneBackupsResult).plan;
         expect(plan.dumps.find((d) => d.file === name)).toMatchObject({
           finishedAt: local.finishedAt,
           action: 'keep',
@@ -308,10 +313,7 @@ describe('partition archives', () => {
       );
       const r = await run('drop-expired-partitions', { tables: ['ret.legacy'], now: '2026-01-03T00:00:00Z' });
       expect(r.state, r.job.failedReason).toBe('completed');
-      type Result = {
-        policies: { dropped: string[]; archives: { partition: string; file: string; rows: number }[] }[];
-      };
-      const done = (r.job.returnvalue as Result).policies[0]!;
+      const done = (r.job.returnvalue as DropExpiredPartitionsResult).policies[0]!;
       expect(done.dropped).toEqual(['ret.legacy_p20260101']);
       expect(done.archives).toEqual([expect.objectContaining({ partition: 'ret.legacy_p20260101', rows: 10 })]);
       expect(done.archives[0]!.file.startsWith(path.join(h.backupDir, 'partitions', 'main') + path.sep)).toBe(true);

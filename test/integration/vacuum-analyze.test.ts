@@ -2,7 +2,8 @@
 // untouched one is not; a partitioned parent is analyzed; the time budget stops the
 // run cleanly; a table whose lock is held is skipped.
 import type pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, assert, beforeAll, describe, expect, it } from 'vitest';
+import type { VacuumAnalyzeResult } from '../../jobs/vacuum-analyze.ts';
 import { startWorkers } from '../../src/cli/roles.ts';
 import type { Runtime } from '../../src/runner/runtime.ts';
 import { createHarness, waitForFinished, waitUntil, waitUntilBlocked, type Harness } from '../support/harness.ts';
@@ -50,20 +51,7 @@ async function run(payload: object) {
   const { state, job: done } = await waitForFinished(rt.queues.get('vacuum-analyze'), job.id!);
   expect(done.failedReason).toBeUndefined();
   expect(state).toBe('completed');
-  return done.returnvalue as {
-    tables: {
-      table: string;
-      action: string;
-      reasons: string[];
-      deadBefore: number;
-      deadAfter?: number;
-      skipped?: string;
-    }[];
-    left: string[];
-    stoppedAtBudget: boolean;
-    throttle: { costDelay: string; costLimit: number };
-    chosen: any;
-  };
+  return done.returnvalue as VacuumAnalyzeResult;
 }
 
 describe('vacuum-analyze', () => {
@@ -71,7 +59,8 @@ describe('vacuum-analyze', () => {
     'dry run: chooses the table after mass deletes and the never-analyzed parent, not the untouched ' + 'table',
     async () => {
       const r = await run({ dryRun: true });
-      const chosen = r.chosen as { table: string; action: string; reasons: string[] }[];
+      assert('dryRun' in r, 'not a dry run');
+      const chosen = r.chosen;
       expect(chosen.map((c) => c.table).sort()).toEqual(['farm.churn', 'farm.reading']);
       expect(chosen.find((c) => c.table === 'farm.churn')).toMatchObject({
         action: 'VACUUM ANALYZE',
@@ -91,6 +80,7 @@ describe('vacuum-analyze', () => {
     await holder.query('begin; lock table farm.churn in share update exclusive mode');
     try {
       const r = await run({ lockTimeout: '300ms' });
+      assert('tables' in r, 'a dry run');
       expect(r.tables.find((t) => t.table === 'farm.churn')).toMatchObject({
         skipped: 'lock not available within 300ms (lock_timeout)',
       });
@@ -104,6 +94,7 @@ describe('vacuum-analyze', () => {
 
   it('vacuums the churned table (dead tuples 30000 → 0) and has analyzed the partitioned parent', async () => {
     const r = await run({});
+    assert('tables' in r, 'a dry run');
     expect(r.tables.map((t) => t.table)).toEqual(['farm.churn']); // the parent was analyzed by the previous run
     expect(r.tables[0]).toMatchObject({ action: 'VACUUM ANALYZE', deadBefore: 30000, deadAfter: 0 });
     // Throttled as autovacuum is, by default: the session's setting as the server took it.
@@ -113,6 +104,7 @@ describe('vacuum-analyze', () => {
     );
     expect(rows[0].n).toBeGreaterThan(0);
     const again = await run({ costDelayMs: 0 });
+    assert('tables' in again, 'a dry run');
     expect(again.tables).toEqual([]);
     expect(again.throttle).toEqual({ costDelay: '0', costLimit: 200 });
   });
@@ -142,6 +134,7 @@ describe('vacuum-analyze', () => {
     // Throttled to a crawl, the first table cannot finish in 2 s.
     const t0 = Date.now();
     const r = await run({ budgetSeconds: 2, costDelayMs: 100, costLimit: 1 });
+    assert('tables' in r, 'a dry run');
     expect(Date.now() - t0).toBeLessThan(60_000);
     expect(r.stoppedAtBudget).toBe(true);
     expect(r.tables).toHaveLength(1);
@@ -155,6 +148,7 @@ describe('vacuum-analyze', () => {
     expect(state).toBe('failed');
     expect(done.failedReason).toMatch(/^PERMANENT: vacuumFull: farm\.nope is not a table of this database/);
     const r = await run({ vacuumFull: ['farm.quiet'], dryRun: true });
+    assert('dryRun' in r, 'not a dry run');
     expect(r.chosen).toContainEqual(expect.objectContaining({ table: 'farm.quiet', action: 'VACUUM FULL ANALYZE' }));
   });
 
@@ -209,6 +203,7 @@ describe('vacuum-analyze', () => {
       await holder.query('begin; lock table lab.b in share update exclusive mode');
       const r = await run({ schemas: ['lab'], lockTimeout: '300ms' });
       await holder.query('rollback');
+      assert('tables' in r, 'a dry run');
       expect(r.tables.map((t) => [t.table, t.skipped])).toEqual([
         ['lab.a', undefined],
         ['lab.b', 'lock not available within 300ms (lock_timeout)'],
