@@ -328,8 +328,13 @@ function checkSecretVariables(f: File, env: NodeJS.ProcessEnv): void {
   }
   if (f.encryption) {
     if (!f.objectStore) throw new ConfigError('encryption: needs objectStore (it encrypts what goes to the bucket)');
+    const ids = new Set<string>();
     for (const [i, k] of [f.encryption, ...f.encryption.previousKeys].entries()) {
       const where = i === 0 ? 'encryption.keyEnv' : `encryption.previousKeys.${i - 1}.keyEnv`;
+      // An object names its key by id: one id must mean one key.
+      if (ids.has(k.keyId))
+        throw new ConfigError(`encryption.previousKeys.${i - 1}.keyId: "${k.keyId}" is already given a key`);
+      ids.add(k.keyId);
       const text = env[k.keyEnv];
       if (!text) throw new ConfigError(`${k.keyEnv} (${where}): is not set`);
       try {
