@@ -29,10 +29,13 @@ async function decrypt(enc: Buffer, keys = byId): Promise<Buffer> {
   return Buffer.concat(out);
 }
 
+/** The length of an object's header: magic, key id length, key id, and (PGMENC2) the object id. */
+const headerOf = (enc: Buffer) => 8 + 1 + enc[8]! + (enc.subarray(0, 8).toString() === 'PGMENC2\n' ? 16 : 0);
+
 /** Where each chunk starts and ends in an encrypted object ([nonce][length][ciphertext][tag] after the header). */
-function chunks(enc: Buffer, headerLength: number): [number, number][] {
+function chunks(enc: Buffer): [number, number][] {
   const out: [number, number][] = [];
-  for (let at = headerLength; at < enc.length; ) {
+  for (let at = headerOf(enc); at < enc.length; ) {
     const end = at + 12 + 4 + enc.readUInt32BE(at + 12) + 16;
     out.push([at, end]);
     at = end;
@@ -61,24 +64,23 @@ function legacyObject(k: EncryptionKey, data: Buffer): Buffer {
 }
 
 describe('objects bound to their id', () => {
-  const header = 8 + 1 + 2 + 16;
-
   it('a chunk spliced in from another object, at the same index and under the same key, fails', async () => {
     const a = await encrypt(randomBytes(2.5 * CHUNK));
     const b = await encrypt(randomBytes(2.5 * CHUNK));
-    const [, a1] = [chunks(a, header)[0]!, chunks(a, header)[1]!];
-    const b1 = chunks(b, header)[1]!;
+    const a1 = chunks(a)[1]!;
+    const b1 = chunks(b)[1]!;
     const spliced = Buffer.concat([a.subarray(0, a1[0]), b.subarray(b1[0], b1[1]), a.subarray(a1[1])]);
     expect(spliced.length).toBe(a.length);
     await expect(decrypt(spliced)).rejects.toThrow(
       /s3:\/\/b\/dumps\/main\/x\.dump\.enc: cannot decrypt: chunk 1 fails authentication/,
     );
-    // Another object's last chunk in place of this one's (the truncation flag alone would pass it).
-    const aLast = chunks(a, header).at(-1)!;
-    const bLast = chunks(b, header).at(-1)!;
+    // Another object's last chunk in place of this one's (the last-chunk flag alone would pass it).
+    const aLast = chunks(a).at(-1)!;
+    const bLast = chunks(b).at(-1)!;
     const tail = Buffer.concat([a.subarray(0, aLast[0]), b.subarray(bLast[0], bLast[1])]);
     await expect(decrypt(tail)).rejects.toThrow(/chunk 2 fails authentication/);
-    // A whole object under another's header (its id) fails at its first chunk.
+    // A whole object's chunks under another's header (its object id) fail at the first.
+    const header = headerOf(a);
     await expect(decrypt(Buffer.concat([a.subarray(0, header), b.subarray(header)]))).rejects.toThrow(
       /chunk 0 fails authentication/,
     );
@@ -88,7 +90,8 @@ describe('objects bound to their id', () => {
     const a = await encrypt(Buffer.from('same'));
     const b = await encrypt(Buffer.from('same'));
     expect(a.subarray(0, 11).toString()).toBe('PGMENC2\n\u0002k1');
-    expect(a.subarray(11, header).equals(b.subarray(11, header))).toBe(false);
+    expect(headerOf(a)).toBe(8 + 1 + 2 + 16);
+    expect(a.subarray(11, 27).equals(b.subarray(11, 27))).toBe(false);
     expect((await decrypt(a)).toString()).toBe('same');
   });
 
