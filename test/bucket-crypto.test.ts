@@ -85,7 +85,7 @@ afterAll(async () => {
 let oldDump: string;
 
 describe('authenticated manifests', () => {
-  it('an edited row count in a dump manifest, in the bucket or locally, is refused by name; restored, it counts', async () => {
+  it('an edited row count in a dump manifest (bucket or local) is refused by name; restored, it counts', async () => {
     const b = await run('backup', {});
     expect(b.state, b.job.failedReason).toBe('completed');
     oldDump = (b.job.returnvalue as { name: string }).name;
@@ -192,7 +192,8 @@ describe('key rotation', () => {
     await expect(
       store.download(listed.object, path.join(h.dir, 'old.dump')).finally(() => store.close()),
     ).rejects.toThrow(
-      `s3://${s3.bucket}/${listed.object.key}: cannot decrypt: it was encrypted with key "k2026", which is not configured`,
+      `s3://${s3.bucket}/${listed.object.key}: cannot decrypt: it was encrypted with key "k2026", ` +
+        'which is not configured',
     );
   });
 

@@ -105,7 +105,7 @@ describe('objects bound to their id', () => {
     await expect(decrypt(old.subarray(0, old.length - 100))).rejects.toThrow(/the object is truncated/);
   });
 
-  it('a key id that is not configured fails, naming the object and the id; a wrong key fails, naming the object', async () => {
+  it('a key id not configured fails naming the object and the id; a wrong key fails naming the object', async () => {
     const enc = await encrypt(randomBytes(1000));
     await expect(decrypt(enc, () => undefined)).rejects.toThrow(
       's3://b/dumps/main/x.dump.enc: cannot decrypt: it was encrypted with key "k1", which is not configured',
