@@ -127,7 +127,8 @@ describe('dumps in the object store', () => {
     expect(r.job.failedReason).toMatch(/refused \S+\/main-\S+\.dump\.manifest\.json: its MAC is by key "k2026", /);
     expect(r.job.failedReason).toContain('and the key configured under that id is another one (a wrong key)');
     // The object itself, read with that key, fails naming the object.
-    const [dump] = (await listDumps(h.backupDir, 'main')).dumps;
+    const good = objectStoreFor(rt.config)!;
+    const [dump] = (await listDumps(h.backupDir, 'main', good).finally(() => good.close())).dumps;
     const store = objectStoreFor(other.config)!;
     const tmp = path.join(h.dir, 'wrong-key.dump');
     await expect(store.download(dump!.manifest.object!, tmp).finally(() => store.close())).rejects.toThrow(
