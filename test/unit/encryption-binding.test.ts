@@ -6,10 +6,10 @@ import { createCipheriv, randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { describe, expect, it } from 'vitest';
-import { decryptStream, encryptStream } from '../src/backup/encryption.ts';
-import { Keyring } from '../src/backup/keyring.ts';
-import { canonicalJson, sealManifest, whyUnauthenticated } from '../src/backup/manifest-mac.ts';
-import type { EncryptionKey } from '../src/core/key.ts';
+import { decryptStream, encryptStream } from '../../src/backup/encryption.ts';
+import { Keyring } from '../../src/backup/keyring.ts';
+import { canonicalJson, sealManifest, whyUnauthenticated } from '../../src/backup/manifest-mac.ts';
+import type { EncryptionKey } from '../../src/core/key.ts';
 
 const CHUNK = 1024 * 1024;
 const k1: EncryptionKey = { id: 'k1', key: randomBytes(32) };
