@@ -10,6 +10,8 @@ import { z } from 'zod';
 import { ensureWritableDir, runAlone } from '../src/backup/run-guard.ts';
 import type pg from 'pg';
 import { dumpDir, type DumpManifest } from '../src/backup/catalog.ts';
+import { keyringFor } from '../src/backup/keyring.ts';
+import { sealManifest } from '../src/backup/manifest-mac.ts';
 import { fileStamp, publish, sha256File, sha256Tree, writeJsonAtomic } from '../src/core/files.ts';
 import { defineJob, type JobResult, targetField, type JobContext } from '../src/runner/job-definition.ts';
 import { quoteIdent } from '../src/core/sql.ts';
@@ -298,9 +300,11 @@ async function publishDump(
     jobId: ctx.jobId,
     ...(object ? { object } : {}),
   };
-  await writeJsonAtomic(`${final}.manifest.json`, manifest);
+  // Authenticated (with encryption configured) before it is written anywhere: manifest-mac.ts.
+  const sealed = sealManifest(manifest, keyringFor(ctx.config));
+  await writeJsonAtomic(`${final}.manifest.json`, sealed);
   // The bucket's copy of the manifest is what workers on other hosts list.
-  if (object) await withObjectStore(ctx.config, (s) => s!.putJson(s!.manifestKey('dumps', p.target, name), manifest));
+  if (object) await withObjectStore(ctx.config, (s) => s!.putJson(s!.manifestKey('dumps', p.target, name), sealed));
   // Where the dump lives from now on: what the result, the history and the board name.
   let file = final;
   if (object && !ctx.config.objectStore!.keepLocal) {

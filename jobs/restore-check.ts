@@ -68,7 +68,9 @@ const job = defineJob({
         (p.dump
           ? `dump: no verified dump ${p.dump} of target "${p.target}"`
           : `no verified dump of target "${p.target}"; run backup first`) +
-          (refused.length ? ` (${refused.length} manifests refused: see the run's log)` : ''),
+          (refused.length
+            ? ` (${refused.length} manifests refused, see the run's log; the first: ${refusalLine(refused[0]!)})`
+            : ''),
         'NO_DUMP',
       );
     const m = chosen.manifest;

@@ -2,8 +2,11 @@
 // or a bucket's object is data: its names pass the same validators as a payload's
 // (names.ts), it must describe the thing beside which it lies (its own file name, its
 // target, its key in the bucket), and a manifest that does not is refused, by name,
-// never listed nor acted on.
+// never listed nor acted on. With encryption configured, a manifest's MAC is checked
+// before anything else in it (manifest-mac.ts).
 import { z } from 'zod';
+import type { Keyring } from './keyring.ts';
+import { whyUnauthenticated } from './manifest-mac.ts';
 import { baseBackupLabel, dumpFileName, walSegmentName } from './names.ts';
 
 /** A manifest or record that was read and refused: where it is, and why. */
@@ -16,9 +19,11 @@ export interface Refusal {
 /** How a job's log says it: "refused s3://b/k: file \"../x\": must be a dump file name …". */
 export const refusalLine = (r: Refusal) => `refused ${r.object}: ${r.reason}`;
 
-/** The bucket's side of a check: which bucket, and where an object of a name must be. */
+/** The bucket's side of a check: which bucket, where an object of a name must be, the keys that authenticate. */
 export interface BucketPlace {
   readonly bucket: string;
+  /** With encryption configured: a manifest must carry a MAC that verifies under one of these keys. */
+  readonly keyring?: Keyring;
   objectKey(kind: 'dumps' | 'partitions', target: string, name: string, encrypted: boolean): string;
 }
 
@@ -105,9 +110,12 @@ type Checked<T> = { ok: true; value: T } | { ok: false; reason: string };
 /**
  * A dump manifest found as `name` (its file name, or the last part of its key) while
  * listing `target`: it must describe `<file>.manifest.json` = name, and its object, when a
- * bucket is given, must be that bucket's object of the same name.
+ * bucket is given, must be that bucket's object of the same name. With the bucket's keyring
+ * (encryption configured) its MAC is checked first, local manifest or the bucket's.
  */
 export function checkDumpManifest<T>(input: unknown, target: string, name: string, place?: BucketPlace): Checked<T> {
+  const unauthenticated = whyUnauthenticated(input, place?.keyring);
+  if (unauthenticated) return { ok: false, reason: unauthenticated };
   const parsed = dumpManifestSchema(target).safeParse(input);
   if (!parsed.success) return { ok: false, reason: explain(input, parsed.error) };
   const m = parsed.data;

@@ -21,8 +21,8 @@ import {
 import { Upload } from '@aws-sdk/lib-storage';
 import { type Config, type ConfigSecrets, configSecrets } from '../core/config.ts';
 import { GovernorAbortedError, GovernorDeferredError, ObjectStoreError } from '../core/errors.ts';
-import { type EncryptionKey, parseKey } from '../core/key.ts';
 import { decryptStream, encryptStream } from './encryption.ts';
+import { type Keyring, keyringOf } from './keyring.ts';
 import type { BucketPlace } from './manifest-checks.ts';
 import { MAX_CATALOG_OBJECT_BYTES, type ObjectText, tooLarge } from './manifest-read.ts';
 import { type ObjectStoreConfig, s3ClientFor } from './s3-client.ts';
@@ -55,14 +55,17 @@ export class ObjectStore implements BucketPlace {
   private readonly client: S3Client;
   /** With answerWithinMs: aborts every request still running that long after this store was made. */
   private readonly deadline?: AbortSignal;
+  /** The encryption keys, when encryption is configured: objects and manifests are written with the current one. */
+  readonly keyring: Keyring | undefined;
 
   constructor(
     private readonly cfg: ObjectStoreConfig,
     private readonly encryption: Config['encryption'],
-    private readonly secrets: ConfigSecrets,
+    secrets: ConfigSecrets,
     private readonly answerWithinMs?: number,
   ) {
     this.client = s3ClientFor(cfg, secrets.s3);
+    this.keyring = keyringOf(encryption, secrets);
     if (answerWithinMs !== undefined) this.deadline = AbortSignal.timeout(answerWithinMs);
   }
 
@@ -124,22 +127,12 @@ export class ObjectStore implements BucketPlace {
     );
   }
 
-  private currentKey(): EncryptionKey | undefined {
-    const e = this.encryption;
-    return e ? parseKey(e.keyId, this.secrets.keys[e.keyId] ?? '') : undefined;
-  }
-
-  private keyById(id: string): EncryptionKey | undefined {
-    const text = this.secrets.keys[id];
-    return text ? parseKey(id, text) : undefined;
-  }
-
   /**
    * Uploads a local file (encrypted when a key is configured), then reads it back to prove it.
    * `pace` (the load governor's pacer) stops the reading while the run is held.
    */
   async upload(file: string, key: string, signal?: AbortSignal, pace?: Transform): Promise<StoredObject> {
-    const k = this.currentKey();
+    const k = this.keyring?.current;
     const hash = createHash('sha256');
     let bytes = 0;
     // Hashes what is sent as it passes; a Transform, not a 'data' listener, so the
@@ -252,7 +245,7 @@ export class ObjectStore implements BucketPlace {
       tap.on('data', (c: Buffer) => hash.update(c));
       // A pacer per attempt: a broken pipeline destroys its stages.
       const stages: NodeJS.ReadWriteStream[] = pace ? [pace(), tap] : [tap];
-      if (o.encryption) stages.push(decryptStream((id) => this.keyById(id), what));
+      if (o.encryption) stages.push(decryptStream((id) => this.keyring?.byId(id), what));
       // createWriteStream truncates: a read started again writes the file again.
       await pipeline([body, ...stages, createWriteStream(file)], { signal });
       return hash.digest('hex');

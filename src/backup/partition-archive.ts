@@ -15,7 +15,10 @@ import { binPath, runPipeline } from '../core/proc.ts';
 import { whyOutside } from '../core/paths.ts';
 import { quoteQualified } from '../core/sql.ts';
 import type { JobContext } from '../runner/job-definition.ts';
-import { checkObject, storedObjectSchema } from './manifest-checks.ts';
+import { keyringFor } from './keyring.ts';
+import { checkObject, parseJson, storedObjectSchema } from './manifest-checks.ts';
+import { sealManifest, whyUnauthenticated } from './manifest-mac.ts';
+import { readLocal } from './manifest-read.ts';
 import { partitionArchiveName } from './names.ts';
 import { objectStoreFor, objectUrl, type StoredObject } from './object-store.ts';
 
@@ -41,7 +44,7 @@ export interface ArchivedEntry {
   archiveSha256: string | null;
 }
 
-interface Manifest {
+export interface ArchiveManifest {
   sha256: string;
   bytes: number;
   /** Version 2: every partition in the file; version 1 (one partition a file) had `partition` and `rows`. */
@@ -63,7 +66,7 @@ export function splitQualified(partition: string): [string, string] {
 }
 
 /** The manifests already proven in a run, by archive file: a file several partitions share is read once. */
-export type ProvenArchives = Map<string, Promise<Manifest | undefined>>;
+export type ProvenArchives = Map<string, Promise<ArchiveManifest | undefined>>;
 
 /**
  * An archive an interrupted run finished (journal state archived) still counts if its
@@ -105,7 +108,7 @@ const exists = (file: string) =>
  * Why the journal's archive file, or its manifest's object, is not where this target's
  * archives lie (a journal row and a manifest are data, not paths to trust), or undefined.
  */
-async function untrusted(ctx: JobContext, file: string, manifest?: Manifest): Promise<string | undefined> {
+async function untrusted(ctx: JobContext, file: string, manifest?: ArchiveManifest): Promise<string | undefined> {
   const dir = archiveDir(ctx);
   const name = path.basename(file);
   if (!partitionArchiveName.safeParse(name).success || path.resolve(file) !== path.join(path.resolve(dir), name)) {
@@ -125,7 +128,7 @@ async function untrusted(ctx: JobContext, file: string, manifest?: Manifest): Pr
   }
 }
 
-async function provenManifest(ctx: JobContext, file: string, sha256: string): Promise<Manifest | undefined> {
+async function provenManifest(ctx: JobContext, file: string, sha256: string): Promise<ArchiveManifest | undefined> {
   const refuse = async (why: string) => {
     await ctx.log(`refused archive ${file} (retention journal): ${why}; its partitions are archived again`);
     return undefined;
@@ -133,7 +136,10 @@ async function provenManifest(ctx: JobContext, file: string, sha256: string): Pr
   const before = await untrusted(ctx, file);
   if (before) return refuse(before);
   try {
-    const manifest = JSON.parse(await fs.readFile(`${file}.manifest.json`, 'utf8')) as Manifest;
+    const read = await readArchiveManifest(ctx, `${file}${MANIFEST_SUFFIX}`);
+    if (!read) return undefined;
+    if (!read.ok) return refuse(`its manifest: ${read.reason}`);
+    const manifest = read.value;
     if (manifest.sha256 !== sha256) return undefined;
     const after = await untrusted(ctx, file, manifest);
     if (after) return refuse(`its manifest's ${after}`);
@@ -147,6 +153,25 @@ async function provenManifest(ctx: JobContext, file: string, sha256: string): Pr
   } catch {
     return undefined;
   }
+}
+
+/**
+ * A partition archive's manifest, read from its local file (never through a symlink, at
+ * most 1 MiB), or why it is refused: not JSON, or, with encryption configured, a MAC that
+ * is missing or does not verify; undefined when there is no such file. Its sha256 and row
+ * counts are believed only after this.
+ */
+export async function readArchiveManifest(
+  ctx: Pick<JobContext, 'config'>,
+  file: string,
+): Promise<{ ok: true; value: ArchiveManifest } | { ok: false; reason: string } | undefined> {
+  const read = await readLocal(file);
+  if (!read) return undefined;
+  if ('refused' in read) return { ok: false, reason: read.refused };
+  const json = parseJson(read.text);
+  if (!json.ok) return json;
+  const unauthenticated = whyUnauthenticated(json.value, keyringFor(ctx.config));
+  return unauthenticated ? { ok: false, reason: unauthenticated } : { ok: true, value: json.value as ArchiveManifest };
 }
 
 const archiveDir = (ctx: JobContext) => path.join(backupDirOf(ctx.config), 'partitions', ctx.target.name);
@@ -239,9 +264,11 @@ export async function archivePartitions(
       jobId: ctx.jobId,
       ...(object ? { object } : {}),
     };
-    await writeJsonAtomic(`${file}${MANIFEST_SUFFIX}`, manifestBody);
+    // Authenticated (with encryption configured) before it is written anywhere: manifest-mac.ts.
+    const sealed = sealManifest(manifestBody, keyringFor(ctx.config));
+    await writeJsonAtomic(`${file}${MANIFEST_SUFFIX}`, sealed);
     // In the bucket too, beside the object: with keepLocal false it is the only record a lost host leaves.
-    if (object) await putManifest(ctx, path.basename(file), manifestBody);
+    if (object) await putManifest(ctx, path.basename(file), sealed);
     const removed = object && !ctx.config.objectStore!.keepLocal;
     if (removed) await fs.rm(file, { force: true });
     const where = removed ? objectUrl(object) : file;

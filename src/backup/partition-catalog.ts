@@ -3,12 +3,14 @@
 // bucket when one is configured), checked before it is believed. A manifest names its
 // parent, the partitions in the file with their rows (and, since restores exist, their
 // bounds), the file's size and sha256, and where its verified copy in the bucket is.
+// With encryption configured a manifest must carry a MAC that verifies, or it is refused.
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
 import { whyOutside } from '../core/paths.ts';
 import { qualifiedName } from '../core/sql.ts';
 import { checkObject, parseJson, type Refusal, storedObjectSchema } from './manifest-checks.ts';
+import { whyUnauthenticated } from './manifest-mac.ts';
 import { readLocal, textOf } from './manifest-read.ts';
 import { partitionArchiveName } from './names.ts';
 import type { ObjectStore, StoredObject } from './object-store.ts';
@@ -72,6 +74,9 @@ type Checked = { ok: true; value: PartitionArchiveManifest } | { ok: false; reas
 function check(text: string, target: string, file: string, store?: ObjectStore): Checked {
   const json = parseJson(text);
   if (!json.ok) return json;
+  // With encryption configured, its MAC first: nothing in it is believed before (manifest-mac.ts).
+  const unauthenticated = whyUnauthenticated(json.value, store?.keyring);
+  if (unauthenticated) return { ok: false, reason: unauthenticated };
   const parsed = manifestSchema.safeParse(json.value);
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;

@@ -166,10 +166,15 @@ export class Pgbackrest {
     this.stanza = target.backup.stanza;
   }
 
-  /** Runs `pgbackrest <command>` for this target's stanza. */
+  /**
+   * Runs `pgbackrest <command>` for this target's stanza. A backup never expires anything by
+   * itself (--no-expire-auto, whatever repoN-retention-* say): sets and WAL go only through
+   * prune-backups, under its recovery-window and drill-lock guards.
+   */
   run(args: string[], opts: { signal?: AbortSignal; onStderrLine?: (line: string) => void } = {}) {
     const config = this.target.backup.configFile ? [`--config=${this.target.backup.configFile}`] : [];
-    return runProcess('pgbackrest', [...config, `--stanza=${this.stanza}`, ...args], {
+    const noExpiry = args[0] === 'backup' ? ['--no-expire-auto'] : [];
+    return runProcess('pgbackrest', [...config, `--stanza=${this.stanza}`, ...args, ...noExpiry], {
       ...postgresUser(),
       cwd: '/',
       // pgBackRest's options given as PGBACKREST_* variables (the repository's key and

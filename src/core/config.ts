@@ -6,6 +6,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { IANAZone } from 'luxon';
 import type { z } from 'zod';
+import { mergeConfig } from './merge-config.ts';
 import YAML from 'yaml';
 import {
   type backupEngineSchema,
@@ -328,8 +329,13 @@ function checkSecretVariables(f: File, env: NodeJS.ProcessEnv): void {
   }
   if (f.encryption) {
     if (!f.objectStore) throw new ConfigError('encryption: needs objectStore (it encrypts what goes to the bucket)');
+    const ids = new Set<string>();
     for (const [i, k] of [f.encryption, ...f.encryption.previousKeys].entries()) {
       const where = i === 0 ? 'encryption.keyEnv' : `encryption.previousKeys.${i - 1}.keyEnv`;
+      // An object names its key by id: one id must mean one key.
+      if (ids.has(k.keyId))
+        throw new ConfigError(`encryption.previousKeys.${i - 1}.keyId: "${k.keyId}" is already given a key`);
+      ids.add(k.keyId);
       const text = env[k.keyEnv];
       if (!text) throw new ConfigError(`${k.keyEnv} (${where}): is not set`);
       try {
@@ -380,16 +386,6 @@ function checkConnections(c: File['connections'], targets: Map<string, TargetCon
       );
     }
   }
-}
-
-const isPlainObject = (v: unknown): v is Record<string, unknown> =>
-  typeof v === 'object' && v !== null && !Array.isArray(v);
-
-function mergeConfig(base: unknown, over: unknown): unknown {
-  if (!isPlainObject(base) || !isPlainObject(over)) return over;
-  const out: Record<string, unknown> = { ...base };
-  for (const [k, v] of Object.entries(over)) out[k] = k in out ? mergeConfig(out[k], v) : v;
-  return out;
 }
 
 function resolveEngine(b: BackupEngine): BackupEngine {

@@ -111,7 +111,7 @@ describe('dumps in the object store', () => {
     expect(lines.at(-1)).toContain(`[100%] backup verified: ${where}, `);
     expect(lines.filter((l) => l.includes(dump!.path) && !l.includes(`${dump!.path}.manifest.json`))).toEqual([]);
     const stored = fs.readFileSync(storedFile(object.key));
-    expect(stored.subarray(0, 8).toString()).toBe('PGMENC1\n');
+    expect(stored.subarray(0, 8).toString()).toBe('PGMENC2\n');
     expect(stored.includes(Buffer.from('PGDMP'))).toBe(false); // no plaintext custom-format header
     const r = await run('restore-check', {});
     expect(r.state, r.job.failedReason).toBe('completed');
@@ -125,8 +125,16 @@ describe('dumps in the object store', () => {
     startWorkers(other, ['restore-check']);
     const r = await run('restore-check', {}, other);
     expect(r.state).toBe('failed');
-    expect(r.job.failedReason).toMatch(
-      /s3:\/\/pgmaint\/pgmaint\/dumps\/main\/\S+\.dump\.enc: cannot decrypt: chunk 0 fails authentication/,
+    // The manifests' MACs are checked first: the dump's manifest is refused, by name, as written under another key.
+    expect(r.job.failedReason).toMatch(/refused \S+\/main-\S+\.dump\.manifest\.json: its MAC is by key "k2026", /);
+    expect(r.job.failedReason).toContain('and the key configured under that id is another one (a wrong key)');
+    // The object itself, read with that key, fails naming the object.
+    const good = objectStoreFor(rt.config)!;
+    const [dump] = (await listDumps(h.backupDir, 'main', good).finally(() => good.close())).dumps;
+    const store = objectStoreFor(other.config)!;
+    const tmp = path.join(h.dir, 'wrong-key.dump');
+    await expect(store.download(dump!.manifest.object!, tmp).finally(() => store.close())).rejects.toThrow(
+      /^s3:\/\/pgmaint\/pgmaint\/dumps\/main\/\S+\.dump\.enc: cannot decrypt: chunk 0 fails authentication/,
     );
     rt = other;
   });
@@ -207,7 +215,7 @@ describe('partition archives in the object store', () => {
     expect(fs.existsSync(archives[0]!.manifest.replace(/\.manifest\.json$/, ''))).toBe(false);
     const { logs } = await rt.queues.get('drop-expired-partitions').getJobLogs(r.job.id!);
     expect(logs.join('\n')).toContain(`archived app.events_p20260101: 50 rows, in ${where} (`);
-    expect(fs.readFileSync(storedFile(stored.key)).subarray(0, 8).toString()).toBe('PGMENC1\n');
+    expect(fs.readFileSync(storedFile(stored.key)).subarray(0, 8).toString()).toBe('PGMENC2\n');
     const { rows } = await h.admin.query(`select to_regclass('app.events_p20260101') as t`);
     expect(rows[0].t).toBeNull();
   });

@@ -215,6 +215,28 @@ describe('archive-check, prune-backups and the catalog with the pgbackrest engin
   });
 });
 
+describe("pgBackRest's own retention", () => {
+  it('with repo1-retention-full set, a backup expires nothing by itself: only prune-backups expires', async () => {
+    const labels = async () =>
+      ((await stanza.pgbackrest(['info', '--output=json'])).stdout.match(/"label":"[^"]+"/g) ?? []).map(
+        (l) => JSON.parse(`{${l}}`).label as string,
+      );
+    const before = await labels();
+    expect(before.some((l) => /F$/.test(l))).toBe(true);
+    // pgBackRest would keep one full set and expire the older ones right after the backup.
+    const conf = fs.readFileSync(stanza.configFile, 'utf8');
+    fs.writeFileSync(stanza.configFile, `${conf}repo1-retention-full=1\nrepo1-retention-diff=1\n`);
+    try {
+      const full = await run('base-backup', { type: 'full' });
+      expect(full.state, full.job.failedReason).toBe('completed');
+      const after = await labels();
+      expect(after).toEqual([...before, (full.job.returnvalue as { label: string }).label]);
+    } finally {
+      fs.writeFileSync(stanza.configFile, conf);
+    }
+  });
+});
+
 describe('a damaged repository', () => {
   it('a set whose file was damaged in the repository fails verification, naming the set', async () => {
     const ok = await run('base-backup', { type: 'full' });

@@ -26,14 +26,14 @@ describe('chunked AES-256-GCM', () => {
     const data = randomBytes(3.5 * 1024 * 1024);
     const { enc, plain } = await roundTrip(data);
     expect(plain.equals(data)).toBe(true);
-    expect(enc.subarray(0, 8).toString()).toBe('PGMENC1\n');
+    expect(enc.subarray(0, 8).toString()).toBe('PGMENC2\n');
     expect((await roundTrip(Buffer.alloc(0))).plain.length).toBe(0);
   });
 
   it('refuses a truncated, altered or extended object, and an unknown key, naming the object', async () => {
     const data = randomBytes(2.5 * 1024 * 1024);
     const chunkBytes = 12 + 4 + 1024 * 1024 + 16;
-    const header = 8 + 1 + 2;
+    const header = 8 + 1 + 2 + 16; // magic, key id length, key id, object id
     await expect(roundTrip(data, (e) => e.subarray(0, header + 2 * chunkBytes))).rejects.toThrow(
       /obj: cannot decrypt: the object is truncated/,
     );
