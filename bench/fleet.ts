@@ -42,11 +42,7 @@ const redis = await startRedis({ dir: path.join(dir, 'redis') });
 const admin = new pg.Pool({ connectionString: pgi.url(), max: 2 });
 
 const dbName = (i: number) => `fleet_${String(i).padStart(4, '0')}`;
-const dbUrl = (name: string) => {
-  const u = new URL(pgi.url());
-  u.pathname = `/${name}`;
-  return u.toString();
-};
+const dbUrl = (name: string) => pgi.url(name);
 
 /** The template every target is copied from: two partitioned tables, as in the dairy ERP. */
 async function makeTemplate(): Promise<void> {
@@ -197,7 +193,7 @@ for (const n of SIZES) {
     ADMIN_TOKEN: TOKEN,
     PORT: String(port),
     HOST: '127.0.0.1',
-    LOG_LEVEL: 'warn',
+    LOG_LEVEL: 'info',
   };
   fs.mkdirSync(env.BACKUP_DIR, { recursive: true });
   const api = `http://127.0.0.1:${port}`;
@@ -213,7 +209,7 @@ for (const n of SIZES) {
     await until('/healthz', async () => (await fetch(`${api}/healthz`)).ok, 120_000);
     startup.push(performance.now() - t0);
   }
-  const schedules = (await (await fetch(`${api}/api/schedules`, auth)).json()) as unknown[];
+  const { schedules } = (await (await fetch(`${api}/api/schedules`, auth)).json()) as { schedules: unknown[] };
   const worker = startProcess('worker', env);
   await until('worker started', async () => /worker started/.test(worker.out()), 120_000);
   const pids = () => [server!.child.pid!, worker.child.pid!];
@@ -282,7 +278,10 @@ for (const n of SIZES) {
       `idle sessions at ${n} targets are 0 (server ${idle.get(sPid!) ?? 0}, worker ${idle.get(wPid!) ?? 0})`,
       (idle.get(sPid!) ?? 0) === 0 && (idle.get(wPid!) ?? 0) === 0,
     );
-    check(`each process's peak sessions ≤ its budget ${BUDGET} (${Math.max(...peak.values())})`, Math.max(...peak.values()) <= BUDGET);
+    check(
+      `each process's peak sessions ≤ its budget ${BUDGET} (${Math.max(...peak.values())})`,
+      Math.max(...peak.values()) <= BUDGET,
+    );
     check(`/metrics under 200 ms (median ${median(metrics).toFixed(0)} ms)`, median(metrics) < 200);
     check(`pgmaint status under 1 s (median ${median(cli).toFixed(0)} ms)`, median(cli) < 1000);
     check(`/healthz within 10 s of start (median ${(median(startup) / 1000).toFixed(1)} s)`, median(startup) < 10_000);
