@@ -67,9 +67,13 @@ async function checkWhileBusy(): Promise<ArchiveCheckResult> {
     await db.query(`alter system set archive_command = '${command}'`);
     await db.query('select pg_reload_conf()');
   };
-  // Each copy is back-dated a minute, so the lag reads the same on a slow machine; the
-  // check starts only once a segment shows the archiver runs this command, not the old one.
-  await setCommand(`test ! -f ${dir}/%f && sleep 2 && cp %p ${dir}/%f && touch -d "60 seconds ago" ${dir}/%f`);
+  // Each copy is back-dated a minute before it takes its name (so no reader sees it fresh),
+  // and the lag reads the same on a slow machine; the check starts only once a segment
+  // shows the archiver runs this command, not the old one.
+  await setCommand(
+    `test ! -f ${dir}/%f && sleep 2 && cp %p ${dir}/.%f.tmp && touch -d "60 seconds ago" ${dir}/.%f.tmp ` +
+      `&& mv ${dir}/.%f.tmp ${dir}/%f`,
+  );
   const deadline = Date.now() + 30_000;
   for (;;) {
     await db.query('insert into app.busy values (1)');
