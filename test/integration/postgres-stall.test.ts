@@ -4,10 +4,11 @@
 // within 5 s; what reads PostgreSQL is a 503 naming it and its variable; /readyz says which
 // check failed; round after round still answers (no client of the pool stays stuck); and
 // once PostgreSQL answers again the same server reads the history again.
+import { ask as askServer } from '../support/ask.ts';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BOARD_PATH, ROUTES } from '../../src/http/routes.ts';
 import { startServer } from '../../src/http/server.ts';
-import { ADMIN_TOKEN, createHarness, type Harness, waitUntil } from '../support/harness.ts';
+import { createHarness, type Harness, waitUntil } from '../support/harness.ts';
 import { type StallProxy, startStallProxy } from '../support/stall-proxy.ts';
 
 let h: Harness;
@@ -15,7 +16,6 @@ let proxy: StallProxy;
 let base: string;
 
 /** What every request must do: answer within this, whatever PostgreSQL does. */
-const ANSWER_WITHIN_MS = 5000;
 
 beforeAll(async () => {
   h = await createHarness('pg_stall');
@@ -34,35 +34,9 @@ afterAll(async () => {
   await proxy.close();
 });
 
-interface Answer {
-  status: number;
-  text: string;
-}
-
-/** One request with a client-side deadline: it answers, or the test fails saying which route hung. */
-async function ask(method: string, url: string, body?: { json?: unknown; form?: string }): Promise<Answer> {
-  const headers: Record<string, string> = { authorization: `Bearer ${ADMIN_TOKEN}` };
-  let payload: string | undefined;
-  if (body?.json !== undefined) {
-    headers['content-type'] = 'application/json';
-    payload = JSON.stringify(body.json);
-  } else if (body?.form !== undefined) {
-    headers['content-type'] = 'application/x-www-form-urlencoded';
-    payload = body.form;
-  }
-  try {
-    const res = await fetch(`${base}${url}`, {
-      method: method.toUpperCase(),
-      headers,
-      body: payload,
-      redirect: 'manual',
-      signal: AbortSignal.timeout(ANSWER_WITHIN_MS),
-    });
-    return { status: res.status, text: await res.text() };
-  } catch (err) {
-    throw new Error(`${method.toUpperCase()} ${url} gave no answer within ${ANSWER_WITHIN_MS} ms: ${err}`);
-  }
-}
+/** One request with the 5 s deadline, to this file's server. */
+const ask = (method: string, url: string, body?: { json?: unknown; form?: string }) =>
+  askServer(base, method, url, body);
 
 const NAMES_POSTGRES = /^PostgreSQL \(DATABASE_URL postgres:\/\/[^)]*@127\.0\.0\.1:\d+\/t_pg_stall_\w+\) /;
 

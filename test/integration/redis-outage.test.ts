@@ -7,13 +7,14 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
+import { type Answer, ask as askServer } from '../support/ask.ts';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startWorkers } from '../../src/cli/roles.ts';
 import { startRedis, type RedisInstance } from '../../src/dev/devstack.ts';
 import { startServer } from '../../src/http/server.ts';
 import { BOARD_PATH, ROUTES } from '../../src/http/routes.ts';
 import type { Runtime } from '../../src/runner/runtime.ts';
-import { ADMIN_TOKEN, createHarness, type Harness, waitForFinished, waitUntil } from '../support/harness.ts';
+import { createHarness, type Harness, waitForFinished, waitUntil } from '../support/harness.ts';
 
 let h: Harness;
 let redis: RedisInstance;
@@ -22,7 +23,6 @@ let rt: Runtime;
 let base: string;
 
 /** What every request must do: answer within this, whatever Redis does. */
-const ANSWER_WITHIN_MS = 5000;
 
 beforeAll(async () => {
   h = await createHarness('redis-outage');
@@ -45,35 +45,9 @@ afterAll(async () => {
   await redis.stop();
 });
 
-interface Answer {
-  status: number;
-  text: string;
-}
-
-/** One request with a client-side deadline: it answers, or the test fails saying which route hung. */
-async function ask(method: string, url: string, body?: { json?: unknown; form?: string }): Promise<Answer> {
-  const headers: Record<string, string> = { authorization: `Bearer ${ADMIN_TOKEN}` };
-  let payload: string | undefined;
-  if (body?.json !== undefined) {
-    headers['content-type'] = 'application/json';
-    payload = JSON.stringify(body.json);
-  } else if (body?.form !== undefined) {
-    headers['content-type'] = 'application/x-www-form-urlencoded';
-    payload = body.form;
-  }
-  try {
-    const res = await fetch(`${base}${url}`, {
-      method: method.toUpperCase(),
-      headers,
-      body: payload,
-      redirect: 'manual',
-      signal: AbortSignal.timeout(ANSWER_WITHIN_MS),
-    });
-    return { status: res.status, text: await res.text() };
-  } catch (err) {
-    throw new Error(`${method.toUpperCase()} ${url} gave no answer within ${ANSWER_WITHIN_MS} ms: ${err}`);
-  }
-}
+/** One request with the 5 s deadline, to this file's server. */
+const ask = (method: string, url: string, body?: { json?: unknown; form?: string }) =>
+  askServer(base, method, url, body);
 
 /** A request to every route of the route table (a new route is covered by itself). */
 function routeRequests() {
