@@ -158,7 +158,12 @@ export class HealthReader {
     return (history && postgresFailureMessage(history, err)) ?? this.describeError(err);
   }
 
-  async take(now = Date.now()): Promise<HealthSnapshot> {
+  /** A reading; its sessions on the targets end with it (Connections.releaseIdle). */
+  take(now = Date.now()): Promise<HealthSnapshot> {
+    return this.readAll(now).finally(() => this.rt.connections.releaseIdle('monitor'));
+  }
+
+  private async readAll(now: number): Promise<HealthSnapshot> {
     const { rt } = this;
     const errors: Record<string, string> = {};
     const part = <T>(name: string, p: Promise<T>, fallback: T): Promise<T> =>

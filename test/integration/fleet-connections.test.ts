@@ -16,6 +16,7 @@ import { ConfigError } from '../../src/core/errors.ts';
 import { freePort } from '../../src/dev/devstack.ts';
 import { startServer } from '../../src/http/server.ts';
 import type { AlertMonitor } from '../../src/monitoring/alerts.ts';
+import { HealthReader } from '../../src/monitoring/health.ts';
 import type { StatusReport } from '../../src/monitoring/status.ts';
 import type { Runtime } from '../../src/runner/runtime.ts';
 import { ADMIN_TOKEN, createHarness, waitForFinished, waitUntil, type Harness } from '../support/harness.ts';
@@ -356,6 +357,37 @@ describe('connections by budget', () => {
     } finally {
       await sampler.stop();
       await sampler.close();
+    }
+  });
+
+  it('a health reading ends its sessions on the targets when it is done, not an idle timeout later', async () => {
+    const dbs = [mainDb, await targetDb('read1'), await targetDb('read2')];
+    h.configFile({
+      targets: {
+        main: { schedules: 'none' },
+        read1: { url: dbUrl(dbs[1]!), schedules: 'none' },
+        read2: { url: dbUrl(dbs[2]!), schedules: 'none' },
+      },
+      partitions: [policy('main'), policy('read1'), policy('read2')],
+    });
+    const rt = h.runtime({ jobs, schedules: [] });
+    const sampler = sessionSampler(dbs);
+    const readings = `select count(*)::int as n from pg_stat_activity
+      where datname = any($1) and application_name = 'pgmaint/monitor'`;
+    try {
+      const snapshot = await new HealthReader(rt).take();
+      expect(snapshot.targets.map((t) => [t.target, t.reachable])).toEqual([
+        ['main', true],
+        ['read1', true],
+        ['read2', true],
+      ]);
+      expect(await sampler.stop()).toBeGreaterThan(0); // the reading had sessions while it read
+      // At once, with the idle timeout (10 s) far off: the next reading is a sampler interval away.
+      expect((await h.admin.query<{ n: number }>(readings, [dbs])).rows[0]!.n).toBe(0);
+    } finally {
+      await sampler.stop();
+      await sampler.close();
+      await rt.close();
     }
   });
 
