@@ -4,15 +4,19 @@
 // the processes: the server's start-up to /healthz, the schedulers, the sessions each
 // process holds idle and at its peak (pg_stat_activity, each session mapped to its
 // process through `ss`), /api/status, /metrics (time and size) and `pgmaint status
-// --json` through the API, and a fleet-wide create-partitions run. Each timed read runs
-// `rounds` times; a row shows the median and min–max, and the figure per target.
-//   npm run bench:fleet [-- --targets 10,100,1000 --rounds 3 --budget 10]
+// --json` through the API, a fleet-wide create-partitions run (enqueued on every target),
+// the processes' RSS and Redis's memory, and then create-partitions and vacuum-analyze
+// scheduled on every target for one minute, once without and once with `spread`. Each
+// timed read runs `rounds` times; a row shows the median and min–max, and the figure per
+// target.
+//   npm run bench:fleet [-- --targets 10,100,1000 --rounds 3 --budget 10 --spread 60s]
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs, promisify } from 'node:util';
 import { Queue } from 'bullmq';
+import { Redis } from 'ioredis';
 import pg from 'pg';
 import { freePort, startPostgres, startRedis } from '../src/dev/devstack.ts';
 import { fmt, loadAverage, median, printTable, type Sample } from './method.ts';
@@ -23,11 +27,15 @@ const { values } = parseArgs({
     rounds: { type: 'string', default: '3' },
     budget: { type: 'string', default: '10' },
     keep: { type: 'boolean', default: false },
+    /** The window the scheduled round's runs are spread over (shorter than a minute's cron can take: < 24 h). */
+    spread: { type: 'string', default: '60s' },
   },
 });
 const SIZES = values.targets.split(',').map(Number);
 const ROUNDS = Math.max(3, Number(values.rounds));
 const BUDGET = Number(values.budget);
+const SPREAD = values.spread;
+const SCHEDULED_JOBS = ['create-partitions', 'vacuum-analyze'];
 const run = promisify(execFile);
 const BIN = path.resolve(import.meta.dirname, '../bin/pgmaint.js');
 const TOKEN = 'fleet-bench-admin-token-0123456789';
@@ -40,6 +48,7 @@ const pgi = await startPostgres({
 });
 const redis = await startRedis({ dir: path.join(dir, 'redis') });
 const admin = new pg.Pool({ connectionString: pgi.url(), max: 2 });
+const redisClient = new Redis(redis.url);
 
 const dbName = (i: number) => `fleet_${String(i).padStart(4, '0')}`;
 const dbUrl = (name: string) => pgi.url(name);
@@ -62,23 +71,36 @@ async function ensureTargets(n: number): Promise<void> {
   for (; created < n; created++) await admin.query(`create database ${dbName(created + 1)} template fleet_template`);
 }
 
-function writeConfig(n: number): string {
+/**
+ * The fleet's config: every target with the default schedules, or (`round`) with none but
+ * create-partitions and vacuum-analyze once a day at `round.cron`, spread or not.
+ */
+function writeConfig(n: number, round?: { cron: string; spread?: string }): string {
   const targets: Record<string, object> = {};
   const partitions: object[] = [];
+  const schedules: object[] = [];
   for (let i = 1; i <= n; i++) {
     const name = dbName(i);
-    targets[name] = { url: dbUrl(name), schedules: 'default' };
+    targets[name] = { url: dbUrl(name), schedules: round ? 'none' : 'default' };
+    if (round)
+      for (const job of ['create-partitions', 'vacuum-analyze'])
+        schedules.push({ id: `${job}-${name}`, job, cron: round.cron, tz: 'UTC', target: name });
     partitions.push(
       { table: 'sales.sale_order', column: 'date_order', interval: 'month', retention: '24 months', target: name },
       { table: 'iot.sensor_reading', column: 'read_at', interval: 'day', retention: '90 days', target: name },
     );
   }
-  const file = path.join(dir, `fleet-${n}.json`);
+  const file = path.join(dir, `fleet-${n}${round ? `-${round.spread ?? 'together'}` : ''}.json`);
+  const spread = round?.spread ? { spread: round.spread } : {};
   fs.writeFileSync(
     file,
     JSON.stringify({
       targets,
       partitions,
+      ...(round && {
+        schedules,
+        jobs: { 'create-partitions': spread, 'vacuum-analyze': spread },
+      }),
       redis: { prefix: `{fleet${n}}` },
       connections: { budget: BUDGET },
       // Every run of the fleet-wide round stays countable.
@@ -94,11 +116,19 @@ interface Proc {
   stop(): Promise<void>;
 }
 
+/** Every server and worker started: none outlives a bench that fails. */
+const started = new Set<ChildProcess>();
+process.on('exit', () => {
+  for (const child of started) child.kill('SIGKILL');
+});
+
 function startProcess(role: string, env: Record<string, string>): Proc {
   const child = spawn(process.execPath, [BIN, role], {
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
+  started.add(child);
+  child.once('exit', () => started.delete(child));
   let out = '';
   child.stdout!.on('data', (d) => (out += d));
   child.stderr!.on('data', (d) => (out += d));
@@ -153,6 +183,36 @@ function peakWatcher(pids: () => number[]) {
   };
 }
 
+/**
+ * What each process holds for good: its fewest sessions over `ms` (a sampler interval plus the
+ * idle timeout, so a reading's or a run's sessions come and go inside it), and its mean.
+ */
+async function idleWindow(pids: number[], ms: number): Promise<Map<number, { floor: number; mean: number }>> {
+  const seen = new Map<number, number[]>(pids.map((p) => [p, []]));
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    const counts = await sessionsByPid().catch(() => undefined);
+    if (counts) for (const pid of pids) seen.get(pid)!.push(counts.get(pid) ?? 0);
+    await new Promise((r) => setTimeout(r, 500));
+  }
+  return new Map(
+    [...seen].map(([pid, xs]) => [pid, { floor: Math.min(...xs), mean: xs.reduce((a, b) => a + b, 0) / xs.length }]),
+  );
+}
+
+/** A process's resident memory now and at its peak (VmRSS, VmHWM), MiB. */
+function rss(pid: number): { now: number; peak: number } {
+  const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+  const kb = (key: string) => Number(new RegExp(`^${key}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? NaN);
+  return { now: kb('VmRSS') / 1024, peak: kb('VmHWM') / 1024 };
+}
+
+/** Redis's used_memory, MiB. */
+async function redisMemory(): Promise<number> {
+  const info = await redisClient.info('memory');
+  return Number(/^used_memory:(\d+)/m.exec(info)![1]) / 2 ** 20;
+}
+
 async function timedFetch(url: string, init?: RequestInit): Promise<{ ms: number; bytes: number; status: number }> {
   const t0 = performance.now();
   const res = await fetch(url, { ...init, signal: AbortSignal.timeout(120_000) });
@@ -186,6 +246,7 @@ await makeTemplate();
 for (const n of SIZES) {
   console.error(`\n== ${n} targets`);
   await ensureTargets(n);
+  await redisClient.flushall(); // each size's Redis memory is its own
   const port = await freePort();
   const env = {
     DATABASE_URL: dbUrl(dbName(1)),
@@ -248,9 +309,59 @@ for (const n of SIZES) {
   await queue.close();
   const fleetRun = performance.now() - t0;
   const peak = await peaks.stop();
-  // Idle: after the pools' idle timeout, what each process still holds.
-  await new Promise((r) => setTimeout(r, 15_000));
-  const idle = await sessionsByPid();
+  const [sPid, wPid] = pids();
+  const memory = { server: rss(sPid!), worker: rss(wPid!), redis: await redisMemory() };
+  // Idle: what each process holds for good, over a sampler interval plus the idle timeout (and a margin).
+  const idleSeen = await idleWindow([sPid!, wPid!], 45_000);
+  const idle = new Map([...idleSeen].map(([pid, v]) => [pid, v.floor]));
+  const idleMean = (pid: number) => idleSeen.get(pid)!.mean.toFixed(1);
+  await worker.stop();
+  await server!.stop();
+  const mib = (x: number) => `${x.toFixed(0)} MiB`;
+  const perT = (x: number) => `${((x * 1024) / n).toFixed(1)} KiB`;
+  const laterRows: string[][] = [];
+  laterRows.push(
+    [
+      `${n}`,
+      'server RSS after the run (peak)',
+      `${mib(memory.server.now)} (${mib(memory.server.peak)})`,
+      perT(memory.server.now),
+    ],
+    [
+      `${n}`,
+      'worker RSS after the run (peak)',
+      `${mib(memory.worker.now)} (${mib(memory.worker.peak)})`,
+      perT(memory.worker.now),
+    ],
+    [`${n}`, 'Redis used_memory after the run', mib(memory.redis), perT(memory.redis)],
+  );
+  let roundPeak = 0;
+  for (const spread of [undefined, SPREAD]) {
+    const r = await scheduledRound(n, env, spread);
+    roundPeak = Math.max(roundPeak, ...r.peak);
+    const how = spread ? `spread over ${spread}` : 'not spread';
+    const w = { median: median(r.waits) / 1000, max: Math.max(...r.waits) / 1000 };
+    laterRows.push(
+      [
+        `${n}`,
+        `scheduled create-partitions + vacuum-analyze, ${how}: minute to last end (${r.failed} failed)`,
+        `${(r.done / 1000).toFixed(1)} s`,
+        `${(r.done / n).toFixed(0)} ms`,
+      ],
+      [
+        `${n}`,
+        `  ↳ wait from scheduled time to start, median (max)`,
+        `${w.median.toFixed(1)} s (${w.max.toFixed(1)} s)`,
+        '–',
+      ],
+      [
+        `${n}`,
+        `  ↳ runs waiting at once (peak); sessions server / worker (peak)`,
+        `${r.peakWaiting}; ${r.peak[0]} / ${r.peak[1]}`,
+        '–',
+      ],
+    );
+  }
 
   const st = sample('status', status);
   const me = sample('metrics', metrics);
@@ -268,30 +379,85 @@ for (const n of SIZES) {
       `${(fleetRun / 1000).toFixed(1)} s`,
       `${(fleetRun / n).toFixed(0)} ms`,
     ],
+    ...laterRows,
   );
-  const [sPid, wPid] = pids();
   sessionRows.push([
     `${n}`,
-    `${idle.get(sPid!) ?? 0} / ${idle.get(wPid!) ?? 0}`,
-    `${peak.get(sPid!) ?? 0} / ${peak.get(wPid!) ?? 0}`,
+    `${idle.get(sPid!) ?? 0} / ${idle.get(wPid!) ?? 0} (mean ${idleMean(sPid!)} / ${idleMean(wPid!)})`,
+    `${peak.get(sPid!) ?? 0} / ${peak.get(wPid!) ?? 0}; scheduled rounds ${roundPeak}`,
     `${BUDGET}`,
   ]);
   if (n >= 1000) {
     const check = (what: string, ok: boolean) => verdicts.push(`${ok ? 'met' : 'NOT met'}: ${what}`);
     check(
-      `idle sessions at ${n} targets are 0 (server ${idle.get(sPid!) ?? 0}, worker ${idle.get(wPid!) ?? 0})`,
+      `sessions held for good at ${n} targets are 0 (server ${idle.get(sPid!) ?? 0}, worker ${idle.get(wPid!) ?? 0})`,
       (idle.get(sPid!) ?? 0) === 0 && (idle.get(wPid!) ?? 0) === 0,
     );
     check(
-      `each process's peak sessions ≤ its budget ${BUDGET} (${Math.max(...peak.values())})`,
-      Math.max(...peak.values()) <= BUDGET,
+      `each process's peak sessions ≤ its budget ${BUDGET} (${Math.max(...peak.values(), roundPeak)})`,
+      Math.max(...peak.values(), roundPeak) <= BUDGET,
     );
     check(`/metrics under 200 ms (median ${median(metrics).toFixed(0)} ms)`, median(metrics) < 200);
     check(`pgmaint status under 1 s (median ${median(cli).toFixed(0)} ms)`, median(cli) < 1000);
     check(`/healthz within 10 s of start (median ${(median(startup) / 1000).toFixed(1)} s)`, median(startup) < 10_000);
   }
+}
+
+/**
+ * create-partitions and vacuum-analyze scheduled on every target at the first whole minute
+ * at least 40 s away (the processes start and sync before it), spread or not; timed from
+ * that minute to the last run's end. A run's wait is from its scheduled time (the cron's,
+ * plus its offset when spread) to its start.
+ */
+async function scheduledRound(n: number, env: Record<string, string>, spread?: string) {
+  const fire = Math.ceil((Date.now() + 40_000) / 60_000) * 60_000;
+  const at = new Date(fire);
+  const cron = `${at.getUTCMinutes()} ${at.getUTCHours()} * * *`;
+  const roundEnv = { ...env, PGMAINT_CONFIG: writeConfig(n, { cron, spread }) };
+  const server = startProcess('server', roundEnv);
+  await until('/healthz', async () => (await fetch(`http://127.0.0.1:${env.PORT}/healthz`)).ok, 120_000);
+  const worker = startProcess('worker', roundEnv);
+  await until('worker started', async () => /worker started/.test(worker.out()), 120_000);
+  const queues = SCHEDULED_JOBS.map((q) => new Queue(q, { connection: { url: redis.url }, prefix: `{fleet${n}}` }));
+  const total = async () => (await Promise.all(queues.map(finished))).reduce((a, b) => a + b, 0);
+  const before = await total();
+  const peaks = peakWatcher(() => [server.child.pid!, worker.child.pid!]);
+  let peakWaiting = 0;
+  await until(
+    `the scheduled round (${spread ?? 'not spread'})`,
+    async () => {
+      const waiting = await Promise.all(queues.map((q) => q.getJobCountByTypes('waiting', 'prioritized')));
+      peakWaiting = Math.max(
+        peakWaiting,
+        waiting.reduce((a, b) => a + b, 0),
+      );
+      await new Promise((r) => setTimeout(r, 450));
+      return (await total()) >= before + SCHEDULED_JOBS.length * n;
+    },
+    30 * 60_000 + (fire - Date.now()),
+  );
+  const done = Date.now() - fire;
+  const peak = await peaks.stop();
+  const waits: number[] = [];
+  let failed = 0;
+  for (const q of queues) {
+    for (const job of await q.getJobs(['completed', 'failed'])) {
+      const scheduled = /^repeat:.*:(\d+)$/.exec(job.id ?? '');
+      if (!scheduled || Number(scheduled[1]) < fire || !job.processedOn) continue;
+      waits.push(job.processedOn - Number(scheduled[1]));
+      if (job.failedReason) failed++;
+    }
+    await q.close();
+  }
   await worker.stop();
-  await server!.stop();
+  await server.stop();
+  return {
+    done,
+    waits,
+    failed,
+    peakWaiting,
+    peak: [peak.get(server.child.pid!) ?? 0, peak.get(worker.child.pid!) ?? 0],
+  };
 }
 
 /** Runs of the queue that finished, well or not. */
@@ -307,12 +473,13 @@ printTable(
 );
 printTable(
   'Sessions on the cluster (server / worker)',
-  ['targets', 'idle held', 'peak', 'budget per process and cluster'],
+  ['targets', 'held for good (fewest over 45 s; mean)', 'peak', 'budget per process and cluster'],
   sessionRows,
 );
 console.log(`\n${verdicts.join('\n')}`);
 console.log(`load average after: ${loadAverage()}`);
 await admin.end();
+redisClient.disconnect();
 await redis.stop();
 await pgi.stop();
 if (!values.keep) fs.rmSync(dir, { recursive: true, force: true });
