@@ -59,74 +59,78 @@ const job = defineJob({
   deduplicate: true,
   async handler(ctx, p) {
     const deadline = Date.now() + p.budgetSeconds * 1000;
-    return ctx.withClient(
-      async (client) => {
-        await requireExtension(client, 'amcheck');
-        await client.query(STATE);
-        const heapAllowed =
-          p.heap && (await mayRun(client, 'verify_heapam(regclass,boolean,boolean,text,bigint,bigint)'));
-        const tables = await chooseTables(client, p);
-        await ctx.log(
-          `${tables.length} tables to check${p.full ? ' (full)' : ' (written since their last clean check)'}; ` +
-            `heap check ${heapAllowed ? 'on' : p.heap ? 'left out: this role may not run verify_heapam' : 'off'}`,
-        );
-        const findings: Finding[] = [];
-        const checked: string[] = [];
-        const left: string[] = [];
-        let indexes = 0;
-        for (const [n, t] of tables.entries()) {
-          ctx.signal.throwIfAborted();
-          // A unit: one relation (a table with its indexes); it only reads, so a standby's lag does not hold it.
-          const deferred = await ctx.governor.gate(`check ${t.relation}`, { readOnly: true, deadline }).then(
-            () => undefined,
-            (err: unknown) => {
-              if (err instanceof GovernorDeferredError) return err.message;
-              throw err;
-            },
-          );
-          if (deferred) {
-            left.push(...tables.slice(n).map((x) => x.relation));
-            await ctx.log(`${deferred}; left for the next run: ${left.length} tables`);
-            break;
-          }
-          const remaining = deadline - Date.now();
-          if (remaining < 1000) {
-            left.push(...tables.slice(n).map((x) => x.relation));
-            await ctx.log(`budget of ${p.budgetSeconds}s spent; left for the next run: ${left.length} tables`);
-            break;
-          }
-          await ctx.progress(5 + (90 * n) / tables.length, `checking ${t.relation}`);
+    const { tables, heapAllowed } = await ctx.withClient(async (client) => {
+      await requireExtension(client, 'amcheck');
+      await client.query(STATE);
+      const heapAllowed =
+        p.heap && (await mayRun(client, 'verify_heapam(regclass,boolean,boolean,text,bigint,bigint)'));
+      return { tables: await chooseTables(client, p), heapAllowed };
+    });
+    await ctx.log(
+      `${tables.length} tables to check${p.full ? ' (full)' : ' (written since their last clean check)'}; ` +
+        `heap check ${heapAllowed ? 'on' : p.heap ? 'left out: this role may not run verify_heapam' : 'off'}`,
+    );
+    const findings: Finding[] = [];
+    const checked: string[] = [];
+    const left: string[] = [];
+    let indexes = 0;
+    for (const [n, t] of tables.entries()) {
+      ctx.signal.throwIfAborted();
+      // A unit: one relation (a table with its indexes); it only reads, so a standby's lag does not hold it.
+      // Each takes a session of its own: a run the governor holds between relations keeps none.
+      const deferred = await ctx.governor.gate(`check ${t.relation}`, { readOnly: true, deadline }).then(
+        () => undefined,
+        (err: unknown) => {
+          if (err instanceof GovernorDeferredError) return err.message;
+          throw err;
+        },
+      );
+      if (deferred) {
+        left.push(...tables.slice(n).map((x) => x.relation));
+        await ctx.log(`${deferred}; left for the next run: ${left.length} tables`);
+        break;
+      }
+      const remaining = deadline - Date.now();
+      if (remaining < 1000) {
+        left.push(...tables.slice(n).map((x) => x.relation));
+        await ctx.log(`budget of ${p.budgetSeconds}s spent; left for the next run: ${left.length} tables`);
+        break;
+      }
+      await ctx.progress(5 + (90 * n) / tables.length, `checking ${t.relation}`);
+      const found = await ctx.withClient(
+        async (client) => {
           const found = await checkTable(client, t, heapAllowed, remaining);
-          if (found === 'budget') {
-            left.push(...tables.slice(n).map((x) => x.relation));
-            break;
-          }
-          if (found === 'dropped') {
-            await ctx.log(`${t.relation} was dropped while the check ran; not checked`);
-            continue;
-          }
-          indexes += t.indexes.length;
-          findings.push(...found);
-          checked.push(t.relation);
-          for (const f of found) await ctx.log(`CORRUPTION in ${findingText(f)}`);
-          if (!found.length)
+          if (Array.isArray(found) && !found.length)
             await client.query(
               `insert into pgmaint.integrity_checked values ($1, $2, now(), $3)
                on conflict (relid) do update set relation = excluded.relation, checked_at = now(),
                  writes = excluded.writes`,
               [t.relid, t.relation, t.writes],
             );
-        }
-        if (findings.length) {
-          const first = findings.slice(0, 5).map(findingText);
-          throw new CorruptionError(
-            `corruption found in ${new Set(findings.map((f) => f.relation)).size} relation(s): ${first.join('; ')}`,
-          );
-        }
-        return { full: p.full, heapChecked: heapAllowed, tables: checked.length, indexes, checked, left, findings };
-      },
-      { reset: 'reset statement_timeout' },
-    );
+          return found;
+        },
+        { reset: 'reset statement_timeout' },
+      );
+      if (found === 'budget') {
+        left.push(...tables.slice(n).map((x) => x.relation));
+        break;
+      }
+      if (found === 'dropped') {
+        await ctx.log(`${t.relation} was dropped while the check ran; not checked`);
+        continue;
+      }
+      indexes += t.indexes.length;
+      findings.push(...found);
+      checked.push(t.relation);
+      for (const f of found) await ctx.log(`CORRUPTION in ${findingText(f)}`);
+    }
+    if (findings.length) {
+      const first = findings.slice(0, 5).map(findingText);
+      throw new CorruptionError(
+        `corruption found in ${new Set(findings.map((f) => f.relation)).size} relation(s): ${first.join('; ')}`,
+      );
+    }
+    return { full: p.full, heapChecked: heapAllowed, tables: checked.length, indexes, checked, left, findings };
   },
 });
 

@@ -6,7 +6,9 @@
 // retention respects until a date, or it stays a standalone table (…_restored) for audit
 // queries. Every step is journaled (src/partitions/restore-journal.ts) before it happens:
 // a run killed at any step is finished by the next run on the parent, and a table is
-// attached only in the transaction that counted its rows.
+// attached only in the transaction that counted its rows. Governed (docs/governor.md): a
+// unit is one partition's restore, then its count and attach; the archive's download and
+// the pipe into pg_restore are paced.
 import { DateTime } from 'luxon';
 import type pg from 'pg';
 import { z } from 'zod';
@@ -18,6 +20,7 @@ import { splitQualified } from '../src/backup/partition-archive.ts';
 import { type ListedPartitionArchive, listPartitionArchives } from '../src/backup/partition-catalog.ts';
 import { restoreArchivedTable } from '../src/backup/partition-restore.ts';
 import type { Config } from '../src/core/config.ts';
+import { governorField } from '../src/core/governor-policy.ts';
 import { backupDirOf } from '../src/core/config.ts';
 import { type FieldIssue, PermanentJobError, RefusedError } from '../src/core/errors.ts';
 import { qualifiedName, quoteIdent, quoteQualified, withTransaction } from '../src/core/sql.ts';
@@ -52,6 +55,8 @@ export const payload = z.object({
   holdUntil: z.iso.datetime({ offset: true }).optional(),
   /** standalone: the table's name (default <partition>_restored, in its schema). */
   as: qualifiedName.optional(),
+  /** The load governor's keys for this run (docs/governor.md). */
+  governor: governorField,
 });
 type Payload = z.output<typeof payload>;
 
@@ -186,7 +191,10 @@ async function chooseArchive(ctx: JobContext, p: Payload, partition: string) {
 async function finish(ctx: JobContext, client: pg.ClientBase, e: RestoreEntry, archive?: ListedPartitionArchive) {
   const partition = `${e.partitionSchema}.${e.partitionName}`;
   const q = quoteQualified(e.partitionSchema, e.partitionName);
+  // Units: the restore, then the count and attach. While held the run keeps its session: it holds the
+  // parent's advisory lock, which keeps retention and other restores off the parent meanwhile.
   if (e.state === 'restoring') {
+    await ctx.governor.gate(`restore ${partition}`);
     // pg_restore ran in one transaction: the table is there whole, or not at all.
     if ((await catalogPlace(client, e)) === 'missing') {
       const a = archive ?? (await archiveOf(ctx, e));
@@ -205,6 +213,7 @@ async function finish(ctx: JobContext, client: pg.ClientBase, e: RestoreEntry, a
     await setRestoreState(client, e.id, 'restored', ctx.jobId);
     await ctx.log(`restored ${partition} as a table of its own (not attached)`);
   }
+  await ctx.governor.gate(`${e.mode} ${partition}`);
   await ctx.progress(70, `counting the rows of ${partition}`);
   const counted = await countRows(client, q);
   if (counted !== e.expectedRows) {

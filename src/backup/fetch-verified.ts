@@ -56,7 +56,10 @@ export async function fetchVerified(ctx: JobContext, b: BackupFile, kind: string
         `downloading ${objectUrl(b.object)} (${b.object.bytes} bytes)` +
           (b.object.encryption ? ', decrypting as it streams' : ''),
       );
-      await store.download(b.object, file, ctx.signal);
+      // Paced by the run's governor (a pass-through for a run that is not governed): held, no byte is read.
+      await store.download(b.object, file, ctx.signal, () =>
+        ctx.governor.pacer(`download of ${b.name}`, { readOnly: true }),
+      );
     } catch (err) {
       await release();
       if (ctx.signal.aborted) throw err;

@@ -15,12 +15,14 @@ export interface Reading {
   lockWaits: number | null;
   standbys: { name: string; lagSeconds: number; behindBytes: number }[];
   custom: number | null;
+  /** Why the custom statement (customSql) gave no number: it failed, or returned no number. */
+  customError?: string;
   /** The reading failed (the target did not answer): no signal holds a run then. */
   error?: string;
 }
 
 /** Low-cardinality names of reasons: metric labels, and how a change of reason is noticed. */
-export type ReasonKind = 'paused' | 'replica_lag' | 'active' | 'lock_waits' | 'probe' | 'custom';
+export type ReasonKind = 'paused' | 'replica_lag' | 'active' | 'lock_waits' | 'probe' | 'custom' | 'permit';
 
 export type Verdict =
   | { state: 'running' }

@@ -44,6 +44,7 @@ export class RunGovernor implements RunGovernorHandle {
   private wakeUp: () => void = () => undefined;
   private woken: Promise<void> = Promise.resolve();
   private lastHolds: Hold[] = [];
+  private readonly customErrors = new Set<string>();
   /** A run stops deferred in time to end cleanly before its maximum run time kills it. */
   private readonly endBy: number;
 
@@ -71,7 +72,7 @@ export class RunGovernor implements RunGovernorHandle {
     if (!opts.readOnly) this.writesWal = true;
     await this.begin();
     if (this.verdictFor(opts.readOnly).state === 'running') return;
-    await this.waitWhileHeld(unit, opts);
+    await this.waitWhileHeld(unit, opts, true);
   }
 
   pacer(unit: string, opts: Pick<GateOptions, 'readOnly'> = {}): Transform {
@@ -144,6 +145,7 @@ export class RunGovernor implements RunGovernorHandle {
     const hold = holdFor(this.lastHolds, this.run.queue, this.run.jobId);
     const note = hold && { reason: holdText(hold) };
     const reading = this.sampler?.latest;
+    this.reportCustomError(reading?.customError);
     this.verdicts = {
       wal: judge(reading, this.policy, { hold: note }),
       readOnly: judge(reading, this.policy, { readOnly: true, hold: note }),
@@ -153,6 +155,15 @@ export class RunGovernor implements RunGovernorHandle {
     this.account();
     this.wakeUp();
     this.armWake();
+  }
+
+  /** A custom statement that gives no number holds nothing, but the run's log says so, once per reason. */
+  private reportCustomError(why: string | undefined): void {
+    if (!why || this.customErrors.has(why) || !this.policy.enabled) return;
+    this.customErrors.add(why);
+    void this.run
+      .report(`governor: customSql failed: ${why}; the custom signal (customMax, customCritical) holds nothing`)
+      .catch(() => undefined);
   }
 
   private armWake(): void {
@@ -165,16 +176,28 @@ export class RunGovernor implements RunGovernorHandle {
     this.run.abort(new GovernorAbortedError(`aborted by the load governor at a critical threshold: ${v.reason}`));
   }
 
-  /** Waits until the verdict lets the unit go, the run is aborted, or a limit defers it. */
-  private async waitWhileHeld(unit: string, opts: GateOptions): Promise<void> {
+  /**
+   * Waits until the verdict lets the unit go, the run is aborted, or a limit defers it.
+   * Between units (`between`) the run gives back its heavy-job permit and idle sessions
+   * while it waits, and takes the permit again before it goes on. Inside a stream it keeps
+   * them: the stream's session is mid-statement, its snapshot open until the stream ends.
+   */
+  private async waitWhileHeld(unit: string, opts: GateOptions, between = false): Promise<void> {
     let waiting = false;
     let prepared = false;
+    let released = false;
     try {
       for (;;) {
         this.run.signal.throwIfAborted();
         if (this.deferral) throw new GovernorDeferredError(this.deferral);
-        const v = this.verdictFor(opts.readOnly);
-        if (v.state === 'running') return;
+        let v = this.verdictFor(opts.readOnly);
+        if (v.state === 'running') {
+          const why = released
+            ? await this.run.holdings?.retake().catch((err: Error) => `waiting for a heavy-job permit: ${err.message}`)
+            : undefined;
+          if (!why) return;
+          v = { state: 'throttled', kind: 'permit', reason: why };
+        }
         if (v.state === 'critical') {
           this.abortCritical(v);
           this.run.signal.throwIfAborted();
@@ -187,6 +210,12 @@ export class RunGovernor implements RunGovernorHandle {
         if (!waiting) {
           waiting = true;
           this.enterWait();
+        }
+        if (between && !released && this.run.holdings) {
+          released = true;
+          await this.run.holdings
+            .release()
+            .catch((err: unknown) => this.run.logger.warn({ err }, 'held run: permit or sessions not given back'));
         }
         this.show(v as Held, unit);
         const limit = this.limit(opts.deadline);

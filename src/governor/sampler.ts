@@ -180,7 +180,7 @@ export class TargetSampler {
         active: row.active,
         lockWaits: row.lock_waits,
         standbys: this.standbys(row.standbys, at),
-        custom: await this.custom(client),
+        ...(await this.custom(client)),
       };
     } catch (err) {
       // The session is dropped and opened again at the next reading.
@@ -223,24 +223,29 @@ export class TargetSampler {
     return out;
   }
 
-  /** The custom statement's number, read only and within the sampler's time limit; null when it fails. */
-  private async custom(client: pg.PoolClient): Promise<number | null> {
+  /** The custom statement's number, read only and within the sampler's time limit; or why there is none. */
+  private async custom(client: pg.PoolClient): Promise<Pick<Reading, 'custom' | 'customError'>> {
     const sql = this.policy.customSql;
-    if (!sql) return null;
+    if (!sql) return { custom: null };
     try {
       await client.query('begin transaction read only');
       const { rows, fields } = await client.query(sql);
       await client.query('commit');
-      const value = rows[0] && fields[0] ? Number(rows[0][fields[0].name]) : Number.NaN;
-      if (!Number.isFinite(value)) throw new Error('it returned no number (one row, one numeric column)');
-      return value;
+      const raw: unknown = rows[0] && fields[0] ? rows[0][fields[0].name] : undefined;
+      // NULL, a boolean or an empty string is no number (Number() would make them 0 or 1).
+      const value =
+        typeof raw === 'number' || (typeof raw === 'string' && raw.trim() !== '') ? Number(raw) : Number.NaN;
+      if (!Number.isFinite(value))
+        throw new Error(
+          `it returned ${raw === undefined ? 'no row' : raw === null ? 'NULL' : JSON.stringify(raw)}, not a number ` +
+            '(one row, one numeric column)',
+        );
+      return { custom: value };
     } catch (err) {
       await client.query('rollback').catch(() => undefined);
-      this.warnOnce(
-        `custom:${(err as Error).message}`,
-        `governor on ${this.target}: customSql failed: ${(err as Error).message}`,
-      );
-      return null;
+      const why = (err as Error).message;
+      this.warnOnce(`custom:${why}`, `governor on ${this.target}: customSql failed: ${why}`);
+      return { custom: null, customError: why };
     }
   }
 

@@ -243,3 +243,8 @@ export class BudgetedPool extends pg.Pool {
     return undefined;
   }
 }
+
+/** Closes a pool's idle sessions now (a run the governor holds gives back what it left idle). */
+export function closeIdleSessions(pool: pg.Pool): void {
+  if (pool instanceof BudgetedPool) while (pool.closeIdle(() => undefined));
+}

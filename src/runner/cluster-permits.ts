@@ -5,7 +5,10 @@
 // while it runs its worker renews the lease. A worker that dies stops renewing, and
 // its permit is free again once the lease runs out (worker.lockDurationMs, as BullMQ's
 // own job lock), so a SIGKILL never blocks a cluster for good.
+import type pg from 'pg';
+import { closeIdleSessions } from './budgeted-pool.ts';
 import type { RedisClient } from './connections.ts';
+import type { RunHoldings } from './governor-port.ts';
 
 // KEYS[1] the cluster's set; ARGV: holder, limit, lease ms. Expired leases go first.
 // 1: taken (or renewed, for a holder that has it); 0 and the holders: all permits are held.
@@ -78,3 +81,49 @@ export class ClusterPermits {
     };
   }
 }
+
+/**
+ * A run's permit of its cluster: taken before the run starts, given back while the
+ * governor holds the run between units (another heavy job may run meanwhile), taken again
+ * before its next unit, and given back for good when the run ends.
+ */
+export class RunPermit {
+  private lease?: Lease;
+
+  constructor(
+    private readonly permits: ClusterPermits,
+    readonly cluster: string,
+    private readonly holder: string,
+    private readonly worker: { heavyJobsPerCluster: number },
+  ) {}
+
+  async release(): Promise<void> {
+    const lease = this.lease;
+    this.lease = undefined;
+    await lease?.release();
+  }
+
+  /** Takes the permit: undefined once held, else why the run waits for it (who holds them). */
+  async retake(): Promise<string | undefined> {
+    if (this.lease) return undefined;
+    const taken = await this.permits.take(this.cluster, this.holder);
+    if (taken.lease) {
+      this.lease = taken.lease;
+      return undefined;
+    }
+    const holders = taken.heldBy.map((h) => h.replace(/:[^:]*$/, '')).join(', ');
+    return (
+      `waiting for a heavy-job permit of cluster ${this.cluster} (${this.worker.heavyJobsPerCluster} at once; ` +
+      `held by ${holders})`
+    );
+  }
+}
+
+/** What a run held between units gives back (its permit, the sessions it left idle) and takes again. */
+export const runHoldings = (permit: RunPermit | undefined, pool: pg.Pool): RunHoldings => ({
+  release: async () => {
+    await permit?.release();
+    closeIdleSessions(pool);
+  },
+  retake: async () => permit?.retake(),
+});

@@ -22,6 +22,16 @@ export interface GovernedRun {
   /** A line in Bull Board's log at the run's current progress ("[40%] throttled: …"). */
   report(line: string): Promise<void>;
   logger: Logger;
+  /** What the run gives back while it waits between units, and takes again before the next. */
+  holdings?: RunHoldings;
+}
+
+/** What a held run holds that another may use meanwhile (docs/governor.md, what a held run holds). */
+export interface RunHoldings {
+  /** Gives back its heavy-job permit (if any) and the target sessions it left idle. */
+  release(): Promise<void>;
+  /** Takes its permit again: undefined once it holds it (or needs none), else why it waits for it. */
+  retake(): Promise<string | undefined>;
 }
 
 export interface RunGovernorHandle extends RunGovernor {

@@ -26,7 +26,7 @@ import { RunStatsRecorder } from './run-stats.ts';
 import { repeatStrategy } from '../core/cron.ts';
 import type { ResolvedSchedule } from './scheduler.ts';
 import { type GovernorPort, isGoverned, type RunGovernorHandle } from './governor-port.ts';
-import { ClusterPermits, type Lease } from './cluster-permits.ts';
+import { ClusterPermits, RunPermit, runHoldings } from './cluster-permits.ts';
 import { checkJobData, knownTarget } from './job-data.ts';
 
 export interface WorkerRuntimeOptions {
@@ -230,13 +230,13 @@ export class WorkerRuntime {
     const missed = schedule && this.missedRun(job, schedule, scheduledFor);
     if (missed) return skip(missed);
     // A heavy job runs only with a permit of its cluster; without one it waits, delayed.
-    const lease = registered.run.heavy ? await this.clusterPermit(job, token, payload.target) : undefined;
+    const permit = registered.run.heavy ? await this.clusterPermit(job, token, payload.target) : undefined;
     try {
       const overlapping = schedule && (await this.overlapGate(job, schedule, registered.run.timeoutMs + 60_000));
       if (overlapping) return await skip(overlapping);
-      return await this.run(job, run, ctx, payload, schedule);
+      return await this.run(job, run, ctx, payload, schedule, permit);
     } finally {
-      await lease
+      await permit
         ?.release()
         .catch((err) => ctx.logger.warn({ err }, 'heavy-job permit not released; its lease ends it'));
     }
@@ -246,20 +246,15 @@ export class WorkerRuntime {
    * Takes a permit of the target's cluster, or moves the job back to delayed (no attempt used)
    * to ask again in about worker.heavyWaitMs, with jitter so waiting runs do not ask in step.
    */
-  private async clusterPermit(job: Job<JobData>, token: string | undefined, target: string): Promise<Lease> {
+  private async clusterPermit(job: Job<JobData>, token: string | undefined, target: string): Promise<RunPermit> {
     const { config } = this.opts.connections;
     // The cluster its connection budget counts against too: the target's `cluster`, or host:port of its URL.
     const { cluster } = this.opts.connections.target(target);
-    const taken = await this.permits.take(cluster, `${job.queueName}:${job.id}:${token ?? ''}`);
-    if (taken.lease) return taken.lease;
+    const permit = new RunPermit(this.permits, cluster, `${job.queueName}:${job.id}:${token ?? ''}`, config.worker);
+    const waiting = await permit.retake();
+    if (!waiting) return permit;
     // Logged to the job once per attempt (later waits of the same attempt stay quiet).
-    if (job.attemptsStarted - job.attemptsMade - job.stalledCounter <= 1) {
-      const holders = taken.heldBy.map((h) => h.replace(/:[^:]*$/, '')).join(', ');
-      const limit = config.worker.heavyJobsPerCluster;
-      await job
-        .log(`waiting for a heavy-job permit of cluster ${cluster} (${limit} at once; held by ${holders})`)
-        .catch(() => undefined);
-    }
+    if (job.attemptsStarted - job.attemptsMade - job.stalledCounter <= 1) await job.log(waiting).catch(() => undefined);
     await job.moveToDelayed(Date.now() + Math.round(config.worker.heavyWaitMs * (0.75 + Math.random() / 2)), token);
     throw new DelayedError();
   }
@@ -271,6 +266,7 @@ export class WorkerRuntime {
     ctx: RunContext,
     payload: JobData['payload'],
     schedule: ResolvedSchedule | undefined,
+    permit: RunPermit | undefined,
   ): Promise<unknown> {
     const { registry, history, connections } = this.opts;
     const registered = registry.get(job.name)!;
@@ -306,6 +302,7 @@ export class WorkerRuntime {
       timeoutAt: startedAt + registered.run.timeoutMs,
       report: (line: string) => ctx.note(line),
       logger: ctx.logger,
+      holdings: runHoldings(permit, ctx.pool),
     });
     if (governor) ctx.governor = governor;
     const handling = ctx.runHandler(() => registered.def.handler(ctx, payload));
