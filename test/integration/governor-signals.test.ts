@@ -76,6 +76,8 @@ beforeAll(async () => {
       customMax: 10,
     },
     history: { synchronous: true },
+    // An idle session of the pool lives long here: one closed sooner was closed by the hold.
+    connections: { idleTimeoutMs: 120_000 },
     jobs: { 'vacuum-analyze': { attempts: 1 }, 'integrity-check': { attempts: 1 } },
   });
   // Every session of pgmaint's on the target goes through the proxy; the test's own (h.admin) do not.
@@ -197,7 +199,7 @@ describe('governor: signals', () => {
 
 describe('governor: a held run gives back what it holds', () => {
   it('held between relations, integrity-check keeps no session nor its permit: another heavy job runs', async () => {
-    // Its first relation waits on this lock: the run is then inside its first unit.
+    // The run waits on this lock with a session of the pool's: the run has then started.
     const lock = await appSession();
     await lock.query('begin; lock table chk.t1 in access exclusive mode');
     const { job } = await rt.queues.enqueue('integrity-check', { schemas: ['chk'], full: true });
@@ -215,8 +217,9 @@ describe('governor: a held run gives back what it holds', () => {
     await controls.set({ kind: 'job', queue: 'integrity-check', id }, 600_000, 'test');
     await sleep(1000);
     await lock.query('commit');
+    // Before its next relation (the lock held it while it chose them, or in the first one).
     const held = await heldRun(id);
-    expect(held).toMatchObject({ state: 'paused', unit: 'check chk.t2' });
+    expect(held).toMatchObject({ state: 'paused', unit: expect.stringMatching(/^check chk\.t[12]$/) });
     // Its session is closed, not kept idle for the rest of the hold.
     await waitUntil(
       async () => (await h.admin.query('select 1 from pg_stat_activity where pid = $1', [session.pid])).rowCount === 0,
