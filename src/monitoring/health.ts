@@ -8,7 +8,7 @@ import type { IndexReportResult } from '../../jobs/index-report.ts';
 import type { PitrDrillResult } from '../../jobs/pitr-drill.ts';
 import type { QueryStatsSnapshotResult } from '../../jobs/query-stats-snapshot.ts';
 import { readBackupCatalog } from '../backup/target-catalog.ts';
-import { readIndexLeftovers, type IndexLeftoverHealth } from './index-leftovers.ts';
+import { readTargetLeftovers, type IndexLeftoverHealth } from './index-leftovers.ts';
 import { ANSWER_DEADLINE_MS, withObjectStore } from '../backup/object-store.ts';
 import { nextSpreadRun } from '../core/cron.ts';
 import { backupDirOf } from '../core/config.ts';
@@ -17,7 +17,12 @@ import { ServiceUnavailableError } from '../core/errors.ts';
 import { postgresFailureMessage } from '../runner/postgres-failure.ts';
 import { redisFailureMessage, redisLabel, settleWithin } from '../runner/redis-failure.ts';
 import type { Runtime } from '../runner/runtime.ts';
-import { type PartitionHealth, readPartitionHealth } from './partition-health.ts';
+import {
+  fleetPartitions,
+  type PartitionHealth,
+  readTargetPartitions,
+  unreachablePartitions,
+} from './partition-health.ts';
 import { TARGET_READ_DEADLINE_MS, withinTargetDeadline } from './target-deadline.ts';
 import { readTargets, type TargetHealth, unreachableTargets } from './target-health.ts';
 import { readRunStats, type DurationStats, type RunCount } from '../runner/run-stats.ts';
@@ -187,29 +192,28 @@ export class HealthReader {
     const scheduleRows = part('history', rt.history.scheduleStatus(), []);
     // Holds by hand of the last days: a run they held is not overdue for the time they held it.
     const holdLog = redis(new Controls(rt.queues.connection, prefix).log()).catch((): Hold[] => []);
-    const [stats, jobs, schedules, indexes, queries, queues, { targets, partitions }, governor] = await Promise.all([
+    const jobsRead = part('history', rt.history.jobStatus(), []);
+    const running = redis(this.runningRetention()).catch(() => new Set<string>());
+    const indexTargets = jobsRead.then(
+      (js) => new Set(js.filter((j) => j.job === 'index-maintenance').map((j) => j.target)),
+    );
+    // Target by target, each on one session: reached first, then its partitions, journal and index leftovers.
+    const partitionsOf = new Map<string, PartitionHealth[]>();
+    const leftovers = new Map<string, IndexLeftoverHealth>();
+    const targetsRead = readTargets(rt, this.targetDeadlineMs, async (target) => {
+      const describe = (err: unknown) => this.describeError(err);
+      const deadline = this.targetDeadlineMs;
+      partitionsOf.set(target, await readTargetPartitions(rt, target, now, await running, errors, describe, deadline));
+      if ((await indexTargets).has(target)) leftovers.set(target, await readTargetLeftovers(rt, target, deadline));
+    });
+    const [stats, jobs, schedules, indexes, queries, queues, targets, governor] = await Promise.all([
       part('redis', redis(readRunStats(rt.queues.connection, prefix)), { runs: [], durations: [] }),
-      part('history', rt.history.jobStatus(), []),
+      jobsRead,
       part('schedules', this.schedules(scheduleRows, now, redis, holdLog), []),
       part('history', this.indexes(), []),
       part('history', this.queries(), []),
       part('queues', redis(this.queues()), []),
-      // Each target is reached first; the parts that read targets then pass the unreachable ones by.
-      Promise.all([
-        redis(this.runningRetention()).catch(() => new Set<string>()),
-        readTargets(rt, this.targetDeadlineMs),
-      ]).then(async ([running, targets]) => ({
-        targets,
-        partitions: await readPartitionHealth(
-          rt,
-          now,
-          running,
-          errors,
-          (err) => this.describeError(err),
-          this.targetDeadlineMs,
-          unreachableTargets(targets),
-        ),
-      })),
+      targetsRead,
       part('governor', redis(readGovernor(rt.queues.connection, prefix, now)), {
         holds: [],
         held: [],
@@ -217,12 +221,10 @@ export class HealthReader {
         throttled: [],
       }),
     ]);
-    const unreachable = unreachableTargets(targets);
-    const indexLeftovers = await readIndexLeftovers(
-      rt,
-      jobs.filter((j) => !unreachable.has(j.target)),
-      this.targetDeadlineMs,
-    );
+    for (const [target, why] of unreachableTargets(targets))
+      partitionsOf.set(target, unreachablePartitions(rt, target, why));
+    const partitions = fleetPartitions(rt, partitionsOf);
+    const indexLeftovers = [...rt.config.targets.keys()].flatMap((t) => leftovers.get(t) ?? []);
     // Per target: one target's catalog that cannot be read leaves the others' standing.
     const backups = (
       await Promise.all(

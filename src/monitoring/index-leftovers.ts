@@ -2,7 +2,6 @@
 // on a target: what the next index-maintenance run drops. Read from the target's catalog,
 // so both what a run could not drop (a transaction held the table) and what a killed run
 // left are counted, until they are gone. Only targets index-maintenance has run on.
-import type { JobStatus } from '../runner/history.ts';
 import type { Runtime } from '../runner/runtime.ts';
 import { withinTargetDeadline } from './target-deadline.ts';
 
@@ -22,27 +21,25 @@ const LEFTOVERS = `
      and not exists (select 1 from pg_stat_progress_create_index p where p.relid = i.indrelid)
    order by 1`;
 
-export function readIndexLeftovers(rt: Runtime, jobs: JobStatus[], deadlineMs: number): Promise<IndexLeftoverHealth[]> {
-  const targets = jobs
-    .filter((j) => j.job === 'index-maintenance' && rt.config.targets.has(j.target))
-    .map((j) => j.target);
-  return Promise.all(
-    targets.map(async (target): Promise<IndexLeftoverHealth> => {
-      const read = async () => {
-        const client = await rt.connections.pool(target, 'monitor').connect();
-        try {
-          await client.query(`set statement_timeout = '10s'`);
-          const { rows } = await client.query<{ index: string }>(LEFTOVERS);
-          return { target, indexes: rows.map((r) => r.index) };
-        } finally {
-          client.release();
-        }
-      };
-      try {
-        return await withinTargetDeadline(read(), target, deadlineMs);
-      } catch (err) {
-        return { target, indexes: [], error: (err as Error).message };
-      }
-    }),
-  );
+/** The leftovers on one target (a reading asks for those index-maintenance has run on); never throws. */
+export async function readTargetLeftovers(
+  rt: Runtime,
+  target: string,
+  deadlineMs: number,
+): Promise<IndexLeftoverHealth> {
+  const read = async () => {
+    const client = await rt.connections.pool(target, 'monitor').connect();
+    try {
+      await client.query(`set statement_timeout = '10s'`);
+      const { rows } = await client.query<{ index: string }>(LEFTOVERS);
+      return { target, indexes: rows.map((r) => r.index) };
+    } finally {
+      client.release();
+    }
+  };
+  try {
+    return await withinTargetDeadline(read(), target, deadlineMs);
+  } catch (err) {
+    return { target, indexes: [], error: (err as Error).message };
+  }
 }

@@ -76,63 +76,68 @@ async function partitionHealth(rt: Runtime, policy: PartitionPolicy, now: number
 }
 
 /**
- * Each policy's table, and each table the retention journal holds partitions of on any
- * target: its stranded partitions count whether or not a policy still names it. A target
- * whose journal cannot be read is named in `errors` as journal:<target>; one that could not be
- * reached at all (`unreachable`, with its error) is passed by.
+ * One target's rows, read one after another on one session (a reading goes through the
+ * fleet target by target: health.ts): its policies, in configuration order, each with the
+ * partitions a stranded journal entry left outside its parent, then the journal's parents
+ * that no policy names. Each read is bounded (targetDeadlineMs) and never throws.
  */
-export async function readPartitionHealth(
+export async function readTargetPartitions(
   rt: Runtime,
+  target: string,
   now: number,
   runningRetention: Set<string>,
   errors: Record<string, string>,
   describeError: (err: unknown) => string,
   targetDeadlineMs: number,
-  unreachable: Map<string, string> = new Map(),
 ): Promise<PartitionHealth[]> {
-  // Each target's reads are bounded and run side by side: a slow target delays no other.
-  // A target that could not be reached is not tried again: its tables say so.
-  const rows = await Promise.all(
-    rt.config.partitions.map((p): PartitionHealth | Promise<PartitionHealth> => {
-      const down = unreachable.get(p.target);
-      if (down !== undefined)
-        return { ...unreadRow(p.target, p.table), policy: true, error: `target ${p.target} is unreachable: ${down}` };
-      return withinTargetDeadline(partitionHealth(rt, p, now), p.target, targetDeadlineMs).catch(
-        (err: Error): PartitionHealth => ({ ...unreadRow(p.target, p.table), policy: true, error: err.message }),
-      );
-    }),
-  );
-  const targets = [...rt.config.targets.keys()].filter((t) => !unreachable.has(t));
-  const journals = await Promise.all(
-    targets.map((target) =>
-      withinTargetDeadline(strandedPartitions(rt, target, runningRetention), target, targetDeadlineMs).catch((err) => {
-        errors[`journal:${target}`] = describeError(err);
-        return undefined;
-      }),
-    ),
-  );
-  const journalOnly: PartitionHealth[] = [];
-  for (const [i, target] of targets.entries()) {
-    const stranded = journals[i];
-    if (!stranded) continue;
-    for (const row of rows.filter((r) => r.target === target)) {
-      row.unfinishedPartitions = stranded.get(row.table) ?? [];
-      row.unfinishedDetaches = row.unfinishedPartitions.length;
-      stranded.delete(row.table);
-    }
-    for (const [table, list] of stranded) {
-      const unread = { runwaySeconds: null, defaultRows: null };
-      journalOnly.push({
-        target,
-        table,
-        ...unread,
-        unfinishedDetaches: list.length,
-        unfinishedPartitions: list,
-        policy: false,
-      });
-    }
+  const rows: PartitionHealth[] = [];
+  for (const p of rt.config.partitions.filter((q) => q.target === target))
+    rows.push(
+      await withinTargetDeadline(partitionHealth(rt, p, now), target, targetDeadlineMs).catch(
+        (err: Error): PartitionHealth => ({ ...unreadRow(target, p.table), policy: true, error: err.message }),
+      ),
+    );
+  const stranded = await withinTargetDeadline(
+    strandedPartitions(rt, target, runningRetention),
+    target,
+    targetDeadlineMs,
+  ).catch((err) => {
+    errors[`journal:${target}`] = describeError(err);
+    return undefined;
+  });
+  if (!stranded) return rows;
+  for (const row of rows) {
+    row.unfinishedPartitions = stranded.get(row.table) ?? [];
+    row.unfinishedDetaches = row.unfinishedPartitions.length;
+    stranded.delete(row.table);
   }
-  return [...rows, ...journalOnly];
+  for (const [table, list] of stranded)
+    rows.push({
+      target,
+      table,
+      runwaySeconds: null,
+      defaultRows: null,
+      unfinishedDetaches: list.length,
+      unfinishedPartitions: list,
+      policy: false,
+    });
+  return rows;
+}
+
+/** The rows of a target that could not be reached: its policies, unread, saying why. */
+export function unreachablePartitions(rt: Runtime, target: string, why: string): PartitionHealth[] {
+  return rt.config.partitions
+    .filter((p) => p.target === target)
+    .map((p) => ({ ...unreadRow(target, p.table), policy: true, error: `target ${target} is unreachable: ${why}` }));
+}
+
+/** Every target's rows as one list: the policies in configuration order, then the journals' other parents. */
+export function fleetPartitions(rt: Runtime, byTarget: Map<string, PartitionHealth[]>): PartitionHealth[] {
+  const order = new Map(rt.config.partitions.map((p, i) => [`${p.target}\0${p.table}`, i]));
+  const rows = [...rt.config.targets.keys()].flatMap((t) => byTarget.get(t) ?? []);
+  const policyRows = rows.filter((r) => r.policy);
+  policyRows.sort((a, b) => order.get(`${a.target}\0${a.table}`)! - order.get(`${b.target}\0${b.table}`)!);
+  return [...policyRows, ...rows.filter((r) => !r.policy)];
 }
 
 /**

@@ -147,7 +147,7 @@ describe('governor: signals', () => {
     expect(await logsOf('vacuum-analyze', job.id!)).toMatch(/running again after \d+ s held \(throttled: sessions/);
   });
 
-  it('the custom statement over customMax holds a run, under it lets it go; no number is said, naming customSql', async () => {
+  it('customSql over customMax holds a run, under it lets it go; no number is said, naming customSql', async () => {
     await h.admin.query('update gov.knob set v = 42');
     const { job } = await vacuum();
     const id = job.id!;
@@ -164,9 +164,10 @@ describe('governor: signals', () => {
     await h.admin.query('drop table gov.knob');
     await waitUntil(
       async () =>
-        /governor: customSql failed: relation "gov\.knob" does not exist; the custom signal \(customMax, customCritical\) holds nothing/.test(
-          await logsOf('vacuum-analyze', id),
-        ),
+        new RegExp(
+          String.raw`governor: customSql failed: relation "gov\.knob" does not exist; ` +
+            String.raw`the custom signal \(customMax, customCritical\) holds nothing`,
+        ).test(await logsOf('vacuum-analyze', id)),
       30_000,
       "customSql's error in the run log",
     );
@@ -176,7 +177,7 @@ describe('governor: signals', () => {
     expect(await logsOf('vacuum-analyze', id)).toMatch(/running again after \d+ s held/);
   });
 
-  it('the probe, slow against its quiet baseline, holds a run; once the target answers fast again, it goes on', async () => {
+  it('the probe, slow against its quiet baseline, holds a run; once the target is fast again, it goes on', async () => {
     // The quiet baseline first: probes taken while the run waits (here for the custom signal) and the target is fast.
     await h.admin.query('update gov.knob set v = 42');
     const { job } = await vacuum({ maxProbeRatio: 3, minProbeMs: 100 });
