@@ -15,9 +15,9 @@ import { INCOMPLETE_MARKER, stagingPathOf } from '../../src/backup/cluster-resto
 import { engineFor } from '../../src/backup/engines/index.ts';
 import { startWorkers } from '../../src/cli/roles.ts';
 import { loadConfig } from '../../src/core/config.ts';
+import { freePort } from '../../src/core/local-postgres.ts';
 import { binPath, runProcess } from '../../src/core/proc.ts';
 import { createStanza } from '../../src/dev/pgbackrest-stanza.ts';
-import type { Runtime } from '../../src/runner/runtime.ts';
 import { createHarness, type Harness, waitForFinished } from '../support/harness.ts';
 
 interface Fixture {
@@ -97,7 +97,7 @@ describe('restore-cluster with the native engine', () => {
 
   it('restores to T on a port and promotes: rows at T, no marker, the server outlives its worker', async () => {
     const { h, rt, T } = s;
-    const port = await import('../../src/core/local-postgres.ts').then((m) => m.freePort());
+    const port = await freePort();
     const worker = h.spawnPgmaint(['worker', '--queues', 'restore-cluster']);
     await worker.waitFor(/worker started/);
     // A worker process of its own (this file's runtime serves no restore-cluster here), killed afterwards.
