@@ -79,7 +79,6 @@ export interface ClusterRestoreOutcome {
   replaySeconds: number;
   /** From the start of the restore to the server at its target (promoted and accepting connections). */
   totalSeconds: number;
-  nextSteps: string[];
 }
 
 /** Restores `engine`'s set into `req.into` and runs recovery to the target; see the file's comment. */
@@ -97,6 +96,7 @@ export async function restoreCluster(
   const staging = stagingPathOf(into);
   const started = Date.now();
   let server: RestoredServer | undefined;
+  let outcome: ClusterRestoreOutcome;
   try {
     const restored = await engine.restore(run, staging, req.target, {
       set: req.set,
@@ -130,8 +130,10 @@ export async function restoreCluster(
     }
     await fs.writeFile(path.join(staging, INCOMPLETE_MARKER), `${JSON.stringify({ job: run.jobId, started })}\n`);
     if (owner) await runProcess('chown', ['-R', `${owner.uid}:${owner.gid}`, staging]);
+    await syncDir(staging);
     // On Linux a directory takes the name of an empty one.
     await fs.rename(staging, into);
+    await syncDir(path.dirname(into));
     server = new RestoredServer(into, port, owner, req.user, req.database);
     const restoreSeconds = (Date.now() - started) / 1000;
     await run.progress(30, `replaying WAL from the archive to the target (server on localhost:${port})`);
@@ -146,13 +148,10 @@ export async function restoreCluster(
     await run.progress(85, `recovery ${state} after ${((reached - started) / 1000).toFixed(1)} s; reading the proof`);
     const proof = await server.proof(state, req.tables, req.inspect);
     await server.handOver(Boolean(req.port));
+    // The last step: from here the directory is a finished restore.
     await fs.rm(path.join(into, INCOMPLETE_MARKER));
-    await run.log(
-      `restored ${restored.set.label} into ${into}: recovery ${state}` +
-        `${proof.stopLine ? ` (${proof.stopLine})` : ''}; WAL ${proof.walReplayed.first ?? '-'} to ` +
-        `${proof.walReplayed.last ?? '-'}; rows ${JSON.stringify(proof.rowCounts)}`,
-    );
-    return {
+    await syncDir(into);
+    outcome = {
       set: restored.set,
       dataDir: into,
       port,
@@ -163,7 +162,6 @@ export async function restoreCluster(
       verifySeconds: restored.verifySeconds,
       replaySeconds: (reached - replayStarted) / 1000,
       totalSeconds: (reached - started) / 1000,
-      nextSteps: [],
     };
   } catch (err) {
     // Nothing that looks like a restore stays: the server stopped, what this run made removed.
@@ -176,6 +174,23 @@ export async function restoreCluster(
       await fs.rm(into, { recursive: true, force: true }).catch(() => undefined);
     }
     throw err;
+  }
+  const { proof } = outcome;
+  await run.log(
+    `restored ${outcome.set.label} into ${into}: recovery ${proof.state}` +
+      `${proof.stopLine ? ` (${proof.stopLine})` : ''}; WAL ${proof.walReplayed.first ?? '-'} to ` +
+      `${proof.walReplayed.last ?? '-'}; rows ${JSON.stringify(proof.rowCounts)}`,
+  );
+  return outcome;
+}
+
+/** Makes a directory's entries (a rename, a removed marker) durable. */
+async function syncDir(dir: string): Promise<void> {
+  const fh = await fs.open(dir, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
   }
 }
 
