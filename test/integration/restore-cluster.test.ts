@@ -211,7 +211,6 @@ describe('restore-cluster with the pgbackrest engine', () => {
   it('restores to T without a port: rows at T, no marker, stopped paused at T, ready to start', async () => {
     const into = path.join(s.h.dir, 'restored');
     const r = await s.run('restore-cluster', { into, time: s.T, tables: ['public.ledger', 'public.after_t'] });
-    if (r.state !== 'completed') console.log((await s.rt.queues.get('restore-cluster').getJobLogs(r.job.id!)).logs);
     expect(r.state, r.job.failedReason).toBe('completed');
     const result = r.job.returnvalue as RestoreClusterResult;
     expect(result).toMatchObject({ dataDir: into, running: false, promoted: false, set: expect.stringMatching(/F$/) });
