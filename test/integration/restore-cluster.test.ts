@@ -224,6 +224,17 @@ describe('restore-cluster with the pgbackrest engine', () => {
     expect(fs.existsSync(path.join(into, INCOMPLETE_MARKER))).toBe(false);
     expect(fs.readFileSync(path.join(into, 'pg_hba.conf'), 'utf8')).not.toContain('pgmaint restore');
   });
+
+  it('to the end of the archive without promote: a standby of the archive holding every row, stopped', async () => {
+    const into = path.join(s.h.dir, 'latest');
+    const r = await s.run('restore-cluster', { into, tables: ['public.after_t'] });
+    expect(r.state, r.job.failedReason).toBe('completed');
+    const result = r.job.returnvalue as RestoreClusterResult;
+    expect(result).toMatchObject({ target: 'latest', running: false, promoted: false });
+    expect(result.proof).toMatchObject({ state: 'standby', stopLine: null, rowCounts: { 'public.after_t': 1 } });
+    expect(fs.existsSync(path.join(into, 'standby.signal'))).toBe(true);
+    expect(result.nextSteps[1]).toMatch(new RegExp(`pg_ctl -D ${into} promote`));
+  });
 });
 
 async function rejected(fn: () => Promise<unknown>): Promise<{ issues: { path: string; message: string }[] }> {
