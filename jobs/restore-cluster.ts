@@ -65,8 +65,9 @@ function checkRequest(p: Payload, config: Config): FieldIssue[] {
   return issues;
 }
 
+/** The time as given: its microseconds count (a commit a microsecond before T is restored). */
 const targetOf = (p: Payload): RestoreTarget =>
-  p.time ? { time: new Date(p.time).toISOString() } : p.restorePoint ? { restorePoint: p.restorePoint } : 'latest';
+  p.time ? { time: p.time } : p.restorePoint ? { restorePoint: p.restorePoint } : 'latest';
 
 const job = defineJob({
   name: 'restore-cluster',
