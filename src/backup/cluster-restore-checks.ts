@@ -47,6 +47,14 @@ export function checkIntoAgainstConfig(into: string, config: Config, field = 'in
   return issues;
 }
 
+/** Refuses `into` when it is, holds or lies in the live data directory. */
+export async function checkNotLive(into: string, live: string | undefined): Promise<void> {
+  if (!live) return;
+  const [dir, liveDir] = await Promise.all([resolvedPath(into), resolvedPath(live)]);
+  if (within(liveDir, dir) || within(dir, liveDir))
+    throw new RefusedError('into', `${into} is or overlaps the live data directory of the target (${live})`);
+}
+
 /**
  * Refuses `into` when it is, holds or lies in the live data directory, or is not a new directory;
  * a directory a killed restore left (staging, or the incomplete marker) is stopped and emptied first.
@@ -56,11 +64,7 @@ export async function checkInto(
   live: string | undefined,
   onCleaned: (what: string) => Promise<void>,
 ): Promise<{ existed: boolean }> {
-  if (live) {
-    const [dir, liveDir] = await Promise.all([resolvedPath(into), resolvedPath(live)]);
-    if (within(liveDir, dir) || within(dir, liveDir))
-      throw new RefusedError('into', `${into} is or overlaps the live data directory of the target (${live})`);
-  }
+  await checkNotLive(into, live);
   const staging = stagingPathOf(into);
   if (await exists(staging)) {
     await stopServer(staging);
@@ -84,6 +88,36 @@ export async function checkInto(
         'give a new directory',
     );
   return { existed: true };
+}
+
+/**
+ * Claims `into` for this process (`.<name>.pgmaint-lock` beside it): a second restore into it while this one
+ * runs is refused; a claim whose process is gone (a killed run) is taken over. Returns the release.
+ */
+export async function claimInto(into: string): Promise<() => Promise<void>> {
+  const lock = path.join(path.dirname(into), `.${path.basename(into)}.pgmaint-lock`);
+  await fs.mkdir(path.dirname(into), { recursive: true });
+  for (let tries = 0; ; tries++) {
+    try {
+      await fs.writeFile(lock, String(process.pid), { flag: 'wx' });
+      return () => fs.rm(lock, { force: true });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || tries > 0) throw err;
+    }
+    const pid = Number(await fs.readFile(lock, 'utf8').catch(() => '0'));
+    if (pid && pid !== process.pid && alive(pid))
+      throw new RefusedError('into', `another restore into ${into} is running (process ${pid}); wait for it`);
+    await fs.rm(lock, { force: true });
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }
 
 /** Refuses a port something already listens on (localhost). */

@@ -21,6 +21,8 @@ import type { BackupEngine, EngineRun, RestoreTarget } from './engine.ts';
 import {
   checkCatalog,
   checkInto,
+  checkNotLive,
+  claimInto,
   checkPortFree,
   INCOMPLETE_MARKER,
   RESTORE_LOG,
@@ -88,10 +90,27 @@ export async function restoreCluster(
   req: ClusterRestoreRequest,
 ): Promise<ClusterRestoreOutcome> {
   const into = path.resolve(req.into);
-  const { existed } = await checkInto(into, await liveDataDirectory(run.pool), (m) => run.log(m));
-  if (req.port) await checkPortFree(req.port);
-  checkCatalog(await engine.catalog(backupDirOf(run.config)), req.target, req.set);
+  const live = await liveDataDirectory(run.pool);
+  // Checked before anything is written beside it (the claim): nothing is written in or beside the live one.
+  await checkNotLive(into, live);
+  const release = await claimInto(into);
+  try {
+    const { existed } = await checkInto(into, live, (m) => run.log(m));
+    if (req.port) await checkPortFree(req.port);
+    checkCatalog(await engine.catalog(backupDirOf(run.config)), req.target, req.set);
+    return await restoreClaimed(run, engine, req, into, existed);
+  } finally {
+    await release();
+  }
+}
 
+async function restoreClaimed(
+  run: EngineRun,
+  engine: BackupEngine,
+  req: ClusterRestoreRequest,
+  into: string,
+  existed: boolean,
+): Promise<ClusterRestoreOutcome> {
   const owner = postgresUser();
   const staging = stagingPathOf(into);
   const started = Date.now();

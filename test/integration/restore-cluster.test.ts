@@ -153,6 +153,17 @@ describe('restore-cluster with the native engine', () => {
       expect(fs.readdirSync(busy)).toEqual(['PG_VERSION']);
     });
 
+    it('a directory another running restore has claimed', async () => {
+      const into = path.join(s.h.dir, 'claimed');
+      const lock = path.join(s.h.dir, '.claimed.pgmaint-lock');
+      fs.writeFileSync(lock, String(process.pid));
+      expect(await refused({ into })).toMatch(
+        new RegExp(`^REFUSED: into: another restore into ${into} is running \\(process ${process.pid}\\)`),
+      );
+      expect(fs.readFileSync(lock, 'utf8')).toBe(String(process.pid));
+      fs.rmSync(lock);
+    });
+
     it('the live data directory, or a directory inside it', async () => {
       const live = s.cluster.pg.dataDir;
       const before = fs.readdirSync(live).sort();
@@ -227,6 +238,12 @@ describe('restore-cluster with the pgbackrest engine', () => {
 
   it('to the end of the archive without promote: a standby of the archive holding every row, stopped', async () => {
     const into = path.join(s.h.dir, 'latest');
+    // What a killed run leaves: a staging directory, and a directory still marked incomplete.
+    fs.mkdirSync(stagingPathOf(into), { recursive: true });
+    fs.writeFileSync(path.join(stagingPathOf(into), 'PG_VERSION'), '15\n');
+    fs.mkdirSync(into);
+    fs.writeFileSync(path.join(into, INCOMPLETE_MARKER), '{}\n');
+    fs.writeFileSync(path.join(into, 'PG_VERSION'), '15\n');
     const r = await s.run('restore-cluster', { into, tables: ['public.after_t'] });
     expect(r.state, r.job.failedReason).toBe('completed');
     const result = r.job.returnvalue as RestoreClusterResult;
@@ -234,6 +251,11 @@ describe('restore-cluster with the pgbackrest engine', () => {
     expect(result.proof).toMatchObject({ state: 'standby', stopLine: null, rowCounts: { 'public.after_t': 1 } });
     expect(fs.existsSync(path.join(into, 'standby.signal'))).toBe(true);
     expect(result.nextSteps[1]).toMatch(new RegExp(`pg_ctl -D ${into} promote`));
+    expect(fs.existsSync(stagingPathOf(into))).toBe(false);
+    expect(fs.existsSync(path.join(into, INCOMPLETE_MARKER))).toBe(false);
+    const { logs } = await s.rt.queues.get('restore-cluster').getJobLogs(r.job.id!);
+    expect(logs.join('\n')).toMatch(/removed .*pgmaint-restoring, left by a restore that did not finish/);
+    expect(logs.join('\n')).toMatch(/emptied .*: a restore that did not finish left it/);
   });
 });
 
