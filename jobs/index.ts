@@ -16,6 +16,7 @@ import pruneBackups from './prune-backups.ts';
 import queryStatsSnapshot from './query-stats-snapshot.ts';
 import repackTable from './repack-table.ts';
 import restoreCheck from './restore-check.ts';
+import restoreCluster from './restore-cluster.ts';
 import restoreDump from './restore-dump.ts';
 import restorePartition from './restore-partition.ts';
 import vacuumAnalyze from './vacuum-analyze.ts';
@@ -37,6 +38,7 @@ export const jobs: AnyJobDefinition[] = [
   queryStatsSnapshot,
   repackTable,
   restoreCheck,
+  restoreCluster,
   restoreDump,
   restorePartition,
   vacuumAnalyze,

@@ -1,11 +1,11 @@
 // pitr-drill: proof that point-in-time recovery works, measured. On the live
 // target it writes marker M1, notes the target time T (with row counts of the
 // configured tables in a snapshot taken at T), writes M2 after T and forces a WAL
-// switch. It then restores to T with the target's backup engine (engine.restore, the
-// one restore path: the newest verified base backup or set that stopped before T,
-// into a scratch instance), replays the archive up to T and promotes. The drill
+// switch. It then runs restore-cluster's restore (src/backup/cluster-restore.ts, the
+// operator's code path: the newest verified base backup or set that stopped before T)
+// into a scratch directory, replays the archive up to T and promotes. The drill
 // passes when M1 is there, M2 is not, the server log says recovery stopped at the
-// target, and the row counts match. The scratch instance is stopped and deleted
+// target, and the row counts match. The scratch directory is stopped and deleted
 // whatever happens; the live data directory and the archive are only ever read.
 import { randomUUID } from 'node:crypto';
 import os from 'node:os';
@@ -15,7 +15,8 @@ import { z } from 'zod';
 import { PermanentJobError } from '../src/core/errors.ts';
 import { defineJob, type JobResult, targetField, type JobContext } from '../src/runner/job-definition.ts';
 import { qualifiedName, quoteIdent, withTransaction } from '../src/core/sql.ts';
-import type { BackupEngine, RestoreOutcome } from '../src/backup/engine.ts';
+import { type ClusterRestoreOutcome, restoreCluster } from '../src/backup/cluster-restore.ts';
+import type { BackupEngine } from '../src/backup/engine.ts';
 import { engineFor } from '../src/backup/engines/index.ts';
 import { baseBackupLabel, pgbackrestSetLabel } from '../src/backup/names.ts';
 import { createScratchInstance, removeAbandonedScratch, type ScratchInstance } from '../src/backup/scratch-instance.ts';
@@ -104,20 +105,34 @@ async function drill(ctx: JobContext, p: Payload, engine: BackupEngine) {
       let scratch: ScratchInstance | undefined;
       try {
         scratch = await createScratchInstance(scratchRoot);
-        const restoreStarted = Date.now();
-        const restored = await engine.restore(
-          ctx,
-          scratch.dataDir,
-          { time: point.targetTime },
-          {
-            set: p.baseBackup,
-            targetAction: 'promote',
-            owner: scratch.owner,
-            lock,
-            systemIdentifier: point.systemIdentifier,
+        let markers: string[] = [];
+        // The operator's restore (restore-cluster), into the scratch directory, promoted at T.
+        const restored = await restoreCluster(ctx, engine, {
+          into: scratch.dataDir,
+          target: { time: point.targetTime },
+          set: p.baseBackup,
+          promote: true,
+          tables: Object.keys(point.rowCounts),
+          recoveryTimeoutSeconds: p.recoveryTimeoutSeconds,
+          user: point.user,
+          database: point.database,
+          lock,
+          systemIdentifier: point.systemIdentifier,
+          clusterName: 'pgmaint-drill',
+          settings: { shared_buffers: '128MB' },
+          async inspect(client) {
+            const { rows } = await client.query<{ marker: string }>(
+              `select marker from pgmaint.drill_marker where drill_id = $1 order by marker`,
+              [point.drillId],
+            );
+            markers = rows.map((r) => r.marker);
           },
-        );
-        return await replayAndProve(ctx, p, scratch, restored, restoreStarted, point);
+        }).catch((err: unknown) => {
+          if ((err as { code?: string }).code === 'RECOVERY_FAILED')
+            throw new PermanentJobError(`PITR drill failed: ${(err as Error).message}`, 'DRILL_FAILED');
+          throw err;
+        });
+        return await prove(ctx, point, restored, markers);
       } finally {
         if (scratch) {
           await scratch.destroy();
@@ -190,104 +205,37 @@ async function switchWal(pool: pg.Pool): Promise<string> {
   return rows[0]!.seg;
 }
 
-async function replayAndProve(
-  ctx: JobContext,
-  p: Payload,
-  scratch: ScratchInstance,
-  restored: RestoreOutcome,
-  restoreStarted: number,
-  point: TargetPoint,
-) {
-  const backup = restored.set;
-  const verifySeconds = restored.verifySeconds;
-  // Isolation: the recovery settings are the restore's; these keep the scratch server off the live paths.
-  await scratch.configure({
-    port: scratch.port,
-    listen_addresses: '',
-    unix_socket_directories: scratch.socketDir,
-    archive_mode: 'off',
-    archive_command: '',
-    archive_cleanup_command: '',
-    recovery_end_command: '',
-    hot_standby: 'off',
-    shared_buffers: '128MB',
-    logging_collector: 'off',
-    log_destination: 'stderr',
-    cluster_name: 'pgmaint-drill',
-  });
-  const replayStarted = Date.now();
-  const restoreSeconds = (replayStarted - restoreStarted) / 1000;
-  await ctx.progress(30, `replaying WAL from the archive to ${point.targetTime}`);
-  try {
-    await scratch.start(ctx.signal, restored.startOptions);
-  } catch (err) {
-    // Recovery can fail before pg_ctl sees the server up; the log has the verdict.
-    await throwIfRecoveryFailed(scratch, point);
-    throw err;
+async function prove(ctx: JobContext, point: TargetPoint, restored: ClusterRestoreOutcome, markers: string[]) {
+  const { proof } = restored;
+  const found = `markers found: ${markers.join(', ') || 'none'}`;
+  const checks: DrillCheck[] = [
+    { name: 'M1 (written before T) present', ok: markers.includes('M1'), detail: found },
+    { name: 'M2 (written after T) absent', ok: !markers.includes('M2'), detail: found },
+  ];
+  for (const [table, expected] of Object.entries(point.rowCounts)) {
+    const n = proof.rowCounts[table];
+    checks.push({ name: `rows of ${table} at T`, ok: n === expected, detail: `live at T ${expected}, restored ${n}` });
   }
-  await waitForPromotion(ctx, scratch, point, p.recoveryTimeoutSeconds);
-  const promoted = Date.now();
-  const rtoSeconds = (promoted - restoreStarted) / 1000;
-  await ctx.progress(85, `promoted after ${rtoSeconds.toFixed(1)} s; checking the restored data`);
-
-  const log = await scratch.log();
-  const checks: DrillCheck[] = [];
-  const client = scratch.client(point.user, point.database);
-  await client.connect();
-  try {
-    const { rows } = await client.query<{ marker: string }>(
-      `select marker from pgmaint.drill_marker where drill_id = $1 order by marker`,
-      [point.drillId],
-    );
-    const markers = rows.map((r) => r.marker);
-    checks.push({
-      name: 'M1 (written before T) present',
-      ok: markers.includes('M1'),
-      detail: `markers found: ${markers.join(', ') || 'none'}`,
-    });
-    checks.push({
-      name: 'M2 (written after T) absent',
-      ok: !markers.includes('M2'),
-      detail: `markers found: ${markers.join(', ') || 'none'}`,
-    });
-    for (const [table, expected] of Object.entries(point.rowCounts)) {
-      const restored = await countRows(client, table);
-      checks.push({
-        name: `rows of ${table} at T`,
-        ok: restored === expected,
-        detail: `live at T ${expected}, restored ${restored}`,
-      });
-    }
-  } finally {
-    await client.end().catch(() => undefined);
-  }
-  const stop = /recovery stopping (before|after) (commit|abort) of transaction \d+, time ([^\n]+)/.exec(log);
-  const stopTime = stop
-    ? Date.parse(
-        stop[3]!
-          .trim()
-          .replace(' ', 'T')
-          .replace(/([+-]\d\d)$/, '$1:00'),
-      )
-    : NaN;
+  const stop = proof.stopLine && /recovery stopping (before|after) (commit|abort) of transaction/.exec(proof.stopLine);
+  const stopTime = proof.stoppedAt ? Date.parse(proof.stoppedAt) : NaN;
   checks.push({
     name: 'recovery stopped at the target time',
     ok:
       Boolean(stop) &&
       (stop![1] === 'before' ? stopTime > Date.parse(point.targetTime) : stopTime <= Date.parse(point.targetTime)),
-    detail: stop ? stop[0] : 'no "recovery stopping" line in the server log',
+    detail: proof.stopLine ?? 'no "recovery stopping" line in the server log',
   });
-  const walSegmentsReplayed = (log.match(/restored log file "[0-9A-F]{24}" from archive/g) ?? []).length;
   const result = {
-    baseBackup: backup.label,
-    baseBackupStoppedAt: backup.stoppedAt,
+    baseBackup: restored.set.label,
+    baseBackupStoppedAt: restored.set.stoppedAt,
     targetTime: point.targetTime,
-    rtoSeconds,
-    restoreSeconds,
-    verifySeconds,
-    replaySeconds: (promoted - replayStarted) / 1000,
+    rtoSeconds: restored.totalSeconds,
+    restoreSeconds: restored.restoreSeconds,
+    verifySeconds: restored.verifySeconds,
+    replaySeconds: restored.replaySeconds,
     rpoSeconds: point.rpoSeconds,
-    walSegmentsReplayed,
+    walSegmentsReplayed: proof.walReplayed.segments,
+    walReplayed: proof.walReplayed,
     checks,
   };
   const failed = checks.filter((c) => !c.ok);
@@ -300,59 +248,10 @@ async function replayAndProve(
   }
   await ctx.progress(
     95,
-    `drill passed: RTO ${rtoSeconds.toFixed(1)} s, RPO ${point.rpoSeconds ?? '?'} s, ${walSegmentsReplayed} WAL ` +
-      `segments replayed`,
+    `drill passed: RTO ${result.rtoSeconds.toFixed(1)} s, RPO ${point.rpoSeconds ?? '?'} s, ` +
+      `${result.walSegmentsReplayed} WAL segments replayed`,
   );
   return result;
-}
-
-const logTail = async (scratch: ScratchInstance) => (await scratch.log()).trim().split('\n').slice(-8).join(' | ');
-
-/** "Recovery ended before target" is a failed drill (the archive lacks WAL), never a success. */
-async function throwIfRecoveryFailed(scratch: ScratchInstance, point: TargetPoint): Promise<void> {
-  if (/recovery ended before configured recovery target was reached/.test(await scratch.log())) {
-    throw new PermanentJobError(
-      `PITR drill failed: recovery ended before reaching T (${point.targetTime}): the archive lacks WAL between the ` +
-        `base backup and T. Server log: ${await logTail(scratch)}`,
-      'DRILL_FAILED',
-    );
-  }
-}
-
-/** Waits until the scratch instance accepts queries out of recovery; fails on the log's verdict or a dead server. */
-async function waitForPromotion(
-  ctx: JobContext,
-  scratch: ScratchInstance,
-  point: TargetPoint,
-  timeoutSeconds: number,
-): Promise<void> {
-  const deadline = Date.now() + timeoutSeconds * 1000;
-  // Every 100 ms, as an operator's script would: the wait is part of the RTO. Whether the
-  // server still runs (a pg_ctl process) is asked once a second.
-  for (let round = 1; ; round++) {
-    ctx.signal.throwIfAborted();
-    await throwIfRecoveryFailed(scratch, point);
-    const client = scratch.client(point.user, point.database);
-    try {
-      await client.connect();
-      const { rows } = await client.query<{ r: boolean }>('select pg_is_in_recovery() as r');
-      if (!rows[0]!.r) return;
-    } catch {
-      // starting up or still replaying (hot_standby is off)
-    } finally {
-      await client.end().catch(() => undefined);
-    }
-    if (round % 10 === 0 && !(await scratch.running())) {
-      // Stopped: its log is complete now, and may hold the verdict written as it went down.
-      await throwIfRecoveryFailed(scratch, point);
-      throw new Error(`the scratch instance stopped during recovery. Server log: ${await logTail(scratch)}`);
-    }
-    if (Date.now() > deadline)
-      throw new Error(
-        `restore and replay did not finish within ${timeoutSeconds} s. Server log: ${await logTail(scratch)}`,
-      );
-    await sleep(100);
-  }
 }
 
 export default job;

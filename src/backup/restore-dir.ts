@@ -17,7 +17,7 @@ export async function liveDataDirectory(pool: pg.Pool): Promise<string | undefin
 }
 
 /** The path with symbolic links resolved as far as it exists (the rest appended). */
-async function resolved(p: string): Promise<string> {
+export async function resolvedPath(p: string): Promise<string> {
   const rest: string[] = [];
   let head = path.resolve(p);
   for (;;) {
@@ -30,7 +30,7 @@ async function resolved(p: string): Promise<string> {
   }
 }
 
-const within = (outer: string, inner: string) => inner === outer || inner.startsWith(`${outer}${path.sep}`);
+export const within = (outer: string, inner: string) => inner === outer || inner.startsWith(`${outer}${path.sep}`);
 
 /**
  * Refuses `into` when it is relative, not a directory, not empty, or the live data directory (or inside it,
@@ -42,7 +42,7 @@ export async function prepareRestoreDir(into: string, live: string | undefined, 
   };
   if (!path.isAbsolute(into)) refuse('must be an absolute path');
   if (live) {
-    const [dir, liveDir] = await Promise.all([resolved(into), resolved(live)]);
+    const [dir, liveDir] = await Promise.all([resolvedPath(into), resolvedPath(live)]);
     if (within(liveDir, dir) || within(dir, liveDir)) {
       refuse(`is the live data directory of the target (${live}) or overlaps it; restore into a new directory`);
     }

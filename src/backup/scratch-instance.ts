@@ -16,7 +16,7 @@ import { confString } from './restore-dir.ts';
 const PREFIX = 'pgmaint-drill-';
 
 /** Settings of the live cluster's config files that would point the scratch instance at live paths. */
-const LIVE_PATH_SETTINGS =
+export const LIVE_PATH_SETTINGS =
   /^\s*(data_directory|hba_file|ident_file|external_pid_file|include_dir|include_if_exists|include)\b/;
 
 export interface ScratchInstance {

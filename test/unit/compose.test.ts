@@ -192,6 +192,10 @@ describe('every job the stack runs has what it runs', () => {
       e === 'native'
         ? { pgmaint: [PG, 'lz4'], note: 'a scratch postgres from a base backup' }
         : { pgmaint: [PG, 'pgbackrest'], postgres: ['pgbackrest'], note: 'pgbackrest restore; archive-get' },
+    'restore-cluster': (e) =>
+      e === 'native'
+        ? { pgmaint: [PG, 'lz4'], note: 'a postgres restored from a base backup' }
+        : { pgmaint: [PG, 'pgbackrest'], postgres: ['pgbackrest'], note: 'pgbackrest restore; archive-get' },
     'archive-check': (e) =>
       e === 'native'
         ? { note: 'reads the WAL archive volume' }
