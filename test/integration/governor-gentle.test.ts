@@ -50,11 +50,14 @@ function recorded(): { tool: string; nice: number; pgoptions: string }[] {
   return out.sort((a, b) => a.tool.localeCompare(b.tool));
 }
 
+/** Two daily partitions, the older one with rows: it is expired (the newest never is). */
 async function partitioned(schema: string, rows: number): Promise<void> {
   await h.admin.query(`create schema ${schema};
     create table ${schema}.days (ts timestamptz not null, v text) partition by range (ts);
     create table ${schema}.days_p20260101 partition of ${schema}.days
       for values from ('2026-01-01 00:00+00') to ('2026-01-02 00:00+00');
+    create table ${schema}.days_p20260102 partition of ${schema}.days
+      for values from ('2026-01-02 00:00+00') to ('2026-01-03 00:00+00');
     insert into ${schema}.days select '2026-01-01 06:00+00'::timestamptz + g * interval '1 ms',
       repeat(md5(g::text), 3) from generate_series(1, ${rows}) g;`);
 }
