@@ -44,14 +44,14 @@ const shape = {
     .max(7 * 86_400),
   /** pg_basebackup --max-rate for base-backup runs whose payload gives none. */
   baseBackupMaxRate: maxRate.nullable(),
-  // Inside a unit, while governed (src/governor/gentle.ts): the work itself made gentler.
+  // Inside a unit, while governed (core/gentle.ts): the work itself made gentler.
   /** vacuum_cost_delay (ms) of governed VACUUM and ANALYZE, when more than the job's own. */
   vacuumCostDelayMs: z.number().min(0).max(100).nullable(),
   /** vacuum_cost_limit of governed VACUUM and ANALYZE, when less than the job's own. */
   vacuumCostLimit: threshold(1, 10_000, true),
   /** max_parallel_maintenance_workers of governed builds and VACUUMs (pg_repack's too). */
   maxParallelMaintenanceWorkers: threshold(0, 1024, true),
-  /** Bytes a second through each governed stream (pg_dump's pipe, the read-back, uploads), kB or k/M. */
+  /** Bytes a second through each governed stream (pg_dump's pipe, the read-back, uploads), as maxRate. */
   streamMaxRate: maxRate.nullable(),
   /** The niceness governed child processes (pg_dump, zstd, pg_restore, pg_repack) start at. */
   childNice: threshold(0, 19, true),
