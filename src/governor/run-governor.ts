@@ -82,33 +82,41 @@ export class RunGovernor implements RunGovernorHandle {
 
   pacer(unit: string, opts: Pick<GateOptions, 'readOnly'> = {}): Transform {
     const rate = this.gentle?.streamBytesPerSecond ?? null;
-    // Under streamMaxRate each chunk passes at its turn: when the bytes before it have had their time.
+    // Under streamMaxRate each chunk waits for its turn (the bytes before it have had their time)
+    // before the hold is looked at: a hold that began meanwhile keeps it too.
     let turn = 0;
-    const pass = (chunk: Buffer, cb: TransformCallback) => {
-      if (rate === null) return cb(null, chunk);
+    const turnOf = (bytes: number) => {
+      if (rate === null) return 0;
       const now = Date.now();
       turn = Math.max(turn, now);
       const wait = turn - now;
-      turn += (chunk.length / rate) * 1000;
-      if (wait < 1) return cb(null, chunk);
-      this.sleep(wait).then(
-        () => cb(null, chunk),
-        (err: Error) => cb(err),
-      );
+      turn += (bytes / rate) * 1000;
+      return wait;
+    };
+    const pass = (chunk: Buffer, cb: TransformCallback) => {
+      // The common case stays synchronous: a chunk passes while the run is not held.
+      if (this.live && this.verdictFor(opts.readOnly).state === 'running') {
+        cb(null, chunk);
+        return;
+      }
+      this.begin()
+        .then(() => this.waitWhileHeld(unit, opts))
+        .then(
+          () => cb(null, chunk),
+          (err: Error) => cb(err),
+        );
     };
     return new Transform({
       transform: (chunk: Buffer, _enc, cb) => {
-        // The common case stays synchronous: a chunk passes while the run is not held.
-        if (this.live && this.verdictFor(opts.readOnly).state === 'running') {
+        const wait = turnOf(chunk.length);
+        if (wait < 1) {
           pass(chunk, cb);
           return;
         }
-        this.begin()
-          .then(() => this.waitWhileHeld(unit, opts))
-          .then(
-            () => pass(chunk, cb),
-            (err: Error) => cb(err),
-          );
+        this.sleep(wait).then(
+          () => pass(chunk, cb),
+          (err: Error) => cb(err),
+        );
       },
     });
   }
