@@ -16,6 +16,7 @@ import { z } from 'zod';
 import { lockTimeoutSetting, schemaName, extensionsOf } from '../src/core/sql.ts';
 import { GovernorDeferredError } from '../src/core/errors.ts';
 import { governorField } from '../src/core/governor-policy.ts';
+import { buildSettings } from '../src/core/gentle.ts';
 import { defineJob, type JobContext, type JobResult, targetField } from '../src/runner/job-definition.ts';
 
 const indexName = z
@@ -117,6 +118,12 @@ const job = defineJob({
           await ctx.log(`dropped ${l.index}, left by an interrupted REINDEX CONCURRENTLY`);
         }
 
+        // Governed, the rebuilds take no parallel workers: a build does not take every core (core/gentle.ts).
+        for (const [name, value] of Object.entries(buildSettings(ctx.governor.gentle)))
+          await client.query(`select set_config($1, $2, false)`, [name, value]);
+        const parallelWorkers = Number(
+          (await client.query(`select current_setting('max_parallel_maintenance_workers') as n`)).rows[0].n,
+        );
         await ctx.progress(10, 'estimating bloat');
         const method = await bloatMethod(client);
         const candidates = await chooseCandidates(client, p, method, schemas);
@@ -187,9 +194,11 @@ const job = defineJob({
           skipped,
           left,
           bytesFreed: rebuilt.reduce((n, r) => n + Math.max(0, r.bytesBefore - r.bytesAfter), 0),
+          /** The rebuilds' session setting, as the server took it. */
+          maxParallelMaintenanceWorkers: parallelWorkers,
         };
       },
-      { reset: 'reset lock_timeout; reset statement_timeout' },
+      { reset: 'reset lock_timeout; reset statement_timeout; reset max_parallel_maintenance_workers' },
     );
   },
 });

@@ -11,7 +11,8 @@
 import { z } from 'zod';
 import { GovernorDeferredError, PermanentJobError } from '../src/core/errors.ts';
 import { governorField } from '../src/core/governor-policy.ts';
-import { binPath, runProcess } from '../src/core/proc.ts';
+import { binPath, type RunOptions, runProcess } from '../src/core/proc.ts';
+import { pgOptions, repackSettings } from '../src/core/gentle.ts';
 import { redact } from '../src/core/redact.ts';
 import { qualifiedName, extensionsOf, missingExtension } from '../src/core/sql.ts';
 import { defineJob, type JobContext, type JobResult, targetField } from '../src/runner/job-definition.ts';
@@ -189,7 +190,7 @@ const job = defineJob({
           await runProcess(
             binPath('pg_repack'),
             [`--table=${c.table}`, `--wait-timeout=${p.lockWaitSeconds}`, '--no-kill-backend', '--no-order'],
-            { libpq: ctx.libpqSettings(), signal: budget, onStderrLine: onLine, onStdoutLine: onLine },
+            { ...gentleChild(ctx), signal: budget, onStderrLine: onLine, onStdoutLine: onLine },
           );
         } catch (err) {
           const message = (err as Error).message;
@@ -233,6 +234,17 @@ const job = defineJob({
 const NO_KEY =
   'no primary key and no NOT NULL unique index (valid, not partial, no expression): pg_repack cannot repack ' +
   'a table without one';
+
+/**
+ * pg_repack's connection and priority: governed, its sessions build without parallel workers and
+ * its ANALYZE is paced as VACUUM's (PGOPTIONS), and it runs at childNice (core/gentle.ts).
+ */
+function gentleChild(ctx: JobContext): Pick<RunOptions, 'libpq' | 'nice'> {
+  const libpq = ctx.libpqSettings();
+  const g = ctx.governor.gentle;
+  const options = pgOptions(repackSettings(g));
+  return { libpq: options ? { ...libpq, env: { ...libpq.env, PGOPTIONS: options } } : libpq, nice: g?.childNice };
+}
 
 /** The table's file (pg_repack swaps the rebuilt table's file in). */
 async function fileOf(ctx: JobContext, table: string): Promise<string> {

@@ -15,6 +15,7 @@ import { governorField } from '../src/core/governor-policy.ts';
 import { defineJob, type JobResult, targetField, type JobContext } from '../src/runner/job-definition.ts';
 import { qualifiedName, quoteQualified, lockTimeoutSetting, schemaName } from '../src/core/sql.ts';
 import { AnalyzeBatch } from '../src/core/analyze-batch.ts';
+import { vacuumSettings } from '../src/core/gentle.ts';
 
 const thresholds = z
   .object({
@@ -47,7 +48,8 @@ export const payload = z.object({
   /**
    * Throttle: vacuum_cost_delay (ms) for this session, 2 by default as autovacuum's
    * (a manual VACUUM runs unthrottled: 0 asks for that), and vacuum_cost_limit
-   * (default the server's, 200).
+   * (default the server's, 200). While governed, the governor's vacuumCostDelayMs and
+   * vacuumCostLimit where they are stricter.
    */
   costDelayMs: z.number().min(0).max(100).default(2),
   costLimit: z.number().int().min(1).max(10_000).optional(),
@@ -254,13 +256,15 @@ async function work(ctx: JobContext, client: pg.PoolClient, p: Payload, chosen: 
   const started = Date.now();
   const deadline = started + p.budgetSeconds * 1000;
   await client.query(`select set_config('lock_timeout', $1, false)`, [p.lockTimeout]);
-  await client.query(`select set_config('vacuum_cost_delay', $1, false)`, [String(p.costDelayMs)]);
-  if (p.costLimit !== undefined)
-    await client.query(`select set_config('vacuum_cost_limit', $1, false)`, [String(p.costLimit)]);
+  // The job's throttle, or the governor's where it is stricter (core/gentle.ts).
+  const serverLimit = Number((await client.query(`select current_setting('vacuum_cost_limit') as l`)).rows[0].l);
+  for (const [name, value] of Object.entries(vacuumSettings(ctx.governor.gentle, p, serverLimit)))
+    await client.query(`select set_config($1, $2, false)`, [name, value]);
   // The throttle as the server took it, for the result.
   const throttle = (
-    await client.query<{ costDelay: string; costLimit: string }>(
-      `select current_setting('vacuum_cost_delay') as "costDelay", current_setting('vacuum_cost_limit') as "costLimit"`,
+    await client.query<{ costDelay: string; costLimit: string; parallelWorkers: string }>(
+      `select current_setting('vacuum_cost_delay') as "costDelay", current_setting('vacuum_cost_limit') as "costLimit",
+              current_setting('max_parallel_maintenance_workers') as "parallelWorkers"`,
     )
   ).rows[0]!;
   const results: TableResult[] = [];
@@ -363,7 +367,11 @@ async function work(ctx: JobContext, client: pg.PoolClient, p: Payload, chosen: 
     tables: results,
     left,
     stoppedAtBudget,
-    throttle: { costDelay: throttle.costDelay, costLimit: Number(throttle.costLimit) },
+    throttle: {
+      costDelay: throttle.costDelay,
+      costLimit: Number(throttle.costLimit),
+      maxParallelMaintenanceWorkers: Number(throttle.parallelWorkers),
+    },
     durationMs: Date.now() - started,
   };
 }

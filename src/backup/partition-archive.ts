@@ -219,10 +219,13 @@ export async function archivePartitions(
     );
   const file = path.join(dir, `${parent}-${fileStamp()}${ARCHIVE_SUFFIX}`);
   const tmp = `${file}.partial`;
+  // Governed: the children at a lower priority, and the pacer reads at most streamMaxRate.
+  const nice = ctx.governor.gentle?.childNice;
   try {
     await runPipeline(
       [
         {
+          nice,
           cmd: binPath('pg_dump'),
           args: [
             '--format=custom',
@@ -232,7 +235,7 @@ export async function archivePartitions(
           ],
           libpq: ctx.libpqSettings(),
         },
-        { cmd: 'zstd', args: ['-q', '-3', '-o', tmp] },
+        { nice, cmd: 'zstd', args: ['-q', '-3', '-o', tmp] },
       ],
       // Paced by the governor: while the run is held no byte is read, and the server's COPY waits.
       { signal: ctx.signal, relay: ctx.governor.pacer(`pg_dump of ${parent}`, { readOnly: true }) },
@@ -287,10 +290,11 @@ export async function archivePartitions(
  */
 async function readBack(ctx: JobContext, file: string): Promise<Map<string, number>> {
   const counter = new CopyRowCounter();
+  const nice = ctx.governor.gentle?.childNice;
   await runPipeline(
     [
-      { cmd: 'zstd', args: ['-q', '-d', '-c', file] },
-      { cmd: binPath('pg_restore'), args: ['--file=-'] },
+      { nice, cmd: 'zstd', args: ['-q', '-d', '-c', file] },
+      { nice, cmd: binPath('pg_restore'), args: ['--file=-'] },
     ],
     {
       signal: ctx.signal,

@@ -4,8 +4,10 @@
 // those (never customSql: a statement to run comes from the config file only).
 import { z } from 'zod';
 
-/** pg_basebackup's --max-rate: kB/s, or with a k or M suffix. */
-const maxRate = z.string().regex(/^\d+[kM]?$/, 'must look like "800k" or "50M" (pg_basebackup --max-rate)');
+/** A rate as pg_basebackup's --max-rate writes it: kB/s, or with a k or M suffix. */
+const maxRate = z
+  .string()
+  .regex(/^[1-9]\d{0,6}[kM]?$/, 'must look like "800k" or "50M" (kB/s unless M, as pg_basebackup --max-rate)');
 
 const threshold = (min: number, max: number, int = false) =>
   (int ? z.number().int() : z.number()).min(min).max(max).nullable();
@@ -42,6 +44,17 @@ const shape = {
     .max(7 * 86_400),
   /** pg_basebackup --max-rate for base-backup runs whose payload gives none. */
   baseBackupMaxRate: maxRate.nullable(),
+  // Inside a unit, while governed (core/gentle.ts): the work itself made gentler.
+  /** vacuum_cost_delay (ms) of governed VACUUM and ANALYZE, when more than the job's own. */
+  vacuumCostDelayMs: z.number().min(0).max(100).nullable(),
+  /** vacuum_cost_limit of governed VACUUM and ANALYZE, when less than the job's own. */
+  vacuumCostLimit: threshold(1, 10_000, true),
+  /** max_parallel_maintenance_workers of governed builds and VACUUMs (pg_repack's too). */
+  maxParallelMaintenanceWorkers: threshold(0, 1024, true),
+  /** Bytes a second through each governed stream (pg_dump's pipe, the read-back, uploads), as maxRate. */
+  streamMaxRate: maxRate.nullable(),
+  /** The niceness governed child processes (pg_dump, zstd, pg_restore, pg_repack) start at. */
+  childNice: threshold(0, 19, true),
 };
 
 export const governorKeys = z.object(shape).partial().strict();
@@ -69,6 +82,11 @@ export const GOVERNOR_DEFAULTS: GovernorPolicy = {
   customCritical: null,
   maxPauseSeconds: 1800,
   baseBackupMaxRate: null,
+  vacuumCostDelayMs: 10,
+  vacuumCostLimit: null,
+  maxParallelMaintenanceWorkers: 0,
+  streamMaxRate: '8M',
+  childNice: 10,
 };
 
 /** The field governed jobs put in their payload schema: the run's own thresholds over the target's. */

@@ -21,6 +21,13 @@ export interface ChildSpec {
   gid?: number;
   /** pgBackRest, or a server whose restore_command runs it: our PGBACKREST_* options go with it. */
   pgbackrestOptions?: boolean;
+  /** Started at this niceness (nice -n), it and what it runs: a governed run's children (core/gentle.ts). */
+  nice?: number | null;
+}
+
+/** The command line that starts `cmd` at `nice` (coreutils nice: set before its exec, so from its start). */
+function niced(cmd: string, args: string[], nice: number | null | undefined): [string, string[]] {
+  return nice ? ['nice', ['-n', String(nice), cmd, ...args]] : [cmd, args];
 }
 
 export interface RunOptions extends ChildSpec {
@@ -100,7 +107,7 @@ export async function runProcess(
   try {
     const env = await environmentFor(opts, passfiles);
     opts.signal?.throwIfAborted();
-    const child = spawn(cmd, args, {
+    const child = spawn(...niced(cmd, args, opts.nice), {
       env,
       stdio: ['ignore', 'pipe', 'pipe'],
       uid: opts.uid,
@@ -127,7 +134,7 @@ export async function runProcess(
 }
 
 /** One command of a pipeline (run as us). */
-export interface Stage extends Pick<ChildSpec, 'env' | 'libpq'> {
+export interface Stage extends Pick<ChildSpec, 'env' | 'libpq' | 'nice'> {
   cmd: string;
   args: string[];
 }
@@ -171,7 +178,7 @@ async function runStages(stages: Stage[], envs: Record<string, string>[], opts: 
     const prev = children[i - 1];
     const stdin = prev ? (relayed && i === 1 ? 'pipe' : prev.stdout!) : 'ignore';
     children.push(
-      spawn(stage.cmd, stage.args, {
+      spawn(...niced(stage.cmd, stage.args, stage.nice), {
         env: envs[i],
         stdio: [stdin, i < stages.length - 1 || opts.onStdout ? 'pipe' : 'ignore', 'pipe'],
       }),

@@ -2,7 +2,8 @@
 // Board, the seconds it was held, and the limits past which it stops as deferred. From its
 // first gate until it ends it looks at the target's latest reading and the holds by hand
 // every checkEveryMs: a critical reading aborts the run at once, whatever it is doing.
-import { Transform } from 'node:stream';
+import { Transform, type TransformCallback } from 'node:stream';
+import { type Gentle, gentleOf } from '../core/gentle.ts';
 import { type Deferral, GovernorAbortedError, GovernorDeferredError } from '../core/errors.ts';
 import type { GovernorPolicy } from '../core/governor-policy.ts';
 import type { GovernedRun, RunGovernorHandle } from '../runner/governor-port.ts';
@@ -66,6 +67,10 @@ export class RunGovernor implements RunGovernorHandle {
     return this.policy.baseBackupMaxRate;
   }
 
+  get gentle(): Gentle | null {
+    return gentleOf(this.policy);
+  }
+
   async gate(unit: string, opts: GateOptions = {}): Promise<void> {
     this.run.signal.throwIfAborted();
     if (this.deferral) throw new GovernorDeferredError(this.deferral);
@@ -76,20 +81,60 @@ export class RunGovernor implements RunGovernorHandle {
   }
 
   pacer(unit: string, opts: Pick<GateOptions, 'readOnly'> = {}): Transform {
+    const rate = this.gentle?.streamBytesPerSecond ?? null;
+    // Under streamMaxRate each chunk waits for its turn (the bytes before it have had their time)
+    // before the hold is looked at: a hold that began meanwhile keeps it too.
+    let turn = 0;
+    const turnOf = (bytes: number) => {
+      if (rate === null) return 0;
+      const now = Date.now();
+      turn = Math.max(turn, now);
+      const wait = turn - now;
+      turn += (bytes / rate) * 1000;
+      return wait;
+    };
+    const pass = (chunk: Buffer, cb: TransformCallback) => {
+      // The common case stays synchronous: a chunk passes while the run is not held.
+      if (this.live && this.verdictFor(opts.readOnly).state === 'running') {
+        cb(null, chunk);
+        return;
+      }
+      this.begin()
+        .then(() => this.waitWhileHeld(unit, opts))
+        .then(
+          () => cb(null, chunk),
+          (err: Error) => cb(err),
+        );
+    };
     return new Transform({
       transform: (chunk: Buffer, _enc, cb) => {
-        // The common case stays synchronous: a chunk passes while the run is not held.
-        if (this.live && this.verdictFor(opts.readOnly).state === 'running') {
-          cb(null, chunk);
+        const wait = turnOf(chunk.length);
+        if (wait < 1) {
+          pass(chunk, cb);
           return;
         }
-        this.begin()
-          .then(() => this.waitWhileHeld(unit, opts))
-          .then(
-            () => cb(null, chunk),
-            (err: Error) => cb(err),
-          );
+        this.sleep(wait).then(
+          () => pass(chunk, cb),
+          (err: Error) => cb(err),
+        );
       },
+    });
+  }
+
+  /** `ms`, or until the run is aborted (then its reason). */
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const { signal } = this.run;
+      if (signal.aborted) return reject(signal.reason as Error);
+      const onAbort = () => {
+        clearTimeout(timer);
+        reject(signal.reason as Error);
+      };
+      const timer = setTimeout(() => {
+        signal.removeEventListener('abort', onAbort);
+        resolve();
+      }, ms);
+      signal.addEventListener('abort', onAbort, { once: true });
     });
   }
 

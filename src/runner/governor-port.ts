@@ -63,4 +63,5 @@ export const OPEN_GOVERNOR: RunGovernor = {
   gate: async () => undefined,
   pacer: () => new PassThrough(),
   baseBackupMaxRate: null,
+  gentle: null,
 };

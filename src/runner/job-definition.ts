@@ -7,6 +7,7 @@ import type { Config, TargetConfig } from '../core/config.ts';
 import type { Logger } from '../core/logger.ts';
 import type { LibpqSettings } from '../core/libpq.ts';
 import type { FieldIssue } from '../core/errors.ts';
+import type { Gentle } from '../core/gentle.ts';
 import { TARGET_NAME } from '../core/config.ts';
 import { MAIN_TARGET } from '../core/constants.ts';
 
@@ -57,6 +58,8 @@ export interface RunGovernor {
   pacer(unit: string, opts?: Pick<GateOptions, 'readOnly'>): Transform;
   /** pg_basebackup --max-rate from the policy, when it sets one. */
   readonly baseBackupMaxRate: string | null;
+  /** How the units themselves are made gentler while governed (core/gentle.ts); null with the governor off. */
+  readonly gentle: Gentle | null;
 }
 
 /** One thing a job needs of its worker's machine, and why (said when a worker lacks it). */
