@@ -14,7 +14,7 @@
 //     file, row counts) shows what pgmaint's proof costs.
 // pgmaint runs as a user runs it: a worker process, and the CLI as a child per run.
 // Each side runs --rounds times (at least 3), interleaved, every other round reversed.
-//   npm run bench:restore [-- --rows 1000000 --rounds 3 --parallel 2 --only cluster,dump]
+//   npm run bench:restore [-- --rows 2000000 --rounds 3 --parallel 2 --only cluster,dump]
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
@@ -37,7 +37,7 @@ import { fmt, interleave, loadAverage, printTable, row, type Sample, timed, verd
 
 const { values } = parseArgs({
   options: {
-    rows: { type: 'string', default: '1000000' },
+    rows: { type: 'string', default: '2000000' },
     rounds: { type: 'string', default: '3' },
     /** pg_restore -j on both sides. */
     parallel: { type: 'string', default: '2' },
