@@ -62,15 +62,22 @@ export function cliJob(env: NodeJS.ProcessEnv, name: string, payload: object): P
   let out = '';
   let err = '';
   child.stdout!.on('data', (d: Buffer) => {
+    if (process.env.BENCH_TRACE && !out)
+      console.error(`    [${((performance.now() - t0) / 1000).toFixed(2)} s] (the result is printed)`);
     out += d.toString();
   });
   child.stderr!.on('data', (d: Buffer) => {
     err = (err + d.toString()).slice(-4000);
+    // BENCH_TRACE=1: each progress line with when it came, to see where a run's time goes.
+    if (process.env.BENCH_TRACE)
+      for (const line of d.toString().trim().split('\n'))
+        console.error(`    [${((performance.now() - t0) / 1000).toFixed(2)} s] ${line.slice(0, 160)}`);
   });
   return new Promise((resolve, reject) => {
     child.on('error', reject);
     child.on('exit', (code) => {
       const ms = performance.now() - t0;
+      if (process.env.BENCH_TRACE) console.error(`    [${(ms / 1000).toFixed(2)} s] (the CLI exits ${code})`);
       if (code !== 0) return reject(new Error(`pgmaint enqueue ${name} exited ${code}: ${err}\n${out.slice(-2000)}`));
       const outcome = JSON.parse(out) as { state: string; result: Record<string, any> };
       resolve({ ms, result: outcome.result });
