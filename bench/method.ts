@@ -31,14 +31,22 @@ export async function timed(fn: () => Promise<unknown>): Promise<number> {
 /**
  * Runs the sides interleaved for `rounds` rounds. `warmup` rounds go first, in the same
  * order, and are not counted: a long-lived process's steady state, not its first call
- * (cold JIT and caches), on every side alike.
+ * (cold JIT and caches), on every side alike. `alternate`: every other round runs the
+ * sides in reverse order (A, B, B, A …), so that work which grows with each run (a
+ * repository that gains a set per run) does not always fall on the same side.
  */
-export async function interleave(sides: Side[], rounds: number, { warmup = 0 } = {}): Promise<Sample[]> {
+export async function interleave(
+  sides: Side[],
+  rounds: number,
+  { warmup = 0, alternate = false } = {},
+): Promise<Sample[]> {
   const samples = sides.map((s) => ({ name: s.name, ms: [] as number[] }));
   for (let r = 0; r < warmup; r++)
     for (const side of sides) console.error(`  warm-up: ${side.name} ${(await side.run(-1 - r)).toFixed(1)} ms`);
   for (let r = 0; r < rounds; r++) {
-    for (const [i, side] of sides.entries()) {
+    const order = [...sides.entries()];
+    if (alternate && r % 2 === 1) order.reverse();
+    for (const [i, side] of order) {
       const ms = await side.run(r);
       samples[i]!.ms.push(ms);
       console.error(
@@ -68,6 +76,21 @@ export function fmt(s: Sample, unit: Unit = 's'): string {
 export function row(what: string, ours: Sample, theirs: Sample, target?: string, unit: Unit = 's'): string[] {
   const ratio = median(ours.ms) / median(theirs.ms);
   return [what, fmt(ours, unit), fmt(theirs, unit), `${ratio.toFixed(2)}×`, target ?? ''];
+}
+
+/**
+ * The verdict on a row: "level" when the two sides' min–max ranges overlap (the ratio is
+ * inside the run-to-run spread, so the run cannot tell them apart), else "met" or "not
+ * met" against a target such as "≤ 1.1×" (ours over theirs); without a target, "faster"
+ * or "slower".
+ */
+export function verdict(ours: Sample, theirs: Sample, target?: string): string {
+  const overlap = Math.min(...ours.ms) <= Math.max(...theirs.ms) && Math.min(...theirs.ms) <= Math.max(...ours.ms);
+  if (overlap) return 'level';
+  const ratio = median(ours.ms) / median(theirs.ms);
+  const limit = target ? /≤\s*([\d.]+)/.exec(target) : null;
+  if (!limit) return ratio < 1 ? 'faster' : 'slower';
+  return ratio <= Number(limit[1]) ? 'met' : 'not met';
 }
 
 export function printTable(title: string, header: string[], rows: string[][]): void {
