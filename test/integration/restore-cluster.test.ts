@@ -190,7 +190,7 @@ describe('restore-cluster with the native engine', () => {
       expect(fs.existsSync(into)).toBe(false);
     });
 
-    it('asked wrongly (HTTP 400, exit 2): both time and restorePoint, an unknown key, a relative or own path', async () => {
+    it('asked wrongly (400, exit 2): both time and restorePoint, an unknown key, a relative or own path', async () => {
       const into = path.join(s.h.dir, 'never');
       const issues = async (payload: object) =>
         rejected(() => s.rt.queues.enqueue('restore-cluster', payload)).then((e) => e.issues);

@@ -34,6 +34,7 @@ const BROUGHT_BY: Record<string, string> = {
   du: 'base',
   cp: 'base',
   tar: 'base',
+  nice: 'base',
   mount: 'base',
   umount: 'base',
   git: 'base',
