@@ -29,7 +29,10 @@ const { values } = parseArgs({
     keep: { type: 'boolean', default: false },
     /** The window the scheduled round's runs are spread over (shorter than a minute's cron can take: < 24 h). */
     spread: { type: 'string', default: '60s' },
+    /** --no-scheduled: leave out the scheduled rounds (a quicker run of the other figures). */
+    scheduled: { type: 'boolean', default: true },
   },
+  allowNegative: true,
 });
 const SIZES = values.targets.split(',').map(Number);
 const ROUNDS = Math.max(3, Number(values.rounds));
@@ -336,7 +339,7 @@ for (const n of SIZES) {
     [`${n}`, 'Redis used_memory after the run', mib(memory.redis), perT(memory.redis)],
   );
   let roundPeak = 0;
-  for (const spread of [undefined, SPREAD]) {
+  for (const spread of values.scheduled ? [undefined, SPREAD] : []) {
     const r = await scheduledRound(n, env, spread);
     roundPeak = Math.max(roundPeak, ...r.peak);
     const how = spread ? `spread over ${spread}` : 'not spread';

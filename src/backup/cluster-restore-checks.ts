@@ -8,7 +8,7 @@ import fs from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import { backupDirOf, type Config, type TargetConfig } from '../core/config.ts';
-import { type FieldIssue, RefusedError } from '../core/errors.ts';
+import { type FieldIssue, PermanentJobError, RefusedError } from '../core/errors.ts';
 import { binPath, runProcess } from '../core/proc.ts';
 import type { EngineCatalog, RestoreTarget } from './engine.ts';
 import { describeTarget, resolvedPath, within } from './restore-dir.ts';
@@ -131,7 +131,12 @@ export async function checkPortFree(port: number): Promise<void> {
 }
 
 /** Refuses a set the catalog does not list (or that is not usable), and a time outside the recovery window. */
-export function checkCatalog(catalog: EngineCatalog, target: RestoreTarget, set: string | undefined): void {
+export function checkCatalog(
+  catalog: EngineCatalog,
+  target: RestoreTarget,
+  set: string | undefined,
+  targetName: string,
+): void {
   const usable = catalog.sets.filter((s) => s.usable);
   if (set) {
     const found = usable.find((s) => s.label === set);
@@ -144,7 +149,12 @@ export function checkCatalog(catalog: EngineCatalog, target: RestoreTarget, set:
     if (typeof target === 'object' && 'time' in target && Date.parse(found.stoppedAt) >= Date.parse(target.time))
       throw new RefusedError('set', `${set} stopped at ${found.stoppedAt}, not before ${describeTarget(target)}`);
   }
-  if (!usable.length) throw new RefusedError('set', 'there is no verified base backup or set; run base-backup first');
+  // Its own stable code (the drill's alerts name it), not a refusal of the request.
+  if (!usable.length)
+    throw new PermanentJobError(
+      `no verified base backup or set of target "${targetName}"; run base-backup first`,
+      'NO_BASE_BACKUP',
+    );
   if (typeof target !== 'object' || !('time' in target) || !catalog.windowMeasured) return;
   const { earliest, latest } = catalog.recoveryWindow;
   const t = Date.parse(target.time);

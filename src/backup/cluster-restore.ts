@@ -97,7 +97,7 @@ export async function restoreCluster(
   try {
     const { existed } = await checkInto(into, live, (m) => run.log(m));
     if (req.port) await checkPortFree(req.port);
-    checkCatalog(await engine.catalog(backupDirOf(run.config)), req.target, req.set);
+    checkCatalog(await engine.catalog(backupDirOf(run.config)), req.target, req.set, run.target.name);
     return await restoreClaimed(run, engine, req, into, existed);
   } finally {
     await release();

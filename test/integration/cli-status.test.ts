@@ -107,7 +107,7 @@ describe('pgmaint status on a system with content', () => {
   it('shows the open alert, the failed drill, the base backup age, the archive lag and the runway', async () => {
     const drill = await run('pitr-drill');
     expect(drill.state).toBe('failed');
-    expect(drill.job.failedReason).toMatch(/no verified base backup of target "main"/);
+    expect(drill.job.failedReason).toMatch(/no verified base backup or set of target "main"/);
     const base = await run('base-backup');
     expect(base.state, base.job.failedReason).toBe('completed');
     const archive = await checkWhileBusy();
