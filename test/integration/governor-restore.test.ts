@@ -162,6 +162,14 @@ describe('governor: restore-partition', () => {
             `join pg_stat_activity a using (pid) where a.application_name like 'pgmaint/restore-partition/%'`,
         )
       ).rows[0];
+    // The stream sees the hold at its next chunk (until then the COPY may wait in ClientRead on a
+    // rate's turn alone): once the hold is on the board, no further byte passes.
+    const inStream = await waitUntil(
+      async () => (await governor()).held.find((r) => r.jobId === id && r.unit?.startsWith('pg_restore of')),
+      60_000,
+      'the run to be held in its stream',
+    );
+    expect(inStream).toMatchObject({ state: 'paused', unit: 'pg_restore of sales.sale_order_p202401' });
     const waiting = await waitUntil(
       async () => {
         const c = await copyNow();
@@ -170,8 +178,6 @@ describe('governor: restore-partition', () => {
       60_000,
       "pg_restore's COPY to wait for data",
     );
-    const inStream = (await governor()).held.find((r) => r.jobId === id);
-    expect(inStream).toMatchObject({ state: 'paused', unit: 'pg_restore of sales.sale_order_p202401' });
     // Held, not merely slow: the COPY loads no more rows while the hold lasts, and is not done.
     await sleep(1500);
     const still = await copyNow();
