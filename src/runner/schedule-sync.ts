@@ -69,6 +69,7 @@ export async function syncSchedules(
   logger: Logger,
 ): Promise<SyncResult> {
   // A bounded connection sends nothing before it is ready: BullMQ's own calls wait for that, ours too.
+  await clusterReady(queues.connection);
   await queues.get(limits[0]?.queue ?? writes[0]!.queue).waitUntilReady();
   const redis = queues.connection;
   const prefix = queues.config.redis.prefix;
@@ -133,6 +134,26 @@ export async function syncSchedules(
       await redis.eval(RELEASE, 1, lockKey, token).catch(() => undefined);
     }
   }
+}
+
+/**
+ * A cluster client says `connect` before it is `ready`, and BullMQ takes `connect` for ready: its
+ * first INFO then fails (no offline queue) and leaves the queue unusable. Waits for `ready` (or
+ * `end`, or 10 s: then BullMQ's call reports the failure, naming Redis, as before).
+ */
+async function clusterReady(client: RedisClient): Promise<void> {
+  if (!('nodes' in client) || client.status === 'ready') return;
+  await new Promise<void>((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      client.off('ready', done);
+      client.off('end', done);
+      resolve();
+    };
+    const timer = setTimeout(done, 10_000);
+    client.once('ready', done);
+    client.once('end', done);
+  });
 }
 
 /** Removes the schedulers of every queue whose id is not wanted in that queue; reads only their ids. */
