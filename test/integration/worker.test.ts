@@ -17,6 +17,8 @@ beforeAll(async () => {
   rt = h.runtime({ jobs: [...jobs, sqlProbe, slowChild], schedules: [] });
   startWorkers(rt, ['sql-probe', 'slow-child', 'noop']);
   await h.admin.query('create table probe_lock (id int)');
+  // An enqueue on a connection still connecting is refused (nothing enqueued): the tests start once it is up.
+  await waitUntil(async () => rt.queues.connection.status === 'ready', 30_000, 'the Redis connection to be ready');
 });
 afterAll(() => h.close());
 
