@@ -10,6 +10,7 @@ import path from 'node:path';
 import { backupDirOf, type Config, type TargetConfig } from '../core/config.ts';
 import { type FieldIssue, PermanentJobError, RefusedError } from '../core/errors.ts';
 import { binPath, runProcess } from '../core/proc.ts';
+import { processAlive } from '../core/pid.ts';
 import type { EngineCatalog, RestoreTarget } from './engine.ts';
 import { describeTarget, resolvedPath, within } from './restore-dir.ts';
 
@@ -105,18 +106,9 @@ export async function claimInto(into: string): Promise<() => Promise<void>> {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || tries > 0) throw err;
     }
     const pid = Number(await fs.readFile(lock, 'utf8').catch(() => '0'));
-    if (pid && pid !== process.pid && alive(pid))
+    if (pid && pid !== process.pid && processAlive(pid))
       throw new RefusedError('into', `another restore into ${into} is running (process ${pid}); wait for it`);
     await fs.rm(lock, { force: true });
-  }
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 

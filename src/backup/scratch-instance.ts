@@ -11,6 +11,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import { freePort, postgresUser, type OsOwner } from '../core/local-postgres.ts';
 import { binPath, runProcess } from '../core/proc.ts';
+import { processAlive } from '../core/pid.ts';
 import { confString } from './restore-dir.ts';
 
 const PREFIX = 'pgmaint-drill-';
@@ -45,22 +46,13 @@ export async function removeAbandonedScratch(root: string, onRemoved: (dir: stri
     if (!e.startsWith(PREFIX)) continue;
     const dir = path.join(root, e);
     const pid = Number(await fs.readFile(path.join(dir, 'worker.pid'), 'utf8').catch(() => '0'));
-    if (pid && pid !== process.pid && alive(pid)) continue;
+    if (pid && pid !== process.pid && processAlive(pid)) continue;
     const owner = postgresUser();
     await runProcess(binPath('pg_ctl'), ['-D', path.join(dir, 'data'), '-m', 'immediate', '-w', 'stop'], {
       ...owner,
     }).catch(() => undefined);
     await fs.rm(dir, { recursive: true, force: true });
     await onRemoved(dir);
-  }
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 

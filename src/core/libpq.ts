@@ -5,6 +5,7 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import type { TargetConfig } from './config.ts';
+import { processAlive } from './pid.ts';
 
 /**
  * How a child process connects: PG* variables for its environment, and the password
@@ -74,16 +75,7 @@ async function removeAbandonedPassfiles(): Promise<void> {
   for (const name of await fs.readdir(dir).catch(() => [] as string[])) {
     if (!name.startsWith(PASSFILE_PREFIX)) continue;
     const pid = Number(name.slice(PASSFILE_PREFIX.length).split('-')[0]);
-    if (!Number.isInteger(pid) || pid === process.pid || alive(pid)) continue;
+    if (!Number.isInteger(pid) || pid === process.pid || processAlive(pid)) continue;
     await fs.rm(path.join(dir, name), { force: true }).catch(() => undefined);
-  }
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
