@@ -186,8 +186,20 @@ export class Connections {
    * the idle timeout would only hold it for nothing (at 1,000 targets, always: a reading
    * ends less than an idle timeout before the next starts).
    */
-  releaseIdle(purpose: string): void {
-    for (const [key, pool] of this.pools) if (key.endsWith(`/${purpose}`)) while (pool.closeIdle(() => undefined));
+  async releaseIdle(purpose: string): Promise<void> {
+    const ended: Promise<void>[] = [];
+    for (const [key, pool] of this.pools) {
+      if (!key.endsWith(`/${purpose}`)) continue;
+      for (;;) {
+        let done!: () => void;
+        const end = new Promise<void>((resolve) => (done = resolve));
+        if (!pool.closeIdle(done)) break;
+        ended.push(end);
+      }
+    }
+    // Waits for the servers to end them, so the sessions are gone when the reading is; a
+    // stopped server that never answers the goodbye gets the answer timeout, then is let be.
+    await Promise.race([Promise.all(ended), sleep(PG_ANSWER_TIMEOUT_MS, undefined, { ref: false })]);
   }
 
   redis(name?: string, mode: RedisMode = 'patient'): RedisClient {
