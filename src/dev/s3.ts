@@ -32,31 +32,22 @@ export interface S3Server {
   stop(): Promise<void>;
 }
 
-export async function startS3(dir: string, bucket = 'pgmaint'): Promise<S3Server> {
+/** A self-signed certificate (its own CA) in `dir`, for `commonName` and these subject alternative names. */
+export function selfSignedCertificate(
+  dir: string,
+  commonName: string,
+  altNames: string,
+): { key: string; cert: string } {
   fs.mkdirSync(dir, { recursive: true });
-  const key = path.join(dir, 'key.pem');
-  const cert = path.join(dir, 'cert.pem');
-  execFileSync(
-    'openssl',
-    [
-      'req',
-      '-x509',
-      '-newkey',
-      'rsa:2048',
-      '-nodes',
-      '-keyout',
-      key,
-      '-out',
-      cert,
-      '-days',
-      '1',
-      '-subj',
-      '/CN=127.0.0.1',
-      '-addext',
-      'subjectAltName=IP:127.0.0.1,DNS:localhost',
-    ],
-    { stdio: 'ignore', env: childEnv() },
-  );
+  const [key, cert] = [path.join(dir, 'key.pem'), path.join(dir, 'cert.pem')];
+  const subject = ['-subj', `/CN=${commonName}`, '-addext', `subjectAltName=${altNames}`];
+  const request = ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '1'];
+  execFileSync('openssl', [...request, ...subject], { stdio: 'ignore', env: childEnv() });
+  return { key, cert };
+}
+
+export async function startS3(dir: string, bucket = 'pgmaint'): Promise<S3Server> {
+  const { key, cert } = selfSignedCertificate(dir, '127.0.0.1', 'IP:127.0.0.1,DNS:localhost');
   const server = new S3rver({
     address: '127.0.0.1',
     port: 0,

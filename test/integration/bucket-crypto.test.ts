@@ -13,6 +13,7 @@ import { readArchiveManifest } from '../../src/backup/partition-archive.ts';
 import { startWorkers } from '../../src/cli/roles.ts';
 import { type S3Server, startS3 } from '../../src/dev/s3.ts';
 import type { Runtime } from '../../src/runner/runtime.ts';
+import { bucketConfig, bucketCredentials } from '../support/bucket.ts';
 import { createHarness, type Harness, waitForFinished } from '../support/harness.ts';
 
 let h: Harness;
@@ -24,15 +25,7 @@ let env: Record<string, string>;
 /** This file's configuration with `encryption` as given, written where PGMAINT_CONFIG points. */
 function configure(encryption: object) {
   h.configFile({
-    objectStore: {
-      bucket: s3.bucket,
-      endpoint: s3.endpoint,
-      forcePathStyle: true,
-      caFile: s3.caFile,
-      accessKeyIdEnv: 'TEST_S3_KEY',
-      secretAccessKeyEnv: 'TEST_S3_SECRET',
-      keepLocal: false,
-    },
+    objectStore: bucketConfig(s3),
     encryption,
     partitions: [{ table: 'app.events', column: 'ts', interval: 'day', retention: '1 day' }],
     backups: { scratchDir: path.join(h.dir, 'scratch') },
@@ -59,8 +52,7 @@ beforeAll(async () => {
   h = await createHarness('bucket_crypto');
   s3 = await startS3(path.join(h.dir, 's3'));
   env = {
-    TEST_S3_KEY: s3.accessKeyId,
-    TEST_S3_SECRET: s3.secretAccessKey,
+    ...bucketCredentials(s3),
     TEST_BACKUP_KEY: key2026,
     TEST_BACKUP_KEY_2027: key2027,
   };

@@ -2,7 +2,7 @@
 // in its environment (no DATABASE_URL, no REDIS_URL), every command goes through a
 // running server's HTTP API, with that server's tokens and roles: an admin token
 // enqueues and follows the run, a viewer token reads, a wrong token does nothing.
-import { execFileSync, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
@@ -12,6 +12,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { jobs } from '../../jobs/index.ts';
 import { startWorkers } from '../../src/cli/roles.ts';
+import { selfSignedCertificate } from '../../src/dev/s3.ts';
 import { COMMANDS } from '../../src/cli/commands.ts';
 import { startServer } from '../../src/http/server.ts';
 import { ROUTES } from '../../src/http/routes.ts';
@@ -342,28 +343,7 @@ describe('pgmaint with PGMAINT_URL: through the HTTP API', () => {
   });
 
   it('https:// with PGMAINT_CA_FILE: the CA of a self-signed certificate is trusted, and only with it', async () => {
-    const dir = path.join(h.dir, 'tls');
-    fs.mkdirSync(dir, { recursive: true });
-    const [key, cert] = [path.join(dir, 'key.pem'), path.join(dir, 'cert.pem')];
-    execFileSync(
-      'openssl',
-      [
-        'req',
-        '-x509',
-        '-newkey',
-        'rsa:2048',
-        '-nodes',
-        '-keyout',
-        key,
-        '-out',
-        cert,
-        '-days',
-        '1',
-        '-subj',
-        '/CN=localhost',
-      ].concat(['-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost']),
-      { stdio: 'ignore' },
-    );
+    const { key, cert } = certificate('localhost', 'IP:127.0.0.1,DNS:localhost');
     // TLS ends at a proxy in front of the server, as in a deployment.
     const proxy = https.createServer({ key: fs.readFileSync(key), cert: fs.readFileSync(cert) }, (req, res) => {
       const upstream = http.request(
@@ -408,29 +388,7 @@ async function fakeServer(handler: http.RequestListener): Promise<string> {
 
 /** A self-signed certificate (its own CA) for these subject alternative names. */
 function certificate(name: string, altNames: string): { key: string; cert: string } {
-  const dir = path.join(h.dir, `tls-${name}`);
-  fs.mkdirSync(dir, { recursive: true });
-  const [key, cert] = [path.join(dir, 'key.pem'), path.join(dir, 'cert.pem')];
-  execFileSync(
-    'openssl',
-    [
-      'req',
-      '-x509',
-      '-newkey',
-      'rsa:2048',
-      '-nodes',
-      '-keyout',
-      key,
-      '-out',
-      cert,
-      '-days',
-      '1',
-      '-subj',
-      `/CN=${name}`,
-    ].concat(['-addext', `subjectAltName=${altNames}`]),
-    { stdio: 'ignore' },
-  );
-  return { key, cert };
+  return selfSignedCertificate(path.join(h.dir, `tls-${name}`), name, altNames);
 }
 
 /** Control characters a terminal acts on (ESC, BEL, CSI, …): none may reach it from a server. */

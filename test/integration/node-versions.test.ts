@@ -5,6 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { type S3Server, startS3 } from '../../src/dev/s3.ts';
+import { bucketConfig, bucketCredentials } from '../support/bucket.ts';
 import { createHarness, type Harness } from '../support/harness.ts';
 
 const root = path.resolve(import.meta.dirname, '../..');
@@ -60,17 +61,9 @@ describe('no command prints a warning on this Node', () => {
     s3 = await startS3(path.join(h.dir, 's3'));
     // Off-site: dumps go to the bucket (the AWS SDK's S3 client, in the worker and the server).
     h.configFile({
-      objectStore: {
-        bucket: s3.bucket,
-        endpoint: s3.endpoint,
-        forcePathStyle: true,
-        caFile: s3.caFile,
-        accessKeyIdEnv: 'TEST_S3_KEY',
-        secretAccessKeyEnv: 'TEST_S3_SECRET',
-        keepLocal: false,
-      },
+      objectStore: bucketConfig(s3),
     });
-    Object.assign(h.env, { TEST_S3_KEY: s3.accessKeyId, TEST_S3_SECRET: s3.secretAccessKey });
+    Object.assign(h.env, { ...bucketCredentials(s3) });
     await h.admin.query('create table public.herd as select g as id from generate_series(1, 100) g');
   });
   afterAll(async () => {

@@ -26,6 +26,7 @@ import {
   waitForFinished,
 } from '../support/harness.ts';
 import { type S3Server, startS3 } from '../../src/dev/s3.ts';
+import { bucketConfig, bucketCredentials } from '../support/bucket.ts';
 
 let h: Harness;
 let rt: Runtime;
@@ -39,17 +40,9 @@ const workers: Spawned[] = [];
 beforeAll(async () => {
   h = await createHarness('object_store');
   s3 = await startS3(path.join(h.dir, 's3'));
-  env = { TEST_S3_KEY: s3.accessKeyId, TEST_S3_SECRET: s3.secretAccessKey, TEST_BACKUP_KEY: key };
+  env = { ...bucketCredentials(s3), TEST_BACKUP_KEY: key };
   h.configFile({
-    objectStore: {
-      bucket: s3.bucket,
-      endpoint: s3.endpoint,
-      forcePathStyle: true,
-      caFile: s3.caFile,
-      accessKeyIdEnv: 'TEST_S3_KEY',
-      secretAccessKeyEnv: 'TEST_S3_SECRET',
-      keepLocal: false,
-    },
+    objectStore: bucketConfig(s3),
     encryption: { keyId: 'k2026', keyEnv: 'TEST_BACKUP_KEY' },
     partitions: [{ table: 'app.events', column: 'ts', interval: 'day', retention: '1 day' }],
     backups: { scratchDir: path.join(h.dir, 'scratch') },

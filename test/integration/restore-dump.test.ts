@@ -13,6 +13,7 @@ import { type S3Server, startS3 } from '../../src/dev/s3.ts';
 import { createApp } from '../../src/http/app.ts';
 import { Auth } from '../../src/http/auth.ts';
 import type { Runtime } from '../../src/runner/runtime.ts';
+import { bucketConfig, bucketCredentials } from '../support/bucket.ts';
 import {
   ADMIN_TOKEN,
   createHarness,
@@ -34,15 +35,7 @@ let source: Record<string, number>;
 const local = { backups: {}, worker: { stalledIntervalMs: 1000, lockDurationMs: 2000, shutdownTimeoutMs: 5000 } };
 const bucket = () => ({
   ...local,
-  objectStore: {
-    bucket: s3.bucket,
-    endpoint: s3.endpoint,
-    forcePathStyle: true,
-    caFile: s3.caFile,
-    accessKeyIdEnv: 'TEST_S3_KEY',
-    secretAccessKeyEnv: 'TEST_S3_SECRET',
-    keepLocal: false,
-  },
+  objectStore: bucketConfig(s3),
   encryption: { keyId: 'k2026', keyEnv: 'TEST_BACKUP_KEY' },
   backups: { scratchDir: path.join(h.dir, 'scratch') },
 });
@@ -87,7 +80,7 @@ async function databases(pattern: string): Promise<string[]> {
 beforeAll(async () => {
   h = await createHarness('restore_dump');
   s3 = await startS3(path.join(h.dir, 's3'));
-  env = { TEST_S3_KEY: s3.accessKeyId, TEST_S3_SECRET: s3.secretAccessKey, TEST_BACKUP_KEY: key };
+  env = { ...bucketCredentials(s3), TEST_BACKUP_KEY: key };
   await h.admin.query(`create schema app; create schema ops;
     create table app.herd (id int primary key, name text);
     insert into app.herd select g, 'cow ' || g from generate_series(1, 3000) g;

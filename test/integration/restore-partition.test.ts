@@ -15,6 +15,7 @@ import { type S3Server, startS3 } from '../../src/dev/s3.ts';
 import { createApp } from '../../src/http/app.ts';
 import { Auth } from '../../src/http/auth.ts';
 import type { Runtime } from '../../src/runner/runtime.ts';
+import { bucketConfig, bucketCredentials } from '../support/bucket.ts';
 import {
   ADMIN_TOKEN,
   createHarness,
@@ -45,15 +46,7 @@ const local = () => ({
 });
 const bucket = () => ({
   ...local(),
-  objectStore: {
-    bucket: s3.bucket,
-    endpoint: s3.endpoint,
-    forcePathStyle: true,
-    caFile: s3.caFile,
-    accessKeyIdEnv: 'TEST_S3_KEY',
-    secretAccessKeyEnv: 'TEST_S3_SECRET',
-    keepLocal: false,
-  },
+  objectStore: bucketConfig(s3),
   encryption: { keyId: 'k2026', keyEnv: 'TEST_BACKUP_KEY' },
   backups: { scratchDir: path.join(h.dir, 'scratch') },
 });
@@ -108,8 +101,7 @@ beforeAll(async () => {
   h = await createHarness('restore_partition');
   s3 = await startS3(path.join(h.dir, 's3'));
   env = {
-    TEST_S3_KEY: s3.accessKeyId,
-    TEST_S3_SECRET: s3.secretAccessKey,
+    ...bucketCredentials(s3),
     TEST_BACKUP_KEY: randomBytes(32).toString('base64'),
   };
   await h.admin.query('create schema sales');
