@@ -22,13 +22,13 @@ import {
   waitForFinished,
   waitUntil,
 } from '../support/harness.ts';
+import { holdableTool } from '../support/holds.ts';
 
 let h: Harness;
 let rt: Runtime;
 let s3: S3Server;
 const key = randomBytes(32).toString('base64');
 let env: Record<string, string>;
-const REAL_BIN = '/usr/lib/postgresql/15/bin';
 const TABLES = ['app.herd', 'app.milk', 'ops.notes'];
 let source: Record<string, number>;
 
@@ -178,16 +178,10 @@ describe('restore-dump from local storage', () => {
   }, 180_000);
 
   it('a restore killed during pg_restore leaves no database under the name asked; the retry finishes it', async () => {
-    const faultBin = path.join(h.dir, 'fault-bin');
-    fs.mkdirSync(faultBin, { recursive: true });
-    for (const tool of fs.readdirSync(REAL_BIN))
-      if (tool !== 'pg_restore') fs.symlinkSync(path.join(REAL_BIN, tool), path.join(faultBin, tool));
-    const reached = path.join(h.dir, 'pg_restore-reached');
-    fs.writeFileSync(
-      path.join(faultBin, 'pg_restore'),
-      `#!/bin/sh\n"${REAL_BIN}/pg_restore" "$@" || exit $?\ntouch "${reached}"; sleep 600\n`,
-      { mode: 0o755 },
-    );
+    // pg_restore waits once it has restored everything, before the job can check or rename.
+    const { bin: faultBin, faults } = holdableTool(h.dir, 'pg_restore');
+    fs.writeFileSync(path.join(faults, 'hold-after'), '');
+    const reached = path.join(faults, 'reached');
     await rt.close();
     h.configFile(local);
     rt = h.runtime({ schedules: [], env });

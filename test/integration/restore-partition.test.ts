@@ -24,6 +24,7 @@ import {
   waitForFinished,
   waitUntil,
 } from '../support/harness.ts';
+import { holdableTool, holdDdl } from '../support/holds.ts';
 
 let h: Harness;
 let rt: Runtime;
@@ -31,7 +32,6 @@ let s3: S3Server;
 let env: Record<string, string>;
 let faultDir: string;
 let faultBin: string;
-const REAL_BIN = '/usr/lib/postgresql/15/bin';
 const DROPPED_AT = '2025-06-15T00:00:00Z';
 /** Each dropped partition's rows, as text in key order, and their count: taken before the drop. */
 const dropped = new Map<string, { n: number; md5: string }>();
@@ -107,31 +107,9 @@ beforeAll(async () => {
   await h.admin.query('create schema sales');
   await makeParent('sales.sale_order', 40);
   await makeParent('sales.sale_line', 25);
-  faultDir = path.join(h.dir, 'faults');
-  faultBin = path.join(h.dir, 'fault-bin');
-  fs.mkdirSync(faultDir, { recursive: true });
-  fs.mkdirSync(faultBin, { recursive: true });
-  for (const tool of fs.readdirSync(REAL_BIN))
-    if (tool !== 'pg_restore') fs.symlinkSync(path.join(REAL_BIN, tool), path.join(faultBin, tool));
-  // pg_restore held before it starts, or after it has committed the table.
-  fs.writeFileSync(
-    path.join(faultBin, 'pg_restore'),
-    `#!/bin/sh
-if [ -f "${faultDir}/hold-before" ]; then touch "${faultDir}/reached"; sleep 600; fi
-"${REAL_BIN}/pg_restore" "$@" || exit $?
-if [ -f "${faultDir}/hold-after" ]; then touch "${faultDir}/reached"; sleep 600; fi
-`,
-    { mode: 0o755 },
-  );
+  ({ bin: faultBin, faults: faultDir } = holdableTool(h.dir, 'pg_restore'));
   // "Before the ATTACH": a pgmaint session's ALTER TABLE waits here while the flag is on.
-  await h.admin.query(`create table sales.hold_alter (on_ boolean not null);
-    create function sales.hold_alter() returns event_trigger language plpgsql as $$
-    begin
-      if current_setting('application_name') like 'pgmaint%' and exists (select 1 from sales.hold_alter where on_) then
-        perform pg_sleep(600); end if;
-    end $$;
-    create event trigger hold_alter on ddl_command_start when tag in ('ALTER TABLE')
-      execute function sales.hold_alter()`);
+  await holdDdl(h.admin, 'sales', 'hold_alter', 'ALTER TABLE');
   await useConfig(local());
   startWorkers(rt, ['drop-expired-partitions', 'restore-partition']);
   const r = await run('drop-expired-partitions', { now: DROPPED_AT, tables: ['sales.sale_order'] });

@@ -21,6 +21,7 @@ import {
   waitUntil,
   type Harness,
 } from '../support/harness.ts';
+import { holdableTool, holdDdl } from '../support/holds.ts';
 
 let h: Harness;
 let rt: Runtime;
@@ -28,7 +29,6 @@ let faultDir: string;
 let faultBin: string;
 const PARENT = 'crash.sale$line';
 const partition = (day: number) => `sale$line_p202601${String(day).padStart(2, '0')}`;
-const REAL_BIN = '/usr/lib/postgresql/15/bin';
 
 beforeAll(async () => {
   h = await createHarness('retention_crash');
@@ -54,29 +54,9 @@ beforeAll(async () => {
   }
   // PG_BINDIR for the worker that is killed: the real tools, but a pg_dump that can be
   // held before it starts ("after DETACH") or after it has written its file ("during").
-  faultDir = path.join(h.dir, 'faults');
-  faultBin = path.join(h.dir, 'fault-bin');
-  fs.mkdirSync(faultDir, { recursive: true });
-  fs.mkdirSync(faultBin, { recursive: true });
-  for (const tool of fs.readdirSync(REAL_BIN))
-    if (tool !== 'pg_dump') fs.symlinkSync(path.join(REAL_BIN, tool), path.join(faultBin, tool));
-  fs.writeFileSync(
-    path.join(faultBin, 'pg_dump'),
-    `#!/bin/sh
-if [ -f "${faultDir}/hold-before" ]; then touch "${faultDir}/reached"; sleep 600; fi
-"${REAL_BIN}/pg_dump" "$@" || exit $?
-if [ -f "${faultDir}/hold-after" ]; then touch "${faultDir}/reached"; sleep 600; fi
-`,
-    { mode: 0o755 },
-  );
+  ({ bin: faultBin, faults: faultDir } = holdableTool(h.dir, 'pg_dump'));
   // "After the archive, before the DROP": the DROP TABLE of a pgmaint session waits here.
-  await h.admin.query(`create table crash.hold_drop (on_ boolean not null);
-    create function crash.hold_drop() returns event_trigger language plpgsql as $$
-    begin
-      if current_setting('application_name') like 'pgmaint%' and exists (select 1 from crash.hold_drop where on_) then
-        perform pg_sleep(600); end if;
-    end $$;
-    create event trigger hold_drop on ddl_command_start when tag in ('DROP TABLE') execute function crash.hold_drop()`);
+  await holdDdl(h.admin, 'crash', 'hold_drop', 'DROP TABLE');
   rt = h.runtime({ schedules: [] });
   await rt.history.migrate();
 });
