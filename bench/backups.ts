@@ -11,19 +11,19 @@
 //   npm run bench:backups [-- --rows 9000000 --rounds 3]
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { loadConfig } from '../src/core/config.ts';
 import { createDatabase, startPostgres, startRedis } from '../src/dev/devstack.ts';
-import { freePort, postgresUser } from '../src/core/local-postgres.ts';
+import { freePort } from '../src/core/local-postgres.ts';
 import { createLogger } from '../src/core/logger.ts';
 import { binPath, runProcess } from '../src/core/proc.ts';
 import { startWorkers } from '../src/cli/roles.ts';
 import { jobRunner } from './run-job.ts';
 import { fmt, interleave, loadAverage, median, printTable, row, type Sample } from './method.ts';
+import { pgbackrestWorkdir } from './workdir.ts';
 import { createRuntime } from '../src/pgmaint.ts';
 
 const { values } = parseArgs({
@@ -31,15 +31,7 @@ const { values } = parseArgs({
 });
 const ROWS = Number(values.rows);
 const ROUNDS = Math.max(3, Number(values.rounds));
-if (spawnSync('pgbackrest', ['version']).status !== 0) {
-  console.error('pgBackRest is not installed: apt-get install -y pgbackrest');
-  process.exit(2);
-}
-
-const owner = postgresUser();
-const asOwner = owner ? { uid: owner.uid, gid: owner.gid } : {};
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pgmaint-bench-backups-'));
-fs.chmodSync(dir, 0o755);
+const { dir, owner, asOwner } = pgbackrestWorkdir('backups');
 const repo = path.join(dir, 'pgbackrest');
 for (const d of ['repo', 'log', 'lock']) fs.mkdirSync(path.join(repo, d), { recursive: true });
 if (owner) spawnSync('chown', ['-R', `${owner.uid}:${owner.gid}`, repo]);

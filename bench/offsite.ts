@@ -13,7 +13,6 @@
 import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
@@ -23,13 +22,14 @@ import pg from 'pg';
 import { ObjectStore } from '../src/backup/object-store.ts';
 import { s3ClientFor } from '../src/backup/s3-client.ts';
 import { configSecrets, loadConfig } from '../src/core/config.ts';
-import { freePort, postgresUser } from '../src/core/local-postgres.ts';
+import { freePort } from '../src/core/local-postgres.ts';
 import { binPath, runProcess } from '../src/core/proc.ts';
 import { createDatabase, startPostgres, startRedis } from '../src/dev/devstack.ts';
 import { createStanza, s3RepoLines } from '../src/dev/pgbackrest-stanza.ts';
 import { startS3 } from '../src/dev/s3.ts';
 import { cliJob, startWorker } from './cli-job.ts';
 import { interleave, loadAverage, printTable, row, type Sample, timed, verdict } from './method.ts';
+import { pgbackrestWorkdir } from './workdir.ts';
 
 const { values } = parseArgs({
   options: {
@@ -42,15 +42,8 @@ const { values } = parseArgs({
 const ROWS = Number(values.rows);
 const ROUNDS = Math.max(3, Number(values.rounds));
 const ONLY = new Set(values.only!.split(','));
-if (spawnSync('pgbackrest', ['version']).status !== 0) {
-  console.error('pgBackRest is not installed: apt-get install -y pgbackrest');
-  process.exit(2);
-}
 const loadBefore = loadAverage();
-const owner = postgresUser();
-const asOwner = owner ? { uid: owner.uid, gid: owner.gid } : {};
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pgmaint-bench-offsite-'));
-fs.chmodSync(dir, 0o755);
+const { dir, owner, asOwner } = pgbackrestWorkdir('offsite');
 
 const server = await startPostgres({ dir: path.join(dir, 'pg'), settings: { max_wal_size: "'4GB'", fsync: 'on' } });
 const redis = await startRedis({ dir: path.join(dir, 'redis') });

@@ -18,7 +18,6 @@
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
@@ -27,13 +26,14 @@ import pg from 'pg';
 import { s3ClientFor } from '../src/backup/s3-client.ts';
 import { configSecrets, loadConfig } from '../src/core/config.ts';
 import { sha256File } from '../src/core/files.ts';
-import { freePort, postgresUser } from '../src/core/local-postgres.ts';
+import { freePort } from '../src/core/local-postgres.ts';
 import { binPath, runProcess } from '../src/core/proc.ts';
 import { createDatabase, startPostgres, startRedis } from '../src/dev/devstack.ts';
 import { createStanza } from '../src/dev/pgbackrest-stanza.ts';
 import { startS3 } from '../src/dev/s3.ts';
 import { cliJob, startWorker, type WorkerProcess } from './cli-job.ts';
 import { fmt, interleave, loadAverage, printTable, row, type Sample, timed, verdict } from './method.ts';
+import { pgbackrestWorkdir } from './workdir.ts';
 
 const { values } = parseArgs({
   options: {
@@ -49,15 +49,8 @@ const ROWS = Number(values.rows);
 const ROUNDS = Math.max(3, Number(values.rounds));
 const JOBS = Number(values.parallel);
 const ONLY = new Set(values.only.split(','));
-if (spawnSync('pgbackrest', ['version']).status !== 0) {
-  console.error('pgBackRest is not installed: apt-get install -y pgbackrest');
-  process.exit(2);
-}
 const loadBefore = loadAverage();
-const owner = postgresUser();
-const asOwner = owner ? { uid: owner.uid, gid: owner.gid } : {};
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pgmaint-bench-restore-'));
-fs.chmodSync(dir, 0o755);
+const { dir, owner, asOwner } = pgbackrestWorkdir('restore');
 const workers: WorkerProcess[] = [];
 /** Restored clusters that may be running: stopped on exit, whatever ends the run. */
 const running = new Set<string>();
