@@ -4,9 +4,9 @@
 // roles and rate limit. A refusal is decided before Redis or PostgreSQL is asked anything;
 // then each command checks only what it reads, and every answer comes within seconds or the
 // command exits 3 naming what did not answer (direct-services.ts).
-import { setTimeout as sleep } from 'node:timers/promises';
 import { QueueEvents } from 'bullmq';
 import { ConfigError, ServiceUnavailableError, UsageError } from '../core/errors.ts';
+import { waitAtMost } from '../core/wait-at-most.ts';
 import { Auth } from '../http/auth.ts';
 import {
   enqueueJob,
@@ -131,9 +131,8 @@ export class DirectClient implements Client {
       prefix: rt.config.redis.prefix,
       lastEventId: `${Date.now() - 60_000}-0`,
     });
-    // Closing waits for Redis to answer, and a frozen one never does: it gets a second, then the
-    // runtime's close disconnects the stream's connection (it is one of its connections).
-    this.closers.push(() => Promise.race([events.close().catch(() => undefined), sleep(1000)]));
+    // Closing waits for Redis to answer, and a frozen one never does: it gets a second at most.
+    this.closers.push(async () => void (await waitAtMost(events.close(), 1000)));
     events.on('error', () => undefined);
     // Progress events are collected from before the enqueue (a fast job reports while
     // the enqueue is still answering) and passed on for this job once its id is known.

@@ -6,6 +6,7 @@ import { Redis, Cluster } from 'ioredis';
 import type pg from 'pg';
 import { clusterBudget, type Config, type RedisConfig, type TargetConfig } from '../core/config.ts';
 import { PermanentJobError } from '../core/errors.ts';
+import { waitAtMost } from '../core/wait-at-most.ts';
 import { BudgetedPool } from './budgeted-pool.ts';
 import { Budget } from './connection-budget.ts';
 import { PG_ANSWER_TIMEOUT_MS } from './postgres-failure.ts';
@@ -215,7 +216,7 @@ export class Connections {
     for (const client of this.redisClients.reverse()) {
       // QUIT on a client that never connected would wait for a connection forever, and on a
       // frozen Redis for an answer forever: it gets a second, then the socket is closed.
-      if (client.status === 'ready') await Promise.race([client.quit().catch(() => undefined), sleep(1000)]);
+      if (client.status === 'ready') await waitAtMost(client.quit(), 1000);
       client.disconnect();
     }
     this.redisClients = [];

@@ -48,6 +48,16 @@ describe('pgmaint CLI', () => {
     expect(first).toMatch(/^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\s+noop\s+main\s+ad-hoc\s+succeeded\s+0s\s+-\s+-$/);
   });
 
+  it('enqueue --wait exits once it is done: no timer set after the result goes off on its way out', async () => {
+    const worker = h.spawnPgmaint(['worker', '--queues', 'noop']);
+    await worker.waitFor(/worker started/);
+    // A bound sat out, or the losing timer of a race left armed, would hold the process until it went off.
+    const cli = h.spawnPgmaint(['enqueue', 'noop', '--wait'], { LOG_LEVEL: 'warn' }, 'test/support/cli-exit-timers.ts');
+    expect(await cli.exited, cli.output()).toBe(0);
+    expect(cli.output()).toMatch(/"state": "completed"/);
+    expect(cli.output()).toMatch(/^timers that went off after the answer: 0$/m);
+  });
+
   it('schedules: a table with next and last runs, or the API JSON; jobs lists the catalog', async () => {
     const schedules = await run(['schedules', '--json']);
     expect(schedules.code).toBe(0);
