@@ -11,21 +11,15 @@ import { createReadStream, createWriteStream } from 'node:fs';
 import { addAbortSignal, PassThrough, type Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
-import {
-  DeleteObjectCommand,
-  GetObjectCommand,
-  ListObjectsV2Command,
-  PutObjectCommand,
-  type S3Client,
-} from '@aws-sdk/client-s3';
-import { Upload } from '@aws-sdk/lib-storage';
+import type { S3Client } from '@aws-sdk/client-s3';
 import { type Config, type ConfigSecrets, configSecrets } from '../core/config.ts';
 import { GovernorAbortedError, GovernorDeferredError, ObjectStoreError } from '../core/errors.ts';
 import { decryptStream, encryptStream } from './encryption.ts';
 import { type Keyring, keyringOf } from './keyring.ts';
 import type { BucketPlace } from './manifest-checks.ts';
 import { MAX_CATALOG_OBJECT_BYTES, type ObjectText, tooLarge } from './manifest-read.ts';
-import { type ObjectStoreConfig, s3ClientFor } from './s3-client.ts';
+import type { ObjectStoreConfig } from './s3-client.ts';
+import { loadSdk, type Sdk } from './s3-sdk.ts';
 
 /** How long the bucket may take, in all, on a read that answers someone: routes answer within 5 s. */
 export const ANSWER_DEADLINE_MS = 4000;
@@ -52,7 +46,9 @@ export interface StoredObject {
 export const objectUrl = (o: Pick<StoredObject, 'bucket' | 'key'>) => `s3://${o.bucket}/${o.key}`;
 
 export class ObjectStore implements BucketPlace {
-  private readonly client: S3Client;
+  private client?: S3Client;
+  private closed = false;
+  private readonly credentials: ConfigSecrets['s3'];
   /** With answerWithinMs: aborts every request still running that long after this store was made. */
   private readonly deadline?: AbortSignal;
   /** The encryption keys, when encryption is configured: objects and manifests are written with the current one. */
@@ -64,9 +60,17 @@ export class ObjectStore implements BucketPlace {
     secrets: ConfigSecrets,
     private readonly answerWithinMs?: number,
   ) {
-    this.client = s3ClientFor(cfg, secrets.s3);
+    this.credentials = secrets.s3;
     this.keyring = keyringOf(encryption, secrets);
     if (answerWithinMs !== undefined) this.deadline = AbortSignal.timeout(answerWithinMs);
+  }
+
+  /** The SDK, and this store's client, made on first use. */
+  private async s3(): Promise<{ sdk: Sdk; client: S3Client }> {
+    const sdk = await loadSdk();
+    if (this.closed) throw new ObjectStoreError(`s3://${this.cfg.bucket}: the store was closed`);
+    this.client ??= sdk.s3ClientFor(this.cfg, this.credentials);
+    return { sdk, client: this.client };
   }
 
   /** The caller's signal and this store's deadline, whichever comes first. */
@@ -132,6 +136,7 @@ export class ObjectStore implements BucketPlace {
    * `pace` (the load governor's pacer) stops the reading while the run is held.
    */
   async upload(file: string, key: string, signal?: AbortSignal, pace?: Transform): Promise<StoredObject> {
+    const { sdk, client } = await this.s3();
     const k = this.keyring?.current;
     const hash = createHash('sha256');
     let bytes = 0;
@@ -147,8 +152,8 @@ export class ObjectStore implements BucketPlace {
     const read = createReadStream(file, { highWaterMark: 1024 * 1024 });
     const source = pace ? read.pipe(pace) : read;
     const body = k ? source.pipe(encryptStream(k)).pipe(tap) : source.pipe(tap);
-    const upload = new Upload({
-      client: this.client,
+    const upload = new sdk.Upload({
+      client,
       params: { Bucket: this.cfg.bucket, Key: key, Body: body },
       queueSize: 2,
       partSize: 8 * 1024 * 1024,
@@ -194,9 +199,10 @@ export class ObjectStore implements BucketPlace {
     consume: (body: Readable, length: number | undefined) => Promise<T>,
   ): Promise<T> {
     const abort = this.signalFor(signal);
+    const { sdk, client } = await this.s3();
     for (let attempt = 1; ; attempt++) {
-      const res = await this.client
-        .send(new GetObjectCommand({ Bucket: this.cfg.bucket, Key: key }), { abortSignal: abort })
+      const res = await client
+        .send(new sdk.GetObjectCommand({ Bucket: this.cfg.bucket, Key: key }), { abortSignal: abort })
         .catch((err) => {
           throw this.failure('download', key, err);
         });
@@ -270,9 +276,10 @@ export class ObjectStore implements BucketPlace {
   }
 
   async putJson(key: string, value: unknown): Promise<void> {
-    await this.client
+    const { sdk, client } = await this.s3();
+    await client
       .send(
-        new PutObjectCommand({
+        new sdk.PutObjectCommand({
           Bucket: this.cfg.bucket,
           Key: key,
           Body: JSON.stringify(value, null, 2),
@@ -321,9 +328,10 @@ export class ObjectStore implements BucketPlace {
   async list(prefix: string): Promise<string[]> {
     const keys: string[] = [];
     let token: string | undefined;
+    const { sdk, client } = await this.s3();
     do {
-      const page = await this.client
-        .send(new ListObjectsV2Command({ Bucket: this.cfg.bucket, Prefix: prefix, ContinuationToken: token }), {
+      const page = await client
+        .send(new sdk.ListObjectsV2Command({ Bucket: this.cfg.bucket, Prefix: prefix, ContinuationToken: token }), {
           abortSignal: this.signalFor(),
         })
         .catch((err) => {
@@ -341,14 +349,16 @@ export class ObjectStore implements BucketPlace {
   }
 
   async remove(key: string): Promise<void> {
-    const remove = new DeleteObjectCommand({ Bucket: this.cfg.bucket, Key: key });
-    await this.client.send(remove, { abortSignal: this.signalFor() }).catch((err) => {
+    const { sdk, client } = await this.s3();
+    const remove = new sdk.DeleteObjectCommand({ Bucket: this.cfg.bucket, Key: key });
+    await client.send(remove, { abortSignal: this.signalFor() }).catch((err) => {
       throw this.failure('removal', key, err);
     });
   }
 
   close(): void {
-    this.client.destroy();
+    this.closed = true;
+    this.client?.destroy();
   }
 }
 

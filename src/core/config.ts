@@ -3,11 +3,11 @@
 // defaulted object the rest of the code trusts. Its type is derived from the schemas.
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import path from 'node:path';
 import { IANAZone } from 'luxon';
 import type { z } from 'zod';
 import { mergeConfig } from './merge-config.ts';
-import YAML from 'yaml';
 import {
   type backupEngineSchema,
   DEFAULT_POOL_SIZE,
@@ -113,6 +113,9 @@ export function backupDirOf(config: Pick<Config, 'backupDir'>): string {
   return config.backupDir;
 }
 
+/** The YAML parser, loaded only for a YAML file: a command with JSON or no file does not pay for loading it. */
+const yaml = () => createRequire(import.meta.url)('yaml') as typeof import('yaml');
+
 function readConfigFile(file: string): unknown {
   let text: string;
   try {
@@ -121,7 +124,7 @@ function readConfigFile(file: string): unknown {
     throw new ConfigError(`PGMAINT_CONFIG: cannot read ${file}: ${(err as Error).message}`);
   }
   try {
-    return /\.json$/i.test(file) ? JSON.parse(text) : YAML.parse(text);
+    return /\.json$/i.test(file) ? JSON.parse(text) : yaml().parse(text);
   } catch (err) {
     throw new ConfigError(
       `PGMAINT_CONFIG: ${file} is not valid ${/\.json$/i.test(file) ? 'JSON' : 'YAML'}: ${(err as Error).message}`,

@@ -48,13 +48,25 @@ describe('pgmaint CLI', () => {
     expect(first).toMatch(/^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\s+noop\s+main\s+ad-hoc\s+succeeded\s+0s\s+-\s+-$/);
   });
 
-  it('enqueue --wait exits once it is done: no timer set after the result goes off on its way out', async () => {
+  it('enqueue --wait loads only what it needs, and exits once it is done', async () => {
     const worker = h.spawnPgmaint(['worker', '--queues', 'noop']);
     await worker.waitFor(/worker started/);
-    // A bound sat out, or the losing timer of a race left armed, would hold the process until it went off.
-    const cli = h.spawnPgmaint(['enqueue', 'noop', '--wait'], { LOG_LEVEL: 'warn' }, 'test/support/cli-exit-timers.ts');
+    const cli = h.spawnPgmaint(['enqueue', 'noop', '--wait'], { LOG_LEVEL: 'warn' }, 'test/support/cli-watched.ts');
     expect(await cli.exited, cli.output()).toBe(0);
     expect(cli.output()).toMatch(/"state": "completed"/);
+    // Neither the bucket's SDK, nor YAML for a JSON config, nor the server's parts.
+    const loaded = /^packages loaded: (.*)$/m.exec(cli.output())![1]!.split(' ');
+    expect(loaded).toContain('bullmq');
+    for (const heavy of [
+      '@aws-sdk/client-s3',
+      '@aws-sdk/lib-storage',
+      'yaml',
+      'express',
+      '@bull-board/api',
+      'prom-client',
+    ])
+      expect(loaded).not.toContain(heavy);
+    // A bound sat out, or the losing timer of a race left armed, would hold the process until it went off.
     expect(cli.output()).toMatch(/^timers that went off after the answer: 0$/m);
   });
 
