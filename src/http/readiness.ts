@@ -52,6 +52,16 @@ async function snapshotOf(health: SnapshotProvider): Promise<StatusSnapshot | Er
   }
 }
 
+/** Whether the snapshot the targets' checks come from is there and recent: three intervals at most. */
+function snapshotCheck(snapshot: StatusSnapshot | Error, intervalMs: number): Check {
+  if (snapshot instanceof Error) return { ok: false, error: snapshot.message };
+  const ageMs = Math.max(0, Date.now() - snapshot.at);
+  const ageSeconds = Math.round(ageMs / 1000);
+  if (intervalMs <= 0 || ageMs <= STALE_INTERVALS * intervalMs) return { ok: true, ageSeconds };
+  const error = `the latest health reading is ${ageSeconds} s old (one is taken every ${intervalMs / 1000} s)`;
+  return { ok: false, ageSeconds, error };
+}
+
 export async function readinessChecks(
   rt: Runtime,
   health: SnapshotProvider | undefined,
@@ -64,7 +74,8 @@ export async function readinessChecks(
   await Promise.all([
     within(rt.queues.connection.ping()).then(
       () => (checks.redis = { ok: true }),
-      (err: unknown) => (checks.redis = { ok: false, error: redisFailureMessage(rt.config, err) ?? String(err) }),
+      (err: unknown) =>
+        (checks.redis = { ok: false, error: redisFailureMessage(rt.config, err) ?? (err as Error).message }),
     ),
     ...[...probed].map(([cluster, t]) =>
       within(rt.connections.probe(t.name)).then(
@@ -81,22 +92,7 @@ export async function readinessChecks(
   ]);
   const snapshot = await snapshotRead;
   for (const [cluster, check] of live) checks[`cluster:${cluster}`] = check;
-  if (health) {
-    const limitMs = STALE_INTERVALS * health.intervalMs;
-    if (snapshot instanceof Error) checks.snapshot = { ok: false, error: snapshot.message };
-    else if (snapshot) {
-      const ageMs = Math.max(0, Date.now() - snapshot.at);
-      const ageSeconds = Math.round(ageMs / 1000);
-      checks.snapshot =
-        limitMs > 0 && ageMs > limitMs
-          ? {
-              ok: false,
-              ageSeconds,
-              error: `the latest health reading is ${ageSeconds} s old (one is taken every ${health.intervalMs / 1000} s)`,
-            }
-          : { ok: true, ageSeconds };
-    }
-  }
+  if (health) checks.snapshot = snapshotCheck(snapshot!, health.intervalMs);
   const byTarget = new Map(snapshot && !(snapshot instanceof Error) ? snapshot.targets.map((t) => [t.target, t]) : []);
   for (const t of rt.config.targets.values()) {
     const probe = live.get(t.cluster)!;
