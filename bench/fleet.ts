@@ -4,11 +4,11 @@
 // the processes: the server's start-up to /healthz, the schedulers, the sessions each
 // process holds idle and at its peak (pg_stat_activity, each session mapped to its
 // process through `ss`), /api/status, /metrics (time and size) and `pgmaint status
-// --json` through the API, a fleet-wide create-partitions run (enqueued on every target),
-// the processes' RSS and Redis's memory, and then create-partitions and vacuum-analyze
-// scheduled on every target for one minute, once without and once with `spread`. Each
-// timed read runs `rounds` times; a row shows the median and min–max, and the figure per
-// target.
+// --json` through the API, /readyz (against its 3 s deadline), a fleet-wide
+// create-partitions run (enqueued on every target), the processes' RSS and Redis's memory,
+// and then a scheduled round of each of create-partitions and vacuum-analyze on every target
+// for one minute, once without and once with `spread`. Each timed read runs `rounds` times;
+// a row shows the median and min–max, and the figure per target.
 //   npm run bench:fleet [-- --targets 10,100,1000 --rounds 3 --budget 10 --spread 60s]
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
@@ -39,6 +39,8 @@ const ROUNDS = Math.max(3, Number(values.rounds));
 const BUDGET = Number(values.budget);
 const SPREAD = values.spread;
 const SCHEDULED_JOBS = ['create-partitions', 'vacuum-analyze'];
+/** What /readyz must answer within: its own deadline (src/http/readiness.ts). */
+const READY_DEADLINE_MS = 3000;
 const run = promisify(execFile);
 const BIN = path.resolve(import.meta.dirname, '../bin/pgmaint.js');
 const TOKEN = 'fleet-bench-admin-token-0123456789';
@@ -74,11 +76,15 @@ async function ensureTargets(n: number): Promise<void> {
   for (; created < n; created++) await admin.query(`create database ${dbName(created + 1)} template fleet_template`);
 }
 
-/**
- * The fleet's config: every target with the default schedules, or (`round`) with none but
- * create-partitions and vacuum-analyze once a day at `round.cron`, spread or not.
- */
-function writeConfig(n: number, round?: { cron: string; spread?: string }): string {
+/** A scheduled round: one job on every target once a day at `cron`, spread or not. */
+interface Round {
+  job: string;
+  cron: string;
+  spread?: string;
+}
+
+/** The fleet's config: every target with the default schedules, or (`round`) with none but the round's job. */
+function writeConfig(n: number, round?: Round): string {
   const targets: Record<string, object> = {};
   const partitions: object[] = [];
   const schedules: object[] = [];
@@ -86,14 +92,13 @@ function writeConfig(n: number, round?: { cron: string; spread?: string }): stri
     const name = dbName(i);
     targets[name] = { url: dbUrl(name), schedules: round ? 'none' : 'default' };
     if (round)
-      for (const job of ['create-partitions', 'vacuum-analyze'])
-        schedules.push({ id: `${job}-${name}`, job, cron: round.cron, tz: 'UTC', target: name });
+      schedules.push({ id: `${round.job}-${name}`, job: round.job, cron: round.cron, tz: 'UTC', target: name });
     partitions.push(
       { table: 'sales.sale_order', column: 'date_order', interval: 'month', retention: '24 months', target: name },
       { table: 'iot.sensor_reading', column: 'read_at', interval: 'day', retention: '90 days', target: name },
     );
   }
-  const file = path.join(dir, `fleet-${n}${round ? `-${round.spread ?? 'together'}` : ''}.json`);
+  const file = path.join(dir, `fleet-${n}${round ? `-${round.job}-${round.spread ?? 'together'}` : ''}.json`);
   const spread = round?.spread ? { spread: round.spread } : {};
   fs.writeFileSync(
     file,
@@ -102,7 +107,7 @@ function writeConfig(n: number, round?: { cron: string; spread?: string }): stri
       partitions,
       ...(round && {
         schedules,
-        jobs: { 'create-partitions': spread, 'vacuum-analyze': spread },
+        jobs: { [round.job]: spread },
       }),
       redis: { prefix: `{fleet${n}}` },
       connections: { budget: BUDGET },
@@ -284,6 +289,8 @@ for (const n of SIZES) {
   const status: number[] = [];
   const metrics: number[] = [];
   const cli: number[] = [];
+  const ready: number[] = [];
+  const readyStatuses: number[] = [];
   let metricsBytes = 0;
   for (let r = 0; r < ROUNDS; r++) {
     const s = await timedFetch(`${api}/api/status`, auth);
@@ -294,7 +301,11 @@ for (const n of SIZES) {
     metrics.push(m.ms);
     metricsBytes = m.bytes;
     cli.push(await runCli(['status', '--json'], { PGMAINT_URL: api, PGMAINT_TOKEN: TOKEN }));
+    const rz = await timedFetch(`${api}/readyz`, auth);
+    ready.push(rz.ms);
+    readyStatuses.push(rz.status);
   }
+  const readyMet = readyStatuses.every((c) => c === 200) && Math.max(...ready) < READY_DEADLINE_MS;
 
   // A fleet-wide run: create-partitions on every target, enqueued at once, timed to the last one's end
   // (the schedules' next runs wait delayed meanwhile: only finished runs are counted).
@@ -339,15 +350,18 @@ for (const n of SIZES) {
     [`${n}`, 'Redis used_memory after the run', mib(memory.redis), perT(memory.redis)],
   );
   let roundPeak = 0;
-  for (const spread of values.scheduled ? [undefined, SPREAD] : []) {
-    const r = await scheduledRound(n, env, spread);
+  const rounds = values.scheduled
+    ? SCHEDULED_JOBS.flatMap((job) => [undefined, SPREAD].map((spread) => ({ job, spread })))
+    : [];
+  for (const { job, spread } of rounds) {
+    const r = await scheduledRound(n, env, job, spread);
     roundPeak = Math.max(roundPeak, ...r.peak);
     const how = spread ? `spread over ${spread}` : 'not spread';
     const w = { median: median(r.waits) / 1000, max: Math.max(...r.waits) / 1000 };
     laterRows.push(
       [
         `${n}`,
-        `scheduled create-partitions + vacuum-analyze, ${how}: minute to last end (${r.failed} failed)`,
+        `scheduled ${job}, ${how}: minute to last end (${r.failed} failed)`,
         `${(r.done / 1000).toFixed(1)} s`,
         `${(r.done / n).toFixed(0)} ms`,
       ],
@@ -370,12 +384,20 @@ for (const n of SIZES) {
   const me = sample('metrics', metrics);
   const cl = sample('cli', cli);
   const su = sample('startup', startup);
+  const rz = sample('readyz', ready);
+  const readyCodes = [...new Set(readyStatuses)].join(', ');
   rows.push(
     [`${n}`, 'start-up to /healthz', fmt(su, 's'), perTarget(su, n)],
     [`${n}`, 'schedulers', `${schedules.length}`, `${(schedules.length / n).toFixed(1)}`],
     [`${n}`, '/api/status', fmt(st, 'ms'), perTarget(st, n)],
     [`${n}`, `/metrics (${Math.round(metricsBytes / 1024)} kB)`, fmt(me, 'ms'), perTarget(me, n)],
     [`${n}`, 'pgmaint status --json (remote)', fmt(cl, 'ms'), perTarget(cl, n)],
+    [
+      `${n}`,
+      `/readyz (${readyCodes}): 200 under its ${READY_DEADLINE_MS / 1000} s deadline ${readyMet ? 'met' : 'NOT met'}`,
+      fmt(rz, 'ms'),
+      perTarget(rz, n),
+    ],
     [
       `${n}`,
       `create-partitions on every target (${failed} failed)`,
@@ -401,33 +423,35 @@ for (const n of SIZES) {
       Math.max(...peak.values(), roundPeak) <= BUDGET,
     );
     check(`/metrics under 200 ms (median ${median(metrics).toFixed(0)} ms)`, median(metrics) < 200);
+    const slowest = Math.max(...ready).toFixed(0);
+    check(`/readyz answers 200 under its 3 s deadline (${readyCodes}; at most ${slowest} ms)`, readyMet);
     check(`pgmaint status under 1 s (median ${median(cli).toFixed(0)} ms)`, median(cli) < 1000);
     check(`/healthz within 10 s of start (median ${(median(startup) / 1000).toFixed(1)} s)`, median(startup) < 10_000);
   }
 }
 
 /**
- * create-partitions and vacuum-analyze scheduled on every target at the first whole minute
- * at least 40 s away (the processes start and sync before it), spread or not; timed from
- * that minute to the last run's end. A run's wait is from its scheduled time (the cron's,
- * plus its offset when spread) to its start.
+ * One job (create-partitions or vacuum-analyze) scheduled on every target at the first whole
+ * minute at least 40 s away (the processes start and sync before it), spread or not; timed
+ * from that minute to the last run's end. A run's wait is from its scheduled time (the
+ * cron's, plus its offset when spread) to its start.
  */
-async function scheduledRound(n: number, env: Record<string, string>, spread?: string) {
+async function scheduledRound(n: number, env: Record<string, string>, job: string, spread?: string) {
   const fire = Math.ceil((Date.now() + 40_000) / 60_000) * 60_000;
   const at = new Date(fire);
   const cron = `${at.getUTCMinutes()} ${at.getUTCHours()} * * *`;
-  const roundEnv = { ...env, PGMAINT_CONFIG: writeConfig(n, { cron, spread }) };
+  const roundEnv = { ...env, PGMAINT_CONFIG: writeConfig(n, { job, cron, spread }) };
   const server = startProcess('server', roundEnv);
   await until('/healthz', async () => (await fetch(`http://127.0.0.1:${env.PORT}/healthz`)).ok, 120_000);
   const worker = startProcess('worker', roundEnv);
   await until('worker started', async () => /worker started/.test(worker.out()), 120_000);
-  const queues = SCHEDULED_JOBS.map((q) => new Queue(q, { connection: { url: redis.url }, prefix: `{fleet${n}}` }));
+  const queues = [new Queue(job, { connection: { url: redis.url }, prefix: `{fleet${n}}` })];
   const total = async () => (await Promise.all(queues.map(finished))).reduce((a, b) => a + b, 0);
   const before = await total();
   const peaks = peakWatcher(() => [server.child.pid!, worker.child.pid!]);
   let peakWaiting = 0;
   await until(
-    `the scheduled round (${spread ?? 'not spread'})`,
+    `the scheduled ${job} round (${spread ?? 'not spread'})`,
     async () => {
       const waiting = await Promise.all(queues.map((q) => q.getJobCountByTypes('waiting', 'prioritized')));
       peakWaiting = Math.max(
@@ -435,7 +459,7 @@ async function scheduledRound(n: number, env: Record<string, string>, spread?: s
         waiting.reduce((a, b) => a + b, 0),
       );
       await new Promise((r) => setTimeout(r, 450));
-      return (await total()) >= before + SCHEDULED_JOBS.length * n;
+      return (await total()) >= before + n;
     },
     30 * 60_000 + (fire - Date.now()),
   );

@@ -154,7 +154,7 @@ export class TargetSampler {
     const at = Date.now();
     try {
       if (!this.client) {
-        this.client = await this.pool.connect();
+        this.client = await this.connect();
         await this.client.query(`set statement_timeout = ${SAMPLE_TIMEOUT_MS}`);
       }
       const client = this.client;
@@ -190,6 +190,38 @@ export class TargetSampler {
       this.warnOnce(`error:${error}`, `governor on ${this.target}: reading the signals failed: ${error}`);
       return { at, probeMs: null, baselineMs: null, active: null, lockWaits: null, standbys: [], custom: null, error };
     }
+  }
+
+  /**
+   * A session of its own, waited for at most SAMPLE_TIMEOUT_MS in the budget's line: the runs that
+   * wait for this reading may hold the rest of the cluster's budget (a budget of 2, or a run with more
+   * than its two sessions), and a reading that never came would hold them for good. Without one the
+   * reading is an error, which holds no run (judge.ts); a session that comes later goes back idle.
+   */
+  private connect(): Promise<pg.PoolClient> {
+    return new Promise<pg.PoolClient>((resolve, reject) => {
+      let late = false;
+      const timer = setTimeout(() => {
+        late = true;
+        reject(
+          new Error(
+            `no session free within ${SAMPLE_TIMEOUT_MS / 1000} s: the connection budget of its cluster is held by ` +
+              'runs (connections.budget, docs/fleet.md)',
+          ),
+        );
+      }, SAMPLE_TIMEOUT_MS);
+      this.pool.connect().then(
+        (client) => {
+          clearTimeout(timer);
+          if (late) client.release();
+          else resolve(client);
+        },
+        (err: unknown) => {
+          clearTimeout(timer);
+          reject(err);
+        },
+      );
+    });
   }
 
   private probe(ms: number): { probeMs: number | null; baselineMs: number | null } {

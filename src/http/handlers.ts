@@ -6,7 +6,6 @@ import { ANSWER_DEADLINE_MS, objectStoreFor } from '../backup/object-store.ts';
 import { listPartitionArchives } from '../backup/partition-catalog.ts';
 import { redact } from '../core/redact.ts';
 import { backupDirOf } from '../core/config.ts';
-import { postgresFailureMessage, postgresLabel } from '../runner/postgres-failure.ts';
 import { redisFailureMessage, redisLabel } from '../runner/redis-failure.ts';
 import type { Runtime } from '../runner/runtime.ts';
 import { ObjectStoreError, PayloadError, ServiceUnavailableError } from '../core/errors.ts';
@@ -223,38 +222,6 @@ export const listHistory: Handler = async ({ rt }, req) => {
   const runs = await rt.history.list({ job, limit: Number(limit) });
   // The zone a table of these runs is shown in (the CLI's, local or remote).
   return { status: 200, body: { runs, timeZone: rt.config.businessTimeZone } };
-};
-
-/** Redis and every target answer within a few seconds. */
-export const readiness: Handler = async ({ rt }, req) => {
-  const checks: Record<string, { ok: boolean; error?: string }> = {};
-  const withTimeout = <T>(p: Promise<T>) =>
-    Promise.race([
-      p,
-      new Promise<never>((_, rej) => setTimeout(() => rej(new Error('timed out after 3s')), 3000).unref()),
-    ]);
-  const run = async (name: string, fn: () => Promise<unknown>) => {
-    try {
-      await withTimeout(fn());
-      checks[name] = { ok: true };
-    } catch (err) {
-      const target = rt.config.targets.get(name.replace(/^target:/, ''));
-      const message =
-        name === 'redis'
-          ? redisFailureMessage(rt.config, err)
-          : target && (postgresFailureMessage(target, err) ?? `${postgresLabel(target)} ${(err as Error).message}`);
-      checks[name] = { ok: false, error: message ?? (err as Error).message };
-    }
-  };
-  const redis = rt.queues.connection;
-  await Promise.all([
-    run('redis', () => redis.ping()),
-    // On the readings' share of each cluster's budget, as the health readings.
-    ...[...rt.config.targets.keys()].map((t) => run(`target:${t}`, () => rt.connections.probe(t))),
-  ]);
-  const ok = Object.values(checks).every((c) => c.ok);
-  // Without a token only the verdict: which services and errors stay private.
-  return { status: ok ? 200 : 503, body: req.role ? { ok, checks } : { ok } };
 };
 
 /** An error reading a directory under BACKUP_DIR, naming BACKUP_DIR and the path; else undefined. */

@@ -16,11 +16,11 @@ import {
   login,
   logout,
   metrics,
-  readiness,
   requireRedis,
   showLogin,
 } from './handlers.ts';
 import { resume, throttle } from './governor-handlers.ts';
+import { readiness } from './readiness.ts';
 import { requirePostgres } from './require-postgres.ts';
 
 export { BOARD_PATH };

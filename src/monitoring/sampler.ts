@@ -41,6 +41,10 @@ export interface SnapshotProvider {
   /** Waits for a new reading, which read() serves from then on (`?fresh=1`). */
   refresh(): Promise<unknown>;
   describeError(err: unknown): string;
+  /** The snapshot kept now, without reading: undefined before the first one, or when each answer reads afresh. */
+  kept(): StatusSnapshot | undefined;
+  /** How often the snapshot is renewed; 0: each answer takes a reading. */
+  readonly intervalMs: number;
   /** snapshot: a sampler's; reading: one taken for each answer. */
   readonly source: 'snapshot' | 'reading';
 }
@@ -62,6 +66,8 @@ export async function storedOrReading(
       read: async () => current,
       refresh: async () => (current = await health.take()),
       describeError: (err) => health.describeError(err),
+      kept: () => current,
+      intervalMs: SAMPLE_INTERVAL_MS,
       source: 'snapshot',
     };
   }
@@ -140,6 +146,10 @@ export class HealthSampler implements SnapshotProvider {
     if (this.intervalMs > 0 && this.latest && now - this.latest.at < this.intervalMs)
       return Promise.resolve(this.latest);
     return this.refresh();
+  }
+
+  kept(): HealthSnapshot | undefined {
+    return this.intervalMs > 0 ? this.latest : undefined;
   }
 
   get source(): 'snapshot' | 'reading' {

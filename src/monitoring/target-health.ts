@@ -5,6 +5,7 @@
 // one target down never blinds the readings of the others.
 import type pg from 'pg';
 import { coerceError, describeError, errorCode, INTERNAL_CODE } from '../core/errors.ts';
+import { attemptScope } from '../runner/budgeted-pool.ts';
 import type { Runtime } from '../runner/runtime.ts';
 import { TargetDeadlineError, withinTargetDeadline } from './target-deadline.ts';
 
@@ -38,14 +39,30 @@ function codeOf(err: unknown): string {
 /**
  * `select 1` on the target; never throws. Bounded as every part of a target's reading is
  * (`deadlineMs`, target-deadline.ts): a target that accepts and never answers costs the
- * reading that much, and is marked TIMEOUT. The session goes back idle for the reads that follow.
+ * reading that much, and is marked TIMEOUT. The deadline counts the connection attempt and
+ * the query, not the wait for a reading session in the budget's line: a share busy with
+ * other readings says nothing of the server, and a first target that timed out in the line
+ * marked its whole cluster down. The session goes back idle for the reads that follow.
  */
 async function probe(rt: Runtime, name: string, deadlineMs: number): Promise<TargetHealth & { serverDown?: boolean }> {
   const cluster = rt.config.targets.get(name)!.cluster;
-  const answered = rt.connections
-    .pool(name, 'monitor')
-    .query({ text: 'select 1', query_timeout: deadlineMs } as pg.QueryConfig);
+  let attempting!: () => void;
+  const attempt = new Promise<void>((resolve) => (attempting = resolve));
+  const checkout = attemptScope.run(attempting, () => rt.connections.pool(name, 'monitor').connect());
+  // An idle session needs no attempt; nor one connected for another checkout (then pg's own connect timeout bounds it).
+  checkout.then(attempting, attempting);
+  // A session whose query failed is discarded, as pool.query does.
+  const answered = checkout.then((client) =>
+    client.query({ text: 'select 1', query_timeout: deadlineMs } as pg.QueryConfig).then(
+      () => client.release(),
+      (err: Error) => {
+        client.release(err);
+        throw err;
+      },
+    ),
+  );
   try {
+    await attempt;
     await withinTargetDeadline(answered, name, deadlineMs);
     return { target: name, cluster, reachable: true };
   } catch (err) {

@@ -4,10 +4,11 @@
 // one closes after the idle timeout, or at once when someone waits for its permit.
 //
 // Runs of jobs check out their sessions inside a RunSessions scope: a run is first
-// admitted on its target and its cluster (run slots: half the target's pool and half the
-// cluster's budget), so that every admitted run can always get a second session and two
-// runs never wait on each other for one. A run that meets `too many clients` (SQLSTATE
-// 53300) waits and connects again, with backoff, until it gets a session or is aborted.
+// admitted on its target and its cluster (run slots: half the target's pool, and half the
+// cluster's budget less a session for the governor: runSlots), so that every admitted run can
+// always get a second session and two runs never wait on each other for one. A run that meets
+// `too many clients` (SQLSTATE 53300) waits and connects again, with backoff, until it gets a
+// session or is aborted.
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
@@ -16,6 +17,13 @@ import type { Budget } from './connection-budget.ts';
 
 /** The run on whose behalf a checkout happens (set around a job's handler). */
 export const runScope = new AsyncLocalStorage<RunSessions>();
+
+/**
+ * Told when a session opened for a checkout made in its scope starts to connect, its permits
+ * held: a deadline on reaching the server starts then, not while the checkout waits in the
+ * budget's line (health readings, target-health.ts).
+ */
+export const attemptScope = new AsyncLocalStorage<() => void>();
 
 /** Waits before connecting again after `too many clients`: 0.25 s, doubling, at most 30 s. */
 export function tooManyClientsDelayMs(attempt: number): number {
@@ -162,6 +170,7 @@ export class BudgetedPool extends pg.Pool {
           }
           if ((this as unknown as { _ending?: boolean })._ending) throw new Error('Connection terminated');
           this.once('end', release);
+          attemptScope.getStore()?.();
           await super.connect();
           return this;
         } catch (err) {

@@ -72,8 +72,19 @@ export interface ClusterBudgets {
   sessions: Budget;
   /** Sessions of the health readings and /readyz (within `sessions`). */
   readings: Budget;
-  /** Runs of jobs holding sessions at once: half the budget, so each can always get a second. */
+  /** Runs of jobs holding sessions at once (runSlots): each can always get a second session. */
   runs: Budget;
+}
+
+/**
+ * Run slots of a cluster's budget: two sessions each, with one session left over for the load
+ * governor's samplers. A governed run may hold its two sessions at a gate while it waits for a
+ * reading; were every session a run's, no sampler could connect and nothing would move. A
+ * budget of 2 has no session to spare: its one run's gates are read by a sampler that gives up
+ * waiting for a session (governor/sampler.ts) rather than stall.
+ */
+export function runSlots(budget: number): number {
+  return budget >= 3 ? Math.floor((budget - 1) / 2) : 1;
 }
 
 /** How long one connection attempt may take (once the budget let it start). */
@@ -107,7 +118,7 @@ export class Connections {
       b = {
         sessions: new Budget(`sessions on ${name}`, budget),
         readings: new Budget(`reading sessions on ${name}`, readings),
-        runs: new Budget(`runs on ${name}`, Math.floor(budget / 2)),
+        runs: new Budget(`runs on ${name}`, runSlots(budget)),
       };
       this.budgets.set(name, b);
     }
