@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { jobs } from '../../jobs/index.ts';
 import { startWorkers } from '../../src/cli/roles.ts';
 import { governorField } from '../../src/core/governor-policy.ts';
+import { createLogger } from '../../src/core/logger.ts';
 import { startServer } from '../../src/http/server.ts';
 import { AlertMonitor } from '../../src/monitoring/alerts.ts';
 import { HealthReader } from '../../src/monitoring/health.ts';
@@ -203,10 +204,15 @@ describe('governed runs holding two sessions each at a gate', () => {
     },
   });
 
-  /** `count` runs on a budget of `budget`: each takes its two sessions, waits until every run slot has, then gates. */
-  async function runsOn(budget: number, count: number): Promise<string[]> {
+  /**
+   * `count` runs on a budget of `budget`: each takes its two sessions, waits until every run slot has, then
+   * gates. Their states, and what the worker warned of.
+   */
+  async function runsOn(budget: number, count: number): Promise<{ states: string[]; warnings: string[] }> {
     h.configFile({ targets: { main: { schedules: 'none' } }, connections: { budget } });
-    const rt = h.runtime({ jobs: [twoAtGate], schedules: [] });
+    const warnings: string[] = [];
+    const logger = createLogger('warn', {}, { write: (line: string) => warnings.push(JSON.parse(line).msg) });
+    const rt = h.runtime({ jobs: [twoAtGate], schedules: [], logger });
     const { runs } = rt.connections.cluster(rt.config.targets.get('main')!.cluster);
     slotsFull = async () => {
       await waitUntil(async () => holding >= runs.size, 10_000, 'every run slot to hold two sessions');
@@ -219,17 +225,27 @@ describe('governed runs holding two sessions each at a gate', () => {
       const enqueued = await Promise.all(
         Array.from({ length: count }, () => rt.queues.enqueue('two-at-gate', { target: 'main' })),
       );
-      return await Promise.all(enqueued.map(async ({ job }) => (await waitForFinished(queue, job.id!, 20_000)).state));
+      const states = await Promise.all(
+        enqueued.map(async ({ job }) => (await waitForFinished(queue, job.id!, 20_000)).state),
+      );
+      return { states, warnings };
     } finally {
       await rt.close();
     }
   }
 
   it('a budget of 4 leaves a session for the governor: both runs pass their gates', async () => {
-    expect(await runsOn(4, 2)).toEqual(['completed', 'completed']);
+    const { states, warnings } = await runsOn(4, 2);
+    expect(states).toEqual(['completed', 'completed']);
+    // The governor read the target: its sampler never went without a session.
+    expect(warnings.filter((w) => /no session free/.test(w))).toEqual([]);
   });
 
   it('a budget of 2 has none to spare: the sampler gives up waiting and the gate lets the run on', async () => {
-    expect(await runsOn(2, 1)).toEqual(['completed']);
+    const { states, warnings } = await runsOn(2, 1);
+    expect(states).toEqual(['completed']);
+    expect(warnings).toContainEqual(
+      expect.stringMatching(/^governor on main: reading the signals failed: no session free within 5 s/),
+    );
   });
 });
