@@ -17,6 +17,7 @@ import { HealthReader } from '../../src/monitoring/health.ts';
 import { defineJob, targetField } from '../../src/runner/job-definition.ts';
 import type { Runtime } from '../../src/runner/runtime.ts';
 import { ADMIN_TOKEN, createHarness, type Harness, waitForFinished, waitUntil } from '../support/harness.ts';
+import { closedPort } from '../support/ports.ts';
 
 let h: Harness;
 const auth = { authorization: `Bearer ${ADMIN_TOKEN}` };
@@ -47,21 +48,6 @@ async function slowProxy(port: number) {
     await new Promise((resolve) => server.close(resolve));
   };
   return proxy;
-}
-
-/** A port where nothing listens, below the ephemeral range (no connection can take it as its own source). */
-async function closedPort(): Promise<number> {
-  for (;;) {
-    const port = 20_000 + Math.floor(Math.random() * 10_000);
-    const srv = net.createServer();
-    const free = await new Promise<boolean>((resolve) => {
-      srv.once('error', () => resolve(false));
-      srv.listen(port, '127.0.0.1', () => resolve(true));
-    });
-    if (!free) continue;
-    await new Promise((resolve) => srv.close(resolve));
-    return port;
-  }
 }
 
 const withPort = (url: string, port: number, db?: string) => {

@@ -13,6 +13,7 @@ import { HealthReader } from '../../src/monitoring/health.ts';
 import type { StatusReport } from '../../src/monitoring/status.ts';
 import type { Runtime } from '../../src/runner/runtime.ts';
 import { ADMIN_TOKEN, createHarness, type Harness, VIEWER_TOKEN, waitUntil } from '../support/harness.ts';
+import { closedPort } from '../support/ports.ts';
 
 const TARGETS = ['t1', 't2'];
 const admin = { authorization: `Bearer ${ADMIN_TOKEN}` };
@@ -30,25 +31,6 @@ function configWith(name: string, urls: Record<string, string>): string {
   const file = path.join(h.dir, `${name}.json`);
   fs.writeFileSync(file, JSON.stringify({ ...config, targets }));
   return file;
-}
-
-/**
- * A port where nothing listens, below the ephemeral range (32768–60999): a connection to a port in
- * that range can be given the same port as its own source and connect to itself, and other tests'
- * services and clients take ports there (the reading then meets "Connection terminated", not a refusal).
- */
-async function closedPort(): Promise<number> {
-  for (;;) {
-    const port = 20_000 + Math.floor(Math.random() * 10_000);
-    const srv = net.createServer();
-    const free = await new Promise<boolean>((resolve) => {
-      srv.once('error', () => resolve(false));
-      srv.listen(port, '127.0.0.1', () => resolve(true));
-    });
-    if (!free) continue;
-    await new Promise((resolve) => srv.close(resolve));
-    return port;
-  }
 }
 
 const table = (r: StatusReport, target: string) => r.partitions.find((p) => p.target === target)!;

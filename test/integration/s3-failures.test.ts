@@ -24,21 +24,13 @@ import { Metrics } from '../../src/monitoring/metrics.ts';
 import { HealthSampler } from '../../src/monitoring/sampler.ts';
 import type { Runtime } from '../../src/runner/runtime.ts';
 import { ADMIN_TOKEN, createHarness, type Harness, VIEWER_TOKEN, waitForFinished } from '../support/harness.ts';
+import { closedPort } from '../support/ports.ts';
 
 let h: Harness;
 let s3: S3Server;
 let silent: net.Server;
 const held: net.Socket[] = [];
 let rt: Runtime | undefined;
-
-/** A port that refuses connections: bound once, then closed. */
-async function closedPort(): Promise<number> {
-  const srv = net.createServer();
-  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
-  const { port } = srv.address() as net.AddressInfo;
-  await new Promise((resolve) => srv.close(resolve));
-  return port;
-}
 
 beforeAll(async () => {
   h = await createHarness('s3_failures');
