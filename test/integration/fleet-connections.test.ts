@@ -13,7 +13,7 @@ import { jobs } from '../../jobs/index.ts';
 import { startWorkers } from '../../src/cli/roles.ts';
 import { loadConfig } from '../../src/core/config.ts';
 import { ConfigError } from '../../src/core/errors.ts';
-import { freePort } from '../../src/dev/devstack.ts';
+import { closedPort } from '../support/ports.ts';
 import { startServer } from '../../src/http/server.ts';
 import type { AlertMonitor } from '../../src/monitoring/alerts.ts';
 import { HealthReader } from '../../src/monitoring/health.ts';
@@ -116,7 +116,7 @@ describe('three targets, one of them down', () => {
 
   beforeAll(async () => {
     const second = await targetDb('second');
-    deadPort = await freePort();
+    deadPort = await closedPort();
     h.configFile({
       targets: {
         main: { schedules: 'none' },
@@ -215,7 +215,7 @@ describe('a full server, and a dead server with two databases', () => {
   const fullKey = () => `target-unreachable:127.0.0.1:${new URL(inject('pgUrl')).port}:PG_53300`;
 
   beforeAll(async () => {
-    deadPort = await freePort();
+    deadPort = await closedPort();
     // A role PostgreSQL refuses with SQLSTATE 53300 (too many connections), like a full server.
     capped = `capped_${h.id}`.slice(0, 60);
     await h.admin.query(`create role "${capped}" login connection limit 0`);
