@@ -105,6 +105,19 @@ function jobFailedMessage(js: readonly [JobStatus, ...JobStatus[]]): string {
   );
 }
 
+function deadmanMessage(scs: readonly [ScheduleHealth, ...ScheduleHealth[]]): string {
+  const [sc] = scs;
+  const missing = (x: ScheduleHealth) => (x.nextRun === null ? ' and the schedule is missing from Redis' : '');
+  const since = sc.lastSuccess ? `since ${iso(sc.lastSuccess)}` : 'since it was first seen';
+  const one = `schedule ${sc.id} (${sc.job} on ${sc.target}) has not succeeded ${since}; a success was due by `;
+  if (scs.length === 1) return `${one}${iso(sc.dueBy!)}${missing(sc)}`;
+  const targets = [...new Set(scs.map((x) => x.target))].sort();
+  return (
+    `${scs.length} schedules of ${sc.job} on ${targets.length} targets (${listTargets(targets)}) have not ` +
+    `succeeded by their due time; ${one}${iso(sc.dueBy!)}${missing(sc)}`
+  );
+}
+
 function defineRule<T>(rule: Rule<T>): Rule<unknown> {
   return rule as unknown as Rule<unknown>;
 }
@@ -138,13 +151,12 @@ export const RULES: readonly Rule<unknown>[] = [
     over: (s) => s.schedules,
     when: (sc, s, cfg) => sc.dueBy !== null && s.at > sc.dueBy + cfg.deadmanGraceMs,
     severity: 'critical',
-    key: (sc) => `deadman:${sc.id}`,
-    labels: (sc) => ({ schedule: sc.id, job: sc.job, target: sc.target }),
+    // By job, not by schedule: a stopped worker, or a cluster down, misses every target's
+    // schedule of a job at once, and that is one alert listing them, not one per target.
+    key: (sc) => `deadman:${sc.job}`,
+    labels: (sc) => ({ job: sc.job }),
     target: (sc) => sc.target,
-    message: ([sc]) =>
-      `schedule ${sc.id} (${sc.job} on ${sc.target}) has not succeeded ` +
-      `${sc.lastSuccess ? `since ${iso(sc.lastSuccess)}` : 'since it was first seen'}; a success was due by ` +
-      `${iso(sc.dueBy!)}${sc.nextRun === null ? ' and the schedule is missing from Redis' : ''}`,
+    message: deadmanMessage,
     undecided: notRead('history', 'schedules'),
   }),
   defineRule<QueueHealth>({

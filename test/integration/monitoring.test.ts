@@ -181,8 +181,8 @@ describe('alerts', () => {
     const later = (await monitor.evaluate(t0 + 3 * 60_000))!; // no worker for over 2 min
     expect(later.fired).toEqual(['no-worker:sql-probe']);
     const deadman = (await monitor.evaluate(t0 + 95 * 60_000))!; // next run (≤ 1 h) + max run + 30 min grace passed
-    expect(deadman.fired).toEqual(['deadman:probe-hourly']);
-    expect(byKey('deadman:probe-hourly', 'firing')[0]!.text).toMatch(/has not succeeded since it was first seen/);
+    expect(deadman.fired).toEqual(['deadman:sql-probe']);
+    expect(byKey('deadman:sql-probe', 'firing')[0]!.text).toMatch(/has not succeeded since it was first seen/);
 
     // A worker comes back and the schedule's run succeeds: those three end.
     const workers = startWorkers(rt, ['sql-probe']);
@@ -190,12 +190,12 @@ describe('alerts', () => {
     await rt.history.flush();
     const after = (await monitor.evaluate(Date.now()))!;
     expect(after.resolved.sort()).toEqual([
-      'deadman:probe-hourly',
+      'deadman:sql-probe',
       'job-failed:sql-probe:PG_42P01',
       'no-worker:sql-probe',
     ]);
     expect((await monitor.evaluate(Date.now()))!.resolved).toEqual([]);
-    for (const key of ['deadman:probe-hourly', 'job-failed:sql-probe:PG_42P01', 'no-worker:sql-probe']) {
+    for (const key of ['deadman:sql-probe', 'job-failed:sql-probe:PG_42P01', 'no-worker:sql-probe']) {
       expect(byKey(key, 'firing')).toHaveLength(1);
       expect(byKey(key, 'resolved')).toHaveLength(1);
     }
