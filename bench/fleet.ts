@@ -289,6 +289,7 @@ for (const n of SIZES) {
   const status: number[] = [];
   const metrics: number[] = [];
   const cli: number[] = [];
+  const cliDirect: number[] = [];
   const ready: number[] = [];
   const readyStatuses: number[] = [];
   let metricsBytes = 0;
@@ -301,6 +302,8 @@ for (const n of SIZES) {
     metrics.push(m.ms);
     metricsBytes = m.bytes;
     cli.push(await runCli(['status', '--json'], { PGMAINT_URL: api, PGMAINT_TOKEN: TOKEN }));
+    // Direct: on the config file, the snapshot the server's sampler keeps in Redis.
+    cliDirect.push(await runCli(['status', '--json'], env));
     const rz = await timedFetch(`${api}/readyz`, auth);
     ready.push(rz.ms);
     readyStatuses.push(rz.status);
@@ -383,6 +386,7 @@ for (const n of SIZES) {
   const st = sample('status', status);
   const me = sample('metrics', metrics);
   const cl = sample('cli', cli);
+  const cd = sample('cli direct', cliDirect);
   const su = sample('startup', startup);
   const rz = sample('readyz', ready);
   const readyCodes = [...new Set(readyStatuses)].join(', ');
@@ -392,6 +396,7 @@ for (const n of SIZES) {
     [`${n}`, '/api/status', fmt(st, 'ms'), perTarget(st, n)],
     [`${n}`, `/metrics (${Math.round(metricsBytes / 1024)} kB)`, fmt(me, 'ms'), perTarget(me, n)],
     [`${n}`, 'pgmaint status --json (remote)', fmt(cl, 'ms'), perTarget(cl, n)],
+    [`${n}`, 'pgmaint status --json (direct)', fmt(cd, 'ms'), perTarget(cd, n)],
     [
       `${n}`,
       `/readyz (${readyCodes}): 200 under its ${READY_DEADLINE_MS / 1000} s deadline ${readyMet ? 'met' : 'NOT met'}`,
@@ -425,8 +430,17 @@ for (const n of SIZES) {
     check(`/metrics under 200 ms (median ${median(metrics).toFixed(0)} ms)`, median(metrics) < 200);
     const slowest = Math.max(...ready).toFixed(0);
     check(`/readyz answers 200 under its 3 s deadline (${readyCodes}; at most ${slowest} ms)`, readyMet);
-    check(`pgmaint status under 1 s (median ${median(cli).toFixed(0)} ms)`, median(cli) < 1000);
-    check(`/healthz within 10 s of start (median ${(median(startup) / 1000).toFixed(1)} s)`, median(startup) < 10_000);
+    const [remote, direct] = [median(cli), median(cliDirect)];
+    check(
+      `pgmaint status under 1 s (median remote ${remote.toFixed(0)} ms, direct ${direct.toFixed(0)} ms)`,
+      Math.max(remote, direct) < 1000,
+    );
+    // The first start writes every scheduler (a cold Redis); the later ones find them unchanged.
+    const [cold, slowest] = [startup[0]!, Math.max(...startup)];
+    check(
+      `/healthz within 10 s of start (cold ${(cold / 1000).toFixed(1)} s, slowest ${(slowest / 1000).toFixed(1)} s)`,
+      slowest < 10_000,
+    );
   }
 }
 
